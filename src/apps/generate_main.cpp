@@ -73,12 +73,15 @@ int main(int argc, char** argv) {
            presence_penalty = 0;
     std::vector<std::string> stops;
     int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
-    bool no_cache = false, timing = false, stop_at_eot = false;
+    bool no_cache = false, timing = false, stop_at_eot = false, ema = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
                                                     "checkpoint file (.h5)")(
         "run", po::value(&run_dir),
         "run directory: use the newest complete checkpoint of RUN/ckpt")(
+        "ema", po::bool_switch(&ema),
+        "use the checkpoint's moving average of the weights (/optimizer/ema, kept by "
+        "optim.ema_decay), not its weights")(
         "vocab", po::value(&vocab)->default_value("data/vocab/gpt2.tiktoken"),
         "tokenizer: GPT-2's BPE ranks file, or a tokenizer description (triad-convert "
         "tokenizer)")("prompt", po::value(&prompt)->default_value(""),
@@ -265,8 +268,14 @@ int main(int argc, char** argv) {
     // through a host copy.
     std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
     float* base = host.empty() ? model.params() : host.data();
-    triad::load_checkpoint_tensors(
-        world, checkpoint, {{"model", triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}});
+    // --ema: the moving average's tensors are named and shaped as the model's.
+    TRIAD_CHECK(!ema || triad::checkpoint_has_group(world, checkpoint, "optimizer/ema"),
+                "--ema: ", checkpoint,
+                " holds no moving average of the weights (/optimizer/ema): its run did not set "
+                "optim.ema_decay");
+    triad::load_checkpoint_tensors(world, checkpoint,
+                                   {{ema ? "optimizer/ema" : "model",
+                                     triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training

@@ -897,6 +897,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       "with --init-from a rotary (model.position = rope) checkpoint: take model.seq_len, "
       "rope_theta and the rope scaling from the config even where the checkpoint's model had "
       "others (context extension: a longer seq_len, YaRN, another base)")(
+      "from-ema", po::bool_switch(&cl.from_ema),
+      "with --init-from or --eval-only: read the checkpoint's moving average of the weights "
+      "(/optimizer/ema, kept by optim.ema_decay) as the weights, not /model")(
       "model-from", po::value<std::string>(&cl.model_from),
       "take the model.* keys from this checkpoint (e.g. one triad-convert imported): they "
       "replace the config files' model keys, command-line --model.* keys still override them")(
@@ -963,6 +966,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }
+  TRIAD_CHECK(!cl.from_ema || !cl.init_from.empty() || cl.eval_only,
+              "command line: --from-ema applies to the checkpoint of --init-from or --eval-only, "
+              "and there is none");
   TRIAD_CHECK(!cl.extend_positions || !cl.init_from.empty(),
               "command line: --extend-positions applies to the checkpoint of --init-from, and "
               "there is none");

@@ -146,8 +146,8 @@ EvalResult Trainer::evaluate_only() {
   const EvalResult r = s.evaluate();
   const double seconds = clock.seconds();
   if (s.root()) {
-    std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path << " (step " << st.step
-              << ")";
+    std::cout << std::fixed << std::setprecision(6) << "checkpoint " << path
+              << (s.cl.from_ema ? "'s moving average" : "") << " (step " << st.step << ")";
     if (r.sequences > 0)
       std::cout << " | val loss " << r.loss << " | val accuracy " << r.accuracy << " | "
                 << r.sequences << " sequences";

@@ -924,7 +924,14 @@ CheckpointState Trainer::State::load_weights(const std::string& path) {
     say("--extend-positions: " + path +
         "'s rotary positions extended as the config asks: " + extended);
   // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
-  load_checkpoint_tensors(grid.world(), path, groups(false, false));
+  auto weights = groups(false, false);
+  if (cl.from_ema) {  // the moving average's tensors are named and shaped as the model's
+    weights.front().path = "optimizer/ema";
+    TRIAD_CHECK(checkpoint_has_group(grid.world(), path, "optimizer/ema"), "--from-ema: ", path,
+                " holds no moving average of the weights (/optimizer/ema): its run did not set "
+                "optim.ema_decay");
+  }
+  load_checkpoint_tensors(grid.world(), path, weights);
   stage_to_device(false);
   load_router_bias(grid.world(), path, *model);
   return st;
@@ -936,7 +943,8 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
     opt->reset();
     if (expert_opt) expert_opt->reset();
     start_ema();
-    say("initialized weights from " + path + " (fresh optimizer)");
+    say("initialized weights from " + path + (cl.from_ema ? "'s moving average" : "") +
+        " (fresh optimizer)");
     return;
   }
   const CheckpointState st = read_checkpoint_state(grid.world(), path);

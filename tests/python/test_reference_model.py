@@ -1269,6 +1269,26 @@ def test_weight_moving_average_matches_torch(name, optim, freeze, tmp_root, tmp_
     ref.write_config(cfg, sections)
     text = run([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", out])
     assert abs(float(text.split("val loss")[1].split()[0]) - loss) <= 1e-4 * loss, (text, loss)
+    # --from-ema reads the average straight from the checkpoint: the same evaluation.
+    direct = run([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", ckpt,
+                  "--from-ema"])
+    assert direct.split("val loss")[1].split()[0] == text.split("val loss")[1].split()[0]
+    # ... and triad-generate --ema the same tokens as from the written-out model.
+    vocab = Path(__file__).resolve().parents[2] / "data" / "vocab" / "gpt2.tiktoken"
+    gen = [binary("triad-generate"), "--vocab", vocab, "--prompt-ids", "1 2 3", "--length", "6",
+           "--output", "logprobs", "--logprobs", "2"]
+    assert run([*gen, "--checkpoint", ckpt, "--ema"]) == run([*gen, "--checkpoint", out])
+    assert run([*gen, "--checkpoint", ckpt, "--ema"]) != run([*gen, "--checkpoint", ckpt])
+    # A checkpoint without one, and --from-ema without a checkpoint to read, are refused.
+    for cmd, needle in [
+            ([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", p.ckpt,
+              "--from-ema"], "holds no moving average of the weights (/optimizer/ema)"),
+            ([*gen, "--checkpoint", p.ckpt, "--ema"], "holds no moving average of the weights"),
+            ([binary("triad-train"), "--config", cfg, "--from-ema"],
+             "--from-ema applies to the checkpoint of --init-from or --eval-only")]:
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=run_env(),
+                           timeout=120)
+        assert r.returncode != 0 and needle in r.stderr, (cmd, r.stderr)
 
 
 # train.freeze leaves the frozen tensors' gradient products out: their gradients stay exactly 0

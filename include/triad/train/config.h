@@ -331,6 +331,9 @@ struct CommandLine {
   // --extend-positions: the --init-from checkpoint's rotary model may have had another seq_len,
   // rope_theta or rope scaling (context extension); the config's are used, and said.
   bool extend_positions = false;
+  // --from-ema: the weights --init-from (or --eval-only) reads are the checkpoint's moving average
+  // of them (/optimizer/ema, optim.ema_decay), not /model.
+  bool from_ema = false;
   // A checkpoint whose architecture (the [model] section of its config) replaces the config
   // files' model.* keys; the command line's still override it.
   std::string model_from;
