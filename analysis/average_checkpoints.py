@@ -12,7 +12,7 @@ triad checkpoints whose checksums verify, of one model: the same /model attribut
 tensors at the same shapes (any grids wrote them: checkpoints hold full tensors). Each tensor of
 the output is the mean of the inputs' (summed in float64, stored as fp32) with its CRC-32; the
 root attributes are the newest input's (by step) plus `averaged_from` (each input's path and
-step). The output holds no optimizer state, so it is for `--init-from`, `--eval-only`,
+step), and so is `/router_bias` (a mixture's routers' biases, which no optimizer updates). The output holds no optimizer state, so it is for `--init-from`, `--eval-only`,
 `triad-generate` and `triad-convert export`, not for `--resume`; a name a run directory would
 take for a resumable checkpoint (step_NNNNNNNN.h5) is refused. It is written under a temporary
 name and published only where nothing is, so it never replaces a file.
@@ -121,6 +121,10 @@ def average(paths: list[Path], out: Path, ema: bool = False) -> tuple[int, int]:
                                     dtype="<u4")
                     count[0] += 1
                     count[1] += a.size
+                # A mixture's routers' biases (train.moe_bias_rate) are no weights of the
+                # optimizer's: the newest input's, so the output routes as that checkpoint does.
+                if "router_bias" in src:
+                    src.copy(src["router_bias"], f, name="router_bias")
                 f.flush()
                 f.attrs.create("complete", np.int64(1), dtype="<i8")
         finally:

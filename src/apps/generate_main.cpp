@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
         "output", po::value(&output)->default_value("text"),
         "text (the prompt and its continuation), ids (the continuation's token ids), or "
         "logprobs: a line per generated token, its id, its log-probability under the model (the "
-        "log-softmax of its logits, before penalties, temperature and filters) and the "
+        "log-softmax of its logits over the tokenizer's ids, before penalties, temperature and "
+        "filters) and the "
         "--logprobs likeliest ids with theirs, as id:logprob, tab-separated; samples separated "
         "by a line ---")("logprobs", po::value(&logprobs)->default_value(5),
                          "with --output logprobs: the likeliest ids listed beside each token")(
@@ -166,12 +167,12 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
     TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
     TRIAD_CHECK(min_p >= 0 && min_p <= 1, "--min-p must be in [0, 1] (got ", min_p, ")");
-    TRIAD_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
-                "--repetition-penalty must be > 0 (got ", repetition_penalty, ")");
-    TRIAD_CHECK(std::isfinite(frequency_penalty), "--frequency-penalty must be finite (got ",
-                frequency_penalty, ")");
-    TRIAD_CHECK(std::isfinite(presence_penalty), "--presence-penalty must be finite (got ",
-                presence_penalty, ")");
+    TRIAD_CHECK(repetition_penalty >= 1e-3 && repetition_penalty <= 1e3,
+                "--repetition-penalty must be in [0.001, 1000] (got ", repetition_penalty, ")");
+    TRIAD_CHECK(std::abs(frequency_penalty) <= 100,
+                "--frequency-penalty must be in [-100, 100] (got ", frequency_penalty, ")");
+    TRIAD_CHECK(std::abs(presence_penalty) <= 100,
+                "--presence-penalty must be in [-100, 100] (got ", presence_penalty, ")");
     for (const std::string& s : stops) TRIAD_CHECK(!s.empty(), "--stop: an empty string");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");

@@ -198,7 +198,7 @@ void Optimizer::update(float* params, const float* grads, double lr, int64_t ste
                        float grad_scale, double matrix_lr) {
   update_weights(params, grads, lr, step, copy, grad_scale, matrix_lr);
   // The moving average follows every update, frozen tensors (unchanged) and padding included.
-  if (ema()) be_.ema_update(slots_[ema_slot()], params, end_ - begin_, float(cfg_.ema_decay));
+  if (ema()) be_.ema_update(slots_[ema_slot()], params, end_ - begin_, float(1.0 - cfg_.ema_decay));
 }
 
 void Optimizer::update_weights(float* params, const float* grads, double lr, int64_t step,

@@ -1628,10 +1628,12 @@ void validate(const Config& c, int world_size) {
   check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");
   check(c.sample.top_p > 0 && c.sample.top_p <= 1, "sample.top_p", "must be in (0, 1]");
   check(c.sample.min_p >= 0 && c.sample.min_p <= 1, "sample.min_p", "must be in [0, 1]");
-  check(std::isfinite(c.sample.repetition_penalty) && c.sample.repetition_penalty > 0,
-        "sample.repetition_penalty", "must be > 0");
-  check(std::isfinite(c.sample.frequency_penalty), "sample.frequency_penalty", "must be finite");
-  check(std::isfinite(c.sample.presence_penalty), "sample.presence_penalty", "must be finite");
+  check(c.sample.repetition_penalty >= 1e-3 && c.sample.repetition_penalty <= 1e3,
+        "sample.repetition_penalty", "must be in [0.001, 1000]");
+  check(std::abs(c.sample.frequency_penalty) <= 100, "sample.frequency_penalty",
+        "must be in [-100, 100]");
+  check(std::abs(c.sample.presence_penalty) <= 100, "sample.presence_penalty",
+        "must be in [-100, 100]");
 }
 
 }  // namespace triad

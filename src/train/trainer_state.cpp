@@ -969,6 +969,10 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
                 slot, " state for optim.name = ", cfg.optim.name,
                 " (resume with the optimizer it was saved with, or use --init-from)");
   }
+  if (!opt->ema() && checkpoint_has_group(grid.world(), path, "optimizer/ema"))
+    say("warning: checkpoint " + path +
+        " holds a moving average of the weights, which this run "
+        "(optim.ema_decay = 0) does not keep: its checkpoints will have none");
   auto loaded = groups(true, false);
   if (start_average)
     std::erase_if(loaded, [](const TensorGroup& g) { return g.path == "optimizer/ema"; });

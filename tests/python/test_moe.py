@@ -765,3 +765,30 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
         assert words in p.stderr and "error" in p.stderr, p.stderr
         assert "Segmentation" not in p.stderr and "terminate called" not in p.stderr, p.stderr
         assert bad.read_bytes() == before
+
+
+def test_moving_average_of_a_mixture_routes_as_its_checkpoint(tmp_path):
+    """optim.ema_decay with DeepSeek-V3's balancing (train.moe_bias_rate): the model triad-average
+    --ema writes out carries the checkpoint's routers' biases (no optimizer moves them), so it
+    generates as triad-generate --ema from the checkpoint itself."""
+    cfg = tiny_config(tmp_path, name="one", vocab=50257, train__steps=4, optim__ema_decay=0.5,
+                      **DSV3)
+    p = run(1, "--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ckpt = tmp_path / "runs" / "one" / "ckpt" / "step_00000004.h5"
+    out = tmp_path / "ema.h5"
+    t = tool("triad-average", "--ema", ckpt, "--out", out)
+    assert t.returncode == 0, t.stderr
+    with h5py.File(ckpt, "r") as a, h5py.File(out, "r") as b:
+        assert sorted(a["router_bias/h"]) == sorted(b["router_bias/h"])
+        assert any(np.abs(a[f"router_bias/h/{k}"][:]).max() > 0 for k in a["router_bias/h"])
+        for k in a["router_bias/h"]:
+            np.testing.assert_array_equal(a[f"router_bias/h/{k}"][:], b[f"router_bias/h/{k}"][:])
+    gen = [exe("triad-generate"), "--vocab", VOCAB, "--prompt-ids", "1 2 3", "--length", "5",
+           "--output", "logprobs", "--logprobs", "3"]
+    a = subprocess.run([*map(str, gen), "--checkpoint", str(ckpt), "--ema"], capture_output=True,
+                       text=True, timeout=120)
+    b = subprocess.run([*map(str, gen), "--checkpoint", str(out)], capture_output=True, text=True,
+                       timeout=120)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert a.stdout == b.stdout

@@ -197,22 +197,24 @@ TEST(ElementwiseEmulated, DropoutMatchesCpu) {
       });
 }
 
-// The weights' moving average (optim.ema_decay) against the formula in double: ema + (1 − d)·(p −
-// ema), within fp32 rounding.
+// The weights' moving average (optim.ema_decay d) against the formula in double: ema + w·(p − ema)
+// with w = 1 − d, within fp32 rounding (d = 0.99 and 0.99999).
 TEST(ElementwiseEmulated, EmaUpdate) {
-  const Vec ema = testing::random_vec(kN, 21, -2.0f, 2.0f),
-            p = testing::random_vec(kN, 22, -2.0f, 2.0f);
-  const float decay = 0.99f;
+  const Vec ema = testing::random_vec(kN, 21, -2.0f, 2.0f);
+  const Vec p = testing::random_vec(kN, 22, -2.0f, 2.0f);
   auto be = make_cpu_backend();
-  Vec cpu = ema, got = ema;
-  be->ema_update(cpu.data(), p.data(), kN, decay);
-  launch_strided([&](simt::Thread& x) {
-    elementwise_block::ema_update(x, got.data(), p.data(), 1.0f - decay, kN, kThreads, kStride);
-  });
-  for (size_t i = 0; i < kN; ++i) {
-    const double want = double(ema[i]) + double(1.0f - decay) * (double(p[i]) - double(ema[i]));
-    EXPECT_NEAR(cpu[i], want, 1e-6) << i;
-    EXPECT_NEAR(got[i], want, 1e-6) << i;
+  for (const double decay : {0.99, 0.99999}) {
+    const double w = 1.0 - decay;
+    Vec cpu = ema, got = ema;
+    be->ema_update(cpu.data(), p.data(), kN, float(w));
+    launch_strided([&](simt::Thread& x) {
+      elementwise_block::ema_update(x, got.data(), p.data(), float(w), kN, kThreads, kStride);
+    });
+    for (size_t i = 0; i < kN; ++i) {
+      const double want = double(ema[i]) + w * (double(p[i]) - double(ema[i]));
+      EXPECT_NEAR(cpu[i], want, 1e-6) << decay << " " << i;
+      EXPECT_NEAR(got[i], want, 1e-6) << decay << " " << i;
+    }
   }
 }
 

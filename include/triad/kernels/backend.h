@@ -628,9 +628,10 @@ class Backend {
   virtual double sum_squares(const float* x, size_t n) = 0;   // accumulated in double
   virtual double sum_squares(const bf16_t* x, size_t n) = 0;  // of the widened values, in double
   virtual void scale(float* x, float s, size_t n) = 0;        // x *= s
-  // The exponential moving average of weights (optim.ema_decay): ema += (1 − decay)·(p − ema),
-  // with 1 − decay rounded to fp32 once.
-  virtual void ema_update(float* ema, const float* p, size_t n, float decay) = 0;
+  // The exponential moving average of weights (optim.ema_decay d): ema += w·(p − ema) with the
+  // new weights' share w = 1 − d (formed in double by the caller: d itself rounded to fp32 would
+  // lose w for d near 1).
+  virtual void ema_update(float* ema, const float* p, size_t n, float w) = 0;
   // AdamW (PyTorch semantics; bias corrections precomputed by the caller):
   //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;
   //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps))

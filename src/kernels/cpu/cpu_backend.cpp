@@ -240,8 +240,8 @@ class CpuBackend final : public Backend {
   double sum_squares(const float* x, size_t n) override { return cpu::sum_squares(x, n); }
   double sum_squares(const bf16_t* x, size_t n) override { return cpu::sum_squares(x, n); }
   void scale(float* x, float s, size_t n) override { cpu::scale(x, s, n); }
-  void ema_update(float* ema, const float* p, size_t n, float decay) override {
-    cpu::ema_update(ema, p, n, decay);
+  void ema_update(float* ema, const float* p, size_t n, float w) override {
+    cpu::ema_update(ema, p, n, w);
   }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                     float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,

@@ -121,8 +121,7 @@ void scale(float* x, float s, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= s;
 }
 
-void ema_update(float* ema, const float* p, size_t n, float decay) {
-  const float w = 1.0f - decay;
+void ema_update(float* ema, const float* p, size_t n, float w) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (size_t i = 0; i < n; ++i) ema[i] += w * (p[i] - ema[i]);
 }

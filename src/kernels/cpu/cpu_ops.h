@@ -121,7 +121,7 @@ void activation_backward(Activation f, float* dinp, const float* inp, const floa
 void add(float* out, const float* a, const float* b, size_t n);
 void accumulate(float* dst, const float* src, size_t n);
 void scale(float* x, float s, size_t n);
-void ema_update(float* ema, const float* p, size_t n, float decay);
+void ema_update(float* ema, const float* p, size_t n, float w);
 double sum_squares(const float* x, size_t n);
 void clamp(float* out, const float* inp, size_t n, float c);
 void clamp_backward(float* d, const float* inp, size_t n, float c);

@@ -589,8 +589,8 @@ class CudaBackend final : public Backend {
     return cuda::sum_squares(stream_, partials_, dev(x), n);
   }
   void scale(float* x, float s, size_t n) override { cuda::scale(stream_, x, s, n); }
-  void ema_update(float* ema, const float* p, size_t n, float decay) override {
-    cuda::ema_update(stream_, ema, p, n, decay);
+  void ema_update(float* ema, const float* p, size_t n, float w) override {
+    cuda::ema_update(stream_, ema, p, n, w);
   }
   void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
                     float beta2, float eps, float wd, float bc1, float bc2, bf16_t* copy,

@@ -181,9 +181,9 @@ void scale(cudaStream_t s, float* x, float factor, size_t n) {
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
-void ema_update(cudaStream_t s, float* ema, const float* p, size_t n, float decay) {
+void ema_update(cudaStream_t s, float* ema, const float* p, size_t n, float w) {
   if (n == 0) return;
-  ema_update_kernel<<<grid_for(n), kBlock, 0, s>>>(ema, p, 1.0f - decay, n);
+  ema_update_kernel<<<grid_for(n), kBlock, 0, s>>>(ema, p, w, n);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -375,7 +375,7 @@ void clamp_backward(cudaStream_t s, Elem* d, const Elem* inp, size_t n, float c)
 template <typename Elem>
 void dropout(cudaStream_t s, Elem* x, const int32_t* keys, int rows, int C, uint32_t site, float p);
 void scale(cudaStream_t s, float* x, float factor, size_t n);
-void ema_update(cudaStream_t s, float* ema, const float* p, size_t n, float decay);
+void ema_update(cudaStream_t s, float* ema, const float* p, size_t n, float w);
 
 // ---- cross-entropy (cuda_crossentropy.cu) --------------------------------------------------
 template <typename Elem>

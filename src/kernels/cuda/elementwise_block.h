@@ -149,7 +149,7 @@ TRIAD_BLOCK_FN void scale(X& x, float* v, float factor, size_t n, int threads, s
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) { v[i] *= factor; }
 }
 
-// ema += w·(p − ema), w = 1 − decay (Backend::ema_update).
+// ema += w·(p − ema), w = 1 − optim.ema_decay (Backend::ema_update).
 template <class X>
 TRIAD_BLOCK_FN void ema_update(X& x, float* ema, const float* p, float w, size_t n, int threads,
                                size_t stride) {
