@@ -68,11 +68,10 @@ int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
         system, messages;
-    int64_t length = 0, seed = 0;
-    double temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1, frequency_penalty = 0,
-           presence_penalty = 0;
+    int64_t seed = 0;
+    triad::SampleOptions opt;  // the sampling options parse into it
     std::vector<std::string> stops;
-    int top_k = 0, threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
+    int threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
     bool no_cache = false, timing = false, stop_at_eot = false, ema = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
@@ -87,21 +86,21 @@ int main(int argc, char** argv) {
         "tokenizer)")("prompt", po::value(&prompt)->default_value(""),
                       "prompt text (after the tokenizer's prompt start, e.g. Llama 3's "
                       "<|begin_of_text|>; empty and none: its document start, GPT-2's "
-                      "<|endoftext|>)")("length", po::value(&length)->default_value(128),
+                      "<|endoftext|>)")("length", po::value(&opt.length)->default_value(128),
                                         "tokens to generate")(
-        "temperature", po::value(&temperature)->default_value(0.8), "sampling temperature")(
-        "top-k", po::value(&top_k)->default_value(40), "sample among the k likeliest (0: all)")(
-        "top-p", po::value(&top_p)->default_value(1.0),
+        "temperature", po::value(&opt.temperature)->default_value(0.8), "sampling temperature")(
+        "top-k", po::value(&opt.top_k)->default_value(40), "sample among the k likeliest (0: all)")(
+        "top-p", po::value(&opt.top_p)->default_value(1.0),
         "nucleus sampling among the top-k: the fewest likeliest tokens whose probability reaches "
         "P (1: off)")(
-        "min-p", po::value(&min_p)->default_value(0.0),
+        "min-p", po::value(&opt.min_p)->default_value(0.0),
         "then min-p: only the candidates at least P times as likely as the likeliest (0: off)")(
-        "repetition-penalty", po::value(&repetition_penalty)->default_value(1.0),
+        "repetition-penalty", po::value(&opt.repetition_penalty)->default_value(1.0),
         "each token already in the prompt or the continuation: its logit divided by R where "
         "positive, multiplied by R where negative (Hugging Face's; 1: off)")(
-        "frequency-penalty", po::value(&frequency_penalty)->default_value(0.0),
+        "frequency-penalty", po::value(&opt.frequency_penalty)->default_value(0.0),
         "each token the continuation holds n times: its logit lowered by n·F (OpenAI's; 0: off)")(
-        "presence-penalty", po::value(&presence_penalty)->default_value(0.0),
+        "presence-penalty", po::value(&opt.presence_penalty)->default_value(0.0),
         "each token the continuation holds: its logit lowered by P (OpenAI's; 0: off)")(
         "stop", po::value(&stops)->composing(),
         "end a sample where its text first holds this string, which is cut off with what follows "
@@ -162,17 +161,12 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(tp >= 1 && pp >= 1, "--tp and --pp must be >= 1 (got ", tp, ", ", pp, ")");
     TRIAD_CHECK(size == tp * pp, "triad-generate runs on --tp × --pp = ", tp * pp, " ranks (got ",
                 size, ")");
-    TRIAD_CHECK(length >= 0, "--length must be >= 0 (got ", length, ")");
-    TRIAD_CHECK(temperature > 0, "--temperature must be > 0 (got ", temperature, ")");
-    TRIAD_CHECK(top_k >= 0, "--top-k must be >= 0 (got ", top_k, ")");
-    TRIAD_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1] (got ", top_p, ")");
-    TRIAD_CHECK(min_p >= 0 && min_p <= 1, "--min-p must be in [0, 1] (got ", min_p, ")");
-    TRIAD_CHECK(repetition_penalty >= 1e-3 && repetition_penalty <= 1e3,
-                "--repetition-penalty must be in [0.001, 1000] (got ", repetition_penalty, ")");
-    TRIAD_CHECK(std::abs(frequency_penalty) <= 100,
-                "--frequency-penalty must be in [-100, 100] (got ", frequency_penalty, ")");
-    TRIAD_CHECK(std::abs(presence_penalty) <= 100,
-                "--presence-penalty must be in [-100, 100] (got ", presence_penalty, ")");
+    TRIAD_CHECK(opt.length >= 0, "--length must be >= 0 (got ", opt.length, ")");
+    if (const triad::SampleRangeError bad = triad::sample_range_error(opt); !bad.name.empty()) {
+      std::string option = bad.name;  // the field's name as the option's: top_p → --top-p
+      std::replace(option.begin(), option.end(), '_', '-');
+      triad::fail("--", option, " ", bad.rule, " (got ", bad.value, ")");
+    }
     for (const std::string& s : stops) TRIAD_CHECK(!s.empty(), "--stop: an empty string");
     TRIAD_CHECK(samples >= 1, "--samples must be >= 1 (got ", samples, ")");
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
@@ -281,28 +275,18 @@ int main(int argc, char** argv) {
     model.params_updated();
     triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training
     triad::Rng rng(static_cast<uint64_t>(seed));
-    triad::SampleOptions opt;
-    opt.length = length;
-    opt.temperature = temperature;
-    opt.top_k = top_k;
-    opt.top_p = top_p;
-    opt.min_p = min_p;
-    opt.repetition_penalty = repetition_penalty;
-    opt.frequency_penalty = frequency_penalty;
-    opt.presence_penalty = presence_penalty;
     opt.kv_cache = !no_cache;
     opt.logprobs = logprobs;
     // --stop: where a continuation's text first holds one of the strings (none: npos). Every rank
     // decodes the same tokens, so all end a sample alike.
-    const auto stop_at = [&](const std::vector<int32_t>& out) {
-      const std::string text = tok.decode(out);
+    const auto stop_at = [&](const std::string& text) {
       size_t at = std::string::npos;
       for (const std::string& s : stops) at = std::min(at, text.find(s));
       return at;
     };
     if (!stops.empty())
       opt.stop_when = [&](const std::vector<int32_t>& out) {
-        return stop_at(out) != std::string::npos;
+        return stop_at(tok.decode(out)) != std::string::npos;
       };
     // A chat reply ends at the tokenizer's stop tokens (Llama 3's <|eot_id|>, Mistral's </s>).
     const bool chatting = vm.count("chat") != 0;
@@ -352,13 +336,12 @@ int main(int argc, char** argv) {
             if (!reply.empty() && std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(),
                                             reply.back()) != opt.stop_tokens.end())
               reply.pop_back();
-            std::string text = tok.decode(reply);
-            if (!stops.empty()) text = text.substr(0, stop_at(reply));
-            std::cout << text << std::endl;
+            const std::string text = tok.decode(reply);
+            std::cout << text.substr(0, stop_at(text)) << std::endl;
           } else {
-            std::string text = tok.decode(out);
-            if (!stops.empty()) text = text.substr(0, stop_at(out));
-            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt) << text << std::endl;
+            const std::string text = tok.decode(out);
+            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt)
+                      << text.substr(0, stop_at(text)) << std::endl;
           }
         }
       }

@@ -19,6 +19,7 @@
 #include "triad/optim/optimizer.h"  // frozen_tensor: a name against comma-separated globs
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/run_plan.h"
+#include "triad/train/sampler.h"
 
 namespace po = boost::program_options;
 
@@ -1624,16 +1625,8 @@ void validate(const Config& c, int world_size) {
             " (its weight pass reads the layer inputs full recomputation discards): use gelu or "
             "none, or the 1f1b schedule");
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
-  check(c.sample.temperature > 0, "sample.temperature", "must be > 0");
-  check(c.sample.top_k >= 0, "sample.top_k", "must be >= 0");
-  check(c.sample.top_p > 0 && c.sample.top_p <= 1, "sample.top_p", "must be in (0, 1]");
-  check(c.sample.min_p >= 0 && c.sample.min_p <= 1, "sample.min_p", "must be in [0, 1]");
-  check(c.sample.repetition_penalty >= 1e-3 && c.sample.repetition_penalty <= 1e3,
-        "sample.repetition_penalty", "must be in [0.001, 1000]");
-  check(std::abs(c.sample.frequency_penalty) <= 100, "sample.frequency_penalty",
-        "must be in [-100, 100]");
-  check(std::abs(c.sample.presence_penalty) <= 100, "sample.presence_penalty",
-        "must be in [-100, 100]");
+  const SampleRangeError bad = sample_range_error(sample_options(c.sample));
+  check(bad.name.empty(), "sample." + bad.name, bad.rule);
 }
 
 }  // namespace triad

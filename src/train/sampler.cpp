@@ -8,17 +8,53 @@
 
 namespace triad {
 
-int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
-                     std::vector<int>& order, std::vector<double>& prob) {
+namespace {
+
+// order[0 .. k) ← the ids of the k largest of the first V logits, likeliest first, equal logits
+// by id.
+void order_likeliest(const float* logits, int V, int k, std::vector<int>& order) {
   order.resize(size_t(V));
-  prob.resize(size_t(V));
-  // Candidates: the top-k logits (all of them when top_k is 0 or >= V), likeliest first, equal
-  // logits by id.
-  int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
   std::iota(order.begin(), order.end(), 0);
   std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
     return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
   });
+}
+
+}  // namespace
+
+SampleOptions sample_options(const SampleConfig& c) {
+  SampleOptions o;
+  o.length = c.length;
+  o.temperature = c.temperature;
+  o.top_k = c.top_k;
+  o.top_p = c.top_p;
+  o.min_p = c.min_p;
+  o.repetition_penalty = c.repetition_penalty;
+  o.frequency_penalty = c.frequency_penalty;
+  o.presence_penalty = c.presence_penalty;
+  return o;
+}
+
+SampleRangeError sample_range_error(const SampleOptions& o) {
+  if (!(o.temperature > 0)) return {"temperature", "must be > 0", o.temperature};
+  if (o.top_k < 0) return {"top_k", "must be >= 0", double(o.top_k)};
+  if (!(o.top_p > 0 && o.top_p <= 1)) return {"top_p", "must be in (0, 1]", o.top_p};
+  if (!(o.min_p >= 0 && o.min_p <= 1)) return {"min_p", "must be in [0, 1]", o.min_p};
+  if (!(o.repetition_penalty >= 1e-3 && o.repetition_penalty <= 1e3))
+    return {"repetition_penalty", "must be in [0.001, 1000]", o.repetition_penalty};
+  if (!(std::abs(o.frequency_penalty) <= 100))
+    return {"frequency_penalty", "must be in [-100, 100]", o.frequency_penalty};
+  if (!(std::abs(o.presence_penalty) <= 100))
+    return {"presence_penalty", "must be in [-100, 100]", o.presence_penalty};
+  return {};
+}
+
+int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
+                     std::vector<int>& order, std::vector<double>& prob) {
+  prob.resize(size_t(V));
+  // Candidates: the top-k logits (all of them when top_k is 0 or >= V).
+  int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
+  order_likeliest(logits, V, k, order);
   const double mx = logits[order[0]];
   double z = 0;
   for (int i = 0; i < k; ++i) {
@@ -86,11 +122,7 @@ TokenLogprob token_logprob(const float* logits, int V, int32_t token, int top,
   TokenLogprob r;
   r.logprob = double(logits[token]) - lse;
   const int k = std::clamp(top, 0, V);
-  order.resize(size_t(V));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
+  order_likeliest(logits, V, k, order);
   for (int i = 0; i < k; ++i)
     r.top.emplace_back(order[size_t(i)], double(logits[order[size_t(i)]]) - lse);
   return r;

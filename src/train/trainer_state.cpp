@@ -960,8 +960,8 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
               " holds the state of optim.name = ", saved_optim, ", not ", cfg.optim.name,
               " (resume with the optimizer it was saved with, or use --init-from)");
   // optim.ema_decay on a checkpoint without a moving average: it starts from the weights loaded.
-  const bool start_average =
-      opt->ema() && !checkpoint_has_group(grid.world(), path, "optimizer/ema");
+  const bool saved_average = checkpoint_has_group(grid.world(), path, "optimizer/ema");
+  const bool start_average = opt->ema() && !saved_average;
   for (const auto& sg : opt->state_groups()) {
     const std::string slot = "optimizer/" + sg.name;
     if (sg.name == "ema" && start_average) continue;
@@ -969,7 +969,7 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
                 slot, " state for optim.name = ", cfg.optim.name,
                 " (resume with the optimizer it was saved with, or use --init-from)");
   }
-  if (!opt->ema() && checkpoint_has_group(grid.world(), path, "optimizer/ema"))
+  if (!opt->ema() && saved_average)
     say("warning: checkpoint " + path +
         " holds a moving average of the weights, which this run "
         "(optim.ema_decay = 0) does not keep: its checkpoints will have none");
@@ -1219,15 +1219,7 @@ void Trainer::State::write_sample() {
     return;
   const std::vector<int32_t> prompt = tokenizer->encode_prompt(cfg.sample.prompt);
   Rng rng(uint64_t(cfg.train.seed) * 31 + uint64_t(step));
-  SampleOptions o;
-  o.length = cfg.sample.length;
-  o.temperature = cfg.sample.temperature;
-  o.top_k = cfg.sample.top_k;
-  o.top_p = cfg.sample.top_p;
-  o.min_p = cfg.sample.min_p;
-  o.repetition_penalty = cfg.sample.repetition_penalty;
-  o.frequency_penalty = cfg.sample.frequency_penalty;
-  o.presence_penalty = cfg.sample.presence_penalty;
+  SampleOptions o = sample_options(cfg.sample);
   o.vocab_limit = tokenizer->vocab_size();
   const auto ids = sample_continuation(*model, prompt, o, rng);
   if (!root()) return;

@@ -10,6 +10,7 @@
 
 #include "triad/core/rng.h"
 #include "triad/model/gpt.h"
+#include "triad/train/config.h"
 
 namespace triad {
 
@@ -49,6 +50,19 @@ struct SampleOptions {
   // has rows past its tokenizer's ids (Qwen2's 151,936 for 151,665 tokens) never draws one.
   int vocab_limit = 0;
 };
+
+// The options of the [sample] keys (the in-training samples; the caller adds the vocabulary).
+SampleOptions sample_options(const SampleConfig& c);
+
+// The first of opt's sampling values out of its range, with that range: temperature > 0, top_k >=
+// 0, top_p in (0, 1], min_p in [0, 1], repetition_penalty in [0.001, 1000], frequency_penalty
+// and presence_penalty in [-100, 100] (beyond those, fp32 logits overflow). name is the field's
+// ("top_p"); empty where all hold. Both sample.* and triad-generate's options are checked here.
+struct SampleRangeError {
+  std::string name, rule;  // rule: "must be in (0, 1]"
+  double value = 0;
+};
+SampleRangeError sample_range_error(const SampleOptions& opt);
 
 // One token drawn from logits (the first V): temperature, then top-k, then top-p, then min-p, as
 // above (the penalties are penalize_logits'). order and prob are scratch of V entries, kept
