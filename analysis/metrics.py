@@ -106,6 +106,9 @@ class Metrics:
     attrs: dict[str, Any] = field(default_factory=dict)
     # eval.sets: /val_sets/<name>/{step, loss, accuracy, bpb (newer files)}, by name
     val_sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # eval.ema: /val_ema/{step, loss, accuracy, bpb}, data.val under the moving average of the
+    # weights (empty: the run did not set it)
+    val_ema: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def config_text(self) -> str:
@@ -250,7 +253,9 @@ def _read_once(path: Path):
         if "val_sets" in f:
             for name in sorted(f["val_sets"].keys()):
                 sets[name] = _read_group(f["val_sets"], path, name, ("step", "loss", "accuracy"))
-    return train, val, attrs, sets
+        average = _read_group(f, path, "val_ema", ("step", "loss", "accuracy")) \
+            if "val_ema" in f else {}
+    return train, val, attrs, sets, average
 
 
 def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
@@ -277,7 +282,7 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
     delay = 0.02
     while True:
         try:
-            train, val, attrs, sets = _read_once(path)
+            train, val, attrs, sets, average = _read_once(path)
         except _Inconsistent as e:
             if time.monotonic() < deadline:
                 time.sleep(delay)
@@ -305,7 +310,9 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
     val = {k: v[:min(_lengths(val).values())] for k, v in val.items()}
     # Written with /val, at the same evaluations: cut to equal lengths like it.
     sets = {n: {k: v[:min(_lengths(c).values())] for k, v in c.items()} for n, c in sets.items()}
-    return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets)
+    if average:
+        average = {k: v[:min(_lengths(average).values())] for k, v in average.items()}
+    return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets, val_ema=average)
 
 
 _GRID_RE = re.compile(r"\b(dp|pp|tp|cp)\s*=\s*(\d+)")

@@ -76,6 +76,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     any_skipped = False
     drop_drawn = False  # some run logged /train/moe_dropped (a capacity)
     set_markers: dict[str, str] = {}
+    any_average = False  # some run scored the moving average of its weights (eval.ema)
     # eval.bits_per_byte: val/bpb (and each set's) on a right-hand axis of the accuracy panel.
     has_bpb = any(r.n_val and np.isfinite(r.val.get("bpb", np.array([np.nan]))).any()
                   for r in runs)
@@ -140,6 +141,14 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             if ax_bpb is not None and sb is not None and np.isfinite(sb).any():
                 ok = np.isfinite(sb)
                 ax_bpb.plot(sx[ok], sb[ok], color=c, ls=":", marker=mk, ms=4, lw=1.0)
+        # eval.ema: data.val under the moving average of the weights.
+        av = r.val_ema
+        if av and len(av["step"]):
+            ax_ = av["step"].astype(np.float64)
+            if x == "tokens" and len(va["step"]):
+                ax_ = np.interp(ax_, va["step"].astype(np.float64), r.val_tokens())
+            ax_loss.plot(ax_, av["loss"], color=c, ls="-.", marker="d", ms=4, lw=1.2)
+            any_average = True
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
@@ -167,6 +176,9 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     style = [Line2D([], [], color="0.4", alpha=0.35, lw=1, label="train (raw)"),
              Line2D([], [], color="0.4", lw=1.6, label="train (smoothed)"),
              Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="val")]
+    if any_average:
+        style.append(Line2D([], [], color="0.4", ls="-.", marker="d", ms=4,
+                            label="val, moving average of the weights"))
     for name, mk in set_markers.items():
         style.append(Line2D([], [], color="0.4", ls=":", marker=mk, ms=4, label=f"val {name}"))
     if any_skipped:
@@ -177,7 +189,8 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
     ax_loss.legend(handles=run_handles, loc="lower left", fontsize=8)
     # zoom on the interesting part: ignore the first few % of the curve for the y-range
     all_loss = [r.train["loss"][len(r.train["loss"]) // 20:] for r in runs if r.n_train] + \
-               [r.val["loss"] for r in runs if r.n_val]
+               [r.val["loss"] for r in runs if r.n_val] + \
+               [r.val_ema["loss"] for r in runs if r.val_ema]
     vals = np.concatenate(all_loss) if all_loss else np.array([])
     vals = vals[np.isfinite(vals)]
     if vals.size and not log_loss:

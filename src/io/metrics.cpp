@@ -255,6 +255,15 @@ struct MetricsWriter::Impl {
   std::vector<Table> moe_load;     // /moe_load (one table, or none)
   std::vector<Table> positions;    // /val_positions (one table, or none)
   std::vector<Table> noise;        // /noise (one table, or none)
+  std::vector<Table> val_ema;      // /val_ema (one table, or none)
+
+  // The tables past /train and /val: /val_sets' and the optional groups'.
+  std::vector<Table*> further_tables() {
+    std::vector<Table*> all;
+    for (auto* group : {&sets, &norms, &activations, &moe_load, &positions, &noise, &val_ema})
+      for (Table& t : *group) all.push_back(&t);
+    return all;
+  }
 
   // The names of the groups under /val_sets in the file.
   std::vector<std::string> existing_sets() { return members("val_sets"); }
@@ -282,12 +291,7 @@ struct MetricsWriter::Impl {
   void flush() {
     write_buffered(train);
     write_buffered(val);
-    for (Table& t : sets) write_buffered(t);
-    for (Table& t : norms) write_buffered(t);
-    for (Table& t : activations) write_buffered(t);
-    for (Table& t : moe_load) write_buffered(t);
-    for (Table& t : positions) write_buffered(t);
-    for (Table& t : noise) write_buffered(t);
+    for (Table* t : further_tables()) write_buffered(*t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
   }
 };
@@ -297,7 +301,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
                              const std::vector<std::string>& norm_groups,
                              const std::vector<std::string>& activations,
                              const std::vector<std::string>& moe_layers, int moe_experts,
-                             int positions, bool noise)
+                             int positions, bool noise, bool val_ema)
     : impl_(std::make_unique<Impl>()) {
   const auto hdf5 = io::hdf5_lock();
   Impl& m = *impl_;
@@ -346,15 +350,14 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.noise.push_back(step_table("noise", kNoiseColumns));
       m.open_table(m.noise.back());
     }
+    if (val_ema) {
+      m.val_ema.push_back(step_table("val_ema", {"loss", "accuracy", "bpb"}));
+      m.open_table(m.val_ema.back());
+    }
     if (resume) {
-      for (Table& t : m.norms) m.truncate_table(t, resume_step);
-      for (Table& t : m.activations) m.truncate_table(t, resume_step);
-      for (Table& t : m.moe_load) m.truncate_table(t, resume_step);
-      for (Table& t : m.positions) m.truncate_table(t, resume_step);
-      for (Table& t : m.noise) m.truncate_table(t, resume_step);
       m.truncate_table(m.train, resume_step);
       m.truncate_table(m.val, resume_step);
-      for (Table& t : m.sets) m.truncate_table(t, resume_step);
+      for (Table* t : m.further_tables()) m.truncate_table(*t, resume_step);
       // Sets of the file that this run no longer scores: cut at the resume step as well, so
       // no row of the abandoned run's future is left behind.
       for (const std::string& name : m.existing_sets())
@@ -364,13 +367,12 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
           m.truncate_table(t, resume_step);
           for (Column& c : t.cols) c.dset.reset();
         }
-      // /norms, /activations, /moe_load and /val_positions that this run does not write: cut
-      // likewise.
+      // The optional groups that this run does not write: cut likewise.
       for (const auto& [group, written] :
            {std::pair{"norms", !norm_groups.empty()},
             std::pair{"activations", !activations.empty()},
             std::pair{"moe_load", !moe_layers.empty()}, std::pair{"val_positions", positions > 0},
-            std::pair{"noise", noise}})
+            std::pair{"noise", noise}, std::pair{"val_ema", val_ema}})
         if (!written) {
           std::vector<std::string> cols = m.members(group);
           const auto step = std::find(cols.begin(), cols.end(), "step");
@@ -402,18 +404,8 @@ MetricsWriter::~MetricsWriter() {
   for (Table* t : {&impl_->train, &impl_->val}) {
     for (Column& c : t->cols) c.dset.reset();
   }
-  for (Table& t : impl_->sets)
-    for (Column& c : t.cols) c.dset.reset();
-  for (Table& t : impl_->norms)
-    for (Column& c : t.cols) c.dset.reset();
-  for (Table& t : impl_->activations)
-    for (Column& c : t.cols) c.dset.reset();
-  for (Table& t : impl_->moe_load)
-    for (Column& c : t.cols) c.dset.reset();
-  for (Table& t : impl_->positions)
-    for (Column& c : t.cols) c.dset.reset();
-  for (Table& t : impl_->noise)
-    for (Column& c : t.cols) c.dset.reset();
+  for (Table* t : impl_->further_tables())
+    for (Column& c : t->cols) c.dset.reset();
   impl_->file.reset();
 }
 
@@ -494,6 +486,16 @@ void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values
   Table& t = impl_->noise[0];
   t.col(0).ints.push_back(step);
   for (size_t i = 0; i < values.size(); ++i) t.col(1 + i).doubles.push_back(values[i]);
+  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_val_ema(int64_t step, double loss, double accuracy, double bpb) {
+  TRIAD_ASSERT(!impl_->val_ema.empty());
+  Table& t = impl_->val_ema[0];
+  t.col(0).ints.push_back(step);
+  t.col(1).doubles.push_back(loss);
+  t.col(2).doubles.push_back(accuracy);
+  t.col(3).doubles.push_back(bpb);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

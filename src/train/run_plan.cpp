@@ -310,6 +310,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
         shape, p.micro_batch_size, replicas, mp, p.grid.pp > 1 ? &schedule : nullptr, p.precision,
         options, zero_options(cfg, 0, replicas), ramp_slots(cfg, mp, p.grid.dp).get());
     if (cfg.run.fp8 != "off") m.model.other += Gpt::fp8_amax_floats(shape, mp) * sizeof(float);
+    // eval.ema: the weights set aside while the moving average is scored (at most the weights'
+    // and their bf16 copy's buffers; Trainer::State::use_moving_average).
+    if (cfg.eval.ema) m.model.other += m.model.weights + m.model.weights_bf16;
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;
@@ -568,6 +571,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   os << "(activations: kept for the micro-batches in flight per chunk, in parentheses, plus the "
         "backward scratch; gradients include ZeRO's reduce-scattered slice, under ZeRO-2 with "
         "the buckets instead of the whole buffer";
+  if (cfg.eval.ema) os << "; other includes the weights eval.ema sets aside at evaluations";
   if (cfg.run.backend == "cuda") {
     // Grouped-query attention outside the flash kernels (bf16, head dims 64 and 128) runs on
     // rows expanded to one key/value head per query head.

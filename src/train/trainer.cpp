@@ -139,6 +139,10 @@ EvalResult Trainer::evaluate_only() {
                 s.cfg.checkpoint_dir());
   }
   const CheckpointState st = s.load_weights(path);
+  if (s.cfg.eval.ema && s.root())
+    std::cout << "note: eval.ema applies to training runs; --eval-only scores the checkpoint's "
+                 "weights (add --from-ema for its moving average)"
+              << std::endl;
   // A checkpoint of this run (--resume, or found) is evaluated as the run evaluated it at that
   // step (train.window_warmup's window); one given by --init-from, as a model: its own window.
   if (s.cl.init_from.empty()) s.use_window(st.step);
@@ -324,7 +328,7 @@ TrainOutcome Trainer::run() {
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
                                         : std::vector<std::string>{},
         moe_layers, cfg.model.moe_experts, cfg.eval.loss_by_position ? cfg.model.seq_len : 0,
-        cfg.train.noise_every > 0);
+        cfg.train.noise_every > 0, cfg.eval.ema);
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {
@@ -633,11 +637,9 @@ TrainOutcome Trainer::run() {
          << z_norm << "); the weights and optimizer state stay as they were";
       s.say(os.str());
     }
-    // The update writes the bf16 copy of the weights it updates as it goes (bf16 precision).
-    // Under ZeRO the other ranks' slices arrive afterwards: as bf16 where only the layers read
-    // them (half the bytes, as llm.c gathers), else in fp32 with the copy refreshed from them.
-    // Clipped by the global norm as the optimizer reads the gradient (no pass of its own).
-    const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
+    // The update writes the bf16 copy of the weights it updates as it goes (bf16 precision);
+    // publish_update() brings the other ranks' slices. Clipped by the global norm as the
+    // optimizer reads the gradient (no pass of its own).
     if (!skip) {
       const double wd = weight_decay_at(cfg.optim, at);  // optim.weight_decay_schedule
       s.opt->set_weight_decay(wd);
@@ -659,21 +661,7 @@ TrainOutcome Trainer::run() {
                              clip_scale(norm, cfg.train.grad_clip),
                              muon_lr_at(cfg.train, cfg.optim, at));
       }
-      if (s.model->gathered_weights()) {
-        // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.
-        s.model->weights_changed();
-      } else if (gather_bf16) {
-        // Each rank holds the fp32 master weights of its slice only (zero_options).
-        bf16_t* copy = s.model->params_bf16();
-        s.grid.dp().all_gather(reinterpret_cast<float*>(copy + lo), reinterpret_cast<float*>(copy),
-                               (hi - lo) / 2);
-      } else if (zero) {
-        s.stash_experts();
-        s.grid.dp().all_gather(s.model->params() + lo, s.model->params(), hi - lo);
-        s.gather_experts();
-        s.model->params_updated();
-      }
-      s.model->sync_tied_embedding(!gather_bf16);
+      s.publish_update();
       // DeepSeek-V3's balancing: every rank moves the same biases alike.
       if (cfg.train.moe_bias_rate > 0)
         s.model->balance_router_bias(moe_counts, float(cfg.train.moe_bias_rate));

@@ -396,6 +396,70 @@ void Trainer::State::start_ema() {
   if (expert_opt) expert_opt->start_ema(expert_update_weights());
 }
 
+void Trainer::State::publish_update() {
+  const bool zero = cfg.parallel.zero >= 1;
+  const bool gather_bf16 = zero && zero_gathers_bf16(cfg);
+  if (model->gathered_weights()) {
+    // ZeRO-3: nothing to gather now; the layers gather the weights they read from the slices.
+    model->weights_changed();
+  } else if (gather_bf16) {
+    // Each rank holds the fp32 master weights of its slice only (zero_options).
+    bf16_t* copy = model->params_bf16();
+    grid.dp().all_gather(reinterpret_cast<float*>(copy + shard_lo), reinterpret_cast<float*>(copy),
+                         (shard_hi - shard_lo) / 2);
+  } else if (zero) {
+    stash_experts();
+    grid.dp().all_gather(model->params() + shard_lo, model->params(), shard_hi - shard_lo);
+    gather_experts();
+    model->params_updated();
+  }
+  model->sync_tied_embedding(!gather_bf16);
+}
+
+void Trainer::State::use_moving_average() {
+  TRIAD_ASSERT(set_aside.empty() && opt->ema());
+  const auto words = [](bf16_t* p) { return reinterpret_cast<float*>(p); };
+  const size_t master = model->master_end() - model->master_begin();
+  set_aside.push_back({model->params(), nullptr, master});
+  if (model->params_bf16() != nullptr)  // the whole buffer's copy, or ZeRO-3's slice's (even)
+    set_aside.push_back({words(model->params_bf16()), nullptr,
+                         (model->gathered_weights() ? master : model->buffer_floats()) / 2});
+  if (model->packed_experts()) {
+    const size_t n = model->expert_end() - model->expert_begin();
+    set_aside.push_back({model->expert_params(), nullptr, n});
+    if (model->expert_params_bf16() != nullptr)
+      set_aside.push_back({words(model->expert_params_bf16()), nullptr, n / 2});
+  }
+  for (SetAside& a : set_aside) {
+    a.copy = be->alloc(a.n);
+    be->copy(a.copy, a.at, a.n);
+  }
+  // Each average where an update writes: its weights, and of them (bf16) their copy; the
+  // experts' after the rest, whose range may hold experts' elements the dense optimizer skips.
+  for (bool experts : {false, true}) {
+    if (experts && !expert_opt) continue;
+    Optimizer& o = experts ? *expert_opt : *opt;
+    float* w = experts ? expert_update_weights() : dense_update_weights();
+    const size_t n = o.end() - o.begin();
+    be->copy(w, o.slot(o.ema_slot()), n);
+    if (model->params_bf16() == nullptr) continue;
+    bf16_t* copy = experts && model->packed_experts()
+                       ? model->expert_params_bf16()
+                       : model->params_bf16() + (o.begin() - model->copy_begin());
+    be->convert(copy, w, n);
+  }
+  publish_update();
+}
+
+void Trainer::State::restore_weights() {
+  for (const SetAside& a : set_aside) {
+    be->copy(a.at, a.copy, a.n);
+    be->free(a.copy);
+  }
+  set_aside.clear();
+  model->weights_changed();  // ZeRO-3's gathered layers and any kept keys and values are stale
+}
+
 void Trainer::State::stash_experts() {
   if (expert_opt)
     be->copy(expert_stash, model->params() + (expert_lo - model->master_begin()),
@@ -1243,11 +1307,21 @@ void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& ac
 void Trainer::State::run_eval() {
   use_window(step);  // the window the next step trains with (the last one's after the last)
   const EvalResult r = evaluate();
+  EvalResult average;  // eval.ema: data.val under the moving average of the weights
+  if (cfg.eval.ema) {
+    use_moving_average();
+    average = evaluate_source(val_src.get());
+    restore_weights();
+  }
   if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
     std::ostringstream os;
     os << "eval step " << step << std::fixed << std::setprecision(4);
     if (r.sequences > 0) os << " | val loss " << r.loss << " | val accuracy " << r.accuracy;
     if (r.sequences > 0 && cfg.eval.bits_per_byte) os << " | val bpb " << r.bpb;
+    if (average.sequences > 0) {
+      os << " | ema val loss " << average.loss;
+      if (cfg.eval.bits_per_byte) os << " bpb " << average.bpb;
+    }
     for (const auto& v : r.sets) {
       os << " | " << v.name << " loss " << v.loss;
       if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
@@ -1263,6 +1337,8 @@ void Trainer::State::run_eval() {
           r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan, r.sequences > 0 ? r.bpb : nan});
       for (size_t i = 0; i < r.sets.size(); ++i)
         metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy, r.sets[i].bpb);
+      if (average.sequences > 0)
+        metrics->append_val_ema(step, average.loss, average.accuracy, average.bpb);
       if (!r.loss_by_position.empty()) metrics->append_position_losses(step, r.loss_by_position);
       metrics->flush();
     }

@@ -154,6 +154,24 @@ struct Trainer::State {
   float* expert_update_weights();
   // optim.ema_decay: every optimizer's moving average set to the weights it updates.
   void start_ema();
+  // After the optimizers wrote the weights they update (and, bf16, those weights' copy): under
+  // ZeRO the other ranks' slices arrive, as bf16 where only the layers read them (half the
+  // bytes, as llm.c gathers; zero_gathers_bf16), else in fp32 with the copy refreshed from
+  // them (ZeRO-3: the layers gather what they read later); the tied embedding's two copies are
+  // made one. Collective over the world.
+  void publish_update();
+  // eval.ema: use_moving_average() sets everything the layers read aside (the fp32 weights this
+  // rank holds, their bf16 copy, ZeRO-3's packed experts) and puts every optimizer's moving
+  // average in the place of the weights it updates, published as an update's weights are;
+  // restore_weights() puts the set-aside ones back bit for bit. Both collective.
+  void use_moving_average();
+  void restore_weights();
+  struct SetAside {
+    float* at;    // a buffer of the model (bf16 ones as pairs in fp32 words)
+    float* copy;  // its copy (a backend buffer)
+    size_t n;     // floats
+  };
+  std::vector<SetAside> set_aside;
   void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);

@@ -266,6 +266,40 @@ def test_val_sets_are_loaded_and_plotted(tmp_path, monkeypatch):
     plt.close(figs[-1])
 
 
+def test_moving_average_validation_is_loaded_and_plotted(tmp_path, monkeypatch):
+    """eval.ema: /val_ema loads into Metrics.val_ema and is drawn dash-dot beside val, at the
+    tokens seen at its evaluations against tokens; a file without it loads with none."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from analysis import plot_curves
+
+    plain = load_metrics(write_metrics(tmp_path / "p" / "metrics.h5"))
+    assert plain.val_ema == {}
+    path = write_metrics(tmp_path / "e" / "metrics.h5", name="ema")
+    with h5py.File(path, "r+") as f:
+        g = f.create_group("val_ema")
+        g["step"] = np.array([0, 20, 40, 60], dtype=np.int64)
+        g["loss"] = np.array([10.0, 5.5, 3.9, 3.4])
+        g["accuracy"] = np.linspace(0.0, 0.3, 4)
+        g["bpb"] = np.full(4, np.nan)
+    m = load_metrics(path)
+    assert list(m.val_ema["loss"]) == pytest.approx([10.0, 5.5, 3.9, 3.4])
+    figs = []
+    monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
+    for x in ("step", "tokens"):
+        plot_curves.plot_runs([m, plain], tmp_path / "e.png", x=x)
+        ax = figs[-1].axes[0]
+        lines = [line for line in ax.lines if line.get_linestyle() == "-."]
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == list(m.val_ema["loss"])
+        want = m.val_tokens() if x == "tokens" else [0, 20, 40, 60]
+        assert list(lines[0].get_xdata()) == pytest.approx(list(want))
+        labels = [t.get_text() for leg in ax.findobj(matplotlib.legend.Legend)
+                  for t in leg.get_texts()]
+        assert "val, moving average of the weights" in labels
+        plt.close(figs[-1])
+
+
 def test_plot_cli_bad_files(tmp_path):
     p = write_metrics(tmp_path / "r" / "metrics.h5")
     with h5py.File(p, "a") as f:

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import (ENV, REPO, VOCAB, catching_pids, exe, tiny_config, tool, train,
-                       write_loss_mask, write_shard)
+from triad_run import (ENV, REPO, VOCAB, assert_clean_error, catching_pids, exe, tiny_config,
+                       tool, train, write_loss_mask, write_shard)
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -928,3 +928,46 @@ def test_weight_moving_average_is_the_same_on_every_grid_and_resumes_exactly(tmp
     assert p.returncode == 0 and "holds no moving average of the weights" in p.stdout, p.stdout
     late = moving_average(last("late"))
     assert max(np.abs(late[k] - want[k]).max() for k in want) > 1e-4
+
+
+def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
+    """eval.ema: at every evaluation data.val is scored with the moving average of the weights
+    (/val_ema of metrics.h5, "ema val loss" on the eval line) and the weights are put back: the
+    training and validation losses are those of the same run without it, bit for bit, in bf16
+    on a pipeline x data grid (ZeRO-1: the bf16 copy gathered, the tied embedding sent as bf16)
+    and with a mixture's experts on their own ranks under ZeRO-3 (packed experts, layers
+    gathered); the last score is --eval-only --from-ema's on that step's checkpoint, on the same
+    grid. (Against PyTorch's average: test_reference_model.py.)"""
+    cfg = tiny_config(tmp_path, name="ema", train__steps=8, eval__every=4, run__precision="bf16",
+                      optim__ema_decay=0.75, checkpoint__every=0)
+    moe = ["--model.moe_experts", 4, "--model.moe_top_k", 2, "--model.mlp_hidden", 64]
+    for name, n, grid in [("z1pp", 4, ["--parallel.pp", 2, "--parallel.zero", 1,
+                                       "--train.micro_batch_size", 2]),
+                          ("moe_z3", 2, [*moe, "--parallel.ep", 2, "--parallel.zero", 3])]:
+        curves = {}
+        for scored in ("true", "false"):
+            p = run(n, "--config", cfg, *grid, "--eval.ema", scored, "--run.name", name + scored)
+            assert p.returncode == 0, (name, p.stderr)
+            with h5py.File(tmp_path / "runs" / (name + scored) / "metrics.h5", "r") as f:
+                curves[scored] = {k: f[k][:] for k in ("train/loss", "val/loss")}
+                if scored == "true":
+                    steps, average = f["val_ema/step"][:], f["val_ema/loss"][:]
+                else:
+                    assert "val_ema" not in f
+        for k in ("train/loss", "val/loss"):
+            np.testing.assert_array_equal(curves["true"][k], curves["false"][k], err_msg=name)
+        np.testing.assert_array_equal(steps, [0, 4, 8])
+        val = curves["true"]["val/loss"]
+        assert average[0] == val[0] and abs(average[2] - val[2]) > 1e-4, (name, average, val)
+        ckpt = tmp_path / "runs" / (name + "true") / "ckpt" / "step_00000008.h5"
+        p = run(n, "--config", cfg, *grid, "--eval-only", "--resume", ckpt, "--from-ema")
+        assert p.returncode == 0, (name, p.stderr)
+        assert f"val loss {average[2]:.6f}" in p.stdout, (name, average, p.stdout)
+        line = [ln for ln in (tmp_path / "runs" / (name + "true") / "log.txt").read_text()
+                .splitlines() if ln.startswith("eval step 8")]
+        assert line and f"ema val loss {average[2]:.4f}" in line[0], line
+    # It needs the average and data.val to score.
+    for extra, needle in [(["--optim.ema_decay", 0], "eval.ema needs optim.ema_decay > 0"),
+                          (["--eval.sequences", 0],
+                           "eval.ema needs data.val and eval.sequences > 0")]:
+        assert_clean_error(train("--config", cfg, "--eval.ema", "true", *extra), needle)

@@ -1231,14 +1231,14 @@ def test_weight_moving_average_matches_torch(name, optim, freeze, tmp_root, tmp_
     --ema, is PyTorch's moving average of its weights after each of the 10 updates (from the
     starting weights; a frozen tensor's is the tensor), which differs from the final weights;
     the model it makes loads for --eval-only, its loss that of PyTorch's model at those
-    weights."""
+    weights, which is also the run's own score of the average (eval.ema, /val_ema)."""
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)
     muon = dict(optim__muon_lr=0.02, optim__muon_momentum=0.9, optim__muon_nesterov=True,
                 optim__muon_ns_steps=5, optim__muon_adjust_lr="original") if optim == "muon" else {}
     sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
                                optim__name=optim, optim__ema_decay=0.7, train__freeze=freeze,
-                               **muon)
+                               eval__ema=True, **muon)
     compare_training(p, tmp_path, sections, "ema")
     want = torch_train.ema
     out = tmp_path / "ema.h5"
@@ -1269,6 +1269,12 @@ def test_weight_moving_average_matches_torch(name, optim, freeze, tmp_root, tmp_
     ref.write_config(cfg, sections)
     text = run([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", out])
     assert abs(float(text.split("val loss")[1].split()[0]) - loss) <= 1e-4 * loss, (text, loss)
+    # eval.ema: the run scored the same average at its evaluations (at step 0 the weights).
+    m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
+    np.testing.assert_array_equal(m["val_ema/step"], [0, 10])
+    assert m["val_ema/loss"][0] == m["val/loss"][0]
+    assert abs(m["val_ema/loss"][1] - loss) <= 2e-6 * loss, (m["val_ema/loss"], loss)
+    assert abs(m["val/loss"][1] - loss) > 2e-5 * loss  # (the weights' loss is not)
     # --from-ema reads the average straight from the checkpoint: the same evaluation.
     direct = run([binary("triad-train"), "--config", cfg, "--eval-only", "--init-from", ckpt,
                   "--from-ema"])

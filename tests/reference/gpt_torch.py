@@ -1430,7 +1430,7 @@ def read_metrics(path) -> Dict[str, np.ndarray]:
 
     out = {}
     with h5py.File(path, "r") as f:
-        for g in ("train", "val"):
+        for g in ("train", "val", "val_ema"):
             if g in f:
                 for k, d in f[g].items():
                     out[f"{g}/{k}"] = d[...]

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -320,6 +321,27 @@ TEST_F(MetricsTest, MoeLoadRowsOfExpertsResumeAndCut) {
     EXPECT_NE(std::string(e.what()).find("/moe_load/h1 is not 2-D of 4 columns"), std::string::npos)
         << e.what();
   }
+}
+
+TEST_F(MetricsTest, MovingAverageRowsResumeAndCut) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  {  // eval.ema: /val_ema beside /val
+    triad::MetricsWriter w(path_, attrs(), -1, {}, {}, {}, {}, 0, 0, false, true);
+    for (int64_t s = 0; s <= 8; s += 4) w.append_val_ema(s, 5.0 - 0.1 * double(s), 0.01 * s, nan);
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0, 4, 8}));
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/loss"), (std::vector<double>{5.0, 4.6, 4.2}));
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/accuracy")[2], 0.08);
+  EXPECT_TRUE(std::isnan(read_column<double>(path_, "/val_ema/bpb")[1]));
+  {  // resumed at step 5: rows 0 and 4 stay
+    triad::MetricsWriter w(path_, attrs(), 5, {}, {}, {}, {}, 0, 0, false, true);
+    w.append_val_ema(6, 4.5, 0.05, 1.5);
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0, 4, 6}));
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/bpb")[2], 1.5);
+  { triad::MetricsWriter w(path_, attrs(), 3); }  // resumed without eval.ema: cut at 3
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0}));
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/loss"), (std::vector<double>{5.0}));
 }
 
 TEST_F(MetricsTest, ResumeAddsAColumnAnOlderFileLacks) {

@@ -13,6 +13,8 @@
 //                                             each position, a 2-D [rows, seq_len] dataset)
 //   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
 //                                             gradient norms of one micro-batch and the batch)
+//   /val_ema/{step, loss, accuracy, bpb}     (eval.ema: data.val scored with the moving average
+//                                             of the weights)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -77,13 +79,13 @@ class MetricsWriter {
   // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
   // train.moe_load_every) those of /moe_load, each of moe_experts values per row; positions > 0
   // (eval.loss_by_position: seq_len) the width of /val_positions/loss, truncated on resume as
-  // /val; noise (train.noise_every) opens /noise.
+  // /val; noise (train.noise_every) opens /noise, val_ema (eval.ema) /val_ema.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
                 const std::vector<std::string>& activations = {},
                 const std::vector<std::string>& moe_layers = {}, int moe_experts = 0,
-                int positions = 0, bool noise = false);
+                int positions = 0, bool noise = false, bool val_ema = false);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -104,6 +106,9 @@ class MetricsWriter {
   void append_position_losses(int64_t step, const std::vector<double>& loss);
   // A row of /noise: small_sq, small_tokens, big_sq, big_tokens.
   void append_noise(int64_t step, const std::vector<double>& values);
+  // A row of /val_ema: data.val's loss, accuracy and bits per byte (NaN: off) under the
+  // moving average of the weights.
+  void append_val_ema(int64_t step, double loss, double accuracy, double bpb);
   void flush();  // H5Fflush; called at least every evaluation
 
  private:
