@@ -378,18 +378,19 @@ template <class A>
 const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached) {
   const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
   const int V = shape_.vocab_size;
-  // Host logits: B rows of Vp floats, then room for this rank's Vl.
-  if (host_scratch_.size() < size_t(B) * Vp + Vp) host_scratch_.resize(size_t(B) * Vp + Vp);
+  // Only each sequence's last position's logits are needed: its row of the classifier. The B
+  // rows go through the head up to logits_rows_ at a time (a product, not B matrix-vector ones
+  // that each read the whole head: a prompt's first step of many samples), moved first to the
+  // front of lnfg, in order (row b's source, b·rows + n − 1, is never a row written before it).
+  const int together = std::min(B, logits_rows_);
+  // Host logits: B rows of Vp floats, then (tp > 1) room for `together` gathered rows and this
+  // rank's slice of them.
+  const size_t room = mp_.tp == 1 ? 0 : size_t(together) * (size_t(Vp) + size_t(Vl));
+  if (host_scratch_.size() < size_t(B) * Vp + room) host_scratch_.resize(size_t(B) * Vp + room);
   float* out = host_scratch_.data();
   int n = 0, rows = 0;
   if (Set<A>* last = decode_forward<A>(tokens, B, len, cached, 1, n, rows)) {
-    // Only each sequence's last position's logits are needed: its row of the classifier. With
-    // one rank's whole vocabulary the B rows go through the head together (a product, not B
-    // matrix-vector ones that each read the whole head: a prompt's first step of many samples),
-    // moved first to the front of lnfg, in order (row b's source, b·rows + n − 1, is never a
-    // row written before it).
     A* logits = acts<A>().logits;
-    const int together = mp_.tp == 1 ? std::min(B, logits_rows_) : 1;
     auto last_row = [&](int b) { return last->lnfg + (size_t(b) * rows + size_t(n - 1)) * C; };
     const bool compact = together > 1 && (rows > 1 || n > 1);
     for (int b = 0; compact && b < B; ++b)
@@ -399,13 +400,20 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       const int k = std::min(together, B - b0);
       const A* x = compact ? last->lnfg + size_t(b0) * C : last_row(b0);
       head_logits(logits, x, k, Vl);
+      float* dst = out + size_t(b0) * Vp;
       if (mp_.tp == 1) {
-        logits_to_host(out + size_t(b0) * Vp, logits, size_t(k) * Vl);
+        logits_to_host(dst, logits, size_t(k) * Vl);
       } else {
         // The slices in tensor-parallel rank order are the padded vocabulary in order, gathered
-        // through the room after the B rows.
-        logits_to_host(out + size_t(B) * Vp, logits, size_t(Vl));
-        mp_.tp_comm->all_gather(out + size_t(B) * Vp, out + size_t(b0) * Vp, size_t(Vl));
+        // in the room after the B rows as [tp][k][Vl], the rows [k][tp·Vl] wanted.
+        float* gathered = out + size_t(B) * Vp;
+        float* mine = gathered + size_t(together) * Vp;
+        logits_to_host(mine, logits, size_t(k) * Vl);
+        mp_.tp_comm->all_gather(mine, gathered, size_t(k) * Vl);
+        for (int r = 0; r < mp_.tp; ++r)
+          for (int j = 0; j < k; ++j)
+            std::copy_n(gathered + (size_t(r) * k + j) * Vl, Vl,
+                        dst + size_t(j) * Vp + size_t(r) * Vl);
       }
     }
   }

@@ -459,16 +459,24 @@ def test_padded_model_draws_among_the_tokenizers_ids_together(tmp_path):
     assert [[int(t) for t in line.split()] for line in p.stdout.splitlines()] == [want] * 3
 
 
-def test_logprobs_are_the_models(checkpoint):
+@pytest.mark.parametrize("tp", [1, 2])
+def test_logprobs_are_the_models(checkpoint, tp):
     """--output logprobs: each drawn token's log-probability and the likeliest ids beside it are
     the float64 reference's log-softmax of the logits at that point (before the penalty and the
-    temperature, which change what is drawn but not these), for sampled tokens of two samples."""
-    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
-             " ".join(map(str, PROMPT)), "--length", "12", "--samples", "2", "--temperature", "3",
-             "--top-k", "0", "--repetition-penalty", "1.5", "--seed", "5", "--output", "logprobs",
-             "--logprobs", "3"], check=True)
+    temperature, which change what is drawn but not these), for sampled tokens of three samples
+    decoded together; with tensor parallelism too (the three rows' vocabulary slices gathered
+    in one exchange and put in place)."""
+    args = ["--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+            " ".join(map(str, PROMPT)), "--length", "12", "--samples", "3", "--temperature", "3",
+            "--top-k", "0", "--repetition-penalty", "1.5", "--seed", "5", "--output", "logprobs",
+            "--logprobs", "3"]
+    if tp == 1:
+        p = run([exe("triad-generate"), *args], check=True)
+    else:
+        p = mpi_generate(tp, *args, "--tp", tp)
+        assert p.returncode == 0, p.stderr
     samples = p.stdout.rstrip("\n").split("\n---\n")
-    assert len(samples) == 2 and samples[0] != samples[1]
+    assert len(samples) == 3 and len(set(samples)) == 3
     _, params = ref.load_checkpoint(checkpoint, dtype=torch.float64)
     for sample in samples:
         rows = [line.split("\t") for line in sample.splitlines()]
