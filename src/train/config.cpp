@@ -1347,13 +1347,13 @@ void validate(const Config& c, int world_size) {
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.noise_every >= 0, "train.noise_every", "must be >= 0 (0: never)");
   if (t.noise_every > 0) {
-    // The first micro-batch's gradient must lie whole in this rank's buffer once its backward
-    // pass ends: no pipeline interleaving, no per-micro-batch reduction, no partial sums over
-    // context-parallel ranks, no experts fed by other replicas' tokens.
-    check(c.parallel.pp == 1 && c.parallel.cp == 1 && c.parallel.ep == 1 && c.parallel.zero <= 1,
-          "train.noise_every",
-          "needs parallel.pp = 1, parallel.cp = 1, parallel.ep = 1 and parallel.zero <= 1 (one "
-          "micro-batch's gradient whole on its ranks before any reduction)");
+    // The first micro-batch's gradient must pass whole through this rank's buffer (at the end
+    // of its backward pass, or under ZeRO-2/3 bucket by bucket before each is reduced): no
+    // pipeline interleaving, no partial sums over context-parallel ranks, no experts fed by
+    // other replicas' tokens.
+    check(c.parallel.pp == 1 && c.parallel.cp == 1 && c.parallel.ep == 1, "train.noise_every",
+          "needs parallel.pp = 1, parallel.cp = 1 and parallel.ep = 1 (one micro-batch's "
+          "gradient whole on its ranks before any reduction)");
     const int64_t per_rank = int64_t(t.micro_batch_size) * std::max(1, dp);
     check(per_rank > 0 && t.batch_size >= 2 * per_rank, "train.noise_every",
           "needs at least two micro-batches per step on each rank (train.batch_size >= 2 · "

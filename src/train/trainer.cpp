@@ -508,15 +508,23 @@ TrainOutcome Trainer::run() {
       // The slices' padding past the parameters is no bucket's: zero.
       if (zero) s.zero_grad_shards();
       // train.noise_every: the first micro-batch's gradient, whole on each replica's ranks
-      // before the last micro-batch reduces (the config keeps it so).
+      // before the last micro-batch reduces (the config keeps it so); under ZeRO-2 and 3, whose
+      // buckets are reduced as each micro-batch's backward finishes them, its squares are
+      // summed bucket by bucket before each is handed on.
+      double first_squares = 0;
       for (int m = 0; m < accum; ++m) {
         // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
         // layer, the embeddings) to its reduction while it computes the next one; ZeRO-2 and 3
         // reduce every micro-batch's buckets into the slices so.
         if (s.model->bucketed_grads()) {
-          s.model->set_grad_ready_hook([&s](size_t off, size_t n, float* data) {
-            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
-          });
+          const bool measure = noise_step && m == 0;
+          s.model->set_grad_ready_hook(
+              [&s, &first_squares, measure](size_t off, size_t n, float* data) {
+                if (measure)
+                  first_squares += s.range_squares(s.counted, data, off, off + n) +
+                                   s.range_squares(s.counted_experts, data, off, off + n);
+                return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
+              });
         } else if (m == accum - 1 && reduces) {
           s.model->set_grad_ready_hook(reduce_final);
         }
@@ -537,7 +545,8 @@ TrainOutcome Trainer::run() {
                                   : double(mbs) * T;
           const bool leader = s.grid.tp().rank() == 0 && mine > 0;
           const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
-          double v[3] = {mine > 0 ? s.local_grad_squares() * f2 : 0.0, leader ? 1.0 : 0.0,
+          const double squares = s.model->bucketed_grads() ? first_squares : s.local_grad_squares();
+          double v[3] = {mine > 0 ? squares * f2 : 0.0, leader ? 1.0 : 0.0,
                          leader ? 1.0 / mine : 0.0};
           MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
           if (v[1] > 0) {
