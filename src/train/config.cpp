@@ -324,9 +324,10 @@ class KeyTable {
         "/moe_load of metrics.h5, a [rows, experts] dataset per layer (triad-plot-moe draws them; "
         "0: never)");
     add("train.noise_every", c.train.noise_every,
-        "every N steps, the squared norms of the first micro-batch's gradient on each replica and "
-        "of the whole batch's, for the gradient noise scale B = tr(Σ)/|G|² (McCandlish et al.; "
-        "/noise of metrics.h5, triad-plot-noise; 0: never)");
+        "every N steps, the squared norms of the first micro-batch's gradient on each replica "
+        "(under pipeline parallelism: each replica's share of the step) and of the whole "
+        "batch's, for the gradient noise scale B = tr(Σ)/|G|² (McCandlish et al.; /noise of "
+        "metrics.h5, triad-plot-noise; 0: never)");
     add("train.skip_window", c.train.skip_window,
         "steps whose loss and gradient norm the skip z-scores compare with");
     add("optim.name", c.optim.name,
@@ -1347,19 +1348,25 @@ void validate(const Config& c, int world_size) {
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.noise_every >= 0, "train.noise_every", "must be >= 0 (0: never)");
   if (t.noise_every > 0) {
-    // The first micro-batch's gradient must pass whole through this rank's buffer (at the end
-    // of its backward pass, or under ZeRO-2/3 bucket by bucket before each is reduced): no
-    // pipeline interleaving, no partial sums over context-parallel ranks, no experts fed by
-    // other replicas' tokens.
-    check(c.parallel.pp == 1 && c.parallel.cp == 1 && c.parallel.ep == 1, "train.noise_every",
-          "needs parallel.pp = 1, parallel.cp = 1 and parallel.ep = 1 (one micro-batch's "
-          "gradient whole on its ranks before any reduction)");
-    const int64_t per_rank = int64_t(t.micro_batch_size) * std::max(1, dp);
-    check(per_rank > 0 && t.batch_size >= 2 * per_rank, "train.noise_every",
-          "needs at least two micro-batches per step on each rank (train.batch_size >= 2 · "
-          "train.micro_batch_size · dp, the data-parallel ranks), so that one micro-batch's "
-          "gradient is seen "
-          "before the reduction");
+    // The small batch's gradient must pass whole through its ranks' buffers before it is
+    // reduced (a micro-batch's at the end of its backward pass, or under ZeRO-2/3 bucket by
+    // bucket; under a pipeline, whose stages interleave the micro-batches, a replica's share of
+    // the step): no partial sums over context-parallel ranks, no experts fed by other
+    // replicas' tokens.
+    check(c.parallel.cp == 1 && c.parallel.ep == 1, "train.noise_every",
+          "needs parallel.cp = 1 and parallel.ep = 1 (the small batch's gradient whole on its "
+          "ranks before any reduction)");
+    if (c.parallel.pp > 1) {
+      check(dp >= 2, "train.noise_every",
+            "under pipeline parallelism measures each data-parallel replica's share of the step "
+            "against the whole batch: it needs two replicas or more (dp >= 2)");
+    } else {
+      const int64_t per_rank = int64_t(t.micro_batch_size) * std::max(1, dp);
+      check(per_rank > 0 && t.batch_size >= 2 * per_rank, "train.noise_every",
+            "needs at least two micro-batches per step on each rank (train.batch_size >= 2 · "
+            "train.micro_batch_size · dp, the data-parallel ranks), so that one micro-batch's "
+            "gradient is seen before the reduction");
+    }
   }
   check(t.moe_load_every >= 0 && (t.moe_load_every == 0 || c.model.moe_experts > 0),
         "train.moe_load_every", "must be >= 0, and > 0 only with model.moe_experts (0: never)");

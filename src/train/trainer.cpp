@@ -471,11 +471,39 @@ TrainOutcome Trainer::run() {
                                : tokens_per_step;
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
-    // train.noise_every: one micro-batch's squared gradient norm (mean over the replicas) and
-    // its counted tokens (NaN: not measured this step).
+    // train.noise_every: a small batch's squared gradient norm (mean over the replicas) and its
+    // counted tokens (NaN: not measured this step). The small batch is each replica's first
+    // micro-batch, or under pipeline parallelism (whose stages interleave the micro-batches)
+    // each replica's share of the step, measured before the data-parallel reduction.
+    const bool pipeline = s.grid.shape().pp > 1;
     const bool noise_step =
-        cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 && accum >= 2;
+        cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 && (pipeline || accum >= 2);
     double small_sq = std::numeric_limits<double>::quiet_NaN(), small_tokens = 0;
+    double small_squares = 0;  // this rank's part of it, in units of the batch's mean
+    // Its mean over its own `mine` counted targets is the buffer times counted / mine; each
+    // replica's squares (its tensor-parallel ranks' and stages' parts) then their mean over
+    // replicas. With E|G_b|² = |G|² + tr(Σ)/b, the replicas' b (which loss masks make differ)
+    // enter the estimate as their harmonic mean. Collective.
+    const auto measure_small = [&](int64_t first, int64_t sequences) {
+      const double mine = s.train_data->masks_targets()
+                              ? double(s.train_data->counted_targets(first, sequences))
+                              : double(sequences) * T;
+      // One rank of each replica counts it: tensor-parallel rank 0 of the first stage.
+      const bool leader = s.grid.tp().rank() == 0 && s.grid.pp().rank() == 0 && mine > 0;
+      const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
+      double v[3] = {mine > 0 ? small_squares * f2 : 0.0, leader ? 1.0 : 0.0,
+                     leader ? 1.0 / mine : 0.0};
+      MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
+      if (v[1] > 0) {
+        small_sq = v[0] / v[1];
+        small_tokens = v[1] / v[2];
+      }
+    };
+    // The squares of a gradient range [off, off + n) at data that the norm counts.
+    const auto range_squares = [&s](size_t off, size_t n, const float* data) {
+      return s.range_squares(s.counted, data, off, off + n) +
+             s.range_squares(s.counted_experts, data, off, off + n);
+    };
     // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
     // bucket, with a pipeline a chunk's after its last backward pass): a non-blocking reduction
     // into the slices (ZeRO-1) or all-reduce (no ZeRO). A bucket of frozen tensors only
@@ -485,7 +513,7 @@ TrainOutcome Trainer::run() {
       if (s.all_frozen(off, n)) return CommRequest{};
       return zero ? s.reduce_bucket(off, n, data, false) : s.reduce_replicas(off, n, data);
     };
-    if (s.grid.shape().pp > 1) {
+    if (pipeline) {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
       // the same sequences (the first stage needs the inputs, the last the targets).
       for (int m = 0; m < accum; ++m)
@@ -496,7 +524,15 @@ TrainOutcome Trainer::run() {
       if (profile) s.model->trace_next_step(&actions);
       // Each range of the stage's gradient goes to its reduction while the pipeline drains.
       if (zero) s.zero_grad_shards();  // the slices' padding past the parameters is no range's
-      if (reduces) s.model->set_grad_ready_hook(reduce_final);
+      // train.noise_every: each range measured before its reduction (the config asks for dp > 1,
+      // so each range has one).
+      if (noise_step)
+        s.model->set_grad_ready_hook([&](size_t off, size_t n, float* data) {
+          small_squares += range_squares(off, n, data);
+          return reduce_final(off, n, data);
+        });
+      else if (reduces)
+        s.model->set_grad_ready_hook(reduce_final);
       s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base);
       const ForwardStats f =
           s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
@@ -504,6 +540,7 @@ TrainOutcome Trainer::run() {
       loss_sum = f.loss_sum;
       z_sum = f.z_sum;
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
+      if (noise_step) measure_small(base, int64_t(accum) * mbs);
     } else {
       // The slices' padding past the parameters is no bucket's: zero.
       if (zero) s.zero_grad_shards();
@@ -511,20 +548,16 @@ TrainOutcome Trainer::run() {
       // before the last micro-batch reduces (the config keeps it so); under ZeRO-2 and 3, whose
       // buckets are reduced as each micro-batch's backward finishes them, its squares are
       // summed bucket by bucket before each is handed on.
-      double first_squares = 0;
       for (int m = 0; m < accum; ++m) {
         // The last micro-batch's backward hands each finished bucket (ln_f and the head, every
         // layer, the embeddings) to its reduction while it computes the next one; ZeRO-2 and 3
         // reduce every micro-batch's buckets into the slices so.
         if (s.model->bucketed_grads()) {
           const bool measure = noise_step && m == 0;
-          s.model->set_grad_ready_hook(
-              [&s, &first_squares, measure](size_t off, size_t n, float* data) {
-                if (measure)
-                  first_squares += s.range_squares(s.counted, data, off, off + n) +
-                                   s.range_squares(s.counted_experts, data, off, off + n);
-                return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
-              });
+          s.model->set_grad_ready_hook([&, measure](size_t off, size_t n, float* data) {
+            if (measure) small_squares += range_squares(off, n, data);
+            return s.all_frozen(off, n) ? CommRequest{} : s.reduce_bucket(off, n, data, true);
+          });
         } else if (m == accum - 1 && reduces) {
           s.model->set_grad_ready_hook(reduce_final);
         }
@@ -536,23 +569,8 @@ TrainOutcome Trainer::run() {
         z_sum += f.z_sum;
         s.model->set_grad_ready_hook(nullptr);
         if (noise_step && m == 0) {
-          // Its mean over its own counted targets is the buffer times counted / mine; each
-          // replica's squares (its tensor-parallel ranks' parts) then their mean over replicas.
-          // With E|G_b|² = |G|² + tr(Σ)/b, the replicas' b (which loss masks make differ) enter
-          // the estimate as their harmonic mean.
-          const double mine = s.train_data->masks_targets()
-                                  ? double(s.train_data->counted_targets(base, mbs))
-                                  : double(mbs) * T;
-          const bool leader = s.grid.tp().rank() == 0 && mine > 0;
-          const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
-          const double squares = s.model->bucketed_grads() ? first_squares : s.local_grad_squares();
-          double v[3] = {mine > 0 ? squares * f2 : 0.0, leader ? 1.0 : 0.0,
-                         leader ? 1.0 / mine : 0.0};
-          MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_SUM, s.grid.world());
-          if (v[1] > 0) {
-            small_sq = v[0] / v[1];
-            small_tokens = v[1] / v[2];
-          }
+          if (!s.model->bucketed_grads()) small_squares = s.local_grad_squares();
+          measure_small(base, mbs);
         }
       }
     }

@@ -1,7 +1,8 @@
 """train.noise_every (the gradient noise scale) against PyTorch: the squared norms of each
 replica's first micro-batch's mean gradient and of the whole batch's at the initial weights, in
 double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 (ZeRO 0, 2 and
-3: the last two measured bucket by bucket before each is reduced) and tp 2; the
+3: the last two measured bucket by bucket before each is reduced), tp 2 and pp 2 x dp 2 (each
+replica's share of the step as the small batch); the
 plot and its clean failure; the grids it refuses.
 """
 
@@ -50,8 +51,11 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
     x, y = ref.batch(p.train_tokens, 0, B, T)
     big = grad_sq(p, x, y)
     want = {1: grad_sq(p, x[:2], y[:2]),  # one rank: its first micro-batch of 2
-            2: np.mean([grad_sq(p, x[r * 2:r * 2 + 1], y[r * 2:r * 2 + 1]) for r in (0, 1)])}
+            2: np.mean([grad_sq(p, x[r * 2:r * 2 + 1], y[r * 2:r * 2 + 1]) for r in (0, 1)]),
+            # a pipeline's: each data-parallel replica's share of the step (2 of the 4)
+            "pp": np.mean([grad_sq(p, x[r * 2:r * 2 + 2], y[r * 2:r * 2 + 2]) for r in (0, 1)])}
     assert want[1] > 1.5 * big and want[2] > want[1]  # smaller batches, noisier gradients
+    assert abs(want["pp"] - want[1]) > 1e-3 * want[1]
 
     train = trm.binary("triad-train")
     out = trm.run([train, "--config", cfg, "--init-from", p.ckpt, "--resume", "none",
@@ -70,8 +74,10 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
     for name, grid in (("dp", ["--train.micro_batch_size", 1]),
                        ("z2", ["--train.micro_batch_size", 1, "--parallel.zero", 2]),
                        ("z3", ["--train.micro_batch_size", 1, "--parallel.zero", 3]),
-                       ("tp", ["--parallel.tp", 2])):
-        r = subprocess.run([mpirun, "--oversubscribe", "-np", "2", str(train), "--config",
+                       ("tp", ["--parallel.tp", 2]),
+                       ("pp", ["--train.micro_batch_size", 1, "--parallel.pp", 2])):
+        ranks = 4 if name == "pp" else 2
+        r = subprocess.run([mpirun, "--oversubscribe", "-np", str(ranks), str(train), "--config",
                             str(cfg), "--init-from", str(p.ckpt), "--resume", "none", "--run.dir",
                             str(tmp_path / "runs"), "--run.name", name, *map(str, grid)],
                            capture_output=True, text=True,
@@ -81,6 +87,10 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
         if name == "tp":  # the same micro-batches as one rank: its rows
             for k in one:
                 np.testing.assert_allclose(got[k], one[k], rtol=2e-5, err_msg=k)
+        elif name == "pp":
+            assert got["small_tokens"][0] == 2 * T and got["big_tokens"][0] == B * T
+            assert abs(got["small_sq"][0] - want["pp"]) / want["pp"] < 1e-5, (got, want)
+            assert abs(got["big_sq"][0] - big) / big < 1e-5
         else:
             assert got["small_tokens"][0] == T
             assert abs(got["small_sq"][0] - want[2]) / want[2] < 1e-5, (got, want)
@@ -96,9 +106,34 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
                          "no /noise group", "train.noise_every")
 
 
+def test_noise_scale_on_a_pipeline_counts_the_tied_embedding_once(tmp_root, tmp_path):
+    """pp 2 x dp 2 on a model whose head is the token embedding (its two stages each hold a
+    copy, whose gradients the step sums): each replica's share of the step against PyTorch."""
+    case = next(c for c in trm.CASES if c.name == "oddshapes")
+    assert case.cfg.tied
+    p = trm.prepare(case, tmp_root)
+    T, B = case.cfg.seq_len, 2 * case.micro_batch
+    cfg = tmp_path / "noise.ini"
+    ref.write_config(cfg, trm.config_sections(case, p.dir, train__noise_every=1, train__steps=1))
+    x, y = ref.batch(p.train_tokens, 0, B, T)
+    share = B // 2
+    want = np.mean([grad_sq(p, x[r * share:(r + 1) * share], y[r * share:(r + 1) * share])
+                    for r in (0, 1)])
+    r = subprocess.run([shutil.which("mpirun"), "--oversubscribe", "-np", "4",
+                        str(trm.binary("triad-train")), "--config", str(cfg), "--init-from",
+                        str(p.ckpt), "--resume", "none", "--run.dir", str(tmp_path / "runs"),
+                        "--run.name", "pp", "--parallel.pp", "2", "--train.micro_batch_size", "1"],
+                       capture_output=True, text=True,
+                       env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = noise_rows(tmp_path / "runs" / "pp")
+    assert got["small_tokens"][0] == share * T
+    assert abs(got["small_sq"][0] - want) / want < 1e-5, (got, want)
+
+
 @pytest.mark.parametrize("n,args,needle", [
     (1, ["--train.micro_batch_size", 4], "at least two micro-batches per step"),
-    (2, ["--parallel.pp", 2], "needs parallel.pp = 1"),
+    (2, ["--parallel.pp", 2], "it needs two replicas or more (dp >= 2)"),
     (2, ["--parallel.cp", 2], "parallel.cp = 1"),
     (1, ["--train.noise_every", -1], "must be >= 0"),
 ])
