@@ -1348,14 +1348,13 @@ void validate(const Config& c, int world_size) {
   check(t.norms_every >= 0, "train.norms_every", "must be >= 0 (0: never)");
   check(t.noise_every >= 0, "train.noise_every", "must be >= 0 (0: never)");
   if (t.noise_every > 0) {
-    // The small batch's gradient must pass whole through its ranks' buffers before it is
-    // reduced (a micro-batch's at the end of its backward pass, or under ZeRO-2/3 bucket by
-    // bucket; under a pipeline, whose stages interleave the micro-batches, a replica's share of
-    // the step): no partial sums over context-parallel ranks, no experts fed by other
-    // replicas' tokens.
-    check(c.parallel.cp == 1 && c.parallel.ep == 1, "train.noise_every",
-          "needs parallel.cp = 1 and parallel.ep = 1 (the small batch's gradient whole on its "
-          "ranks before any reduction)");
+    // The small batch's gradient must pass through its ranks' buffers before it is reduced (a
+    // micro-batch's at the end of its backward pass, or under ZeRO-2/3 bucket by bucket; under
+    // a pipeline, whose stages interleave the micro-batches, a replica's share of the step;
+    // context-parallel ranks' parts summed): no experts fed by other replicas' tokens.
+    check(c.parallel.ep == 1, "train.noise_every",
+          "needs parallel.ep = 1 (experts on other ranks see other replicas' tokens: no small "
+          "batch's gradient before the reduction)");
     if (c.parallel.pp > 1) {
       check(dp >= 2, "train.noise_every",
             "under pipeline parallelism measures each data-parallel replica's share of the step "

@@ -488,8 +488,10 @@ TrainOutcome Trainer::run() {
       const double mine = s.train_data->masks_targets()
                               ? double(s.train_data->counted_targets(first, sequences))
                               : double(sequences) * T;
-      // One rank of each replica counts it: tensor-parallel rank 0 of the first stage.
-      const bool leader = s.grid.tp().rank() == 0 && s.grid.pp().rank() == 0 && mine > 0;
+      // One rank of each replica counts it: tensor-parallel rank 0 of the first stage (and of
+      // the context-parallel group).
+      const bool leader =
+          s.grid.tp().rank() == 0 && s.grid.pp().rank() == 0 && s.grid.cp().rank() == 0 && mine > 0;
       const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
       double v[3] = {mine > 0 ? small_squares * f2 : 0.0, leader ? 1.0 : 0.0,
                      leader ? 1.0 / mine : 0.0};
@@ -499,10 +501,24 @@ TrainOutcome Trainer::run() {
         small_tokens = v[1] / v[2];
       }
     };
-    // The squares of a gradient range [off, off + n) at data that the norm counts.
+    // The squares of a gradient range [off, off + n) at data that the norm counts. Context-
+    // parallel ranks hold parts of the sequences' gradient, summed first (in a copy: the range
+    // goes on to its reduction as it is), of which the group's first rank counts the squares.
     const auto range_squares = [&s](size_t off, size_t n, const float* data) {
-      return s.range_squares(s.counted, data, off, off + n) +
-             s.range_squares(s.counted_experts, data, off, off + n);
+      const float* whole = data;
+      float* sum = nullptr;
+      if (s.grid.shape().cp > 1) {
+        sum = s.be->alloc(n);
+        s.be->copy(sum, data, n);
+        s.grid.cp().all_reduce_sum(sum, n);
+        whole = sum;
+      }
+      const double sq = s.grid.cp().rank() != 0
+                            ? 0.0
+                            : s.range_squares(s.counted, whole, off, off + n) +
+                                  s.range_squares(s.counted_experts, whole, off, off + n);
+      if (sum != nullptr) s.be->free(sum);
+      return sq;
     };
     // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
     // bucket, with a pipeline a chunk's after its last backward pass): a non-blocking reduction
@@ -569,7 +585,8 @@ TrainOutcome Trainer::run() {
         z_sum += f.z_sum;
         s.model->set_grad_ready_hook(nullptr);
         if (noise_step && m == 0) {
-          if (!s.model->bucketed_grads()) small_squares = s.local_grad_squares();
+          if (!s.model->bucketed_grads())
+            small_squares = range_squares(0, s.model->num_floats(), s.model->grads());
           measure_small(base, mbs);
         }
       }

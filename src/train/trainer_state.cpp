@@ -491,12 +491,6 @@ double Trainer::State::range_squares(const std::vector<std::pair<size_t, size_t>
   return sq;
 }
 
-double Trainer::State::local_grad_squares() const {
-  const size_t n = model->num_floats();
-  return range_squares(counted, model->grads(), 0, n) +
-         range_squares(counted_experts, model->grads(), 0, n);
-}
-
 double Trainer::State::grad_norm(const float* g, size_t lo, size_t hi) {
   // The squares of this rank's counted gradients in [lo, hi) (g points at element lo), summed
   // over the world. Without ZeRO every data-parallel replica holds the whole reduced gradient,

@@ -175,10 +175,6 @@ struct Trainer::State {
   void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
-  // train.noise_every: the squares of this rank's counted gradients in the whole buffer (before
-  // any reduction; the config keeps it whole: cp = ep = 1, and ZeRO-2/3 and pipelines measure
-  // range by range as the ranges go to their reductions instead), not summed.
-  double local_grad_squares() const;
   // The squares of buf's elements in `ranges` (buffer offsets) inside [from, to); buf holds
   // element `from` at buf[0].
   double range_squares(const std::vector<std::pair<size_t, size_t>>& ranges, const float* buf,

@@ -1,8 +1,9 @@
 """train.noise_every (the gradient noise scale) against PyTorch: the squared norms of each
 replica's first micro-batch's mean gradient and of the whole batch's at the initial weights, in
 double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 (ZeRO 0, 2 and
-3: the last two measured bucket by bucket before each is reduced), tp 2 and pp 2 x dp 2 (each
-replica's share of the step as the small batch); the
+3: the last two measured bucket by bucket before each is reduced), tp 2, cp 2 (the parts of
+the gradient summed first; with dp 2 and ZeRO-2 too) and pp 2 x dp 2 (each replica's share of
+the step as the small batch); the
 plot and its clean failure; the grids it refuses.
 """
 
@@ -75,8 +76,11 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
                        ("z2", ["--train.micro_batch_size", 1, "--parallel.zero", 2]),
                        ("z3", ["--train.micro_batch_size", 1, "--parallel.zero", 3]),
                        ("tp", ["--parallel.tp", 2]),
-                       ("pp", ["--train.micro_batch_size", 1, "--parallel.pp", 2])):
-        ranks = 4 if name == "pp" else 2
+                       ("pp", ["--train.micro_batch_size", 1, "--parallel.pp", 2]),
+                       ("cp", ["--parallel.cp", 2]),
+                       ("cpz2", ["--train.micro_batch_size", 1, "--parallel.cp", 2,
+                                 "--parallel.zero", 2])):
+        ranks = 4 if name in ("pp", "cpz2") else 2
         r = subprocess.run([mpirun, "--oversubscribe", "-np", str(ranks), str(train), "--config",
                             str(cfg), "--init-from", str(p.ckpt), "--resume", "none", "--run.dir",
                             str(tmp_path / "runs"), "--run.name", name, *map(str, grid)],
@@ -84,7 +88,7 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
                            env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
         assert r.returncode == 0, (name, r.stderr)
         got = noise_rows(tmp_path / "runs" / name)
-        if name == "tp":  # the same micro-batches as one rank: its rows
+        if name in ("tp", "cp"):  # the same micro-batches as one rank: its rows
             for k in one:
                 np.testing.assert_allclose(got[k], one[k], rtol=2e-5, err_msg=k)
         elif name == "pp":
@@ -134,7 +138,8 @@ def test_noise_scale_on_a_pipeline_counts_the_tied_embedding_once(tmp_root, tmp_
 @pytest.mark.parametrize("n,args,needle", [
     (1, ["--train.micro_batch_size", 4], "at least two micro-batches per step"),
     (2, ["--parallel.pp", 2], "it needs two replicas or more (dp >= 2)"),
-    (2, ["--parallel.cp", 2], "parallel.cp = 1"),
+    (2, ["--parallel.ep", 2, "--model.moe_experts", 2, "--model.moe_top_k", 2],
+     "needs parallel.ep = 1"),
     (1, ["--train.noise_every", -1], "must be >= 0"),
 ])
 def test_noise_scale_refuses_what_it_cannot_measure(n, args, needle, tmp_root, tmp_path):
