@@ -427,7 +427,11 @@ def _check(rep: Report) -> None:
                 P.append(f"/{pre}{name} has shape {st[name][0]}, /model/{name} {shape}")
         for name in sorted(set(st) - set(model)):
             P.append(f"/{pre}{name} has no /model counterpart")
-    if set(slots) & {"m", "v"} and not {"m", "v"} <= set(slots):
+    # optim.name = lion keeps m alone (the file's config says which optimizer saved it).
+    lion = parse_config(str(rep.root_attrs.get("config") or "")).get("optim.name") == "lion"
+    if lion and "v" in slots:
+        P.append("/optimizer/v: Lion keeps /optimizer/m alone")
+    elif not lion and set(slots) & {"m", "v"} and not {"m", "v"} <= set(slots):
         P.append("AdamW state incomplete: need both /optimizer/m and /optimizer/v")
 
 

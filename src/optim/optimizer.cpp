@@ -112,9 +112,10 @@ float clip_scale(double norm, double clip) {
 }
 
 namespace {
-// momentum | m, v (Muon: momentum and m, v); then the weights' moving average (optim.ema_decay).
+// momentum (SGD) | m (Lion) | m, v (AdamW; Muon: momentum and m, v); then the weights' moving
+// average (optim.ema_decay).
 size_t slots_of(const OptimConfig& cfg) {
-  return (cfg.name == "sgd" ? 1 : 2) + (cfg.ema_decay > 0 ? 1 : 0);
+  return (cfg.name == "sgd" || cfg.name == "lion" ? 1 : 2) + (cfg.ema_decay > 0 ? 1 : 0);
 }
 }  // namespace
 
@@ -175,6 +176,8 @@ std::vector<Optimizer::StateGroup> Optimizer::state_groups() const {
     g = {{"m", 0, Holds::all}, {"v", 1, Holds::all}};
   else if (cfg_.name == "sgd")
     g = {{"momentum", 0, Holds::all}};
+  else if (cfg_.name == "lion")
+    g = {{"m", 0, Holds::all}};
   else
     g = {{"momentum", 0, Holds::muon_matrices}, {"m", 0, Holds::others}, {"v", 1, Holds::others}};
   if (ema()) g.push_back({"ema", ema_slot(), Holds::all});
@@ -215,6 +218,13 @@ void Optimizer::update_weights(float* params, const float* grads, double lr, int
     // which AdamW leaves alone.
     TRIAD_CHECK(!muon_ || matrix_lr >= 0, "internal error: Muon's update needs its matrix_lr");
     if (muon_) muon_->update(params, grads, slots_[0], slots_[1], matrix_lr, copy, grad_scale);
+    return;
+  }
+  if (cfg_.name == "lion") {
+    for (const auto& r : runs_)  // element-wise updates make any cut exact
+      be_.lion_update(params + r.begin, grads + r.begin, slots_[0] + r.begin, r.end - r.begin,
+                      float(lr) * r.lr_scale, float(cfg_.beta1), float(cfg_.beta2), r.wd,
+                      copy != nullptr ? copy + r.begin : nullptr, grad_scale);
     return;
   }
   for (const auto& r : runs_) {  // element-wise updates make any cut exact

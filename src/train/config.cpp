@@ -331,9 +331,11 @@ class KeyTable {
     add("train.skip_window", c.train.skip_window,
         "steps whose loss and gradient norm the skip z-scores compare with");
     add("optim.name", c.optim.name,
-        "adamw | sgd | muon (Muon on the attention and MLP weight matrices, AdamW on the rest)");
-    add("optim.beta1", c.optim.beta1, "AdamW beta1");
-    add("optim.beta2", c.optim.beta2, "AdamW beta2");
+        "adamw | sgd | muon (Muon on the attention and MLP weight matrices, AdamW on the rest) | "
+        "lion (Chen et al.: the sign of beta1's interpolation, momentum kept with beta2; "
+        "decoupled weight decay)");
+    add("optim.beta1", c.optim.beta1, "AdamW beta1 (Lion: the update's interpolation, 0.9)");
+    add("optim.beta2", c.optim.beta2, "AdamW beta2 (Lion: the momentum's, 0.99 in its paper)");
     add("optim.eps", c.optim.eps, "AdamW eps");
     add("optim.weight_decay", c.optim.weight_decay, "weight decay (matrices only)");
     add("optim.momentum", c.optim.momentum, "SGD momentum");
@@ -1135,8 +1137,8 @@ void validate(const Config& c, int world_size) {
   check(m.mup_base_width >= 0 && m.mup_base_width <= (1 << 20), "model.mup_base_width",
         "must be in [0, 2^20] (0: no μP; got " + std::to_string(m.mup_base_width) + ")");
   check(m.mup_base_width == 0 || c.optim.name != "sgd", "model.mup_base_width",
-        "μP's learning-rate rules here are Adam's (Muon's matrices keep Muon's own): use "
-        "optim.name = adamw or muon, not sgd");
+        "μP's learning-rate rules here are Adam's (Muon's matrices keep Muon's own; Lion's "
+        "sign update scales as Adam's): use optim.name = adamw, lion or muon, not sgd");
   check(m.moe_experts >= 0 && m.moe_experts <= 256, "model.moe_experts",
         "must be in [0, 256] (0: a dense MLP; got " + std::to_string(m.moe_experts) + ")");
   check(m.moe_shared_hidden >= 0 && (m.moe_shared_hidden == 0 || m.moe_experts > 0),
@@ -1375,8 +1377,8 @@ void validate(const Config& c, int world_size) {
   check(t.skip_window >= 2 && t.skip_window <= 1000000, "train.skip_window",
         "must be in [2, 1000000]");
   const auto& o = c.optim;
-  check(o.name == "adamw" || o.name == "sgd" || o.name == "muon", "optim.name",
-        "must be adamw, sgd or muon (got '" + o.name + "')");
+  check(o.name == "adamw" || o.name == "sgd" || o.name == "muon" || o.name == "lion", "optim.name",
+        "must be adamw, sgd, muon or lion (got '" + o.name + "')");
   check(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1)");
   check(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1)");
   check(o.eps > 0, "optim.eps", "must be > 0");

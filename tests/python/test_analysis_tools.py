@@ -111,6 +111,24 @@ def test_ckpt_verifies_a_muon_checkpoint(tmp_path):
     assert "/optimizer/momentum/h/0/ln_1/weight: Muon keeps m and v for it" in p.stdout + p.stderr
 
 
+def test_ckpt_verifies_a_lion_checkpoint(tmp_path):
+    """optim.name = lion keeps m alone: no complaint that v is missing; a v is one."""
+    cfg = tiny_config(tmp_path, name="li", vocab=VOCAB)
+    train("--config", cfg, "--train.steps", 3, "--optim.name", "lion", check=True)
+    ck = tmp_path / "runs" / "li" / "ckpt" / "step_00000003.h5"
+    with h5py.File(ck, "r") as f:
+        assert sorted(f["optimizer"]) == ["m"]
+    p = tool("triad-ckpt", ck)
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+    bad = tmp_path / "bad.h5"
+    shutil.copy(ck, bad)
+    with h5py.File(bad, "r+") as f:
+        f["optimizer/v/h/0/ln_1/weight"] = f["optimizer/m/h/0/ln_1/weight"][()]
+    p = tool("triad-ckpt", bad)
+    assert p.returncode != 0 and "/optimizer/v: Lion keeps /optimizer/m alone" in p.stdout, \
+        p.stdout + p.stderr
+
+
 def test_ckpt_diff_across_grids_compares_the_vocabulary_rows(runs):
     a = runs["r1"] / "ckpt" / "step_00000012.h5"
     b = runs["tp2"] / "ckpt" / "step_00000012.h5"

@@ -348,6 +348,21 @@ def test_window_warmup_gives_the_same_curve_on_every_grid_and_resumes_exactly(tm
                                        ("zero3", 2, ["--parallel.zero", 3])])
 
 
+def test_lion_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
+    """optim.name = lion (its values against PyTorch: test_reference_model.py) on tensor,
+    pipeline, data (ZeRO-1 and 3) and 2 x 2 grids: the one-rank curve within fp32 rounding, which
+    differs from AdamW's; a run resumed at step 3 (its /optimizer/m) gives the uninterrupted
+    run's losses bit for bit."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    common = ["--optim.name", "lion", "--optim.beta2", 0.99, "--train.lr", 3e-4,
+              "--optim.weight_decay", 1.0, "--eval.every", 4, "--checkpoint.every", 3]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
+    assert_grids_follow_one_rank(tmp_path, cfg, common,
+                                 more=[("zero3", 2, ["--parallel.zero", 3])])
+
+
 def test_fim_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
     """data.fim_rate (each sequence rearranged by a function of the seed and its index, its
     values against PyTorch: test_fim.py) with the fragments cut at a frequent token and the

@@ -696,6 +696,8 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     if op["name"] in ("adamw", "muon"):
         opt = torch.optim.AdamW(groups, lr=tr["lr"], betas=(op["beta1"], op["beta2"]),
                                 eps=op["eps"])
+    elif op["name"] == "lion":
+        opt = ref.Lion(groups, lr=tr["lr"], betas=(op["beta1"], op["beta2"]))
     else:
         opt = torch.optim.SGD(groups, lr=tr["lr"], momentum=op["momentum"])
     xv, yv = val_batch or ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
@@ -903,6 +905,22 @@ def test_sgd_momentum_steps_match_torch(tmp_root, tmp_path):
                                train__warmup_steps=1, optim__name="sgd", optim__momentum=0.9,
                                train__grad_clip=GRAD_CLIP[case.name])
     compare_training(p, tmp_path, sections, "sgd")
+
+
+# optim.name = lion: 10 steps against Lion as its paper states it (float64), with decoupled weight
+# decay on the matrices, a tied head (oddshapes) and an untied one with an embedding rate of its
+# own (llama). Lion's step is ±lr per element, so the weights' movement is large against fp32's
+# rounding; an element whose interpolation c lies within rounding of 0 could take the other
+# sign, which the RMS over each tensor absorbs.
+@pytest.mark.parametrize("name,extra", [("oddshapes", {}),
+                                        ("llama", dict(optim__embedding_lr=3e-4))])
+def test_lion_steps_match_torch(name, extra, tmp_root, tmp_path):
+    case = next(c for c in CASES if c.name == name)
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__lr=1e-3, optim__name="lion",
+                               optim__beta1=0.9, optim__beta2=0.99, optim__weight_decay=0.5,
+                               train__grad_clip=GRAD_CLIP[case.name], **extra)
+    compare_training(p, tmp_path, sections, "lion")
 
 
 @pytest.mark.parametrize("case,adjust,nesterov", [

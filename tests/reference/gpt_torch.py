@@ -1029,6 +1029,30 @@ def newton_schulz(g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tenso
     return x.T if g.shape[0] > g.shape[1] else x
 
 
+class Lion(torch.optim.Optimizer):
+    """Lion as Chen et al. 2023 ("Symbolic Discovery of Optimization Algorithms", Algorithm 2)
+    state it, with decoupled weight decay: c = b1 m + (1 - b1) g; p = p - lr (sign(c) + wd p);
+    m = b2 m + (1 - b2) g (m starts at zero)."""
+
+    def __init__(self, params, lr, betas, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "m" not in st:
+                    st["m"] = torch.zeros_like(p)
+                m = st["m"]
+                c = b1 * m + (1 - b1) * p.grad
+                p.sub_(group["lr"] * (torch.sign(c) + group["weight_decay"] * p))
+                m.mul_(b2).add_(p.grad, alpha=1 - b2)
+
+
 class Muon(torch.optim.Optimizer):
     """torch.optim.Muon as its documentation states it (the installed torch may predate it):
     B = mu B + g; U = g + mu B (Nesterov) or B; O = NS_k(U);

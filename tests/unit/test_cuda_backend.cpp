@@ -1362,6 +1362,22 @@ TEST_F(CudaBackendTest, SgdUpdate) {
   }
 }
 
+TEST_F(CudaBackendTest, LionUpdate) {
+  for (size_t n : {size_t{1}, size_t{1000003}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    Vec p = random_vec(n, 130), m = random_vec(n, 131, -0.1f, 0.1f);
+    float *g_p = dev(p), *g_m = dev(m);
+    for (int step = 1; step <= 3; ++step) {
+      const Vec g = random_vec(n, 132 + step, -0.1f, 0.1f);
+      const float gs = step == 2 ? 0.37f : 1.0f;
+      cpu->lion_update(p.data(), g.data(), m.data(), n, 1e-3f, 0.9f, 0.99f, 0.1f, nullptr, gs);
+      gpu->lion_update(g_p, dev(g), g_m, n, 1e-3f, 0.9f, 0.99f, 0.1f, nullptr, gs);
+    }
+    EXPECT_TRUE(close(host(g_p, n), p, kElemTol, 1e-7)) << "p";
+    EXPECT_TRUE(close(host(g_m, n), m, kElemTol, 1e-7)) << "m";
+  }
+}
+
 // Muon's element-wise halves, and its Newton–Schulz iteration (cuBLAS products, the backend's
 // reductions) on the shapes of its matrices: tall, wide, and column blocks.
 TEST_F(CudaBackendTest, MuonMomentumAndStep) {

@@ -106,6 +106,17 @@ TEST(OptimizerEmulated, AdamWSgdAndMuon) {
     });
     expect_close(got, want, true);
   }
+  {
+    SCOPED_TRACE("lion");
+    State want = state(n), got = want;
+    be->lion_update(want.p.data(), want.g.data(), want.m.data(), n, 0.01f, 0.9f, 0.99f, 0.1f,
+                    testing::as_bf16(want.copy), 0.5f);
+    launch_strided([&](simt::Thread& x) {
+      optimizer_block::lion(x, got.p.data(), got.g.data(), got.m.data(), n, 0.01f, 0.9f, 0.99f,
+                            0.1f, got.copy.data(), 0.5f, kThreads, kStride);
+    });
+    expect_close(got, want, true);
+  }
   for (bool nesterov : {false, true}) {
     SCOPED_TRACE(nesterov ? "muon, nesterov" : "muon");
     State want = state(n), got = want;

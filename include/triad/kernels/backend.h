@@ -667,6 +667,12 @@ class Backend {
   //   g' = g + wd p;  buf = mu buf + g';  p -= lr buf.  `copy`, grad_scale as for adamw_update.
   virtual void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum,
                           float wd, bf16_t* copy = nullptr, float grad_scale = 1.0f) = 0;
+  // Lion (Chen et al. 2023; decoupled weight decay): g' = g·grad_scale;
+  //   c = b1 m + (1-b1) g';  p = p (1 - lr wd) - lr sign(c);  m = b2 m + (1-b2) g'.
+  //   `copy` as for adamw_update.
+  virtual void lion_update(float* p, const float* g, float* m, size_t n, float lr, float beta1,
+                           float beta2, float wd, bf16_t* copy = nullptr,
+                           float grad_scale = 1.0f) = 0;
   // Muon (torch.optim.Muon), the two element-wise halves around the orthogonalization of a
   // matrix's update, which the optimizer composes from matmuls (optim/muon.h):
   //   muon_momentum: g' = g·grad_scale;  buf = mu buf + g';  u = nesterov ? g' + mu buf : buf

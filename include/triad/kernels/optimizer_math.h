@@ -34,6 +34,17 @@ TRIAD_HOST_DEVICE inline void sgd_element(float& p, float grad, float& buf, floa
   p -= lr * b;
 }
 
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the update's sign
+// from c = b1 m + (1-b1) g;  p = p (1 - lr wd) - lr sign(c);  then m = b2 m + (1-b2) g. sign(0)
+// is 0 and a NaN stays NaN, as torch.sign has them.
+TRIAD_HOST_DEVICE inline void lion_element(float& p, float grad, float& m, float lr, float beta1,
+                                           float beta2, float wd) {
+  const float c = beta1 * m + (1.0f - beta1) * grad;
+  const float s = c > 0.0f ? 1.0f : c < 0.0f ? -1.0f : c;
+  p = p * (1.0f - lr * wd) - lr * s;
+  m = beta2 * m + (1.0f - beta2) * grad;
+}
+
 // Muon's momentum (torch.optim.Muon): buf = mu buf + g; the update to orthogonalize is
 // u = g + mu buf with Nesterov momentum, else buf.
 TRIAD_HOST_DEVICE inline void muon_momentum_element(float& buf, float& u, float grad, float mu,

@@ -168,7 +168,8 @@ struct TrainConfig {
 };
 
 struct OptimConfig {
-  std::string name = "adamw";  // adamw | sgd | muon (Muon on the hidden matrices, AdamW else)
+  std::string name =
+      "adamw";  // adamw | sgd | muon (Muon on the hidden matrices, AdamW else) | lion
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double momentum = 0.9;  // sgd
   // Muon (optim/muon.h): the matrices' peak learning rate (train.schedule applies to it as to

@@ -252,6 +252,10 @@ class CpuBackend final : public Backend {
                   float wd, bf16_t* copy, float grad_scale) override {
     cpu::sgd_update(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
   }
+  void lion_update(float* p, const float* g, float* m, size_t n, float lr, float beta1, float beta2,
+                   float wd, bf16_t* copy, float grad_scale) override {
+    cpu::lion_update(p, g, m, n, lr, beta1, beta2, wd, copy, grad_scale);
+  }
   void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                      float grad_scale) override {
     cpu::muon_momentum(buf, u, g, n, mu, nesterov, grad_scale);

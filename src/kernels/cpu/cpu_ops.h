@@ -144,6 +144,8 @@ void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float 
                   float grad_scale);
 void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float momentum, float wd,
                 bf16_t* copy, float grad_scale);
+void lion_update(float* p, const float* g, float* m, size_t n, float lr, float beta1, float beta2,
+                 float wd, bf16_t* copy, float grad_scale);
 void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                    float grad_scale);
 double sum_squares(const bf16_t* x, size_t n);

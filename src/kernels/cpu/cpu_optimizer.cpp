@@ -36,6 +36,21 @@ void sgd_update(float* p, const float* g, float* buf, size_t n, float lr, float 
   }
 }
 
+void lion_update(float* p, const float* g, float* m, size_t n, float lr, float beta1, float beta2,
+                 float wd, bf16_t* copy, float grad_scale) {
+  if (copy == nullptr) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i)
+      lion_element(p[i], g[i] * grad_scale, m[i], lr, beta1, beta2, wd);
+  } else {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) {
+      lion_element(p[i], g[i] * grad_scale, m[i], lr, beta1, beta2, wd);
+      copy[i] = triad::to_bf16(p[i]);
+    }
+  }
+}
+
 void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                    float grad_scale) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelMin)

@@ -608,6 +608,10 @@ class CudaBackend final : public Backend {
                   float wd, bf16_t* copy, float grad_scale) override {
     cuda::sgd_update(stream_, p, g, buf, n, lr, momentum, wd, dev(copy), grad_scale);
   }
+  void lion_update(float* p, const float* g, float* m, size_t n, float lr, float beta1, float beta2,
+                   float wd, bf16_t* copy, float grad_scale) override {
+    cuda::lion_update(stream_, p, g, m, n, lr, beta1, beta2, wd, dev(copy), grad_scale);
+  }
   void muon_momentum(float* buf, float* u, const float* g, size_t n, float mu, bool nesterov,
                      float grad_scale) override {
     cuda::muon_momentum(stream_, buf, u, g, n, mu, nesterov, grad_scale);

@@ -425,6 +425,8 @@ void adamw_update(cudaStream_t s, float* p, const float* g, float* m, float* v, 
                   float grad_scale);
 void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, float lr,
                 float momentum, float wd, bf16* copy, float grad_scale);
+void lion_update(cudaStream_t s, float* p, const float* g, float* m, size_t n, float lr,
+                 float beta1, float beta2, float wd, bf16* copy, float grad_scale);
 void muon_momentum(cudaStream_t s, float* buf, float* u, const float* g, size_t n, float mu,
                    bool nesterov, float grad_scale);
 void muon_apply(cudaStream_t s, float* p, const float* o, size_t n, float lr, float wd, float scale,

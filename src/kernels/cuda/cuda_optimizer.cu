@@ -28,6 +28,13 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, float
                        grid_threads());
 }
 
+__global__ void lion_kernel(float* p, const float* g, float* m, size_t n, float lr, float beta1,
+                            float beta2, float wd, bf16* copy, float grad_scale) {
+  DeviceThread x;
+  optimizer_block::lion(x, p, g, m, n, lr, beta1, beta2, wd, bits(copy), grad_scale,
+                        block_threads(), grid_threads());
+}
+
 __global__ void muon_momentum_kernel(float* buf, float* u, const float* g, size_t n, float mu,
                                      bool nesterov, float grad_scale) {
   DeviceThread x;
@@ -100,6 +107,13 @@ void sgd_update(cudaStream_t s, float* p, const float* g, float* buf, size_t n, 
                 float momentum, float wd, bf16* copy, float grad_scale) {
   if (n == 0) return;
   sgd_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, buf, n, lr, momentum, wd, copy, grad_scale);
+  TRIAD_CUDA_CHECK_LAUNCH();
+}
+
+void lion_update(cudaStream_t s, float* p, const float* g, float* m, size_t n, float lr,
+                 float beta1, float beta2, float wd, bf16* copy, float grad_scale) {
+  if (n == 0) return;
+  lion_kernel<<<grid_for(n), kBlock, 0, s>>>(p, g, m, n, lr, beta1, beta2, wd, copy, grad_scale);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -60,6 +60,16 @@ TRIAD_BLOCK_FN void sgd(X& x, float* p, const float* g, float* buf, size_t n, fl
 }
 
 template <class X>
+TRIAD_BLOCK_FN void lion(X& x, float* p, const float* g, float* m, size_t n, float lr, float beta1,
+                         float beta2, float wd, uint16_t* copy, float grad_scale, int threads,
+                         size_t stride) {
+  TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
+    lion_element(p[i], g[i] * grad_scale, m[i], lr, beta1, beta2, wd);
+    if (copy != nullptr) store(x, copy + i, p[i]);
+  }
+}
+
+template <class X>
 TRIAD_BLOCK_FN void muon_momentum(X& x, float* buf, float* u, const float* g, size_t n, float mu,
                                   bool nesterov, float grad_scale, int threads, size_t stride) {
   TRIAD_BLOCK_STRIDE_LOOP(x, i, n, threads, stride) {
