@@ -4,8 +4,9 @@
     python -m analysis.plot_noise ...        (the same, without installing the package)
 
 The argument is a run directory (holding metrics.h5) or a metrics.h5 file whose /noise group
-train.noise_every wrote: at the measured steps, the squared norm of one micro-batch's gradient
-(mean over the data-parallel replicas, b tokens) and of the whole batch's (B tokens). From each
+train.noise_every wrote: at the measured steps, the squared norm of a small batch's gradient
+(one micro-batch, or under pipeline parallelism a replica's share of the step; mean over the
+data-parallel replicas, b tokens) and of the whole batch's (B tokens). From each
 pair come unbiased estimates of the true gradient's squared norm and of the per-token
 gradient's total variance,
 

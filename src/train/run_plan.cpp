@@ -10,6 +10,7 @@
 #include "triad/optim/muon.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/pipeline_schedule.h"
+#include "triad/train/noise_scale.h"
 
 namespace triad {
 namespace {
@@ -313,6 +314,9 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // eval.ema: the weights set aside while the moving average is scored (at most the weights'
     // and their bf16 copy's buffers; Trainer::State::use_moving_average).
     if (cfg.eval.ema) m.model.other += m.model.weights + m.model.weights_bf16;
+    // train.noise_every under context parallelism: the summing copy on its steps.
+    if (cfg.train.noise_every > 0 && cfg.parallel.cp > 1)
+      m.model.other += std::min(kNoiseSumFloats, m.model.buffer_floats) * sizeof(float);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;
     const size_t range = zero ? m.model.buffer_floats / size_t(replicas) : m.model.buffer_floats;

@@ -504,20 +504,22 @@ TrainOutcome Trainer::run() {
     // The squares of a gradient range [off, off + n) at data that the norm counts. Context-
     // parallel ranks hold parts of the sequences' gradient, summed first (in a copy: the range
     // goes on to its reduction as it is), of which the group's first rank counts the squares.
-    const auto range_squares = [&s](size_t off, size_t n, const float* data) {
-      const float* whole = data;
-      float* sum = nullptr;
-      if (s.grid.shape().cp > 1) {
-        sum = s.be->alloc(n);
-        s.be->copy(sum, data, n);
-        s.grid.cp().all_reduce_sum(sum, n);
-        whole = sum;
+    float* cp_sum = nullptr;  // that copy, kNoiseSumFloats at most (allocated at first use)
+    const auto range_squares = [&s, &cp_sum](size_t off, size_t n, const float* data) {
+      const auto squares = [&s](const float* x, size_t lo, size_t hi) {
+        return s.range_squares(s.counted, x, lo, hi) +
+               s.range_squares(s.counted_experts, x, lo, hi);
+      };
+      if (s.grid.shape().cp == 1) return squares(data, off, off + n);
+      const size_t piece = std::min(kNoiseSumFloats, s.model->buffer_floats());
+      if (cp_sum == nullptr) cp_sum = s.be->alloc(piece);
+      double sq = 0;
+      for (size_t at = 0; at < n; at += piece) {
+        const size_t k = std::min(piece, n - at);
+        s.be->copy(cp_sum, data + at, k);
+        s.grid.cp().all_reduce_sum(cp_sum, k);
+        if (s.grid.cp().rank() == 0) sq += squares(cp_sum, off + at, off + at + k);
       }
-      const double sq = s.grid.cp().rank() != 0
-                            ? 0.0
-                            : s.range_squares(s.counted, whole, off, off + n) +
-                                  s.range_squares(s.counted_experts, whole, off, off + n);
-      if (sum != nullptr) s.be->free(sum);
       return sq;
     };
     // The reduction of a gradient range final for the step (with pp = 1 the last micro-batch's
@@ -591,6 +593,7 @@ TrainOutcome Trainer::run() {
         }
       }
     }
+    if (cp_sum != nullptr) s.be->free(cp_sum);
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();

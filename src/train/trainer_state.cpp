@@ -434,19 +434,31 @@ void Trainer::State::use_moving_average() {
     a.copy = be->alloc(a.n);
     be->copy(a.copy, a.at, a.n);
   }
-  // Each average where an update writes: its weights, and of them (bf16) their copy; the
-  // experts' after the rest, whose range may hold experts' elements the dense optimizer skips.
-  for (bool experts : {false, true}) {
-    if (experts && !expert_opt) continue;
-    Optimizer& o = experts ? *expert_opt : *opt;
-    float* w = experts ? expert_update_weights() : dense_update_weights();
-    const size_t n = o.end() - o.begin();
-    be->copy(w, o.slot(o.ema_slot()), n);
-    if (model->params_bf16() == nullptr) continue;
-    bf16_t* copy = experts && model->packed_experts()
-                       ? model->expert_params_bf16()
-                       : model->params_bf16() + (o.begin() - model->copy_begin());
-    be->convert(copy, w, n);
+  // Each average where its optimizer's update writes the weights (and of them, bf16, their copy).
+  const bool bf16 = model->params_bf16() != nullptr;
+  const auto place = [&](float* w, const float* average, bf16_t* copy, size_t n) {
+    be->copy(w, average, n);
+    if (copy != nullptr) be->convert(copy, w, n);
+  };
+  place(dense_update_weights(), opt->slot(opt->ema_slot()),
+        bf16 ? model->params_bf16() + (opt->begin() - model->copy_begin()) : nullptr,
+        opt->end() - opt->begin());
+  if (expert_opt) {
+    // The experts' after the rest. Unpacked, their optimizer's range of the buffer also spans
+    // dense tensors, whose average there is the dense optimizer's (a resumed run loads the
+    // experts' slot with the expert tensors alone): only the expert extents are taken.
+    const float* average = expert_opt->slot(expert_opt->ema_slot());
+    if (model->packed_experts()) {
+      place(model->expert_params(), average, model->expert_params_bf16(),
+            expert_opt->end() - expert_opt->begin());
+    } else {
+      for (const auto& [lo, hi] : expert_extents) {
+        const size_t a = std::max(lo, expert_lo), b = std::min(hi, expert_hi);
+        if (a < b)
+          place(model->params() + (a - model->master_begin()), average + (a - expert_lo),
+                bf16 ? model->params_bf16() + (a - model->copy_begin()) : nullptr, b - a);
+      }
+    }
   }
   publish_update();
 }

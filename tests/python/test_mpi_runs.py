@@ -951,14 +951,18 @@ def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
     training and validation losses are those of the same run without it, bit for bit, in bf16
     on a pipeline x data grid (ZeRO-1: the bf16 copy gathered, the tied embedding sent as bf16)
     and with a mixture's experts on their own ranks under ZeRO-3 (packed experts, layers
-    gathered); the last score is --eval-only --from-ema's on that step's checkpoint, on the same
-    grid. (Against PyTorch's average: test_reference_model.py.)"""
+    gathered) and ZeRO-1 (the experts' slice of the buffer, which spans dense tensors too); the
+    last score is --eval-only --from-ema's on that step's checkpoint, on the same grid; resumed
+    at step 3 (ZeRO-1 with experts: the checkpoint gives the experts' average their tensors
+    alone), the scores are the uninterrupted run's. (Against PyTorch's average:
+    test_reference_model.py.)"""
     cfg = tiny_config(tmp_path, name="ema", train__steps=8, eval__every=4, run__precision="bf16",
-                      optim__ema_decay=0.75, checkpoint__every=0)
+                      optim__ema_decay=0.75, checkpoint__every=3)
     moe = ["--model.moe_experts", 4, "--model.moe_top_k", 2, "--model.mlp_hidden", 64]
     for name, n, grid in [("z1pp", 4, ["--parallel.pp", 2, "--parallel.zero", 1,
                                        "--train.micro_batch_size", 2]),
-                          ("moe_z3", 2, [*moe, "--parallel.ep", 2, "--parallel.zero", 3])]:
+                          ("moe_z3", 2, [*moe, "--parallel.ep", 2, "--parallel.zero", 3]),
+                          ("moe_z1", 2, [*moe, "--parallel.ep", 2, "--parallel.zero", 1])]:
         curves = {}
         for scored in ("true", "false"):
             p = run(n, "--config", cfg, *grid, "--eval.ema", scored, "--run.name", name + scored)
@@ -981,6 +985,13 @@ def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
         line = [ln for ln in (tmp_path / "runs" / (name + "true") / "log.txt").read_text()
                 .splitlines() if ln.startswith("eval step 8")]
         assert line and f"ema val loss {average[2]:.4f}" in line[0], line
+        if name == "moe_z1":
+            p = run(n, "--config", cfg, *grid, "--eval.ema", "true", "--run.name", "resumed",
+                    "--resume", tmp_path / "runs" / (name + "true") / "ckpt" / "step_00000003.h5")
+            assert p.returncode == 0, p.stderr
+            with h5py.File(tmp_path / "runs" / "resumed" / "metrics.h5", "r") as f:
+                np.testing.assert_array_equal(f["val_ema/step"][:], [4, 8])
+                np.testing.assert_array_equal(f["val_ema/loss"][:], average[1:])
     # It needs the average and data.val to score.
     for extra, needle in [(["--optim.ema_decay", 0], "eval.ema needs optim.ema_decay > 0"),
                           (["--eval.sequences", 0],

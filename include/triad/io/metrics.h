@@ -12,7 +12,8 @@
 //   /val_positions/{step, loss}              (eval.loss_by_position: data.val's mean loss at
 //                                             each position, a 2-D [rows, seq_len] dataset)
 //   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
-//                                             gradient norms of one micro-batch and the batch)
+//                                             gradient norms of a small batch (one micro-batch;
+//                                             under a pipeline a replica's share) and the batch)
 //   /val_ema/{step, loss, accuracy, bpb}     (eval.ema: data.val scored with the moving average
 //                                             of the weights)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,

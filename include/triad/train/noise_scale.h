@@ -8,9 +8,14 @@
 // ratio of their running means (the paper's choice: not the mean of the ratios).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace triad {
+
+// Context parallelism: the ranks' parts of the small batch's gradient are summed over the group
+// through one scratch buffer of at most this many floats (16 MB), a piece at a time.
+inline constexpr size_t kNoiseSumFloats = size_t(1) << 22;
 
 struct NoiseEstimate {
   double g_sq = 0, trace = 0;
