@@ -212,7 +212,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.attn_scale", "-0.1"], ["model.attn_scale", "[0, 100]"]),
     (["--model.mup_base_width", "-64"], ["model.mup_base_width", "[0, 2^20]"]),
     (["--model.mup_base_width", "16", "--optim.name", "sgd"],
-     ["model.mup_base_width", "optim.name = adamw or muon"]),
+     ["model.mup_base_width", "optim.name = adamw, lion or muon"]),
     (["--run.fp8", "e4m3"], ["run.fp8", "off or tensorwise"]),
     (["--run.fp8_skip", "h/0/*"], ["run.fp8_skip", "needs run.fp8"]),
     (["--run.fp8_head", "true"], ["run.fp8_head", "needs run.fp8"]),
