@@ -4,7 +4,8 @@
 
 Columns: index, run, one per swept key, status (finished / running / missing), steps (done
 of total), final val loss, best val loss and the step it was reached at, final train loss,
-tokens/s (median over the steps after the first few). Written to DIR/<name>.csv and
+tokens/s (median over the steps after the first few), and where points measured them the final
+val bpb (eval.bits_per_byte) and the moving average's final val loss (eval.ema). Written to DIR/<name>.csv and
 DIR/<name>.md (DIR defaults to <run dir>/<name>-report), printed as a Markdown table, and
 plotted into DIR/<name>.png: final and best val loss against each swept key. Runs still
 training are read as they are.
@@ -30,7 +31,8 @@ from .metrics import MetricsError, load_metrics, steady_tokens_per_sec
 from .sweep import Sweep, load_sweep
 
 RESULT_COLUMNS = ("final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
-                  "tokens_per_sec", "final_val_bpb")  # bpb: eval.bits_per_byte (NaN: off)
+                  "tokens_per_sec", "final_val_bpb",  # bpb: eval.bits_per_byte (NaN: off)
+                  "final_ema_val_loss")  # eval.ema: the moving average's (NaN: off)
 
 
 def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
@@ -72,6 +74,8 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
                     bpb = m.val.get("bpb")
                     if bpb is not None and len(bpb):
                         row["final_val_bpb"] = float(bpb[-1])
+                if m.val_ema and len(m.val_ema["loss"]):
+                    row["final_ema_val_loss"] = float(m.val_ema["loss"][-1])
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in ("steps_done", "best_val_step"):
@@ -80,10 +84,13 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
 
 
 def to_markdown(df, keys: list[str]) -> str:
-    # (the bits per byte only where some point measured them: eval.bits_per_byte)
+    # (the bits per byte only where some point measured them: eval.bits_per_byte; the moving
+    # average's loss likewise: eval.ema)
     bpb = bool(np.isfinite(df["final_val_bpb"].to_numpy(dtype=float)).any())
+    ema = bool(np.isfinite(df["final_ema_val_loss"].to_numpy(dtype=float)).any())
     headers = ["index", "run", *keys, "status", "steps", "final val loss", "best val loss",
-               "best at step", "final train loss", "tokens/s", *(["final val bpb"] if bpb else [])]
+               "best at step", "final train loss", "tokens/s", *(["final val bpb"] if bpb else []),
+               *(["final ema val loss"] if ema else [])]
     rows = []
     for r in df.to_dict("records"):
         done = r["steps_done"]
@@ -92,9 +99,10 @@ def to_markdown(df, keys: list[str]) -> str:
                      fmt(r["final_val_loss"]), fmt(r["best_val_loss"]),
                      "" if _na(r["best_val_step"]) else str(int(r["best_val_step"])),
                      fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"]),
-                     *([fmt(r["final_val_bpb"])] if bpb else [])])
+                     *([fmt(r["final_val_bpb"])] if bpb else []),
+                     *([fmt(r["final_ema_val_loss"])] if ema else [])])
     right = [True, False, *[False] * len(keys), False, True, True, True, True, True, True,
-             *([True] if bpb else [])]
+             *([True] if bpb else []), *([True] if ema else [])]
     return markdown_table(headers, rows, align_right=right)
 
 

@@ -275,6 +275,7 @@ eval.every = 3
     md = (out / "lr.md").read_text()
     assert md.startswith("# sweep lr (cartesian, 3 points: 2 finished, 1 running, 0 missing)")
     assert "bpb" not in md and df["final_val_bpb"].isna().all()  # (eval.bits_per_byte off)
+    assert "ema" not in md and df["final_ema_val_loss"].isna().all()  # (eval.ema off)
     assert "| index | run    | train.lr | status" in md
     assert md.split("\n\n", 2)[2].strip() in r.stdout  # the same table printed
     assert (out / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -320,6 +321,38 @@ data.vocab = {VOCAB}
         with h5py.File(tmp_path / "runs" / f"b-{i:03d}" / "metrics.h5", "r") as h:
             assert df.iloc[i]["final_val_bpb"] == pytest.approx(h["val/bpb"][-1], rel=1e-5)
     assert "| final val bpb |" in (out / "b.md").read_text()
+
+
+def test_report_gives_the_moving_averages_loss_where_it_was_scored(tmp_path):
+    """A sweep of optim.ema_decay with eval.ema: the report gives each point's last
+    /val_ema/loss beside its val loss."""
+    cfg = tiny_config(tmp_path, name="base")
+    f = write(tmp_path / "e.ini", f"""[sweep]
+name = e
+base = {cfg}
+[values]
+optim.ema_decay = 0.5, 0.9
+[set]
+train.steps = 3
+eval.ema = true
+""")
+    for i in range(2):
+        a = tool("triad-sweep", "args", f, i)
+        assert a.returncode == 0, a.stderr
+        train(*a.stdout.splitlines(), check=True)
+    out = tmp_path / "report"
+    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_csv(out / "e.csv")
+    for i in range(2):
+        with h5py.File(tmp_path / "runs" / f"e-{i:03d}" / "metrics.h5", "r") as h:
+            want = h["val_ema/loss"][-1]
+            assert want != h["val/loss"][-1]
+            assert df.iloc[i]["final_ema_val_loss"] == pytest.approx(want, rel=1e-5)
+    assert df.iloc[0]["final_ema_val_loss"] != df.iloc[1]["final_ema_val_loss"]
+    assert "| final ema val loss |" in (out / "e.md").read_text()
 
 
 def test_report_of_a_sweep_not_started(tmp_path):
