@@ -293,6 +293,21 @@ eval.every = 3
     assert "3 finished, 0 running, 0 missing" in tool("triad-sweep", "list", f).stdout
 
 
+def train_points_and_report(f, tmp_path, points=2):
+    """Trains the sweep's first `points` points one after another and reports it (no plot):
+    the report's directory and its table as a DataFrame."""
+    import pandas as pd
+
+    for i in range(points):
+        a = tool("triad-sweep", "args", f, i)
+        assert a.returncode == 0, a.stderr
+        train(*a.stdout.splitlines(), check=True)
+    out = tmp_path / "report"
+    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
+    assert r.returncode == 0, r.stderr
+    return out, pd.read_csv(out / f"{f.stem}.csv")
+
+
 def test_report_gives_the_bits_per_byte_where_they_were_measured(tmp_path):
     """eval.bits_per_byte on every point: the report's table and CSV give each point's last
     val/bpb."""
@@ -307,16 +322,7 @@ train.steps = 2
 eval.bits_per_byte = true
 data.vocab = {VOCAB}
 """)
-    for i in range(2):
-        a = tool("triad-sweep", "args", f, i)
-        assert a.returncode == 0, a.stderr
-        train(*a.stdout.splitlines(), check=True)
-    out = tmp_path / "report"
-    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
-    assert r.returncode == 0, r.stderr
-    import pandas as pd
-
-    df = pd.read_csv(out / "b.csv")
+    out, df = train_points_and_report(f, tmp_path)
     for i in range(2):
         with h5py.File(tmp_path / "runs" / f"b-{i:03d}" / "metrics.h5", "r") as h:
             assert df.iloc[i]["final_val_bpb"] == pytest.approx(h["val/bpb"][-1], rel=1e-5)
@@ -336,16 +342,7 @@ optim.ema_decay = 0.5, 0.9
 train.steps = 3
 eval.ema = true
 """)
-    for i in range(2):
-        a = tool("triad-sweep", "args", f, i)
-        assert a.returncode == 0, a.stderr
-        train(*a.stdout.splitlines(), check=True)
-    out = tmp_path / "report"
-    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
-    assert r.returncode == 0, r.stderr
-    import pandas as pd
-
-    df = pd.read_csv(out / "e.csv")
+    out, df = train_points_and_report(f, tmp_path)
     for i in range(2):
         with h5py.File(tmp_path / "runs" / f"e-{i:03d}" / "metrics.h5", "r") as h:
             want = h["val_ema/loss"][-1]
