@@ -94,10 +94,19 @@ Table wide_table(const std::string& group, const std::vector<std::string>& value
 // /noise's columns besides step (train.noise_every).
 const std::vector<std::string> kNoiseColumns{"small_sq", "small_tokens", "big_sq", "big_tokens"};
 
-// /val_sets/<name> (eval.sets).
-Table val_set_table(const std::string& name) {
-  return make_table("val_sets/" + name,
-                    {{"step", true}, {"loss", false}, {"accuracy", false}, {"bpb", false}});
+// A validation score's table: /val_sets/<name> (eval.sets), /val_ema (eval.ema).
+Table score_table(const std::string& group) {
+  return make_table(group, {{"step", true}, {"loss", false}, {"accuracy", false}, {"bpb", false}});
+}
+Table val_set_table(const std::string& name) { return score_table("val_sets/" + name); }
+
+// A row of a score_table; whether the table's buffer is due to be written.
+bool append_score(Table& t, int64_t step, double loss, double accuracy, double bpb) {
+  t.col(0).ints.push_back(step);
+  t.col(1).doubles.push_back(loss);
+  t.col(2).doubles.push_back(accuracy);
+  t.col(3).doubles.push_back(bpb);
+  return t.col(0).buffered() >= kAutoFlushRows;
 }
 
 }  // namespace
@@ -351,7 +360,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.open_table(m.noise.back());
     }
     if (val_ema) {
-      m.val_ema.push_back(step_table("val_ema", {"loss", "accuracy", "bpb"}));
+      m.val_ema.push_back(score_table("val_ema"));
       m.open_table(m.val_ema.back());
     }
     if (resume) {
@@ -491,22 +500,12 @@ void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values
 
 void MetricsWriter::append_val_ema(int64_t step, double loss, double accuracy, double bpb) {
   TRIAD_ASSERT(!impl_->val_ema.empty());
-  Table& t = impl_->val_ema[0];
-  t.col(0).ints.push_back(step);
-  t.col(1).doubles.push_back(loss);
-  t.col(2).doubles.push_back(accuracy);
-  t.col(3).doubles.push_back(bpb);
-  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+  if (append_score(impl_->val_ema[0], step, loss, accuracy, bpb)) flush();
 }
 
 void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accuracy, double bpb) {
   TRIAD_ASSERT(i < impl_->sets.size());
-  Table& t = impl_->sets[i];
-  t.col(0).ints.push_back(step);
-  t.col(1).doubles.push_back(loss);
-  t.col(2).doubles.push_back(accuracy);
-  t.col(3).doubles.push_back(bpb);
-  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+  if (append_score(impl_->sets[i], step, loss, accuracy, bpb)) flush();
 }
 
 void MetricsWriter::flush() {

@@ -416,8 +416,9 @@ void Trainer::State::publish_update() {
   model->sync_tied_embedding(!gather_bf16);
 }
 
-void Trainer::State::use_moving_average() {
-  TRIAD_ASSERT(set_aside.empty() && opt->ema());
+std::vector<Trainer::State::SetAside> Trainer::State::use_moving_average() {
+  TRIAD_ASSERT(opt->ema());
+  std::vector<SetAside> set_aside;
   const auto words = [](bf16_t* p) { return reinterpret_cast<float*>(p); };
   const size_t master = model->master_end() - model->master_begin();
   set_aside.push_back({model->params(), nullptr, master});
@@ -461,14 +462,14 @@ void Trainer::State::use_moving_average() {
     }
   }
   publish_update();
+  return set_aside;
 }
 
-void Trainer::State::restore_weights() {
+void Trainer::State::restore_weights(const std::vector<SetAside>& set_aside) {
   for (const SetAside& a : set_aside) {
     be->copy(a.at, a.copy, a.n);
     be->free(a.copy);
   }
-  set_aside.clear();
   model->weights_changed();  // ZeRO-3's gathered layers and any kept keys and values are stale
 }
 
@@ -1315,9 +1316,9 @@ void Trainer::State::run_eval() {
   const EvalResult r = evaluate();
   EvalResult average;  // eval.ema: data.val under the moving average of the weights
   if (cfg.eval.ema) {
-    use_moving_average();
+    const auto set_aside = use_moving_average();
     average = evaluate_source(val_src.get());
-    restore_weights();
+    restore_weights(set_aside);
   }
   if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
     std::ostringstream os;

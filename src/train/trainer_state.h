@@ -164,14 +164,13 @@ struct Trainer::State {
   // rank holds, their bf16 copy, ZeRO-3's packed experts) and puts every optimizer's moving
   // average in the place of the weights it updates, published as an update's weights are;
   // restore_weights() puts the set-aside ones back bit for bit. Both collective.
-  void use_moving_average();
-  void restore_weights();
   struct SetAside {
     float* at;    // a buffer of the model (bf16 ones as pairs in fp32 words)
     float* copy;  // its copy (a backend buffer)
     size_t n;     // floats
   };
-  std::vector<SetAside> set_aside;
+  std::vector<SetAside> use_moving_average();
+  void restore_weights(const std::vector<SetAside>& set_aside);
   void zero_grad_shards();  // ZeRO: grad_shard (and expert_grad_shard) = 0
   // Global L2 norm of the gradient, from the part [lo, hi) of the buffer this rank holds at g.
   double grad_norm(const float* g, size_t lo, size_t hi);
