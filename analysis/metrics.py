@@ -106,9 +106,11 @@ class Metrics:
     attrs: dict[str, Any] = field(default_factory=dict)
     # eval.sets: /val_sets/<name>/{step, loss, accuracy, bpb (newer files)}, by name
     val_sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    # eval.ema: /val_ema/{step, loss, accuracy, bpb}, data.val under the moving average of the
-    # weights (empty: the run did not set it)
+    # eval.ema: /val_ema, /val's columns scored under the moving average of the weights (older
+    # files: step, loss, accuracy, bpb; empty: the run did not set it), and /val_ema_sets/<name>
+    # the eval.sets under it, by name
     val_ema: dict[str, np.ndarray] = field(default_factory=dict)
+    val_ema_sets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def config_text(self) -> str:
@@ -249,13 +251,13 @@ def _read_once(path: Path):
         attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         train = _read_group(f, path, "train", TRAIN_FIELDS)
         val = _read_group(f, path, "val", VAL_FIELDS)
-        sets = {}
-        if "val_sets" in f:
-            for name in sorted(f["val_sets"].keys()):
-                sets[name] = _read_group(f["val_sets"], path, name, ("step", "loss", "accuracy"))
+        sets, average_sets = ({name: _read_group(f[group], path, name,
+                                                 ("step", "loss", "accuracy"))
+                               for name in sorted(f[group].keys())} if group in f else {}
+                              for group in ("val_sets", "val_ema_sets"))
         average = _read_group(f, path, "val_ema", ("step", "loss", "accuracy")) \
             if "val_ema" in f else {}
-    return train, val, attrs, sets, average
+    return train, val, attrs, sets, average, average_sets
 
 
 def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
@@ -282,7 +284,7 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
     delay = 0.02
     while True:
         try:
-            train, val, attrs, sets, average = _read_once(path)
+            train, val, attrs, sets, average, average_sets = _read_once(path)
         except _Inconsistent as e:
             if time.monotonic() < deadline:
                 time.sleep(delay)
@@ -309,10 +311,12 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
     train = {k: v[:min(_lengths(train).values())] for k, v in train.items()}
     val = {k: v[:min(_lengths(val).values())] for k, v in val.items()}
     # Written with /val, at the same evaluations: cut to equal lengths like it.
-    sets = {n: {k: v[:min(_lengths(c).values())] for k, v in c.items()} for n, c in sets.items()}
+    sets, average_sets = ({n: {k: v[:min(_lengths(c).values())] for k, v in c.items()}
+                           for n, c in g.items()} for g in (sets, average_sets))
     if average:
         average = {k: v[:min(_lengths(average).values())] for k, v in average.items()}
-    return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets, val_ema=average)
+    return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets, val_ema=average,
+                   val_ema_sets=average_sets)
 
 
 _GRID_RE = re.compile(r"\b(dp|pp|tp|cp)\s*=\s*(\d+)")

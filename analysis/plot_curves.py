@@ -141,14 +141,19 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             if ax_bpb is not None and sb is not None and np.isfinite(sb).any():
                 ok = np.isfinite(sb)
                 ax_bpb.plot(sx[ok], sb[ok], color=c, ls=":", marker=mk, ms=4, lw=1.0)
-        # eval.ema: data.val under the moving average of the weights.
+        # eval.ema: data.val (and eval.choices) under the moving average of the weights; NaN
+        # where the run did not score it.
         av = r.val_ema
         if av and len(av["step"]):
             ax_ = av["step"].astype(np.float64)
             if x == "tokens" and len(va["step"]):
                 ax_ = np.interp(ax_, va["step"].astype(np.float64), r.val_tokens())
-            ax_loss.plot(ax_, av["loss"], color=c, ls="-.", marker="d", ms=4, lw=1.2)
-            any_average = True
+            for axis, y, scale in ((ax_loss, av["loss"], 1.0),
+                                   (ax_acc, av.get("choice_accuracy"), 100.0)):
+                if y is not None and np.isfinite(y).any():
+                    ok = np.isfinite(y)
+                    axis.plot(ax_[ok], scale * y[ok], color=c, ls="-.", marker="d", ms=4, lw=1.2)
+                    any_average = True
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
@@ -178,7 +183,7 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
              Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5, label="val")]
     if any_average:
         style.append(Line2D([], [], color="0.4", ls="-.", marker="d", ms=4,
-                            label="val, moving average of the weights"))
+                            label="moving average of the weights"))
     for name, mk in set_markers.items():
         style.append(Line2D([], [], color="0.4", ls=":", marker=mk, ms=4, label=f"val {name}"))
     if any_skipped:

@@ -94,11 +94,32 @@ Table wide_table(const std::string& group, const std::vector<std::string>& value
 // /noise's columns besides step (train.noise_every).
 const std::vector<std::string> kNoiseColumns{"small_sq", "small_tokens", "big_sq", "big_tokens"};
 
-// A validation score's table: /val_sets/<name> (eval.sets), /val_ema (eval.ema).
+// An evaluation's table: /val, and /val_ema (eval.ema: the same under the moving average).
+Table val_table(const std::string& group) {
+  return make_table(group, {{"step", true},
+                            {"loss", false},
+                            {"accuracy", false},
+                            {"choice_accuracy", false},
+                            {"choice_accuracy_by_sum", false},
+                            {"choice_accuracy_by_chars", false},
+                            {"bpb", false}});
+}
+
+void append_val_row(Table& t, const ValRow& r) {
+  t.col(0).ints.push_back(r.step);
+  t.col(1).doubles.push_back(r.loss);
+  t.col(2).doubles.push_back(r.accuracy);
+  t.col(3).doubles.push_back(r.choice_accuracy);
+  t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
+  t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
+  t.col(6).doubles.push_back(r.bpb);
+}
+
+// A validation set's table: /val_sets/<name> (eval.sets), /val_ema_sets/<name> (eval.sets under
+// eval.ema's moving average).
 Table score_table(const std::string& group) {
   return make_table(group, {{"step", true}, {"loss", false}, {"accuracy", false}, {"bpb", false}});
 }
-Table val_set_table(const std::string& name) { return score_table("val_sets/" + name); }
 
 // A row of a score_table; whether the table's buffer is due to be written.
 bool append_score(Table& t, int64_t step, double loss, double accuracy, double bpb) {
@@ -128,13 +149,7 @@ struct MetricsWriter::Impl {
                                      {"moe_max_load", false},
                                      {"moe_z_loss", false},
                                      {"moe_dropped", false}});
-  Table val = make_table("val", {{"step", true},
-                                 {"loss", false},
-                                 {"accuracy", false},
-                                 {"choice_accuracy", false},
-                                 {"choice_accuracy_by_sum", false},
-                                 {"choice_accuracy_by_chars", false},
-                                 {"bpb", false}});
+  Table val = val_table("val");
 
   [[noreturn]] void fail_here(const std::string& what) const {
     fail("metrics file ", path, ": ", what);
@@ -265,17 +280,16 @@ struct MetricsWriter::Impl {
   std::vector<Table> positions;    // /val_positions (one table, or none)
   std::vector<Table> noise;        // /noise (one table, or none)
   std::vector<Table> val_ema;      // /val_ema (one table, or none)
+  std::vector<Table> ema_sets;     // /val_ema_sets/<name> (eval.ema with eval.sets)
 
   // The tables past /train and /val: /val_sets' and the optional groups'.
   std::vector<Table*> further_tables() {
     std::vector<Table*> all;
-    for (auto* group : {&sets, &norms, &activations, &moe_load, &positions, &noise, &val_ema})
+    for (auto* group :
+         {&sets, &norms, &activations, &moe_load, &positions, &noise, &val_ema, &ema_sets})
       for (Table& t : *group) all.push_back(&t);
     return all;
   }
-
-  // The names of the groups under /val_sets in the file.
-  std::vector<std::string> existing_sets() { return members("val_sets"); }
 
   // The names of the links in group `group` of the file (none if it has no such group).
   std::vector<std::string> members(const std::string& group) {
@@ -333,8 +347,12 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     m.write_attributes(attrs);
     m.open_table(m.train);
     m.open_table(m.val);
-    for (const auto& name : val_sets) m.sets.push_back(val_set_table(name));
+    for (const auto& name : val_sets) {
+      m.sets.push_back(score_table("val_sets/" + name));
+      if (val_ema) m.ema_sets.push_back(score_table("val_ema_sets/" + name));
+    }
     for (Table& t : m.sets) m.open_table(t);
+    for (Table& t : m.ema_sets) m.open_table(t);
     if (!norm_groups.empty()) {
       std::vector<std::string> names;
       for (const auto& g : norm_groups) names.push_back("grad_" + g);
@@ -360,7 +378,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       m.open_table(m.noise.back());
     }
     if (val_ema) {
-      m.val_ema.push_back(score_table("val_ema"));
+      m.val_ema.push_back(val_table("val_ema"));
       m.open_table(m.val_ema.back());
     }
     if (resume) {
@@ -369,13 +387,15 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       for (Table* t : m.further_tables()) m.truncate_table(*t, resume_step);
       // Sets of the file that this run no longer scores: cut at the resume step as well, so
       // no row of the abandoned run's future is left behind.
-      for (const std::string& name : m.existing_sets())
-        if (std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
-          Table t = val_set_table(name);
-          m.open_table(t);
-          m.truncate_table(t, resume_step);
-          for (Column& c : t.cols) c.dset.reset();
-        }
+      for (const auto& [group, written] :
+           {std::pair{"val_sets", true}, std::pair{"val_ema_sets", val_ema}})
+        for (const std::string& name : m.members(group))
+          if (!written || std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
+            Table t = score_table(std::string(group) + "/" + name);
+            m.open_table(t);
+            m.truncate_table(t, resume_step);
+            for (Column& c : t.cols) c.dset.reset();
+          }
       // The optional groups that this run does not write: cut likewise.
       for (const auto& [group, written] :
            {std::pair{"norms", !norm_groups.empty()},
@@ -438,15 +458,8 @@ void MetricsWriter::append(const TrainRow& r) {
 }
 
 void MetricsWriter::append(const ValRow& r) {
-  Table& t = impl_->val;
-  t.col(0).ints.push_back(r.step);
-  t.col(1).doubles.push_back(r.loss);
-  t.col(2).doubles.push_back(r.accuracy);
-  t.col(3).doubles.push_back(r.choice_accuracy);
-  t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
-  t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
-  t.col(6).doubles.push_back(r.bpb);
-  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+  append_val_row(impl_->val, r);
+  if (impl_->val.col(0).buffered() >= kAutoFlushRows) flush();
 }
 
 void MetricsWriter::append_norms(int64_t step, const std::vector<double>& grad,
@@ -498,9 +511,16 @@ void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 
-void MetricsWriter::append_val_ema(int64_t step, double loss, double accuracy, double bpb) {
+void MetricsWriter::append_ema(const ValRow& r) {
   TRIAD_ASSERT(!impl_->val_ema.empty());
-  if (append_score(impl_->val_ema[0], step, loss, accuracy, bpb)) flush();
+  append_val_row(impl_->val_ema[0], r);
+  if (impl_->val_ema[0].col(0).buffered() >= kAutoFlushRows) flush();
+}
+
+void MetricsWriter::append_ema_set(size_t i, int64_t step, double loss, double accuracy,
+                                   double bpb) {
+  TRIAD_ASSERT(i < impl_->ema_sets.size());
+  if (append_score(impl_->ema_sets[i], step, loss, accuracy, bpb)) flush();
 }
 
 void MetricsWriter::append_set(size_t i, int64_t step, double loss, double accuracy, double bpb) {

@@ -411,9 +411,10 @@ class KeyTable {
         "(Megatron's validation under FIM), at a seed of their own (the same for every "
         "train.seed)");
     add("eval.ema", c.eval.ema,
-        "also score data.val with optim.ema_decay's moving average of the weights at every "
-        "evaluation (\"ema val loss\" on the eval line, /val_ema of metrics.h5): the weights are "
-        "set aside, the average takes their place, and they are put back bit for bit");
+        "also run every evaluation (data.val, eval.sets, eval.choices) with optim.ema_decay's "
+        "moving average of the weights (\"ema\" scores on the eval line; /val_ema and "
+        "/val_ema_sets of metrics.h5): the weights are set aside, the average takes their "
+        "place, and they are put back bit for bit");
     add("eval.bits_per_byte", c.eval.bits_per_byte,
         "also report the validation sets' bits per byte (val/bpb; a measure across tokenizers): "
         "their targets' cross-entropy in bits over the bytes those tokens decode to with "
@@ -1450,8 +1451,11 @@ void validate(const Config& c, int world_size) {
         "spans");
   check(!c.eval.ema || c.optim.ema_decay > 0, "eval.ema",
         "needs optim.ema_decay > 0 (the moving average it scores)");
-  check(!c.eval.ema || (!c.data.val.empty() && c.eval.sequences > 0), "eval.ema",
-        "needs data.val and eval.sequences > 0 (it scores data.val)");
+  check(!c.eval.ema || ((!c.data.val.empty() || !c.eval.sets.empty()) && c.eval.sequences > 0) ||
+            !c.eval.choices.empty(),
+        "eval.ema",
+        "needs something to score: data.val or eval.sets with eval.sequences > 0, or "
+        "eval.choices");
   check(!c.eval.bits_per_byte || !c.data.vocab.empty(), "eval.bits_per_byte",
         "needs data.vocab: the tokenizer of the validation data, whose bytes it counts");
   check(!c.checkpoint.best || (!c.data.val.empty() && c.eval.sequences > 0), "checkpoint.best",

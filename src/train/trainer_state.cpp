@@ -1314,10 +1314,10 @@ void Trainer::State::write_pipeline_trace(const std::vector<ComputeInterval>& ac
 void Trainer::State::run_eval() {
   use_window(step);  // the window the next step trains with (the last one's after the last)
   const EvalResult r = evaluate();
-  EvalResult average;  // eval.ema: data.val under the moving average of the weights
+  EvalResult average;  // eval.ema: the same evaluation under the moving average of the weights
   if (cfg.eval.ema) {
     const auto set_aside = use_moving_average();
-    average = evaluate_source(val_src.get());
+    average = evaluate();
     restore_weights(set_aside);
   }
   if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
@@ -1333,19 +1333,34 @@ void Trainer::State::run_eval() {
       os << " | " << v.name << " loss " << v.loss;
       if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
     }
+    for (const auto& v : average.sets) {
+      os << " | ema " << v.name << " loss " << v.loss;
+      if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
+    }
     if (r.choice_examples > 0) os << " | " << describe_choices(r);
+    if (average.choice_examples > 0) os << " | ema " << describe_choices(average);
     say(os.str());
     if (metrics) {
       const double nan = std::numeric_limits<double>::quiet_NaN();
-      metrics->append(ValRow{
-          step, r.sequences > 0 ? r.loss : nan, r.sequences > 0 ? r.accuracy : nan,
-          r.choice_examples > 0 ? r.choice_accuracy : nan,
-          r.choice_examples > 0 ? r.choice_accuracy_by_sum : nan,
-          r.choice_examples > 0 ? r.choice_accuracy_by_chars : nan, r.sequences > 0 ? r.bpb : nan});
+      const auto row = [&](const EvalResult& e) {
+        const bool val = e.sequences > 0, choices = e.choice_examples > 0;
+        return ValRow{step,
+                      val ? e.loss : nan,
+                      val ? e.accuracy : nan,
+                      choices ? e.choice_accuracy : nan,
+                      choices ? e.choice_accuracy_by_sum : nan,
+                      choices ? e.choice_accuracy_by_chars : nan,
+                      val ? e.bpb : nan};
+      };
+      metrics->append(row(r));
       for (size_t i = 0; i < r.sets.size(); ++i)
         metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy, r.sets[i].bpb);
-      if (average.sequences > 0)
-        metrics->append_val_ema(step, average.loss, average.accuracy, average.bpb);
+      if (cfg.eval.ema) {
+        metrics->append_ema(row(average));
+        for (size_t i = 0; i < average.sets.size(); ++i)
+          metrics->append_ema_set(i, step, average.sets[i].loss, average.sets[i].accuracy,
+                                  average.sets[i].bpb);
+      }
       if (!r.loss_by_position.empty()) metrics->append_position_losses(step, r.loss_by_position);
       metrics->flush();
     }

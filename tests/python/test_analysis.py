@@ -267,8 +267,10 @@ def test_val_sets_are_loaded_and_plotted(tmp_path, monkeypatch):
 
 
 def test_moving_average_validation_is_loaded_and_plotted(tmp_path, monkeypatch):
-    """eval.ema: /val_ema loads into Metrics.val_ema and is drawn dash-dot beside val, at the
-    tokens seen at its evaluations against tokens; a file without it loads with none."""
+    """eval.ema: /val_ema loads into Metrics.val_ema (its choice accuracy too) and
+    /val_ema_sets into Metrics.val_ema_sets; its loss and choice accuracy are drawn dash-dot
+    beside val's, where scored, at the tokens seen at its evaluations against tokens; a file
+    without it loads with none."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -283,8 +285,15 @@ def test_moving_average_validation_is_loaded_and_plotted(tmp_path, monkeypatch):
         g["loss"] = np.array([10.0, 5.5, 3.9, 3.4])
         g["accuracy"] = np.linspace(0.0, 0.3, 4)
         g["bpb"] = np.full(4, np.nan)
+        g["choice_accuracy"] = np.array([np.nan, 0.25, 0.3, 0.5])
+        s = f.create_group("val_ema_sets/code")
+        s["step"] = np.array([0, 20, 40], dtype=np.int64)  # (a row short: cut to the shortest)
+        s["loss"] = np.array([9.0, 6.0, 4.0, 3.5])
+        s["accuracy"] = np.zeros(4)
     m = load_metrics(path)
     assert list(m.val_ema["loss"]) == pytest.approx([10.0, 5.5, 3.9, 3.4])
+    assert list(m.val_ema_sets) == ["code"] and plain.val_ema_sets == {}
+    assert list(m.val_ema_sets["code"]["loss"]) == [9.0, 6.0, 4.0]
     figs = []
     monkeypatch.setattr(plot_curves, "save_figure", lambda fig, out, dpi: figs.append(fig) or out)
     for x in ("step", "tokens"):
@@ -296,7 +305,10 @@ def test_moving_average_validation_is_loaded_and_plotted(tmp_path, monkeypatch):
         assert list(lines[0].get_xdata()) == pytest.approx(list(want))
         labels = [t.get_text() for leg in ax.findobj(matplotlib.legend.Legend)
                   for t in leg.get_texts()]
-        assert "val, moving average of the weights" in labels
+        assert "moving average of the weights" in labels
+        # The choice accuracy (%) where scored.
+        acc = [line for a in figs[-1].axes[1:] for line in a.lines if line.get_linestyle() == "-."]
+        assert len(acc) == 1 and list(acc[0].get_ydata()) == pytest.approx([25.0, 30.0, 50.0])
         plt.close(figs[-1])
 
 

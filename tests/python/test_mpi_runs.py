@@ -945,19 +945,42 @@ def test_weight_moving_average_is_the_same_on_every_grid_and_resumes_exactly(tmp
     assert max(np.abs(late[k] - want[k]).max() for k in want) > 1e-4
 
 
+def write_choice_file(path, vocab, n=6, seed=3):
+    """n multiple-choice examples of random tokens below `vocab`, 4 endings each, in llm.c's
+    eval file format (include/triad/data/choice_file.h)."""
+    rng = np.random.default_rng(seed)
+    words = []
+    for i in range(n):
+        ctx = rng.integers(0, vocab, int(rng.integers(3, 8))).tolist()
+        ends = [rng.integers(0, vocab, int(rng.integers(1, 4))).tolist() for _ in range(4)]
+        body = [i, int(rng.integers(0, 4)), 4, len(ctx), *ctx]
+        for e in ends:
+            body += [len(e), *e]
+        words.append([65535, 2 * (len(body) + 2), *body])
+    header = np.zeros(256, dtype="<i4")
+    header[:4] = [20240522, 1, n, max(2 * len(w) for w in words)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        for w in words:
+            f.write(np.array(w, dtype="<u2").tobytes())
+    return path
+
+
 def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
-    """eval.ema: at every evaluation data.val is scored with the moving average of the weights
-    (/val_ema of metrics.h5, "ema val loss" on the eval line) and the weights are put back: the
-    training and validation losses are those of the same run without it, bit for bit, in bf16
+    """eval.ema: every evaluation is also run with the moving average of the weights (/val_ema
+    and /val_ema_sets of metrics.h5, "ema" scores on the eval line) and the weights are put back:
+    the training and validation losses are those of the same run without it, bit for bit, in bf16
     on a pipeline x data grid (ZeRO-1: the bf16 copy gathered, the tied embedding sent as bf16)
     and with a mixture's experts on their own ranks under ZeRO-3 (packed experts, layers
     gathered) and ZeRO-1 (the experts' slice of the buffer, which spans dense tensors too); the
-    last score is --eval-only --from-ema's on that step's checkpoint, on the same grid; resumed
-    at step 3 (ZeRO-1 with experts: the checkpoint gives the experts' average their tensors
-    alone), the scores are the uninterrupted run's. (Against PyTorch's average:
-    test_reference_model.py.)"""
+    last scores (data.val, a set of eval.sets, eval.choices' accuracy and ending loss) are
+    --eval-only --from-ema's on that step's checkpoint, on the same grid; resumed at step 3
+    (ZeRO-1 with experts: the checkpoint gives the experts' average their tensors alone), the
+    scores are the uninterrupted run's. (Against PyTorch's average: test_reference_model.py.)"""
+    choices = write_choice_file(tmp_path / "choices.bin", 512)
     cfg = tiny_config(tmp_path, name="ema", train__steps=8, eval__every=4, run__precision="bf16",
-                      optim__ema_decay=0.75, checkpoint__every=3)
+                      optim__ema_decay=0.75, checkpoint__every=3, eval__choices=choices,
+                      eval__sets=f"again={tmp_path / 'data' / 'val_000.bin'}")
     moe = ["--model.moe_experts", 4, "--model.moe_top_k", 2, "--model.mlp_hidden", 64]
     for name, n, grid in [("z1pp", 4, ["--parallel.pp", 2, "--parallel.zero", 1,
                                        "--train.micro_batch_size", 2]),
@@ -968,23 +991,37 @@ def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
             p = run(n, "--config", cfg, *grid, "--eval.ema", scored, "--run.name", name + scored)
             assert p.returncode == 0, (name, p.stderr)
             with h5py.File(tmp_path / "runs" / (name + scored) / "metrics.h5", "r") as f:
-                curves[scored] = {k: f[k][:] for k in ("train/loss", "val/loss")}
+                curves[scored] = {k: f[k][:] for k in ("train/loss", "val/loss",
+                                                       "val/choice_accuracy",
+                                                       "val_sets/again/loss")}
                 if scored == "true":
                     steps, average = f["val_ema/step"][:], f["val_ema/loss"][:]
+                    again = f["val_ema_sets/again/loss"][:]
+                    np.testing.assert_array_equal(f["val_ema_sets/again/step"][:], steps)
+                    right = f["val_ema/choice_accuracy"][:]
                 else:
-                    assert "val_ema" not in f
-        for k in ("train/loss", "val/loss"):
+                    assert "val_ema" not in f and "val_ema_sets" not in f
+        for k in curves["true"]:
             np.testing.assert_array_equal(curves["true"][k], curves["false"][k], err_msg=name)
         np.testing.assert_array_equal(steps, [0, 4, 8])
         val = curves["true"]["val/loss"]
         assert average[0] == val[0] and abs(average[2] - val[2]) > 1e-4, (name, average, val)
+        # The set is data.val's file: the same score.
+        np.testing.assert_array_equal(again, average, err_msg=name)
         ckpt = tmp_path / "runs" / (name + "true") / "ckpt" / "step_00000008.h5"
         p = run(n, "--config", cfg, *grid, "--eval-only", "--resume", ckpt, "--from-ema")
         assert p.returncode == 0, (name, p.stderr)
         assert f"val loss {average[2]:.6f}" in p.stdout, (name, average, p.stdout)
+        assert f"again loss {again[2]:.6f}" in p.stdout, (name, again, p.stdout)
+        assert f"choice accuracy {right[2]:.4f}" in p.stdout, (name, right, p.stdout)
+        ending_loss = p.stdout.split("ending loss ")[1].split(")")[0]
         line = [ln for ln in (tmp_path / "runs" / (name + "true") / "log.txt").read_text()
                 .splitlines() if ln.startswith("eval step 8")]
         assert line and f"ema val loss {average[2]:.4f}" in line[0], line
+        assert f"ema again loss {again[2]:.4f}" in line[0], line
+        assert f"ema choice accuracy {right[2]:.4f}" in line[0], line
+        assert line[0].split("ema choice accuracy")[1].split("ending loss ")[1].startswith(
+            ending_loss), (line, ending_loss)
         if name == "moe_z1":
             p = run(n, "--config", cfg, *grid, "--eval.ema", "true", "--run.name", "resumed",
                     "--resume", tmp_path / "runs" / (name + "true") / "ckpt" / "step_00000003.h5")
@@ -992,8 +1029,10 @@ def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):
             with h5py.File(tmp_path / "runs" / "resumed" / "metrics.h5", "r") as f:
                 np.testing.assert_array_equal(f["val_ema/step"][:], [4, 8])
                 np.testing.assert_array_equal(f["val_ema/loss"][:], average[1:])
-    # It needs the average and data.val to score.
+                np.testing.assert_array_equal(f["val_ema_sets/again/loss"][:], again[1:])
+                np.testing.assert_array_equal(f["val_ema/choice_accuracy"][:], right[1:])
+    # It needs the average and something to score.
     for extra, needle in [(["--optim.ema_decay", 0], "eval.ema needs optim.ema_decay > 0"),
-                          (["--eval.sequences", 0],
-                           "eval.ema needs data.val and eval.sequences > 0")]:
+                          (["--eval.sequences", 0, "--eval.choices", ""],
+                           "eval.ema needs something to score")]:
         assert_clean_error(train("--config", cfg, "--eval.ema", "true", *extra), needle)

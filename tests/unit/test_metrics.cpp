@@ -325,23 +325,66 @@ TEST_F(MetricsTest, MoeLoadRowsOfExpertsResumeAndCut) {
 
 TEST_F(MetricsTest, MovingAverageRowsResumeAndCut) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  {  // eval.ema: /val_ema beside /val
-    triad::MetricsWriter w(path_, attrs(), -1, {}, {}, {}, {}, 0, 0, false, true);
-    for (int64_t s = 0; s <= 8; s += 4) w.append_val_ema(s, 5.0 - 0.1 * double(s), 0.01 * s, nan);
+  const std::vector<std::string> sets{"code", "web"};
+  const auto row = [&](int64_t s, double bpb) {
+    return triad::ValRow{s, 5.0 - 0.1 * double(s), 0.01 * double(s), 0.25, 0.5, nan, bpb};
+  };
+  {  // eval.ema: /val_ema (/val's columns) beside /val, /val_ema_sets/<name> beside /val_sets
+    triad::MetricsWriter w(path_, attrs(), -1, sets, {}, {}, {}, 0, 0, false, true);
+    for (int64_t s = 0; s <= 8; s += 4) {
+      w.append_ema(row(s, nan));
+      for (size_t i = 0; i < sets.size(); ++i) w.append_ema_set(i, s, double(i) + 0.5, 0.1);
+    }
   }
   EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0, 4, 8}));
   EXPECT_EQ(read_column<double>(path_, "/val_ema/loss"), (std::vector<double>{5.0, 4.6, 4.2}));
   EXPECT_EQ(read_column<double>(path_, "/val_ema/accuracy")[2], 0.08);
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/choice_accuracy")[1], 0.25);
+  EXPECT_EQ(read_column<double>(path_, "/val_ema/choice_accuracy_by_sum")[1], 0.5);
+  EXPECT_TRUE(std::isnan(read_column<double>(path_, "/val_ema/choice_accuracy_by_chars")[1]));
   EXPECT_TRUE(std::isnan(read_column<double>(path_, "/val_ema/bpb")[1]));
-  {  // resumed at step 5: rows 0 and 4 stay
-    triad::MetricsWriter w(path_, attrs(), 5, {}, {}, {}, {}, 0, 0, false, true);
-    w.append_val_ema(6, 4.5, 0.05, 1.5);
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema_sets/web/step"), (std::vector<int64_t>{0, 4, 8}));
+  EXPECT_EQ(read_column<double>(path_, "/val_ema_sets/web/loss")[0], 1.5);
+  {  // resumed at step 5 scoring "code" only: rows 0 and 4 stay; web's are cut there too
+    triad::MetricsWriter w(path_, attrs(), 5, {"code"}, {}, {}, {}, 0, 0, false, true);
+    w.append_ema(row(6, 1.5));
+    w.append_ema_set(0, 6, 0.25, 0.2);
   }
   EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0, 4, 6}));
   EXPECT_EQ(read_column<double>(path_, "/val_ema/bpb")[2], 1.5);
-  { triad::MetricsWriter w(path_, attrs(), 3); }  // resumed without eval.ema: cut at 3
+  EXPECT_EQ(read_column<double>(path_, "/val_ema_sets/code/loss"),
+            (std::vector<double>{0.5, 0.5, 0.25}));
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema_sets/web/step"), (std::vector<int64_t>{0, 4}));
+  {  // resumed without eval.ema (the set still scored): cut at 3
+    triad::MetricsWriter w(path_, attrs(), 3, {"code"});
+  }
   EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0}));
   EXPECT_EQ(read_column<double>(path_, "/val_ema/loss"), (std::vector<double>{5.0}));
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema_sets/code/step"), (std::vector<int64_t>{0}));
+}
+
+TEST_F(MetricsTest, MovingAverageOfAnOlderFileGainsTheChoiceColumns) {
+  // /val_ema as eval.ema wrote it before it scored eval.choices (step, loss, accuracy, bpb): a
+  // resumed run keeps its rows, whose new columns read NaN.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  {
+    triad::MetricsWriter w(path_, attrs(), -1, {}, {}, {}, {}, 0, 0, false, true);
+    for (int64_t s : {0, 5}) w.append_ema(triad::ValRow{s, 4.0, 0.1, nan, nan, nan, nan});
+  }
+  hid_t f = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  for (const char* name : {"/val_ema/choice_accuracy", "/val_ema/choice_accuracy_by_sum",
+                           "/val_ema/choice_accuracy_by_chars"})
+    ASSERT_GE(H5Ldelete(f, name, H5P_DEFAULT), 0);
+  H5Fclose(f);
+  {
+    triad::MetricsWriter w(path_, attrs(), 10, {}, {}, {}, {}, 0, 0, false, true);
+    w.append_ema(triad::ValRow{10, 3.0, 0.2, 0.75, 0.5, nan, nan});
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_ema/step"), (std::vector<int64_t>{0, 5, 10}));
+  const auto choice = read_column<double>(path_, "/val_ema/choice_accuracy");
+  ASSERT_EQ(choice.size(), 3u);
+  EXPECT_TRUE(std::isnan(choice[0]) && std::isnan(choice[1]));
+  EXPECT_EQ(choice[2], 0.75);
 }
 
 TEST_F(MetricsTest, ResumeAddsAColumnAnOlderFileLacks) {

@@ -2,8 +2,9 @@
 // 1-D chunked, extendible datasets of equal length within each group:
 //   /train/{step, loss, lr, grad_norm, tokens_per_sec, mfu, step_ms, tokens, skipped, z_loss,
 //           moe_aux_loss, moe_max_load, moe_z_loss, moe_dropped}
-//   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars}
-//   /val_sets/<name>/{step, loss, accuracy}  (eval.sets: more validation sets)
+//   /val/{step, loss, accuracy, choice_accuracy, choice_accuracy_by_sum, choice_accuracy_by_chars,
+//         bpb}
+//   /val_sets/<name>/{step, loss, accuracy, bpb}  (eval.sets: more validation sets)
 //   /norms/{step, grad_<g>, weight_<g>}      (train.norms_every: per layer g = wte, wpe, h0, ...)
 //   /activations/{step, <a>}                  (train.activations_every: root mean squares of the
 //                                             activations a = embed, h0_attn, h0_mlp, h0_out, ...)
@@ -14,8 +15,9 @@
 //   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
 //                                             gradient norms of a small batch (one micro-batch;
 //                                             under a pipeline a replica's share) and the batch)
-//   /val_ema/{step, loss, accuracy, bpb}     (eval.ema: data.val scored with the moving average
-//                                             of the weights)
+//   /val_ema/<the columns of /val>           (eval.ema: the evaluation under the moving average
+//                                             of the weights; /val_ema_sets/<name>/{step, loss,
+//                                             accuracy, bpb} its eval.sets)
 // step and tokens are int64, the rest float64. Root attributes: config, grid, n_params,
 // flops_per_token, peak_flops.
 #pragma once
@@ -80,7 +82,8 @@ class MetricsWriter {
   // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
   // train.moe_load_every) those of /moe_load, each of moe_experts values per row; positions > 0
   // (eval.loss_by_position: seq_len) the width of /val_positions/loss, truncated on resume as
-  // /val; noise (train.noise_every) opens /noise, val_ema (eval.ema) /val_ema.
+  // /val; noise (train.noise_every) opens /noise, val_ema (eval.ema) /val_ema and, for each of
+  // val_sets, /val_ema_sets/<name>.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
@@ -107,9 +110,11 @@ class MetricsWriter {
   void append_position_losses(int64_t step, const std::vector<double>& loss);
   // A row of /noise: small_sq, small_tokens, big_sq, big_tokens.
   void append_noise(int64_t step, const std::vector<double>& values);
-  // A row of /val_ema: data.val's loss, accuracy and bits per byte (NaN: off) under the
-  // moving average of the weights.
-  void append_val_ema(int64_t step, double loss, double accuracy, double bpb);
+  // A row of /val_ema: the evaluation's scores under the moving average of the weights (NaN:
+  // not scored), and one of /val_ema_sets/<name> for validation set i.
+  void append_ema(const ValRow& row);
+  void append_ema_set(size_t i, int64_t step, double loss, double accuracy,
+                      double bpb = std::numeric_limits<double>::quiet_NaN());
   void flush();  // H5Fflush; called at least every evaluation
 
  private:

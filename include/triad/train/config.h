@@ -234,8 +234,9 @@ struct EvalConfig {
   // data.val and eval.sets rearranged by data.fim_* as the training sequences are (Megatron's
   // validation under FIM), at a seed of their own that train.seed does not change.
   bool fim = false;
-  // data.val scored with optim.ema_decay's moving average of the weights too (/val_ema of
-  // metrics.h5), the weights set aside meanwhile and put back bit for bit.
+  // Every evaluation (data.val, eval.sets, eval.choices) run with optim.ema_decay's moving
+  // average of the weights too (/val_ema and /val_ema_sets of metrics.h5), the weights set aside
+  // meanwhile and put back bit for bit.
   bool ema = false;
 };
 
