@@ -32,7 +32,15 @@ from .sweep import Sweep, load_sweep
 
 RESULT_COLUMNS = ("final_val_loss", "best_val_loss", "best_val_step", "final_train_loss",
                   "tokens_per_sec", "final_val_bpb",  # bpb: eval.bits_per_byte (NaN: off)
-                  "final_ema_val_loss")  # eval.ema: the moving average's (NaN: off)
+                  "final_ema_val_loss",  # eval.ema: the moving average's (NaN: off)
+                  # eval.choices' accuracy (lm-eval's acc), the weights' and under eval.ema the
+                  # moving average's (NaN: off)
+                  "final_choice_accuracy", "final_ema_choice_accuracy")
+# The result columns the markdown table shows only where some point has them, with headers.
+OPTIONAL_COLUMNS = (("final_val_bpb", "final val bpb"),
+                    ("final_ema_val_loss", "final ema val loss"),
+                    ("final_choice_accuracy", "final choice accuracy"),
+                    ("final_ema_choice_accuracy", "final ema choice accuracy"))
 
 
 def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
@@ -71,11 +79,17 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
                         j = int(np.nanargmin(np.where(ok, vl, np.nan)))
                         row["best_val_loss"] = float(vl[j])
                         row["best_val_step"] = int(m.val["step"][j])
-                    bpb = m.val.get("bpb")
-                    if bpb is not None and len(bpb):
-                        row["final_val_bpb"] = float(bpb[-1])
+                    for col, key in (("final_val_bpb", "bpb"),
+                                     ("final_choice_accuracy", "choice_accuracy")):
+                        v = m.val.get(key)
+                        if v is not None and len(v):
+                            row[col] = float(v[-1])
                 if m.val_ema and len(m.val_ema["loss"]):
-                    row["final_ema_val_loss"] = float(m.val_ema["loss"][-1])
+                    for col, key in (("final_ema_val_loss", "loss"),
+                                     ("final_ema_choice_accuracy", "choice_accuracy")):
+                        v = m.val_ema.get(key)
+                        if v is not None and len(v):
+                            row[col] = float(v[-1])
         rows.append(row)
     df = pd.DataFrame(rows)
     for c in ("steps_done", "best_val_step"):
@@ -84,13 +98,12 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
 
 
 def to_markdown(df, keys: list[str]) -> str:
-    # (the bits per byte only where some point measured them: eval.bits_per_byte; the moving
-    # average's loss likewise: eval.ema)
-    bpb = bool(np.isfinite(df["final_val_bpb"].to_numpy(dtype=float)).any())
-    ema = bool(np.isfinite(df["final_ema_val_loss"].to_numpy(dtype=float)).any())
+    # (the optional results only where some point measured them: the bits per byte under
+    # eval.bits_per_byte, the moving average's under eval.ema, the accuracies under eval.choices)
+    shown = [(c, h) for c, h in OPTIONAL_COLUMNS
+             if np.isfinite(df[c].to_numpy(dtype=float)).any()]
     headers = ["index", "run", *keys, "status", "steps", "final val loss", "best val loss",
-               "best at step", "final train loss", "tokens/s", *(["final val bpb"] if bpb else []),
-               *(["final ema val loss"] if ema else [])]
+               "best at step", "final train loss", "tokens/s", *[h for _, h in shown]]
     rows = []
     for r in df.to_dict("records"):
         done = r["steps_done"]
@@ -99,10 +112,9 @@ def to_markdown(df, keys: list[str]) -> str:
                      fmt(r["final_val_loss"]), fmt(r["best_val_loss"]),
                      "" if _na(r["best_val_step"]) else str(int(r["best_val_step"])),
                      fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"]),
-                     *([fmt(r["final_val_bpb"])] if bpb else []),
-                     *([fmt(r["final_ema_val_loss"])] if ema else [])])
+                     *[fmt(r[c]) for c, _ in shown]])
     right = [True, False, *[False] * len(keys), False, True, True, True, True, True, True,
-             *([True] if bpb else []), *([True] if ema else [])]
+             *[True] * len(shown)]
     return markdown_table(headers, rows, align_right=right)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from triad_run import (ENV, REPO, VOCAB, assert_clean_error, catching_pids, exe, tiny_config,
-                       tool, train, write_loss_mask, write_shard)
+                       tool, train, write_choice_file, write_loss_mask, write_shard)
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -943,27 +943,6 @@ def test_weight_moving_average_is_the_same_on_every_grid_and_resumes_exactly(tmp
     assert p.returncode == 0 and "holds no moving average of the weights" in p.stdout, p.stdout
     late = moving_average(last("late"))
     assert max(np.abs(late[k] - want[k]).max() for k in want) > 1e-4
-
-
-def write_choice_file(path, vocab, n=6, seed=3):
-    """n multiple-choice examples of random tokens below `vocab`, 4 endings each, in llm.c's
-    eval file format (include/triad/data/choice_file.h)."""
-    rng = np.random.default_rng(seed)
-    words = []
-    for i in range(n):
-        ctx = rng.integers(0, vocab, int(rng.integers(3, 8))).tolist()
-        ends = [rng.integers(0, vocab, int(rng.integers(1, 4))).tolist() for _ in range(4)]
-        body = [i, int(rng.integers(0, 4)), 4, len(ctx), *ctx]
-        for e in ends:
-            body += [len(e), *e]
-        words.append([65535, 2 * (len(body) + 2), *body])
-    header = np.zeros(256, dtype="<i4")
-    header[:4] = [20240522, 1, n, max(2 * len(w) for w in words)]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        for w in words:
-            f.write(np.array(w, dtype="<u2").tobytes())
-    return path
 
 
 def test_moving_average_evaluation_leaves_training_bit_for_bit(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from analysis import sweep as sw
-from triad_run import REPO, VOCAB, tiny_config, train
+from triad_run import REPO, VOCAB, tiny_config, train, write_choice_file
 
 VENV_BIN = REPO / ".venv" / "bin"
 MODULES = {"triad-sweep": "analysis.sweep", "triad-sweep-report": "analysis.sweep_report"}
@@ -276,6 +276,7 @@ eval.every = 3
     assert md.startswith("# sweep lr (cartesian, 3 points: 2 finished, 1 running, 0 missing)")
     assert "bpb" not in md and df["final_val_bpb"].isna().all()  # (eval.bits_per_byte off)
     assert "ema" not in md and df["final_ema_val_loss"].isna().all()  # (eval.ema off)
+    assert "choice" not in md and df["final_choice_accuracy"].isna().all()  # (no eval.choices)
     assert "| index | run    | train.lr | status" in md
     assert md.split("\n\n", 2)[2].strip() in r.stdout  # the same table printed
     assert (out / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -330,9 +331,11 @@ data.vocab = {VOCAB}
 
 
 def test_report_gives_the_moving_averages_loss_where_it_was_scored(tmp_path):
-    """A sweep of optim.ema_decay with eval.ema: the report gives each point's last
-    /val_ema/loss beside its val loss."""
+    """A sweep of optim.ema_decay with eval.ema and eval.choices: the report gives each point's
+    last /val_ema/loss beside its val loss, and the last choice accuracy of the weights and of
+    the average."""
     cfg = tiny_config(tmp_path, name="base")
+    choices = write_choice_file(tmp_path / "choices.bin", 512, n=20)
     f = write(tmp_path / "e.ini", f"""[sweep]
 name = e
 base = {cfg}
@@ -341,6 +344,7 @@ optim.ema_decay = 0.5, 0.9
 [set]
 train.steps = 3
 eval.ema = true
+eval.choices = {choices}
 """)
     out, df = train_points_and_report(f, tmp_path)
     for i in range(2):
@@ -348,8 +352,14 @@ eval.ema = true
             want = h["val_ema/loss"][-1]
             assert want != h["val/loss"][-1]
             assert df.iloc[i]["final_ema_val_loss"] == pytest.approx(want, rel=1e-5)
+            for col, key in (("final_choice_accuracy", "val/choice_accuracy"),
+                             ("final_ema_choice_accuracy", "val_ema/choice_accuracy")):
+                assert np.isfinite(h[key][-1])
+                assert df.iloc[i][col] == pytest.approx(h[key][-1], rel=1e-5), col
     assert df.iloc[0]["final_ema_val_loss"] != df.iloc[1]["final_ema_val_loss"]
-    assert "| final ema val loss |" in (out / "e.md").read_text()
+    md = (out / "e.md").read_text()
+    for header in ("final ema val loss", "final choice accuracy", "final ema choice accuracy"):
+        assert f"| {header} |" in md, md
 
 
 def test_report_of_a_sweep_not_started(tmp_path):

@@ -97,6 +97,27 @@ def tiny_config(tmp, name="run", vocab=512, **overrides):
     return str(path)
 
 
+def write_choice_file(path, vocab, n=6, seed=3):
+    """n multiple-choice examples of random tokens below `vocab`, 4 endings each, in llm.c's
+    eval file format (include/triad/data/choice_file.h)."""
+    rng = np.random.default_rng(seed)
+    words = []
+    for i in range(n):
+        ctx = rng.integers(0, vocab, int(rng.integers(3, 8))).tolist()
+        ends = [rng.integers(0, vocab, int(rng.integers(1, 4))).tolist() for _ in range(4)]
+        body = [i, int(rng.integers(0, 4)), 4, len(ctx), *ctx]
+        for e in ends:
+            body += [len(e), *e]
+        words.append([65535, 2 * (len(body) + 2), *body])
+    header = np.zeros(256, dtype="<i4")
+    header[:4] = [20240522, 1, n, max(2 * len(w) for w in words)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        for w in words:
+            f.write(np.array(w, dtype="<u2").tobytes())
+    return path
+
+
 def run(args, timeout=120, check=False, **kw):
     p = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=timeout, **kw)
     if check and p.returncode != 0:
