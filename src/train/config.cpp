@@ -325,7 +325,8 @@ class KeyTable {
         "0: never)");
     add("train.noise_every", c.train.noise_every,
         "every N steps, the squared norms of the first micro-batch's gradient on each replica "
-        "(under pipeline parallelism: each replica's share of the step) and of the whole "
+        "(under pipeline parallelism: each replica's share of the step; under expert "
+        "parallelism: the expert-parallel group's first micro-batches) and of the whole "
         "batch's, for the gradient noise scale B = tr(Σ)/|G|² (McCandlish et al.; /noise of "
         "metrics.h5, triad-plot-noise; 0: never)");
     add("train.skip_window", c.train.skip_window,
@@ -1354,10 +1355,14 @@ void validate(const Config& c, int world_size) {
     // The small batch's gradient must pass through its ranks' buffers before it is reduced (a
     // micro-batch's at the end of its backward pass, or under ZeRO-2/3 bucket by bucket; under
     // a pipeline, whose stages interleave the micro-batches, a replica's share of the step;
-    // context-parallel ranks' parts summed): no experts fed by other replicas' tokens.
-    check(c.parallel.ep == 1, "train.noise_every",
-          "needs parallel.ep = 1 (experts on other ranks see other replicas' tokens: no small "
-          "batch's gradient before the reduction)");
+    // context-parallel ranks' parts summed). Under expert parallelism the experts see the
+    // expert-parallel group's micro-batches: the small batch is the group's first ones, its
+    // dense tensors' gradient summed over the group first (not with a pipeline, context
+    // parallelism or ZeRO-3's packed experts).
+    check(c.parallel.ep == 1 || (c.parallel.pp == 1 && c.parallel.cp == 1 && c.parallel.zero <= 2),
+          "train.noise_every",
+          "under expert parallelism (parallel.ep > 1) needs parallel.pp = 1, parallel.cp = 1 and "
+          "parallel.zero <= 2");
     if (c.parallel.pp > 1) {
       check(dp >= 2, "train.noise_every",
             "under pipeline parallelism measures each data-parallel replica's share of the step "

@@ -314,8 +314,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     // eval.ema: the weights set aside while the moving average is scored (at most the weights'
     // and their bf16 copy's buffers; Trainer::State::use_moving_average).
     if (cfg.eval.ema) m.model.other += m.model.weights + m.model.weights_bf16;
-    // train.noise_every under context parallelism: the summing copy on its steps.
-    if (cfg.train.noise_every > 0 && cfg.parallel.cp > 1)
+    // train.noise_every under context or expert parallelism: the summing copy on its steps.
+    if (cfg.train.noise_every > 0 && (cfg.parallel.cp > 1 || cfg.parallel.ep > 1))
       m.model.other += std::min(kNoiseSumFloats, m.model.buffer_floats) * sizeof(float);
     // The trainer's optimizer and ZeRO slice (Trainer::State::setup_model).
     const bool zero = cfg.parallel.zero >= 1;

@@ -474,7 +474,9 @@ TrainOutcome Trainer::run() {
     // train.noise_every: a small batch's squared gradient norm (mean over the replicas) and its
     // counted tokens (NaN: not measured this step). The small batch is each replica's first
     // micro-batch, or under pipeline parallelism (whose stages interleave the micro-batches)
-    // each replica's share of the step, measured before the data-parallel reduction.
+    // each replica's share of the step, measured before the data-parallel reduction. Under
+    // expert parallelism each rank's experts see every micro-batch of its expert-parallel group:
+    // the small batch is the group's first micro-batches (their dense gradient summed over it).
     const bool pipeline = s.grid.shape().pp > 1;
     const bool noise_step =
         cfg.train.noise_every > 0 && st % cfg.train.noise_every == 0 && (pipeline || accum >= 2);
@@ -484,14 +486,17 @@ TrainOutcome Trainer::run() {
     // replica's squares (its tensor-parallel ranks' and stages' parts) then their mean over
     // replicas. With E|G_b|² = |G|² + tr(Σ)/b, the replicas' b (which loss masks make differ)
     // enter the estimate as their harmonic mean. Collective.
+    const bool expert_groups = s.grid.shape().ep > 1;
     const auto measure_small = [&](int64_t first, int64_t sequences) {
-      const double mine = s.train_data->masks_targets()
-                              ? double(s.train_data->counted_targets(first, sequences))
-                              : double(sequences) * T;
+      double mine = s.train_data->masks_targets()
+                        ? double(s.train_data->counted_targets(first, sequences))
+                        : double(sequences) * T;
+      if (expert_groups) mine = s.grid.ep().all_reduce_sum(mine);  // the group's micro-batches
       // One rank of each replica counts it: tensor-parallel rank 0 of the first stage (and of
-      // the context-parallel group).
-      const bool leader =
-          s.grid.tp().rank() == 0 && s.grid.pp().rank() == 0 && s.grid.cp().rank() == 0 && mine > 0;
+      // the context-parallel and expert-parallel groups).
+      const bool leader = s.grid.tp().rank() == 0 && s.grid.pp().rank() == 0 &&
+                          s.grid.cp().rank() == 0 && (!expert_groups || s.grid.ep().rank() == 0) &&
+                          mine > 0;
       const double f2 = mine > 0 ? (counted / mine) * (counted / mine) : 0.0;
       double v[3] = {mine > 0 ? small_squares * f2 : 0.0, leader ? 1.0 : 0.0,
                      leader ? 1.0 / mine : 0.0};
@@ -504,21 +509,23 @@ TrainOutcome Trainer::run() {
     // The squares of a gradient range [off, off + n) at data that the norm counts. Context-
     // parallel ranks hold parts of the sequences' gradient, summed first (in a copy: the range
     // goes on to its reduction as it is), of which the group's first rank counts the squares.
-    float* cp_sum = nullptr;  // that copy, kNoiseSumFloats at most (allocated at first use)
-    const auto range_squares = [&s, &cp_sum](size_t off, size_t n, const float* data) {
-      const auto squares = [&s](const float* x, size_t lo, size_t hi) {
-        return s.range_squares(s.counted, x, lo, hi) +
-               s.range_squares(s.counted_experts, x, lo, hi);
-      };
-      if (s.grid.shape().cp == 1) return squares(data, off, off + n);
+    // Expert-parallel ranks hold their own micro-batch's gradient of the dense tensors, summed
+    // over the group likewise, and the group's gradient of their own experts, counted by each.
+    float* group_sum = nullptr;  // that copy, kNoiseSumFloats at most (allocated at first use)
+    const auto range_squares = [&s, &group_sum, expert_groups](size_t off, size_t n,
+                                                               const float* data) {
+      if (s.grid.shape().cp == 1 && !expert_groups)
+        return s.range_squares(s.counted, data, off, off + n);
+      // (the experts' ranges are the buffer's: ZeRO-3's packing is refused with ep > 1)
+      double sq = expert_groups ? s.range_squares(s.counted_experts, data, off, off + n) : 0.0;
+      Comm& group = expert_groups ? s.grid.ep() : s.grid.cp();
       const size_t piece = std::min(kNoiseSumFloats, s.model->buffer_floats());
-      if (cp_sum == nullptr) cp_sum = s.be->alloc(piece);
-      double sq = 0;
+      if (group_sum == nullptr) group_sum = s.be->alloc(piece);
       for (size_t at = 0; at < n; at += piece) {
         const size_t k = std::min(piece, n - at);
-        s.be->copy(cp_sum, data + at, k);
-        s.grid.cp().all_reduce_sum(cp_sum, k);
-        if (s.grid.cp().rank() == 0) sq += squares(cp_sum, off + at, off + at + k);
+        s.be->copy(group_sum, data + at, k);
+        group.all_reduce_sum(group_sum, k);
+        if (group.rank() == 0) sq += s.range_squares(s.counted, group_sum, off + at, off + at + k);
       }
       return sq;
     };
@@ -593,7 +600,7 @@ TrainOutcome Trainer::run() {
         }
       }
     }
-    if (cp_sum != nullptr) s.be->free(cp_sum);
+    if (group_sum != nullptr) s.be->free(group_sum);
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();

@@ -3,7 +3,7 @@ replica's first micro-batch's mean gradient and of the whole batch's at the init
 double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 (ZeRO 0, 2 and
 3: the last two measured bucket by bucket before each is reduced), tp 2, cp 2 (the parts of
 the gradient summed first; with dp 2 and ZeRO-2 too) and pp 2 x dp 2 (each replica's share of
-the step as the small batch); the
+the step as the small batch) and ep 2 (the expert-parallel group's first micro-batches); the
 plot and its clean failure; the grids it refuses.
 """
 
@@ -135,11 +135,48 @@ def test_noise_scale_on_a_pipeline_counts_the_tied_embedding_once(tmp_root, tmp_
     assert abs(got["small_sq"][0] - want) / want < 1e-5, (got, want)
 
 
+def test_noise_scale_under_expert_parallelism_takes_the_groups_micro_batches(tmp_root, tmp_path):
+    """ep 2 on dp 2 (ZeRO 0 and 2, and with tp 2): each rank's experts see both ranks'
+    micro-batches, so the small batch is the group's first micro-batches (one sequence of each
+    rank's share): the dense tensors' gradient summed over the group, each rank's experts' its
+    own, against PyTorch's gradient of those two sequences (SwiGLU experts beside shared ones; no
+    balancing term, which is each rank's own)."""
+    case = next(c for c in trm.CASES if c.name == "moeswiglu")
+    p = trm.prepare(case, tmp_root)
+    T, B = case.cfg.seq_len, 2 * case.micro_batch
+    cfg = tmp_path / "noise.ini"
+    ref.write_config(cfg, trm.config_sections(case, p.dir, train__noise_every=1, train__steps=1,
+                                              train__moe_aux_loss=0))
+    x, y = ref.batch(p.train_tokens, 0, B, T)
+    share = B // 2  # rank r trains sequences [r·share, (r + 1)·share) one at a time
+    first = [0, share]
+    want, big = grad_sq(p, x[first], y[first]), grad_sq(p, x, y)
+    # (one rank's first sequence alone is another number)
+    assert abs(grad_sq(p, x[:1], y[:1]) - want) > 1e-3 * want
+    for name, grid in (("ep", []), ("ep_z2", ["--parallel.zero", "2"]),
+                       ("ep_tp", ["--parallel.tp", "2"])):
+        r = subprocess.run([shutil.which("mpirun"), "--oversubscribe", "-np",
+                            "4" if name == "ep_tp" else "2",
+                            str(trm.binary("triad-train")), "--config", str(cfg), "--init-from",
+                            str(p.ckpt), "--resume", "none", "--run.dir", str(tmp_path / "runs"),
+                            "--run.name", name, "--parallel.ep", "2",
+                            "--train.micro_batch_size", "1", *grid],
+                           capture_output=True, text=True,
+                           env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
+        assert r.returncode == 0, (name, r.stderr)
+        got = noise_rows(tmp_path / "runs" / name)
+        assert got["small_tokens"][0] == 2 * T and got["big_tokens"][0] == B * T, got
+        assert abs(got["small_sq"][0] - want) / want < 1e-5, (name, got, want)
+        assert abs(got["big_sq"][0] - big) / big < 1e-5, (name, got, big)
+
+
 @pytest.mark.parametrize("n,args,needle", [
     (1, ["--train.micro_batch_size", 4], "at least two micro-batches per step"),
     (2, ["--parallel.pp", 2], "it needs two replicas or more (dp >= 2)"),
-    (2, ["--parallel.ep", 2, "--model.moe_experts", 2, "--model.moe_top_k", 2],
-     "needs parallel.ep = 1"),
+    (2, ["--parallel.ep", 2, "--model.moe_experts", 2, "--model.moe_top_k", 2,
+         "--parallel.zero", 3, "--train.micro_batch_size", 1],
+     "under expert parallelism (parallel.ep > 1) needs parallel.pp = 1, parallel.cp = 1 and "
+     "parallel.zero <= 2"),
     (1, ["--train.noise_every", -1], "must be >= 0"),
 ])
 def test_noise_scale_refuses_what_it_cannot_measure(n, args, needle, tmp_root, tmp_path):

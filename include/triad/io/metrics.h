@@ -14,7 +14,9 @@
 //                                             each position, a 2-D [rows, seq_len] dataset)
 //   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
 //                                             gradient norms of a small batch (one micro-batch;
-//                                             under a pipeline a replica's share) and the batch)
+//                                             under a pipeline a replica's share, under expert
+//                                             parallelism the group's micro-batches) and the
+//                                             batch)
 //   /val_ema/<the columns of /val>           (eval.ema: the evaluation under the moving average
 //                                             of the weights; /val_ema_sets/<name>/{step, loss,
 //                                             accuracy, bpb} its eval.sets)

@@ -13,8 +13,9 @@
 
 namespace triad {
 
-// Context parallelism: the ranks' parts of the small batch's gradient are summed over the group
-// through one scratch buffer of at most this many floats (16 MB), a piece at a time.
+// Context parallelism: the ranks' parts of the small batch's gradient (expert parallelism: its
+// dense tensors') are summed over the group through one scratch buffer of at most this many
+// floats (16 MB), a piece at a time.
 inline constexpr size_t kNoiseSumFloats = size_t(1) << 22;
 
 struct NoiseEstimate {
