@@ -462,6 +462,7 @@ std::vector<Trainer::State::SetAside> Trainer::State::use_moving_average() {
     }
   }
   publish_update();
+  model->weights_changed();  // (as restore_weights: nothing kept from the weights' passes)
   return set_aside;
 }
 
@@ -1148,8 +1149,8 @@ void Trainer::State::load_tokenizer() {
   if (!tokenizer) tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
 }
 
-EvalResult Trainer::State::evaluate() {
-  EvalResult r = evaluate_val();
+EvalResult Trainer::State::evaluate(bool by_position) {
+  EvalResult r = evaluate_val(by_position);
   if (!choices.empty()) {
     // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
     // rounded with the ranks' partial sums (its last bits depend on dp).
@@ -1206,8 +1207,8 @@ std::vector<double> Trainer::State::activation_rms(int64_t step) {
   return sums;
 }
 
-EvalResult Trainer::State::evaluate_val() {
-  EvalResult r = evaluate_source(val_src.get(), cfg.eval.loss_by_position);
+EvalResult Trainer::State::evaluate_val(bool by_position) {
+  EvalResult r = evaluate_source(val_src.get(), by_position && cfg.eval.loss_by_position);
   for (const auto& [name, src] : val_sets) {
     const EvalResult e = evaluate_source(src.get());
     if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy, e.bpb});
@@ -1317,7 +1318,7 @@ void Trainer::State::run_eval() {
   EvalResult average;  // eval.ema: the same evaluation under the moving average of the weights
   if (cfg.eval.ema) {
     const auto set_aside = use_moving_average();
-    average = evaluate();
+    average = evaluate(false);  // (eval.loss_by_position: the weights' alone)
     restore_weights(set_aside);
   }
   if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {

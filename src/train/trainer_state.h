@@ -246,12 +246,14 @@ struct Trainer::State {
   void load_tokenizer();  // data.vocab, once
 
   // ---- evaluation ---------------------------------------------------------------------------
-  EvalResult evaluate();  // the validation loss and the multiple-choice examples
+  // The validation loss and the multiple-choice examples; by_position: data.val's loss at each
+  // position too, under eval.loss_by_position.
+  EvalResult evaluate(bool by_position = true);
   // train.activations_every: the root mean square of each Gpt::activation_names activation in a
   // forward pass of the first validation micro-batch (a fixed batch, so steps and runs compare),
   // the same on every rank.
   std::vector<double> activation_rms(int64_t step);
-  EvalResult evaluate_val();  // the validation loss only
+  EvalResult evaluate_val(bool by_position = true);  // the validation loss only
   // Loss and accuracy over the first eval.sequences sequences of src (sequences = 0: none);
   // by_position: the loss at each position too (eval.loss_by_position).
   EvalResult evaluate_source(const SequenceSource* src, bool by_position = false);
