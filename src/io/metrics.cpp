@@ -105,7 +105,8 @@ Table val_table(const std::string& group) {
                             {"bpb", false}});
 }
 
-void append_val_row(Table& t, const ValRow& r) {
+// A row of a val_table; whether the table's buffer is due to be written.
+bool append_val_row(Table& t, const ValRow& r) {
   t.col(0).ints.push_back(r.step);
   t.col(1).doubles.push_back(r.loss);
   t.col(2).doubles.push_back(r.accuracy);
@@ -113,6 +114,7 @@ void append_val_row(Table& t, const ValRow& r) {
   t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
   t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
   t.col(6).doubles.push_back(r.bpb);
+  return t.col(0).buffered() >= kAutoFlushRows;
 }
 
 // A validation set's table: /val_sets/<name> (eval.sets), /val_ema_sets/<name> (eval.sets under
@@ -458,8 +460,7 @@ void MetricsWriter::append(const TrainRow& r) {
 }
 
 void MetricsWriter::append(const ValRow& r) {
-  append_val_row(impl_->val, r);
-  if (impl_->val.col(0).buffered() >= kAutoFlushRows) flush();
+  if (append_val_row(impl_->val, r)) flush();
 }
 
 void MetricsWriter::append_norms(int64_t step, const std::vector<double>& grad,
@@ -513,8 +514,7 @@ void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values
 
 void MetricsWriter::append_ema(const ValRow& r) {
   TRIAD_ASSERT(!impl_->val_ema.empty());
-  append_val_row(impl_->val_ema[0], r);
-  if (impl_->val_ema[0].col(0).buffered() >= kAutoFlushRows) flush();
+  if (append_val_row(impl_->val_ema[0], r)) flush();
 }
 
 void MetricsWriter::append_ema_set(size_t i, int64_t step, double loss, double accuracy,

@@ -1330,14 +1330,14 @@ void Trainer::State::run_eval() {
       os << " | ema val loss " << average.loss;
       if (cfg.eval.bits_per_byte) os << " bpb " << average.bpb;
     }
-    for (const auto& v : r.sets) {
-      os << " | " << v.name << " loss " << v.loss;
-      if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
-    }
-    for (const auto& v : average.sets) {
-      os << " | ema " << v.name << " loss " << v.loss;
-      if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
-    }
+    const auto describe_sets = [&](const EvalResult& e, const char* prefix) {
+      for (const auto& v : e.sets) {
+        os << " | " << prefix << v.name << " loss " << v.loss;
+        if (cfg.eval.bits_per_byte) os << " bpb " << v.bpb;
+      }
+    };
+    describe_sets(r, "");
+    describe_sets(average, "ema ");
     if (r.choice_examples > 0) os << " | " << describe_choices(r);
     if (average.choice_examples > 0) os << " | ema " << describe_choices(average);
     say(os.str());
