@@ -132,6 +132,15 @@ bool append_score(Table& t, int64_t step, double loss, double accuracy, double b
   return t.col(0).buffered() >= kAutoFlushRows;
 }
 
+// A row of a table of losses by position (/val_positions, /val_set_positions/<name>); whether
+// the table's buffer is due to be written.
+bool append_position_row(Table& t, int64_t step, const std::vector<double>& loss) {
+  TRIAD_ASSERT(loss.size() == size_t(t.cols[1].width));
+  t.col(0).ints.push_back(step);
+  t.col(1).doubles.insert(t.col(1).doubles.end(), loss.begin(), loss.end());
+  return t.col(0).buffered() >= kAutoFlushRows;
+}
+
 }  // namespace
 
 struct MetricsWriter::Impl {
@@ -275,20 +284,21 @@ struct MetricsWriter::Impl {
     t.rows_in_file = total;
   }
 
-  std::vector<Table> sets;         // /val_sets/<name>
-  std::vector<Table> norms;        // /norms (one table, or none)
-  std::vector<Table> activations;  // /activations (one table, or none)
-  std::vector<Table> moe_load;     // /moe_load (one table, or none)
-  std::vector<Table> positions;    // /val_positions (one table, or none)
-  std::vector<Table> noise;        // /noise (one table, or none)
-  std::vector<Table> val_ema;      // /val_ema (one table, or none)
-  std::vector<Table> ema_sets;     // /val_ema_sets/<name> (eval.ema with eval.sets)
+  std::vector<Table> sets;           // /val_sets/<name>
+  std::vector<Table> norms;          // /norms (one table, or none)
+  std::vector<Table> activations;    // /activations (one table, or none)
+  std::vector<Table> moe_load;       // /moe_load (one table, or none)
+  std::vector<Table> positions;      // /val_positions (one table, or none)
+  std::vector<Table> set_positions;  // /val_set_positions/<name> (eval.sets' positions)
+  std::vector<Table> noise;          // /noise (one table, or none)
+  std::vector<Table> val_ema;        // /val_ema (one table, or none)
+  std::vector<Table> ema_sets;       // /val_ema_sets/<name> (eval.ema with eval.sets)
 
   // The tables past /train and /val: /val_sets' and the optional groups'.
   std::vector<Table*> further_tables() {
     std::vector<Table*> all;
-    for (auto* group :
-         {&sets, &norms, &activations, &moe_load, &positions, &noise, &val_ema, &ema_sets})
+    for (auto* group : {&sets, &norms, &activations, &moe_load, &positions, &set_positions, &noise,
+                        &val_ema, &ema_sets})
       for (Table& t : *group) all.push_back(&t);
     return all;
   }
@@ -326,7 +336,7 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
                              const std::vector<std::string>& norm_groups,
                              const std::vector<std::string>& activations,
                              const std::vector<std::string>& moe_layers, int moe_experts,
-                             int positions, bool noise, bool val_ema)
+                             int positions, bool noise, bool val_ema, int set_positions)
     : impl_(std::make_unique<Impl>()) {
   const auto hdf5 = io::hdf5_lock();
   Impl& m = *impl_;
@@ -352,9 +362,12 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     for (const auto& name : val_sets) {
       m.sets.push_back(score_table("val_sets/" + name));
       if (val_ema) m.ema_sets.push_back(score_table("val_ema_sets/" + name));
+      if (set_positions > 0)
+        m.set_positions.push_back(
+            wide_table("val_set_positions/" + name, {"loss"}, hsize_t(set_positions)));
     }
-    for (Table& t : m.sets) m.open_table(t);
-    for (Table& t : m.ema_sets) m.open_table(t);
+    for (auto* group : {&m.sets, &m.ema_sets, &m.set_positions})
+      for (Table& t : *group) m.open_table(t);
     if (!norm_groups.empty()) {
       std::vector<std::string> names;
       for (const auto& g : norm_groups) names.push_back("grad_" + g);
@@ -390,10 +403,13 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       // Sets of the file that this run no longer scores: cut at the resume step as well, so
       // no row of the abandoned run's future is left behind.
       for (const auto& [group, written] :
-           {std::pair{"val_sets", true}, std::pair{"val_ema_sets", val_ema}})
+           {std::pair{"val_sets", true}, std::pair{"val_ema_sets", val_ema},
+            std::pair{"val_set_positions", set_positions > 0}})
         for (const std::string& name : m.members(group))
           if (!written || std::find(val_sets.begin(), val_sets.end(), name) == val_sets.end()) {
-            Table t = score_table(std::string(group) + "/" + name);
+            const std::string table = std::string(group) + "/" + name;
+            Table t = std::string(group) == "val_set_positions" ? wide_table(table, {"loss"}, 0)
+                                                                : score_table(table);
             m.open_table(t);
             m.truncate_table(t, resume_step);
             for (Column& c : t.cols) c.dset.reset();
@@ -497,11 +513,13 @@ void MetricsWriter::append_moe_load(int64_t step, const std::vector<double>& loa
 
 void MetricsWriter::append_position_losses(int64_t step, const std::vector<double>& loss) {
   TRIAD_ASSERT(!impl_->positions.empty());
-  Table& t = impl_->positions[0];
-  TRIAD_ASSERT(loss.size() == size_t(t.cols[1].width));
-  t.col(0).ints.push_back(step);
-  t.col(1).doubles.insert(t.col(1).doubles.end(), loss.begin(), loss.end());
-  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+  if (append_position_row(impl_->positions[0], step, loss)) flush();
+}
+
+void MetricsWriter::append_set_position_losses(size_t i, int64_t step,
+                                               const std::vector<double>& loss) {
+  TRIAD_ASSERT(i < impl_->set_positions.size());
+  if (append_position_row(impl_->set_positions[i], step, loss)) flush();
 }
 
 void MetricsWriter::append_noise(int64_t step, const std::vector<double>& values) {

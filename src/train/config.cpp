@@ -406,7 +406,8 @@ class KeyTable {
     add("eval.loss_by_position", c.eval.loss_by_position,
         "also write data.val's loss at each position 0 .. seq_len-1 of the sequence (the mean "
         "over its counted targets there) to /val_positions/loss of metrics.h5 at every "
-        "evaluation (triad-plot-positions draws it)");
+        "evaluation, and each of eval.sets' to /val_set_positions/<name>/loss "
+        "(triad-plot-positions draws them)");
     add("eval.fim", c.eval.fim,
         "score data.val and eval.sets rearranged by data.fim_* as the training sequences are "
         "(Megatron's validation under FIM), at a seed of their own (the same for every "
@@ -1446,8 +1447,10 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
   check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
-  check(!c.eval.loss_by_position || (!c.data.val.empty() && c.eval.sequences > 0),
-        "eval.loss_by_position", "needs data.val and eval.sequences > 0 (it scores data.val)");
+  check(!c.eval.loss_by_position ||
+            ((!c.data.val.empty() || !c.eval.sets.empty()) && c.eval.sequences > 0),
+        "eval.loss_by_position",
+        "needs data.val or eval.sets, and eval.sequences > 0 (it scores their sequences)");
   check(!c.eval.fim || c.data.fim_rate > 0, "eval.fim", "needs data.fim_rate > 0");
   check(!c.eval.fim || (c.eval.sequences > 0 && (!c.data.val.empty() || !c.eval.sets.empty())),
         "eval.fim", "needs data.val or eval.sets, and eval.sequences > 0 (it rearranges them)");

@@ -86,9 +86,9 @@ std::string frozen_note(const GptShape& shape, const std::string& freeze, const 
 }
 }  // namespace
 
-std::string describe_position_losses(const std::vector<double>& loss) {
+std::string describe_position_losses(const std::vector<double>& loss, const std::string& set) {
   std::ostringstream os;
-  os << std::fixed << std::setprecision(4) << "val loss by position:";
+  os << std::fixed << std::setprecision(4) << set << " loss by position:";
   const size_t T = loss.size(), spans = std::min<size_t>(8, T);
   for (size_t k = 0; k < spans; ++k) {
     const size_t lo = k * T / spans, hi = (k + 1) * T / spans;
@@ -164,6 +164,9 @@ EvalResult Trainer::evaluate_only() {
     std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
     if (!r.loss_by_position.empty())
       std::cout << describe_position_losses(r.loss_by_position) << std::endl;
+    for (const auto& v : r.sets)
+      if (!v.loss_by_position.empty())
+        std::cout << describe_position_losses(v.loss_by_position, v.name) << std::endl;
   }
   return r;
 }
@@ -327,8 +330,9 @@ TrainOutcome Trainer::run() {
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
                                         : std::vector<std::string>{},
-        moe_layers, cfg.model.moe_experts, cfg.eval.loss_by_position ? cfg.model.seq_len : 0,
-        cfg.train.noise_every > 0, cfg.eval.ema);
+        moe_layers, cfg.model.moe_experts,
+        cfg.eval.loss_by_position && !cfg.data.val.empty() ? cfg.model.seq_len : 0,
+        cfg.train.noise_every > 0, cfg.eval.ema, cfg.eval.loss_by_position ? cfg.model.seq_len : 0);
   }
   const int full_accum = cfg.train.batch_size / (mbs * s.grid.shape().dp);
   {

@@ -1208,10 +1208,12 @@ std::vector<double> Trainer::State::activation_rms(int64_t step) {
 }
 
 EvalResult Trainer::State::evaluate_val(bool by_position) {
-  EvalResult r = evaluate_source(val_src.get(), by_position && cfg.eval.loss_by_position);
+  by_position = by_position && cfg.eval.loss_by_position;
+  EvalResult r = evaluate_source(val_src.get(), by_position);
   for (const auto& [name, src] : val_sets) {
-    const EvalResult e = evaluate_source(src.get());
-    if (e.sequences > 0) r.sets.push_back({name, e.loss, e.accuracy, e.bpb});
+    EvalResult e = evaluate_source(src.get(), by_position);
+    if (e.sequences > 0)
+      r.sets.push_back({name, e.loss, e.accuracy, e.bpb, std::move(e.loss_by_position)});
   }
   return r;
 }
@@ -1354,8 +1356,11 @@ void Trainer::State::run_eval() {
                       val ? e.bpb : nan};
       };
       metrics->append(row(r));
-      for (size_t i = 0; i < r.sets.size(); ++i)
+      for (size_t i = 0; i < r.sets.size(); ++i) {
         metrics->append_set(i, step, r.sets[i].loss, r.sets[i].accuracy, r.sets[i].bpb);
+        if (!r.sets[i].loss_by_position.empty())
+          metrics->append_set_position_losses(i, step, r.sets[i].loss_by_position);
+      }
       if (cfg.eval.ema) {
         metrics->append_ema(row(average));
         for (size_t i = 0; i < average.sets.size(); ++i)

@@ -1,8 +1,8 @@
 """eval.loss_by_position against an independent reference: the per-token losses of PyTorch's
 model (tests/reference/gpt_torch.py, double precision) averaged at each position over the
-validation sequences, with a loss mask leaving some targets out; the same values on tensor-,
-pipeline-, context- and data-parallel grids, across a resume, in --eval-only's summary, and
-drawn by triad-plot-positions.
+validation sequences, with a loss mask leaving some targets out, and of a second set given by
+eval.sets; the same values on tensor-, pipeline-, context- and data-parallel grids, across a
+resume, in --eval-only's summary, and drawn by triad-plot-positions.
 """
 
 from __future__ import annotations
@@ -44,9 +44,12 @@ def reference_by_position(p, val: np.ndarray, mask: np.ndarray, n: int) -> np.nd
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def positions_of(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def positions_of(run_dir: Path, group: str = "val_positions") -> tuple[np.ndarray, np.ndarray]:
     with h5py.File(run_dir / "metrics.h5", "r") as f:
-        return f["val_positions/step"][:], f["val_positions/loss"][:]
+        return f[f"{group}/step"][:], f[f"{group}/loss"][:]
+
+
+SET = "val_set_positions/other"  # eval.sets' "other": the training shard's first sequences
 
 
 def test_loss_by_position_matches_torch_on_every_grid(tmp_root, tmp_path):
@@ -62,19 +65,26 @@ def test_loss_by_position_matches_torch_on_every_grid(tmp_root, tmp_path):
     want = reference_by_position(p, val, mask, n)
     assert np.isnan(want[4]) and np.isfinite(np.delete(want, 4)).all(), want
     assert np.nanmax(want) - np.nanmin(want) > 1e-3  # positions differ: a mix-up would show
+    # A set without a mask file (every target counted) of other tokens.
+    other = p.train_tokens.astype(np.int64)
+    ref.write_token_shard(tmp_path / "other_000.bin", other)
+    want_set = reference_by_position(p, other, np.ones(len(other), np.uint8), n)
+    assert np.isfinite(want_set).all() and np.nanmax(np.abs(want_set - want)) > 1e-2, want_set
     sections = trm.config_sections(case, p.dir, eval__loss_by_position="true",
-                                   data__val=str(tmp_path / "val_000.bin"), data__loss_mask="auto")
+                                   data__val=str(tmp_path / "val_000.bin"), data__loss_mask="auto",
+                                   eval__sets=f"other={tmp_path}/other_*.bin")
     cfg = tmp_path / "positions.ini"
     ref.write_config(cfg, sections)
     train = trm.binary("triad-train")
 
     out = trm.run([train, "--config", cfg, "--eval-only", "--init-from", p.ckpt])
-    line = next(l for l in out.splitlines() if l.startswith("val loss by position:"))
-    spans = re.findall(r"(\d+)-(\d+) ([^, ]+)", line)
-    assert len(spans) == 8, line
-    for lo, hi, got in spans:
-        part = want[int(lo):int(hi) + 1]
-        assert abs(float(got) - np.nanmean(part)) < 1e-4, (line, part)
+    for label, expected in (("val", want), ("other", want_set)):
+        line = next(l for l in out.splitlines() if l.startswith(f"{label} loss by position:"))
+        spans = re.findall(r"(\d+)-(\d+) ([^, ]+)", line)
+        assert len(spans) == 8, line
+        for lo, hi, got in spans:
+            part = expected[int(lo):int(hi) + 1]
+            assert abs(float(got) - np.nanmean(part)) < 1e-4, (line, part)
 
     # metrics.h5 of one rank and of each grid (2 steps, evaluating at 0, 1, 2), and of a run
     # resumed at step 1: the rows at step 0 are the reference's, every grid's are one rank's.
@@ -89,6 +99,10 @@ def test_loss_by_position_matches_torch_on_every_grid(tmp_root, tmp_path):
     assert one.shape == (3, T)
     np.testing.assert_allclose(one[0], want, rtol=2e-6, equal_nan=True)
     assert np.isnan(one[:, 4]).all() and not np.allclose(one[2], one[0], equal_nan=True)
+    set_steps, one_set = positions_of(tmp_path / "runs" / "one", SET)
+    np.testing.assert_array_equal(set_steps, steps)
+    assert one_set.shape == (3, T)
+    np.testing.assert_allclose(one_set[0], want_set, rtol=2e-6)
     for name, grid in (("tp", ["--parallel.tp", 2]), ("pp", ["--parallel.pp", 2]),
                        ("cp", ["--parallel.cp", 2]), ("dp", ["--train.micro_batch_size", 1])):
         r = subprocess.run([mpirun, "--oversubscribe", "-np", "2", str(train),
@@ -99,18 +113,36 @@ def test_loss_by_position_matches_torch_on_every_grid(tmp_root, tmp_path):
         got_steps, got = positions_of(tmp_path / "runs" / name)
         np.testing.assert_array_equal(got_steps, steps, err_msg=name)
         np.testing.assert_allclose(got, one, rtol=2e-6, equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(positions_of(tmp_path / "runs" / name, SET)[1], one_set,
+                                   rtol=2e-6, err_msg=name)
     trm.run([train, "--config", cfg, "--train.steps", 2, "--eval.every", 1, "--run.dir",
              tmp_path / "runs", "--run.name", "one", "--resume",
              tmp_path / "runs" / "one" / "ckpt" / "step_00000001.h5"])
     resumed_steps, resumed = positions_of(tmp_path / "runs" / "one")
     np.testing.assert_array_equal(resumed_steps, [0, 1, 2])
     np.testing.assert_array_equal(resumed, one)
+    resumed_steps, resumed = positions_of(tmp_path / "runs" / "one", SET)
+    np.testing.assert_array_equal(resumed_steps, [0, 1, 2])
+    np.testing.assert_array_equal(resumed, one_set)
+    # eval.sets without data.val: the set's positions alone.
+    trm.run([train, *common, "--run.name", "sets", "--data.val", ""])
+    with h5py.File(tmp_path / "runs" / "sets" / "metrics.h5", "r") as f:
+        assert "val_positions" not in f and "val" in f
+    np.testing.assert_array_equal(positions_of(tmp_path / "runs" / "sets", SET)[1], one_set)
 
     # triad-plot-positions draws them, and says plainly when a run has none.
     png = tmp_path / "positions.png"
     r = tool("triad-plot-positions", tmp_path / "runs" / "one", "--out", png)
     assert r.returncode == 0 and r.stdout.strip() == str(png), r.stdout + r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    set_png = tmp_path / "other.png"
+    r = tool("triad-plot-positions", tmp_path / "runs" / "sets", "--set", "other", "--out", set_png)
+    assert r.returncode == 0 and r.stdout.strip() == str(set_png), r.stdout + r.stderr
+    assert set_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and set_png.stat().st_size > 10000
+    assert_clean_failure(tool("triad-plot-positions", tmp_path / "runs" / "sets", "--out", png),
+                         "no /val_positions group", "eval.loss_by_position")
+    assert_clean_failure(tool("triad-plot-positions", tmp_path / "runs" / "sets", "--set", "web",
+                              "--out", png), "no /val_set_positions/web group", "other")
     trm.run([train, "--config", cfg, "--init-from", p.ckpt, "--resume", "none", "--train.steps",
              1, "--eval.loss_by_position", "false", "--run.dir", tmp_path / "runs",
              "--run.name", "plain"])
@@ -121,7 +153,7 @@ def test_loss_by_position_matches_torch_on_every_grid(tmp_root, tmp_path):
 def test_loss_by_position_needs_validation_data(tmp_root, tmp_path):
     case = next(c for c in trm.CASES if c.name == "llama")
     p = trm.prepare(case, tmp_root)
-    for over, needle in ((dict(data__val=""), "needs data.val"),
+    for over, needle in ((dict(data__val=""), "needs data.val or eval.sets"),
                          (dict(eval__sequences=0), "eval.sequences > 0")):
         cfg = tmp_path / "bad.ini"
         ref.write_config(cfg, trm.config_sections(case, p.dir, eval__loss_by_position="true",

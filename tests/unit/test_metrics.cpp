@@ -102,6 +102,19 @@ std::vector<T> read_column(const std::string& file, const std::string& dset) {
   return v;
 }
 
+// Whether the file has a link at `path` (a group or a dataset).
+bool has_link(const std::string& file, const std::string& path) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, false, true);
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
+  EXPECT_GE(f, 0) << file;
+  if (f < 0) return false;
+  const bool has = H5Lexists(f, path.c_str(), H5P_DEFAULT) > 0;
+  H5Fclose(f);
+  return has;
+}
+
 const std::vector<std::string> kTrainCols = {"step",           "loss", "lr",      "grad_norm",
                                              "tokens_per_sec", "mfu",  "step_ms", "tokens"};
 const std::vector<std::string> kValCols = {"step", "loss", "accuracy", "choice_accuracy"};
@@ -321,6 +334,52 @@ TEST_F(MetricsTest, MoeLoadRowsOfExpertsResumeAndCut) {
     EXPECT_NE(std::string(e.what()).find("/moe_load/h1 is not 2-D of 4 columns"), std::string::npos)
         << e.what();
   }
+}
+
+// eval.loss_by_position with eval.sets: /val_set_positions/<name>/{step, loss} of seq_len
+// values per row, beside /val_positions (or without it: eval.sets alone); a resume cuts them as
+// /val, a set no longer scored and a run without the positions alike.
+TEST_F(MetricsTest, SetPositionLossesResumeAndCut) {
+  const std::vector<std::string> sets{"code", "web"};
+  const auto row = [](int64_t s, size_t i) {  // 4 positions
+    const double a = double(s) + 0.25 * double(i);
+    return std::vector<double>{a, a + 1, std::numeric_limits<double>::quiet_NaN(), a + 3};
+  };
+  {  // positions of the sets alone (no data.val)
+    triad::MetricsWriter w(path_, attrs(), -1, sets, {}, {}, {}, 0, 0, false, false, 4);
+    for (int64_t s = 0; s <= 8; s += 4)
+      for (size_t i = 0; i < sets.size(); ++i) w.append_set_position_losses(i, s, row(s, i));
+  }
+  EXPECT_FALSE(has_link(path_, "/val_positions"));
+  hsize_t rows = 0, width = 0;
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_set_positions/web/step"),
+            (std::vector<int64_t>{0, 4, 8}));
+  std::vector<double> web = read_wide(path_, "/val_set_positions/web/loss", &rows, &width);
+  ASSERT_EQ(rows, 3u);
+  ASSERT_EQ(width, 4u);
+  EXPECT_EQ(web[4 * 1 + 1], 5.25);  // step 4, position 1
+  EXPECT_TRUE(std::isnan(web[4 * 2 + 2]));
+  EXPECT_EQ(read_wide(path_, "/val_set_positions/code/loss", &rows, &width)[4 * 2 + 3], 11.0);
+  {  // resumed at step 5 with data.val's positions too, scoring "code" only: web's cut there
+    triad::MetricsWriter w(path_, attrs(), 5, {"code"}, {}, {}, {}, 0, 4, false, false, 4);
+    w.append_position_losses(6, row(6, 3));
+    w.append_set_position_losses(0, 6, row(6, 0));
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_positions/step"), (std::vector<int64_t>{6}));
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_set_positions/code/step"),
+            (std::vector<int64_t>{0, 4, 6}));
+  EXPECT_EQ(read_wide(path_, "/val_set_positions/code/loss", &rows, &width)[4 * 2], 6.0);
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_set_positions/web/step"),
+            (std::vector<int64_t>{0, 4}));
+  read_wide(path_, "/val_set_positions/web/loss", &rows, &width);
+  EXPECT_EQ(rows, 2u);
+  {  // resumed without eval.loss_by_position (the set still scored): cut at 3
+    triad::MetricsWriter w(path_, attrs(), 3, {"code"});
+  }
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_set_positions/code/step"), (std::vector<int64_t>{0}));
+  read_wide(path_, "/val_set_positions/code/loss", &rows, &width);
+  EXPECT_EQ(rows, 1u);
+  EXPECT_EQ(read_column<int64_t>(path_, "/val_positions/step").size(), 0u);
 }
 
 TEST_F(MetricsTest, MovingAverageRowsResumeAndCut) {

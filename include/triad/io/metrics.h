@@ -11,7 +11,9 @@
 //   /moe_load/{step, h<l>}                   (train.moe_load_every: each layer l with experts, a
 //                                             2-D [rows, E] dataset of each expert's share)
 //   /val_positions/{step, loss}              (eval.loss_by_position: data.val's mean loss at
-//                                             each position, a 2-D [rows, seq_len] dataset)
+//                                             each position, a 2-D [rows, seq_len] dataset;
+//                                             /val_set_positions/<name>/{step, loss} each of
+//                                             eval.sets' likewise)
 //   /noise/{step, small_sq, small_tokens, big_sq, big_tokens}  (train.noise_every: the squared
 //                                             gradient norms of a small batch (one micro-batch;
 //                                             under a pipeline a replica's share, under expert
@@ -85,13 +87,14 @@ class MetricsWriter {
   // train.moe_load_every) those of /moe_load, each of moe_experts values per row; positions > 0
   // (eval.loss_by_position: seq_len) the width of /val_positions/loss, truncated on resume as
   // /val; noise (train.noise_every) opens /noise, val_ema (eval.ema) /val_ema and, for each of
-  // val_sets, /val_ema_sets/<name>.
+  // val_sets, /val_ema_sets/<name>; set_positions > 0 (eval.loss_by_position with eval.sets:
+  // seq_len) for each of val_sets /val_set_positions/<name> of that width.
   MetricsWriter(const std::string& path, const MetricsAttributes& attrs, int64_t resume_step,
                 const std::vector<std::string>& val_sets = {},
                 const std::vector<std::string>& norm_groups = {},
                 const std::vector<std::string>& activations = {},
                 const std::vector<std::string>& moe_layers = {}, int moe_experts = 0,
-                int positions = 0, bool noise = false, bool val_ema = false);
+                int positions = 0, bool noise = false, bool val_ema = false, int set_positions = 0);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
@@ -110,6 +113,8 @@ class MetricsWriter {
   void append_moe_load(int64_t step, const std::vector<double>& load);
   // A row of /val_positions: the loss at each of the `positions` positions.
   void append_position_losses(int64_t step, const std::vector<double>& loss);
+  // A row of /val_set_positions/<name> for validation set i: its loss at each position.
+  void append_set_position_losses(size_t i, int64_t step, const std::vector<double>& loss);
   // A row of /noise: small_sq, small_tokens, big_sq, big_tokens.
   void append_noise(int64_t step, const std::vector<double>& values);
   // A row of /val_ema: the evaluation's scores under the moving average of the weights (NaN:

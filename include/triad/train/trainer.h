@@ -27,11 +27,13 @@ struct EvalResult {
   double choice_accuracy = 0, choice_accuracy_by_sum = 0, choice_ending_loss = 0;
   double choice_accuracy_by_chars = std::numeric_limits<double>::quiet_NaN();
   int64_t choice_examples = 0;
-  // eval.sets, in its order: name, loss, accuracy.
+  // eval.sets, in its order: name, loss, accuracy (eval.loss_by_position: its loss at each
+  // position too).
   struct Set {
     std::string name;
     double loss = 0, accuracy = 0;
     double bpb = std::numeric_limits<double>::quiet_NaN();
+    std::vector<double> loss_by_position;
   };
   std::vector<Set> sets;
   // eval.loss_by_position: data.val's mean loss at each position (NaN where none counted).
@@ -42,8 +44,10 @@ struct EvalResult {
 // 10042 examples" (no "by characters" where it is NaN)
 std::string describe_choices(const EvalResult& r);
 // "val loss by position: 0-127 4.1234, 128-255 3.9876, ...": eval.loss_by_position's losses
-// averaged over up to 8 equal spans of positions (the positions with a loss, each once).
-std::string describe_position_losses(const std::vector<double>& loss);
+// averaged over up to 8 equal spans of positions (the positions with a loss, each once); `set`
+// names the set in place of "val" (eval.sets).
+std::string describe_position_losses(const std::vector<double>& loss,
+                                     const std::string& set = "val");
 
 struct TrainOutcome {
   int64_t steps_done = 0;
