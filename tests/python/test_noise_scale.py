@@ -136,11 +136,11 @@ def test_noise_scale_on_a_pipeline_counts_the_tied_embedding_once(tmp_root, tmp_
 
 
 def test_noise_scale_under_expert_parallelism_takes_the_groups_micro_batches(tmp_root, tmp_path):
-    """ep 2 on dp 2 (ZeRO 0 and 2, and with tp 2): each rank's experts see both ranks'
-    micro-batches, so the small batch is the group's first micro-batches (one sequence of each
-    rank's share): the dense tensors' gradient summed over the group, each rank's experts' its
-    own, against PyTorch's gradient of those two sequences (SwiGLU experts beside shared ones; no
-    balancing term, which is each rank's own)."""
+    """ep 2 on dp 2 (ZeRO 0, 1 and 2, and with tp 2) and on dp 4 (two groups): each rank's experts
+    see both ranks' micro-batches, so the small batch is the group's first micro-batches (one
+    sequence of each rank's share): the dense tensors' gradient summed over the group, each
+    rank's experts' its own, against PyTorch's gradient of those two sequences (SwiGLU experts
+    beside shared ones; no balancing term, which is each rank's own)."""
     case = next(c for c in trm.CASES if c.name == "moeswiglu")
     p = trm.prepare(case, tmp_root)
     T, B = case.cfg.seq_len, 2 * case.micro_batch
@@ -153,10 +153,19 @@ def test_noise_scale_under_expert_parallelism_takes_the_groups_micro_batches(tmp
     want, big = grad_sq(p, x[first], y[first]), grad_sq(p, x, y)
     # (one rank's first sequence alone is another number)
     assert abs(grad_sq(p, x[:1], y[:1]) - want) > 1e-3 * want
-    for name, grid in (("ep", []), ("ep_z2", ["--parallel.zero", "2"]),
-                       ("ep_tp", ["--parallel.tp", "2"])):
+    # Two expert-parallel groups (dp 4, a batch of 8: rank r trains sequences 2r, 2r + 1): each
+    # group's first micro-batches (sequences 0, 2 and 4, 6), the mean over the groups.
+    x8, y8 = ref.batch(p.train_tokens, 0, 8, T)
+    two_groups = np.mean([grad_sq(p, x8[[g, g + 2]], y8[[g, g + 2]]) for g in (0, 4)])
+    big8 = grad_sq(p, x8, y8)
+    assert abs(two_groups - want) > 1e-3 * want
+    for name, grid in (("ep", []), ("ep_z1", ["--parallel.zero", "1"]),
+                       ("ep_z2", ["--parallel.zero", "2"]), ("ep_tp", ["--parallel.tp", "2"]),
+                       ("ep_dp4", [])):
+        if name == "ep_dp4":
+            want, big, B, grid = two_groups, big8, 8, ["--train.batch_size", "8"]
         r = subprocess.run([shutil.which("mpirun"), "--oversubscribe", "-np",
-                            "4" if name == "ep_tp" else "2",
+                            "4" if name in ("ep_tp", "ep_dp4") else "2",
                             str(trm.binary("triad-train")), "--config", str(cfg), "--init-from",
                             str(p.ckpt), "--resume", "none", "--run.dir", str(tmp_path / "runs"),
                             "--run.name", name, "--parallel.ep", "2",
