@@ -4,9 +4,71 @@
 #include <utility>
 
 #include "triad/core/error.h"
+#include "triad/data/tokenizer.h"
 #include "triad/kernels/dropout_mask.h"
 
 namespace triad {
+
+namespace {
+
+// A fragment's text as units (data/fim.h): its characters and the tokens kept whole.
+class FragmentText {
+ public:
+  FragmentText(const Tokenizer& tok, const int32_t* ids, size_t n) : tok_(tok) {
+    size_t i = 0;
+    while (i < n) {
+      if (whole(ids[i])) {
+        units_.push_back({0, 0, ids[i]});
+        ++i;
+        continue;
+      }
+      size_t j = i;
+      while (j < n && !whole(ids[j])) ++j;
+      const size_t begin = text_.size(), first = units_.size();
+      text_ += tok.decode(std::span<const int32_t>(ids + i, j - i));
+      for (size_t p = begin; p < text_.size(); ++p)
+        if (p == begin || (uint8_t(text_[p]) & 0xC0) != 0x80) units_.push_back({p, 0, -1});
+      // Each character ends where the next one of its run starts, the last at the run's end.
+      for (size_t u = first; u < units_.size(); ++u)
+        units_[u].end = u + 1 < units_.size() ? units_[u + 1].begin : text_.size();
+      i = j;
+    }
+  }
+
+  size_t size() const { return units_.size(); }
+
+  // Units [a, b) as tokens appended to out: each run of characters encoded anew.
+  void emit(size_t a, size_t b, std::vector<int32_t>& out) const {
+    size_t u = a;
+    while (u < b) {
+      if (units_[u].id >= 0) {
+        out.push_back(units_[u].id);
+        ++u;
+        continue;
+      }
+      size_t v = u;
+      while (v + 1 < b && units_[v + 1].id < 0) ++v;
+      const size_t begin = units_[u].begin, end = units_[v].end;
+      tok_.encode_append(std::string_view(text_).substr(begin, end - begin), out, true);
+      u = v + 1;
+    }
+  }
+
+ private:
+  // A special token, or an id the tokenizer does not have (e.g. a sentinel in a padded
+  // vocabulary): kept whole.
+  bool whole(int32_t id) const { return id >= tok_.vocab_size() || tok_.is_special(id); }
+
+  struct Unit {
+    size_t begin, end;  // a character: its bytes in text_
+    int32_t id;         // a token kept whole, or -1
+  };
+  const Tokenizer& tok_;
+  std::string text_;
+  std::vector<Unit> units_;
+};
+
+}  // namespace
 
 void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& tokens,
                         std::vector<uint8_t>& counts) {
@@ -36,7 +98,32 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
       const uint64_t fkey = dropout_mix(key ^ fragment);
       auto h = [fkey](uint64_t d) { return dropout_mix(fkey ^ d); };
       auto u = [&h](uint64_t d) { return double(h(d) >> 11) * 0x1.0p-53; };
-      if (u(0) < f.rate) {
+      auto all_counted = [&] {
+        return std::all_of(counts.begin() + ptrdiff_t(lo), counts.begin() + ptrdiff_t(hi),
+                           [](uint8_t c) { return c != 0; });
+      };
+      if (u(0) < f.rate && f.characters && all_counted()) {
+        TRIAD_ASSERT(f.tokenizer != nullptr);
+        const FragmentText text(*f.tokenizer, tokens.data() + lo, L);
+        const size_t C = text.size();
+        size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
+        if (a > b) std::swap(a, b);
+        const bool spm = u(1) < f.spm_rate;
+        out.push_back(f.prefix);
+        if (spm) {
+          out.push_back(f.suffix);
+          text.emit(b, C, out);
+          out.push_back(f.middle);
+          text.emit(0, b, out);  // the prefix, then the middle
+        } else {
+          text.emit(0, a, out);
+          out.push_back(f.suffix);
+          text.emit(b, C, out);
+          out.push_back(f.middle);
+          text.emit(a, b, out);
+        }
+        out_counts.resize(out.size(), 1);
+      } else if (u(0) < f.rate && !f.characters) {
         size_t a = size_t(h(2) % (L + 1)), b = size_t(h(3) % (L + 1));
         if (a > b) std::swap(a, b);
         if (u(1) < f.spm_rate) {
@@ -60,6 +147,10 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
     }
     if (hi < n) put(hi, hi + 1);  // the separator
     lo = hi + 1;
+  }
+  if (f.characters) {  // (the pieces encoded anew may be fewer tokens than the fragment)
+    out.resize(std::max(out.size(), n), f.pad);
+    out_counts.resize(out.size(), 0);
   }
   TRIAD_ASSERT(out.size() >= n);
   std::copy_n(out.begin(), n, tokens.begin());

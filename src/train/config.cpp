@@ -400,6 +400,10 @@ class KeyTable {
         "fill-in-the-middle: the share of rearranged fragments in SPM order (the rest PSM)");
     add("data.fim_tokens", c.data.fim_tokens,
         "fill-in-the-middle: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\"");
+    add("data.fim_granularity", c.data.fim_granularity,
+        "fill-in-the-middle: token (cuts between tokens) or character (cuts between "
+        "characters of the fragment's text, decoded and its pieces encoded anew with data.vocab; "
+        "data.fim_tokens then names a fourth id, the padding of a window that comes out short)");
     add("data.fim_split", c.data.fim_split,
         "fill-in-the-middle: none (a training sequence is one fragment) or the token id the "
         "fragments are cut at (a document separator: each document rearranged on its own)");
@@ -598,31 +602,42 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
   f.spm_rate = d.fim_spm_rate;
   f.seed = seed;
   f.split = parse_token_id(d.fim_split, vocab_size, "data.fim_split", "the fragments are cut at");
+  TRIAD_CHECK(d.fim_granularity == "token" || d.fim_granularity == "character",
+              "config: data.fim_granularity must be token or character (got '", d.fim_granularity,
+              "')");
+  f.characters = d.fim_granularity == "character";
   if (d.fim_rate == 0) {
     TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none" &&
-                    d.fim_spm_rate == DataConfig{}.fim_spm_rate,
-                "config: data.fim_tokens, data.fim_split and data.fim_spm_rate need "
-                "data.fim_rate > 0");
+                    d.fim_spm_rate == DataConfig{}.fim_spm_rate && !f.characters,
+                "config: data.fim_tokens, data.fim_split, data.fim_spm_rate and "
+                "data.fim_granularity need data.fim_rate > 0");
     return f;
   }
   const std::vector<std::string> ids = split_comma_list(d.fim_tokens);
-  TRIAD_CHECK(ids.size() == 3,
-              "config: data.fim_tokens must be the three sentinel token ids "
-              "\"PREFIX, MIDDLE, SUFFIX\" (e.g. StarCoder's 1, 2, 3; got '",
-              d.fim_tokens, "')");
-  int32_t v[3];
-  for (int i = 0; i < 3; ++i) {
-    TRIAD_CHECK(ids[size_t(i)] != "none", "config: data.fim_tokens: '", d.fim_tokens,
-                "' must name three token ids");
-    v[i] = parse_token_id(ids[size_t(i)], vocab_size, "data.fim_tokens", "of a sentinel");
+  const size_t want = f.characters ? 4 : 3;
+  TRIAD_CHECK(ids.size() == want, "config: data.fim_tokens must be the ",
+              f.characters ? "four token ids \"PREFIX, MIDDLE, SUFFIX, PAD\" (sentinels, then the "
+                             "padding: data.fim_granularity = character"
+                           : "three sentinel token ids \"PREFIX, MIDDLE, SUFFIX\" (",
+              "e.g. StarCoder's 1, 2, 3", f.characters ? ", 4" : "", "; got '", d.fim_tokens, "')");
+  int32_t v[4] = {-1, -1, -1, -1};
+  for (size_t i = 0; i < want; ++i) {
+    TRIAD_CHECK(ids[i] != "none", "config: data.fim_tokens: '", d.fim_tokens, "' must name ", want,
+                " token ids");
+    v[i] = parse_token_id(ids[i], vocab_size, "data.fim_tokens",
+                          i < 3 ? "of a sentinel" : "of the padding");
   }
-  TRIAD_CHECK(v[0] != v[1] && v[1] != v[2] && v[0] != v[2] && v[0] != f.split && v[1] != f.split &&
-                  v[2] != f.split,
-              "config: data.fim_tokens '", d.fim_tokens,
-              "' must be three distinct token ids, none of them data.fim_split");
+  bool distinct = true;
+  for (size_t i = 0; i < want; ++i) {
+    distinct = distinct && v[i] != f.split;
+    for (size_t j = 0; j < i; ++j) distinct = distinct && v[i] != v[j];
+  }
+  TRIAD_CHECK(distinct, "config: data.fim_tokens '", d.fim_tokens, "' must be ",
+              f.characters ? "four" : "three", " distinct token ids, none of them data.fim_split");
   f.prefix = v[0];
   f.middle = v[1];
   f.suffix = v[2];
+  f.pad = v[3];
   return f;
 }
 

@@ -234,7 +234,7 @@ TrainOutcome Trainer::run() {
       parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
       cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask),
       parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size),
-      parse_fim(cfg.data, cfg.model.vocab_size, uint64_t(cfg.train.seed)));
+      s.fim(uint64_t(cfg.train.seed)));
   if (s.train_data->masked_shards() > 0)
     s.say("data.train: " + std::to_string(s.train_data->masked_shards()) +
           " shard(s) with loss masks: the loss is the mean over the targets they count");
@@ -361,7 +361,7 @@ TrainOutcome Trainer::run() {
     if (cfg.data.fim_rate > 0)
       rates << " | fill-in-the-middle " << cfg.data.fim_rate << " (SPM " << cfg.data.fim_spm_rate
             << (cfg.data.fim_split == "none" ? "" : ", fragments cut at " + cfg.data.fim_split)
-            << ")";
+            << (cfg.data.fim_granularity == "character" ? ", cut between characters" : "") << ")";
     const std::string rates_note = rates.str();
     std::string split;  // uneven pipeline stages
     for (int n : s.model->parallel().stage_layers)

@@ -1085,7 +1085,7 @@ void Trainer::State::open_val() {
     auto src = std::make_unique<SequenceSource>(
         glob, key, cfg.model.seq_len, cfg.model.vocab_size, parse_loss_mask(cfg.data.loss_mask),
         parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size));
-    if (cfg.eval.fim) src->set_fim(parse_fim(cfg.data, cfg.model.vocab_size, kEvalFimSeed));
+    if (cfg.eval.fim) src->set_fim(fim(kEvalFimSeed));
     TRIAD_CHECK(src->num_sequences() >= cfg.eval.sequences, "config: ", key, " holds ",
                 src->num_sequences(), " sequences of seq_len ", cfg.model.seq_len,
                 ", fewer than eval.sequences = ", cfg.eval.sequences);
@@ -1143,6 +1143,23 @@ void Trainer::State::open_choices() {
   // not record (ids of another vocabulary decode to other text, and to other counts).
   say("eval.choices: characters of the endings (lm-eval's acc_norm) decoded with data.vocab " +
       cfg.data.vocab);
+}
+
+FimSpec Trainer::State::fim(uint64_t seed) {
+  FimSpec f = parse_fim(cfg.data, cfg.model.vocab_size, seed);
+  if (f.on() && f.characters) {
+    TRIAD_CHECK(fs::exists(cfg.data.vocab),
+                "config: data.fim_granularity = character decodes "
+                "and encodes the fragments with data.vocab, and data.vocab ",
+                cfg.data.vocab, " does not exist");
+    load_tokenizer();
+    TRIAD_CHECK(tokenizer->vocab_size() <= cfg.model.vocab_size, "config: data.vocab ",
+                cfg.data.vocab, " has ", tokenizer->vocab_size(),
+                " tokens, more than model.vocab_size = ", cfg.model.vocab_size,
+                ": it is not the tokenizer of the data (data.fim_granularity = character)");
+    f.tokenizer = tokenizer.get();
+  }
+  return f;
 }
 
 void Trainer::State::load_tokenizer() {

@@ -244,6 +244,8 @@ struct Trainer::State {
   void open_val();
   void open_choices();    // eval.choices, if set
   void load_tokenizer();  // data.vocab, once
+  // data.fim_*'s rearrangement with this seed (character granularity: with the tokenizer).
+  FimSpec fim(uint64_t seed);
 
   // ---- evaluation ---------------------------------------------------------------------------
   // The validation loss and the multiple-choice examples; by_position: data.val's loss at each

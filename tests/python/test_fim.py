@@ -139,6 +139,19 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="eot"),
      "data.fim_split must be none or the token id"),
     (dict(eval__fim="true"), "eval.fim needs data.fim_rate > 0"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_granularity="word"),
+     "data.fim_granularity must be token or character"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_granularity="character"),
+     "must be the four token ids \"PREFIX, MIDDLE, SUFFIX, PAD\""),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 3", data__fim_granularity="character"),
+     "must be four distinct token ids"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4"), "the three sentinel token ids"),
+    (dict(data__fim_granularity="character"), "need data.fim_rate > 0"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4", data__fim_granularity="character",
+          data__vocab="/nonexistent/vocab.tiktoken"),
+     "data.fim_granularity = character decodes and encodes the fragments with data.vocab"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4", data__fim_granularity="character"),
+     "more than model.vocab_size = 300"),
     (dict(eval__fim="true", data__fim_rate=0.5, data__fim_tokens="1, 2, 3", eval__sequences=0),
      "eval.fim needs data.val or eval.sets, and eval.sequences > 0"),
     (dict(eval__fim="true", data__fim_rate=0.5, data__fim_tokens="1, 2, 3",
@@ -200,3 +213,163 @@ def test_eval_fim_scores_the_rearranged_validation(tmp_root, tmp_path):
         got = float(out.split("val loss")[1].split()[0])
         assert abs(got - want) <= 2e-5 * want, (out, want)
         assert float(out.split("again loss")[1].split()[0]) == got, out
+
+
+# ---- data.fim_granularity = character ----------------------------------------------------------
+
+EOT = 50256  # GPT-2's <|endoftext|>, its one special token
+# Sentinels and the padding: ordinary GPT-2 ids that the text below never holds.
+C_PREFIX, C_MIDDLE, C_SUFFIX, C_PAD = 50252, 50253, 50254, 50255
+
+
+def char_units(enc, ids):
+    """A fragment as docs/formats.md's units: ("c", bytes) for each UTF-8 character of the text
+    its ordinary tokens decode to (a byte that is not 10xxxxxx starts one), ("w", id) for each
+    token kept whole (<|endoftext|>, ids past the vocabulary)."""
+    units, i = [], 0
+    while i < len(ids):
+        if ids[i] >= EOT:
+            units.append(("w", int(ids[i])))
+            i += 1
+            continue
+        j = i
+        while j < len(ids) and ids[j] < EOT:
+            j += 1
+        text = enc.decode_bytes([int(t) for t in ids[i:j]])
+        starts = [p for p in range(len(text)) if p == 0 or (text[p] & 0xC0) != 0x80]
+        units += [("c", text[a:b]) for a, b in zip(starts, starts[1:] + [len(text)])]
+        i = j
+    return units
+
+
+def encode_units(enc, units):
+    """Units back to ids: each run of characters encoded anew by tiktoken, whole tokens kept."""
+    out, run = [], b""
+    for kind, v in units + [("w", None)]:
+        if kind == "c":
+            run += v
+            continue
+        if run:
+            out += enc.encode_ordinary(run.decode("utf-8"))
+            run = b""
+        if v is not None:
+            out.append(v)
+    return out
+
+
+def fim_window_chars(enc, tokens, counts, k, seed, rate, spm, split):
+    """Sequence k's window rearranged at character granularity, as documented: a fragment with a
+    token not counted kept as it is, a rearranged one's tokens all counted, padding at the end
+    not counted."""
+    n, out, j, start = len(tokens), [], 0, 0
+    for i in range(n + 1):
+        if i < n and tokens[i] != split:
+            continue
+        lo, hi = start, i
+        if hi > lo:
+            def h(d, j=j):
+                return mix(mix(mix(mix(seed) ^ k) ^ j) ^ d)
+
+            def u(d):
+                return (h(d) >> 11) * 2.0 ** -53
+
+            if u(0) < rate and all(counts[lo:hi]):
+                units = char_units(enc, tokens[lo:hi])
+                C = len(units)
+                a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
+                if u(1) < spm:
+                    ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
+                           + encode_units(enc, units[:b]))
+                else:
+                    ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
+                           + encode_units(enc, units[b:]) + [C_MIDDLE]
+                           + encode_units(enc, units[a:b]))
+                out += [(t, 1) for t in ids]
+            else:
+                out += [(int(t), int(c)) for t, c in zip(tokens[lo:hi], counts[lo:hi])]
+            j += 1
+        if i < n:
+            out.append((int(tokens[i]), int(counts[i])))
+        start = i + 1
+    out = (out + [(C_PAD, 0)] * n)[:n]
+    return np.array([t for t, _ in out]), np.array([c for _, c in out])
+
+
+def code_documents(enc) -> list[list[int]]:
+    """Small code-like documents with accented letters (every GPT-2 token of them decodes to
+    whole characters), one of them written a byte per token (not GPT-2's own
+    encoding: encoded anew it takes fewer tokens, so its window needs the padding)."""
+    docs = []
+    for i in range(14):
+        text = f"def café_{i}(naïve):  # façade\n    return naïve * {i} or 'Größe déjà'\n"
+        docs.append(enc.encode_ordinary(text))
+    for i in (1, 4):
+        docs[i] = [enc.encode_single_token(bytes([b])) for b in f"for x in range({i}): y += x\n"
+                   .encode()]
+    return docs
+
+
+@pytest.mark.parametrize("split", [EOT, None], ids=["documents", "whole-windows"])
+def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, tmp_root, tmp_path):
+    """eval.fim with data.fim_granularity = character: data.val (GPT-2 tokens of code, with a
+    loss mask) rearranged by the Python above from tiktoken's decoding and encoding, scored by
+    PyTorch's double-precision model, against --eval-only; the documents as fragments, and
+    whole windows with <|endoftext|> kept whole inside them."""
+    tiktoken = pytest.importorskip("tiktoken")  # noqa: F841
+    from triad_run import VOCAB, gpt2_tiktoken
+    enc = gpt2_tiktoken()
+    case = next(c for c in trm.CASES if c.name == "gpt2vocab")
+    p = trm.prepare(case, tmp_root)
+    T, n = case.cfg.seq_len, case.val_sequences
+    docs = code_documents(enc)
+    val = np.array([t for d in docs for t in d + [EOT]][:n * T + 1], dtype=np.int64)
+    assert val.size == n * T + 1
+    assert all(enc.decode_single_token_bytes(int(t)).decode("utf-8") for t in val if t != EOT)
+    mask = np.ones(val.size, dtype=np.uint8)
+    mask[40:44] = 0  # a few targets not counted: their fragment stays as it is
+    ref.write_token_shard(tmp_path / "val_000.bin", val)
+    ref.write_loss_mask(tmp_path / "val_000.bin.mask", mask)
+    rate, spm = 0.8, 0.5
+    windows = [fim_window_chars(enc, val[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k,
+                                20220728, rate, spm, split) for k in range(n)]
+    x = np.stack([t[:-1] for t, _ in windows])
+    y = np.stack([np.where(c[1:] == 1, t[1:], -1) for t, c in windows])
+    # The cuts fall inside tokens (new ids appear), the masked targets kept; with documents as
+    # fragments SPM and PSM both, and a window padded (the documents of single bytes encoded
+    # anew); whole windows rearranged with <|endoftext|> inside them.
+    plain_ids = set(val.tolist())
+    assert any(t not in plain_ids | {C_PREFIX, C_MIDDLE, C_SUFFIX, C_PAD} for t in x.ravel())
+    assert int((y == -1).sum()) >= 4
+    if split == EOT:  # (six windows as fragments: too few to hold both orders)
+        spm_seen = int(((x[:, :-1] == C_PREFIX) & (x[:, 1:] == C_SUFFIX)).sum())
+        assert 0 < spm_seen < int((x == C_PREFIX).sum()), x
+        assert (x == C_PAD).any(), x
+    else:
+        assert int((x == C_PREFIX).sum()) >= 3 and (x[:, 1:] == EOT).any(), x
+
+    with torch.no_grad():
+        logits = ref.forward({k: v.double() for k, v in p.weights.items()}, case.cfg,
+                             torch.from_numpy(x))
+        want = float(torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1),
+            ignore_index=-1))
+    sections = trm.config_sections(
+        case, p.dir, data__val=str(tmp_path / "val_000.bin"), data__loss_mask="auto",
+        data__fim_rate=rate, data__fim_spm_rate=spm, data__fim_granularity="character",
+        data__fim_split="none" if split is None else split, data__vocab=str(VOCAB),
+        data__fim_tokens=f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}, {C_PAD}", eval__fim="true")
+    cfg = tmp_path / "chars.ini"
+    ref.write_config(cfg, sections)
+    out = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
+                   p.ckpt])
+    got = float(out.split("val loss")[1].split()[0])
+    assert abs(got - want) <= 2e-5 * want, (out, want)
+    # Token granularity rearranges otherwise (the test can tell them apart).
+    tokens = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
+                      p.ckpt, "--data.fim_granularity", "token", "--data.fim_tokens",
+                      f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}"])
+    assert abs(float(tokens.split("val loss")[1].split()[0]) - want) > 2e-4 * want, tokens
+    # Training reads its sequences the same way (with train.seed): two steps run.
+    out = trm.run([trm.binary("triad-train"), "--config", cfg, "--init-from", p.ckpt,
+                   "--resume", "none", "--train.steps", 2, "--run.dir", tmp_path / "runs"])
+    assert "cut between characters" in out, out

@@ -16,6 +16,17 @@
 // (mix: SplitMix64's finaliser, as the hidden dropout's). Tokens keep their mask bytes; the
 // three sentinels count. The rearranged window, 3 tokens longer per rearranged fragment, is
 // cut back to its first T + 1 tokens.
+//
+// Character granularity (`characters`, data.fim_granularity = character; Megatron's,
+// SantaCoder's and StarCoder's FIM): the fragment's tokens are decoded with the tokenizer into
+// units, each character of their text (a UTF-8 character: a byte that is not a continuation
+// byte 10xxxxxx starts one, as does the text's first byte) and each special token or id past
+// the tokenizer's vocabulary (kept whole); the cuts a, b are drawn as above over the C units
+// (mod C + 1), and each of prefix, middle and suffix becomes tokens again: the text of its
+// consecutive characters encoded anew (as a continuation: no SentencePiece space in front), its
+// whole tokens as they were. A fragment with a token whose mask byte is 0 is kept as it is
+// (its mask cannot follow the text into new tokens); a rearranged one's tokens and sentinels all
+// count. A window that comes out shorter than T + 1 ends in `pad` tokens, which do not count.
 #pragma once
 
 #include <cstdint>
@@ -23,11 +34,16 @@
 
 namespace triad {
 
+class Tokenizer;
+
 struct FimSpec {
   double rate = 0, spm_rate = 0;
   int32_t prefix = -1, middle = -1, suffix = -1;  // the sentinel token ids
   int32_t split = -1;                             // the fragments' separator; -1: none
   uint64_t seed = 0;
+  bool characters = false;  // character granularity: the tokenizer below, and the padding id
+  int32_t pad = -1;
+  const Tokenizer* tokenizer = nullptr;  // (not owned; it outlives the sequences' readers)
   bool on() const { return rate > 0; }
 };
 

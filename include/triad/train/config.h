@@ -213,6 +213,9 @@ struct DataConfig {
   // "PREFIX, MIDDLE, SUFFIX", the token the fragments are cut at (none: a whole sequence).
   double fim_rate = 0, fim_spm_rate = 0.5;
   std::string fim_tokens, fim_split = "none";
+  // token: cuts between tokens; character: cuts between characters, the pieces encoded anew with
+  // data.vocab (Megatron's, SantaCoder's and StarCoder's way).
+  std::string fim_granularity = "token";
   // Positions restart at every document (GptShape::reset_positions): needs document_mask.
   bool reset_positions = false;
 };
@@ -428,7 +431,8 @@ int32_t parse_document_mask(const std::string& text, int vocab_size);
 // key otherwise.
 int32_t parse_eod_mask_loss(const std::string& text, int vocab_size);
 // data.fim_*'s FimSpec (data/fim.h) with the given seed; throws triad::Error naming the key of a
-// bad value (fim_tokens: three distinct token ids of the vocabulary, needed when fim_rate > 0).
+// bad value (fim_tokens: three distinct token ids of the vocabulary, needed when fim_rate > 0,
+// and a fourth, the padding, under character granularity, whose tokenizer the caller attaches).
 struct FimSpec;
 FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed);
 // parallel.stage_layers resolved: empty (equal chunks; also for pp = 1), the given counts, or
