@@ -58,14 +58,18 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
 
 
 def plot_run_main(argv: list[str] | None, module: str, description: str, default_out: str,
-                  plot: Callable[..., Path]) -> int:
+                  plot: Callable[..., Path],
+                  options: Sequence[tuple[str, dict[str, Any]]] = ()) -> int:
     """The command line of a one-run figure (triad-plot-norms, triad-plot-moe): RUN, --out,
-    --title, --dpi; plot(run, out, title=..., dpi=...) draws it; prints the path written."""
+    --title, --dpi and `options` (flag, argparse keywords with a dest); plot(run, out,
+    title=..., dpi=..., <dest>=...) draws it; prints the path written."""
     import argparse
 
     prog = prog_name(f"python -m {module}")
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("run", metavar="RUN", help="run directory (holding metrics.h5) or metrics.h5")
+    for flag, keywords in options:
+        ap.add_argument(flag, **keywords)
     ap.add_argument("--out", "-o", default=default_out,
                     help=f"output image (.png, .pdf, .svg; default {default_out})")
     ap.add_argument("--title", default=None)
@@ -73,7 +77,8 @@ def plot_run_main(argv: list[str] | None, module: str, description: str, default
     a = ap.parse_args(argv)
 
     def body() -> int:
-        print(plot(a.run, a.out, title=a.title, dpi=a.dpi))
+        more = {keywords["dest"]: getattr(a, keywords["dest"]) for _, keywords in options}
+        print(plot(a.run, a.out, title=a.title, dpi=a.dpi, **more))
         return 0
 
     return run_main(prog, body)

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import prog_name, run_main, save_figure  # noqa: E402
+from ._common import plot_run_main, save_figure  # noqa: E402
 from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
 
 MAX_CURVES = 6
@@ -88,28 +88,12 @@ def plot_position_losses(p, out, title: str | None = None, dpi: int = 120,
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    prog = prog_name("python -m analysis.plot_positions")
-    ap = argparse.ArgumentParser(prog=prog, description=(
-        "Plot a triad run's validation loss at each position of the context (metrics.h5's "
-        "/val_positions, or with --set one of eval.sets' /val_set_positions/<name>, written "
-        "with eval.loss_by_position)."))
-    ap.add_argument("run", metavar="RUN", help="run directory (holding metrics.h5) or metrics.h5")
-    ap.add_argument("--set", dest="set_name", metavar="NAME", default=None,
-                    help="draw eval.sets' set NAME instead of data.val")
-    ap.add_argument("--out", "-o", default="positions.png",
-                    help="output image (.png, .pdf, .svg; default positions.png)")
-    ap.add_argument("--title", default=None)
-    ap.add_argument("--dpi", type=int, default=120)
-    a = ap.parse_args(argv)
-
-    def body() -> int:
-        print(plot_position_losses(a.run, a.out, title=a.title, dpi=a.dpi, set_name=a.set_name))
-        return 0
-
-    return run_main(prog, body)
-
+    return plot_run_main(argv, "analysis.plot_positions", "Plot a triad run's validation loss "
+                         "at each position of the context (metrics.h5's /val_positions, or with "
+                         "--set one of eval.sets' /val_set_positions/<name>, written with "
+                         "eval.loss_by_position).", "positions.png", plot_position_losses,
+                         [("--set", dict(dest="set_name", metavar="NAME", default=None,
+                                         help="draw eval.sets' set NAME instead of data.val"))])
 
 if __name__ == "__main__":
     sys.exit(main())

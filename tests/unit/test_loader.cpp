@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <random>
 #include <set>
 #include <span>
 
@@ -11,6 +12,7 @@
 #include "triad/data/fim.h"
 #include "triad/data/loader.h"
 #include "triad/data/token_shard.h"
+#include "triad/data/tokenizer.h"
 
 namespace triad {
 namespace {
@@ -332,6 +334,127 @@ TEST(FillInTheMiddle, RearrangesFragmentsKeepingTheirTokensAndMasks) {
   EXPECT_EQ(sentinels, 2);  // both fragments rearranged (the second one's start is in reach)
   EXPECT_EQ(t[0], P);
   EXPECT_EQ(t[13], 10);  // 3 sentinels before the separator
+}
+
+// Fill-in-the-middle between characters (data.fim_granularity = character) with GPT-2's
+// tokenizer on random windows of byte tokens (invalid UTF-8 among them), ordinary tokens,
+// <|endoftext|> and ids past the tokenizer: the pieces' bytes are the window's, in PSM's or
+// SPM's order (the last piece cut where the window ends), the tokens kept whole stay whole, a
+// window that comes out short ends in padding that does not count, and one with a target not
+// counted stays as it is.
+TEST(FillInTheMiddle, ByCharactersKeepsTheBytesInTheirPiecesOrder) {
+  const std::string vocab = TRIAD_SOURCE_DIR "/data/vocab/gpt2.tiktoken";
+  if (!fs::exists(vocab)) GTEST_SKIP() << "missing " << vocab << " (jobs/setup.sh)";
+  const Tokenizer tok = Tokenizer::from_file(vocab);
+  constexpr int32_t P = 50300, M = 50301, S = 50302, PAD = 50303, EOT = 50256;
+  const int n = 48;
+  // Bytes of ids: a tokenizer id as it decodes, another one as "<#id>" (kept whole).
+  auto render = [&tok](std::span<const int32_t> ids) {
+    std::string out;
+    for (int32_t id : ids)
+      out += id < tok.vocab_size() ? tok.decode(std::span<const int32_t>(&id, 1))
+                                   : "<#" + std::to_string(id) + ">";
+    return out;
+  };
+  std::mt19937 rng(5);
+  int psm = 0, spm = 0, padded = 0;
+  for (int64_t k = 0; k < 300; ++k) {
+    std::vector<int32_t> t(size_t(n) + 1);
+    for (int32_t& id : t) {
+      if (k % 3 == 0) {  // letters a byte each: encoded anew, far fewer tokens
+        id = tok.encode(std::string(1, "abcdefgh "[rng() % 9]))[0];
+        continue;
+      }
+      const uint32_t r = rng() % 100;
+      id = r < 40   ? tok.encode(std::string(1, char(rng() % 256)))[0]  // one byte's token
+           : r < 94 ? int32_t(rng() % 50256)
+           : r < 97 ? EOT
+                    : 50257 + int32_t(rng() % 40);  // past the tokenizer (not a sentinel)
+    }
+    std::vector<uint8_t> c(t.size(), 1);
+    const std::string text = render(t);
+    FimSpec f{1.0, 0.5, P, M, S, -1, 11};
+    f.characters = true;
+    f.pad = PAD;
+    f.tokenizer = &tok;
+    std::vector<int32_t> out = t;
+    fill_in_the_middle(f, k, out, c);
+    ASSERT_EQ(out.size(), t.size());
+    ASSERT_EQ(out[0], P) << k;
+    const auto at = [&out](int32_t id) {
+      return size_t(std::find(out.begin(), out.end(), id) - out.begin());
+    };
+    size_t end = at(PAD);  // the padding, if any, ends the window
+    for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(c[i], i < end ? 1 : 0) << k << " " << i;
+    for (size_t i = end; i < out.size(); ++i) EXPECT_EQ(out[i], PAD) << k;
+    padded += end < out.size() ? 1 : 0;
+    const size_t s = at(S), m = at(M);
+    ASSERT_LT(s, end) << k;
+    const std::span<const int32_t> all(out.data(), end);
+    if (m >= end) {  // the suffix ran past the window's end: the prefix alone is whole
+      if (s > 1)
+        EXPECT_EQ(text.substr(0, render(all.subspan(1, s - 1)).size()),
+                  render(all.subspan(1, s - 1)))
+            << k;
+      continue;
+    }
+    ASSERT_LT(s, m) << k;
+    std::string prefix, middle, suffix;
+    if (s == 1) {  // SPM: P S suffix M prefix+middle
+      ++spm;
+      suffix = render(all.subspan(2, m - 2));
+      middle = render(all.subspan(m + 1));  // the prefix, then the middle (its end cut)
+    } else {                                // PSM: P prefix S suffix M middle
+      ++psm;
+      prefix = render(all.subspan(1, s - 1));
+      suffix = render(all.subspan(s + 1, m - s - 1));
+      middle = render(all.subspan(m + 1));
+    }
+    ASSERT_GE(text.size(), prefix.size() + middle.size() + suffix.size()) << k;
+    EXPECT_EQ(text.substr(0, prefix.size()), prefix) << k;
+    EXPECT_EQ(text.substr(text.size() - suffix.size()), suffix) << k;
+    EXPECT_EQ(text.substr(prefix.size(), middle.size()), middle) << k;
+    // Kept whole: each id past the tokenizer and <|endoftext|> of the prefix and suffix.
+    for (int32_t id : all)
+      if (id != P && id != M && id != S && id >= EOT)
+        EXPECT_NE(std::find(t.begin(), t.end(), id), t.end()) << k;
+  }
+  EXPECT_GT(psm, 100);
+  EXPECT_GT(spm, 100);
+  EXPECT_GT(padded, 30);  // bytes merge into fewer tokens when encoded anew
+  // Whole tokens inside a window whose text encoded anew takes fewer tokens (all of it in
+  // reach): each once, as a token.
+  {
+    std::vector<int32_t> t = tok.encode("ab");
+    t.push_back(EOT);
+    t.push_back(50290);
+    for (char ch : std::string("cd ef gh ab cd ef gh ab cd")) t.push_back(tok.encode({&ch, 1})[0]);
+    std::vector<uint8_t> c(t.size(), 1);
+    FimSpec f{1.0, 0.5, P, M, S, -1, 11};
+    f.characters = true;
+    f.pad = PAD;
+    f.tokenizer = &tok;
+    for (int64_t k = 0; k < 20; ++k) {
+      std::vector<int32_t> out = t;
+      std::vector<uint8_t> oc = c;
+      fill_in_the_middle(f, k, out, oc);
+      ASSERT_EQ(out.back(), PAD) << k;
+      EXPECT_EQ(std::count(out.begin(), out.end(), EOT), 1) << k;
+      EXPECT_EQ(std::count(out.begin(), out.end(), 50290), 1) << k;
+    }
+  }
+  // A target not counted: the window stays as it is.
+  std::vector<int32_t> t = tok.encode("def f(x):\n    return x + 1  # façade\n");
+  t.resize(24, EOT);
+  std::vector<uint8_t> c(t.size(), 1);
+  c[7] = 0;
+  std::vector<int32_t> out = t;
+  FimSpec f{1.0, 0.5, P, M, S, -1, 11};
+  f.characters = true;
+  f.pad = PAD;
+  f.tokenizer = &tok;
+  fill_in_the_middle(f, 0, out, c);
+  EXPECT_EQ(out, t);
 }
 
 }  // namespace
