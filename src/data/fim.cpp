@@ -68,6 +68,16 @@ class FragmentText {
   std::vector<Unit> units_;
 };
 
+// Whether the text of tokens [ids, ids + n) starts with `prefix` (data.fim_no_prefix): decoded
+// until it is as long, or up to an id the tokenizer does not have.
+bool starts_with_text(const Tokenizer& tok, const int32_t* ids, size_t n,
+                      const std::string& prefix) {
+  std::string text;
+  for (size_t i = 0; i < n && text.size() < prefix.size() && ids[i] < tok.vocab_size(); ++i)
+    text += tok.decode(std::span<const int32_t>(ids + i, 1));
+  return text.starts_with(prefix);
+}
+
 }  // namespace
 
 void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& tokens,
@@ -89,61 +99,88 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
     out.push_back(id);
     out_counts.push_back(1);
   };
-  uint64_t fragment = 0;
+  // Tokens [lo, hi) with the draws h(d) = mix(k ^ d): rearranged where u(0) < rate (and the
+  // fragment is neither data.fim_no_prefix's nor, between characters, holding an uncounted
+  // target), else kept.
+  auto fragment = [&](size_t lo, size_t hi, uint64_t k, double rate) {
+    auto h = [k](uint64_t d) { return dropout_mix(k ^ d); };
+    auto u = [&h](uint64_t d) { return double(h(d) >> 11) * 0x1.0p-53; };
+    const size_t L = hi - lo;
+    const bool drawn =
+        u(0) < rate && (f.no_prefix.empty() ||
+                        !starts_with_text(*f.tokenizer, tokens.data() + lo, L, f.no_prefix));
+    auto all_counted = [&] {
+      return std::all_of(counts.begin() + ptrdiff_t(lo), counts.begin() + ptrdiff_t(hi),
+                         [](uint8_t c) { return c != 0; });
+    };
+    if (drawn && f.characters && all_counted()) {
+      TRIAD_ASSERT(f.tokenizer != nullptr);
+      const FragmentText text(*f.tokenizer, tokens.data() + lo, L);
+      const size_t C = text.size();
+      size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
+      if (a > b) std::swap(a, b);
+      const bool spm = u(1) < f.spm_rate;
+      out.push_back(f.prefix);
+      if (spm) {
+        out.push_back(f.suffix);
+        text.emit(b, C, out);
+        out.push_back(f.middle);
+        text.emit(0, b, out);  // the prefix, then the middle
+      } else {
+        text.emit(0, a, out);
+        out.push_back(f.suffix);
+        text.emit(b, C, out);
+        out.push_back(f.middle);
+        text.emit(a, b, out);
+      }
+      out_counts.resize(out.size(), 1);
+    } else if (drawn && !f.characters) {
+      size_t a = size_t(h(2) % (L + 1)), b = size_t(h(3) % (L + 1));
+      if (a > b) std::swap(a, b);
+      if (u(1) < f.spm_rate) {
+        sentinel(f.prefix);
+        sentinel(f.suffix);
+        put(lo + b, hi);
+        sentinel(f.middle);
+        put(lo, lo + b);  // the prefix, then the middle
+      } else {
+        sentinel(f.prefix);
+        put(lo, lo + a);
+        sentinel(f.suffix);
+        put(lo + b, hi);
+        sentinel(f.middle);
+        put(lo + a, lo + b);
+      }
+    } else {
+      put(lo, hi);
+    }
+  };
+  uint64_t j = 0;  // the window's non-empty fragments
   for (size_t lo = 0; lo <= n && out.size() < n;) {
     size_t hi = lo;
     while (hi < n && tokens[hi] != f.split) ++hi;
-    const size_t L = hi - lo;
-    if (L > 0) {
-      const uint64_t fkey = dropout_mix(key ^ fragment);
-      auto h = [fkey](uint64_t d) { return dropout_mix(fkey ^ d); };
-      auto u = [&h](uint64_t d) { return double(h(d) >> 11) * 0x1.0p-53; };
-      auto all_counted = [&] {
-        return std::all_of(counts.begin() + ptrdiff_t(lo), counts.begin() + ptrdiff_t(hi),
-                           [](uint8_t c) { return c != 0; });
-      };
-      if (u(0) < f.rate && f.characters && all_counted()) {
-        TRIAD_ASSERT(f.tokenizer != nullptr);
-        const FragmentText text(*f.tokenizer, tokens.data() + lo, L);
-        const size_t C = text.size();
-        size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
-        if (a > b) std::swap(a, b);
-        const bool spm = u(1) < f.spm_rate;
-        out.push_back(f.prefix);
-        if (spm) {
-          out.push_back(f.suffix);
-          text.emit(b, C, out);
-          out.push_back(f.middle);
-          text.emit(0, b, out);  // the prefix, then the middle
-        } else {
-          text.emit(0, a, out);
-          out.push_back(f.suffix);
-          text.emit(b, C, out);
-          out.push_back(f.middle);
-          text.emit(a, b, out);
-        }
-        out_counts.resize(out.size(), 1);
-      } else if (u(0) < f.rate && !f.characters) {
-        size_t a = size_t(h(2) % (L + 1)), b = size_t(h(3) % (L + 1));
-        if (a > b) std::swap(a, b);
-        if (u(1) < f.spm_rate) {
-          sentinel(f.prefix);
-          sentinel(f.suffix);
-          put(lo + b, hi);
-          sentinel(f.middle);
-          put(lo, lo + b);  // the prefix, then the middle
-        } else {
-          sentinel(f.prefix);
-          put(lo, lo + a);
-          sentinel(f.suffix);
-          put(lo + b, hi);
-          sentinel(f.middle);
-          put(lo + a, lo + b);
-        }
+    if (hi > lo) {
+      const uint64_t fkey = dropout_mix(key ^ j);
+      const bool parts = f.fragment_split >= 0 &&
+                         std::find(tokens.begin() + ptrdiff_t(lo), tokens.begin() + ptrdiff_t(hi),
+                                   f.fragment_split) != tokens.begin() + ptrdiff_t(hi);
+      if (!parts) {
+        fragment(lo, hi, fkey, f.rate);
+      } else if (double(dropout_mix(fkey) >> 11) * 0x1.0p-53 >= f.rate) {
+        put(lo, hi);  // (Megatron's: the document not rearranged, none of its parts)
       } else {
-        put(lo, hi);
+        // Its parts, cut at data.fim_fragment_split (kept in place), each on its own at
+        // data.fim_fragment_rate with the draws of mix(fkey ^ (4 + s)), s counting the parts.
+        uint64_t s = 0;
+        for (size_t a = lo; a <= hi && out.size() < n;) {
+          size_t b = a;
+          while (b < hi && tokens[b] != f.fragment_split) ++b;
+          if (b > a) fragment(a, b, dropout_mix(fkey ^ (4 + s++)), f.fragment_rate);
+          if (b < hi) put(b, b + 1);
+          a = b + 1;
+        }
       }
-      ++fragment;
+      ++j;
     }
     if (hi < n) put(hi, hi + 1);  // the separator
     lo = hi + 1;

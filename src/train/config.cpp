@@ -404,6 +404,17 @@ class KeyTable {
         "fill-in-the-middle: token (cuts between tokens) or character (cuts between "
         "characters of the fragment's text, decoded and its pieces encoded anew with data.vocab; "
         "data.fim_tokens then names a fourth id, the padding of a window that comes out short)");
+    add("data.fim_fragment_split", c.data.fim_fragment_split,
+        "fill-in-the-middle: none, or the token id that cuts a fragment into parts (Megatron's "
+        "fim_split_sample, e.g. a file separator in repository-level documents): a fragment "
+        "holding it is rearranged, at data.fim_rate, part by part, each at "
+        "data.fim_fragment_rate");
+    add("data.fim_fragment_rate", c.data.fim_fragment_rate,
+        "fill-in-the-middle: the share of a chosen fragment's parts rearranged (with "
+        "data.fim_fragment_split; Megatron's fim_fragment_rate)");
+    add("data.fim_no_prefix", c.data.fim_no_prefix,
+        "fill-in-the-middle: fragments and parts whose text (decoded with data.vocab) starts "
+        "with this string are never rearranged (Megatron's fim_no_prefix; empty: none)");
     add("data.fim_split", c.data.fim_split,
         "fill-in-the-middle: none (a training sequence is one fragment) or the token id the "
         "fragments are cut at (a document separator: each document rearranged on its own)");
@@ -606,12 +617,31 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
               "config: data.fim_granularity must be token or character (got '", d.fim_granularity,
               "')");
   f.characters = d.fim_granularity == "character";
+  f.fragment_split = parse_token_id(d.fim_fragment_split, vocab_size, "data.fim_fragment_split",
+                                    "the parts are cut at");
+  f.no_prefix = d.fim_no_prefix;
   if (d.fim_rate == 0) {
     TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none" &&
-                    d.fim_spm_rate == DataConfig{}.fim_spm_rate && !f.characters,
-                "config: data.fim_tokens, data.fim_split, data.fim_spm_rate and "
-                "data.fim_granularity need data.fim_rate > 0");
+                    d.fim_spm_rate == DataConfig{}.fim_spm_rate && !f.characters &&
+                    f.fragment_split < 0 && d.fim_fragment_rate == DataConfig{}.fim_fragment_rate &&
+                    f.no_prefix.empty(),
+                "config: data.fim_tokens, data.fim_split, data.fim_spm_rate, "
+                "data.fim_granularity, data.fim_fragment_split, data.fim_fragment_rate and "
+                "data.fim_no_prefix need data.fim_rate > 0");
     return f;
+  }
+  if (f.fragment_split >= 0) {
+    TRIAD_CHECK(
+        std::isfinite(d.fim_fragment_rate) && d.fim_fragment_rate >= 0 && d.fim_fragment_rate <= 1,
+        "config: data.fim_fragment_rate must be in [0, 1] with data.fim_fragment_split "
+        "(got ",
+        d.fim_fragment_rate, ")");
+    TRIAD_CHECK(f.fragment_split != f.split,
+                "config: data.fim_fragment_split must differ from data.fim_split");
+    f.fragment_rate = d.fim_fragment_rate;
+  } else {
+    TRIAD_CHECK(d.fim_fragment_rate == DataConfig{}.fim_fragment_rate,
+                "config: data.fim_fragment_rate needs data.fim_fragment_split");
   }
   const std::vector<std::string> ids = split_comma_list(d.fim_tokens);
   const size_t want = f.characters ? 4 : 3;
@@ -629,11 +659,12 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
   }
   bool distinct = true;
   for (size_t i = 0; i < want; ++i) {
-    distinct = distinct && v[i] != f.split;
+    distinct = distinct && v[i] != f.split && v[i] != f.fragment_split;
     for (size_t j = 0; j < i; ++j) distinct = distinct && v[i] != v[j];
   }
   TRIAD_CHECK(distinct, "config: data.fim_tokens '", d.fim_tokens, "' must be ",
-              f.characters ? "four" : "three", " distinct token ids, none of them data.fim_split");
+              f.characters ? "four" : "three",
+              " distinct token ids, none of them data.fim_split or data.fim_fragment_split");
   f.prefix = v[0];
   f.middle = v[1];
   f.suffix = v[2];

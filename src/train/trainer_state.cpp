@@ -1147,16 +1147,17 @@ void Trainer::State::open_choices() {
 
 FimSpec Trainer::State::fim(uint64_t seed) {
   FimSpec f = parse_fim(cfg.data, cfg.model.vocab_size, seed);
-  if (f.on() && f.characters) {
-    TRIAD_CHECK(fs::exists(cfg.data.vocab),
-                "config: data.fim_granularity = character decodes "
-                "and encodes the fragments with data.vocab, and data.vocab ",
-                cfg.data.vocab, " does not exist");
+  if (f.needs_tokenizer()) {
+    const std::string why =
+        f.characters ? "data.fim_granularity = character" : "data.fim_no_prefix";
+    TRIAD_CHECK(fs::exists(cfg.data.vocab), "config: ", why,
+                " decodes the fragments with data.vocab, and data.vocab ", cfg.data.vocab,
+                " does not exist");
     load_tokenizer();
     TRIAD_CHECK(tokenizer->vocab_size() <= cfg.model.vocab_size, "config: data.vocab ",
                 cfg.data.vocab, " has ", tokenizer->vocab_size(),
                 " tokens, more than model.vocab_size = ", cfg.model.vocab_size,
-                ": it is not the tokenizer of the data (data.fim_granularity = character)");
+                ": it is not the tokenizer of the data (", why, ")");
     f.tokenizer = tokenizer.get();
   }
   return f;

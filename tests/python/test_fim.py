@@ -34,47 +34,83 @@ def mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def fim_window(tokens, counts, k, seed, rate, spm, split):
-    """Sequence k's window (T + 1 tokens and their mask bytes) rearranged as documented."""
-    n = len(tokens)
-    pieces, start = [], 0  # ("f", lo, hi): a fragment; ("s", i): a separator
+def draws(seed: int, k: int, j: int, part: int | None = None):
+    """h(d) and u(d) of sequence k's j-th fragment, or of its part-th part."""
+    key = mix(mix(mix(seed) ^ k) ^ j)
+    if part is not None:
+        key = mix(key ^ (4 + part))
+
+    def h(d):
+        return mix(key ^ d)
+
+    def u(d):
+        return (h(d) >> 11) * 2.0 ** -53
+
+    return h, u
+
+
+def rearranged(tokens, counts, k, seed, rate, split, one, part_split=None, part_rate=0.0,
+               pad=None):
+    """Sequence k's window (T + 1 tokens and their mask bytes) cut into fragments at `split`
+    (kept in place), each given to one(seg, h, u, rate) -> [(token, count)]; a fragment holding
+    part_split, where u(0) < rate, part by part (each at part_rate with its own draws); the
+    window cut back to its length (padded with `pad` where given)."""
+    n, out, j, start = len(tokens), [], 0, 0
     for i in range(n + 1):
-        if i == n or tokens[i] == split:
-            if i > start:
-                pieces.append(("f", start, i))
-            if i < n:
-                pieces.append(("s", i))
-            start = i + 1
-    out, j = [], 0
-    for piece in pieces:
-        if piece[0] == "s":
-            out.append((int(tokens[piece[1]]), int(counts[piece[1]])))
+        if i < n and tokens[i] != split:
             continue
-        lo, hi = piece[1], piece[2]
-        seg = [(int(t), int(c)) for t, c in zip(tokens[lo:hi], counts[lo:hi])]
-
-        def h(d, j=j):
-            return mix(mix(mix(mix(seed) ^ k) ^ j) ^ d)
-
-        def u(d):
-            return (h(d) >> 11) * 2.0 ** -53
-
-        if u(0) < rate:
-            L = hi - lo
-            a, b = sorted((h(2) % (L + 1), h(3) % (L + 1)))
-            pre, mid, suf = seg[:a], seg[a:b], seg[b:]
-            if u(1) < spm:
-                seg = [(PREFIX, 1), (SUFFIX, 1)] + suf + [(MIDDLE, 1)] + pre + mid
+        if i > start:
+            seg = [(int(t), int(c)) for t, c in zip(tokens[start:i], counts[start:i])]
+            h, u = draws(seed, k, j)
+            if part_split is None or all(t != part_split for t, _ in seg):
+                out += one(seg, h, u, rate)
+            elif u(0) >= rate:
+                out += seg
             else:
-                seg = [(PREFIX, 1)] + pre + [(SUFFIX, 1)] + suf + [(MIDDLE, 1)] + mid
-        out += seg
-        j += 1
+                a, p = 0, 0
+                for b in range(len(seg) + 1):
+                    if b < len(seg) and seg[b][0] != part_split:
+                        continue
+                    if b > a:
+                        out += one(seg[a:b], *draws(seed, k, j, p), part_rate)
+                        p += 1
+                    if b < len(seg):
+                        out.append(seg[b])
+                    a = b + 1
+            j += 1
+        if i < n:
+            out.append((int(tokens[i]), int(counts[i])))
+        start = i + 1
+    if pad is not None:
+        out += [(pad, 0)] * n
     out = out[:n]
     assert len(out) == n
     return np.array([t for t, _ in out]), np.array([c for _, c in out])
 
 
-def fim_batch(tokens, mask, first, count, T, seed, rate, spm, split):
+def by_tokens(seg, h, u, rate, spm, keep=lambda seg: False):
+    """A fragment rearranged between tokens, the tokens keeping their mask bytes (not where
+    keep(seg): data.fim_no_prefix's)."""
+    if u(0) >= rate or keep(seg):
+        return seg
+    L = len(seg)
+    a, b = sorted((h(2) % (L + 1), h(3) % (L + 1)))
+    pre, mid, suf = seg[:a], seg[a:b], seg[b:]
+    if u(1) < spm:
+        return [(PREFIX, 1), (SUFFIX, 1)] + suf + [(MIDDLE, 1)] + pre + mid
+    return [(PREFIX, 1)] + pre + [(SUFFIX, 1)] + suf + [(MIDDLE, 1)] + mid
+
+
+def fim_window(tokens, counts, k, seed, rate, spm, split, part_split=None, part_rate=0.0,
+               keep=lambda seg: False):
+    """Sequence k's window rearranged between tokens, as documented."""
+    return rearranged(tokens, counts, k, seed, rate, split,
+                      lambda seg, h, u, r: by_tokens(seg, h, u, r, spm, keep), part_split,
+                      part_rate)
+
+
+def fim_batch(tokens, mask, first, count, T, seed, rate, spm, split, part_split=None,
+              part_rate=0.0):
     """Sequences first .. first+count-1 (wrapping as ref.batch), rearranged: (x, y) with the
     targets whose mask byte is 0 at -1."""
     n = (tokens.size - 1) // T
@@ -82,18 +118,26 @@ def fim_batch(tokens, mask, first, count, T, seed, rate, spm, split):
     for i in range(count):
         k = (first + i) % n
         t, c = fim_window(tokens[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k, seed,
-                          rate, spm, split)
+                          rate, spm, split, part_split, part_rate)
         xs.append(t[:-1])
         ys.append(np.where(c[1:] == 1, t[1:], -1))
     return torch.from_numpy(np.stack(xs).astype(np.int64)), torch.from_numpy(
         np.stack(ys).astype(np.int64))
 
 
-@pytest.mark.parametrize("rate,spm,split,masked", [(0.5, 0.5, 7, True), (1.0, 0.3, None, False)],
-                         ids=["documents-masked", "whole-sequences"])
-def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root, tmp_path):
+@pytest.mark.parametrize("rate,spm,split,masked,part", [
+    (0.5, 0.5, 7, True, None), (1.0, 0.3, None, False, None), (0.9, 0.5, 7, True, 11)],
+    ids=["documents-masked", "whole-sequences", "documents-in-parts"])
+def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, part, tmp_root,
+                                              tmp_path):
     case = next(c for c in trm.CASES if c.name == "oddshapes")
     q = trm.packed_documents(trm.prepare(case, tmp_root), tmp_path, 7, 31)
+    part_rate = 0.5
+    if part is not None:  # Megatron's second level: documents cut into parts at token 11
+        t = q.train_tokens.copy()
+        t[(np.random.default_rng(4).random(t.size) < 0.25) & (t != 7)] = part
+        ref.write_token_shard(tmp_path / "train_000.bin", t)
+        q = replace(q, train_tokens=t)
     plain = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
     T = case.cfg.seq_len
     mask = np.ones(q.train_tokens.size, dtype=np.uint8)
@@ -104,10 +148,13 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
                                    data__fim_rate=rate, data__fim_spm_rate=spm,
                                    data__fim_tokens=f"{PREFIX}, {MIDDLE}, {SUFFIX}",
                                    data__fim_split="none" if split is None else split)
+    if part is not None:
+        sections["data"].update(fim_fragment_split=part, fim_fragment_rate=part_rate)
     B, seed = sections["train"]["batch_size"], sections["train"]["seed"]
 
     def batch_of_step(s):
-        return fim_batch(q.train_tokens, mask, s * B, B, T, seed, rate, spm, split)
+        return fim_batch(q.train_tokens, mask, s * B, B, T, seed, rate, spm, split, part,
+                         part_rate)
 
     # The rearrangement happens (PSM and SPM among them) and keeps the masked targets apart.
     x, y = zip(*(batch_of_step(s) for s in range(10)))
@@ -116,6 +163,9 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
     spm_seen = ((x[:, :-1] == PREFIX) & (x[:, 1:] == SUFFIX)).sum()
     assert 0 < int(spm_seen) < int((x == PREFIX).sum())
     assert int((y == -1).sum()) > (20 if masked else -1)
+    if part is not None:  # the parts change the sequences (the test can tell)
+        assert not torch.equal(
+            fim_batch(q.train_tokens, mask, 0, 10 * B, T, seed, rate, spm, split)[0], x)
     trm.compare_training(plain, tmp_path, sections, "fim", batch_of_step)
     # Without it the curve differs (the test can tell).
     m = ref.read_metrics(tmp_path / "runs" / "ref" / "metrics.h5")
@@ -131,7 +181,7 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 2"), "three distinct token ids"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 300"), "300 is not a token"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split=3),
-     "none of them data.fim_split"),
+     "none of them data.fim_split or data.fim_fragment_split"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_spm_rate=-0.1),
      "data.fim_spm_rate must be in [0, 1]"),
     (dict(data__fim_tokens="1, 2, 3"), "need data.fim_rate > 0"),
@@ -147,9 +197,22 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, tmp_root
      "must be four distinct token ids"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4"), "the three sentinel token ids"),
     (dict(data__fim_granularity="character"), "need data.fim_rate > 0"),
+    (dict(data__fim_no_prefix="xyz"), "need data.fim_rate > 0"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_fragment_split=5),
+     "data.fim_fragment_rate must be in [0, 1] with data.fim_fragment_split"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_fragment_rate=0.5),
+     "data.fim_fragment_rate needs data.fim_fragment_split"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split=5,
+          data__fim_fragment_split=5, data__fim_fragment_rate=0.5),
+     "data.fim_fragment_split must differ from data.fim_split"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_fragment_split=3,
+          data__fim_fragment_rate=0.5), "none of them data.fim_split or data.fim_fragment_split"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_no_prefix="xyz",
+          data__vocab="/nonexistent/vocab.tiktoken"),
+     "data.fim_no_prefix decodes the fragments with data.vocab"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4", data__fim_granularity="character",
           data__vocab="/nonexistent/vocab.tiktoken"),
-     "data.fim_granularity = character decodes and encodes the fragments with data.vocab"),
+     "data.fim_granularity = character decodes the fragments with data.vocab"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3, 4", data__fim_granularity="character"),
      "more than model.vocab_size = 300"),
     (dict(eval__fim="true", data__fim_rate=0.5, data__fim_tokens="1, 2, 3", eval__sequences=0),
@@ -257,42 +320,29 @@ def encode_units(enc, units):
     return out
 
 
-def fim_window_chars(enc, tokens, counts, k, seed, rate, spm, split):
+def fim_window_chars(enc, tokens, counts, k, seed, rate, spm, split, part_split=None,
+                     part_rate=0.0, no_prefix=""):
     """Sequence k's window rearranged at character granularity, as documented: a fragment with a
-    token not counted kept as it is, a rearranged one's tokens all counted, padding at the end
-    not counted."""
-    n, out, j, start = len(tokens), [], 0, 0
-    for i in range(n + 1):
-        if i < n and tokens[i] != split:
-            continue
-        lo, hi = start, i
-        if hi > lo:
-            def h(d, j=j):
-                return mix(mix(mix(mix(seed) ^ k) ^ j) ^ d)
+    token not counted, or whose text starts with no_prefix, kept as it is, a rearranged one's
+    tokens all counted, padding at the end not counted."""
+    def one(seg, h, u, rate):
+        ids = [t for t, _ in seg]
+        text = enc.decode_bytes(ids[:next((i for i, t in enumerate(ids) if t > EOT), len(ids))])
+        if u(0) >= rate or not all(c for _, c in seg) or (
+                no_prefix and text.startswith(no_prefix.encode())):
+            return seg
+        units = char_units(enc, ids)
+        C = len(units)
+        a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
+        if u(1) < spm:
+            ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
+                   + encode_units(enc, units[:b]))
+        else:
+            ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
+                   + encode_units(enc, units[b:]) + [C_MIDDLE] + encode_units(enc, units[a:b]))
+        return [(t, 1) for t in ids]
 
-            def u(d):
-                return (h(d) >> 11) * 2.0 ** -53
-
-            if u(0) < rate and all(counts[lo:hi]):
-                units = char_units(enc, tokens[lo:hi])
-                C = len(units)
-                a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
-                if u(1) < spm:
-                    ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
-                           + encode_units(enc, units[:b]))
-                else:
-                    ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
-                           + encode_units(enc, units[b:]) + [C_MIDDLE]
-                           + encode_units(enc, units[a:b]))
-                out += [(t, 1) for t in ids]
-            else:
-                out += [(int(t), int(c)) for t, c in zip(tokens[lo:hi], counts[lo:hi])]
-            j += 1
-        if i < n:
-            out.append((int(tokens[i]), int(counts[i])))
-        start = i + 1
-    out = (out + [(C_PAD, 0)] * n)[:n]
-    return np.array([t for t, _ in out]), np.array([c for _, c in out])
+    return rearranged(tokens, counts, k, seed, rate, split, one, part_split, part_rate, C_PAD)
 
 
 def code_documents(enc) -> list[list[int]]:
@@ -309,12 +359,19 @@ def code_documents(enc) -> list[list[int]]:
     return docs
 
 
-@pytest.mark.parametrize("split", [EOT, None], ids=["documents", "whole-windows"])
-def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, tmp_root, tmp_path):
+NEWLINE = 198  # GPT-2's "\n"
+
+
+@pytest.mark.parametrize("split,part,no_prefix", [(EOT, None, ""), (None, None, ""),
+                                                  (EOT, NEWLINE, "def café_")],
+                         ids=["documents", "whole-windows", "lines-no-prefix"])
+def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_prefix, tmp_root,
+                                                               tmp_path):
     """eval.fim with data.fim_granularity = character: data.val (GPT-2 tokens of code, with a
     loss mask) rearranged by the Python above from tiktoken's decoding and encoding, scored by
-    PyTorch's double-precision model, against --eval-only; the documents as fragments, and
-    whole windows with <|endoftext|> kept whole inside them."""
+    PyTorch's double-precision model, against --eval-only; the documents as fragments, whole
+    windows with <|endoftext|> kept whole inside them, and documents in parts (their lines,
+    Megatron's second level) with data.fim_no_prefix keeping some lines (also between tokens)."""
     tiktoken = pytest.importorskip("tiktoken")  # noqa: F841
     from triad_run import VOCAB, gpt2_tiktoken
     enc = gpt2_tiktoken()
@@ -329,46 +386,74 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, tmp_root, 
     mask[40:44] = 0  # a few targets not counted: their fragment stays as it is
     ref.write_token_shard(tmp_path / "val_000.bin", val)
     ref.write_loss_mask(tmp_path / "val_000.bin.mask", mask)
-    rate, spm = 0.8, 0.5
+    rate, spm, part_rate = 0.8, 0.5, 0.6
     windows = [fim_window_chars(enc, val[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k,
-                                20220728, rate, spm, split) for k in range(n)]
+                                20220728, rate, spm, split, part, part_rate, no_prefix)
+               for k in range(n)]
     x = np.stack([t[:-1] for t, _ in windows])
     y = np.stack([np.where(c[1:] == 1, t[1:], -1) for t, c in windows])
-    # The cuts fall inside tokens (new ids appear), the masked targets kept; with documents as
+    # The cuts fall inside tokens (new ids appear; the lines' few cuts may not), the masked
+    # targets kept; with documents as
     # fragments SPM and PSM both, and a window padded (the documents of single bytes encoded
     # anew); whole windows rearranged with <|endoftext|> inside them.
     plain_ids = set(val.tolist())
-    assert any(t not in plain_ids | {C_PREFIX, C_MIDDLE, C_SUFFIX, C_PAD} for t in x.ravel())
+    assert part is not None or any(t not in plain_ids | {C_PREFIX, C_MIDDLE, C_SUFFIX, C_PAD}
+                                   for t in x.ravel())
     assert int((y == -1).sum()) >= 4
-    if split == EOT:  # (six windows as fragments: too few to hold both orders)
+    if part is not None:  # the parts and the kept lines change the sequences
+        for other in ((None, 0.0, no_prefix), (part, part_rate, "")):
+            w = [fim_window_chars(enc, val[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k,
+                                  20220728, rate, spm, split, *other)[0][:-1] for k in range(n)]
+            assert not np.array_equal(np.stack(w), x), other
+    elif split == EOT:  # (six windows as fragments: too few to hold both orders)
         spm_seen = int(((x[:, :-1] == C_PREFIX) & (x[:, 1:] == C_SUFFIX)).sum())
         assert 0 < spm_seen < int((x == C_PREFIX).sum()), x
         assert (x == C_PAD).any(), x
     else:
         assert int((x == C_PREFIX).sum()) >= 3 and (x[:, 1:] == EOT).any(), x
 
-    with torch.no_grad():
-        logits = ref.forward({k: v.double() for k, v in p.weights.items()}, case.cfg,
-                             torch.from_numpy(x))
-        want = float(torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1),
-            ignore_index=-1))
+    def loss_of(x, y):
+        with torch.no_grad():
+            logits = ref.forward({k: v.double() for k, v in p.weights.items()}, case.cfg,
+                                 torch.from_numpy(x))
+            return float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1),
+                ignore_index=-1))
+
+    want = loss_of(x, y)
     sections = trm.config_sections(
         case, p.dir, data__val=str(tmp_path / "val_000.bin"), data__loss_mask="auto",
         data__fim_rate=rate, data__fim_spm_rate=spm, data__fim_granularity="character",
         data__fim_split="none" if split is None else split, data__vocab=str(VOCAB),
         data__fim_tokens=f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}, {C_PAD}", eval__fim="true")
+    if part is not None:
+        sections["data"].update(fim_fragment_split=part, fim_fragment_rate=part_rate,
+                                fim_no_prefix=no_prefix)
     cfg = tmp_path / "chars.ini"
     ref.write_config(cfg, sections)
     out = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
                    p.ckpt])
     got = float(out.split("val loss")[1].split()[0])
     assert abs(got - want) <= 2e-5 * want, (out, want)
-    # Token granularity rearranges otherwise (the test can tell them apart).
+    # Token granularity rearranges otherwise (the test can tell them apart); with the parts and
+    # data.fim_no_prefix, as the reference between tokens does.
     tokens = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
                       p.ckpt, "--data.fim_granularity", "token", "--data.fim_tokens",
-                      f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}"])
-    assert abs(float(tokens.split("val loss")[1].split()[0]) - want) > 2e-4 * want, tokens
+                      f"{PREFIX}, {MIDDLE}, {SUFFIX}"])
+    got_tokens = float(tokens.split("val loss")[1].split()[0])
+    assert abs(got_tokens - want) > 2e-4 * want, tokens
+    if part is not None:
+        def keep(seg):
+            return enc.decode_bytes([t for t, _ in seg]).startswith(no_prefix.encode())
+
+        xs, ys = [], []
+        for k in range(n):
+            t, c = fim_window(val[k * T:k * T + T + 1], mask[k * T:k * T + T + 1], k, 20220728,
+                              rate, spm, split, part, part_rate, keep)
+            xs.append(t[:-1])
+            ys.append(np.where(c[1:] == 1, t[1:], -1))
+        want_tokens = loss_of(np.stack(xs), np.stack(ys))
+        assert abs(got_tokens - want_tokens) <= 2e-5 * want_tokens, (tokens, want_tokens)
     # Training reads its sequences the same way (with train.seed): two steps run.
     out = trm.run([trm.binary("triad-train"), "--config", cfg, "--init-from", p.ckpt,
                    "--resume", "none", "--train.steps", 2, "--run.dir", tmp_path / "runs"])

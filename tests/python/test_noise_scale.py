@@ -2,9 +2,9 @@
 replica's first micro-batch's mean gradient and of the whole batch's at the initial weights, in
 double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 (ZeRO 0, 2 and
 3: the last two measured bucket by bucket before each is reduced), tp 2, cp 2 (the parts of
-the gradient summed first; with dp 2 and ZeRO-2 too) and pp 2 x dp 2 (each replica's share of
-the step as the small batch) and ep 2 (the expert-parallel group's first micro-batches); the
-plot and its clean failure; the grids it refuses.
+the gradient summed first; with dp 2 and ZeRO-2 too) and pp 2 x dp 2, also with cp 2 (each
+replica's share of the step as the small batch) and ep 2 (the expert-parallel group's first
+micro-batches); the plot and its clean failure; the grids it refuses.
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
                        ("pp", ["--train.micro_batch_size", 1, "--parallel.pp", 2]),
                        ("cp", ["--parallel.cp", 2]),
                        ("cpz2", ["--train.micro_batch_size", 1, "--parallel.cp", 2,
-                                 "--parallel.zero", 2])):
-        ranks = 4 if name in ("pp", "cpz2") else 2
+                                 "--parallel.zero", 2]),
+                       ("ppcp", ["--train.micro_batch_size", 1, "--parallel.pp", 2,
+                                 "--parallel.cp", 2])):
+        ranks = {"pp": 4, "cpz2": 4, "ppcp": 8}.get(name, 2)
         r = subprocess.run([mpirun, "--oversubscribe", "-np", str(ranks), str(train), "--config",
                             str(cfg), "--init-from", str(p.ckpt), "--resume", "none", "--run.dir",
                             str(tmp_path / "runs"), "--run.name", name, *map(str, grid)],
@@ -91,7 +93,7 @@ def test_noise_scale_matches_torch_gradients(tmp_root, tmp_path):
         if name in ("tp", "cp"):  # the same micro-batches as one rank: its rows
             for k in one:
                 np.testing.assert_allclose(got[k], one[k], rtol=2e-5, err_msg=k)
-        elif name == "pp":
+        elif name in ("pp", "ppcp"):  # each replica's share (under cp its pieces summed)
             assert got["small_tokens"][0] == 2 * T and got["big_tokens"][0] == B * T
             assert abs(got["small_sq"][0] - want["pp"]) / want["pp"] < 1e-5, (got, want)
             assert abs(got["big_sq"][0] - big) / big < 1e-5

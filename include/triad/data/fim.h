@@ -27,9 +27,18 @@
 // whole tokens as they were. A fragment with a token whose mask byte is 0 is kept as it is
 // (its mask cannot follow the text into new tokens); a rearranged one's tokens and sentinels all
 // count. A window that comes out shorter than T + 1 ends in `pad` tokens, which do not count.
+//
+// Megatron's two levels (`fragment_split` >= 0, data.fim_fragment_split; e.g. the file separator
+// of repository-level documents): a fragment that holds the fragment_split token is rearranged,
+// where u(0) < rate, part by part: its parts, cut at that token (which stays in place), the s-th
+// non-empty one (0-based) each with the draws of h_s(d) = mix(mix(fkey ^ (4 + s)) ^ d), where
+// fkey = mix(mix(mix(seed) ^ k) ^ j), at the rate fragment_rate; a fragment without it as above.
+// `no_prefix` (data.fim_no_prefix, non-empty): a fragment or part whose text (decoded with the
+// tokenizer) starts with it is kept as it is.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace triad {
@@ -43,7 +52,13 @@ struct FimSpec {
   uint64_t seed = 0;
   bool characters = false;  // character granularity: the tokenizer below, and the padding id
   int32_t pad = -1;
-  const Tokenizer* tokenizer = nullptr;  // (not owned; it outlives the sequences' readers)
+  int32_t fragment_split = -1;  // the parts' separator within a fragment; -1: none
+  double fragment_rate = 0;
+  std::string no_prefix;  // (with the tokenizer)
+  // Character granularity and no_prefix: the data's tokenizer (not owned; it outlives the
+  // sequences' readers).
+  const Tokenizer* tokenizer = nullptr;
+  bool needs_tokenizer() const { return on() && (characters || !no_prefix.empty()); }
   bool on() const { return rate > 0; }
 };
 

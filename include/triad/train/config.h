@@ -216,6 +216,12 @@ struct DataConfig {
   // token: cuts between tokens; character: cuts between characters, the pieces encoded anew with
   // data.vocab (Megatron's, SantaCoder's and StarCoder's way).
   std::string fim_granularity = "token";
+  // Megatron's second level: a fragment holding this token rearranged part by part (cut at it),
+  // each at fim_fragment_rate (-1: not given); and fragments whose text starts with
+  // fim_no_prefix kept as they are (with data.vocab).
+  std::string fim_fragment_split = "none";
+  double fim_fragment_rate = -1;
+  std::string fim_no_prefix;
   // Positions restart at every document (GptShape::reset_positions): needs document_mask.
   bool reset_positions = false;
 };
