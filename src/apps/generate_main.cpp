@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cmath>
@@ -41,8 +42,9 @@ int node_rank(MPI_Comm world) {
   return r;
 }
 
-// "--prompt-ids": ids in [0, vocab_size) separated by white space, at least one.
-std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
+// "--prompt-ids" (`what`): ids in [0, vocab_size) separated by white space, at least one.
+std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size,
+                               const char* what = "--prompt-ids") {
   std::istringstream in(text);
   std::vector<int32_t> ids;
   std::string word;
@@ -54,11 +56,47 @@ std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
     } catch (const std::exception&) {
       used = 0;
     }
-    TRIAD_CHECK(used == word.size() && v >= 0 && v < vocab_size, "--prompt-ids: '", word,
+    TRIAD_CHECK(used == word.size() && v >= 0 && v < vocab_size, what, ": '", word,
                 "' is not a token id of this model (0 .. ", vocab_size - 1, ")");
     ids.push_back(int32_t(v));
   }
-  TRIAD_CHECK(!ids.empty(), "--prompt-ids: no token ids");
+  TRIAD_CHECK(!ids.empty(), what, ": no token ids");
+  return ids;
+}
+
+// --fim-tokens "P, M, S": three distinct ids of the model.
+std::array<int32_t, 3> parse_fim_tokens(const std::string& text, int64_t vocab_size) {
+  std::string spaced = text;
+  std::replace(spaced.begin(), spaced.end(), ',', ' ');
+  const std::vector<int32_t> ids = parse_ids(spaced, vocab_size, "--fim-tokens");
+  TRIAD_CHECK(ids.size() == 3 && ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+              "--fim-tokens '", text,
+              "' must be three distinct token ids \"PREFIX, MIDDLE, SUFFIX\"");
+  return {ids[0], ids[1], ids[2]};
+}
+
+// The prompt of a middle between `prefix` and `suffix`, as data.fim_* trains it after a document
+// start: PSM <P> prefix <S> suffix <M>, or SPM <P> <S> suffix <M> prefix; each text encoded on its
+// own as a continuation (no SentencePiece space in front), as between characters.
+std::vector<int32_t> infill_prompt(const triad::Tokenizer& tok, const std::string& prefix,
+                                   const std::string& suffix, const std::array<int32_t, 3>& fim,
+                                   bool spm) {
+  const auto [P, M, S] = fim;
+  std::vector<int32_t> ids;
+  const int32_t start = tok.prompt_start() >= 0 ? tok.prompt_start() : tok.document_start();
+  if (start >= 0) ids.push_back(start);
+  ids.push_back(P);
+  if (spm) {
+    ids.push_back(S);
+    tok.encode_append(suffix, ids, true);
+    ids.push_back(M);
+    tok.encode_append(prefix, ids, true);
+  } else {
+    tok.encode_append(prefix, ids, true);
+    ids.push_back(S);
+    tok.encode_append(suffix, ids, true);
+    ids.push_back(M);
+  }
   return ids;
 }
 
@@ -67,12 +105,12 @@ std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size) {
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
-        system, messages;
+        system, messages, suffix, fim_tokens;
     int64_t seed = 0;
     triad::SampleOptions opt;  // the sampling options parse into it
     std::vector<std::string> stops;
     int threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
-    bool no_cache = false, timing = false, stop_at_eot = false, ema = false;
+    bool no_cache = false, timing = false, stop_at_eot = false, ema = false, fim_spm = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
                                                     "checkpoint file (.h5)")(
@@ -126,7 +164,17 @@ int main(int argc, char** argv) {
         "with --chat, instead of --prompt: a JSON Lines file holding one conversation "
         "({\"messages\": [{\"role\": ..., \"content\": ...}, ...]}) that ends with the user's "
         "message; the model writes the next reply")(
-        "backend", po::value(&backend)->default_value("cpu"), "cpu or cuda")(
+        "suffix", po::value(&suffix),
+        "fill in the middle: --prompt is the text before it and this the text after it; a "
+        "model trained with data.fim_* writes the middle, which ends at a stop token, and the "
+        "three are printed together (needs --fim-tokens)")(
+        "fim-tokens", po::value(&fim_tokens),
+        "with --suffix: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\" of the model's "
+        "training (data.fim_tokens' first three)")(
+        "fim-spm", po::bool_switch(&fim_spm),
+        "with --suffix: the prompt in SPM order (<P> <S> suffix <M> prefix) instead of PSM's "
+        "(<P> prefix <S> suffix <M>)")("backend", po::value(&backend)->default_value("cpu"),
+                                       "cpu or cuda")(
         "precision", po::value(&precision)->default_value("auto"),
         "fp32, bf16, or auto (bf16 on cuda, fp32 on cpu)")(
         "threads", po::value(&threads)->default_value(0), "CPU threads (0: OpenMP's default)")(
@@ -192,6 +240,13 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(messages.empty() || vm.count("chat"), "--messages needs --chat");
     TRIAD_CHECK(messages.empty() || (vm["prompt"].defaulted() && vm["system"].defaulted()),
                 "--messages holds the conversation: drop --prompt and --system");
+    const bool infill = vm.count("suffix") != 0;
+    TRIAD_CHECK(!infill || vm.count("fim-tokens"),
+                "--suffix needs --fim-tokens \"PREFIX, MIDDLE, SUFFIX\" (the model's sentinels)");
+    TRIAD_CHECK(infill || (!vm.count("fim-tokens") && !fim_spm),
+                "--fim-tokens and --fim-spm need --suffix");
+    TRIAD_CHECK(!infill || (!vm.count("prompt-ids") && !vm.count("chat")),
+                "--suffix fills in the middle after --prompt: not with --prompt-ids or --chat");
     if (threads > 0) omp_set_num_threads(threads);
     const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
     if (checkpoint.empty()) {
@@ -207,7 +262,10 @@ int main(int argc, char** argv) {
     if (vm.count("prompt-ids")) {
       ids = parse_ids(prompt_ids, m.vocab_size);
     } else {
-      if (vm.count("chat")) {
+      if (infill) {
+        ids =
+            infill_prompt(tok, prompt, suffix, parse_fim_tokens(fim_tokens, m.vocab_size), fim_spm);
+      } else if (vm.count("chat")) {
         const auto f = triad::resolve_chat_format(tok, chat, "--chat");
         if (messages.empty()) {
           ids = triad::chat_prompt(tok, f, system, prompt);
@@ -289,8 +347,9 @@ int main(int argc, char** argv) {
         return stop_at(tok.decode(out)) != std::string::npos;
       };
     // A chat reply ends at the tokenizer's stop tokens (Llama 3's <|eot_id|>, Mistral's </s>).
+    // So does a middle (data.fim_* trained it to end where the document ends).
     const bool chatting = vm.count("chat") != 0;
-    if (stop_at_eot || chatting) opt.stop_tokens = tok.stop_tokens();
+    if (stop_at_eot || chatting || infill) opt.stop_tokens = tok.stop_tokens();
     // A model with more embedding rows than its tokenizer has ids (Qwen2's padding) draws among
     // the tokenizer's only, so that every sample decodes.
     if (m.vocab_size > tok.vocab_size()) {
@@ -331,13 +390,16 @@ int main(int argc, char** argv) {
           std::cout << std::endl;
         } else {  // samples separated by a line "---"
           if (i > 0) std::cout << "---" << std::endl;
-          if (chatting) {  // the reply alone, without its stop token
+          if (chatting || infill) {  // the reply (the middle) without its stop token
             std::vector<int32_t> reply(out.begin(), out.end());
             if (!reply.empty() && std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(),
                                             reply.back()) != opt.stop_tokens.end())
               reply.pop_back();
             const std::string text = tok.decode(reply);
-            std::cout << text.substr(0, stop_at(text)) << std::endl;
+            if (infill)  // the prefix, the middle and the suffix
+              std::cout << prompt << text.substr(0, stop_at(text)) << suffix << std::endl;
+            else
+              std::cout << text.substr(0, stop_at(text)) << std::endl;
           } else {
             const std::string text = tok.decode(out);
             std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt)

@@ -262,6 +262,42 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--stop", ""), "--stop: an empty string")
     assert_clean_error(gen("--samples", "0"), "--samples must be >= 1")
     assert_clean_error(gen("--batch", "0"), "--batch must be >= 1")
+    assert_clean_error(gen("--suffix", "x"), "--suffix needs --fim-tokens")
+    assert_clean_error(gen("--fim-tokens", "1, 2, 3"), "--fim-tokens and --fim-spm need --suffix")
+    assert_clean_error(gen("--fim-spm"), "--fim-tokens and --fim-spm need --suffix")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2, 3", "--prompt-ids", "5"),
+                       "not with --prompt-ids or --chat")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2"),
+                       "must be three distinct token ids")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2, 2"),
+                       "must be three distinct token ids")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2, 50257"),
+                       "--fim-tokens: '50257' is not a token id")
+
+
+def test_fill_in_the_middle_prompts_as_training_rearranges(checkpoint):
+    """--suffix: a middle's prompt as data.fim_* trains it after a document start (tiktoken's ids
+    of prefix and suffix between the sentinels, PSM and SPM); its greedy continuation is that of
+    the same ids given with --prompt-ids, ending at <|endoftext|>; the text printed is prefix,
+    middle and suffix."""
+    enc = gpt2_tiktoken()
+    prefix, suffix = "def add(a, b):\n    return", " + b\n"
+    P, M, S = 50252, 50253, 50254
+    psm = [50256, P] + enc.encode_ordinary(prefix) + [S] + enc.encode_ordinary(suffix) + [M]
+    spm = [50256, P, S] + enc.encode_ordinary(suffix) + [M] + enc.encode_ordinary(prefix)
+    middles = []
+    for order, prompt in (([], psm), (["--fim-spm"], spm)):
+        want = generate(checkpoint, "--prompt-ids", " ".join(map(str, prompt)), "--length", 12,
+                        "--stop-at-eot")
+        args = ["--prompt", prefix, "--suffix", suffix, "--fim-tokens", f"{P}, {M}, {S}", *order,
+                "--length", 12]
+        assert generate(checkpoint, *args) == want
+        text = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
+                    "--top-k", "1", *map(str, args)], check=True).stdout
+        middle = want[:-1] if want[-1] == 50256 else want
+        assert text == prefix + enc.decode(middle) + suffix + "\n", text
+        middles.append(want)
+    assert middles[0] != middles[1]  # the two orders are two prompts
 
 
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
