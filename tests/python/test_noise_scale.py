@@ -4,11 +4,13 @@ double precision, beside /noise of triad-train's metrics.h5 on one rank, dp 2 (Z
 3: the last two measured bucket by bucket before each is reduced), tp 2, cp 2 (the parts of
 the gradient summed first; with dp 2 and ZeRO-2 too) and pp 2 x dp 2, also with cp 2 (each
 replica's share of the step as the small batch) and ep 2 (the expert-parallel group's first
-micro-batches); the plot and its clean failure; the grids it refuses.
+micro-batches), also with a loss mask and frozen tensors; the plot and its clean failure; the
+grids it refuses.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import subprocess
 import sys
@@ -179,6 +181,57 @@ def test_noise_scale_under_expert_parallelism_takes_the_groups_micro_batches(tmp
         assert got["small_tokens"][0] == 2 * T and got["big_tokens"][0] == B * T, got
         assert abs(got["small_sq"][0] - want) / want < 1e-5, (name, got, want)
         assert abs(got["big_sq"][0] - big) / big < 1e-5, (name, got, big)
+
+
+def test_noise_scale_counts_masked_targets_and_leaves_frozen_tensors_out(tmp_root, tmp_path):
+    """A loss mask and train.freeze, on one rank and on ep 2 x dp 2: the small and big batches'
+    squared norms are PyTorch's of the mean over their counted targets, over the tensors not
+    frozen, and their token counts the counted targets."""
+    case = next(c for c in trm.CASES if c.name == "moeswiglu")
+    p = trm.prepare(case, tmp_root)
+    T, B = case.cfg.seq_len, 2 * case.micro_batch
+    tokens = p.train_tokens.astype(np.int64)
+    mask = (np.random.default_rng(8).random(tokens.size) < 0.7).astype(np.uint8)
+    ref.write_token_shard(tmp_path / "train_000.bin", tokens)
+    ref.write_loss_mask(tmp_path / "train_000.bin.mask", mask)
+    freeze = ["h/1/attn/*", "lm_head/*"]
+    cfg = tmp_path / "noise.ini"
+    ref.write_config(cfg, trm.config_sections(
+        case, p.dir, train__noise_every=1, train__steps=1, train__moe_aux_loss=0,
+        data__train=str(tmp_path / "train_*.bin"), data__loss_mask="auto",
+        train__freeze=", ".join(freeze)))
+    x, y = ref.masked_batch(tokens, mask, 0, B, T)
+
+    def sq(rows):
+        model = ref.build_model(p.weights, case.cfg, dtype=torch.float64)
+        logits, _ = model(x[rows])
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                          y[rows].reshape(-1), ignore_index=-1).backward()
+        kept = {n: t for n, t in model.tensors().items()
+                if not any(fnmatch.fnmatchcase(n, g) for g in freeze)}
+        assert len(kept) < len(model.tensors())
+        return (float(sum((t.grad.double() ** 2).sum() for t in kept.values()
+                          if t.grad is not None)), int((y[rows] >= 0).sum()))
+
+    big = sq(list(range(B)))
+    # one rank: its first micro-batch; ep 2 x dp 2: the group's first micro-batches (0 and 2)
+    for name, rows, grid in (("one", [0, 1], []),
+                             ("ep", [0, B // 2], ["--parallel.ep", "2",
+                                                  "--train.micro_batch_size", "1"])):
+        small = sq(rows)
+        assert small[1] < len(rows) * T  # some targets not counted
+        cmd = [str(trm.binary("triad-train")), "--config", str(cfg), "--init-from", str(p.ckpt),
+               "--resume", "none", "--run.dir", str(tmp_path / "runs"), "--run.name", name,
+               *grid]
+        if grid:
+            cmd = [shutil.which("mpirun"), "--oversubscribe", "-np", "2", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
+        assert r.returncode == 0, (name, r.stderr)
+        got = noise_rows(tmp_path / "runs" / name)
+        assert got["small_tokens"][0] == small[1] and got["big_tokens"][0] == big[1], (name, got)
+        assert abs(got["small_sq"][0] - small[0]) / small[0] < 1e-5, (name, got, small)
+        assert abs(got["big_sq"][0] - big[0]) / big[0] < 1e-5, (name, got, big)
 
 
 @pytest.mark.parametrize("n,args,needle", [
