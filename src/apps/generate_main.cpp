@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/data/chat_format.h"
@@ -64,14 +65,24 @@ std::vector<int32_t> parse_ids(const std::string& text, int64_t vocab_size,
   return ids;
 }
 
-// --fim-tokens "P, M, S": three distinct ids of the model.
-std::array<int32_t, 3> parse_fim_tokens(const std::string& text, int64_t vocab_size) {
-  std::string spaced = text;
-  std::replace(spaced.begin(), spaced.end(), ',', ' ');
-  const std::vector<int32_t> ids = parse_ids(spaced, vocab_size, "--fim-tokens");
+// --fim-tokens "P, M, S": three distinct ids of the model, each a number or the text of one of
+// the tokenizer's special tokens (StarCoder's "<fim_prefix>, <fim_middle>, <fim_suffix>").
+std::array<int32_t, 3> parse_fim_tokens(const std::string& text, const triad::Tokenizer& tok,
+                                        int64_t vocab_size) {
+  std::vector<int32_t> ids;
+  for (const std::string& item : triad::split_comma_list(text)) {
+    const int32_t special = tok.special_id(item);
+    const std::vector<int32_t> id =
+        special >= 0 ? std::vector<int32_t>{special} : parse_ids(item, vocab_size, "--fim-tokens");
+    TRIAD_CHECK(id.size() == 1, "--fim-tokens: '", item, "' is not one token");
+    ids.push_back(id[0]);
+    TRIAD_CHECK(ids.back() < vocab_size, "--fim-tokens: '", item, "' is token ", ids.back(),
+                ", beyond the model's ", vocab_size, " tokens");
+  }
   TRIAD_CHECK(ids.size() == 3 && ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
               "--fim-tokens '", text,
-              "' must be three distinct token ids \"PREFIX, MIDDLE, SUFFIX\"");
+              "' must be three distinct token ids \"PREFIX, MIDDLE, SUFFIX\" (numbers or the "
+              "tokenizer's special tokens)");
   return {ids[0], ids[1], ids[2]};
 }
 
@@ -169,8 +180,9 @@ int main(int argc, char** argv) {
         "model trained with data.fim_* writes the middle, which ends at a stop token, and the "
         "three are printed together (needs --fim-tokens)")(
         "fim-tokens", po::value(&fim_tokens),
-        "with --suffix: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\" of the model's "
-        "training (data.fim_tokens' first three)")(
+        "with --suffix: the sentinel tokens \"PREFIX, MIDDLE, SUFFIX\" of the model's "
+        "training (data.fim_tokens' first three), as ids or the tokenizer's special tokens "
+        "(\"<fim_prefix>, <fim_middle>, <fim_suffix>\")")(
         "fim-spm", po::bool_switch(&fim_spm),
         "with --suffix: the prompt in SPM order (<P> <S> suffix <M> prefix) instead of PSM's "
         "(<P> prefix <S> suffix <M>)")("backend", po::value(&backend)->default_value("cpu"),
@@ -263,8 +275,8 @@ int main(int argc, char** argv) {
       ids = parse_ids(prompt_ids, m.vocab_size);
     } else {
       if (infill) {
-        ids =
-            infill_prompt(tok, prompt, suffix, parse_fim_tokens(fim_tokens, m.vocab_size), fim_spm);
+        ids = infill_prompt(tok, prompt, suffix, parse_fim_tokens(fim_tokens, tok, m.vocab_size),
+                            fim_spm);
       } else if (vm.count("chat")) {
         const auto f = triad::resolve_chat_format(tok, chat, "--chat");
         if (messages.empty()) {

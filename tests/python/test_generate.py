@@ -273,6 +273,10 @@ def test_refuses_bad_new_options(checkpoint):
                        "must be three distinct token ids")
     assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2, 50257"),
                        "--fim-tokens: '50257' is not a token id")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "<fim_prefix>, 2, 3"),
+                       "--fim-tokens: '<fim_prefix>' is not a token id")
+    assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1 2, 3, 4"),
+                       "--fim-tokens: '1 2' is not one token")
 
 
 def test_fill_in_the_middle_prompts_as_training_rearranges(checkpoint):
@@ -298,6 +302,11 @@ def test_fill_in_the_middle_prompts_as_training_rearranges(checkpoint):
         assert text == prefix + enc.decode(middle) + suffix + "\n", text
         middles.append(want)
     assert middles[0] != middles[1]  # the two orders are two prompts
+    # A special token by its text: <|endoftext|> is 50256.
+    assert generate(checkpoint, "--prompt", prefix, "--suffix", suffix, "--fim-tokens",
+                    f"<|endoftext|>, {M}, {S}", "--length", 12) == generate(
+        checkpoint, "--prompt", prefix, "--suffix", suffix, "--fim-tokens", f"50256, {M}, {S}",
+        "--length", 12)
 
 
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
