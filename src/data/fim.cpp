@@ -84,6 +84,7 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
                         std::vector<uint8_t>& counts) {
   TRIAD_ASSERT(tokens.size() == counts.size());
   if (!f.on()) return;
+  TRIAD_ASSERT(!f.needs_tokenizer() || f.tokenizer != nullptr);
   const size_t n = tokens.size();
   const uint64_t key = dropout_mix(dropout_mix(f.seed) ^ uint64_t(index));
   std::vector<int32_t> out;
@@ -114,7 +115,6 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
                          [](uint8_t c) { return c != 0; });
     };
     if (drawn && f.characters && all_counted()) {
-      TRIAD_ASSERT(f.tokenizer != nullptr);
       const FragmentText text(*f.tokenizer, tokens.data() + lo, L);
       const size_t C = text.size();
       size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
@@ -125,7 +125,8 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
         out.push_back(f.suffix);
         text.emit(b, C, out);
         out.push_back(f.middle);
-        text.emit(0, b, out);  // the prefix, then the middle
+        text.emit(0, a, out);  // the prefix, then the middle, each encoded on its own
+        text.emit(a, b, out);
       } else {
         text.emit(0, a, out);
         out.push_back(f.suffix);

@@ -166,7 +166,7 @@ void SequenceSource::read(int64_t index, int32_t* inputs, int32_t* targets) cons
 int SequenceSource::counted_targets(int64_t index) const {
   int64_t start = 0;
   const Shard& s = shard_of(index, start);
-  if (s.mask == nullptr && eod_ < 0) return seq_len_;  // FIM's sentinels count too
+  if (s.mask == nullptr && eod_ < 0 && !pads()) return seq_len_;  // FIM's sentinels count too
   std::vector<int32_t> tokens;
   std::vector<uint8_t> counts;
   window(index, tokens, counts);

@@ -336,7 +336,7 @@ def fim_window_chars(enc, tokens, counts, k, seed, rate, spm, split, part_split=
         a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
         if u(1) < spm:
             ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
-                   + encode_units(enc, units[:b]))
+                   + encode_units(enc, units[:a]) + encode_units(enc, units[a:b]))
         else:
             ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
                    + encode_units(enc, units[b:]) + [C_MIDDLE] + encode_units(enc, units[a:b]))
@@ -454,7 +454,25 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_p
             ys.append(np.where(c[1:] == 1, t[1:], -1))
         want_tokens = loss_of(np.stack(xs), np.stack(ys))
         assert abs(got_tokens - want_tokens) <= 2e-5 * want_tokens, (tokens, want_tokens)
-    # Training reads its sequences the same way (with train.seed): two steps run.
+    # Training reads its sequences the same way, with train.seed: the first step's loss (these
+    # shards as data.train, no mask file) is the mean over the counted targets, the padding left
+    # out.
+    if split != EOT:
+        return
+    B, seed = sections["train"]["batch_size"], sections["train"]["seed"]
+    ones = np.ones(val.size, dtype=np.uint8)
+    (tmp_path / "plain").mkdir()
+    ref.write_token_shard(tmp_path / "plain" / "train_000.bin", val)
+    batch = [fim_window_chars(enc, val[k * T:k * T + T + 1], ones[k * T:k * T + T + 1], k,
+                              seed, rate, spm, split, part, part_rate, no_prefix)
+             for k in range(B)]
+    xt = np.stack([t[:-1] for t, _ in batch])
+    yt = np.stack([np.where(c[1:] == 1, t[1:], -1) for t, c in batch])
+    assert (yt == -1).any()  # padding among the targets
     out = trm.run([trm.binary("triad-train"), "--config", cfg, "--init-from", p.ckpt,
-                   "--resume", "none", "--train.steps", 2, "--run.dir", tmp_path / "runs"])
+                   "--resume", "none", "--train.steps", 1, "--run.dir", tmp_path / "runs",
+                   "--data.train", tmp_path / "plain" / "train_*.bin", "--run.name", "train"])
     assert "cut between characters" in out, out
+    m = ref.read_metrics(tmp_path / "runs" / "train" / "metrics.h5")
+    want_train = loss_of(xt, yt)
+    assert abs(m["train/loss"][0] - want_train) <= 2e-5 * want_train, (m["train/loss"], want_train)

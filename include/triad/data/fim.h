@@ -24,17 +24,19 @@
 // the tokenizer's vocabulary (kept whole); the cuts a, b are drawn as above over the C units
 // (mod C + 1), and each of prefix, middle and suffix becomes tokens again: the text of its
 // consecutive characters encoded anew (as a continuation: no SentencePiece space in front), its
-// whole tokens as they were. A fragment with a token whose mask byte is 0 is kept as it is
-// (its mask cannot follow the text into new tokens); a rearranged one's tokens and sentinels all
-// count. A window that comes out shorter than T + 1 ends in `pad` tokens, which do not count.
+// whole tokens as they were (SPM's prefix and middle too, each on its own). A fragment (or part,
+// below) with a token whose mask byte is 0 is kept as it is (its mask cannot follow the text
+// into new tokens); a rearranged one's tokens and sentinels all count. A window that comes out
+// shorter than T + 1 ends in `pad` tokens, which do not count.
 //
 // Megatron's two levels (`fragment_split` >= 0, data.fim_fragment_split; e.g. the file separator
 // of repository-level documents): a fragment that holds the fragment_split token is rearranged,
 // where u(0) < rate, part by part: its parts, cut at that token (which stays in place), the s-th
 // non-empty one (0-based) each with the draws of h_s(d) = mix(mix(fkey ^ (4 + s)) ^ d), where
 // fkey = mix(mix(mix(seed) ^ k) ^ j), at the rate fragment_rate; a fragment without it as above.
-// `no_prefix` (data.fim_no_prefix, non-empty): a fragment or part whose text (decoded with the
-// tokenizer) starts with it is kept as it is.
+// `no_prefix` (data.fim_no_prefix, non-empty): a fragment without parts, or a part, whose text
+// (decoded with the tokenizer) starts with it is kept as it is (Megatron's: a fragment with
+// parts is not itself checked).
 #pragma once
 
 #include <cstdint>

@@ -52,8 +52,9 @@ class SequenceSource {
   // The targets of sequence `index` that count in the loss: T without a mask.
   int counted_targets(int64_t index) const;
   int masked_shards() const { return masked_; }  // shards read with a mask file
-  // Whether some targets may not count (mask files or eod): the loss's mean needs the count.
-  bool masks_targets() const { return masked_ > 0 || eod_ >= 0; }
+  // Whether some targets may not count (mask files, eod, or FIM's padding between characters):
+  // the loss's mean needs the count.
+  bool masks_targets() const { return masked_ > 0 || eod_ >= 0 || pads(); }
   // data.fim_rate: read() and counted_targets() give the sequences rearranged (data/fim.h).
   void set_fim(const FimSpec& fim) { fim_ = fim; }
 
@@ -69,6 +70,7 @@ class SequenceSource {
   int64_t total_ = 0;
   int masked_ = 0;
   const Shard& shard_of(int64_t index, int64_t& start) const;
+  bool pads() const { return fim_.on() && fim_.characters; }  // a window may end in padding
   // Sequence index's T + 1 tokens (checked against the vocabulary) and whether each counts as a
   // target (its mask byte), rearranged by fim_.
   void window(int64_t index, std::vector<int32_t>& tokens, std::vector<uint8_t>& counts) const;
