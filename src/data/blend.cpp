@@ -116,6 +116,11 @@ bool BlendedLoader::masks_targets() const {
                      [](const auto& s) { return s->masks_targets(); });
 }
 
+bool BlendedLoader::counting_encodes() const {
+  return std::any_of(sources_.begin(), sources_.end(),
+                     [](const auto& s) { return s->counting_encodes(); });
+}
+
 int BlendedLoader::masked_shards() const {
   int n = 0;
   for (const auto& s : sources_) n += s->masked_shards();

@@ -468,11 +468,14 @@ TrainOutcome Trainer::run() {
     // counted target weighted 1/counted, i.e. exactly the global mean.
     const int64_t base = s.position + int64_t(s.dp_rank) * (batch / s.dp);
     // The mean is over the global batch's targets that count (all B·T of them without loss
-    // masks), which every rank counts alike from the masks; a batch with none has no loss (NaN)
+    // masks), which every rank counts alike from the masks, or where counting encodes text (FIM
+    // between characters) each replica its share, summed; a batch with none has no loss (NaN)
     // and gets no update.
-    const double counted = s.train_data->masks_targets()
-                               ? double(s.train_data->counted_targets(s.position, batch))
-                               : tokens_per_step;
+    const double counted =
+        !s.train_data->masks_targets() ? tokens_per_step
+        : s.train_data->counting_encodes()
+            ? s.grid.dp().all_reduce_sum(double(s.train_data->counted_targets(base, batch / s.dp)))
+            : double(s.train_data->counted_targets(s.position, batch));
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
     // train.noise_every: a small batch's squared gradient norm (mean over the replicas) and its

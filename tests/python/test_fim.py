@@ -7,6 +7,7 @@ values, refused by name.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -476,3 +477,14 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_p
     m = ref.read_metrics(tmp_path / "runs" / "train" / "metrics.h5")
     want_train = loss_of(xt, yt)
     assert abs(m["train/loss"][0] - want_train) <= 2e-5 * want_train, (m["train/loss"], want_train)
+    # dp 2: each replica counts its share's targets, the two counts summed: the same loss.
+    r = subprocess.run([shutil.which("mpirun"), "--oversubscribe", "-np", "2",
+                        str(trm.binary("triad-train")), "--config", str(cfg), "--init-from",
+                        str(p.ckpt), "--resume", "none", "--train.steps", "1", "--run.dir",
+                        str(tmp_path / "runs"), "--data.train",
+                        str(tmp_path / "plain" / "train_*.bin"), "--run.name", "dp"],
+                       capture_output=True, text=True,
+                       env=dict(trm.run_env(), OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    dp = ref.read_metrics(tmp_path / "runs" / "dp" / "metrics.h5")["train/loss"][0]
+    assert abs(dp - want_train) <= 2e-5 * want_train, (dp, want_train)

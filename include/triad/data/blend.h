@@ -53,6 +53,9 @@ class BlendedLoader {
   int64_t counted_targets(int64_t position, int count);
   int masked_shards() const;   // shards of all datasets read with a mask file
   bool masks_targets() const;  // some dataset's targets may not count (SequenceSource's)
+  // Counting them encodes text anew (FIM between characters): each rank had better count its
+  // share and sum the counts than count the whole batch.
+  bool counting_encodes() const;
   int64_t num_sequences() const { return total_; }  // the nominal epoch
   int datasets() const { return int(sources_.size()); }
   const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }

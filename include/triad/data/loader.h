@@ -55,6 +55,9 @@ class SequenceSource {
   // Whether some targets may not count (mask files, eod, or FIM's padding between characters):
   // the loss's mean needs the count.
   bool masks_targets() const { return masked_ > 0 || eod_ >= 0 || pads(); }
+  // Whether counted_targets() encodes text anew (FIM between characters: far slower than
+  // reading mask bytes).
+  bool counting_encodes() const { return pads(); }
   // data.fim_rate: read() and counted_targets() give the sequences rearranged (data/fim.h).
   void set_fim(const FimSpec& fim) { fim_ = fim; }
 
