@@ -11,6 +11,9 @@
 //       every op of a GPT-2 training step through the Backend interface (bench_kernels.h):
 //       time, TFLOP/s or GB/s, and the fraction of the matmul / copy ceilings measured in the
 //       same run; their sum as a bound on the step time.
+//   triad-bench fim --data GLOB --tokens "P, M, S[, PAD]" [--granularity character|token] ...
+//       fill-in-the-middle's rearrangement of training sequences as the loader reads them, beside
+//       the plain reading (bench_fim.h).
 //   triad-bench schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]
 //       the pipeline schedules (gpipe, 1f1b, interleaved, zb-h1, zb-v) simulated with t_bwd =
 //       2·t_fwd (zb-h1: W half of it): bubble against theory, peak live micro-batches per stage,
@@ -34,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_fim.h"
 #include "bench_kernels.h"
 #include "triad/core/error.h"
 #include "triad/io/checkpoint.h"
@@ -76,6 +80,10 @@ constexpr const char* kUsage =
     "          [--V N] [--layers N] [--repeat N]\n"
     "                  every op of a GPT-2 training step: time, TFLOP/s or GB/s, fraction of\n"
     "                  the matmul and copy ceilings measured in the same run\n"
+    "  fim --data GLOB --tokens \"P, M, S[, PAD]\" [--granularity character|token] [--split ID]\n"
+    "      [--rate R] [--seq-len N] [--sequences N] [--dump FILE]\n"
+    "                  fill-in-the-middle's rearrangement as the loader reads training\n"
+    "                  sequences, beside the plain reading; M tokens/s\n"
     "  schedule [--pp N] [--m N] [--v N] [--t-wgt W] [--timeline]\n"
     "                  simulate the pipeline schedules gpipe, 1f1b, interleaved, zb-h1, zb-v:\n"
     "                  bubble against theory, peak live micro-batches per stage\n"
@@ -734,7 +742,8 @@ int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
     TRIAD_CHECK(
         argc >= 2,
-        "no command given: checkpoint, attention, kernels or schedule (see 'triad-bench --help')");
+        "no command given: checkpoint, attention, kernels, fim or schedule (see 'triad-bench "
+        "--help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -745,8 +754,9 @@ int main(int argc, char** argv) {
     if (command == "attention") return cmd_attention(world, args);
     if (command == "schedule") return cmd_schedule(world, args);
     if (command == "kernels") return cmd_kernels(world, args);
+    if (command == "fim") return triad::bench_fim(args);
     triad::fail(
         "unknown command '", command,
-        "': expected checkpoint, attention, kernels or schedule (see 'triad-bench --help')");
+        "': expected checkpoint, attention, kernels, fim or schedule (see 'triad-bench --help')");
   });
 }

@@ -321,29 +321,33 @@ def encode_units(enc, units):
     return out
 
 
+def by_characters(enc, seg, h, u, rate, spm, no_prefix=""):
+    """A fragment rearranged between characters, as documented: kept where a token does not
+    count or its text starts with no_prefix; a rearranged one's tokens all counted."""
+    ids = [t for t, _ in seg]
+    text = enc.decode_bytes(ids[:next((i for i, t in enumerate(ids) if t > EOT), len(ids))])
+    if u(0) >= rate or not all(c for _, c in seg) or (
+            no_prefix and text.startswith(no_prefix.encode())):
+        return seg
+    units = char_units(enc, ids)
+    C = len(units)
+    a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
+    if u(1) < spm:
+        ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
+               + encode_units(enc, units[:a]) + encode_units(enc, units[a:b]))
+    else:
+        ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
+               + encode_units(enc, units[b:]) + [C_MIDDLE] + encode_units(enc, units[a:b]))
+    return [(t, 1) for t in ids]
+
+
 def fim_window_chars(enc, tokens, counts, k, seed, rate, spm, split, part_split=None,
                      part_rate=0.0, no_prefix=""):
-    """Sequence k's window rearranged at character granularity, as documented: a fragment with a
-    token not counted, or whose text starts with no_prefix, kept as it is, a rearranged one's
-    tokens all counted, padding at the end not counted."""
-    def one(seg, h, u, rate):
-        ids = [t for t, _ in seg]
-        text = enc.decode_bytes(ids[:next((i for i, t in enumerate(ids) if t > EOT), len(ids))])
-        if u(0) >= rate or not all(c for _, c in seg) or (
-                no_prefix and text.startswith(no_prefix.encode())):
-            return seg
-        units = char_units(enc, ids)
-        C = len(units)
-        a, b = sorted((h(2) % (C + 1), h(3) % (C + 1)))
-        if u(1) < spm:
-            ids = ([C_PREFIX, C_SUFFIX] + encode_units(enc, units[b:]) + [C_MIDDLE]
-                   + encode_units(enc, units[:a]) + encode_units(enc, units[a:b]))
-        else:
-            ids = ([C_PREFIX] + encode_units(enc, units[:a]) + [C_SUFFIX]
-                   + encode_units(enc, units[b:]) + [C_MIDDLE] + encode_units(enc, units[a:b]))
-        return [(t, 1) for t in ids]
-
-    return rearranged(tokens, counts, k, seed, rate, split, one, part_split, part_rate, C_PAD)
+    """Sequence k's window rearranged at character granularity, padding at the end not
+    counted."""
+    return rearranged(tokens, counts, k, seed, rate, split,
+                      lambda seg, h, u, r: by_characters(enc, seg, h, u, r, spm, no_prefix),
+                      part_split, part_rate, C_PAD)
 
 
 def code_documents(enc) -> list[list[int]]:
