@@ -492,3 +492,29 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_p
     assert r.returncode == 0, r.stderr
     dp = ref.read_metrics(tmp_path / "runs" / "dp" / "metrics.h5")["train/loss"][0]
     assert abs(dp - want_train) <= 2e-5 * want_train, (dp, want_train)
+
+
+def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
+    """triad-bench fim's --dump: the sequences it timed, rearranged between characters, are the
+    Python reference's; bad options are clear errors."""
+    pytest.importorskip("tiktoken")
+    from triad_run import VOCAB, assert_clean_error, exe, gpt2_tiktoken, run
+    enc = gpt2_tiktoken()
+    T, n = 32, 6
+    tokens = np.array([t for d in code_documents(enc) for t in d + [EOT]][:n * T + 1])
+    ref.write_token_shard(tmp_path / "data_000.bin", tokens)
+    bench = [str(a) for a in (exe("triad-bench"), "fim", "--data", tmp_path / "data_*.bin",
+                              "--vocab", VOCAB, "--seq-len", T, "--sequences", n, "--repeat", 1,
+                              "--split", EOT, "--rate", 0.8)]
+    p = run([*bench, "--tokens", f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}, {C_PAD}", "--dump",
+             str(tmp_path / "dump.bin")], check=True)
+    assert "rearranged (character)" in p.stdout and "RESULT fim" in p.stdout, p.stdout
+    got = np.fromfile(tmp_path / "dump.bin", dtype=np.int32).reshape(n, T)
+    ones = np.ones(T + 1, np.uint8)
+    for k in range(n):
+        want = fim_window_chars(enc, tokens[k * T:k * T + T + 1], ones, k, 1, 0.8, 0.5, EOT)[0]
+        np.testing.assert_array_equal(got[k], want[:-1], err_msg=str(k))
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]), "--tokens must be four ids")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]), "'x' is not a token id")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--granularity", "word"]),
+                       "--granularity must be character or token")
