@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "triad/core/error.h"
+#include "triad/data/fim.h"
 #include "triad/data/json_lines.h"
 #include "triad/data/pretokenize.h"
 #include "triad/data/shard_writer.h"
@@ -788,6 +790,75 @@ std::string sp_description(const std::string& prefix = "true", int pieces = 265,
 }
 
 }  // namespace
+
+// Fill-in-the-middle between characters (data/fim.h) with a SentencePiece-style tokenizer that
+// puts a space in front of a text: the pieces are encoded anew as continuations, so none gains a
+// space, and each piece's bytes are the window's in PSM's or SPM's order (é, a character of two
+// byte-fallback tokens, never cut; <s> kept whole).
+TEST(Tokenizer, FillInTheMiddleBetweenCharactersPutsNoSpaceBeforeAPiece) {
+  TempDir dir("tok_sp_fim");
+  dir.file("sp.pieces", sp_pieces());
+  dir.file("sp.merges", sp_merges());
+  const auto t = triad::Tokenizer::from_file(dir.file("t.triad", sp_description()));
+  constexpr int32_t P = 268, M = 269, S = 270, PAD = 271;  // past the tokenizer's 268 ids
+  const size_t n = 25;
+  auto render = [&t](std::span<const int32_t> ids) {
+    std::string out;
+    for (int32_t id : ids)
+      out += id < t.vocab_size() ? t.decode(std::span<const int32_t>(&id, 1)) : "#";
+    return out;
+  };
+  const int32_t lead = 3 + 0xC3, trail = 3 + 0xA9;  // é's byte-fallback tokens
+  ASSERT_EQ(t.encode("\xC3\xA9").back(), trail);
+  std::mt19937 rng(3);
+  int psm = 0, spm = 0;
+  for (int64_t k = 0; k < 200; ++k) {
+    const char* parts[] = {"a", "b", "c", " ", "  ", "\xC3\xA9"};
+    std::string text;
+    while (text.size() < 80) text += parts[rng() % 6];
+    std::vector<int32_t> w = t.encode(text);
+    ASSERT_GT(w.size(), n + 1);
+    w.resize(w[n - 1] == lead ? n - 1 : n);  // no é cut by the window's end
+    w.push_back(piece("a"));
+    w.resize(n);
+    size_t at_s = rng() % n;  // <s> in place of a token that is no half of an é
+    while (w[at_s] == lead || w[at_s] == trail) at_s = (at_s + 1) % n;
+    w[at_s] = 1;
+    const std::string bytes = render(w);
+    std::vector<uint8_t> c(n, 1);
+    triad::FimSpec f{1.0, 0.5, P, M, S, -1, 5};
+    f.characters = true;
+    f.pad = PAD;
+    f.tokenizer = &t;
+    std::vector<int32_t> out = w;
+    triad::fill_in_the_middle(f, k, out, c);
+    ASSERT_EQ(out[0], P);
+    const auto at = [&out](int32_t id) {
+      return size_t(std::find(out.begin(), out.end(), id) - out.begin());
+    };
+    const size_t end = at(PAD), s = at(S), m = at(M);
+    const std::span<const int32_t> all(out.data(), end);
+    if (m >= end) continue;  // the suffix ran past the window's end
+    std::string prefix, middle, suffix;
+    if (s == 1) {
+      ++spm;
+      suffix = render(all.subspan(2, m - 2));
+    } else {
+      ++psm;
+      prefix = render(all.subspan(1, s - 1));
+      suffix = render(all.subspan(s + 1, m - s - 1));
+    }
+    middle = render(all.subspan(m + 1));  // (SPM: the prefix, then the middle)
+    ASSERT_GE(bytes.size(), prefix.size() + middle.size() + suffix.size()) << k;
+    EXPECT_EQ(bytes.substr(0, prefix.size()), prefix) << k;
+    EXPECT_EQ(bytes.substr(bytes.size() - suffix.size()), suffix) << k;
+    EXPECT_EQ(bytes.substr(prefix.size(), middle.size()), middle) << k;
+    for (size_t i = 0; i < all.size(); ++i)  // é whole: its second byte after its first
+      if (all[i] == trail) EXPECT_TRUE(i > 0 && all[i - 1] == lead) << k << " " << i;
+  }
+  EXPECT_GT(psm, 50);
+  EXPECT_GT(spm, 50);
+}
 
 TEST(Tokenizer, SentencePieceStyleMergesByRankLeftmostFirst) {
   TempDir dir("tok_sp");
