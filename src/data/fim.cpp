@@ -1,6 +1,7 @@
 #include "triad/data/fim.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "triad/core/error.h"
@@ -114,46 +115,36 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
       return std::all_of(counts.begin() + ptrdiff_t(lo), counts.begin() + ptrdiff_t(hi),
                          [](uint8_t c) { return c != 0; });
     };
-    if (drawn && f.characters && all_counted()) {
-      const FragmentText text(*f.tokenizer, tokens.data() + lo, L);
-      const size_t C = text.size();
-      size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
-      if (a > b) std::swap(a, b);
-      const bool spm = u(1) < f.spm_rate;
-      out.push_back(f.prefix);
-      if (spm) {
-        out.push_back(f.suffix);
-        text.emit(b, C, out);
-        out.push_back(f.middle);
-        text.emit(0, a, out);  // the prefix, then the middle, each encoded on its own
-        text.emit(a, b, out);
-      } else {
-        text.emit(0, a, out);
-        out.push_back(f.suffix);
-        text.emit(b, C, out);
-        out.push_back(f.middle);
-        text.emit(a, b, out);
-      }
-      out_counts.resize(out.size(), 1);
-    } else if (drawn && !f.characters) {
-      size_t a = size_t(h(2) % (L + 1)), b = size_t(h(3) % (L + 1));
-      if (a > b) std::swap(a, b);
-      if (u(1) < f.spm_rate) {
-        sentinel(f.prefix);
-        sentinel(f.suffix);
-        put(lo + b, hi);
-        sentinel(f.middle);
-        put(lo, lo + b);  // the prefix, then the middle
-      } else {
-        sentinel(f.prefix);
-        put(lo, lo + a);
-        sentinel(f.suffix);
-        put(lo + b, hi);
-        sentinel(f.middle);
-        put(lo + a, lo + b);
-      }
-    } else {
+    if (!drawn || (f.characters && !all_counted())) {
       put(lo, hi);
+      return;
+    }
+    // The cuts over the fragment's units: its tokens, or between characters its characters and
+    // whole tokens; piece(x, y) appends units [x, y), tokens with their mask bytes or text
+    // encoded anew (counting).
+    std::optional<FragmentText> text;
+    if (f.characters) text.emplace(*f.tokenizer, tokens.data() + lo, L);
+    const size_t C = text ? text->size() : L;
+    auto piece = [&](size_t x, size_t y) {
+      if (!text) return put(lo + x, lo + y);
+      text->emit(x, y, out);
+      out_counts.resize(out.size(), 1);
+    };
+    size_t a = size_t(h(2) % (C + 1)), b = size_t(h(3) % (C + 1));
+    if (a > b) std::swap(a, b);
+    sentinel(f.prefix);
+    if (u(1) < f.spm_rate) {  // SPM: <P> <S> suffix <M> prefix middle
+      sentinel(f.suffix);
+      piece(b, C);
+      sentinel(f.middle);
+      piece(0, a);  // the prefix, then the middle, each its own piece
+      piece(a, b);
+    } else {  // PSM: <P> prefix <S> suffix <M> middle
+      piece(0, a);
+      sentinel(f.suffix);
+      piece(b, C);
+      sentinel(f.middle);
+      piece(a, b);
     }
   };
   uint64_t j = 0;  // the window's non-empty fragments
