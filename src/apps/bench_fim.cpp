@@ -6,11 +6,11 @@
 #include <fstream>
 #include <iostream>
 
-#include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/data/fim.h"
 #include "triad/data/loader.h"
 #include "triad/data/tokenizer.h"
+#include "triad/train/config.h"
 
 namespace po = boost::program_options;
 
@@ -40,22 +40,24 @@ double time_reads(const SequenceSource& src, int64_t n, int repeat, std::vector<
 }  // namespace
 
 int bench_fim(const std::vector<std::string>& args) {
-  std::string data, vocab, tokens, split, granularity, dump;
-  int seq_len = 1024, repeat = 3;
+  std::string data, vocab, dump;
+  DataConfig fim;  // the options data.fim_* (parse_fim checks them as a run's config)
+  int seq_len = 1024, repeat = 3, vocab_size = 0;
   int64_t sequences = 512;
-  double rate = 0.5, spm_rate = 0.5;
   uint64_t seed = 1;
   po::options_description desc("fim options");
   desc.add_options()("help,h", "show this help")(
       "data", po::value(&data), "token shards (a glob), e.g. data/shards/default_train_*.bin")(
       "vocab", po::value(&vocab)->default_value("data/vocab/gpt2.tiktoken"),
-      "the shards' tokenizer")("tokens", po::value(&tokens),
-                               "\"PREFIX, MIDDLE, SUFFIX, PAD\" token ids (PAD: characters only)")(
-      "split", po::value(&split)->default_value("none"),
-      "the fragments' separator id (data.fim_split), or none")(
-      "granularity", po::value(&granularity)->default_value("character"), "character or token")(
-      "rate", po::value(&rate)->default_value(0.5), "data.fim_rate")(
-      "spm-rate", po::value(&spm_rate)->default_value(0.5), "data.fim_spm_rate")(
+      "the shards' tokenizer")("vocab-size", po::value(&vocab_size)->default_value(0),
+                               "model.vocab_size (0: the tokenizer's)")(
+      "tokens", po::value(&fim.fim_tokens),
+      "data.fim_tokens: \"PREFIX, MIDDLE, SUFFIX[, PAD]\" (PAD between characters)")(
+      "split", po::value(&fim.fim_split)->default_value("none"), "data.fim_split: an id, or none")(
+      "granularity", po::value(&fim.fim_granularity)->default_value("character"),
+      "data.fim_granularity: character or token")(
+      "rate", po::value(&fim.fim_rate)->default_value(0.5), "data.fim_rate")(
+      "spm-rate", po::value(&fim.fim_spm_rate)->default_value(0.5), "data.fim_spm_rate")(
       "seq-len", po::value(&seq_len)->default_value(1024), "tokens per sequence")(
       "sequences", po::value(&sequences)->default_value(512), "sequences read (the first ones)")(
       "seed", po::value(&seed)->default_value(1), "the rearrangement's seed (train.seed)")(
@@ -75,55 +77,18 @@ int bench_fim(const std::vector<std::string>& args) {
     fail("fim: ", e.what(), " (see 'triad-bench fim --help')");
   }
   TRIAD_CHECK(!data.empty(), "fim: give --data (token shards)");
-  TRIAD_CHECK(granularity == "character" || granularity == "token",
-              "fim: --granularity must be character or token (got '", granularity, "')");
-  TRIAD_CHECK(seq_len >= 1 && sequences >= 1 && repeat >= 1,
-              "fim: --seq-len, --sequences and --repeat must be >= 1");
-  TRIAD_CHECK(rate > 0 && rate <= 1 && spm_rate >= 0 && spm_rate <= 1,
-              "fim: --rate must be in (0, 1] and --spm-rate in [0, 1]");
+  TRIAD_CHECK(seq_len >= 1 && sequences >= 1 && repeat >= 1 && vocab_size >= 0,
+              "fim: --seq-len, --sequences and --repeat must be >= 1, --vocab-size >= 0");
+  TRIAD_CHECK(fim.fim_rate > 0, "fim: --rate must be > 0 (0: no rearrangement to time)");
   const Tokenizer tok = Tokenizer::from_file(vocab);
-  const bool chars = granularity == "character";
-  const auto id_of = [](const std::string& item, const char* option) {
-    size_t used = 0;
-    int64_t v = -1;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    TRIAD_CHECK(used == item.size() && v >= 0 && v < (int64_t(1) << 31), "fim: ", option, ": '",
-                item, "' is not a token id");
-    return v;
-  };
-  std::vector<int64_t> ids;
-  for (const std::string& item : split_comma_list(tokens)) ids.push_back(id_of(item, "--tokens"));
-  TRIAD_CHECK(ids.size() == (chars ? 4u : 3u), "fim: --tokens must be ", chars ? "four" : "three",
-              " ids \"PREFIX, MIDDLE, SUFFIX", chars ? ", PAD\"" : "\"");
-  int64_t vocab_size = tok.vocab_size();
-  for (int64_t id : ids) vocab_size = std::max(vocab_size, id + 1);
-  SequenceSource src(data, "--data", seq_len, int(vocab_size));
-  sequences = std::min(sequences, src.num_sequences());
-  FimSpec f;
-  f.rate = rate;
-  f.spm_rate = spm_rate;
-  f.prefix = int32_t(ids[0]);
-  f.middle = int32_t(ids[1]);
-  f.suffix = int32_t(ids[2]);
-  f.pad = chars ? int32_t(ids[3]) : -1;
-  f.characters = chars;
+  if (vocab_size == 0) vocab_size = tok.vocab_size();
+  FimSpec f = parse_fim(fim, vocab_size, seed);
   f.tokenizer = &tok;
-  f.seed = seed;
-  if (split != "none") f.split = int32_t(id_of(split, "--split"));
-  for (size_t i = 0; i < ids.size(); ++i)
-    for (size_t j = 0; j <= i; ++j)
-      TRIAD_CHECK((j < i ? ids[i] != ids[j] : true) && ids[i] != f.split, "fim: --tokens '", tokens,
-                  "' must be distinct ids, none of them --split");
+  SequenceSource src(data, "--data", seq_len, vocab_size);
+  sequences = std::min(sequences, src.num_sequences());
   const size_t n = size_t(sequences) * size_t(seq_len);
   std::vector<int32_t> in(n), tg(n);
-  std::vector<int32_t> in2(size_t(std::min(src.num_sequences(), sequences * repeat)) *
-                           size_t(seq_len)),
-      tg2(in2.size());
-  (void)time_reads(src, std::min(src.num_sequences(), sequences * repeat), 1, in2, tg2);  // pages
+  (void)time_reads(src, sequences, repeat, in, tg);  // the shards' pages read once first
   const double plain = time_reads(src, sequences, repeat, in, tg);
   src.set_fim(f);
   const double rearranged = time_reads(src, sequences, repeat, in, tg);
@@ -134,11 +99,11 @@ int bench_fim(const std::vector<std::string>& args) {
       "triad-bench fim: %lld sequences of %d tokens (%s, rate %.2f, split %s), best of %d\n"
       "  plain reading     %10.2f M tokens/s\n"
       "  rearranged (%s) %8.2f M tokens/s (%.3f s; the rearrangement alone %.2f M tokens/s)\n",
-      static_cast<long long>(sequences), seq_len, data.c_str(), rate, split.c_str(), repeat,
-      toks / plain / 1e6, granularity.c_str(), toks / rearranged / 1e6, rearranged,
+      static_cast<long long>(sequences), seq_len, data.c_str(), fim.fim_rate, fim.fim_split.c_str(),
+      repeat, toks / plain / 1e6, fim.fim_granularity.c_str(), toks / rearranged / 1e6, rearranged,
       toks / std::max(rearranged - plain, 1e-12) / 1e6);
   std::printf("RESULT fim granularity=%s tokens=%.0f plain_s=%.6f rearranged_s=%.6f\n",
-              granularity.c_str(), toks, plain, rearranged);
+              fim.fim_granularity.c_str(), toks, plain, rearranged);
   if (!dump.empty()) {
     std::ofstream out(dump, std::ios::binary);
     out.write(reinterpret_cast<const char*>(in.data()), std::streamsize(n * sizeof(int32_t)));

@@ -503,9 +503,10 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     T, n = 32, 6
     tokens = np.array([t for d in code_documents(enc) for t in d + [EOT]][:n * T + 1])
     ref.write_token_shard(tmp_path / "data_000.bin", tokens)
-    bench = [str(a) for a in (exe("triad-bench"), "fim", "--data", tmp_path / "data_*.bin",
-                              "--vocab", VOCAB, "--seq-len", T, "--sequences", n, "--repeat", 1,
-                              "--split", EOT, "--rate", 0.8)]
+    base = [str(a) for a in (exe("triad-bench"), "fim", "--data", tmp_path / "data_*.bin",
+                             "--vocab", VOCAB, "--seq-len", T, "--sequences", n, "--repeat", 1,
+                             "--split", EOT)]
+    bench = [*base, "--rate", "0.8"]
     p = run([*bench, "--tokens", f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}, {C_PAD}", "--dump",
              str(tmp_path / "dump.bin")], check=True)
     assert "rearranged (character)" in p.stdout and "RESULT fim" in p.stdout, p.stdout
@@ -514,7 +515,12 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     for k in range(n):
         want = fim_window_chars(enc, tokens[k * T:k * T + T + 1], ones, k, 1, 0.8, 0.5, EOT)[0]
         np.testing.assert_array_equal(got[k], want[:-1], err_msg=str(k))
-    assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]), "--tokens must be four ids")
-    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]), "'x' is not a token id")
+    # (checked as a run's data.fim_* are)
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]),
+                       "data.fim_tokens must be the four token ids")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]),
+                       "data.fim_tokens must be none or the token id of the padding (got 'x')")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--granularity", "word"]),
-                       "--granularity must be character or token")
+                       "data.fim_granularity must be token or character")
+    assert_clean_error(run([*base, "--tokens", "1, 2, 3, 4", "--rate", "0"]),
+                       "--rate must be > 0")
