@@ -37,16 +37,17 @@ def load_position_losses(p, set_name: str | None = None) -> tuple[np.ndarray, np
     path = resolve_metrics_path(p)
     group = "val_positions" if set_name is None else f"val_set_positions/{set_name}"
     with open_with_group(path, "/", "") as f:  # a file h5py cannot read: one clear error
-        sets = sorted(f["val_set_positions"]) if "val_set_positions" in f else []
-    if set_name is None:
-        why = "the run did not set eval.loss_by_position"
-        if sets:
-            why = (f"the run set eval.loss_by_position without data.val; --set NAME draws "
-                   f"its eval.sets': {', '.join(sets)}")
-    else:
-        why = (f"the run's sets with positions: {', '.join(sets)}" if sets else
-               "the run did not set eval.loss_by_position with eval.sets")
-    with open_with_group(path, group, why) as f:
+        if group not in f:
+            sets = sorted(f["val_set_positions"]) if "val_set_positions" in f else []
+            if set_name is None:
+                why = "the run did not set eval.loss_by_position"
+                if sets:
+                    why = (f"the run set eval.loss_by_position without data.val; --set NAME "
+                           f"draws its eval.sets': {', '.join(sets)}")
+            else:
+                why = (f"the run's sets with positions: {', '.join(sets)}" if sets else
+                       "the run did not set eval.loss_by_position with eval.sets")
+            raise MetricsError(f"{path}: no /{group} group ({why})")
         g = f[group]
         if "step" not in g or "loss" not in g:
             raise MetricsError(f"{path}: /{group} lacks step or loss")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                          "eval.loss_by_position).", "positions.png", plot_position_losses,
                          [("--set", dict(dest="set_name", metavar="NAME", default=None,
                                          help="draw eval.sets' set NAME instead of data.val"))])
+
 
 if __name__ == "__main__":
     sys.exit(main())
