@@ -667,6 +667,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (shape_.reset_positions) d_positions_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.hidden_dropout > 0.0f && !inference_)
     d_dropout_keys_ = be_.alloc_ints(2 * size_t(max_batch_) * shape_.seq_len);
+  if (shape_.attention_dropout > 0.0f && !inference_)
+    d_attention_dropout_keys_ = be_.alloc_ints(2 * size_t(max_batch_) * shape_.seq_len);
   host_ids_.resize(size_t(max_batch_) * shape_.seq_len);
   host_candidates_.resize(host_ids_.size());
   // Host scratch: one row of logits and its local slice (sampling), or the per-token losses and
@@ -733,6 +735,7 @@ Gpt::~Gpt() {
   if (d_key_begin_full_) be_.free_ints(d_key_begin_full_);
   if (d_positions_) be_.free_ints(d_positions_);
   if (d_dropout_keys_) be_.free_ints(d_dropout_keys_);
+  if (d_attention_dropout_keys_) be_.free_ints(d_attention_dropout_keys_);
   if (fp8_amax_) be_.free(fp8_amax_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);

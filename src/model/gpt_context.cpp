@@ -90,7 +90,7 @@ void Gpt::cp_attention_forward(A* atty, float* att, const A* qkv, int B, int lay
     const QueryRows rows{mp_.piece_start(k, T, mp_.cp_rank), P};
     be_.attention_forward(atty + size_t(k) * B * P * Al, att + cp_att_offset(k, B, kProbabilities),
                           acts<A>().cp_qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), rows,
-                          shape_.scores_scale(), shape_.attn_softcap);
+                          shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
   }
 }
 
@@ -112,13 +112,13 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
       const size_t off = cp_att_offset(k, B, true);
       be_.attention_backward(a.cp_dqkv, scratch + off, datty + out, a.cp_qkv, att + off, B, T,
                              int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer), rows,
-                             shape_.scores_scale(), shape_.attn_softcap);
+                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
     } else {
       (void)scratch;
       be_.attention_backward(a.cp_dqkv, datty + out, a.cp_qkv, atty + out,
                              att + cp_att_offset(k, B, false), B, T, int(Al), NHl, NKVl,
                              GradMode::accumulate, layer_key_begin(layer), rows,
-                             shape_.scores_scale(), shape_.attn_softcap);
+                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
     }
   }
   // The keys' and values' gradients go to their owners, summed over the group: packed by owner,

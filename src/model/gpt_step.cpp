@@ -180,10 +180,25 @@ void Gpt::pre_norm_backward(A* dinp, float* dw, float* db, const A* dout, const 
 // This rank's rows of the micro-batch in its row order: the N rows of its sequences (two pieces
 // of each under context parallelism), of which sequence parallelism holds block tp_rank.
 void Gpt::set_dropout_rows(int64_t first, int B) {
-  if (!dropping()) return;
-  TRIAD_ASSERT(d_dropout_keys_ != nullptr && first >= 0);
-  const int Tl = mp_.seq_rows(shape_.seq_len);
+  if (!dropping() && !attention_dropping()) return;
+  TRIAD_ASSERT(first >= 0);
   std::vector<int32_t>& keys = host_dropout_keys_;
+  if (attention_dropping()) {  // every row of the whole sequences, [B, T]
+    TRIAD_ASSERT(d_attention_dropout_keys_ != nullptr);
+    const int T = shape_.seq_len;
+    keys.resize(2 * size_t(B) * size_t(T));
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t) {
+        const uint64_t k = dropout_row_key(dropout_seed_, uint64_t(first + b), uint32_t(t));
+        const size_t r = size_t(b) * size_t(T) + size_t(t);
+        keys[2 * r] = int32_t(uint32_t(k));
+        keys[2 * r + 1] = int32_t(uint32_t(k >> 32));
+      }
+    be_.copy_ints_from_host(d_attention_dropout_keys_, keys.data(), keys.size());
+  }
+  if (!dropping()) return;
+  TRIAD_ASSERT(d_dropout_keys_ != nullptr);
+  const int Tl = mp_.seq_rows(shape_.seq_len);
   keys.resize(2 * size_t(B) * size_t(Tl));
   for_each_piece(B, Tl, [&](size_t at, int rows, int p0) {
     for (int b = 0; b < B; ++b)
@@ -195,6 +210,14 @@ void Gpt::set_dropout_rows(int64_t first, int B) {
       }
   });
   be_.copy_ints_from_host(d_dropout_keys_, keys.data(), keys.size());
+}
+
+AttentionDropout Gpt::attention_dropout(int layer) const {
+  if (!attention_dropping()) return {};
+  // This rank's key/value heads from tp_rank·NKV/tp on, with the query heads that read them.
+  const int kv = shape_.kv_heads();
+  return AttentionDropout{d_attention_dropout_keys_, shape_.attention_dropout, uint32_t(layer),
+                          mp_.tp_rank * (kv / mp_.tp), kv};
 }
 
 template <class A>
@@ -446,7 +469,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
       cp_attention_forward(L.atty, L.att, L.qkv, B, layer);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), {},
-                            shape_.scores_scale(), shape_.attn_softcap);
+                            shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
     }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
@@ -847,11 +870,11 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     else if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap);
+                             shape_.attn_softcap, attention_dropout(first_layer + i));
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap);
+                             shape_.attn_softcap, attention_dropout(first_layer + i));
     rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
     if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);

@@ -291,6 +291,11 @@ class KeyTable {
         "probability p, the rest scaled by 1/(1-p) (Megatron's hidden dropout; the masks a "
         "function of train.seed and each value's sequence, position and column, alike on every "
         "grid and after a resume); evaluation and generation never drop (0: none)");
+    add("train.attention_dropout", c.train.attention_dropout,
+        "dropout probability p of the attention probabilities in training: each is zeroed with "
+        "probability p after the softmax, the rest scaled by 1/(1-p) (nanoGPT's attn_dropout, "
+        "Megatron's attention_dropout; the masks a function of train.seed, the sequence, the "
+        "query's and the key's positions, the layer and the head, alike on every grid; 0: none)");
     add("train.moe_aux_loss", c.train.moe_aux_loss,
         "with model.moe_experts: the load-balancing loss coefficient α (Switch's 0.01): α·E·Σ_e "
         "f_e·P_e per token joins the training loss (f_e: expert e's share of the choices, P_e: "
@@ -1381,6 +1386,9 @@ void validate(const Config& c, int world_size) {
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
   check(std::isfinite(t.hidden_dropout) && t.hidden_dropout >= 0 && float(t.hidden_dropout) < 1.0f,
         "train.hidden_dropout", "must be a probability in [0, 1) (0: none)");
+  check(std::isfinite(t.attention_dropout) && t.attention_dropout >= 0 &&
+            float(t.attention_dropout) < 1.0f,
+        "train.attention_dropout", "must be a probability in [0, 1) (0: none)");
   check(std::isfinite(t.moe_aux_loss) && t.moe_aux_loss >= 0 && t.moe_aux_loss <= 1,
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",
@@ -1568,6 +1576,9 @@ void validate(const Config& c, int world_size) {
       check(m.seq_len % (2 * par.cp * 64) == 0, "parallel.cp",
             "> 1 on the cuda backend needs model.seq_len (" + std::to_string(m.seq_len) +
                 ") divisible by 2 · parallel.cp · 64: each piece whole 64-row tiles");
+      check(c.train.attention_dropout == 0, "train.attention_dropout",
+            "with parallel.cp > 1 is not implemented by the cuda backend yet (its flash kernels, "
+            "which context parallelism needs there, do not drop)");
     }
     // Generation and scoring decode prompts with the KV cache, a whole sequence on one rank.
     check(c.sample.length == 0, "sample.length",

@@ -218,6 +218,7 @@ GptShape gpt_shape(const Config& cfg) {
   s.reset_positions = cfg.data.reset_positions;
   s.window_scheduled = parse_window_warmup(cfg.train.window_warmup, m).on();
   s.hidden_dropout = float(cfg.train.hidden_dropout);
+  s.attention_dropout = float(cfg.train.attention_dropout);
   return s;
 }
 

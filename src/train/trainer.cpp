@@ -349,6 +349,8 @@ TrainOutcome Trainer::run() {
     const double all_mb = largest(s.be->allocated_bytes());
     std::ostringstream os, rates;  // dropout, rates and decay besides the defaults
     if (cfg.train.hidden_dropout > 0) rates << " | hidden dropout " << cfg.train.hidden_dropout;
+    if (cfg.train.attention_dropout > 0)
+      rates << " | attention dropout " << cfg.train.attention_dropout;
     // optim.embedding_lr, optim.head_lr: the peaks that differ from train.lr's.
     if (cfg.optim.embedding_lr > 0) rates << " | embedding lr " << cfg.optim.embedding_lr;
     if (cfg.optim.head_lr > 0) rates << " | head lr " << cfg.optim.head_lr;

@@ -604,6 +604,48 @@ def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(t
                                metrics(tmp_path / "runs" / "par1")[1], rtol=2e-6)
 
 
+def test_attention_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
+    """train.attention_dropout = 0.2: the masks are a function of the seed, the sequence, the
+    query's and the key's positions, the layer and the global head, so tensor (each rank its
+    heads; with sequence parallelism too), pipeline (full recomputation: the backward pass drops
+    again; and the zero-bubble schedule's split backward), data (ZeRO-1 and 3), context-parallel
+    (each rank's query ranges against the gathered keys) and 2 x 2 grids, grouped-query
+    attention on a tensor-parallel grid, and bf16 on tensor and context-parallel grids give the
+    one-rank curve within rounding (its values against PyTorch: test_reference_model.py); it
+    differs from the curve without dropout while the first evaluation (which never drops) is the
+    same to the bit; a run resumed at step 3 gives the uninterrupted run's losses bit for bit."""
+    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
+    common = ["--train.attention_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
+    p = run(1, "--config", cfg, *common)
+    assert p.returncode == 0, p.stderr
+    assert "| attention dropout 0.2 |" in p.stdout, p.stdout
+    plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
+    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as a, \
+            h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as b:
+        assert a["val/loss"][0] == b["val/loss"][0]  # before any update: evaluation drops nothing
+    pp = ["--parallel.pp", 2, "--train.micro_batch_size", 2]
+    assert_grids_follow_one_rank(
+        tmp_path, cfg, common, pp_extra=["--train.recompute", "full"],
+        more=[("tpsp", 2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
+              ("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3]),
+              ("zb", 2, [*pp, "--parallel.schedule", "zb-h1"])])
+    # Grouped-query attention (query heads apart on each rank) and bf16 (the probabilities
+    # dropped in fp32): one rank against tensor- and context-parallel grids.
+    for extra, rtol in ((["--model.n_head", 4, "--model.n_kv_head", 2], 2e-6),
+                        (["--run.precision", "bf16"], 1e-2)):
+        tag = extra[0].split(".")[-1]
+        for name, n, grid in ((f"{tag}1", 1, []), (f"{tag}_tp", 2, ["--parallel.tp", 2]),
+                              (f"{tag}_cp", 2, ["--parallel.cp", 2])):
+            p = run(n, "--config", cfg, *common, *extra, *grid, "--run.name", name)
+            assert p.returncode == 0, (name, p.stderr)
+        for name in (f"{tag}_tp", f"{tag}_cp"):
+            np.testing.assert_allclose(metrics(tmp_path / "runs" / name)[1],
+                                       metrics(tmp_path / "runs" / f"{tag}1")[1], rtol=rtol,
+                                       err_msg=name)
+    np.testing.assert_allclose(metrics(tmp_path / "runs" / "precision1")[1],
+                               metrics(tmp_path / "runs" / "one")[1], rtol=2e-2)
+
+
 def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):
     """train.z_loss = 0.05 on tensor (the vocabulary-parallel loss: log Z from the group's row
     statistics), pipeline, data (ZeRO-1, 3), context-parallel and 2 x 2 grids: the one-rank

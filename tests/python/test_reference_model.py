@@ -583,10 +583,11 @@ def check_probe_against_torch(p: Prepared, recompute: str, logits_chunk: int = 0
     # train.hidden_dropout: the probe's training pass drops (the data's first sequences, as the
     # first step's), its logits (an evaluation) do not.
     drop = float(over.get("train__hidden_dropout", 0.0))
+    att_drop = float(over.get("train__attention_dropout", 0.0))  # ... and its attention dropout
     seed = config_sections(case, d)["train"]["seed"]
-    with ref.hidden_dropout(drop, seed, range(case.micro_batch)):
+    with ref.hidden_dropout(drop, seed, range(case.micro_batch), attention=att_drop):
         loss, logits, grads = torch_forward_backward(p.weights, case.cfg, x, y)
-    if drop > 0:
+    if drop > 0 or att_drop > 0:
         with torch.no_grad():
             w = {k: v.double() for k, v in p.weights.items()}
             logits = ref.forward(w, case.cfg, x).numpy()
@@ -702,10 +703,12 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
         opt = torch.optim.SGD(groups, lr=tr["lr"], momentum=op["momentum"])
     xv, yv = val_batch or ref.batch(p.val_tokens, 0, sections["eval"]["sequences"], T)
     drop = float(tr.get("hidden_dropout", 0.0))  # train.hidden_dropout: in the training passes
-    assert drop == 0 or batch_of_step is None, "the dropout's sequences are the plain order's"
+    att_drop = float(tr.get("attention_dropout", 0.0))  # train.attention_dropout: there too
+    assert (drop == 0 and att_drop == 0) or batch_of_step is None, \
+        "the dropout's sequences are the plain order's"
 
     def dropping(first: int, n: int):  # the sequences [first, first + n) of the data order
-        return ref.hidden_dropout(drop, tr["seed"], range(first, first + n))
+        return ref.hidden_dropout(drop, tr["seed"], range(first, first + n), attention=att_drop)
 
     def evaluate():
         # A capacity depends on a pass's rows: then in triad's micro-batches (the loss and the
@@ -1555,6 +1558,39 @@ def test_hidden_dropout_matches_torch(name, tmp_root, tmp_path):
     sections = config_sections(p.case, p.dir, train__grad_clip=GRAD_CLIP[name],
                                train__hidden_dropout=0.3)
     compare_training(p, tmp_path, sections, "dropout")
+
+
+# train.attention_dropout = 0.3 (the masks of docs/formats.md's formula over (row key, layer, head,
+# key position), which the reference forms on its own): one forward/backward's loss and every
+# gradient, with and without full recomputation, on GPT-2's blocks (odd shapes), grouped-query
+# attention (a key/value head's gradient summed over query heads that drop apart), multi-head
+# latent attention, Gemma 2's capped scores with sliding windows, and with the hidden dropout
+# beside it; on packed documents under a document mask; then 10 AdamW steps against PyTorch's.
+@pytest.mark.parametrize("name", ["oddshapes", "gqa", "mla", "gemma2"])
+def test_attention_dropout_matches_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    x, y = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    seed = config_sections(p.case, p.dir)["train"]["seed"]
+    # The reference does drop: the gradients move by far more than the comparison's tolerance
+    # (the loss of the initial model hardly moves: its attention branches are small).
+    _, _, plain = torch_forward_backward(p.weights, p.case.cfg, x, y)
+    with ref.hidden_dropout(0.0, seed, range(len(x)), attention=0.3):
+        _, _, dropped = torch_forward_backward(p.weights, p.case.cfg, x, y)
+    moved = max(rel_err(dropped[k], plain[k]) for k in plain)
+    assert moved > 0.05, moved
+    for recompute in ("none", "full"):
+        check_probe_against_torch(p, recompute, train__attention_dropout=0.3)
+    if name == "oddshapes":
+        check_probe_against_torch(p, "none", train__attention_dropout=0.3,
+                                  train__hidden_dropout=0.2)
+        q = packed_documents(p, tmp_path, 7, 19)
+        check_probe_against_torch(q, "none", data_dir=tmp_path, data__document_mask=7,
+                                  train__attention_dropout=0.3)
+    if name not in ("oddshapes", "gqa"):
+        return
+    sections = config_sections(p.case, p.dir, train__grad_clip=GRAD_CLIP.get(name, 1.0),
+                               train__attention_dropout=0.3)
+    compare_training(p, tmp_path, sections, "attention_dropout")
 
 
 # μP (model.mup_base_width, m = 4 and 2): the logits times 1/m, the attention scores times

@@ -115,6 +115,10 @@ def test_help_lists_every_key_with_defaults():
     (["--train.hidden_dropout", "-0.1"], ["train.hidden_dropout", "[0, 1)"]),
     (["--train.hidden_dropout", "nan"], ["train.hidden_dropout", "[0, 1)"]),
     (["--train.hidden_dropout", "0.99999999"], ["train.hidden_dropout", "[0, 1)"]),  # 1 in fp32
+    (["--train.attention_dropout", "1"], ["train.attention_dropout", "[0, 1)"]),
+    (["--train.attention_dropout", "-0.1"], ["train.attention_dropout", "[0, 1)"]),
+    (["--train.attention_dropout", "inf"], ["train.attention_dropout", "[0, 1)"]),
+    (["--train.attention_dropout", "0.99999999"], ["train.attention_dropout", "[0, 1)"]),
     (["--parallel.stage_layers", "1,1"], ["parallel.stage_layers", "parallel.pp is 1"]),
     (["--parallel.stage_layers", "two"], ["parallel.stage_layers", "layer counts"]),
     (["--train.recompute_layers", "1"], ["train.recompute_layers", "needs train.recompute"]),

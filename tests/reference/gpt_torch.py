@@ -528,7 +528,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               mask: Optional[torch.Tensor] = None,
               positions: Optional[torch.Tensor] = None, scale: float = 0.0,
               rot: int = 0, softcap: float = 0.0, clip: float = 0.0,
-              qk_full: bool = False) -> torch.Tensor:
+              qk_full: bool = False, layer: int = -1) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -537,7 +537,7 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     attn_scale; 0: 1/sqrt(hd)). softcap: the scores capped at softcap·tanh(s / softcap)
     (model.attn_softcap; 0: none). clip: c_attn's output clamped to [-clip, clip] (model.clip_qkv;
     0: none). qk_full: q_norm [n_head·hd] and k_norm [kv·hd] normalize all of q and all of k
-    (model.qk_norm_full)."""
+    (model.qk_norm_full). layer: the model's layer (the attention dropout's; -1: none)."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -567,14 +567,14 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     att = att.masked_fill(~mask, float("-inf"))
     att = att - att.max(dim=-1, keepdim=True).values.detach()
     e = torch.exp(att)
-    att = e / e.sum(dim=-1, keepdim=True)
+    att = _drop_attention(e / e.sum(dim=-1, keepdim=True), layer)
     y = torch.matmul(att, v)  # [B, nh, T, hd]
     return y.transpose(1, 2).reshape(B, T, n_head * hd)
 
 
 def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: torch.Tensor,
                   mask: Optional[torch.Tensor] = None,
-                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  positions: Optional[torch.Tensor] = None, layer: int = -1) -> torch.Tensor:
     """Multi-head latent attention (DeepSeek-V2, section 2.1) on x [B, T, C], written from the
     paper: c_q = RMSNorm(W_DQ x) (or x itself without q_lora_rank), per head q = [q_rope | q_nope]
     of W_UQ c_q; [c_kv | k_rope] = W_DKV x, per head [k_nope | v] of W_UKV RMSNorm(c_kv); q_rope
@@ -605,7 +605,7 @@ def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: to
         att = cfg.attn_softcap * torch.tanh(att / cfg.attn_softcap)
     if mask is None:
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+    att = _drop_attention(torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1), layer)
     return torch.matmul(att, v).transpose(1, 2).reshape(B, T, NH * dv)
 
 
@@ -648,6 +648,7 @@ def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
 # arithmetic (which wraps, as C++'s does).
 
 _DROPOUT = None  # (p, seed, the sequences of the batch's rows in the data order), or None
+_ATTENTION_DROPOUT = None  # the same for train.attention_dropout's p, or None
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -673,21 +674,58 @@ def dropout_multiplier(p: float, seed: int, sequences, T: int, C: int, site: int
     return np.where(keep, scale, 0.0)
 
 
+def attention_dropout_multiplier(p: float, seed: int, sequences, layer: int, n_head: int,
+                                 T: int) -> np.ndarray:
+    """[B, n_head, T, T]: what train.attention_dropout multiplies probability (query i, key j)
+    of head h in layer `layer` by: 0 (dropped) or 1/(1 - p) rounded to fp32 (kept), from
+    docs/formats.md's formula: head key a = mix(row_key(i) ^ ((2^31 | layer) << 32 | h)), kept
+    iff (mix(a ^ j) >> 40) >= round(p·2^24)."""
+    p32 = float(np.float32(p))
+    threshold = int(math.floor(p32 * 2 ** 24 + 0.5))
+    scale = float(np.float32(1.0 / (1.0 - p32)))
+    with np.errstate(over="ignore"):
+        seq = np.asarray(sequences, dtype=np.uint64)
+        rows = _mix64(_mix64(np.uint64(seed) ^ _mix64(seq))[:, None] +
+                      np.arange(T, dtype=np.uint64)[None, :])  # [B, T]
+        salt = (np.uint64((1 << 31) | layer) << np.uint64(32)) | \
+            np.arange(n_head, dtype=np.uint64)
+        a = _mix64(rows[:, None, :] ^ salt[None, :, None])  # [B, n_head, T]
+        h = _mix64(a[..., None] ^ np.arange(T, dtype=np.uint64)[None, None, None, :])
+    keep = (h >> np.uint64(40)) >= np.uint64(threshold)
+    return np.where(keep, scale, 0.0)
+
+
 class hidden_dropout:
     """Within it, forward() drops as triad's training passes: the embedding's output (site 0),
     layer i's attention branch output (1 + 2i; 2 + 2i under parallel_residual) and its MLP
-    branch output (2 + 2i), for rows of the given sequences."""
+    branch output (2 + 2i), for rows of the given sequences; with `attention` > 0 also the
+    attention probabilities (train.attention_dropout, attention_dropout_multiplier)."""
 
-    def __init__(self, p: float, seed: int, sequences):
+    def __init__(self, p: float, seed: int, sequences, attention: float = 0.0):
         self.args = (p, seed, list(sequences))
+        self.attention = (attention, seed, list(sequences))
 
     def __enter__(self):
-        global _DROPOUT
+        global _DROPOUT, _ATTENTION_DROPOUT
         _DROPOUT = self.args if self.args[0] > 0 else None
+        _ATTENTION_DROPOUT = self.attention if self.attention[0] > 0 else None
 
     def __exit__(self, *exc):
-        global _DROPOUT
-        _DROPOUT = None
+        global _DROPOUT, _ATTENTION_DROPOUT
+        _DROPOUT = _ATTENTION_DROPOUT = None
+
+
+def _drop_attention(att: torch.Tensor, layer: int) -> torch.Tensor:
+    """att [B, n_head, T, T] probabilities: times the attention dropout's multipliers (within
+    hidden_dropout(..., attention=p) only; layer -1: none)."""
+    if _ATTENTION_DROPOUT is None or layer < 0:
+        return att
+    p, seed, sequences = _ATTENTION_DROPOUT
+    B, NH, T, _ = att.shape
+    assert len(sequences) == B, "attention dropout: one sequence number per batch row"
+    m = torch.from_numpy(attention_dropout_multiplier(p, seed, sequences, layer, NH, T))
+    wide = torch.promote_types(att.dtype, torch.float32)
+    return (att.to(wide) * m.to(wide)).to(att.dtype)
 
 
 def _drop(x: torch.Tensor, site: int) -> torch.Tensor:
@@ -858,13 +896,14 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         h = norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x
         qn, kn = qk_norm_weights(params, cfg, p)
         if cfg.kv_lora_rank:
-            y = mla_attention(params, cfg, p, h, layer_mask(i), positions)
+            y = mla_attention(params, cfg, p, h, layer_mask(i), positions, layer=i)
         else:
             y = attention(h, params[p + "attn/c_attn/weight"],
                           params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
                           cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
                           cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                          cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full)
+                          cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full,
+                          layer=i)
         a = linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)

@@ -3,7 +3,9 @@
 // the CPU through the SIMT emulator, against references written here: the permutations between
 // [B,T,3C] rows and per-head matrices (exact), the causal softmax with its log-sum-exp and its
 // backward against double (1e-6 of the largest magnitude; exact zeros outside each row's keys),
-// with and without a document mask, rows longer than a block. Needs no GPU; test_cuda_backend runs
+// with and without a document mask, rows longer than a block, and under an attention dropout
+// mask (the copy for the products with V dropped, dP' times the mask before the backward; the
+// factors from dropout_mask.h's definition). Needs no GPU; test_cuda_backend runs
 // the whole attention on one against the CPU backend.
 #include <gtest/gtest.h>
 
@@ -63,10 +65,32 @@ TEST(AttentionFp32Emulated, PermutationsRoundTrip) {
 }
 
 // att [B·NH·T, T] of random scores through the softmax, then dP through its backward; cap > 0:
-// the scores soft-capped (model.attn_softcap), the backward reading the uncapped ones.
-void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f) {
-  SCOPED_TRACE(::testing::Message() << "B=" << B << " NH=" << NH << " T=" << T
-                                    << (documents ? " documents" : "") << " cap " << cap);
+// the scores soft-capped (model.attn_softcap), the backward reading the uncapped ones. drop > 0:
+// an attention dropout of that probability (the call's head 0 is global head 2, layer 5).
+void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float drop = 0.0f) {
+  SCOPED_TRACE(::testing::Message()
+               << "B=" << B << " NH=" << NH << " T=" << T << (documents ? " documents" : "")
+               << " cap " << cap << " drop " << drop);
+  std::vector<int32_t> keys(2 * size_t(B) * T);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      const uint64_t k = dropout_row_key(17, uint64_t(b + 40), uint32_t(t));
+      keys[2 * (size_t(b) * T + t)] = int32_t(uint32_t(k));
+      keys[2 * (size_t(b) * T + t) + 1] = int32_t(uint32_t(k >> 32));
+    }
+  AttentionDropMask mask;
+  if (drop > 0.0f)
+    mask = AttentionDropMask{keys.data(), dropout_threshold(drop), 5, 2, dropout_scale(drop)};
+  // The factor of row r's key j, from the definition (dropout_mask.h's header).
+  auto factor = [&](size_t r, int j) -> double {
+    if (drop <= 0.0f) return 1.0;
+    const size_t b = r / (size_t(NH) * T), h = (r / T) % NH, i = r % T;
+    const uint64_t row_key = dropout_key_of(keys.data(), b * T + i);
+    const uint64_t a = dropout_mix(row_key ^ (uint64_t(0x80000000u | 5u) << 32 | (2 + h)));
+    return uint32_t(dropout_mix(a ^ uint64_t(j)) >> 40) >= dropout_threshold(drop)
+               ? double(dropout_scale(drop))
+               : 0.0;
+  };
   std::vector<int32_t> key_begin;
   if (documents)  // documents starting at 0, T/3 and 2T/3 of every sequence
     for (int b = 0; b < B; ++b)
@@ -86,14 +110,15 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f) {
                attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
                [&](simt::Thread& x) {
                  attention_fp32_block::causal_softmax_backward(x, ds.data(), att.data(), T, NH, kb,
-                                                               scores.data(), cap);
+                                                               scores.data(), cap, mask);
                });
   Vec masked(R * T, NAN);
   launch_strided([&](simt::Thread& x) {
     attention_fp32_block::causal_mask_copy(x, masked.data(), att.data(), T, NH, kb, R * T, kThreads,
-                                           kStride);
+                                           kStride, mask);
   });
   double p_err = 0, lse_err = 0, ds_err = 0;
+  size_t kept = 0, entries = 0;
   // The capped score of element e, and the cap's derivative there.
   auto s = [&](size_t e) {
     return cap > 0.0f ? cap * std::tanh(double(scores[e]) / cap) : double(scores[e]);
@@ -108,7 +133,8 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f) {
     double mx = -INFINITY, sum = 0, dot = 0;
     for (int j = lo; j <= i; ++j) mx = std::max(mx, s(r * T + j));
     for (int j = lo; j <= i; ++j) sum += std::exp(s(r * T + j) - mx);
-    for (int j = lo; j <= i; ++j) dot += std::exp(s(r * T + j) - mx) / sum * dp[r * T + j];
+    for (int j = lo; j <= i; ++j)
+      dot += std::exp(s(r * T + j) - mx) / sum * dp[r * T + j] * factor(r, j);
     lse_err = std::max(lse_err, std::abs(lse[r] - (mx + std::log(sum))));
     for (int j = 0; j < T; ++j) {
       const size_t e = r * T + j;
@@ -118,20 +144,28 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f) {
         ASSERT_EQ(masked[e], 0.0f);
         continue;
       }
-      const double p = std::exp(s(e) - mx) / sum;
+      const double p = std::exp(s(e) - mx) / sum, f = factor(r, j);
       p_err = std::max(p_err, std::abs(att[e] - p));
-      ds_err = std::max(ds_err, std::abs(ds[e] - p * (dp[e] - dot) * slope(e)));
-      ASSERT_EQ(masked[e], att[e]);
+      ds_err = std::max(ds_err, std::abs(ds[e] - p * (dp[e] * f - dot) * slope(e)));
+      ASSERT_EQ(masked[e], att[e] * float(f));
+      kept += f != 0.0;
+      ++entries;
     }
   }
   EXPECT_LE(p_err, 1e-6);
   EXPECT_LE(lse_err, 1e-5);
   EXPECT_LE(ds_err, 1e-6);
+  if (drop > 0.0f)  // the mask drops about `drop` of the entries
+    EXPECT_NEAR(1.0 - double(kept) / double(entries), drop, 0.05);
 }
 
 TEST(AttentionFp32Emulated, CausalSoftmax) { check_softmax(2, 2, 20, false); }
 TEST(AttentionFp32Emulated, CausalSoftmaxRowsLongerThanABlockWithDocuments) {
   check_softmax(1, 1, 300, true);
+}
+TEST(AttentionFp32Emulated, AttentionDropout) {
+  check_softmax(2, 3, 40, false, 0.0f, 0.3f);
+  check_softmax(1, 2, 300, true, 2.0f, 0.1f);
 }
 TEST(AttentionFp32Emulated, SoftCappedSoftmax) {
   check_softmax(2, 2, 20, false, 2.0f);

@@ -117,10 +117,11 @@ double naive_gelu(double x) {
 // Returns out [B,T,C]; fills probs [B,NH,T,T] (0 above the diagonal) when given.
 // NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h). With
 // key_begin ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. cap > 0: each
-// scaled score s is cap·tanh(s / cap) (model.attn_softcap).
+// scaled score s is cap·tanh(s / cap) (model.attn_softcap). drop (attention dropout): out reads
+// each probability times its factor (probs stay the undropped ones).
 DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr,
-                     int NKV = 0, const std::vector<int32_t>* key_begin = nullptr,
-                     double cap = 0.0) {
+                     int NKV = 0, const std::vector<int32_t>* key_begin = nullptr, double cap = 0.0,
+                     AttentionDropMask drop = {}) {
   if (NKV == 0) NKV = NH;
   const int hd = C / NH;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
@@ -147,7 +148,8 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
           p[j] /= sum;
           if (probs) (*probs)[((size_t(b) * NH + h) * T + i) * T + j] = p[j];
           const double* v = &qkv[(size_t(b) * T + j) * W + C + (NKV + h % NKV) * hd];
-          for (int e = 0; e < hd; ++e) out[(size_t(b) * T + i) * C + h * hd + e] += p[j] * v[e];
+          const double pj = drop.on() ? p[j] * double(drop.factor(size_t(b), T, h, i, j)) : p[j];
+          for (int e = 0; e < hd; ++e) out[(size_t(b) * T + i) * C + h * hd + e] += pj * v[e];
         }
       }
     }
@@ -605,14 +607,18 @@ TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 4
 // key/value heads (0: NH). key_begin: a document mask ([B,T], backend.h), or none. cap: the
 // scores' soft cap (0: none).
 void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0,
-                     const std::vector<int32_t>* key_begin = nullptr, float cap = 0.0f) {
+                     const std::vector<int32_t>* key_begin = nullptr, float cap = 0.0f,
+                     AttentionDropout drop = {}) {
   if (NKV == 0) NKV = NH;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 31, -2.0f, 2.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
   const int32_t* kb = key_begin ? key_begin->data() : nullptr;
-  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, {}, 0.0f, cap);
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, {}, 0.0f, cap,
+                       drop);
   DVec x = to_double(qkv), probs;
-  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, cap), 1e-5, "out");
+  const AttentionDropMask mask = drop.mask(NKV);
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, cap, mask), 1e-5,
+               "out");
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
       for (int j = 0; j <= i; ++j) {
@@ -621,7 +627,9 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       }
 
   const Vec R = random_vec(out.size(), 32);
-  auto loss = [&] { return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, cap), R); };
+  auto loss = [&] {
+    return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, cap, mask), R);
+  };
   const DVec g = finite_diff(x, loss, stride);
   // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
   for (int bh = 0; bh < B * NH; ++bh)
@@ -629,19 +637,19 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
       for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap);
+                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap, drop);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
 
   Vec dqkv2 = random_vec(qkv.size(), 33);
   const Vec dqkv0 = dqkv2;
   be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap);
+                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap, drop);
   expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
 
   // overwrite: whatever dqkv held is replaced by the gradient.
   Vec dqkv3 = random_vec(qkv.size(), 34);
   be.attention_backward(dqkv3.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::overwrite, kb, {}, 0.0f, cap);
+                        NKV, GradMode::overwrite, kb, {}, 0.0f, cap, drop);
   EXPECT_EQ(dqkv3, dqkv);
 }
 
@@ -713,14 +721,17 @@ TEST_F(CpuKernels, AttentionDocumentMaskGroupedSeveralBlocks) {
 // definition's rows and the finite differences of their loss; the range starting inside and at
 // the edges of the kernel's 64-row blocks, with masks and grouped heads.
 void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, QueryRows rows,
-                          size_t stride, const std::vector<int32_t>* key_begin = nullptr) {
+                          size_t stride, const std::vector<int32_t>* key_begin = nullptr,
+                          AttentionDropout drop = {}) {
   const int n = rows.count, q0 = rows.first, L = q0 + n;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 41, -2.0f, 2.0f);
   Vec out(size_t(B) * n * C, 3.0f), att(size_t(B) * NH * n * L, 7.0f);
   const int32_t* kb = key_begin ? key_begin->data() : nullptr;
-  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows);
+  be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows, 0.0f, 0.0f,
+                       drop);
   DVec x = to_double(qkv), probs;
-  const DVec full = naive_attention(x, B, T, C, NH, &probs, NKV, key_begin);
+  const AttentionDropMask mask = drop.mask(NKV);
+  const DVec full = naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, 0.0, mask);
   auto range_of = [&](const DVec& all) {  // rows q0 .. L-1 of each sequence
     DVec r(size_t(B) * n * C);
     for (int b = 0; b < B; ++b)
@@ -738,7 +749,7 @@ void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, Que
       }
   const Vec R = random_vec(out.size(), 42);
   auto loss = [&] {
-    return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin)), R);
+    return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, 0.0, mask)), R);
   };
   const DVec g = finite_diff(x, loss, stride);
   for (int bh = 0; bh < B * NH; ++bh)  // unspecified above the diagonal: must not matter
@@ -746,12 +757,12 @@ void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, Que
       for (int j = i + 1; j < L; ++j) att[(size_t(bh) * n + (i - q0)) * L + j] = 1e3f;
   Vec dqkv = random_vec(qkv.size(), 43), scratch(att.size(), 5.0f);
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::overwrite, kb, rows);
+                        NKV, GradMode::overwrite, kb, rows, 0.0f, 0.0f, drop);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
   Vec dqkv2 = random_vec(qkv.size(), 44);
   const Vec dqkv0 = dqkv2;
   be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb, rows);
+                        NKV, GradMode::accumulate, kb, rows, 0.0f, 0.0f, drop);
   expect_accumulated(dqkv2, dqkv0, dqkv, "dqkv +=");
 }
 
@@ -772,6 +783,71 @@ TEST_F(CpuKernels, AttentionQueryRowsMasked) {
   std::vector<int32_t> window(150);
   for (int t = 0; t < 150; ++t) window[size_t(t)] = std::max(0, t - 39);
   check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{100, 30}, 7, &window);
+}
+
+// ---- attention dropout ---------------------------------------------------------------------
+
+// Row keys [B, T] (sequence 9 + b, position t) as the model forms them for the attention dropout.
+std::vector<int32_t> attention_keys(int B, int T, uint64_t seed) {
+  std::vector<int32_t> k(2 * size_t(B) * T);
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      const uint64_t key = dropout_row_key(seed, uint64_t(9 + b), uint32_t(t));
+      const size_t r = size_t(b) * T + t;
+      k[2 * r] = int32_t(uint32_t(key));
+      k[2 * r + 1] = int32_t(uint32_t(key >> 32));
+    }
+  return k;
+}
+
+// The mask itself: over the causal entries of a few heads about p of the probabilities are
+// dropped; another layer, head or seed drops others; p = 0 keeps every one.
+TEST_F(CpuKernels, AttentionDropoutMaskRate) {
+  const int B = 2, T = 200, NH = 4;
+  const std::vector<int32_t> keys = attention_keys(B, T, 3), other = attention_keys(B, T, 4);
+  const AttentionDropMask m = AttentionDropout{keys.data(), 0.3f, 2, 0}.mask();
+  const AttentionDropMask layer = AttentionDropout{keys.data(), 0.3f, 3, 0}.mask();
+  const AttentionDropMask seed = AttentionDropout{other.data(), 0.3f, 2, 0}.mask();
+  EXPECT_FALSE((AttentionDropout{keys.data(), 0.0f, 2, 0}.mask().on()));
+  size_t n = 0, dropped = 0, same_layer = 0, same_head = 0, same_seed = 0;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int i = 0; i < T; ++i)
+        for (int j = 0; j <= i; ++j, ++n) {
+          const float f = m.factor(size_t(b), T, h, i, j);
+          ASSERT_TRUE(f == 0.0f || f == dropout_scale(0.3f));
+          dropped += f == 0.0f;
+          same_layer += f == layer.factor(size_t(b), T, h, i, j);
+          same_head += f == m.factor(size_t(b), T, (h + 1) % NH, i, j);
+          same_seed += f == seed.factor(size_t(b), T, h, i, j);
+        }
+  EXPECT_NEAR(double(dropped) / double(n), 0.3, 0.01);
+  // Independent masks agree on 0.3² + 0.7² = 58% of the entries.
+  for (size_t same : {same_layer, same_head, same_seed})
+    EXPECT_NEAR(double(same) / double(n), 0.58, 0.01);
+}
+
+// The kernels against the definition with the mask (naive_attention) and its finite
+// differences: the forward's P·V reads the dropped probabilities, att keeps the undropped ones,
+// the backward forms the mask again; over several causal blocks, with documents, grouped heads,
+// a soft cap, head 0 of the call being global head 3, and query ranges.
+TEST_F(CpuKernels, AttentionDropout) {
+  const std::vector<int32_t> keys = attention_keys(2, 70, 5);
+  const AttentionDropout drop{keys.data(), 0.3f, 1, 3};
+  const std::vector<int32_t> kb =
+      attention_reference::key_begin_of_starts(2, 70, {{0, 5, 64, 65}, {0}});
+  check_attention(*be, 2, 70, 12, 3, 5, 0, nullptr, 0.0f, drop);
+  check_attention(*be, 2, 70, 12, 3, 5, 1, &kb, 1.5f, drop);
+  // A tensor-parallel rank's grouped heads: key/value heads 2, 3 of 4, query heads 2, 3, 6, 7.
+  const AttentionDropout grouped{keys.data(), 0.3f, 1, 2, 4};
+  EXPECT_EQ(grouped.mask(2).global_head(0), 2u);
+  EXPECT_EQ(grouped.mask(2).global_head(3), 7u);
+  check_attention(*be, 2, 70, 16, 4, 5, 2, &kb, 0.0f, grouped);
+}
+TEST_F(CpuKernels, AttentionDropoutQueryRows) {
+  const std::vector<int32_t> keys = attention_keys(1, 150, 6);
+  const AttentionDropout drop{keys.data(), 0.25f, 4, 2};
+  check_attention_rows(*be, 1, 150, 12, 6, 3, QueryRows{37, 80}, 11, nullptr, drop);
 }
 
 // ---- rotary position embedding --------------------------------------------------------------

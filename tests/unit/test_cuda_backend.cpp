@@ -901,6 +901,56 @@ TEST_F(CudaBackendTest, AttentionDocumentMask) {
   }
 }
 
+// Attention dropout row keys [B, T] (sequence 3 + b, position t), as the model forms them.
+std::vector<int32_t> attention_dropout_keys(int B, int T) {
+  std::vector<int32_t> k(2 * size_t(B) * T);
+  for (size_t r = 0; r < size_t(B) * T; ++r) {
+    const uint64_t key = dropout_row_key(11, uint64_t(3 + r / size_t(T)), uint32_t(r % size_t(T)));
+    k[2 * r] = int32_t(uint32_t(key));
+    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
+  }
+  return k;
+}
+
+// Attention dropout (train.attention_dropout): the fp32 forward and backward against the CPU
+// backend's under the same mask, with a document mask, grouped queries and head 0 of the call at
+// global head 2; the probabilities kept in att are the undropped ones.
+TEST_F(CudaBackendTest, AttentionDropout) {
+  const AttShape shapes[] = {{2, 100, 96, 4, 4}, {2, 130, 96, 4, 2}};
+  for (const AttShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NKV=" << s.NKV);
+    const std::vector<int32_t> kb =
+        attention_reference::key_begin_of_starts(s.B, s.T, {{0, 1, 50, 64, 99}, {0, 70}});
+    const std::vector<int32_t> keys = attention_dropout_keys(s.B, s.T);
+    const AttentionDropout drop{keys.data(), 0.25f, 3, 2};
+    const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+    const size_t nout = size_t(s.B) * s.T * s.C;
+    const size_t M = size_t(s.B) * s.NH, natt = M * s.T * s.T;
+    const Vec qkv = random_vec(nqkv, 75, -2.0f, 2.0f), dout = random_vec(nout, 76);
+    Vec out(nout), att(natt, 0.0f), scratch(natt, 0.0f), dqkv(nqkv, 0.0f);
+    cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV,
+                           kb.data(), {}, 0.0f, 0.0f, drop);
+    cpu->attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), s.B,
+                            s.T, s.C, s.NH, s.NKV, GradMode::overwrite, kb.data(), {}, 0.0f, 0.0f,
+                            drop);
+    const AttentionDropout g_drop{dev(keys), drop.p, drop.layer, drop.head0};
+    const int32_t* g_kb = dev(kb);
+    float* d_qkv = dev(qkv);
+    float* g_out = dev(random_vec(nout, 77));
+    float* g_att = dev(random_vec(natt, 78));
+    gpu->attention_forward(g_out, g_att, d_qkv, s.B, s.T, s.C, s.NH, s.NKV, g_kb, {}, 0.0f, 0.0f,
+                           g_drop);
+    EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+    EXPECT_TRUE(close(lower_triangle(host(g_att, natt), M, s.T), lower_triangle(att, M, s.T),
+                      kGemmTol, 1e-6))
+        << "att (the undropped probabilities)";
+    float* g_dqkv = dev(random_vec(nqkv, 79));
+    gpu->attention_backward(g_dqkv, dev(random_vec(natt, 80)), dev(dout), d_qkv, g_att, s.B, s.T,
+                            s.C, s.NH, s.NKV, GradMode::overwrite, g_kb, {}, 0.0f, 0.0f, g_drop);
+    EXPECT_TRUE(close(host(g_dqkv, nqkv), dqkv, kGemmTol, 1e-5)) << "dqkv";
+  }
+}
+
 // ---- elementwise ---------------------------------------------------------------------------
 
 const size_t kElemSizes[] = {1, 1000, (size_t{1} << 20) + 3};

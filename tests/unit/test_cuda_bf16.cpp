@@ -813,6 +813,51 @@ TEST_F(CudaBf16Test, AttentionOtherScalesAndSoftCaps) {
     }
 }
 
+// Attention dropout row keys [B, T] (sequence 3 + b, position t), as the model forms them.
+std::vector<int32_t> attention_dropout_keys(int B, int T) {
+  std::vector<int32_t> k(2 * size_t(B) * T);
+  for (size_t r = 0; r < size_t(B) * T; ++r) {
+    const uint64_t key = dropout_row_key(11, uint64_t(3 + r / size_t(T)), uint32_t(r % size_t(T)));
+    k[2 * r] = int32_t(uint32_t(key));
+    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
+  }
+  return k;
+}
+
+// Attention dropout (train.attention_dropout): the bf16 ops (which run the fp32 path under a
+// dropout) against the CPU backend's, hd 64 and 128, grouped queries, head 0 at global head 1.
+TEST_F(CudaBf16Test, AttentionDropout) {
+  const AttShape shapes[] = {{2, 100, 2, 64, 2}, {1, 130, 4, 128, 2}};
+  for (const AttShape& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
+                                      << " hd=" << s.hd << " NKV=" << s.NKV);
+    const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
+    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
+    const size_t L = size_t(s.B) * s.NH * s.T;
+    const std::vector<int32_t> keys = attention_dropout_keys(s.B, s.T);
+    const AttentionDropout drop{keys.data(), 0.2f, 1, 1};
+    const Bits qkv = random_bits(BTW, 84, -1.5f, 1.5f), dout = random_bits(BTC, 85);
+    Bits out(BTC), dqkv(BTW);
+    Vec lse(L);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, nullptr,
+                           {}, 0.0f, 0.0f, drop);
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, 0.0f, 0.0f, drop);
+    const AttentionDropout g_drop{dev(keys), drop.p, drop.layer, drop.head0};
+    bf16_t* d_qkv = dev(qkv);
+    bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
+    float* g_lse = dev(Vec(L, 42.0f));
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, {}, 0.0f, 0.0f,
+                           g_drop);
+    EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
+    EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
+    bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
+    gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
+                            GradMode::overwrite, nullptr, {}, 0.0f, 0.0f, g_drop);
+    EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv";
+  }
+}
+
 // Query ranges (QueryRows, context parallelism) against the CPU backend's: the flash kernels for
 // an early and a late piece of whole tiles, with a document mask and grouped-query heads, hd 64
 // and 128; the backward overwriting (rows the range does not reach become zero) and accumulating.

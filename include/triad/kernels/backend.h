@@ -22,6 +22,7 @@
 
 #include "triad/core/bf16.h"
 #include "triad/core/error.h"
+#include "triad/kernels/dropout_mask.h"
 #include "triad/kernels/moe_routing.h"
 
 namespace triad {
@@ -65,6 +66,35 @@ struct QueryRows {
   bool whole(int T) const { return count == 0 || (first == 0 && count == T); }
   int rows(int T) const { return count == 0 ? T : count; }          // queries per sequence
   int keys(int T) const { return count == 0 ? T : first + count; }  // key extent
+};
+
+// The attention dropout of one attention call (train.attention_dropout; the mask of
+// kernels/dropout_mask.h): probability P[i, j] of query head h is kept times 1/(1 − p) or zeroed,
+// after the softmax (whose normalizer is the undropped one). keys [B, T] holds the 64-bit row key
+// of each row of the call's sequences (two int32 words, low first, in the backend's memory; row
+// b·T + t, as key_begin's); the key of position j is j. layer is the model's layer. The call's
+// query head h is the model's head0 + h, or, with kv_heads > 0 (tensor parallelism: a rank's
+// query heads are those of its key/value heads, docs/parallelism.md), (h / NKV)·kv_heads +
+// head0 + h mod NKV for the call's NKV (head0 then the rank's first key/value head). Default: no
+// dropout.
+struct AttentionDropout {
+  const int32_t* keys = nullptr;
+  float p = 0.0f;
+  uint32_t layer = 0;
+  int head0 = 0;
+  int kv_heads = 0;
+  bool on() const { return keys != nullptr && p > 0.0f; }
+  // The kernels' form for a call with NKV key/value heads.
+  AttentionDropMask mask(int NKV = 0) const {
+    if (!on()) return {};
+    return AttentionDropMask{keys,
+                             dropout_threshold(p),
+                             layer,
+                             uint32_t(head0),
+                             dropout_scale(p),
+                             uint32_t(kv_heads > 0 ? NKV : 0),
+                             uint32_t(kv_heads)};
+  }
 };
 
 // The attention ops' score scale: `scale` where given (> 0), else 1/sqrt(hd).
@@ -201,17 +231,21 @@ class Backend {
   // where 0 <= key_begin[b·T+t] <= t and key_begin never decreases along a sequence (a document
   // mask: each token sees its own document only; model/attention_mask.h). Backward takes the
   // forward's key_begin.
-  // `rows` (QueryRows) limits the call to some query rows of each sequence.
+  // `rows` (QueryRows) limits the call to some query rows of each sequence. `dropout`
+  // (AttentionDropout, training only) drops probabilities after the softmax: att keeps the
+  // undropped ones, and the backward pass forms the same mask again.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f,
+                                 AttentionDropout dropout = {}) = 0;
   // dqkv [B,T,W] (+=); scratch is as large as att, floats the op may overwrite. A key/value
   // head's gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                                   const float* att, int B, int T, int C, int NH, int NKV,
                                   GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
-                                  float scale = 0.0f, float softcap = 0.0f) = 0;
+                                  float scale = 0.0f, float softcap = 0.0f,
+                                  AttentionDropout dropout = {}) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -484,12 +518,14 @@ class Backend {
   // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
-                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f) = 0;
+                                 QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f,
+                                 AttentionDropout dropout = {}) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   int NKV, GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
-                                  float scale = 0.0f, float softcap = 0.0f) = 0;
+                                  float scale = 0.0f, float softcap = 0.0f,
+                                  AttentionDropout dropout = {}) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,

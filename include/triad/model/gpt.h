@@ -216,6 +216,11 @@ struct GptShape {
   // but for the attention probabilities'); the masks of kernels/dropout_mask.h, keyed by
   // Gpt::set_dropout_sequence. Evaluation and generation never drop. Not part of the model.
   float hidden_dropout = 0.0f;
+  // train.attention_dropout = p: training passes zero each attention probability with
+  // probability p and scale the rest by 1/(1 − p), after the softmax (nanoGPT's attn_dropout,
+  // Megatron's attention_dropout); the masks of kernels/dropout_mask.h, keyed as the hidden
+  // dropout's. Not part of the model.
+  float attention_dropout = 0.0f;
   // The dropout site of layer l's attention branch and of its MLP branch (dropout_mask.h): under
   // parallel_residual the branches' sum takes one mask, the MLP's.
   uint32_t attn_dropout_site(int l) const { return parallel_residual ? 2 + 2 * l : 1 + 2 * l; }
@@ -878,10 +883,11 @@ class Gpt {
   // a special token or an id it does not have), by id; the passes' ForwardStats then also count
   // the loss and the bytes of their counted targets with bytes. Empty: off.
   void set_target_bytes(std::vector<int32_t> bytes) { target_bytes_ = std::move(bytes); }
-  // shape.hidden_dropout: the run's seed and the place in the data order (TrainState::position
-  // counting) of the first sequence of the next forward_backward, or of the next pipeline_step's
-  // first micro-batch (the others follow on: sequence b of micro-batch m is first + m·B + b).
-  // With the positions these key the masks, so every grid and a resumed run drop alike.
+  // shape.hidden_dropout, shape.attention_dropout: the run's seed and the place in the data order
+  // (TrainState::position counting) of the first sequence of the next forward_backward, or of the
+  // next pipeline_step's first micro-batch (the others follow on: sequence b of micro-batch m is
+  // first + m·B + b). With the positions these key the masks, so every grid and a resumed run drop
+  // alike.
   void set_dropout_sequence(uint64_t seed, int64_t first) {
     dropout_seed_ = seed;
     dropout_first_ = first;
@@ -1124,9 +1130,13 @@ class Gpt {
   void set_attention_mask(const int32_t* inputs, int B, int T, bool documents = true);
   // shape_.hidden_dropout in training: the keys of this rank's rows of the micro-batch whose
   // first sequence is `first` in the data order (its B sequences in this rank's row order), on
-  // the backend; nothing otherwise.
+  // the backend; shape_.attention_dropout: those of the B whole sequences' rows ([B, T]: the
+  // attention's queries); nothing otherwise.
   void set_dropout_rows(int64_t first, int B);
   bool dropping() const { return training_ && shape_.hidden_dropout > 0.0f; }
+  bool attention_dropping() const { return training_ && shape_.attention_dropout > 0.0f; }
+  // The attention dropout of layer `layer`'s attention calls (none outside training).
+  AttentionDropout attention_dropout(int layer) const;
   // Hidden dropout of this rank's `rows` rows of the residual stream's width at `site`, in place
   // (nothing unless dropping()).
   template <class A>
@@ -1437,6 +1447,8 @@ class Gpt {
   // The hidden dropout's row keys (set_dropout_rows): two int32 words per row, this rank's rows
   // of the micro-batch in its row order; the seed and first sequence set_dropout_sequence gave.
   int32_t* d_dropout_keys_ = nullptr;
+  // The attention dropout's row keys: two int32 words per row of the B whole sequences.
+  int32_t* d_attention_dropout_keys_ = nullptr;
   std::vector<int32_t> host_dropout_keys_;
   uint64_t dropout_seed_ = 0;
   int64_t dropout_first_ = 0;

@@ -149,6 +149,9 @@ struct TrainConfig {
   // probabilities'): the probability of zeroing each value of the embedding's output and of each
   // branch's output in training (GptShape::hidden_dropout). 0: none.
   double hidden_dropout = 0;
+  // Attention dropout (Megatron's attention_dropout, nanoGPT's attn_dropout): the probability of
+  // zeroing each attention probability in training (GptShape::attention_dropout). 0: none.
+  double attention_dropout = 0;
   // A mixture of experts' load-balancing loss coefficient (Gpt::set_moe_aux_loss; Switch: 0.01).
   double moe_aux_loss = 0.01;
   // Over which rows its f_e and P_e run: "micro_batch" (Switch's: each rank's micro-batch) or

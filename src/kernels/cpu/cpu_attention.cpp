@@ -19,6 +19,12 @@
 // range sees whole) end at q0, so that from q0 on the key blocks are the row blocks and the
 // diagonal blocks line up as without a range.
 //
+// Attention dropout (AttentionDropout): att keeps the undropped probabilities P, which the
+// softmax backward needs; the products with V read P' = P ⊙ mask · 1/(1 − p) from a copy of the
+// thread's own (forward: a row block at a time; backward: the head's rows), and the backward pass
+// multiplies dP' = dO·Vᵀ by the same mask and factor before the softmax backward. The mask is a
+// hash of (row key, layer, head, key position): formed again, never stored.
+//
 // Threading: the (batch, head) pairs are independent, so they are spread over OpenMP threads
 // (under grouped-query attention the backward's query heads write their dK and dV apart, summed
 // per key/value head afterwards),
@@ -49,7 +55,8 @@ struct Dims {
   int ld_qkv;  // W = C + 2·NKV·hd
   int ld_out;  // C
   float scale;
-  float cap;  // the scores' soft cap (0: none)
+  float cap;               // the scores' soft cap (0: none)
+  AttentionDropMask drop;  // attention dropout (off: no keys)
   int rows() const { return L - q0; }
   size_t att_floats() const { return size_t(rows()) * size_t(L); }  // per head: [rows, L]
 };
@@ -94,6 +101,22 @@ void causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int e
   std::fill(ds + i + 1, ds + end, 0.0f);
 }
 
+// One (sequence, head)'s attention dropout (off without a mask).
+struct HeadDropout {
+  const AttentionDropMask* m = nullptr;
+  size_t b = 0;
+  int T = 0, h = 0;
+  bool on() const { return m != nullptr && m->on(); }
+  // x[j] for keys lo..i of query row i: kept times the factor, dropped times 0 (a NaN stays
+  // NaN); keys before lo are set to 0 (dst may be src).
+  void apply(float* dst, const float* src, int lo, int i) const {
+    const uint64_t a = m->head_key(b, T, h, i);
+    std::fill(dst, dst + lo, 0.0f);
+    for (int j = lo; j <= i; ++j)
+      dst[j] = src[j] * (attention_dropout_keeps(a, uint32_t(j), m->threshold) ? m->scale : 0.0f);
+  }
+};
+
 // The first key row i of a sequence sees: key_begin[i] (the sequence's row of the [B,T] array)
 // or 0 without a mask.
 int first_key(const int32_t* key_begin, int i) { return key_begin != nullptr ? key_begin[i] : 0; }
@@ -107,9 +130,11 @@ int queries_end(const int32_t* key_begin, int j1, int T) {
 
 // att and out hold the range's rows: row i of the sequence at (i − q0).
 void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                  const int32_t* key_begin, const Dims& d) {
+                  const int32_t* key_begin, const HeadDropout& drop, const Dims& d) {
   const int L = d.L;
   auto p_row = [&](int i) { return att + size_t(i - d.q0) * L; };
+  // Under dropout the P·V product reads the block's dropped rows (the thread's own copy).
+  std::vector<float> dropped(drop.on() ? size_t(kBlock) * L : 0);
   for (int i0 = d.q0; i0 < L; i0 += kBlock) {
     const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     // S[i0:i1, k0:i1] = scale · Q[i0:i1] · K[k0:i1]ᵀ
@@ -121,10 +146,19 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
       if (d.cap > 0.0f) cap_scores(p_row(i) + lo, i + 1 - lo, d.cap);
       causal_softmax_row(p_row(i), lo, i, i1);
     }
+    const float* pv = p_row(i0);
+    if (drop.on()) {  // rows i0..i1-1 of P' over keys k0..i1-1 (zero above the diagonal)
+      for (int i = i0; i < i1; ++i) {
+        float* r = dropped.data() + size_t(i - i0) * L;
+        drop.apply(r, p_row(i), first_key(key_begin, i), i);
+        std::fill(r + i + 1, r + i1, 0.0f);
+      }
+      pv = dropped.data();
+    }
     // O[i0:i1] = P[i0:i1, k0:i1] · V[k0:i1]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f,
-                p_row(i0) + k0, L, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
-                out + size_t(i0 - d.q0) * d.ld_out, d.ld_out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f, pv + k0, L,
+                v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, out + size_t(i0 - d.q0) * d.ld_out,
+                d.ld_out);
   }
 }
 
@@ -132,9 +166,15 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
 // dk and dv rows are the sequence's; dout, att and ds rows the range's (row i at i − q0).
 void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const float* dout,
                    const float* q, const float* k, const float* v, const float* att,
-                   const int32_t* key_begin, const Dims& d) {
+                   const int32_t* key_begin, const HeadDropout& drop, const Dims& d) {
   const int L = d.L, q0 = d.q0;
   auto p_row = [&](int i) { return att + size_t(i - q0) * L; };
+  // Under dropout dV's products read P' (the head's rows, the thread's own copy; zero before each
+  // row's first key, as att is).
+  std::vector<float> dropped(drop.on() ? size_t(d.rows()) * L : 0);
+  for (int i = q0; drop.on() && i < L; ++i)
+    drop.apply(dropped.data() + size_t(i - q0) * L, p_row(i), first_key(key_begin, i), i);
+  auto pv_row = [&](int i) { return drop.on() ? dropped.data() + size_t(i - q0) * L : p_row(i); };
   auto ds_row = [&](int i) { return ds + size_t(i - q0) * L; };
   auto dout_row = [&](int i) { return dout + size_t(i - q0) * d.ld_out; };
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K. Under a soft cap
@@ -144,8 +184,11 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
     const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, 1.0f, dout_row(i0),
                 d.ld_out, v + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f, ds_row(i0) + k0, L);
-    for (int i = i0; i < i1; ++i)
-      causal_softmax_backward_row(ds_row(i), p_row(i), first_key(key_begin, i), i, i1);
+    for (int i = i0; i < i1; ++i) {
+      const int lo = first_key(key_begin, i);
+      if (drop.on()) drop.apply(ds_row(i), ds_row(i), lo, i);  // dP = dP' ⊙ mask · factor
+      causal_softmax_backward_row(ds_row(i), p_row(i), lo, i, i1);
+    }
     if (d.cap > 0.0f) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
                   q + size_t(i0) * d.ld_qkv, d.ld_qkv, k + size_t(k0) * d.ld_qkv, d.ld_qkv, 0.0f,
@@ -179,7 +222,7 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
                 q + size_t(a) * d.ld_qkv, d.ld_qkv, 1.0f, dk + size_t(j0) * ld_dkv, ld_dkv);
     if (j0 >= q0) {  // the diagonal block: queries j0 .. j1-1
       for (int r = 0; r < w; ++r) {
-        const float* src = p_row(j0 + r) + j0;
+        const float* src = pv_row(j0 + r) + j0;
         float* dst = p_diag + r * kBlock;
         std::copy(src, src + r + 1, dst);
         std::fill(dst + r + 1, dst + w, 0.0f);
@@ -190,7 +233,7 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
     const int below = std::max(j1, q0);  // the first query past the diagonal
     if (below < e) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d.hd, e - below, 1.0f,
-                  p_row(below) + j0, L, dout_row(below), d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv,
+                  pv_row(below) + j0, L, dout_row(below), d.ld_out, 1.0f, dv + size_t(j0) * ld_dkv,
                   ld_dkv);
     }
   }
@@ -201,10 +244,17 @@ const int32_t* seq_key_begin(const int32_t* key_begin, int b, int T) {
   return key_begin != nullptr ? key_begin + size_t(b) * T : nullptr;
 }
 
-Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows, float scale, float cap) {
+Dims make_dims(int T, int C, int NH, int NKV, QueryRows rows, float scale, float cap,
+               AttentionDropout drop = {}) {
   const int hd = C / NH;
   const int q0 = rows.whole(T) ? 0 : rows.first, L = rows.keys(T);
-  return Dims{T, q0, L, hd, qkv_width(C, NH, NKV), C, attention_scale(scale, hd), cap};
+  return Dims{
+      T, q0, L, hd, qkv_width(C, NH, NKV), C, attention_scale(scale, hd), cap, drop.mask(NKV)};
+}
+
+// Sequence b's query head h's dropout.
+HeadDropout head_dropout(const Dims& d, int b, int h) {
+  return HeadDropout{&d.drop, size_t(b), d.T, h};
 }
 
 // Offsets within a qkv row of query head h's k and v (key/value head h % NKV).
@@ -245,8 +295,8 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                       float softcap) {
-  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap);
+                       float softcap, AttentionDropout dropout) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap, dropout);
   const int hd = d.hd;
   ensure_single_threaded_blas();
 #pragma omp parallel for schedule(static)
@@ -256,14 +306,15 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
     const float* seq = qkv + size_t(b) * T * d.ld_qkv;
     head_forward(out + size_t(b) * d.rows() * C + size_t(h) * hd, att + size_t(bh) * d.att_floats(),
                  seq + size_t(h) * hd, seq + k_offset(C, NKV, h, hd), seq + v_offset(C, NKV, h, hd),
-                 seq_key_begin(key_begin, b, T), d);
+                 seq_key_begin(key_begin, b, T), head_dropout(d, b, h), d);
   }
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows, float scale, float softcap) {
-  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap);
+                        const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                        AttentionDropout dropout) {
+  const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap, dropout);
   const int hd = d.hd;
   const size_t per_att = d.att_floats(), per_out = size_t(d.rows()) * C;
   ensure_single_threaded_blas();
@@ -274,7 +325,8 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       const size_t q = size_t(b) * T * d.ld_qkv + size_t(h) * hd, k = q + C, v = k + C;
       head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * per_att,
                     dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                    att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), d);
+                    att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T),
+                    head_dropout(d, b, h), d);
     }
     return;
   }
@@ -294,7 +346,8 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
     float* dk = own + 2 * size_t(bh) * per_head;
     head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * per_att,
                   dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
-                  att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), d);
+                  att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), head_dropout(d, b, h),
+                  d);
   }
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)

@@ -121,18 +121,19 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap) override {
+                         float softcap, AttentionDropout dropout) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+    cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
+                           dropout);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale,
-                          float softcap) override {
+                          const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                          AttentionDropout dropout) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows, scale,
-                            softcap);
+                            softcap, dropout);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window, float scale, float softcap) override {
@@ -314,18 +315,19 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap) override {
+                         float softcap, AttentionDropout dropout) override {
     check_query_rows(rows, T);
-    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+    cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
+                           dropout);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale,
-                          float softcap) override {
+                          const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                          AttentionDropout dropout) override {
     check_query_rows(rows, T);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale,
-                            softcap);
+                            softcap, dropout);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window, float scale, float softcap) override {

@@ -232,20 +232,21 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                       float softcap) {
+                       float softcap, AttentionDropout dropout) {
   const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
   const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * n * L);
-  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap, dropout);
   attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
-                        const int32_t* key_begin, QueryRows rows, float scale, float softcap) {
+                        const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                        AttentionDropout dropout) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
@@ -255,10 +256,11 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const size_t natt = size_t(B) * NH * n * L;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
-  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+  attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
+                    dropout);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
     attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
-                       key_begin, rows, scale, softcap);
+                       key_begin, rows, scale, softcap, dropout);
   });
 }
 

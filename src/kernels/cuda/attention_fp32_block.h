@@ -7,13 +7,17 @@
 //    the scores soft-capped first under a cap);
 //  - its backward dS = P ⊙ (dP − Σ_j P dP) in place over dP, one block per row (times
 //    1 − tanh²(s / cap) of the uncapped scores s under a cap);
-//  - the causal copy of P with zeros outside each row's keys.
+//  - the causal copy of P with zeros outside each row's keys;
+// and the attention dropout's mask (AttentionDropMask, dropout_mask.h) where one is given: the
+// causal copy multiplied by it (P' for the products with V), and dP' multiplied by it in the
+// softmax backward before anything else.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 #include "block_program.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::attention_fp32_block {
 
@@ -112,30 +116,44 @@ TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
   if (lse != nullptr && x.thread() == 0) lse[r] = max_val + float(x.log(double(sum)));
 }
 
-// dst[r, j] = lo_r <= j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries.
+// The dropout factor of entry j of att row r (b = r / (NH·T), h = r / T mod NH, i = r mod T).
+TRIAD_BLOCK_FN float drop_factor(const AttentionDropMask& drop, size_t r, int T, int NH, int j) {
+  const size_t bh = r / size_t(T);
+  return drop.factor(bh / size_t(NH), T, int(bh % size_t(NH)), int(r % size_t(T)), j);
+}
+
+// dst[r, j] = lo_r <= j <= (r mod T) ? att[r, j] : 0 over B·NH·T·T entries; under a dropout
+// mask the kept entries times its factor, the dropped ones times 0.
 template <class X>
 TRIAD_BLOCK_FN void causal_mask_copy(X& x, float* dst, const float* att, int T, int NH,
                                      const int32_t* key_begin, size_t total, int threads,
-                                     size_t stride) {
+                                     size_t stride, AttentionDropMask drop = {}) {
   TRIAD_BLOCK_STRIDE_LOOP(x, idx, total, threads, stride) {
     const size_t j = idx % size_t(T), r = idx / size_t(T);
     const size_t i = r % size_t(T);
-    dst[idx] = j <= i && int(j) >= row_first_key(key_begin, r, T, NH) ? att[idx] : 0.0f;
+    const bool key = j <= i && int(j) >= row_first_key(key_begin, r, T, NH);
+    float v = key ? att[idx] : 0.0f;
+    if (key && drop.on()) v *= drop_factor(drop, r, T, NH, int(j));
+    dst[idx] = v;
   }
 }
 
 // Block r: dS = P ⊙ (dP − Σ_j P dP) over keys lo..i, in place over dP; zeros elsewhere (the dQ
 // and dK products read the full rows). Reads att only at lo <= j <= i. cap > 0: dS times
-// 1 − tanh²(s / cap), s the uncapped scores in raw (laid out as att).
+// 1 − tanh²(s / cap), s the uncapped scores in raw (laid out as att). Under a dropout mask ds
+// holds dP' (the gradient of the dropped probabilities) and dP = dP' times the mask's factor.
 template <class X>
 TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, int T, int NH,
                                             const int32_t* key_begin, const float* raw = nullptr,
-                                            float cap = 0.0f) {
+                                            float cap = 0.0f, AttentionDropMask drop = {}) {
   float* part = reinterpret_cast<float*>(x.smem());
   const size_t r = size_t(x.block_x());
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
   float* drow = ds + r * T;
   const float* prow = att + r * T;
+  if (drop.on())  // each thread the j's it reads below
+    for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
+      drow[j] *= drop_factor(drop, r, T, NH, j);
   float dot = 0.0f;
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) dot += prow[j] * drow[j];
   dot = block_sum(x, dot, part, kSoftmaxThreads);

@@ -14,6 +14,10 @@
 // the softmax kernel; the backward recomputes scale · Q Kᵀ into the `scores` scratch and
 // multiplies dS by 1 − tanh² of it over c.
 //
+// Attention dropout (AttentionDropMask): the forward's P·V reads P' = the causal copy of P times
+// the mask's factors (in `dropped`, B·NH·T·T floats), att keeping P; the backward's causal copy
+// for dV is P', and the softmax backward multiplies dP' by the same factors first.
+//
 // Grouped-query attention (NKV < NH): the backend's entry points at the end run the above on
 // rows expanded to one key/value head per query head (cuda_grouped_heads.cu) and reduce the
 // gradient back; NKV = NH calls it on qkv directly.
@@ -65,17 +69,19 @@ __global__ void __launch_bounds__(kSoftmaxThreads)
 }
 
 __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
-                                        const int32_t* key_begin, size_t total) {
+                                        const int32_t* key_begin, size_t total,
+                                        AttentionDropMask drop) {
   DeviceThread x;
   attention_fp32_block::causal_mask_copy(x, dst, att, T, NH, key_begin, total, block_threads(),
-                                         grid_threads());
+                                         grid_threads(), drop);
 }
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
     causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
-                                   const int32_t* key_begin, const float* raw, float cap) {
+                                   const int32_t* key_begin, const float* raw, float cap,
+                                   AttentionDropMask drop) {
   DeviceThread x;
-  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin, raw, cap);
+  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin, raw, cap, drop);
 }
 
 // Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
@@ -122,9 +128,18 @@ float* capped_scores(AttentionScratch& scratch, cudaStream_t s, int B, int T, in
   return scratch.scores.get_as<float>(size_t(B) * NH * T * T, s);
 }
 
+float* dropped_probabilities(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
+                             const AttentionDropMask& drop) {
+  if (!drop.on()) return nullptr;
+  return scratch.dropped.get_as<float>(size_t(B) * NH * T * T, s);
+}
+
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse,
-                       const int32_t* key_begin, float scale_or_0, float softcap) {
+                       const int32_t* key_begin, float scale_or_0, float softcap,
+                       AttentionDropMask drop, float* dropped) {
+  TRIAD_CHECK(!drop.on() || dropped != nullptr,
+              "internal error: an attention dropout without its probabilities' scratch");
   check_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
@@ -144,9 +159,17 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
                           attention_fp32_block::softmax_smem(), s>>>(att, lse, T, NH, key_begin,
                                                                      softcap);
   TRIAD_CUDA_CHECK_LAUNCH();
+  const float* pv = att;
+  if (drop.on()) {
+    const size_t att_total = size_t(batch) * T * T;
+    causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(dropped, att, T, NH, key_begin,
+                                                                   att_total, drop);
+    TRIAD_CUDA_CHECK_LAUNCH();
+    pv = dropped;
+  }
   // O[T,hd] = P[T,T] · V[T,hd]  ⇔  Oᵀ (hd×T) = Vᵀ (hd×T col-major) · Pᵀ (T×T col-major)
-  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, att, T, tt, 0.0f, w.o,
-               hd, head, batch);
+  gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, 1.0f, w.v, hd, head, pv, T, tt, 0.0f, w.o, hd,
+               head, batch);
   from_heads_kernel<<<grid_for(total), kBlock, 0, s>>>(out, w.o, L, C, total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
@@ -154,7 +177,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0,
-                        float softcap, float* scores) {
+                        float softcap, float* scores, AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   TRIAD_CHECK(softcap <= 0.0f || scores != nullptr,
               "internal error: a soft-capped attention backward without its scores' scratch");
@@ -176,7 +199,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
   // dV[T,hd] = Pᵀ[T,T] · dO[T,hd] with P lower-triangular (masked copy in scratch)
   //   ⇔ dVᵀ (hd×T) = dOᵀ (hd×T col-major) · P (Pᵀ col-major, transposed)
   causal_mask_copy_kernel<<<grid_for(att_total), kBlock, 0, s>>>(scratch, att, T, NH, key_begin,
-                                                                 att_total);
+                                                                 att_total, drop);
   TRIAD_CUDA_CHECK_LAUNCH();
   gemm_batched(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, T, 1.0f, w.o, hd, head, scratch, T, tt, 0.0f,
                w.dv, hd, head, batch);
@@ -189,7 +212,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
                  scores, T, tt, batch);
   causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
                                    attention_fp32_block::softmax_smem(), s>>>(
-      scratch, att, T, NH, key_begin, scores, softcap);
+      scratch, att, T, NH, key_begin, scores, softcap, drop);
   TRIAD_CUDA_CHECK_LAUNCH();
 
   // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)
@@ -205,18 +228,21 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin, float scale, float softcap) {
+                       const int32_t* key_begin, float scale, float softcap,
+                       AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
-                    nullptr, key_begin, scale, softcap);
+                    nullptr, key_begin, scale, softcap, drop,
+                    dropped_probabilities(scratch, s, B, T, NH, drop));
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
-                        const int32_t* key_begin, float scale, float softcap) {
+                        const int32_t* key_begin, float scale, float softcap,
+                        AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -227,7 +253,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
       TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
     }
     attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin, scale,
-                       softcap, scores);
+                       softcap, scores, drop);
     return;
   }
   // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
@@ -237,7 +263,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
   prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
   attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin, scale,
-                     softcap, scores);
+                     softcap, scores, drop);
   reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
 }
 

@@ -113,18 +113,22 @@ bool native_gqa_backward(int B, int keys, int NKV) {
 // The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
 void fallback_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                       float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                      const int32_t* key_begin, float scale, float softcap) {
+                      const int32_t* key_begin, float scale, float softcap,
+                      AttentionDropMask drop) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/false);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
+  float* dropped = dropped_probabilities(scratch, s, B, T, NH, drop);
   convert(s, w.qkv, qkv, 3 * n);
-  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse, key_begin, scale, softcap);
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse, key_begin, scale, softcap,
+                    drop, dropped);
   convert(s, out, static_cast<const float*>(w.out), n);
 }
 
 void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                        const bf16* dout, const bf16* qkv, int B, int T, int C, int NH,
-                       bool accumulate, const int32_t* key_begin, float scale, float softcap) {
+                       bool accumulate, const int32_t* key_begin, float scale, float softcap,
+                       AttentionDropMask drop) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/true);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -136,10 +140,12 @@ void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
   } else {
     TRIAD_CUDA_CHECK(cudaMemsetAsync(w.dqkv, 0, 3 * n * sizeof(float), s));
   }
-  // The fp32 forward recomputes the probabilities (w.out is not needed but must be written).
-  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, nullptr, key_begin, scale, softcap);
+  // The fp32 forward recomputes the probabilities (w.out is not needed but must be written; under
+  // dropout its dropped probabilities go to w.scr, which the backward overwrites).
+  attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, nullptr, key_begin, scale, softcap,
+                    drop, w.scr);
   attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH, key_begin, scale,
-                     softcap, scores);
+                     softcap, scores, drop);
   convert(s, dqkv, static_cast<const float*>(w.dqkv), 3 * n);
 }
 
@@ -147,23 +153,24 @@ void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin, QueryRows rows, float scale, float softcap) {
+                       const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                       AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  if (flash_runs(C, NH, qkv, out)) {  // any NKV, natively
+  if (!drop.on() && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
     flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
                             NKV, scale, softcap);
     return;
   }
   check_range_runs(false, rows, T);
   fallback_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C,
-                   NH, key_begin, scale, softcap);
+                   NH, key_begin, scale, softcap, drop);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin,
-                        QueryRows rows, float scale, float softcap) {
+                        QueryRows rows, float scale, float softcap, AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
   if (!rows.whole(T) && !accumulate) {  // the rows the range does not reach get zero
@@ -171,7 +178,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
-  const bool flash = flash_runs(C, NH, qkv, out, dout, dqkv);
+  const bool flash = !drop.on() && flash_runs(C, NH, qkv, out, dout, dqkv);
   check_range_runs(flash, rows, T);
   // The backward of nkv key/value heads on rows d (gradient) and q (q|k|v): the flash kernels, or
   // the fallback (MHA rows only).
@@ -183,7 +190,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                                softcap);
     } else {
       fallback_backward(s, h, scratch, d, dout, q, B, T, C, NH, accumulate, key_begin, scale,
-                        softcap);
+                        softcap, drop);
     }
   };
   if (NKV == NH || (flash && native_gqa_backward(B, rows.keys(T), NKV))) {

@@ -183,19 +183,19 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap) override {
+                         float softcap, AttentionDropout dropout) override {
     check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV,
-                            key_begin, scale, softcap);
+                            key_begin, scale, softcap, dropout.mask(NKV));
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale,
-                          float softcap) override {
+                          const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                          AttentionDropout dropout) override {
     check_whole_rows(rows, T);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
-                             T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale,
-                             softcap);
+                             T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale, softcap,
+                             dropout.mask(NKV));
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window, float scale, float softcap) override {
@@ -429,17 +429,17 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap) override {
+                         float softcap, AttentionDropout dropout) override {
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH, NKV, key_begin, rows, scale, softcap);
+                            NH, NKV, key_begin, rows, scale, softcap, dropout.mask(NKV));
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
-                          const int32_t* key_begin, QueryRows rows, float scale,
-                          float softcap) override {
+                          const int32_t* key_begin, QueryRows rows, float scale, float softcap,
+                          AttentionDropout dropout) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
-                             key_begin, rows, scale, softcap);
+                             key_begin, rows, scale, softcap, dropout.mask(NKV));
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
                         int NH, int NKV, int window, float scale, float softcap) override {

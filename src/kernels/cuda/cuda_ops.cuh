@@ -181,6 +181,7 @@ struct AttentionScratch {
   DeviceScratch widened;         // the bf16 fallback's fp32 qkv, out, dout, dqkv and T×T matrices
   DeviceScratch grouped;         // NKV < NH: the expanded MHA qkv and dqkv (grouped_heads_scratch)
   DeviceScratch scores;          // a soft cap's backward: the uncapped scores [B,NH,T,T] (fp32)
+  DeviceScratch dropped;         // an attention dropout's forward: P' [B,NH,T,T] (fp32)
 };
 
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
@@ -189,46 +190,53 @@ struct AttentionScratch {
 // [B,NH,T] log-sum-exp of the scaled scores of each query row. Backward accumulates (+=).
 // key_begin: the document mask of backend.h (device memory), or nullptr. scale, softcap:
 // backend.h's (0: 1/sqrt(hd); 0: no cap), here and below. With a cap the backward needs
-// `scores`, B·NH·T·T floats of scratch (the uncapped scores, recomputed).
+// `scores`, B·NH·T·T floats of scratch (the uncapped scores, recomputed). drop: the attention
+// dropout (backend.h's AttentionDropout, resolved); the forward then needs `dropped`, B·NH·T·T
+// floats of scratch (the dropped probabilities its P·V product reads).
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse = nullptr,
-                       const int32_t* key_begin = nullptr, float scale = 0.0f,
-                       float softcap = 0.0f);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f, float softcap = 0.0f,
+                       AttentionDropMask drop = {}, float* dropped = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin = nullptr,
-                        float scale = 0.0f, float softcap = 0.0f, float* scores = nullptr);
+                        float scale = 0.0f, float softcap = 0.0f, float* scores = nullptr,
+                        AttentionDropMask drop = {});
 // Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
 // expanded rows where NKV < NH. accumulate false: dqkv overwritten.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin = nullptr, float scale = 0.0f,
-                       float softcap = 0.0f);
+                       const int32_t* key_begin = nullptr, float scale = 0.0f, float softcap = 0.0f,
+                       AttentionDropMask drop = {});
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
                         const int32_t* key_begin = nullptr, float scale = 0.0f,
-                        float softcap = 0.0f);
+                        float softcap = 0.0f, AttentionDropMask drop = {});
 // The uncapped scores' scratch a capped backward needs (null without a cap).
 float* capped_scores(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
                      float softcap);
+// The dropped probabilities' scratch a forward under attention dropout needs (null without).
+float* dropped_probabilities(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
+                             const AttentionDropMask& drop);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
 // The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
 // pointers); otherwise the fp32 path on widened copies; with NKV < NH either on the expanded
 // rows.
-// rows: a query range (QueryRows of backend.h), on the flash kernels only.
+// rows: a query range (QueryRows of backend.h), on the flash kernels only. An attention dropout
+// (drop) runs the fp32 path: the flash kernels do not drop yet.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                       float softcap = 0.0f);
+                       float softcap = 0.0f, AttentionDropMask drop = {});
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
                         bool accumulate = true,  // false: dqkv overwritten
                         const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                        float softcap = 0.0f);
+                        float softcap = 0.0f, AttentionDropMask drop = {});
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.
