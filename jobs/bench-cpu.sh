@@ -4,10 +4,12 @@
 # the same thread count, back to back, on a random token shard (data does not change speed).
 # Prints both median tokens/s (first 2 steps left out as warm-up) and the ratio.
 #
-#   jobs/bench-cpu.sh [--threads N] [--steps N] [--freeze GLOBS] [--section.key value ...]
+#   jobs/bench-cpu.sh [--threads N] [--steps N] [--freeze GLOBS] [--dropout P]
+#                     [--section.key value ...]
 #
 # N defaults to nproc. --freeze: fine-tuning with the tensors GLOBS matches left as they are, on
-# both sides (triad's train.freeze; PyTorch's requires_grad = False). Extra --section.key options
+# both sides (triad's train.freeze; PyTorch's requires_grad = False). --dropout: nanoGPT's
+# dropout P on both sides (triad's train.hidden_dropout and train.attention_dropout). Extra --section.key options
 # go to triad-train only (change the model in the INI instead, so that both sides run the same
 # one). Builds triad-train if needed.
 set -euo pipefail
@@ -18,6 +20,7 @@ steps=10
 config=inputs/runs/bench-cpu.ini
 extra=()
 freeze=()
+dropout=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads|--steps)
@@ -26,7 +29,10 @@ while [[ $# -gt 0 ]]; do
     --freeze)
       [[ $# -ge 2 && -n $2 ]] || { echo "bench-cpu: --freeze needs comma-separated globs" >&2; exit 2; }
       freeze=(--freeze "$2"); extra+=(--train.freeze "$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --dropout)
+      [[ $# -ge 2 && $2 =~ ^0?\.[0-9]+$ ]] || { echo "bench-cpu: --dropout needs a probability in [0, 1) (got '${2:-}')" >&2; exit 2; }
+      dropout=(--dropout "$2"); extra+=(--train.hidden_dropout "$2" --train.attention_dropout "$2"); shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     --[a-z]*.[a-z]*)
       [[ $# -ge 2 ]] || { echo "bench-cpu: $1 needs a value" >&2; exit 2; }
       extra+=("$1" "$2"); shift 2 ;;
@@ -56,4 +62,5 @@ build/triad-train --config "$config" --data.train "$tmp/bench_train_*.bin" \
 
 echo "== pytorch"
 "$py" tests/reference/bench_torch.py --config "$config" --threads "$threads" --steps "$steps" \
-  --triad-metrics "$tmp/bench/metrics.h5" --triad-log "$tmp/bench/log.txt" "${freeze[@]}"
+  --triad-metrics "$tmp/bench/metrics.h5" --triad-log "$tmp/bench/log.txt" "${freeze[@]}" \
+  "${dropout[@]}"

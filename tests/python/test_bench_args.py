@@ -14,6 +14,8 @@ CASES = [
     ("bench-cpu", ["--steps", "2"], "--steps must be >= 3"),
     ("bench-cpu", ["--train.lr"], "--train.lr needs a value"),
     ("bench-cpu", ["--freeze"], "--freeze needs comma-separated globs"),
+    ("bench-cpu", ["--dropout", "1.5"], "--dropout needs a probability in [0, 1)"),
+    ("bench-cpu", ["--dropout"], "--dropout needs a probability in [0, 1)"),
     ("bench-plan", ["--bogus"], "unknown option --bogus"),
     ("bench-plan", ["--pp", "x"], "--pp needs a count"),
     ("bench-plan", ["--pp", "1"], "--pp must be >= 2"),

@@ -40,6 +40,10 @@ def parse_args():
                          "requires_grad = False and stay out of the optimizer")
     ap.add_argument("--recompute", choices=["none", "full"], default="none",
                     help="full: each layer under torch.utils.checkpoint (activation recompute)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="nanoGPT's dropout: the embedding's output, the attention probabilities "
+                         "and each branch's output (triad's train.hidden_dropout and "
+                         "train.attention_dropout)")
     ap.add_argument("--no-single-intra-op", action="store_true",
                     help="skip the run with torch.set_num_threads(1) + N OpenBLAS threads")
     return ap.parse_args()
@@ -205,7 +209,8 @@ def main():
         set_blas_threads(args.threads)
         torch.manual_seed(0)
         model = ref.build_model(ref.random_weights(cfg, seed=0, perturb=False), cfg, fast=True,
-                                checkpoint_layers=args.recompute == "full")
+                                checkpoint_layers=args.recompute == "full",
+                                dropout=args.dropout)
         model.train()
         globs = [g.strip() for g in args.freeze.split(",") if g.strip()]
         for name, t in model.tensors().items():  # fine-tuning part of the model
@@ -260,7 +265,8 @@ def main():
           f"seq_len={T} vocab={cfg.vocab_size} (padded {cfg.padded_vocab_size}) | batch {B} = "
           f"{accum} x {mbs} sequences | {steps} steps, median of steps {args.warmup}.."
           f"{steps - 1} | threads {args.threads} | recompute {args.recompute}"
-          + (f" | frozen: {args.freeze}" if args.freeze else ""))
+          + (f" | frozen: {args.freeze}" if args.freeze else "")
+          + (f" | dropout {args.dropout}" if args.dropout > 0 else ""))
     print(f"torch {torch.__version__}: BLAS_INFO={m.group(1) if m else '?'}; BLAS libraries "
           f"loaded: {', '.join(blas_in_use()) or '?'}")
     if core:

@@ -940,12 +940,14 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
 
 
 def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
-                 checkpoint_layers: bool = False) -> torch.Tensor:
+                 checkpoint_layers: bool = False, dropout: float = 0.0) -> torch.Tensor:
     """The same model with PyTorch's own fused ops (F.layer_norm, F.gelu(approximate='tanh'),
     F.softmax) — what a nanoGPT-style training script runs on a CPU without flash attention.
     For the speed benchmark; forward() is the reference. Logits [B, T, vocab_size].
     checkpoint_layers: each layer under torch.utils.checkpoint (PyTorch's activation
-    recomputation: the backward pass reruns the whole layer from its input)."""
+    recomputation: the backward pass reruns the whole layer from its input). dropout: nanoGPT's
+    (F.dropout of that probability on the embedding's output, the attention probabilities and
+    each branch's output; triad's train.hidden_dropout and train.attention_dropout together)."""
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
@@ -960,6 +962,11 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
 
+    def drop(t):
+        return F.dropout(t, dropout, training=True) if dropout > 0 else t
+
+    x = drop(x)
+
     def layer(x, i):
         p = f"h/{i}/"
         h = F.layer_norm(x, (C,), params[p + "ln_1/weight"], params[p + "ln_1/bias"], LN_EPS)
@@ -969,13 +976,14 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
         k = k.view(B, T, nh, hd).transpose(1, 2)
         v = v.view(B, T, nh, hd).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
-        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+        att = drop(F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1))
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        x = x + F.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"])
+        x = x + drop(F.linear(y, params[p + "attn/c_proj/weight"], params[p + "attn/c_proj/bias"]))
         h = F.layer_norm(x, (C,), params[p + "ln_2/weight"], params[p + "ln_2/bias"], LN_EPS)
         h = F.gelu(F.linear(h, params[p + "mlp/c_fc/weight"], params[p + "mlp/c_fc/bias"]),
                    approximate="tanh")
-        return x + F.linear(h, params[p + "mlp/c_proj/weight"], params[p + "mlp/c_proj/bias"])
+        return x + drop(F.linear(h, params[p + "mlp/c_proj/weight"],
+                                 params[p + "mlp/c_proj/bias"]))
 
     for i in range(cfg.n_layer):
         x = checkpoint(layer, x, i, use_reentrant=False) if checkpoint_layers else layer(x, i)
@@ -1001,11 +1009,12 @@ class Gpt(torch.nn.Module):
     """nn.Module wrapper (for optimizers): parameters keyed by triad names ('/' -> '.')."""
 
     def __init__(self, cfg: GptConfig, weights: Dict[str, torch.Tensor], dtype=None,
-                 fast: bool = False, checkpoint_layers: bool = False):
+                 fast: bool = False, checkpoint_layers: bool = False, dropout: float = 0.0):
         super().__init__()
         self.cfg = cfg
         self.fast = fast  # forward_fast (PyTorch's fused ops) instead of the plain reference
         self.checkpoint_layers = checkpoint_layers  # forward_fast only
+        self.dropout = dropout  # forward_fast only (nanoGPT's dropout)
         self.names = list(param_shapes(cfg).keys())
         self.p = torch.nn.ParameterDict()
         for name in self.names:
@@ -1022,7 +1031,8 @@ class Gpt(torch.nn.Module):
         if self.fast:
             import torch.nn.functional as F
 
-            logits = forward_fast(self.tensors(), self.cfg, idx, self.checkpoint_layers)
+            logits = forward_fast(self.tensors(), self.cfg, idx, self.checkpoint_layers,
+                                  self.dropout)
             if targets is None:
                 return logits, None
             return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -1126,8 +1136,9 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_model(weights: Dict[str, torch.Tensor], cfg: GptConfig, dtype=None,
-                fast: bool = False, checkpoint_layers: bool = False) -> Gpt:
-    return Gpt(cfg, weights, dtype, fast, checkpoint_layers)
+                fast: bool = False, checkpoint_layers: bool = False,
+                dropout: float = 0.0) -> Gpt:
+    return Gpt(cfg, weights, dtype, fast, checkpoint_layers, dropout)
 
 
 # ---- training semantics (DESIGN.md §4) ------------------------------------------------------
