@@ -52,8 +52,9 @@ int bench_fim(const std::vector<std::string>& args) {
       "the shards' tokenizer")("vocab-size", po::value(&vocab_size)->default_value(0),
                                "model.vocab_size (0: the tokenizer's)")(
       "tokens", po::value(&fim.fim_tokens),
-      "data.fim_tokens: \"PREFIX, MIDDLE, SUFFIX[, PAD]\" (PAD between characters)")(
-      "split", po::value(&fim.fim_split)->default_value("none"), "data.fim_split: an id, or none")(
+      "data.fim_tokens: \"PREFIX, MIDDLE, SUFFIX[, PAD]\" (PAD between characters), ids or the "
+      "tokenizer's special tokens")("split", po::value(&fim.fim_split)->default_value("none"),
+                                    "data.fim_split: an id, or none")(
       "granularity", po::value(&fim.fim_granularity)->default_value("character"),
       "data.fim_granularity: character or token")(
       "rate", po::value(&fim.fim_rate)->default_value(0.5), "data.fim_rate")(
@@ -82,7 +83,8 @@ int bench_fim(const std::vector<std::string>& args) {
   TRIAD_CHECK(fim.fim_rate > 0, "fim: --rate must be > 0 (0: no rearrangement to time)");
   const Tokenizer tok = Tokenizer::from_file(vocab);
   if (vocab_size == 0) vocab_size = tok.vocab_size();
-  FimSpec f = parse_fim(fim, vocab_size, seed);
+  fim.vocab = vocab;  // (names in --tokens are the tokenizer's special tokens)
+  FimSpec f = parse_fim(fim, vocab_size, seed, &tok);
   f.tokenizer = &tok;
   SequenceSource src(data, "--data", seq_len, vocab_size);
   sequences = std::min(sequences, src.num_sequences());

@@ -1,6 +1,7 @@
 #include "triad/train/config.h"
 
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "triad/core/error.h"
 #include "triad/data/blend.h"
 #include "triad/data/fim.h"
+#include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
 #include "triad/kernels/moe_routing.h"
 #include "triad/model/gpt.h"
@@ -404,7 +406,8 @@ class KeyTable {
     add("data.fim_spm_rate", c.data.fim_spm_rate,
         "fill-in-the-middle: the share of rearranged fragments in SPM order (the rest PSM)");
     add("data.fim_tokens", c.data.fim_tokens,
-        "fill-in-the-middle: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\"");
+        "fill-in-the-middle: the sentinel token ids \"PREFIX, MIDDLE, SUFFIX\", or the names of "
+        "data.vocab's special tokens (\"<fim_prefix>, <fim_middle>, <fim_suffix>\")");
     add("data.fim_granularity", c.data.fim_granularity,
         "fill-in-the-middle: token (cuts between tokens) or character (cuts between "
         "characters of the fragment's text, decoded and its pieces encoded anew with data.vocab; "
@@ -608,7 +611,7 @@ int32_t parse_eod_mask_loss(const std::string& text, int vocab_size) {
   return parse_token_id(text, vocab_size, "data.eod_mask_loss", "that ends a document");
 }
 
-FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
+FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed, const Tokenizer* tokenizer) {
   TRIAD_CHECK(std::isfinite(d.fim_rate) && d.fim_rate >= 0 && d.fim_rate <= 1,
               "config: data.fim_rate must be in [0, 1] (0: off; got ", d.fim_rate, ")");
   TRIAD_CHECK(std::isfinite(d.fim_spm_rate) && d.fim_spm_rate >= 0 && d.fim_spm_rate <= 1,
@@ -659,8 +662,28 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed) {
   for (size_t i = 0; i < want; ++i) {
     TRIAD_CHECK(ids[i] != "none", "config: data.fim_tokens: '", d.fim_tokens, "' must name ", want,
                 " token ids");
-    v[i] = parse_token_id(ids[i], vocab_size, "data.fim_tokens",
-                          i < 3 ? "of a sentinel" : "of the padding");
+    const std::string& item = ids[i];
+    if (!item.empty() && (std::isdigit(static_cast<unsigned char>(item[0])) || item[0] == '-')) {
+      v[i] = parse_token_id(item, vocab_size, "data.fim_tokens",
+                            i < 3 ? "of a sentinel" : "of the padding");
+      continue;
+    }
+    // A special token's text: data.vocab's tokenizer says its id.
+    TRIAD_CHECK(!trim_blanks(d.vocab).empty(), "config: data.fim_tokens: '", item,
+                "' is neither a token id nor, without data.vocab, a special token's name (set "
+                "data.vocab to the data's tokenizer, which names it)");
+    f.named = true;
+    if (tokenizer == nullptr) continue;
+    const int32_t id = tokenizer->special_id(item);
+    TRIAD_CHECK(id >= 0, "config: data.fim_tokens: '", item,
+                "' is not a special token of data.vocab ", d.vocab);
+    TRIAD_CHECK(id < vocab_size, "config: data.fim_tokens: '", item, "' is token ", id,
+                " of data.vocab, not one of the model's ", vocab_size);
+    v[i] = id;
+  }
+  if (f.named && tokenizer == nullptr) {  // the ids once the tokenizer has them
+    f.prefix = f.middle = f.suffix = f.pad = -1;
+    return f;
   }
   bool distinct = true;
   for (size_t i = 0; i < want; ++i) {

@@ -1148,8 +1148,9 @@ void Trainer::State::open_choices() {
 FimSpec Trainer::State::fim(uint64_t seed) {
   FimSpec f = parse_fim(cfg.data, cfg.model.vocab_size, seed);
   if (f.needs_tokenizer()) {
-    const std::string why =
-        f.characters ? "data.fim_granularity = character" : "data.fim_no_prefix";
+    const std::string why = f.characters           ? "data.fim_granularity = character"
+                            : !f.no_prefix.empty() ? "data.fim_no_prefix"
+                                                   : "data.fim_tokens by name";
     TRIAD_CHECK(fs::exists(cfg.data.vocab), "config: ", why,
                 " decodes the fragments with data.vocab, and data.vocab ", cfg.data.vocab,
                 " does not exist");
@@ -1158,6 +1159,7 @@ FimSpec Trainer::State::fim(uint64_t seed) {
                 cfg.data.vocab, " has ", tokenizer->vocab_size(),
                 " tokens, more than model.vocab_size = ", cfg.model.vocab_size,
                 ": it is not the tokenizer of the data (", why, ")");
+    if (f.named) f = parse_fim(cfg.data, cfg.model.vocab_size, seed, tokenizer.get());
     f.tokenizer = tokenizer.get();
   }
   return f;

@@ -494,6 +494,39 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_p
     assert abs(dp - want_train) <= 2e-5 * want_train, (dp, want_train)
 
 
+def test_fim_tokens_by_special_token_names(tmp_root, tmp_path):
+    """data.fim_tokens may name data.vocab's special tokens instead of their ids: eval.fim with
+    GPT-2's "<|endoftext|>" as the suffix sentinel scores as with its id 50256, and otherwise
+    than with another id; a name the tokenizer lacks, or a name without data.vocab, is refused."""
+    from triad_run import VOCAB
+    case = next(c for c in trm.CASES if c.name == "gpt2vocab")
+    p = trm.prepare(case, tmp_root)
+    sections = trm.config_sections(case, p.dir, data__fim_rate=0.9, data__vocab=str(VOCAB),
+                                   data__fim_tokens="50252, 50253, 50256", eval__fim="true")
+    cfg = tmp_path / "ids.ini"
+    ref.write_config(cfg, sections)
+
+    def val_loss(tokens):
+        out = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
+                       p.ckpt, "--data.fim_tokens", tokens])
+        return float(out.split("val loss")[1].split()[0])
+
+    by_id = val_loss("50252, 50253, 50256")
+    assert val_loss("50252, 50253, <|endoftext|>") == by_id
+    assert val_loss("50252, 50253, 50255") != by_id
+    for tokens, vocab, needle in (
+            ("50252, <fim_middle>, 50256", str(VOCAB),
+             "data.fim_tokens: '<fim_middle>' is not a special token of data.vocab"),
+            ("50252, 50253, <|endoftext|>", "",
+             "is neither a token id nor, without data.vocab, a special token's name")):
+        r = subprocess.run([str(trm.binary("triad-train")), "--config", str(cfg), "--eval-only",
+                            "--init-from", str(p.ckpt), "--data.fim_tokens", tokens,
+                            "--data.vocab", vocab], capture_output=True, text=True,
+                           env=trm.run_env(), timeout=300)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr
+        assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1, r.stderr
+
+
 def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     """triad-bench fim's --dump: the sequences it timed, rearranged between characters, are the
     Python reference's; bad options are clear errors."""
@@ -518,8 +551,10 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     # (checked as a run's data.fim_* are)
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]),
                        "data.fim_tokens must be the four token ids")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4x"]),
+                       "data.fim_tokens must be none or the token id of the padding (got '4x')")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]),
-                       "data.fim_tokens must be none or the token id of the padding (got 'x')")
+                       "data.fim_tokens: 'x' is not a special token of data.vocab")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--granularity", "word"]),
                        "data.fim_granularity must be token or character")
     assert_clean_error(run([*base, "--tokens", "1, 2, 3, 4", "--rate", "0"]),

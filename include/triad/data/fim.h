@@ -60,7 +60,10 @@ struct FimSpec {
   // Character granularity and no_prefix: the data's tokenizer (not owned; it outlives the
   // sequences' readers).
   const Tokenizer* tokenizer = nullptr;
-  bool needs_tokenizer() const { return on() && (characters || !no_prefix.empty()); }
+  // data.fim_tokens names special tokens (StarCoder's "<fim_prefix>, ..."): the ids above are
+  // the data tokenizer's for them once parse_fim had it, -1 before.
+  bool named = false;
+  bool needs_tokenizer() const { return on() && (characters || !no_prefix.empty() || named); }
   bool on() const { return rate > 0; }
 };
 
