@@ -197,13 +197,38 @@ int64_t DataLoader::sequence_at(int64_t position) {
 
 void DataLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* targets) {
   const size_t T = size_t(source_.seq_len());
-  for (int b = 0; b < count; ++b)
-    source_.read(sequence_at(position + b), inputs + size_t(b) * T, targets + size_t(b) * T);
+  for (int b = 0; b < count; ++b) {
+    const int64_t index = sequence_at(position + b);
+    int32_t* in = inputs + size_t(b) * T;
+    int32_t* tg = targets + size_t(b) * T;
+    const auto kept = read_.find(index);
+    if (kept != read_.end()) {
+      std::copy_n(kept->second.data(), T, in);
+      std::copy_n(kept->second.data() + T, T, tg);
+    } else {
+      source_.read(index, in, tg);
+    }
+  }
 }
 
 int64_t DataLoader::counted_targets(int64_t position, int count) {
   int64_t n = 0;
-  for (int b = 0; b < count; ++b) n += source_.counted_targets(sequence_at(position + b));
+  if (!source_.counting_encodes()) {
+    for (int b = 0; b < count; ++b) n += source_.counted_targets(sequence_at(position + b));
+    return n;
+  }
+  // Counting reads each window whole (its text encoded anew): keep it for fill().
+  const size_t T = size_t(source_.seq_len());
+  if (read_.size() + size_t(count) > 4 * size_t(count)) read_.clear();
+  for (int b = 0; b < count; ++b) {
+    const int64_t index = sequence_at(position + b);
+    std::vector<int32_t>& seq = read_[index];
+    if (seq.empty()) {
+      seq.resize(2 * T);
+      source_.read(index, seq.data(), seq.data() + T);
+    }
+    for (size_t i = 0; i < T; ++i) n += seq[T + i] != kMaskedTarget ? 1 : 0;
+  }
   return n;
 }
 

@@ -629,21 +629,31 @@ def test_attention_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactl
         more=[("tpsp", 2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
               ("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3]),
               ("zb", 2, [*pp, "--parallel.schedule", "zb-h1"])])
-    # Grouped-query attention (query heads apart on each rank) and bf16 (the probabilities
-    # dropped in fp32): one rank against tensor- and context-parallel grids.
-    for extra, rtol in ((["--model.n_head", 4, "--model.n_kv_head", 2], 2e-6),
-                        (["--run.precision", "bf16"], 1e-2)):
-        tag = extra[0].split(".")[-1]
-        for name, n, grid in ((f"{tag}1", 1, []), (f"{tag}_tp", 2, ["--parallel.tp", 2]),
-                              (f"{tag}_cp", 2, ["--parallel.cp", 2])):
-            p = run(n, "--config", cfg, *common, *extra, *grid, "--run.name", name)
-            assert p.returncode == 0, (name, p.stderr)
-        for name in (f"{tag}_tp", f"{tag}_cp"):
-            np.testing.assert_allclose(metrics(tmp_path / "runs" / name)[1],
-                                       metrics(tmp_path / "runs" / f"{tag}1")[1], rtol=rtol,
-                                       err_msg=name)
-    np.testing.assert_allclose(metrics(tmp_path / "runs" / "precision1")[1],
-                               metrics(tmp_path / "runs" / "one")[1], rtol=2e-2)
+    # Grouped-query attention (query heads apart on each rank): one rank against tensor- and
+    # context-parallel grids.
+    def curve(name):
+        return metrics(tmp_path / "runs" / name)[1]
+
+    def rel(a, b):
+        return float(np.max(np.abs(curve(a) - curve(b)) / np.abs(curve(b))))
+
+    gqa = ["--model.n_head", 4, "--model.n_kv_head", 2]
+    tp, cp = ["--parallel.tp", 2], ["--parallel.cp", 2]
+    bf16, half = ["--run.precision", "bf16"], ["--train.attention_dropout", 0.5]
+    at_02 = common[:2]  # common: the dropout of 0.2, then the rest
+    for name, n, options in (("gqa1", 1, at_02 + gqa), ("gqa_tp", 2, at_02 + gqa + tp),
+                             ("gqa_cp", 2, at_02 + gqa + cp), ("bf16", 1, bf16 + half),
+                             ("bf16_tp", 2, bf16 + half + tp), ("bf16_cp", 2, bf16 + half + cp),
+                             ("fp32_half", 1, half), ("bf16_plain", 1, bf16)):
+        p = run(n, "--config", cfg, *common[2:], *options, "--run.name", name)
+        assert p.returncode == 0, (name, p.stderr)
+    for name in ("gqa_tp", "gqa_cp"):
+        np.testing.assert_allclose(curve(name), curve("gqa1"), rtol=2e-6, err_msg=name)
+    # bf16 (p = 0.5; the probabilities dropped in fp32): its grids and fp32 agree with it to
+    # bf16's rounding, far below what the dropout itself moves the curve by.
+    moved = rel("bf16_plain", "bf16")
+    noise = max(rel(name, "bf16") for name in ("bf16_tp", "bf16_cp", "fp32_half"))
+    assert noise < 1e-3 and 5 * noise < moved, (noise, moved)
 
 
 def test_z_loss_gives_the_same_curve_on_every_grid(tmp_path):

@@ -805,10 +805,10 @@ std::vector<int32_t> attention_keys(int B, int T, uint64_t seed) {
 TEST_F(CpuKernels, AttentionDropoutMaskRate) {
   const int B = 2, T = 200, NH = 4;
   const std::vector<int32_t> keys = attention_keys(B, T, 3), other = attention_keys(B, T, 4);
-  const AttentionDropMask m = AttentionDropout{keys.data(), 0.3f, 2, 0}.mask();
-  const AttentionDropMask layer = AttentionDropout{keys.data(), 0.3f, 3, 0}.mask();
-  const AttentionDropMask seed = AttentionDropout{other.data(), 0.3f, 2, 0}.mask();
-  EXPECT_FALSE((AttentionDropout{keys.data(), 0.0f, 2, 0}.mask().on()));
+  const AttentionDropMask m = AttentionDropout{keys.data(), 0.3f, 2, 0}.mask(NH);
+  const AttentionDropMask layer = AttentionDropout{keys.data(), 0.3f, 3, 0}.mask(NH);
+  const AttentionDropMask seed = AttentionDropout{other.data(), 0.3f, 2, 0}.mask(NH);
+  EXPECT_FALSE((AttentionDropout{keys.data(), 0.0f, 2, 0}.mask(NH).on()));
   size_t n = 0, dropped = 0, same_layer = 0, same_head = 0, same_seed = 0;
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < NH; ++h)

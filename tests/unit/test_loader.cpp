@@ -91,6 +91,44 @@ TEST_F(LoaderTest, PositionsWrapToTheNextEpoch) {
   EXPECT_TRUE(differs_seed);
 }
 
+// FIM between characters counts a batch's targets by reading its windows (their text encoded
+// anew), and the loader keeps them for fill(): what fill() gives after counting, for the
+// counted sequences, a part of them and others, is what a loader that never counted reads; the
+// count is the targets that count there (the padding left out), across epochs of a shuffle.
+TEST_F(LoaderTest, CountedWindowsAreTheOnesFilled) {
+  const std::string vocab = TRIAD_SOURCE_DIR "/data/vocab/gpt2.tiktoken";
+  if (!fs::exists(vocab)) GTEST_SKIP() << "missing " << vocab << " (jobs/setup.sh)";
+  const Tokenizer tok = Tokenizer::from_file(vocab);
+  std::vector<uint16_t> tokens;  // letters a byte each: windows encoded anew come out short
+  for (int i = 0; i < 40 * 17 + 1; ++i)
+    tokens.push_back(uint16_t(tok.encode(std::string(1, "abcdef gh"[i * 7 % 9]))[0]));
+  const int T = 16;
+  SequenceSource src(shard("fim_000.bin", tokens), "data.train", T, 50304);
+  FimSpec f{1.0, 0.5, 50300, 50301, 50302, -1, 3};
+  f.characters = true;
+  f.pad = 50303;
+  f.tokenizer = &tok;
+  src.set_fim(f);
+  ASSERT_TRUE(src.counting_encodes());
+  DataLoader counting(src, true, 5), plain(src, true, 5);
+  const size_t n = 8 * size_t(T);
+  for (int64_t position : {0, 8, 36, 44}) {  // 40 sequences an epoch: 36 and 44 span two
+    int64_t want = 0;
+    std::vector<int32_t> in(n), tg(n), in2(n), tg2(n);
+    plain.fill(position, 8, in2.data(), tg2.data());
+    for (int32_t t : tg2) want += t != kMaskedTarget ? 1 : 0;
+    EXPECT_LT(want, int64_t(n)) << "some window padded";
+    EXPECT_EQ(counting.counted_targets(position, 8), want) << position;
+    counting.fill(position, 8, in.data(), tg.data());
+    EXPECT_EQ(in, in2) << position;
+    EXPECT_EQ(tg, tg2) << position;
+    counting.fill(position + 4, 8, in.data(), tg.data());  // half counted, half not
+    plain.fill(position + 4, 8, in2.data(), tg2.data());
+    EXPECT_EQ(in, in2) << position;
+    EXPECT_EQ(tg, tg2) << position;
+  }
+}
+
 TEST_F(LoaderTest, BadShardsAreRefusedWithTheirName) {
   const std::string bad_magic = shard("m.bin", iota(20, 0));
   {

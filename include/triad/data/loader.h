@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "triad/data/fim.h"
@@ -90,6 +91,8 @@ class DataLoader {
   // Fills count sequences starting at absolute position p into inputs/targets [count, T].
   void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
   // The targets of those count sequences that count in the loss (count · T without masks).
+  // Where counting encodes text anew (SequenceSource::counting_encodes), the sequences it read
+  // are kept, and fill() copies them instead of rearranging them a second time.
   int64_t counted_targets(int64_t position, int count);
   int64_t num_sequences() const { return source_.num_sequences(); }
 
@@ -99,6 +102,9 @@ class DataLoader {
   uint64_t seed_;
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;
+  // The sequences counted_targets() read (by sequence index: inputs then targets, 2·T each),
+  // while counting encodes; dropped when it is about to outgrow a few batches.
+  std::unordered_map<int64_t, std::vector<int32_t>> read_;
 };
 
 }  // namespace triad

@@ -85,8 +85,10 @@ struct AttentionDropout {
   int kv_heads = 0;
   bool on() const { return keys != nullptr && p > 0.0f; }
   // The kernels' form for a call with NKV key/value heads.
-  AttentionDropMask mask(int NKV = 0) const {
+  AttentionDropMask mask(int NKV) const {
     if (!on()) return {};
+    TRIAD_CHECK(kv_heads == 0 || NKV > 0, "attention dropout: a grouped head mapping (kv_heads ",
+                kv_heads, ") needs the call's key/value heads (got ", NKV, ")");
     return AttentionDropMask{keys,
                              dropout_threshold(p),
                              layer,

@@ -151,9 +151,13 @@ TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, i
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
   float* drow = ds + r * T;
   const float* prow = att + r * T;
-  if (drop.on())  // each thread the j's it reads below
+  if (drop.on()) {  // dP = dP' times the factors (block_sum's barriers order it before the
+                    // last loop, whose threads read other threads' entries)
+    const size_t bh = r / size_t(T);
+    const uint64_t a = drop.head_key(bh / size_t(NH), T, int(bh % size_t(NH)), i);
     for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
-      drow[j] *= drop_factor(drop, r, T, NH, j);
+      drow[j] *= attention_dropout_keeps(a, uint32_t(j), drop.threshold) ? drop.scale : 0.0f;
+  }
   float dot = 0.0f;
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) dot += prow[j] * drow[j];
   dot = block_sum(x, dot, part, kSoftmaxThreads);
