@@ -570,21 +570,17 @@ def test_partial_rotary_gives_the_same_curve_on_every_grid(tmp_path):
     assert p.returncode != 0 and "model.rotary_dim needs model.position = rope" in p.stderr
 
 
-def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
-    """train.hidden_dropout = 0.2: the masks are a function of the seed and of each value's
-    sequence (its place in the data order), position and column, so tensor (with and without
-    sequence parallelism), pipeline (full recomputation: the backward pass drops again; and the
-    zero-bubble schedule's split backward), data (ZeRO-1 and 3), context-parallel and 2 x 2
-    grids, and a parallel-residual model on a tensor-parallel grid, give the one-rank curve
-    within fp32 rounding (its values against PyTorch:
-    test_reference_model.py); it differs from the curve without dropout while the first
-    evaluation (which never drops) is the same to the bit; a run resumed at step 3 gives the
-    uninterrupted run's losses bit for bit."""
+def dropout_follows_one_rank_on_every_grid(tmp_path, kind):
+    """train.<kind>_dropout = 0.2 on 8 steps of a tiny model (evaluating every 4, checkpointing
+    every 3): the start line names it; another curve than without it, but the same first
+    evaluation (which never drops); a resume at step 3 bit for bit; tensor (with and without
+    sequence parallelism), pipeline (1F1B with full recomputation, ZB-H1), data (ZeRO-1, 3),
+    context-parallel and 2 x 2 grids within fp32 rounding of one rank. Returns (cfg, options)."""
     cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
-    common = ["--train.hidden_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
+    common = [f"--train.{kind}_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
     p = run(1, "--config", cfg, *common)
     assert p.returncode == 0, p.stderr
-    assert "| hidden dropout 0.2 |" in p.stdout, p.stdout
+    assert f"| {kind} dropout 0.2 |" in p.stdout, p.stdout
     plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
     with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as a, \
             h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as b:
@@ -595,6 +591,20 @@ def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(t
         more=[("tpsp", 2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
               ("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3]),
               ("zb", 2, [*pp, "--parallel.schedule", "zb-h1"])])
+    return cfg, common
+
+
+def test_hidden_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactly(tmp_path):
+    """train.hidden_dropout = 0.2: the masks are a function of the seed and of each value's
+    sequence (its place in the data order), position and column, so tensor (with and without
+    sequence parallelism), pipeline (full recomputation: the backward pass drops again; and the
+    zero-bubble schedule's split backward), data (ZeRO-1 and 3), context-parallel and 2 x 2
+    grids, and a parallel-residual model on a tensor-parallel grid, give the one-rank curve
+    within fp32 rounding (its values against PyTorch:
+    test_reference_model.py); it differs from the curve without dropout while the first
+    evaluation (which never drops) is the same to the bit; a run resumed at step 3 gives the
+    uninterrupted run's losses bit for bit."""
+    cfg, common = dropout_follows_one_rank_on_every_grid(tmp_path, "hidden")
     # Parallel residual: one mask for the branches' sum, which tensor parallelism reduces as one.
     par = ["--model.parallel_residual", "true"]
     for name, n, grid in (("par1", 1, []), ("par_tp", 2, ["--parallel.tp", 2])):
@@ -614,21 +624,7 @@ def test_attention_dropout_gives_the_same_curve_on_every_grid_and_resumes_exactl
     one-rank curve within rounding (its values against PyTorch: test_reference_model.py); it
     differs from the curve without dropout while the first evaluation (which never drops) is the
     same to the bit; a run resumed at step 3 gives the uninterrupted run's losses bit for bit."""
-    cfg = tiny_config(tmp_path, name="one", train__steps=8, eval__every=4)
-    common = ["--train.attention_dropout", 0.2, "--eval.every", 4, "--checkpoint.every", 3]
-    p = run(1, "--config", cfg, *common)
-    assert p.returncode == 0, p.stderr
-    assert "| attention dropout 0.2 |" in p.stdout, p.stdout
-    plain_differs_and_resuming_is_exact(tmp_path, cfg, common)
-    with h5py.File(tmp_path / "runs" / "one" / "metrics.h5", "r") as a, \
-            h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as b:
-        assert a["val/loss"][0] == b["val/loss"][0]  # before any update: evaluation drops nothing
-    pp = ["--parallel.pp", 2, "--train.micro_batch_size", 2]
-    assert_grids_follow_one_rank(
-        tmp_path, cfg, common, pp_extra=["--train.recompute", "full"],
-        more=[("tpsp", 2, ["--parallel.tp", 2, "--parallel.sequence_parallel", "true"]),
-              ("cp", 2, ["--parallel.cp", 2]), ("zero3", 2, ["--parallel.zero", 3]),
-              ("zb", 2, [*pp, "--parallel.schedule", "zb-h1"])])
+    cfg, common = dropout_follows_one_rank_on_every_grid(tmp_path, "attention")
     # Grouped-query attention (query heads apart on each rank): one rank against tensor- and
     # context-parallel grids.
     def curve(name):

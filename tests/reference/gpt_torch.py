@@ -658,20 +658,27 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def dropout_multiplier(p: float, seed: int, sequences, T: int, C: int, site: int) -> np.ndarray:
-    """[B, T, C]: 0 where the value at (sequences[b], position t, column c) is dropped at `site`,
-    1/(1 - p) (rounded to fp32) where it is kept; p as the fp32 triad holds."""
+def _dropout_rows(p: float, seed: int, sequences, T: int):
+    """(threshold, scale, row keys [B, T]) of a dropout of probability p (as the fp32 triad
+    holds): round(p·2^24), 1/(1 - p) rounded to fp32, and mix(mix(seed ^ mix(n)) + t)."""
     p32 = float(np.float32(p))
-    threshold = int(math.floor(p32 * 2 ** 24 + 0.5))
+    threshold = np.uint64(int(math.floor(p32 * 2 ** 24 + 0.5)))
     scale = float(np.float32(1.0 / (1.0 - p32)))
     with np.errstate(over="ignore"):
         seq = np.asarray(sequences, dtype=np.uint64)
         rows = _mix64(_mix64(np.uint64(seed) ^ _mix64(seq))[:, None] +
                       np.arange(T, dtype=np.uint64)[None, :])
+    return threshold, scale, rows
+
+
+def dropout_multiplier(p: float, seed: int, sequences, T: int, C: int, site: int) -> np.ndarray:
+    """[B, T, C]: 0 where the value at (sequences[b], position t, column c) is dropped at `site`,
+    1/(1 - p) (rounded to fp32) where it is kept; p as the fp32 triad holds."""
+    threshold, scale, rows = _dropout_rows(p, seed, sequences, T)
+    with np.errstate(over="ignore"):
         salt = (np.uint64(site) << np.uint64(32)) | np.arange(C, dtype=np.uint64)
         h = _mix64(rows[:, :, None] ^ salt[None, None, :])
-    keep = (h >> np.uint64(40)) >= np.uint64(threshold)
-    return np.where(keep, scale, 0.0)
+    return np.where((h >> np.uint64(40)) >= threshold, scale, 0.0)
 
 
 def attention_dropout_multiplier(p: float, seed: int, sequences, layer: int, n_head: int,
@@ -680,19 +687,13 @@ def attention_dropout_multiplier(p: float, seed: int, sequences, layer: int, n_h
     of head h in layer `layer` by: 0 (dropped) or 1/(1 - p) rounded to fp32 (kept), from
     docs/formats.md's formula: head key a = mix(row_key(i) ^ ((2^31 | layer) << 32 | h)), kept
     iff (mix(a ^ j) >> 40) >= round(p·2^24)."""
-    p32 = float(np.float32(p))
-    threshold = int(math.floor(p32 * 2 ** 24 + 0.5))
-    scale = float(np.float32(1.0 / (1.0 - p32)))
+    threshold, scale, rows = _dropout_rows(p, seed, sequences, T)
     with np.errstate(over="ignore"):
-        seq = np.asarray(sequences, dtype=np.uint64)
-        rows = _mix64(_mix64(np.uint64(seed) ^ _mix64(seq))[:, None] +
-                      np.arange(T, dtype=np.uint64)[None, :])  # [B, T]
         salt = (np.uint64((1 << 31) | layer) << np.uint64(32)) | \
             np.arange(n_head, dtype=np.uint64)
         a = _mix64(rows[:, None, :] ^ salt[None, :, None])  # [B, n_head, T]
         h = _mix64(a[..., None] ^ np.arange(T, dtype=np.uint64)[None, None, None, :])
-    keep = (h >> np.uint64(40)) >= np.uint64(threshold)
-    return np.where(keep, scale, 0.0)
+    return np.where((h >> np.uint64(40)) >= threshold, scale, 0.0)
 
 
 class hidden_dropout:

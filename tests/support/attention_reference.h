@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "triad/core/bf16.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::attention_reference {
 
@@ -42,6 +43,18 @@ inline std::vector<int32_t> key_begin_of_starts(int B, int T,
     }
   }
   return kb;
+}
+
+// An attention dropout's row keys [B, T] as a backend holds them (two int32 words each, low
+// first): sequence first + b of the data order, position t, the run's seed.
+inline std::vector<int32_t> dropout_row_keys(int B, int T, uint64_t seed, uint64_t first) {
+  std::vector<int32_t> k(2 * size_t(B) * size_t(T));
+  for (size_t r = 0; r < size_t(B) * size_t(T); ++r) {
+    const uint64_t key = dropout_row_key(seed, first + r / size_t(T), uint32_t(r % size_t(T)));
+    k[2 * r] = int32_t(uint32_t(key));
+    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
+  }
+  return k;
 }
 
 struct Reference {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../../src/kernels/cuda/attention_fp32_block.h"
+#include "../support/attention_reference.h"
 #include "../support/random_data.h"
 #include "../support/simt_emulator.h"
 #include "../support/strided_launch.h"
@@ -71,13 +72,7 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float
   SCOPED_TRACE(::testing::Message()
                << "B=" << B << " NH=" << NH << " T=" << T << (documents ? " documents" : "")
                << " cap " << cap << " drop " << drop);
-  std::vector<int32_t> keys(2 * size_t(B) * T);
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      const uint64_t k = dropout_row_key(17, uint64_t(b + 40), uint32_t(t));
-      keys[2 * (size_t(b) * T + t)] = int32_t(uint32_t(k));
-      keys[2 * (size_t(b) * T + t) + 1] = int32_t(uint32_t(k >> 32));
-    }
+  const std::vector<int32_t> keys = attention_reference::dropout_row_keys(B, T, 17, 40);
   AttentionDropMask mask;
   if (drop > 0.0f)
     mask = AttentionDropMask{keys.data(), dropout_threshold(drop), 5, 2, dropout_scale(drop)};
@@ -155,8 +150,9 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float
   EXPECT_LE(p_err, 1e-6);
   EXPECT_LE(lse_err, 1e-5);
   EXPECT_LE(ds_err, 1e-6);
-  if (drop > 0.0f)  // the mask drops about `drop` of the entries
+  if (drop > 0.0f) {  // the mask drops about `drop` of the entries
     EXPECT_NEAR(1.0 - double(kept) / double(entries), drop, 0.05);
+  }
 }
 
 TEST(AttentionFp32Emulated, CausalSoftmax) { check_softmax(2, 2, 20, false); }

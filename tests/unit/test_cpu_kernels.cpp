@@ -789,15 +789,7 @@ TEST_F(CpuKernels, AttentionQueryRowsMasked) {
 
 // Row keys [B, T] (sequence 9 + b, position t) as the model forms them for the attention dropout.
 std::vector<int32_t> attention_keys(int B, int T, uint64_t seed) {
-  std::vector<int32_t> k(2 * size_t(B) * T);
-  for (int b = 0; b < B; ++b)
-    for (int t = 0; t < T; ++t) {
-      const uint64_t key = dropout_row_key(seed, uint64_t(9 + b), uint32_t(t));
-      const size_t r = size_t(b) * T + t;
-      k[2 * r] = int32_t(uint32_t(key));
-      k[2 * r + 1] = int32_t(uint32_t(key >> 32));
-    }
-  return k;
+  return attention_reference::dropout_row_keys(B, T, seed, 9);
 }
 
 // The mask itself: over the causal entries of a few heads about p of the probabilities are

@@ -901,17 +901,6 @@ TEST_F(CudaBackendTest, AttentionDocumentMask) {
   }
 }
 
-// Attention dropout row keys [B, T] (sequence 3 + b, position t), as the model forms them.
-std::vector<int32_t> attention_dropout_keys(int B, int T) {
-  std::vector<int32_t> k(2 * size_t(B) * T);
-  for (size_t r = 0; r < size_t(B) * T; ++r) {
-    const uint64_t key = dropout_row_key(11, uint64_t(3 + r / size_t(T)), uint32_t(r % size_t(T)));
-    k[2 * r] = int32_t(uint32_t(key));
-    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
-  }
-  return k;
-}
-
 // Attention dropout (train.attention_dropout): the fp32 forward and backward against the CPU
 // backend's under the same mask, with a document mask, grouped queries and head 0 of the call at
 // global head 2; the probabilities kept in att are the undropped ones.
@@ -921,7 +910,7 @@ TEST_F(CudaBackendTest, AttentionDropout) {
     SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NKV=" << s.NKV);
     const std::vector<int32_t> kb =
         attention_reference::key_begin_of_starts(s.B, s.T, {{0, 1, 50, 64, 99}, {0, 70}});
-    const std::vector<int32_t> keys = attention_dropout_keys(s.B, s.T);
+    const std::vector<int32_t> keys = attention_reference::dropout_row_keys(s.B, s.T, 11, 3);
     const AttentionDropout drop{keys.data(), 0.25f, 3, 2};
     const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
     const size_t nout = size_t(s.B) * s.T * s.C;

@@ -813,17 +813,6 @@ TEST_F(CudaBf16Test, AttentionOtherScalesAndSoftCaps) {
     }
 }
 
-// Attention dropout row keys [B, T] (sequence 3 + b, position t), as the model forms them.
-std::vector<int32_t> attention_dropout_keys(int B, int T) {
-  std::vector<int32_t> k(2 * size_t(B) * T);
-  for (size_t r = 0; r < size_t(B) * T; ++r) {
-    const uint64_t key = dropout_row_key(11, uint64_t(3 + r / size_t(T)), uint32_t(r % size_t(T)));
-    k[2 * r] = int32_t(uint32_t(key));
-    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
-  }
-  return k;
-}
-
 // Attention dropout (train.attention_dropout): the bf16 ops (which run the fp32 path under a
 // dropout) against the CPU backend's, hd 64 and 128, grouped queries, head 0 at global head 1.
 TEST_F(CudaBf16Test, AttentionDropout) {
@@ -834,7 +823,7 @@ TEST_F(CudaBf16Test, AttentionDropout) {
     const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
     const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
     const size_t L = size_t(s.B) * s.NH * s.T;
-    const std::vector<int32_t> keys = attention_dropout_keys(s.B, s.T);
+    const std::vector<int32_t> keys = attention_reference::dropout_row_keys(s.B, s.T, 11, 3);
     const AttentionDropout drop{keys.data(), 0.2f, 1, 1};
     const Bits qkv = random_bits(BTW, 84, -1.5f, 1.5f), dout = random_bits(BTC, 85);
     Bits out(BTC), dqkv(BTW);
