@@ -416,7 +416,7 @@ class KeyTable {
         "fill-in-the-middle: none, or the token id that cuts a fragment into parts (Megatron's "
         "fim_split_sample, e.g. a file separator in repository-level documents): a fragment "
         "holding it is rearranged, at data.fim_rate, part by part, each at "
-        "data.fim_fragment_rate");
+        "data.fim_fragment_rate (an id, or the name of one of data.vocab's special tokens)");
     add("data.fim_fragment_rate", c.data.fim_fragment_rate,
         "fill-in-the-middle: the share of a chosen fragment's parts rearranged (with "
         "data.fim_fragment_split; Megatron's fim_fragment_rate)");
@@ -425,7 +425,8 @@ class KeyTable {
         "with this string are never rearranged (Megatron's fim_no_prefix; empty: none)");
     add("data.fim_split", c.data.fim_split,
         "fill-in-the-middle: none (a training sequence is one fragment) or the token id the "
-        "fragments are cut at (a document separator: each document rearranged on its own)");
+        "fragments are cut at (a document separator: each document rearranged on its own; an "
+        "id, or the name of one of data.vocab's special tokens, e.g. <|endoftext|>)");
     add("eval.loss_by_position", c.eval.loss_by_position,
         "also write data.val's loss at each position 0 .. seq_len-1 of the sequence (the mean "
         "over its counted targets there) to /val_positions/loss of metrics.h5 at every "
@@ -620,31 +621,50 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed, const Toke
   f.rate = d.fim_rate;
   f.spm_rate = d.fim_spm_rate;
   f.seed = seed;
-  f.split = parse_token_id(d.fim_split, vocab_size, "data.fim_split", "the fragments are cut at");
+  // A token of data.fim_*: none (-1), an id, or the text of one of data.vocab's special tokens
+  // ("<fim_prefix>", "<|endoftext|>"): its id with the tokenizer, kUnresolved without.
+  constexpr int32_t kUnresolved = -2;
+  auto token_of = [&](const std::string& item, const char* key, const char* what) -> int32_t {
+    if (item == "none" || item.empty() || std::isdigit(static_cast<unsigned char>(item[0])) ||
+        item[0] == '-')
+      return parse_token_id(item, vocab_size, key, what);
+    TRIAD_CHECK(!trim_blanks(d.vocab).empty(), "config: ", key, ": '", item,
+                "' is neither a token id nor, without data.vocab, a special token's name (set "
+                "data.vocab to the data's tokenizer, which names it)");
+    f.named = true;
+    if (tokenizer == nullptr) return kUnresolved;
+    const int32_t id = tokenizer->special_id(item);
+    TRIAD_CHECK(id >= 0, "config: ", key, ": '", item, "' is not a special token of data.vocab ",
+                d.vocab);
+    TRIAD_CHECK(id < vocab_size, "config: ", key, ": '", item, "' is token ", id,
+                " of data.vocab, not one of the model's ", vocab_size);
+    return id;
+  };
+  f.split = token_of(d.fim_split, "data.fim_split", "the fragments are cut at");
   TRIAD_CHECK(d.fim_granularity == "token" || d.fim_granularity == "character",
               "config: data.fim_granularity must be token or character (got '", d.fim_granularity,
               "')");
   f.characters = d.fim_granularity == "character";
-  f.fragment_split = parse_token_id(d.fim_fragment_split, vocab_size, "data.fim_fragment_split",
-                                    "the parts are cut at");
+  f.fragment_split =
+      token_of(d.fim_fragment_split, "data.fim_fragment_split", "the parts are cut at");
   f.no_prefix = d.fim_no_prefix;
   if (d.fim_rate == 0) {
     TRIAD_CHECK(trim_blanks(d.fim_tokens).empty() && d.fim_split == "none" &&
                     d.fim_spm_rate == DataConfig{}.fim_spm_rate && !f.characters &&
-                    f.fragment_split < 0 && d.fim_fragment_rate == DataConfig{}.fim_fragment_rate &&
-                    f.no_prefix.empty(),
+                    d.fim_fragment_split == "none" &&
+                    d.fim_fragment_rate == DataConfig{}.fim_fragment_rate && f.no_prefix.empty(),
                 "config: data.fim_tokens, data.fim_split, data.fim_spm_rate, "
                 "data.fim_granularity, data.fim_fragment_split, data.fim_fragment_rate and "
                 "data.fim_no_prefix need data.fim_rate > 0");
     return f;
   }
-  if (f.fragment_split >= 0) {
+  if (f.fragment_split != -1) {
     TRIAD_CHECK(
         std::isfinite(d.fim_fragment_rate) && d.fim_fragment_rate >= 0 && d.fim_fragment_rate <= 1,
         "config: data.fim_fragment_rate must be in [0, 1] with data.fim_fragment_split "
         "(got ",
         d.fim_fragment_rate, ")");
-    TRIAD_CHECK(f.fragment_split != f.split,
+    TRIAD_CHECK(f.fragment_split != f.split || f.split == kUnresolved,
                 "config: data.fim_fragment_split must differ from data.fim_split");
     f.fragment_rate = d.fim_fragment_rate;
   } else {
@@ -662,27 +682,10 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed, const Toke
   for (size_t i = 0; i < want; ++i) {
     TRIAD_CHECK(ids[i] != "none", "config: data.fim_tokens: '", d.fim_tokens, "' must name ", want,
                 " token ids");
-    const std::string& item = ids[i];
-    if (!item.empty() && (std::isdigit(static_cast<unsigned char>(item[0])) || item[0] == '-')) {
-      v[i] = parse_token_id(item, vocab_size, "data.fim_tokens",
-                            i < 3 ? "of a sentinel" : "of the padding");
-      continue;
-    }
-    // A special token's text: data.vocab's tokenizer says its id.
-    TRIAD_CHECK(!trim_blanks(d.vocab).empty(), "config: data.fim_tokens: '", item,
-                "' is neither a token id nor, without data.vocab, a special token's name (set "
-                "data.vocab to the data's tokenizer, which names it)");
-    f.named = true;
-    if (tokenizer == nullptr) continue;
-    const int32_t id = tokenizer->special_id(item);
-    TRIAD_CHECK(id >= 0, "config: data.fim_tokens: '", item,
-                "' is not a special token of data.vocab ", d.vocab);
-    TRIAD_CHECK(id < vocab_size, "config: data.fim_tokens: '", item, "' is token ", id,
-                " of data.vocab, not one of the model's ", vocab_size);
-    v[i] = id;
+    v[i] = token_of(ids[i], "data.fim_tokens", i < 3 ? "of a sentinel" : "of the padding");
   }
   if (f.named && tokenizer == nullptr) {  // the ids once the tokenizer has them
-    f.prefix = f.middle = f.suffix = f.pad = -1;
+    f.prefix = f.middle = f.suffix = f.pad = f.split = f.fragment_split = -1;
     return f;
   }
   bool distinct = true;

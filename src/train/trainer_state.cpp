@@ -1150,16 +1150,19 @@ FimSpec Trainer::State::fim(uint64_t seed) {
   if (f.needs_tokenizer()) {
     const std::string why = f.characters           ? "data.fim_granularity = character"
                             : !f.no_prefix.empty() ? "data.fim_no_prefix"
-                                                   : "data.fim_tokens by name";
+                                                   : "a data.fim_* token by name";
+    const bool names_only = !f.characters && f.no_prefix.empty();
     TRIAD_CHECK(fs::exists(cfg.data.vocab), "config: ", why,
-                " decodes the fragments with data.vocab, and data.vocab ", cfg.data.vocab,
-                " does not exist");
+                names_only ? " resolves its names with data.vocab"
+                           : " decodes the fragments with data.vocab",
+                ", and data.vocab ", cfg.data.vocab, " does not exist");
     load_tokenizer();
+    // The names first: one the tokenizer lacks is the clearer error.
+    if (f.named) f = parse_fim(cfg.data, cfg.model.vocab_size, seed, tokenizer.get());
     TRIAD_CHECK(tokenizer->vocab_size() <= cfg.model.vocab_size, "config: data.vocab ",
                 cfg.data.vocab, " has ", tokenizer->vocab_size(),
                 " tokens, more than model.vocab_size = ", cfg.model.vocab_size,
                 ": it is not the tokenizer of the data (", why, ")");
-    if (f.named) f = parse_fim(cfg.data, cfg.model.vocab_size, seed, tokenizer.get());
     f.tokenizer = tokenizer.get();
   }
   return f;

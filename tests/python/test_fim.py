@@ -188,6 +188,8 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, part, tm
     (dict(data__fim_tokens="1, 2, 3"), "need data.fim_rate > 0"),
     (dict(data__fim_spm_rate=0.9), "need data.fim_rate > 0"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="eot"),
+     "data.fim_split: 'eot' is not a special token of data.vocab"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split="1x"),
      "data.fim_split must be none or the token id"),
     (dict(eval__fim="true"), "eval.fim needs data.fim_rate > 0"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_granularity="word"),
@@ -495,9 +497,10 @@ def test_fim_by_characters_scores_as_torch_on_tiktokens_pieces(split, part, no_p
 
 
 def test_fim_tokens_by_special_token_names(tmp_root, tmp_path):
-    """data.fim_tokens may name data.vocab's special tokens instead of their ids: eval.fim with
-    GPT-2's "<|endoftext|>" as the suffix sentinel scores as with its id 50256, and otherwise
-    than with another id; a name the tokenizer lacks, or a name without data.vocab, is refused."""
+    """data.fim_tokens (and data.fim_split) may name data.vocab's special tokens instead of their
+    ids: eval.fim with GPT-2's "<|endoftext|>" as the suffix sentinel, or as the split, scores as
+    with its id 50256, and otherwise than with another id; a name the tokenizer lacks, or a name
+    without data.vocab, is refused."""
     from triad_run import VOCAB
     case = next(c for c in trm.CASES if c.name == "gpt2vocab")
     p = trm.prepare(case, tmp_root)
@@ -506,14 +509,17 @@ def test_fim_tokens_by_special_token_names(tmp_root, tmp_path):
     cfg = tmp_path / "ids.ini"
     ref.write_config(cfg, sections)
 
-    def val_loss(tokens):
+    def val_loss(tokens, split="none"):
         out = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
-                       p.ckpt, "--data.fim_tokens", tokens])
+                       p.ckpt, "--data.fim_tokens", tokens, "--data.fim_split", split])
         return float(out.split("val loss")[1].split()[0])
 
     by_id = val_loss("50252, 50253, 50256")
     assert val_loss("50252, 50253, <|endoftext|>") == by_id
     assert val_loss("50252, 50253, 50255") != by_id
+    # data.fim_split by name too (the documents cut at <|endoftext|>)
+    split = val_loss("50252, 50253, 50254", "50256")
+    assert val_loss("50252, 50253, 50254", "<|endoftext|>") == split != by_id
     for tokens, vocab, needle in (
             ("50252, <fim_middle>, 50256", str(VOCAB),
              "data.fim_tokens: '<fim_middle>' is not a special token of data.vocab"),

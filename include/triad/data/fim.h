@@ -60,8 +60,9 @@ struct FimSpec {
   // Character granularity and no_prefix: the data's tokenizer (not owned; it outlives the
   // sequences' readers).
   const Tokenizer* tokenizer = nullptr;
-  // data.fim_tokens names special tokens (StarCoder's "<fim_prefix>, ..."): the ids above are
-  // the data tokenizer's for them once parse_fim had it, -1 before.
+  // data.fim_tokens, fim_split or fim_fragment_split name special tokens (StarCoder's
+  // "<fim_prefix>, ..."): the ids above are the data tokenizer's for them once parse_fim had it,
+  // -1 before.
   bool named = false;
   bool needs_tokenizer() const { return on() && (characters || !no_prefix.empty() || named); }
   bool on() const { return rate > 0; }

@@ -442,10 +442,10 @@ int32_t parse_eod_mask_loss(const std::string& text, int vocab_size);
 // data.fim_*'s FimSpec (data/fim.h) with the given seed; throws triad::Error naming the key of a
 // bad value (fim_tokens: three distinct token ids of the vocabulary, needed when fim_rate > 0,
 // and a fourth, the padding, under character granularity, whose tokenizer the caller attaches).
-// An item of fim_tokens may instead be the text of one of data.vocab's special tokens
-// ("<fim_prefix>"): with `tokenizer` (data.vocab's) it becomes that token's id; without, it
-// needs data.vocab set, and the FimSpec says `named` with the ids left -1 (the caller parses
-// again with the tokenizer).
+// An item of fim_tokens, fim_split or fim_fragment_split may instead be the text of one of
+// data.vocab's special tokens ("<fim_prefix>"): with `tokenizer` (data.vocab's) it becomes that
+// token's id; without, it needs data.vocab set, and the FimSpec says `named` with the ids left
+// -1 (the caller parses again with the tokenizer).
 struct FimSpec;
 class Tokenizer;
 FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed,
