@@ -121,6 +121,12 @@ bool BlendedLoader::counting_encodes() const {
                      [](const auto& s) { return s->counting_encodes(); });
 }
 
+size_t BlendedLoader::kept_sequences() const {
+  size_t n = 0;
+  for (const auto& l : loaders_) n += l->kept_sequences();
+  return n;
+}
+
 int BlendedLoader::masked_shards() const {
   int n = 0;
   for (const auto& s : sources_) n += s->masked_shards();

@@ -79,6 +79,10 @@ bool starts_with_text(const Tokenizer& tok, const int32_t* ids, size_t n,
   return text.starts_with(prefix);
 }
 
+// The draws of a fragment with key k: h(d) = mix(k ^ d), and u(d) = h(d)'s top 53 bits in [0, 1).
+uint64_t draw_bits(uint64_t k, uint64_t d) { return dropout_mix(k ^ d); }
+double draw_unit(uint64_t k, uint64_t d) { return double(draw_bits(k, d) >> 11) * 0x1.0p-53; }
+
 }  // namespace
 
 void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& tokens,
@@ -105,8 +109,8 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
   // fragment is neither data.fim_no_prefix's nor, between characters, holding an uncounted
   // target), else kept.
   auto fragment = [&](size_t lo, size_t hi, uint64_t k, double rate) {
-    auto h = [k](uint64_t d) { return dropout_mix(k ^ d); };
-    auto u = [&h](uint64_t d) { return double(h(d) >> 11) * 0x1.0p-53; };
+    auto h = [k](uint64_t d) { return draw_bits(k, d); };
+    auto u = [k](uint64_t d) { return draw_unit(k, d); };
     const size_t L = hi - lo;
     const bool drawn =
         u(0) < rate && (f.no_prefix.empty() ||
@@ -158,7 +162,7 @@ void fill_in_the_middle(const FimSpec& f, int64_t index, std::vector<int32_t>& t
                                    f.fragment_split) != tokens.begin() + ptrdiff_t(hi);
       if (!parts) {
         fragment(lo, hi, fkey, f.rate);
-      } else if (double(dropout_mix(fkey) >> 11) * 0x1.0p-53 >= f.rate) {
+      } else if (draw_unit(fkey, 0) >= f.rate) {
         put(lo, hi);  // (Megatron's: the document not rearranged, none of its parts)
       } else {
         // Its parts, cut at data.fim_fragment_split (kept in place), each on its own at

@@ -205,6 +205,7 @@ void DataLoader::fill(int64_t position, int count, int32_t* inputs, int32_t* tar
     if (kept != read_.end()) {
       std::copy_n(kept->second.data(), T, in);
       std::copy_n(kept->second.data() + T, T, tg);
+      read_.erase(kept);
     } else {
       source_.read(index, in, tg);
     }
@@ -219,7 +220,8 @@ int64_t DataLoader::counted_targets(int64_t position, int count) {
   }
   // Counting reads each window whole (its text encoded anew): keep it for fill().
   const size_t T = size_t(source_.seq_len());
-  if (read_.size() + size_t(count) > 4 * size_t(count)) read_.clear();
+  const size_t most = std::max(size_t(count), kKeptBytes / (2 * T * sizeof(int32_t)));
+  if (read_.size() + size_t(count) > most) read_.clear();
   for (int b = 0; b < count; ++b) {
     const int64_t index = sequence_at(position + b);
     std::vector<int32_t>& seq = read_[index];

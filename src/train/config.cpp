@@ -1410,11 +1410,11 @@ void validate(const Config& c, int world_size) {
         "must be a finite number >= 0 (0: off)");
   check(std::isfinite(t.z_loss) && t.z_loss >= 0 && t.z_loss <= 1, "train.z_loss",
         "must be a number in [0, 1] (PaLM's 1e-4; 0: none)");
-  check(std::isfinite(t.hidden_dropout) && t.hidden_dropout >= 0 && float(t.hidden_dropout) < 1.0f,
-        "train.hidden_dropout", "must be a probability in [0, 1) (0: none)");
-  check(std::isfinite(t.attention_dropout) && t.attention_dropout >= 0 &&
-            float(t.attention_dropout) < 1.0f,
-        "train.attention_dropout", "must be a probability in [0, 1) (0: none)");
+  // A dropout probability, as the fp32 the model holds it: 1 - 1e-9 rounds to 1.
+  for (const auto& [p, key] : {std::pair{t.hidden_dropout, "train.hidden_dropout"},
+                               std::pair{t.attention_dropout, "train.attention_dropout"}})
+    check(std::isfinite(p) && p >= 0 && float(p) < 1.0f, key,
+          "must be a probability in [0, 1) (0: none)");
   check(std::isfinite(t.moe_aux_loss) && t.moe_aux_loss >= 0 && t.moe_aux_loss <= 1,
         "train.moe_aux_loss", "must be a number in [0, 1] (Switch's 0.01; 0: none)");
   check(std::isfinite(t.moe_z_loss) && t.moe_z_loss >= 0 && t.moe_z_loss <= 1, "train.moe_z_loss",

@@ -9,6 +9,7 @@
 #include <span>
 
 #include "triad/core/error.h"
+#include "triad/data/blend.h"
 #include "triad/data/fim.h"
 #include "triad/data/loader.h"
 #include "triad/data/token_shard.h"
@@ -124,6 +125,20 @@ TEST_F(LoaderTest, CountedWindowsAreTheOnesFilled) {
     EXPECT_EQ(tg, tg2) << position;
     counting.fill(position + 4, 8, in.data(), tg.data());  // half counted, half not
     plain.fill(position + 4, 8, in2.data(), tg2.data());
+    EXPECT_EQ(in, in2) << position;
+    EXPECT_EQ(tg, tg2) << position;
+  }
+  // As training reads: through the blend (one sequence a call), a step counted then filled.
+  BlendedLoader blend({{dir_.string() + "/fim_*.bin"}, {1.0}}, T, 50304, true, 5, LossMask::none,
+                      -1, f);
+  ASSERT_TRUE(blend.counting_encodes());
+  std::vector<int32_t> in(n), tg(n), in2(n), tg2(n);
+  for (int64_t position : {0, 8, 36}) {
+    blend.counted_targets(position, 8);
+    EXPECT_EQ(blend.kept_sequences(), 8u) << position;
+    blend.fill(position, 8, in.data(), tg.data());
+    EXPECT_EQ(blend.kept_sequences(), 0u) << position;  // each read once
+    plain.fill(position, 8, in2.data(), tg2.data());
     EXPECT_EQ(in, in2) << position;
     EXPECT_EQ(tg, tg2) << position;
   }
@@ -430,10 +445,11 @@ TEST(FillInTheMiddle, ByCharactersKeepsTheBytesInTheirPiecesOrder) {
     ASSERT_LT(s, end) << k;
     const std::span<const int32_t> all(out.data(), end);
     if (m >= end) {  // the suffix ran past the window's end: the prefix alone is whole
-      if (s > 1)
+      if (s > 1) {
         EXPECT_EQ(text.substr(0, render(all.subspan(1, s - 1)).size()),
                   render(all.subspan(1, s - 1)))
             << k;
+      }
       continue;
     }
     ASSERT_LT(s, m) << k;
@@ -453,9 +469,11 @@ TEST(FillInTheMiddle, ByCharactersKeepsTheBytesInTheirPiecesOrder) {
     EXPECT_EQ(text.substr(text.size() - suffix.size()), suffix) << k;
     EXPECT_EQ(text.substr(prefix.size(), middle.size()), middle) << k;
     // Kept whole: each id past the tokenizer and <|endoftext|> of the prefix and suffix.
-    for (int32_t id : all)
-      if (id != P && id != M && id != S && id >= EOT)
+    for (int32_t id : all) {
+      if (id != P && id != M && id != S && id >= EOT) {
         EXPECT_NE(std::find(t.begin(), t.end(), id), t.end()) << k;
+      }
+    }
   }
   EXPECT_GT(psm, 100);
   EXPECT_GT(spm, 100);

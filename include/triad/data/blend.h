@@ -56,6 +56,7 @@ class BlendedLoader {
   // Counting them encodes text anew (FIM between characters): each rank had better count its
   // share and sum the counts than count the whole batch.
   bool counting_encodes() const;
+  size_t kept_sequences() const;  // counted, not yet filled (DataLoader::kept_sequences)
   int64_t num_sequences() const { return total_; }  // the nominal epoch
   int datasets() const { return int(sources_.size()); }
   const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }

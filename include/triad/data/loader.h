@@ -92,9 +92,11 @@ class DataLoader {
   void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
   // The targets of those count sequences that count in the loss (count · T without masks).
   // Where counting encodes text anew (SequenceSource::counting_encodes), the sequences it read
-  // are kept, and fill() copies them instead of rearranging them a second time.
+  // are kept until fill() takes them, instead of rearranging them a second time.
   int64_t counted_targets(int64_t position, int count);
   int64_t num_sequences() const { return source_.num_sequences(); }
+  // How many sequences counted_targets() read that fill() has not taken yet.
+  size_t kept_sequences() const { return read_.size(); }
 
  private:
   const SequenceSource& source_;
@@ -103,7 +105,9 @@ class DataLoader {
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;
   // The sequences counted_targets() read (by sequence index: inputs then targets, 2·T each),
-  // while counting encodes; dropped when it is about to outgrow a few batches.
+  // while counting encodes, until fill() takes them; all dropped where they would pass
+  // kKeptBytes (counted and never filled: a run that stopped between the two).
+  static constexpr size_t kKeptBytes = size_t(64) << 20;
   std::unordered_map<int64_t, std::vector<int32_t>> read_;
 };
 

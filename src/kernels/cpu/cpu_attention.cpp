@@ -117,6 +117,15 @@ struct HeadDropout {
   }
 };
 
+// The calling thread's scratch of at least n floats for a head's dropped probabilities, kept
+// between calls (a fresh one per head would be allocated and zeroed as often as the head's
+// products run). Callers write every element they read.
+float* dropout_scratch(size_t n) {
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
+
 // The first key row i of a sequence sees: key_begin[i] (the sequence's row of the [B,T] array)
 // or 0 without a mask.
 int first_key(const int32_t* key_begin, int i) { return key_begin != nullptr ? key_begin[i] : 0; }
@@ -134,7 +143,7 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
   const int L = d.L;
   auto p_row = [&](int i) { return att + size_t(i - d.q0) * L; };
   // Under dropout the P·V product reads the block's dropped rows (the thread's own copy).
-  std::vector<float> dropped(drop.on() ? size_t(kBlock) * L : 0);
+  float* const dropped = drop.on() ? dropout_scratch(size_t(kBlock) * L) : nullptr;
   for (int i0 = d.q0; i0 < L; i0 += kBlock) {
     const int i1 = std::min(L, i0 + kBlock), k0 = first_key(key_begin, i0);
     // S[i0:i1, k0:i1] = scale · Q[i0:i1] · K[k0:i1]ᵀ
@@ -149,11 +158,11 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
     const float* pv = p_row(i0);
     if (drop.on()) {  // rows i0..i1-1 of P' over keys k0..i1-1 (zero above the diagonal)
       for (int i = i0; i < i1; ++i) {
-        float* r = dropped.data() + size_t(i - i0) * L;
+        float* r = dropped + size_t(i - i0) * L;
         drop.apply(r, p_row(i), first_key(key_begin, i), i);
         std::fill(r + i + 1, r + i1, 0.0f);
       }
-      pv = dropped.data();
+      pv = dropped;
     }
     // O[i0:i1] = P[i0:i1, k0:i1] · V[k0:i1]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d.hd, i1 - k0, 1.0f, pv + k0, L,
@@ -171,10 +180,10 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
   auto p_row = [&](int i) { return att + size_t(i - q0) * L; };
   // Under dropout dV's products read P' (the head's rows, the thread's own copy; zero before each
   // row's first key, as att is).
-  std::vector<float> dropped(drop.on() ? size_t(d.rows()) * L : 0);
+  float* const dropped = drop.on() ? dropout_scratch(size_t(d.rows()) * L) : nullptr;
   for (int i = q0; drop.on() && i < L; ++i)
-    drop.apply(dropped.data() + size_t(i - q0) * L, p_row(i), first_key(key_begin, i), i);
-  auto pv_row = [&](int i) { return drop.on() ? dropped.data() + size_t(i - q0) * L : p_row(i); };
+    drop.apply(dropped + size_t(i - q0) * L, p_row(i), first_key(key_begin, i), i);
+  auto pv_row = [&](int i) { return drop.on() ? dropped + size_t(i - q0) * L : p_row(i); };
   auto ds_row = [&](int i) { return ds + size_t(i - q0) * L; };
   auto dout_row = [&](int i) { return dout + size_t(i - q0) * d.ld_out; };
   // Row blocks: dP = dO·Vᵀ, dS = softmax_backward(P, dP), dQ += scale · dS·K. Under a soft cap
