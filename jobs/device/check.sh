@@ -338,8 +338,9 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # multi-head latent attention (mla: heads of 64 = 32 + 32 rotated, v 64: the latents' norms,
     # the strided copies that assemble q|k|v, the flash kernels on them), and the experts' FP8
     # products (fp8moe: each expert's scales, the weight gradient padded to 16 rows). And nanoGPT's
-    # dropout (drop: hidden and attention dropout 0.1; the attention under dropout runs the fp32
-    # path, bf16 too: its masked copy and softmax backward; the masks are the CPU's).
+    # dropout (drop: hidden and attention dropout 0.1; the attention under dropout runs the flash
+    # kernels' dropout variants in bf16, the fp32 path's masked copy and softmax backward in fp32;
+    # the masks are the CPU's).
     for tag in muon rope sched fp8 moe mla fp8moe drop; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false

@@ -1602,9 +1602,10 @@ void validate(const Config& c, int world_size) {
       check(m.seq_len % (2 * par.cp * 64) == 0, "parallel.cp",
             "> 1 on the cuda backend needs model.seq_len (" + std::to_string(m.seq_len) +
                 ") divisible by 2 · parallel.cp · 64: each piece whole 64-row tiles");
-      check(c.train.attention_dropout == 0, "train.attention_dropout",
-            "with parallel.cp > 1 is not implemented by the cuda backend yet (its flash kernels, "
-            "which context parallelism needs there, do not drop)");
+      check(c.train.attention_dropout == 0 || m.attn_softcap == 0, "train.attention_dropout",
+            "with parallel.cp > 1 and model.attn_softcap is not implemented by the cuda backend "
+            "(its flash kernels, which context parallelism needs there, do not drop capped "
+            "scores)");
     }
     // Generation and scoring decode prompts with the KV cache, a whole sequence on one rank.
     check(c.sample.length == 0, "sample.length",

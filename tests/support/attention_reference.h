@@ -63,10 +63,13 @@ struct Reference {
 
 // Naive causal attention in double: forward and backward, one head at a time; with key_begin
 // ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. scale: the scores' (0:
-// 1/sqrt(hd)). cap > 0: each scaled score s is cap·tanh(s / cap) (backend.h's softcap).
+// 1/sqrt(hd)). cap > 0: each scaled score s is cap·tanh(s / cap) (backend.h's softcap). drop
+// (an attention dropout, its keys [B,T]): probability (i, j) of head h times drop's factor (1/(1 −
+// p) or 0) where the output and dV read it, and dP likewise, as PyTorch's dropout after softmax.
 inline Reference reference(const std::vector<double>& qkv, const std::vector<double>& dout, int B,
                            int T, int C, int NH, const std::vector<int32_t>* key_begin = nullptr,
-                           double scale_or_0 = 0.0, double cap = 0.0) {
+                           double scale_or_0 = 0.0, double cap = 0.0,
+                           const AttentionDropMask* drop = nullptr) {
   const int hd = C / NH;
   const double scale = scale_or_0 > 0.0 ? scale_or_0 : 1.0 / std::sqrt(double(hd));
   Reference r;
@@ -86,6 +89,16 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
     std::vector<double> P(size_t(T) * T, 0.0);                 // row i: keys lo(i)..i
     std::vector<double> slope(cap > 0.0 ? size_t(T) * T : 0);  // the cap's derivative
     auto lo = [&](int i) { return key_begin ? int((*key_begin)[size_t(b) * T + i]) : 0; };
+    // The dropout's factor written out from its definition (dropout_mask.h's header), the head
+    // the call's h is in the model by drop's mapping.
+    auto z = [&](int i, int j) {
+      if (drop == nullptr) return 1.0;
+      const uint64_t row_key = dropout_key_of(drop->keys, size_t(b) * T + size_t(i));
+      const uint64_t a =
+          dropout_mix(row_key ^ (uint64_t(0x80000000u | drop->layer) << 32 | drop->global_head(h)));
+      return uint32_t(dropout_mix(a ^ uint64_t(j)) >> 40) >= drop->threshold ? double(drop->scale)
+                                                                             : 0.0;
+    };
     for (int i = 0; i < T; ++i) {
       double* p = &P[size_t(i) * T];
       double mx = -INFINITY;
@@ -105,7 +118,7 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
       r.lse[size_t(bh) * T + i] = mx + std::log(sum);
       for (int j = lo(i); j <= i; ++j) p[j] = std::exp(p[j] - mx) / sum;
       for (int j = lo(i); j <= i; ++j)
-        for (int d = 0; d < hd; ++d) o(i)[d] += p[j] * v(j)[d];
+        for (int d = 0; d < hd; ++d) o(i)[d] += p[j] * z(i, j) * v(j)[d];
     }
     for (int i = 0; i < T; ++i) {
       const double* p = &P[size_t(i) * T];
@@ -114,8 +127,8 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
       for (int j = lo(i); j <= i; ++j) {
         double s = 0.0;
         for (int d = 0; d < hd; ++d) s += dO(i)[d] * v(j)[d];
-        dp[j] = s;
-        Di += p[j] * s;
+        dp[j] = s * z(i, j);
+        Di += p[j] * dp[j];
       }
       for (int j = lo(i); j <= i; ++j) {
         const double ds =
@@ -123,7 +136,7 @@ inline Reference reference(const std::vector<double>& qkv, const std::vector<dou
         for (int d = 0; d < hd; ++d) {
           dq(i)[d] += ds * k(j)[d];
           dq(j)[C + d] += ds * q(i)[d];
-          dq(j)[2 * C + d] += p[j] * dO(i)[d];
+          dq(j)[2 * C + d] += p[j] * z(i, j) * dO(i)[d];
         }
       }
     }
@@ -139,12 +152,12 @@ struct Problem {
 };
 inline Problem random_problem(int B, int T, int C, int NH, uint32_t qkv_seed, uint32_t dout_seed,
                               const std::vector<int32_t>* key_begin = nullptr, double scale = 0.0,
-                              double cap = 0.0) {
+                              double cap = 0.0, const AttentionDropMask* drop = nullptr) {
   Problem p;
   std::vector<double> qkv, dout;
   random_bf16(size_t(B) * T * 3 * C, qkv_seed, p.qkv, qkv);
   random_bf16(size_t(B) * T * C, dout_seed, p.dout, dout);
-  p.want = reference(qkv, dout, B, T, C, NH, key_begin, scale, cap);
+  p.want = reference(qkv, dout, B, T, C, NH, key_begin, scale, cap, drop);
   return p;
 }
 

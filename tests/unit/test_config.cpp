@@ -211,9 +211,14 @@ TEST(Config, ContextParallelGridsAreChecked) {
          "head dimension of 64 or 128 (got 32)");
   expect(error_of(on_gpu({"--parallel.cp", "4"}), 4), "parallel.cp",
          "divisible by 2 · parallel.cp · 64");
-  // The flash kernels do not drop attention probabilities yet (the CPU backend does, on any grid).
-  expect(error_of(on_gpu({"--parallel.cp", "2", "--train.attention_dropout", "0.1"}), 2),
-         "train.attention_dropout", "parallel.cp > 1 is not implemented by the cuda backend");
+  // The flash kernels drop attention probabilities, but not soft-capped ones (the CPU backend
+  // does, on any grid).
+  EXPECT_EQ(error_of(on_gpu({"--parallel.cp", "2", "--train.attention_dropout", "0.1"}), 2), "");
+  expect(error_of(on_gpu({"--parallel.cp", "2", "--train.attention_dropout", "0.1",
+                          "--model.attn_softcap", "50"}),
+                  2),
+         "train.attention_dropout",
+         "parallel.cp > 1 and model.attn_softcap is not implemented by the cuda backend");
   EXPECT_EQ(error_of(with({"--parallel.cp", "2", "--train.attention_dropout", "0.1"}), 2), "");
   expect(error_of(with({"--parallel.cp", "2", "--sample.length", "8"}), 2), "sample.length",
          "must be 0 with parallel.cp > 1");

@@ -813,36 +813,53 @@ TEST_F(CudaBf16Test, AttentionOtherScalesAndSoftCaps) {
     }
 }
 
-// Attention dropout (train.attention_dropout): the bf16 ops (which run the fp32 path under a
-// dropout) against the CPU backend's, hd 64 and 128, grouped queries, head 0 at global head 1.
+// Attention dropout (train.attention_dropout): the bf16 ops against the CPU backend's, hd 64 and
+// 128 (the flash kernels' dropout variants), grouped queries, head 0 at global head 1 or a
+// tensor-parallel grouped mapping, a query range (context parallelism: the queries' positions
+// key the mask), and soft-capped scores (the fp32 path, which drops those).
 TEST_F(CudaBf16Test, AttentionDropout) {
-  const AttShape shapes[] = {{2, 100, 2, 64, 2}, {1, 130, 4, 128, 2}};
-  for (const AttShape& s : shapes) {
-    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH
-                                      << " hd=" << s.hd << " NKV=" << s.NKV);
+  struct Case {
+    AttShape s;
+    QueryRows rows;
+    int kv_heads;  // AttentionDropout's (0: head0 + h)
+    float cap;
+  };
+  const Case cases[] = {{{2, 100, 2, 64, 2}, {}, 0, 0.0f},
+                        {{1, 130, 4, 128, 2}, {}, 0, 0.0f},
+                        {{1, 130, 4, 64, 2}, {}, 4, 0.0f},
+                        {{2, 256, 2, 64, 2}, {128, 128}, 0, 0.0f},
+                        {{1, 100, 2, 64, 2}, {}, 0, 0.5f}};
+  for (const Case& c : cases) {
+    const AttShape& s = c.s;
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd
+                 << " NKV=" << s.NKV << " rows " << c.rows.first << " + " << c.rows.count
+                 << " kv_heads " << c.kv_heads << " cap " << c.cap);
+    const int n = c.rows.whole(s.T) ? s.T : c.rows.count;
     const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
-    const size_t rows = size_t(s.B) * s.T, BTC = rows * C, BTW = rows * W;
-    const size_t L = size_t(s.B) * s.NH * s.T;
+    const size_t BnC = size_t(s.B) * n * C, BTW = size_t(s.B) * s.T * W;
+    const size_t L = size_t(s.B) * s.NH * n;
     const std::vector<int32_t> keys = attention_reference::dropout_row_keys(s.B, s.T, 11, 3);
-    const AttentionDropout drop{keys.data(), 0.2f, 1, 1};
-    const Bits qkv = random_bits(BTW, 84, -1.5f, 1.5f), dout = random_bits(BTC, 85);
-    Bits out(BTC), dqkv(BTW);
+    const AttentionDropout drop{keys.data(), 0.2f, 1, 1, c.kv_heads};
+    const Bits qkv = random_bits(BTW, 84, -1.5f, 1.5f), dout = random_bits(BnC, 85);
+    Bits out(BnC), dqkv(BTW);
     Vec lse(L);
     cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, nullptr,
-                           {}, 0.0f, 0.0f, drop);
+                           c.rows, 0.0f, c.cap, drop);
     cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                            C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, 0.0f, 0.0f, drop);
-    const AttentionDropout g_drop{dev(keys), drop.p, drop.layer, drop.head0};
+                            C, s.NH, s.NKV, GradMode::overwrite, nullptr, c.rows, 0.0f, c.cap,
+                            drop);
+    const AttentionDropout g_drop{dev(keys), drop.p, drop.layer, drop.head0, drop.kv_heads};
     bf16_t* d_qkv = dev(qkv);
-    bf16_t* g_out = dev(to_bits(Vec(BTC, 42.0f)));
+    bf16_t* g_out = dev(to_bits(Vec(BnC, 42.0f)));
     float* g_lse = dev(Vec(L, 42.0f));
-    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, {}, 0.0f, 0.0f,
-                           g_drop);
-    EXPECT_TRUE(close(host(g_out, BTC), out)) << "out";
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, c.rows, 0.0f,
+                           c.cap, g_drop);
+    EXPECT_TRUE(close(host(g_out, BnC), out)) << "out";
     EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
     bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
     gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
-                            GradMode::overwrite, nullptr, {}, 0.0f, 0.0f, g_drop);
+                            GradMode::overwrite, nullptr, c.rows, 0.0f, c.cap, g_drop);
     EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv";
   }
 }

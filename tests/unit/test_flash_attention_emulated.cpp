@@ -6,9 +6,9 @@
 // token, several tiles and both head dims, with cp.async copies landing at issue and only at
 // their wait; both tile policies, the wgmma one also with its tiles loaded by bulk tensor copies
 // on mbarriers (tma), and both backward ways (dQ in its own kernel, or added with atomics by the
-// dK/dV kernel). What this cannot show is the hardware's agreement with the PTX
-// definitions; the GPU test (test_flash_attention) runs the same code on the device. Needs no GPU
-// and no CUDA.
+// dK/dV kernel), and the attention dropout's variants. What this cannot show is the hardware's
+// agreement with the PTX definitions; the GPU test (test_flash_attention) runs the same code on the
+// device. Needs no GPU and no CUDA.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -50,7 +50,7 @@ enum class Backward { deterministic, atomic, ordered };
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, int NKV,
             CopyTiming timing, Backward backward, const Bits* dqkv0, const int32_t* key_begin,
-            float scale = 0.0f, float cap = 0.0f) {
+            float scale = 0.0f, float cap = 0.0f, const AttentionDropMask* drop = nullptr) {
   constexpr int HD = Tiles::kHD;
   const int C = NH * HD, W = C + 2 * NKV * HD, T = rows.seq, n = rows.count;
   Outputs r;
@@ -67,11 +67,15 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
       simt::tensor_map(dout.data(), flash::tma_tile_shape(uint64_t(C), n, B));
   const void* qm = Tiles::kTma ? &qkv_map : nullptr;
   const void* dm = Tiles::kTma ? &dout_map : nullptr;
-  simt::launch(l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing,
-               [&](simt::Thread& x) {
-                 flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C,
-                                             NH, NKV, l.scale_log2, key_begin, l.cap_log2);
-               });
+  simt::launch(
+      l.blocks_x, l.blocks_y, threads, flash::forward_smem<Tiles>(), timing, [&](simt::Thread& x) {
+        if (drop != nullptr)
+          flash::forward_block<Tiles, true>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C,
+                                            NH, NKV, l.scale_log2, key_begin, l.cap_log2, *drop);
+        else
+          flash::forward_block<Tiles>(x, r.out.data(), r.lse.data(), qkv.data(), qm, rows, C, NH,
+                                      NKV, l.scale_log2, key_begin, l.cap_log2);
+      });
   const bool acc = dqkv0 != nullptr;
   const bool atomic = backward != Backward::deterministic;
   const bool ordered = backward == Backward::ordered;
@@ -86,9 +90,15 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
     // The kernel with the mask's test compiled in where there is a mask, and the cap's where
-    // there is a cap (with the mask's), as flash_attention.cu chooses them.
+    // there is a cap (with the mask's), as flash_attention.cu chooses them; under dropout the
+    // one with the mask's test and the dropout's.
     auto body = [&](simt::Thread& x) {
-      if (cap > 0.0f)
+      if (drop != nullptr)
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, false, true>(
+            x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
+            r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
+            l.cap_log2, *drop);
+      else if (cap > 0.0f)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true, true>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
@@ -105,7 +115,8 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
             l.cap_log2);
     };
     // The dQ additions of different blocks meet only when the blocks run at the same time.
-    const size_t smem = flash::dkdv_smem<Tiles, kAtomic>();
+    const size_t smem = drop != nullptr ? flash::dkdv_smem<Tiles, kAtomic, true>()
+                                        : flash::dkdv_smem<Tiles, kAtomic>();
     if (atomic)
       simt::launch_concurrent(l.kv_blocks_x, l.key_blocks, threads, smem, timing, body);
     else
@@ -123,17 +134,21 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     });
   } else {
     dkdv(std::false_type{}, std::false_type{});
-    simt::launch(l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing,
-                 [&](simt::Thread& x) {
-                   if (cap > 0.0f)
-                     flash::dq_block<Tiles, true>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
-                                                  r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
-                                                  l.scale_log2, acc, key_begin, l.cap_log2);
-                   else
-                     flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
-                                            r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
-                                            l.scale_log2, acc, key_begin);
-                 });
+    simt::launch(
+        l.blocks_x, l.blocks_y, threads, flash::dq_smem<Tiles>(), timing, [&](simt::Thread& x) {
+          if (drop != nullptr)
+            flash::dq_block<Tiles, false, true>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
+                                                r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
+                                                l.scale_log2, acc, key_begin, 0.0f, *drop);
+          else if (cap > 0.0f)
+            flash::dq_block<Tiles, true>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm,
+                                         r.lse.data(), D.data(), rows, C, NH, NKV, l.scale,
+                                         l.scale_log2, acc, key_begin, l.cap_log2);
+          else
+            flash::dq_block<Tiles>(x, r.dqkv.data(), dout.data(), qkv.data(), qm, dm, r.lse.data(),
+                                   D.data(), rows, C, NH, NKV, l.scale, l.scale_log2, acc,
+                                   key_begin);
+        });
   }
   return r;
 }
@@ -141,12 +156,12 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
 Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& dout, int B, int T,
                    int NH, CopyTiming timing, const Bits* dqkv0 = nullptr,
                    const int32_t* key_begin = nullptr, flash::Rows rows = {0, 0, 0}, int NKV = 0,
-                   float scale = 0.0f, float cap = 0.0f) {
+                   float scale = 0.0f, float cap = 0.0f, const AttentionDropMask* drop = nullptr) {
   if (rows.seq == 0) rows = flash::Rows{T, 0, T};
   if (NKV == 0) NKV = NH;
   auto go = [&](auto tiles) {
     return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin, scale,
-                                cap);
+                                cap, drop);
   };
   if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
   if (k == Kernel::tma)
@@ -158,7 +173,8 @@ Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& d
 // soft cap (0: none).
 void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kernel::mma,
            Backward backward = Backward::deterministic,
-           const std::vector<int32_t>* key_begin = nullptr, float scale = 0.0f, float cap = 0.0f) {
+           const std::vector<int32_t>* key_begin = nullptr, float scale = 0.0f, float cap = 0.0f,
+           const AttentionDropMask* drop = nullptr) {
   const int C = NH * hd;
   SCOPED_TRACE(::testing::Message()
                << kernel_name(kernel)
@@ -167,11 +183,13 @@ void check(int B, int T, int NH, int hd, CopyTiming timing, Kernel kernel = Kern
                                                    : "")
                << " B=" << B << " T=" << T << " NH=" << NH << " hd=" << hd
                << (timing == CopyTiming::at_wait ? " copies at wait" : " copies at issue")
-               << (key_begin ? " documents" : "") << " scale " << scale << " cap " << cap);
-  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin, scale, cap);
+               << (key_begin ? " documents" : "") << " scale " << scale << " cap " << cap
+               << (drop ? " dropout" : ""));
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, key_begin, scale, cap, drop);
   const Reference& want = p.want;
-  const Outputs got = run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing, nullptr,
-                                 key_begin ? key_begin->data() : nullptr, {0, 0, 0}, 0, scale, cap);
+  const Outputs got =
+      run_kernel(kernel, backward, hd, p.qkv, p.dout, B, T, NH, timing, nullptr,
+                 key_begin ? key_begin->data() : nullptr, {0, 0, 0}, 0, scale, cap, drop);
 
   const size_t rows = size_t(B) * T;
   EXPECT_LE(rel_error(got.out, want.out, rows, C, 0, C), 1e-2) << "out";
@@ -344,11 +362,12 @@ INSTANTIATE_TEST_SUITE_P(Policies, DocumentMask, ::testing::ValuesIn(mask_cases(
 // sequence's reference with dout zero outside the range (whose dq there is zero, and whose dk, dv
 // are the range's), dqkv accumulated onto zeros (what the backend's overwrite then means).
 void check_range(int B, int T, int NH, int hd, flash::Rows rows, Kernel kernel, Backward backward,
-                 const std::vector<int32_t>* key_begin = nullptr) {
+                 const std::vector<int32_t>* key_begin = nullptr,
+                 const AttentionDropMask* drop = nullptr) {
   const int C = NH * hd, n = rows.count;
-  SCOPED_TRACE(::testing::Message()
-               << kernel_name(kernel) << " backward " << int(backward) << " T=" << T << " rows "
-               << rows.first << " + " << n << " hd=" << hd << (key_begin ? " masked" : ""));
+  SCOPED_TRACE(::testing::Message() << kernel_name(kernel) << " backward " << int(backward) << " T="
+                                    << T << " rows " << rows.first << " + " << n << " hd=" << hd
+                                    << (key_begin ? " masked" : "") << (drop ? " dropout" : ""));
   Bits qkv, dout_all;
   std::vector<double> qkv_v, dout_v;
   random_bf16(size_t(B) * T * 3 * C, 61u + T, qkv, qkv_v);
@@ -364,10 +383,11 @@ void check_range(int B, int T, int NH, int hd, flash::Rows rows, Kernel kernel, 
           dout_v[at] = 0.0;
         }
       }
-  const Reference want = reference(qkv_v, dout_v, B, T, C, NH, key_begin);
+  const Reference want = reference(qkv_v, dout_v, B, T, C, NH, key_begin, 0.0, 0.0, drop);
   const Bits zeros(size_t(B) * T * 3 * C, 0);
-  const Outputs got = run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait,
-                                 &zeros, key_begin ? key_begin->data() : nullptr, rows);
+  const Outputs got =
+      run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait, &zeros,
+                 key_begin ? key_begin->data() : nullptr, rows, 0, 0.0f, 0.0f, drop);
   std::vector<double> want_out(size_t(B) * n * C), want_lse(size_t(B) * NH * n);
   for (int b = 0; b < B; ++b) {
     for (int t = 0; t < n; ++t)
@@ -418,11 +438,13 @@ TEST_P(DocumentMask, QueryRanges) {
 // rows expanded to one key/value head per query head, whose dk and dv are then summed per
 // key/value head; whole sequences and a query range, with a document mask, dqkv accumulated.
 void check_grouped(int B, int T, int NH, int NKV, int hd, Kernel kernel, Backward backward,
-                   flash::Rows rows, const std::vector<int32_t>* key_begin = nullptr) {
+                   flash::Rows rows, const std::vector<int32_t>* key_begin = nullptr,
+                   const AttentionDropMask* drop = nullptr) {
   const int C = NH * hd, W = C + 2 * NKV * hd, n = rows.count;
-  SCOPED_TRACE(::testing::Message() << kernel_name(kernel) << " backward " << int(backward)
-                                    << " NH=" << NH << " NKV=" << NKV << " hd=" << hd << " rows "
-                                    << rows.first << " + " << n << (key_begin ? " masked" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << kernel_name(kernel) << " backward " << int(backward) << " NH=" << NH
+               << " NKV=" << NKV << " hd=" << hd << " rows " << rows.first << " + " << n
+               << (key_begin ? " masked" : "") << (drop ? " dropout" : ""));
   Bits qkv, dout_all, dqkv0;
   std::vector<double> qkv_v, dout_v, old;
   random_bf16(size_t(B) * T * W, 71u + T, qkv, qkv_v);
@@ -448,7 +470,7 @@ void check_grouped(int B, int T, int NH, int NKV, int hd, Kernel kernel, Backwar
         wide[r * 3 * C + C + size_t(h) * hd + d] = qkv_v[r * W + C + size_t(kv) * hd + d];
         wide[r * 3 * C + 2 * C + size_t(h) * hd + d] = qkv_v[r * W + C + size_t(NKV + kv) * hd + d];
       }
-  const Reference ref = reference(wide, dout_v, B, T, C, NH, key_begin);
+  const Reference ref = reference(wide, dout_v, B, T, C, NH, key_begin, 0.0, 0.0, drop);
   std::vector<double> want(size_t(B) * T * W, 0.0);  // old + the grouped gradient
   for (size_t r = 0; r < size_t(B) * T; ++r) {
     for (int i = 0; i < W; ++i) want[r * W + i] = old[r * W + i];
@@ -461,8 +483,9 @@ void check_grouped(int B, int T, int NH, int NKV, int hd, Kernel kernel, Backwar
             ref.dqkv[r * 3 * C + 2 * C + size_t(h) * hd + d];
       }
   }
-  const Outputs got = run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait,
-                                 &dqkv0, key_begin ? key_begin->data() : nullptr, rows, NKV);
+  const Outputs got =
+      run_kernel(kernel, backward, hd, qkv, dout, B, T, NH, CopyTiming::at_wait, &dqkv0,
+                 key_begin ? key_begin->data() : nullptr, rows, NKV, 0.0f, 0.0f, drop);
   double out_diff = 0, out_ref = 0;
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < n; ++t)
@@ -502,6 +525,56 @@ TEST_P(DocumentMask, GroupedQueryHeads) {
   // tiles passed for every query head before the block computes.
   const std::vector<int32_t> docs130 = key_begin_of_starts(1, 130, {{0, 70, 128}});
   check_grouped(1, 130, 4, 1, 128, k, bw, flash::Rows{130, 0, 130}, &docs130);
+}
+
+// An attention dropout of probability p in `layer` as the backend hands it to the kernels:
+// this call's query head h is the model's head0 + h, or with kv_global > 0 (grouped heads under
+// tensor parallelism, kv_local of them here) (h / kv_local)·kv_global + head0 + h mod kv_local.
+AttentionDropMask drop_mask(const std::vector<int32_t>& keys, float p, uint32_t layer,
+                            uint32_t head0, uint32_t kv_local = 0, uint32_t kv_global = 0) {
+  return AttentionDropMask{
+      keys.data(), dropout_threshold(p), layer, head0, dropout_scale(p), kv_local, kv_global};
+}
+
+// The attention dropout (train.attention_dropout) inside the kernels: the forward's P V product
+// and the backward's dV and dS read P ∘ Z, Z the mask of dropout_mask.h (p = 0.3, 1/(1 − p) where
+// kept), against the reference forming the same mask from the formula; every policy and backward
+// way: whole sequences over partial tiles, a document mask, head dim 128, a query range (its
+// queries' absolute positions key the mask), and grouped query heads under a tensor-parallel
+// head mapping (this call's heads 0.. are the model's from 1 on, of 4 key/value heads).
+TEST_P(DocumentMask, Dropout) {
+  const Kernel k = GetParam().kernel;
+  const Backward bw = GetParam().backward;
+  const std::vector<int32_t> keys130 = dropout_row_keys(2, 130, 99u, 7u);
+  const AttentionDropMask drop = drop_mask(keys130, 0.3f, 3u, 0);
+  check(1, 130, 2, 64, CopyTiming::at_wait, k, bw, nullptr, 0.0f, 0.0f, &drop);
+  const std::vector<int32_t> docs = key_begin_of_starts(2, 130, {{0, 50, 64}, {0, 100}});
+  check(2, 130, 1, 64, CopyTiming::at_issue, k, bw, &docs, 0.0f, 0.0f, &drop);
+  check(1, 130, 1, 128, CopyTiming::at_wait, k, bw, nullptr, 0.0f, 0.0f, &drop);
+  const std::vector<int32_t> keys256 = dropout_row_keys(1, 256, 5u, 0u);
+  const AttentionDropMask drop256 = drop_mask(keys256, 0.3f, 0u, 0);
+  check_range(1, 256, 1, 64, flash::Rows{256, 128, 128}, k, bw, nullptr, &drop256);
+  const AttentionDropMask mapped = drop_mask(keys130, 0.3f, 1u, 1, 2, 4);
+  check_grouped(1, 130, 4, 2, 64, k, bw, flash::Rows{130, 0, 130}, nullptr, &mapped);
+}
+
+// The dropout's mask reaches the results: a mask of another layer (or none) moves the output and
+// every gradient by far more than the tolerance, so the test above could not pass with the mask
+// ignored or formed for the wrong head or row.
+TEST(FlashAttentionEmulated, DropoutMaskMatters) {
+  const int B = 1, T = 130, NH = 2, hd = 64, C = NH * hd;
+  const std::vector<int32_t> keys = dropout_row_keys(B, T, 99u, 7u);
+  const AttentionDropMask drop = drop_mask(keys, 0.3f, 3u, 0);
+  const AttentionDropMask other = drop_mask(keys, 0.3f, 4u, 0);
+  const Problem p = random_problem(B, T, C, NH, 4321u + T, 777u + T, nullptr, 0.0, 0.0, &drop);
+  const Outputs got =
+      run_kernel(Kernel::mma, Backward::deterministic, hd, p.qkv, p.dout, B, T, NH,
+                 CopyTiming::at_issue, nullptr, nullptr, {0, 0, 0}, 0, 0.0f, 0.0f, &other);
+  const size_t rows = size_t(B) * T;
+  EXPECT_GT(rel_error(got.out, p.want.out, rows, C, 0, C), 0.1) << "out";
+  for (int part = 0; part < 3; ++part)
+    EXPECT_GT(rel_error(got.dqkv, p.want.dqkv, rows, 3 * size_t(C), size_t(part) * C, C), 0.1)
+        << "dqkv part " << part;
 }
 
 // The primitive probes the GPU test runs to tell which building block the hardware reads

@@ -10,6 +10,10 @@
 // element is rounded once from old + gradient. The fallback keeps two T×T matrices per head:
 // meant for small models and tests, not for long sequences.
 //
+// The attention dropout (AttentionDropMask) runs inside the flash kernels too (their dropout
+// variants: P ∘ Z in the P V product and in dV, dS = P ∘ (Z ∘ dP − D)), except with soft-capped
+// scores, which take the fallback (its probabilities in memory, masked there).
+//
 // A query range (QueryRows, context parallelism) runs on the flash kernels only (its first a
 // multiple of 64 rows); a backward that overwrites dqkv zeroes it first and then accumulates, as
 // the range leaves rows it does not reach.
@@ -88,6 +92,12 @@ bool flash_runs(int C, int NH, const void* qkv, const void* out, const void* dou
          (dqkv == nullptr || pointer_alignment(dqkv) >= 4);
 }
 
+// Whether the flash kernels can take a call's attention dropout: any but one of soft-capped
+// scores (whose kernels have no registers for the mask; the fp32 attention drops those).
+bool flash_drops(const AttentionDropMask& drop, float softcap) {
+  return !drop.on() || softcap <= 0.0f;
+}
+
 // How the flash backward of grouped-query attention runs (TRIAD_FLASH_GQA_BACKWARD): native, each
 // dK/dV block summing its key/value head over the NH/NKV query heads that read it (no expanded
 // copies, one rounding, but NH/NKV times fewer and longer blocks: a small grid leaves SMs idle);
@@ -157,9 +167,9 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  if (!drop.on() && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
+  if (flash_drops(drop, softcap) && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
     flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
-                            NKV, scale, softcap);
+                            NKV, scale, softcap, drop);
     return;
   }
   check_range_runs(false, rows, T);
@@ -178,7 +188,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
-  const bool flash = !drop.on() && flash_runs(C, NH, qkv, out, dout, dqkv);
+  const bool flash = flash_drops(drop, softcap) && flash_runs(C, NH, qkv, out, dout, dqkv);
   check_range_runs(flash, rows, T);
   // The backward of nkv key/value heads on rows d (gradient) and q (q|k|v): the flash kernels, or
   // the fallback (MHA rows only).
@@ -187,7 +197,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
       float* ws = scratch.flash.get_as<float>(flash_attention_workspace_floats(B, T, C, NH), s);
       flash_attention_backward(d, dout, q, out, lse, ws, B, T, C, NH, key_begin, s, accumulate,
                                FlashKernel::automatic, FlashBackward::automatic, rows, nkv, scale,
-                               softcap);
+                               softcap, drop);
     } else {
       fallback_backward(s, h, scratch, d, dout, q, B, T, C, NH, accumulate, key_begin, scale,
                         softcap, drop);

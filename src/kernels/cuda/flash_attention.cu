@@ -65,15 +65,17 @@ __device__ __forceinline__ const void* map_of(const CUtensorMap& m) {
   return Tiles::kTma ? &m : nullptr;
 }
 
-template <class Tiles>
+// Dropout: the attention dropout's kernels (flash_attention_block.h), compiled apart from the
+// others, which keep their registers.
+template <class Tiles, bool Dropout>
 __global__ void __launch_bounds__(flash::kThreads)
     forward_kernel(uint16_t* __restrict__ out, float* __restrict__ lse,
                    const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
                    flash::Rows rows, int C, int NH, int NKV, float scale_log2,
-                   const int32_t* __restrict__ key_begin, float cap_log2) {
+                   const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
   DeviceThread x;
-  flash::forward_block<Tiles>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, NKV,
-                              scale_log2, key_begin, cap_log2);
+  flash::forward_block<Tiles, Dropout>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, NKV,
+                                       scale_log2, key_begin, cap_log2, drop);
 }
 
 template <int HD>
@@ -85,18 +87,18 @@ __global__ void __launch_bounds__(flash::kThreads)
   flash::dot_block<HD>(x, Dv, dq_accum, dq_turns, dout, out, B, T, NH);
 }
 
-template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped>
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped, bool Dropout>
 __global__ void __launch_bounds__(flash::kThreads)
     dkdv_kernel(uint16_t* __restrict__ dqkv, float* __restrict__ dq_accum, int* dq_turns,
                 const uint16_t* __restrict__ dout, const uint16_t* __restrict__ qkv,
                 const __grid_constant__ TileMaps maps, const float* __restrict__ lse,
                 const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, int NKV,
                 float scale, float scale_log2, bool accumulate,
-                const int32_t* __restrict__ key_begin, float cap_log2) {
+                const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
   DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked, Capped>(
+  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked, Capped, Dropout>(
       x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2);
+      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2, drop);
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -106,17 +108,17 @@ __global__ void __launch_bounds__(flash::kConvertThreads)
   flash::dq_convert_block(x, dqkv, dq_accum, rows, total, C, W, scale, accumulate);
 }
 
-template <class Tiles, bool Capped>
+template <class Tiles, bool Capped, bool Dropout>
 __global__ void __launch_bounds__(flash::kThreads)
     dq_kernel(uint16_t* __restrict__ dqkv, const uint16_t* __restrict__ dout,
               const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
               const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows, int C,
               int NH, int NKV, float scale, float scale_log2, bool accumulate,
-              const int32_t* __restrict__ key_begin, float cap_log2) {
+              const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
   DeviceThread x;
-  flash::dq_block<Tiles, Capped>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv),
-                                 map_of<Tiles>(maps.dout), lse, Dv, rows, C, NH, NKV, scale,
-                                 scale_log2, accumulate, key_begin, cap_log2);
+  flash::dq_block<Tiles, Capped, Dropout>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv),
+                                          map_of<Tiles>(maps.dout), lse, Dv, rows, C, NH, NKV,
+                                          scale, scale_log2, accumulate, key_begin, cap_log2, drop);
 }
 
 template <class Tiles>
@@ -187,14 +189,18 @@ void allow_smem(size_t bytes) {
 template <class Tiles>
 void forward_with(bf16* out, float* lse, const bf16* qkv, int B, const flash::Rows& rows, int C,
                   int NH, int NKV, const int32_t* key_begin, cudaStream_t s, float scale,
-                  float softcap) {
+                  float softcap, const AttentionDropMask& drop) {
   constexpr size_t smem = flash::forward_smem<Tiles>();
-  allow_smem<forward_kernel<Tiles>>(smem);
+  if (drop.on())
+    allow_smem<forward_kernel<Tiles, true>>(smem);
+  else
+    allow_smem<forward_kernel<Tiles, false>>(smem);
+  auto* const kernel = drop.on() ? forward_kernel<Tiles, true> : forward_kernel<Tiles, false>;
   const flash::Launch l = flash::launch_shape(B, rows, NH, Tiles::kHD, NKV, scale, softcap);
   const dim3 grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
   const TileMaps maps = tile_maps<Tiles>(qkv, nullptr, B, rows, C, NKV * Tiles::kHD);
-  forward_kernel<Tiles><<<grid, flash::kThreads, smem, s>>>(
-      bits(out), lse, bits(qkv), maps, rows, C, NH, NKV, l.scale_log2, key_begin, l.cap_log2);
+  kernel<<<grid, flash::kThreads, smem, s>>>(bits(out), lse, bits(qkv), maps, rows, C, NH, NKV,
+                                             l.scale_log2, key_begin, l.cap_log2, drop);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -214,23 +220,33 @@ template <class Tiles, bool AtomicDq, bool Ordered>
 void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse,
                    float* ws, int B, const flash::Rows& rows, int C, int NH, int NKV,
                    const int32_t* key_begin, cudaStream_t s, bool accumulate, float scale,
-                   float softcap) {
+                   float softcap, const AttentionDropMask& drop) {
   const int T = rows.seq;  // the workspace's layout: sized for whole sequences
   constexpr int HD = Tiles::kHD;
-  constexpr size_t dkdv_smem = flash::dkdv_smem<Tiles, AtomicDq>();
   // The dK/dV kernel with the mask's test compiled in only where there is a mask, and a soft
-  // cap's only where there is a cap (its kernel takes masks too: one more kernel, not two).
-  constexpr auto dkdv_masked = dkdv_kernel<Tiles, AtomicDq, Ordered, true, false>;
-  constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false, false>;
-  constexpr auto dkdv_capped = dkdv_kernel<Tiles, AtomicDq, Ordered, true, true>;
-  const bool capped = softcap > 0.0f;
-  if (capped)
+  // cap's only where there is a cap (its kernel takes masks too: one more kernel, not two); the
+  // attention dropout's (with the mask's test, never with a cap) its own.
+  constexpr auto dkdv_masked = dkdv_kernel<Tiles, AtomicDq, Ordered, true, false, false>;
+  constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false, false, false>;
+  constexpr auto dkdv_capped = dkdv_kernel<Tiles, AtomicDq, Ordered, true, true, false>;
+  constexpr auto dkdv_dropping = dkdv_kernel<Tiles, AtomicDq, Ordered, true, false, true>;
+  const bool capped = softcap > 0.0f, dropping = drop.on();
+  TRIAD_CHECK(!(capped && dropping),
+              "flash attention: no kernel drops soft-capped scores (the fp32 attention does)");
+  const size_t dkdv_smem =
+      dropping ? flash::dkdv_smem<Tiles, AtomicDq, true>() : flash::dkdv_smem<Tiles, AtomicDq>();
+  if (dropping)
+    allow_smem<dkdv_dropping>(dkdv_smem);
+  else if (capped)
     allow_smem<dkdv_capped>(dkdv_smem);
   else if (key_begin != nullptr)
     allow_smem<dkdv_masked>(dkdv_smem);
   else
     allow_smem<dkdv_plain>(dkdv_smem);
-  auto* const dkdv = capped ? dkdv_capped : key_begin != nullptr ? dkdv_masked : dkdv_plain;
+  auto* const dkdv = dropping               ? dkdv_dropping
+                     : capped               ? dkdv_capped
+                     : key_begin != nullptr ? dkdv_masked
+                                            : dkdv_plain;
   float* Dv = ws;
   float* dq_accum = AtomicDq ? ws + dq_accum_offset(B, T, NH) : nullptr;
   int* dq_turns = Ordered ? reinterpret_cast<int*>(ws + dq_turns_offset(B, T, C, NH)) : nullptr;
@@ -244,7 +260,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   const TileMaps maps = tile_maps<Tiles>(qkv, dout, B, rows, C, NKV * HD);
   dkdv<<<key_grid, flash::kThreads, dkdv_smem, s>>>(
       bits(dqkv), dq_accum, dq_turns, bits(dout), bits(qkv), maps, lse, Dv, B, rows, C, NH, NKV,
-      l.scale, l.scale_log2, accumulate, key_begin, l.cap_log2);
+      l.scale, l.scale_log2, accumulate, key_begin, l.cap_log2, drop);
   TRIAD_CUDA_CHECK_LAUNCH();
   if constexpr (AtomicDq) {
     const size_t total = size_t(B) * rows.count * C;
@@ -254,15 +270,19 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
     TRIAD_CUDA_CHECK_LAUNCH();
   } else {
     constexpr size_t dq_smem = flash::dq_smem<Tiles>();
-    auto* const dq = capped ? dq_kernel<Tiles, true> : dq_kernel<Tiles, false>;
-    if (capped)
-      allow_smem<dq_kernel<Tiles, true>>(dq_smem);
+    auto* const dq = dropping ? dq_kernel<Tiles, false, true>
+                     : capped ? dq_kernel<Tiles, true, false>
+                              : dq_kernel<Tiles, false, false>;
+    if (dropping)
+      allow_smem<dq_kernel<Tiles, false, true>>(dq_smem);
+    else if (capped)
+      allow_smem<dq_kernel<Tiles, true, false>>(dq_smem);
     else
-      allow_smem<dq_kernel<Tiles, false>>(dq_smem);
+      allow_smem<dq_kernel<Tiles, false, false>>(dq_smem);
     const dim3 query_grid(unsigned(l.blocks_x), unsigned(l.blocks_y));
     dq<<<query_grid, flash::kThreads, dq_smem, s>>>(bits(dqkv), bits(dout), bits(qkv), maps, lse,
                                                     Dv, rows, C, NH, NKV, l.scale, l.scale_log2,
-                                                    accumulate, key_begin, l.cap_log2);
+                                                    accumulate, key_begin, l.cap_log2, drop);
     TRIAD_CUDA_CHECK_LAUNCH();
   }
 }
@@ -404,12 +424,16 @@ void with_tiles(FlashKernel kernel, int hd, F f) {
 
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s, FlashKernel kernel,
-                             QueryRows range, int NKV, float scale, float softcap) {
+                             QueryRows range, int NKV, float scale, float softcap,
+                             AttentionDropMask drop) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
+  TRIAD_CHECK(!(softcap > 0.0f && drop.on()),
+              "flash attention: no kernel drops soft-capped scores (the fp32 attention does)");
   const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
-    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale, softcap);
+    forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale, softcap,
+                                  drop);
   });
 }
 
@@ -417,7 +441,7 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const float* lse, float* workspace, int B, int T, int C, int NH,
                               const int32_t* key_begin, cudaStream_t s, bool accumulate,
                               FlashKernel kernel, FlashBackward mode, QueryRows range, int NKV,
-                              float scale, float softcap) {
+                              float scale, float softcap, AttentionDropMask drop) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
   const flash::Rows rows = rows_of(T, range);
@@ -430,13 +454,13 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
     using Tiles = decltype(tiles);
     if (m == FlashBackward::ordered)
       backward_with<Tiles, true, true>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                       key_begin, s, accumulate, scale, softcap);
+                                       key_begin, s, accumulate, scale, softcap, drop);
     else if (atomic)
       backward_with<Tiles, true, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                        key_begin, s, accumulate, scale, softcap);
+                                        key_begin, s, accumulate, scale, softcap, drop);
     else
       backward_with<Tiles, false, false>(dqkv, dout, qkv, out, lse, workspace, B, rows, C, NH, NKV,
-                                         key_begin, s, accumulate, scale, softcap);
+                                         key_begin, s, accumulate, scale, softcap, drop);
   });
 }
 

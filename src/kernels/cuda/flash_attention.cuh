@@ -80,9 +80,11 @@ size_t flash_attention_workspace_floats(int B, int T, int C, int NH,
 void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH,
                              const int32_t* key_begin, cudaStream_t s,
                              FlashKernel kernel = FlashKernel::automatic, QueryRows rows = {},
-                             int NKV = 0,            // 0: NH
-                             float scale = 0.0f,     // backend.h's (0: 1/sqrt(hd))
-                             float softcap = 0.0f);  // backend.h's (0: no cap)
+                             int NKV = 0,           // 0: NH
+                             float scale = 0.0f,    // backend.h's (0: 1/sqrt(hd))
+                             float softcap = 0.0f,  // backend.h's (0: no cap)
+                             // the attention dropout's (dropout_mask.h; off: none), not with a cap
+                             AttentionDropMask drop = {});
 
 // dqkv [B,T,W] from dout [B,T,C], the forward's qkv, out, lse and key_begin: overwritten, or with
 // accumulate each element becomes round(old + gradient) in fp32 (the Backend's += contract).
@@ -95,7 +97,8 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               const int32_t* key_begin, cudaStream_t s, bool accumulate = false,
                               FlashKernel kernel = FlashKernel::automatic,
                               FlashBackward mode = FlashBackward::automatic, QueryRows rows = {},
-                              int NKV = 0, float scale = 0.0f, float softcap = 0.0f);
+                              int NKV = 0, float scale = 0.0f, float softcap = 0.0f,
+                              AttentionDropMask drop = {});  // the forward's
 
 // The building blocks of the kernel's tile policy, one per call on the current device
 // (flash_probe_block.h: probe `index` of flash_probe_count(), a product form or the tile load,

@@ -17,6 +17,10 @@
 // accumulator hold the range's rows (row t at t − first). first is a multiple of the 64-row
 // tile, so query and key tiles line up as over a whole sequence, whose T is first + count.
 //
+// Attention dropout (AttentionDropMask, dropout_mask.h; the Dropout variants): each
+// probability's mask formed where it is used, from its query's head key (the query's row key,
+// the layer and the model's head) and its key's position: nothing of it is stored.
+//
 // Document masks: key_begin (nullptr: plain causal) [B,T], query t of sequence b seeing keys
 // key_begin[b·T+t] .. t, key_begin never decreasing along a sequence. So the key tiles a query
 // block needs start at the tile of its first row's key_begin (forward, dQ), and the query tiles
@@ -67,6 +71,7 @@
 #include <cstdint>
 
 #include "block_program.h"
+#include "triad/kernels/dropout_mask.h"
 
 namespace triad::flash {
 
@@ -100,9 +105,14 @@ TRIAD_BLOCK_SIZE size_t dkdv_first_keys_offset() {
   return 6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float) +
          (AtomicDq ? tile_bytes<typename Tiles::Square>() + 16 : 0);
 }
+// Dropout: then the query tiles' head keys ×2 (the attention dropout's, AttentionDropMask).
 template <class Tiles, bool AtomicDq>
-TRIAD_BLOCK_SIZE size_t dkdv_data() {
+TRIAD_BLOCK_SIZE size_t dkdv_head_keys_offset() {
   return dkdv_first_keys_offset<Tiles, AtomicDq>() + 2 * kTile * sizeof(int32_t);
+}
+template <class Tiles, bool AtomicDq, bool Dropout = false>
+TRIAD_BLOCK_SIZE size_t dkdv_data() {
+  return dkdv_head_keys_offset<Tiles, AtomicDq>() + (Dropout ? 2 * kTile * sizeof(uint64_t) : 0);
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_data() {
@@ -116,9 +126,9 @@ template <class Tiles>
 TRIAD_BLOCK_SIZE size_t forward_smem() {
   return forward_data<Tiles>() + smem_extra<Tiles>();
 }
-template <class Tiles, bool AtomicDq>
+template <class Tiles, bool AtomicDq, bool Dropout = false>
 TRIAD_BLOCK_SIZE size_t dkdv_smem() {
-  return dkdv_data<Tiles, AtomicDq>() + smem_extra<Tiles>();
+  return dkdv_data<Tiles, AtomicDq, Dropout>() + smem_extra<Tiles>();
 }
 template <class Tiles>
 TRIAD_BLOCK_SIZE size_t dq_smem() {
@@ -390,11 +400,15 @@ TRIAD_BLOCK_FN int first_key(const int32_t* kbeg, int row, int T) {
 // the log2 domain (row max m and the thread's part of the row sum l), O = O·α + P V.
 // out = O / l, lse = ln 2 · (m + log2 l). cap_log2 > 0 (a soft cap c, times log2 e): each scaled
 // score u (log2 domain) becomes cap_log2 · tanh(u / cap_log2), c·tanh(s/c) in the log2 domain.
-template <class Tiles, class X>
+// Dropout (the attention dropout, drop: dropout_mask.h; a compile-time choice, so that the
+// kernels without it keep their registers): the P of the P V product is P ∘ Z, Z the mask's
+// factor (1/(1 − p) kept, 0 dropped), while l sums the undropped P: out = (P ∘ Z) V / l, as
+// dropout after the softmax, and lse stays the softmax's.
+template <class Tiles, bool Dropout = false, class X>
 TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_t* qkv,
                                   const void* qkv_map, Rows rows, int C, int NH, int NKV,
-                                  float scale_log2, const int32_t* key_begin,
-                                  float cap_log2 = 0.0f) {
+                                  float scale_log2, const int32_t* key_begin, float cap_log2 = 0.0f,
+                                  AttentionDropMask drop = {}) {
   const int T = rows.keys();
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -416,6 +430,13 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
   const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
   const int lo_max = lo[0] > lo[1] ? lo[0] : lo[1];
   const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
+  // Dropout: the head keys of this thread's two rows (rows past T drop nothing that counts).
+  uint64_t hk[2] = {0, 0};
+  if constexpr (Dropout) {
+    TRIAD_UNROLL
+    for (int r = 0; r < 2; ++r)
+      if (row0 + 8 * r < T) hk[r] = drop.head_key(size_t(b), rows.seq, h, row0 + 8 * r);
+  }
 
   pipe.load(sQ, here.q, q0, T, 0);
   pipe.load(sK, here.k, kt0 * kTile, T, 0);
@@ -469,8 +490,14 @@ TRIAD_BLOCK_FN void forward_block(X& x, uint16_t* out, float* lse, const uint16_
       for (int n = 0; n < 8; ++n) TRIAD_UNROLL
       for (int e = 0; e < 2; ++e) {
         const float p = x.exp2(s[n][2 * r + e] - m_use);
-        s[n][2 * r + e] = p;
         sum += p;
+        if constexpr (Dropout) {
+          const uint32_t key = uint32_t(k0 + n * 8 + tc + e);
+          s[n][2 * r + e] =
+              attention_dropout_keeps(hk[r], key, drop.threshold) ? p * drop.scale : 0.0f;
+        } else {
+          s[n][2 * r + e] = p;
+        }
       }
       l[r] = l[r] * alpha + sum;
       m[r] = m_new;
@@ -551,17 +578,29 @@ TRIAD_BLOCK_FN void dot_block(X& x, float* Dv, float* dq_accum, int* dq_turns, c
 // cap, cap_log2 > 0: forward_block's) the scores are capped as the forward's, and dS is times
 // 1 − tanh² of the cap's argument (the derivative of the cap): a compile-time choice, as the
 // backward kernels of head dim 128 have no registers to spare for it (spills without a cap).
-template <bool Capped, class X, class Valid, class Lse, class Dd>
+// Dropout (compile-time too): keep(r, c) says whether the pair's probability is kept, scale is
+// 1/(1 − p); s then holds P ∘ Z (dV's operand) and dp holds dS = P ∘ (Z ∘ dP − D), Z the mask's
+// factor (scale or 0): the gradient of dropout after the softmax (D = rowsum(dO ∘ O) already
+// sums P ∘ Z ∘ dP, O being the dropped output).
+template <bool Capped, bool Dropout = false, class X, class Valid, class Lse, class Dd,
+          class Keep = decltype(nullptr)>
 TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][4],
                                          float scale_log2, Valid valid, Lse lse2, Dd dd,
-                                         float cap_log2) {
+                                         float cap_log2, Keep keep = nullptr,
+                                         float drop_scale = 1.0f) {
   const int tc = (x.thread() & 3) * 2;
   TRIAD_UNROLL
   for (int n = 0; n < 8; ++n) TRIAD_UNROLL
   for (int r = 0; r < 2; ++r) TRIAD_UNROLL
   for (int e = 0; e < 2; ++e) {
     const int c = n * 8 + tc + e;
-    if constexpr (Capped) {
+    if constexpr (Dropout) {
+      static_assert(!Capped, "no kernel drops capped scores (they run the fp32 attention)");
+      const float z = keep(r, c) ? drop_scale : 0.0f;
+      const float p = valid(r, c) ? x.exp2(s[n][2 * r + e] * scale_log2 - lse2(r, c)) : 0.0f;
+      s[n][2 * r + e] = p * z;
+      dp[n][2 * r + e] = p * (dp[n][2 * r + e] * z - dd(r, c));
+    } else if constexpr (Capped) {
       const float t = x.tanh(s[n][2 * r + e] * scale_log2 / cap_log2);
       const float p = valid(r, c) ? x.exp2(cap_log2 * t - lse2(r, c)) : 0.0f;
       s[n][2 * r + e] = p;
@@ -598,12 +637,16 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // costs the HD 128 kernels registers they do not have (spills), so the kernels without a mask are
 // compiled without it. Capped: the scores soft-capped at cap_log2 (probabilities_and_ds), likewise
 // compiled only into the kernels that run with a cap (which take the mask's test too).
-template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped = false, class X>
+// Dropout: the attention dropout's (drop; probabilities_and_ds), each query's head key formed
+// once per step into shared memory beside its lse and D; not with Capped.
+template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped = false,
+          bool Dropout = false, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
                                Rows rows, int C, int NH, int NKV, float scale, float scale_log2,
-                               bool accumulate, const int32_t* key_begin, float cap_log2 = 0.0f) {
+                               bool accumulate, const int32_t* key_begin, float cap_log2 = 0.0f,
+                               AttentionDropMask drop = {}) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys(), first_row = rows.first;
   static_assert((6 * tile_bytes<Tiles>() + 4 * kTile * sizeof(float)) % Tiles::kSmemAlign == 0,
@@ -619,8 +662,10 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   // [2][64]: each query's first key (document mask), read per element from shared memory, not
   // global: the HD 128 kernels have no registers to spare for global addresses.
   int32_t* sKb = reinterpret_cast<int32_t*>(smem + dkdv_first_keys_offset<Tiles, AtomicDq>());
+  // [2][64] (Dropout): each query's head key.
+  uint64_t* sHk = reinterpret_cast<uint64_t*>(smem + dkdv_head_keys_offset<Tiles, AtomicDq>());
   typename Tiles::template Pipe<X> pipe(
-      x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq>()));
+      x, reinterpret_cast<uint64_t*>(smem + dkdv_data<Tiles, AtomicDq, Dropout>()));
 
   const int nb = (T + kTile - 1) / kTile;
   // The range's query tiles (their turns and dQ rows are numbered from its first).
@@ -695,6 +740,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       sLse[buf * kTile + t] = q < T ? lse[at] * kLog2e : 0.0f;
       sD[buf * kTile + t] = q < T ? Dv[at] : 0.0f;
       if constexpr (Masked) sKb[buf * kTile + t] = q < T && kbeg != nullptr ? int(kbeg[q]) : 0;
+      if constexpr (Dropout)
+        sHk[buf * kTile + t] = q < T ? drop.head_key(size_t(b), rows.seq, m.h, q) : 0;
     }
   };
   // Batch i (0, 1, ..) holds step i's tiles (and, in batch 0, this block's K and V). dO's rows are
@@ -747,7 +794,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     const int32_t* first = sKb + buf * kTile;
     bool cut = false;
     if constexpr (Masked) cut = first[(T - q0 < kTile ? T - q0 : kTile) - 1] > k0;
-    probabilities_and_ds<Capped>(
+    const uint64_t* hks = sHk + buf * kTile;  // (Dropout) the tile's queries' head keys
+    probabilities_and_ds<Capped, Dropout>(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int key = key0 + 8 * r, query = q0 + c;
@@ -756,7 +804,11 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
           else
             return key <= query && query < T && key < T;
         },
-        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; }, cap_log2);
+        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; }, cap_log2,
+        [&](int r, int c) {
+          return attention_dropout_keeps(hks[c], uint32_t(key0 + 8 * r), drop.threshold);
+        },
+        drop.scale);
     Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
     if constexpr (AtomicDq) {
       using Square = typename Tiles::Square;
@@ -837,13 +889,14 @@ TRIAD_BLOCK_FN void dq_convert_block(X& x, uint16_t* dqkv, const float* dq_accum
 
 // dQ of query block nqb-1-blockIdx.y (warp w: rows q0 + 16w ..), iterating over the key tiles
 // kt <= qb (from the first one the block's rows see): S = Q Kᵀ, dP = dO Vᵀ, P = exp(S·scale − lse),
-// dS = P ∘ (dP − D), dQ += dS K; scaled by 1/sqrt(HD) at the end. Capped: dkdv_block's.
-template <class Tiles, bool Capped = false, class X>
+// dS = P ∘ (dP − D), dQ += dS K; scaled by 1/sqrt(HD) at the end. Capped, Dropout: dkdv_block's
+// (the thread's two rows' head keys formed once).
+template <class Tiles, bool Capped = false, bool Dropout = false, class X>
 TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
                              const void* qkv_map, const void* dout_map, const float* lse,
                              const float* Dv, Rows rows, int C, int NH, int NKV, float scale,
                              float scale_log2, bool accumulate, const int32_t* key_begin,
-                             float cap_log2 = 0.0f) {
+                             float cap_log2 = 0.0f, AttentionDropMask drop = {}) {
   constexpr int HD = Tiles::kHD, L = Tiles::kElems;  // L: elements per tile
   const int T = rows.keys();
   unsigned char* smem = aligned_smem<Tiles>(x);
@@ -864,6 +917,12 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
   const int32_t* kbeg = sequence_key_begin(key_begin, b, rows.seq);
   const int lo[2] = {first_key(kbeg, row0, T), first_key(kbeg, row0 + 8, T)};
   const int kt0 = kbeg != nullptr ? int(kbeg[q0]) / kTile : 0;  // the first tile any row sees
+  uint64_t hk[2] = {0, 0};  // (Dropout) the head keys of this thread's two rows
+  if constexpr (Dropout) {
+    TRIAD_UNROLL
+    for (int r = 0; r < 2; ++r)
+      if (row0 + 8 * r < T) hk[r] = drop.head_key(size_t(b), rows.seq, h, row0 + 8 * r);
+  }
 
   pipe.load(sQ, here.q, q0, T, 0);
   pipe.load(sdO, here.dout, q0 - rows.first, rows.count, 0);  // the range's rows
@@ -902,13 +961,17 @@ TRIAD_BLOCK_FN void dq_block(X& x, uint16_t* dqkv, const uint16_t* dout, const u
       Tiles::abt2(x, s, sQ, k, dp, sdO, sV + buf * L);
     }
     const int k0 = kt * kTile;
-    probabilities_and_ds<Capped>(
+    probabilities_and_ds<Capped, Dropout>(
         x, s, dp, scale_log2,
         [&](int r, int c) {
           const int row = row0 + 8 * r, key = k0 + c;
           return key <= row && key < T && row < T && key >= lo[r];
         },
-        [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; }, cap_log2);
+        [&](int r, int) { return lse2[r]; }, [&](int r, int) { return dd[r]; }, cap_log2,
+        [&](int r, int c) {
+          return attention_dropout_keeps(hk[r], uint32_t(k0 + c), drop.threshold);
+        },
+        drop.scale);
     Tiles::pv(x, dq, dp, k);  // dQ += dS K
     x.sync_threads();
   }
