@@ -281,6 +281,31 @@ ZeroOptions zero_options(const Config& cfg, int shard, int replicas) {
   return z;
 }
 
+size_t fp32_attention_scratch_bytes(const Config& cfg) {
+  if (cfg.run.backend != "cuda") return 0;
+  const ModelConfig& m = cfg.model;
+  const int hd = m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head;
+  const bool capped = m.attn_softcap > 0, dropping = cfg.train.attention_dropout > 0;
+  // The flash kernels (bf16, head dims 64 and 128) keep no T×T matrix, under dropout too, but
+  // not soft-capped scores under dropout (cuda_attention_bf16.cu).
+  const bool flash = cfg.bf16() && (hd == 64 || hd == 128) && !(capped && dropping);
+  if (flash) return 0;
+  // One micro-batch's call at a time, this rank's heads (the fp32 path runs whole sequences,
+  // no context parallelism).
+  const double tt = double(m.seq_len) * m.seq_len;
+  const double A =
+      double(cfg.train.micro_batch_size) * (m.n_head / std::max(1, cfg.parallel.tp)) * tt;
+  const double n = double(cfg.train.micro_batch_size) * m.seq_len * m.n_head /
+                   std::max(1, cfg.parallel.tp) * hd;  // one widened [B,T,C_local] matrix
+  // bf16 runs the fp32 attention on widened copies: 8n + 2A floats in the backward
+  // (cuda_attention_bf16.cu's Widened); fp32 keeps its probabilities and their gradient among
+  // the activations. Either adds A for the dropped copy and A for the uncapped scores.
+  double floats = cfg.bf16() ? 8 * n + 2 * A : 0.0;
+  if (dropping) floats += A;
+  if (capped) floats += A;
+  return size_t(floats * 4);
+}
+
 RunPlan plan_run(const Config& cfg, int world_size) {
   TRIAD_CHECK(world_size >= 1, "--plan-ranks must be >= 1 (got ", world_size, ")");
   validate(cfg, world_size);
@@ -587,6 +612,13 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
        << (cfg.model.kv_heads() < cfg.model.n_head && !flash
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"
                : "");
+    const size_t t2 = fp32_attention_scratch_bytes(cfg);
+    if (t2 > 0)
+      os << ", and the fp32 attention's B·NH·T² matrices beyond the activations (" +
+                std::string(cfg.bf16() ? "bf16 on widened copies" : "fp32") +
+                (cfg.train.attention_dropout > 0 ? ", the dropped probabilities" : "") +
+                (cfg.model.attn_softcap > 0 ? ", the uncapped scores" : "") +
+                "): " + megabytes(t2) + " MB";
     if (cfg.run.fp8 != "off") {
       // The quantized operands of the largest FP8 product (Gpt::fp8_operand_bytes), N the
       // micro-batch's rows on this rank.

@@ -346,6 +346,30 @@ TEST(RunPlan, ZeroBubbleShrinksTheBubbleForActivations) {
   EXPECT_NE(table.find("gelu"), std::string::npos) << table;
 }
 
+// The cuda backend's fp32 attention keeps T×T matrices the activations do not count: none under
+// the flash kernels (attention dropout included), the dropped copy and the uncapped scores
+// (B·NH·T² floats each) in fp32, the widened copies too in bf16 with a head dim the flash kernels
+// lack or with dropout of capped scores; the plan's text names them.
+TEST(RunPlan, CountsTheFp32AttentionsScratch) {
+  Config c = gpt2_124m(16, 2);  // bf16, hd 64, T 1024
+  const double A = 2.0 * 12 * 1024 * 1024, n = 2.0 * 1024 * 768;
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), 0u);
+  c.train.attention_dropout = 0.1f;
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), 0u);  // the flash kernels drop
+  c.model.attn_softcap = 50.0f;                    // ... but not capped scores
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), size_t((8 * n + 4 * A) * 4));
+  c.run.precision = "fp32";
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), size_t(2 * A * 4));
+  c.parallel.tp = 2;  // this rank's 6 heads
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), size_t(A * 4));
+  const std::string text = format_run_plan(plan_run(c, 2), c, 400);
+  EXPECT_NE(text.find("(fp32, the dropped probabilities, the uncapped scores): 100.7 MB"),
+            std::string::npos)
+      << text;  // 2 matrices of 2 · 6 · 1024² floats
+  c.run.backend = "cpu";
+  EXPECT_EQ(fp32_attention_scratch_bytes(c), 0u);
+}
+
 TEST(RunPlan, RefusesGridsNoRunCouldStart) {
   Config c = gpt2_124m(16, 1);
   c.parallel.tp = 2;
