@@ -234,8 +234,8 @@ int cmd_shards(const std::vector<std::string>& args) {
       "beside each shard counts the assistant replies (data.loss_mask)")(
       "document-start", po::bool_switch(&document_start),
       "with --chat: the tokenizer's document start (not counted) before each conversation that "
-      "does not begin with it (chatml, qwen2), so that data.document_mask = its id keeps packed "
-      "conversations apart");
+      "does not begin with it (chatml, qwen2), so that data.document_mask = its id (or name) "
+      "keeps packed conversations apart");
   po::options_description hidden;
   hidden.add_options()("input", po::value(&files),
                        "text files, one document each (JSON Lines files with --jsonl)");

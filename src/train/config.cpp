@@ -8,6 +8,7 @@
 #include <functional>
 #include <iomanip>
 #include <map>
+#include <memory>
 #include <sstream>
 
 #include "triad/core/comma_list.h"
@@ -386,13 +387,14 @@ class KeyTable {
         "example's replies): auto (where present) | require (every shard) | none (ignored)");
     add("data.document_mask", c.data.document_mask,
         "attention within documents of packed sequences: none | the token id that starts a "
-        "document (GPT-2's <|endoftext|> 50256, Llama 3's <|begin_of_text|> 128000); each token "
-        "then attends to its own document's tokens only");
+        "document (GPT-2's <|endoftext|> 50256, Llama 3's <|begin_of_text|> 128000), or its "
+        "name among data.vocab's special tokens; each token then attends to its own document's "
+        "tokens only");
     add("data.eod_mask_loss", c.data.eod_mask_loss,
-        "none | the token id that ends a document (GPT-2's <|endoftext|> 50256): a target whose "
-        "input token is it does not count in the loss, no prediction of a document's first "
-        "token from the previous one's end (Megatron's --eod-mask-loss; with data.loss_mask's "
-        "masks, in training and validation)");
+        "none | the token id that ends a document (GPT-2's <|endoftext|> 50256), or its name "
+        "among data.vocab's special tokens: a target whose input token is it does not count in "
+        "the loss, no prediction of a document's first token from the previous one's end "
+        "(Megatron's --eod-mask-loss; with data.loss_mask's masks, in training and validation)");
     add("data.reset_positions", c.data.reset_positions,
         "with data.document_mask: positions restart at every document (the learned table's row, "
         "the rotation under rope), as if each packed document were a sequence of its own");
@@ -603,6 +605,30 @@ int32_t parse_token_id(const std::string& text, int vocab_size, const char* key,
   return int32_t(v);
 }
 }  // namespace
+
+void resolve_token_names(Config& c) {
+  std::unique_ptr<Tokenizer> tokenizer;  // read once, where a key names a token
+  for (auto [value, key] : {std::pair{&c.data.document_mask, "data.document_mask"},
+                            std::pair{&c.data.eod_mask_loss, "data.eod_mask_loss"}}) {
+    const std::string& v = *value;
+    if (v == "none" || v.empty() || std::isdigit(static_cast<unsigned char>(v[0])) || v[0] == '-')
+      continue;  // an id (or a bad value, which validate() names)
+    TRIAD_CHECK(!trim_blanks(c.data.vocab).empty(), "config: ", key, ": '", v,
+                "' is neither a token id nor, without data.vocab, a special token's name (set "
+                "data.vocab to the data's tokenizer, which names it)");
+    if (!tokenizer) {
+      std::ifstream probe(c.data.vocab);
+      TRIAD_CHECK(probe.is_open(), "config: ", key, " resolves its name '", v,
+                  "' with data.vocab, and data.vocab ", c.data.vocab,
+                  " cannot be opened (missing or unreadable)");
+      tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(c.data.vocab));
+    }
+    const int32_t id = tokenizer->special_id(v);
+    TRIAD_CHECK(id >= 0, "config: ", key, ": '", v, "' is not a special token of data.vocab ",
+                c.data.vocab);
+    *value = std::to_string(id);
+  }
+}
 
 int32_t parse_document_mask(const std::string& text, int vocab_size) {
   return parse_token_id(text, vocab_size, "data.document_mask", "that starts a document");
@@ -1061,6 +1087,7 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
               "command line: --extend-positions applies to the checkpoint of --init-from, and "
               "there is none");
   resolve_run_length(cl.config);
+  resolve_token_names(cl.config);
   return cl;
 }
 

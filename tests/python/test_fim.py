@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -529,6 +530,54 @@ def test_fim_tokens_by_special_token_names(tmp_root, tmp_path):
                             "--init-from", str(p.ckpt), "--data.fim_tokens", tokens,
                             "--data.vocab", vocab], capture_output=True, text=True,
                            env=trm.run_env(), timeout=300)
+        assert r.returncode != 0 and needle in r.stderr, r.stderr
+        assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1, r.stderr
+
+
+def test_document_mask_and_eod_mask_loss_by_special_token_names(tmp_root, tmp_path):
+    """data.document_mask and data.eod_mask_loss may name data.vocab's special tokens: with
+    GPT-2's "<|endoftext|>" the validation on packed documents scores exactly as with its id
+    50256, and otherwise than without the mask; the run's recorded config holds the id; a name
+    the tokenizer lacks, or a name without data.vocab, is refused by key."""
+    from triad_run import VOCAB
+    case = next(c for c in trm.CASES if c.name == "gpt2vocab")
+    p = trm.prepare(case, tmp_root)
+    rng = np.random.default_rng(3)
+    for shard, tokens in (("train_000.bin", p.train_tokens), ("val_000.bin", p.val_tokens)):
+        t = tokens.copy()
+        t[rng.random(t.size) < 0.15] = 50256  # documents of about seven tokens, packed
+        ref.write_token_shard(tmp_path / shard, t)
+    cfg = tmp_path / "docs.ini"
+    ref.write_config(cfg, trm.config_sections(case, tmp_path, data__vocab=str(VOCAB)))
+
+    def val_loss(*over):
+        out = trm.run([trm.binary("triad-train"), "--config", cfg, "--eval-only", "--init-from",
+                       p.ckpt, "--run.dir", tmp_path / "runs", *over])
+        return float(out.split("val loss")[1].split()[0])
+
+    plain = val_loss()
+    by_id = val_loss("--data.document_mask", "50256")
+    assert val_loss("--data.document_mask", "<|endoftext|>") == by_id != plain
+    eod = val_loss("--data.eod_mask_loss", "50256")
+    assert val_loss("--data.eod_mask_loss", "<|endoftext|>") == eod != plain
+    # A short training run records the resolved id in its config.
+    trm.run([trm.binary("triad-train"), "--config", cfg, "--init-from", p.ckpt, "--resume", "none",
+             "--run.dir", tmp_path / "runs", "--run.name", "named", "--train.steps", "1",
+             "--data.document_mask", "<|endoftext|>"])
+    with h5py.File(tmp_path / "runs" / "named" / "metrics.h5", "r") as f:
+        recorded = f.attrs["config"]
+    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    assert "document_mask = 50256" in recorded and "<|endoftext|>" not in recorded
+    for key, value, vocab, needle in (
+            ("--data.document_mask", "<fim_middle>", str(VOCAB),
+             "data.document_mask: '<fim_middle>' is not a special token of data.vocab"),
+            ("--data.eod_mask_loss", "<|endoftext|>", "",
+             "data.eod_mask_loss: '<|endoftext|>' is neither a token id nor, without data.vocab"),
+            ("--data.document_mask", "<|endoftext|>", str(tmp_path / "missing.tiktoken"),
+             "data.document_mask resolves its name '<|endoftext|>' with data.vocab")):
+        r = subprocess.run([str(trm.binary("triad-train")), "--config", str(cfg), "--eval-only",
+                            "--init-from", str(p.ckpt), key, value, "--data.vocab", vocab],
+                           capture_output=True, text=True, env=trm.run_env(), timeout=300)
         assert r.returncode != 0 and needle in r.stderr, r.stderr
         assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1, r.stderr
 

@@ -433,6 +433,12 @@ WindowWarmup parse_window_warmup(const std::string& text, const ModelConfig& m);
 // then on, and without a warmup.
 int window_at(const WindowWarmup& w, const ModelConfig& m, int64_t step);
 
+// data.document_mask and data.eod_mask_loss may name one of data.vocab's special tokens
+// ("<|endoftext|>", "<|begin_of_text|>") instead of its id: replaced here by the id (the
+// tokenizer read from data.vocab), so that every later reader, and the config a checkpoint
+// records, sees the id. Throws triad::Error naming the key for a name without data.vocab, or
+// one the tokenizer lacks (parse_train_command_line calls it).
+void resolve_token_names(Config& c);
 // data.document_mask: -1 for none, else the token id (below vocab_size) that starts a document;
 // throws triad::Error naming the key otherwise.
 int32_t parse_document_mask(const std::string& text, int vocab_size);
