@@ -336,12 +336,13 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # And a mixture of experts (moe: 4 experts, top 2, the load-balancing loss: the routing,
     # dispatch, gather and gated-sum kernels and the experts' products over their rows). And
     # multi-head latent attention (mla: heads of 64 = 32 + 32 rotated, v 64: the latents' norms,
-    # the strided copies that assemble q|k|v, the flash kernels on them), and the experts' FP8
+    # the strided copies that assemble q|k|v, the flash kernels on them; mla192: DeepSeek-V2's and
+    # V3's head widths, 128 + 64 rotated, v 128 padded to 192, the flash kernels' 192), and the experts' FP8
     # products (fp8moe: each expert's scales, the weight gradient padded to 16 rows). And nanoGPT's
     # dropout (drop: hidden and attention dropout 0.1; the attention under dropout runs the flash
     # kernels' dropout variants in bf16, the fp32 path's masked copy and softmax backward in fp32;
     # the masks are the CPU's).
-    for tag in muon rope sched fp8 moe mla fp8moe drop; do
+    for tag in muon rope sched fp8 moe mla mla192 fp8moe drop; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -355,6 +356,10 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
                                  --model.bias false --model.kv_lora_rank 64 --model.q_lora_rank 48
                                  --model.qk_nope_head_dim 32 --model.qk_rope_head_dim 32
                                  --model.v_head_dim 64)
+      [[ $tag == mla192 ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu
+                                    --model.bias false --model.kv_lora_rank 64 --model.q_lora_rank 48
+                                    --model.qk_nope_head_dim 128 --model.qk_rope_head_dim 64
+                                    --model.v_head_dim 128)
       [[ $tag == fp8moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05
                                     --run.fp8 tensorwise)
       [[ $tag == drop ]] && opts=(--train.hidden_dropout 0.1 --train.attention_dropout 0.1)
@@ -502,8 +507,8 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched", "moe", "mla", "drop"):  # Llama's; schedules, z-loss, cap, μP;
-    # experts; MLA; dropout
+for tag in ("rope", "sched", "moe", "mla", "mla192", "drop"):  # Llama's; schedules, z-loss,
+    # cap, μP; experts; MLA (heads 64, and 192); dropout
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):
@@ -623,6 +628,7 @@ res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESU
 res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 64) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "multi-head latent attention (heads 192, DeepSeek's) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA192 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "hidden + attention dropout 0.1 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_DROP //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "experts' FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8MOE //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "layer norms GPU vs CPU" "$(sed -n 's/^RESULT_NORMS //p' "$RUN/gpu.txt" 2>/dev/null)"

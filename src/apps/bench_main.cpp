@@ -452,7 +452,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
       "sliding window: each query attends to its last N keys (0: causal over all)")(
       "T", po::value(&T)->default_value(1024), "sequence length")(
       "NH", po::value(&NH)->default_value(12), "heads")("hd", po::value(&hd)->default_value(64),
-                                                        "head dimension (64 or 128)")(
+                                                        "head dimension (64, 128 or 192)")(
       "repeat", po::value(&repeat)->default_value(20), "timed runs of each kind (median)")(
       "kernel", po::value(&kernel_name)->default_value("auto"),
       "flash kernel: auto (wgmma where it runs, else mma), mma, wgmma or tma (wgmma with bulk "
@@ -472,7 +472,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
               backward_name, "')");
 #ifdef TRIAD_HAVE_CUDA
   TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
-  TRIAD_CHECK(hd == 64 || hd == 128, "attention: --hd must be 64 or 128");
+  TRIAD_CHECK(hd == 64 || hd == 128 || hd == 192, "attention: --hd must be 64, 128 or 192");
   TRIAD_CHECK(repeat >= 1, "attention: --repeat must be at least 1");
   TRIAD_CHECK(window >= 0, "attention: --window must be >= 0 (0: none)");
   TRIAD_CHECK(triad::cuda_device_available(), "attention: ", triad::cuda_device_description());

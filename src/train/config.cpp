@@ -1623,8 +1623,8 @@ void validate(const Config& c, int world_size) {
       const int hd = m.hd();
       check(c.bf16(), "parallel.cp",
             "> 1 on the cuda backend needs run.precision = bf16 (the flash kernels)");
-      check(hd == 64 || hd == 128, "parallel.cp",
-            "> 1 on the cuda backend needs a head dimension of 64 or 128 (got " +
+      check(hd == 64 || hd == 128 || hd == 192, "parallel.cp",
+            "> 1 on the cuda backend needs a head dimension of 64, 128 or 192 (got " +
                 std::to_string(hd) + ")");
       check(m.seq_len % (2 * par.cp * 64) == 0, "parallel.cp",
             "> 1 on the cuda backend needs model.seq_len (" + std::to_string(m.seq_len) +

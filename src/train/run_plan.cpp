@@ -281,14 +281,19 @@ ZeroOptions zero_options(const Config& cfg, int shard, int replicas) {
   return z;
 }
 
+namespace {
+// The head dims the cuda backend's flash kernels take (cuda_attention_bf16.cu).
+bool flash_head_dim(int hd) { return hd == 64 || hd == 128 || hd == 192; }
+}  // namespace
+
 size_t fp32_attention_scratch_bytes(const Config& cfg) {
   if (cfg.run.backend != "cuda") return 0;
   const ModelConfig& m = cfg.model;
-  const int hd = m.head_dim > 0 ? m.head_dim : m.n_embd / m.n_head;
+  const int hd = m.hd();  // (multi-head latent attention's padded heads)
   const bool capped = m.attn_softcap > 0, dropping = cfg.train.attention_dropout > 0;
-  // The flash kernels (bf16, head dims 64 and 128) keep no T×T matrix, under dropout too, but
+  // The flash kernels (bf16, head dims 64, 128 and 192) keep no T×T matrix, under dropout too, but
   // not soft-capped scores under dropout (cuda_attention_bf16.cu).
-  const bool flash = cfg.bf16() && (hd == 64 || hd == 128) && !(capped && dropping);
+  const bool flash = cfg.bf16() && flash_head_dim(hd) && !(capped && dropping);
   if (flash) return 0;
   // One micro-batch's call at a time, this rank's heads (the fp32 path runs whole sequences,
   // no context parallelism).
@@ -603,11 +608,9 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
         "the buckets instead of the whole buffer";
   if (cfg.eval.ema) os << "; other includes the weights eval.ema sets aside at evaluations";
   if (cfg.run.backend == "cuda") {
-    // Grouped-query attention outside the flash kernels (bf16, head dims 64 and 128) runs on
+    // Grouped-query attention outside the flash kernels (bf16, head dims 64, 128, 192) runs on
     // rows expanded to one key/value head per query head.
-    const int hd =
-        cfg.model.head_dim > 0 ? cfg.model.head_dim : cfg.model.n_embd / cfg.model.n_head;
-    const bool flash = cfg.bf16() && (hd == 64 || hd == 128);
+    const bool flash = cfg.bf16() && flash_head_dim(cfg.model.hd());
     os << "; on a GPU add the backend's workspace: cuBLASLt's 32 MiB and attention scratch"
        << (cfg.model.kv_heads() < cfg.model.n_head && !flash
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"

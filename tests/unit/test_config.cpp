@@ -208,7 +208,7 @@ TEST(Config, ContextParallelGridsAreChecked) {
   expect(error_of(on_gpu({"--parallel.cp", "2", "--run.precision", "fp32"}), 2), "parallel.cp",
          "needs run.precision = bf16");
   expect(error_of(on_gpu({"--parallel.cp", "2", "--model.n_head", "24"}), 2), "parallel.cp",
-         "head dimension of 64 or 128 (got 32)");
+         "head dimension of 64, 128 or 192 (got 32)");
   expect(error_of(on_gpu({"--parallel.cp", "4"}), 4), "parallel.cp",
          "divisible by 2 · parallel.cp · 64");
   // The flash kernels drop attention probabilities, but not soft-capped ones (the CPU backend

@@ -672,13 +672,13 @@ TEST_F(CudaBf16Test, MatmulBackwardGelu) {
 struct AttShape {
   int B, T, NH, hd, NKV;
 };
-// hd 64 / 128: the flash kernels, with partial 64-row tiles (T = 100) and a single token;
+// hd 64 / 128 / 192: the flash kernels, with partial 64-row tiles (T = 100) and a single token;
 // hd 16 and 32: the fp32 fallback. NKV < NH: grouped-query attention (the flash kernels read the
 // key/value heads in place, the fallback expands them), multi-query (NKV = 1) among them.
-const AttShape kAttShapes[] = {{2, 100, 2, 64, 2}, {1, 100, 2, 128, 2}, {1, 1, 2, 64, 2},
-                               {2, 256, 4, 64, 4}, {2, 37, 3, 16, 3},   {1, 100, 2, 32, 2},
-                               {2, 100, 4, 64, 2}, {1, 100, 4, 128, 1}, {1, 1, 4, 64, 2},
-                               {2, 37, 4, 16, 2},  {1, 33, 4, 16, 1}};
+const AttShape kAttShapes[] = {{2, 100, 2, 64, 2}, {1, 100, 2, 128, 2}, {1, 100, 2, 192, 1},
+                               {1, 1, 2, 64, 2},   {2, 256, 4, 64, 4},  {2, 37, 3, 16, 3},
+                               {1, 100, 2, 32, 2}, {2, 100, 4, 64, 2},  {1, 100, 4, 128, 1},
+                               {1, 1, 4, 64, 2},   {2, 37, 4, 16, 2},   {1, 33, 4, 16, 1}};
 
 TEST_F(CudaBf16Test, AttentionForwardBackward) {
   for (const AttShape& s : kAttShapes) {

@@ -215,6 +215,9 @@ TEST_P(FlashKernels, PartialTiles) { check_shape(2, 77, 3, 64, GetParam()); }
 
 TEST_P(FlashKernels, HeadDim128) { check_shape(1, 256, 2, 128, GetParam()); }
 
+// Multi-head latent attention's heads (DeepSeek-V2's and V3's 128 + 64 query-key values).
+TEST_P(FlashKernels, HeadDim192) { check_shape(1, 200, 2, 192, GetParam()); }
+
 TEST_P(FlashKernels, Gpt2Shape) { check_shape(2, 1024, 12, 64, GetParam()); }
 
 TEST_P(FlashKernels, BackwardAccumulates) { check_accumulate(2, 150, 3, 64, GetParam()); }
@@ -230,6 +233,7 @@ TEST_P(FlashKernels, DocumentMask) {
 TEST_P(FlashKernels, DocumentMaskHeadDim128) {
   const std::vector<int32_t> kb = key_begin_of_starts(1, 256, {{0, 100, 128, 129}});
   check_shape(1, 256, 2, 128, GetParam(), &kb);
+  check_shape(1, 256, 2, 192, GetParam(), &kb);
 }
 
 std::string case_name(const ::testing::TestParamInfo<FlashCase>& info) {

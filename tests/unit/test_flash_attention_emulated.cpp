@@ -163,10 +163,17 @@ Outputs run_kernel(Kernel k, Backward bw, int hd, const Bits& qkv, const Bits& d
     return run<decltype(tiles)>(qkv, dout, B, rows, NH, NKV, timing, bw, dqkv0, key_begin, scale,
                                 cap, drop);
   };
-  if (k == Kernel::mma) return hd == 64 ? go(flash::MmaTiles<64>{}) : go(flash::MmaTiles<128>{});
+  if (k == Kernel::mma)
+    return hd == 64    ? go(flash::MmaTiles<64>{})
+           : hd == 128 ? go(flash::MmaTiles<128>{})
+                       : go(flash::MmaTiles<192>{});
   if (k == Kernel::tma)
-    return hd == 64 ? go(flash::WgmmaTiles<64, true>{}) : go(flash::WgmmaTiles<128, true>{});
-  return hd == 64 ? go(flash::WgmmaTiles<64>{}) : go(flash::WgmmaTiles<128>{});
+    return hd == 64    ? go(flash::WgmmaTiles<64, true>{})
+           : hd == 128 ? go(flash::WgmmaTiles<128, true>{})
+                       : go(flash::WgmmaTiles<192, true>{});
+  return hd == 64    ? go(flash::WgmmaTiles<64>{})
+         : hd == 128 ? go(flash::WgmmaTiles<128>{})
+                     : go(flash::WgmmaTiles<192>{});
 }
 
 // key_begin: a document mask ([B,T]), or none. scale: the scores' (0: 1/sqrt(hd)). cap: their
@@ -525,6 +532,19 @@ TEST_P(DocumentMask, GroupedQueryHeads) {
   // tiles passed for every query head before the block computes.
   const std::vector<int32_t> docs130 = key_begin_of_starts(1, 130, {{0, 70, 128}});
   check_grouped(1, 130, 4, 1, 128, k, bw, flash::Rows{130, 0, 130}, &docs130);
+}
+
+// Head dim 192 (multi-head latent attention's heads: DeepSeek-V2's and V3's 128 + 64 query-key
+// values, v padded to them): every policy and backward way, partial tiles, a batch of two, a
+// document mask, a query range, grouped query heads, the backward accumulating.
+TEST_P(DocumentMask, HeadDim192) {
+  const Kernel k = GetParam().kernel;
+  const Backward bw = GetParam().backward;
+  check(2, 100, 1, 192, CopyTiming::at_wait, k, bw);
+  const std::vector<int32_t> docs = key_begin_of_starts(1, 130, {{0, 50, 64}});
+  check(1, 130, 1, 192, CopyTiming::at_issue, k, bw, &docs);
+  check_range(1, 256, 1, 192, flash::Rows{256, 128, 128}, k, bw);
+  check_grouped(1, 130, 2, 1, 192, k, bw, flash::Rows{130, 0, 130});
 }
 
 // An attention dropout of probability p in `layer` as the backend hands it to the kernels:

@@ -1,7 +1,7 @@
 // bf16 causal self-attention (backend.h): out [B,T,C] bf16 and lse [B,NH,T] fp32 forward;
 // dqkv += backward, recomputing the probabilities from qkv and lse.
 //
-// Head dims 64 and 128 (with the alignment the vector loads need) run the fused flash kernels
+// Head dims 64, 128 and 192 (with the alignment the vector loads need) run the fused flash kernels
 // (flash_attention.cu), whose backward adds into dqkv itself (round(old + gradient)). Any other
 // shape runs the fp32 attention (cuda_attention.cu, cuBLAS) on widened copies in the backend's
 // scratch memory: forward widens qkv, runs it with the log-sum-exp output and rounds out;
@@ -48,7 +48,7 @@ void check_kv_heads(int NH, int NKV) {
 
 bool flash_head_dim(int C, int NH) {
   const int hd = C / NH;
-  return hd == 64 || hd == 128;
+  return hd == 64 || hd == 128 || hd == 192;  // 192: multi-head latent attention's heads
 }
 
 // The fallback's fp32 buffers, carved from one scratch block: the forward uses the first three
@@ -80,7 +80,7 @@ Widened carve(AttentionScratch& scratch, cudaStream_t s, int B, int T, int C, in
 // A query range needs the flash kernels: the fallback computes whole sequences.
 void check_range_runs(bool flash, QueryRows rows, int T) {
   TRIAD_CHECK(rows.whole(T) || flash, "cuda attention: query rows ", rows.first, " + ", rows.count,
-              " of ", T, " need the flash kernels (head dim 64 or 128, aligned buffers)");
+              " of ", T, " need the flash kernels (head dim 64, 128 or 192, aligned buffers)");
 }
 
 // Whether the flash kernels run a call: their head dims and the alignment of their vector loads

@@ -222,7 +222,7 @@ float* dropped_probabilities(AttentionScratch& scratch, cudaStream_t s, int B, i
                              const AttentionDropMask& drop);
 
 // ---- attention, bf16 (cuda_attention_bf16.cu) ----------------------------------------------
-// The fused flash kernels (flash_attention.cuh) where they apply (head dim 64 or 128, aligned
+// The fused flash kernels (flash_attention.cuh) where they apply (head dim 64, 128 or 192, aligned
 // pointers); otherwise the fp32 path on widened copies; with NKV < NH either on the expanded
 // rows.
 // rows: a query range (QueryRows of backend.h), on the flash kernels only. An attention dropout

@@ -156,8 +156,8 @@ void check_shape(int B, int T, int C, int NH, int NKV) {
   TRIAD_CHECK(NKV > 0 && NH % NKV == 0, "flash attention: NKV = ", NKV,
               " key/value heads do not divide NH = ", NH, " query heads");
   const int hd = C / NH;
-  TRIAD_CHECK(hd == 64 || hd == 128, "flash attention: head dimension ", hd,
-              " is not supported (64 or 128)");
+  TRIAD_CHECK(hd == 64 || hd == 128 || hd == 192, "flash attention: head dimension ", hd,
+              " is not supported (64, 128 or 192)");
   TRIAD_CHECK(T <= 65535 * flash::kTile, "flash attention: T = ", T, " is too long (at most ",
               65535 * flash::kTile, ")");
 }
@@ -395,28 +395,28 @@ FlashKernel flash_kernel_for_device(FlashKernel requested) {
 
 namespace {
 
-// Calls f(Tiles{}) with the tile policy of `kernel` (resolved) for head dimension hd.
+// Calls f(Tiles{}) with the tile policy of `kernel` (resolved) for head dimension hd (64, 128 or
+// 192: check_shape).
 template <class F>
 void with_tiles(FlashKernel kernel, int hd, F f) {
-  const bool hd64 = hd == 64;
+  auto by_hd = [&](auto t64, auto t128, auto t192) {
+    if (hd == 64)
+      f(t64);
+    else if (hd == 128)
+      f(t128);
+    else
+      f(t192);
+  };
   switch (kernel) {
     case FlashKernel::tma:
-      if (hd64)
-        f(flash::WgmmaTiles<64, true>{});
-      else
-        f(flash::WgmmaTiles<128, true>{});
+      by_hd(flash::WgmmaTiles<64, true>{}, flash::WgmmaTiles<128, true>{},
+            flash::WgmmaTiles<192, true>{});
       break;
     case FlashKernel::wgmma:
-      if (hd64)
-        f(flash::WgmmaTiles<64>{});
-      else
-        f(flash::WgmmaTiles<128>{});
+      by_hd(flash::WgmmaTiles<64>{}, flash::WgmmaTiles<128>{}, flash::WgmmaTiles<192>{});
       break;
     default:
-      if (hd64)
-        f(flash::MmaTiles<64>{});
-      else
-        f(flash::MmaTiles<128>{});
+      by_hd(flash::MmaTiles<64>{}, flash::MmaTiles<128>{}, flash::MmaTiles<192>{});
   }
 }
 

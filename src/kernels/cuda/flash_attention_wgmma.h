@@ -185,11 +185,22 @@ struct WgmmaTiles {
       for (int i = 0; i < 4; ++i) x.keep(fa[kk][i]);
     }
   }
+  // m64nHDk16 for HD <= 128; wider heads (192) as m64n128k16 over the first two panels and
+  // m64n(HD−128)k16 over the rest: the accumulator's n8 blocks in column order either way, so
+  // the second product's start at d + 64 (those columns' panel at 2·kPanel).
   template <class X>
   TRIAD_BLOCK_FN static void issue_pv(X& x, float* d, uint32_t (&fa)[4][4], const uint16_t* y) {
     const uint32_t sy = x.smem_address(y);
     TRIAD_UNROLL
-    for (int kk = 0; kk < 4; ++kk) x.template wgmma_rs<HD, 1>(d, fa[kk], mn_major(sy, kk));
+    for (int kk = 0; kk < 4; ++kk) {
+      if constexpr (HD <= 128) {
+        x.template wgmma_rs<HD, 1>(d, fa[kk], mn_major(sy, kk));
+      } else {
+        static_assert(HD - 128 == 64, "heads wider than 128 values: 192 only");
+        x.template wgmma_rs<128, 1>(d, fa[kk], mn_major(sy, kk));
+        x.template wgmma_rs<64, 1>(d + 64, fa[kk], mn_major(sy + 2 * kPanel, kk));
+      }
+    }
   }
   template <class X>
   TRIAD_BLOCK_FN static void issue_abt(X& x, float* d, const uint16_t* a, const uint16_t* y) {
