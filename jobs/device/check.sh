@@ -684,6 +684,25 @@ if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 240 )); then
 fi
 res "flash attention window" "$SW_ROW"
 
+# The flash kernels' attention dropout (train.attention_dropout's masks formed in registers) and
+# their wider heads at the same width C = 768: 6 heads of 128, 4 of 192 (multi-head latent
+# attention's, whose dK/dV kernel spills), against 12 of 64 without dropout.
+FX_ROW="not run"
+if [[ -x $RUN/bin/triad-bench ]] && (( $(left) > 240 )); then
+  (
+    # shellcheck disable=SC1091
+    source "$DEV/env.sh"
+    fx=("$RUN/bin/triad-bench" attention --B 16 --T 1024 --repeat 10)
+    timeout "$(tmo 30 200)" "${fx[@]}" --NH 12 --hd 64 2>&1 | tail -4
+    timeout "$(tmo 30 200)" "${fx[@]}" --NH 12 --hd 64 --dropout 0.1 2>&1 | tail -4
+    timeout "$(tmo 30 200)" "${fx[@]}" --NH 6 --hd 128 2>&1 | tail -4
+    timeout "$(tmo 30 200)" "${fx[@]}" --NH 4 --hd 192 2>&1 | tail -4
+  ) | tee "$RUN/fa_extra.txt"
+  fx() { grep "^RESULT .* hd=$1 .* dropout=$2 " "$RUN/fa_extra.txt" | head -1 | awk '{for (i = 2; i <= NF; ++i) { split($i, kv, "="); v[kv[1]] = kv[2] } printf "%.3f ms (%.0f TFLOP/s)", v["fwd_bwd_ms"], v["fwd_bwd_tflops"] }'; }
+  FX_ROW="B=16 T=1024 C=768 fwd+bwd: hd 64 $(fx 64 0), dropout 0.1 $(fx 64 0.1); hd 128 $(fx 128 0); hd 192 $(fx 192 0)"
+fi
+res "flash attention dropout, heads 128 and 192" "$FX_ROW"
+
 # Every op of a GPT-2 124M step (bf16, B=16 T=1024) against the matmul and copy ceilings
 # measured in the same run: where the step's time goes.
 KB_ROW="not run"

@@ -446,10 +446,13 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
 int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   po::options_description desc("attention options");
   int B = 16, T = 1024, NH = 12, hd = 64, repeat = 20, window = 0;
+  double dropout = 0.0;
   std::string kernel_name = "auto", backward_name = "auto";
   desc.add_options()("B", po::value(&B)->default_value(16), "batch size")(
-      "window", po::value(&window)->default_value(0),
-      "sliding window: each query attends to its last N keys (0: causal over all)")(
+      "dropout", po::value(&dropout)->default_value(0.0),
+      "attention dropout probability (train.attention_dropout's masks, formed in the kernels; 0: "
+      "none)")("window", po::value(&window)->default_value(0),
+               "sliding window: each query attends to its last N keys (0: causal over all)")(
       "T", po::value(&T)->default_value(1024), "sequence length")(
       "NH", po::value(&NH)->default_value(12), "heads")("hd", po::value(&hd)->default_value(64),
                                                         "head dimension (64, 128 or 192)")(
@@ -475,6 +478,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(hd == 64 || hd == 128 || hd == 192, "attention: --hd must be 64, 128 or 192");
   TRIAD_CHECK(repeat >= 1, "attention: --repeat must be at least 1");
   TRIAD_CHECK(window >= 0, "attention: --window must be >= 0 (0: none)");
+  TRIAD_CHECK(dropout >= 0.0 && dropout < 1.0, "attention: --dropout must be in [0, 1)");
   TRIAD_CHECK(triad::cuda_device_available(), "attention: ", triad::cuda_device_description());
   if (world_rank(world) != 0) return 0;
   namespace tc = triad::cuda;
@@ -515,16 +519,33 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
     TRIAD_CUDA_CHECK(
         cudaMemcpy(key_begin, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
   }
+  int32_t* drop_keys = nullptr;  // the dropout's row keys [B, T] (dropout_mask.h), or none
+  triad::AttentionDropMask drop{};
+  if (dropout > 0.0) {
+    std::vector<int32_t> h(2 * size_t(B) * T);
+    for (size_t r = 0; r < size_t(B) * T; ++r) {
+      const uint64_t k = triad::dropout_row_key(1, r / size_t(T), uint32_t(r % size_t(T)));
+      h[2 * r] = int32_t(uint32_t(k));
+      h[2 * r + 1] = int32_t(uint32_t(k >> 32));
+    }
+    TRIAD_CUDA_CHECK(cudaMalloc(&drop_keys, h.size() * sizeof(int32_t)));
+    TRIAD_CUDA_CHECK(
+        cudaMemcpy(drop_keys, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    drop = triad::AttentionDropout{drop_keys, float(dropout), 0, 0, 0}.mask(NH);
+  }
   cudaStream_t s = nullptr;
   TRIAD_CUDA_CHECK(cudaStreamCreate(&s));
   cudaEvent_t e0, e1;
   TRIAD_CUDA_CHECK(cudaEventCreate(&e0));
   TRIAD_CUDA_CHECK(cudaEventCreate(&e1));
-  auto fwd = [&] { tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, kernel); };
+  auto fwd = [&] {
+    tc::flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, kernel, {}, NH, 0.0f,
+                                0.0f, drop);
+  };
   auto fwd_bwd = [&] {
     fwd();
     tc::flash_attention_backward(dqkv, dout, qkv, out, lse, ws, B, T, C, NH, key_begin, s, false,
-                                 kernel, backward);
+                                 kernel, backward, {}, NH, 0.0f, 0.0f, drop);
   };
   auto time_ms = [&](auto&& f) {
     for (int w = 0; w < 3; ++w) f();  // warm-up
@@ -547,29 +568,31 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   const double fwd_flops = 4.0 * B * NH * hd * triad::attention_key_count(T, window);
   const double fb_flops = fwd_flops * 3.5;
   std::printf(
-      "triad-bench attention: %s; %s kernel, %s backward, B=%d T=%d NH=%d hd=%d, bf16, causal%s, "
+      "triad-bench attention: %s; %s kernel, %s backward, B=%d T=%d NH=%d hd=%d, bf16, causal%s%s, "
       "median of %d\n"
       "  forward            %.4f ms  %.1f TFLOP/s\n"
       "  forward + backward %.4f ms  %.1f TFLOP/s\n",
       triad::cuda_device_description().c_str(), tc::flash_kernel_name(kernel),
       tc::flash_backward_name(backward), B, T, NH, hd,
-      window > 0 && window < T ? (", window " + std::to_string(window)).c_str() : "", repeat, f_ms,
+      window > 0 && window < T ? (", window " + std::to_string(window)).c_str() : "",
+      dropout > 0.0 ? (", dropout " + std::to_string(dropout)).c_str() : "", repeat, f_ms,
       fwd_flops / (f_ms * 1e-3) / 1e12, fb_ms, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::printf(
-      "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d window=%d fwd_ms=%.4f fwd_bwd_ms=%.4f "
-      "fwd_tflops=%.2f fwd_bwd_tflops=%.2f\n",
-      tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, window, f_ms,
-      fb_ms, fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
+      "RESULT kernel=%s backward=%s B=%d T=%d NH=%d hd=%d window=%d dropout=%g fwd_ms=%.4f "
+      "fwd_bwd_ms=%.4f fwd_tflops=%.2f fwd_bwd_tflops=%.2f\n",
+      tc::flash_kernel_name(kernel), tc::flash_backward_name(backward), B, T, NH, hd, window,
+      dropout, f_ms, fb_ms, fwd_flops / (f_ms * 1e-3) / 1e12, fb_flops / (fb_ms * 1e-3) / 1e12);
   std::fflush(stdout);
   TRIAD_CUDA_CHECK(cudaEventDestroy(e0));
   TRIAD_CUDA_CHECK(cudaEventDestroy(e1));
   TRIAD_CUDA_CHECK(cudaStreamDestroy(s));
   for (void* p : {static_cast<void*>(qkv), static_cast<void*>(dqkv), static_cast<void*>(out),
                   static_cast<void*>(dout), static_cast<void*>(lse), static_cast<void*>(ws),
-                  static_cast<void*>(key_begin)})
+                  static_cast<void*>(key_begin), static_cast<void*>(drop_keys)})
     TRIAD_CUDA_CHECK(cudaFree(p));
   return 0;
 #else
+  (void)dropout;
   triad::fail("attention: this triad-bench was built without CUDA");
 #endif
 }
