@@ -624,8 +624,8 @@ void resolve_token_names(Config& c) {
       tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(c.data.vocab));
     }
     const int32_t id = tokenizer->special_id(v);
-    TRIAD_CHECK(id >= 0, "config: ", key, ": '", v, "' is not a special token of data.vocab ",
-                c.data.vocab);
+    TRIAD_CHECK(id >= 0, "config: ", key, ": '", v,
+                "' is neither a token id nor a special token of data.vocab ", c.data.vocab);
     *value = std::to_string(id);
   }
 }

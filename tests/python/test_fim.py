@@ -570,7 +570,8 @@ def test_document_mask_and_eod_mask_loss_by_special_token_names(tmp_root, tmp_pa
     assert "document_mask = 50256" in recorded and "<|endoftext|>" not in recorded
     for key, value, vocab, needle in (
             ("--data.document_mask", "<fim_middle>", str(VOCAB),
-             "data.document_mask: '<fim_middle>' is not a special token of data.vocab"),
+             "data.document_mask: '<fim_middle>' is neither a token id nor a special token of "
+             "data.vocab"),
             ("--data.eod_mask_loss", "<|endoftext|>", "",
              "data.eod_mask_loss: '<|endoftext|>' is neither a token id nor, without data.vocab"),
             ("--data.document_mask", "<|endoftext|>", str(tmp_path / "missing.tiktoken"),
