@@ -475,7 +475,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
               backward_name, "')");
 #ifdef TRIAD_HAVE_CUDA
   TRIAD_CHECK(B >= 1 && T >= 1 && NH >= 1, "attention: --B, --T and --NH must be at least 1");
-  TRIAD_CHECK(hd == 64 || hd == 128 || hd == 192, "attention: --hd must be 64, 128 or 192");
+  TRIAD_CHECK(triad::cuda_flash_head_dim(hd), "attention: --hd must be 64, 128 or 192");
   TRIAD_CHECK(repeat >= 1, "attention: --repeat must be at least 1");
   TRIAD_CHECK(window >= 0, "attention: --window must be >= 0 (0: none)");
   TRIAD_CHECK(dropout >= 0.0 && dropout < 1.0, "attention: --dropout must be in [0, 1)");
@@ -523,11 +523,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   triad::AttentionDropMask drop{};
   if (dropout > 0.0) {
     std::vector<int32_t> h(2 * size_t(B) * T);
-    for (size_t r = 0; r < size_t(B) * T; ++r) {
-      const uint64_t k = triad::dropout_row_key(1, r / size_t(T), uint32_t(r % size_t(T)));
-      h[2 * r] = int32_t(uint32_t(k));
-      h[2 * r + 1] = int32_t(uint32_t(k >> 32));
-    }
+    triad::dropout_row_key_words(h.data(), 1, 0, B, T);
     TRIAD_CUDA_CHECK(cudaMalloc(&drop_keys, h.size() * sizeof(int32_t)));
     TRIAD_CUDA_CHECK(
         cudaMemcpy(drop_keys, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice));

@@ -187,13 +187,7 @@ void Gpt::set_dropout_rows(int64_t first, int B) {
     TRIAD_ASSERT(d_attention_dropout_keys_ != nullptr);
     const int T = shape_.seq_len;
     keys.resize(2 * size_t(B) * size_t(T));
-    for (int b = 0; b < B; ++b)
-      for (int t = 0; t < T; ++t) {
-        const uint64_t k = dropout_row_key(dropout_seed_, uint64_t(first + b), uint32_t(t));
-        const size_t r = size_t(b) * size_t(T) + size_t(t);
-        keys[2 * r] = int32_t(uint32_t(k));
-        keys[2 * r + 1] = int32_t(uint32_t(k >> 32));
-      }
+    dropout_row_key_words(keys.data(), dropout_seed_, uint64_t(first), B, T);
     be_.copy_ints_from_host(d_attention_dropout_keys_, keys.data(), keys.size());
   }
   if (!dropping()) return;

@@ -17,6 +17,7 @@
 #include "triad/data/fim.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
+#include "triad/kernels/cuda_backend.h"  // cuda_flash_head_dim, cuda_flash_drops
 #include "triad/kernels/moe_routing.h"
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"  // frozen_tensor: a name against comma-separated globs
@@ -1623,13 +1624,14 @@ void validate(const Config& c, int world_size) {
       const int hd = m.hd();
       check(c.bf16(), "parallel.cp",
             "> 1 on the cuda backend needs run.precision = bf16 (the flash kernels)");
-      check(hd == 64 || hd == 128 || hd == 192, "parallel.cp",
+      check(cuda_flash_head_dim(hd), "parallel.cp",
             "> 1 on the cuda backend needs a head dimension of 64, 128 or 192 (got " +
                 std::to_string(hd) + ")");
       check(m.seq_len % (2 * par.cp * 64) == 0, "parallel.cp",
             "> 1 on the cuda backend needs model.seq_len (" + std::to_string(m.seq_len) +
                 ") divisible by 2 · parallel.cp · 64: each piece whole 64-row tiles");
-      check(c.train.attention_dropout == 0 || m.attn_softcap == 0, "train.attention_dropout",
+      check(cuda_flash_drops(c.train.attention_dropout > 0, float(m.attn_softcap)),
+            "train.attention_dropout",
             "with parallel.cp > 1 and model.attn_softcap is not implemented by the cuda backend "
             "(its flash kernels, which context parallelism needs there, do not drop capped "
             "scores)");

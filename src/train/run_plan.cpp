@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "triad/core/error.h"
+#include "triad/kernels/cuda_backend.h"  // cuda_flash_head_dim, cuda_flash_drops
 #include "triad/optim/muon.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/pipeline_schedule.h"
@@ -281,19 +282,14 @@ ZeroOptions zero_options(const Config& cfg, int shard, int replicas) {
   return z;
 }
 
-namespace {
-// The head dims the cuda backend's flash kernels take (cuda_attention_bf16.cu).
-bool flash_head_dim(int hd) { return hd == 64 || hd == 128 || hd == 192; }
-}  // namespace
-
 size_t fp32_attention_scratch_bytes(const Config& cfg) {
   if (cfg.run.backend != "cuda") return 0;
   const ModelConfig& m = cfg.model;
   const int hd = m.hd();  // (multi-head latent attention's padded heads)
   const bool capped = m.attn_softcap > 0, dropping = cfg.train.attention_dropout > 0;
-  // The flash kernels (bf16, head dims 64, 128 and 192) keep no T×T matrix, under dropout too, but
-  // not soft-capped scores under dropout (cuda_attention_bf16.cu).
-  const bool flash = cfg.bf16() && flash_head_dim(hd) && !(capped && dropping);
+  // The flash kernels (bf16, the heads and dropout they take) keep no T×T matrix.
+  const bool flash =
+      cfg.bf16() && cuda_flash_head_dim(hd) && cuda_flash_drops(dropping, float(m.attn_softcap));
   if (flash) return 0;
   // One micro-batch's call at a time, this rank's heads (the fp32 path runs whole sequences,
   // no context parallelism).
@@ -610,7 +606,7 @@ std::string format_run_plan(const RunPlan& p, const Config& cfg, double tflops, 
   if (cfg.run.backend == "cuda") {
     // Grouped-query attention outside the flash kernels (bf16, head dims 64, 128, 192) runs on
     // rows expanded to one key/value head per query head.
-    const bool flash = cfg.bf16() && flash_head_dim(cfg.model.hd());
+    const bool flash = cfg.bf16() && cuda_flash_head_dim(cfg.model.hd());
     os << "; on a GPU add the backend's workspace: cuBLASLt's 32 MiB and attention scratch"
        << (cfg.model.kv_heads() < cfg.model.n_head && !flash
                ? ", with grouped-query attention 2·B·T·3C expanded q|k|v elements"

@@ -49,11 +49,7 @@ inline std::vector<int32_t> key_begin_of_starts(int B, int T,
 // first): sequence first + b of the data order, position t, the run's seed.
 inline std::vector<int32_t> dropout_row_keys(int B, int T, uint64_t seed, uint64_t first) {
   std::vector<int32_t> k(2 * size_t(B) * size_t(T));
-  for (size_t r = 0; r < size_t(B) * size_t(T); ++r) {
-    const uint64_t key = dropout_row_key(seed, first + r / size_t(T), uint32_t(r % size_t(T)));
-    k[2 * r] = int32_t(uint32_t(key));
-    k[2 * r + 1] = int32_t(uint32_t(key >> 32));
-  }
+  dropout_row_key_words(k.data(), seed, first, B, T);
   return k;
 }
 

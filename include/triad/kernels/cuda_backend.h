@@ -22,6 +22,14 @@ namespace triad {
 // when `device` is out of range.
 std::unique_ptr<Backend> make_cuda_backend(int device = 0);
 
+// What the bf16 fused flash-attention kernels take (cuda_attention_bf16.cu; other calls run the
+// fp32 attention, with T×T matrices in memory): heads 64, 128 or 192 wide (192: multi-head latent
+// attention's), and an attention dropout unless the scores are soft-capped.
+constexpr bool cuda_flash_head_dim(int hd) { return hd == 64 || hd == 128 || hd == 192; }
+constexpr bool cuda_flash_drops(bool dropping, float softcap) {
+  return !dropping || softcap <= 0.0f;
+}
+
 // True when this build has CUDA and at least one device is usable (driver present).
 bool cuda_device_available();
 

@@ -47,6 +47,16 @@ inline uint64_t dropout_row_key(uint64_t seed, uint64_t sequence, uint32_t posit
   return dropout_mix(dropout_mix(seed ^ dropout_mix(sequence)) + position);
 }
 
+// The row keys of B whole sequences of T positions, sequences first, first + 1, .. of the data
+// order, as a backend holds them ([B, T], two int32 words each, low first): out holds 2·B·T.
+inline void dropout_row_key_words(int32_t* out, uint64_t seed, uint64_t first, int B, int T) {
+  for (size_t r = 0; r < size_t(B) * size_t(T); ++r) {
+    const uint64_t k = dropout_row_key(seed, first + r / size_t(T), uint32_t(r % size_t(T)));
+    out[2 * r] = int32_t(uint32_t(k));
+    out[2 * r + 1] = int32_t(uint32_t(k >> 32));
+  }
+}
+
 // An element is dropped iff its 24-bit draw is below the threshold round(p·2^24).
 inline uint32_t dropout_threshold(float p) {
   return uint32_t(std::llround(double(p) * 16777216.0));

@@ -122,10 +122,10 @@ struct RunPlan {
 };
 
 // Bytes of the T×T matrices the cuda backend's fp32 attention holds beyond the planned
-// activations, per rank, for one micro-batch: none where the flash kernels run (bf16, head dims
-// 64 and 128, attention dropout included unless the scores are soft-capped) or on the cpu
-// backend; else the widened copies of bf16 (cuda_attention_bf16.cu), the dropped probabilities
-// under train.attention_dropout and the uncapped scores under model.attn_softcap.
+// activations, per rank, for one micro-batch: none where the flash kernels run (bf16, and
+// cuda_flash_head_dim, cuda_flash_drops: cuda_backend.h) or on the cpu backend; else the widened
+// copies of bf16 (cuda_attention_bf16.cu), the dropped probabilities under train.attention_dropout
+// and the uncapped scores under model.attn_softcap.
 size_t fp32_attention_scratch_bytes(const Config& cfg);
 
 // The plan of `cfg` on `world_size` ranks. Throws triad::Error (naming the key) for a config

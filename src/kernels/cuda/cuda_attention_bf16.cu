@@ -32,6 +32,7 @@
 
 #include "cuda_ops.cuh"
 #include "flash_attention.cuh"
+#include "triad/kernels/cuda_backend.h"  // cuda_flash_head_dim, cuda_flash_drops
 
 namespace triad::cuda {
 namespace {
@@ -44,11 +45,6 @@ void check_shape(int B, int T, int C, int NH) {
 void check_kv_heads(int NH, int NKV) {
   TRIAD_CHECK(NKV > 0 && NKV <= NH && NH % NKV == 0, "cuda attention: NKV = ", NKV,
               " key/value heads do not divide NH = ", NH, " query heads");
-}
-
-bool flash_head_dim(int C, int NH) {
-  const int hd = C / NH;
-  return hd == 64 || hd == 128 || hd == 192;  // 192: multi-head latent attention's heads
 }
 
 // The fallback's fp32 buffers, carved from one scratch block: the forward uses the first three
@@ -87,15 +83,9 @@ void check_range_runs(bool flash, QueryRows rows, int T) {
 // (qkv's rows, of any NKV, are then 16-byte aligned too: W·2 bytes, W a multiple of 64).
 bool flash_runs(int C, int NH, const void* qkv, const void* out, const void* dout = nullptr,
                 const void* dqkv = nullptr) {
-  return flash_head_dim(C, NH) && pointer_alignment(qkv) >= 16 && pointer_alignment(out) >= 4 &&
-         (dout == nullptr || pointer_alignment(dout) >= 16) &&
+  return cuda_flash_head_dim(C / NH) && pointer_alignment(qkv) >= 16 &&
+         pointer_alignment(out) >= 4 && (dout == nullptr || pointer_alignment(dout) >= 16) &&
          (dqkv == nullptr || pointer_alignment(dqkv) >= 4);
-}
-
-// Whether the flash kernels can take a call's attention dropout: any but one of soft-capped
-// scores (whose kernels have no registers for the mask; the fp32 attention drops those).
-bool flash_drops(const AttentionDropMask& drop, float softcap) {
-  return !drop.on() || softcap <= 0.0f;
 }
 
 // How the flash backward of grouped-query attention runs (TRIAD_FLASH_GQA_BACKWARD): native, each
@@ -167,7 +157,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        AttentionDropMask drop) {
   check_shape(B, T, C, NH);
   check_kv_heads(NH, NKV);
-  if (flash_drops(drop, softcap) && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
+  if (cuda_flash_drops(drop.on(), softcap) && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
     flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
                             NKV, scale, softcap, drop);
     return;
@@ -188,7 +178,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
     accumulate = true;
   }
-  const bool flash = flash_drops(drop, softcap) && flash_runs(C, NH, qkv, out, dout, dqkv);
+  const bool flash =
+      cuda_flash_drops(drop.on(), softcap) && flash_runs(C, NH, qkv, out, dout, dqkv);
   check_range_runs(flash, rows, T);
   // The backward of nkv key/value heads on rows d (gradient) and q (q|k|v): the flash kernels, or
   // the fallback (MHA rows only).

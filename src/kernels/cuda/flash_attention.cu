@@ -150,13 +150,19 @@ flash::Rows rows_of(int T, QueryRows r) {
   return flash::Rows{T, r.first, r.count};
 }
 
+// No kernel drops soft-capped scores (their registers are spent).
+void check_dropout(const AttentionDropMask& drop, float softcap) {
+  TRIAD_CHECK(cuda_flash_drops(drop.on(), softcap),
+              "flash attention: no kernel drops soft-capped scores (the fp32 attention does)");
+}
+
 void check_shape(int B, int T, int C, int NH, int NKV) {
   TRIAD_CHECK(B > 0 && T > 0, "flash attention: empty batch (B = ", B, ", T = ", T, ")");
   TRIAD_CHECK(NH > 0 && C % NH == 0, "flash attention: C = ", C, " is not a multiple of NH = ", NH);
   TRIAD_CHECK(NKV > 0 && NH % NKV == 0, "flash attention: NKV = ", NKV,
               " key/value heads do not divide NH = ", NH, " query heads");
   const int hd = C / NH;
-  TRIAD_CHECK(hd == 64 || hd == 128 || hd == 192, "flash attention: head dimension ", hd,
+  TRIAD_CHECK(cuda_flash_head_dim(hd), "flash attention: head dimension ", hd,
               " is not supported (64, 128 or 192)");
   TRIAD_CHECK(T <= 65535 * flash::kTile, "flash attention: T = ", T, " is too long (at most ",
               65535 * flash::kTile, ")");
@@ -230,9 +236,7 @@ void backward_with(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* ou
   constexpr auto dkdv_plain = dkdv_kernel<Tiles, AtomicDq, Ordered, false, false, false>;
   constexpr auto dkdv_capped = dkdv_kernel<Tiles, AtomicDq, Ordered, true, true, false>;
   constexpr auto dkdv_dropping = dkdv_kernel<Tiles, AtomicDq, Ordered, true, false, true>;
-  const bool capped = softcap > 0.0f, dropping = drop.on();
-  TRIAD_CHECK(!(capped && dropping),
-              "flash attention: no kernel drops soft-capped scores (the fp32 attention does)");
+  const bool capped = softcap > 0.0f, dropping = drop.on();  // (not both: check_dropout)
   const size_t dkdv_smem =
       dropping ? flash::dkdv_smem<Tiles, AtomicDq, true>() : flash::dkdv_smem<Tiles, AtomicDq>();
   if (dropping)
@@ -428,8 +432,7 @@ void flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int B, int 
                              AttentionDropMask drop) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
-  TRIAD_CHECK(!(softcap > 0.0f && drop.on()),
-              "flash attention: no kernel drops soft-capped scores (the fp32 attention does)");
+  check_dropout(drop, softcap);
   const flash::Rows rows = rows_of(T, range);
   with_tiles(flash_kernel_for_device(kernel), C / NH, [&](auto tiles) {
     forward_with<decltype(tiles)>(out, lse, qkv, B, rows, C, NH, NKV, key_begin, s, scale, softcap,
@@ -444,6 +447,7 @@ void flash_attention_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, con
                               float scale, float softcap, AttentionDropMask drop) {
   if (NKV == 0) NKV = NH;
   check_shape(B, T, C, NH, NKV);
+  check_dropout(drop, softcap);
   const flash::Rows rows = rows_of(T, range);
   const FlashKernel resolved = flash_kernel_for_device(kernel);
   const FlashBackward m = flash_backward_mode(mode);
