@@ -112,3 +112,17 @@ def test_attention_bad_choice_is_a_clear_error(option, value, message):
 def test_schedule_bad_times_are_clear_errors(args, message):
     p = run([exe("triad-bench"), "schedule", *args], timeout=60)
     assert_clean_error(p, message)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
+    (["--hd", "96"], "--hd must be 64, 128 or 192"),
+])
+def test_attention_bench_refuses_bad_options(args, needle):
+    """triad-bench attention checks its options before looking for a GPU (a CUDA build; one
+    without CUDA says so instead)."""
+    p = run([exe("triad-bench"), "attention", *args])
+    if "built without CUDA" in p.stderr:
+        pytest.skip("this triad-bench was built without CUDA")
+    assert_clean_error(p, needle)
