@@ -903,11 +903,13 @@ TEST(ModelParallel, LatentAttentionMatchesOneRankOnEveryGrid) {
 // micro-batch); the FP8 run differs from the plain one (measured 1.7e-4). The first loss (no
 // update yet) to fp32 rounding (measured 2e-9). After updates, a last-bit difference of the grids'
 // sums can move a gradient element across an e5m2 rounding boundary (25%): measured 9e-6 where
-// the sums are alike (dp, pp, cp), checked to 2e-5 as Fp8MatchesOneRankOnEveryGrid; up to 9e-5 on
-// the tensor-parallel grids (the latents' gradients summed over the heads' ranks), whose
-// narrow latents (16) make each flip count more: checked to 2e-4. Then queries from the token
-// (q_b reading ln_1, its input gradient partial sums over the ranks) on tensor-parallel ranks.
-// (The products' numbers are checked against PyTorch's FP8 reference in test_fp8.py.)
+// the sums are alike (dp, pp), checked to 2e-5 as Fp8MatchesOneRankOnEveryGrid; up to 9e-5 on
+// the tensor-parallel grids (the latents' gradients summed over the heads' ranks) and 2.2e-5 on
+// the context-parallel one (the latents' gradients summed over the keys' ranks; with the BLAS
+// kernels of an AMD EPYC), whose narrow latents (16) make each flip count more: checked to 2e-4.
+// Then queries from the token (q_b reading ln_1, its input gradient partial sums over the ranks) on
+// tensor-parallel ranks. (The products' numbers are checked against PyTorch's FP8 reference in
+// test_fp8.py.)
 TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
   const std::string dir = shared_dir("fp8");
   std::vector<std::string> opts = {"--resume", "none", "--run.fp8", "tensorwise"};
@@ -937,7 +939,7 @@ TEST(ModelParallel, LatentAttentionFp8MatchesOneRankOnEveryGrid) {
       if (world_rank() == 0)
         std::printf("%s %s: largest loss difference %.2e\n", tag.c_str(), g.name().c_str(), worst);
       ASSERT_EQ(r.losses.size(), ref.losses.size()) << tag << " " << g.name();
-      const double later = g.tp > 1 ? 2e-4 : 2e-5;
+      const double later = g.tp > 1 || g.cp > 1 ? 2e-4 : 2e-5;
       for (size_t i = 0; i < r.losses.size(); ++i)
         EXPECT_NEAR(r.losses[i], ref.losses[i], (i < 1 ? 1e-7 : later) * ref.losses[i])
             << tag << " " << g.name() << " step " << i;
