@@ -43,6 +43,11 @@ const char* kernel_name(Kernel k) {
 }
 enum class Backward { deterministic, atomic, ordered };
 
+// Whether run() computes dK and dV in two passes at every head dim (flash::split_dkdv: at 192
+// only, as the GPU does): the passes' code is the same at each head dim and quicker to emulate
+// at 64.
+bool force_two_pass_dkdv = false;
+
 // Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them, for the
 // query rows `rows` of sequences of rows.seq rows (dout, out, lse: the range's rows). dqkv starts
 // as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
@@ -87,29 +92,30 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     flash::dot_block<HD>(x, D.data(), atomic ? dq_accum.data() : nullptr, dq_turns, dout.data(),
                          r.out.data(), B, n, NH);
   });
-  auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
+  auto dkdv_pass = [&](auto atomic_dq, auto ordered_dq, auto pass) {
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
+    constexpr flash::DkdvPass kPass = decltype(pass)::value;
     // The kernel with the mask's test compiled in where there is a mask, and the cap's where
     // there is a cap (with the mask's), as flash_attention.cu chooses them; under dropout the
     // one with the mask's test and the dropout's.
     auto body = [&](simt::Thread& x) {
       if (drop != nullptr)
-        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, false, true>(
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, false, true, kPass>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
             l.cap_log2, *drop);
       else if (cap > 0.0f)
-        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, true>(
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, true, false, kPass>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
             l.cap_log2);
       else if (key_begin != nullptr)
-        flash::dkdv_block<Tiles, kAtomic, kOrdered, true>(
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, true, false, false, kPass>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, key_begin,
             l.cap_log2);
       else
-        flash::dkdv_block<Tiles, kAtomic, kOrdered, false>(
+        flash::dkdv_block<Tiles, kAtomic, kOrdered, false, false, false, kPass>(
             x, r.dqkv.data(), dq_accum.data(), dq_turns, dout.data(), qkv.data(), qm, dm,
             r.lse.data(), D.data(), B, rows, C, NH, NKV, l.scale, l.scale_log2, acc, nullptr,
             l.cap_log2);
@@ -121,6 +127,16 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
       simt::launch_concurrent(l.kv_blocks_x, l.key_blocks, threads, smem, timing, body);
     else
       simt::launch(l.kv_blocks_x, l.key_blocks, threads, smem, timing, body);
+  };
+  // In one pass, or in two (flash::split_dkdv, or forced): dV, then dK (and the dQ additions).
+  auto dkdv = [&](auto atomic_dq, auto ordered_dq) {
+    using Pass = flash::DkdvPass;
+    if (flash::split_dkdv<Tiles>() || force_two_pass_dkdv) {
+      dkdv_pass(std::false_type{}, std::false_type{}, std::integral_constant<Pass, Pass::dv>{});
+      dkdv_pass(atomic_dq, ordered_dq, std::integral_constant<Pass, Pass::dk>{});
+    } else {
+      dkdv_pass(atomic_dq, ordered_dq, std::integral_constant<Pass, Pass::both>{});
+    }
   };
   if (atomic) {
     if (ordered)
@@ -536,7 +552,8 @@ TEST_P(DocumentMask, GroupedQueryHeads) {
 
 // Head dim 192 (multi-head latent attention's heads: DeepSeek-V2's and V3's 128 + 64 query-key
 // values, v padded to them): every policy and backward way, partial tiles, a batch of two, a
-// document mask, a query range, grouped query heads, the backward accumulating.
+// document mask, a query range, grouped query heads (the backward accumulating), a soft cap, the
+// attention dropout.
 TEST_P(DocumentMask, HeadDim192) {
   const Kernel k = GetParam().kernel;
   const Backward bw = GetParam().backward;
@@ -545,6 +562,11 @@ TEST_P(DocumentMask, HeadDim192) {
   check(1, 130, 1, 192, CopyTiming::at_issue, k, bw, &docs);
   check_range(1, 256, 1, 192, flash::Rows{256, 128, 128}, k, bw);
   check_grouped(1, 130, 2, 1, 192, k, bw, flash::Rows{130, 0, 130});
+  check(1, 130, 1, 192, CopyTiming::at_wait, k, bw, &docs, 0.0f, 30.0f);
+  const std::vector<int32_t> keys = dropout_row_keys(1, 130, 99u, 7u);
+  const AttentionDropMask drop{
+      keys.data(), dropout_threshold(0.3f), 3u, 0u, dropout_scale(0.3f), 0u, 0u};
+  check(1, 130, 1, 192, CopyTiming::at_issue, k, bw, nullptr, 0.0f, 0.0f, &drop);
 }
 
 // An attention dropout of probability p in `layer` as the backend hands it to the kernels:
@@ -576,6 +598,27 @@ TEST_P(DocumentMask, Dropout) {
   check_range(1, 256, 1, 64, flash::Rows{256, 128, 128}, k, bw, nullptr, &drop256);
   const AttentionDropMask mapped = drop_mask(keys130, 0.3f, 1u, 1, 2, 4);
   check_grouped(1, 130, 4, 2, 64, k, bw, flash::Rows{130, 0, 130}, nullptr, &mapped);
+}
+
+// The dK/dV kernel's two passes (flash::split_dkdv; the GPU's at head dim 192 only), forced at
+// head dim 64: every policy and backward way, partial tiles, a document mask, grouped query
+// heads over a query range, a soft cap, the attention dropout, and the backward accumulating.
+TEST_P(DocumentMask, TwoPassDkdv) {
+  const Kernel k = GetParam().kernel;
+  const Backward bw = GetParam().backward;
+  struct Forced {  // (reset however the test ends)
+    Forced() { force_two_pass_dkdv = true; }
+    ~Forced() { force_two_pass_dkdv = false; }
+  } forced;
+  check(2, 100, 2, 64, CopyTiming::at_wait, k, bw);
+  const std::vector<int32_t> docs = key_begin_of_starts(1, 130, {{0, 50, 64}});
+  check(1, 130, 1, 64, CopyTiming::at_issue, k, bw, &docs);
+  check_grouped(1, 256, 2, 1, 64, k, bw, flash::Rows{256, 128, 128});
+  check(1, 130, 1, 64, CopyTiming::at_wait, k, bw, &docs, 0.0f, 30.0f);
+  const std::vector<int32_t> keys = dropout_row_keys(1, 130, 99u, 7u);
+  const AttentionDropMask drop = drop_mask(keys, 0.3f, 3u, 0);
+  check(1, 130, 2, 64, CopyTiming::at_issue, k, bw, nullptr, 0.0f, 0.0f, &drop);
+  check_accumulate(k, bw);
 }
 
 // The dropout's mask reaches the results: a mask of another layer (or none) moves the output and

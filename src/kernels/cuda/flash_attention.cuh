@@ -10,8 +10,8 @@
 //   out  [B,T,C]
 //   lse  [B,NH,T]  fp32, natural log of Σ_j exp(scale · q_i·k_j) over the keys j <= i
 //   dqkv [B,T,W]   overwritten, or accumulated into (round(old + gradient)) on request
-// scale = 1/sqrt(hd) unless given, hd = C/NH ∈ {64, 128}; any T >= 1. No T×T matrix in global
-// memory.
+// scale = 1/sqrt(hd) unless given, hd = C/NH ∈ {64, 128, 192}; any T >= 1. No T×T matrix in
+// global memory.
 // key_begin (nullptr: plain causal) is a document mask [B,T] in device memory, query t of
 // sequence b seeing keys key_begin[b·T+t] .. t (never decreasing along a sequence; backend.h);
 // lse then sums over those keys. Key tiles a query block does not see are skipped.
@@ -27,6 +27,8 @@
 //   ordered        as atomic, but the key blocks take turns per query tile (a counter each,
 //                  acquire/release at GPU scope) and add in key-block order with plain loads and
 //                  stores: 5 products, bit-identical run to run, at the cost of the waits.
+// At hd 192 the key-block kernel runs as two (dV, then dK and the dQ additions: one product more
+// per tile pair), each keeping one of the two accumulators in registers (flash::split_dkdv).
 // The workspace holds D = rowsum(dO ∘ O), the atomic and ordered ways' dQ accumulator, and the
 // ordered way's turn counters and ticket counter.
 //

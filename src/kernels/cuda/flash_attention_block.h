@@ -613,6 +613,17 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
   }
 }
 
+// The dK/dV kernel's work in one pass (both) or two (dv, then dk). At HD 192 one pass holds dK's
+// and dV's accumulators (96 registers each per thread) beside the Sᵀ and dPᵀ tiles (32 each),
+// more than the 255 a thread has: ptxas spilled 440-772 bytes per thread. Two passes hold one
+// accumulator each, at the cost of Sᵀ computed twice: 5 tile products per (key, query) tile pair
+// instead of 4 (6 instead of 5 with the atomic dQ).
+enum class DkdvPass { both, dv, dk };
+template <class Tiles>
+TRIAD_BLOCK_SIZE bool split_dkdv() {
+  return Tiles::kHD > 128;
+}
+
 // dK, dV of key block blockIdx.y (warp w: keys k0 + 16w ..) of key/value head blockIdx.x (b·NKV +
 // j), iterating over the NH/NKV query heads that read it (j, j + NKV, ..) and for each over the
 // query tiles qt >= kb (and from the range's first; up to the last one whose rows see a key of
@@ -639,8 +650,10 @@ TRIAD_BLOCK_FN void probabilities_and_ds(X& x, float (&s)[8][4], float (&dp)[8][
 // compiled only into the kernels that run with a cap (which take the mask's test too).
 // Dropout: the attention dropout's (drop; probabilities_and_ds), each query's head key formed
 // once per step into shared memory beside its lse and D; not with Capped.
+// Pass: both (dK and dV), or one of the two passes of split_dkdv: dv (Sᵀ, Pᵀ and dV += Pᵀ dO
+// only: no V, D or dQ) and dk (dK, and with AtomicDq the dQ, but not dV).
 template <class Tiles, bool AtomicDq, bool Ordered, bool Masked, bool Capped = false,
-          bool Dropout = false, class X>
+          bool Dropout = false, DkdvPass Pass = DkdvPass::both, class X>
 TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_turns,
                                const uint16_t* dout, const uint16_t* qkv, const void* qkv_map,
                                const void* dout_map, const float* lse, const float* Dv, int B,
@@ -671,6 +684,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   // The range's query tiles (their turns and dQ rows are numbered from its first).
   const int qt_first = rows.first_tile(), nq = rows.query_tiles();
   static_assert(AtomicDq || !Ordered, "the ordered way is a way of adding the dQ");
+  static_assert(Pass != DkdvPass::dv || !AtomicDq, "the dV pass adds no dQ (the dK pass does)");
+  constexpr bool kDk = Pass != DkdvPass::dv, kDv = Pass != DkdvPass::dk;
   // This block's (head, key block): the block index, or (Ordered) the ticket. A compile-time
   // choice: the index is a special register the compiler re-reads for free, the ticket a value
   // it must keep (the HD 128 kernels would spill).
@@ -738,7 +753,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
       const int q = qt * kTile + t;
       const size_t at = size_t(m.bh) * rows.count + size_t(q - first_row);
       sLse[buf * kTile + t] = q < T ? lse[at] * kLog2e : 0.0f;
-      sD[buf * kTile + t] = q < T ? Dv[at] : 0.0f;
+      if constexpr (kDk) sD[buf * kTile + t] = q < T ? Dv[at] : 0.0f;
       if constexpr (Masked) sKb[buf * kTile + t] = q < T && kbeg != nullptr ? int(kbeg[q]) : 0;
       if constexpr (Dropout)
         sHk[buf * kTile + t] = q < T ? drop.head_key(size_t(b), rows.seq, m.h, q) : 0;
@@ -748,7 +763,7 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   // the range's (query row t at t − first).
   if (steps > 0) {
     pipe.load(sK, here.k, k0, T, 0);
-    pipe.load(sV, here.v, k0, T, 0);
+    if constexpr (kDk) pipe.load(sV, here.v, k0, T, 0);
     load_step(0, 0);
     pipe.commit(0);
   }
@@ -757,8 +772,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
   zero(dk);
   zero(dv);
   // K and V held in registers (from the first step on) where the registers allow: 32 per thread
-  // at HD 64; not with the atomic dQ's extra product, nor at HD 128.
-  constexpr bool kHold = HD == 64 && !AtomicDq;
+  // at HD 64; not with the atomic dQ's extra product, nor at HD 128 (nor in a pass of two).
+  constexpr bool kHold = HD == 64 && !AtomicDq && Pass == DkdvPass::both;
   Held<HD> kh, vh;
 
   for (int i = 0; i < steps; ++i) {
@@ -785,8 +800,10 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
         hold<Tiles>(x, vh, sV);
       }
       Tiles::abt2(x, s, kh, q, dp, vh, d_o);
-    } else {
+    } else if constexpr (kDk) {
       Tiles::abt2(x, s, sK, q, dp, sV, d_o);
+    } else {
+      Tiles::abt(x, s, sK, q);  // (dp stays zero: the dV pass reads only s)
     }
     const int q0 = qt * kTile;
     // Whether some query of the tile begins after the block's first key (its last query does,
@@ -804,12 +821,18 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
           else
             return key <= query && query < T && key < T;
         },
-        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return dd[c]; }, cap_log2,
+        [&](int, int c) { return lse2[c]; }, [&](int, int c) { return kDk ? dd[c] : 0.0f; },
+        cap_log2,
         [&](int r, int c) {
           return attention_dropout_keeps(hks[c], uint32_t(key0 + 8 * r), drop.threshold);
         },
         drop.scale);
-    Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
+    if constexpr (Pass == DkdvPass::both)
+      Tiles::pv2(x, dv, s, d_o, dk, dp, q);  // dV += Pᵀ dO, dK += dSᵀ Q
+    else if constexpr (Pass == DkdvPass::dv)
+      Tiles::pv(x, dv, s, d_o);
+    else
+      Tiles::pv(x, dk, dp, q);
     if constexpr (AtomicDq) {
       using Square = typename Tiles::Square;
       const int tc = (lane & 3) * 2, kr = warp * 16 + (lane >> 2);  // this thread's tile rows
@@ -850,8 +873,9 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
     x.sync_threads();  // every warp is done with these buffers before they are refilled
   }
   uint16_t* gdk = dqkv + size_t(b) * rows.seq * stride + C + size_t(j) * HD;
-  store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
-  store_rows<HD>(x, gdk + size_t(NKV) * HD, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
+  if constexpr (kDk) store_rows<HD>(x, gdk, stride, k0 + warp * 16, T, dk, scale, accumulate);
+  if constexpr (kDv)
+    store_rows<HD>(x, gdk + size_t(NKV) * HD, stride, k0 + warp * 16, T, dv, 1.0f, accumulate);
 }
 
 // dqkv's q columns from the atomic-dQ accumulator ([B,count,C] fp32, 16-byte aligned: the range's
