@@ -23,6 +23,7 @@ ctest --test-dir build --output-on-failure -j "$workers"
 echo "== pytest"
 # On pytest-xdist workers, a test file per worker at a time (the SLURM tests share one cluster):
 # the runs leave the cores idle a third of the time when one at a time (process start-up, MPI
-# ranks waiting on each other). Two workers on two cores, up to four on more.
-.venv/bin/python -m pytest -q -n "$workers" --dist loadfile tests/python
+# ranks waiting on each other). Two workers on two cores, up to four on more. The slowest tests
+# are listed last (the suite must keep inside CI's 30 minutes with the build).
+.venv/bin/python -m pytest -q -n "$workers" --dist loadfile --durations=25 tests/python
 echo "== all tests passed"
