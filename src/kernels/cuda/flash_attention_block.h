@@ -1,7 +1,7 @@
 // What one thread block of each fused causal flash-attention kernel does (FlashAttention-2
 // style, bf16 operands, fp32 accumulation), written once against a thread context `X` so that
-// the same code is compiled for the GPU (flash_attention.cu: X = DeviceThread, PTX mma.sync,
-// ldmatrix, cp.async) and for the CPU (tests/support/simt_emulator.h: the same warp
+// the same code is compiled for the GPU (flash_attention_kernels.cuh: X = DeviceThread, PTX
+// mma.sync, ldmatrix, cp.async) and for the CPU (tests/support/simt_emulator.h: the same warp
 // instructions emulated from their PTX definitions), where CI runs it against a double
 // reference without a GPU.
 //

@@ -4,7 +4,7 @@
 // kernel fails on a new GPU, these say which primitive the hardware reads differently from the
 // PTX definitions as the code understands them (a descriptor form, the swizzle, the register-A
 // layout, the bulk copy), where the attention tests only say that something is off.
-// flash_attention.cu runs them on the device (flash_probe_primitives); the emulated test runs the
+// flash_attention_kernels.cuh runs them on the device (flash_probe); the emulated test runs the
 // same block program on the CPU. Plain C++, like flash_attention_block.h.
 #pragma once
 
@@ -173,9 +173,9 @@ TRIAD_BLOCK_FN void probe_block(X& x, float* out, const uint16_t* a, const float
   }
 }
 
-// The inputs of one probe and its host reference, the same on the device
-// (flash_probe_primitives) and in the emulated test: random values from a fixed seed, bf16
-// through to_bits (float → bf16 bits, round to nearest even) and widen (bits → float).
+// The inputs of one probe and its host reference, the same on the device (flash_probe) and in
+// the emulated test: random values from a fixed seed, bf16 through to_bits (float → bf16 bits,
+// round to nearest even) and widen (bits → float).
 struct ProbeInputs {
   Probe probe;
   int HD;
