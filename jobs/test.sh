@@ -12,6 +12,11 @@ export OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vade
 # start munged); a stale socket left by a munged that was killed makes every mpirun retry it for
 # about 2 s. The ranks run on this one node: the native check is enough.
 export PMIX_MCA_psec=native
+# Waiting ranks yield the core instead of polling: the tests run several jobs of 2-4 ranks at once
+# on few cores, and ranks spinning on their messages starved the ranks with work to do (four
+# multi-rank pytest cases on 2 workers, 2 cores: 158 s polling, 24 s yielding). Open MPI yields
+# by itself only where one mpirun oversubscribes the node.
+export OMPI_MCA_mpi_yield_when_idle=1
 export TRIAD_BUILD_DIR="$PWD/build"
 workers=$(nproc 2>/dev/null || echo 2)
 workers=$((workers < 2 ? 2 : workers > 4 ? 4 : workers))
