@@ -48,9 +48,9 @@ enum class Backward { deterministic, atomic, ordered };
 // at 64.
 bool force_two_pass_dkdv = false;
 
-// Forward then backward (D, dK/dV, dQ) exactly as flash_attention.cu launches them, for the
-// query rows `rows` of sequences of rows.seq rows (dout, out, lse: the range's rows). dqkv starts
-// as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
+// Forward then backward (D, dK/dV, dQ) exactly as flash_attention_kernels.cuh launches them, for
+// the query rows `rows` of sequences of rows.seq rows (dout, out, lse: the range's rows). dqkv
+// starts as `dqkv0` (accumulate) or NaN patterns (overwrite); so does the atomic way's accumulator
 // (dot_block zeroes it).
 template <class Tiles>
 Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, int NKV,
@@ -65,7 +65,7 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
   std::vector<float> D(size_t(B) * NH * n, NAN);
   const flash::Launch l = flash::launch_shape(B, rows, NH, HD, NKV, scale, cap);
   const int threads = flash::kThreads;
-  // The tensor maps flash_attention.cu makes, for the tma policy.
+  // The tensor maps flash_attention_kernels.cuh makes, for the tma policy.
   const simt::TensorMap qkv_map =
       simt::tensor_map(qkv.data(), flash::tma_tile_shape(uint64_t(W), T, B));
   const simt::TensorMap dout_map =
@@ -96,8 +96,8 @@ Outputs run(const Bits& qkv, const Bits& dout, int B, flash::Rows rows, int NH, 
     constexpr bool kAtomic = decltype(atomic_dq)::value, kOrdered = decltype(ordered_dq)::value;
     constexpr flash::DkdvPass kPass = decltype(pass)::value;
     // The kernel with the mask's test compiled in where there is a mask, and the cap's where
-    // there is a cap (with the mask's), as flash_attention.cu chooses them; under dropout the
-    // one with the mask's test and the dropout's.
+    // there is a cap (with the mask's), as flash_attention_kernels.cuh chooses them; under dropout
+    // the one with the mask's test and the dropout's.
     auto body = [&](simt::Thread& x) {
       if (drop != nullptr)
         flash::dkdv_block<Tiles, kAtomic, kOrdered, true, false, true, kPass>(

@@ -741,8 +741,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
         }
       }
   }
-  // Step i's Q and dO tiles into buffer buf (batch i), and its lse (log2 domain), D and (with a
-  // mask) the queries' first keys: plain loads, zero past T.
+  // Step i's Q and dO tiles into buffer buf (batch i), and its lse (log2 domain), D (not in the dV
+  // pass) and (with a mask) the queries' first keys: plain loads, zero past T.
   auto load_step = [&](int i, int buf) {
     const int g = i / tiles, qt = qs + i % tiles;
     const Head m = member(g);
@@ -759,8 +759,8 @@ TRIAD_BLOCK_FN void dkdv_block(X& x, uint16_t* dqkv, float* dq_accum, int* dq_tu
         sHk[buf * kTile + t] = q < T ? drop.head_key(size_t(b), rows.seq, m.h, q) : 0;
     }
   };
-  // Batch i (0, 1, ..) holds step i's tiles (and, in batch 0, this block's K and V). dO's rows are
-  // the range's (query row t at t − first).
+  // Batch i (0, 1, ..) holds step i's tiles (and, in batch 0, this block's K, and V but in the dV
+  // pass). dO's rows are the range's (query row t at t − first).
   if (steps > 0) {
     pipe.load(sK, here.k, k0, T, 0);
     if constexpr (kDk) pipe.load(sV, here.v, k0, T, 0);

@@ -7,9 +7,9 @@
 //
 // Each matrix (qkv [B,T,3C], dout [B,T,C]) is described by a 3-d tensor map with the dimensions
 // (columns, T, B), boxes of 64 columns × 64 rows × 1 sequence and the 128-byte swizzle
-// (tma_tile_shape; flash_attention.cu encodes it). One box is one 8 KB panel of the tile layout
-// wgmma reads, swizzled as it reads it, so a tile takes HD/64 copies. Batch i (the tiles loaded
-// between two commits, as for CpAsyncPipe) completes on barrier i % 2 in its phase i / 2; a
+// (tma_tile_shape; flash_attention_kernels.cuh encodes it). One box is one 8 KB panel of the tile
+// layout wgmma reads, swizzled as it reads it, so a tile takes HD/64 copies. Batch i (the tiles
+// loaded between two commits, as for CpAsyncPipe) completes on barrier i % 2 in its phase i / 2; a
 // barrier is reused two batches later, after the barrier that ends the step in which every
 // thread waited for it.
 //
