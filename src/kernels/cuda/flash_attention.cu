@@ -19,16 +19,12 @@
 //             (3) deterministic: grid (B·NH, nqb): dQ of one query block (recomputing P and dP),
 //                 no atomics, fixed summation orders, bit-identical run to run;
 //                 atomic, ordered: dQ = scale · accumulator, rounded into dqkv.
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "cuda_common.cuh"
-#include "cuda_tensor_map.cuh"
-#include "device_thread.cuh"
 #include "flash_attention.cuh"
 #include "flash_attention_block.h"
 #include "flash_attention_launch.h"
