@@ -21,9 +21,17 @@ if(TRIAD_ENABLE_CUDA)
       target_include_directories(triad_cuda_kernels PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
       # NCCL is opened with dlopen at run time (cuda_nccl_comm.cu): only its header is needed
       # here (it ships with the toolkit), and builds start where NCCL lives elsewhere or not at
-      # all (parallel.comm = mpi).
-      target_link_libraries(triad_cuda_kernels PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt
-                            ${CMAKE_DL_LIBS})
+      # all (parallel.comm = mpi). cuBLAS and cuBLASLt too, when a CUDA backend is made
+      # (cublas_library.cu): linked, every process, CPU runs and tests included, would load
+      # their 600 MB at start-up; TRIAD_CUBLAS_DIR is where to look after the loader's path.
+      target_link_libraries(triad_cuda_kernels PUBLIC CUDA::cudart_static ${CMAKE_DL_LIBS})
+      get_target_property(cublas_location CUDA::cublas IMPORTED_LOCATION)
+      if(cublas_location)
+        get_filename_component(cublas_dir "${cublas_location}" DIRECTORY)
+      else()
+        set(cublas_dir "${CUDAToolkit_LIBRARY_DIR}")
+      endif()
+      target_compile_definitions(triad_cuda_kernels PRIVATE TRIAD_CUBLAS_DIR="${cublas_dir}")
       # The device-staging Comm (cuda_staged_comm.cu) sees the Comm interface, which includes
       # mpi.h; only the headers: MPI's compile options are meant for the host compiler.
       target_include_directories(triad_cuda_kernels PRIVATE ${MPI_CXX_INCLUDE_DIRS})

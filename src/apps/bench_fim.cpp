@@ -11,6 +11,7 @@
 #include "triad/data/loader.h"
 #include "triad/data/tokenizer.h"
 #include "triad/train/config.h"
+#include "triad/train/positional_arguments.h"
 
 namespace po = boost::program_options;
 
@@ -68,7 +69,10 @@ int bench_fim(const std::vector<std::string>& args) {
       "write the rearranged sequences' inputs to this file (int32, sequences × seq-len)");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+    reject_positional_arguments(parsed, "fim",
+                                "every option starts with --; see 'triad-bench fim --help'");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << "usage: triad-bench fim [OPTIONS]\n" << desc;
       return 0;

@@ -47,6 +47,7 @@
 #include "triad/model/gpt.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
+#include "triad/train/positional_arguments.h"
 
 #ifdef TRIAD_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -107,7 +108,11 @@ bool parse(MPI_Comm world, const char* command, const std::vector<std::string>& 
            po::options_description& desc, po::variables_map& vm) {
   desc.add_options()("help,h", "show this help");
   try {
-    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+    triad::reject_positional_arguments(
+        parsed, command,
+        std::string("every option starts with --; see 'triad-bench ") + command + " --help'");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       if (world_rank(world) == 0) {
         std::cout << "usage: triad-bench " << command << " [OPTIONS]\n" << desc;

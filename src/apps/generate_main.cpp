@@ -26,6 +26,7 @@
 #include "triad/parallel/process_grid.h"
 #include "triad/train/app_main.h"
 #include "triad/train/model_tensors.h"
+#include "triad/train/positional_arguments.h"
 #include "triad/train/run_plan.h"
 #include "triad/train/sampler.h"
 
@@ -206,7 +207,10 @@ int main(int argc, char** argv) {
         "pp", po::value(&pp)->default_value(1), "pipeline stages (layers split evenly)");
     po::variables_map vm;
     try {
-      po::store(po::parse_command_line(argc, argv, desc), vm);
+      const po::parsed_options parsed = po::parse_command_line(argc, argv, desc);
+      triad::reject_positional_arguments(parsed, "command line",
+                                         "every option starts with --; see triad-generate --help");
+      po::store(parsed, vm);
       po::notify(vm);
     } catch (const po::error& e) {
       triad::fail("command line: ", e.what());

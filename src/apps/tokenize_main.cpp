@@ -21,6 +21,7 @@
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
 #include "triad/train/app_main.h"
+#include "triad/train/positional_arguments.h"
 
 namespace po = boost::program_options;
 
@@ -87,7 +88,11 @@ bool parse(const char* command, const std::vector<std::string>& args, po::option
     po::command_line_parser parser(args);
     parser.options(all);
     if (positional) parser.positional(*positional);
-    po::store(parser.run(), vm);
+    const po::parsed_options parsed = parser.run();
+    triad::reject_positional_arguments(
+        parsed, command,
+        std::string("every option starts with --; see 'triad-tokenize ") + command + " --help'");
+    po::store(parsed, vm);
     if (vm.count("help")) {
       std::ostringstream os;
       os << "usage: triad-tokenize " << command << " [OPTIONS]" << (positional ? " FILE..." : "")

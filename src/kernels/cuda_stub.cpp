@@ -35,6 +35,10 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> /*host*/, Backend& /*
   throw Error("this triad was built without CUDA: parallel.comm = nccl needs the cuda backend");
 }
 
+std::string cublas_status() { return "this triad was built without CUDA"; }
+
+std::string cublas_version() { return ""; }
+
 std::string nccl_status() { return "this triad was built without CUDA"; }
 
 std::string nccl_version() { return ""; }

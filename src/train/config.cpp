@@ -22,6 +22,7 @@
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"  // frozen_tensor: a name against comma-separated globs
 #include "triad/parallel/pipeline_schedule.h"
+#include "triad/train/positional_arguments.h"
 #include "triad/train/run_plan.h"
 #include "triad/train/sampler.h"
 
@@ -1045,11 +1046,14 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   try {
     // Boost keeps the first value stored for a key: store the command line first, then the
     // config files from last to first, so later sources override earlier ones.
-    po::store(po::command_line_parser(argc, argv).options(all).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
+    po::store(parsed, vm);
     if (vm.count("help")) {
       cl.help = true;
       return cl;
     }
+    reject_positional_arguments(parsed, "command line",
+                                "the config file goes after --config; see triad-train --help");
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }

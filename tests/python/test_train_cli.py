@@ -598,6 +598,20 @@ def test_bad_config_file(tmp_path):
     assert_clean_error(train("--config", tmp_path / "missing.ini"), "missing.ini")
 
 
+def test_stray_words_on_a_command_line_are_refused(tmp_path):
+    """A word that is no option nor an option's value (Boost drops such words where a parser takes
+    none: `triad-train run.ini` trained on the default config): one error naming it, at once."""
+    cfg = tiny_config(tmp_path)
+    assert_clean_error(train(cfg), f"unexpected argument '{cfg}'", "--config")
+    assert_clean_error(train("--config", cfg, "again.ini"), "unexpected argument 'again.ini'")
+    tools = (([exe("triad-generate"), "model.h5"], "'model.h5'"),
+             ([exe("triad-tokenize"), "decode", "ids.txt"], "'ids.txt'"),
+             ([exe("triad-bench"), "kernels", "fast"], "'fast'"),
+             ([exe("triad-bench"), "fim", "shards.bin"], "'shards.bin'"))
+    for args, word in tools:
+        assert_clean_error(run(args), "unexpected argument", word)
+
+
 def test_bad_data(tmp_path):
     cfg = tiny_config(tmp_path)
     d = tmp_path / "bad"

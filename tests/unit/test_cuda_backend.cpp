@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <random>
@@ -96,6 +98,34 @@ TEST(CudaBackendNoDevice, MakeThrowsClearErrorWithoutDevice) {
 }
 
 struct CeShape;
+// Needs no GPU. cuBLAS is not mapped into a process until it is asked for (the thousands of
+// processes of a CPU test run each mapped its 600 MB when it was linked), then loads, or says why
+// not, naming the library.
+TEST(CudaCublas, LoadsWhenAskedForOrSaysWhy) {
+  auto mapped = [] {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    while (std::getline(maps, line))
+      if (line.find("libcublas") != std::string::npos) return true;
+    return false;
+  };
+  // On a machine with a GPU, other tests of this process may have made backends before.
+  if (!cuda_device_available()) EXPECT_FALSE(mapped()) << "cuBLAS was loaded at start-up";
+  const std::string why = cublas_status(), version = cublas_version();
+  std::printf("cuBLAS: %s\n", why.empty() ? version.c_str() : why.c_str());
+  if (why.empty()) {
+    int major = 0, minor = 0, patch = 0;
+    ASSERT_EQ(std::sscanf(version.c_str(), "%d.%d.%d", &major, &minor, &patch), 3) << version;
+    EXPECT_GE(major, 12);
+    EXPECT_TRUE(mapped());
+  } else {
+    EXPECT_EQ(version, "");
+    EXPECT_TRUE(why.find("libcublas") != std::string::npos ||
+                why.find("without CUDA") != std::string::npos)
+        << why;
+  }
+}
+
 class CudaBackendTest : public triad::testing::CudaVsCpuTest {
  protected:
   // The loss kernels on logits [s.N, s.Vp] (capped already where softcap > 0) against the CPU

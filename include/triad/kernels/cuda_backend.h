@@ -37,6 +37,13 @@ bool cuda_device_available();
 // or why there is none ("no CUDA device: ...", "built without CUDA").
 std::string cuda_device_description();
 
+// Empty when cuBLAS and cuBLASLt load here with every function triad calls, otherwise why not.
+// They are opened when the first CUDA backend is made (or by these two calls), not linked: a
+// process on the CPU backend never maps them.
+std::string cublas_status();
+// "13.1.0" for the loaded cuBLASLt; empty when there is none.
+std::string cublas_version();
+
 // Bytes in use on the current device, by every process on it (cudaMemGetInfo: total − free);
 // 0 without CUDA. After a training step: the backend's buffers, its workspace, NCCL's buffers
 // and the CUDA context.

@@ -63,6 +63,8 @@ void check_whole_rows(QueryRows rows, int T) {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
+    const std::string blas = cublas_status();
+    TRIAD_CHECK(blas.empty(), "CUDA backend: ", blas);
     TRIAD_CUDA_CHECK(cudaSetDevice(device_));
     TRIAD_CUDA_CHECK(cudaStreamCreate(&stream_));
     TRIAD_CUBLAS_CHECK(cublasCreate(&cublas_));
