@@ -41,7 +41,7 @@ done
 if [[ ! -f $build/CMakeCache.txt ]]; then
   if [[ $build == build ]]; then cmake --preset release; else cmake -S . -B "$build"; fi
 fi
-if ! cmake --build "$build" --target help 2>/dev/null | grep 'triad-bench' >/dev/null; then
+if [[ ! -d $build/CMakeFiles/triad-bench.dir ]]; then  # Makefiles and Ninja alike
   cmake -S . -B "$build" >/dev/null
 fi
 cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target triad-bench

@@ -33,8 +33,8 @@ constexpr bool cuda_flash_drops(bool dropping, float softcap) {
 // True when this build has CUDA and at least one device is usable (driver present).
 bool cuda_device_available();
 
-// One line for logs, e.g. "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB, driver 13.0, runtime 13.0",
-// or why there is none ("no CUDA device: ...", "built without CUDA").
+// One line for logs, e.g. "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB, device 0 of 1, driver 13.0,
+// runtime 13.0, cuBLAS 13.1.0", or why there is none ("no CUDA device: ...", "built without CUDA").
 std::string cuda_device_description();
 
 // Empty when cuBLAS and cuBLASLt load here with every function triad calls, otherwise why not.

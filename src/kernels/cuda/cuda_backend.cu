@@ -718,7 +718,8 @@ std::string cuda_device_description() {
                 prop.name, prop.major, prop.minor, prop.multiProcessorCount,
                 double(prop.totalGlobalMem) / double(1ull << 30), device, count, driver / 1000,
                 (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10);
-  return buf;
+  const std::string blas = cublas_version();
+  return buf + (blas.empty() ? ", no cuBLAS (" + cublas_status() + ")" : ", cuBLAS " + blas);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {
