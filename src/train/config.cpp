@@ -703,7 +703,7 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed, const Toke
   const size_t want = f.characters ? 4 : 3;
   TRIAD_CHECK(ids.size() == want, "config: data.fim_tokens must be the ",
               f.characters ? "four token ids \"PREFIX, MIDDLE, SUFFIX, PAD\" (sentinels, then the "
-                             "padding: data.fim_granularity = character"
+                             "padding: data.fim_granularity = character; "
                            : "three sentinel token ids \"PREFIX, MIDDLE, SUFFIX\" (",
               "e.g. StarCoder's 1, 2, 3", f.characters ? ", 4" : "", "; got '", d.fim_tokens, "')");
   int32_t v[4] = {-1, -1, -1, -1};
