@@ -265,6 +265,10 @@ int main(int argc, char** argv) {
                 "--suffix fills in the middle after --prompt: not with --prompt-ids or --chat");
     if (threads > 0) omp_set_num_threads(threads);
     const bool bf16 = precision == "bf16" || (precision == "auto" && backend == "cuda");
+    TRIAD_CHECK(!vm.count("checkpoint") || !vm.count("run"),
+                "--checkpoint and --run both name the weights: give one");
+    TRIAD_CHECK(!vm.count("checkpoint") || !checkpoint.empty(), "--checkpoint is empty");
+    TRIAD_CHECK(!vm.count("run") || !run_dir.empty(), "--run is empty");
     if (checkpoint.empty()) {
       TRIAD_CHECK(!run_dir.empty(), "give --checkpoint FILE or --run DIR");
       checkpoint = triad::find_resume_checkpoint(world, run_dir + "/ckpt");

@@ -99,17 +99,23 @@ LossMask parse_loss_mask(const std::string& value) {
   fail("config: data.loss_mask = '", value, "' is not auto, require or none");
 }
 
-SequenceSource::SequenceSource(const std::string& pattern, const std::string& key, int seq_len,
-                               int vocab_size, LossMask mask, int32_t eod)
-    : key_(key), seq_len_(seq_len), vocab_size_(vocab_size), eod_(eod) {
+std::vector<std::string> match_shards(const std::string& pattern, const std::string& key) {
   TRIAD_CHECK(!pattern.empty(), "config: ", key, " is empty; set it to a glob of token shards");
+  std::vector<std::string> files;
   glob_t g{};
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
   if (rc == 0)
-    for (size_t i = 0; i < g.gl_pathc; ++i) files_.emplace_back(g.gl_pathv[i]);
+    for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
   ::globfree(&g);
-  TRIAD_CHECK(!files_.empty(), "config: ", key, " = '", pattern, "' matches no files");
-  std::sort(files_.begin(), files_.end());  // lexicographic order (DESIGN.md §4)
+  TRIAD_CHECK(!files.empty(), "config: ", key, " = '", pattern, "' matches no files");
+  std::sort(files.begin(), files.end());  // lexicographic order (DESIGN.md §4)
+  return files;
+}
+
+SequenceSource::SequenceSource(const std::string& pattern, const std::string& key, int seq_len,
+                               int vocab_size, LossMask mask, int32_t eod)
+    : key_(key), seq_len_(seq_len), vocab_size_(vocab_size), eod_(eod) {
+  files_ = match_shards(pattern, key);
   for (const auto& f : files_) {
     shards_.push_back(std::make_unique<Shard>(f, mask));
     masked_ += shards_.back()->mask != nullptr ? 1 : 0;

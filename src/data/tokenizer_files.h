@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -27,6 +28,8 @@ inline std::string excerpt(std::string_view line) {
 
 // The file's bytes; throws triad::Error naming `where` if it cannot be read.
 inline std::string read_whole(const std::string& path, const std::string& where) {
+  std::error_code ec;  // (a directory opens as a stream that reads nothing)
+  TRIAD_CHECK(!std::filesystem::is_directory(path, ec), where, ": is a directory");
   std::ifstream in(path, std::ios::binary);
   TRIAD_CHECK(in.is_open(), where, ": cannot open (missing or unreadable)");
   std::stringstream buf;

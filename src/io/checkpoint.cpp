@@ -597,6 +597,9 @@ CheckpointState read_state(hid_t file) {
   s.tokens_seen = require_int64(file, "/", "tokens_seen");
   s.next_sequence = require_int64(file, "/", "next_sequence");
   s.epoch = require_int64(file, "/", "epoch");
+  TRIAD_CHECK(s.step >= 0 && s.tokens_seen >= 0 && s.next_sequence >= 0 && s.epoch >= 0,
+              "attributes step, tokens_seen, next_sequence and epoch of / must be >= 0 (they are ",
+              s.step, ", ", s.tokens_seen, ", ", s.next_sequence, ", ", s.epoch, ")");
   const std::optional<std::string> config = io::read_string_attr(file, "config");
   TRIAD_CHECK(config.has_value(), "attribute config of / is missing");
   s.config = *config;

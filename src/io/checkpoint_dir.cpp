@@ -79,9 +79,10 @@ void write_pointer(const fs::path& d, const std::string& name, const std::string
   std::error_code ec;
   fs::rename(tmp, target, ec);
   if (ec) {
+    const std::string why = ec.message();  // (before remove() sets ec again)
     fs::remove(tmp, ec);
     fail("checkpoint directory ", d.string(), ": cannot rename ", tmp.string(), " to ",
-         target.string(), ": ", ec.message());
+         target.string(), ": ", why);
   }
 }
 
@@ -207,6 +208,58 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
   chosen.resize(len);
   if (len > 0) MPI_Bcast(chosen.data(), len, MPI_CHAR, 0, comm);
   return chosen;
+}
+
+std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64_t step,
+                                    const std::string& resumed) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  std::string said;
+  io::collective_phase(comm, [&] {
+    if (rank != 0) return;
+    const fs::path d(dir);
+    std::error_code ec;
+    std::vector<std::string> move;
+    for (const std::string& name : list_checkpoints(dir)) {
+      const int64_t s = *parse_checkpoint_name(name);
+      if (s > step || (s == step && !(!resumed.empty() && fs::equivalent(d / name, resumed, ec))))
+        move.push_back(name);
+    }
+    if (move.empty()) return;
+    fs::path aside;
+    for (int n = 1; fs::exists(aside = d / ("superseded_" + std::to_string(n)), ec); ++n) {
+    }
+    fs::create_directory(aside, ec);
+    TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot create ", aside.string(),
+                " to set another history's checkpoints aside: ", ec.message());
+    for (const std::string& name : move) {
+      fs::rename(d / name, aside / name, ec);
+      TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot move ", name, " to ", aside.string(),
+                  ": ", ec.message());
+    }
+    write_pointer(aside, "latest", move.back() + "\n");
+    const std::vector<std::string> left = list_checkpoints(dir);
+    if (left.empty()) {
+      fs::remove(d / "latest", ec);
+      TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot remove ", (d / "latest").string(),
+                  ", which names a checkpoint set aside: ", ec.message());
+    } else {
+      write_pointer(d, "latest", left.back() + "\n");
+    }
+    std::ostringstream os;
+    os << "checkpoint directory " << dir << ": " << move.size()
+       << (move.size() == 1 ? " checkpoint" : " checkpoints") << " of another history ("
+       << move.front() << (move.size() > 1 ? " to " + move.back() : std::string())
+       << ") set aside in " << aside.string() << " (kept whole, never overwritten): "
+       << (step < 0 ? "this run starts anew"
+                    : "this run goes on from step " + std::to_string(step));
+    said = os.str();
+  });
+  int len = static_cast<int>(said.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
+  said.resize(len);
+  if (len > 0) MPI_Bcast(said.data(), len, MPI_CHAR, 0, comm);
+  return said;
 }
 
 }  // namespace triad

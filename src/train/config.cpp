@@ -4,6 +4,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -29,6 +30,8 @@
 namespace po = boost::program_options;
 
 namespace triad {
+
+namespace fs = std::filesystem;
 namespace {
 
 // Every config key once: bound to its Config field for parsing, printed back for to_ini.
@@ -1057,6 +1060,12 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }
+  // An empty path (an unset shell variable) must not mean "not given".
+  TRIAD_CHECK(!vm["resume"].as<std::string>().empty(),
+              "command line: --resume is empty (auto, none or a checkpoint file)");
+  for (const char* option : {"init-from", "model-from", "plan-timeline"})
+    TRIAD_CHECK(!vm.count(option) || !vm[option].as<std::string>().empty(), "command line: --",
+                option, " is empty (give a file)");
   if (vm.count("model-from")) {
     const std::string path = vm["model-from"].as<std::string>();
     // Each rank reads the (validated) root attributes itself: MPI_COMM_SELF.
@@ -1072,6 +1081,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   std::vector<std::string> files;
   if (vm.count("config")) files = vm["config"].as<std::vector<std::string>>();
   for (auto it = files.rbegin(); it != files.rend(); ++it) {
+    TRIAD_CHECK(!it->empty(), "command line: --config is empty (give a file)");
+    std::error_code ec;  // (a directory opens as a stream that reads nothing)
+    TRIAD_CHECK(!fs::is_directory(*it, ec), "config file ", *it, ": is a directory");
     std::ifstream in(*it);
     TRIAD_CHECK(in.is_open(), "config file ", *it, ": cannot open (missing or unreadable)");
     try {
@@ -1085,6 +1097,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   } catch (const po::error& e) {
     rethrow(e, "command line");
   }
+  TRIAD_CHECK(!cl.eval_only || cl.init_from.empty() || cl.resume == "auto" || cl.resume == "none",
+              "command line: --eval-only evaluates one checkpoint, and --init-from and --resume "
+              "both name one: give one");
   TRIAD_CHECK(!cl.from_ema || !cl.init_from.empty() || cl.eval_only,
               "command line: --from-ema applies to the checkpoint of --init-from or --eval-only, "
               "and there is none");
@@ -1139,6 +1154,18 @@ void validate(const Config& c, int world_size) {
   check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
   check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
   check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
+  // Far beyond any model trained, and small enough that the layout's sizes and the plan's
+  // per-layer tables stay well inside their integers.
+  check(m.n_layer <= 65536, "model.n_layer",
+        "must be <= 65536 (got " + std::to_string(m.n_layer) + ")");
+  check(m.n_head <= 65536, "model.n_head",
+        "must be <= 65536 (got " + std::to_string(m.n_head) + ")");
+  check(m.n_embd <= (1 << 20), "model.n_embd",
+        "must be <= 1048576 (got " + std::to_string(m.n_embd) + ")");
+  check(m.seq_len <= (1 << 24), "model.seq_len",
+        "must be <= 16777216 (got " + std::to_string(m.seq_len) + ")");
+  check(m.mlp_hidden <= (1 << 24), "model.mlp_hidden",
+        "must be <= 16777216 (got " + std::to_string(m.mlp_hidden) + ")");
   check(m.head_dim >= 0 && m.head_dim <= 4096, "model.head_dim",
         "must be in [0, 4096] (0: n_embd / n_head; got " + std::to_string(m.head_dim) + ")");
   check(m.head_dim > 0 || m.n_embd % m.n_head == 0, "model.n_head",
@@ -1500,7 +1527,7 @@ void validate(const Config& c, int world_size) {
         "must be adamw, sgd, muon or lion (got '" + o.name + "')");
   check(o.beta1 >= 0 && o.beta1 < 1, "optim.beta1", "must be in [0, 1)");
   check(o.beta2 >= 0 && o.beta2 < 1, "optim.beta2", "must be in [0, 1)");
-  check(o.eps > 0, "optim.eps", "must be > 0");
+  check(o.eps > 0 && std::isfinite(o.eps), "optim.eps", "must be a finite number > 0");
   check(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "optim.weight_decay",
         "must be a finite number >= 0");
   check(o.weight_decay_schedule == "constant" || o.weight_decay_schedule == "linear" ||
@@ -1558,7 +1585,8 @@ void validate(const Config& c, int world_size) {
   check(!c.bf16() || m.n_embd % 2 == 0, "model.n_embd",
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
   check(c.run.threads >= 0, "run.threads", "must be >= 0");
-  check(c.run.peak_tflops >= 0, "run.peak_tflops", "must be >= 0");
+  check(c.run.peak_tflops >= 0 && std::isfinite(c.run.peak_tflops), "run.peak_tflops",
+        "must be a finite number >= 0");
   check(!c.eval.loss_by_position ||
             ((!c.data.val.empty() || !c.eval.sets.empty()) && c.eval.sequences > 0),
         "eval.loss_by_position",
@@ -1772,6 +1800,20 @@ void validate(const Config& c, int world_size) {
   check(c.sample.length >= 0, "sample.length", "must be >= 0");
   const SampleRangeError bad = sample_range_error(sample_options(c.sample));
   check(bad.name.empty(), "sample." + bad.name, bad.rule);
+  // Counted in floating point, where the sizes' products cannot wrap around: 2^50 parameters
+  // (4.5 PB of fp32 weights) keep every element count and offset far inside int64.
+  double params = 0;
+  for (const ParamSpec& p : gpt_parameter_layout(gpt_shape(c))) {
+    double n = 1;
+    for (int64_t d : p.shape) n *= double(d);
+    params += n;
+  }
+  std::ostringstream count;
+  count << std::setprecision(3) << params;
+  check(params <= std::ldexp(1.0, 50), "model",
+        "has " + count.str() +
+            " parameters, beyond the 2^50 (1.1e15) triad counts in 64-bit integers: check "
+            "model.n_layer, n_embd, mlp_hidden, vocab_size and moe_experts");
 }
 
 }  // namespace triad

@@ -36,7 +36,8 @@ SampleOptions sample_options(const SampleConfig& c) {
 }
 
 SampleRangeError sample_range_error(const SampleOptions& o) {
-  if (!(o.temperature > 0)) return {"temperature", "must be > 0", o.temperature};
+  if (!(o.temperature > 0 && std::isfinite(o.temperature)))
+    return {"temperature", "must be a finite number > 0", o.temperature};
   if (o.top_k < 0) return {"top_k", "must be >= 0", double(o.top_k)};
   if (!(o.top_p > 0 && o.top_p <= 1)) return {"top_p", "must be in (0, 1]", o.top_p};
   if (!(o.min_p >= 0 && o.min_p <= 1)) return {"min_p", "must be in [0, 1]", o.min_p};

@@ -19,6 +19,7 @@
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
 #include "triad/core/timer.h"
+#include "triad/data/blend.h"
 #include "triad/data/loader.h"
 #include "triad/data/tokenizer.h"
 #include "triad/io/checkpoint.h"
@@ -61,6 +62,12 @@ void install_preemption_handlers() {
 Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
   auto& s = *s_;
   validate(s.cfg, s.grid.world_size());
+  // A wrong data.train is said before the model is built (gigabytes and seconds for a large one).
+  if (!cl.eval_only) {
+    const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
+    for (const std::string& glob : blend.globs)
+      match_shards(glob, blend.globs.size() == 1 ? "data.train" : "data.train (" + glob + ")");
+  }
   s.setup_backend();
   s.setup_model();
 }
@@ -266,10 +273,21 @@ TrainOutcome Trainer::run() {
   const bool resumed = !resume_path.empty();
   const std::string run_path = cfg.run_path();
   if (s.root()) {
-    fs::create_directories(run_path);
-    std::ofstream(run_path + "/config.ini") << to_ini(cfg);
+    std::error_code ec;
+    fs::create_directories(run_path, ec);
+    TRIAD_CHECK(!ec, "run.dir: cannot make the run directory ", run_path, ": ", ec.message());
+    {
+      std::ofstream ini(run_path + "/config.ini");
+      ini << to_ini(cfg);
+      ini.flush();
+      TRIAD_CHECK(ini.good(), "run directory ", run_path, ": cannot write config.ini");
+    }
     s.log.open(run_path + "/log.txt", resumed ? std::ios::app : std::ios::trunc);
-    if (!resumed) std::ofstream(run_path + "/samples.txt", std::ios::trunc);
+    TRIAD_CHECK(s.log.is_open(), "run directory ", run_path, ": cannot open log.txt");
+    if (!resumed) {
+      std::ofstream samples(run_path + "/samples.txt", std::ios::trunc);
+      TRIAD_CHECK(samples.is_open(), "run directory ", run_path, ": cannot open samples.txt");
+    }
   }
   s.model->init(uint64_t(cfg.train.seed),
                 {cfg.model.init_std, cfg.model.init_scaled_residual, cfg.model.init_truncation});
@@ -417,6 +435,21 @@ TrainOutcome Trainer::run() {
                 "(the background save writes over MPI-IO beside the training's communication); "
                 "this one provides level ",
                 level, ": set checkpoint.async = false");
+  }
+  // The checkpoints of another history (a new run's, one resumed from an earlier step's) are set
+  // aside before this run saves under their names.
+  if (s.root())  // (found before training, not at the first save)
+    for (const char* pointer : {"latest", "best"}) {
+      const fs::path p = fs::path(cfg.checkpoint_dir()) / pointer;
+      std::error_code ec;
+      TRIAD_CHECK(!fs::exists(p, ec) || fs::is_regular_file(p, ec), "checkpoint directory ",
+                  cfg.checkpoint_dir(), ": ", pointer,
+                  " is not a file (this run writes the name of its checkpoint there)");
+    }
+  if (s.step < cfg.train.steps) {
+    const std::string moved = set_aside_other_history(s.grid.world(), cfg.checkpoint_dir(),
+                                                      resumed ? s.step : int64_t(-1), resume_path);
+    if (!moved.empty()) s.say(moved);
   }
   // Before any save prunes (checkpoint.at_start): what ckpt/best this run goes on from.
   if (cfg.checkpoint.best) s.load_best(resume_path);

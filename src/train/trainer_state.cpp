@@ -659,7 +659,11 @@ void Trainer::State::save_checkpoint() {
   const std::string name = checkpoint_file_name(step);
   const std::string path = dir + "/" + name;
   if (fs::exists(path)) return;  // this exact state is already saved; never overwrite it
-  if (root()) fs::create_directories(dir);
+  if (root()) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    TRIAD_CHECK(!ec, "checkpoint.dir: cannot make ", dir, ": ", ec.message());
+  }
   MPI_Barrier(grid.world());
   own_file_step = step;
   Timer t;

@@ -232,6 +232,23 @@ def test_help_lists_every_key_with_defaults():
     (["--model.vocab_size", "1"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.vocab_size", "2000000000"], ["model.vocab_size", "[2, 1073741824]"]),
     (["--model.n_kv_head", "3"], ["model.n_kv_head", "must divide model.n_head"]),
+    # Sizes whose tables or counts would not fit (an allocation of 2e9 layers was OOM-killed, a
+    # count past int64 printed negative): refused before any is made.
+    (["--model.n_layer", "2000000000", "--plan"], ["model.n_layer", "<= 65536"]),
+    (["--model.n_embd", "2000000000", "--model.n_head", "1", "--plan"], ["model.n_embd"]),
+    (["--model.n_embd", "1000000", "--model.n_head", "1", "--model.n_layer", "60000", "--plan"],
+     ["model has 7.2e+17 parameters", "2^50"]),
+    (["--model.seq_len", "2000000000", "--plan"], ["model.seq_len", "<= 16777216"]),
+    (["--optim.eps", "inf"], ["optim.eps", "finite number > 0"]),
+    (["--sample.temperature", "inf"], ["sample.temperature", "finite number > 0"]),
+    (["--run.peak_tflops", "inf"], ["run.peak_tflops", "finite number >= 0"]),
+    # Empty paths (an unset shell variable) are not "not given".
+    (["--resume", ""], ["--resume is empty"]),
+    (["--init-from", ""], ["--init-from is empty"]),
+    (["--model-from", ""], ["--model-from is empty"]),
+    (["--config", ""], ["--config is empty"]),
+    (["--eval-only", "--init-from", "a.h5", "--resume", "b.h5"],
+     ["--eval-only evaluates one checkpoint", "give one"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -658,6 +675,74 @@ def resume_matches_uninterrupted(tmp_path, *args):
     return part, p
 
 
+def test_bad_run_paths_are_refused_by_name(tmp_path):
+    """Paths a run writes or reads that are the wrong kind of file: one error naming each, before
+    training (a wrong data.train before the model is built: under a 3 GB address space, where
+    GPT-2 124M, the default model, does not fit)."""
+    import resource
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    p = subprocess.run([exe("triad-train"), "--data.train", str(tmp_path / "none_*.bin"),
+                        "--run.dir", str(tmp_path / "runs")], capture_output=True, text=True,
+                       env=ENV, preexec_fn=capped, timeout=120)
+    assert_clean_error(p, "data.train = '", "none_*.bin' matches no files")
+    cfg = tiny_config(tmp_path, train__steps=1)
+    assert_clean_error(train("--config", tmp_path), f"config file {tmp_path}: is a directory")
+    (tmp_path / "file").write_text("")
+    assert_clean_error(train("--config", cfg, "--run.dir", tmp_path / "file"),
+                       "run.dir", str(tmp_path / "file"), "Not a directory")
+    run_dir = tmp_path / "runs" / "run"
+    (run_dir / "log.txt").mkdir(parents=True)
+    assert_clean_error(train("--config", cfg), f"run directory {run_dir}: cannot open log.txt")
+    (run_dir / "log.txt").rmdir()
+    (run_dir / "ckpt" / "latest").mkdir(parents=True)
+    p = train("--config", cfg)
+    assert_clean_error(p, "ckpt: latest is not a file")
+    assert "val loss" not in p.stdout, p.stdout  # (before the first evaluation)
+
+
+def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):
+    """A run resumed from an earlier step of its directory, or a new one (--resume none), would
+    find its checkpoints' names taken by the abandoned history's files, which are never
+    overwritten (it used to train on, saving nothing, while ckpt/latest named the old weights).
+    They move, byte for byte, to ckpt/superseded_<n> with a latest of their own; the run's
+    checkpoints and ckpt/latest are its own: its step 6 equals that of the same run made in
+    another directory, and --resume auto goes on from it."""
+    cfg = tiny_config(tmp_path, name="h", train__steps=6, checkpoint__every=2, eval__every=0)
+    ckpt = tmp_path / "runs" / "h" / "ckpt"
+    train("--config", cfg, check=True)
+    first = {n: (ckpt / n).read_bytes() for n in ("step_00000004.h5", "step_00000006.h5")}
+    start = tmp_path / "step_00000002.h5"
+    shutil.copy(ckpt / "step_00000002.h5", start)
+    p = train("--config", cfg, "--resume", ckpt / "step_00000002.h5", "--train.lr", 1e-3,
+              check=True)
+    aside = ckpt / "superseded_1"
+    assert f"set aside in {aside}" in p.stdout and "goes on from step 2" in p.stdout, p.stdout
+    assert sorted(f.name for f in aside.iterdir()) == ["latest", *first], list(aside.iterdir())
+    assert (aside / "latest").read_text() == "step_00000006.h5\n"
+    for n, data in first.items():
+        assert (aside / n).read_bytes() == data, n
+    assert (ckpt / "latest").read_text() == "step_00000006.h5\n"
+    other = tiny_config(tmp_path, name="o", train__steps=6, checkpoint__every=2, eval__every=0)
+    train("--config", other, "--resume", start, "--train.lr", 1e-3, check=True)
+    mine = weights(ckpt / "step_00000006.h5")
+    want = weights(tmp_path / "runs" / "o" / "ckpt" / "step_00000006.h5")
+    assert any(not np.array_equal(mine[k], v) for k, v in weights(aside / "step_00000006.h5").items())
+    for k, v in want.items():
+        assert np.array_equal(mine[k], v), k
+    p = train("--config", cfg, "--train.steps", 8, "--train.lr", 1e-3, check=True)
+    assert "step_00000006.h5 at step 6" in p.stdout and "set aside" not in p.stdout, p.stdout
+    # A new run: every checkpoint of the directory is another history's.
+    p = train("--config", cfg, "--resume", "none", "--train.steps", 2, check=True)
+    assert "this run starts anew" in p.stdout, p.stdout
+    assert sorted(f.name for f in (ckpt / "superseded_2").iterdir()) == [
+        "latest", "step_00000002.h5", "step_00000004.h5", "step_00000006.h5", "step_00000008.h5"]
+    assert sorted(f.name for f in ckpt.iterdir()) == [
+        "latest", "step_00000002.h5", "superseded_1", "superseded_2"]
+
+
 def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path):
     muon = ["--optim.name", "muon", "--optim.muon_lr", "0.02"]
     part, _ = resume_matches_uninterrupted(tmp_path, *muon)
@@ -1037,7 +1122,8 @@ def test_damaged_checkpoints(tmp_path):
     # ... and the tokens trained on (where a batch-size ramp continues): whole sequences only.
     for attr, value in (("loss_window", "not numbers"), ("grad_norm_window", np.zeros((2, 2))),
                         ("skipped_in_a_row", 1.5), ("tokens_seen", np.int64(-32)),
-                        ("tokens_seen", np.int64(33))):
+                        ("tokens_seen", np.int64(33)), ("step", np.int64(-5)),
+                        ("epoch", np.int64(-1))):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:
@@ -1218,6 +1304,13 @@ def test_generate_samples_and_refuses_bad_input(tmp_path):
                        "none.h5")
     assert_clean_error(gen("--checkpoint", ckpt, "--vocab", VOCAB, "--temperature", "0"),
                        "--temperature")
+    assert_clean_error(gen("--checkpoint", ckpt, "--vocab", VOCAB, "--temperature", "inf"),
+                       "--temperature must be a finite number > 0")
+    assert_clean_error(gen("--checkpoint", ckpt, "--run", tmp_path / "runs" / "run", "--vocab",
+                           VOCAB), "--checkpoint and --run both name the weights")
+    assert_clean_error(gen("--checkpoint", "", "--vocab", VOCAB), "--checkpoint is empty")
+    assert_clean_error(gen("--checkpoint", ckpt, "--vocab", tmp_path),
+                       f"vocabulary file {tmp_path}: is a directory")
     assert_clean_error(gen("--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "-1"),
                        "--top-k")
     bad_vocab = tmp_path / "bad.tiktoken"

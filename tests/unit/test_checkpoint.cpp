@@ -1259,6 +1259,44 @@ TEST_F(CheckpointTest, BestIsReadBackAndNeverPruned) {
   fs::remove(dir_ / "best");
 }
 
+// A run that does not go on from the directory's newest checkpoint moves the later ones (and the
+// one at its step where it loaded another file) whole to superseded_<n>, with a latest of their
+// own; dir/latest then names the newest left, or is gone. Collective: every rank gets the line.
+TEST_F(CheckpointTest, SetAsideOtherHistory) {
+  const auto name = [](int s) { return triad::checkpoint_file_name(s); };
+  on_root([&] {
+    for (int s = 1; s <= 4; ++s) write_bytes(path(name(s)), {char('0' + s)});
+    triad::publish_checkpoint(dir_.string(), name(4), 0);
+  });
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto names = [](const fs::path& d) { return triad::list_checkpoints(d.string()); };
+  // Rolled back to step 2 of this directory.
+  std::string said =
+      triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path(name(2)));
+  EXPECT_CONTAINS(said, "2 checkpoints of another history (step_00000003.h5 to step_00000004.h5)");
+  EXPECT_CONTAINS(said, "this run goes on from step 2");
+  EXPECT_CONTAINS(said, (dir_ / "superseded_1").string());
+  EXPECT_EQ(names(dir_), (std::vector<std::string>{name(1), name(2)}));
+  EXPECT_EQ(read_text(dir_ / "latest"), name(2) + "\n");
+  EXPECT_EQ(names(dir_ / "superseded_1"), (std::vector<std::string>{name(3), name(4)}));
+  EXPECT_EQ(read_text(dir_ / "superseded_1" / "latest"), name(4) + "\n");
+  EXPECT_EQ(read_text(dir_ / "superseded_1" / name(3)), "3") << "moved whole";
+  // Going on from the newest: nothing moves, nothing said.
+  EXPECT_EQ(triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path(name(2))), "");
+  // Resumed at step 2 from another file: this directory's step 2 is another history's.
+  said = triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path("other.h5"));
+  EXPECT_CONTAINS(said, "1 checkpoint of another history (step_00000002.h5) set aside");
+  EXPECT_EQ(names(dir_ / "superseded_2"), (std::vector<std::string>{name(2)}));
+  EXPECT_EQ(read_text(dir_ / "latest"), name(1) + "\n");
+  // A new run: every one; no latest left.
+  said = triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), -1, "");
+  EXPECT_CONTAINS(said, "this run starts anew");
+  EXPECT_TRUE(names(dir_).empty());
+  EXPECT_FALSE(fs::exists(dir_ / "latest"));
+  EXPECT_EQ(names(dir_ / "superseded_3"), (std::vector<std::string>{name(1)}));
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 TEST_F(CheckpointTest, PublishWritesLatestAndPrunes) {
   if (world_rank() != 0) GTEST_SKIP() << "single-rank function";
   for (int s = 1; s <= 5; ++s) write_bytes(path(triad::checkpoint_file_name(s)), {'x'});

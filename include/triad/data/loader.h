@@ -28,6 +28,10 @@ enum class LossMask { auto_, require, none };
 // "auto", "require" or "none"; throws triad::Error naming data.loss_mask otherwise.
 LossMask parse_loss_mask(const std::string& value);
 
+// The files a token-shard glob matches, sorted (DESIGN.md §4's order); throws triad::Error naming
+// `key` (e.g. "data.train") where the glob is empty or matches nothing.
+std::vector<std::string> match_shards(const std::string& glob, const std::string& key);
+
 class SequenceSource {
  public:
   // `key` names the config key in errors (e.g. "data.train"). Throws triad::Error if nothing

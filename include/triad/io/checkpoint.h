@@ -288,4 +288,15 @@ std::optional<std::pair<std::string, double>> read_best(const std::string& dir);
 // warns; all ranks get the answer). Empty string: none. Collective over comm.
 std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir);
 
+// A run that does not go on from dir's newest checkpoint (a new run, --resume none or
+// --init-from; one resumed from an earlier step or from another directory) would find its steps'
+// file names taken by another history's checkpoints, which are never overwritten, and dir/latest
+// naming them. This moves every step_XXXXXXXX.h5 of dir past `step`, and the one at `step` unless
+// it is `resumed` (the file the run loaded), into a new subdirectory superseded_<n> with its own
+// latest, and points dir/latest at the newest checkpoint left (removing it where none is).
+// step < 0: a new run, all of them. Returns "" where nothing moved, else a line saying what moved
+// where. Collective over comm (rank 0 moves; a failure is every rank's triad::Error).
+std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64_t step,
+                                    const std::string& resumed);
+
 }  // namespace triad
