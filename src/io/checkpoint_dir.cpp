@@ -237,7 +237,21 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
       TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot move ", name, " to ", aside.string(),
                   ": ", ec.message());
     }
-    write_pointer(aside, "latest", move.back() + "\n");
+    // Their latest: the one published (the newest may be damaged or unpublished), else the newest.
+    const std::optional<std::string> latest = read_pointer(d);
+    const auto moved = [&](const std::optional<std::string>& name) {
+      return name && std::find(move.begin(), move.end(), *name) != move.end();
+    };
+    write_pointer(aside, "latest", (moved(latest) ? *latest : move.back()) + "\n");
+    // checkpoint.best's ckpt/best goes with the checkpoint it names (this run starts its own).
+    if (std::optional<std::string> best = read_pointer(d, "best"); best) {
+      const std::optional<std::string> named = best->substr(0, best->find('\n'));
+      if (moved(trim(*named))) {
+        fs::rename(d / "best", aside / "best", ec);
+        TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot move best to ", aside.string(),
+                    ": ", ec.message());
+      }
+    }
     const std::vector<std::string> left = list_checkpoints(dir);
     if (left.empty()) {
       fs::remove(d / "latest", ec);

@@ -447,8 +447,12 @@ TrainOutcome Trainer::run() {
                   " is not a file (this run writes the name of its checkpoint there)");
     }
   if (s.step < cfg.train.steps) {
+    // (A run resumed from another directory's file starts a new history in this one.)
+    std::error_code ec;
+    const bool here = resumed && fs::equivalent(fs::absolute(resume_path, ec).parent_path(),
+                                                cfg.checkpoint_dir(), ec);
     const std::string moved = set_aside_other_history(s.grid.world(), cfg.checkpoint_dir(),
-                                                      resumed ? s.step : int64_t(-1), resume_path);
+                                                      here ? s.step : int64_t(-1), resume_path);
     if (!moved.empty()) s.say(moved);
   }
   // Before any save prunes (checkpoint.at_start): what ckpt/best this run goes on from.

@@ -658,7 +658,11 @@ void Trainer::State::save_checkpoint() {
   const std::string dir = cfg.checkpoint_dir();
   const std::string name = checkpoint_file_name(step);
   const std::string path = dir + "/" + name;
-  if (fs::exists(path)) return;  // this exact state is already saved; never overwrite it
+  // This exact state is already saved: never overwrite it. Rank 0's view decides (another
+  // node's may lag behind a file moved or written there).
+  int saved = root() && fs::exists(path) ? 1 : 0;
+  TRIAD_MPI_CHECK(MPI_Bcast(&saved, 1, MPI_INT, 0, grid.world()));
+  if (saved) return;
   if (root()) {
     std::error_code ec;
     fs::create_directories(dir, ec);

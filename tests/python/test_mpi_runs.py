@@ -144,7 +144,7 @@ def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume
     lowest loss of the evaluations after step 0, with that loss to the bit, and checkpoint.keep
     = 1 keeps it besides the latest; a run resumed from step 12 moves it to step 22 (and step 2's
     checkpoint goes), as the uninterrupted run does; a run rolled back before its best and a new
-    run in that directory start without it; a malformed ckpt/best and a run without validation
+    run in that directory start without it (set aside with the checkpoints); a malformed ckpt/best and a run without validation
     data are refused by name."""
     common = ["--checkpoint.best", "true", "--checkpoint.every", 0, "--checkpoint.keep", 1,
               "--eval.every", 2, "--train.lr", 1e-2, "--train.schedule", "constant"]
@@ -176,19 +176,23 @@ def test_best_checkpoint_is_kept_and_follows_the_validation_loss_across_a_resume
     p = run(2, "--config", straight, "--train.steps", 24, *milestones)
     assert p.returncode == 0, p.stderr
     assert best_and_curve("straight")[:2] == (name, loss)
-    # Rolled back to step 8 (before the best, 22): that ckpt/best is another history's, removed;
-    # the best of the new history is its own checkpoint at step 10.
+    # Rolled back to step 8 (before the best, 22): that ckpt/best is another history's, set aside
+    # with the checkpoints past step 8; the best of the new history is its own checkpoint at 10.
     back = tmp_path / "runs" / "straight" / "ckpt" / "step_00000008.h5"
     p = run(2, "--config", straight, "--train.steps", 10, "--resume", back, *common)
-    assert p.returncode == 0 and "names a step after the resumed step 8" in p.stdout, p.stdout
+    assert p.returncode == 0 and "goes on from step 8" in p.stdout, p.stdout
+    aside = tmp_path / "runs" / "straight" / "ckpt" / "superseded_1"
+    assert (aside / "best").read_text().split("\n")[0] == name, list(aside.iterdir())
+    assert (aside / name).exists()
     assert best_and_curve("straight")[0] == "step_00000010.h5"
     # A malformed ckpt/best, resuming: refused by its name.
     (tmp_path / "runs" / "best" / "ckpt" / "best").write_text("step_00000022.h5\nlow\n")
     p = run(2, "--config", cfg, "--train.steps", 26, *common)
     assert p.returncode != 0 and "ckpt/best" in p.stderr and "finite validation loss" in p.stderr
-    # A new run in the directory: the old ckpt/best is gone before its first evaluation.
+    # A new run in the directory: the old ckpt/best goes aside with its checkpoint.
     p = run(2, "--config", cfg, "--train.steps", 2, "--resume", "none", *common)
-    assert p.returncode == 0 and "removed" in p.stdout, p.stderr
+    assert p.returncode == 0 and "this run starts anew" in p.stdout, p.stderr
+    assert (tmp_path / "runs" / "best" / "ckpt" / "superseded_1" / "best").exists()
     assert best_and_curve("best")[0] == "step_00000002.h5"
     p = run(1, "--config", cfg, "--checkpoint.best", "true", "--data.val", "")
     assert p.returncode != 0 and "checkpoint.best" in p.stderr and "data.val" in p.stderr

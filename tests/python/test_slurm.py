@@ -40,9 +40,15 @@ def sh(env, *args, timeout=60):
 
 
 def job_state(env, job):
-    out = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True, text=True,
-                         env=env).stdout
-    state = re.search(r"JobState=(\S+)", out)
+    # scontrol answers nothing now and then while the machine is loaded (the controller's reply
+    # timed out): asked again before "UNKNOWN".
+    for _ in range(20):
+        out = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True,
+                             text=True, env=env).stdout
+        state = re.search(r"JobState=(\S+)", out)
+        if state:
+            break
+        time.sleep(0.5)
     restarts = re.search(r"Restarts=(\d+)", out)
     return (state.group(1) if state else "UNKNOWN", int(restarts.group(1)) if restarts else 0)
 

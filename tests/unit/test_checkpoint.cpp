@@ -1265,21 +1265,24 @@ TEST_F(CheckpointTest, BestIsReadBackAndNeverPruned) {
 TEST_F(CheckpointTest, SetAsideOtherHistory) {
   const auto name = [](int s) { return triad::checkpoint_file_name(s); };
   on_root([&] {
-    for (int s = 1; s <= 4; ++s) write_bytes(path(name(s)), {char('0' + s)});
-    triad::publish_checkpoint(dir_.string(), name(4), 0);
+    for (int s = 1; s <= 5; ++s) write_bytes(path(name(s)), {char('0' + s)});
+    triad::publish_checkpoint(dir_.string(), name(4), 0);  // (5: written, never published)
+    triad::publish_best(dir_.string(), name(3), 6.5);
   });
   MPI_Barrier(MPI_COMM_WORLD);
   const auto names = [](const fs::path& d) { return triad::list_checkpoints(d.string()); };
   // Rolled back to step 2 of this directory.
   std::string said =
       triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path(name(2)));
-  EXPECT_CONTAINS(said, "2 checkpoints of another history (step_00000003.h5 to step_00000004.h5)");
+  EXPECT_CONTAINS(said, "3 checkpoints of another history (step_00000003.h5 to step_00000005.h5)");
   EXPECT_CONTAINS(said, "this run goes on from step 2");
   EXPECT_CONTAINS(said, (dir_ / "superseded_1").string());
   EXPECT_EQ(names(dir_), (std::vector<std::string>{name(1), name(2)}));
   EXPECT_EQ(read_text(dir_ / "latest"), name(2) + "\n");
-  EXPECT_EQ(names(dir_ / "superseded_1"), (std::vector<std::string>{name(3), name(4)}));
-  EXPECT_EQ(read_text(dir_ / "superseded_1" / "latest"), name(4) + "\n");
+  EXPECT_EQ(names(dir_ / "superseded_1"), (std::vector<std::string>{name(3), name(4), name(5)}));
+  EXPECT_EQ(read_text(dir_ / "superseded_1" / "latest"), name(4) + "\n") << "the published one";
+  EXPECT_FALSE(fs::exists(dir_ / "best")) << "it named a checkpoint set aside: it goes with it";
+  EXPECT_EQ(triad::read_best((dir_ / "superseded_1").string())->first, name(3));
   EXPECT_EQ(read_text(dir_ / "superseded_1" / name(3)), "3") << "moved whole";
   // Going on from the newest: nothing moves, nothing said.
   EXPECT_EQ(triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path(name(2))), "");
