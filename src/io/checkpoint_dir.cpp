@@ -86,6 +86,15 @@ void write_pointer(const fs::path& d, const std::string& name, const std::string
   }
 }
 
+// Rank 0's `text`, on every rank of comm.
+std::string from_rank0(MPI_Comm comm, std::string text) {
+  int len = static_cast<int>(text.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
+  text.resize(len);
+  if (len > 0) MPI_Bcast(text.data(), len, MPI_CHAR, 0, comm);
+  return text;
+}
+
 }  // namespace
 
 void publish_best(const std::string& dir, const std::string& file_name, double val_loss) {
@@ -203,11 +212,7 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
       std::cerr << "warning: skipping damaged checkpoint: " << why << "\n";
     }
   });
-  int len = static_cast<int>(chosen.size());
-  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
-  chosen.resize(len);
-  if (len > 0) MPI_Bcast(chosen.data(), len, MPI_CHAR, 0, comm);
-  return chosen;
+  return from_rank0(comm, std::move(chosen));
 }
 
 std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64_t step,
@@ -269,11 +274,7 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
                     : "this run goes on from step " + std::to_string(step));
     said = os.str();
   });
-  int len = static_cast<int>(said.size());
-  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
-  said.resize(len);
-  if (len > 0) MPI_Bcast(said.data(), len, MPI_CHAR, 0, comm);
-  return said;
+  return from_rank0(comm, std::move(said));
 }
 
 }  // namespace triad

@@ -1284,13 +1284,16 @@ TEST_F(CheckpointTest, SetAsideOtherHistory) {
   EXPECT_FALSE(fs::exists(dir_ / "best")) << "it named a checkpoint set aside: it goes with it";
   EXPECT_EQ(triad::read_best((dir_ / "superseded_1").string())->first, name(3));
   EXPECT_EQ(read_text(dir_ / "superseded_1" / name(3)), "3") << "moved whole";
+  MPI_Barrier(MPI_COMM_WORLD);  // (every rank has looked before rank 0 moves on)
   // Going on from the newest: nothing moves, nothing said.
   EXPECT_EQ(triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path(name(2))), "");
+  MPI_Barrier(MPI_COMM_WORLD);  // (every rank has looked before rank 0 moves on)
   // Resumed at step 2 from another file: this directory's step 2 is another history's.
   said = triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), 2, path("other.h5"));
   EXPECT_CONTAINS(said, "1 checkpoint of another history (step_00000002.h5) set aside");
   EXPECT_EQ(names(dir_ / "superseded_2"), (std::vector<std::string>{name(2)}));
   EXPECT_EQ(read_text(dir_ / "latest"), name(1) + "\n");
+  MPI_Barrier(MPI_COMM_WORLD);  // (every rank has looked before rank 0 moves on)
   // A new run: every one; no latest left.
   said = triad::set_aside_other_history(MPI_COMM_WORLD, dir_.string(), -1, "");
   EXPECT_CONTAINS(said, "this run starts anew");
