@@ -1,6 +1,8 @@
 // triad-train: pretraining, resuming, fine-tuning (--init-from), evaluation (--eval-only) and
 // planning a grid's memory before a job (--plan).
+#include <cmath>
 #include <iostream>
+#include <utility>
 
 #include "triad/core/error.h"
 #include "triad/train/app_main.h"
@@ -24,10 +26,11 @@ int main(int argc, char** argv) {
     }
     TRIAD_CHECK(cl.plan || cl.plan_timeline.empty(), "--plan-timeline is an option of --plan");
     if (cl.plan) {
-      TRIAD_CHECK(cl.plan_tflops >= 0, "--plan-tflops must be >= 0 (got ", cl.plan_tflops, ")");
-      TRIAD_CHECK(cl.plan_gbps >= 0, "--plan-gbps must be >= 0 (got ", cl.plan_gbps, ")");
-      TRIAD_CHECK(cl.plan_memory_gb >= 0, "--plan-memory-gb must be >= 0 (got ", cl.plan_memory_gb,
-                  ")");
+      for (const auto& [option, value] : {std::pair{"--plan-tflops", cl.plan_tflops},
+                                          {"--plan-gbps", cl.plan_gbps},
+                                          {"--plan-memory-gb", cl.plan_memory_gb}})
+        TRIAD_CHECK(value >= 0 && std::isfinite(value), option,
+                    " must be a finite number >= 0 (got ", value, ")");
       int size = 1;
       MPI_Comm_size(world, &size);
       const int ranks = cl.plan_ranks != 0 ? cl.plan_ranks : size;

@@ -587,6 +587,8 @@ def test_plan_memory_budget_picks_the_cheapest_recomputation_that_fits(tmp_path)
     (["--plan-tflops", "-1"], ["--plan-tflops"]),
     (["--plan-gbps", "-1"], ["--plan-gbps"]),
     (["--plan-memory-gb", "-2"], ["--plan-memory-gb"]),
+    (["--plan-tflops", "inf"], ["--plan-tflops must be a finite number >= 0"]),
+    (["--plan-memory-gb", "inf"], ["--plan-memory-gb must be a finite number >= 0"]),
     (["--plan-ranks", "2", "--parallel.pp", "2", "--parallel.stage_layers", "2,1"],
      ["parallel.stage_layers", "holds 3 layers, model.n_layer is 2"]),
     (["--plan-ranks", "3", "--parallel.pp", "3", "--parallel.stage_layers", "2,0,0"],
