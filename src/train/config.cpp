@@ -1395,7 +1395,9 @@ void validate(const Config& c, int world_size) {
           "is YaRN's: it needs model.position = rope and model.rope_scaling = yarn");
   }
   const auto& t = c.train;
-  check(t.steps >= 0, "train.steps", "must be >= 0 (got " + std::to_string(t.steps) + ")");
+  // (A checkpoint's file name holds the step in 8 digits.)
+  check(t.steps >= 0 && t.steps <= 99999999, "train.steps",
+        "must be in [0, 99999999] (got " + std::to_string(t.steps) + ")");
   check(t.sequences >= 0, "train.sequences",
         "must be >= 0 (got " + std::to_string(t.sequences) + ")");
   check(t.batch_size >= 1, "train.batch_size",

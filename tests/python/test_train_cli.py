@@ -239,6 +239,7 @@ def test_help_lists_every_key_with_defaults():
     (["--model.n_embd", "1000000", "--model.n_head", "1", "--model.n_layer", "60000", "--plan"],
      ["model has 7.2e+17 parameters", "2^50"]),
     (["--model.seq_len", "2000000000", "--plan"], ["model.seq_len", "<= 16777216"]),
+    (["--train.steps", "100000000"], ["train.steps", "[0, 99999999]"]),
     (["--optim.eps", "inf"], ["optim.eps", "finite number > 0"]),
     (["--sample.temperature", "inf"], ["sample.temperature", "finite number > 0"]),
     (["--run.peak_tflops", "inf"], ["run.peak_tflops", "finite number >= 0"]),
