@@ -83,6 +83,10 @@ def average(paths: list[Path], out: Path, ema: bool = False) -> tuple[int, int]:
     if re.fullmatch(r"step_\d{8}\.h5", out.name):
         raise AverageError(f"{out}: a run takes step_NNNNNNNN.h5 for a resumable checkpoint, "
                            "which an average (no optimizer state) is not; choose another name")
+    resolved = [p.resolve() for p in paths]
+    twice = next((p for i, p in enumerate(paths) if resolved[i] in resolved[:i]), None)
+    if twice is not None:
+        raise AverageError(f"{twice}: given twice (it would weigh double in the mean)")
     reps = [inspect(p, verify=True) for p in paths]
     _check_inputs(reps)
     steps = [int(r.root_attrs.get("step", 0)) for r in reps]

@@ -3230,6 +3230,18 @@ def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                        f"model file (magic {LLMC_MAGIC})")
 
 
+def finite_only(tensors: Tensors, src: str) -> Tensors:
+    """The tensors, each checked on the way: a NaN or an infinity (a diverged run's weights, a
+    damaged file) is refused by the tensor's name, and nothing is written."""
+    def checked() -> Iterator[Tuple[str, np.ndarray]]:
+        for name, a in tensors():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                raise ConvertError(f"{src}: tensor {name} holds {bad} NaN or infinite value(s)")
+            yield name, a
+    return checked
+
+
 def check_output(out: Path) -> None:
     if out.exists() or out.is_symlink():
         raise ConvertError(f"{out}: already exists (remove it first; a conversion never "
@@ -3418,6 +3430,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConvertError(f"--seq-len {args.seq_len}: must be positive")
             check_output(Path(args.out))
             d, tensors, source = open_source(Path(args.src), args.seq_len)
+            tensors = finite_only(tensors, args.src)
             finish(Path(args.out), lambda p: write_triad(p, d, tensors, source))
         else:
             if args.to == "hf" and args.dtype != "fp32":
@@ -3426,6 +3439,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConvertError("--vocab applies to --to hf")
             check_output(Path(args.out))
             d, tensors, source = open_triad(Path(args.ckpt))
+            tensors = finite_only(tensors, args.ckpt)
             if args.to == "llmc" and not d.gpt2:
                 raise ConvertError(f"{args.ckpt}: llm.c's model file holds GPT-2 only; a model "
                                    f"of Llama's architecture exports with --to hf")

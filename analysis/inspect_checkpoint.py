@@ -268,8 +268,9 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False,
                         a64 = arr.astype(np.float64)
                         rep.stats[name] = (float(a64.min()), float(a64.max()), float(a64.mean()),
                                            float(np.sqrt(np.mean(a64 * a64))))
-                        if not np.all(np.isfinite(arr)):
-                            rep.problems.append(f"{name} holds NaN or Inf values")
+                    # (Read anyway: a diverged run's weights are no checkpoint to go on from.)
+                    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                        rep.problems.append(f"{name} holds NaN or Inf values")
                     if verify:
                         ck = obj.attrs.get("checksum")
                         if ck is None:

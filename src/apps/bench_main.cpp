@@ -317,6 +317,12 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   const std::string base =
       (fs::path(dir) / ("triad_bench_ckpt_np" + std::to_string(size))).string();
   const std::string ckpt = base + ".h5", plain = base + ".plain";
+  // The bench writes and deletes these two files: never files it did not make.
+  for (const std::string& f : {ckpt, plain}) {
+    std::error_code ec;
+    TRIAD_CHECK(!fs::exists(f, ec), "checkpoint: --dir ", dir, " already holds ", f,
+                ", which the bench would overwrite and delete: remove it or give another --dir");
+  }
   double t;
   std::vector<double> w_ckpt, w_save, w_plain, r_ckpt, r_plain, r_resume, w_ratio, r_ratio;
   int dropped = 1;
@@ -639,7 +645,11 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse(world, "schedule", args, desc, vm)) return 0;
   TRIAD_CHECK(pp >= 1 && m >= 1 && v >= 1, "schedule: --pp, --m and --v must be at least 1");
-  TRIAD_CHECK(t_fwd > 0 && t_bwd > 0, "schedule: --t-fwd and --t-bwd must be positive");
+  // The simulation steps through every action of every stage: a million keeps it within seconds.
+  TRIAD_CHECK(int64_t(pp) * m * v <= 1000000, "schedule: --pp · --m · --v (", int64_t(pp) * m * v,
+              ") must be at most 1000000, the actions the simulation steps through");
+  TRIAD_CHECK(t_fwd > 0 && t_bwd > 0 && t_fwd <= 1e9 && t_bwd <= 1e9,
+              "schedule: --t-fwd and --t-bwd must be numbers in (0, 1e9]");
   TRIAD_CHECK(vm["t-wgt"].defaulted() || t_wgt >= 0, "schedule: --t-wgt must be >= 0 (got ", t_wgt,
               ")");
   if (vm["t-wgt"].defaulted()) t_wgt = t_bwd / 2;

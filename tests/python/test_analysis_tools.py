@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 
 import h5py
 import numpy as np
@@ -197,6 +198,38 @@ def test_ckpt_bad_files(runs, tmp_path):
     # a run directory without checkpoints
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
     assert_clean_failure(tool("triad-ckpt", tmp_path / "run"), "no checkpoint")
+
+
+def test_nan_weights_are_refused_by_every_tool(runs, tmp_path):
+    """A checkpoint whose weights hold a NaN and an infinity (a diverged run's, with checksums
+    that match): triad-ckpt says so without --stats, triad-average and triad-convert export
+    refuse it by the tensor's name, and so does import for an llm.c file holding a NaN; the
+    same checkpoint given twice to triad-average (weighing double) is refused too."""
+    good = runs["r1"] / "ckpt" / "step_00000012.h5"
+    bad = tmp_path / "nan.h5"
+    shutil.copy(good, bad)
+    with h5py.File(bad, "a") as f:
+        d = f["model/h/0/mlp/c_fc/weight"]
+        a = d[...]
+        a[0, :2] = [np.nan, np.inf]
+        d[...] = a
+        d.attrs["checksum"] = np.uint32(zlib.crc32(np.ascontiguousarray(a, "<f4").tobytes()))
+    needle = "h/0/mlp/c_fc/weight holds NaN or Inf"
+    assert_clean_failure(tool("triad-ckpt", bad), bad, needle)
+    assert_clean_failure(tool("triad-average", "--out", tmp_path / "av.h5", good, bad), needle)
+    assert_clean_failure(tool("triad-average", "--out", tmp_path / "av.h5", good, good), good,
+                         "given twice")
+    assert_clean_failure(tool("triad-convert", "export", "--to", "llmc", bad,
+                              tmp_path / "x.bin"), needle)
+    assert not any(tmp_path.glob("*av.h5*")) and not any(tmp_path.glob("*x.bin*"))
+    llmc = tmp_path / "good.bin"
+    assert tool("triad-convert", "export", "--to", "llmc", good, llmc).returncode == 0
+    data = bytearray(llmc.read_bytes())
+    data[1024 + 8:1024 + 12] = np.float32(np.nan).tobytes()  # a value of wte, after the header
+    (tmp_path / "nan.bin").write_bytes(bytes(data))
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "nan.bin",
+                              tmp_path / "n.h5"), "nan.bin", "wte/weight holds 1 NaN")
+    assert not (tmp_path / "n.h5").exists() and not any(tmp_path.glob(".n.h5.*"))
 
 
 # ---- triad-scaling ------------------------------------------------------------------------

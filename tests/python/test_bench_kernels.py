@@ -106,12 +106,26 @@ def test_attention_bad_choice_is_a_clear_error(option, value, message):
     [
         (["--t-wgt", "3"], "--t-wgt (3) must not exceed --t-bwd (2)"),
         (["--t-wgt", "-1"], "--t-wgt must be >= 0 (got -1)"),
-        (["--t-fwd", "0"], "--t-fwd and --t-bwd must be positive"),
+        (["--t-fwd", "0"], "--t-fwd and --t-bwd must be numbers in (0, 1e9]"),
+        (["--t-bwd", "inf"], "--t-fwd and --t-bwd must be numbers in (0, 1e9]"),
+        # (the simulation of 1e10 actions ran past a minute)
+        (["--pp", "100000", "--m", "100000"], "--pp · --m · --v (20000000000) must be at most"),
     ],
 )
 def test_schedule_bad_times_are_clear_errors(args, message):
     p = run([exe("triad-bench"), "schedule", *args], timeout=60)
     assert_clean_error(p, message)
+
+
+def test_checkpoint_bench_never_touches_files_it_did_not_make(tmp_path):
+    """triad-bench checkpoint writes and deletes triad_bench_ckpt_np<N>.h5 and .plain in --dir:
+    where one is there already (someone's file), it stops before writing anything."""
+    mine = tmp_path / "triad_bench_ckpt_np1.plain"
+    mine.write_text("not the bench's")
+    p = run([exe("triad-bench"), "checkpoint", "--dir", tmp_path, "--model", "gpt2-tiny",
+             "--repeat", "1"], timeout=60)
+    assert_clean_error(p, f"already holds {mine}")
+    assert mine.read_text() == "not the bench's" and sorted(tmp_path.iterdir()) == [mine]
 
 
 @pytest.mark.parametrize("args, needle", [
