@@ -168,6 +168,35 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
 
 
+def count_arg(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return v
+
+
+def number_arg(low: float, low_included: bool = True) -> Callable[[str], float]:
+    """argparse type: a finite number >= low (> low where not low_included)."""
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not (math.isfinite(v) and (v >= low if low_included else v > low)):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>=' if low_included else '>'} {low:g} (got {text})")
+        return v
+    return parse
+
+
 def is_number(s: str) -> bool:
     try:
         float(s)
@@ -181,12 +210,23 @@ def save_figure(fig, out: str | os.PathLike, dpi: int = 120) -> Path:
     the file when it cannot be written."""
     import matplotlib.pyplot as plt
 
-    out = Path(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=dpi)
-    except (OSError, ValueError) as e:
-        raise AnalysisError(f"{out}: cannot write the figure: {e}") from None
+        # (matplotlib would write "<out>.png" for a name without a suffix, a directory's
+        # included, and allocate whatever a huge dpi asks for.)
+        if not str(out):
+            raise AnalysisError("--out is empty: give an image file (.png, .pdf, .svg)")
+        out = Path(out)
+        if out.is_dir():
+            raise AnalysisError(f"{out}: is a directory; give an image file (.png, .pdf, .svg)")
+        if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+            raise AnalysisError(f"{out}: not an image file name (.png, .pdf, .svg, ...)")
+        if not 1 <= dpi <= 2400:
+            raise AnalysisError(f"--dpi {dpi}: must be in [1, 2400]")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, dpi=dpi)
+        except (OSError, ValueError, MemoryError) as e:
+            raise AnalysisError(f"{out}: cannot write the figure: {e}") from None
     finally:
         plt.close(fig)
     return out

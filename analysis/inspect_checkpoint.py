@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import AnalysisError, file_kind, markdown_table, not_hdf5_message, prog_name, run_main
+from ._common import (AnalysisError, file_kind, markdown_table, not_hdf5_message, number_arg,
+                      prog_name, run_main)
 from .metrics import attr_value, open_h5, parse_config
 
 MODEL_ATTRS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded_vocab_size")
@@ -680,7 +681,7 @@ def ckpt_main(argv: list[str] | None = None) -> int:
                     help="list every optimizer dataset (one file) / every tensor (two files)")
     ap.add_argument("--optimizer", action="store_true",
                     help="two files: compare the optimizer state too")
-    ap.add_argument("--tolerance", type=float, default=None, metavar="REL",
+    ap.add_argument("--tolerance", type=number_arg(0), default=None, metavar="REL",
                     help="two files: exit 3 when a tensor's relative L2 difference exceeds "
                          "REL (or a tensor cannot be compared)")
     a = ap.parse_args(argv)

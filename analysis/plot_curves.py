@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ._common import prog_name, run_main, save_figure  # noqa: E402
+from ._common import number_arg, prog_name, run_main, save_figure  # noqa: E402
 from .metrics import Metrics, load_runs  # noqa: E402
 
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", "-o", default="curves.png",
                     help="output image (.png, .pdf, .svg; default curves.png)")
     ap.add_argument("--x", choices=["step", "tokens"], default="step", help="x axis")
-    ap.add_argument("--smooth", type=float, default=None,
+    ap.add_argument("--smooth", type=number_arg(1), default=None,
                     help="EMA span in steps for the smoothed curves (default: n/40, max 200; "
                          "1 = none)")
     ap.add_argument("--title", default=None)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import AnalysisError, fmt, markdown_table, prog_name, run_main, save_figure
+from ._common import (AnalysisError, count_arg, fmt, markdown_table, prog_name, run_main,
+                      save_figure)
 from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
 MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd",
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run directories (holding metrics.h5) or metrics.h5 files")
     ap.add_argument("--out", "-o", default="scaling.png", help="figure (default scaling.png)")
     ap.add_argument("--csv", default=None, help="also write the table as CSV")
-    ap.add_argument("--skip", type=int, default=5,
+    ap.add_argument("--skip", type=count_arg, default=5,
                     help="steps left out of the tokens/s median (start-up; default 5)")
     ap.add_argument("--any-model", action="store_true",
                     help="accept runs of different models")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as e:
                 raise AnalysisError(f"{a.csv}: cannot write: {e}") from None
             print(f"wrote {a.csv}", file=sys.stderr)
-        out = plot(df, Path(a.out), a.title)
+        out = plot(df, a.out, a.title)
         print(f"wrote {out}", file=sys.stderr)
         return 0
 

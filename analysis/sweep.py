@@ -97,6 +97,8 @@ def read_triad_ini(path: Path) -> dict[str, str]:
     starting with `;` are comments too."""
     try:
         text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     except OSError as e:
         raise SweepError(f"{path}: cannot read: {e.strerror or e}") from None
     out: dict[str, str] = {}

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (AnalysisError, fmt, is_number, markdown_table, prog_name, run_main,
-                      save_figure, write_text)
+from ._common import (AnalysisError, count_arg, fmt, is_number, markdown_table, prog_name,
+                      run_main, save_figure, write_text)
 from .metrics import MetricsError, load_metrics, steady_tokens_per_sec
 from .sweep import Sweep, load_sweep
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=None,
                     help="where to write <name>.csv, <name>.md and <name>.png (default: "
                          "<run dir>/<name>-report)")
-    ap.add_argument("--skip", type=int, default=5,
+    ap.add_argument("--skip", type=count_arg, default=5,
                     help="steps left out of the tokens/s median (start-up; default 5)")
     ap.add_argument("--no-plot", action="store_true", help="tables only")
     ap.add_argument("--x", default=None, metavar="KEY",

@@ -296,6 +296,18 @@ def test_metrics_tools_bad_files(runs, tmp_path, cmd):
         del f["train"]
     assert_clean_failure(tool(cmd, runs["r1"], notrain, "--out", out), notrain, "/train")
     assert not out.exists()
+    # Where the figure goes: matplotlib wrote "<name>.png" for a name without a suffix (a
+    # directory's too) and allocated what any dpi asked for.
+    for where, needle in ((tmp_path, "is a directory"), (tmp_path / "fig", "not an image file"),
+                          ("", "--out is empty")):
+        assert_clean_failure(tool(cmd, runs["r1"], "--out", where), needle)
+    if cmd == "triad-plot":
+        assert_clean_failure(tool(cmd, runs["r1"], "--out", out, "--dpi", 100000), "--dpi 100000")
+    assert not any(tmp_path.glob("*.png")) and not out.exists()
+    # Numbers out of range are refused by argparse (exit 2), naming the option.
+    bad = ["--smooth", "0"] if cmd == "triad-plot" else ["--skip", "-3"]
+    p = tool(cmd, runs["r1"], "--out", out, *bad)
+    assert p.returncode == 2 and f"argument {bad[0]}: must be" in p.stderr, p.stderr
 
 
 # ---- a run that is still training ----------------------------------------------------------

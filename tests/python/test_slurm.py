@@ -41,12 +41,13 @@ def sh(env, *args, timeout=60):
 
 def job_state(env, job):
     # scontrol answers nothing now and then while the machine is loaded (the controller's reply
-    # timed out): asked again before "UNKNOWN".
-    for _ in range(20):
+    # timed out): asked again, for up to 10 s, before "UNKNOWN".
+    deadline = time.time() + 10
+    while True:
         out = subprocess.run(["scontrol", "show", "job", str(job)], capture_output=True,
-                             text=True, env=env).stdout
+                             text=True, env=env, timeout=30).stdout
         state = re.search(r"JobState=(\S+)", out)
-        if state:
+        if state or time.time() > deadline:
             break
         time.sleep(0.5)
     restarts = re.search(r"Restarts=(\d+)", out)
