@@ -685,6 +685,9 @@ def ckpt_main(argv: list[str] | None = None) -> int:
                     help="two files: exit 3 when a tensor's relative L2 difference exceeds "
                          "REL (or a tensor cannot be compared)")
     a = ap.parse_args(argv)
+    if a.ckpt2 is None and (a.tolerance is not None or a.optimizer):
+        ap.error(f"{'--tolerance' if a.tolerance is not None else '--optimizer'} compares two "
+                 "checkpoints: give a second one")
 
     def check(path) -> Report:
         rep = inspect(path, stats=a.stats and not a.quick, verify=not a.quick,

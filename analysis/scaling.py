@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = load_runs(a.runs, prog, strict=False)
         df = scaling_table(runs, skip=a.skip, any_model=a.any_model)
         print(to_markdown(df))
+        if a.csv == "":
+            raise AnalysisError("--csv is empty: give a file (or leave it out)")
         if a.csv:
             try:
                 Path(a.csv).parent.mkdir(parents=True, exist_ok=True)

@@ -475,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(sweep.args(sweep.point(i))))
             return 0
         # submit
+        if a.sbatch_script is not None and not Path(a.sbatch_script).is_file():
+            raise SweepError(f"--sbatch-script '{a.sbatch_script}': no such file (the job "
+                             "script sbatch runs, e.g. jobs/slurm/sweep.sbatch)")
         todo = [p.index for p in sweep.points if sweep.status(p) != "finished"]
         if not todo:
             print(f"{prog}: {a.sweep}: all {len(sweep.points)} points are finished; "

@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         notes: list = []
         df = collect(sweep, skip=a.skip, notes=notes)
         keys = list(sweep.values)
+        if a.out_dir == "":
+            raise AnalysisError("--out-dir is empty: give a directory (or leave it out)")
         out_dir = Path(a.out_dir) if a.out_dir else sweep.run_dir / f"{sweep.name}-report"
         csv = out_dir / f"{sweep.name}.csv"
         try:

@@ -195,6 +195,10 @@ def test_ckpt_bad_files(runs, tmp_path):
     assert_clean_failure(tool("triad-ckpt", bad), bad, "wpe/weight: checksum mismatch")
     # two files: the bad one is named
     assert_clean_failure(tool("triad-ckpt", good, inc), inc, "incomplete")
+    # the options of a comparison, without a second file (they were ignored)
+    for opt in (["--tolerance", "0.1"], ["--optimizer"]):
+        p = tool("triad-ckpt", good, *opt)
+        assert p.returncode == 2 and f"{opt[0]} compares two checkpoints" in p.stderr, p.stderr
     # a run directory without checkpoints
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
     assert_clean_failure(tool("triad-ckpt", tmp_path / "run"), "no checkpoint")
@@ -303,6 +307,8 @@ def test_metrics_tools_bad_files(runs, tmp_path, cmd):
         assert_clean_failure(tool(cmd, runs["r1"], "--out", where), needle)
     if cmd == "triad-plot":
         assert_clean_failure(tool(cmd, runs["r1"], "--out", out, "--dpi", 100000), "--dpi 100000")
+    else:
+        assert_clean_failure(tool(cmd, runs["r1"], "--out", out, "--csv", ""), "--csv is empty")
     assert not any(tmp_path.glob("*.png")) and not out.exists()
     # Numbers out of range are refused by argparse (exit 2), naming the option.
     bad = ["--smooth", "0"] if cmd == "triad-plot" else ["--skip", "-3"]

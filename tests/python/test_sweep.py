@@ -220,8 +220,12 @@ eval.every = 3
     assert p.returncode == 0, p.stderr
     script = "jobs/slurm/sweep.sbatch"
     assert p.stdout == f"sbatch --array=0-2%2 {script} {f}\n", p.stdout
-    p = tool("triad-sweep", "submit", f, "--sbatch-script", "my.sbatch")
-    assert p.stdout == f"sbatch --array=0-2%2 my.sbatch {f}\n"
+    mine = tmp_path / "my.sbatch"
+    mine.write_text("#!/bin/bash\n")
+    p = tool("triad-sweep", "submit", f, "--sbatch-script", mine)
+    assert p.stdout == f"sbatch --array=0-2%2 {mine} {f}\n"
+    p = tool("triad-sweep", "submit", f, "--sbatch-script", tmp_path / "none.sbatch")
+    assert p.returncode == 1 and "none.sbatch': no such file" in p.stderr, p.stderr
 
     def run_point(i):
         a = tool("triad-sweep", "args", f, i)
