@@ -21,7 +21,17 @@ namespace triad::tokenizer_files {
 
 // The first 60 bytes of a line, with "..." when there are more.
 inline std::string excerpt(std::string_view line) {
-  std::string s(line.substr(0, 60));
+  // Control bytes as \xNN: a NUL (a binary file) would end the message where it stands.
+  std::string s;
+  for (const char c : line.substr(0, 60)) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && c != '\t') || u == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      s += {'\\', 'x', kHex[u >> 4], kHex[u & 15]};
+    } else {
+      s += c;
+    }
+  }
   if (line.size() > 60) s += "...";
   return s;
 }

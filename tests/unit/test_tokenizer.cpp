@@ -307,6 +307,8 @@ TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
   expect_error("empty", "", {"empty"});
   expect_error("blank", "\n\n\n", {"empty"});
   expect_error("no_rank", good + "YWI=\n", {"line 260", "expected"});
+  // A binary file: its NUL shown as \x00, the message goes on past it.
+  expect_error("binary", std::string("garbage\0\x01 x", 11), {"line 1", "'garbage\\x00\\x01'"});
   expect_error("rank_missing", good + "YWI= \n", {"line 260", "no rank"});
   expect_error("bad_b64", good + "Y!I= 259\n", {"line 260", "base64"});
   expect_error("bad_b64_len", good + "YWI 259\n", {"line 260", "base64"});
