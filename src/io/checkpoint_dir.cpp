@@ -227,7 +227,7 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
     std::vector<std::string> move;
     for (const std::string& name : list_checkpoints(dir)) {
       const int64_t s = *parse_checkpoint_name(name);
-      if (s > step || (s == step && !(!resumed.empty() && fs::equivalent(d / name, resumed, ec))))
+      if (s > step || (s == step && (resumed.empty() || !fs::equivalent(d / name, resumed, ec))))
         move.push_back(name);
     }
     if (move.empty()) return;
@@ -249,9 +249,8 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
     };
     write_pointer(aside, "latest", (moved(latest) ? *latest : move.back()) + "\n");
     // checkpoint.best's ckpt/best goes with the checkpoint it names (this run starts its own).
-    if (std::optional<std::string> best = read_pointer(d, "best"); best) {
-      const std::optional<std::string> named = best->substr(0, best->find('\n'));
-      if (moved(trim(*named))) {
+    if (const std::optional<std::string> best = read_pointer(d, "best"); best) {
+      if (moved(trim(best->substr(0, best->find('\n'))))) {
         fs::rename(d / "best", aside / "best", ec);
         TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot move best to ", aside.string(),
                     ": ", ec.message());
