@@ -197,6 +197,16 @@ def number_arg(low: float, low_included: bool = True) -> Callable[[str], float]:
     return parse
 
 
+def token_arg(text: str) -> str:
+    """argparse type: a special token's text, never empty (an empty one would read as "not
+    given" and quietly fall back to the default)."""
+    import argparse
+
+    if not text:
+        raise argparse.ArgumentTypeError("empty: name a special token")
+    return text
+
+
 def is_number(s: str) -> bool:
     try:
         float(s)

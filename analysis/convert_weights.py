@@ -118,7 +118,7 @@ from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
 
-from ._common import AnalysisError, file_kind, prog_name, run_main
+from ._common import AnalysisError, file_kind, prog_name, run_main, token_arg
 from . import hf_tokenizer
 from .hf_tokenizer import tokenizer_files
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
@@ -3361,7 +3361,9 @@ def convert_tokenizer(prog: str, args) -> int:
             desc = hf_tokenizer.from_hf(src, args.document_start, args.prompt_start, args.stop)
             source = f"Hugging Face tokenizer {src}"
     except hf_tokenizer.TokenizerError as e:
-        raise ConvertError(str(e)) from None
+        reading_as = "tekken" if args.tekken else "sentencepiece" if args.sentencepiece else \
+            "tiktoken" if args.meta_llama3 else "hf"
+        raise ConvertError(str(e) + hf_tokenizer.sniff_hint(src, reading_as)) from None
     if args.chat is not None:
         desc.chat = None if args.chat == "none" else args.chat
     files = desc.files(f"converted from {source}")
@@ -3413,13 +3415,13 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--sentencepiece", action="store_true",
                      help="src is a SentencePiece BPE model (Llama 2's or Mistral's "
                      "tokenizer.model)")
-    tok.add_argument("--document-start", help="special token before each document (default: "
-                     "the BOS the tokenizer adds, else its eos_token)")
-    tok.add_argument("--prompt-start", help="special token before each prompt (default: the "
-                     "BOS the tokenizer adds; none: no token)")
-    tok.add_argument("--stop", action="append", help="special token that ends generation "
-                     "(repeat for several; default: generation_config.json's eos_token_id, "
-                     "else config.json's, else tokenizer_config.json's eos_token)")
+    tok.add_argument("--document-start", type=token_arg, help="special token before each "
+                     "document (default: the BOS the tokenizer adds, else its eos_token)")
+    tok.add_argument("--prompt-start", type=token_arg, help="special token before each prompt "
+                     "(default: the BOS the tokenizer adds; none: no token)")
+    tok.add_argument("--stop", action="append", type=token_arg, help="special token that ends "
+                     "generation (repeat for several; default: generation_config.json's "
+                     "eos_token_id, else config.json's, else tokenizer_config.json's eos_token)")
     args = ap.parse_args(argv)
 
     def body() -> int:

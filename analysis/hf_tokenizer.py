@@ -315,6 +315,47 @@ def read_description(path: Path) -> Description | sp_tokenizer.PiecesDescription
 
 # ---- Hugging Face tokenizer.json -> description -----------------------------------------------
 
+def sniff(path: Path) -> str | None:
+    """What a tokenizer file looks like from its first bytes: "triad" (a description),
+    "sentencepiece" (a binary protobuf), "tekken", "hf" (a tokenizer.json), "json" (other JSON),
+    "tiktoken" (a ranks file), or None (unreadable, a directory, or none of these)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    text = head.lstrip()
+    if head.startswith(b"triad-tokenizer"):
+        return "triad"
+    if head[:1] == b"\n" and b"\0" in head:  # field 1 (pieces), float scores: NUL bytes
+        return "sentencepiece"
+    if text.startswith(b"{"):
+        if b'"config"' in head and b'"pattern"' in head:
+            return "tekken"
+        return "hf" if b'"model"' in head or b'"added_tokens"' in head else "json"
+    if re.match(rb"[A-Za-z0-9+/]+=*[ \t]+[0-9]+\r?\n", head):
+        return "tiktoken"
+    return None
+
+
+SNIFF_HINTS = {
+    "triad": "it is a triad tokenizer description already: give it as --vocab as it is",
+    "sentencepiece": "it looks like a SentencePiece model: convert it with --sentencepiece",
+    "tekken": "it looks like Mistral's tekken.json: convert it with --tekken",
+    "hf": "it looks like a Hugging Face tokenizer.json: convert it (or its directory) without "
+          "--sentencepiece, --tekken or --meta-llama3",
+    "tiktoken": "it is a tiktoken ranks file: Meta's Llama 3 tokenizer.model converts with "
+                "--meta-llama3; GPT-2's gpt2.tiktoken needs no converting (give it as --vocab)",
+}
+
+
+def sniff_hint(path: Path, reading_as: str) -> str:
+    """'; <what the file looks like and how to convert it>' where that is not what it was
+    read as ('' where it is, or where nothing is recognised)."""
+    kind = sniff(path) if path.is_file() else None
+    return f"; {SNIFF_HINTS[kind]}" if kind in SNIFF_HINTS and kind != reading_as else ""
+
+
 def byte_decoder() -> dict[str, int]:
     return {c: b for b, c in byte_alphabet().items()}
 

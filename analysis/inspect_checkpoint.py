@@ -193,8 +193,10 @@ class Report:
         except (TypeError, ValueError):
             return False
 
-    def headline(self) -> str:
-        """The main problem as one line naming the file ('' when OK)."""
+    def headline(self, listed: bool = False) -> str:
+        """The main problem as one line naming the file ('' when OK). listed: the caller has
+        printed every problem already (format_report); otherwise the others are quoted too (a
+        few of them, then the triad-ckpt command that lists the rest)."""
         if not self.problems:
             return ""
         if self.kind == "missing":
@@ -206,9 +208,15 @@ class Report:
         first = next((p for p in self.problems if "complete" in p), self.problems[0])
         if first.startswith(("no 'complete'", "complete = ")):
             first = "incomplete checkpoint: " + first
-        more = len(self.problems) - 1
-        return f"{self.path}: {first}" + (f" (and {more} more problem{'s' * (more > 1)}, "
-                                          "listed above)" if more else "")
+        others = [p for p in self.problems if p != first]
+        if not others:
+            return f"{self.path}: {first}"
+        n = f"{len(others)} more problem{'s' * (len(others) > 1)}"
+        if listed:
+            return f"{self.path}: {first} (and {n}, listed above)"
+        shown = "; ".join(others[:3])
+        rest = f"; `triad-ckpt {self.path}` lists all" if len(others) > 3 else ""
+        return f"{self.path}: {first} (and {n}: {shown}{rest})"
 
 
 def inspect(path: str | Path, stats: bool = False, verify: bool = False,
@@ -701,13 +709,13 @@ def ckpt_main(argv: list[str] | None = None) -> int:
         if a.ckpt2 is None:
             print(format_report(rep, show_config=a.config, show_all=a.all), flush=True)
             if not rep.ok:
-                raise CheckpointError(rep.headline())
+                raise CheckpointError(rep.headline(listed=True))
             return 0
         rep2 = check(a.ckpt2)
         for r in (rep, rep2):
             if not r.ok:
                 print(format_report(r, show_config=False, show_all=False), flush=True)
-                raise CheckpointError(r.headline())
+                raise CheckpointError(r.headline(listed=True))
         d = diff_checkpoints(rep, rep2, optimizer=a.optimizer)
         print(format_diff(d, show_all=a.all), flush=True)
         if a.tolerance is not None:

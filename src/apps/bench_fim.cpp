@@ -3,8 +3,11 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <string_view>
+#include <utility>
 
 #include "triad/core/error.h"
 #include "triad/data/fim.h"
@@ -36,6 +39,25 @@ double time_reads(const SequenceSource& src, int64_t n, int repeat, std::vector<
     best = std::min(best, s);
   }
   return best;
+}
+
+// parse_fim checks these options as a run's config and names its keys; the message says which
+// option of this command holds the bad value instead.
+std::string as_options(std::string msg) {
+  static const std::pair<const char*, const char*> names[] = {
+      {"config: ", "fim: "},
+      {"model.vocab_size", "--vocab-size"},
+      {"data.vocab", "--vocab"},
+      {"data.fim_tokens", "--tokens"},
+      {"data.fim_split", "--split"},
+      {"data.fim_granularity", "--granularity"},
+      {"data.fim_spm_rate", "--spm-rate"},
+      {"data.fim_rate", "--rate"},
+      {"train.seed", "--seed"}};
+  for (const auto& [key, option] : names)
+    for (size_t at = msg.find(key); at != std::string::npos; at = msg.find(key, at))
+      msg.replace(at, std::string_view(key).size(), option);
+  return msg;
 }
 
 }  // namespace
@@ -82,13 +104,21 @@ int bench_fim(const std::vector<std::string>& args) {
     fail("fim: ", e.what(), " (see 'triad-bench fim --help')");
   }
   TRIAD_CHECK(!data.empty(), "fim: give --data (token shards)");
+  TRIAD_CHECK(!vm.count("dump") || !dump.empty(), "fim: --dump is empty (name the file to write)");
+  TRIAD_CHECK(dump.empty() || !std::filesystem::is_directory(dump), "fim: --dump ", dump,
+              " is a directory (name the file to write)");
   TRIAD_CHECK(seq_len >= 1 && sequences >= 1 && repeat >= 1 && vocab_size >= 0,
               "fim: --seq-len, --sequences and --repeat must be >= 1, --vocab-size >= 0");
   TRIAD_CHECK(fim.fim_rate > 0, "fim: --rate must be > 0 (0: no rearrangement to time)");
   const Tokenizer tok = Tokenizer::from_file(vocab);
   if (vocab_size == 0) vocab_size = tok.vocab_size();
   fim.vocab = vocab;  // (names in --tokens are the tokenizer's special tokens)
-  FimSpec f = parse_fim(fim, vocab_size, seed, &tok);
+  FimSpec f;
+  try {
+    f = parse_fim(fim, vocab_size, seed, &tok);
+  } catch (const Error& e) {
+    throw Error(as_options(e.what()));
+  }
   f.tokenizer = &tok;
   SequenceSource src(data, "--data", seq_len, vocab_size);
   sequences = std::min(sequences, src.num_sequences());

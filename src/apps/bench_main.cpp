@@ -755,6 +755,9 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(sh.C % sh.NH == 0 && sh.C % 2 == 0, "kernels: --C (", sh.C,
               ") must be even and divisible by --NH (", sh.NH, ")");
   const bool bf16 = precision == "bf16" || (precision == "auto" && cuda);
+  TRIAD_CHECK(!cuda || triad::cuda_device_available(),
+              "kernels: --backend cuda: ", triad::cuda_device_description(),
+              "; --backend cpu times the cpu backend");
   auto be = cuda ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
   const triad::KernelBench r = triad::run_kernel_bench(*be, sh, bf16, repeat);
   if (world_rank(world) == 0) {

@@ -240,6 +240,9 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");
+    TRIAD_CHECK(backend != "cuda" || triad::cuda_device_available(),
+                "--backend cuda: ", triad::cuda_device_description(),
+                "; --backend cpu runs everywhere");
     TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                 "--precision must be auto, fp32 or bf16 (got '", precision, "')");
     TRIAD_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");

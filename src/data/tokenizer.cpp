@@ -47,6 +47,18 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
   TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
               "version (first line '", excerpt(text.substr(0, text.find('\n'))),
               "'; this build reads '", kDescriptionMagic, "')");
+  // Files a user may give here that triad-convert tokenizer turns into a description (a ranks
+  // file never holds '{' or a NUL byte: base64, digits and white space only).
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  TRIAD_CHECK(first == std::string::npos || text[first] != '{', where,
+              ": a JSON file, not a ranks file or a tokenizer description; convert it with "
+              "'triad-convert tokenizer SRC OUT' (a Hugging Face tokenizer.json or its "
+              "directory; Mistral's tekken.json with --tekken) and give OUT");
+  TRIAD_CHECK(!text.starts_with('\n') || text.substr(0, 4096).find('\0') == std::string::npos,
+              where,
+              ": a binary file that looks like a SentencePiece model (Llama 2's or Mistral's "
+              "tokenizer.model); convert it with 'triad-convert tokenizer --sentencepiece SRC OUT' "
+              "and give OUT");
   // GPT-2: <|endoftext|> after the ranks (from_ranks gives it the id n), starting documents and
   // ending samples.
   Tokenizer t = from_ranks(text, path, where, expect_ranks, {{-1, std::string(kEotText)}}, {});

@@ -403,6 +403,15 @@ def test_inspect_checkpoint_inconsistent(tmp_path):
     assert "optimizer/m/wpe/weight: checksum mismatch" in text
     r = run_cli("analysis.inspect_checkpoint", str(p))
     assert r.returncode != 0 and str(p) in r.stdout
+    # triad-ckpt printed every problem; a tool that did not (triad-convert, triad-average)
+    # quotes the others in its one error line rather than pointing "above" at nothing.
+    r = run_cli("analysis.inspect_checkpoint", "ckpt", str(p))  # triad-ckpt
+    assert r.returncode != 0 and all(q in r.stdout for q in rep.problems)
+    assert r.stderr.strip().endswith("more problems, listed above)")
+    line = rep.headline()
+    assert "listed above" not in line and all(q in line for q in rep.problems[:4])
+    if len(rep.problems) > 4:
+        assert f"`triad-ckpt {p}` lists all" in line
 
 
 def test_inspect_not_a_checkpoint(tmp_path):

@@ -604,14 +604,21 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     for k in range(n):
         want = fim_window_chars(enc, tokens[k * T:k * T + T + 1], ones, k, 1, 0.8, 0.5, EOT)[0]
         np.testing.assert_array_equal(got[k], want[:-1], err_msg=str(k))
-    # (checked as a run's data.fim_* are)
+    # (checked as a run's data.fim_* are, the message naming this command's options)
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]),
-                       "data.fim_tokens must be the four token ids")
+                       "fim: --tokens must be the four token ids")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4x"]),
-                       "data.fim_tokens must be none or the token id of the padding (got '4x')")
+                       "--tokens must be none or the token id of the padding (got '4x')")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]),
-                       "data.fim_tokens: 'x' is not a special token of data.vocab")
+                       "--tokens: 'x' is not a special token of --vocab")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--granularity", "word"]),
-                       "data.fim_granularity must be token or character")
+                       "--granularity must be token or character")
     assert_clean_error(run([*base, "--tokens", "1, 2, 3, 4", "--rate", "0"]),
                        "--rate must be > 0")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--spm-rate", "2"]),
+                       "--spm-rate must be in [0, 1]")
+    for p in (run([*bench, "--tokens", "1, 2, 3"]), run([*bench, "--tokens", "1, 2, 3, x"])):
+        assert "data." not in p.stderr and "config" not in p.stderr, p.stderr
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--dump", ""]), "--dump is empty")
+    assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--dump", str(tmp_path)]),
+                       "is a directory")

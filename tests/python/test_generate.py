@@ -3,6 +3,7 @@ in float64): greedy continuations of seeded random models, with triad's cache of
 and without it, through the prompt, token by token, and past the context (where the window
 slides and is recomputed); and its new options' bad values."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,8 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--prompt-ids", "1", "--prompt", "Hi"), "not both")
     assert_clean_error(gen("--prompt-ids", "1", "--prompt", ""), "not both")
     assert_clean_error(gen("--backend", "tpu"), "--backend must be cpu or cuda")
+    if not os.path.exists("/dev/nvidia0"):  # named before the checkpoint is read; says what works
+        assert_clean_error(gen("--backend", "cuda"), "--backend cuda: ", "--backend cpu")
     assert_clean_error(gen("--precision", "fp16"), "--precision must be auto, fp32 or bf16")
     assert_clean_error(gen("--output", "json"), "--output must be text, ids or logprobs")
     assert_clean_error(gen("--logprobs", "2"), "--logprobs needs --output logprobs")

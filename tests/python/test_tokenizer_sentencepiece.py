@@ -233,8 +233,17 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
     p = tool("triad-convert", "tokenizer", "--sentencepiece", tmp_path / "junk.model",
              tmp_path / "out")
     assert_clean_failure(p, "junk.model", "not a SentencePiece model")
-
     good = train_sentencepiece(tmp_path, "good")
+    for how in ([], ["--tekken"], ["--meta-llama3"]):  # what it is, and how it converts
+        p = tool("triad-convert", "tokenizer", *how, good, tmp_path / "out")
+        assert_clean_failure(p, str(good), "looks like a SentencePiece model",
+                             "convert it with --sentencepiece")
+    for option in ("--document-start", "--prompt-start", "--stop"):  # empty: not "not given"
+        p = tool("triad-convert", "tokenizer", "--sentencepiece", option, "",
+                 tmp_path / "junk.model", tmp_path / "out")
+        assert p.returncode == 2 and f"argument {option}: empty" in p.stderr, p.stderr
+        assert not (tmp_path / "out").exists()
+
     transformers = pytest.importorskip("transformers")
     slow = transformers.LlamaTokenizer(vocab_file=str(good), legacy=True)
     transformers.LlamaTokenizerFast(__slow_tokenizer=slow, legacy=True, from_slow=True) \

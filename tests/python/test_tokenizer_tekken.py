@@ -107,6 +107,12 @@ def test_tekken_refusals(tmp_path):
         p = tool("triad-convert", "tokenizer", "--tekken", path, tmp_path / "out")
         assert_clean_failure(p, str(path), *needles)
         assert not (tmp_path / "out").exists()
+    # Read as something else, the message says what it looks like and how it converts.
+    (tmp_path / "small.json").write_text(json.dumps(tj))
+    for how in ([], ["--sentencepiece"]):
+        p = tool("triad-convert", "tokenizer", *how, tmp_path / "small.json", tmp_path / "out")
+        assert_clean_failure(p, "small.json", "looks like Mistral's tekken.json",
+                             "convert it with --tekken")
 
 
 def test_nemo_shaped_generation_matches_transformers(tmp_path, tekken):

@@ -310,6 +310,11 @@ TEST(Tokenizer, MalformedRanksFilesAreClearErrors) {
   // A binary file: its NUL shown as \x00, the message goes on past it.
   expect_error("binary", std::string("garbage\0\x01 x", 11), {"line 1", "'garbage\\x00\\x01'"});
   expect_error("rank_missing", good + "YWI= \n", {"line 260", "no rank"});
+  // Files triad-convert tokenizer reads: the message says which command converts them.
+  expect_error("tokenizer.json", "\n  {\"version\": \"1.0\", \"model\": {}}",
+               {"a JSON file", "triad-convert tokenizer SRC OUT", "--tekken"});
+  expect_error("tokenizer.model", std::string("\n\x0b\n\x05<unk>\x15\0\0\0\0", 13),
+               {"SentencePiece model", "triad-convert tokenizer --sentencepiece"});
   expect_error("bad_b64", good + "Y!I= 259\n", {"line 260", "base64"});
   expect_error("bad_b64_len", good + "YWI 259\n", {"line 260", "base64"});
   expect_error("bad_pad", good + "Y=I= 259\n", {"line 260", "base64"});
