@@ -38,6 +38,10 @@ triad-train does: later config files, then [set], then the point's values win; t
 > 0 replaces it by the steps that train that many, a batch-size ramp's counted); *running* when
 the run directory exists but that checkpoint does not (a run in progress, or one that
 stopped); *missing* otherwise.
+
+`list` and `submit` ask triad-train (`--plan`, which reads no data) whether it takes each
+point's config: a point it refuses (a mistyped key, a bad value) is named with triad-train's
+message and the command fails, before an array of jobs that would each fail is submitted.
 """
 
 from __future__ import annotations
@@ -395,6 +399,80 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     return sweep
 
 
+def find_triad_train(sweep: Sweep) -> Path | None:
+    """The triad-train the sweep's jobs would run (jobs/slurm/launch.sh: $TRIAD_TRAIN, else
+    build/triad-train of the repository), or this checkout's; None where none is built."""
+    candidates = [os.environ.get("TRIAD_TRAIN", ""),
+                  os.path.join(os.environ["TRIAD_BUILD_DIR"], "triad-train")
+                  if os.environ.get("TRIAD_BUILD_DIR") else "",
+                  sweep.root / "build" / "triad-train",
+                  Path(__file__).resolve().parent.parent / "build" / "triad-train"]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    return None
+
+
+def _grid_ranks(sweep: Sweep, p: Point) -> int:
+    """The fewest ranks the point's grid runs on (tp·pp·cp·ep: data parallelism of ep): a
+    config refused there is refused on every grid."""
+    cfg = sweep.resolved(p)
+    n = 1
+    for k in ("parallel.tp", "parallel.pp", "parallel.cp", "parallel.ep"):
+        try:
+            n *= max(1, int(cfg.get(k, "1")))
+        except ValueError:
+            return 1  # triad-train names the bad value
+    return n
+
+
+def config_problems(sweep: Sweep, points: list[Point], triad_train: Path) -> list[str]:
+    """Each point whose arguments triad-train refuses (an unknown key, a bad value, a model the
+    grid cannot split), as "point I (run name: overrides): triad-train's message". Checked with
+    `triad-train --plan`, which reads no data and starts no peers (milliseconds a point)."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    # --plan starts no peers: Open MPI's singleton start-up without its runtime daemon (seconds
+    # less a point).
+    env = dict(os.environ, OMPI_MCA_ess_singleton_isolated="1")
+
+    def check(p: Point) -> str | None:
+        cmd = [str(triad_train), *sweep.args(p), "--plan", "--plan-ranks",
+               str(_grid_ranks(sweep, p))]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=sweep.root, env=env,
+                               timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SweepError(f"cannot run {triad_train} --plan to check point {p.index}: "
+                             f"{e}") from None
+        if r.returncode == 0:
+            return None
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        msg = next((ln.split(" error: ", 1)[1] for ln in lines if " error: " in ln),
+                   lines[-1] if lines else f"exit status {r.returncode}")
+        return f"point {p.index} ({p.run_name}: {p.describe()}): {msg}"
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return [m for m in pool.map(check, points) if m is not None]
+
+
+def check_configs(prog: str, sweep: Sweep, points: list[Point]) -> None:
+    """SweepError when triad-train refuses a point's config (each named on stderr first); a
+    note on stderr where no triad-train is built to ask."""
+    exe = find_triad_train(sweep)
+    if exe is None:
+        print(f"{prog}: note: the points' configs are not checked (no triad-train built: "
+              "jobs/build.sh, or set TRIAD_TRAIN)", file=sys.stderr)
+        return
+    problems = config_problems(sweep, points, exe)
+    for line in problems:
+        print(f"{prog}: {line}", file=sys.stderr)
+    if problems:
+        raise SweepError(f"{sweep.path}: triad-train refuses {len(problems)} of "
+                         f"{len(points)} point{'s' * (len(points) != 1)} (listed above)")
+
+
 def array_spec(indices: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (sbatch --array syntax)."""
     parts = []
@@ -464,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         sweep = load_sweep(a.sweep)
         if a.cmd == "list":
-            print(format_list(sweep))
+            print(format_list(sweep), flush=True)
+            check_configs(prog, sweep, sweep.points)
             return 0
         if a.cmd == "args":
             try:
@@ -483,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: {a.sweep}: all {len(sweep.points)} points are finished; "
                   "nothing to submit", file=sys.stderr)
             return 0
+        # Before anything is submitted: a mistyped key would fail every job of the array.
+        check_configs(prog, sweep, [sweep.points[i] for i in todo])
         script = a.sbatch_script or default_sbatch_script(sweep)
         spec = array_spec(todo) + (f"%{sweep.max_parallel}" if sweep.max_parallel else "")
         print(f"sbatch --array={spec} {script} {a.sweep}")

@@ -477,6 +477,36 @@ def test_bad_sweep_files(tmp_path, capsys, case, sections, needle):
         assert f"error: {f}: " in err and needle in err, err
 
 
+def test_points_triad_train_refuses_are_named_before_submitting(tmp_path):
+    """A mistyped key, a bad value, a grid the model cannot split: triad-train --plan refuses
+    the point, and list / submit name it with triad-train's message (exit 1, no sbatch line);
+    the points it takes are not named."""
+    cfg = tiny_config(tmp_path, name="base")
+    f = write(tmp_path / "bad.ini", f"""[sweep]
+name = bad
+base = {cfg}
+mode = zip
+[values]
+train.lr = 1e-3, abc, 1e-3, 1e-3
+parallel.tp = 1, 1, 3, 2
+""")
+    g = write(tmp_path / "typo.ini", f"[sweep]\nname = typo\nbase = {cfg}\n"
+              "[set]\ntrain.lrr = 1e-3\n")
+    for cmd in ("submit", "list"):
+        p = tool("triad-sweep", cmd, f)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "sbatch" not in p.stdout
+        assert "point 1 (bad-001: train.lr=abc parallel.tp=1): " in p.stderr and \
+            "('abc') for option '--train.lr' is invalid" in p.stderr, p.stderr
+        assert "point 2 (bad-002: train.lr=1e-3 parallel.tp=3): config: parallel.tp (3) must " \
+            "divide model.n_head (2)" in p.stderr, p.stderr
+        assert "point 0 " not in p.stderr and "point 3 " not in p.stderr, p.stderr
+        assert f"error: {f}: triad-train refuses 2 of 4 points (listed above)" in p.stderr
+        p = tool("triad-sweep", cmd, g)
+        assert p.returncode == 1 and "unrecognised option '--train.lrr'" in p.stderr, p.stderr
+    assert "bad-003" in tool("triad-sweep", "list", f).stdout  # the table still shown
+
+
 def test_bad_invocations_through_the_command(tmp_path):
     a, _ = base_files(tmp_path)
     f = write(tmp_path / "ok.ini", good(tmp_path))
