@@ -2,8 +2,9 @@
 
     triad-sweep-report inputs/sweeps/quickstart-lr.ini [--out-dir DIR]
 
-Columns: index, run, one per swept key, status (finished / running / missing), steps (done
-of total), final val loss, best val loss and the step it was reached at, final train loss,
+Columns: index, run, one per swept key, status (finished / running / missing; with "(metrics.h5
+unreadable)" or "(no metrics.h5)" where a started point's results cannot be read, its steps
+then "?"), steps (done of total), final val loss, best val loss and the step it was reached at, final train loss,
 tokens/s (median over the steps after the first few), and where points measured them the final
 val bpb (eval.bits_per_byte) and the moving average's final val loss (eval.ema). Written to DIR/<name>.csv and
 DIR/<name>.md (DIR defaults to <run dir>/<name>-report), printed as a Markdown table, and
@@ -56,7 +57,11 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
         row["steps_total"] = sweep.steps(p)
         for c in RESULT_COLUMNS:
             row[c] = np.nan
+        # Why a started point has no results: its metrics.h5 missing or unreadable ("" else).
+        row["metrics_problem"] = ""
         mpath = sweep.run_path(p) / "metrics.h5"
+        if not mpath.exists() and row["status"] == "finished":
+            row["metrics_problem"] = "no metrics.h5"
         if mpath.exists():
             try:
                 with warnings.catch_warnings():
@@ -65,6 +70,7 @@ def collect(sweep: Sweep, skip: int = 5, notes: list | None = None):
             except MetricsError as e:
                 if notes is not None:
                     notes.append(f"point {p.index}: {e}")
+                row["metrics_problem"] = "metrics.h5 unreadable"
                 m = None
             if m is not None:
                 if m.n_train:
@@ -107,8 +113,11 @@ def to_markdown(df, keys: list[str]) -> str:
     rows = []
     for r in df.to_dict("records"):
         done = r["steps_done"]
-        steps = f"{0 if _na(done) else int(done)}/{r['steps_total']}"
-        rows.append([str(r["index"]), r["run"], *[str(r[k]) for k in keys], r["status"], steps,
+        # (a point whose metrics cannot be read: its steps unknown, not 0, and the reason shown)
+        problem = r["metrics_problem"]
+        steps = f"{'?' if problem else 0 if _na(done) else int(done)}/{r['steps_total']}"
+        status = f"{r['status']} ({problem})" if problem else r["status"]
+        rows.append([str(r["index"]), r["run"], *[str(r[k]) for k in keys], status, steps,
                      fmt(r["final_val_loss"]), fmt(r["best_val_loss"]),
                      "" if _na(r["best_val_step"]) else str(int(r["best_val_step"])),
                      fmt(r["final_train_loss"]), fmt(r["tokens_per_sec"]),

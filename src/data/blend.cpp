@@ -38,9 +38,8 @@ BlendedLoader::BlendedLoader(const BlendSpec& spec, int seq_len, int vocab_size,
   const size_t D = spec.globs.size();
   TRIAD_ASSERT(D >= 1 && spec.weights.size() == D);
   for (size_t d = 0; d < D; ++d) {
-    const std::string key = D == 1 ? "data.train" : "data.train (" + spec.globs[d] + ")";
-    sources_.push_back(
-        std::make_unique<SequenceSource>(spec.globs[d], key, seq_len, vocab_size, mask, eod));
+    sources_.push_back(std::make_unique<SequenceSource>(spec.globs[d], spec.key(d), seq_len,
+                                                        vocab_size, mask, eod));
     FimSpec own = fim;
     own.seed = fim.seed + d;
     sources_.back()->set_fim(own);

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -86,8 +87,16 @@ void write_pointer(const fs::path& d, const std::string& name, const std::string
   }
 }
 
-// Rank 0's `text`, on every rank of comm.
-std::string from_rank0(MPI_Comm comm, std::string text) {
+// What `decide` returns on rank 0, on every rank of comm. Rank 0 alone looks at the directory
+// (a node whose file system shows a rename late must not decide otherwise); an error it throws
+// reaches every rank (io::collective_phase).
+std::string decided_by_rank0(MPI_Comm comm, const std::function<std::string()>& decide) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  std::string text;
+  io::collective_phase(comm, [&] {
+    if (rank == 0) text = decide();
+  });
   int len = static_cast<int>(text.size());
   MPI_Bcast(&len, 1, MPI_INT, 0, comm);
   text.resize(len);
@@ -181,21 +190,14 @@ void publish_checkpoint(const std::string& dir, const std::string& file_name, in
 }
 
 std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
-  std::string chosen;
   // Rank 0 decides (validating each candidate on its own) and tells the others.
-  io::collective_phase(comm, [&] {
-    if (rank != 0) return;
+  return decided_by_rank0(comm, [&]() -> std::string {
     const fs::path d(dir);
     std::string tried;
     if (const std::optional<std::string> latest = read_pointer(d); latest && !latest->empty()) {
       const std::string path = (d / *latest).string();
       const std::string why = check_loadable(path);
-      if (why.empty()) {
-        chosen = path;
-        return;
-      }
+      if (why.empty()) return path;
       tried = *latest;
       std::cerr << "warning: " << (d / "latest").string() << " names " << *latest
                 << ", which cannot be loaded (" << why << "); looking for an older checkpoint\n";
@@ -205,23 +207,16 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
       if (*it == tried) continue;
       const std::string path = (d / *it).string();
       const std::string why = check_loadable(path);
-      if (why.empty()) {
-        chosen = path;
-        return;
-      }
+      if (why.empty()) return path;
       std::cerr << "warning: skipping damaged checkpoint: " << why << "\n";
     }
+    return "";
   });
-  return from_rank0(comm, std::move(chosen));
 }
 
 std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64_t step,
                                     const std::string& resumed) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
-  std::string said;
-  io::collective_phase(comm, [&] {
-    if (rank != 0) return;
+  return decided_by_rank0(comm, [&]() -> std::string {
     const fs::path d(dir);
     std::error_code ec;
     std::vector<std::string> move;
@@ -230,7 +225,7 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
       if (s > step || (s == step && (resumed.empty() || !fs::equivalent(d / name, resumed, ec))))
         move.push_back(name);
     }
-    if (move.empty()) return;
+    if (move.empty()) return "";
     fs::path aside;
     for (int n = 1; fs::exists(aside = d / ("superseded_" + std::to_string(n)), ec); ++n) {
     }
@@ -271,9 +266,8 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
        << ") set aside in " << aside.string() << " (kept whole, never overwritten): "
        << (step < 0 ? "this run starts anew"
                     : "this run goes on from step " + std::to_string(step));
-    said = os.str();
+    return os.str();
   });
-  return from_rank0(comm, std::move(said));
 }
 
 }  // namespace triad

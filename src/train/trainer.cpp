@@ -65,8 +65,7 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
   // A wrong data.train is said before the model is built (gigabytes and seconds for a large one).
   if (!cl.eval_only) {
     const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
-    for (const std::string& glob : blend.globs)
-      match_shards(glob, blend.globs.size() == 1 ? "data.train" : "data.train (" + glob + ")");
+    for (size_t d = 0; d < blend.globs.size(); ++d) match_shards(blend.globs[d], blend.key(d));
   }
   s.setup_backend();
   s.setup_model();

@@ -297,6 +297,18 @@ eval.every = 3
     assert "all 3 points are finished" in p.stderr
     assert "3 finished, 0 running, 0 missing" in tool("triad-sweep", "list", f).stdout
 
+    # a finished point whose metrics.h5 is damaged, another's gone: their rows say so (steps
+    # unknown, not 0 of 6), the damage is a warning naming the file
+    (runs / "lr-000" / "metrics.h5").write_bytes(b"\0" * 4096)
+    (runs / "lr-002" / "metrics.h5").unlink()
+    r = tool("triad-sweep-report", f, "--out-dir", out, "--no-plot")
+    assert r.returncode == 0 and "warning: point 0: " in r.stderr, r.stderr
+    assert "| finished (metrics.h5 unreadable) |   ?/6 |" in r.stdout, r.stdout
+    assert "| finished (no metrics.h5)         |   ?/6 |" in r.stdout, r.stdout
+    assert "| finished                         |   6/6 |" in r.stdout, r.stdout
+    df = pd.read_csv(out / "lr.csv", keep_default_na=False)
+    assert list(df["metrics_problem"]) == ["metrics.h5 unreadable", "", "no metrics.h5"]
+
 
 def train_points_and_report(f, tmp_path, points=2):
     """Trains the sweep's first `points` points one after another and reports it (no plot):

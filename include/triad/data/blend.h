@@ -28,6 +28,10 @@ namespace triad {
 struct BlendSpec {
   std::vector<std::string> globs;
   std::vector<double> weights;
+  // How errors name dataset d: "data.train", or with its glob where the blend has several.
+  std::string key(size_t d) const {
+    return globs.size() == 1 ? "data.train" : "data.train (" + globs[d] + ")";
+  }
 };
 BlendSpec parse_blend(const std::string& train, const std::string& weights);
 
