@@ -100,7 +100,7 @@ def read_triad_ini(path: Path) -> dict[str, str]:
     parser) reads it: `[section]`, `key = value`, `#` starts a comment anywhere, and lines
     starting with `;` are comments too."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is not text)
     except UnicodeDecodeError as e:
         raise SweepError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     except OSError as e:
@@ -289,7 +289,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                                    empty_lines_in_values=False, default_section="\0none")
     cp.optionxform = str
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             cp.read_file(f)
     except UnicodeDecodeError:
         raise bad("not a text file") from None

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <string_view>
 
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
@@ -1086,6 +1087,12 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
     TRIAD_CHECK(!fs::is_directory(*it, ec), "config file ", *it, ": is a directory");
     std::ifstream in(*it);
     TRIAD_CHECK(in.is_open(), "config file ", *it, ": cannot open (missing or unreadable)");
+    // A UTF-8 byte-order mark (some editors write one) is not part of the first line.
+    char bom[3] = {};
+    if (!in.read(bom, 3) || std::string_view(bom, 3) != "\xEF\xBB\xBF") {
+      in.clear();
+      in.seekg(0);
+    }
     try {
       po::store(po::parse_config_file(in, keys.desc(), false), vm);
     } catch (const po::error& e) {
@@ -1577,8 +1584,9 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(c.checkpoint.keep_every) +
             ") must be a multiple of checkpoint.every (" + std::to_string(c.checkpoint.every) +
             "), or no checkpoint would fall on it but theirs in common");
-  check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos, "run.name",
-        "must be a non-empty name without '/'");
+  check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos && c.run.name != "." &&
+            c.run.name != "..",
+        "run.name", "must be a non-empty name without '/', not . or .. (got '" + c.run.name + "')");
   check(!c.run.dir.empty(), "run.dir", "must not be empty");
   check(c.run.backend == "cpu" || c.run.backend == "cuda", "run.backend",
         "must be cpu or cuda (got '" + c.run.backend + "')");

@@ -519,6 +519,18 @@ parallel.tp = 1, 1, 3, 2
     assert "bad-003" in tool("triad-sweep", "list", f).stdout  # the table still shown
 
 
+def test_byte_order_marks_are_not_text(tmp_path):
+    """A sweep file and a base config saved with a UTF-8 byte-order mark (as triad-train reads
+    the config) parse as without one."""
+    base = tmp_path / "base.ini"
+    base.write_bytes(b"\xef\xbb\xbf[train]\nsteps = 70\n")
+    f = tmp_path / "bom.ini"
+    f.write_bytes(f"\ufeff[sweep]\nname = bom\nbase = {base}\n[values]\ntrain.lr = 1e-3\n"
+                  .encode())
+    s = sw.load_sweep(f)
+    assert s.name == "bom" and s.steps(s.points[0]) == 70
+
+
 def test_bad_invocations_through_the_command(tmp_path):
     a, _ = base_files(tmp_path)
     f = write(tmp_path / "ok.ini", good(tmp_path))

@@ -248,6 +248,7 @@ def test_help_lists_every_key_with_defaults():
     (["--init-from", ""], ["--init-from is empty"]),
     (["--model-from", ""], ["--model-from is empty"]),
     (["--config", ""], ["--config is empty"]),
+    (["--run.name", ".."], ["run.name", "not . or .."]),  # (the run directory's parent)
     (["--eval-only", "--init-from", "a.h5", "--resume", "b.h5"],
      ["--eval-only evaluates one checkpoint", "give one"]),
 ])
@@ -616,6 +617,13 @@ def test_bad_config_file(tmp_path):
     bad.write_text("[model]\nn_layer = 2\nwidth = 3\n")
     assert_clean_error(train("--config", bad), "width", str(bad))
     assert_clean_error(train("--config", tmp_path / "missing.ini"), "missing.ini")
+    # A UTF-8 byte-order mark (some editors write one) starts no line: the file reads as without.
+    bom = tmp_path / "bom.ini"
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nstepz = 3\n")
+    assert_clean_error(train("--config", bom), "unrecognised option 'train.stepz'")
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nmicro_batch_size = 2\n")
+    p = train("--config", tiny_config(tmp_path), "--config", bom, "--plan")
+    assert p.returncode == 0 and "4 micro-batches of 2 sequences" in p.stdout, p.stderr
 
 
 def test_stray_words_on_a_command_line_are_refused(tmp_path):
