@@ -8,6 +8,7 @@
 #include <span>
 #include <sstream>
 
+#include "tokenizer_files.h"
 #include "triad/core/error.h"
 #include "triad/data/pretokenize.h"
 
@@ -135,7 +136,7 @@ class LineParser {
   [[noreturn]] void fail_here(const char* what) const {
     if (at_end()) fail(std::string(what) + ", found the end of the line");
     fail(std::string(what) + " at column " + std::to_string(i_ + 1) + ", found '" +
-         std::string(s_.substr(i_, 12)) + "'");
+         tokenizer_files::excerpt(s_.substr(i_, 12)) + "'");
   }
 
   uint32_t hex4() {
@@ -159,9 +160,25 @@ class LineParser {
     ++i_;
     for (;;) {
       const size_t start = i_;
-      while (i_ < s_.size() && s_[i_] != '"' && s_[i_] != '\\' &&
-             static_cast<unsigned char>(s_[i_]) >= 0x20)
-        ++i_;
+      while (i_ < s_.size() && s_[i_] != '"' && s_[i_] != '\\') {
+        const auto u = static_cast<unsigned char>(s_[i_]);
+        if (u < 0x20) break;
+        if (u < 0x80) {
+          ++i_;
+          continue;
+        }
+        // JSON text is UTF-8 (RFC 8259): a stray byte, an overlong form or a surrogate is no
+        // character, and the tokenizer would encode its bytes as if it were text.
+        uint32_t cp = 0;
+        const auto* p = reinterpret_cast<const unsigned char*>(s_.data()) + i_;
+        const int len = pretok::decode_utf8(p, p + (s_.size() - i_), cp);
+        if (cp == pretok::kInvalidCodePoint) {
+          static constexpr char kHex[] = "0123456789abcdef";
+          fail(std::string("invalid UTF-8 in a string at column ") + std::to_string(i_ + 1) +
+               " (byte 0x" + kHex[u >> 4] + kHex[u & 15] + ")");
+        }
+        i_ += size_t(len);
+      }
       if (out) out->append(s_.data() + start, i_ - start);
       if (at_end()) fail("a string is not closed");
       const char c = s_[i_];

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "triad/core/error.h"
@@ -22,8 +23,11 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+constexpr int kMaxThreads = 1024;  // (a mistyped count would ask the system for that many)
+
 int resolve_threads(int threads) {
-  TRIAD_CHECK(threads >= 0, "threads must be >= 0 (0: one per core), got ", threads);
+  TRIAD_CHECK(threads >= 0 && threads <= kMaxThreads, "--threads must be in [0, ", kMaxThreads,
+              "] (0: one per core), got ", threads);
   if (threads == 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   return threads;
 }
@@ -65,7 +69,14 @@ void parallel_for(size_t n, int threads, F&& fn) {
     }
   };
   std::vector<std::thread> pool;
-  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  try {
+    for (size_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  } catch (const std::system_error& e) {  // the system gave fewer threads: the started ones
+    next = n;                             // finish (a joinable thread destroyed would abort)
+    for (auto& t : pool) t.join();
+    fail("cannot start ", workers, " threads (", e.what(), "; started ", pool.size() + 1,
+         "): give fewer with --threads");
+  }
   work();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
@@ -326,22 +337,56 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
   fs::create_directories(o.out_dir, ec);
   TRIAD_CHECK(!ec && fs::is_directory(o.out_dir), "output directory ", o.out_dir,
               ": cannot create (", ec ? ec.message() : "not a directory", ")");
+  // Every file is written first into a staging directory beside the shards and moved into place
+  // only once the whole corpus is written: a run that fails (a bad input, a full disk) leaves an
+  // earlier run's shards as they were, never a mix of the two or a new shard beside an old mask.
+  const fs::path staging = fs::path(o.out_dir) / ("." + o.prefix + ".partial");
+  fs::remove_all(staging, ec);  // (one a killed run left)
+  fs::create_directory(staging, ec);
+  TRIAD_CHECK(!ec, "output directory ", o.out_dir, ": cannot create ", staging.string(), " (",
+              ec.message(), ")");
+  const auto staged = [&](const std::string& path) {
+    return (staging / fs::path(path).filename()).string();
+  };
   auto write_split = [&](const char* split, int64_t begin, int64_t count,
                          std::vector<std::string>& written) {
     for (int64_t off = 0, i = 0; off < count; off += o.shard_tokens, ++i) {
       const int64_t n = std::min(o.shard_tokens, count - off);
       written.push_back(shard_name(o, split, size_t(i)));
-      // An earlier run's mask beside this name would go with the new tokens if this run stopped
-      // before the stale masks are removed (at the end): gone first.
-      if (!mask) fs::remove(loss_mask_path(written.back()), ec);
-      write_token_shard(written.back(), std::span<const T>(stream.data() + begin + off, size_t(n)));
+      write_token_shard(staged(written.back()),
+                        std::span<const T>(stream.data() + begin + off, size_t(n)));
       if (mask)
-        write_loss_mask(loss_mask_path(written.back()),
+        write_loss_mask(staged(loss_mask_path(written.back())),
                         std::span<const uint8_t>(mask->data() + begin + off, size_t(n)));
     }
   };
-  write_split("train", 0, s.train_tokens, s.train_files);
-  write_split("val", s.train_tokens, s.val_tokens, s.val_files);
+  try {
+    write_split("train", 0, s.train_tokens, s.train_files);
+    write_split("val", s.train_tokens, s.val_tokens, s.val_files);
+    // A name taken by something no shard replaces is found before anything moves.
+    for (const std::vector<std::string>* files : {&s.train_files, &s.val_files})
+      for (const std::string& path : *files)
+        for (const std::string& f : {path, loss_mask_path(path)})
+          TRIAD_CHECK(!fs::exists(f, ec) || fs::is_regular_file(f, ec), "output ", f,
+                      ": exists and is not a file (a shard or its mask goes there)");
+    // Into place: an earlier run's mask beside a name goes first (it would count the new
+    // tokens by the old corpus), then the shard, then its own mask.
+    for (const std::vector<std::string>* files : {&s.train_files, &s.val_files}) {
+      for (const std::string& path : *files) {
+        const std::string mask_path = loss_mask_path(path);
+        fs::remove(mask_path, ec);
+        TRIAD_CHECK(!ec, "cannot remove the earlier mask ", mask_path, " (", ec.message(), ")");
+        for (const std::string& f : mask ? std::vector{path, mask_path} : std::vector{path}) {
+          fs::rename(staged(f), f, ec);
+          TRIAD_CHECK(!ec, "cannot move ", staged(f), " to ", f, " (", ec.message(), ")");
+        }
+      }
+    }
+  } catch (...) {
+    fs::remove_all(staging, ec);
+    throw;
+  }
+  fs::remove_all(staging, ec);
 }
 
 }  // namespace
@@ -398,7 +443,7 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     const std::string name = entry.path().filename().string();
     if (is_shard_name(name, o.prefix) && !written.count(name))
       stale.push_back(entry.path().string());
-    // A stale shard's mask (write_split already removed any beside a shard it wrote plain).
+    // A stale shard's mask (write_stream already removed any beside a shard it wrote plain).
     const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
     if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) && !written.count(shard))
       stale.push_back(entry.path().string());

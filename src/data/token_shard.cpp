@@ -49,6 +49,11 @@ ShardHeader read_header(std::ifstream& in, const std::string& path) {
 }
 
 std::ifstream open_file(const std::string& path, const char* what) {
+  // (A FIFO would block the open until something writes to it: a hang, not an error.)
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  TRIAD_CHECK(!std::filesystem::exists(status) || std::filesystem::is_regular_file(status), what,
+              " ", path, ": not a regular file (a directory, pipe or device)");
   std::ifstream in(path, std::ios::binary);
   TRIAD_CHECK(in.is_open(), what, " ", path, ": cannot open (missing or unreadable)");
   return in;

@@ -1131,8 +1131,11 @@ void Trainer::State::use_window(int64_t updates) {
 void Trainer::State::open_choices() {
   if (cfg.eval.choices.empty()) return;
   choices = read_choice_file(cfg.eval.choices, cfg.model.vocab_size, "eval.choices");
-  if (cfg.eval.choice_examples > 0 && size_t(cfg.eval.choice_examples) < choices.size())
-    choices.resize(size_t(cfg.eval.choice_examples));
+  // (as eval.sequences: a count the file cannot give is refused, not quietly lowered)
+  TRIAD_CHECK(size_t(cfg.eval.choice_examples) <= choices.size(), "config: eval.choices ",
+              cfg.eval.choices, " holds ", choices.size(), " examples, fewer than ",
+              "eval.choice_examples = ", cfg.eval.choice_examples, " (0: all of them)");
+  if (cfg.eval.choice_examples > 0) choices.resize(size_t(cfg.eval.choice_examples));
   check_choices_fit(choices, cfg.model.seq_len, "eval.choices " + cfg.eval.choices);
   // lm-eval's acc_norm divides by the endings' characters, which the file does not hold: the
   // tokenizer decodes them (data.vocab, the one that wrote the file, as for samples).

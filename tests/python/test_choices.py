@@ -336,6 +336,10 @@ def test_bad_inputs(setup, tmp_path):
                              "--model.vocab_size", 300, "--init-from", ckpt),
                        "eval.choices", "outside the vocabulary")
     assert_clean_error(train("--config", cfg, "--eval.choice_examples", -1), "eval.choice_examples")
+    # more examples than the file holds: refused (as eval.sequences is), not quietly all of them
+    assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
+                             out, "--eval.choice_examples", 100000), "fewer than "
+                       "eval.choice_examples = 100000")
     assert_clean_error(train("--config", cfg, "--eval.choice_mode", "fast"), "eval.choice_mode")
     assert_clean_error(train("--config", cfg, "--eval-only", "--init-from", ckpt, "--eval.choices",
                              "", "--eval.sequences", 0), "nothing to evaluate")

@@ -116,3 +116,71 @@ def test_malformed_lines_are_refused_as_json_refuses_them(tmp_path):
                 (line, p.stderr)
             assert p.stderr.count("\n") == 1
     assert 0 < accepted < len(mutated)
+
+
+def tokenize(tmp_path, jsonl, *flags, out="o"):
+    return subprocess.run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", VOCAB,
+                                            "--out", tmp_path / out, "--val-fraction", 0, *flags,
+                                            "--jsonl", jsonl)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+
+
+def test_bytes_that_are_not_utf8_are_refused_as_json_refuses_them(tmp_path):
+    """JSON text is UTF-8 (RFC 8259): a stray byte, an overlong form, an encoded surrogate or a
+    cut sequence, in the text or in a field triad reads past, is refused as Python refuses the
+    line (naming the file, the line and the byte); a raw NUL is shown as \\x00."""
+    f = tmp_path / "b.jsonl"
+    for bad in (b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\x80"):
+        for line in (b'{"text": "a' + bad + b'b"}', b'{"id": "' + bad + b'", "text": "a"}'):
+            with pytest.raises(UnicodeDecodeError):
+                line.decode("utf-8")
+            f.write_bytes(b'{"text": "first"}\n' + line + b"\n")
+            p = tokenize(tmp_path, f)
+            assert p.returncode == 1, (line, p.stdout)
+            assert p.stderr.startswith(f"triad-tokenize: error: input file {f}, line 2: invalid "
+                                       f"UTF-8 in a string at column "), (line, p.stderr)
+            assert f"(byte 0x{bad[0]:02x})" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    f.write_bytes('{"text": "é 中 😀 \U0010ffff"}\n'.encode())
+    assert tokenize(tmp_path, f).returncode == 0
+    p = tokenize(tmp_path, f, "--threads", 200000)  # (it asked the system for them: an abort)
+    assert p.returncode == 1 and "--threads must be in [0, 1024]" in p.stderr, p.stderr
+    f.write_bytes(b'{"text": "a\x00\x1b[2Jb"}\n')
+    p = tokenize(tmp_path, f)
+    assert p.returncode == 1 and "found '\\x00\\x1b[2Jb\"}'" in p.stderr, p.stderr
+
+
+def test_a_run_that_fails_leaves_the_earlier_shards_as_they_were(tmp_path):
+    """The shards (and loss masks) are written aside and moved into place once all are written:
+    a run that fails on its input, or on a shard's name taken by a directory, leaves the earlier
+    run's files byte for byte, nothing of its own (no partial shard, no staging directory)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"question {i}?", "completion": f" no {i}"})
+                             + "\n" for i in range(40)))
+    p = tokenize(tmp_path, pairs, "--shard-tokens", 50, "--prompt-field", "prompt")
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "o"
+
+    def files():
+        return {q.name: q.read_bytes() for q in sorted(out.iterdir())}
+
+    before = files()
+    assert len(before) >= 8 and sum(n.endswith(".mask") for n in before) == len(before) // 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": f"other document {i} " * 5}) + "\n"
+                           for i in range(40)) + '{"text": 3}\n')
+    p = tokenize(tmp_path, bad, "--shard-tokens", 20)
+    assert p.returncode == 1 and "line 41" in p.stderr, p.stderr
+    assert files() == before
+    good = tmp_path / "good.jsonl"
+    good.write_text(bad.read_text().rsplit("\n", 2)[0] + "\n")
+    (out / "tokens_train_000009.bin").mkdir()
+    p = tokenize(tmp_path, good, "--shard-tokens", 20)
+    assert p.returncode == 1 and "tokens_train_000009.bin: exists and is not a file" in \
+        p.stderr, p.stderr
+    (out / "tokens_train_000009.bin").rmdir()
+    assert files() == before
+    p = tokenize(tmp_path, good, "--shard-tokens", 20)  # the plain corpus replaces the masked one
+    assert p.returncode == 0, p.stderr
+    after = files()
+    assert not any(n.endswith(".mask") for n in after) and len(after) > 9, sorted(after)
+    assert all(not n.startswith(".") for n in after)

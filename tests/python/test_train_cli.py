@@ -653,6 +653,9 @@ def test_bad_data(tmp_path):
     assert_clean_error(train("--config", cfg, "--data.train", d / "empty.bin"), "no complete sequence")
     write_shard(d / "ids.bin", np.full(100, 600))
     assert_clean_error(train("--config", cfg, "--data.train", d / "ids.bin"), "ids.bin", "vocab_size")
+    os.mkfifo(d / "pipe.bin")  # (opening it would wait for a writer: a hang)
+    assert_clean_error(train("--config", cfg, "--data.train", d / "pipe.bin", timeout=30),
+                       "pipe.bin: not a regular file")
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
