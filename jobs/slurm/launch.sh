@@ -58,7 +58,14 @@ triad_launch() {
   "${cmd[@]}" "$@" --resume auto &
   local pid=$! rc=0
   trap 'kill -USR1 $pid 2>/dev/null' USR1
-  trap 'kill -TERM $pid 2>/dev/null' TERM
+  # Open MPI's mpirun ends the job on SIGTERM without passing it on (no checkpoint); it passes
+  # SIGUSR1 on, which triad-train takes alike. (SLURM signals the batch step's processes too, so
+  # under mpirun a requeue's SIGTERM can reach mpirun itself: srun is the launcher that keeps it.)
+  if [[ ${TRIAD_LAUNCHER:-srun} == mpirun ]]; then
+    trap 'kill -USR1 $pid 2>/dev/null' TERM
+  else
+    trap 'kill -TERM $pid 2>/dev/null' TERM
+  fi
   # `wait` returns early when a trapped signal arrives: wait again until the launcher is done.
   while true; do
     wait $pid && rc=0 || rc=$?

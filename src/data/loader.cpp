@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <glob.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -16,9 +17,28 @@
 namespace triad {
 namespace {
 
+// A mapped file cut short while mapped (a shard rewritten or truncated during the run) makes
+// the read of its lost pages a SIGBUS, which would end the process with no word of why: this
+// says what is the likely cause, then exits 1 (MPI's launcher ends the other ranks). Only
+// write(2) and _exit(2), which a signal handler may call. (Installed once a shard is mapped.)
+extern "C" void on_mapped_file_bus_error(int) {
+  static constexpr char kMessage[] =
+      "triad: error: bus error (SIGBUS): a memory-mapped file was cut short while it was read "
+      "(a token shard or loss mask truncated or rewritten during the run? shared memory full?)\n";
+  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  _exit(1);
+}
+
 // A read-only map of the whole file `path`, `bytes` long (its reader has checked the size);
 // `what` names the file's kind in errors.
 void* map_file(const std::string& path, size_t bytes, const char* what) {
+  static const bool handled = [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_mapped_file_bus_error;
+    sigemptyset(&sa.sa_mask);
+    return ::sigaction(SIGBUS, &sa, nullptr) == 0;
+  }();
+  (void)handled;
   const int fd = ::open(path.c_str(), O_RDONLY);
   TRIAD_CHECK(fd >= 0, what, " ", path, ": cannot open (", std::strerror(errno), ")");
   void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);

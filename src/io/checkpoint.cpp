@@ -512,27 +512,70 @@ H5Id open_or_create_group(hid_t file, const std::string& path, hid_t lcpl) {
   return io::own_group(H5Gcreate2(file, path.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), what);
 }
 
-// Reserves `bytes` for `file` with fallocate(2), then removes it again. A full disk (or a
-// quota, or a file-size limit) fails here, before HDF5 writes anything: HDF5 1.10 cannot close
-// a file whose metadata it fails to write (H5Fclose fails and leaves a dangling identifier
-// that crashes the library at exit), so a checkpoint that does not fit must be refused up
-// front. File systems without fallocate skip the check.
-void reserve_space(const std::string& file, uint64_t bytes) {
+// The space a checkpoint file will take, held from before HDF5 creates the file until the file
+// has it (Reservation::hand_to_file): with fallocate(2), first in a file of its own (`file` +
+// ".reserve"), then in the file itself, without changing its size. A full disk (or a quota, or
+// a file-size limit) fails before HDF5 writes anything: HDF5 1.10 cannot close a file whose
+// metadata it fails to write (H5Fclose fails and leaves a dangling identifier that crashes the
+// library at exit), and parallel HDF5 writes the metadata from rank 0 alone, so that a flush
+// failing there while the other ranks wait in the file's collective sync hangs them all (a disk
+// that another job fills during a save). Only the instant between the two allocations is open
+// to a concurrent writer. File systems without fallocate skip both (best effort).
+class Reservation {
+ public:
+  Reservation() = default;
+  Reservation(const Reservation&) = delete;
+  Reservation& operator=(const Reservation&) = delete;
+  ~Reservation() { release(); }
+
+  void hold(const std::string& file, uint64_t bytes) {
+    file_ = file;
+    bytes_ = bytes;
 #ifdef __linux__
-  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  TRIAD_CHECK(fd >= 0, "cannot create ", file, ": ", std::strerror(errno));
-  int err = 0;
-  if (bytes > 0 && ::fallocate(fd, 0, 0, static_cast<off_t>(bytes)) != 0) err = errno;
-  ::close(fd);
-  ::unlink(file.c_str());
-  const bool unsupported = err == EOPNOTSUPP || err == ENOSYS || err == EINVAL;
-  TRIAD_CHECK(err == 0 || unsupported, "not enough space for the checkpoint (", bytes,
-              " bytes) at ", file, ": ", std::strerror(err));
-#else
-  (void)file;
-  (void)bytes;
+    ballast_ = file + ".reserve";
+    const int fd = ::open(ballast_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    TRIAD_CHECK(fd >= 0, "cannot create ", ballast_, ": ", std::strerror(errno));
+    const int err = allocate(fd, 0);
+    ::close(fd);
+    if (err != 0) release();
+    check(err);
 #endif
-}
+  }
+
+  // The space into the file HDF5 created (its size stays HDF5's).
+  void hand_to_file() {
+#ifdef __linux__
+    if (ballast_.empty()) return;
+    release();
+    const int fd = ::open(file_.c_str(), O_WRONLY | O_CLOEXEC);
+    TRIAD_CHECK(fd >= 0, "cannot open ", file_, ": ", std::strerror(errno));
+    const int err = allocate(fd, FALLOC_FL_KEEP_SIZE);
+    ::close(fd);
+    check(err);
+#endif
+  }
+
+  void release() {
+    if (ballast_.empty()) return;
+    ::unlink(ballast_.c_str());
+    ballast_.clear();
+  }
+
+ private:
+  // errno of fallocate (0: done, or the file system does not allocate ahead).
+  int allocate(int fd, int mode) const {
+    if (bytes_ == 0 || ::fallocate(fd, mode, 0, static_cast<off_t>(bytes_)) == 0) return 0;
+    const int err = errno;
+    return err == EOPNOTSUPP || err == ENOSYS || err == EINVAL ? 0 : err;
+  }
+  void check(int err) const {
+    TRIAD_CHECK(err == 0, "not enough space for the checkpoint (", bytes_, " bytes) at ", file_,
+                ": ", std::strerror(err));
+  }
+
+  std::string file_, ballast_;
+  uint64_t bytes_ = 0;
+};
 
 // An upper bound of the file size: the data plus generous room for the metadata.
 uint64_t estimated_file_bytes(const CheckpointState& state,
@@ -1116,8 +1159,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       }
     }
 
+    Reservation space;  // (released on every exit path)
     collective_phase(comm, [&] {
-      if (rank == 0) reserve_space(partial, estimated_file_bytes(state, groups));
+      if (rank == 0) space.hold(partial, estimated_file_bytes(state, groups));
     });
 
     std::vector<Shard> shards;
@@ -1143,6 +1187,9 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       collective_phase(comm, [&] {
         file = io::own_file(H5Fcreate(partial.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl),
                             "cannot create " + partial);
+      });
+      collective_phase(comm, [&] {
+        if (rank == 0) space.hand_to_file();
       });
 
       // Metadata: root attributes, groups, datasets with their checksums.
@@ -1299,18 +1346,34 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         });
       }
 
-      // `complete` last, then flush and close (a full disk may surface only here).
+      // `complete` last, then flush and close (a full disk may surface only here). Each of these
+      // is collective in parallel HDF5 and may fail on some ranks only (rank 0 writes the
+      // metadata): every rank makes every call, keeping the first failure, so that none waits in
+      // a call the others left; the phase then agrees. (A failed file is removed, its
+      // `complete` never read.)
       collective_phase(comm, [&] {
-        for (H5Id& d : dsets) d.close("cannot close a dataset of " + partial);
-        io::write_int64_attr(file, "complete", 1);
-        h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush " + partial);
-        file.close("cannot close " + partial);
+        std::string failure;
+        const auto attempt = [&](const auto& call) {
+          try {
+            call();
+          } catch (const std::exception& e) {
+            if (failure.empty()) failure = e.what();
+          }
+        };
+        for (H5Id& d : dsets) attempt([&] { d.close("cannot close a dataset of " + partial); });
+        attempt([&] { io::write_int64_attr(file, "complete", 1); });
+        attempt([&] { h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush " + partial); });
+        attempt([&] { file.close("cannot close " + partial); });
+        if (!failure.empty()) throw Error(failure);
       });
     }
 
     collective_phase(comm, [&] {
       if (rank != 0) return;
       std::error_code ec;
+      // The space held past the file's end (Reservation) is given back: truncating a file to its
+      // own size frees the blocks beyond it.
+      fs::resize_file(partial, fs::file_size(partial, ec), ec);
       fs::rename(partial, path, ec);
       TRIAD_CHECK(!ec, "cannot rename ", partial, " to ", path, ": ", ec.message());
     });

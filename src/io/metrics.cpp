@@ -162,7 +162,12 @@ struct MetricsWriter::Impl {
                                      {"moe_dropped", false}});
   Table val = val_table("val");
 
+  // Set once a write failed (and was reported): the destructor does not try again and report it
+  // a second time on the way out.
+  mutable bool failed = false;
+
   [[noreturn]] void fail_here(const std::string& what) const {
+    failed = true;
     fail("metrics file ", path, ": ", what);
   }
 
@@ -443,7 +448,7 @@ MetricsWriter::~MetricsWriter() {
   if (!impl_ || !impl_->file.valid()) return;
   const auto hdf5 = io::hdf5_lock();
   try {
-    impl_->flush();
+    if (!impl_->failed) impl_->flush();
   } catch (const Error& e) {
     std::cerr << "warning: " << e.what() << "\n";
   }

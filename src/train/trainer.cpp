@@ -445,6 +445,9 @@ TrainOutcome Trainer::run() {
                   cfg.checkpoint_dir(), ": ", pointer,
                   " is not a file (this run writes the name of its checkpoint there)");
     }
+  if (s.step >= cfg.train.steps)  // (a job requeued after its run ended, or steps lowered)
+    s.say("nothing to train: the run is at step " + std::to_string(s.step) +
+          " of train.steps = " + std::to_string(cfg.train.steps));
   if (s.step < cfg.train.steps) {
     // (A run resumed from another directory's file starts a new history in this one.)
     std::error_code ec;
@@ -788,8 +791,8 @@ TrainOutcome Trainer::run() {
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
                                  skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load, moe_z_mean,
                                  moe_dropped});
-    TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ", st,
-                " (lower train.lr or check the data)");
+    TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ",
+                st + 1, " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
                 s.skipped_in_a_row, " steps (train.skip_window) were all skipped, up to step ",
                 st + 1, " (loss ", loss, ", grad norm ", norm, ")");

@@ -1300,6 +1300,34 @@ def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
     assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()
 
 
+def test_a_run_past_its_steps_says_so_and_divergence_names_its_step(tmp_path):
+    cfg = tiny_config(tmp_path, name="past")
+    train("--config", cfg, "--train.steps", 4, check=True)
+    p = train("--config", cfg, "--train.steps", 2, check=True)  # (exit 0: a requeue's check)
+    assert "nothing to train: the run is at step 4 of train.steps = 2" in p.stdout, p.stdout
+    # Step 1's loss is the initial model's; its update sends step 2's to NaN. The step named is
+    # the one the log line above it would have shown (steps count from 1).
+    p = train("--config", cfg, "--train.lr", "1e10", "--run.name", "diverge", "--resume", "none")
+    assert_clean_error(p, "training diverged: loss is", "at step 2 ")
+    assert "step     1/" in p.stdout, p.stdout
+
+
+def test_a_shard_cut_short_during_the_run_is_named_not_a_bare_crash(tmp_path):
+    """The shards are memory-mapped: one truncated while the run reads it makes a read a SIGBUS,
+    which is reported as such (exit 1) rather than ending the process without a word."""
+    cfg = tiny_config(tmp_path, name="cut")
+    proc = subprocess.Popen([exe("triad-train"), "--config", cfg, "--train.steps", "100000",
+                             "--checkpoint.every", "0", "--eval.every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline()  # (its first line: set up, the shards mapped)
+    time.sleep(0.5)
+    for shard in (tmp_path / "data").glob("train_*.bin"):
+        os.truncate(shard, 100)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert "bus error (SIGBUS): a memory-mapped file was cut short" in err, err
+
+
 def test_generate_samples_and_refuses_bad_input(tmp_path):
     cfg = tiny_config(tmp_path, name="gen", vocab=50257)
     train("--config", cfg, "--train.steps", 2, check=True)

@@ -4,6 +4,7 @@
 #include <hdf5.h>
 #include <mpi.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1196,10 +1197,15 @@ TEST_F(CheckpointTest, SaveOnFullDiskFailsCleanly) {
   EXPECT_CONTAINS(msg, "checkpoint " + p + ":");
   EXPECT_FALSE(fs::exists(p));
   EXPECT_FALSE(fs::exists(p + ".partial"));
+  EXPECT_FALSE(fs::exists(p + ".partial.reserve"));  // (the space held for it, released)
   EXPECT_TRUE(triad::list_checkpoints(dir_.string()).empty());
   // And the next save, with room again, works.
   triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(10), ts.groups);
   EXPECT_EQ(triad::read_checkpoint_state(MPI_COMM_WORLD, p).step, 10);
+  EXPECT_FALSE(fs::exists(p + ".partial.reserve"));
+  struct stat st {};  // the space held ahead (past the file's end) is not kept
+  ASSERT_EQ(stat(p.c_str(), &st), 0);
+  EXPECT_LE(uint64_t(st.st_blocks) * 512, fs::file_size(p) + (64u << 10));
 }
 
 // ---- the checkpoint directory
