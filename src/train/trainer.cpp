@@ -445,6 +445,12 @@ TrainOutcome Trainer::run() {
                   cfg.checkpoint_dir(), ": ", pointer,
                   " is not a file (this run writes the name of its checkpoint there)");
     }
+  // (eval.every has a default: an evaluation with nothing to score is said, not silently none)
+  const bool scores_sequences = cfg.eval.sequences > 0 && !(cfg.data.val + cfg.eval.sets).empty();
+  if (!scores_sequences && cfg.eval.choices.empty() && s.step < cfg.train.steps)
+    s.say(
+        "note: no evaluation (no data.val or eval.sets with eval.sequences > 0, no "
+        "eval.choices): no validation loss is reported");
   if (s.step >= cfg.train.steps)  // (a job requeued after its run ended, or steps lowered)
     s.say("nothing to train: the run is at step " + std::to_string(s.step) +
           " of train.steps = " + std::to_string(cfg.train.steps));

@@ -1305,6 +1305,11 @@ def test_a_run_past_its_steps_says_so_and_divergence_names_its_step(tmp_path):
     train("--config", cfg, "--train.steps", 4, check=True)
     p = train("--config", cfg, "--train.steps", 2, check=True)  # (exit 0: a requeue's check)
     assert "nothing to train: the run is at step 4 of train.steps = 2" in p.stdout, p.stdout
+    assert "note: no evaluation" not in p.stdout
+    # eval.every (100 by default) with nothing to score is said, not silently no evaluation
+    p = train("--config", cfg, "--data.val", "", "--run.name", "noval", "--train.steps", 1,
+              check=True)
+    assert "note: no evaluation (no data.val or eval.sets" in p.stdout, p.stdout
     # Step 1's loss is the initial model's; its update sends step 2's to NaN. The step named is
     # the one the log line above it would have shown (steps count from 1).
     p = train("--config", cfg, "--train.lr", "1e10", "--run.name", "diverge", "--resume", "none")
