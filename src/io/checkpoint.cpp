@@ -1373,7 +1373,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
       std::error_code ec;
       // The space held past the file's end (Reservation) is given back: truncating a file to its
       // own size frees the blocks beyond it.
-      fs::resize_file(partial, fs::file_size(partial, ec), ec);
+      const std::uintmax_t size = fs::file_size(partial, ec);
+      if (!ec) fs::resize_file(partial, size, ec);  // (best effort: the file is whole either way)
       fs::rename(partial, path, ec);
       TRIAD_CHECK(!ec, "cannot rename ", partial, " to ", path, ": ", ec.message());
     });
