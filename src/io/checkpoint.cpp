@@ -1346,25 +1346,12 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         });
       }
 
-      // `complete` last, then flush and close (a full disk may surface only here). Each of these
-      // is collective in parallel HDF5 and may fail on some ranks only (rank 0 writes the
-      // metadata): every rank makes every call, keeping the first failure, so that none waits in
-      // a call the others left; the phase then agrees. (A failed file is removed, its
-      // `complete` never read.)
+      // `complete` last, then flush and close (a full disk may surface only here).
       collective_phase(comm, [&] {
-        std::string failure;
-        const auto attempt = [&](const auto& call) {
-          try {
-            call();
-          } catch (const std::exception& e) {
-            if (failure.empty()) failure = e.what();
-          }
-        };
-        for (H5Id& d : dsets) attempt([&] { d.close("cannot close a dataset of " + partial); });
-        attempt([&] { io::write_int64_attr(file, "complete", 1); });
-        attempt([&] { h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush " + partial); });
-        attempt([&] { file.close("cannot close " + partial); });
-        if (!failure.empty()) throw Error(failure);
+        for (H5Id& d : dsets) d.close("cannot close a dataset of " + partial);
+        io::write_int64_attr(file, "complete", 1);
+        h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush " + partial);
+        file.close("cannot close " + partial);
       });
     }
 

@@ -446,7 +446,8 @@ TrainOutcome Trainer::run() {
                   " is not a file (this run writes the name of its checkpoint there)");
     }
   // (eval.every has a default: an evaluation with nothing to score is said, not silently none)
-  const bool scores_sequences = cfg.eval.sequences > 0 && !(cfg.data.val + cfg.eval.sets).empty();
+  const bool scores_sequences =
+      cfg.eval.sequences > 0 && (!cfg.data.val.empty() || !cfg.eval.sets.empty());
   if (!scores_sequences && cfg.eval.choices.empty() && s.step < cfg.train.steps)
     s.say(
         "note: no evaluation (no data.val or eval.sets with eval.sequences > 0, no "
