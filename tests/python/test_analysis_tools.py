@@ -258,8 +258,10 @@ def test_scaling_from_runs_on_one_and_two_ranks(runs, tmp_path):
         assert row["steps_used"] == 9
     base = df["tokens_per_sec"][0]
     assert df["efficiency"][0] == pytest.approx(1.0)
-    assert df["efficiency"][1] == pytest.approx(df["tokens_per_sec"][1] / 2 / base, rel=1e-5)
-    assert df["speedup"][2] == pytest.approx(df["tokens_per_sec"][2] / base, rel=1e-5)
+    # The CSV's numbers have 6 significant digits: a ratio recomputed from two of them and the
+    # ratio written (each rounded by up to 5e-6 relative) can differ by 1.5e-5 (measured 1.1e-5).
+    assert df["efficiency"][1] == pytest.approx(df["tokens_per_sec"][1] / 2 / base, rel=2e-5)
+    assert df["speedup"][2] == pytest.approx(df["tokens_per_sec"][2] / base, rel=2e-5)
     table = p.stdout.splitlines()
     assert table[0].startswith("| run") and "efficiency" in table[0] and len(table) == 6
 

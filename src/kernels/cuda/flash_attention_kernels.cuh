@@ -49,6 +49,20 @@ __device__ __forceinline__ const void* map_of(const CUtensorMap& m) {
   return Tiles::kTma ? &m : nullptr;
 }
 
+// Whether the kernels of tile policy Tiles have a body in the code being compiled. The Hopper
+// policies' kernels are launched only where the code the device runs has the sm_90a features
+// (flash_kernel_for_device); in the code for every other architecture of the build (sm_80) their
+// bodies are a trap, which spares compiling two of the three policies again (a third of the
+// build's device-compile time).
+template <class Tiles>
+__host__ __device__ constexpr bool has_body() {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  return !Tiles::kHopper;
+#else
+  return true;
+#endif
+}
+
 // Dropout: the attention dropout's kernels (flash_attention_block.h), compiled apart from the
 // others, which keep their registers.
 template <class Tiles, bool Dropout>
@@ -57,9 +71,13 @@ __global__ void __launch_bounds__(flash::kThreads)
                    const uint16_t* __restrict__ qkv, const __grid_constant__ TileMaps maps,
                    flash::Rows rows, int C, int NH, int NKV, float scale_log2,
                    const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
-  DeviceThread x;
-  flash::forward_block<Tiles, Dropout>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH, NKV,
-                                       scale_log2, key_begin, cap_log2, drop);
+  if constexpr (has_body<Tiles>()) {
+    DeviceThread x;
+    flash::forward_block<Tiles, Dropout>(x, out, lse, qkv, map_of<Tiles>(maps.qkv), rows, C, NH,
+                                         NKV, scale_log2, key_begin, cap_log2, drop);
+  } else {
+    __trap();
+  }
 }
 
 template <int HD>
@@ -81,10 +99,14 @@ __global__ void __launch_bounds__(flash::kThreads)
                 const float* __restrict__ Dv, int B, flash::Rows rows, int C, int NH, int NKV,
                 float scale, float scale_log2, bool accumulate,
                 const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
-  DeviceThread x;
-  flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked, Capped, Dropout, Pass>(
-      x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
-      lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2, drop);
+  if constexpr (has_body<Tiles>()) {
+    DeviceThread x;
+    flash::dkdv_block<Tiles, AtomicDq, Ordered, Masked, Capped, Dropout, Pass>(
+        x, dqkv, dq_accum, dq_turns, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout),
+        lse, Dv, B, rows, C, NH, NKV, scale, scale_log2, accumulate, key_begin, cap_log2, drop);
+  } else {
+    __trap();
+  }
 }
 
 __global__ void __launch_bounds__(flash::kConvertThreads)
@@ -101,10 +123,14 @@ __global__ void __launch_bounds__(flash::kThreads)
               const float* __restrict__ lse, const float* __restrict__ Dv, flash::Rows rows, int C,
               int NH, int NKV, float scale, float scale_log2, bool accumulate,
               const int32_t* __restrict__ key_begin, float cap_log2, AttentionDropMask drop) {
-  DeviceThread x;
-  flash::dq_block<Tiles, Capped, Dropout>(x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv),
-                                          map_of<Tiles>(maps.dout), lse, Dv, rows, C, NH, NKV,
-                                          scale, scale_log2, accumulate, key_begin, cap_log2, drop);
+  if constexpr (has_body<Tiles>()) {
+    DeviceThread x;
+    flash::dq_block<Tiles, Capped, Dropout>(
+        x, dqkv, dout, qkv, map_of<Tiles>(maps.qkv), map_of<Tiles>(maps.dout), lse, Dv, rows, C, NH,
+        NKV, scale, scale_log2, accumulate, key_begin, cap_log2, drop);
+  } else {
+    __trap();
+  }
 }
 
 template <class Tiles>
@@ -112,8 +138,12 @@ __global__ void __launch_bounds__(flash::kThreads)
     probe_kernel(float* out, const uint16_t* a, const float* p, const uint16_t* y,
                  const uint16_t* wide, const __grid_constant__ CUtensorMap wide_map, int rows,
                  flash::Probe probe) {
-  DeviceThread x;
-  flash::probe_block<Tiles>(x, out, a, p, y, wide, map_of<Tiles>(wide_map), rows, probe);
+  if constexpr (has_body<Tiles>()) {
+    DeviceThread x;
+    flash::probe_block<Tiles>(x, out, a, p, y, wide, map_of<Tiles>(wide_map), rows, probe);
+  } else {
+    __trap();
+  }
 }
 
 // Lets kernel k use `bytes` of dynamic shared memory (above the default 48 KB). The attribute

@@ -18,6 +18,7 @@ struct MmaTiles {
   static constexpr int kElems = kTile * kPitch;
   using Square = MmaTiles<64>;  // a 64×64 tile (dS in the atomic-dQ backward)
   static constexpr bool kTma = false;
+  static constexpr bool kHopper = false;
   static constexpr size_t kSmemAlign = 16;
   static constexpr size_t kBarrierBytes = 0;
   template <class X>

@@ -48,6 +48,7 @@ struct WgmmaTiles {
   static constexpr size_t kSmemAlign = 1024;
   using Square = WgmmaTiles<64>;  // a 64×64 tile (dS in the atomic-dQ backward)
   static constexpr bool kTma = Tma;
+  static constexpr bool kHopper = true;  // runs only as sm_90a code
   static constexpr size_t kBarrierBytes = Tma ? 2 * sizeof(uint64_t) : 0;  // TmaPipe's barriers
   template <class X>
   using Pipe = std::conditional_t<Tma, TmaPipe<WgmmaTiles, X>, CpAsyncPipe<WgmmaTiles, X>>;
