@@ -12,13 +12,15 @@
 //
 // Interface: spawn() the bodies, run() them; inside a body, FiberScheduler::current() gives
 // running(), yield() (to the back of the ready queue), block() (until another fiber wakes this
-// one with wake_first()). Linux (ucontext, mmap); each fiber's stack ends in a guard page.
+// one with wake_first()). Linux (mmap); each fiber's stack ends in a guard page. The switch is a
+// few instructions on x86-64 (FiberContext) and ucontext's elsewhere.
 #pragma once
 
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -27,7 +29,80 @@
 #include <utility>
 #include <vector>
 
+#if defined(__x86_64__)
+// Saves the callee-saved registers, the SSE control/status word and the x87 control word on the
+// running stack, stores the stack pointer in *save and goes on with the stack `load` (saved the
+// same way, or made by FiberContext::make). glibc's swapcontext saves the signal mask besides,
+// a system call at every switch: three quarters of the emulated kernels' time went there. A weak
+// symbol: every test that includes this header defines it once.
+extern "C" void triad_simt_switch(void** save, void* load);
+__asm__(
+    ".pushsection .text\n"
+    ".weak triad_simt_switch\n"
+    ".type triad_simt_switch, @function\n"
+    "triad_simt_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size triad_simt_switch, .-triad_simt_switch\n"
+    ".popsection\n");
+#endif
+
 namespace triad::simt {
+
+// Where a fiber (or the scheduler) stopped: make() starts one on a stack of its own at `entry`,
+// which must never return; swap() saves the running one and resumes another.
+#if defined(__x86_64__)
+struct FiberContext {
+  void* sp = nullptr;
+  void make(void* stack, size_t bytes, void (*entry)()) {
+    uint32_t csr = 0;
+    uint16_t cw = 0;
+    __asm__ volatile("stmxcsr %0" : "=m"(csr));
+    __asm__ volatile("fnstcw %0" : "=m"(cw));
+    auto* p = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack) + bytes) & ~15ull);
+    *--p = 0;                              // entry's return address: entry never returns
+    *--p = uint64_t(entry);                // where the first switch returns to
+    for (int i = 0; i < 6; ++i) *--p = 0;  // rbp, rbx, r12-r15
+    *--p = uint64_t(cw) << 32 | csr;       // the control words, as the switch saves them
+    sp = p;                                // entry starts with rsp 8 past a 16-byte boundary (ABI)
+  }
+  static void swap(FiberContext& save, FiberContext& load) { triad_simt_switch(&save.sp, load.sp); }
+};
+#else
+struct FiberContext {
+  ucontext_t uc{};
+  void make(void* stack, size_t bytes, void (*entry)()) {
+    if (getcontext(&uc) != 0) {
+      std::fprintf(stderr, "simt emulator: getcontext failed\n");
+      std::abort();
+    }
+    uc.uc_stack.ss_sp = stack;
+    uc.uc_stack.ss_size = bytes;
+    uc.uc_link = nullptr;
+    makecontext(&uc, entry, 0);
+  }
+  static void swap(FiberContext& save, FiberContext& load) { swapcontext(&save.uc, &load.uc); }
+};
+#endif
 
 // Ends the test with the emulator's message: what would hang or corrupt on the GPU.
 [[noreturn]] inline void fail(const char* what) {
@@ -44,23 +119,16 @@ class FiberScheduler {
   FiberScheduler(const FiberScheduler&) = delete;
   FiberScheduler& operator=(const FiberScheduler&) = delete;
   ~FiberScheduler() {
-    for (auto& f : fibers_) munmap(f->stack, f->mapped);
+    for (auto& f : fibers_) stacks().spare.push_back(f->stack);
   }
 
   // Adds a fiber; returns its index (the order in which fibers first run: spawn order).
   int spawn(std::function<void()> body) {
     auto f = std::make_unique<Fiber>();
-    const size_t page = size_t(sysconf(_SC_PAGESIZE));
-    f->mapped = kStackBytes + page;
-    f->stack = mmap(nullptr, f->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (f->stack == MAP_FAILED) fail("cannot map a fiber's stack");
-    mprotect(f->stack, page, PROT_NONE);  // the guard page below the stack: overflow faults
+    f->stack = stacks().take();
     f->body = std::move(body);
-    if (getcontext(&f->context) != 0) fail("getcontext failed");
-    f->context.uc_stack.ss_sp = static_cast<char*>(f->stack) + page;
-    f->context.uc_stack.ss_size = kStackBytes;
-    f->context.uc_link = &main_;
-    makecontext(&f->context, &FiberScheduler::trampoline, 0);
+    f->context.make(static_cast<char*>(f->stack) + stacks().page, kStackBytes,
+                    &FiberScheduler::trampoline);
     fibers_.push_back(std::move(f));
     ready_.push_back(int(fibers_.size()) - 1);
     return int(fibers_.size()) - 1;
@@ -77,7 +145,7 @@ class FiberScheduler {
       running_ = ready_.front();
       ready_.pop_front();
       Fiber& f = *fibers_[size_t(running_)];
-      swapcontext(&main_, &f.context);
+      FiberContext::swap(main_, f.context);
       if (f.done) ++finished;
     }
     running_ = -1;
@@ -105,10 +173,36 @@ class FiberScheduler {
   }
 
  private:
+  // The stacks of this OS thread's fibers, mapped once and kept for the next launch: mapping,
+  // protecting, faulting in and unmapping 128 stacks per launch took most of the time once the
+  // switches were cheap. A guard page below each stack: an overflow faults.
+  struct StackPool {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    std::vector<void*> spare;
+    void* take() {
+      if (!spare.empty()) {
+        void* s = spare.back();
+        spare.pop_back();
+        return s;
+      }
+      void* s = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (s == MAP_FAILED) fail("cannot map a fiber's stack");
+      mprotect(s, page, PROT_NONE);
+      return s;
+    }
+    ~StackPool() {
+      for (void* s : spare) munmap(s, kStackBytes + page);
+    }
+  };
+  static StackPool& stacks() {
+    static thread_local StackPool pool;
+    return pool;
+  }
+
   struct Fiber {
-    ucontext_t context;
+    FiberContext context;
     void* stack = nullptr;
-    size_t mapped = 0;
     std::function<void()> body;
     bool done = false;
   };
@@ -117,13 +211,15 @@ class FiberScheduler {
     FiberScheduler& s = *current_;
     Fiber& f = *s.fibers_[size_t(s.running_)];
     f.body();
-    f.done = true;  // returns to main_ through uc_link
+    f.done = true;
+    FiberContext::swap(f.context, s.main_);  // never resumed
+    fail("a finished fiber was resumed");
   }
-  void suspend() { swapcontext(&fibers_[size_t(running_)]->context, &main_); }
+  void suspend() { FiberContext::swap(fibers_[size_t(running_)]->context, main_); }
 
   std::vector<std::unique_ptr<Fiber>> fibers_;
   std::deque<int> ready_;
-  ucontext_t main_{};
+  FiberContext main_;
   int running_ = -1;
   static inline thread_local FiberScheduler* current_ = nullptr;
 };
