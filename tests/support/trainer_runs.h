@@ -6,11 +6,9 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "mpi_test_helpers.h"
@@ -104,19 +102,6 @@ struct RunResult {
   double val_loss = 0;
 };
 
-// A barrier on MPI_COMM_WORLD that waits asleep: the suites run 8 ranks on CI's 2 cores, and the
-// ranks left out of a smaller grid, spinning in a blocking collective (yielding, but every
-// yield a system call), took the cores from the ranks with work to do.
-inline void sleeping_barrier() {
-  MPI_Request req;
-  MPI_Ibarrier(MPI_COMM_WORLD, &req);
-  for (int done = 0;;) {
-    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-  }
-}
-
 // Runs triad-train's loop with the command line `args` (args[0] is the program name) on the
 // first `ranks` ranks of the world while the others wait; every rank returns rank 0's losses,
 // full parameters and last validation loss (rank 0 takes part in every run).
@@ -136,7 +121,6 @@ inline RunResult run_trainer(int ranks, const std::vector<std::string>& args) {
     res.val_loss = res.out.last_eval.loss;
     MPI_Comm_free(&comm);
   }
-  sleeping_barrier();
   int n = int(res.losses.size()), m = int(res.params.size());
   MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
   MPI_Bcast(&m, 1, MPI_INT, 0, MPI_COMM_WORLD);
