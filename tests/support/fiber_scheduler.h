@@ -16,6 +16,12 @@
 // few instructions on x86-64 (FiberContext) and ucontext's elsewhere.
 #pragma once
 
+// TRIAD_SIMT_UCONTEXT: switch with ucontext on x86-64 too (tools that follow stacks, such as
+// AddressSanitizer and valgrind, know swapcontext).
+#if defined(__x86_64__) && !defined(TRIAD_SIMT_UCONTEXT)
+#define TRIAD_SIMT_STACK_SWITCH 1
+#endif
+
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -29,7 +35,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__)
+#if defined(TRIAD_SIMT_STACK_SWITCH)
 // Saves the callee-saved registers, the SSE control/status word and the x87 control word on the
 // running stack, stores the stack pointer in *save and goes on with the stack `load` (saved the
 // same way, or made by FiberContext::make). glibc's swapcontext saves the signal mask besides,
@@ -70,7 +76,7 @@ namespace triad::simt {
 
 // Where a fiber (or the scheduler) stopped: make() starts one on a stack of its own at `entry`,
 // which must never return; swap() saves the running one and resumes another.
-#if defined(__x86_64__)
+#if defined(TRIAD_SIMT_STACK_SWITCH)
 struct FiberContext {
   void* sp = nullptr;
   void make(void* stack, size_t bytes, void (*entry)()) {
