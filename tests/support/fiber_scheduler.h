@@ -74,6 +74,12 @@ __asm__(
 
 namespace triad::simt {
 
+// Ends the test with the emulator's message: what would hang or corrupt on the GPU.
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "simt emulator: %s\n", what);
+  std::abort();
+}
+
 // Where a fiber (or the scheduler) stopped: make() starts one on a stack of its own at `entry`,
 // which must never return; swap() saves the running one and resumes another.
 #if defined(TRIAD_SIMT_STACK_SWITCH)
@@ -97,10 +103,7 @@ struct FiberContext {
 struct FiberContext {
   ucontext_t uc{};
   void make(void* stack, size_t bytes, void (*entry)()) {
-    if (getcontext(&uc) != 0) {
-      std::fprintf(stderr, "simt emulator: getcontext failed\n");
-      std::abort();
-    }
+    if (getcontext(&uc) != 0) fail("getcontext failed");
     uc.uc_stack.ss_sp = stack;
     uc.uc_stack.ss_size = bytes;
     uc.uc_link = nullptr;
@@ -109,12 +112,6 @@ struct FiberContext {
   static void swap(FiberContext& save, FiberContext& load) { swapcontext(&save.uc, &load.uc); }
 };
 #endif
-
-// Ends the test with the emulator's message: what would hang or corrupt on the GPU.
-[[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "simt emulator: %s\n", what);
-  std::abort();
-}
 
 class FiberScheduler {
  public:
@@ -125,7 +122,7 @@ class FiberScheduler {
   FiberScheduler(const FiberScheduler&) = delete;
   FiberScheduler& operator=(const FiberScheduler&) = delete;
   ~FiberScheduler() {
-    for (auto& f : fibers_) stacks().spare.push_back(f->stack);
+    for (auto& f : fibers_) stacks().give(f->stack);
   }
 
   // Adds a fiber; returns its index (the order in which fibers first run: spawn order).
@@ -197,6 +194,7 @@ class FiberScheduler {
       mprotect(s, page, PROT_NONE);
       return s;
     }
+    void give(void* s) { spare.push_back(s); }
     ~StackPool() {
       for (void* s : spare) munmap(s, kStackBytes + page);
     }
