@@ -19,7 +19,7 @@
 // on every rank of the group; every rank takes part in each product's amax reduction, also where
 // it forms neither of a replicated projection's gradients.
 //
-// The rows move as 32-bit words (bf16 in pairs: every MLA size is even, config.cpp).
+// The rows move as 32-bit words (bf16 in pairs: every MLA size is even, config_validate.cpp).
 #include "gpt_activations.h"
 #include "triad/model/gpt.h"
 
