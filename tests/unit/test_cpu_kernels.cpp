@@ -866,7 +866,7 @@ DVec naive_rope(const DVec& qkv, int N, int T, int pos0, int C, int NH, int NKV,
   return out;
 }
 
-// The op's table, [seq_len, hd]: cosines then sines, as gpt.h's rope_table lays it out.
+// The op's table, [seq_len, hd]: cosines then sines, as gpt_shape.h's rope_table lays it out.
 Vec rope_angles(int seq_len, int hd, double theta) {
   Vec t(size_t(seq_len) * hd);
   for (int p = 0; p < seq_len; ++p)

@@ -138,7 +138,7 @@ void check_rope(int N, int T, int pos0, int C, int NH, int NKV, bool with_positi
   const int hd = C / NH, r = rot > 0 ? rot : hd, half = r / 2, heads = NH + NKV;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
   const int rows_of_table = pos0 + T;
-  Vec table(size_t(rows_of_table) * r);  // cos then sin of p·θ_i, as gpt.h's rope_table
+  Vec table(size_t(rows_of_table) * r);  // cos then sin of p·θ_i, as gpt_shape.h's rope_table
   for (int p = 0; p < rows_of_table; ++p)
     for (int i = 0; i < half; ++i) {
       const double angle = p * std::pow(10000.0, -2.0 * i / r);

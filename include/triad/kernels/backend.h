@@ -266,7 +266,7 @@ class Backend {
   // Row r is position p = pos0 + r % T of its sequence; with hd = C/NH and h = hd/2, each q and
   // k head's pair (x_i, x_{i+h}), i < h, becomes (x_i·c − x_{i+h}·s, x_{i+h}·c + x_i·s) where
   // c = table[p·hd + i] and s = table[p·hd + h + i] (the "rotate half" pairing of GPT-NeoX and
-  // Hugging Face's Llama; the table is gpt.h's rope_table, [seq_len, hd] floats in the backend's
+  // Hugging Face's Llama; the table is gpt_shape.h's rope_table, [seq_len, hd] floats in the backend's
   // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
   // applied to dqkv. positions (the backend's ints, [N], each below the table's rows): row r is
   // at position positions[r] instead, T and pos0 unused (data.reset_positions: each packed
