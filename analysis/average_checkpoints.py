@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from ._common import AnalysisError, prog_name, run_main
-from .convert_weights import _string_attr, finish
+from .convert_weights import finish
 from .inspect_checkpoint import Report, inspect
+from .weights_triad import _string_attr
 
 
 class AverageError(AnalysisError):

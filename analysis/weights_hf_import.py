@@ -1,0 +1,295 @@
+"""Hugging Face model directories in (triad-convert import): config.json read as Dims (GPT-2's
+and GPT-BigCode's here, the other families' by weights_hf_families.py) and the safetensors'
+tensors as triad's (GPT-2's names, or the Llama-like families' through weights_hf_layout.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+
+from .inspect_checkpoint import expected_shapes
+from .weights_dims import ConvertError, Dims, Tensors, VOCAB_TENSORS, shapes
+from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dims,
+                                  falcon_config_dims, gemma_config_dims, glm_config_dims,
+                                  gptj_config_dims, layernorm_config_dims, llama_config_dims,
+                                  neox_config_dims, opt_config_dims, phi_config_dims,
+                                  refuse_or_check_positions, starcoder2_config_dims)
+from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
+                                interleaved_rope_order, is_norm_weight, llama_part_rows,
+                                llama_query_order, llama_sources, neox_qkv_order, ones_for,
+                                opt_positions, stacked_shape, whole_experts)
+from .weights_safetensors import SafetensorsFile
+
+
+def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    def get(*keys, default=None):
+        for k in keys:
+            if cfg.get(k) is not None:
+                return cfg[k]
+        return default
+
+    kind = cfg.get("model_type", "gpt2")
+    if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
+                "granite", "granitemoe", "olmo", "olmoe", "olmo2"):
+        return llama_config_dims(cfg, where, seq_len)
+    if kind in ("nemotron", "stablelm"):
+        return layernorm_config_dims(cfg, where, seq_len)
+    if kind in ("gemma", "gemma2"):
+        return gemma_config_dims(cfg, where, seq_len)
+    if kind == "gpt_neox":
+        return neox_config_dims(cfg, where, seq_len)
+    if kind == "starcoder2":
+        return starcoder2_config_dims(cfg, where, seq_len)
+    if kind == "cohere":
+        return cohere_config_dims(cfg, where, seq_len)
+    if kind == "phi":
+        return phi_config_dims(cfg, where, seq_len)
+    if kind == "glm":
+        return glm_config_dims(cfg, where, seq_len)
+    if kind == "dbrx":
+        return dbrx_config_dims(cfg, where, seq_len)
+    if kind == "opt":
+        return opt_config_dims(cfg, where, seq_len)
+    if kind == "falcon":
+        return falcon_config_dims(cfg, where, seq_len)
+    if kind == "gptj":
+        return gptj_config_dims(cfg, where, seq_len)
+    if kind in UNBUILT_MOE:
+        raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
+                           f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
+                           f"'mixtral', Qwen2-MoE's, 'qwen2_moe', Qwen3-MoE's, 'qwen3_moe', and "
+                           f"OLMoE's, 'olmoe')")
+    bigcode = kind == "gpt_bigcode"
+    if kind not in ("gpt2", "gpt_bigcode"):
+        raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
+                           f"GPT-BigCode ('gpt_bigcode'), "
+                           f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
+                           f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
+                           f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
+                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), "
+                           f"Nemotron ('nemotron'), StableLM "
+                           f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
+                           f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
+                           f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj') and Falcon "
+                           f"('falcon') models")
+    try:
+        n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
+        n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: needs integer n_layer, n_head, n_embd, n_positions and "
+                           f"vocab_size")
+    refusals = []
+    try:
+        eps = float(get("layer_norm_epsilon", default=1e-5))
+        n_inner = get("n_inner")
+        n_inner = None if n_inner is None else int(n_inner)
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: layer_norm_epsilon and n_inner must be numbers")
+    act = get("activation_function", default="gelu_pytorch_tanh" if bigcode else "gelu_new")
+    # multi_query false: a key/value head per query head (c_attn's rows regrouped on import).
+    multi_query = bigcode and bool(cfg.get("multi_query", True))
+    if act not in TANH_GELU:
+        refusals.append(f"activation_function {act!r} (triad's MLP uses GELU's tanh "
+                        f"approximation: {', '.join(TANH_GELU)})")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
+    if n_inner is not None and n_inner != 4 * n_embd:
+        refusals.append(f"n_inner {n_inner} (triad's MLP is 4·n_embd = {4 * n_embd} wide)")
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("tie_word_embeddings", True), ("add_cross_attention", False)):
+        if key in cfg and bool(cfg[key]) != want:
+            refusals.append(f"{key} = {cfg[key]} (triad's model has {want})")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps,
+             n_kv_head=1 if multi_query else 0, bigcode=bigcode)
+    d.check(where)
+    return d
+
+
+# Hugging Face's mixtures of experts whose blocks triad does not build, and why.
+UNBUILT_MOE = {
+    "jetmoe": "its attention is a mixture of experts too",
+    "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",
+}
+
+
+def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
+    """An HF model directory (config.json + model.safetensors or a sharded index), or one
+    .safetensors file with config.json beside it."""
+    directory = src if src.is_dir() else src.parent
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ConvertError(f"{directory}: no config.json (an HF model directory holds "
+                           f"config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(f"{cfg_path}: not readable as JSON: {e}")
+    if not isinstance(cfg, dict):
+        raise ConvertError(f"{cfg_path}: not a JSON object")
+    d = hf_config_dims(cfg, str(cfg_path), seq_len)
+
+    if src.is_file():
+        files = [src]
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    elif (directory / "model.safetensors.index.json").is_file():
+        index = directory / "model.safetensors.index.json"
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+            files = [directory / f for f in sorted(set(wm.values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConvertError(f"{index}: not a safetensors index ({e})")
+    else:
+        bins = sorted(p.name for p in directory.glob("pytorch_model*.bin"))
+        raise ConvertError(f"{directory}: no model.safetensors" + (
+            f" ({', '.join(bins)} is a pickled PyTorch file; save the model with "
+            f"save_pretrained(..., safe_serialization=True) to get safetensors)" if bins else ""))
+    where: dict[str, SafetensorsFile] = {}
+    for f in files:
+        if not f.is_file():
+            raise ConvertError(f"{f}: no such file (named by the safetensors index)")
+        st = SafetensorsFile(f)
+        for name in st.entries:
+            where[name] = st
+    if d.opt:
+        return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
+    if d.position == "rope":  # Llama's family
+        kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
+                 "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(
+            d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
+                                    "Nemotron" if d.mlp == "relu2" else
+                                    "Cohere" if d.cohere else "Phi" if d.phi else
+                                    "GPT-J" if d.gptj else
+                                    ("Gemma 2" if d.branch_norm else "Gemma")
+                                    if d.mlp == "geglu" else
+                                    "Granite" if cfg.get("model_type") == "granite" else
+                                    "StableLM" if d.norm_bias else
+                                    "OLMo-2" if not d.pre_norm else "GLM" if d.glm else
+                                    "Qwen2" if d.qkv_bias else "Qwen3" if d.qk_norm else
+                                    "Phi-3" if d.fused else "OLMo" if not d.norm_weight else
+                                    "StarCoder2" if d.starcoder2 else
+                                    "Mistral" if d.sliding_window else "Llama"))
+        note = ""
+        if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
+            note = (f"; its router_jitter_noise {cfg['router_jitter_noise']} is a training-time "
+                    f"noise triad does not add")
+        return d, llama_tensors(d, where, directory), \
+            f"Hugging Face {kind} model {directory}{note}"
+
+    # HF names as stored (with or without the `transformer.` prefix) -> triad's.
+    stored = {}
+    for name in where:
+        bare = name[len("transformer."):] if name.startswith("transformer.") else name
+        if bare in stored.values():
+            raise ConvertError(f"{where[name].path}: tensor {bare} is stored twice")
+        stored[name] = bare
+    want = shapes(d)
+    by_hf = {}
+    for t in want:
+        h, transposed = hf_name(t, d)
+        by_hf[h] = (t, transposed)
+    found = {}
+    for name, bare in stored.items():
+        if bare in by_hf:
+            found[by_hf[bare][0]] = name
+        elif bare == "lm_head.weight" or re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", bare):
+            continue  # the tied head (checked below); causal-mask constants
+        else:
+            raise ConvertError(f"{where[name].path}: tensor {name} is not part of a GPT-2 "
+                               f"model as triad has it")
+    missing = [by_hf_name for by_hf_name, (t, _) in by_hf.items() if t not in found]
+    if missing:
+        raise ConvertError(f"{directory}: tensor(s) {', '.join(missing[:4])}"
+                           f"{' ...' if len(missing) > 4 else ''} missing")
+    for t, name in found.items():
+        _, transposed = hf_name(t, d)
+        shape = where[name].entries[name][1]
+        stored_shape = tuple(reversed(want[t])) if transposed else want[t]
+        if t == "wpe/weight":
+            ok = len(shape) == 2 and shape[1] == d.n_embd and shape[0] >= d.seq_len
+        else:
+            ok = shape == stored_shape
+        if not ok:
+            raise ConvertError(f"{where[name].path}: tensor {name} has shape {list(shape)}, "
+                               f"expected {list(stored_shape)} for the model in config.json")
+    head = next((n for n, b in stored.items() if b == "lm_head.weight"), None)
+
+    def tensors():
+        for t in want:
+            name = found[t]
+            a = where[name].read(name)
+            if hf_name(t, d)[1]:
+                a = np.ascontiguousarray(a.T)
+            if t == "wpe/weight":
+                a = a[:d.seq_len]
+            if d.bigcode and d.n_kv_head != 1 and t.endswith(("attn/c_attn/weight",
+                                                             "attn/c_attn/bias")):
+                # GPT-BigCode without multi_query: rows [q | k | v] of head 0, then of head 1,
+                # ... (its view(heads, 3·hd)); triad's: every head's q, then k, then v.
+                hd = d.n_embd // d.n_head
+                a = np.ascontiguousarray(
+                    a.reshape(d.n_head, 3, hd, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
+            if t == "wte/weight" and head is not None:
+                h = where[head].read(head)
+                if h.shape != a.shape or not np.array_equal(h, a):
+                    raise ConvertError(f"{where[head].path}: lm_head.weight differs from "
+                                       f"wte.weight; triad's model ties the output head to "
+                                       f"the token embedding and cannot hold a separate one")
+            yield t, a
+
+    return d, tensors, f"Hugging Face {'GPT-BigCode' if d.bigcode else 'GPT-2'} model {directory}"
+
+
+def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
+    """The tensors of an HF Llama model as triad's (their shapes checked before any is read)."""
+    src = llama_sources(d)
+    want = expected_shapes(d.attrs())
+    for t in VOCAB_TENSORS:
+        if t in want:
+            want[t] = (d.vocab_size, *want[t][1:])
+    used = {n for names in src.values() for n in names}
+    for name in where:
+        if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
+                d.neox and name.endswith(("attention.bias", "attention.masked_bias"))):  # masks
+            raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
+                               f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
+                                                     if name == "lm_head.weight" else ""))
+    for t, names in src.items():
+        missing = [n for n in names if n not in where]
+        if missing:
+            raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
+        got = [list(where[n].entries[n][1]) for n in names]
+        rows, *cols = stacked_shape(want[t])
+        expected = [[r, *cols] for r in llama_part_rows(d, t, rows)]
+        if whole_experts(d, t):
+            expected = [list(want[t])]
+        if d.dbrx and t.endswith("mlp/experts/c_proj/weight"):  # w2, each expert transposed
+            expected = [[d.moe_experts * d.mlp_hidden, d.n_embd]]
+        if d.opt and t == "wpe/weight" and len(got[0]) == 2 and got[0][0] >= rows + 2:
+            expected = got  # (any table covering seq_len past its offset: opt_positions)
+        if got != expected:
+            if len(names) > 3:  # an expert's tensor: name the first that is wrong
+                names, got, expected = zip(*[x for x in zip(names, got, expected)
+                                             if x[1] != x[2]][:1])
+            raise ConvertError(f"{where[names[0]].path}: tensor(s) {', '.join(names)} have "
+                               f"shape(s) {list(got)}, expected {list(expected)} for the model "
+                               f"in config.json")
+
+    def tensors():
+        for t in [t for t in want if t not in src]:  # norms without a weight: ones
+            yield t, ones_for(d, t, want[t])
+        for t, names in src.items():
+            parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
+            a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
+                a = a + np.float32(1)
+            a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
+            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, opt_positions(d, t, a)))
+            yield t, llama_query_order(d, t, a.reshape(want[t]))
+
+    return tensors
