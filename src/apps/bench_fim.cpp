@@ -109,7 +109,8 @@ int bench_fim(const std::vector<std::string>& args) {
               " is a directory (name the file to write)");
   TRIAD_CHECK(seq_len >= 1 && sequences >= 1 && repeat >= 1 && vocab_size >= 0,
               "fim: --seq-len, --sequences and --repeat must be >= 1, --vocab-size >= 0");
-  TRIAD_CHECK(fim.fim_rate > 0, "fim: --rate must be > 0 (0: no rearrangement to time)");
+  // (a negative or non-finite rate: parse_fim says what --rate must be)
+  TRIAD_CHECK(fim.fim_rate != 0, "fim: --rate must be > 0 (0: no rearrangement to time)");
   const Tokenizer tok = Tokenizer::from_file(vocab);
   if (vocab_size == 0) vocab_size = tok.vocab_size();
   fim.vocab = vocab;  // (names in --tokens are the tokenizer's special tokens)

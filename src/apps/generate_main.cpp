@@ -245,7 +245,9 @@ int main(int argc, char** argv) {
                 "; --backend cpu runs everywhere");
     TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                 "--precision must be auto, fp32 or bf16 (got '", precision, "')");
-    TRIAD_CHECK(threads >= 0, "--threads must be >= 0 (got ", threads, ")");
+    // (a mistyped count would ask the system for that many threads, and OpenMP crashes)
+    TRIAD_CHECK(threads >= 0 && threads <= 1024,
+                "--threads must be in [0, 1024] (0: one per core), got ", threads);
     TRIAD_CHECK(output == "text" || output == "ids" || output == "logprobs",
                 "--output must be text, ids or logprobs (got '", output, "')");
     TRIAD_CHECK(logprobs >= 0, "--logprobs must be >= 0 (got ", logprobs, ")");
@@ -256,6 +258,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(!(vm.count("prompt-ids") && vm.count("chat")),
                 "--chat formats --prompt, not --prompt-ids");
     TRIAD_CHECK(vm.count("chat") || vm["system"].defaulted(), "--system needs --chat");
+    // An empty path (an unset shell variable) must not mean "not given".
+    TRIAD_CHECK(!vm.count("messages") || !messages.empty(), "--messages is empty (give a file)");
     TRIAD_CHECK(messages.empty() || vm.count("chat"), "--messages needs --chat");
     TRIAD_CHECK(messages.empty() || (vm["prompt"].defaulted() && vm["system"].defaulted()),
                 "--messages holds the conversation: drop --prompt and --system");
@@ -284,6 +288,12 @@ int main(int argc, char** argv) {
     std::vector<int32_t> ids;
     if (vm.count("prompt-ids")) {
       ids = parse_ids(prompt_ids, m.vocab_size);
+      // The text output decodes the prompt with the tokenizer: found out before the weights load.
+      if (output == "text")
+        for (const int32_t id : ids)
+          TRIAD_CHECK(id < tok.vocab_size(), "--prompt-ids: ", id, " is not a token of ", vocab,
+                      " (0 .. ", tok.vocab_size() - 1,
+                      "), which --output text decodes them with (--output ids does not)");
     } else {
       if (infill) {
         ids = infill_prompt(tok, prompt, suffix, parse_fim_tokens(fim_tokens, tok, m.vocab_size),
@@ -349,9 +359,10 @@ int main(int argc, char** argv) {
                 "--ema: ", checkpoint,
                 " holds no moving average of the weights (/optimizer/ema): its run did not set "
                 "optim.ema_decay");
-    triad::load_checkpoint_tensors(world, checkpoint,
-                                   {{ema ? "optimizer/ema" : "model",
-                                     triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0)}});
+    triad::load_checkpoint_tensors(
+        world, checkpoint,
+        {{ema ? "optimizer/ema" : "model",
+          triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0), true}});
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training

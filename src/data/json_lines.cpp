@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <span>
 #include <sstream>
@@ -371,6 +372,8 @@ std::vector<JsonConversation> json_lines_conversations(std::string_view text,
 }
 
 std::vector<JsonConversation> read_conversations(const std::string& path, const char* option) {
+  std::error_code ec;  // (a directory opens as a stream that reads nothing)
+  TRIAD_CHECK(!std::filesystem::is_directory(path, ec), option, " ", path, ": is a directory");
   std::ifstream in(path, std::ios::binary);
   TRIAD_CHECK(in.is_open(), option, " ", path, ": cannot open (missing or unreadable)");
   std::ostringstream text;

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <filesystem>
 #include <set>
+#include <tuple>
 
 #include "collective.h"
 #include "hdf5_handle.h"
@@ -275,6 +276,12 @@ std::vector<int64_t> allgather_int64(MPI_Comm comm, const std::vector<int64_t>& 
                   static_cast<int>(local.size()), MPI_INT64_T, comm);
   }
   return all;
+}
+
+// The smallest of the ranks' values (each rank's first failing item, or n for none).
+int64_t allreduce_min(MPI_Comm comm, int64_t v) {
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT64_T, MPI_MIN, comm);
+  return v;
 }
 
 // The XOR over the ranks of each tensor's checksum term (shard.h, placed CRCs).
@@ -659,6 +666,21 @@ CheckpointState read_state(hid_t file) {
   s.model.seq_len = require_int64(model, "/model", "seq_len");
   s.model.vocab_size = require_int64(model, "/model", "vocab_size");
   s.model.padded_vocab_size = require_int64(model, "/model", "padded_vocab_size");
+  // The bounds of a config's model.* keys (validate): a file is read without a config where
+  // triad-generate samples from it, and its counts size every allocation.
+  for (auto [name, v, most] : {std::tuple{"n_layer", s.model.n_layer, int64_t(1) << 16},
+                               std::tuple{"n_head", s.model.n_head, int64_t(1) << 16},
+                               std::tuple{"n_embd", s.model.n_embd, int64_t(1) << 20},
+                               std::tuple{"seq_len", s.model.seq_len, int64_t(1) << 24},
+                               std::tuple{"vocab_size", s.model.vocab_size, int64_t(1) << 30}})
+    TRIAD_CHECK(v >= 1 && v <= most, "attribute ", name, " of /model is ", v, ", not in [1, ", most,
+                "]");
+  // vocab_size rounded up for the saving run's grid (DESIGN.md §3: to a multiple of 128·tp; a
+  // reader pads for its own grid, so only the order and the range are checked).
+  TRIAD_CHECK(s.model.padded_vocab_size >= s.model.vocab_size &&
+                  s.model.padded_vocab_size - s.model.vocab_size <= (int64_t(1) << 23),
+              "attribute padded_vocab_size of /model is ", s.model.padded_vocab_size,
+              ", not vocab_size (", s.model.vocab_size, ") rounded up for a grid");
   s.model.position = io::read_string_attr(model, "position").value_or("learned");
   TRIAD_CHECK(s.model.position == "learned" || s.model.position == "rope",
               "attribute position of /model is '", s.model.position, "', not learned or rope");
@@ -944,6 +966,41 @@ struct LoadItem {
   std::vector<VerifyPart> verify;
   FlatRange unloaded;  // flat elements of the file, in rows nobody loads
 };
+
+// Throws when group g.path of the file holds a dataset that none of g.tensors names.
+void refuse_other_datasets(hid_t file, const TensorGroup& g) {
+  const std::string where = "/" + g.path;
+  if (!io::link_exists(file, g.path)) return;  // (open_for_load names the missing datasets)
+  H5Id group = io::own_group(H5Gopen2(file, g.path.c_str(), H5P_DEFAULT), "cannot open " + where);
+  struct Visit {
+    std::set<std::string> names;
+    std::string other;
+  } visit;
+  for (const TensorRef& t : g.tensors) visit.names.insert(t.name);
+  auto each = [](hid_t grp, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    Visit& v = *static_cast<Visit*>(data);
+    const hid_t obj = H5Oopen(grp, name, H5P_DEFAULT);
+    if (obj < 0) return -1;
+    const bool dataset = H5Iget_type(obj) == H5I_DATASET;
+    H5Oclose(obj);
+    if (!dataset || v.names.count(name)) return 0;
+    v.other = name;
+    return 1;  // stop at the first
+  };
+  const herr_t r = H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, each, &visit);
+  TRIAD_CHECK(r >= 0, "cannot list the datasets of ", where);
+  TRIAD_CHECK(visit.other.empty(), "dataset ", where, "/", visit.other,
+              " is not a tensor of the model its attributes describe (the file's attributes and "
+              "tensors disagree)");
+}
+
+// Whether the n floats at data are all finite.
+bool all_finite(const float* data, hsize_t n) {
+  bool finite = true;
+#pragma omp parallel for reduction(&& : finite) schedule(static)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) finite = finite && std::isfinite(data[i]);
+  return finite;
+}
 
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   LoadItem it;
@@ -1401,6 +1458,7 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
       read_state(file);
       for (const TensorGroup& g : groups) {
         for (const TensorRef& t : g.tensors) items.push_back(open_for_load(file, g, t));
+        if (g.whole) refuse_other_datasets(file, g);
       }
       dxpl = read_dxpl();
     });
@@ -1453,6 +1511,16 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                     *it.checksum, ", computed ", computed, "): the file is damaged");
       }
     });
+    // Intact but not finite: the first such tensor any rank holds, named on every rank.
+    int64_t bad = static_cast<int64_t>(n);
+    for (size_t i = 0; i < n && bad == static_cast<int64_t>(n); ++i) {
+      if (!all_finite(items[i].tensor->data, items[i].readable.size()))
+        bad = static_cast<int64_t>(i);
+    }
+    bad = allreduce_min(comm, bad);
+    TRIAD_CHECK(bad == static_cast<int64_t>(n), "dataset ", items[size_t(bad)].path,
+                " holds values that are not finite (NaN or infinity): a model or optimizer state "
+                "with them cannot be evaluated or trained");
   } catch (const Error& e) {
     fail("checkpoint ", path, ": ", e.what());
   }

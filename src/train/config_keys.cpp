@@ -705,6 +705,11 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   TRIAD_CHECK(!cl.eval_only || cl.init_from.empty() || cl.resume == "auto" || cl.resume == "none",
               "command line: --eval-only evaluates one checkpoint, and --init-from and --resume "
               "both name one: give one");
+  TRIAD_CHECK(cl.init_from.empty() || cl.resume == "auto" || cl.resume == "none",
+              "command line: --init-from starts a new run from one checkpoint and --resume ",
+              cl.resume,
+              " continues from another: give one (--resume auto lets a requeued "
+              "fine-tuning job continue its own checkpoints)");
   TRIAD_CHECK(!cl.from_ema || !cl.init_from.empty() || cl.eval_only,
               "command line: --from-ema applies to the checkpoint of --init-from or --eval-only, "
               "and there is none");

@@ -484,7 +484,9 @@ void validate(const Config& c, int world_size) {
         "run.precision", "must be auto, fp32 or bf16 (got '" + c.run.precision + "')");
   check(!c.bf16() || m.n_embd % 2 == 0, "model.n_embd",
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
-  check(c.run.threads >= 0, "run.threads", "must be >= 0");
+  // (a mistyped count would ask the system for that many threads, and OpenMP crashes)
+  check(c.run.threads >= 0 && c.run.threads <= 1024, "run.threads",
+        "must be in [0, 1024] (0: one per core; got " + std::to_string(c.run.threads) + ")");
   check(c.run.peak_tflops >= 0 && std::isfinite(c.run.peak_tflops), "run.peak_tflops",
         "must be a finite number >= 0");
   check(!c.eval.loss_by_position ||

@@ -614,7 +614,7 @@ void Trainer::State::experts_from_their_slice(std::vector<TensorRef>& refs, floa
 }
 
 std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_save) {
-  std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save)}};
+  std::vector<TensorGroup> g{{"model", tensor_refs(param_base(), 0, !for_save), true}};
   if (for_save && model->packed_experts())  // ZeRO-3's experts: the packed slice (loads: whole)
     experts_from_their_slice(g.front().tensors, expert_param_base());
   if (for_save && cfg.model.moe_experts > 0) {  // (loads: load_router_bias)

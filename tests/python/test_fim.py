@@ -615,6 +615,8 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
                        "--granularity must be token or character")
     assert_clean_error(run([*base, "--tokens", "1, 2, 3, 4", "--rate", "0"]),
                        "--rate must be > 0")
+    assert_clean_error(run([*base, "--tokens", "1, 2, 3, 4", "--rate", "nan"]),
+                       "--rate must be in [0, 1]")  # (not "must be > 0", which nan was told)
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4", "--spm-rate", "2"]),
                        "--spm-rate must be in [0, 1]")
     for p in (run([*bench, "--tokens", "1, 2, 3"]), run([*bench, "--tokens", "1, 2, 3, x"])):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,7 +252,12 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--output", "json"), "--output must be text, ids or logprobs")
     assert_clean_error(gen("--logprobs", "2"), "--logprobs needs --output logprobs")
     assert_clean_error(gen("--output", "logprobs", "--logprobs", "-1"), "--logprobs must be >= 0")
-    assert_clean_error(gen("--threads", "-2"), "--threads must be >= 0")
+    assert_clean_error(gen("--threads", "-2"), "--threads must be in [0, 1024]")
+    # (100000 had OpenMP crash while the checkpoint's checksums were computed)
+    assert_clean_error(gen("--threads", "100000"), "--threads must be in [0, 1024]")
+    assert_clean_error(gen("--chat", "chatml", "--messages", ""), "--messages is empty")
+    assert_clean_error(gen("--chat", "chatml", "--messages", checkpoint.parent),
+                       f"--messages {checkpoint.parent}: is a directory")
     assert_clean_error(gen("--top-p", "0"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--top-p", "1.01"), "--top-p must be in (0, 1]")
     assert_clean_error(gen("--min-p", "1.5"), "--min-p must be in [0, 1]")
@@ -280,6 +286,83 @@ def test_refuses_bad_new_options(checkpoint):
                        "--fim-tokens: '<fim_prefix>' is not a token id")
     assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1 2, 3, 4"),
                        "--fim-tokens: '1 2' is not one token")
+
+
+def edited(checkpoint, path, edit):
+    """A copy of the checkpoint at path, changed by edit(h5py.File) (a tensor changed keeps a
+    correct checksum: what it holds is the problem, not damage)."""
+    import h5py
+    shutil.copy(checkpoint, path)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return path
+
+
+def set_tensor(f, name, change):
+    d = f[name]
+    a = d[...]
+    change(a)
+    d[...] = a
+    d.attrs.create("checksum", np.uint32(ref.fp32_checksum(a)), dtype="<u4")
+
+
+@pytest.mark.parametrize("edit,needles", [
+    # The model's counts: nothing but the file says them here (no config to compare with).
+    (lambda f: f["model"].attrs.modify("n_head", 0), ["attribute n_head of /model is 0"]),
+    (lambda f: f["model"].attrs.modify("vocab_size", 2**40), ["attribute vocab_size of /model"]),
+    (lambda f: f["model"].attrs.modify("n_embd", -32), ["attribute n_embd of /model is -32"]),
+    (lambda f: f["model"].attrs.modify("seq_len", -1), ["attribute seq_len of /model is -1"]),
+    (lambda f: f["model"].attrs.modify("padded_vocab_size", 3),
+     ["attribute padded_vocab_size of /model is 3"]),
+    # Attributes that describe fewer tensors than the file holds.
+    (lambda f: f["model"].attrs.modify("n_layer", 1),
+     ["dataset /model/h/1/", "is not a tensor of the model its attributes describe"]),
+    (lambda f: f["model"].attrs.create("bias", 0, dtype="<i8"),
+     ["/bias is not a tensor of the model its attributes describe"]),
+    (lambda f: f.copy(f["model/ln_f/weight"], "model/h/7_ln_f_weight"),
+     ["dataset /model/h/7_ln_f_weight is not a tensor"]),
+    # Intact but not finite: a diverged run's weights.
+    (lambda f: set_tensor(f, "model/ln_f/weight", lambda a: a.__setitem__(0, np.nan)),
+     ["dataset /model/ln_f/weight holds values that are not finite"]),
+    (lambda f: set_tensor(f, "model/wte/weight", lambda a: a.__setitem__((7, 3), np.inf)),
+     ["dataset /model/wte/weight holds values that are not finite"]),
+])
+def test_refuses_inconsistent_or_non_finite_checkpoints(checkpoint, tmp_path, edit, needles):
+    """A checkpoint whose attributes are out of range, describe other tensors than it holds, or
+    whose tensors are intact but not finite: one error naming the file (it crashed, or sampled
+    from a model with layers or biases silently dropped, or printed one token over and over)."""
+    path = edited(checkpoint, tmp_path / "bad.h5", edit)
+    p = run([exe("triad-generate"), "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", "1 2",
+             "--length", "2", "--output", "ids"])
+    assert_clean_error(p, f"checkpoint {path}", *needles)
+
+
+def test_grid_refuses_non_finite_weights_on_every_rank(checkpoint, tmp_path):
+    """The ranks that do not hold the tensor stop too (no hang): the verdict is collective."""
+    path = edited(checkpoint, tmp_path / "nan.h5", lambda f: set_tensor(
+        f, "model/h/1/mlp/c_fc/weight", lambda a: a.__setitem__((5, 5), np.nan)))
+    p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--prompt-ids", "1 2", "--length",
+                     2, "--output", "ids", "--pp", 2)
+    assert p.returncode != 0 and "h/1/mlp/c_fc/weight holds values that are not finite" in p.stderr
+    assert "Segmentation" not in p.stderr, p.stderr
+
+
+def test_prompt_ids_the_tokenizer_cannot_decode_are_refused_before_loading(checkpoint, tmp_path):
+    """Ids of the model but not of --vocab: --output text would fail after generating."""
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    ranks = tok / "small.tiktoken"
+    with open(VOCAB, "rb") as src:
+        ranks.write_bytes(b"".join(src.readline() for _ in range(1000)))
+    (tok / "tokenizer.triad").write_text(
+        "triad-tokenizer 1\nranks small.tiktoken\nranks_count 1000\npretokenizer gpt2\n"
+        "special 1000 <|endoftext|>\ndocument_start <|endoftext|>\nstop <|endoftext|>\n")
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", tok / "tokenizer.triad",
+             "--prompt-ids", "40000 1", "--length", "2"])
+    assert_clean_error(p, "--prompt-ids: 40000 is not a token of", "(0 .. 1000)")
+    p = run([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", tok / "tokenizer.triad",
+             "--prompt-ids", "40000 1", "--length", "2", "--output", "ids", "--top-k", "1"])
+    assert p.returncode == 0, p.stderr
 
 
 def test_fill_in_the_middle_prompts_as_training_rearranges(checkpoint):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 
 import h5py
 import numpy as np
@@ -251,6 +252,11 @@ def test_help_lists_every_key_with_defaults():
     (["--run.name", ".."], ["run.name", "not . or .."]),  # (the run directory's parent)
     (["--eval-only", "--init-from", "a.h5", "--resume", "b.h5"],
      ["--eval-only evaluates one checkpoint", "give one"]),
+    # An explicit --resume PATH dropped --init-from with a message about "its own checkpoint".
+    (["--init-from", "a.h5", "--resume", "b.h5"],
+     ["--init-from starts a new run from one checkpoint and --resume b.h5", "give one"]),
+    # (OpenMP crashed asking for that many threads)
+    (["--run.threads", "100000"], ["run.threads", "must be in [0, 1024]"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -1257,6 +1263,35 @@ def test_init_from_eval_only_and_generate(tmp_path):
     val = float(p.stdout.split("val loss")[1].split()[0])
     with h5py.File(tmp_path / "runs" / "pre" / "metrics.h5", "r") as f:
         assert abs(f["val/loss"][-1] - val) < 1e-5
+
+    # Intact (checksums that match) but not what the model is: refused on every path that
+    # loads it, naming the tensor (eval-only printed "val loss nan", --init-from "training
+    # diverged", an extra tensor was ignored).
+    def edited(name, edit):
+        path = tmp_path / name
+        shutil.copy(ckpt, path)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    def poison(f, name):
+        d = f[name]
+        a = d[...]
+        a.flat[3] = np.nan
+        d[...] = a
+        d.attrs.create("checksum", np.uint32(zlib.crc32(a.astype("<f4").tobytes())), dtype="<u4")
+
+    nan_w = edited("nan_w.h5", lambda f: poison(f, "model/h/1/attn/c_attn/weight"))
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", nan_w),
+                       "dataset /model/h/1/attn/c_attn/weight holds values that are not finite")
+    assert_clean_error(train("--config", cfg, "--init-from", nan_w, "--run.name", "ft_nan"),
+                       "dataset /model/h/1/attn/c_attn/weight holds values that are not finite")
+    nan_v = edited("nan_v.h5", lambda f: poison(f, "optimizer/v/wpe/weight"))
+    assert_clean_error(train("--config", cfg, "--resume", nan_v, "--run.name", "r_nan"),
+                       "dataset /optimizer/v/wpe/weight holds values that are not finite")
+    extra = edited("extra.h5", lambda f: f.copy(f["model/ln_f"], "model/h/9"))
+    assert_clean_error(train("--config", cfg, "--eval-only", "--resume", extra),
+                       "dataset /model/h/9/", "is not a tensor of the model")
 
 
 def test_loss_masks_batch_without_targets_and_bad_val(tmp_path):

@@ -65,6 +65,10 @@ size_t held_elements(const TensorRef& t);
 struct TensorGroup {
   std::string path;
   std::vector<TensorRef> tensors;
+  // The file's group holds these tensors and nothing else: a dataset under it that none of them
+  // names is refused on load (a model's weights, which its /model attributes describe whole: a
+  // tensor beyond them means the attributes and the tensors disagree).
+  bool whole = false;
 };
 
 struct ModelShape {
@@ -248,7 +252,9 @@ CheckpointState read_checkpoint_state(MPI_Comm comm, const std::string& path);
 // none when the ranks together ask for every loaded element with one split. The pieces' CRCs are
 // combined as on save (one uint32 per tensor reduced). Throws triad::Error naming the file and
 // the dataset otherwise, on every rank, before any tensor is modified for a missing dataset or a
-// wrong shape (a checksum failure is found after the data are read). Collective over comm.
+// wrong shape (a checksum failure is found after the data are read). A value that is not finite
+// (NaN, infinity) is refused as well, after the checksums: a diverged model or optimizer state
+// saved whole is still nothing to evaluate or train. Collective over comm.
 void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                              const std::vector<TensorGroup>& groups);
 
