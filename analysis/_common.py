@@ -85,13 +85,15 @@ def plot_run_main(argv: list[str] | None, module: str, description: str, default
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """'missing', 'directory', 'unreadable', 'empty', 'hdf5' (has HDF5's signature at offset
-    0) or 'other'."""
+    """'missing', 'directory', 'special' (a pipe, socket or device: reading one can wait
+    forever), 'unreadable', 'empty', 'hdf5' (has HDF5's signature at offset 0) or 'other'."""
     p = Path(path)
     if not p.exists():
         return "missing"
     if p.is_dir():
         return "directory"
+    if not p.is_file():
+        return "special"
     try:
         with open(p, "rb") as f:
             head = f.read(len(HDF5_SIGNATURE))
@@ -115,6 +117,7 @@ def not_hdf5_message(path: str | os.PathLike, kind: str) -> str:
     return {
         "missing": f"{path}: no such file",
         "directory": f"{path}: is a directory, expected a file",
+        "special": f"{path}: not a regular file (a pipe, socket or device)",
         "unreadable": f"{path}: cannot be read (permissions?)",
         "empty": f"{path}: empty file, not HDF5",
         "other": f"{path}: not an HDF5 file",

@@ -33,7 +33,7 @@ import numpy as np
 
 from ._common import AnalysisError, prog_name, run_main
 from .convert_weights import finish
-from .inspect_checkpoint import Report, inspect
+from .inspect_checkpoint import Report, inspect, model_attrs_with_defaults
 from .weights_triad import _string_attr
 
 
@@ -46,9 +46,11 @@ def _check_inputs(reps: list[Report]) -> None:
         if rep.kind != "checkpoint" or not rep.ok or not rep.complete:
             raise AverageError(rep.headline() or f"{rep.path}: not a complete checkpoint")
     first = reps[0]
+    described = model_attrs_with_defaults(first.model_attrs)
     for rep in reps[1:]:
-        for k in sorted(set(first.model_attrs) | set(rep.model_attrs)):
-            a, b = first.model_attrs.get(k), rep.model_attrs.get(k)
+        theirs = model_attrs_with_defaults(rep.model_attrs)
+        for k in sorted(set(described) | set(theirs)):
+            a, b = described.get(k), theirs.get(k)
             if np.asarray(a).tolist() != np.asarray(b).tolist():
                 raise AverageError(f"{first.path} and {rep.path} hold different models: /model "
                                    f"attribute {k} is {a!r} against {b!r}")

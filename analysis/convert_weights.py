@@ -156,7 +156,8 @@ def check_output(out: Path) -> None:
         raise ConvertError(f"{out}: already exists (remove it first; a conversion never "
                            f"replaces a file)")
     if not out.parent.is_dir():
-        raise ConvertError(f"{out.parent}: no such directory")
+        raise ConvertError(f"{out.parent}: " + ("not a directory" if out.parent.exists()
+                                                  else "no such directory"))
 
 
 def finish(out: Path, write: Callable[[Path], None], directory: bool = False) -> None:
@@ -167,12 +168,15 @@ def finish(out: Path, write: Callable[[Path], None], directory: bool = False) ->
     leaves nothing behind."""
     check_output(out)
     prefix = f".{out.name}."
-    if directory:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix, suffix=".partial"))
-    else:
-        fd, name = tempfile.mkstemp(dir=out.parent, prefix=prefix, suffix=".partial")
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix, suffix=".partial"))
+        else:
+            fd, name = tempfile.mkstemp(dir=out.parent, prefix=prefix, suffix=".partial")
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:  # (the temporary's name would only confuse)
+        raise ConvertError(f"{out}: cannot write in {out.parent} ({e.strerror})")
     try:
         write(tmp)
         if directory:
@@ -273,6 +277,11 @@ def convert_tokenizer(prog: str, args) -> int:
         reading_as = "tekken" if args.tekken else "sentencepiece" if args.sentencepiece else \
             "tiktoken" if args.meta_llama3 else "hf"
         raise ConvertError(str(e) + hf_tokenizer.sniff_hint(src, reading_as)) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        # A JSON file of the right syntax whose values have other types than the format's (a
+        # list for an object, a number for a merge, bad base64): name the file, not Python.
+        raise ConvertError(f"{src}: not a tokenizer this reads: a value of the wrong type or "
+                           f"form ({type(e).__name__}: {e})") from None
     if args.chat is not None:
         desc.chat = None if args.chat == "none" else args.chat
     files = desc.files(f"converted from {source}")

@@ -63,6 +63,8 @@ def resolve_checkpoint_path(p: str | Path) -> Path:
         if not files:
             raise CheckpointError(f"{d}: no checkpoint (no 'latest', no step_*.h5)")
         return files[-1]
+    if path.exists():
+        raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device)")
     raise CheckpointError(f"{path}: no such file or directory")
 
 
@@ -284,6 +286,9 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False,
                         ck = obj.attrs.get("checksum")
                         if ck is None:
                             rep.problems.append(f"{name} has no checksum attribute")
+                        elif not is_count(attr_value(ck)):
+                            rep.problems.append(f"{name}: its checksum attribute "
+                                                f"{attr_value(ck)!r} is not an integer")
                         else:
                             le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
                             crc = zlib.crc32(le.tobytes()) & 0xFFFFFFFF
@@ -312,21 +317,53 @@ def _natural_key(name: str):
     return key
 
 
+def is_count(v, least: int = 0, most: int | None = None) -> bool:
+    """v is an integer (not a bool) in [least, most]."""
+    return (isinstance(v, int) and not isinstance(v, bool) and v >= least
+            and (most is None or v <= most))
+
+
+# The bounds of the model.* keys triad-train accepts (and its checkpoint reader): a count beyond
+# them is a damaged file, and expected_shapes would otherwise list 10^12 layers.
+MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_len": 1 << 24,
+                "vocab_size": 1 << 30, "padded_vocab_size": (1 << 30) + (1 << 23)}
+
+
+def model_attrs_with_defaults(ma: dict) -> dict:
+    """The /model attributes with the values readers take for the absent ones that triad-train
+    always writes (an imported GPT-2 checkpoint leaves them out): two files that describe the
+    same model compare equal."""
+    full = {"position": "learned", "norm": "layernorm", "bias": 1, "tie_embeddings": 1,
+            "mlp": "gelu", "qk_norm": 0, "qkv_bias": 0, "norm_eps": 1e-5}
+    if "n_embd" in ma:
+        full["mlp_hidden"] = 4 * ma["n_embd"]
+    if "n_head" in ma:
+        full["n_kv_head"] = ma["n_head"]
+    full.update(ma)
+    return full
+
+
 def _check(rep: Report) -> None:
     ra, P = rep.root_attrs, rep.problems
     complete = ra.get("complete")
     if complete is None:
         P.append("no 'complete' attribute: the checkpoint was not finished (never loaded)")
-    elif int(complete) != 1:
-        P.append(f"complete = {complete}, not 1: the checkpoint was not finished (never loaded)")
+    elif complete != 1:
+        P.append(f"complete = {complete!r}, not 1: the checkpoint was not finished (never loaded)")
     if ra.get("format") != "triad-checkpoint":
         P.append(f"format = {ra.get('format')!r}, expected 'triad-checkpoint'")
-    if ra.get("format_version") is not None and int(ra["format_version"]) != 1:
-        P.append(f"format_version = {ra['format_version']}, this tool knows 1")
+    if ra.get("format_version") is not None and ra["format_version"] != 1:
+        P.append(f"format_version = {ra['format_version']!r}, this tool knows 1")
     for k in ("format_version", "step", "tokens_seen", "next_sequence", "epoch", "config",
               "grid"):
         if k not in ra:
             P.append(f"missing root attribute '{k}'")
+    for k in ("step", "tokens_seen", "next_sequence", "epoch"):
+        if k in ra and not is_count(ra[k]):
+            P.append(f"root attribute {k} = {ra[k]!r}, not an integer >= 0")
+    for k in ("config", "grid"):
+        if k in ra and not isinstance(ra[k], str):
+            P.append(f"root attribute {k} is not a string (it holds {type(ra[k]).__name__})")
 
     model = {n[len("model/"):]: v for n, v in rep.datasets.items() if n.startswith("model/")}
     if not model:
@@ -337,6 +374,11 @@ def _check(rep: Report) -> None:
         P.append(f"/model lacks attribute(s) {', '.join(missing_attrs)}")
         return
     ma = rep.model_attrs
+    bad = [f"/model attribute {k} = {ma[k]!r}, not an integer in [1, {most}]"
+           for k, most in MODEL_BOUNDS.items() if not is_count(ma[k], 1, most)]
+    if bad:
+        P.extend(bad)
+        return
     V, Vp = int(ma["vocab_size"]), int(ma["padded_vocab_size"])
     if Vp < V:
         P.append(f"padded_vocab_size {Vp} < vocab_size {V}")

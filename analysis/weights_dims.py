@@ -5,13 +5,14 @@ and shapes. The format modules (weights_*.py) all build on it; it imports none o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Tuple
 
 import numpy as np
 
 from ._common import AnalysisError
-from .inspect_checkpoint import expected_shapes
+from .inspect_checkpoint import MODEL_BOUNDS, expected_shapes
 
 
 class ConvertError(AnalysisError):
@@ -242,6 +243,13 @@ class Dims:
         for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size"):
             if getattr(self, k) <= 0:
                 raise ConvertError(f"{where}: {k} = {getattr(self, k)}, must be positive")
+            if getattr(self, k) > MODEL_BOUNDS[k]:  # (triad-train's bounds on model.*)
+                raise ConvertError(f"{where}: {k} = {getattr(self, k)}, at most "
+                                   f"{MODEL_BOUNDS[k]} in triad")
+        # (a checkpoint with another base is refused by every reader: not written at all)
+        if self.position == "rope" and not (math.isfinite(self.rope_theta) and self.rope_theta > 1):
+            raise ConvertError(f"{where}: the rotary base (rope_theta) is {self.rope_theta}, "
+                               f"not a finite number > 1")
         if self.n_embd % self.n_head and not self.head_dim:
             raise ConvertError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head "
                                f"{self.n_head}")

@@ -133,6 +133,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{cfg_path}: not a JSON object")
     d = hf_config_dims(cfg, str(cfg_path), seq_len)
 
+    wm = None  # a sharded model's index: each tensor's file
     if src.is_file():
         files = [src]
     elif (directory / "model.safetensors").is_file():
@@ -142,6 +143,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         try:
             wm = json.loads(index.read_text())["weight_map"]
             files = [directory / f for f in sorted(set(wm.values()))]
+            wm = {name: directory / f for name, f in wm.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConvertError(f"{index}: not a safetensors index ({e})")
     else:
@@ -155,7 +157,18 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             raise ConvertError(f"{f}: no such file (named by the safetensors index)")
         st = SafetensorsFile(f)
         for name in st.entries:
+            # One copy of each tensor, in the file the index places it in (a stale shard left
+            # beside the current ones must not replace tensors).
+            if name in where:
+                raise ConvertError(f"{f}: holds tensor {name}, which {where[name].path} holds too")
+            if wm is not None and wm.get(name) != f:
+                raise ConvertError(f"{f}: holds tensor {name}, which {index.name} places "
+                                   + (f"in {wm[name]}" if name in wm else "in no file"))
             where[name] = st
+    missing = next((n for n in (wm or {}) if n not in where), None)
+    if missing is not None:
+        raise ConvertError(f"{index}: places tensor {missing} in {wm[missing]}, which does not "
+                           f"hold it")
     if d.opt:
         return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
     if d.position == "rope":  # Llama's family

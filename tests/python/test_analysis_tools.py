@@ -202,6 +202,29 @@ def test_ckpt_bad_files(runs, tmp_path):
     # a run directory without checkpoints
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
     assert_clean_failure(tool("triad-ckpt", tmp_path / "run"), "no checkpoint")
+    # Attributes no reader accepts: "status: OK" was printed for these, and a layer count of
+    # 10^12 made the tool (and triad-convert export, triad-average) list layers until killed.
+    for i, (where, key, value, needle) in enumerate((
+            ("model", "n_layer", 10**12, "/model attribute n_layer = 1000000000000, not an "
+                                         "integer in [1, 65536]"),
+            ("model", "vocab_size", 0, "/model attribute vocab_size = 0, not an integer"),
+            ("/", "step", -3, "root attribute step = -3, not an integer >= 0"),
+            ("/", "step", "six", "root attribute step = 'six', not an integer >= 0"))):
+        odd = tmp_path / f"odd{i}.h5"
+        shutil.copy(good, odd)
+        with h5py.File(odd, "a") as f:
+            f[where].attrs[key] = value
+        assert_clean_failure(tool("triad-ckpt", odd, timeout=60), odd, needle)
+        if key == "n_layer":
+            assert_clean_failure(tool("triad-convert", "export", odd, tmp_path / "x.bin", "--to",
+                                      "llmc", timeout=60), needle)
+            assert_clean_failure(tool("triad-average", odd, good, "--out", tmp_path / "a.h5",
+                                      timeout=60), needle)
+    # a named pipe: opening it to read waits for a writer forever
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    for t in ("triad-ckpt", "triad-plot"):
+        assert_clean_failure(tool(t, fifo, timeout=60), fifo, "not a regular file")
 
 
 def test_nan_weights_are_refused_by_every_tool(runs, tmp_path):

@@ -139,6 +139,10 @@ def test_finetuned_run_exports_to_transformers(imported, tmp_path):
     assert model.config.n_positions == SEQ and model.config.vocab_size == V
     loss, _ = hf_loss_accuracy(model.eval(), d)
     assert abs(loss - triad_loss) <= 1e-5 * triad_loss, (loss, triad_loss)
+    # The imported weights averaged with their fine-tune: one model, though the import leaves
+    # out the /model attributes triad-train writes with their default values (it was refused).
+    mean = tool("triad-average", ckpt, run_dir, "--out", tmp_path / "mean.h5")
+    assert mean.returncode == 0, mean.stderr
     # GPT-2's tokenizer beside it (vocab.json, merges.txt from the ranks file): transformers'
     # fast and slow tokenizers give tiktoken's ids, <|endoftext|> included.
     assert "GPT-2's tokenizer files from" in p.stdout
@@ -532,7 +536,11 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
                          "long_mscale is not built"),
                         ({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
                                            "long_factor": [0.0] * 8}}, "finite numbers > 0"),
-                        ({"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75")):
+                        ({"partial_rotary_factor": 0.75}, "partial_rotary_factor 0.75"),
+                        # (imported with exit 0 into a checkpoint every reader refuses)
+                        ({"rope_theta": -5.0}, "rope_theta) is -5.0, not a finite number > 1"),
+                        ({"rope_theta": 1.0}, "rope_theta) is 1.0, not a finite number > 1"),
+                        ({"num_hidden_layers": 10**12}, "n_layer = 1000000000000, at most")):
         (tmp_path / "phi3" / "config.json").write_text(json.dumps({**good, **bad}))
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "phi3",
                                   tmp_path / "bad.h5"), "config.json", needle)
@@ -2135,6 +2143,32 @@ def test_other_hf_layouts(imported, tmp_path):
         p = tool("triad-convert", "import", src, tmp_path / name, "--seq-len", SEQ)
         assert p.returncode == 0, p.stderr
         assert_same_tensors(tmp_path / name, ckpt)
+
+    # Each tensor from the file the index places it in: a stale shard left beside the current
+    # ones (it sorted last and its tensors replaced theirs), a tensor in two files, an index
+    # naming a tensor its file lacks.
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    name, shard = next(iter(index["weight_map"].items()))
+    stale = tmp_path / "stale"
+    shutil.copytree(sharded, stale)
+    shutil.copy(d / "hf" / "model.safetensors", stale / "zz-stale.safetensors")
+    wm = dict(index["weight_map"], **{name: "zz-stale.safetensors"})
+    (stale / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    assert_clean_failure(tool("triad-convert", "import", stale, tmp_path / "stale.h5"),
+                         f"{stale / shard}: holds tensor {name}, which "
+                         f"model.safetensors.index.json places in {stale / 'zz-stale.safetensors'}")
+    wm = {n: f for n, f in index["weight_map"].items() if n != name}
+    (stale / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    (stale / "zz-stale.safetensors").unlink()
+    assert_clean_failure(tool("triad-convert", "import", stale, tmp_path / "stale.h5"),
+                         f"holds tensor {name}, which model.safetensors.index.json places in "
+                         f"no file")
+    wm = dict(index["weight_map"], **{"transformer.h.9.ln_1.weight": shard})
+    (stale / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    assert_clean_failure(tool("triad-convert", "import", stale, tmp_path / "stale.h5"),
+                         f"places tensor transformer.h.9.ln_1.weight in {stale / shard}, which "
+                         f"does not hold it")
+    assert not (tmp_path / "stale.h5").exists()
 
 
 def test_llmc_export_is_llmcs_layout(imported, tmp_path):

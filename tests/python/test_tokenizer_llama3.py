@@ -327,6 +327,10 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         (merge_out_of_order, ["merge 4", "out of order"]),
         (lambda tj: tj["model"]["merges"].pop(), ["made by no merge"]),
         (lambda tj: tj["model"]["vocab"].pop("a"), ["not 0..", "each once"]),
+        # Values of other types than the format's: named as the file's, not as Python's
+        # "unexpected TypeError".
+        (lambda tj: tj["model"]["merges"].__setitem__(0, 7), ["a value of the wrong type"]),
+        (lambda tj: tj["model"]["vocab"].__setitem__("a", "one"), ["a value of the wrong type"]),
     ]
     for change, needles in cases:
         path = bad_tokenizer_json(tmp_path, change)
