@@ -43,6 +43,15 @@ std::string hex_byte(unsigned b) {
   return std::string("0x") + digits[(b >> 4) & 15] + digits[b & 15];
 }
 
+// The file's text, which must end its last line: a file cut inside the last line can still
+// parse (a merge's rank 31726 cut to 31), and the writers end every line.
+std::string whole_lines(const std::string& path, const std::string& where) {
+  std::string text = read_whole(path, where);
+  TRIAD_CHECK(text.empty() || text.back() == '\n', where,
+              ": the last line has no line end: the file is cut short (truncated?)");
+  return text;
+}
+
 }  // namespace
 
 Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_count,
@@ -53,7 +62,7 @@ Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_
   const std::string where_p = "pieces file " + pieces_path + " (named by " + by + ")";
   std::vector<FileToken> entries;
   std::string decoded;
-  for_each_line(read_whole(pieces_path, where_p), [&](int64_t line_no, std::string_view line) {
+  for_each_line(whole_lines(pieces_path, where_p), [&](int64_t line_no, std::string_view line) {
     if (line.empty()) return;
     const auto w = words_of(line);
     TRIAD_CHECK((w.size() == 2 || (w.size() == 3 && w[2] == "byte")), where_p, ", line ", line_no,
@@ -106,7 +115,7 @@ Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_
   t.merge_mask_ = cap - 1;
   std::unordered_map<uint64_t, int64_t> line_of;
   int64_t count = 0;
-  for_each_line(read_whole(merges_path, where_m), [&](int64_t line_no, std::string_view line) {
+  for_each_line(whole_lines(merges_path, where_m), [&](int64_t line_no, std::string_view line) {
     if (line.empty()) return;
     const auto w = words_of(line);
     TRIAD_CHECK(w.size() == 3, where_m, ", line ", line_no, ": expected 'left right rank' (ids ",

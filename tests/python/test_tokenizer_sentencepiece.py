@@ -15,12 +15,14 @@
 import io
 import json
 import random
+import shutil
+import subprocess
 
 import pytest
 
 from test_tokenizer_llama3 import CORPUS, cli, cli_encode, first_difference, mixed_strings
 from test_tokenizer_tiktoken import STRINGS, read_shard, write_documents
-from triad_run import REPO, assert_clean_failure, tool
+from triad_run import ENV, REPO, assert_clean_error, assert_clean_failure, exe, tool
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -102,6 +104,21 @@ def test_mistral_description(mistral):
     assert cli_encode(mistral["v1"][1], "Hello world") == [22557, 1526]
     assert cli("decode", "--vocab", mistral["v1"][1], data=b"1 22557 1526 2") == \
         b"<s> Hello world</s>"
+
+
+def test_description_files_cut_short_are_refused(tmp_path, mistral):
+    """A pieces or merges file cut inside its last line (a merge's rank 31726 cut to 31 still
+    parsed): refused, naming the file."""
+    src = mistral["v1"][1].parent
+    for name in ("tokenizer.merges", "tokenizer.pieces"):
+        cut = tmp_path / name.split(".")[1]
+        shutil.copytree(src, cut)
+        data = (cut / name).read_bytes()
+        (cut / name).write_bytes(data[:-4])
+        p = subprocess.run([exe("triad-tokenize"), "encode", "--vocab", str(cut / "tokenizer.triad")],
+                           input="Hello world", capture_output=True, text=True, env=ENV,
+                           timeout=120)
+        assert_clean_error(p, str(cut / name), "the last line has no line end")
 
 
 @pytest.mark.parametrize("name", ["v1", "v3"])
