@@ -47,6 +47,7 @@ message and the command fails, before an array of jobs that would each fail is s
 from __future__ import annotations
 
 import argparse
+import ast
 import configparser
 import itertools
 import os
@@ -302,6 +303,13 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         raise bad(f"section [{e.section}] appears twice") from None
     except configparser.DuplicateOptionError as e:
         raise bad(f"[{e.section}] {e.option} appears twice") from None
+    except configparser.ParsingError as e:  # (after its subclass MissingSectionHeaderError)
+        lineno, line = e.errors[0]  # (the line as repr() writes it)
+        try:
+            line = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            pass
+        raise bad(f"line {lineno}: {str(line).strip()!r} is not 'key = value'") from None
     except configparser.Error as e:
         msg = str(e).splitlines()[0]
         raise bad(f"cannot parse: {msg}") from None

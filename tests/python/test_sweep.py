@@ -474,6 +474,8 @@ BAD = [
     ("unknown_section", dict(extra="a = 1\n"), "unknown section [extra]"),
     ("duplicate_key", dict(values="train.lr = 1\ntrain.lr = 2\n"), "train.lr appears twice"),
     ("bad_name", dict(sweep="name = my sweep\nbase = {a}\n"), "[sweep] name 'my sweep'"),
+    ("no_equals", dict(values="train.lr = 1, 2\ntrain.steps 5\n"),
+     "'train.steps 5' is not 'key = value'"),
 ]
 
 
