@@ -25,7 +25,24 @@ from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
 from .weights_safetensors import SafetensorsFile
 
 
+# The config.json keys that hold counts, in every family that has them: int() took 100.5 or
+# "100" for one, and true for 1.
+HF_COUNT_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "num_kv_heads",
+                 "hidden_size", "intermediate_size", "max_position_embeddings", "vocab_size",
+                 "head_dim", "n_layer", "n_head", "n_embd", "n_positions", "n_ctx", "n_inner",
+                 "n_layers", "n_heads", "d_model", "max_seq_len", "ffn_dim", "rotary_dim",
+                 "num_experts", "num_local_experts", "num_experts_per_tok",
+                 "moe_intermediate_size", "shared_expert_intermediate_size", "sliding_window",
+                 "original_max_position_embeddings", "word_embed_proj_dim",
+                 "decoder_sparse_step", "num_ln_in_parallel_attn")
+
+
 def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    for key in HF_COUNT_KEYS:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not an integer")
+
     def get(*keys, default=None):
         for k in keys:
             if cfg.get(k) is not None:

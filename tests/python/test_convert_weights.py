@@ -540,7 +540,10 @@ def test_llama_variants_triad_does_not_compute_are_refused(tmp_path):
                         # (imported with exit 0 into a checkpoint every reader refuses)
                         ({"rope_theta": -5.0}, "rope_theta) is -5.0, not a finite number > 1"),
                         ({"rope_theta": 1.0}, "rope_theta) is 1.0, not a finite number > 1"),
-                        ({"num_hidden_layers": 10**12}, "n_layer = 1000000000000, at most")):
+                        ({"num_hidden_layers": 10**12}, "n_layer = 1000000000000, at most"),
+                        # (int() took these as 100 and 1)
+                        ({"vocab_size": 100.5}, "vocab_size = 100.5 is not an integer"),
+                        ({"num_hidden_layers": True}, "num_hidden_layers = true is not an")):
         (tmp_path / "phi3" / "config.json").write_text(json.dumps({**good, **bad}))
         assert_clean_failure(tool("triad-convert", "import", tmp_path / "phi3",
                                   tmp_path / "bad.h5"), "config.json", needle)
