@@ -52,7 +52,9 @@ import configparser
 import itertools
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -448,12 +450,20 @@ def config_problems(sweep: Sweep, points: list[Point], triad_train: Path) -> lis
     def check(p: Point) -> str | None:
         cmd = [str(triad_train), *sweep.args(p), "--plan", "--plan-ranks",
                str(_grid_ranks(sweep, p))]
+        # Each its own Open MPI session directory: where OMPI_MCA_orte_tmpdir_base is set,
+        # triad's singletons use it as it is (include/triad/core/mpi_session.h), and two
+        # started at once can remove it under each other (MPI_Init then aborts).
+        base = env.get("OMPI_MCA_orte_tmpdir_base")
+        session = tempfile.mkdtemp(prefix="triad-sweep-",
+                                   dir=base if base and os.path.isdir(base) else None)
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=sweep.root, env=env,
-                               timeout=120)
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=sweep.root,
+                               env=dict(env, OMPI_MCA_orte_tmpdir_base=session), timeout=120)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SweepError(f"cannot run {triad_train} --plan to check point {p.index}: "
                              f"{e}") from None
+        finally:
+            shutil.rmtree(session, ignore_errors=True)
         if r.returncode == 0:
             return None
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
