@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
@@ -17,15 +20,45 @@
 namespace triad {
 namespace {
 
+// The files map_file has mapped, for the SIGBUS handler to name the one a fault is in: a fixed
+// table, since a handler may only read memory. An entry is filled under a lock and published by
+// its base; unmap_file clears it. Files beyond the table's slots are mapped all the same (a
+// fault in one gets the message without its name).
+struct MappedFile {
+  std::atomic<const char*> base{nullptr};
+  size_t bytes = 0;
+  char name[480] = {};  // "token shard PATH", cut to fit
+};
+constexpr size_t kMappedSlots = 4096;
+MappedFile mapped_files[kMappedSlots];
+std::mutex mapped_files_lock;
+
+void write_err(const char* text) {
+  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, text, std::strlen(text));
+}
+
 // A mapped file cut short while mapped (a shard rewritten or truncated during the run) makes
 // the read of its lost pages a SIGBUS, which would end the process with no word of why: this
-// says what is the likely cause, then exits 1 (MPI's launcher ends the other ranks). Only
-// write(2) and _exit(2), which a signal handler may call. (Installed once a shard is mapped.)
-extern "C" void on_mapped_file_bus_error(int) {
-  static constexpr char kMessage[] =
-      "triad: error: bus error (SIGBUS): a memory-mapped file was cut short while it was read "
-      "(a token shard or loss mask truncated or rewritten during the run? shared memory full?)\n";
-  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+// names the file the faulting address is in and the likely cause, then exits 1 (MPI's launcher
+// ends the other ranks). Only write(2), strlen, atomic loads and _exit(2): what a signal handler
+// may call. (Installed once a shard is mapped.)
+extern "C" void on_mapped_file_bus_error(int, siginfo_t* info, void*) {
+  write_err(
+      "triad: error: bus error (SIGBUS): a memory-mapped file was cut short while it was "
+      "read");
+  const char* at = info != nullptr ? static_cast<const char*>(info->si_addr) : nullptr;
+  for (const MappedFile& f : mapped_files) {
+    const char* base = f.base.load(std::memory_order_acquire);
+    if (base != nullptr && at >= base && at < base + f.bytes) {
+      write_err(": ");
+      write_err(f.name);
+      write_err(" (truncated or rewritten during the run?)\n");
+      _exit(1);
+    }
+  }
+  write_err(
+      " (a token shard or loss mask truncated or rewritten during the run? shared memory "
+      "full?)\n");
   _exit(1);
 }
 
@@ -34,7 +67,8 @@ extern "C" void on_mapped_file_bus_error(int) {
 void* map_file(const std::string& path, size_t bytes, const char* what) {
   static const bool handled = [] {
     struct sigaction sa {};
-    sa.sa_handler = on_mapped_file_bus_error;
+    sa.sa_sigaction = on_mapped_file_bus_error;
+    sa.sa_flags = SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     return ::sigaction(SIGBUS, &sa, nullptr) == 0;
   }();
@@ -45,7 +79,25 @@ void* map_file(const std::string& path, size_t bytes, const char* what) {
   const int map_errno = errno;
   ::close(fd);
   TRIAD_CHECK(map != MAP_FAILED, what, " ", path, ": cannot map (", std::strerror(map_errno), ")");
+  const std::lock_guard lock(mapped_files_lock);
+  for (MappedFile& f : mapped_files) {
+    if (f.base.load(std::memory_order_relaxed) != nullptr) continue;
+    f.bytes = bytes;
+    std::snprintf(f.name, sizeof f.name, "%s %s", what, path.c_str());
+    f.base.store(static_cast<const char*>(map), std::memory_order_release);
+    break;
+  }
   return map;
+}
+
+// Unmaps what map_file mapped, and forgets its name.
+void unmap_file(void* map, size_t bytes) {
+  {
+    const std::lock_guard lock(mapped_files_lock);
+    for (MappedFile& f : mapped_files)
+      if (f.base.load(std::memory_order_relaxed) == map) f.base.store(nullptr);
+  }
+  ::munmap(map, bytes);
 }
 
 }  // namespace
@@ -75,7 +127,7 @@ struct SequenceSource::Shard {
     try {
       map_mask(loss_mask);
     } catch (...) {  // the destructor does not run for a constructor that throws
-      ::munmap(map, map_bytes);
+      unmap_file(map, map_bytes);
       throw;
     }
   }
@@ -107,8 +159,8 @@ struct SequenceSource::Shard {
                             : reinterpret_cast<const uint32_t*>(tokens)[i];
   }
   ~Shard() {
-    if (map) ::munmap(map, map_bytes);  // map_file never leaves MAP_FAILED
-    if (mask_map) ::munmap(mask_map, mask_bytes);
+    if (map) unmap_file(map, map_bytes);  // map_file never leaves MAP_FAILED
+    if (mask_map) unmap_file(mask_map, mask_bytes);
   }
 };
 

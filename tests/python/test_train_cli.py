@@ -1354,7 +1354,8 @@ def test_a_run_past_its_steps_says_so_and_divergence_names_its_step(tmp_path):
 
 def test_a_shard_cut_short_during_the_run_is_named_not_a_bare_crash(tmp_path):
     """The shards are memory-mapped: one truncated while the run reads it makes a read a SIGBUS,
-    which is reported as such (exit 1) rather than ending the process without a word."""
+    which is reported as such, naming the shard (exit 1), rather than ending the process without
+    a word."""
     cfg = tiny_config(tmp_path, name="cut")
     proc = subprocess.Popen([exe("triad-train"), "--config", cfg, "--train.steps", "100000",
                              "--checkpoint.every", "0", "--eval.every", "0"],
@@ -1366,6 +1367,7 @@ def test_a_shard_cut_short_during_the_run_is_named_not_a_bare_crash(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (proc.returncode, err)
     assert "bus error (SIGBUS): a memory-mapped file was cut short" in err, err
+    assert f"read: token shard {tmp_path / 'data' / 'train_'}" in err, err  # the one it was in
 
 
 def test_generate_samples_and_refuses_bad_input(tmp_path):
