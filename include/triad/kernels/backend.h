@@ -266,10 +266,10 @@ class Backend {
   // Row r is position p = pos0 + r % T of its sequence; with hd = C/NH and h = hd/2, each q and
   // k head's pair (x_i, x_{i+h}), i < h, becomes (x_i·c − x_{i+h}·s, x_{i+h}·c + x_i·s) where
   // c = table[p·hd + i] and s = table[p·hd + h + i] (the "rotate half" pairing of GPT-NeoX and
-  // Hugging Face's Llama; the table is gpt_shape.h's rope_table, [seq_len, hd] floats in the backend's
-  // memory). inverse rotates by the opposite angles: the transpose, i.e. the backward pass,
-  // applied to dqkv. positions (the backend's ints, [N], each below the table's rows): row r is
-  // at position positions[r] instead, T and pos0 unused (data.reset_positions: each packed
+  // Hugging Face's Llama; the table is gpt_shape.h's rope_table, [seq_len, hd] floats in the
+  // backend's memory). inverse rotates by the opposite angles: the transpose, i.e. the backward
+  // pass, applied to dqkv. positions (the backend's ints, [N], each below the table's rows): row r
+  // is at position positions[r] instead, T and pos0 unused (data.reset_positions: each packed
   // document from 0). rot (model.rotary_dim; 0: hd) rotates the first rot of each head's hd values
   // only, pairs (x_i, x_{i+rot/2}), i < rot/2, by a table of [seq_len, rot] (partial rotary, as
   // GPT-NeoX's rotary_pct and Hugging Face's partial_rotary_factor); the rest pass unchanged.
