@@ -15,6 +15,7 @@
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
 #include "triad/core/rng.h"
+#include "triad/core/thread_count.h"
 #include "triad/data/chat_format.h"
 #include "triad/data/json_lines.h"
 #include "triad/data/tokenizer.h"
@@ -245,9 +246,8 @@ int main(int argc, char** argv) {
                 "; --backend cpu runs everywhere");
     TRIAD_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16",
                 "--precision must be auto, fp32 or bf16 (got '", precision, "')");
-    // (a mistyped count would ask the system for that many threads, and OpenMP crashes)
-    TRIAD_CHECK(threads >= 0 && threads <= 1024,
-                "--threads must be in [0, 1024] (0: one per core), got ", threads);
+    TRIAD_CHECK(triad::valid_thread_count(threads), "--threads must be in [0, ", triad::kMaxThreads,
+                "] (0: one per core), got ", threads);
     TRIAD_CHECK(output == "text" || output == "ids" || output == "logprobs",
                 "--output must be text, ids or logprobs (got '", output, "')");
     TRIAD_CHECK(logprobs >= 0, "--logprobs must be >= 0 (got ", logprobs, ")");

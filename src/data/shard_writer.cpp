@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "triad/core/error.h"
+#include "triad/core/thread_count.h"
 #include "triad/data/json_lines.h"
 #include "triad/data/token_shard.h"
 
@@ -23,10 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kMaxThreads = 1024;  // (a mistyped count would ask the system for that many)
-
 int resolve_threads(int threads) {
-  TRIAD_CHECK(threads >= 0 && threads <= kMaxThreads, "--threads must be in [0, ", kMaxThreads,
+  TRIAD_CHECK(valid_thread_count(threads), "--threads must be in [0, ", kMaxThreads,
               "] (0: one per core), got ", threads);
   if (threads == 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   return threads;

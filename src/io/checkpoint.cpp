@@ -32,6 +32,7 @@
 #include "hdf5_handle.h"
 #include "shard.h"
 #include "triad/kernels/moe_routing.h"
+#include "triad/model/gpt_shape.h"
 
 namespace triad {
 namespace {
@@ -666,13 +667,13 @@ CheckpointState read_state(hid_t file) {
   s.model.seq_len = require_int64(model, "/model", "seq_len");
   s.model.vocab_size = require_int64(model, "/model", "vocab_size");
   s.model.padded_vocab_size = require_int64(model, "/model", "padded_vocab_size");
-  // The bounds of a config's model.* keys (validate): a file is read without a config where
-  // triad-generate samples from it, and its counts size every allocation.
-  for (auto [name, v, most] : {std::tuple{"n_layer", s.model.n_layer, int64_t(1) << 16},
-                               std::tuple{"n_head", s.model.n_head, int64_t(1) << 16},
-                               std::tuple{"n_embd", s.model.n_embd, int64_t(1) << 20},
-                               std::tuple{"seq_len", s.model.seq_len, int64_t(1) << 24},
-                               std::tuple{"vocab_size", s.model.vocab_size, int64_t(1) << 30}})
+  // A config's bounds (gpt_shape.h): a file is read without a config where triad-generate
+  // samples from it, and its counts size every allocation.
+  for (auto [name, v, most] : {std::tuple{"n_layer", s.model.n_layer, kMaxLayers},
+                               std::tuple{"n_head", s.model.n_head, kMaxHeads},
+                               std::tuple{"n_embd", s.model.n_embd, kMaxWidth},
+                               std::tuple{"seq_len", s.model.seq_len, kMaxSeqLen},
+                               std::tuple{"vocab_size", s.model.vocab_size, kMaxVocab}})
     TRIAD_CHECK(v >= 1 && v <= most, "attribute ", name, " of /model is ", v, ", not in [1, ", most,
                 "]");
   // vocab_size rounded up for the saving run's grid (DESIGN.md §3: to a multiple of 128·tp; a

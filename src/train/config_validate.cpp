@@ -4,9 +4,11 @@
 #include <cmath>
 #include <iomanip>
 #include <sstream>
+#include <tuple>
 
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
+#include "triad/core/thread_count.h"
 #include "triad/data/blend.h"
 #include "triad/data/fim.h"
 #include "triad/kernels/cuda_backend.h"  // cuda_flash_head_dim, cuda_flash_drops
@@ -51,16 +53,13 @@ void validate(const Config& c, int world_size) {
   check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
   check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
   check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
-  // Far beyond any model trained, and small enough that the layout's sizes and the plan's
-  // per-layer tables stay well inside their integers.
-  check(m.n_layer <= 65536, "model.n_layer",
-        "must be <= 65536 (got " + std::to_string(m.n_layer) + ")");
-  check(m.n_head <= 65536, "model.n_head",
-        "must be <= 65536 (got " + std::to_string(m.n_head) + ")");
-  check(m.n_embd <= (1 << 20), "model.n_embd",
-        "must be <= 1048576 (got " + std::to_string(m.n_embd) + ")");
-  check(m.seq_len <= (1 << 24), "model.seq_len",
-        "must be <= 16777216 (got " + std::to_string(m.seq_len) + ")");
+  // (gpt_shape.h's bounds, which checkpoints are read against too)
+  for (const auto& [key, v, most] : {std::tuple{"model.n_layer", int64_t(m.n_layer), kMaxLayers},
+                                     std::tuple{"model.n_head", int64_t(m.n_head), kMaxHeads},
+                                     std::tuple{"model.n_embd", int64_t(m.n_embd), kMaxWidth},
+                                     std::tuple{"model.seq_len", int64_t(m.seq_len), kMaxSeqLen}})
+    check(v <= most, key,
+          "must be <= " + std::to_string(most) + " (got " + std::to_string(v) + ")");
   check(m.mlp_hidden <= (1 << 24), "model.mlp_hidden",
         "must be <= 16777216 (got " + std::to_string(m.mlp_hidden) + ")");
   check(m.head_dim >= 0 && m.head_dim <= 4096, "model.head_dim",
@@ -112,8 +111,9 @@ void validate(const Config& c, int world_size) {
             std::to_string(m.n_head) + ")");
   check(m.seq_len >= 1, "model.seq_len", "must be >= 1 (got " + std::to_string(m.seq_len) + ")");
   // Above 65536 the token shards must be the uint32 ones (each shard's header says which).
-  check(m.vocab_size >= 2 && m.vocab_size <= (1 << 30), "model.vocab_size",
-        "must be in [2, 1073741824] (got " + std::to_string(m.vocab_size) + ")");
+  check(m.vocab_size >= 2 && m.vocab_size <= kMaxVocab, "model.vocab_size",
+        "must be in [2, " + std::to_string(kMaxVocab) + "] (got " + std::to_string(m.vocab_size) +
+            ")");
   check(m.position == "learned" || m.position == "rope", "model.position",
         "must be learned or rope (got '" + m.position + "')");
   check(m.position == "rope" || m.rope_scaling == "none", "model.rope_scaling",
@@ -484,9 +484,9 @@ void validate(const Config& c, int world_size) {
         "run.precision", "must be auto, fp32 or bf16 (got '" + c.run.precision + "')");
   check(!c.bf16() || m.n_embd % 2 == 0, "model.n_embd",
         "(" + std::to_string(m.n_embd) + ") must be even for bf16 precision");
-  // (a mistyped count would ask the system for that many threads, and OpenMP crashes)
-  check(c.run.threads >= 0 && c.run.threads <= 1024, "run.threads",
-        "must be in [0, 1024] (0: one per core; got " + std::to_string(c.run.threads) + ")");
+  check(valid_thread_count(c.run.threads), "run.threads",
+        "must be in [0, " + std::to_string(kMaxThreads) + "] (0: one per core; got " +
+            std::to_string(c.run.threads) + ")");
   check(c.run.peak_tflops >= 0 && std::isfinite(c.run.peak_tflops), "run.peak_tflops",
         "must be a finite number >= 0");
   check(!c.eval.loss_by_position ||

@@ -1,15 +1,26 @@
 // A GPT model's shape: every model.* setting that decides its math and tensors (GptShape), and
 // the few facts derived from it alone (vocabulary padding, the MLP kind, the rotary table).
-// Header-only but for rope_table (src/model/gpt.cpp); needs no backend or communicator.
+// Header-only but for rope_table (src/model/gpt.cpp); of the backend it uses only its enums and
+// constants (Activation, kNormEps, qkv_width in backend.h), no communicator.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "triad/kernels/backend.h"
+
 namespace triad {
+
+// The largest model triad takes, from a config or from a checkpoint's attributes alike: far beyond
+// any model trained, and small enough that the layout's sizes and the plan's per-layer tables
+// stay well inside their integers.
+inline constexpr int64_t kMaxLayers = int64_t(1) << 16, kMaxHeads = int64_t(1) << 16,
+                         kMaxWidth = int64_t(1) << 20, kMaxSeqLen = int64_t(1) << 24,
+                         kMaxVocab = int64_t(1) << 30;
 
 struct GptShape {
   int n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
