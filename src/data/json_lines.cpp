@@ -4,10 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <span>
-#include <sstream>
 
 #include "tokenizer_files.h"
 #include "triad/core/error.h"
@@ -372,15 +369,10 @@ std::vector<JsonConversation> json_lines_conversations(std::string_view text,
 }
 
 std::vector<JsonConversation> read_conversations(const std::string& path, const char* option) {
-  std::error_code ec;  // (a directory opens as a stream that reads nothing)
-  TRIAD_CHECK(!std::filesystem::is_directory(path, ec), option, " ", path, ": is a directory");
-  std::ifstream in(path, std::ios::binary);
-  TRIAD_CHECK(in.is_open(), option, " ", path, ": cannot open (missing or unreadable)");
-  std::ostringstream text;
-  text << in.rdbuf();
-  TRIAD_CHECK(!in.bad(), option, " ", path, ": read error");
-  auto convs = json_lines_conversations(text.str(), "messages", std::string(option) + " " + path);
-  TRIAD_CHECK(!convs.empty(), option, " ", path, ": no conversation in it");
+  const std::string where = std::string(option) + " " + path;
+  auto convs =
+      json_lines_conversations(tokenizer_files::read_whole(path, where), "messages", where);
+  TRIAD_CHECK(!convs.empty(), where, ": no conversation in it");
   return convs;
 }
 
