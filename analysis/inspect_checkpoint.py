@@ -329,12 +329,19 @@ MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_l
                 "vocab_size": 1 << 30, "padded_vocab_size": (1 << 30) + (1 << 23)}
 
 
+# The 0/1 /model attributes and what a reader takes for one that is absent (a file from before
+# it, or one another tool wrote).
+FLAG_DEFAULTS = {"bias": 1, "tie_embeddings": 1, "qk_norm": 0, "qk_norm_full": 0, "pre_norm": 1,
+                 "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "parallel_residual": 0,
+                 "branch_norm": 0, "shared_norm": 0, "head_bias": 0}
+
+
 def model_attrs_with_defaults(ma: dict) -> dict:
-    """The /model attributes with the values readers take for the absent ones that triad-train
-    always writes (an imported GPT-2 checkpoint leaves them out): two files that describe the
+    """The /model attributes with the values readers take for the absent ones (an imported
+    GPT-2 checkpoint leaves out those triad-train always writes): two files that describe the
     same model compare equal."""
-    full = {"position": "learned", "norm": "layernorm", "bias": 1, "tie_embeddings": 1,
-            "mlp": "gelu", "qk_norm": 0, "qkv_bias": 0, "norm_eps": 1e-5}
+    full = {"position": "learned", "norm": "layernorm", "mlp": "gelu", "norm_eps": 1e-5,
+            **FLAG_DEFAULTS}
     if "n_embd" in ma:
         full["mlp_hidden"] = 4 * ma["n_embd"]
     if "n_head" in ma:
@@ -393,10 +400,7 @@ def _check(rep: Report) -> None:
     elif position == "rope" and not (isinstance(ma["rope_theta"], (int, float))
                                      and math.isfinite(ma["rope_theta"]) and ma["rope_theta"] > 1):
         P.append(f"/model attribute rope_theta = {ma['rope_theta']!r}, not a finite number > 1")
-    for flag, absent in (("bias", 1), ("tie_embeddings", 1), ("qk_norm", 0), ("qk_norm_full", 0),
-                         ("pre_norm", 1), ("qkv_bias", 0),
-                         ("mlp_bias", 0), ("norm_bias", 0), ("parallel_residual", 0), ("branch_norm", 0),
-                         ("shared_norm", 0), ("head_bias", 0)):
+    for flag, absent in FLAG_DEFAULTS.items():
         if ma.get(flag, absent) not in (0, 1):
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
