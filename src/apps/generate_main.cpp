@@ -29,6 +29,7 @@
 #include "triad/train/model_tensors.h"
 #include "triad/train/positional_arguments.h"
 #include "triad/train/run_plan.h"
+#include "triad/train/sample_printer.h"
 #include "triad/train/sampler.h"
 
 namespace po = boost::program_options;
@@ -123,7 +124,8 @@ int main(int argc, char** argv) {
     triad::SampleOptions opt;  // the sampling options parse into it
     std::vector<std::string> stops;
     int threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
-    bool no_cache = false, timing = false, stop_at_eot = false, ema = false, fim_spm = false;
+    bool no_cache = false, timing = false, stop_at_eot = false, ema = false, fim_spm = false,
+         stream = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
     desc.add_options()("help,h", "print this help")("checkpoint", po::value(&checkpoint),
                                                     "checkpoint file (.h5)")(
@@ -202,7 +204,10 @@ int main(int argc, char** argv) {
         "--logprobs likeliest ids with theirs, as id:logprob, tab-separated; samples separated "
         "by a line ---")("logprobs", po::value(&logprobs)->default_value(5),
                          "with --output logprobs: the likeliest ids listed beside each token")(
-        "timing", po::bool_switch(&timing), "print the generation speed to stderr")(
+        "stream", po::bool_switch(&stream),
+        "print each token as it is drawn, one sample at a time (with --samples, give --batch 1); "
+        "the output reads as without it")("timing", po::bool_switch(&timing),
+                                          "print the generation speed to stderr")(
         "tp", po::value(&tp)->default_value(1),
         "tensor-parallel ranks (a model too large for one device: mpirun -np tp·pp)")(
         "pp", po::value(&pp)->default_value(1), "pipeline stages (layers split evenly)");
@@ -238,6 +243,8 @@ int main(int argc, char** argv) {
     // Several samples go through the model together (in lockstep, on any grid): a grid draws
     // what one rank with the same --batch draws.
     const int together = std::min(samples, batch);
+    TRIAD_CHECK(!stream || together == 1, "--stream prints one sample at a time: with --samples ",
+                samples, ", give --batch 1 (got --batch ", batch, ")");
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
     TRIAD_CHECK(backend == "cpu" || backend == "cuda", "--backend must be cpu or cuda (got '",
                 backend, "')");
@@ -394,52 +401,43 @@ int main(int argc, char** argv) {
                   << ": samples are drawn among the tokenizer's ids only (is it the model's "
                   << "tokenizer?)" << std::endl;
     }
+    // How rank 0 prints the samples (every rank draws the same tokens).
+    triad::SamplePrinting printing;
+    printing.output = output == "ids"        ? triad::SamplePrinting::Output::ids
+                      : output == "logprobs" ? triad::SamplePrinting::Output::logprobs
+                                             : triad::SamplePrinting::Output::text;
+    printing.tokenizer = &tok;
+    printing.stops = stops;
+    if (output == "text") {
+      if (infill) {  // the prefix, the middle and the suffix
+        printing.before = prompt;
+        printing.after = suffix;
+      } else if (!chatting) {  // a chat reply is printed alone
+        printing.before = vm.count("prompt-ids") ? tok.decode(ids) : prompt;
+      }
+    }
+    if (chatting || infill) printing.hidden_tokens = opt.stop_tokens;  // printed without it
     size_t generated = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (int first = 0; first < samples; first += together) {
       const int k = std::min(together, samples - first);
+      // With --stream a sample is printed as its tokens come; otherwise the samples drawn
+      // together are printed in turn once all have ended.
+      std::vector<std::ostringstream> buffers(size_t(stream ? 0 : k));
+      std::vector<triad::SamplePrinter> printers;
+      printers.reserve(size_t(k));
+      for (int b = 0; rank == 0 && b < k; ++b)
+        printers.emplace_back(printing, first + b, stream ? std::cout : buffers[size_t(b)], stream);
+      opt.on_token = [&](int b, int32_t id, const triad::TokenLogprob* lp) {
+        if (!printers.empty()) printers[size_t(b)].token(id, lp);
+      };
       std::vector<std::vector<triad::TokenLogprob>> lps;
       const auto outs = triad::sample_continuations(model, ids, k, opt, rng,
                                                     output == "logprobs" ? &lps : nullptr);
-      for (int i = first; i < first + k; ++i) {
-        const auto& out = outs[size_t(i - first)];
-        generated += out.size();
-        if (rank != 0) continue;     // every rank draws the same tokens; the first prints them
-        if (output == "logprobs") {  // a line per token, samples separated by a line "---"
-          if (i > 0) std::cout << "---\n";
-          char num[32];
-          for (size_t j = 0; j < out.size(); ++j) {
-            const triad::TokenLogprob& lp = lps[size_t(i - first)][j];
-            std::snprintf(num, sizeof num, "%.6f", lp.logprob);
-            std::cout << out[j] << '\t' << num << '\t';
-            for (size_t a = 0; a < lp.top.size(); ++a) {
-              std::snprintf(num, sizeof num, "%.6f", lp.top[a].second);
-              std::cout << (a ? " " : "") << lp.top[a].first << ':' << num;
-            }
-            std::cout << '\n';
-          }
-          std::cout << std::flush;
-        } else if (output == "ids") {  // one line per sample
-          for (size_t j = 0; j < out.size(); ++j) std::cout << (j ? " " : "") << out[j];
-          std::cout << std::endl;
-        } else {  // samples separated by a line "---"
-          if (i > 0) std::cout << "---" << std::endl;
-          if (chatting || infill) {  // the reply (the middle) without its stop token
-            std::vector<int32_t> reply(out.begin(), out.end());
-            if (!reply.empty() && std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(),
-                                            reply.back()) != opt.stop_tokens.end())
-              reply.pop_back();
-            const std::string text = tok.decode(reply);
-            if (infill)  // the prefix, the middle and the suffix
-              std::cout << prompt << text.substr(0, stop_at(text)) << suffix << std::endl;
-            else
-              std::cout << text.substr(0, stop_at(text)) << std::endl;
-          } else {
-            const std::string text = tok.decode(out);
-            std::cout << (vm.count("prompt-ids") ? tok.decode(ids) : prompt)
-                      << text.substr(0, stop_at(text)) << std::endl;
-          }
-        }
+      for (const auto& out : outs) generated += out.size();
+      for (size_t b = 0; b < printers.size(); ++b) {
+        printers[b].finish();
+        if (!stream) std::cout << buffers[b].str() << std::flush;
       }
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -178,6 +178,7 @@ std::vector<std::vector<int32_t>> sample_continuations(
       out[size_t(b)].push_back(pick);
       if (logprobs)
         (*logprobs)[size_t(b)].push_back(token_logprob(model_row, V, pick, opt.logprobs, order));
+      if (opt.on_token) opt.on_token(b, pick, logprobs ? &(*logprobs)[size_t(b)].back() : nullptr);
       if (std::find(opt.stop_tokens.begin(), opt.stop_tokens.end(), pick) !=
               opt.stop_tokens.end() ||
           (opt.stop_when && opt.stop_when(out[size_t(b)])))

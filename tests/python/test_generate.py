@@ -4,9 +4,11 @@ and without it, through the prompt, token by token, and past the context (where 
 slides and is recomputed); and its new options' bad values."""
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -572,6 +574,53 @@ def test_stop_strings_cut_the_text(checkpoint):
              "--samples", "2"], check=True)
     whole = enc.decode(PROMPT) + cut
     assert p.stdout == f"{whole}\n---\n{whole}\n", p.stdout
+
+
+@pytest.mark.parametrize("output", ["text", "ids", "logprobs"])
+def test_stream_prints_what_the_buffered_output_does(checkpoint, output):
+    """--stream prints each token as it is drawn; the output reads exactly as without it: the
+    samples in turn, a --stop string found across tokens cut off with what follows it."""
+    enc = gpt2_tiktoken()
+    ids = " ".join(map(str, PROMPT))
+    args = [exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB, "--prompt-ids",
+            ids, "--length", "30", "--top-k", "0", "--temperature", "1.5", "--samples", "3",
+            "--seed", "5"]
+    first = [int(t) for t in run(args + ["--batch", "1", "--output", "ids"],
+                                 check=True).stdout.split("\n")[0].split()]
+    text = enc.decode_bytes(first)
+    at = len(enc.decode_bytes(first[:12])) - 2
+    stop = text[at:at + 4].decode()  # four bytes across the 12th token's end
+    args += ["--output", output, "--stop", stop, "--stop", "no such text"]
+    buffered = run(args + ["--batch", "1"], check=True).stdout
+    streamed = run(args + ["--batch", "1", "--stream"], check=True).stdout
+    assert streamed == buffered
+    if output == "text":
+        assert buffered.split("\n---\n")[0].encode() == \
+            enc.decode_bytes(PROMPT) + text[:text.index(stop.encode())]
+    # The samples drawn together are printed once all end: one at a time only.
+    assert_clean_error(run(args + ["--stream", "--batch", "2"]),
+                       "--stream prints one sample at a time: with --samples 3, give --batch 1")
+
+
+def test_stream_prints_before_the_sample_ends(checkpoint):
+    """The tokens of a sample too long to wait for come out as they are drawn."""
+    p = subprocess.Popen([exe("triad-generate"), "--checkpoint", checkpoint, "--vocab", VOCAB,
+                          "--prompt-ids", "464", "--length", "100000000", "--stream", "--output",
+                          "ids"], stdout=subprocess.PIPE, env=ENV)
+    got = b""
+    try:
+        deadline = time.monotonic() + 120
+        while got.count(b" ") < 5 and time.monotonic() < deadline:
+            if select.select([p.stdout], [], [], 1)[0]:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                got += chunk
+        assert got.count(b" ") >= 5 and p.poll() is None, got
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
 
 
 def test_padded_model_draws_among_the_tokenizers_ids_together(tmp_path):

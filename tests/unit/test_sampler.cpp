@@ -2,13 +2,16 @@
 // computed here from the logits in double: temperature, top-k, top-p (nucleus), min-p and their
 // combination; the penalties on a row of logits by hand. 200,000 seeded draws each; every frequency
 // within 5 standard deviations of its probability, and tokens outside the candidates never drawn.
+// And the --stop strings of a streamed text against std::string::find on the whole sample's text.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
 
+#include "triad/train/sample_printer.h"
 #include "triad/train/sampler.h"
 
 namespace triad {
@@ -134,6 +137,76 @@ TEST(SampleToken, TopPOfOneDrawsAsWithout) {
   for (int i = 0; i < 1000; ++i)
     EXPECT_EQ(sample_token(kLogits.data(), V, options(1.0, 5, 1.0), a, order, prob),
               sample_token(kLogits.data(), V, options(1.0, 5, 1.0 - 1e-12), b, order, prob));
+}
+
+// --stop strings on a streamed text (triad-generate --stream): whatever way the bytes arrive, what
+// is printed is what the whole sample's text gives, found with std::string::find.
+std::string streamed(const std::vector<std::string>& stops, const std::string& text,
+                     const std::vector<size_t>& pieces) {
+  StopStringFilter f(stops);
+  std::string out;
+  size_t at = 0;
+  for (const size_t n : pieces) {
+    out += f.add(std::string_view(text).substr(at, n));
+    at += n;
+  }
+  return out + f.finish();
+}
+
+// What triad-generate prints without streaming: the sample ends with the token (piece) after
+// which its text holds a stop string, and that text is cut before the earliest one it holds.
+std::string cut(const std::vector<std::string>& stops, const std::string& text,
+                const std::vector<size_t>& pieces) {
+  size_t end = 0;
+  for (const size_t n : pieces) {
+    end += n;
+    size_t at = std::string::npos;
+    for (const std::string& s : stops) at = std::min(at, text.substr(0, end).find(s));
+    if (at != std::string::npos) return text.substr(0, at);
+  }
+  return text;
+}
+
+TEST(StopStringFilter, HoldsBackOnlyWhatCouldStartAStopString) {
+  const std::vector<std::string> stops = {"abc", "bd"};
+  StopStringFilter f(stops);
+  EXPECT_EQ(f.add("xa"), "x");  // "a" may begin "abc"
+  EXPECT_EQ(f.add("b"), "");    // "ab" may still be "abc", "b" "bd"
+  EXPECT_EQ(f.add("e"), "abe");
+  EXPECT_EQ(f.add("ab"), "");
+  EXPECT_EQ(f.add("d!"), "a");  // "bd" found: the text ends before it
+  EXPECT_TRUE(f.stopped());
+  EXPECT_EQ(f.add("more"), "");
+  EXPECT_EQ(f.finish(), "");
+  StopStringFilter none({});
+  EXPECT_EQ(none.add("ab"), "ab");
+  EXPECT_EQ(none.finish(), "");
+  StopStringFilter tail(stops);
+  EXPECT_EQ(tail.add("zab"), "z");
+  EXPECT_EQ(tail.finish(), "ab");  // the end of the sample prints what was held back
+}
+
+TEST(StopStringFilter, AnyChunkingPrintsTheTextCutAtTheEarliestStop) {
+  Rng rng(7);
+  const auto below = [&](size_t n) { return size_t(rng.next_u64() % n); };
+  const auto word = [&](size_t max_len) {
+    std::string w(1 + below(max_len), 'a');
+    for (char& c : w) c = char('a' + below(3));
+    return w;
+  };
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::vector<std::string> stops(below(4));
+    for (std::string& s : stops) s = word(4);
+    const std::string text = word(40);
+    std::vector<size_t> pieces;
+    for (size_t left = text.size(); left > 0;) {
+      pieces.push_back(std::min(left, below(5)));  // empty pieces too (a hidden token)
+      left -= pieces.back();
+    }
+    ASSERT_EQ(streamed(stops, text, pieces), cut(stops, text, pieces))
+        << "text " << text << ", stops " << testing::PrintToString(stops) << ", pieces "
+        << testing::PrintToString(pieces);
+  }
 }
 
 }  // namespace

@@ -14,6 +14,8 @@
 
 namespace triad {
 
+struct TokenLogprob;
+
 struct SampleOptions {
   int64_t length = 64;
   double temperature = 1.0;
@@ -38,6 +40,10 @@ struct SampleOptions {
   // Called with a sequence's continuation after each token it draws; true ends that sequence
   // there, as a stop token does (triad-generate's --stop strings). Empty: none.
   std::function<bool(const std::vector<int32_t>&)> stop_when;
+  // Called with each token a sequence keeps as it is drawn (triad-generate prints it): the
+  // sequence's index and the token's TokenLogprob where logprobs are asked for (else null).
+  // Empty: none.
+  std::function<void(int, int32_t, const TokenLogprob*)> on_token;
   // With sample_continuations' logprobs: the likeliest alternatives listed beside each token.
   int logprobs = 0;
   // Keep every layer's keys and values between tokens (Gpt::decode_logits); false: recompute the
