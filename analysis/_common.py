@@ -77,6 +77,7 @@ def plot_run_main(argv: list[str] | None, module: str, description: str, default
     a = ap.parse_args(argv)
 
     def body() -> int:
+        check_figure_out(a.out, a.dpi)
         more = {keywords["dest"]: getattr(a, keywords["dest"]) for _, keywords in options}
         print(plot(a.run, a.out, title=a.title, dpi=a.dpi, **more))
         return 0
@@ -218,23 +219,33 @@ def is_number(s: str) -> bool:
     return True
 
 
+def check_figure_out(out: str | os.PathLike, dpi: int = 120) -> Path:
+    """The figure's path when --out names an image file matplotlib writes and --dpi is sane;
+    AnalysisError otherwise. The tools call it before reading their inputs, so that a wrong
+    --out is told before minutes of loading rather than after."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    # (matplotlib would write "<out>.png" for a name without a suffix, a directory's included,
+    # and allocate whatever a huge dpi asks for.)
+    if not str(out):
+        raise AnalysisError("--out is empty: give an image file (.png, .pdf, .svg)")
+    out = Path(out)
+    if out.is_dir():
+        raise AnalysisError(f"{out}: is a directory; give an image file (.png, .pdf, .svg)")
+    if out.suffix.lower().lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        raise AnalysisError(f"{out}: not an image file name (.png, .pdf, .svg, ...)")
+    if not 1 <= dpi <= 2400:
+        raise AnalysisError(f"--dpi {dpi}: must be in [1, 2400]")
+    return out
+
+
 def save_figure(fig, out: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure (format from the suffix) and close it; AnalysisError naming
     the file when it cannot be written."""
     import matplotlib.pyplot as plt
 
     try:
-        # (matplotlib would write "<out>.png" for a name without a suffix, a directory's
-        # included, and allocate whatever a huge dpi asks for.)
-        if not str(out):
-            raise AnalysisError("--out is empty: give an image file (.png, .pdf, .svg)")
-        out = Path(out)
-        if out.is_dir():
-            raise AnalysisError(f"{out}: is a directory; give an image file (.png, .pdf, .svg)")
-        if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
-            raise AnalysisError(f"{out}: not an image file name (.png, .pdf, .svg, ...)")
-        if not 1 <= dpi <= 2400:
-            raise AnalysisError(f"--dpi {dpi}: must be in [1, 2400]")
+        out = check_figure_out(out, dpi)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(out, dpi=dpi)

@@ -29,7 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import markdown_table, prog_name, run_main, save_figure  # noqa: E402
+from ._common import (  # noqa: E402
+    check_figure_out, markdown_table, prog_name, run_main, save_figure)
 from .metrics import (MetricsError, attr_value, open_with_group, parse_config,  # noqa: E402
                       resolve_metrics_path)
 
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
+        check_figure_out(a.out, a.dpi)
         steps = None
         if a.steps:
             try:

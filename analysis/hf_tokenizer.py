@@ -610,8 +610,13 @@ def from_tekken(path: Path) -> Description:
     if len(specials) != n_special:
         raise TokenizerError(f"{where}: two special tokens share a name")
     # Instruct formats: v3 puts the system message before the user's; v7 on has its own tokens.
-    version = str(config.get("version", "v3")).lstrip("v")
-    chat = "mistral_v7" if version.isdigit() and int(version) >= 7 else "mistral_v3"
+    # The file's version is "v3", "v7", "v11", ...; a version written otherwise would pick one of
+    # the two formats by accident, so it is refused.
+    version = config.get("version", "v3")
+    if not (isinstance(version, str) and re.fullmatch(r"v?[0-9]{1,4}", version)):
+        raise TokenizerError(f"{where}: config.version {version!r} is not a Tekken version such "
+                             f"as \"v3\" or \"v7\"")
+    chat = "mistral_v7" if int(version.lstrip("v")) >= 7 else "mistral_v3"
     d = Description(ranked, "tekken", specials, "<s>", "<s>", ["</s>"], chat=chat)
     d.check(where)
     return d

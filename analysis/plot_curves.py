@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ._common import number_arg, prog_name, run_main, save_figure  # noqa: E402
+from ._common import check_figure_out, number_arg, prog_name, run_main, save_figure  # noqa: E402
 from .metrics import Metrics, load_runs  # noqa: E402
 
 
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
+        check_figure_out(a.out, a.dpi)
         runs = load_runs(a.runs, prog, strict=not a.allow_partial)
         for r in runs:
             print(f"  {r.summary()}", file=sys.stderr)

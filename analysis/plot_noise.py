@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import prog_name, run_main, save_figure  # noqa: E402
+from ._common import check_figure_out, prog_name, run_main, save_figure  # noqa: E402
 from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
 
 COLUMNS = ("step", "small_sq", "small_tokens", "big_sq", "big_tokens")
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if not 0 <= a.decay < 1:
             raise MetricsError(f"--decay must be in [0, 1) (got {a.decay})")
+        check_figure_out(a.out, a.dpi)
         path = plot_noise(a.run, a.out, title=a.title, dpi=a.dpi, decay=a.decay)
         last = noise_scale(load_noise(a.run), a.decay)["b_simple"][-1]
         print(path)

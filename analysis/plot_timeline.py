@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ._common import AnalysisError, prog_name, run_main, save_figure  # noqa: E402
+from ._common import AnalysisError, check_figure_out, prog_name, run_main, save_figure  # noqa: E402
 
 COLUMNS = ["source", "stage", "kind", "microbatch", "chunk", "start_ms", "end_ms"]
 COLOURS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
+        check_figure_out(a.out, a.dpi)
         panels = []
         for path in a.traces:
             by_source = read_trace(path)

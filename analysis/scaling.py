@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (AnalysisError, count_arg, fmt, markdown_table, prog_name, run_main,
-                      save_figure)
+from ._common import (AnalysisError, check_figure_out, count_arg, fmt, markdown_table, prog_name,
+                      run_main, save_figure)
 from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
 MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd",
@@ -163,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     def body() -> int:
+        check_figure_out(a.out)
+        if a.csv == "":
+            raise AnalysisError("--csv is empty: give a file (or leave it out)")
         runs = load_runs(a.runs, prog, strict=False)
         df = scaling_table(runs, skip=a.skip, any_model=a.any_model)
         print(to_markdown(df))
-        if a.csv == "":
-            raise AnalysisError("--csv is empty: give a file (or leave it out)")
         if a.csv:
             try:
                 Path(a.csv).parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,20 @@ class SafetensorsFile:
                                    f"range [{b}, {end}) but needs {want} bytes within the "
                                    f"{size - self.base} bytes of data (truncated file?)")
             self.entries[name] = (dtype, shape, b)
+        # As the safetensors library requires, the tensors tile the data exactly: a gap, an
+        # overlap or bytes after the last tensor mean the file was damaged or written wrongly.
+        at = 0
+        by_start = sorted(self.entries.items(), key=lambda kv: (kv[1][2], math.prod(kv[1][1])))
+        for name, (dtype, _, b) in by_start:
+            if b != at:
+                raise ConvertError(f"{path}: tensor {name} starts at data byte {b}, not at {at} "
+                                   f"where the tensor before it ends ("
+                                   f"{'overlap' if b < at else 'gap'} in the data)")
+            at = b + math.prod(self.entries[name][1]) * SAFETENSORS_SIZES[dtype]
+        if self.base + at != size:
+            raise ConvertError(f"{path}: {size - self.base - at} bytes after the last tensor's "
+                               f"data (the file is {size} bytes, its tensors end at "
+                               f"{self.base + at})")
 
     def read(self, name: str) -> np.ndarray:
         """A floating-point tensor widened (or, F64, rounded) to fp32."""

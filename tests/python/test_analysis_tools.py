@@ -335,6 +335,13 @@ def test_metrics_tools_bad_files(runs, tmp_path, cmd):
     else:
         assert_clean_failure(tool(cmd, runs["r1"], "--out", out, "--csv", ""), "--csv is empty")
     assert not any(tmp_path.glob("*.png")) and not out.exists()
+    # ... told before the runs are read: nothing is printed of them, and a missing run is not
+    # what the message is about.
+    for args in ([runs["r1"], "--out", tmp_path / "fig"], [tmp_path / "nowhere", "--out", ""]):
+        p = tool(cmd, *args)
+        assert_clean_failure(p, "--out is empty" if args[-1] == "" else "not an image file")
+        said = p.stderr + p.stdout
+        assert "nowhere" not in said and "train rows" not in said and "tokens/s" not in said, said
     # Numbers out of range are refused by argparse (exit 2), naming the option.
     bad = ["--smooth", "0"] if cmd == "triad-plot" else ["--skip", "-3"]
     p = tool(cmd, runs["r1"], "--out", out, *bad)

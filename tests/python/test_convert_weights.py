@@ -2213,6 +2213,8 @@ def test_llmc_export_is_llmcs_layout(imported, tmp_path):
     ("llmc_version", ["m.bin", "version 4"]),
     ("hdf5", ["already HDF5"]),
     ("bad_offsets", ["model.safetensors", "malformed header entry for tensor wte.weight"]),
+    ("trailing_bytes", ["model.safetensors", "16 bytes after the last tensor's data"]),
+    ("overlap", ["model.safetensors", "tensor b starts at data byte 2, not at 4", "overlap"]),
     ("int_weight", ["model.safetensors", "tensor transformer.wte.weight has dtype I32"]),
 ])
 def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
@@ -2233,16 +2235,23 @@ def test_import_refuses_bad_inputs(imported, tmp_path, case, needles):
         src = save_hf(tmp_path / "hf", model)
         f = src / "model.safetensors"
         f.write_bytes(f.read_bytes()[:-100] if case == "truncated" else b"\0" * 64)
+    elif case == "trailing_bytes":
+        src = save_hf(tmp_path / "hf", model)
+        f = src / "model.safetensors"
+        f.write_bytes(f.read_bytes() + b"\0" * 16)
     elif case == "no_config":
         src = save_hf(tmp_path / "hf", model)
         (src / "config.json").unlink()
     elif case == "seq_len":
         src, args = save_hf(tmp_path / "hf", model), ["--seq-len", "65"]
-    elif case == "bad_offsets":
+    elif case in ("bad_offsets", "overlap"):
         src = tmp_path / "hf"
         src.mkdir()
         header = json.dumps({"wte.weight": {"dtype": "F32", "shape": [1],
-                                            "data_offsets": ["0", "x"]}}).encode()
+                                            "data_offsets": ["0", "x"]}} if case == "bad_offsets"
+                            else {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                  "b": {"dtype": "F16", "shape": [1], "data_offsets": [2, 4]}}
+                            ).encode()
         (src / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header
                                                 + b"\0" * 4)
         model.config.to_json_file(src / "config.json")

@@ -99,7 +99,10 @@ def test_tekken_refusals(tmp_path):
             (lambda t: t["config"].update(pattern=r"\p{L}+|\s+"), ["not the tekken pattern"]),
             (lambda t: t["config"].update(default_vocab_size=9000), ["leaves 8000 of its 2000"]),
             (lambda t: t.pop("config"), ["not a Tekken file"]),
-            (lambda t: t["vocab"][5].update(rank=7), ["vocab entry 5 has rank 7"])]:
+            (lambda t: t["vocab"][5].update(rank=7), ["vocab entry 5 has rank 7"]),
+            # A version that is not "vN" would pick a chat format by accident.
+            (lambda t: t["config"].update(version="seven"), ["config.version 'seven'"]),
+            (lambda t: t["config"].update(version=7), ["config.version 7 is not"])]:
         bad = json.loads(json.dumps(tj))
         change(bad)
         path = tmp_path / "bad.json"
