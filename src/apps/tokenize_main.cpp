@@ -149,11 +149,14 @@ int cmd_chat(const std::vector<std::string>& args) {
       "...}, ...]}, each ending with the user's message): each prompt's ids on a line");
   po::variables_map vm;
   if (!parse("chat", args, desc, nullptr, nullptr, vm)) return 0;
+  // An empty path (an unset shell variable) must not mean "not given": stdin.
+  TRIAD_CHECK(!vm.count("messages") || !messages.empty(),
+              "chat: --messages is empty (give a file)");
   TRIAD_CHECK(messages.empty() || vm["system"].defaulted(),
               "chat: --messages holds its own system messages; drop --system");
   const auto tok = triad::Tokenizer::from_file(vocab);
-  const auto f = triad::resolve_chat_format(tok, format, "--format");
-  if (messages.empty()) {
+  const auto f = triad::resolve_chat_format(tok, vm.count("format") ? format : "auto", "--format");
+  if (!vm.count("messages")) {
     write_stdout(ids_text(triad::chat_prompt(tok, f, system, read_stdin())));
     return 0;
   }
@@ -193,7 +196,18 @@ int cmd_decode(const std::vector<std::string>& args) {
     const std::string_view word(text.data() + p, q - p);
     int64_t id = 0;
     const auto r = std::from_chars(word.data(), word.data() + word.size(), id);
-    const std::string shown(word.substr(0, 40));
+    // The word as the message shows it: bytes that are not printable ASCII (a NUL would end
+    // the message) as \xNN.
+    std::string shown;
+    for (const char c : word.substr(0, 40)) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u >= 0x20 && u < 0x7f) {
+        shown += c;
+      } else {
+        static constexpr char kHex[] = "0123456789abcdef";
+        shown += {'\\', 'x', kHex[u >> 4], kHex[u & 15]};
+      }
+    }
     TRIAD_CHECK(r.ec == std::errc() && r.ptr == word.data() + word.size(), "decode: '", shown,
                 "' (item ", ids.size() + 1, " on stdin) is not a token id");
     TRIAD_CHECK(id >= 0 && id < tok.vocab_size(), "decode: token id ", shown, " (item ",

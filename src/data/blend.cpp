@@ -1,8 +1,8 @@
 #include "triad/data/blend.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
-#include <cstdlib>
 
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
@@ -23,9 +23,13 @@ BlendSpec parse_blend(const std::string& train, const std::string& weights) {
   for (size_t d = 0; d < ws.size(); ++d) {
     TRIAD_CHECK(!b.globs[d].empty(), "config: data.train: glob ", d + 1, " of ", b.globs.size(),
                 " is empty");
-    char* end = nullptr;
-    const double w = std::strtod(ws[d].c_str(), &end);
-    TRIAD_CHECK(!ws[d].empty() && end != nullptr && *end == '\0' && std::isfinite(w) && w > 0,
+    for (size_t e = 0; e < d; ++e)
+      TRIAD_CHECK(b.globs[e] != b.globs[d], "config: data.train: glob ", d + 1, " (", b.globs[d],
+                  ") is glob ", e + 1, " again; give a dataset once, with its whole weight");
+    double w = 0;  // (decimal only: strtod would take hex and "inf")
+    const auto r = std::from_chars(ws[d].data(), ws[d].data() + ws[d].size(), w);
+    TRIAD_CHECK(!ws[d].empty() && r.ec == std::errc() && r.ptr == ws[d].data() + ws[d].size() &&
+                    std::isfinite(w) && w > 0,
                 "config: data.train_weights: '", ws[d], "' (weight ", d + 1,
                 ") must be a finite number > 0");
     b.weights.push_back(w);

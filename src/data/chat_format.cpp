@@ -52,7 +52,9 @@ std::string chat_format_names(std::string_view last) {
 ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name,
                                const char* option) {
   std::string chosen(name);
-  if (chosen.empty() || chosen == "auto") {
+  // (An empty value, an unset shell variable's, is not taken for "auto".)
+  TRIAD_CHECK(!chosen.empty(), option, " is empty (give ", chat_format_names("auto"), ")");
+  if (chosen == "auto") {
     chosen = tokenizer.chat_format();
     TRIAD_CHECK(!chosen.empty(), tokenizer.path(), " names no chat format: give ", option, " (",
                 chat_format_names(), ")");
@@ -119,7 +121,10 @@ ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
   auto reply = [&](const std::string& s) {  // v3 and later drop the trailing spaces
     if (format == ChatFormat::mistral_v1) return std::string_view(s);
     const size_t end = s.find_last_not_of(' ');
-    return std::string_view(s).substr(0, end == std::string::npos ? 0 : end + 1);
+    // (A reply of spaces alone would be an empty one, which check_turns refuses.)
+    TRIAD_CHECK(end != std::string::npos, "an assistant reply of spaces only, which ",
+                chat_format_name(format), " drops: an empty reply");
+    return std::string_view(s).substr(0, end + 1);
   };
   switch (format) {
     case ChatFormat::mistral_v1:

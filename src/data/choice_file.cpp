@@ -35,7 +35,10 @@ std::vector<ChoiceExample> read_choice_file(const std::string& path, int vocab_s
               kChoiceFileVersion, ")");
   // The smallest example takes 11 words (6 fields, a context token, two one-token endings).
   TRIAD_CHECK(h[2] > 0 && size_t(h[2]) <= words.size() / 11, where, ": header says ", h[2],
-              " examples, which ", h[2] > 0 ? "do not fit in the file" : "is none");
+              " examples, which ",
+              h[2] > 0    ? "do not fit in the file"
+              : h[2] == 0 ? "is none"
+                          : "is negative");
   TRIAD_CHECK(h[3] > 0, where, ": header says the longest example has ", h[3], " bytes");
 
   std::vector<ChoiceExample> out(static_cast<size_t>(h[2]));

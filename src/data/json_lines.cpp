@@ -311,6 +311,8 @@ template <class F>
 void for_each_line(std::string_view text, std::string_view field, const std::string& where,
                    F&& fn) {
   int64_t line_no = 0;
+  // A UTF-8 byte-order mark (some Windows editors write one) is no part of the first line.
+  if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);
   for (size_t pos = 0; pos < text.size();) {
     size_t nl = text.find('\n', pos);
     if (nl == std::string_view::npos) nl = text.size();

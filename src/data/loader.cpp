@@ -179,7 +179,13 @@ std::vector<std::string> match_shards(const std::string& pattern, const std::str
   if (rc == 0)
     for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
   ::globfree(&g);
-  TRIAD_CHECK(!files.empty(), "config: ", key, " = '", pattern, "' matches no files");
+  // (A blend's key names its glob already; one glob with commas is a blend without weights.)
+  const bool names_glob = key.find(" (") != std::string::npos;
+  TRIAD_CHECK(!files.empty(), "config: ", key, names_glob ? "" : " = '" + pattern + "'",
+              " matches no files",
+              key == "data.train" && pattern.find(',') != std::string::npos
+                  ? " (several datasets, separated by commas, need data.train_weights)"
+                  : "");
   std::sort(files.begin(), files.end());  // lexicographic order (DESIGN.md §4)
   return files;
 }

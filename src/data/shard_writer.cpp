@@ -1,5 +1,7 @@
 #include "triad/data/shard_writer.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -8,10 +10,12 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "triad/core/error.h"
 #include "triad/core/thread_count.h"
@@ -95,6 +99,13 @@ std::string read_file(const std::string& path) {
   return text;
 }
 
+// A text input's bytes are text: a NUL is found in compressed, UTF-16 and binary files.
+void check_text(const std::string& text, const std::string& path) {
+  const size_t nul = text.find('\0');
+  TRIAD_CHECK(nul == std::string::npos, "input file ", path, ": a NUL byte at offset ", nul,
+              ": not UTF-8 text (compressed, UTF-16 or binary?); decompress or convert it first");
+}
+
 std::string shard_name(const ShardWriterOptions& o, const char* split, size_t index) {
   char num[32];
   std::snprintf(num, sizeof(num), "%06zu", index);
@@ -113,6 +124,29 @@ bool is_shard_name(std::string_view name, std::string_view prefix) {
     return false;
   if (name.size() != 10 || !name.ends_with(".bin")) return false;
   return std::all_of(name.begin(), name.begin() + 6, [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// Inputs the run would read twice, or replace or remove (this --prefix's shard names and their
+// masks in --out), are refused before anything is read.
+void check_inputs(const std::vector<std::string>& files, const ShardWriterOptions& o) {
+  std::map<std::pair<dev_t, ino_t>, std::string> seen;
+  for (const std::string& f : files) {
+    struct stat st {};
+    if (::stat(f.c_str(), &st) != 0) continue;  // read_file names what is wrong
+    const auto [at, fresh] = seen.emplace(std::pair{st.st_dev, st.st_ino}, f);
+    TRIAD_CHECK(fresh, "input file ", f, ": given twice (also as ", at->second,
+                "); each document would be trained on twice");
+    const fs::path path(f);
+    std::string name = path.filename().string();
+    if (name.ends_with(".mask")) name.resize(name.size() - 5);
+    std::error_code ec;
+    TRIAD_CHECK(
+        !is_shard_name(name, o.prefix) ||
+            !fs::equivalent(path.has_parent_path() ? path.parent_path() : ".", o.out_dir, ec),
+        "input file ", f, ": in the output directory ", o.out_dir,
+        " under a name of this run's shards (--prefix ", o.prefix,
+        "), which the run replaces or removes; move it or give another --prefix or --out");
+  }
 }
 
 }  // namespace
@@ -168,7 +202,10 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
       ++last;
     }
     std::vector<std::string> texts(last - first);
-    parallel_for(texts.size(), threads, [&](size_t i) { texts[i] = read_file(files[first + i]); });
+    parallel_for(texts.size(), threads, [&](size_t i) {
+      texts[i] = read_file(files[first + i]);
+      if (jsonl_field.empty()) check_text(texts[i], files[first + i]);
+    });
     for (const auto& t : texts) bytes += int64_t(t.size());
     if (!jsonl_field.empty()) {  // the files' lines become the documents
       std::vector<std::vector<std::string>> per_file(texts.size());
@@ -318,6 +355,25 @@ std::vector<T> masked_stream(const Tokenizer& tokenizer, const std::vector<std::
   return stream;
 }
 
+// The files of an earlier run with this prefix that `written` (file names) does not replace:
+// its shards beyond this run's count and their masks (a mask beside a shard this run writes goes
+// when the shard is moved in).
+std::vector<std::string> stale_entries(const ShardWriterOptions& o,
+                                       const std::set<std::string>& written) {
+  std::error_code ec;
+  std::vector<std::string> stale;
+  for (const auto& entry : fs::directory_iterator(o.out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (is_shard_name(name, o.prefix) && !written.count(name))
+      stale.push_back(entry.path().string());
+    const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
+    if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) && !written.count(shard))
+      stale.push_back(entry.path().string());
+  }
+  std::sort(stale.begin(), stale.end());
+  return stale;
+}
+
 // Cuts the token stream into the validation split (its last val_fraction) and the training split
 // and writes each as shards of at most shard_tokens, recording them in s.
 // With a mask (chat), each shard's slice of it goes beside the shard.
@@ -325,6 +381,9 @@ template <typename T>
 void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, ShardSummary& s,
                   const std::vector<uint8_t>* mask = nullptr) {
   const auto total = int64_t(stream.size());
+  TRIAD_CHECK(s.documents > 0,
+              "no documents in the input files (only blank lines?): nothing to "
+              "write");
   s.val_tokens = std::llround(o.val_fraction * double(total));
   s.train_tokens = total - s.val_tokens;
   TRIAD_CHECK(o.val_fraction == 0 || s.val_tokens > 0, "--val-fraction ", o.val_fraction, " of ",
@@ -359,15 +418,41 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
                         std::span<const uint8_t>(mask->data() + begin + off, size_t(n)));
     }
   };
+  // An earlier run's shards this run does not replace go aside into the staging directory
+  // before anything moves in, and back if a move fails: the directory never holds the two
+  // corpora together.
+  const fs::path set_aside = staging / "stale";
+  std::vector<std::string> moved_aside;
+  const auto restore_stale = [&] {
+    for (const std::string& f : moved_aside) fs::rename(set_aside / fs::path(f).filename(), f, ec);
+  };
   try {
     write_split("train", 0, s.train_tokens, s.train_files);
     write_split("val", s.train_tokens, s.val_tokens, s.val_files);
     // A name taken by something no shard replaces is found before anything moves.
+    std::set<std::string> written;
     for (const std::vector<std::string>* files : {&s.train_files, &s.val_files})
-      for (const std::string& path : *files)
+      for (const std::string& path : *files) {
+        written.insert(fs::path(path).filename().string());
         for (const std::string& f : {path, loss_mask_path(path)})
           TRIAD_CHECK(!fs::exists(f, ec) || fs::is_regular_file(f, ec), "output ", f,
                       ": exists and is not a file (a shard or its mask goes there)");
+      }
+    const std::vector<std::string> stale = stale_entries(o, written);
+    for (const std::string& f : stale)
+      TRIAD_CHECK(fs::is_regular_file(fs::symlink_status(f, ec)) ||
+                      fs::is_symlink(fs::symlink_status(f, ec)),
+                  "cannot remove ", f,
+                  ", named as a shard of an earlier run with this --prefix: it is not a file "
+                  "(move it, or give another --prefix or --out)");
+    fs::create_directory(set_aside, ec);
+    TRIAD_CHECK(!ec, "cannot create ", set_aside.string(), " (", ec.message(), ")");
+    for (const std::string& f : stale) {
+      fs::rename(f, set_aside / fs::path(f).filename(), ec);
+      TRIAD_CHECK(!ec, "cannot remove the stale shard ", f, " (", ec.message(),
+                  "); the directory is as it was");
+      moved_aside.push_back(f);
+    }
     // Into place: an earlier run's mask beside a name goes first (it would count the new
     // tokens by the old corpus), then the shard, then its own mask.
     for (const std::vector<std::string>* files : {&s.train_files, &s.val_files}) {
@@ -381,7 +466,9 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
         }
       }
     }
+    s.removed_files = stale;
   } catch (...) {
+    restore_stale();
     fs::remove_all(staging, ec);
     throw;
   }
@@ -411,6 +498,7 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
   TRIAD_CHECK(o.shard_tokens >= 1 && o.shard_tokens <= INT32_MAX,
               "--shard-tokens must be in [1, 2147483647], got ", o.shard_tokens);
 
+  check_inputs(files, o);
   const bool masked = o.chat.has_value() || !o.prompt_field.empty();
   TRIAD_CHECK(!masked || !o.jsonl_field.empty(), "chat and completion input need a field");
   TRIAD_CHECK(!(o.chat && !o.prompt_field.empty()), "give chat or prompt_field, not both");
@@ -432,27 +520,6 @@ ShardSummary write_shards(const Tokenizer& tokenizer, const std::vector<std::str
     write_stream(tokenize_stream<uint32_t>(tokenizer, files, o, &s), o, s);
   }
 
-  // Remove shards of an earlier run with this prefix that this run did not write.
-  std::error_code ec;
-  std::set<std::string> written;
-  for (const auto& f : s.train_files) written.insert(fs::path(f).filename().string());
-  for (const auto& f : s.val_files) written.insert(fs::path(f).filename().string());
-  std::vector<std::string> stale;
-  for (const auto& entry : fs::directory_iterator(o.out_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (is_shard_name(name, o.prefix) && !written.count(name))
-      stale.push_back(entry.path().string());
-    // A stale shard's mask (write_stream already removed any beside a shard it wrote plain).
-    const std::string shard = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
-    if (name.ends_with(".mask") && is_shard_name(shard, o.prefix) && !written.count(shard))
-      stale.push_back(entry.path().string());
-  }
-  std::sort(stale.begin(), stale.end());
-  for (const auto& path : stale) {
-    fs::remove(path, ec);
-    TRIAD_CHECK(!ec, "cannot remove the stale shard ", path, " (", ec.message(), ")");
-    s.removed_files.push_back(path);
-  }
   s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return s;
 }

@@ -39,7 +39,11 @@ inline std::string excerpt(std::string_view line) {
 // The file's bytes; throws triad::Error naming `where` if it cannot be read.
 inline std::string read_whole(const std::string& path, const std::string& where) {
   std::error_code ec;  // (a directory opens as a stream that reads nothing)
-  TRIAD_CHECK(!std::filesystem::is_directory(path, ec), where, ": is a directory");
+  const auto status = std::filesystem::status(path, ec);
+  TRIAD_CHECK(!std::filesystem::is_directory(status), where, ": is a directory");
+  // Opening a named pipe waits for a writer, for ever; a device reads without end.
+  TRIAD_CHECK(!std::filesystem::exists(status) || std::filesystem::is_regular_file(status), where,
+              ": not a regular file (a pipe, socket or device)");
   std::ifstream in(path, std::ios::binary);
   TRIAD_CHECK(in.is_open(), where, ": cannot open (missing or unreadable)");
   std::stringstream buf;

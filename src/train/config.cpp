@@ -3,6 +3,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
@@ -40,6 +41,11 @@ void resolve_token_names(Config& c) {
                 "' is neither a token id nor, without data.vocab, a special token's name (set "
                 "data.vocab to the data's tokenizer, which names it)");
     if (!tokenizer) {
+      std::error_code ec;  // (opening a named pipe waits for a writer)
+      TRIAD_CHECK(!std::filesystem::exists(c.data.vocab, ec) ||
+                      std::filesystem::is_regular_file(c.data.vocab, ec),
+                  "config: ", key, " resolves its name '", v, "' with data.vocab, and data.vocab ",
+                  c.data.vocab, " is not a regular file");
       std::ifstream probe(c.data.vocab);
       TRIAD_CHECK(probe.is_open(), "config: ", key, " resolves its name '", v,
                   "' with data.vocab, and data.vocab ", c.data.vocab,
@@ -145,6 +151,21 @@ FimSpec parse_fim(const DataConfig& d, int vocab_size, uint64_t seed, const Toke
   TRIAD_CHECK(distinct, "config: data.fim_tokens '", d.fim_tokens, "' must be ",
               f.characters ? "four" : "three",
               " distinct token ids, none of them data.fim_split or data.fim_fragment_split");
+  // A sentinel that starts documents would cut every rearranged one in parts, and one whose next
+  // token's loss is masked would hide the first token after every sentinel.
+  for (const auto& [value, key] : {std::pair{&d.document_mask, "data.document_mask"},
+                                   std::pair{&d.eod_mask_loss, "data.eod_mask_loss"}}) {
+    int64_t id = -1;
+    const auto r = std::from_chars(value->data(), value->data() + value->size(), id);
+    if (r.ec != std::errc() || r.ptr != value->data() + value->size()) continue;  // none
+    for (size_t i = 0; i < 3; ++i)
+      TRIAD_CHECK(v[i] != id, "config: data.fim_tokens '", d.fim_tokens, "': its ",
+                  i == 0   ? "PREFIX"
+                  : i == 1 ? "MIDDLE"
+                           : "SUFFIX",
+                  " sentinel ", v[i], " is ", key,
+                  " too; the sentinels must be tokens of their own");
+  }
   f.prefix = v[0];
   f.middle = v[1];
   f.suffix = v[2];

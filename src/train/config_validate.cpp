@@ -465,6 +465,11 @@ void validate(const Config& c, int world_size) {
   check(c.eval.choice_examples >= 0, "eval.choice_examples", "must be >= 0");
   check(c.eval.choice_mode == "batched" || c.eval.choice_mode == "cached", "eval.choice_mode",
         "must be batched or cached (got '" + c.eval.choice_mode + "')");
+  for (const auto& [unset, key] :
+       {std::pair{c.eval.choice_examples == EvalConfig{}.choice_examples, "eval.choice_examples"},
+        std::pair{c.eval.choice_mode == EvalConfig{}.choice_mode, "eval.choice_mode"}})
+    check(unset || !c.eval.choices.empty(), key,
+          "needs eval.choices (the multiple-choice file it applies to)");
   check(c.checkpoint.every >= 0, "checkpoint.every", "must be >= 0");
   check(c.checkpoint.keep >= 0, "checkpoint.keep", "must be >= 0 (0 keeps all)");
   check(c.checkpoint.keep_every >= 0, "checkpoint.keep_every", "must be >= 0 (0: none)");

@@ -11,6 +11,7 @@
 #include <iomanip>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <sstream>
 
@@ -65,7 +66,17 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
   // A wrong data.train is said before the model is built (gigabytes and seconds for a large one).
   if (!cl.eval_only) {
     const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
-    for (size_t d = 0; d < blend.globs.size(); ++d) match_shards(blend.globs[d], blend.key(d));
+    // A shard two datasets match would be drawn at both weights.
+    std::map<std::string, size_t> dataset_of;
+    for (size_t d = 0; d < blend.globs.size(); ++d)
+      for (const std::string& f : match_shards(blend.globs[d], blend.key(d))) {
+        std::error_code ec;
+        const fs::path canonical = fs::weakly_canonical(f, ec);
+        const auto [at, fresh] = dataset_of.emplace(ec ? f : canonical.string(), d);
+        TRIAD_CHECK(fresh || at->second == d, "config: data.train: the shard ", f, " is in ",
+                    blend.key(at->second), " and in ", blend.key(d),
+                    "; a shard belongs to one dataset");
+      }
   }
   s.setup_backend();
   s.setup_model();

@@ -184,6 +184,11 @@ def test_fim_sequences_train_as_torch_on_them(rate, spm, split, masked, part, tm
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 300"), "300 is not a token"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_split=3),
      "none of them data.fim_split or data.fim_fragment_split"),
+    # A sentinel that starts documents or masks the next token's loss.
+    (dict(data__fim_rate=0.5, data__fim_tokens="5, 6, 7", data__eod_mask_loss=6),
+     "its MIDDLE sentinel 6 is data.eod_mask_loss too"),
+    (dict(data__fim_rate=0.5, data__fim_tokens="5, 6, 7", data__document_mask=5),
+     "its PREFIX sentinel 5 is data.document_mask too"),
     (dict(data__fim_rate=0.5, data__fim_tokens="1, 2, 3", data__fim_spm_rate=-0.1),
      "data.fim_spm_rate must be in [0, 1]"),
     (dict(data__fim_tokens="1, 2, 3"), "need data.fim_rate > 0"),

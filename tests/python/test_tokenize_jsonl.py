@@ -3,14 +3,16 @@
 ids of each document, GPT-2's <|endoftext|> before each)."""
 
 import json
+import os
 import random
+import shutil
 import subprocess
 
 import pytest
 
 from test_tokenizer_llama3 import cli
 from test_tokenizer_tiktoken import STRINGS, read_shard
-from triad_run import ENV, VOCAB, exe
+from triad_run import ENV, VOCAB, assert_clean_failure, exe
 
 tiktoken = pytest.importorskip("tiktoken")
 from tiktoken.load import load_tiktoken_bpe  # noqa: E402
@@ -184,3 +186,87 @@ def test_a_run_that_fails_leaves_the_earlier_shards_as_they_were(tmp_path):
     after = files()
     assert not any(n.endswith(".mask") for n in after) and len(after) > 9, sorted(after)
     assert all(not n.startswith(".") for n in after)
+
+
+def shards(tmp_path, *args, out="s", data=None):
+    return subprocess.run([str(a) for a in (exe("triad-tokenize"), "shards", "--vocab", VOCAB,
+                                            "--out", tmp_path / out, "--val-fraction", 0,
+                                            "--threads", 1, *args)],
+                          capture_output=True, text=True, env=ENV, timeout=60, input=data)
+
+
+def test_inputs_the_run_would_lose_or_misread_are_refused(tmp_path):
+    """An input under a name of the run's own shards in --out (it would be overwritten or removed
+    as stale), one given twice, one with a NUL byte (gzip, UTF-16) or a corpus of no documents:
+    one message, and nothing written or removed. (An empty text file is an empty document.)"""
+    out = tmp_path / "s"
+    out.mkdir()
+    precious = out / "tokens_val_000000.bin"
+    precious.write_text("precious text\n")
+    p = shards(tmp_path, precious)
+    assert_clean_failure(p, f"input file {precious}: in the output directory",
+                         "under a name of this run's shards (--prefix tokens)")
+    assert precious.read_text() == "precious text\n"
+    (tmp_path / "a.txt").write_text("hello world\n")
+    os.link(tmp_path / "a.txt", tmp_path / "same.txt")
+    (tmp_path / "z.txt").write_bytes("hello".encode("utf-16"))
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    for args, needles in [
+            ([tmp_path / "a.txt", tmp_path / "same.txt"],
+             ["same.txt: given twice (also as", "a.txt)"]),
+            ([tmp_path / "z.txt"], ["z.txt: a NUL byte at offset 3", "not UTF-8 text"]),
+            (["--jsonl", tmp_path / "blank.jsonl"], ["no documents in the input files"])]:
+        assert_clean_failure(shards(tmp_path, *args), *needles)
+        assert sorted(q.name for q in out.iterdir()) == ["tokens_val_000000.bin"]
+
+
+def test_an_earlier_shard_that_cannot_go_leaves_the_directory_as_it_was(tmp_path):
+    """The stale shards of an earlier, longer run go aside before the new ones move in: one that
+    cannot go (a directory by a shard's name) is found first and nothing changes."""
+    (tmp_path / "b.txt").write_text("hello world " * 20)
+    assert shards(tmp_path, "--shard-tokens", 5, tmp_path / "b.txt").returncode == 0
+    out = tmp_path / "s"
+    (out / "tokens_train_000003.bin").unlink()
+    (out / "tokens_train_000003.bin" / "keep").mkdir(parents=True)
+    before = sorted(q.name for q in out.iterdir())
+    (tmp_path / "a.txt").write_text("hello world\n")
+    p = shards(tmp_path, "--shard-tokens", 100, tmp_path / "a.txt")
+    assert_clean_failure(p, "tokens_train_000003.bin, named as a shard of an earlier run",
+                         "it is not a file")
+    assert sorted(q.name for q in out.iterdir()) == before
+    shutil.rmtree(out / "tokens_train_000003.bin")
+    p = shards(tmp_path, "--shard-tokens", 100, tmp_path / "a.txt")
+    assert p.returncode == 0, p.stderr
+    assert sorted(q.name for q in out.iterdir()) == ["tokens_train_000000.bin"]
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_line(tmp_path, gpt2):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b'\xef\xbb\xbf{"text": "hi"}\n{"text": "there"}\n')
+    assert tokenize(tmp_path, f).returncode == 0
+    assert list(read_shard(tmp_path / "o" / "tokens_train_000000.bin")) == \
+        [EOT] + gpt2.encode("hi") + [EOT] + gpt2.encode("there")
+
+
+def test_named_pipes_and_empty_values_are_refused_not_waited_on(tmp_path):
+    """A tokenizer or a conversation file that is a named pipe would block for ever in open();
+    an empty --messages or --format is not taken for "not given"; decode shows the bytes it
+    cannot read escaped."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    tokenize_cli = [str(exe("triad-tokenize"))]
+    for args in (["encode", "--vocab", fifo],
+                 ["chat", "--vocab", VOCAB, "--format", "chatml", "--messages", fifo]):
+        p = subprocess.run(tokenize_cli + [str(a) for a in args], capture_output=True, text=True,
+                           env=ENV, timeout=60, input="")
+        assert_clean_failure(p, str(fifo), "not a regular file")
+    p = subprocess.run(tokenize_cli + ["chat", "--vocab", str(VOCAB), "--messages", ""],
+                       capture_output=True, text=True, env=ENV, timeout=60, input="hi")
+    assert_clean_failure(p, "--messages is empty")
+    p = subprocess.run(tokenize_cli + ["chat", "--vocab", str(VOCAB), "--format", ""],
+                       capture_output=True, text=True, env=ENV, timeout=60, input="hi")
+    assert_clean_failure(p, "--format is empty")
+    p = subprocess.run(tokenize_cli + ["decode", "--vocab", str(VOCAB)], capture_output=True,
+                       env=ENV, timeout=60, input=b"\x01\x00zz\xff")
+    assert p.returncode == 1
+    assert b"decode: '\\x01\\x00zz\\xff' (item 1 on stdin) is not a token id" in p.stderr, p.stderr

@@ -257,6 +257,9 @@ def test_help_lists_every_key_with_defaults():
      ["--init-from starts a new run from one checkpoint and --resume b.h5", "give one"]),
     # (OpenMP crashed asking for that many threads)
     (["--run.threads", "100000"], ["run.threads", "must be in [0, 1024]"]),
+    # Keys of a multiple-choice file that is not there.
+    (["--eval.choice_mode", "cached"], ["eval.choice_mode", "needs eval.choices"]),
+    (["--eval.choice_examples", "3"], ["eval.choice_examples", "needs eval.choices"]),
 ])
 def test_bad_config_values(tmp_path, args, needles):
     cfg = tiny_config(tmp_path)
@@ -1060,7 +1063,23 @@ def test_blended_datasets_resume_exactly_and_bad_blends_are_refused(tmp_path):
         assert_clean_error(train("--config", cfg, "--data.train", blend[1],
                                  "--data.train_weights", weights, "--run.name", "bad"), needle)
     assert_clean_error(train("--config", cfg, "--data.train", f"{d}/train_*.bin, {d}/nope_*.bin",
-                             "--data.train_weights", "1,1", "--run.name", "bad2"), "nope_*.bin")
+                             "--data.train_weights", "1,1", "--run.name", "bad2"),
+                       f"data.train ({d}/nope_*.bin) matches no files")
+    for train_set, weights, needle in (
+            # without weights the list is one glob
+            (blend[1], "", "several datasets, separated by commas, need data.train_weights"),
+            (blend[1], "0x3, 1", "'0x3' (weight 1) must be a finite number > 0"),
+            (f"{d}/other_*.bin, {d}/other_*.bin", "1, 1", "glob 2 (" + f"{d}/other_*.bin) is glob 1 "
+             "again"),
+            # one shard in two datasets would be drawn at both weights
+            (f"{d}/train_*.bin, {d}/train_000.bin", "1, 1", "train_000.bin is in data.train (")):
+        assert_clean_error(train("--config", cfg, "--data.train", train_set,
+                                 "--data.train_weights", weights, "--run.name", "bad3"), needle)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it would wait for a writer, and no signal but KILL ends that
+    assert_clean_error(train("--config", cfg, "--data.document_mask", "<|endoftext|>",
+                             "--data.vocab", fifo, "--run.name", "bad4"),
+                       "data.document_mask", "is not a regular file")
 
 
 def test_more_validation_sets_are_scored_into_metrics_and_resume(tmp_path):

@@ -46,9 +46,9 @@ std::optional<ChatFormat> parse_chat_format(std::string_view name);
 // choice last: "mistral_v1, ..., qwen2 or auto".
 std::string chat_format_names(std::string_view last = "");
 
-// The format `name` names, where "auto" (or "") means the tokenizer description's `chat` line.
+// The format `name` names, where "auto" means the tokenizer description's `chat` line.
 // Throws triad::Error naming `option` (the command-line option that gave name) for an unknown
-// name, or for "auto" with a description that names no format.
+// or empty name, or for "auto" with a description that names no format.
 ChatFormat resolve_chat_format(const Tokenizer& tokenizer, std::string_view name,
                                const char* option);
 
