@@ -370,10 +370,17 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         if k in RESERVED:
             raise bad(f"[{section}] {k} cannot be set by a sweep: {RESERVED[k]}")
 
+    def check_line(section, k, v):
+        # (sweep.sbatch reads a point's arguments a line each: a value of two lines would be
+        # two arguments in every job.)
+        if "\n" in v:
+            raise bad(f"[{section}] {k}: a value of several lines ({v!r}); give it on one line")
+
     if cp.has_section("set"):
         for k, v in cp.items("set"):
             check_key("set", k)
             sweep.fixed[k] = _unquote(v)
+            check_line("set", k, sweep.fixed[k])
     if cp.has_section("values"):
         for k, v in cp.items("values"):
             check_key("values", k)
@@ -387,6 +394,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
                 raise bad(f"[values] {k} has an empty value list")
             if any(i == "" for i in items):
                 raise bad(f"[values] {k} = {v.strip()!r} has an empty item")
+            for i in items:
+                check_line("values", k, i)
             sweep.values[k] = items
     if mode == "zip" and sweep.values:
         lens = {k: len(v) for k, v in sweep.values.items()}
@@ -405,7 +414,22 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         combos = list(zip(*sweep.values.values())) if keys else [()]
     else:
         combos = list(itertools.product(*sweep.values.values()))
+    first_of: dict[tuple, int] = {}
+    for i, c in enumerate(combos):
+        j = first_of.setdefault(tuple(c), i)
+        if j != i:
+            raise bad(f"[values] points {j} and {i} are the same run (" +
+                      ", ".join(f"{k}={v}" for k, v in zip(keys, c)) + ")")
     sweep.points = [Point(i, f"{name}-{i:03d}", dict(zip(keys, c))) for i, c in enumerate(combos)]
+    # One checkpoint directory for several points: each would resume from another's checkpoints
+    # (a point found the last one's final step and trained nothing at its own values).
+    shared: dict[str, int] = {}
+    for p in sweep.points:
+        d = sweep.resolved(p).get("checkpoint.dir", "")
+        if d and shared.setdefault(d, p.index) != p.index:
+            raise bad(f"checkpoint.dir = {d!r} is points {shared[d]} and {p.index}'s: each "
+                      "would resume from the other's checkpoints; leave checkpoint.dir unset "
+                      "(each run's go in its own run directory) or give each point its own")
     return sweep
 
 
@@ -565,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "args":
             try:
+                if not re.fullmatch(r"-?[0-9]+", a.index):  # (int() reads "1_0" as 10)
+                    raise ValueError
                 i = int(a.index)
             except ValueError:
                 raise SweepError(f"{sweep.path}: point index {a.index!r} is not an integer "

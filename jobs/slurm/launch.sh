@@ -26,12 +26,16 @@ triad_arg() {
   printf '%s' "$value"
 }
 
-# Exit status 0 if the run directory holds the checkpoint of the run's last step.
+# Exit status 0 if the run's checkpoint directory (ckpt/ of the run directory, or the
+# checkpoint.dir its config.ini names) holds the checkpoint of the run's last step.
 triad_run_finished() {
-  local run=$1 steps latest
-  [[ -f $run/config.ini && -f $run/ckpt/latest ]] || return 1
+  local run=$1 steps latest ckpt
+  [[ -f $run/config.ini ]] || return 1
+  ckpt=$(awk -F' *= *' '/^\[/{s=$0} s=="[checkpoint]" && $1=="dir"{print $2}' "$run/config.ini")
+  ckpt=${ckpt:-$run/ckpt}
+  [[ -f $ckpt/latest ]] || return 1
   steps=$(awk -F' *= *' '/^\[/{s=$0} s=="[train]" && $1=="steps"{print $2}' "$run/config.ini")
-  latest=$(sed -n 's/^step_0*\([0-9][0-9]*\)\.h5$/\1/p; s/^step_0*\.h5$/0/p' "$run/ckpt/latest")
+  latest=$(sed -n 's/^step_0*\([0-9][0-9]*\)\.h5$/\1/p; s/^step_0*\.h5$/0/p' "$ckpt/latest")
   [[ -n $steps && -n $latest && $latest -ge $steps ]]
 }
 

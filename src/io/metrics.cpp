@@ -4,7 +4,10 @@
 // afterwards. File locking is off so such a reader can open the file while it is held here.
 #include "triad/io/metrics.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -350,9 +353,15 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
     std::error_code ec;
     const bool resume = resume_step >= 0 && fs::exists(path, ec);
     if (resume) {
+      // (A file this process may not write is no damaged one: it would be set aside and the
+      // run's history started anew.)
+      TRIAD_CHECK(::access(path.c_str(), W_OK) == 0, "cannot be written (", std::strerror(errno),
+                  "); a resumed run appends its steps to it");
       if (const std::string why = m.try_open_file(); !why.empty()) {
-        // A file damaged by a crash between flushes: keep it aside, start a new one.
-        const std::string aside = path + ".damaged";
+        // A file damaged by a crash between flushes: keep it aside (beside any kept before),
+        // start a new one.
+        std::string aside = path + ".damaged";
+        for (int n = 2; fs::exists(aside, ec); ++n) aside = path + ".damaged." + std::to_string(n);
         fs::rename(path, aside, ec);
         TRIAD_CHECK(!ec, "cannot be opened (", why, ") nor moved aside to ", aside, ": ",
                     ec.message());

@@ -2,6 +2,7 @@
 // INI files, the command line and --model-from, and written back as the resolved INI.
 
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <charconv>
 #include <filesystem>
 #include <fstream>
@@ -701,6 +702,16 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
     po::notify(vm);
   } catch (const po::error& e) {
     rethrow(e, "command line");
+  }
+  {
+    // "Auto" or "NONE": a keyword mistyped, not a checkpoint's path.
+    std::string lower = cl.resume;
+    for (char& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    std::error_code ec;
+    TRIAD_CHECK(lower == cl.resume || (lower != "auto" && lower != "none") ||
+                    std::filesystem::exists(cl.resume, ec),
+                "command line: --resume ", cl.resume,
+                ": no such file (the keywords auto and none are lower case)");
   }
   TRIAD_CHECK(!cl.eval_only || cl.init_from.empty() || cl.resume == "auto" || cl.resume == "none",
               "command line: --eval-only evaluates one checkpoint, and --init-from and --resume "

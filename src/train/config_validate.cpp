@@ -1,6 +1,7 @@
 // validate(): every check of a resolved config against the model, the grid and the backend,
 // each failure one message naming the key.
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -479,9 +480,18 @@ void validate(const Config& c, int world_size) {
         "(" + std::to_string(c.checkpoint.keep_every) +
             ") must be a multiple of checkpoint.every (" + std::to_string(c.checkpoint.every) +
             "), or no checkpoint would fall on it but theirs in common");
+  // (Blanks alone, or a control character such as a newline, make a directory no one can name
+  // in a shell or a sweep's job arguments.)
+  const bool printable =
+      std::none_of(c.run.name.begin(), c.run.name.end(),
+                   [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }) &&
+      c.run.name.find_first_not_of(' ') != std::string::npos;
   check(!c.run.name.empty() && c.run.name.find('/') == std::string::npos && c.run.name != "." &&
-            c.run.name != "..",
-        "run.name", "must be a non-empty name without '/', not . or .. (got '" + c.run.name + "')");
+            c.run.name != ".." && printable,
+        "run.name",
+        "must be a non-empty name without '/' or control characters, not blanks alone, . or .. "
+        "(got '" +
+            c.run.name + "')");
   check(!c.run.dir.empty(), "run.dir", "must not be empty");
   check(c.run.backend == "cpu" || c.run.backend == "cuda", "run.backend",
         "must be cpu or cuda (got '" + c.run.backend + "')");

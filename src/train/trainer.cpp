@@ -15,6 +15,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "run_directory.h"
 #include "trainer_state.h"
 #include "triad/core/comma_list.h"
 #include "triad/core/error.h"
@@ -281,24 +282,36 @@ TrainOutcome Trainer::run() {
     resume_path = s.cl.resume;
   }
   const bool resumed = !resume_path.empty();
+  // Resumed from a checkpoint of its own directory, the run's history goes on; otherwise the run
+  // starts one of its own, and an earlier run's record there is set aside (as its checkpoints
+  // are, below).
+  std::error_code here_ec;
+  const bool here = resumed && fs::equivalent(fs::absolute(resume_path, here_ec).parent_path(),
+                                              cfg.checkpoint_dir(), here_ec);
   const std::string run_path = cfg.run_path();
+  std::string lock_note, set_aside_note;
   if (s.root()) {
     std::error_code ec;
     fs::create_directories(run_path, ec);
     TRIAD_CHECK(!ec, "run.dir: cannot make the run directory ", run_path, ": ", ec.message());
+    s.run_lock = lock_run_directory(run_path, lock_note);
+    check_run_record(run_path);
+    if (!here) set_aside_note = set_aside_earlier_record(run_path);
     {
       std::ofstream ini(run_path + "/config.ini");
       ini << to_ini(cfg);
       ini.flush();
       TRIAD_CHECK(ini.good(), "run directory ", run_path, ": cannot write config.ini");
     }
-    s.log.open(run_path + "/log.txt", resumed ? std::ios::app : std::ios::trunc);
+    s.log.open(run_path + "/log.txt", here ? std::ios::app : std::ios::trunc);
     TRIAD_CHECK(s.log.is_open(), "run directory ", run_path, ": cannot open log.txt");
-    if (!resumed) {
+    if (!here) {
       std::ofstream samples(run_path + "/samples.txt", std::ios::trunc);
       TRIAD_CHECK(samples.is_open(), "run directory ", run_path, ": cannot open samples.txt");
     }
   }
+  if (!lock_note.empty()) s.say(lock_note);
+  if (!set_aside_note.empty()) s.say(set_aside_note);
   s.model->init(uint64_t(cfg.train.seed),
                 {cfg.model.init_std, cfg.model.init_scaled_residual, cfg.model.init_truncation});
   s.start_ema();  // (a checkpoint loaded below sets it again)
@@ -354,7 +367,7 @@ TrainOutcome Trainer::run() {
       for (int l = 0; l < cfg.model.n_layer; ++l)
         if (s.model->shape().moe_layer(l)) moe_layers.push_back("h" + std::to_string(l));
     s.metrics = std::make_unique<MetricsWriter>(
-        run_path + "/metrics.h5", a, resumed ? s.step : int64_t(-1), set_names,
+        run_path + "/metrics.h5", a, here ? s.step : int64_t(-1), set_names,
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
         cfg.train.activations_every > 0 ? Gpt::activation_names(cfg.model.n_layer)
                                         : std::vector<std::string>{},
@@ -468,9 +481,6 @@ TrainOutcome Trainer::run() {
           " of train.steps = " + std::to_string(cfg.train.steps));
   if (s.step < cfg.train.steps) {
     // (A run resumed from another directory's file starts a new history in this one.)
-    std::error_code ec;
-    const bool here = resumed && fs::equivalent(fs::absolute(resume_path, ec).parent_path(),
-                                                cfg.checkpoint_dir(), ec);
     const std::string moved = set_aside_other_history(s.grid.world(), cfg.checkpoint_dir(),
                                                       here ? s.step : int64_t(-1), resume_path);
     if (!moved.empty()) s.say(moved);

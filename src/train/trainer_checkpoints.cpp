@@ -123,6 +123,10 @@ CheckpointState Trainer::State::checkpoint_state() const {
 
 void Trainer::State::save_checkpoint() {
   finish_save();  // one save at a time
+  // The metrics of the steps up to this one go to disk first: a run resumed from this checkpoint
+  // after a crash continues its history without a gap (rows are otherwise written at
+  // evaluations and every 4096 steps).
+  if (metrics) metrics->flush();
   const std::string dir = cfg.checkpoint_dir();
   const std::string name = checkpoint_file_name(step);
   const std::string path = dir + "/" + name;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "async_save.h"
+#include "run_directory.h"
 #include "triad/kernels/cuda_comm.h"
 #include "triad/train/choice_eval.h"
 #include "triad/train/model_tensors.h"
@@ -536,6 +537,7 @@ Trainer::State::~State() {
   if (grad_shard) be->free(grad_shard);
   if (expert_grad_shard) be->free(expert_grad_shard);
   if (expert_stash) be->free(expert_stash);
+  unlock_run_directory(run_lock);
 }
 
 // eval.fim's seed: the validation sets' rearrangement is the same in every run, whatever its

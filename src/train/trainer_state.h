@@ -53,6 +53,7 @@ struct Trainer::State {
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)
   std::ofstream log;
+  int run_lock = -1;     // rank 0's lock of the run directory (run_directory.h)
   int64_t step = 0;      // updates applied
   int64_t position = 0;  // absolute position of the next training sequence
   int64_t consumed = 0;  // sequences trained on (a checkpoint's tokens_seen / seq_len)

@@ -178,3 +178,27 @@ def test_train_job_with_the_mpirun_launcher(slurm, tmp_path):
     assert "mpirun" in log and "dp=2 pp=1 tp=1" in log, log[-2000:]
     s, _ = train_metrics(tmp_path / "runs" / f"viampirun-{job}")
     assert list(s) == list(range(20))
+
+
+def test_a_finished_run_with_its_own_checkpoint_dir_is_not_requeued(tmp_path):
+    """launch.sh requeues a job whose run stopped before its last step: it looked for the last
+    checkpoint in <run>/ckpt only, so a run with checkpoint.dir set was requeued for ever
+    (srun and scontrol stand-ins here: no cluster needed)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n'
+                                  'exec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.log\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cfg = tiny_config(tmp_path, train__steps=4, checkpoint__every=2, eval__every=0,
+                      checkpoint__dir=str(tmp_path / "own_ckpt"))
+    env = dict(ENV, PATH=f"{bin_dir}:{ENV['PATH']}", SLURM_JOB_ID="77", TRIAD_ROOT=str(REPO),
+               TRIAD_TRAIN=exe("triad-train"))
+    script = (f"source {REPO}/jobs/slurm/launch.sh; triad_launch --config {cfg} "
+              f"--run.dir {tmp_path}/runs --run.name job-77")
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (tmp_path / "own_ckpt" / "latest").read_text() == "step_00000004.h5\n"
+    assert "requeueing" not in p.stdout and not (tmp_path / "scontrol.log").exists(), p.stdout

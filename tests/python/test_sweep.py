@@ -87,17 +87,16 @@ run_dir = {tmp_path / "elsewhere"}
 [values]
 train.lr = 1e-3, 2e-3, 3e-3
 train.steps = 10, 20, 30
-[set]
-checkpoint.dir = ckpts
+checkpoint.dir = ckpts1, ckpts2, ckpts3
 """)
     s = sw.load_sweep(f)
-    assert [p.overrides for p in s.points] == [
+    assert [{k: v for k, v in p.overrides.items() if k != "checkpoint.dir"} for p in s.points] == [
         {"train.lr": "1e-3", "train.steps": "10"}, {"train.lr": "2e-3", "train.steps": "20"},
         {"train.lr": "3e-3", "train.steps": "30"}]
     assert s.run_dir == tmp_path / "elsewhere" and s.max_parallel is None
     assert s.args(s.points[2])[-2:] == ["--run.dir", str(tmp_path / "elsewhere")]
     # the point's train.steps, and checkpoint.dir (relative: from the root) when set
-    assert s.final_checkpoint(s.points[1]) == Path.cwd() / "ckpts" / "step_00000020.h5"
+    assert s.final_checkpoint(s.points[1]) == Path.cwd() / "ckpts2" / "step_00000020.h5"
 
 
 def test_run_length_in_sequences_sets_the_final_step(tmp_path):
@@ -476,6 +475,14 @@ BAD = [
     ("bad_name", dict(sweep="name = my sweep\nbase = {a}\n"), "[sweep] name 'my sweep'"),
     ("no_equals", dict(values="train.lr = 1, 2\ntrain.steps 5\n"),
      "'train.steps 5' is not 'key = value'"),
+    # sweep.sbatch reads the arguments a line each: every job got a stray one
+    ("two_lines", dict(set="sample.prompt = hello\n  world\n"),
+     "[set] sample.prompt: a value of several lines"),
+    ("listed_twice", dict(values="train.lr = 1, 2, 1\n"),
+     "points 0 and 2 are the same run (train.lr=1)"),
+    # every point would resume from another's checkpoints
+    ("shared_checkpoints", dict(set="checkpoint.dir = ckpt_shared\n"),
+     "checkpoint.dir = 'ckpt_shared' is points 0 and 1's"),
 ]
 
 
@@ -539,6 +546,7 @@ def test_bad_invocations_through_the_command(tmp_path):
     for args, needle in ((["args", f, 2], "point index 2 out of range (the sweep has 2 points: 0-1)"),
                          (["args", f, -1], "point index -1 out of range"),
                          (["args", f, "x"], "point index 'x' is not an integer"),
+                         (["args", f, "1_0"], "point index '1_0' is not an integer"),
                          (["list", tmp_path / "none.ini"], "none.ini: no such file"),
                          (["list", tmp_path], "is a directory")):
         p = tool("triad-sweep", *args)

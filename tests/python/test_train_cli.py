@@ -246,10 +246,13 @@ def test_help_lists_every_key_with_defaults():
     (["--run.peak_tflops", "inf"], ["run.peak_tflops", "finite number >= 0"]),
     # Empty paths (an unset shell variable) are not "not given".
     (["--resume", ""], ["--resume is empty"]),
+    (["--resume", "Auto"], ["--resume Auto: no such file", "auto and none are lower case"]),
     (["--init-from", ""], ["--init-from is empty"]),
     (["--model-from", ""], ["--model-from is empty"]),
     (["--config", ""], ["--config is empty"]),
-    (["--run.name", ".."], ["run.name", "not . or .."]),  # (the run directory's parent)
+    (["--run.name", ".."], ["run.name", "not blanks alone, . or .."]),  # (the run's parent)
+    (["--run.name", "  "], ["run.name", "not blanks alone"]),
+    (["--run.name", "a\nb"], ["run.name", "without '/' or control characters"]),
     (["--eval-only", "--init-from", "a.h5", "--resume", "b.h5"],
      ["--eval-only evaluates one checkpoint", "give one"]),
     # An explicit --resume PATH dropped --init-from with a message about "its own checkpoint".
@@ -718,8 +721,15 @@ def test_bad_run_paths_are_refused_by_name(tmp_path):
                        "run.dir", str(tmp_path / "file"), "Not a directory")
     run_dir = tmp_path / "runs" / "run"
     (run_dir / "log.txt").mkdir(parents=True)
-    assert_clean_error(train("--config", cfg), f"run directory {run_dir}: cannot open log.txt")
+    assert_clean_error(train("--config", cfg), f"run directory {run_dir}: log.txt is not a "
+                       "regular file")
     (run_dir / "log.txt").rmdir()
+    # A named pipe there blocked open() for ever (and the run, catching SIGTERM, could then only
+    # be killed).
+    os.mkfifo(run_dir / "config.ini")
+    assert_clean_error(train("--config", cfg), f"run directory {run_dir}: config.ini is not a "
+                       "regular file")
+    (run_dir / "config.ini").unlink()
     (run_dir / "ckpt" / "latest").mkdir(parents=True)
     p = train("--config", cfg)
     assert_clean_error(p, "ckpt: latest is not a file")
@@ -764,6 +774,70 @@ def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):
         "latest", "step_00000002.h5", "step_00000004.h5", "step_00000006.h5", "step_00000008.h5"]
     assert sorted(f.name for f in ckpt.iterdir()) == [
         "latest", "step_00000002.h5", "superseded_1", "superseded_2"]
+
+
+def test_a_new_history_sets_the_earlier_record_aside_and_metrics_survive_a_crash(tmp_path):
+    """--resume none, or a checkpoint of another directory, starts a history of its own: the
+    earlier run's metrics.h5, log.txt, samples.txt and config.ini move to earlier_<n> (they were
+    overwritten, or the metrics went on from the other run's step). Metrics reach the disk with
+    every checkpoint: a run killed after one resumes without a gap in its history."""
+    cfg = tiny_config(tmp_path, name="h", train__steps=4, checkpoint__every=2, eval__every=0)
+    run_dir = tmp_path / "runs" / "h"
+    train("--config", cfg, check=True)
+    record = {n: (run_dir / n).read_bytes()
+              for n in ("metrics.h5", "log.txt", "samples.txt", "config.ini")}
+    p = train("--config", cfg, "--resume", "none", "--train.steps", 2, check=True)
+    assert f"the earlier run's metrics.h5, log.txt, samples.txt, config.ini moved to " \
+        f"{run_dir}/earlier_1" in p.stdout, p.stdout
+    assert {n: (run_dir / "earlier_1" / n).read_bytes() for n in record} == record
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        np.testing.assert_array_equal(f["train/step"][:], [0, 1])
+    other = tiny_config(tmp_path, name="o", train__steps=4, checkpoint__every=2, eval__every=0)
+    train("--config", other, check=True)
+    train("--config", cfg, "--resume", tmp_path / "runs" / "o" / "ckpt" / "step_00000002.h5",
+          check=True)
+    assert (run_dir / "earlier_2" / "metrics.h5").exists()
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        np.testing.assert_array_equal(f["train/step"][:], [2, 3])  # not h's 0, 1 then o's
+    # Killed (no flush at exit) after the checkpoint of step 2: steps 0 and 1 are on disk.
+    crash = tiny_config(tmp_path, name="c", train__steps=1000, checkpoint__every=2,
+                        eval__every=0)
+    proc = subprocess.Popen([exe("triad-train"), "--config", crash], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=ENV, text=True)
+    for line in proc.stdout:
+        m = re.match(r"step +(\d+)/", line)
+        if m and int(m[1]) >= 5:
+            break
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    last = int((tmp_path / "runs" / "c" / "ckpt" / "latest").read_text()[5:13])
+    p = train("--config", crash, "--train.steps", last + 2, check=True)
+    with h5py.File(tmp_path / "runs" / "c" / "metrics.h5", "r") as f:
+        np.testing.assert_array_equal(f["train/step"][:], np.arange(last + 2))
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    """Two runs in one directory interleaved their checkpoints and corrupted metrics.h5 (a sweep
+    point submitted again while its job ran): the second stops at once, naming the first."""
+    cfg = tiny_config(tmp_path, name="busy", train__steps=100000, checkpoint__every=0,
+                      eval__every=0)
+    first = subprocess.Popen([exe("triad-train"), "--config", cfg], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, env=ENV, text=True)
+    try:
+        for line in first.stdout:
+            if re.match(r"step +\d+/", line):
+                break
+        p = train("--config", cfg, "--resume", "none")
+        assert_clean_error(p, f"run directory {tmp_path / 'runs' / 'busy'} is in use by another "
+                           f"triad-train (pid {first.pid} on ")
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+        first.stdout.close()
+    assert not (tmp_path / "runs" / "busy" / "earlier_1").exists()
+    train("--config", cfg, "--train.steps", 1, "--resume", "none", check=True)  # free once it ends
 
 
 def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path):

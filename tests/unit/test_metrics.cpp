@@ -508,6 +508,19 @@ TEST_F(MetricsTest, DamagedFileOnResumeIsSetAside) {
   }
   expect_train_rows(path_, {5});
   EXPECT_TRUE(fs::exists(path_ + ".damaged"));
+  // Damaged again: the file set aside before is kept, this one goes beside it.
+  {
+    std::ofstream out(path_, std::ios::binary);
+    out << "damaged again";
+  }
+  {
+    triad::MetricsWriter w(path_, attrs(), 5);
+    w.append(train_row(5));
+  }
+  expect_train_rows(path_, {5});
+  std::ifstream first(path_ + ".damaged"), second(path_ + ".damaged.2");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(first), {}), "this is not an HDF5 file");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(second), {}), "damaged again");
 }
 
 TEST_F(MetricsTest, UnwritableLocationIsAnError) {
