@@ -132,8 +132,19 @@ void Trainer::State::save_checkpoint() {
   const std::string path = dir + "/" + name;
   // This exact state is already saved: never overwrite it. Rank 0's view decides (another
   // node's may lag behind a file moved or written there).
-  int saved = root() && fs::exists(path) ? 1 : 0;
-  TRIAD_MPI_CHECK(MPI_Bcast(&saved, 1, MPI_INT, 0, grid.world()));
+  // And the run's record must still be there: a run directory removed under the run (its
+  // metrics and log going to files no one can open any more) stops it here, on every rank.
+  int state[2] = {root() && fs::exists(path) ? 1 : 0, 0};
+  if (root() && metrics) {
+    std::error_code ec;
+    state[1] = fs::exists(cfg.run_path() + "/metrics.h5", ec) ? 0 : 1;
+  }
+  TRIAD_MPI_CHECK(MPI_Bcast(state, 2, MPI_INT, 0, grid.world()));
+  TRIAD_CHECK(!state[1], "run directory ", cfg.run_path(),
+              ": metrics.h5 is gone (removed while the run wrote it); the run stops before "
+              "saving step ",
+              step);
+  const int saved = state[0];
   if (saved) return;
   if (root()) {
     std::error_code ec;

@@ -817,6 +817,22 @@ def test_a_new_history_sets_the_earlier_record_aside_and_metrics_survive_a_crash
         np.testing.assert_array_equal(f["train/step"][:], np.arange(last + 2))
 
 
+def test_a_run_directory_removed_under_the_run_stops_it(tmp_path):
+    """Its metrics and log went to files no one could open any more and the run ended with 0:
+    the next checkpoint finds metrics.h5 gone and the run stops, naming it."""
+    cfg = tiny_config(tmp_path, name="gone", train__steps=100000, checkpoint__every=500,
+                      eval__every=0)
+    proc = subprocess.Popen([exe("triad-train"), "--config", cfg], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV, text=True)
+    for line in proc.stdout:
+        if re.match(r"step +\d+/", line):
+            break
+    shutil.rmtree(tmp_path / "runs")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-2000:] + err
+    assert f"run directory {tmp_path / 'runs' / 'gone'}: metrics.h5 is gone" in err, err
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path):
     """Two runs in one directory interleaved their checkpoints and corrupted metrics.h5 (a sweep
     point submitted again while its job ran): the second stops at once, naming the first."""
