@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
       trainer.evaluate_only();
       return 0;
     }
-    trainer.run();
-    return 0;
+    // Stopped by Ctrl-C: not 0, which a job script takes for a preemption to requeue.
+    return trainer.run().interrupted ? 130 : 0;
   });
 }

@@ -1,6 +1,7 @@
 #include "triad/train/trainer.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -45,6 +46,22 @@ std::atomic<int> g_preempt_signal{0};
 
 extern "C" void on_preempt_signal(int sig) { g_preempt_signal.store(sig); }
 
+// Ctrl-C: the first stops the run as a preemption does (the step finished and checkpointed);
+// a second, while that is under way (a long step, a large save), ends the process at once.
+extern "C" void on_interrupt_signal(int sig) {
+  if (g_preempt_signal.load() == SIGINT) {
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+    return;
+  }
+  g_preempt_signal.store(sig);
+  static const char kSaid[] =
+      "\ntriad-train: interrupted: stopping after this step with a checkpoint (Ctrl-C again stops "
+      "at once, unsaved)\n";
+  const ssize_t written = ::write(2, kSaid, sizeof kSaid - 1);  // (async-signal-safe)
+  (void)written;
+}
+
 std::string format_duration(double s) {
   const int64_t t = int64_t(std::max(0.0, s));
   std::ostringstream os;
@@ -59,6 +76,7 @@ std::string format_duration(double s) {
 void install_preemption_handlers() {
   std::signal(SIGUSR1, on_preempt_signal);
   std::signal(SIGTERM, on_preempt_signal);
+  std::signal(SIGINT, on_interrupt_signal);
 }
 
 Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
@@ -869,13 +887,17 @@ TrainOutcome Trainer::run() {
       s.save_checkpoint();
       s.finish_save();
       std::ostringstream why;
-      if (any[0] != 0)
+      if (any[0] == SIGINT)
+        why << "interrupted at step " << s.step
+            << ": stopped with its checkpoint (--resume auto continues)";
+      else if (any[0] != 0)
         why << "preempted at step " << s.step;
       else
         why << "run.max_minutes = " << cfg.run.max_minutes << " reached at step " << s.step
             << ": stopped with its checkpoint (--resume auto continues)";
       s.say(why.str());
       out.preempted = true;
+      out.interrupted = any[0] == SIGINT;
       break;
     }
   }

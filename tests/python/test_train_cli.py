@@ -1444,6 +1444,27 @@ def test_preemption_signal_checkpoints_and_exits_zero(tmp_path):
     assert (tmp_path / "runs" / "pre" / "ckpt" / f"step_{step:08d}.h5").exists()
 
 
+def test_ctrl_c_checkpoints_and_exits_as_interrupted(tmp_path):
+    """SIGINT (Ctrl-C) killed the run with nothing saved: the first now stops it as a preemption
+    does, with a checkpoint --resume auto continues from; the exit status is 130 (not the 0 a job
+    script takes for a preemption to requeue)."""
+    cfg = tiny_config(tmp_path, name="int")
+    proc = subprocess.Popen([exe("triad-train"), "--config", cfg, "--train.steps", "100000",
+                             "--checkpoint.every", "0", "--eval.every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    catching_pids(lambda: [proc.pid], 1, signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: stopping after this step with a checkpoint" in err, err
+    step = int(out.split("interrupted at step")[1].split(":")[0])
+    assert (tmp_path / "runs" / "int" / "ckpt" / f"step_{step:08d}.h5").exists()
+    p = train("--config", cfg, "--train.steps", step + 1, "--checkpoint.every", 0,
+              "--eval.every", 0, check=True)
+    assert f"at step {step}" in p.stdout, p.stdout
+
+
 def test_a_run_past_its_steps_says_so_and_divergence_names_its_step(tmp_path):
     cfg = tiny_config(tmp_path, name="past")
     train("--config", cfg, "--train.steps", 4, check=True)

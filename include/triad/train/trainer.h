@@ -51,7 +51,8 @@ std::string describe_position_losses(const std::vector<double>& loss,
 
 struct TrainOutcome {
   int64_t steps_done = 0;
-  bool preempted = false;  // stopped early with a checkpoint (a signal, or run.max_minutes)
+  bool preempted = false;    // stopped early with a checkpoint (a signal, or run.max_minutes)
+  bool interrupted = false;  // ... by Ctrl-C (SIGINT): triad-train exits 130, as a shell's job
   EvalResult last_eval;
   std::vector<double> losses;  // the loss of every step this call ran (identical on all ranks)
   // What the data-parallel communicator moved during the training steps (evaluations
@@ -82,8 +83,8 @@ class Trainer {
   std::unique_ptr<State> s_;
 };
 
-// Installs SIGUSR1/SIGTERM handlers that request a checkpoint-and-exit at the next step
-// boundary (DESIGN.md §5).
+// Installs SIGUSR1/SIGTERM/SIGINT handlers that request a checkpoint-and-exit at the next step
+// boundary (DESIGN.md §5); a second SIGINT ends the process at once.
 void install_preemption_handlers();
 
 }  // namespace triad
