@@ -373,7 +373,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     def check_line(section, k, v):
         # (sweep.sbatch reads a point's arguments a line each: a value of two lines would be
         # two arguments in every job.)
-        if "\n" in v:
+        if "\n" in v or "\r" in v:
             raise bad(f"[{section}] {k}: a value of several lines ({v!r}); give it on one line")
 
     if cp.has_section("set"):
@@ -425,9 +425,10 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     # (a point found the last one's final step and trained nothing at its own values).
     shared: dict[str, int] = {}
     for p in sweep.points:
-        d = sweep.resolved(p).get("checkpoint.dir", "")
+        given = sweep.resolved(p).get("checkpoint.dir", "")
+        d = os.path.normpath(sweep._path(given)) if given else ""  # (ck, ./ck and ck/ alike)
         if d and shared.setdefault(d, p.index) != p.index:
-            raise bad(f"checkpoint.dir = {d!r} is points {shared[d]} and {p.index}'s: each "
+            raise bad(f"checkpoint.dir = {given!r} is points {shared[d]} and {p.index}'s: each "
                       "would resume from the other's checkpoints; leave checkpoint.dir unset "
                       "(each run's go in its own run directory) or give each point its own")
     return sweep

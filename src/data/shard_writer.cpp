@@ -423,8 +423,13 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
   // corpora together.
   const fs::path set_aside = staging / "stale";
   std::vector<std::string> moved_aside;
-  const auto restore_stale = [&] {
-    for (const std::string& f : moved_aside) fs::rename(set_aside / fs::path(f).filename(), f, ec);
+  const auto restore_stale = [&] {  // false where one could not go back
+    bool all = true;
+    for (const std::string& f : moved_aside) {
+      fs::rename(set_aside / fs::path(f).filename(), f, ec);
+      all = all && !ec;
+    }
+    return all;
   };
   try {
     write_split("train", 0, s.train_tokens, s.train_files);
@@ -468,7 +473,17 @@ void write_stream(const std::vector<T>& stream, const ShardWriterOptions& o, Sha
     }
     s.removed_files = stale;
   } catch (...) {
-    restore_stale();
+    if (!restore_stale()) {  // the staging directory (and the earlier shards in it) is kept
+      std::string why = "a failure";
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        why = e.what();
+      } catch (...) {
+      }
+      fail(why, "; the earlier run's shards that could not be moved back are in ",
+           set_aside.string());
+    }
     fs::remove_all(staging, ec);
     throw;
   }

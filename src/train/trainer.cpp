@@ -307,6 +307,14 @@ TrainOutcome Trainer::run() {
   const bool here = resumed && fs::equivalent(fs::absolute(resume_path, here_ec).parent_path(),
                                               cfg.checkpoint_dir(), here_ec);
   const std::string run_path = cfg.run_path();
+  // The checkpoint named on the command line is read (and its model compared) before the run's
+  // record is touched: a mistyped path must not set the record aside.
+  if (!s.cl.init_from.empty()) {
+    const CheckpointState st = read_checkpoint_state(s.grid.world(), s.cl.init_from);
+    s.check_model_shape(st, s.cl.init_from, s.cl.extend_positions);
+  }
+  if (resumed && s.cl.resume != "auto")
+    s.check_model_shape(read_checkpoint_state(s.grid.world(), resume_path), resume_path);
   std::string lock_note, set_aside_note;
   if (s.root()) {
     std::error_code ec;
@@ -333,14 +341,10 @@ TrainOutcome Trainer::run() {
   s.model->init(uint64_t(cfg.train.seed),
                 {cfg.model.init_std, cfg.model.init_scaled_residual, cfg.model.init_truncation});
   s.start_ema();  // (a checkpoint loaded below sets it again)
-  // A requeued fine-tuning job resumes its own checkpoints; the --init-from file is still
-  // checked so that a wrong path is reported, not silently ignored.
-  if (!s.cl.init_from.empty()) {
-    const CheckpointState st = read_checkpoint_state(s.grid.world(), s.cl.init_from);
-    s.check_model_shape(st, s.cl.init_from, s.cl.extend_positions);
-    if (!resume_path.empty())
-      s.say("--init-from " + s.cl.init_from + " ignored: the run resumes from its own checkpoint");
-  }
+  // A requeued fine-tuning job resumes its own checkpoints (its --init-from file was checked
+  // above, so that a wrong path is reported, not silently ignored).
+  if (!s.cl.init_from.empty() && !resume_path.empty())
+    s.say("--init-from " + s.cl.init_from + " ignored: the run resumes from its own checkpoint");
   if (!resume_path.empty() && s.cl.resume == "auto") {
     // --resume auto: the newest checkpoint that loads. One whose data fails its checksum (or
     // shapes) is reported and the previous one tried; every rank sees the same failure.

@@ -537,6 +537,10 @@ Trainer::State::~State() {
   if (grad_shard) be->free(grad_shard);
   if (expert_grad_shard) be->free(expert_grad_shard);
   if (expert_stash) be->free(expert_stash);
+  // The record closed before the lock goes: a run that starts the moment it is free must find
+  // metrics.h5 whole.
+  metrics.reset();
+  log.close();
   unlock_run_directory(run_lock);
 }
 

@@ -1,4 +1,5 @@
 """triad-train end to end on a tiny model: bad inputs, resume, fine-tuning, evaluation."""
+import fcntl
 import os
 import re
 import shutil
@@ -786,6 +787,11 @@ def test_a_new_history_sets_the_earlier_record_aside_and_metrics_survive_a_crash
     train("--config", cfg, check=True)
     record = {n: (run_dir / n).read_bytes()
               for n in ("metrics.h5", "log.txt", "samples.txt", "config.ini")}
+    # A mistyped --resume or --init-from path is found before the record is touched.
+    for flag in ("--resume", "--init-from"):
+        assert_clean_error(train("--config", cfg, flag, tmp_path / "nowhere.h5"), "nowhere.h5")
+        assert not (run_dir / "earlier_1").exists()
+        assert {n: (run_dir / n).read_bytes() for n in record} == record
     p = train("--config", cfg, "--resume", "none", "--train.steps", 2, check=True)
     assert f"the earlier run's metrics.h5, log.txt, samples.txt, config.ini moved to " \
         f"{run_dir}/earlier_1" in p.stdout, p.stdout
@@ -854,6 +860,18 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
         first.stdout.close()
     assert not (tmp_path / "runs" / "busy" / "earlier_1").exists()
     train("--config", cfg, "--train.steps", 1, "--resume", "none", check=True)  # free once it ends
+    # Held from another host (a failed node's NFS lock outlives it until its lease ends): waited
+    # for, TRIAD_RUN_LOCK_WAIT seconds, before the run gives up.
+    with open(tmp_path / "runs" / "busy" / ".lock", "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.truncate(0)
+        held.write("pid 4242 on node-that-failed\n")
+        held.flush()
+        p = subprocess.run([exe("triad-train"), "--config", str(cfg), "--resume", "none"],
+                           capture_output=True, text=True, timeout=120,
+                           env=dict(ENV, TRIAD_RUN_LOCK_WAIT="5"))
+    assert_clean_error(p, "is in use by another triad-train (pid 4242 on node-that-failed)")
+    assert "locked by pid 4242 on node-that-failed; waiting up to 5 s" in p.stderr, p.stderr
 
 
 def test_muon_resumes_bit_exactly_and_refuses_another_optimizers_state(tmp_path):
