@@ -261,6 +261,23 @@ class Sweep:
         return p if p.is_absolute() else self.root / p
 
 
+def run_in_progress(run: Path) -> bool:
+    """Whether a triad-train holds the run directory's lock now (its flock on <run>/.lock,
+    docs/formats.md): the point's job is running, and another would stop at once."""
+    import fcntl
+
+    try:
+        with open(run / ".lock", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError:  # no lock file (never run, or run before the lock), or unreadable
+        pass
+    return False
+
+
 def checkpoint_complete(path: Path) -> bool:
     """True when `path` is an HDF5 file whose root attribute complete = 1."""
     if not path.is_file():
@@ -603,9 +620,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError(f"--sbatch-script '{a.sbatch_script}': no such file (the job "
                              "script sbatch runs, e.g. jobs/slurm/sweep.sbatch)")
         todo = [p.index for p in sweep.points if sweep.status(p) != "finished"]
+        # A point whose job runs now is not submitted again (its second job would stop at once).
+        busy = [i for i in todo if run_in_progress(sweep.run_path(sweep.points[i]))]
+        for i in busy:
+            print(f"{prog}: point {i} ({sweep.points[i].run_name}) is running now (its run "
+                  "directory is locked): left out", file=sys.stderr)
+        todo = [i for i in todo if i not in busy]
         if not todo:
-            print(f"{prog}: {a.sweep}: all {len(sweep.points)} points are finished; "
-                  "nothing to submit", file=sys.stderr)
+            print(f"{prog}: {a.sweep}: all {len(sweep.points)} points are finished"
+                  f"{' or running' if busy else ''}; nothing to submit", file=sys.stderr)
             return 0
         # Before anything is submitted: a mistyped key would fail every job of the array.
         check_configs(prog, sweep, [sweep.points[i] for i in todo])

@@ -4,6 +4,7 @@ points finished by actually running triad-train with those arguments, the sbatch
 the unfinished ones, the report, and the bad sweep files."""
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -252,6 +253,13 @@ eval.every = 3
     assert "| 0 | lr-000 | train.lr=1e-3 | finished |" in lst.replace("     ", " ")
     assert "| lr-001 | train.lr=2e-3 | running  |" in lst, lst
     assert "2 finished, 1 running, 0 missing" in lst
+    assert tool("triad-sweep", "submit", f).stdout == f"sbatch --array=1%2 {script} {f}\n"
+    # ... unless its job runs now (a triad-train holds the run directory's lock): left out
+    with open(runs / "lr-001" / ".lock", "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = tool("triad-sweep", "submit", f)
+    assert p.stdout == "" and "point 1 (lr-001) is running now" in p.stderr, p.stderr
+    assert "all 3 points are finished or running; nothing to submit" in p.stderr, p.stderr
     assert tool("triad-sweep", "submit", f).stdout == f"sbatch --array=1%2 {script} {f}\n"
 
     # the report before the last point is redone
