@@ -870,6 +870,11 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
         p = subprocess.run([exe("triad-train"), "--config", str(cfg), "--resume", "none"],
                            capture_output=True, text=True, timeout=120,
                            env=dict(ENV, TRIAD_RUN_LOCK_WAIT="5"))
+        bad = subprocess.run([exe("triad-train"), "--config", str(cfg), "--resume", "none"],
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(ENV, TRIAD_RUN_LOCK_WAIT="5m"))
+    assert_clean_error(bad, "TRIAD_RUN_LOCK_WAIT must be a number of seconds in [0, 86400] "
+                       "(got '5m')")
     assert_clean_error(p, "is in use by another triad-train (pid 4242 on node-that-failed)")
     assert "locked by pid 4242 on node-that-failed; waiting up to 5 s" in p.stderr, p.stderr
 
