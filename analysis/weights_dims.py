@@ -29,6 +29,9 @@ ROPE_SCALING_HF = ("factor", "low_freq_factor", "high_freq_factor",
 YARN_ATTRS = ("rope_scaling_factor", "rope_yarn_beta_fast", "rope_yarn_beta_slow",
               "rope_original_positions")
 YARN_HF = ("factor", "beta_fast", "beta_slow", "original_max_position_embeddings")
+# DeepSeek's form of YaRN: cos and sin times m(mscale) / m(mscale_all_dim), the scores times
+# m(mscale_all_dim)² (docs/formats.md); absent: 1 and 0.
+YARN_MSCALE_ATTRS = ("rope_yarn_mscale", "rope_yarn_mscale_all_dim")
 # LongRoPE's two numbers (model.rope_scaling = longrope), beside its two lists of factors.
 LONGROPE_ATTRS = ("rope_scaling_factor", "rope_original_positions")
 
@@ -148,6 +151,31 @@ class Dims:
     # times logit_scale (model.logit_scale); 1: none.
     residual_scale: float = 1.0
     logit_scale: float = 1.0
+    # DeepSeek-V2's multi-head latent attention (model.kv_lora_rank > 0, q_lora_rank,
+    # qk_nope_head_dim, qk_rope_head_dim, v_head_dim): attn/q_a, q_a_norm, q_b, kv_a, kv_a_norm and
+    # kv_b instead of c_attn (docs/formats.md).
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # DeepSeek-V3's routing (model.moe_score, moe_routed_scale, moe_groups, moe_group_top_k) and
+    # DeepSeek's YaRN, the whole score scaled (model.rope_yarn_mscale, rope_yarn_mscale_all_dim).
+    moe_score: str = "softmax"
+    moe_routed_scale: float = 1.0
+    moe_groups: int = 1
+    moe_group_top_k: int = 1
+    yarn_mscale: tuple = (1.0, 0.0)
+    # Read from DeepSeek's layout (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM): "deepseek_v2" or
+    # "deepseek_v3"; its rotated q and k rows in pairs (2i, 2i + 1) where rope_interleave (always in
+    # V2's files); its multi-token prediction layers past the last (num_nextn_predict_layers),
+    # which triad does not build and skips; its FP8 weights' block (quantization_config's
+    # weight_block_size), each [rows, columns] block scaled by the tensor's weight_scale_inv.
+    # An import's source only.
+    deepseek: str = ""
+    rope_interleave: bool = False
+    mtp_layers: int = 0
+    fp8_block: tuple | None = None
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -207,7 +235,21 @@ class Dims:
             k.update(moe_first_dense=self.moe_first_dense, moe_every=self.moe_every)
         if self.moe_dense_hidden:
             k["moe_dense_hidden"] = self.moe_dense_hidden
+        if self.moe_score != "softmax":
+            k["moe_score"] = self.moe_score
+        if self.moe_routed_scale != 1.0:
+            k["moe_routed_scale"] = float(self.moe_routed_scale)
+        if self.moe_groups > 1:
+            k.update(moe_groups=self.moe_groups, moe_group_top_k=self.moe_group_top_k)
         return k
+
+    def mla_keys(self) -> dict:
+        """Multi-head latent attention's /model attributes, which are also its [model] keys."""
+        if not self.kv_lora_rank:
+            return {}
+        return {"kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank,
+                "qk_nope_head_dim": self.qk_nope_head_dim,
+                "qk_rope_head_dim": self.qk_rope_head_dim, "v_head_dim": self.v_head_dim}
 
     @property
     def kv(self) -> int:
@@ -233,7 +275,7 @@ class Dims:
             and not self.shared_norm and not self.head_bias \
             and not self.attn_scale and not self.attn_softcap and not self.logit_softcap \
             and self.residual_scale == 1.0 and self.logit_scale == 1.0 and not self.clip_qkv \
-            and self.norm_weight
+            and self.norm_weight and not self.kv_lora_rank
 
     @property
     def padded_vocab_size(self) -> int:  # DESIGN.md §3 at tp = 1
@@ -250,7 +292,7 @@ class Dims:
         if self.position == "rope" and not (math.isfinite(self.rope_theta) and self.rope_theta > 1):
             raise ConvertError(f"{where}: the rotary base (rope_theta) is {self.rope_theta}, "
                                f"not a finite number > 1")
-        if self.n_embd % self.n_head and not self.head_dim:
+        if self.n_embd % self.n_head and not self.head_dim and not self.kv_lora_rank:
             raise ConvertError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head "
                                f"{self.n_head}")
         if self.kv < 0 or self.n_head % self.kv:
@@ -312,12 +354,15 @@ class Dims:
             if self.yarn is not None:
                 a["rope_scaling"] = "yarn"
                 a.update(zip(YARN_ATTRS, self.yarn))
+                if self.yarn_mscale != (1.0, 0.0):
+                    a.update(zip(YARN_MSCALE_ATTRS, map(float, self.yarn_mscale)))
             if self.longrope is not None:
                 a["rope_scaling"] = "longrope"
                 a.update(zip(LONGROPE_ATTRS, self.longrope[:2]))
                 a["rope_short_factor"] = np.array(self.longrope[2], dtype="<f8")
                 a["rope_long_factor"] = np.array(self.longrope[3], dtype="<f8")
             a.update(self.moe_keys())
+            a.update(self.mla_keys())
         return a
 
     def config_lines(self) -> str:
@@ -345,6 +390,8 @@ class Dims:
             if self.yarn is not None:
                 keys["rope_scaling"] = "yarn"
                 keys.update(zip(YARN_ATTRS, self.yarn))
+                if self.yarn_mscale != (1.0, 0.0):
+                    keys.update(zip(YARN_MSCALE_ATTRS, (repr(float(x)) for x in self.yarn_mscale)))
             if self.longrope is not None:
                 keys["rope_scaling"] = "longrope"
                 keys["rope_scaling_factor"] = repr(float(self.longrope[0]))
@@ -385,6 +432,7 @@ class Dims:
                 keys["rotary_dim"] = self.rotary_dim
             for k, v in self.moe_keys().items():
                 keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else v
+            keys.update(self.mla_keys())
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 

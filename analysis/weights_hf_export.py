@@ -16,6 +16,7 @@ import numpy as np
 from .inspect_checkpoint import expected_shapes
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_HF, Tensors, VOCAB_TENSORS, YARN_HF,
                            shapes)
+from .weights_hf_deepseek import deepseek_hf_config, mla_rope_order
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order, ones_for,
@@ -461,6 +462,8 @@ def llama_hf_config(d: Dims) -> dict:
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
     (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    if d.deepseek:
+        return deepseek_hf_config(d)
     if d.opt:
         return opt_hf_config(d)
     if not d.norm_weight:
@@ -591,7 +594,9 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     # (OPT's from the GPT-2 reader, open_triad: GPT-2's order)
-    for t, shape in (shapes(d) if d.opt else expected_shapes(d.attrs())).items():
+    want = shapes(d) if d.opt else expected_shapes(d.attrs())
+    want.update({t: (d.moe_experts,) for t in src if t.startswith("router_bias/")})
+    for t, shape in want.items():
         if t not in src:  # (a norm without a weight: ones, checked below)
             continue
         rows, *cols = stacked_shape(shape)
@@ -614,6 +619,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)
             a = interleaved_rope_order(d, t, a, to_hf=True)
+            a = mla_rope_order(d, t, a, to_hf=True)
             a = dbrx_expert_order(d, t, opt_positions(d, t, a, to_hf=True), to_hf=True)
             if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
                 yield src[t][0], np.ascontiguousarray(a)

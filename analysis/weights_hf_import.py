@@ -18,6 +18,8 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
                                   gptj_config_dims, layernorm_config_dims, llama_config_dims,
                                   neox_config_dims, opt_config_dims, phi_config_dims,
                                   refuse_or_check_positions, starcoder2_config_dims)
+from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
+                                  is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order, ones_for,
@@ -38,7 +40,7 @@ HF_COUNT_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_head
 
 
 def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    for key in HF_COUNT_KEYS:
+    for key in HF_COUNT_KEYS + DEEPSEEK_COUNT_KEYS:
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not an integer")
@@ -53,6 +55,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                 "granite", "granitemoe", "olmo", "olmoe", "olmo2"):
         return llama_config_dims(cfg, where, seq_len)
+    if kind in ("deepseek_v2", "deepseek_v3"):
+        return deepseek_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
     if kind in ("gemma", "gemma2"):
@@ -87,7 +91,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
-                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), "
+                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), DeepSeek-V2 "
+                           f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -189,7 +194,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.opt:
         return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
     if d.position == "rope":  # Llama's family
-        kind = ({"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
+        kind = ({"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
+                {"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
                  "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
@@ -208,6 +214,11 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         if d.moe_experts and cfg.get("router_jitter_noise"):  # noise on the router's input
             note = (f"; its router_jitter_noise {cfg['router_jitter_noise']} is a training-time "
                     f"noise triad does not add")
+        if d.mtp_layers:
+            note += (f"; its {d.mtp_layers} multi-token prediction layer(s) after layer "
+                     f"{d.n_layer - 1} are left out (triad does not build them)")
+        if d.fp8_block:
+            note += f"; its FP8 weights dequantized to fp32 (blocks of {list(d.fp8_block)})"
         return d, llama_tensors(d, where, directory), \
             f"Hugging Face {kind} model {directory}{note}"
 
@@ -282,10 +293,14 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
     for t in VOCAB_TENSORS:
         if t in want:
             want[t] = (d.vocab_size, *want[t][1:])
+    for t in src:  # DeepSeek-V3's routers' biases (written under /router_bias)
+        if t.startswith("router_bias/"):
+            want[t] = (d.moe_experts,)
     used = {n for names in src.values() for n in names}
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
-                d.neox and name.endswith(("attention.bias", "attention.masked_bias"))):  # masks
+                d.neox and name.endswith(("attention.bias", "attention.masked_bias"))) and \
+                not (d.deepseek and is_skipped_deepseek_tensor(d, name)):  # masks, MTP, scales
             raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
                                f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
                                                      if name == "lm_head.weight" else ""))
@@ -310,16 +325,26 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
                                f"shape(s) {list(got)}, expected {list(expected)} for the model "
                                f"in config.json")
 
+    def read(n):
+        if where[n].entries[n][0] != "F8_E4M3" or d.fp8_block is None:
+            return np.asarray(where[n].read(n), dtype="<f4")
+        scales = n + "_scale_inv"  # DeepSeek's block-scaled FP8
+        if scales not in where:
+            raise ConvertError(f"{where[n].path}: FP8 tensor {n} has no {scales}")
+        return dequantize_fp8(where[n].read_bytes(n), where[scales].read(scales), d.fp8_block, n,
+                              str(where[n].path))
+
     def tensors():
         for t in [t for t in want if t not in src]:  # norms without a weight: ones
             yield t, ones_for(d, t, want[t])
         for t, names in src.items():
-            parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
+            parts = [read(n) for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
             a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, opt_positions(d, t, a)))
+            a = mla_rope_order(d, t, a)
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors

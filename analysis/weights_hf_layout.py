@@ -11,6 +11,7 @@ from typing import Tuple
 import numpy as np
 
 from .weights_dims import ConvertError, Dims
+from .weights_hf_deepseek import deepseek_sources
 
 
 def hf_name(name: str, d: Dims | None = None) -> Tuple[str, bool]:
@@ -242,6 +243,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a Llama model and the HF tensors it is made of, stacked by rows (an
     expert tensor [E, rows, columns] as [E·rows, columns]: expert by expert, Mixtral's w1 and w3
     stacked into each expert's c_fc); GPT-NeoX's (neox_sources)."""
+    if d.deepseek:
+        return deepseek_sources(d)
     if d.neox:
         return neox_sources(d)
     if d.starcoder2:

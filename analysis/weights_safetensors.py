@@ -101,6 +101,15 @@ class SafetensorsFile:
         return bf16_to_fp32(a) if dtype == "BF16" else a.astype("<f4")
 
 
+    def read_bytes(self, name: str) -> np.ndarray:
+        """A tensor of one-byte elements (an FP8 weight's) as its raw bytes."""
+        dtype, shape, b = self.entries[name]
+        if SAFETENSORS_SIZES[dtype] != 1:
+            raise ConvertError(f"{self.path}: tensor {name} has dtype {dtype}, not one byte wide")
+        return np.fromfile(self.path, dtype="u1", count=math.prod(shape),
+                           offset=self.base + b).reshape(shape)
+
+
 def write_safetensors(path: Path, tensors: Iterator[Tuple[str, np.ndarray]],
                       specs: dict[str, tuple[int, ...]]) -> None:
     """fp32 tensors (name -> shape in `specs`, data from `tensors` in that order) with the

@@ -15,6 +15,7 @@ import numpy as np
 from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_path
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_ATTRS, Tensors, VOCAB_TENSORS,
                            YARN_ATTRS, shapes, triad_names)
+from .weights_hf_deepseek import deepseek_checkpoint_dims
 
 
 def _string_attr(obj, name: str, value: str) -> None:
@@ -54,6 +55,12 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
                 m.attrs.create(k, i64(v), dtype="<i8")
         for name, a in tensors():
             a = np.ascontiguousarray(a, dtype="<f4")
+            if name.startswith("router_bias/"):  # a router's biases (DeepSeek-V3's), not a
+                # parameter: their own group, read by triad-train and triad-generate
+                ds = f.create_dataset(name, data=a, dtype="<f4")
+                ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
+                                dtype="<u4")
+                continue
             if name in VOCAB_TENSORS:
                 a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], *a.shape[1:]),
                                                 "<f4")])
@@ -111,11 +118,8 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
                            f"than Phi's and GPT-J's; only Hugging Face's Phi and GPT-J of the "
                            f"export formats have one")
-    if int(a.get("kv_lora_rank", 0)) > 0:  # (DeepSeek-V2's and V3's need transformers >= 4.50)
-        raise ConvertError(f"{path}: the model's attention is multi-head latent attention "
-                           f"(model.kv_lora_rank = {a['kv_lora_rank']}: attn/q_b, attn/kv_a, "
-                           f"attn/kv_b instead of c_attn); none of the export formats (Hugging "
-                           f"Face's GPT-2 ... DBRX, llm.c's) holds it")
+    if int(a.get("kv_lora_rank", 0)) > 0:  # multi-head latent attention: DeepSeek's format
+        return open_triad_deepseek(path, a)
     if int(a.get("mlp_bias", 0)) and not gptj:
         raise ConvertError(f"{path}: the model's MLP has biases beside bias-free attention "
                            f"(model.mlp_bias) in blocks other than GPT-J's (rope, parallel "
@@ -265,6 +269,39 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                     continue
                 arr = f["model/" + name][()].astype("<f4")
                 yield name, (arr[:d.vocab_size] if name == "wte/weight" else arr)
+
+    return d, tensors, f"triad checkpoint {path}"
+
+
+def router_biases(path: Path) -> dict[str, np.ndarray]:
+    """A checkpoint's routers' biases (/router_bias/h/{i}, DeepSeek-V3's) by layer; none in
+    a file from before them."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        if "router_bias" not in f:
+            return {}
+        return {f"router_bias/h/{i}": d[()].astype("<f4") for i, d in f["router_bias/h"].items()}
+
+
+def open_triad_deepseek(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
+    """A triad checkpoint of multi-head latent attention, for Hugging Face's DeepSeek-V3 (or,
+    routed by softmax, V2) format: its tensors in triad's names, then (V3 with experts) the
+    routers' biases, zero where the file has none."""
+    biases = router_biases(path)
+    d = deepseek_checkpoint_dims(path, a, any(np.any(b != 0) for b in biases.values()))
+
+    def tensors():
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            for name in expected_shapes(a):
+                arr = f["model/" + name][()].astype("<f4")
+                yield name, (arr[:d.vocab_size] if name in VOCAB_TENSORS else arr)
+        if d.deepseek == "deepseek_v3":
+            for i in range(d.n_layer):
+                if d.moe_layer(i):
+                    name = f"router_bias/h/{i}"
+                    yield name, biases.get(name, np.zeros(d.moe_experts, dtype="<f4"))
 
     return d, tensors, f"triad checkpoint {path}"
 

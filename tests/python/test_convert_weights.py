@@ -2369,13 +2369,14 @@ def test_refuses_to_replace_and_reports_bad_checkpoints(imported, tmp_path):
     assert cfg["tie_word_embeddings"] and cfg["eos_token_id"] == 50256
 
 
-def test_latent_attention_is_not_exported(tmp_path):
-    """Multi-head latent attention (model.kv_lora_rank), on Llama's blocks and on GPT-2's with
-    experts: no export format holds its projections; refused naming it, nothing written."""
+def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
+    """Multi-head latent attention (model.kv_lora_rank) exports as Hugging Face's DeepSeek
+    (tests/python/test_convert_deepseek.py), whose blocks are Llama's: on GPT-2's blocks with
+    experts it is refused naming what DeepSeek's format lacks, nothing written."""
     mla = dict(position="rope", kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
                v_head_dim=16)
     exports_refused(tmp_path, (
-        ({**mla, "norm": "rmsnorm", "bias": False, "mlp": "swiglu", "tied": False,
-          "q_lora_rank": 8}, "multi-head latent attention (model.kv_lora_rank = 16"),
-        ({**mla, "moe_experts": 4, "moe_top_k": 2}, "multi-head latent attention"),
+        ({**mla, "moe_experts": 4, "moe_top_k": 2},
+         "multi-head latent attention, which exports as Hugging Face's DeepSeek-V2 or V3; those "
+         "have none of position rope, norm layernorm, mlp gelu, bias 1"),
     ), n_layer=2)
