@@ -17,6 +17,7 @@ import numpy as np
 
 from .weights_dims import ConvertError, Dims
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
+from .weights_hf_layout import named_experts
 
 # config.json keys that hold counts in DeepSeek's configs (q_lora_rank null: no query latent).
 DEEPSEEK_COUNT_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
@@ -228,13 +229,7 @@ def deepseek_sources(d: Dims) -> dict[str, list[str]]:
             src[p + "attn/q_b/weight"] = [a + "q_proj.weight"]
         m = h + "mlp."
         if d.moe_layer(i):
-            experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
-            src.update({
-                p + "mlp/experts/c_fc/weight": [e + f"{w}_proj.weight" for e in experts
-                                                for w in ("gate", "up")],
-                p + "mlp/experts/c_proj/weight": [e + "down_proj.weight" for e in experts],
-                p + "mlp/router/weight": [m + "gate.weight"],
-            })
+            src.update(named_experts(p, m, d.moe_experts))
             if d.moe_shared_hidden:
                 s = m + "shared_experts."
                 src.update({p + "mlp/shared/c_fc/weight": [s + "gate_proj.weight",

@@ -11,7 +11,6 @@ from typing import Tuple
 import numpy as np
 
 from .weights_dims import ConvertError, Dims
-from .weights_hf_deepseek import deepseek_sources
 
 
 def hf_name(name: str, d: Dims | None = None) -> Tuple[str, bool]:
@@ -244,6 +243,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     expert tensor [E, rows, columns] as [E·rows, columns]: expert by expert, Mixtral's w1 and w3
     stacked into each expert's c_fc); GPT-NeoX's (neox_sources)."""
     if d.deepseek:
+        from .weights_hf_deepseek import deepseek_sources  # (which imports named_experts)
         return deepseek_sources(d)
     if d.neox:
         return neox_sources(d)
@@ -288,13 +288,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                 src.pop(p + t, None)
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe", "olmoe"):  # sparse MLP
             m = h + "mlp."
-            experts = [m + f"experts.{e}." for e in range(d.moe_experts)]
-            src.update({
-                p + "mlp/experts/c_fc/weight": [e + f"{w}_proj.weight" for e in experts
-                                                for w in ("gate", "up")],
-                p + "mlp/experts/c_proj/weight": [e + "down_proj.weight" for e in experts],
-                p + "mlp/router/weight": [m + "gate.weight"],
-            })
+            src.update(named_experts(p, m, d.moe_experts))
             if d.moe_format == "qwen2_moe":  # the gated shared expert
                 src.update({
                     p + "mlp/shared/c_fc/weight": [m + "shared_expert.gate_proj.weight",
@@ -338,6 +332,17 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
     if not d.norm_weight:
         del src["ln_f/weight"]
     return src
+
+
+def named_experts(p: str, m: str, experts: int) -> dict[str, list[str]]:
+    """Layer prefix p's experts and router from HF tensors under module m: each expert's
+    gate_proj and up_proj (stacked into its c_fc) and down_proj, `experts.{e}.`, and the router
+    `gate` (Qwen2-MoE's, Qwen3-MoE's, OLMoE's and DeepSeek's names)."""
+    names = [m + f"experts.{e}." for e in range(experts)]
+    return {p + "mlp/experts/c_fc/weight": [e + f"{w}_proj.weight" for e in names
+                                            for w in ("gate", "up")],
+            p + "mlp/experts/c_proj/weight": [e + "down_proj.weight" for e in names],
+            p + "mlp/router/weight": [m + "gate.weight"]}
 
 
 def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
