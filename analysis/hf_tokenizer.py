@@ -152,9 +152,17 @@ PATTERNS = {
               r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
               r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
-# ... and the one that is no single regex: each number character alone, then GPT-2's regex on
-# the stretches between them (Hugging Face's Digits(individual_digits) then ByteLevel: SmolLM's).
-SCHEMES = (*PATTERNS, "gpt2_digits")
+# ... and the ones that are no single regex: each number character alone, then GPT-2's regex on
+# the stretches between them (Hugging Face's Digits(individual_digits) then ByteLevel: SmolLM's);
+# DeepSeek-V3's three Splits (Isolated), each of the pieces of the one before, then ByteLevel
+# without its regex (DeepSeek-V3's and R1's tokenizer.json; its file spells CR and LF in the
+# third as the characters themselves, which read the same).
+DEEPSEEK3_SPLITS = (
+    r"\p{N}{1,3}",
+    "[一-龥぀-ゟ゠-ヿ]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|"""
+    r""" ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+SCHEMES = (*PATTERNS, "gpt2_digits", "deepseek3")
 # Meta's Llama 3 tokenizer.model holds the 128,000 ranks; its 256 special tokens follow, in
 # this order (the rest are <|reserved_special_token_N|>).
 LLAMA3_RANKS = 128000
@@ -378,16 +386,29 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
                 and not p.get("add_prefix_space", False)
                 and bool(p.get("use_regex", True)) == use_regex)
 
+    def is_isolated_split(p, pattern):  # (CR and LF as characters or escapes alike)
+        if not (isinstance(p, dict) and isinstance(p.get("pattern"), dict)):
+            return False
+        regex = p["pattern"].get("Regex")
+        return (p.get("type") == "Split" and p.get("behavior") == "Isolated"
+                and not p.get("invert", False) and isinstance(regex, str)
+                and regex.replace("\r", r"\r").replace("\n", r"\n") == pattern)
+
     if is_byte_level(pre, True):
         return "gpt2"
     if isinstance(pre, dict) and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []
+        parts = parts if isinstance(parts, list) else []
         if len(parts) == 2 and is_byte_level(parts[1], True) and parts[0] == {
                 "type": "Digits", "individual_digits": True}:
             return "gpt2_digits"
-        if len(parts) == 2 and is_byte_level(parts[1], False):
+        if len(parts) == 4 and is_byte_level(parts[3], False) and all(
+                is_isolated_split(p, pattern) for p, pattern in zip(parts, DEEPSEEK3_SPLITS)):
+            return "deepseek3"
+        if len(parts) == 2 and is_byte_level(parts[1], False) and isinstance(parts[0], dict):
             split = parts[0]
-            pattern = (split.get("pattern") or {}).get("Regex") if isinstance(split, dict) else None
+            pattern = split.get("pattern")
+            pattern = pattern.get("Regex") if isinstance(pattern, dict) else None
             if (split.get("type") == "Split" and split.get("behavior") == "Isolated"
                     and not split.get("invert", False)):
                 for name, pat in PATTERNS.items():
@@ -398,8 +419,8 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
     shown = json.dumps(pre)
     raise TokenizerError(f"{where}: pre_tokenizer {shown[:200]} is not a byte-level BPE "
                          f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
-                         f"3's, Qwen2's or Tekken's regex then ByteLevel, or individual Digits "
-                         f"then ByteLevel)")
+                         f"3's, Qwen2's or Tekken's regex then ByteLevel, individual Digits "
+                         f"then ByteLevel, or DeepSeek-V3's three Splits then ByteLevel)")
 
 
 def _token_name(value) -> str | None:
@@ -644,6 +665,12 @@ def hf_files(d: Description | sp_tokenizer.PiecesDescription,
     elif d.pretokenizer == "gpt2_digits":
         pre = {"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": True}, byte_level]}
+    elif d.pretokenizer == "deepseek3":
+        pre = {"type": "Sequence", "pretokenizers": [
+            *({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
+              for r in DEEPSEEK3_SPLITS),
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False}]}
     else:
         pre = {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": PATTERNS[d.pretokenizer]},

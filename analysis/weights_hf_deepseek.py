@@ -1,16 +1,21 @@
-"""DeepSeek-V2's and V3's Hugging Face models (model_type deepseek_v2, deepseek_v3: DeepSeek-V2,
-V2-Lite, V2.5, V3, R1, Moonlight, Kimi K2) as triad's multi-head latent attention and mixture of
-experts: the config read as Dims (refusing what triad does not compute), where each tensor lives
-in the files, and the row orders that differ from triad's. Used by weights_hf_import.py.
+"""DeepSeek-V2's and V3's Hugging Face models (model_type deepseek_v2, deepseek_v3: DeepSeek-V2-
+Lite, Coder-V2-Lite, V3, R1; the full V2s' group-limited routing and Kimi K2's 384 experts are
+refused) as triad's multi-head latent attention and mixture of experts, both ways: the config
+read as Dims (refusing what triad does not compute) and written back, where each tensor lives in
+the files, the row orders that differ from triad's, and FP8 weights. Used by
+weights_hf_import.py, weights_hf_export.py and weights_triad.py.
 
 The semantics followed are DeepSeek's own modeling code, which transformers' DeepseekV3 keeps:
 the whole attention score times m(mscale_all_dim)² under YaRN (transformers' DeepseekV2 port
 leaves it out, so its V2 models at long context score differently), the rotated q and k values in
-pairs (2i, 2i + 1), and node-limited routing by the sum of each group's two best keys with the
-other groups' experts out of the choice."""
+pairs (2i, 2i + 1), the latent norms at epsilon 1e-6, and node-limited routing by the sum of each
+group's two best keys, the other groups' experts out of the choice as in DeepSeek's inference
+code (its Hugging Face modeling file and transformers set their keys to 0 instead, which chooses
+differently only where a searched group's keys fall to 0 or below)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -26,52 +31,102 @@ DEEPSEEK_COUNT_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_ro
                        "num_nextn_predict_layers")
 
 
+# transformers' DeepseekV2Config's and DeepseekV3Config's defaults of the keys read here: what
+# transformers computes for a config.json that leaves one out. (DeepSeek's own config classes
+# differ on some; its released files name them all.)
+V2_DEFAULTS = dict(first_k_dense_replace=0, kv_lora_rank=512, q_lora_rank=1536, n_group=None,
+                   n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128,
+                   qk_rope_head_dim=64, routed_scaling_factor=1.0, topk_group=None,
+                   topk_method="greedy", norm_topk_prob=False, v_head_dim=128,
+                   num_experts_per_tok=None, moe_intermediate_size=1407, rms_norm_eps=1e-6,
+                   tie_word_embeddings=False, hidden_act="silu", attention_bias=False,
+                   mlp_bias=False, moe_layer_freq=1, scoring_func="softmax",
+                   num_nextn_predict_layers=0, rope_interleave=True)
+V3_DEFAULTS = dict(V2_DEFAULTS, moe_intermediate_size=2048, n_shared_experts=1,
+                   n_routed_experts=256, routed_scaling_factor=2.5, n_group=8, topk_group=4,
+                   num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True,
+                   scoring_func="sigmoid", topk_method="noaux_tc")
+# The epsilon of the latent norms (q_a_layernorm, kv_a_layernorm), which DeepSeek's code and
+# transformers' build with their RMSNorm's default whatever rms_norm_eps says; triad's latent
+# norms use model.norm_eps, so only models whose rms_norm_eps is this convert.
+LATENT_NORM_EPS = 1e-6
+
+
+class DeepSeekConfig:
+    """A DeepSeek config.json's keys, typed: a missing key is transformers' class default, a
+    value of the wrong type a ConvertError naming it."""
+
+    def __init__(self, cfg: dict, where: str):
+        self.cfg, self.where = cfg, where
+        self.v3 = cfg.get("model_type") == "deepseek_v3"
+        self.defaults = V3_DEFAULTS if self.v3 else V2_DEFAULTS
+
+    def value(self, key):
+        return self.cfg[key] if key in self.cfg else self.defaults.get(key)
+
+    def wrong(self, key, what):
+        return ConvertError(f"{self.where}: {key} = {json.dumps(self.value(key))} is not {what}")
+
+    def count(self, key, minimum=0, null=None):
+        """An integer >= minimum; null (or absent with no default): `null`, if given."""
+        v = self.value(key)
+        if v is None and null is not None:
+            return null
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.wrong(key, f"an integer >= {minimum}")
+        return v
+
+    def number(self, key):
+        v = self.value(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self.wrong(key, "a finite number")
+        return float(v)
+
+    def flag(self, key):
+        v = self.value(key)
+        if not isinstance(v, bool):
+            raise self.wrong(key, "true or false")
+        return v
+
+
 def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps), SwiGLU,
-    no biases, an untied head; MLA with kv_lora_rank, q_lora_rank (null: q from the token),
-    qk_nope_head_dim, qk_rope_head_dim, v_head_dim; from layer first_k_dense_replace on a mixture
-    of n_routed_experts SwiGLU experts of moe_intermediate_size units, num_experts_per_tok per
-    token, beside n_shared_experts ungated shared ones (model.moe_shared_hidden =
-    n_shared_experts · moe_intermediate_size), the first layers dense MLPs of intermediate_size
-    units (model.moe_dense_hidden). V2 routes by softmax, the chosen gates times
-    routed_scaling_factor (model.moe_routed_scale); V3 by sigmoid scores chosen with the router's
-    e_score_correction_bias (/router_bias), in n_group groups of which topk_group are searched
-    (model.moe_groups, moe_group_top_k), the gates renormalized under norm_topk_prob and then
-    times routed_scaling_factor. YaRN with DeepSeek's mscale and mscale_all_dim."""
-    v3 = cfg.get("model_type") == "deepseek_v3"
+    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps, which
+    must be the latent norms' 1e-6), SwiGLU, no biases, an untied head; MLA with kv_lora_rank,
+    q_lora_rank (null: q from the token), qk_nope_head_dim, qk_rope_head_dim, v_head_dim; from
+    layer first_k_dense_replace on a mixture of n_routed_experts SwiGLU experts of
+    moe_intermediate_size units, num_experts_per_tok per token, beside n_shared_experts ungated
+    shared ones (model.moe_shared_hidden = n_shared_experts · moe_intermediate_size), the first
+    layers dense MLPs of intermediate_size units (model.moe_dense_hidden). V2 routes by softmax,
+    the chosen gates times routed_scaling_factor (model.moe_routed_scale); V3 by sigmoid scores
+    chosen with the router's e_score_correction_bias (/router_bias), in n_group groups of which
+    topk_group are searched (model.moe_groups, moe_group_top_k), the gates renormalized under
+    norm_topk_prob and then times routed_scaling_factor. YaRN with DeepSeek's mscale and
+    mscale_all_dim. Missing keys take transformers' class defaults (V2_DEFAULTS, V3_DEFAULTS)."""
+    k = DeepSeekConfig(cfg, where)
+    v3 = k.v3
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6)
     refusals = [x for x in c.refusals if not x.startswith("num_key_value_heads")]
     if c.kv != c.n_head:
         refusals.append(f"num_key_value_heads {c.kv} other than num_attention_heads {c.n_head} "
                         f"(multi-head latent attention gives every head its own key and value)")
-
-    def count(key, default=None):
-        v = cfg.get(key, default)
-        return default if v is None else int(v)
-
-    try:
-        rkv, rq = count("kv_lora_rank"), count("q_lora_rank", 0)
-        dn, dr, dv = count("qk_nope_head_dim"), count("qk_rope_head_dim"), count("v_head_dim")
-        experts = count("n_routed_experts", 0)
-        moe_hidden = count("moe_intermediate_size", 0)
-    except (TypeError, ValueError) as e:
-        raise ConvertError(f"{where}: needs integer kv_lora_rank, qk_nope_head_dim, "
-                           f"qk_rope_head_dim, v_head_dim, moe_intermediate_size ({e})")
-    if None in (rkv, dn, dr, dv):
-        raise ConvertError(f"{where}: a {cfg.get('model_type')} config needs kv_lora_rank, "
-                           f"qk_nope_head_dim, qk_rope_head_dim and v_head_dim")
-    sizes = dict(kv_lora_rank=rkv, q_lora_rank=rq, qk_nope_head_dim=dn, qk_rope_head_dim=dr,
-                 v_head_dim=dv)
-    if rkv < 2 or dr < 2 or dv < 2 or rq < 0 or dn < 0 or any(x % 2 for x in sizes.values()):
-        refusals.append(", ".join(f"{k} {v}" for k, v in sizes.items()) +
+    if c.eps != LATENT_NORM_EPS:
+        refusals.append(f"rms_norm_eps {c.eps} (DeepSeek's latent norms, q_a_layernorm and "
+                        f"kv_a_layernorm, use {LATENT_NORM_EPS} whatever it says; triad's use "
+                        f"model.norm_eps, the same as the other norms')")
+    sizes = dict(kv_lora_rank=k.count("kv_lora_rank"), q_lora_rank=k.count("q_lora_rank", null=0),
+                 qk_nope_head_dim=k.count("qk_nope_head_dim"),
+                 qk_rope_head_dim=k.count("qk_rope_head_dim"), v_head_dim=k.count("v_head_dim"))
+    if min(sizes["kv_lora_rank"], sizes["qk_rope_head_dim"], sizes["v_head_dim"]) < 2 or \
+            any(x % 2 for x in sizes.values()):
+        refusals.append(", ".join(f"{key} {v}" for key, v in sizes.items()) +
                         " (triad's latent attention needs kv_lora_rank, qk_rope_head_dim and "
                         "v_head_dim > 0, and every size even)")
-    if cfg.get("hidden_act", "silu") != "silu":
-        refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
+    if k.value("hidden_act") != "silu":
+        refusals.append(f"hidden_act {k.value('hidden_act')!r} (SwiGLU uses silu)")
     for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
+        if k.flag(key):
             refusals.append(f"{key} = true (triad's latent attention and MLPs have no biases)")
-    if int(cfg.get("pretraining_tp", 1) or 1) != 1:
+    if k.count("pretraining_tp", null=1) != 1:
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
 
     n_pos, yarn, mscales = c.n_pos, None, (1.0, 0.0)
@@ -85,40 +140,54 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                             f"original_max_position_embeddings = max_position_embeddings"
                             f"{'; ' + str(e) if str(e) else ''})")
 
-    first = count("first_k_dense_replace", 0)
+    experts = k.count("n_routed_experts", null=0)
+    first = k.count("first_k_dense_replace")
+    moe_hidden = k.count("moe_intermediate_size", null=0)
     moe = {}
     if experts and first < c.n_layer:
-        moe = deepseek_moe_keys(cfg, v3, experts, first, c.hidden, moe_hidden, refusals)
-    mtp = count("num_nextn_predict_layers", 0) if v3 else 0
+        moe = deepseek_moe_keys(k, experts, first, c.hidden, moe_hidden, refusals)
+    mtp = k.count("num_nextn_predict_layers") if v3 else 0
     block = fp8_block(cfg, refusals)
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="rmsnorm", bias=False, mlp="swiglu",
-             mlp_hidden=moe_hidden if moe else c.hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=c.eps, yarn=yarn,
-             yarn_mscale=mscales, **sizes, **moe,
+             mlp_hidden=moe_hidden if moe else c.hidden, tied=k.flag("tie_word_embeddings"),
+             norm_eps=c.eps, yarn=yarn, yarn_mscale=mscales, **sizes, **moe,
              deepseek="deepseek_v3" if v3 else "deepseek_v2",
-             rope_interleave=bool(cfg.get("rope_interleave", True)) if v3 else True,
-             mtp_layers=max(mtp, 0), fp8_block=block)
+             rope_interleave=k.flag("rope_interleave") if v3 else True,
+             mtp_layers=mtp, fp8_block=block)
     d.check(where)
     return d
 
 
 def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
     """(factor, beta_fast, beta_slow, original positions) and (mscale, mscale_all_dim) of
-    DeepSeek's YaRN rope_scaling, with its code's defaults (32, 1, 1, 0). transformers derives
-    the factor from max_position_embeddings / original_max_position_embeddings where DeepSeek's
-    code reads it: a config where the two disagree is refused."""
+    DeepSeek's YaRN rope_scaling, with its code's defaults for absent keys (4096 positions, 32,
+    1, 1, 0). transformers derives the factor from max_position_embeddings /
+    original_max_position_embeddings where DeepSeek's code reads it: a config where the two
+    disagree is refused."""
     kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
     if kind != "yarn":
         raise ValueError(f"rope type {kind!r} is not built")
-    factor = float(r["factor"])
-    original = int(r.get("original_max_position_embeddings") or 4096)
-    fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
-    mscales = (float(r.get("mscale") or 1.0), float(r.get("mscale_all_dim") or 0.0))
+
+    def get(key, default, integer=False):
+        v = r.get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            what = "an integer" if integer else "a number"
+            raise ValueError(f"{key} {json.dumps(v)} is not {what}")
+        return v
+
+    if r.get("factor") is None:
+        raise ValueError("it has no factor")
+    factor = float(get("factor", None))
+    original = get("original_max_position_embeddings", 4096, integer=True)
+    fast, slow = float(get("beta_fast", 32)), float(get("beta_slow", 1))
+    mscales = (float(get("mscale", 1.0)), float(get("mscale_all_dim", 0.0)))
     if r.get("attention_factor") is not None:
         raise ValueError("attention_factor is not built")
-    if not (factor >= 1 and fast > slow > 0 and original >= 1 and
+    if not (math.isfinite(factor) and factor >= 1 and fast > slow > 0 and original >= 1 and
             all(math.isfinite(m) and 0 <= m <= 100 for m in mscales)):
         raise ValueError("")
     if factor * original != n_pos:
@@ -127,27 +196,27 @@ def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
     return (factor, fast, slow, original), mscales
 
 
-def deepseek_moe_keys(cfg: dict, v3: bool, experts: int, first: int, dense_hidden: int,
+def deepseek_moe_keys(k: DeepSeekConfig, experts: int, first: int, dense_hidden: int,
                       hidden: int, refusals: list[str]) -> dict:
     """The mixture of experts of a DeepSeek config as Dims' moe_* fields; what triad does not
     build is added to refusals."""
-    top_k = int(cfg.get("num_experts_per_tok") or 0)
-    shared = int(cfg.get("n_shared_experts") or 0)
-    normalize = bool(cfg.get("norm_topk_prob", False))
-    scale = float(cfg.get("routed_scaling_factor") or 1.0)
-    groups, group_top = int(cfg.get("n_group") or 1), int(cfg.get("topk_group") or 1)
-    score = cfg.get("scoring_func", "sigmoid" if v3 else "softmax")
-    method = cfg.get("topk_method", "noaux_tc" if v3 else "greedy")
+    v3 = k.v3
+    top_k = k.count("num_experts_per_tok", null=0)
+    shared = k.count("n_shared_experts", null=0)
+    normalize = k.flag("norm_topk_prob")
+    scale = k.number("routed_scaling_factor")
+    groups, group_top = k.count("n_group", 1, null=1), k.count("topk_group", 1, null=1)
+    score, method = k.value("scoring_func"), k.value("topk_method")
     if not 1 <= experts <= 256:
         refusals.append(f"n_routed_experts {experts} (triad's model.moe_experts is in [1, 256])")
     if not 1 <= top_k <= experts:
         refusals.append(f"num_experts_per_tok {top_k} (1 to n_routed_experts)")
     if hidden < 1:
         refusals.append(f"moe_intermediate_size {hidden} (a positive width)")
-    if int(cfg.get("moe_layer_freq") or 1) != 1:  # (transformers ignores it; DeepSeek's code not)
-        refusals.append(f"moe_layer_freq {cfg['moe_layer_freq']} (experts in every layer from "
-                        f"first_k_dense_replace on, as every DeepSeek model has them)")
-    if not (math.isfinite(scale) and 0 < scale <= 1e4):
+    if k.count("moe_layer_freq", null=1) != 1:  # (transformers ignores it; DeepSeek's code not)
+        refusals.append(f"moe_layer_freq {k.value('moe_layer_freq')} (experts in every layer "
+                        f"from first_k_dense_replace on, as every DeepSeek model has them)")
+    if not 0 < scale <= 1e4:
         refusals.append(f"routed_scaling_factor {scale} (in (0, 1e4])")
     if v3:
         if score != "sigmoid" or method != "noaux_tc":
@@ -194,11 +263,12 @@ def fp8_block(cfg: dict, refusals: list[str]) -> tuple | None:
     if not q:
         return None
     try:
-        block = tuple(int(x) for x in q["weight_block_size"])
+        block = tuple(q["weight_block_size"])
         if q.get("quant_method") != "fp8" or q.get("fmt", "e4m3") != "e4m3" or len(block) != 2 \
-                or min(block) < 1:
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                           for x in block):
             raise ValueError
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         refusals.append(f"quantization_config {q} (triad reads DeepSeek's block-scaled FP8: "
                         f"quant_method 'fp8', fmt 'e4m3', a weight_block_size of two sizes)")
         return None
@@ -353,6 +423,13 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
         raise ConvertError(f"{path}: the model's attention is multi-head latent attention, which "
                            f"exports as Hugging Face's DeepSeek-V2 or V3; those have none of "
                            f"{'; '.join(extra)}")
+    eps = float(a.get("norm_eps", 1e-5))
+    if eps != LATENT_NORM_EPS:
+        raise ConvertError(f"{path}: the model's norms use epsilon {eps} (model.norm_eps); "
+                           f"DeepSeek's latent norms (q_a_layernorm, kv_a_layernorm) use "
+                           f"{LATENT_NORM_EPS} whatever its rms_norm_eps says, so a model with "
+                           f"multi-head latent attention exports with model.norm_eps = "
+                           f"{LATENT_NORM_EPS} only")
     E = int(a.get("moe_experts", 0))
     score = text(a.get("moe_score", "softmax"))
     groups, normalize = int(a.get("moe_groups", 1)), int(a.get("moe_normalize", 1)) == 1

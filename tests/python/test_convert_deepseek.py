@@ -10,9 +10,9 @@ m(mscale) / m(mscale_all_dim), the scores times m(mscale_all_dim)²), V2's softm
 routed_scaling_factor, V3's sigmoid scores chosen with their biases among the topk_group best
 groups (a group scored by its two best keys), renormalized and scaled. A model with every tensor
 random is written in those names; triad-train --eval-only of the import must give the
-reference's validation loss. DeepSeek-V3's FP8 weights (e4m3 in 128 × 128 blocks, each with its
-weight_scale_inv) are dequantized with ml_dtypes' float8 type as the reference. What triad does
-not compute is refused with one line."""
+reference's validation loss. DeepSeek-V3's FP8 weights (e4m3 in blocks, 128 × 128 in its
+release and 16 × 16 here, each with its weight_scale_inv) are dequantized with ml_dtypes' float8
+type as the reference. What triad does not compute is refused with one line."""
 
 import json
 import math
@@ -114,7 +114,8 @@ def random_tensors(cfg, seed=5):
             mat(m + "shared_experts.up_proj.weight", S, C)
             mat(m + "shared_experts.down_proj.weight", C, S)
     norm("model.norm.weight", C)
-    mat("lm_head.weight", V, C)
+    if not cfg["tie_word_embeddings"]:
+        mat("lm_head.weight", V, C)
     return t
 
 
@@ -148,9 +149,9 @@ class DeepSeek:
                 self.score_mult = yarn_m(factor, r["mscale_all_dim"]) ** 2
         self.freq = freq
 
-    def rms(self, x, name):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.c["rms_norm_eps"]) * \
-            self.t[name]
+    def rms(self, x, name, eps=None):
+        eps = self.c["rms_norm_eps"] if eps is None else eps
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.t[name]
 
     def lin(self, x, name):
         return x @ self.t[name].T
@@ -175,14 +176,15 @@ class DeepSeek:
         H, dn, dr, dv, r = (c[k] for k in ("num_attention_heads", "qk_nope_head_dim",
                                            "qk_rope_head_dim", "v_head_dim", "kv_lora_rank"))
         if c["q_lora_rank"]:
-            q = self.lin(self.rms(self.lin(x, a + "q_a_proj.weight"), a + "q_a_layernorm.weight"),
-                         a + "q_b_proj.weight")
+            # (the latent norms: DeepSeek's RMSNorm's default epsilon, whatever rms_norm_eps)
+            q = self.lin(self.rms(self.lin(x, a + "q_a_proj.weight"), a + "q_a_layernorm.weight",
+                                  1e-6), a + "q_b_proj.weight")
         else:
             q = self.lin(x, a + "q_proj.weight")
         q = q.view(B, T, H, dn + dr).transpose(1, 2)
         q_nope, q_rope = q.split([dn, dr], -1)
         latent, k_rope = self.lin(x, a + "kv_a_proj_with_mqa.weight").split([r, dr], -1)
-        kv = self.lin(self.rms(latent, a + "kv_a_layernorm.weight"), a + "kv_b_proj.weight")
+        kv = self.lin(self.rms(latent, a + "kv_a_layernorm.weight", 1e-6), a + "kv_b_proj.weight")
         k_nope, v = kv.view(B, T, H, dn + dv).transpose(1, 2).split([dn, dv], -1)
         q = torch.cat([q_nope, self.rotate(q_rope)], -1)
         k = torch.cat([k_nope, self.rotate(k_rope)[:, None].expand(B, H, T, dr)], -1)
@@ -234,7 +236,8 @@ class DeepSeek:
             h = self.rms(x, p + "post_attention_layernorm.weight")
             dense = i < self.c["first_k_dense_replace"]
             x = x + (self.mlp(h, p + "mlp.") if dense else self.moe(h, p + "mlp."))
-        return self.lin(self.rms(x, "model.norm.weight"), "lm_head.weight")
+        head = "model.embed_tokens.weight" if self.c["tie_word_embeddings"] else "lm_head.weight"
+        return self.lin(self.rms(x, "model.norm.weight"), head)
 
 
 def write_hf(directory, cfg, tensors):
@@ -278,13 +281,27 @@ def imports_and_evaluates(data, tmp_path, cfg, reference, kind, note=""):
     return out
 
 
-def test_deepseek_v2_imports_and_evaluates_as_its_definition(data, tmp_path):
+@pytest.mark.parametrize("changes", [
+    {}, dict(tie_word_embeddings=True),
+    dict(rope_scaling=dict(type="yarn", factor=4, original_max_position_embeddings=64,
+                           mscale=0, mscale_all_dim=1))],
+    ids=["v2-lite", "tied", "mscale-0"])
+def test_deepseek_v2_imports_and_evaluates_as_its_definition(data, tmp_path, changes):
     """V2-Lite's blocks: q from the token, softmax routing scaled by 2, DeepSeek's YaRN scaling
-    the whole score (mscale_all_dim 0.707: 1.6 times at factor 4 ... here m(0.707)² at 4)."""
-    cfg = v2_config()
+    the whole score (V2-Lite's mscale_all_dim 0.707: times m(0.707)² at factor 4); with a tied
+    head; with mscale 0 (cos and sin divided by m(1)) and β_fast, β_slow left to their
+    defaults."""
+    cfg = v2_config(**changes)
+    if "mscale" in changes.get("rope_scaling", {}):  # the reference reads every key
+        cfg["rope_scaling"].update(beta_fast=32, beta_slow=1)
+        written = v2_config(**changes)
+    else:
+        written = cfg
     tensors = random_tensors(cfg)
-    write_hf(tmp_path / "hf", cfg, tensors)
+    write_hf(tmp_path / "hf", written, tensors)
     out = imports_and_evaluates(data, tmp_path, cfg, tensors, "DeepSeek-V2")
+    if changes:
+        return
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (int(a["kv_lora_rank"]), int(a["q_lora_rank"]), int(a["qk_nope_head_dim"]),
@@ -301,11 +318,14 @@ def test_deepseek_v2_imports_and_evaluates_as_its_definition(data, tmp_path):
 @pytest.mark.parametrize("interleave", [True, False], ids=["interleaved", "rotate-half"])
 def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, interleave):
     """V3's blocks: a query latent, sigmoid scores chosen with the routers' biases in the 2 best
-    of 4 groups, renormalized and times 2.5; its multi-token prediction layer left out; the
-    rotated rows interleaved (DeepSeek's files) or not (rope_interleave false)."""
+    of 4 groups, renormalized and times 2.5 (those two keys left out of the file: they are
+    DeepseekV3Config's defaults); its multi-token prediction layer left out; the rotated rows
+    interleaved (DeepSeek's files) or not (rope_interleave false)."""
     cfg = v3_config(**({} if interleave else {"rope_interleave": False}))
     tensors = random_tensors(cfg)
-    write_hf(tmp_path / "hf", cfg, tensors)
+    written = {k: v for k, v in cfg.items() if k not in ("routed_scaling_factor",
+                                                         "norm_topk_prob")}
+    write_hf(tmp_path / "hf", written, tensors)
     out = imports_and_evaluates(data, tmp_path, cfg, tensors, "DeepSeek-V3",
                                 "1 multi-token prediction layer(s) after layer 2 are left out")
     with h5py.File(out, "r") as f:
@@ -394,8 +414,22 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
     (v3_config, dict(n_group=3), "n_group 3"),
     (v3_config, dict(quantization_config=dict(quant_method="gptq", bits=4)), "quantization_config"),
     (v3_config, dict(q_lora_rank=1.5), "q_lora_rank = 1.5 is not an integer"),
+    (v3_config, dict(rms_norm_eps=1e-5), "rms_norm_eps 1e-05 (DeepSeek's latent norms"),
+    (v3_config, dict(n_group=0), "n_group = 0 is not an integer >= 1"),
+    (v3_config, dict(routed_scaling_factor="2.5"), "routed_scaling_factor = \"2.5\" is not a"),
+    (v3_config, dict(norm_topk_prob="false"), "norm_topk_prob = \"false\" is not true or false"),
+    (v3_config, dict(n_shared_experts=-1), "n_shared_experts = -1 is not an integer >= 0"),
+    (v3_config, dict(first_k_dense_replace=-1), "first_k_dense_replace = -1 is not"),
+    (v2_config, dict(moe_layer_freq=0), "moe_layer_freq 0"),
+    (v3_config, dict(quantization_config=dict(quant_method="fp8", fmt="e4m3",
+                                              weight_block_size=[16.5, 16])),
+     "quantization_config"),
+    (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, beta_fast=0, beta_slow=1,
+                                       original_max_position_embeddings=64)), "rope_scaling"),
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
-        "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "gptq", "count"])
+        "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "gptq", "count",
+        "latent-eps", "no-groups", "string-scale", "string-flag", "negative-shared",
+        "negative-dense", "no-layer-freq", "float-block", "beta-0"])
 def test_deepseek_models_triad_does_not_compute_are_refused(tmp_path, make, changes, message):
     cfg = make(**changes)
     good = make()
@@ -419,6 +453,13 @@ def test_deepseek_tensors_missing_or_stray_are_refused(tmp_path):
     write_hf(tmp_path / "hf", cfg, {**tensors, stray: torch.ones(64)})
     p = tool("triad-convert", "import", tmp_path / "hf", out, "--seq-len", SEQ)
     assert_clean_error(p, stray, "not part of")
+    # an FP8 scale beside a weight that is not FP8
+    fp8 = v3_config(quantization_config=dict(quant_method="fp8", fmt="e4m3",
+                                             weight_block_size=[16, 16]))
+    scale = "model.layers.0.mlp.up_proj.weight_scale_inv"
+    write_hf(tmp_path / "hf", fp8, {**tensors, scale: torch.ones(6, 4)})
+    p = tool("triad-convert", "import", tmp_path / "hf", out, "--seq-len", SEQ)
+    assert_clean_error(p, scale, "not an FP8 (F8_E4M3) weight")
     assert not out.exists()
 
 
@@ -491,22 +532,26 @@ def test_trained_latent_attention_model_exports_as_deepseek_v3(data, tmp_path):
 
 
 def test_latent_attention_models_deepseek_does_not_hold_are_refused(data, tmp_path):
-    """MLA beside an option DeepSeek's format lacks, or softmax routing with groups (V2 scores a
-    group by its best expert), is refused before anything is written."""
+    """MLA beside an option DeepSeek's format lacks, with norms of another epsilon than its latent
+    norms' 1e-6, or with softmax routing in groups (V2 scores a group by its best expert), is
+    refused before anything is written."""
     d, run_cfg = data
     mla = ["--model.position", "rope", "--model.norm", "rmsnorm", "--model.mlp", "swiglu",
            "--model.bias", "false", "--model.kv_lora_rank", "32", "--model.qk_nope_head_dim", "16",
            "--model.qk_rope_head_dim", "8", "--model.v_head_dim", "16"]
     for name, extra, message in (
-            ("capped", ["--model.logit_softcap", "30"], "logit_softcap = 30"),
+            ("capped", ["--model.logit_softcap", "30", "--model.norm_eps", "1e-6"],
+             "logit_softcap = 30"),
+            ("eps", [], "exports with model.norm_eps = 1e-06 only"),
             ("grouped", ["--model.moe_experts", "4", "--model.moe_top_k", "2",
-                         "--model.moe_groups", "2", "--model.moe_group_top_k", "1"],
+                         "--model.moe_groups", "2", "--model.moe_group_top_k", "1",
+                         "--model.norm_eps", "1e-6"],
              "groups of experts")):
         train("--config", run_cfg, *mla, *extra, "--train.steps", "1", "--run.name", name,
               "--checkpoint.every", "1", check=True)
         out = tmp_path / name
         p = tool("triad-convert", "export", d / "runs" / name, out, "--to", "hf", "--vocab",
                  "none")
-        assert_clean_error(p, "multi-head latent attention" if name == "capped" else "softmax",
-                           message)
+        assert_clean_error(p, {"capped": "multi-head latent attention", "eps": "latent norms"}
+                           .get(name, "softmax"), message)
         assert not out.exists()

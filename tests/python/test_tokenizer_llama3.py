@@ -214,6 +214,11 @@ def train_hf(path, scheme, vocab_size=3000, nfc=False):
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    elif scheme == "deepseek3":  # DeepSeek-V3's
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            *(pre_tokenizers.Split(Regex(r), behavior="isolated")
+              for r in hf_tokenizer.DEEPSEEK3_SPLITS),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(hf_tokenizer.PATTERNS[scheme]), behavior="isolated"),
@@ -248,8 +253,9 @@ DECOMPOSED = ("cafe\u0301 nai\u0308ve A\u030a \u212b e\u0323\u0302 a\u0302\u0323
 
 
 @pytest.mark.parametrize("scheme,nfc", [("gpt2", False), ("llama3", False), ("qwen2", False),
-                                        ("qwen2", True), ("gpt2_digits", False)],
-                         ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits"])
+                                        ("qwen2", True), ("gpt2_digits", False),
+                                        ("deepseek3", False)],
+                         ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits", "deepseek3"])
 def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     hf = train_hf(tmp_path / "tokenizer.json", scheme, nfc=nfc)
     p = tool("triad-convert", "tokenizer", tmp_path / "tokenizer.json", tmp_path / "triad")
@@ -269,6 +275,47 @@ def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     back = cli("decode", "--vocab", desc, data=" ".join(map(str, got)).encode()).decode()
     assert back == (unicodedata.normalize("NFC", text) if nfc else text)
     assert (back == text) == (not nfc)  # the decomposed accents came back composed
+
+
+def every_code_point_text():
+    """Every assigned code point (and one in 4096 of the unassigned and private ones) before a
+    letter, after a space, between digits, before a kana and before a space, a line each. Left
+    out: the code points whose category Unicode 16 (triad's tables, tiktoken's) and Python's
+    unicodedata (14.0) disagree on, since Oniguruma's tables, which Hugging Face's tokenizers
+    uses, lie between them."""
+    import unicodedata2
+
+    def kept(cp):
+        cat = unicodedata2.category(chr(cp))
+        return not 0xD800 <= cp <= 0xDFFF and cat == unicodedata.category(chr(cp)) and (
+            cat not in ("Cn", "Co") or cp % 4096 == 0)
+
+    return "".join(f"{c}x {c}7{c}\u3042{c} \n" for c in map(chr, filter(kept, range(0x110000))))
+
+
+@pytest.mark.parametrize("scheme", hf_tokenizer.SCHEMES)
+def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
+    """`triad-tokenize pieces` (the pre-tokenizer alone) against the pre-tokenizer of the
+    tokenizer.json triad writes for the scheme (hf_files), in Hugging Face's tokenizers: the same
+    pieces (in its byte-level alphabet) on the held-out text and, for deepseek3, on every code
+    point in context (tokenizers takes valid UTF-8 only: ill-formed bytes are not compared)."""
+    desc = tmp_path / "t.triad"
+    desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
+                    f"pretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
+                    f"document_start <|endoftext|>\nstop <|endoftext|>\n")
+    files = hf_tokenizer.hf_files(hf_tokenizer.read_description(desc), 1024)
+    (tmp_path / "tokenizer.json").write_text(files["tokenizer.json"], encoding="utf-8")
+    pre = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).pre_tokenizer
+    # (every code point for deepseek3 only: tiktoken checks the others on every code point;
+    # and the ends of deepseek3's second split's class, U+3040 unassigned)
+    text = (every_code_point_text() + "a\u3040b\u303fc\u30ff\u3100 \u4dff\u4e00\u9fa5\u9fa6\n"
+            if scheme == "deepseek3" else "") + held_out_text()
+    want = [p for p, _ in pre.pre_tokenize_str(text)]
+    got = [hf_tokenizer.alphabet_text(json.loads(line).encode("utf-8", "surrogateescape"))
+           for line in cli("pieces", "--vocab", desc, data=text.encode()).decode().split("\n")[:-1]]
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    assert got == want, f"{len(got)} vs {len(want)} pieces; first difference at {i}: " \
+        f"{got[max(0, i - 3):i + 3]} vs {want[max(0, i - 3):i + 3]}"
 
 
 def test_exported_tokenizer_json_encodes_as_triad(tmp_path, llama3, llama3_enc):

@@ -983,6 +983,51 @@ TEST(Pretokenize, SplitsLikeTekkenRegex) {
   EXPECT_THAT(tk("  \n\n x  "), ElementsAre("  \n\n", " x", "  "));
 }
 
+TEST(Pretokenize, SplitsLikeDeepSeekV3PreTokenizer) {
+  // Expected pieces from Hugging Face's tokenizers: pre_tokenize_str of DeepSeek-V3's Sequence
+  // of three Split pre-tokenizers (Isolated; analysis/hf_tokenizer.py DEEPSEEK3_SPLITS).
+  auto ds = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::deepseek3); };
+  EXPECT_THAT(ds("Hello world, it's 12345 items!\n"),
+              ElementsAre("Hello", " world", ",", " it", "'s", " ", "123", "45", " items", "!\n"));
+  EXPECT_THAT(ds("abc123def  x "), ElementsAre("abc", "123", "def", " ", " x", " "));
+  // A control character and U+00AD (a format character): no class of their own.
+  EXPECT_THAT(ds("\x01"
+                 "abc \xC2\xAD"),
+              ElementsAre("\x01"
+                          "abc",
+                          " ", "\xC2\xAD"));
+  // Combining acute (a mark) inside a word and after a space.
+  EXPECT_THAT(ds("e\xCC\x81te \xCC\x81"
+                 "a"),
+              ElementsAre("e\xCC\x81te",
+                          " \xCC\x81"
+                          "a"));
+  EXPECT_THAT(ds(".NET a.b (x) \"q\""),
+              ElementsAre(".NET", " a", ".b", " (", "x", ")", " \"", "q", "\""));
+  // Kana and ideographs (split 2), U+30FB (punctuation in the kana block) after them.
+  EXPECT_THAT(
+      ds("\xE3\x81\x93\xE3\x82\x93\xE3\x81\xAB\xE3\x81\xA1\xE3\x81\xAF\xE4\xB8\x96\xE7\x95\x8C! "
+         "\xE3\x83\x86\xE3\x82\xB9\xE3\x83\x88\xE3\x83\xBB\xE3\x83\x86"),
+      ElementsAre(
+          "\xE3\x81\x93\xE3\x82\x93\xE3\x81\xAB\xE3\x81\xA1\xE3\x81\xAF\xE4\xB8\x96\xE7\x95\x8C",
+          "!", " ", "\xE3\x83\x86\xE3\x82\xB9\xE3\x83\x88", "\xE3\x83\xBB", "\xE3\x83\x86"));
+  EXPECT_THAT(ds("  \n\n x  "), ElementsAre("  \n\n", " x", "  "));
+  EXPECT_THAT(ds("a\r\n\r\nb"), ElementsAre("a", "\r\n\r\n", "b"));
+  EXPECT_THAT(ds("\xE4\xB8\xAD\xE6\x96\x87"
+                 "abc\xE4\xB8\xAD"),
+              ElementsAre("\xE4\xB8\xAD\xE6\x96\x87", "abc", "\xE4\xB8\xAD"));
+  EXPECT_THAT(ds("$100 + 2.5%"), ElementsAre("$", "100", " +", " ", "2", ".", "5", "%"));
+  // U+200D (zero width joiner) before a letter; tabs.
+  EXPECT_THAT(ds("x\xE2\x80\x8Dy \t\ty"), ElementsAre("x", "\xE2\x80\x8Dy", " \t", "\ty"));
+  // Arabic-Indic digits in threes, U+00BD (a number).
+  EXPECT_THAT(ds("\xD9\xA1\xD9\xA2\xD9\xA3\xD9\xA4 \xC2\xBD"),
+              ElementsAre("\xD9\xA1\xD9\xA2\xD9\xA3", "\xD9\xA4", " ", "\xC2\xBD"));
+  // U+3099 (a mark) and U+309B (a symbol), both in split 2's kana block.
+  EXPECT_THAT(ds("\xE3\x82\x99"
+                 "a \xE3\x82\x9B"),
+              ElementsAre("\xE3\x82\x99", "a", " ", "\xE3\x82\x9B"));
+}
+
 TEST(JsonLines, ReadsTheFieldOfEachLine) {
   const std::string text =
       "{\"text\": \"Hello\", \"id\": 1}\n"
