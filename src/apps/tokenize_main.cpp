@@ -18,8 +18,10 @@
 #include "triad/core/error.h"
 #include "triad/data/chat_format.h"
 #include "triad/data/json_lines.h"
+#include "triad/data/pretokenize.h"
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
+#include "triad/data/unicode_nfc.h"
 #include "triad/train/app_main.h"
 #include "triad/train/positional_arguments.h"
 
@@ -50,6 +52,10 @@ constexpr const char* kUsage =
     "                          (--document-start: the document start before each one);\n"
     "                          --jsonl --prompt-field P [--field C]: prompt and completion\n"
     "                          pairs, the masks counting the completions\n"
+    "  pieces --vocab FILE     read text on stdin, write its pre-tokenizer's pieces (after NFC\n"
+    "                          where the description normalizes; added tokens not looked\n"
+    "                          for), one JSON string per line, an ill-formed byte 0xNN as\n"
+    "                          \\uDCNN (Python's surrogateescape)\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
     "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2;\n"
@@ -133,6 +139,52 @@ int cmd_encode(const std::vector<std::string>& args) {
   const auto tok = triad::Tokenizer::from_file(vocab);
   const std::string text = read_stdin();
   write_stdout(ids_text(triad::encode_parallel(tok, text, threads)));
+  return 0;
+}
+
+// A piece as a JSON string: quotes, backslashes and control characters escaped, well-formed
+// UTF-8 as it is, an ill-formed byte b as \uDCbb (what Python's surrogateescape decodes it to).
+void append_json_piece(std::string_view piece, std::string& out) {
+  out += '"';
+  const auto* p = reinterpret_cast<const unsigned char*>(piece.data());
+  const auto* const end = p + piece.size();
+  char hex[8];
+  while (p < end) {
+    uint32_t cp;
+    const int len = triad::pretok::decode_utf8(p, end, cp);
+    if (cp == triad::pretok::kInvalidCodePoint) {
+      std::snprintf(hex, sizeof(hex), "\\u%04X", 0xDC00u + *p);
+      out += hex;
+    } else if (cp == '"' || cp == '\\') {
+      out += '\\';
+      out += char(cp);
+    } else if (cp < 0x20 || cp == 0x7F) {
+      std::snprintf(hex, sizeof(hex), "\\u%04X", unsigned(cp));
+      out += hex;
+    } else {
+      out.append(reinterpret_cast<const char*>(p), size_t(len));
+    }
+    p += len;
+  }
+  out += "\"\n";
+}
+
+int cmd_pieces(const std::vector<std::string>& args) {
+  po::options_description desc("pieces options");
+  std::string vocab;
+  desc.add_options()("vocab", po::value(&vocab)->required(),
+                     "ranks file (gpt2.tiktoken) or tokenizer description");
+  po::variables_map vm;
+  if (!parse("pieces", args, desc, nullptr, nullptr, vm)) return 0;
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  TRIAD_CHECK(!tok.is_sentencepiece(), "pieces: ", vocab,
+              " is a SentencePiece-style BPE, which has no pre-tokenizer");
+  std::string text = read_stdin();
+  if (tok.normalizes_nfc()) text = triad::nfc(text);
+  std::string out;
+  triad::pretok::for_each_piece(tok.pretokenizer(), text,
+                                [&](std::string_view piece) { append_json_piece(piece, out); });
+  write_stdout(out);
   return 0;
 }
 
@@ -326,7 +378,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(size == 1, "this program runs as one process, but was started with ", size,
                 " MPI ranks; run it without mpirun (it uses threads: --threads)");
     TRIAD_CHECK(argc >= 2,
-                "no command given: encode, decode, shards or chat (see 'triad-tokenize --help')");
+                "no command given: encode, decode, shards, chat or pieces (see 'triad-tokenize "
+                "--help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -337,7 +390,9 @@ int main(int argc, char** argv) {
     if (command == "decode") return cmd_decode(args);
     if (command == "shards") return cmd_shards(args);
     if (command == "chat") return cmd_chat(args);
+    if (command == "pieces") return cmd_pieces(args);
     triad::fail("unknown command '", command,
-                "': expected encode, decode, shards or chat (see 'triad-tokenize --help')");
+                "': expected encode, decode, shards, chat or pieces (see 'triad-tokenize "
+                "--help')");
   });
 }

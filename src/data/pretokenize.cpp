@@ -21,6 +21,14 @@ LetterCase letter_case(uint32_t cp) {
   return (r != last && r->first <= cp) ? r->kind : kNoCase;
 }
 
+bool is_punct_or_symbol(uint32_t cp) {
+  const CodeRange* const first = kPunctSymbolRanges;
+  const CodeRange* const last = kPunctSymbolRanges + kPunctSymbolRangeCount;
+  const CodeRange* r =
+      std::lower_bound(first, last, cp, [](const CodeRange& a, uint32_t v) { return a.last < v; });
+  return r != last && r->first <= cp;
+}
+
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) {
   // Well-formed sequences (Unicode Table 3-7); anything else is one invalid byte.
   const unsigned char b0 = p[0];
@@ -95,13 +103,15 @@ const char* scheme_name(Scheme s) {
       return "gpt2_digits";
     case Scheme::tekken:
       return "tekken";
+    case Scheme::deepseek3:
+      return "deepseek3";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
-  for (const Scheme s :
-       {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits, Scheme::tekken})
+  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits,
+                         Scheme::tekken, Scheme::deepseek3})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

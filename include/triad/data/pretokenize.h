@@ -13,6 +13,12 @@
 //           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|
 //            ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //           (Mistral's Tekken tokenizer: Mistral NeMo, Small 3, Ministral; pretokenize_tekken.cpp)
+//   deepseek3  three splits in turn, each of the pieces of the one before (Hugging Face's
+//           Sequence of Split pre-tokenizers, Isolated: the text between matches is a piece too):
+//             \p{N}{1,3}, then [一-龥぀-ゟ゠-ヿ]+ (U+4E00..U+9FA5, U+3040..U+30FF), then
+//             [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|
+//              ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//           (DeepSeek-V3's and R1's tokenizer; pretokenize_deepseek.cpp)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
 // that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence (stray
 // continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
@@ -34,8 +40,9 @@
 
 namespace triad::pretok {
 
-enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits, tekken };
-// "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken"; parse_scheme gives nullopt for any other.
+enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits, tekken, deepseek3 };
+// "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3"; parse_scheme gives nullopt for
+// any other.
 const char* scheme_name(Scheme s);
 std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -65,6 +72,18 @@ LetterCase letter_case(uint32_t cp);
 // tekken's split (not a template: pretokenize_tekken.cpp), calling piece(ctx, s) per piece.
 void for_each_piece_tekken(std::string_view text, void (*piece)(void*, std::string_view),
                            void* ctx);
+
+// Punctuation and symbols (P* S*), for deepseek3.
+struct CodeRange {
+  uint32_t first, last;
+};
+extern const CodeRange kPunctSymbolRanges[];  // sorted, disjoint
+extern const size_t kPunctSymbolRangeCount;
+bool is_punct_or_symbol(uint32_t cp);
+
+// deepseek3's split (pretokenize_deepseek.cpp), likewise.
+void for_each_piece_deepseek3(std::string_view text, void (*piece)(void*, std::string_view),
+                              void* ctx);
 
 // Decodes one character at p (p < end): returns its length in bytes (1 to 4) and sets cp; an
 // ill-formed byte returns 1 and sets cp = kInvalidCodePoint.
@@ -341,11 +360,13 @@ void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
       return for_each_piece_cl100k(text, 1, piece);
     case Scheme::gpt2_digits:
       return for_each_piece_digits(text, piece);
-    case Scheme::tekken: {
+    case Scheme::tekken:
+    case Scheme::deepseek3: {
       using Fn = std::remove_reference_t<F>;
       auto thunk = [](void* ctx, std::string_view s) { (*static_cast<Fn*>(ctx))(s); };
-      return for_each_piece_tekken(text, thunk,
-                                   const_cast<void*>(static_cast<const void*>(&piece)));
+      void* const ctx = const_cast<void*>(static_cast<const void*>(&piece));
+      return scheme == Scheme::tekken ? for_each_piece_tekken(text, thunk, ctx)
+                                      : for_each_piece_deepseek3(text, thunk, ctx);
     }
   }
 }
