@@ -165,6 +165,7 @@ class Dims:
     moe_routed_scale: float = 1.0
     moe_groups: int = 1
     moe_group_top_k: int = 1
+    moe_group_score: str = "top2"  # model.moe_group_score: max, DeepSeek-V2's
     yarn_mscale: tuple = (1.0, 0.0)
     # Read from DeepSeek's layout (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM): "deepseek_v2" or
     # "deepseek_v3"; its rotated q and k rows in pairs (2i, 2i + 1) where rope_interleave (always in
@@ -241,6 +242,8 @@ class Dims:
             k["moe_routed_scale"] = float(self.moe_routed_scale)
         if self.moe_groups > 1:
             k.update(moe_groups=self.moe_groups, moe_group_top_k=self.moe_group_top_k)
+        if self.moe_group_score != "top2":
+            k["moe_group_score"] = self.moe_group_score
         return k
 
     def mla_keys(self) -> dict:

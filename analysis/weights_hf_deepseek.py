@@ -1,16 +1,16 @@
-"""DeepSeek-V2's and V3's Hugging Face models (model_type deepseek_v2, deepseek_v3: DeepSeek-V2-
-Lite, Coder-V2-Lite, V3, R1; the full V2s' group-limited routing and Kimi K2's 384 experts are
-refused) as triad's multi-head latent attention and mixture of experts, both ways: the config
-read as Dims (refusing what triad does not compute) and written back, where each tensor lives in
-the files, the row orders that differ from triad's, and FP8 weights. Used by
-weights_hf_import.py, weights_hf_export.py and weights_triad.py.
+"""DeepSeek-V2's and V3's Hugging Face models (model_type deepseek_v2, deepseek_v3: DeepSeek-V2,
+V2-Lite, V2.5, Coder-V2, V3, R1; Kimi K2's 384 experts are refused) as triad's multi-head latent
+attention and mixture of experts, both ways: the config read as Dims (refusing what triad does
+not compute) and written back, where each tensor lives in the files, the row orders that differ
+from triad's, and FP8 weights. Used by weights_hf_import.py, weights_hf_export.py and
+weights_triad.py.
 
 The semantics followed are DeepSeek's own modeling code, which transformers' DeepseekV3 keeps:
 the whole attention score times m(mscale_all_dim)² under YaRN (transformers' DeepseekV2 port
 leaves it out, so its V2 models at long context score differently), the rotated q and k values in
 pairs (2i, 2i + 1), the latent norms at epsilon 1e-6, and node-limited routing by the sum of each
-group's two best keys, the other groups' experts out of the choice as in DeepSeek's inference
-code (its Hugging Face modeling file and transformers set their keys to 0 instead, which chooses
+group's two best keys (V3) or its best (V2's group_limited_greedy), the other groups' experts out
+of the choice as in DeepSeek's inference code (its Hugging Face modeling file and transformers set their keys to 0 instead, which chooses
 differently only where a searched group's keys fall to 0 or below)."""
 
 from __future__ import annotations
@@ -222,35 +222,32 @@ def deepseek_moe_keys(k: DeepSeekConfig, experts: int, first: int, dense_hidden:
         if score != "sigmoid" or method != "noaux_tc":
             refusals.append(f"scoring_func {score!r} with topk_method {method!r} (DeepSeek-V3's "
                             f"routing is 'sigmoid' with 'noaux_tc')")
-        if groups > 1 and not (experts % groups == 0 and experts // groups >= 2 and
-                               1 <= group_top <= groups and
-                               group_top * (experts // groups) >= top_k):
-            refusals.append(f"n_group {groups} with topk_group {group_top} (groups of two "
-                            f"experts or more dividing n_routed_experts, 1 to n_group of them "
-                            f"searched, holding num_experts_per_tok experts)")
         if top_k == 1 and normalize:
             refusals.append("num_experts_per_tok 1 with norm_topk_prob (one renormalized gate "
                             "is always 1)")
     else:
         if score != "softmax":
             refusals.append(f"scoring_func {score!r} (DeepSeek-V2 routes by softmax)")
-        if method == "group_limited_greedy" and groups > 1:
-            refusals.append(f"topk_method 'group_limited_greedy' with n_group {groups} (V2 scores "
-                            f"a group by its best expert; triad's node-limited routing by its two "
-                            f"best, as DeepSeek-V3)")
-        elif method not in ("greedy", "group_limited_greedy"):
+        if method not in ("greedy", "group_limited_greedy"):
             refusals.append(f"topk_method {method!r} (DeepSeek-V2's are 'greedy' and "
                             f"'group_limited_greedy')")
         if normalize and top_k > 1:  # (DeepSeek's code then leaves out the scaling factor,
             # transformers' port applies it and never renormalizes)
             refusals.append("norm_topk_prob true (DeepSeek-V2's code and transformers' disagree "
                             "on its gates)")
-        groups = group_top = 1
+        if method != "group_limited_greedy":  # (greedy: n_group and topk_group unused; V2's
+            groups = group_top = 1  # group_limited_greedy scores a group by its best expert)
+    if groups > 1 and not (experts % groups == 0 and experts // groups >= 2 and
+                           1 <= group_top <= groups and group_top * (experts // groups) >= top_k):
+        refusals.append(f"n_group {groups} with topk_group {group_top} (groups of two experts or "
+                        f"more dividing n_routed_experts, 1 to n_group of them searched, holding "
+                        f"num_experts_per_tok experts)")
     keys = dict(moe_experts=experts, moe_top_k=top_k, moe_normalize=normalize and v3,
                 moe_shared_hidden=shared * hidden, moe_first_dense=first,
                 moe_dense_hidden=dense_hidden if first and dense_hidden != hidden else 0,
                 moe_routed_scale=scale, moe_groups=groups if groups > 1 else 1,
-                moe_group_top_k=group_top if groups > 1 else 1)
+                moe_group_top_k=group_top if groups > 1 else 1,
+                moe_group_score="max" if groups > 1 and not v3 else "top2")
     if v3:
         keys["moe_score"] = "sigmoid"
     return keys
@@ -391,7 +388,7 @@ DEEPSEEK_HELD = {"n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded
                  "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                  "moe_experts", "moe_top_k", "moe_normalize", "moe_shared_hidden",
                  "moe_first_dense", "moe_dense_hidden", "moe_score", "moe_routed_scale",
-                 "moe_groups", "moe_group_top_k"}
+                 "moe_groups", "moe_group_top_k", "moe_group_score"}
 DEEPSEEK_INERT = {"qk_norm": 0, "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "norm_weight": 1,
                   "pre_norm": 1, "qk_norm_full": 0, "moe_every": 1, "moe_shared_gate": 0,
                   "moe_capacity_factor": 0.0, "head_dim": 0, "rotary_dim": 0,
@@ -433,19 +430,26 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     E = int(a.get("moe_experts", 0))
     score = text(a.get("moe_score", "softmax"))
     groups, normalize = int(a.get("moe_groups", 1)), int(a.get("moe_normalize", 1)) == 1
+    by_best = text(a.get("moe_group_score", "top2")) == "max"
     hidden, shared = int(a["mlp_hidden"]), int(a.get("moe_shared_hidden", 0))
     v3 = not E or score == "sigmoid"
     if E and shared % hidden:
         raise ConvertError(f"{path}: the model's shared experts are {shared} wide "
                            f"(model.moe_shared_hidden), not a whole number of experts of "
                            f"{hidden} (DeepSeek's n_shared_experts · moe_intermediate_size)")
-    if E and not v3 and (groups > 1 or (normalize and int(a["moe_top_k"]) > 1) or biased):
+    if E and not v3 and ((groups > 1 and not by_best) or (normalize and int(a["moe_top_k"]) > 1)
+                         or biased):
         raise ConvertError(f"{path}: the model routes by softmax (DeepSeek-V2's) with "
-                           + ("groups of experts (model.moe_groups), which V2 scores by their "
-                              "best expert" if groups > 1 else
+                           + ("groups of experts scored by their two best (model.moe_groups, "
+                              "moe_group_score = top2), where V2 scores a group by its best" if
+                              groups > 1 and not by_best else
                               "routers' biases (/router_bias), which V2 has none of" if biased
                               else "renormalized gates (model.moe_normalize), on which "
                               "DeepSeek-V2's code and transformers' disagree"))
+    if E and v3 and by_best:
+        raise ConvertError(f"{path}: the model scores groups of experts by their best "
+                           f"(model.moe_group_score = max, DeepSeek-V2's) beside sigmoid scores; "
+                           f"DeepSeek-V3 scores a group by its two best")
     yarn = None
     if text(a.get("rope_scaling", "none")) == "yarn":
         yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
@@ -469,6 +473,7 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
                 moe_dense_hidden=int(a.get("moe_dense_hidden", 0)), moe_score=score,
                 moe_routed_scale=float(a.get("moe_routed_scale", 1.0)), moe_groups=groups,
                 moe_group_top_k=int(a.get("moe_group_top_k", 1)),
+                moe_group_score="max" if by_best else "top2",
                 deepseek="deepseek_v3" if v3 else "deepseek_v2", rope_interleave=True)
 
 
@@ -493,7 +498,8 @@ def deepseek_hf_config(d: Dims) -> dict:
         "routed_scaling_factor": d.moe_routed_scale, "norm_topk_prob": d.moe_normalize,
         "n_group": d.moe_groups, "topk_group": d.moe_group_top_k,
         "scoring_func": "sigmoid" if v3 else "softmax",
-        "topk_method": "noaux_tc" if v3 else "greedy",
+        "topk_method": "noaux_tc" if v3 else
+        "group_limited_greedy" if d.moe_groups > 1 else "greedy",
         "hidden_act": "silu", "rms_norm_eps": d.norm_eps, "rope_theta": d.rope_theta,
         "max_position_embeddings": int(d.yarn[0] * d.yarn[3]) if d.yarn else d.seq_len,
         "rope_scaling": None if d.yarn is None else {

@@ -871,6 +871,11 @@ CheckpointState read_state(hid_t file) {
                   ") and moe_group_top_k (", M, ") of /model do not suit its ", E,
                   " experts and top ", s.model.moe_top_k);
     }
+    s.model.moe_group_score = io::read_string_attr(model, "moe_group_score").value_or("top2");
+    TRIAD_CHECK((s.model.moe_group_score == "top2" || s.model.moe_group_score == "max") &&
+                    (s.model.moe_group_score == "top2" || s.model.moe_groups > 1),
+                "attribute moe_group_score of /model is \"", s.model.moe_group_score,
+                "\", not top2, or max with groups (moe_groups)");
     s.model.moe_shared_hidden = io::read_int64_attr(model, "moe_shared_hidden").value_or(0);
     s.model.moe_shared_gate = flag("moe_shared_gate", 0);
     TRIAD_CHECK(!s.model.moe_shared_gate || s.model.moe_shared_hidden > 0,
@@ -1348,6 +1353,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
               io::write_int64_attr(model, "moe_groups", state.model.moe_groups);
               io::write_int64_attr(model, "moe_group_top_k", state.model.moe_group_top_k);
             }
+            if (state.model.moe_group_score != "top2")
+              io::write_string_attr(model, "moe_group_score", state.model.moe_group_score);
             if (state.model.moe_shared_hidden > 0)
               io::write_int64_attr(model, "moe_shared_hidden", state.model.moe_shared_hidden);
             if (state.model.moe_shared_gate) io::write_int64_attr(model, "moe_shared_gate", 1);

@@ -33,6 +33,7 @@ MoeRouting routing(const GptShape& s, const float* bias) {
   r.bias = bias;
   r.groups = s.moe_groups;
   r.group_top_k = s.moe_group_top_k;
+  r.group_by_best = s.moe_group_by_best;
   return r;
 }
 

@@ -202,6 +202,9 @@ class KeyTable {
     add("model.moe_group_top_k", c.model.moe_group_top_k,
         "with model.moe_groups > 1: the groups each token's experts come from (DeepSeek-V3's "
         "topk_group, 4)");
+    add("model.moe_group_score", c.model.moe_group_score,
+        "with model.moe_groups > 1: a group's score, top2 (the sum of its two best scores with "
+        "the router bias: DeepSeek-V3's) or max (its best: DeepSeek-V2's group_limited_greedy)");
     add("model.moe_capacity_factor", c.model.moe_capacity_factor,
         "with model.moe_experts: each expert takes at most ceil(f · N · k / E) of the N·k choices "
         "of a rank's micro-batch, in token order; the later ones are dropped (their expert output "

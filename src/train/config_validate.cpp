@@ -220,6 +220,10 @@ void validate(const Config& c, int world_size) {
             "] with at least model.moe_top_k = " + std::to_string(m.moe_top_k) +
             " experts in that many groups (got " + std::to_string(M) + ")");
   }
+  check(m.moe_group_score == "top2" || m.moe_group_score == "max", "model.moe_group_score",
+        "must be top2 or max (got \"" + m.moe_group_score + "\")");
+  check(m.moe_group_score == "top2" || m.moe_groups > 1, "model.moe_group_score",
+        "= max scores groups of experts: it needs model.moe_groups > 1");
   check(routed_scale_valid(m.moe_routed_scale) && (m.moe_experts > 0 || m.moe_routed_scale == 1),
         "model.moe_routed_scale",
         "must be a number in (0, 1e6], and other than 1 only with model.moe_experts");

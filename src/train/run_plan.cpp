@@ -125,6 +125,7 @@ ModelShape model_shape(const Config& cfg) {
   m.moe_routed_scale = c.moe_routed_scale;
   m.moe_groups = c.moe_groups;
   m.moe_group_top_k = c.moe_group_top_k;
+  m.moe_group_score = c.moe_group_score;
   m.moe_shared_hidden = c.moe_shared_hidden;
   m.moe_shared_gate = c.moe_shared_gate;
   m.moe_first_dense = c.moe_first_dense;
@@ -201,6 +202,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.moe_routed_scale = float(m.moe_routed_scale);
   s.moe_groups = int(m.moe_groups);
   s.moe_group_top_k = int(m.moe_group_top_k);
+  s.moe_group_by_best = m.moe_group_score == "max";
   s.moe_shared_hidden = int(m.moe_shared_hidden);
   s.moe_shared_gate = m.moe_shared_gate;
   s.moe_first_dense = int(m.moe_first_dense);

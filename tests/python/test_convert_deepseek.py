@@ -203,7 +203,15 @@ class DeepSeek:
         rows = x.reshape(-1, x.shape[-1])
         logits = self.lin(rows, m + "gate.weight")
         if c["model_type"] == "deepseek_v2":
-            weight, index = logits.softmax(-1).topk(k, -1)
+            scores = logits.softmax(-1)
+            if c["topk_method"] == "group_limited_greedy":  # the groups scored by their best
+                G = c["n_group"]
+                group = scores.view(-1, G, E // G).max(-1).values
+                chosen = torch.zeros_like(group).scatter_(
+                    1, group.topk(c["topk_group"], -1).indices, 1)
+                allowed = chosen[:, :, None].expand(-1, G, E // G).reshape(-1, E).bool()
+                scores = scores.masked_fill(~allowed, 0.0)  # (positive where allowed)
+            weight, index = scores.topk(k, -1)
             weight = weight * c["routed_scaling_factor"]
         else:
             scores = logits.sigmoid()
@@ -283,13 +291,15 @@ def imports_and_evaluates(data, tmp_path, cfg, reference, kind, note=""):
 
 @pytest.mark.parametrize("changes", [
     {}, dict(tie_word_embeddings=True),
+    dict(topk_method="group_limited_greedy", n_group=4, topk_group=2),
     dict(rope_scaling=dict(type="yarn", factor=4, original_max_position_embeddings=64,
                            mscale=0, mscale_all_dim=1))],
-    ids=["v2-lite", "tied", "mscale-0"])
+    ids=["v2-lite", "tied", "groups", "mscale-0"])
 def test_deepseek_v2_imports_and_evaluates_as_its_definition(data, tmp_path, changes):
     """V2-Lite's blocks: q from the token, softmax routing scaled by 2, DeepSeek's YaRN scaling
     the whole score (V2-Lite's mscale_all_dim 0.707: times m(0.707)² at factor 4); with a tied
-    head; with mscale 0 (cos and sin divided by m(1)) and β_fast, β_slow left to their
+    head; with the full V2's group-limited routing (2 of 4 groups, each scored by its best
+    expert); with mscale 0 (cos and sin divided by m(1)) and β_fast, β_slow left to their
     defaults."""
     cfg = v2_config(**changes)
     if "mscale" in changes.get("rope_scaling", {}):  # the reference reads every key
@@ -400,8 +410,8 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
 
 
 @pytest.mark.parametrize("make,changes,message", [
-    (v2_config, dict(topk_method="group_limited_greedy", n_group=4, topk_group=2),
-     "scores a group by its best expert"),
+    (v2_config, dict(topk_method="group_limited_greedy", n_group=3, topk_group=2),
+     "n_group 3 with topk_group 2"),
     (v2_config, dict(norm_topk_prob=True), "norm_topk_prob true"),
     (v2_config, dict(moe_layer_freq=2), "moe_layer_freq 2"),
     (v2_config, dict(attention_bias=True), "attention_bias = true"),
@@ -463,7 +473,10 @@ def test_deepseek_tensors_missing_or_stray_are_refused(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("make", [v2_config, v3_config], ids=["v2", "v3"])
+@pytest.mark.parametrize("make", [
+    v2_config, v3_config,
+    lambda: v2_config(topk_method="group_limited_greedy", n_group=4, topk_group=2)],
+    ids=["v2", "v3", "v2-groups"])
 def test_deepseek_imports_export_back_bit_for_bit(data, tmp_path, make):
     """An import exported again (--to hf) holds the same tensors, bit for bit, under the same
     names (the prediction layer left out), and its config.json reads back as the same model."""
@@ -484,6 +497,7 @@ def test_deepseek_imports_export_back_bit_for_bit(data, tmp_path, make):
     for k in ("model_type", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
               "n_routed_experts", "num_experts_per_tok", "n_shared_experts",
               "first_k_dense_replace", "routed_scaling_factor", "n_group", "topk_group",
+              "topk_method",
               "max_position_embeddings", "moe_intermediate_size", "intermediate_size",
               "rms_norm_eps"):
         assert exported[k] == cfg[k], (k, exported[k], cfg[k])

@@ -707,6 +707,8 @@ def test_moe_refuses_what_it_cannot_run(tmp_path):
              ({"model__moe_groups": 2, "model__moe_group_top_k": 1, "model__moe_top_k": 3},
               "model.moe_group_top_k"),
              ({"model__moe_group_top_k": 2}, "model.moe_group_top_k"),
+             ({"model__moe_group_score": "best"}, 'model.moe_group_score must be top2 or max'),
+             ({"model__moe_group_score": "max"}, "it needs model.moe_groups > 1"),
              ({"model__moe_groups": 2, "model__moe_group_top_k": 2, "model__moe_top_k": 5},
               "model.moe_top_k must be in [1, model.moe_experts = 4]"),
              ({"model__moe_experts": 0, "model__moe_shared_hidden": 0, "train__moe_z_loss": 0,
@@ -752,7 +754,9 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
                                ("moe_score", "tanh", 'attribute moe_score of /model is "tanh"'),
                                ("moe_routed_scale", -1.0,
                                 "attribute moe_routed_scale of /model is -1"),
-                               ("moe_groups", 3, "attributes moe_groups (3) and moe_group_top_k")):
+                               ("moe_groups", 3, "attributes moe_groups (3) and moe_group_top_k"),
+                               ("moe_group_score", "max",
+                                'attribute moe_group_score of /model is "max"')):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

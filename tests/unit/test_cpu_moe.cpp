@@ -360,28 +360,36 @@ TEST(SigmoidScores, UnderflowingScoresGiveZeroGates) {
 INSTANTIATE_TEST_SUITE_P(Normalized, SigmoidRouting, ::testing::Bool());
 
 // Node-limited routing (MoeRouting::groups) against its definition: each group's score the sum of
-// its two largest keys (score + bias), the group_top_k best groups by a stable sort, the k picks
-// by a stable sort of the keys of those groups' experts. Groups that do not suit are refused.
-TEST(GroupRouting, PicksComeFromTheBestGroups) {
+// its two largest keys (score + bias; DeepSeek-V3's sigmoid scores with biases), or with
+// group_by_best its largest alone (DeepSeek-V2's softmax scores, no bias), the group_top_k best
+// groups by a stable sort, the k picks by a stable sort of the keys of those groups' experts.
+// Groups that do not suit are refused.
+class GroupRouting : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GroupRouting, PicksComeFromTheBestGroups) {
+  const bool best = GetParam();
   const int N = 9, E = 12, k = 3, G = 4, M = 2, S = E / G;
   auto be = make_cpu_backend();
   const Vec logits = random_vec(size_t(N) * E, 27, 1.5f), bias = random_vec(size_t(E), 28, 0.3f);
-  MoeRouting routing(true);
-  routing.sigmoid = true;
-  routing.bias = bias.data();
+  const Vec no_bias(size_t(E), 0.0f);
+  MoeRouting routing(!best);
+  routing.sigmoid = !best;
+  routing.bias = best ? nullptr : bias.data();
   routing.groups = G;
   routing.group_top_k = M;
+  routing.group_by_best = best;
+  const Vec& b = best ? no_bias : bias;
   Vec probs(size_t(N) * E), gate(size_t(N) * k);
   Ints expert(size_t(N) * k), free_pick(size_t(N) * k);
   be->moe_route(probs.data(), expert.data(), gate.data(), logits.data(), N, E, k, routing);
   for (int n = 0; n < N; ++n) {
     std::vector<float> key(static_cast<size_t>(E));
-    for (int e = 0; e < E; ++e) key[size_t(e)] = probs[size_t(n) * E + e] + bias[size_t(e)];
+    for (int e = 0; e < E; ++e) key[size_t(e)] = probs[size_t(n) * E + e] + b[size_t(e)];
     std::vector<float> score;
     for (int q = 0; q < G; ++q) {
       std::vector<float> g(key.begin() + q * S, key.begin() + (q + 1) * S);
       std::sort(g.begin(), g.end(), std::greater<>());
-      score.push_back(g[0] + g[1]);
+      score.push_back(best ? g[0] : g[0] + g[1]);
     }
     std::vector<int> groups(static_cast<size_t>(G));
     std::iota(groups.begin(), groups.end(), 0);
@@ -414,6 +422,9 @@ TEST(GroupRouting, PicksComeFromTheBestGroups) {
           << g << " " << m;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(GroupScore, GroupRouting, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Max" : "TopTwoSum"; });
 
 INSTANTIATE_TEST_SUITE_P(Shapes, MoeOps,
                          ::testing::Values(std::make_tuple(9, 4, 2, true),

@@ -66,7 +66,8 @@ std::string describe(const MoeRouting& r) {
   if (r.scale != 1.0f) s += " scale " + std::to_string(r.scale);
   if (r.bias != nullptr) s += " bias";
   if (r.groups > 1)
-    s += " groups " + std::to_string(r.group_top_k) + "/" + std::to_string(r.groups);
+    s += " groups " + std::to_string(r.group_top_k) + "/" + std::to_string(r.groups) +
+         (r.group_by_best ? " by best" : "");
   return s;
 }
 
@@ -130,8 +131,9 @@ TEST(MoeEmulated, RouteSigmoidWithBias) {
   check_route(19, 40, 3, sigmoid_routing(true, bias40), true);
 }
 
-// Node-limited routing: DeepSeek-V3's 8 groups of 256 experts (top 4 groups, top 8 experts), and
-// 8 groups of 5 with the all-NaN row (every key −∞: the first groups, their first columns).
+// Node-limited routing: DeepSeek-V3's 8 groups of 256 experts (top 4 groups, top 8 experts), 8
+// groups of 5 with the all-NaN row (every key −∞: the first groups, their first columns), and
+// DeepSeek-V2's groups scored by their best expert.
 TEST(MoeEmulated, RouteInGroups) {
   const Vec bias256 = random_vec(256, 55, 0.3f), bias40 = random_vec(40, 56, 0.3f);
   MoeRouting v3 = sigmoid_routing(true, bias256);
@@ -146,6 +148,13 @@ TEST(MoeEmulated, RouteInGroups) {
   softmax.groups = 4;
   softmax.group_top_k = 1;
   check_route(37, 8, 2, softmax, false);
+  // DeepSeek-V2's: 160 experts in 8 groups scored by their best (top 3 groups, top 6 experts).
+  MoeRouting v2(false);
+  v2.scale = 16.0f;
+  v2.groups = 8;
+  v2.group_top_k = 3;
+  v2.group_by_best = true;
+  check_route(11, 160, 6, v2, false);
 }
 
 // Expert choices: random over E, expert `empty` never chosen.

@@ -183,6 +183,8 @@ struct ModelShape {
   // Attributes moe_groups and moe_group_top_k (int64; absent: 1 and 1; written when moe_groups
   // > 1).
   int64_t moe_groups = 1, moe_group_top_k = 1;
+  // Attribute moe_group_score (string "top2" | "max"; absent: top2; written when max).
+  std::string moe_group_score = "top2";
   // Attribute moe_shared_hidden (int64: shared experts' hidden units; absent or 0: none; written
   // when > 0).
   int64_t moe_shared_hidden = 0;

@@ -31,6 +31,9 @@ struct MoeRouting {
   // (score + bias) sum highest are chosen (larger first, equal sums the lower group first), and
   // its k experts come from those groups only. 1: every expert may be chosen.
   int groups = 1, group_top_k = 1;
+  // A group scored by its largest key alone (DeepSeek-V2's group_limited_greedy) instead of the
+  // sum of its two largest.
+  bool group_by_best = false;
 
   // From a bool: the routing of a model with softmax scores and no bias (normalized or not).
   constexpr MoeRouting(bool normalize_gates = true) : normalize(normalize_gates) {}

@@ -302,6 +302,7 @@ struct GptShape {
   bool moe_sigmoid = false;                 // model.moe_score = sigmoid
   float moe_routed_scale = 1.0f;            // model.moe_routed_scale
   int moe_groups = 1, moe_group_top_k = 1;  // model.moe_groups (MoeRouting::groups)
+  bool moe_group_by_best = false;           // model.moe_group_score = max
   double moe_capacity_factor = 0.0;
   // The rows an expert takes of a pass of N rows: ceil(f·N·k/E) (at least 1), or all N·k.
   int moe_capacity(int N) const {

@@ -79,6 +79,9 @@ struct ModelConfig {
   // Node-limited routing (DeepSeek-V3's n_group 8, topk_group 4): the experts in moe_groups
   // groups, each token's experts from its moe_group_top_k best groups; 1: no groups.
   int moe_groups = 1, moe_group_top_k = 1;
+  // How a group is scored: top2, the sum of its two best keys (DeepSeek-V3's); max, its best
+  // alone (DeepSeek-V2's group_limited_greedy).
+  std::string moe_group_score = "top2";
   // Each expert takes at most ceil(f·N·k/E) of a pass's N·k local choices (Switch's and GShard's
   // capacity factor f); later choices are dropped. 0: dropless.
   double moe_capacity_factor = 0.0;

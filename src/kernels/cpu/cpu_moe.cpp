@@ -44,7 +44,7 @@ void route_rows(float* probs, int32_t* expert, float* gate, const E* logits, int
           if (first < 0 || key(e) > key(first)) first = e;
         for (int e = q * S; e < (q + 1) * S; ++e)
           if (e != first && (second < 0 || key(e) > key(second))) second = e;
-        score[size_t(q)] = key(first) + key(second);
+        score[size_t(q)] = routing.group_by_best ? key(first) : key(first) + key(second);
       }
       std::vector<uint8_t> chosen(static_cast<size_t>(G), 0);
       for (int j = 0; j < routing.group_top_k; ++j) {

@@ -74,9 +74,10 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
   };
 
   // Node-limited routing: lane l scores the groups l, l + 32, ... (the sum of each one's two
-  // largest keys, from scores formed again: the same bits as p's, which other lanes wrote), then
-  // group_top_k arg-max passes over the groups not yet taken (larger first, the lower group on a
-  // tie, as the CPU), every lane keeping the same mask of the groups taken.
+  // largest keys, or its largest alone under group_by_best, from scores formed again: the same bits
+  // as p's, which other lanes wrote), then group_top_k arg-max passes over the groups not yet taken
+  // (larger first, the lower group on a tie, as the CPU), every lane keeping the same mask of the
+  // groups taken.
   const int G = routing.groups > 1 ? routing.groups : 1, S = E / G;
   uint32_t taken[kMaxGroups / 32] = {};
   if (G > 1) {
@@ -97,7 +98,7 @@ TRIAD_BLOCK_FN void route_rows(X& x, float* probs, int32_t* expert, float* gate,
           e2 = e;
         }
       }
-      group_score[i] = k1 + k2;
+      group_score[i] = routing.group_by_best ? k1 : k1 + k2;
     }
     for (int j = 0; j < routing.group_top_k; ++j) {
       float best_s = 0.0f;
