@@ -391,7 +391,7 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
             return False
         regex = p["pattern"].get("Regex")
         return (p.get("type") == "Split" and p.get("behavior") == "Isolated"
-                and not p.get("invert", False) and isinstance(regex, str)
+                and p.get("invert", False) is False and isinstance(regex, str)
                 and regex.replace("\r", r"\r").replace("\n", r"\n") == pattern)
 
     if is_byte_level(pre, True):

@@ -4,6 +4,8 @@
 //   triad-tokenize shards --vocab FILE --out DIR [--prefix NAME] [--val-fraction F]
 //                         [--shard-tokens N] [--threads N] [--jsonl [--field NAME]]
 //                         [--chat FORMAT|auto] FILE...
+//   triad-tokenize chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]
+//   triad-tokenize pieces --vocab FILE            text on stdin -> its pre-tokenizer's pieces
 // Every error: one line "triad-tokenize: error: ..." on stderr and exit code 1.
 #include <mpi.h>
 
@@ -143,7 +145,8 @@ int cmd_encode(const std::vector<std::string>& args) {
 }
 
 // A piece as a JSON string: quotes, backslashes and control characters escaped, well-formed
-// UTF-8 as it is, an ill-formed byte b as \uDCbb (what Python's surrogateescape decodes it to).
+// UTF-8 as it is but control characters and U+0085, U+2028, U+2029, an ill-formed byte b as
+// \uDCbb (what Python's surrogateescape decodes it to).
 void append_json_piece(std::string_view piece, std::string& out) {
   out += '"';
   const auto* p = reinterpret_cast<const unsigned char*>(piece.data());
@@ -158,7 +161,8 @@ void append_json_piece(std::string_view piece, std::string& out) {
     } else if (cp == '"' || cp == '\\') {
       out += '\\';
       out += char(cp);
-    } else if (cp < 0x20 || cp == 0x7F) {
+    } else if (cp < 0x20 || cp == 0x7F || cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
+      // (also the characters that end a line in Python's splitlines and in JavaScript)
       std::snprintf(hex, sizeof(hex), "\\u%04X", unsigned(cp));
       out += hex;
     } else {

@@ -159,8 +159,8 @@ def main():
     w("const size_t kCaseRangeCount = sizeof(kCaseRanges) / sizeof(kCaseRanges[0]);\n\n")
     array("const CodeRange kPunctSymbolRanges[]",
           [f"{{0x{a:X}, 0x{b:X}}}," for a, b, _ in ps_table])
-    w("const size_t kPunctSymbolRangeCount =\n"
-      "    sizeof(kPunctSymbolRanges) / sizeof(kPunctSymbolRanges[0]);\n\n")
+    w("const size_t kPunctSymbolRangeCount = sizeof(kPunctSymbolRanges) / "
+      "sizeof(kPunctSymbolRanges[0]);\n\n")
     w("}  // namespace triad::pretok\n")
     print(f"{len(table)} + {len(case_table)} + {len(ps_table)} ranges", file=sys.stderr)
 

@@ -326,7 +326,9 @@ bool Tokenizer::cut_is_safe(std::string_view text, size_t p) const {
   const auto b = static_cast<unsigned char>(text[p]);
   auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
   if (sentencepiece_) return a < 0x80 && b < 0x80 && !joined_[a * 128 + b];
-  return a < 0x80 && !space(a) && space(b);
+  // (Not before CR or LF: llama3's, qwen2's, tekken's and deepseek3's punctuation pieces take
+  // the CR and LF after them, ".\n".)
+  return a < 0x80 && !space(a) && space(b) && b != '\r' && b != '\n';
 }
 
 void Tokenizer::cut_at_added(std::string_view text, std::vector<int32_t>& out,

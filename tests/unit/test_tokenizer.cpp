@@ -655,6 +655,26 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
                {"nowhere.tiktoken", "cannot open"});
 }
 
+// The cut rule against ranks that join punctuation and the CR and LF after it (".\n" is one
+// piece in llama3's, qwen2's, tekken's and deepseek3's schemes): every scheme, cut anywhere
+// cut_is_safe allows, encodes as the text whole.
+TEST(ShardWriter, ParallelEncodeEqualsEncodeWithPunctuationNewlineTokens) {
+  TempDir dir("cuts");
+  dir.file("p.tiktoken", small_ranks({".\n", ";\r", ";\r\n", "!!", "!!\n", "x.", "\n\n"}));
+  std::mt19937 rng(5);
+  std::string s;
+  while (s.size() < 30000) s += mixed_text(rng, 40) + (rng() % 2 ? ".\n" : ";\r\n!!\n");
+  for (const char* scheme : {"gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3"}) {
+    const auto t = triad::Tokenizer::from_file(dir.file(
+        std::string(scheme) + ".triad",
+        description("p.tiktoken", 263,
+                    "special 263 <|end|>\ndocument_start <|end|>\nstop <|end|>\n", scheme)));
+    const auto whole = t.encode(s);
+    for (const size_t chunk : {size_t(1), size_t(29)})
+      ASSERT_EQ(triad::encode_parallel(t, s, 2, chunk), whole) << scheme << " chunk " << chunk;
+  }
+}
+
 TEST(ShardWriter, WideVocabularyWritesUint32) {
   // A vocabulary above 65536 ids: 256 bytes and 65,400 two-byte tokens, then special tokens.
   TempDir dir("shards_wide");

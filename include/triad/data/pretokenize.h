@@ -1,6 +1,7 @@
 // Pre-tokenization, written out by hand: the split that a tokenizer's regex makes of a text
-// before BPE (leftmost-first alternation, as tiktoken's fancy-regex does), on UTF-8 bytes.
-// Three schemes, each named after the first model family that used it:
+// before BPE (leftmost-first alternation, as tiktoken's fancy-regex and Hugging Face's
+// Oniguruma do), on UTF-8 bytes. Six schemes, each named after the first model family that used
+// it:
 //   gpt2    's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //   llama3  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
@@ -20,13 +21,16 @@
 //              ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
 //           (DeepSeek-V3's and R1's tokenizer; pretokenize_deepseek.cpp)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
-// that tiktoken uses. A byte that is not part of a well-formed UTF-8 sequence (stray
-// continuation, overlong form, surrogate, > U+10FFFF, truncated sequence) counts as one
-// character of class 'other', so the pieces always cover the input exactly, whatever it is.
+// that tiktoken uses (deepseek3's reference, Hugging Face's tokenizers, matches with Oniguruma's
+// older tables: the two differ on code points categorized after Unicode 14). A byte that is not
+// part of a well-formed UTF-8 sequence (stray continuation, overlong form, surrogate, > U+10FFFF,
+// truncated sequence) counts as one character of class 'other', so the pieces always cover the
+// input exactly, whatever it is.
 //
-// For every scheme, a position between an ASCII non-space byte and an ASCII space byte is a
-// piece boundary that does not depend on the text around it: no piece holds a non-space
-// followed by a space, and no rule looks behind. shard_writer.cpp cuts text there to encode it
+// For every scheme, a position between an ASCII non-space byte and an ASCII space, tab, VT or
+// FF byte is a piece boundary that does not depend on the text around it: no piece holds a
+// non-space followed by one of those (punctuation pieces do take a CR or LF after them), and no
+// rule looks behind. shard_writer.cpp cuts text there to encode it
 // in parallel.
 #pragma once
 

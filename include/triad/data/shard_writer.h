@@ -36,9 +36,9 @@
 //
 // Threads: large files are cut into chunks of about chunk_bytes at positions where the
 // encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte followed by
-// an ASCII space byte), chunks are encoded in parallel, and results are joined in order: the
-// output is the same for every thread count and chunk size, and equals encoding each file
-// whole.
+// an ASCII space, tab, VT or FF byte), chunks are encoded in parallel, and results are joined in
+// order: the output is the same for every thread count and chunk size, and equals encoding each
+// file whole.
 #pragma once
 
 #include <cstddef>
