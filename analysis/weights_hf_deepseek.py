@@ -22,7 +22,7 @@ import numpy as np
 
 from .weights_dims import ConvertError, Dims
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
-from .weights_hf_layout import named_experts
+from .weights_hf_layout import named_experts, pair_order
 
 # config.json keys that hold counts in DeepSeek's configs (q_lora_rank null: no query latent).
 DEEPSEEK_COUNT_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
@@ -331,8 +331,7 @@ def mla_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.nd
     if not d.deepseek or not t.endswith(("attn/q_b/weight", "attn/kv_a/weight")):
         return a
     dn, dr = d.qk_nope_head_dim, d.qk_rope_head_dim
-    pairs = np.concatenate([np.arange(0, dr, 2), np.arange(1, dr, 2)]) if d.rope_interleave \
-        else np.arange(dr)
+    pairs = pair_order(dr) if d.rope_interleave else np.arange(dr)
     if t.endswith("kv_a/weight"):  # [latent | shared rotated key] rows
         order = np.concatenate([np.arange(d.kv_lora_rank), d.kv_lora_rank + pairs])
         heads = a.reshape(1, *a.shape)

@@ -304,9 +304,9 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
                                f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
                                                      if name == "lm_head.weight" else ""))
-    for name in where:  # DeepSeek's FP8 scales: each beside an FP8 weight
+    for name in where if d.fp8_block else ():  # DeepSeek's FP8 scales: each by an FP8 weight
         weight = name[:-len("_scale_inv")]
-        if d.fp8_block and name.endswith(".weight_scale_inv") and (
+        if name.endswith(".weight_scale_inv") and (
                 weight not in where or where[weight].entries[weight][0] != "F8_E4M3"):
             raise ConvertError(f"{where[name].path}: tensor {name} scales {weight}, which is "
                                + ("not an FP8 (F8_E4M3) weight" if weight in where else "absent"))

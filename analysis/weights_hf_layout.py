@@ -129,6 +129,12 @@ def gptj_sources(d: Dims) -> dict[str, list[str]]:
     return src
 
 
+def pair_order(r: int) -> np.ndarray:
+    """r rotated values in pairs (2i, 2i + 1) as triad's rotate-half pairs (i, i + r/2): triad's
+    value j is the interleaved one order[j]."""
+    return np.concatenate([np.arange(0, r, 2), np.arange(1, r, 2)])
+
+
 def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
     """c_attn's weight (and bias) with each q and k head's rotating rows (the first r =
     rotary_dim, or all hd) from Cohere's, GPT-J's and GLM's rope pairs (2i, 2i + 1) to triad's
@@ -138,8 +144,7 @@ def interleaved_rope_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) 
                                                          "attn/c_attn/bias"))):
         return a
     hd, r = d.hd, d.rotary_dim or d.hd
-    order = np.concatenate([np.arange(0, r, 2), np.arange(1, r, 2),  # triad row: HF order[row]
-                            np.arange(r, hd)])
+    order = np.concatenate([pair_order(r), np.arange(r, hd)])  # triad row: HF order[row]
     if to_hf:
         order = np.argsort(order)
     qk = (d.n_head + d.kv) * hd  # q's and k's rows, head by head

@@ -100,7 +100,6 @@ class SafetensorsFile:
                         offset=self.base + b).reshape(shape)
         return bf16_to_fp32(a) if dtype == "BF16" else a.astype("<f4")
 
-
     def read_bytes(self, name: str) -> np.ndarray:
         """A tensor of one-byte elements (an FP8 weight's) as its raw bytes."""
         dtype, shape, b = self.entries[name]

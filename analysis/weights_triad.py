@@ -53,21 +53,22 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
                 m.attrs.create(k, v.astype("<f8"), dtype="<f8")
             else:
                 m.attrs.create(k, i64(v), dtype="<i8")
+
+        def checked(name, a):  # a dataset with its CRC-32 `checksum`
+            ds = f.create_dataset(name, data=a, dtype="<f4")
+            ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
+                            dtype="<u4")
+
         for name, a in tensors():
             a = np.ascontiguousarray(a, dtype="<f4")
             if name.startswith("router_bias/"):  # a router's biases (DeepSeek-V3's), not a
-                # parameter: their own group, read by triad-train and triad-generate
-                ds = f.create_dataset(name, data=a, dtype="<f4")
-                ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
-                                dtype="<u4")
+                checked(name, a)  # parameter: their own group, read by triad-train and -generate
                 continue
             if name in VOCAB_TENSORS:
                 a = np.concatenate([a, np.zeros((want[name][0] - a.shape[0], *a.shape[1:]),
                                                 "<f4")])
             assert a.shape == want[name], (name, a.shape, want[name])
-            ds = f.create_dataset(f"model/{name}", data=a, dtype="<f4")
-            ds.attrs.create("checksum", np.uint32(zlib.crc32(a.tobytes()) & 0xFFFFFFFF),
-                            dtype="<u4")
+            checked(f"model/{name}", a)
         f.flush()
         f.attrs.create("complete", i64(1), dtype="<i8")
 
@@ -203,11 +204,8 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"blocks) holds such weights, so it is not exported")
     if int(a.get("moe_experts", 0)):  # Hugging Face's Mixtral is the one format with experts
         refuse_unexported_experts(path, a, (llama and not gemma) or dbrx, dbrx)
-        import h5py
-        with h5py.File(path, "r") as f:  # DeepSeek-V3's balancing biases (train.moe_bias_rate)
-            moved = "router_bias" in f and any(
-                np.any(d[()] != 0) for d in f["router_bias/h"].values())
-        if moved:
+        # DeepSeek-V3's balancing biases (train.moe_bias_rate)
+        if any(np.any(b != 0) for b in router_biases(path).values()):
             raise ConvertError(f"{path}: the model's routers choose their experts with biases "
                                f"(/router_bias, train.moe_bias_rate); Hugging Face's Mixtral, "
                                f"Qwen2-MoE and Qwen3-MoE have none")
@@ -273,6 +271,17 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
+def checkpoint_tensors(path: Path, a: dict, vocab_size: int):
+    """The parameters of a checkpoint with /model attributes `a`, in checkpoint order, as fp32,
+    the vocabulary tensors cropped to vocab_size rows."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for name in expected_shapes(a):
+            arr = f["model/" + name][()].astype("<f4")
+            yield name, (arr[:vocab_size] if name in VOCAB_TENSORS else arr)
+
+
 def router_biases(path: Path) -> dict[str, np.ndarray]:
     """A checkpoint's routers' biases (/router_bias/h/{i}, DeepSeek-V3's) by layer; none in
     a file from before them."""
@@ -291,12 +300,7 @@ def open_triad_deepseek(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     d = deepseek_checkpoint_dims(path, a, any(np.any(b != 0) for b in biases.values()))
 
     def tensors():
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            for name in expected_shapes(a):
-                arr = f["model/" + name][()].astype("<f4")
-                yield name, (arr[:d.vocab_size] if name in VOCAB_TENSORS else arr)
+        yield from checkpoint_tensors(path, a, d.vocab_size)
         if d.deepseek == "deepseek_v3":
             for i in range(d.n_layer):
                 if d.moe_layer(i):
@@ -445,13 +449,4 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              moe_every=int(a.get("moe_every", 1)),
              moe_dense_hidden=int(a.get("moe_dense_hidden", 0)))
 
-    def tensors():
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            for name in expected_shapes(a):
-                arr = f["model/" + name][()].astype("<f4")
-                yield name, (arr[:d.vocab_size] if name in VOCAB_TENSORS
-                             else arr)
-
-    return d, tensors, f"triad checkpoint {path}"
+    return d, lambda: checkpoint_tensors(path, a, d.vocab_size), f"triad checkpoint {path}"

@@ -73,8 +73,10 @@ Ptr match_at(Ptr p, Ptr end) {
   Ptr q = nullptr;
   if (c.punct_symbol)
     q = p + c.len;
-  else if (*p == ' ' && p + 1 < end && dchar_at(p + 1, end).punct_symbol)
-    q = p + 1 + dchar_at(p + 1, end).len;
+  else if (*p == ' ' && p + 1 < end) {
+    const DChar n = dchar_at(p + 1, end);
+    if (n.punct_symbol) q = p + 1 + n.len;
+  }
   if (q) {
     while (q < end) {
       const DChar n = dchar_at(q, end);

@@ -439,18 +439,18 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               ") but the config asks for model.moe_experts = ", c.moe_experts,
               ", model.moe_top_k = ", c.moe_top_k,
               ", model.moe_normalize = ", c.moe_normalize ? "true" : "false");
-  TRIAD_CHECK(
-      c.moe_experts == 0 ||
-          (m.moe_score == c.moe_score && m.moe_routed_scale == c.moe_routed_scale &&
-           m.moe_groups == c.moe_groups && m.moe_group_top_k == c.moe_group_top_k &&
-           m.moe_group_score == c.moe_group_score),
-      "checkpoint ", path, " holds a model whose router scores by ", m.moe_score,
-      " with its gates times ", m.moe_routed_scale, ", choosing from ", m.moe_group_top_k, " of ",
-      m.moe_groups, " groups scored by ", m.moe_group_score,
-      ", but the config asks for model.moe_score = ", c.moe_score,
-      ", model.moe_routed_scale = ", c.moe_routed_scale, ", model.moe_groups = ", c.moe_groups,
-      ", model.moe_group_top_k = ", c.moe_group_top_k,
-      ", model.moe_group_score = ", c.moe_group_score);
+  TRIAD_CHECK(c.moe_experts == 0 ||
+                  (m.moe_score == c.moe_score && m.moe_routed_scale == c.moe_routed_scale &&
+                   m.moe_groups == c.moe_groups && m.moe_group_top_k == c.moe_group_top_k &&
+                   m.moe_group_score == c.moe_group_score),
+              "checkpoint ", path, " holds a model whose router scores by ", m.moe_score,
+              " with its gates times ", m.moe_routed_scale, ", choosing from ", m.moe_group_top_k,
+              " of ", m.moe_groups, " groups scored by ", m.moe_group_score,
+              ", but the config asks for model.moe_score = ", c.moe_score,
+              ", model.moe_routed_scale = ", c.moe_routed_scale,
+              ", model.moe_groups = ", c.moe_groups,
+              ", model.moe_group_top_k = ", c.moe_group_top_k,
+              ", model.moe_group_score = ", c.moe_group_score);
   TRIAD_CHECK(
       m.moe_shared_hidden == c.moe_shared_hidden, "checkpoint ", path,
       " holds a model with shared experts of ", m.moe_shared_hidden,
