@@ -364,6 +364,15 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
     def other_regex(tj):
         tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
 
+    def deepseek3_but(change):  # DeepSeek-V3's pre-tokenizer with one thing changed
+        def f(tj):
+            splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated",
+                       "invert": False} for r in hf_tokenizer.DEEPSEEK3_SPLITS]
+            change(splits)
+            tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+                *splits, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
+        return f
+
     cases = [
         (lambda tj: tj.update(normalizer={"type": "NFKC"}), ["normalizer", "NFKC"]),
         (lambda tj: tj["model"].update(byte_fallback=True), ["byte_fallback"]),
@@ -371,6 +380,9 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         (strips, ["strips spaces"]),
         (other_regex, ["is not one triad implements"]),
         (lambda tj: tj.update(pre_tokenizer={"type": "Metaspace"}), ["Metaspace"]),
+        (deepseek3_but(lambda s: s[1].update(invert=True)), ["not a byte-level BPE"]),
+        (deepseek3_but(lambda s: s[2]["pattern"].update(Regex=r"\s+")), ["not a byte-level BPE"]),
+        (deepseek3_but(lambda s: s.pop(1)), ["not a byte-level BPE"]),
         (merge_out_of_order, ["merge 4", "out of order"]),
         (lambda tj: tj["model"]["merges"].pop(), ["made by no merge"]),
         (lambda tj: tj["model"]["vocab"].pop("a"), ["not 0..", "each once"]),
@@ -391,6 +403,14 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
     (tmp_path / "out").mkdir()
     p = tool("triad-convert", "tokenizer", tmp_path / "good.json", tmp_path / "out")
     assert_clean_failure(p, "already exists")
+    # triad-tokenize pieces: a SentencePiece-style description has no pre-tokenizer
+    p = tool("triad-convert", "tokenizer", "--sentencepiece", REPO / "data" / "vocab" /
+             "mistral-v1.model", tmp_path / "sp")
+    assert p.returncode == 0, p.stderr
+    p = run([exe("triad-tokenize"), "pieces", "--vocab", tmp_path / "sp" / "tokenizer.triad"],
+            input="a b")
+    assert_clean_error(p, "SentencePiece-style BPE, which has no pre-tokenizer")
+    assert_clean_error(run([exe("triad-tokenize"), "pieces"], input="a"), "--vocab")
 
 
 # ---- generation ---------------------------------------------------------------------------------
