@@ -853,7 +853,13 @@ TEST(Tokenizer, FillInTheMiddleBetweenCharactersPutsNoSpaceBeforeAPiece) {
     w[at_s] = 1;
     const std::string bytes = render(w);
     std::vector<uint8_t> c(n, 1);
-    triad::FimSpec f{1.0, 0.5, P, M, S, -1, 5};
+    triad::FimSpec f;
+    f.rate = 1.0;
+    f.spm_rate = 0.5;
+    f.prefix = P;
+    f.middle = M;
+    f.suffix = S;
+    f.seed = 5;
     f.characters = true;
     f.pad = PAD;
     f.tokenizer = &t;
@@ -880,8 +886,11 @@ TEST(Tokenizer, FillInTheMiddleBetweenCharactersPutsNoSpaceBeforeAPiece) {
     EXPECT_EQ(bytes.substr(0, prefix.size()), prefix) << k;
     EXPECT_EQ(bytes.substr(bytes.size() - suffix.size()), suffix) << k;
     EXPECT_EQ(bytes.substr(prefix.size(), middle.size()), middle) << k;
-    for (size_t i = 0; i < all.size(); ++i)  // é whole: its second byte after its first
-      if (all[i] == trail) EXPECT_TRUE(i > 0 && all[i - 1] == lead) << k << " " << i;
+    for (size_t i = 0; i < all.size(); ++i) {  // é whole: its second byte after its first
+      if (all[i] == trail) {
+        EXPECT_TRUE(i > 0 && all[i - 1] == lead) << k << " " << i;
+      }
+    }
   }
   EXPECT_GT(psm, 50);
   EXPECT_GT(spm, 50);

@@ -1,5 +1,6 @@
 // Elementwise ops (GELU, squared ReLU, residual add, accumulate, scale) and the sum of squares used
 // by gradient clipping. All are memory-bound: one parallel, vectorized pass each.
+#include <cmath>
 #include <vector>
 
 #include "cpu_math.h"
@@ -127,23 +128,33 @@ void ema_update(float* ema, const float* p, size_t n, float w) {
 }
 
 // Fixed-size chunks summed independently, then combined in chunk order: the result does not
-// depend on the thread count. Within a chunk the simd reduction order is fixed at compile time.
+// depend on the thread count. Within a chunk, eight running sums (element i into sum i mod 8,
+// each a fused multiply-add), then added pairwise: an order written out rather than left to the
+// compiler's simd reduction, which summed bf16 and fp32 inputs of the same values in different
+// orders (results a last bit apart).
 template <class T>
 double sum_squares_of(const T* x, size_t n) {
-  constexpr size_t kChunk = size_t{1} << 16;
+  constexpr size_t kChunk = size_t{1} << 16, kLanes = 8;
   const size_t n_chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks, 0.0);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (size_t c = 0; c < n_chunks; ++c) {
     const size_t begin = c * kChunk;
     const size_t end = begin + kChunk < n ? begin + kChunk : n;
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (size_t i = begin; i < end; ++i) {
+    double lane[kLanes] = {};
+    size_t i = begin;
+    for (; i + kLanes <= end; i += kLanes)
+#pragma omp simd
+      for (size_t k = 0; k < kLanes; ++k) {
+        const double v = load_elem(x + i + k);
+        lane[k] = std::fma(v, v, lane[k]);
+      }
+    for (size_t k = 0; i < end; ++i, ++k) {
       const double v = load_elem(x + i);
-      s += v * v;
+      lane[k] = std::fma(v, v, lane[k]);
     }
-    partial[c] = s;
+    partial[c] =
+        ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
   }
   double total = 0.0;
   for (double s : partial) total += s;
