@@ -177,15 +177,28 @@ IN_PROCESS = {"triad-convert": ("analysis.convert_weights", "main"),
               "triad-ckpt": ("analysis.inspect_checkpoint", "ckpt_main")}
 
 
-def run_in_process(name, args, cwd=None):
+class _Expired(BaseException):
+    """Raised by SIGALRM in a command run in process (BaseException: the commands' own
+    handlers catch Exception)."""
+
+
+def _expire(signum, frame):
+    raise _Expired
+
+
+def run_in_process(name, args, timeout, cwd=None):
     """An IN_PROCESS command's CompletedProcess, as subprocess.run with capture_output would
     give it: exit status, stdout and stderr (an exception that escapes the command: its traceback
-    and status 1, as Python's own top level)."""
+    and status 1, as Python's own top level). Past `timeout` seconds: subprocess.TimeoutExpired,
+    as subprocess.run's (a command that hangs, or reads a FIFO without a writer, is stopped by
+    SIGALRM; pytest runs tests in the main thread)."""
     module, function = IN_PROCESS[name]
     entry = getattr(importlib.import_module(module), function)
     out, err = io.StringIO(), io.StringIO()
     here, argv0 = os.getcwd(), sys.argv[0]
     sys.argv[0] = str(VENV_BIN / name)  # the program name its messages print
+    alarm = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         os.chdir(cwd or REPO)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -199,7 +212,12 @@ def run_in_process(name, args, cwd=None):
             except Exception:  # noqa: BLE001 - reported as the interpreter would
                 traceback.print_exc()
                 code = 1
+    except _Expired:
+        raise subprocess.TimeoutExpired([name, *args], timeout, out.getvalue(),
+                                        err.getvalue()) from None
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, alarm)
         os.chdir(here)
         sys.argv[0] = argv0
     return subprocess.CompletedProcess([name, *args], code or 0, out.getvalue(), err.getvalue())
@@ -209,7 +227,7 @@ def tool(name, *args, timeout=60, cwd=None):
     """Run an analysis command: the console script of .venv when installed (jobs/setup.sh),
     else the same code with `python -m`; the IN_PROCESS ones in this process."""
     if name in IN_PROCESS:
-        return run_in_process(name, [str(a) for a in args], cwd)
+        return run_in_process(name, [str(a) for a in args], timeout, cwd)
     script = VENV_BIN / name
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", *MODULES[name]]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
