@@ -15,6 +15,7 @@
 
 #include "collective.h"
 #include "triad/io/checkpoint.h"
+#include "triad/io/set_aside_path.h"
 
 namespace triad {
 namespace {
@@ -226,9 +227,7 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
         move.push_back(name);
     }
     if (move.empty()) return "";
-    fs::path aside;
-    for (int n = 1; fs::exists(aside = d / ("superseded_" + std::to_string(n)), ec); ++n) {
-    }
+    const fs::path aside = first_free_numbered_path((d / "superseded_").string());
     fs::create_directory(aside, ec);
     TRIAD_CHECK(!ec, "checkpoint directory ", dir, ": cannot create ", aside.string(),
                 " to set another history's checkpoints aside: ", ec.message());

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "hdf5_handle.h"
+#include "triad/io/set_aside_path.h"
 
 namespace triad {
 namespace {
@@ -360,8 +361,9 @@ MetricsWriter::MetricsWriter(const std::string& path, const MetricsAttributes& a
       if (const std::string why = m.try_open_file(); !why.empty()) {
         // A file damaged by a crash between flushes: keep it aside (beside any kept before),
         // start a new one.
-        std::string aside = path + ".damaged";
-        for (int n = 2; fs::exists(aside, ec); ++n) aside = path + ".damaged." + std::to_string(n);
+        const std::string aside = fs::exists(path + ".damaged", ec)
+                                      ? first_free_numbered_path(path + ".damaged.", 2)
+                                      : path + ".damaged";
         fs::rename(path, aside, ec);
         TRIAD_CHECK(!ec, "cannot be opened (", why, ") nor moved aside to ", aside, ": ",
                     ec.message());

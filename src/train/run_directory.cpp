@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "triad/core/error.h"
+#include "triad/io/set_aside_path.h"
 
 namespace fs = std::filesystem;
 
@@ -117,9 +118,7 @@ std::string set_aside_earlier_record(const std::string& run_path) {
     const std::string name = entry.path().filename().string();
     if (name.starts_with("pipeline_trace_step_") && name.ends_with(".csv")) present.push_back(name);
   }
-  int n = 1;
-  while (fs::exists(run_path + "/earlier_" + std::to_string(n), ec)) ++n;
-  const std::string dir = run_path + "/earlier_" + std::to_string(n);
+  const std::string dir = first_free_numbered_path(run_path + "/earlier_");
   fs::create_directory(dir, ec);
   TRIAD_CHECK(!ec, "run directory ", run_path, ": cannot make ", dir,
               " to keep the earlier run's record in (", ec.message(), ")");
