@@ -19,6 +19,10 @@ class ConvertError(AnalysisError):
     pass
 
 
+# model.moe_experts' largest value (kMaxExperts in triad/kernels/moe_routing.h).
+MAX_EXPERTS = 512
+
+
 # llama3 rope scaling's four numbers: as /model attributes (also triad-train's [model] keys),
 # and in Hugging Face's rope_scaling.
 ROPE_SCALING_ATTRS = ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",

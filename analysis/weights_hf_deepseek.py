@@ -1,6 +1,7 @@
 """DeepSeek-V2's and V3's Hugging Face models (model_type deepseek_v2, deepseek_v3: DeepSeek-V2,
-V2-Lite, V2.5, Coder-V2, V3, R1; Kimi K2's 384 experts are refused) as triad's multi-head latent
-attention and mixture of experts, both ways: the config read as Dims (refusing what triad does
+V2-Lite, V2.5, Coder-V2, V3, R1; and kimi_k2, Kimi K2: V3's architecture with 384 experts in one
+group and YaRN's beta_fast = beta_slow) as triad's multi-head latent attention and mixture of
+experts, both ways: the config read as Dims (refusing what triad does
 not compute) and written back, where each tensor lives in the files, the row orders that differ
 from triad's, and FP8 weights. Used by weights_hf_import.py, weights_hf_export.py and
 weights_triad.py.
@@ -20,7 +21,7 @@ import math
 
 import numpy as np
 
-from .weights_dims import ConvertError, Dims
+from .weights_dims import MAX_EXPERTS, ConvertError, Dims
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 from .weights_hf_layout import named_experts, pair_order
 
@@ -46,6 +47,9 @@ V3_DEFAULTS = dict(V2_DEFAULTS, moe_intermediate_size=2048, n_shared_experts=1,
                    n_routed_experts=256, routed_scaling_factor=2.5, n_group=8, topk_group=4,
                    num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True,
                    scoring_func="sigmoid", topk_method="noaux_tc")
+# The model_types of V3's architecture: Kimi K2's config.json names its own (its modeling code is
+# DeepSeek-V3's), and its file names every key it sets.
+V3_MODEL_TYPES = ("deepseek_v3", "kimi_k2")
 # The epsilon of the latent norms (q_a_layernorm, kv_a_layernorm), which DeepSeek's code and
 # transformers' build with their RMSNorm's default whatever rms_norm_eps says; triad's latent
 # norms use model.norm_eps, so only models whose rms_norm_eps is this convert.
@@ -58,7 +62,7 @@ class DeepSeekConfig:
 
     def __init__(self, cfg: dict, where: str):
         self.cfg, self.where = cfg, where
-        self.v3 = cfg.get("model_type") == "deepseek_v3"
+        self.v3 = cfg.get("model_type") in V3_MODEL_TYPES
         self.defaults = V3_DEFAULTS if self.v3 else V2_DEFAULTS
 
     def value(self, key):
@@ -136,7 +140,7 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             yarn, mscales = deepseek_yarn(r, n_pos)
         except (KeyError, TypeError, ValueError) as e:
             refusals.append(f"rope_scaling {r} (triad builds plain rope and DeepSeek's 'yarn' with "
-                            f"factor >= 1, beta_fast > beta_slow > 0 and factor · "
+                            f"factor >= 1, beta_fast >= beta_slow > 0 and factor · "
                             f"original_max_position_embeddings = max_position_embeddings"
                             f"{'; ' + str(e) if str(e) else ''})")
 
@@ -187,7 +191,7 @@ def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
     mscales = (float(get("mscale", 1.0)), float(get("mscale_all_dim", 0.0)))
     if r.get("attention_factor") is not None:
         raise ValueError("attention_factor is not built")
-    if not (math.isfinite(factor) and factor >= 1 and fast > slow > 0 and original >= 1 and
+    if not (math.isfinite(factor) and factor >= 1 and fast >= slow > 0 and original >= 1 and
             all(math.isfinite(m) and 0 <= m <= 100 for m in mscales)):
         raise ValueError("")
     if factor * original != n_pos:
@@ -207,8 +211,9 @@ def deepseek_moe_keys(k: DeepSeekConfig, experts: int, first: int, dense_hidden:
     scale = k.number("routed_scaling_factor")
     groups, group_top = k.count("n_group", 1, null=1), k.count("topk_group", 1, null=1)
     score, method = k.value("scoring_func"), k.value("topk_method")
-    if not 1 <= experts <= 256:
-        refusals.append(f"n_routed_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= experts <= MAX_EXPERTS:
+        refusals.append(f"n_routed_experts {experts} (triad's model.moe_experts is in "
+                        f"[1, {MAX_EXPERTS}])")
     if not 1 <= top_k <= experts:
         refusals.append(f"num_experts_per_tok {top_k} (1 to n_routed_experts)")
     if hidden < 1:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .weights_dims import ConvertError, Dims, ROPE_SCALING_HF
+from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF
 
 # HF activation names that are GELU's tanh approximation (triad's, DESIGN.md §3).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -128,7 +128,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         except (KeyError, TypeError, ValueError) as e:
             refusals.append(f"rope_scaling {r} (triad builds plain rope, Llama 3.1's 'llama3' "
                             f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor, "
-                            f"and 'yarn' with factor >= 1, beta_fast > beta_slow > 0, and "
+                            f"and 'yarn' with factor >= 1, beta_fast >= beta_slow > 0, and "
                             f"Phi-3's 'longrope'"
                             f"{'; ' + str(e) if str(e) else ''})")
     for key in ("attention_bias", "mlp_bias"):
@@ -158,9 +158,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         except (KeyError, TypeError, ValueError) as e:
             raise ConvertError(f"{where}: a Mixtral config needs integer num_local_experts and "
                                f"num_experts_per_tok ({e})")
-        if not 1 <= experts <= 256:
+        if not 1 <= experts <= MAX_EXPERTS:
             refusals.append(f"num_local_experts {experts} (triad's model.moe_experts is in "
-                            f"[1, 256])")
+                            f"[1, {MAX_EXPERTS}])")
         if not 2 <= top_k <= experts:
             refusals.append(f"num_experts_per_tok {top_k} (Mixtral renormalizes the chosen "
                             f"experts' gates, triad's model.moe_normalize, which needs 2 to "
@@ -392,8 +392,9 @@ def dbrx_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if p not in (None, 1, 1.0):
         refusals.append(f"moe_normalize_expert_weights {p} (triad renormalizes the chosen "
                         f"experts' gates to sum 1, the 1-norm, or leaves them)")
-    if not 1 <= experts <= 256:
-        refusals.append(f"moe_num_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= experts <= MAX_EXPERTS:
+        refusals.append(f"moe_num_experts {experts} (triad's model.moe_experts is in "
+                        f"[1, {MAX_EXPERTS}])")
     if not 1 <= top_k <= experts or (top_k == 1 and p is not None):
         refusals.append(f"moe_top_k {top_k} with moe_normalize_expert_weights {p} (1 to "
                         f"moe_num_experts, and 2 or more renormalized)")
@@ -779,8 +780,9 @@ def routed_experts(cfg: dict, where: str, refusals: list[str]) -> tuple[int, int
         raise ConvertError(f"{where}: a {cfg.get('model_type')} config needs integer num_experts "
                            f"and num_experts_per_tok ({e})")
     normalize = bool(cfg.get("norm_topk_prob", False))
-    if not 1 <= experts <= 256:
-        refusals.append(f"num_experts {experts} (triad's model.moe_experts is in [1, 256])")
+    if not 1 <= experts <= MAX_EXPERTS:
+        refusals.append(f"num_experts {experts} (triad's model.moe_experts is in "
+                        f"[1, {MAX_EXPERTS}])")
     if not 1 <= top_k <= experts or (top_k == 1 and normalize):
         refusals.append(f"num_experts_per_tok {top_k} with norm_topk_prob {normalize} (1 to "
                         f"num_experts, and 2 or more with norm_topk_prob: one renormalized gate "
@@ -835,6 +837,6 @@ def yarn_scaling(r: dict, n_pos: int) -> tuple:
     fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
     if r.get("attention_factor") not in (None, 0.1 * math.log(factor) + 1 if factor > 1 else 1):
         raise ValueError("an attention_factor other than 0.1·ln(factor) + 1 is not built")
-    if not (factor >= 1 and fast > slow > 0 and original >= 1):
+    if not (factor >= 1 and fast >= slow > 0 and original >= 1):
         raise ValueError("")
     return factor, fast, slow, original

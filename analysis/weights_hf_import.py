@@ -55,7 +55,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                 "granite", "granitemoe", "olmo", "olmoe", "olmo2"):
         return llama_config_dims(cfg, where, seq_len)
-    if kind in ("deepseek_v2", "deepseek_v3"):
+    if kind in ("deepseek_v2", "deepseek_v3", "kimi_k2"):
         return deepseek_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
@@ -92,7 +92,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
                            f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), DeepSeek-V2 "
-                           f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), "
+                           f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), Kimi K2 ('kimi_k2'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -194,7 +194,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.opt:
         return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
     if d.position == "rope":  # Llama's family
-        kind = ({"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
+        kind = ("Kimi K2" if cfg.get("model_type") == "kimi_k2" else
+                {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
                 {"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
                  "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else

@@ -173,9 +173,9 @@ ModelShape read_model_attributes(hid_t model) {
     if (m.rope_scaling == "yarn") {
       m.rope_yarn_beta_fast = positive("rope_yarn_beta_fast");
       m.rope_yarn_beta_slow = positive("rope_yarn_beta_slow");
-      TRIAD_CHECK(m.rope_original_positions >= 1 && m.rope_yarn_beta_fast > m.rope_yarn_beta_slow,
+      TRIAD_CHECK(m.rope_original_positions >= 1 && m.rope_yarn_beta_fast >= m.rope_yarn_beta_slow,
                   "attributes rope_original_positions and rope_yarn_beta_* of /model are "
-                  "inconsistent (need >= 1 positions and fast > slow)");
+                  "inconsistent (need >= 1 positions and fast >= slow)");
       // DeepSeek's form (absent: Qwen's, which files from before these attributes hold).
       m.rope_yarn_mscale = io::read_double_attr(model, "rope_yarn_mscale").value_or(1.0);
       m.rope_yarn_mscale_all_dim =
@@ -298,8 +298,9 @@ ModelShape read_model_attributes(hid_t model) {
   TRIAD_CHECK(m.mup_base_width >= 0 && m.mup_base_width <= (int64_t(1) << 20),
               "attribute mup_base_width of /model is ", m.mup_base_width, ", not in [0, 2^20]");
   m.moe_experts = io::read_int64_attr(model, "moe_experts").value_or(0);
-  TRIAD_CHECK(m.moe_experts >= 0 && m.moe_experts <= 256, "attribute moe_experts of /model is ",
-              m.moe_experts, ", not in [0, 256]");
+  TRIAD_CHECK(m.moe_experts >= 0 && m.moe_experts <= kMaxExperts,
+              "attribute moe_experts of /model is ", m.moe_experts, ", not in [0, ", kMaxExperts,
+              "]");
   if (m.moe_experts > 0) {
     m.moe_top_k = io::read_int64_attr(model, "moe_top_k").value_or(0);
     TRIAD_CHECK(m.moe_top_k >= 1 && m.moe_top_k <= m.moe_experts,

@@ -176,8 +176,9 @@ void validate(const Config& c, int world_size) {
   check(m.mup_base_width == 0 || c.optim.name != "sgd", "model.mup_base_width",
         "μP's learning-rate rules here are Adam's (Muon's matrices keep Muon's own; Lion's "
         "sign update scales as Adam's): use optim.name = adamw, lion or muon, not sgd");
-  check(m.moe_experts >= 0 && m.moe_experts <= 256, "model.moe_experts",
-        "must be in [0, 256] (0: a dense MLP; got " + std::to_string(m.moe_experts) + ")");
+  check(m.moe_experts >= 0 && m.moe_experts <= kMaxExperts, "model.moe_experts",
+        "must be in [0, " + std::to_string(kMaxExperts) + "] (0: a dense MLP; got " +
+            std::to_string(m.moe_experts) + ")");
   check(m.moe_shared_hidden >= 0 && (m.moe_shared_hidden == 0 || m.moe_experts > 0),
         "model.moe_shared_hidden",
         "must be >= 0, and > 0 only with model.moe_experts (got " +
@@ -268,8 +269,9 @@ void validate(const Config& c, int world_size) {
             "model.rope_scaling_factor", "must be a finite number >= 1");
       check(std::isfinite(m.rope_yarn_beta_slow) && m.rope_yarn_beta_slow > 0,
             "model.rope_yarn_beta_slow", "must be a finite number > 0");
-      check(std::isfinite(m.rope_yarn_beta_fast) && m.rope_yarn_beta_fast > m.rope_yarn_beta_slow,
-            "model.rope_yarn_beta_fast", "must be a finite number > model.rope_yarn_beta_slow");
+      // (Equal: the ramp is a step, as Kimi K2's 1 and 1.)
+      check(std::isfinite(m.rope_yarn_beta_fast) && m.rope_yarn_beta_fast >= m.rope_yarn_beta_slow,
+            "model.rope_yarn_beta_fast", "must be a finite number >= model.rope_yarn_beta_slow");
       check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
       check(
           std::isfinite(m.rope_yarn_mscale) && m.rope_yarn_mscale >= 0 && m.rope_yarn_mscale <= 100,

@@ -1,5 +1,5 @@
-"""triad-convert import of DeepSeek-V2 and DeepSeek-V3 Hugging Face models (model_type
-deepseek_v2, deepseek_v3) against a float64 PyTorch definition of those models written here.
+"""triad-convert import of DeepSeek-V2, DeepSeek-V3 and Kimi K2 Hugging Face models (model_type
+deepseek_v2, deepseek_v3, kimi_k2) against a float64 PyTorch definition of those models written here.
 
 transformers 4.47, which the tests pin, has neither class, so the reference is this file's
 `DeepSeek`: DeepSeek's modeling code as its files name the tensors (q_proj or q_a_proj,
@@ -102,7 +102,7 @@ def random_tensors(cfg, seed=5):
             mat(m + "down_proj.weight", C, cfg["intermediate_size"])
             continue
         mat(m + "gate.weight", E, C, 2.0 / math.sqrt(C))
-        if cfg["model_type"] == "deepseek_v3":
+        if cfg["model_type"] != "deepseek_v2":  # V3 and Kimi K2
             t[m + "gate.e_score_correction_bias"] = 0.1 * torch.randn(E, generator=g)
         for e in range(E):
             mat(m + f"experts.{e}.gate_proj.weight", F, C)
@@ -359,6 +359,53 @@ def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, int
     assert [int(t) for t in p.stdout.split()] == ids[4:]
 
 
+def kimi_k2_config(**changes):
+    """Kimi K2's shape in small: V3's blocks under its own model_type, 384 experts in one group
+    (8 a token, times 2.827, renormalized), YaRN with beta_fast = beta_slow = 1 (its config's),
+    no prediction layer."""
+    cfg = v3_config(model_type="kimi_k2", n_routed_experts=384, num_experts_per_tok=8,
+                    n_group=1, topk_group=1, routed_scaling_factor=2.827,
+                    moe_intermediate_size=8, num_nextn_predict_layers=0,
+                    rope_scaling=dict(type="yarn", factor=4, original_max_position_embeddings=64,
+                                      beta_fast=1.0, beta_slow=1.0, mscale=1.0,
+                                      mscale_all_dim=1.0))
+    cfg.update(changes)
+    return cfg
+
+
+def test_kimi_k2_imports_evaluates_and_exports_as_deepseek_v3(data, tmp_path):
+    """Kimi K2's 384 experts (above DeepSeek-V3's 256) and its YaRN, whose equal betas make the
+    ramp a step: the loss and greedy decoding are the reference's; the export is DeepSeek-V3's
+    config with the same tensors, bit for bit."""
+    from safetensors.torch import load_file
+    cfg = kimi_k2_config()
+    tensors = random_tensors(cfg)
+    write_hf(tmp_path / "hf", cfg, tensors)
+    out = imports_and_evaluates(data, tmp_path, cfg, tensors, "Kimi K2")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["moe_experts"]), int(a["moe_top_k"]), float(a["moe_routed_scale"])) == \
+            (384, 8, 2.827) and "moe_groups" not in a
+        assert float(a["rope_yarn_beta_fast"]) == float(a["rope_yarn_beta_slow"]) == 1.0
+    model, ids = DeepSeek(cfg, tensors), [5, 6, 7]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
+    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids", "5 6 7", "--length",
+             "6", "--top-k", "1", "--output", "ids"], check=True)
+    assert [int(t) for t in p.stdout.split()] == ids[3:]
+    p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert (exported["model_type"], exported["n_routed_experts"], exported["n_group"]) == \
+        ("deepseek_v3", 384, 1)
+    assert exported["rope_scaling"]["beta_fast"] == exported["rope_scaling"]["beta_slow"] == 1
+    again = load_file(tmp_path / "back" / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v), k
+
+
 def relabel_fp8(path, names):
     """Safetensors file `path` with tensors `names` (written as U8) marked F8_E4M3, the data
     unchanged."""
@@ -422,6 +469,8 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
     (v2_config, dict(max_position_embeddings=512), "is not max_position_embeddings 512"),
     (v3_config, dict(scoring_func="softmax"), "scoring_func 'softmax'"),
     (v3_config, dict(n_group=3), "n_group 3"),
+    (kimi_k2_config, dict(n_routed_experts=513),
+     "n_routed_experts 513 (triad's model.moe_experts is in [1, 512])"),
     (v3_config, dict(quantization_config=dict(quant_method="gptq", bits=4)), "quantization_config"),
     (v3_config, dict(q_lora_rank=1.5), "q_lora_rank = 1.5 is not an integer"),
     (v3_config, dict(rms_norm_eps=1e-5), "rms_norm_eps 1e-05 (DeepSeek's latent norms"),
@@ -437,7 +486,8 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
     (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, beta_fast=0, beta_slow=1,
                                        original_max_position_embeddings=64)), "rope_scaling"),
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
-        "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "gptq", "count",
+        "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "kimi-experts",
+        "gptq", "count",
         "latent-eps", "no-groups", "string-scale", "string-flag", "negative-shared",
         "negative-dense", "no-layer-freq", "float-block", "beta-0"])
 def test_deepseek_models_triad_does_not_compute_are_refused(tmp_path, make, changes, message):

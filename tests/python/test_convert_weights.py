@@ -1892,8 +1892,8 @@ def test_mixtures_of_experts_triad_does_not_compute_are_refused(tmp_path):
     original = json.loads((src / "config.json").read_text())
     out = tmp_path / "bad.h5"
     for change, needle in (({"num_experts_per_tok": 1}, "num_experts_per_tok 1"),
-                           ({"num_local_experts": 300, "num_experts_per_tok": 2},
-                            "num_local_experts 300"),
+                           ({"num_local_experts": 513, "num_experts_per_tok": 2},
+                            "num_local_experts 513"),
                            ({"model_type": "jetmoe"}, "attention is a mixture of experts")):
         (src / "config.json").write_text(json.dumps({**original, **change}))
         assert_clean_failure(tool("triad-convert", "import", src, out), "config.json", needle)

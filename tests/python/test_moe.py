@@ -679,7 +679,7 @@ def test_fp8_scales_span_the_ranks_holding_a_tensor(tmp_path):
 
 def test_moe_refuses_what_it_cannot_run(tmp_path):
     cases = [({"model__moe_top_k": 5}, "model.moe_top_k"),
-             ({"model__moe_experts": 300}, "model.moe_experts"),
+             ({"model__moe_experts": 513}, "model.moe_experts"),
              ({"train__moe_aux_loss": -1}, "train.moe_aux_loss"),
              ({"train__moe_z_loss": -1}, "train.moe_z_loss"),
              ({"run__fp8": "tensorwise", "model__moe_shared_hidden": 24},
@@ -748,7 +748,7 @@ def test_damaged_routing_attributes_of_a_checkpoint_are_refused(tmp_path):
     good = tmp_path / "runs" / "src" / "ckpt" / "step_00000002.h5"
     for attr, value, words in (("moe_top_k", 9, "attribute moe_top_k of /model is 9"),
                                ("moe_every", 5, "leave no layer with experts"),
-                               ("moe_experts", 300, "attribute moe_experts of /model is 300"),
+                               ("moe_experts", 513, "attribute moe_experts of /model is 513"),
                                ("moe_shared_gate", 2,
                                 "attribute moe_shared_gate of /model is 2, not 0 or 1"),
                                ("moe_score", "tanh", 'attribute moe_score of /model is "tanh"'),

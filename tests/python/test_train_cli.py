@@ -147,7 +147,7 @@ def test_help_lists_every_key_with_defaults():
       "--model.rope_high_freq_factor", "0.5"], ["model.rope_high_freq_factor"]),
     (["--model.position", "rope", "--model.rope_scaling", "yarn",
       "--model.rope_yarn_beta_fast", "0.5"],
-     ["model.rope_yarn_beta_fast", "> model.rope_yarn_beta_slow"]),
+     ["model.rope_yarn_beta_fast", ">= model.rope_yarn_beta_slow"]),
     (["--model.position", "rope", "--model.rope_scaling", "yarn", "--model.rope_yarn_mscale",
       "-1"], ["model.rope_yarn_mscale", "[0, 100]"]),
     (["--model.rope_yarn_mscale", "2"], ["model.rope_yarn_mscale", "needs model.position = rope"]),

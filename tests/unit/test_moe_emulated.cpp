@@ -315,6 +315,23 @@ TEST(MoeEmulated, RouteBackwardSigmoid) {
   check_route_backward(17, 72, 3, sigmoid_routing(true, bias72), false, 0.0f, true);
 }
 
+// The most experts a model may have (kMaxExperts: every lane loops over 16 columns, the
+// coefficients fill AuxCoefficients), and Kimi K2's 384: sigmoid scores with a bias, no groups,
+// 8 per token, scaled by 2.827.
+TEST(MoeEmulated, RouteAndBackwardAtTheExpertLimit) {
+  const Vec bias = random_vec(kMaxExperts, 57, 0.3f);
+  MoeRouting kimi = sigmoid_routing(true, bias);
+  kimi.scale = 2.827f;
+  check_route(9, 384, 8, kimi, true);
+  check_route_backward(9, 384, 8, kimi, true, 0.0f, false);
+  MoeRouting grouped = sigmoid_routing(true, bias);  // 16 groups of 32, the best 4
+  grouped.groups = 16;
+  grouped.group_top_k = 4;
+  check_route(9, kMaxExperts, 8, grouped, false);
+  check_route_backward(9, kMaxExperts, 8, grouped, true, 0.0f, true);
+  check_route_backward(9, kMaxExperts, 8, true, true, 0.01f, false);
+}
+
 TEST(MoeEmulated, SharedGate) {
   const int N = 300;  // two blocks, the second partly idle
   auto be = make_cpu_backend();

@@ -605,8 +605,8 @@ class Backend {
   //    logits (or with routing.sigmoid each logit's sigmoid); expert[N,k] the columns of the k
   //    largest probs[n,e] + bias[e] (routing.bias; none: 0), largest first (equal ones: the lower
   //    column first), among the experts of the row's chosen groups under routing.groups > 1
-  //    (E/groups >= 2 experts each, group_top_k of them, k at most their experts; E <= 256 on
-  //    the GPU); gate[N,k] their scores (without the bias), divided by their sum when
+  //    (E/groups >= 2 experts each, group_top_k of them, k at most their experts; E <= 512,
+  //    kMaxExperts); gate[N,k] their scores (without the bias), divided by their sum when
   //    routing.normalize (Mixtral's choice), times routing.scale; lse[N] (fp32, may be null)
   //    each row's log Σ_e exp(logits), the router z-loss's.
   //  moe_dispatch: the N·k choices ordered by expert, stably (by i within an expert): slot[i] =
@@ -620,7 +620,7 @@ class Backend {
   //    Σ_c dout[i / k, c]·y[slot[i], c] (fp32, written).
   //  moe_route_backward: dlogits[N,E] (written) from dgate[N,k] through the gates' scale,
   //    normalization and the scores (softmax or sigmoid, as `routing` says; its bias has no
-  //    gradient), with the load-balancing loss's aux[e] (HOST memory, [E], E <= 256; null: none;
+  //    gradient), with the load-balancing loss's aux[e] (HOST memory, [E]; null: none;
   //    read at the call, so the GPU needs no copy of it and no wait): the gradient of
   //    Σ_e aux[e]·P[n,e] for every row, P the softmax's probabilities, or with sigmoid scores
   //    the scores divided by their row's sum (DeepSeek-V3's). z_loss = c > 0 (ST-MoE's router

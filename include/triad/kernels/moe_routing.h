@@ -13,6 +13,11 @@
 
 namespace triad {
 
+// model.moe_experts' largest value (Kimi K2's 384 experts and Qwen3-Next's 512 fit). The GPU's
+// moe_route_backward takes the load-balancing coefficients as a kernel parameter: 2 KiB of the
+// 4 KiB a launch may pass.
+constexpr int kMaxExperts = 512;
+
 struct MoeRouting {
   // The k gates divided by their sum (Mixtral, DeepSeek-V3); false: the scores themselves
   // (Switch).

@@ -13,7 +13,6 @@ namespace {
 
 using moe_block::kDispatchThreads;
 using moe_block::kElementwiseThreads;
-using moe_block::kMaxExperts;
 using moe_block::kWarpsPerBlock;
 using moe_block::kWarpThreads;
 

@@ -29,7 +29,6 @@ constexpr int kWarpsPerBlock = 8;  // the warp-per-row programs: 256 threads, 8 
 constexpr int kWarpThreads = 32 * kWarpsPerBlock;
 constexpr int kDispatchThreads = 512;
 constexpr int kDispatchItems = 8;  // consecutive choices per thread and step of the rank pass
-constexpr int kMaxExperts = 256;   // model.moe_experts' limit
 constexpr int kMaxGroups = kMaxExperts / 2;  // node-limited routing: two experts a group at least
 constexpr int kElementwiseThreads = 256;
 
