@@ -163,6 +163,8 @@ class Dims:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # The latent norms' epsilon (model.mla_norm_eps); 0: norm_eps's.
+    mla_norm_eps: float = 0.0
     # DeepSeek-V3's routing (model.moe_score, moe_routed_scale, moe_groups, moe_group_top_k) and
     # DeepSeek's YaRN, the whole score scaled (model.rope_yarn_mscale, rope_yarn_mscale_all_dim).
     moe_score: str = "softmax"
@@ -254,9 +256,12 @@ class Dims:
         """Multi-head latent attention's /model attributes, which are also its [model] keys."""
         if not self.kv_lora_rank:
             return {}
-        return {"kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank,
-                "qk_nope_head_dim": self.qk_nope_head_dim,
-                "qk_rope_head_dim": self.qk_rope_head_dim, "v_head_dim": self.v_head_dim}
+        k = {"kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank,
+             "qk_nope_head_dim": self.qk_nope_head_dim,
+             "qk_rope_head_dim": self.qk_rope_head_dim, "v_head_dim": self.v_head_dim}
+        if self.mla_norm_eps:  # (absent: norm_eps's)
+            k["mla_norm_eps"] = float(self.mla_norm_eps)
+        return k
 
     @property
     def kv(self) -> int:

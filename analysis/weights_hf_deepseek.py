@@ -51,8 +51,8 @@ V3_DEFAULTS = dict(V2_DEFAULTS, moe_intermediate_size=2048, n_shared_experts=1,
 # DeepSeek-V3's), and its file names every key it sets.
 V3_MODEL_TYPES = ("deepseek_v3", "kimi_k2")
 # The epsilon of the latent norms (q_a_layernorm, kv_a_layernorm), which DeepSeek's code and
-# transformers' build with their RMSNorm's default whatever rms_norm_eps says; triad's latent
-# norms use model.norm_eps, so only models whose rms_norm_eps is this convert.
+# transformers' build with their RMSNorm's default whatever rms_norm_eps says: triad's
+# model.mla_norm_eps where rms_norm_eps (model.norm_eps) is another.
 LATENT_NORM_EPS = 1e-6
 
 
@@ -94,8 +94,8 @@ class DeepSeekConfig:
 
 
 def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps, which
-    must be the latent norms' 1e-6), SwiGLU, no biases, an untied head; MLA with kv_lora_rank,
+    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps; the
+    latent norms' 1e-6 model.mla_norm_eps where that differs), SwiGLU, no biases, an untied head; MLA with kv_lora_rank,
     q_lora_rank (null: q from the token), qk_nope_head_dim, qk_rope_head_dim, v_head_dim; from
     layer first_k_dense_replace on a mixture of n_routed_experts SwiGLU experts of
     moe_intermediate_size units, num_experts_per_tok per token, beside n_shared_experts ungated
@@ -113,10 +113,6 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if c.kv != c.n_head:
         refusals.append(f"num_key_value_heads {c.kv} other than num_attention_heads {c.n_head} "
                         f"(multi-head latent attention gives every head its own key and value)")
-    if c.eps != LATENT_NORM_EPS:
-        refusals.append(f"rms_norm_eps {c.eps} (DeepSeek's latent norms, q_a_layernorm and "
-                        f"kv_a_layernorm, use {LATENT_NORM_EPS} whatever it says; triad's use "
-                        f"model.norm_eps, the same as the other norms')")
     sizes = dict(kv_lora_rank=k.count("kv_lora_rank"), q_lora_rank=k.count("q_lora_rank", null=0),
                  qk_nope_head_dim=k.count("qk_nope_head_dim"),
                  qk_rope_head_dim=k.count("qk_rope_head_dim"), v_head_dim=k.count("v_head_dim"))
@@ -156,7 +152,8 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="rmsnorm", bias=False, mlp="swiglu",
              mlp_hidden=moe_hidden if moe else c.hidden, tied=k.flag("tie_word_embeddings"),
-             norm_eps=c.eps, yarn=yarn, yarn_mscale=mscales, **sizes, **moe,
+             norm_eps=c.eps, mla_norm_eps=0.0 if c.eps == LATENT_NORM_EPS else LATENT_NORM_EPS,
+             yarn=yarn, yarn_mscale=mscales, **sizes, **moe,
              deepseek="deepseek_v3" if v3 else "deepseek_v2",
              rope_interleave=k.flag("rope_interleave") if v3 else True,
              mtp_layers=mtp, fp8_block=block)
@@ -390,7 +387,7 @@ DEEPSEEK_HELD = {"n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded
                  "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_yarn_mscale",
                  "rope_yarn_mscale_all_dim", "rope_original_positions", "kv_lora_rank",
                  "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-                 "moe_experts", "moe_top_k", "moe_normalize", "moe_shared_hidden",
+                 "mla_norm_eps", "moe_experts", "moe_top_k", "moe_normalize", "moe_shared_hidden",
                  "moe_first_dense", "moe_dense_hidden", "moe_score", "moe_routed_scale",
                  "moe_groups", "moe_group_top_k", "moe_group_score"}
 DEEPSEEK_INERT = {"qk_norm": 0, "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "norm_weight": 1,
@@ -425,12 +422,12 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
                            f"exports as Hugging Face's DeepSeek-V2 or V3; those have none of "
                            f"{'; '.join(extra)}")
     eps = float(a.get("norm_eps", 1e-5))
-    if eps != LATENT_NORM_EPS:
-        raise ConvertError(f"{path}: the model's norms use epsilon {eps} (model.norm_eps); "
-                           f"DeepSeek's latent norms (q_a_layernorm, kv_a_layernorm) use "
-                           f"{LATENT_NORM_EPS} whatever its rms_norm_eps says, so a model with "
-                           f"multi-head latent attention exports with model.norm_eps = "
-                           f"{LATENT_NORM_EPS} only")
+    latent = float(a.get("mla_norm_eps", 0.0)) or eps
+    if latent != LATENT_NORM_EPS:
+        raise ConvertError(f"{path}: the model's latent norms use epsilon {latent} "
+                           f"(model.mla_norm_eps, or model.norm_eps where it is 0); DeepSeek's "
+                           f"(q_a_layernorm, kv_a_layernorm) use {LATENT_NORM_EPS} whatever its "
+                           f"rms_norm_eps says")
     E = int(a.get("moe_experts", 0))
     score = text(a.get("moe_score", "softmax"))
     groups, normalize = int(a.get("moe_groups", 1)), int(a.get("moe_normalize", 1)) == 1
@@ -466,7 +463,8 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     return Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
                 position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
                 mlp="swiglu", mlp_hidden=hidden, tied=int(a.get("tie_embeddings", 1)) == 1,
-                norm_eps=float(a.get("norm_eps", 1e-5)), yarn=yarn,
+                norm_eps=eps, mla_norm_eps=0.0 if eps == LATENT_NORM_EPS else LATENT_NORM_EPS,
+                yarn=yarn,
                 yarn_mscale=(float(a.get("rope_yarn_mscale", 1.0)),
                              float(a.get("rope_yarn_mscale_all_dim", 0.0))),
                 **{k: int(a.get(k, 0)) for k in ("kv_lora_rank", "q_lora_rank",

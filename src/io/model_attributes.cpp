@@ -67,6 +67,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_int64_attr(model, "qk_nope_head_dim", m.qk_nope_head_dim);
     io::write_int64_attr(model, "qk_rope_head_dim", m.qk_rope_head_dim);
     io::write_int64_attr(model, "v_head_dim", m.v_head_dim);
+    if (m.mla_norm_eps > 0) io::write_double_attr(model, "mla_norm_eps", m.mla_norm_eps);
   }
   if (m.rotary_dim > 0)  // 0: every value of a head rotates
     io::write_int64_attr(model, "rotary_dim", m.rotary_dim);
@@ -270,6 +271,11 @@ ModelShape read_model_attributes(hid_t model) {
               "v_head_dim of /model do not describe a multi-head latent attention (",
               m.kv_lora_rank, ", ", m.q_lora_rank, ", ", m.qk_nope_head_dim, ", ",
               m.qk_rope_head_dim, ", ", m.v_head_dim, ")");
+  m.mla_norm_eps = io::read_double_attr(model, "mla_norm_eps").value_or(0.0);
+  TRIAD_CHECK(m.mla_norm_eps == 0 || (m.kv_lora_rank > 0 && std::isfinite(m.mla_norm_eps) &&
+                                      m.mla_norm_eps > 0 && m.mla_norm_eps <= 0.1),
+              "attribute mla_norm_eps of /model is ", m.mla_norm_eps,
+              ", not 0 or in (0, 0.1] with multi-head latent attention");
   m.rotary_dim = io::read_int64_attr(model, "rotary_dim").value_or(0);
   {
     const int64_t hd = m.head_dim > 0 ? m.head_dim : m.n_embd / std::max<int64_t>(1, m.n_head);

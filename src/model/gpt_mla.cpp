@@ -32,7 +32,7 @@ void Gpt::mla_project(typename Set<A>::Layer& L, int l, A* dst, const A* ln1,
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, hd = shape_.hd();
   const int dq = shape_.mla_qk_dim(), dn = shape_.qk_nope_head_dim, dr = shape_.qk_rope_head_dim;
   const int dv = shape_.v_head_dim, rq = shape_.q_lora_rank, rkv = shape_.kv_lora_rank;
-  const float eps = shape_.norm_eps;
+  const float eps = shape_.latent_norm_eps();
   auto w32 = [](size_t n) { return word_count<A>(n); };
   const int site = fp8_site(l, 0);
   // Queries: from the token, or from its normalized latent.
@@ -87,7 +87,7 @@ void Gpt::mla_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, hd = shape_.hd();
   const int dq = shape_.mla_qk_dim(), dn = shape_.qk_nope_head_dim, dr = shape_.qk_rope_head_dim;
   const int dv = shape_.v_head_dim, rq = shape_.q_lora_rank, rkv = shape_.kv_lora_rank;
-  const float eps = shape_.norm_eps;
+  const float eps = shape_.latent_norm_eps();
   const size_t n = size_t(N);
   auto w32 = [](size_t k) { return word_count<A>(k); };
   const int site = fp8_site(l, 0);
@@ -165,7 +165,7 @@ void Gpt::mla_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
   const int C = shape_.n_embd, NHl = shape_.n_head / mp_.tp, dq = shape_.mla_qk_dim();
   const int dn = shape_.qk_nope_head_dim, dr = shape_.qk_rope_head_dim, dv = shape_.v_head_dim;
   const int rq = shape_.q_lora_rank, rkv = shape_.kv_lora_rank;
-  const float eps = shape_.norm_eps;
+  const float eps = shape_.latent_norm_eps();
   const int site = fp8_site(l, 0);
   const bool fp8 = fp8_at(site, N);  // a frozen matrix's product still joins the amax reduction
   auto weight_grad = [&](float* dw, const A* dout, const A* inp, const A* wt, int IC, int OC) {

@@ -98,6 +98,9 @@ class KeyTable {
         "> 0: multi-head latent attention (DeepSeek-V2's MLA): keys and values up-projected from "
         "a latent of this many values per token (attn/kv_a, RMSNorm attn/kv_a_norm, attn/kv_b); "
         "needs rope, and the qk_*_head_dim and v_head_dim keys; 0: off");
+    add("model.mla_norm_eps", c.model.mla_norm_eps,
+        "MLA: the latent norms' epsilon (attn/q_a_norm, attn/kv_a_norm; DeepSeek's 1e-6 whatever "
+        "its other norms'); 0: model.norm_eps");
     add("model.q_lora_rank", c.model.q_lora_rank,
         "MLA: the queries' latent rank (attn/q_a, attn/q_a_norm, then attn/q_b); 0: queries "
         "straight from the token (attn/q_b [n_head·(nope+rope), n_embd])");

@@ -95,15 +95,18 @@ void validate(const Config& c, int world_size) {
     check(m.n_kv_head == 0 || m.n_kv_head == m.n_head, "model.n_kv_head",
           "must be 0 or model.n_head with multi-head latent attention (every head has its keys "
           "and values)");
+    check(m.mla_norm_eps == 0 ||
+              (std::isfinite(m.mla_norm_eps) && m.mla_norm_eps > 0 && m.mla_norm_eps <= 0.1),
+          "model.mla_norm_eps", "must be 0 (model.norm_eps) or in (0, 0.1]");
     check(!m.qk_norm && m.clip_qkv == 0 && !m.qkv_bias, "model.kv_lora_rank",
           "> 0 (multi-head latent attention) is not built with model.qk_norm, model.clip_qkv or "
           "model.qkv_bias (it has no c_attn)");
   } else {
     check(m.q_lora_rank == 0 && m.qk_nope_head_dim == 0 && m.qk_rope_head_dim == 0 &&
-              m.v_head_dim == 0,
+              m.v_head_dim == 0 && m.mla_norm_eps == 0,
           "model.kv_lora_rank",
-          "= 0: model.q_lora_rank, qk_nope_head_dim, qk_rope_head_dim and v_head_dim are for "
-          "multi-head latent attention (kv_lora_rank > 0)");
+          "= 0: model.q_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim and "
+          "mla_norm_eps are for multi-head latent attention (kv_lora_rank > 0)");
   }
   check(m.n_kv_head >= 0, "model.n_kv_head",
         "must be >= 0 (0: model.n_head; got " + std::to_string(m.n_kv_head) + ")");

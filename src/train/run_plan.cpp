@@ -118,6 +118,7 @@ ModelShape model_shape(const Config& cfg) {
   m.qk_nope_head_dim = c.qk_nope_head_dim;
   m.qk_rope_head_dim = c.qk_rope_head_dim;
   m.v_head_dim = c.v_head_dim;
+  m.mla_norm_eps = c.mla_norm_eps;
   m.moe_experts = c.moe_experts;
   m.moe_top_k = c.moe_top_k;
   m.moe_normalize = c.moe_normalize;
@@ -192,6 +193,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.qk_nope_head_dim = int(m.qk_nope_head_dim);
   s.qk_rope_head_dim = int(m.qk_rope_head_dim);
   s.v_head_dim = int(m.v_head_dim);
+  s.mla_norm_eps = float(m.mla_norm_eps);
   // MLA rotates the first qk_rope_head_dim values of each assembled q and k head (Gpt::
   // mla_project's layout), as partial rotary would.
   if (s.mla()) s.rotary_dim = int(m.qk_rope_head_dim);

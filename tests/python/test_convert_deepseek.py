@@ -359,6 +359,28 @@ def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, int
     assert [int(t) for t in p.stdout.split()] == ids[4:]
 
 
+def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path):
+    """rms_norm_eps 0.05: DeepSeek's code gives every norm that epsilon but the latent ones
+    (q_a_layernorm, kv_a_layernorm: 1e-6), which the import keeps as model.mla_norm_eps; large
+    enough that the loss would move past the tolerance were the latent norms given 0.05. The
+    export writes rms_norm_eps back and the tensors bit for bit."""
+    from safetensors.torch import load_file
+    cfg = v3_config(rms_norm_eps=0.05, num_nextn_predict_layers=0)
+    tensors = random_tensors(cfg)
+    write_hf(tmp_path / "hf", cfg, tensors)
+    out = imports_and_evaluates(data, tmp_path, cfg, tensors, "DeepSeek-V3")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (float(a["norm_eps"]), float(a["mla_norm_eps"])) == (0.05, 1e-6)
+    p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["rms_norm_eps"] == 0.05
+    again = load_file(tmp_path / "back" / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v), k
+
+
 def kimi_k2_config(**changes):
     """Kimi K2's shape in small: V3's blocks under its own model_type, 384 experts in one group
     (8 a token, times 2.827, renormalized), YaRN with beta_fast = beta_slow = 1 (its config's),
@@ -473,7 +495,6 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
      "n_routed_experts 513 (triad's model.moe_experts is in [1, 512])"),
     (v3_config, dict(quantization_config=dict(quant_method="gptq", bits=4)), "quantization_config"),
     (v3_config, dict(q_lora_rank=1.5), "q_lora_rank = 1.5 is not an integer"),
-    (v3_config, dict(rms_norm_eps=1e-5), "rms_norm_eps 1e-05 (DeepSeek's latent norms"),
     (v3_config, dict(n_group=0), "n_group = 0 is not an integer >= 1"),
     (v3_config, dict(routed_scaling_factor="2.5"), "routed_scaling_factor = \"2.5\" is not a"),
     (v3_config, dict(norm_topk_prob="false"), "norm_topk_prob = \"false\" is not true or false"),
@@ -488,7 +509,7 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
         "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "kimi-experts",
         "gptq", "count",
-        "latent-eps", "no-groups", "string-scale", "string-flag", "negative-shared",
+        "no-groups", "string-scale", "string-flag", "negative-shared",
         "negative-dense", "no-layer-freq", "float-block", "beta-0"])
 def test_deepseek_models_triad_does_not_compute_are_refused(tmp_path, make, changes, message):
     cfg = make(**changes)
@@ -596,8 +617,8 @@ def test_trained_latent_attention_model_exports_as_deepseek_v3(data, tmp_path):
 
 
 def test_latent_attention_models_deepseek_does_not_hold_are_refused(data, tmp_path):
-    """MLA beside an option DeepSeek's format lacks, with norms of another epsilon than its latent
-    norms' 1e-6, or with softmax routing in groups (V2 scores a group by its best expert), is
+    """MLA beside an option DeepSeek's format lacks, with latent norms of another epsilon than
+    DeepSeek's 1e-6 (model.norm_eps 1e-5 and no model.mla_norm_eps), or with softmax routing in groups (V2 scores a group by its best expert), is
     refused before anything is written."""
     d, run_cfg = data
     mla = ["--model.position", "rope", "--model.norm", "rmsnorm", "--model.mlp", "swiglu",
@@ -606,7 +627,7 @@ def test_latent_attention_models_deepseek_does_not_hold_are_refused(data, tmp_pa
     for name, extra, message in (
             ("capped", ["--model.logit_softcap", "30", "--model.norm_eps", "1e-6"],
              "logit_softcap = 30"),
-            ("eps", [], "exports with model.norm_eps = 1e-06 only"),
+            ("eps", [], "the model's latent norms use epsilon 1e-05"),
             ("grouped", ["--model.moe_experts", "4", "--model.moe_top_k", "2",
                          "--model.moe_groups", "2", "--model.moe_group_top_k", "1",
                          "--model.norm_eps", "1e-6"],

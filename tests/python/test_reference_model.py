@@ -139,11 +139,13 @@ CASES = [
                               n_kv_head=1), 3, 45, 7, 53),
     # Multi-head latent attention (DeepSeek-V2's MLA) on Llama's blocks: queries through a latent
     # of 24, keys and values from one of 32, each head's q·k over 16 + 8 rotated values (heads 24
-    # wide, v's 16 padded), the rotated key shared.
+    # wide, v's 16 padded), the rotated key shared; the latent norms' epsilon their own (0.02,
+    # the others' 1e-5: large enough to count).
     Case("mla", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                               position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
                               mlp="swiglu", tied=False, kv_lora_rank=32, q_lora_rank=24,
-                              qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16),
+                              qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                              mla_norm_eps=0.02),
          2, 40, 6, 211),
     # ... DeepSeek-V2-Lite's shape of it: queries straight from the token, v wider than q·k (8 +
     # 8, padded to 24), GPT-2's LayerNorms and biases elsewhere, and experts after a dense first
@@ -373,6 +375,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       moe_dense_hidden=c.moe_dense_hidden,
                       **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
                          else {}),
+                      **({"mla_norm_eps": c.mla_norm_eps} if c.mla_norm_eps else {}),
                       **({} if c.rope_scaling is None else dict(
                           rope_scaling="yarn", rope_scaling_factor=c.rope_scaling.factor,
                           rope_yarn_beta_fast=c.rope_scaling.beta_fast,

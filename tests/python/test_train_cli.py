@@ -175,6 +175,10 @@ def test_help_lists_every_key_with_defaults():
     # Multi-head latent attention (model.kv_lora_rank): its sizes, and what it is not built with.
     (["--model.kv_lora_rank", "-1"], ["model.kv_lora_rank", "must be >= 0"]),
     (["--model.v_head_dim", "8"], ["model.kv_lora_rank", "= 0: model.q_lora_rank"]),
+    (["--model.mla_norm_eps", "1e-6"], ["model.kv_lora_rank", "mla_norm_eps are for"]),
+    (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4",
+      "--model.v_head_dim", "8", "--model.mla_norm_eps", "0.5"],
+     ["model.mla_norm_eps", "must be 0 (model.norm_eps) or in (0, 0.1]"]),
     (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "4"],
      ["model.kv_lora_rank", "v_head_dim > 0", "v_head_dim 0"]),
     (["--model.kv_lora_rank", "8", "--model.position", "rope", "--model.qk_rope_head_dim", "3",

@@ -131,6 +131,8 @@ class GptConfig:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # model.mla_norm_eps: the latent norms' epsilon (q_a_norm, kv_a_norm); 0: norm_eps.
+    mla_norm_eps: float = 0.0
     # model.logit_scale: the head's logits times this, before the cap (Granite's
     # 1/logits_scaling); model.residual_scale: each branch's output times this before its
     # residual add (Granite's residual_multiplier). 1: none.
@@ -584,7 +586,7 @@ def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: to
     four projections are linear()s: FP8 products within fp8_linears() (run.fp8)."""
     B, T, C = x.shape
     NH, dn, dr, dv = cfg.n_head, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
-    eps = cfg.norm_eps
+    eps = cfg.mla_norm_eps or cfg.norm_eps
     cq = x
     if cfg.q_lora_rank:
         cq = rms_norm(linear(x, params[p + "attn/q_a/weight"], None),
@@ -1352,6 +1354,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         if cfg.kv_lora_rank:
             for key in MLA_KEYS:
                 m.attrs.create(key, i64(getattr(cfg, key)), dtype="<i8")
+            if cfg.mla_norm_eps:
+                m.attrs.create("mla_norm_eps", np.float64(cfg.mla_norm_eps), dtype="<f8")
         if cfg.rotary_dim:
             m.attrs.create("rotary_dim", i64(cfg.rotary_dim), dtype="<i8")
         if cfg.sliding_window:
@@ -1444,6 +1448,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),
                         **{key: int(a.get(key, 0)) for key in MLA_KEYS},
+                        mla_norm_eps=float(a.get("mla_norm_eps", 0.0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),
                         attn_softcap=float(a.get("attn_softcap", 0.0)),
                         clip_qkv=float(a.get("clip_qkv", 0.0)),

@@ -127,6 +127,9 @@ struct ModelShape {
   // absent: 0, no MLA).
   int64_t kv_lora_rank = 0, q_lora_rank = 0;
   int64_t qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // Attribute mla_norm_eps (double, the latent norms' epsilon, model.mla_norm_eps; written when >
+  // 0; absent: 0, norm_eps's).
+  double mla_norm_eps = 0;
   // Attribute qk_norm_full (int64 1: q_norm and k_norm span all heads, model.qk_norm_full; absent:
   // 0, per head).
   bool qk_norm_full = false;

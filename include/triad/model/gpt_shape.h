@@ -255,7 +255,10 @@ struct GptShape {
   // input columns; q_a, kv_a and their norms are replicated.
   int kv_lora_rank = 0, q_lora_rank = 0;
   int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // attn/q_a_norm's and attn/kv_a_norm's epsilon (model.mla_norm_eps); 0: norm_eps.
+  float mla_norm_eps = 0;
   bool mla() const { return kv_lora_rank > 0; }
+  float latent_norm_eps() const { return mla_norm_eps > 0 ? mla_norm_eps : norm_eps; }
   int mla_qk_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   int hd() const {
     if (mla()) return std::max(mla_qk_dim(), v_head_dim);

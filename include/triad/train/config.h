@@ -41,6 +41,9 @@ struct ModelConfig {
   // ones (the rotated key shared by the heads), its v v_head_dim values.
   int kv_lora_rank = 0, q_lora_rank = 0;
   int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  // The latent norms' epsilon (attn/q_a_norm, attn/kv_a_norm); 0: norm_eps. DeepSeek's code gives
+  // them 1e-6 whatever its rms_norm_eps says.
+  double mla_norm_eps = 0;
   bool mla() const { return kv_lora_rank > 0; }
   // The attention's head width: under MLA the wider of q·k's and v's (the other padded).
   int hd() const {
