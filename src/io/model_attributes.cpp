@@ -283,7 +283,10 @@ ModelShape read_model_attributes(hid_t model) {
                     (m.rotary_dim == 0 || m.position == "rope"),
                 "attribute rotary_dim of /model is ", m.rotary_dim, ", not an even count in [0, ",
                 hd, "] (the head's width; > 0 only with rope)");
-    const size_t pairs = size_t(m.rotary_dim > 0 ? m.rotary_dim : hd) / 2;
+    const size_t pairs = size_t(m.kv_lora_rank > 0 ? m.qk_rope_head_dim
+                                : m.rotary_dim > 0 ? m.rotary_dim
+                                                   : hd) /
+                         2;
     TRIAD_CHECK(m.rope_scaling != "longrope" ||
                     (m.rope_short_factor.size() == pairs && m.rope_long_factor.size() == pairs),
                 "attributes rope_short_factor and rope_long_factor of /model hold ",

@@ -263,9 +263,8 @@ void validate(const Config& c, int world_size) {
             "model.rope_original_positions",
             "must be >= 1, and >= 2 with model.rope_scaling_factor > 1 (the scale divides by its "
             "logarithm)");
-      const int pairs = (m.rotary_dim > 0 ? m.rotary_dim : m.hd()) / 2;
-      parse_rope_factors(m.rope_short_factor, "model.rope_short_factor", pairs);
-      parse_rope_factors(m.rope_long_factor, "model.rope_long_factor", pairs);
+      parse_rope_factors(m.rope_short_factor, "model.rope_short_factor", m.rotated_pairs());
+      parse_rope_factors(m.rope_long_factor, "model.rope_long_factor", m.rotated_pairs());
     }
     if (m.rope_scaling == "yarn") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,

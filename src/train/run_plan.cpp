@@ -78,7 +78,7 @@ ModelShape model_shape(const Config& cfg) {
     m.rope_scaling = "longrope";
     m.rope_scaling_factor = c.rope_scaling_factor;
     m.rope_original_positions = c.rope_original_positions;
-    const int pairs = (c.rotary_dim > 0 ? c.rotary_dim : c.hd()) / 2;
+    const int pairs = c.rotated_pairs();
     m.rope_short_factor = parse_rope_factors(c.rope_short_factor, "model.rope_short_factor", pairs);
     m.rope_long_factor = parse_rope_factors(c.rope_long_factor, "model.rope_long_factor", pairs);
   }

@@ -1,7 +1,8 @@
-"""triad-convert import of DeepSeek-V2, DeepSeek-V3 and Kimi K2 Hugging Face models (model_type
-deepseek_v2, deepseek_v3, kimi_k2) against a float64 PyTorch definition of those models written here.
+"""triad-convert import of DeepSeek-V2, DeepSeek-V3, Kimi K2 and MiniCPM3 Hugging Face models
+(model_type deepseek_v2, deepseek_v3, kimi_k2, minicpm3) against a float64 PyTorch definition
+of those models written here.
 
-transformers 4.47, which the tests pin, has neither class, so the reference is this file's
+transformers 4.47, which the tests pin, has none of these classes, so the reference is this file's
 `DeepSeek`: DeepSeek's modeling code as its files name the tensors (q_proj or q_a_proj,
 q_a_layernorm, q_b_proj; kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj; o_proj; the experts,
 shared_experts and gate with V3's e_score_correction_bias), each head's q as [nope | rope], the
@@ -12,7 +13,10 @@ groups (a group scored by its two best keys), renormalized and scaled. A model w
 random is written in those names; triad-train --eval-only of the import must give the
 reference's validation loss. DeepSeek-V3's FP8 weights (e4m3 in blocks, 128 × 128 in its
 release and 16 × 16 here, each with its weight_scale_inv) are dequantized with ml_dtypes' float8
-type as the reference. What triad does not compute is refused with one line."""
+type as the reference. MiniCPM3 (OpenBMB's modeling code, and transformers' later port) is
+DeepSeek-V2's attention rotated in rotate-half pairs on dense blocks with its embedding, branch
+and logit scalings and LongRoPE's divisors, which the reference adds. What triad does not
+compute is refused with one line."""
 
 import json
 import math
@@ -133,7 +137,9 @@ class DeepSeek:
         freq = 1.0 / base ** (torch.arange(0, dr, 2, dtype=torch.float64) / dr)
         self.cos_sin_scale, self.score_mult = 1.0, 1.0
         r = cfg.get("rope_scaling")
-        if r:  # DeepSeek's YaRN: interpolated below the ramp, extrapolated above it
+        if r and r["type"] == "longrope":  # MiniCPM3's, unstretched: each pair's short factor
+            freq = freq / torch.tensor(r["short_factor"], dtype=torch.float64)
+        elif r:  # DeepSeek's YaRN: interpolated below the ramp, extrapolated above it
             factor, orig = r["factor"], r["original_max_position_embeddings"]
 
             def dim_at(turns):
@@ -237,15 +243,21 @@ class DeepSeek:
         return out.view(x.shape)
 
     def logits(self, ids):
-        x = self.t["model.embed_tokens.weight"][ids]
-        for i in range(self.c["num_hidden_layers"]):
+        c, L = self.c, self.c["num_hidden_layers"]
+        # MiniCPM3's scalings (absent in DeepSeek's: 1)
+        x = self.t["model.embed_tokens.weight"][ids] * c.get("scale_emb", 1)
+        branch = c["scale_depth"] / math.sqrt(L) if "scale_depth" in c else 1
+        for i in range(L):
             p = f"model.layers.{i}."
-            x = x + self.attention(self.rms(x, p + "input_layernorm.weight"), p + "self_attn.")
+            x = x + branch * self.attention(self.rms(x, p + "input_layernorm.weight"),
+                                            p + "self_attn.")
             h = self.rms(x, p + "post_attention_layernorm.weight")
-            dense = i < self.c["first_k_dense_replace"]
-            x = x + (self.mlp(h, p + "mlp.") if dense else self.moe(h, p + "mlp."))
-        head = "model.embed_tokens.weight" if self.c["tie_word_embeddings"] else "lm_head.weight"
-        return self.lin(self.rms(x, "model.norm.weight"), head)
+            dense = i < c["first_k_dense_replace"]
+            x = x + branch * (self.mlp(h, p + "mlp.") if dense else self.moe(h, p + "mlp."))
+        head = "model.embed_tokens.weight" if c["tie_word_embeddings"] else "lm_head.weight"
+        x = self.rms(x, "model.norm.weight")
+        return self.lin(x / (c["hidden_size"] / c["dim_model_base"]) if "dim_model_base" in c
+                        else x, head)
 
 
 def write_hf(directory, cfg, tensors):
@@ -379,6 +391,62 @@ def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path)
     assert sorted(again) == sorted(tensors)
     for k, v in tensors.items():
         assert torch.equal(again[k], v), k
+
+
+def minicpm3_config(**changes):
+    """MiniCPM3-4B's shape in small: a query latent, DeepSeek-V2's attention rotated in
+    rotate-half pairs, dense SwiGLU blocks, a tied head, MiniCPM's scalings (scale_emb 12,
+    scale_depth 1.4, dim_model_base 16 of 64), rms_norm_eps 1e-5 beside the latent norms' 1e-6,
+    and LongRoPE's short factors over an unstretched context (far from 1, so that the loss tells
+    them: without them it moves by 2e-3)."""
+    cfg = dict(model_type="minicpm3", architectures=["MiniCPM3ForCausalLM"], vocab_size=V,
+               hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+               num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16,
+               qk_rope_head_dim=8, v_head_dim=16, hidden_act="silu", max_position_embeddings=64,
+               rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, scale_emb=12,
+               scale_depth=1.4, dim_model_base=16,
+               rope_scaling=dict(type="longrope", short_factor=[0.25, 3.0, 9.0, 40.0],
+                                 long_factor=[1.0, 1.6, 3.0, 5.5],
+                                 original_max_position_embeddings=64))
+    cfg.update(changes)
+    return cfg
+
+
+def test_minicpm3_imports_and_evaluates_as_its_definition(data, tmp_path):
+    """MiniCPM3's blocks evaluate to the reference's loss within 1e-5 and decode greedily as it
+    does; its scalings land in the model's attributes; the export refuses what DeepSeek's format
+    lacks, and a context stretch is refused."""
+    cfg = minicpm3_config()
+    reference = dict(cfg, first_k_dense_replace=3, n_routed_experts=0, moe_intermediate_size=0,
+                     rope_interleave=False)
+    tensors = random_tensors(reference)
+    write_hf(tmp_path / "hf", cfg, tensors)
+    out = imports_and_evaluates(data, tmp_path, reference, tensors, "MiniCPM3")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (float(a.get("norm_eps", 1e-5)), float(a["mla_norm_eps"])) == (1e-5, 1e-6)
+        assert float(a["embed_scale"]) == 12 and \
+            float(a["residual_scale"]) == float(np.float32(1.4 / math.sqrt(3))) and \
+            float(a["logit_scale"]) == 0.25
+        assert list(a["rope_short_factor"]) == [0.25, 3.0, 9.0, 40.0]
+    model, ids = DeepSeek(reference, tensors), [9, 8, 7]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
+    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids", "9 8 7", "--length",
+             "6", "--top-k", "1", "--output", "ids"], check=True)
+    assert [int(t) for t in p.stdout.split()] == ids[3:]
+    p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
+    assert_clean_error(p, "DeepSeek-V2 or V3", "embed_scale")
+    stretched = minicpm3_config(max_position_embeddings=128)
+    write_hf(tmp_path / "hf2", stretched, tensors)
+    p = tool("triad-convert", "import", tmp_path / "hf2", tmp_path / "s.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "config.json", "original_max_position_embeddings 64 is not "
+                                         "max_position_embeddings 128")
+    del cfg["scale_depth"]
+    write_hf(tmp_path / "hf3", cfg, tensors)
+    p = tool("triad-convert", "import", tmp_path / "hf3", tmp_path / "d.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "config.json", "needs scale_depth")
 
 
 def kimi_k2_config(**changes):
@@ -618,8 +686,8 @@ def test_trained_latent_attention_model_exports_as_deepseek_v3(data, tmp_path):
 
 def test_latent_attention_models_deepseek_does_not_hold_are_refused(data, tmp_path):
     """MLA beside an option DeepSeek's format lacks, with latent norms of another epsilon than
-    DeepSeek's 1e-6 (model.norm_eps 1e-5 and no model.mla_norm_eps), or with softmax routing in groups (V2 scores a group by its best expert), is
-    refused before anything is written."""
+    DeepSeek's 1e-6 (model.norm_eps 1e-5 and no model.mla_norm_eps), or with softmax routing in
+    groups (V2 scores a group by its best expert), is refused before anything is written."""
     d, run_cfg = data
     mla = ["--model.position", "rope", "--model.norm", "rmsnorm", "--model.mlp", "swiglu",
            "--model.bias", "false", "--model.kv_lora_rank", "32", "--model.qk_nope_head_dim", "16",

@@ -45,6 +45,11 @@ struct ModelConfig {
   // them 1e-6 whatever its rms_norm_eps says.
   double mla_norm_eps = 0;
   bool mla() const { return kv_lora_rank > 0; }
+  // The rotated pairs of a head (one LongRoPE divisor each): MLA's qk_rope_head_dim, else
+  // rotary_dim or the head's width, halved.
+  int rotated_pairs() const {
+    return (mla() ? qk_rope_head_dim : rotary_dim > 0 ? rotary_dim : hd()) / 2;
+  }
   // The attention's head width: under MLA the wider of q·k's and v's (the other padded).
   int hd() const {
     if (mla()) return std::max(qk_nope_head_dim + qk_rope_head_dim, v_head_dim);
