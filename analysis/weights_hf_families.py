@@ -213,6 +213,20 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("model_type") in ("granite", "granitemoe"):
         granite = granite_multipliers(cfg, where, n_embd // max(n_head, 1), refusals)
         granite["granite_moe"] = granite_moe
+    if cfg.get("model_type") == "minicpm":  # Granite's multipliers under other names
+        from .weights_hf_minicpm import MINICPM_REQUIRED, minicpm_scalings
+        missing = [k for k in MINICPM_REQUIRED if cfg.get(k) is None]
+        if missing:
+            raise ConvertError(f"{where}: a MiniCPM config needs {', '.join(missing)}")
+        granite = minicpm_scalings(cfg, where, n_layer, n_embd, refusals)
+        if cfg.get("rope_scaling"):
+            refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad imports MiniCPM's plain "
+                            f"rope; MiniCPM3's LongRoPE under model_type minicpm3)")
+        for k in ("sparse_config", "mup_denominator"):
+            if cfg.get(k):
+                refusals.append(f"{k} {cfg[k]} (MiniCPM4's, not built)")
+        if cfg.get("use_mup") is False:
+            refusals.append("use_mup false (MiniCPM's code then leaves out its scalings)")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,

@@ -20,7 +20,7 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
                                   refuse_or_check_positions, starcoder2_config_dims)
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
-from .weights_hf_minicpm3 import minicpm3_config_dims
+from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order, ones_for,
@@ -54,7 +54,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
     kind = cfg.get("model_type", "gpt2")
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite", "granitemoe", "olmo", "olmoe", "olmo2"):
+                "granite", "granitemoe", "olmo", "olmoe", "olmo2", "minicpm"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("deepseek_v2", "deepseek_v3", "kimi_k2"):
         return deepseek_config_dims(cfg, where, seq_len)
@@ -96,7 +96,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2'), OLMoE ('olmoe'), "
                            f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), DeepSeek-V2 "
                            f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), Kimi K2 ('kimi_k2'), "
-                           f"MiniCPM3 ('minicpm3'), "
+                           f"MiniCPM ('minicpm', 'minicpm3'), "
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
@@ -198,7 +198,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if d.opt:
         return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
     if d.position == "rope":  # Llama's family
-        kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3"}.get(cfg.get("model_type")) or
+        kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3", "minicpm": "MiniCPM"}.get(
+            cfg.get("model_type")) or
                 {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
                 {"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",
                  "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "dbrx": "DBRX"}.get(

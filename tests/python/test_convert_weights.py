@@ -13,6 +13,7 @@ input is refused with one line, leaving no output behind."""
 
 import copy
 import json
+import math
 import shutil
 import sys
 
@@ -1195,6 +1196,46 @@ def test_granite_imports_and_evaluates_as_transformers(imported, tmp_path):
     hf_round_trip(imported, tmp_path, granite_model(), "Granite", GRANITE_ARGS, False,
                   {"embed_scale": 12.0, "attn_scale": 0.0625,
                    "residual_scale": float(np.float32(0.22)), "logit_scale": 0.125})
+
+
+def test_minicpm_imports_and_evaluates_as_granite(imported, tmp_path):
+    """MiniCPM 1 and 2's scalings are Granite's multipliers under other names: a transformers
+    GraniteForCausalLM whose multipliers are MiniCPM's (embedding times scale_emb 12, branches
+    times scale_depth 1.4 / sqrt(2 layers), logits divided by hidden_size / dim_model_base = 64
+    / 16, scores at 1/sqrt(head width)) written with MiniCPM's config.json (model_type minicpm)
+    imports to the same scalings, evaluates to Granite's loss, generates its tokens and exports as
+    a Granite that computes it; without scale_depth, or with MiniCPM4's sparse attention, it is
+    refused."""
+    d, _, cfg = imported
+    model = granite_model(embedding_multiplier=12.0, attention_multiplier=0.25,
+                          residual_multiplier=1.4 / math.sqrt(2), logits_scaling=4.0,
+                          tie_word_embeddings=True)
+    hf = tmp_path / "minicpm"
+    model.save_pretrained(hf, safe_serialization=True)
+    minicpm = {k: v for k, v in json.loads((hf / "config.json").read_text()).items()
+               if not k.endswith(("_multiplier", "logits_scaling"))}
+    minicpm.update(model_type="minicpm", architectures=["MiniCPMForCausalLM"], scale_emb=12,
+                   scale_depth=1.4, dim_model_base=16)
+    (hf / "config.json").write_text(json.dumps(minicpm))
+    out = tmp_path / "minicpm.h5"
+    p = tool("triad-convert", "import", hf, out, "--seq-len", SEQ)
+    assert p.returncode == 0 and "Hugging Face MiniCPM model" in p.stdout, p.stdout + p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (float(a["embed_scale"]), float(a["residual_scale"]), float(a["logit_scale"])) == \
+            (12.0, float(np.float32(1.4 / math.sqrt(2))), 0.25) and "attn_scale" not in a
+    _, want = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
+    generates_as_transformers(model, out)
+    p = tool("triad-convert", "export", out, tmp_path / "granite", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    back = transformers.GraniteForCausalLM.from_pretrained(tmp_path / "granite").eval()
+    got, _ = hf_loss_accuracy(back, d)
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+    for change, needle in (({"scale_depth": None}, "needs scale_depth"),
+                           ({"sparse_config": {"kernel_size": 32}}, "sparse_config")):
+        (hf / "config.json").write_text(json.dumps({**minicpm, **change}))
+        p = tool("triad-convert", "import", hf, tmp_path / "bad.h5", "--seq-len", SEQ)
+        assert_clean_error(p, "config.json", needle)
 
 
 def granite_moe_model(**config):

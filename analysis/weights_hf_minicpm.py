@@ -1,4 +1,6 @@
-"""MiniCPM3's Hugging Face models (model_type minicpm3: MiniCPM3-4B) as triad's model: DeepSeek-V2's
+"""MiniCPM's Hugging Face models as triad's model: MiniCPM 1 and 2's (model_type minicpm:
+MiniCPM-1B, MiniCPM-2B) are Llama's blocks with MiniCPM's scalings (minicpm_scalings, read by
+llama_config_dims); MiniCPM3's (model_type minicpm3: MiniCPM3-4B) DeepSeek-V2's
 multi-head latent attention (its tensors and names, the rotated values in rotate-half pairs, the
 latent norms at epsilon 1e-6) on Llama's dense blocks, with MiniCPM's scalings: the embedding
 times scale_emb (model.embed_scale), each branch's output times scale_depth / sqrt(layers)
@@ -19,6 +21,9 @@ import numpy as np
 from .weights_dims import ConvertError, Dims
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 
+# Keys of MiniCPM 1 and 2 a file must name (OpenBMB's config class defaults tie_word_embeddings
+# otherwise than Llama's, which a reader might assume).
+MINICPM_REQUIRED = ("scale_emb", "scale_depth", "dim_model_base", "tie_word_embeddings")
 # Keys whose defaults differ between OpenBMB's config class and transformers' MiniCPM3Config.
 MINICPM3_REQUIRED = ("v_head_dim", "scale_emb", "scale_depth", "dim_model_base", "rms_norm_eps",
                      "qk_nope_head_dim", "qk_rope_head_dim", "kv_lora_rank")
@@ -47,13 +52,6 @@ def minicpm3_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             raise ConvertError(f"{where}: {key} = {v!r} is not an integer >= 0")
         return v
 
-    def number(key, positive=True):
-        v = cfg.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-                (positive and v <= 0):
-            raise ConvertError(f"{where}: {key} = {v!r} is not a finite number > 0")
-        return float(v)
-
     sizes = dict(kv_lora_rank=count("kv_lora_rank"), q_lora_rank=count("q_lora_rank", null=0),
                  qk_nope_head_dim=count("qk_nope_head_dim"),
                  qk_rope_head_dim=count("qk_rope_head_dim"), v_head_dim=count("v_head_dim"))
@@ -69,16 +67,7 @@ def minicpm3_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             refusals.append(f"{key} = true (triad's latent attention and MLPs have no biases)")
     if cfg.get("pretraining_tp", 1) not in (None, 1):
         refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
-    scale_emb, scale_depth, dim_base = (number(k) for k in ("scale_emb", "scale_depth",
-                                                            "dim_model_base"))
-    f32 = lambda x: float(np.float32(x))  # noqa: E731 (the products are fp32's)
-    scales = dict(embed_scale=f32(scale_emb),
-                  residual_scale=f32(scale_depth / math.sqrt(c.n_layer)),
-                  logit_scale=f32(dim_base / c.n_embd))
-    for k, v in scales.items():
-        if not 0 < v <= 1e4:
-            refusals.append(f"{k} {v} from scale_emb, scale_depth, dim_model_base (triad's "
-                            f"model.{k} is in (0, 1e4])")
+    scales = minicpm_scalings(cfg, where, c.n_layer, c.n_embd, refusals)
 
     longrope = None
     r = cfg.get("rope_scaling")
@@ -98,6 +87,30 @@ def minicpm3_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              rope_interleave=False)
     d.check(where)
     return d
+
+
+def minicpm_scalings(cfg: dict, where: str, n_layer: int, n_embd: int,
+                     refusals: list[str]) -> dict:
+    """MiniCPM's scalings as Dims fields, rounded to fp32 as the products use them: the embedding
+    times scale_emb, each branch's output times scale_depth / sqrt(n_layer), the final hidden
+    state divided by n_embd / dim_model_base before the (linear) head, i.e. the logits times
+    dim_model_base / n_embd. A value triad does not take is added to refusals."""
+    v = {}
+    for k in ("scale_emb", "scale_depth", "dim_model_base"):
+        x = cfg.get(k)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or \
+                x <= 0:
+            raise ConvertError(f"{where}: {k} = {x!r} is not a finite number > 0")
+        v[k] = float(x)
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    scales = dict(embed_scale=f32(v["scale_emb"]),
+                  residual_scale=f32(v["scale_depth"] / math.sqrt(n_layer)),
+                  logit_scale=f32(v["dim_model_base"] / n_embd))
+    for k, x in scales.items():
+        if not 0 < x <= 1e4:
+            refusals.append(f"{k} {x} from scale_emb, scale_depth, dim_model_base (triad's "
+                            f"model.{k} is in (0, 1e4])")
+    return scales
 
 
 def minicpm3_longrope(r: dict, n_pos: int, rope_dim: int) -> tuple:
