@@ -284,6 +284,18 @@ def reference_loss(d, cfg, tensors):
     return torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1)).item()
 
 
+def decodes_as_reference(cfg, tensors, out, prompt, length):
+    """triad-generate's greedy continuation of prompt from checkpoint out is the reference's."""
+    model, ids = DeepSeek(cfg, tensors), list(prompt)
+    with torch.no_grad():
+        for _ in range(length):
+            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
+    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids",
+             " ".join(map(str, prompt)), "--length", str(length), "--top-k", "1", "--output",
+             "ids"], check=True)
+    assert [int(t) for t in p.stdout.split()] == ids[len(prompt):]
+
+
 def imports_and_evaluates(data, tmp_path, cfg, reference, kind, note=""):
     """The HF model written in tmp_path/hf imported and evaluated by triad-train: its validation
     loss is the float64 reference's on cfg and `reference` (FP8's dequantized tensors). Returns
@@ -362,13 +374,7 @@ def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, int
     p = tool("triad-ckpt", out)
     assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
     # greedy decoding (the key/value cache, the routers' biases loaded) as the reference's
-    model, ids = DeepSeek(cfg, tensors), [1, 2, 3, 4]
-    with torch.no_grad():
-        for _ in range(8):
-            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
-    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids", "1 2 3 4", "--length",
-             "8", "--top-k", "1", "--output", "ids"], check=True)
-    assert [int(t) for t in p.stdout.split()] == ids[4:]
+    decodes_as_reference(cfg, tensors, out, [1, 2, 3, 4], 8)
 
 
 def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path):
@@ -429,13 +435,7 @@ def test_minicpm3_imports_and_evaluates_as_its_definition(data, tmp_path):
             float(a["residual_scale"]) == float(np.float32(1.4 / math.sqrt(3))) and \
             float(a["logit_scale"]) == 0.25
         assert list(a["rope_short_factor"]) == [0.25, 3.0, 9.0, 40.0]
-    model, ids = DeepSeek(reference, tensors), [9, 8, 7]
-    with torch.no_grad():
-        for _ in range(6):
-            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
-    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids", "9 8 7", "--length",
-             "6", "--top-k", "1", "--output", "ids"], check=True)
-    assert [int(t) for t in p.stdout.split()] == ids[3:]
+    decodes_as_reference(reference, tensors, out, [9, 8, 7], 6)
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert_clean_error(p, "DeepSeek-V2 or V3", "embed_scale")
     stretched = minicpm3_config(max_position_embeddings=128)
@@ -477,13 +477,7 @@ def test_kimi_k2_imports_evaluates_and_exports_as_deepseek_v3(data, tmp_path):
         assert (int(a["moe_experts"]), int(a["moe_top_k"]), float(a["moe_routed_scale"])) == \
             (384, 8, 2.827) and "moe_groups" not in a
         assert float(a["rope_yarn_beta_fast"]) == float(a["rope_yarn_beta_slow"]) == 1.0
-    model, ids = DeepSeek(cfg, tensors), [5, 6, 7]
-    with torch.no_grad():
-        for _ in range(6):
-            ids.append(int(model.logits(torch.tensor([ids]))[0, -1].argmax()))
-    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids", "5 6 7", "--length",
-             "6", "--top-k", "1", "--output", "ids"], check=True)
-    assert [int(t) for t in p.stdout.split()] == ids[3:]
+    decodes_as_reference(cfg, tensors, out, [5, 6, 7], 6)
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
     exported = json.loads((tmp_path / "back" / "config.json").read_text())

@@ -998,6 +998,15 @@ def evaluates_on_tp2(cfg, ckpt, args, want_loss):
     assert abs(tp_loss - want_loss) <= 1e-5 * want_loss, (tp_loss, want_loss)
 
 
+def exports_with_loss(ckpt, directory, cls, d, want):
+    """ckpt exported to directory (--to hf) loads as transformers' cls, whose validation loss is
+    want to 1e-5."""
+    p = tool("triad-convert", "export", ckpt, directory, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    got, _ = hf_loss_accuracy(cls.from_pretrained(directory).eval(), d)
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+
+
 def generates_as_transformers(model, ckpt):
     """triad-generate's greedy continuation of PROMPT from ckpt is transformers' model's."""
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--vocab", VOCAB, "--top-k", "1",
@@ -1226,11 +1235,7 @@ def test_minicpm_imports_and_evaluates_as_granite(imported, tmp_path):
             (12.0, float(np.float32(1.4 / math.sqrt(2))), 0.25) and "attn_scale" not in a
     _, want = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
     generates_as_transformers(model, out)
-    p = tool("triad-convert", "export", out, tmp_path / "granite", "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    back = transformers.GraniteForCausalLM.from_pretrained(tmp_path / "granite").eval()
-    got, _ = hf_loss_accuracy(back, d)
-    assert abs(got - want) <= 1e-5 * want, (got, want)
+    exports_with_loss(out, tmp_path / "granite", transformers.GraniteForCausalLM, d, want)
     for change, needle in (({"scale_depth": None}, "needs scale_depth"),
                            ({"sparse_config": {"kernel_size": 32}}, "sparse_config")):
         (hf / "config.json").write_text(json.dumps({**minicpm, **change}))
@@ -1404,11 +1409,7 @@ def test_gpt_bigcode_with_a_head_per_query_imports(imported, tmp_path):
     _, want = evaluates_as_transformers(model, d, cfg, out, "--model.n_head", "4")
     evaluates_on_tp2(cfg, out, ["--model.n_head", "4"], want)
     generates_as_transformers(model, out)
-    p = tool("triad-convert", "export", out, tmp_path / "gpt2", "--to", "hf", "--vocab", "none")
-    assert p.returncode == 0, p.stderr
-    exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
-    got, _ = hf_loss_accuracy(exported, d)
-    assert abs(got - want) <= 1e-5 * want, (got, want)
+    exports_with_loss(out, tmp_path / "gpt2", transformers.GPT2LMHeadModel, d, want)
     # The regrouping matters: the stored rows as they are give another model.
     stored = model.state_dict()["transformer.h.0.attn.c_attn.weight"].float().numpy()
     assert not np.array_equal(rows, stored)
