@@ -192,7 +192,6 @@ CheckpointState read_state(hid_t file) {
   return s;
 }
 
-// the split chosen for it (plan_load_verification), and a share of the rows that nobody loads.
 // This rank's checksumming of a dataset on load: tiles of the local tensors of the parts of
 // the split chosen for it (plan_load_verification), and a share of the rows that nobody loads.
 struct VerifyPart {

@@ -53,8 +53,9 @@ class KeyTable {
         "context (max positions / rope_original_positions), which scales cos and sin by "
         "sqrt(1 + ln(factor) / ln(rope_original_positions))");
     add("model.rope_short_factor", c.model.rope_short_factor,
-        "longrope: each rotated pair's frequency divisor, comma-separated (rotary_dim / 2 or "
-        "head_dim / 2 of them), used where seq_len <= rope_original_positions");
+        "longrope: each rotated pair's frequency divisor, comma-separated (rotary_dim / 2, "
+        "head_dim / 2 or, with MLA, qk_rope_head_dim / 2 of them), used where seq_len <= "
+        "rope_original_positions");
     add("model.rope_long_factor", c.model.rope_long_factor,
         "longrope: the same, used where seq_len > rope_original_positions");
     add("model.rope_yarn_beta_fast", c.model.rope_yarn_beta_fast,

@@ -430,9 +430,13 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
       mla(c.kv_lora_rank, c.q_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
   TRIAD_CHECK(mla_held == mla_asked, "checkpoint ", path, " holds a model with ", mla_held,
               " but the config asks for ", mla_asked, " (model.kv_lora_rank ...)");
-  TRIAD_CHECK(float(m.mla_norm_eps) == float(c.mla_norm_eps), "checkpoint ", path,
-              " holds a model whose latent norms' epsilon is ", m.mla_norm_eps,
-              " (0: norm_eps) but the config asks for model.mla_norm_eps = ", c.mla_norm_eps);
+  // (The epsilon the latent norms use: 0 is norm_eps's, which is compared above.)
+  TRIAD_CHECK(float(m.mla_norm_eps > 0 ? m.mla_norm_eps : m.norm_eps) ==
+                  float(c.mla_norm_eps > 0 ? c.mla_norm_eps : c.norm_eps),
+              "checkpoint ", path, " holds a model whose latent norms' epsilon is ",
+              m.mla_norm_eps > 0 ? m.mla_norm_eps : m.norm_eps,
+              " but the config asks for model.mla_norm_eps = ", c.mla_norm_eps,
+              " (0: model.norm_eps)");
   TRIAD_CHECK(m.moe_experts == c.moe_experts &&
                   (c.moe_experts == 0 ||
                    (m.moe_top_k == c.moe_top_k && m.moe_normalize == c.moe_normalize)),

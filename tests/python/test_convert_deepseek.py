@@ -380,8 +380,9 @@ def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, int
 def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path):
     """rms_norm_eps 0.05: DeepSeek's code gives every norm that epsilon but the latent ones
     (q_a_layernorm, kv_a_layernorm: 1e-6), which the import keeps as model.mla_norm_eps; large
-    enough that the loss would move past the tolerance were the latent norms given 0.05. The
-    export writes rms_norm_eps back and the tensors bit for bit."""
+    enough that the loss would move past the tolerance were the latent norms given 0.05. A config
+    giving them another epsilon is refused. The export writes rms_norm_eps back and the tensors
+    bit for bit."""
     from safetensors.torch import load_file
     cfg = v3_config(rms_norm_eps=0.05, num_nextn_predict_layers=0)
     tensors = random_tensors(cfg)
@@ -390,6 +391,12 @@ def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path)
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (float(a["norm_eps"]), float(a["mla_norm_eps"])) == (0.05, 1e-6)
+    # The config must give the latent norms that epsilon (0: norm_eps's 0.05 here).
+    d, run_cfg = data
+    p = train("--config", run_cfg, "--eval-only", "--init-from", out, "--model-from", out,
+              "--model.mla_norm_eps", "0")
+    assert_clean_error(p, "latent norms' epsilon is 1e-06",
+                       "model.mla_norm_eps = 0 (0: model.norm_eps)")
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "back" / "config.json").read_text())["rms_norm_eps"] == 0.05

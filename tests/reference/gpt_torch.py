@@ -1428,6 +1428,9 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
     with h5py.File(path, "r") as f:
         assert int(f.attrs["complete"]) == 1, f"{path}: incomplete checkpoint"
         a = f["model"].attrs
+        if "rope_scaling" in a and _str(a["rope_scaling"]) not in ("none", "llama3", "yarn"):
+            raise ValueError(f"{path}: rope_scaling {_str(a['rope_scaling'])} is not in this "
+                             f"reference (its rotary has none, llama3 and yarn)")
         position = _str(a["position"]) if "position" in a else "learned"
         cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
                         int(a["seq_len"]), int(a["vocab_size"]), position=position,
