@@ -77,6 +77,9 @@ class Dims:
     # OPT's layout (OPTForCausalLM): GPT-2's blocks with the ReLU MLP under OPT's names (q, k, v
     # apart), its position table 2 rows longer (embed_positions' offset: position p is row p + 2).
     opt: bool = False
+    # CodeGen's layout (CodeGenForCausalLM): GPT-J's blocks with q, v and k fused as qkv_proj in 4
+    # blocks of rows, each [q | v | k] for a quarter of the heads (codegen_qkv_order).
+    codegen: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)

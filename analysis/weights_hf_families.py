@@ -12,6 +12,10 @@ import numpy as np
 
 from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF
 
+# CodeGen's qkv_proj: its rows in this many blocks (its code's mp_num), each q | v | k for a
+# block of the heads.
+CODEGEN_BLOCKS = 4
+
 # HF activation names that are GELU's tanh approximation (triad's, DESIGN.md §3).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -422,7 +426,9 @@ def dbrx_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 
 def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    """A Hugging Face GPT-J config (GPTJForCausalLM: GPT-J-6B and its kin) as triad's model:
+    """A Hugging Face GPT-J config (GPTJForCausalLM: GPT-J-6B and its kin; and CodeGen's,
+    CodeGenForCausalLM, the same blocks with q, v and k fused in 4 blocks of heads) as triad's
+    model:
     parallel attention and MLP on one LayerNorm (model.parallel_residual, model.shared_norm),
     bias-free attention projections beside an MLP with biases (model.bias = false,
     model.mlp_bias, model.norm_bias), GELU's tanh approximation or GELU itself, rope of base
@@ -453,6 +459,10 @@ def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("tie_word_embeddings"):
         refusals.append("tie_word_embeddings = true (GPT-J's head has a bias of its own beside "
                         "the embedding; triad's model.head_bias needs an untied head)")
+    codegen = cfg.get("model_type") == "codegen"
+    if codegen and n_head % CODEGEN_BLOCKS:
+        refusals.append(f"n_head {n_head} (CodeGen's qkv_proj holds its heads in "
+                        f"{CODEGEN_BLOCKS} equal blocks)")
     if not (0 < eps <= 0.1):
         refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "n_positions")
@@ -460,7 +470,7 @@ def gptj_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              rope_theta=10000.0, norm="layernorm", bias=False, mlp_bias=True, norm_bias=True,
              mlp=mlp, mlp_hidden=hidden, tied=False,
              norm_eps=eps, rotary_dim=0 if rot == hd else rot, parallel_residual=True,
-             shared_norm=True, head_bias=True)
+             shared_norm=True, head_bias=True, codegen=codegen)
     d.check(where)
     return d
 

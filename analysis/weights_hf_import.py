@@ -21,7 +21,7 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_minicpm import minicpm3_config_dims
-from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
+from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order, ones_for,
                                 opt_positions, stacked_shape, whole_experts)
@@ -80,7 +80,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return opt_config_dims(cfg, where, seq_len)
     if kind == "falcon":
         return falcon_config_dims(cfg, where, seq_len)
-    if kind == "gptj":
+    if kind in ("gptj", "codegen"):
         return gptj_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
@@ -100,7 +100,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
-                           f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj') and Falcon "
+                           f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen ('codegen') and Falcon "
                            f"('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
@@ -206,7 +206,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             d.moe_format or "") or ("GPT-NeoX" if d.neox else "Falcon" if d.falcon else
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Cohere" if d.cohere else "Phi" if d.phi else
-                                    "GPT-J" if d.gptj else
+                                    "CodeGen" if d.codegen else "GPT-J" if d.gptj else
                                     ("Gemma 2" if d.branch_norm else "Gemma")
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
@@ -354,7 +354,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
-            a = falcon_qkv_order(d, t, neox_qkv_order(d, t, a))
+            a = falcon_qkv_order(d, t, neox_qkv_order(d, t, codegen_qkv_order(d, t, a)))
             a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, opt_positions(d, t, a)))
             a = mla_rope_order(d, t, a)
             yield t, llama_query_order(d, t, a.reshape(want[t]))

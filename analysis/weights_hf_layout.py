@@ -114,11 +114,12 @@ def phi_sources(d: Dims) -> dict[str, list[str]]:
 
 def gptj_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a GPT-J model and the HF tensors it is made of (c_attn's from q, k and
-    v, stacked by rows)."""
+    v, stacked by rows; CodeGen's from its qkv_proj, codegen_qkv_order)."""
     src = {"wte/weight": ["transformer.wte.weight"]}
     for i in range(d.n_layer):
         p, h = f"h/{i}/", f"transformer.h.{i}."
-        src.update({p + "attn/c_attn/weight": [h + f"attn.{x}_proj.weight" for x in "qkv"],
+        src.update({p + "attn/c_attn/weight": [h + "attn.qkv_proj.weight"] if d.codegen else
+                    [h + f"attn.{x}_proj.weight" for x in "qkv"],
                     p + "attn/c_proj/weight": [h + "attn.out_proj.weight"]})
         for kind in ("weight", "bias"):
             src.update({p + f"ln_1/{kind}": [h + f"ln_1.{kind}"],
@@ -127,6 +128,18 @@ def gptj_sources(d: Dims) -> dict[str, list[str]]:
     src.update({"ln_f/weight": ["transformer.ln_f.weight"], "ln_f/bias": ["transformer.ln_f.bias"],
                 "lm_head/weight": ["lm_head.weight"], "lm_head/bias": ["lm_head.bias"]})
     return src
+
+
+def codegen_qkv_order(d: Dims, t: str, a: np.ndarray) -> np.ndarray:
+    """c_attn's weight from CodeGen's qkv_proj rows, 4 blocks (CODEGEN_BLOCKS) each [q | v | k]
+    for its quarter of the heads in order, to q | k | v (GPT-J's, still in interleaved rope
+    pairs: interleaved_rope_order's input)."""
+    if not d.codegen or not t.endswith("attn/c_attn/weight"):
+        return a
+    from .weights_hf_families import CODEGEN_BLOCKS
+    x = a.reshape(CODEGEN_BLOCKS, 3, -1, a.shape[1])  # [block, q|v|k, its heads' rows, C]
+    return np.ascontiguousarray(np.concatenate([x[:, j].reshape(-1, a.shape[1])
+                                                for j in (0, 2, 1)]))
 
 
 def pair_order(r: int) -> np.ndarray:
@@ -355,6 +368,7 @@ def llama_part_rows(d: Dims, t: str, rows: int) -> list[int]:
     (an expert tensor's E·rows): c_attn's q (C), k and v (n_kv_head heads each), c_fc's gate and
     up, and each expert's; Phi-3's fused tensors whole."""
     if d.neox or d.falcon or (d.fused and t.endswith(("attn/c_attn/weight", "mlp/c_fc/weight"))) \
+            or (d.codegen and t.endswith("attn/c_attn/weight")) \
             or (d.glm and t.endswith("mlp/c_fc/weight")) or whole_experts(d, t) \
             or (d.dbrx and t.endswith("attn/c_attn/weight")):  # (DBRX's Wqkv)
         return [rows]

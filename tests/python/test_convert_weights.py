@@ -1342,6 +1342,48 @@ def test_gptj_imports_and_evaluates_as_transformers(imported, tmp_path):
                    "mlp_bias": 1, "bias": 0, "norm_bias": 1, "tie_embeddings": 0})
 
 
+def test_codegen_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' CodeGenForCausalLM (GPT-J's blocks, q, v and k fused in qkv_proj as 4 blocks
+    of [q | v | k], each for 2 of its 8 heads; rope on 6 of each head's 8 values) imports as
+    GPT-J's model, evaluates (loss to 1e-5) and generates as CodeGen, and exports as a
+    GPTJForCausalLM computing the same loss; the rows taken in their stored order give another
+    model; 6 heads (not in 4 blocks) are refused."""
+    d, _, cfg = imported
+    model = tiny_hf(transformers.CodeGenForCausalLM, transformers.CodeGenConfig, 59, dict(
+        vocab_size=V, n_embd=64, n_inner=256, n_layer=2, n_head=8, n_positions=N_POS, n_ctx=N_POS,
+        rotary_dim=6, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=None, eos_token_id=None), {})
+    out = import_hf(model, tmp_path / "codegen", "CodeGen")
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["parallel_residual"]), int(a["rotary_dim"]), int(a["head_bias"])) == \
+            (1, 6, 1)
+    _, want = evaluates_as_transformers(model, d, cfg, out, "--model-from", out)
+    generates_as_transformers(model, out)
+    exports_with_loss(out, tmp_path / "gptj", transformers.GPTJForCausalLM, d, want)
+    # The blocks matter: CodeGen's rows read as GPT-J's q | k | v give another loss.
+    sd = model.state_dict()
+    qkv = {k: v for k, v in sd.items() if k.endswith("qkv_proj.weight")}
+    as_gptj = {k: v for k, v in sd.items() if not k.endswith("qkv_proj.weight")}
+    for k, w in qkv.items():
+        for x, part in zip("qkv", w.split(64)):
+            as_gptj[k.replace("qkv_proj", f"{x}_proj")] = part
+    wrong = tiny_hf(transformers.GPTJForCausalLM, transformers.GPTJConfig, 59, dict(
+        vocab_size=V, n_embd=64, n_inner=256, n_layer=2, n_head=8, n_positions=N_POS,
+        rotary_dim=6, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+        attn_implementation="eager"), {})
+    wrong.load_state_dict(as_gptj)  # (every tensor: strict)
+    other, _ = hf_loss_accuracy(wrong.eval(), d)
+    assert abs(other - want) > 1e-3 * want, (other, want)
+    six = tiny_hf(transformers.CodeGenForCausalLM, transformers.CodeGenConfig, 59, dict(
+        vocab_size=V, n_embd=48, n_inner=192, n_layer=1, n_head=6, n_positions=N_POS,
+        n_ctx=N_POS, rotary_dim=6, tie_word_embeddings=False), {})
+    six.save_pretrained(tmp_path / "six", safe_serialization=True)
+    p = tool("triad-convert", "import", tmp_path / "six", tmp_path / "six.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "config.json", "n_head 6 (CodeGen's qkv_proj holds its heads in 4")
+
+
 def opt_model(**config):
     return tiny_hf(transformers.OPTForCausalLM, transformers.OPTConfig, 67, dict(
         vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4,
