@@ -13,8 +13,8 @@ and, without installing, `python -m analysis.plot_curves`, `python -m analysis.i
 File formats: docs/formats.md; the tools: analysis/README.md.
 """
 
-from . import _common  # noqa: F401  (sets HDF5_USE_FILE_LOCKING=FALSE before h5py loads)
-from ._common import AnalysisError
+from . import hdf5_files  # noqa: F401  (sets HDF5_USE_FILE_LOCKING=FALSE before h5py loads)
+from .cli import AnalysisError
 from .metrics import Metrics, MetricsError, load_metrics
 
 __all__ = ["AnalysisError", "Metrics", "MetricsError", "load_metrics"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import AnalysisError, prog_name, run_main
+from .cli import AnalysisError, prog_name, run_main
 from .convert_weights import finish
 from .inspect_checkpoint import Report, inspect, model_attrs_with_defaults
 from .weights_triad import _string_attr

@@ -113,7 +113,8 @@ from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
 
-from ._common import file_kind, prog_name, run_main, token_arg
+from .cli import prog_name, run_main, token_arg
+from .hdf5_files import file_kind
 from . import hf_tokenizer
 from .hf_tokenizer import tokenizer_files
 from .weights_dims import ConvertError, Dims, Tensors

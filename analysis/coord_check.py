@@ -29,10 +29,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import (  # noqa: E402
-    check_figure_out, markdown_table, prog_name, run_main, save_figure)
+from .cli import prog_name, run_main  # noqa: E402
+from .figures import check_figure_out, save_figure  # noqa: E402
 from .metrics import (MetricsError, attr_value, open_with_group, parse_config,  # noqa: E402
                       resolve_metrics_path)
+from .tables import markdown_table  # noqa: E402
 
 KINDS = ("embed", "attn", "mlp", "out")
 

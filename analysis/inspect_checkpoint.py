@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (AnalysisError, file_kind, markdown_table, not_hdf5_message, number_arg,
-                      prog_name, run_main)
+from .cli import AnalysisError, number_arg, prog_name, run_main
+from .hdf5_files import file_kind, not_hdf5_message
+from .tables import markdown_table
 from .metrics import attr_value, open_h5, parse_config
 
 MODEL_ATTRS = ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded_vocab_size")

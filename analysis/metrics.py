@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ._common import AnalysisError, file_kind, not_hdf5_message
+from .cli import AnalysisError
+from .hdf5_files import file_kind, not_hdf5_message
 
 TRAIN_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "step_ms", "tokens")
 VAL_FIELDS = ("step", "loss", "accuracy")

@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ._common import check_figure_out, number_arg, prog_name, run_main, save_figure  # noqa: E402
+from .cli import number_arg, prog_name, run_main  # noqa: E402
+from .figures import check_figure_out, save_figure  # noqa: E402
 from .metrics import Metrics, load_runs  # noqa: E402
 
 

@@ -29,7 +29,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import check_figure_out, prog_name, run_main, save_figure  # noqa: E402
+from .cli import prog_name, run_main  # noqa: E402
+from .figures import check_figure_out, save_figure  # noqa: E402
 from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
 
 COLUMNS = ("step", "small_sq", "small_tokens", "big_sq", "big_tokens")

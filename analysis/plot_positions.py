@@ -25,7 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._common import plot_run_main, save_figure  # noqa: E402
+from .cli import plot_run_main  # noqa: E402
+from .figures import save_figure  # noqa: E402
 from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
 
 MAX_CURVES = 6

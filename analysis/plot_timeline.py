@@ -26,7 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ._common import AnalysisError, check_figure_out, prog_name, run_main, save_figure  # noqa: E402
+from .cli import AnalysisError, prog_name, run_main  # noqa: E402
+from .figures import check_figure_out, save_figure  # noqa: E402
 
 COLUMNS = ["source", "stage", "kind", "microbatch", "chunk", "start_ms", "end_ms"]
 COLOURS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (AnalysisError, check_figure_out, count_arg, fmt, markdown_table, prog_name,
-                      run_main, save_figure)
+from .cli import AnalysisError, count_arg, prog_name, run_main
+from .figures import check_figure_out, save_figure
+from .tables import fmt, markdown_table
 from .metrics import Metrics, load_runs, parse_grid, steady_tokens_per_sec
 
 MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd",

@@ -58,7 +58,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import AnalysisError, markdown_table, prog_name, run_main
+from .cli import AnalysisError, prog_name, run_main
+from .tables import markdown_table
 
 MODES = ("cartesian", "zip")
 SWEEP_KEYS = ("name", "base", "mode", "max_parallel", "run_dir", "description")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (AnalysisError, count_arg, fmt, is_number, markdown_table, prog_name,
-                      run_main, save_figure, write_text)
+from .cli import AnalysisError, count_arg, is_number, prog_name, run_main
+from .figures import save_figure
+from .tables import fmt, markdown_table, write_text
 from .metrics import MetricsError, load_metrics, steady_tokens_per_sec
 from .sweep import Sweep, load_sweep
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Tuple
 
 import numpy as np
 
-from ._common import AnalysisError
+from .cli import AnalysisError
 from .inspect_checkpoint import MODEL_BOUNDS, expected_shapes
 
 

@@ -463,7 +463,8 @@ def test_wheel_from_analysis_installs_working_commands(tmp_path):
         names = z.namelist()
         ep = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for mod in ("__init__", "metrics", "plot_curves", "plot_timeline", "inspect_checkpoint",
-                "sweep", "sweep_report", "scaling", "convert_weights", "_common",
+                "sweep", "sweep_report", "scaling", "convert_weights", "cli", "hdf5_files",
+                "tables", "figures",
                 "weights_dims", "weights_safetensors", "weights_hf_families", "weights_hf_layout",
                 "weights_hf_import", "weights_hf_export", "weights_llmc", "weights_triad"):
         assert f"analysis/{mod}.py" in names
