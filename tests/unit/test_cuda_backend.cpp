@@ -110,7 +110,9 @@ TEST(CudaCublas, LoadsWhenAskedForOrSaysWhy) {
     return false;
   };
   // On a machine with a GPU, other tests of this process may have made backends before.
-  if (!cuda_device_available()) EXPECT_FALSE(mapped()) << "cuBLAS was loaded at start-up";
+  if (!cuda_device_available()) {
+    EXPECT_FALSE(mapped()) << "cuBLAS was loaded at start-up";
+  }
   const std::string why = cublas_status(), version = cublas_version();
   std::printf("cuBLAS: %s\n", why.empty() ? version.c_str() : why.c_str());
   if (why.empty()) {

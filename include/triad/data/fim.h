@@ -56,7 +56,7 @@ struct FimSpec {
   int32_t pad = -1;
   int32_t fragment_split = -1;  // the parts' separator within a fragment; -1: none
   double fragment_rate = 0;
-  std::string no_prefix;  // (with the tokenizer)
+  std::string no_prefix = {};  // (with the tokenizer)
   // Character granularity and no_prefix: the data's tokenizer (not owned; it outlives the
   // sequences' readers).
   const Tokenizer* tokenizer = nullptr;

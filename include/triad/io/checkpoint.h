@@ -91,7 +91,7 @@ struct ModelShape {
   // "longrope" instead: rope_scaling_factor (the stretch of the original context),
   // rope_original_positions and the double arrays rope_short_factor and rope_long_factor (one
   // divisor per rotated pair each).
-  std::vector<double> rope_short_factor, rope_long_factor;
+  std::vector<double> rope_short_factor = {}, rope_long_factor = {};
   // Attribute norm ("layernorm" | "rmsnorm"; absent in files from before RMSNorm: layernorm).
   std::string norm = "layernorm";
   // Attribute bias (int64 1 | 0; absent in files from before model.bias: 1).
