@@ -108,7 +108,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = yarn = longrope = None
-    if cfg.get("rope_scaling"):
+    minicpm = cfg.get("model_type") == "minicpm"
+    if cfg.get("rope_scaling") and not minicpm:  # (MiniCPM's: refused below)
         r = cfg["rope_scaling"]
         kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
         try:
@@ -217,15 +218,21 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("model_type") in ("granite", "granitemoe"):
         granite = granite_multipliers(cfg, where, n_embd // max(n_head, 1), refusals)
         granite["granite_moe"] = granite_moe
-    if cfg.get("model_type") == "minicpm":  # Granite's multipliers under other names
+    if minicpm:  # Granite's multipliers under other names
         from .weights_hf_minicpm import MINICPM_REQUIRED, minicpm_scalings
         missing = [k for k in MINICPM_REQUIRED if cfg.get(k) is None]
         if missing:
-            raise ConvertError(f"{where}: a MiniCPM config needs {', '.join(missing)}")
+            raise ConvertError(f"{where}: a MiniCPM config needs {', '.join(missing)} (OpenBMB's "
+                               f"config class defaults them to no scaling)")
         granite = minicpm_scalings(cfg, where, n_layer, n_embd, refusals)
         if cfg.get("rope_scaling"):
-            refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad imports MiniCPM's plain "
-                            f"rope; MiniCPM3's LongRoPE under model_type minicpm3)")
+            r = cfg["rope_scaling"]
+            kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else r
+            refusals.append(f"rope_scaling of type {kind!r} (triad imports MiniCPM's plain rope; "
+                            f"MiniCPM3's LongRoPE under model_type minicpm3)")
+        if cfg.get("num_experts"):
+            refusals.append(f"num_experts {cfg['num_experts']} (MiniCPM-MoE's experts are not "
+                            f"read)")
         for k in ("sparse_config", "mup_denominator"):
             if cfg.get(k):
                 refusals.append(f"{k} {cfg[k]} (MiniCPM4's, not built)")
@@ -236,7 +243,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,
              bias=False,
              mlp="swiglu", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", False)), n_kv_head=kv, rope_scaling=scaling,
+             tied=bool(cfg.get("tie_word_embeddings", minicpm)), n_kv_head=kv,
+             rope_scaling=scaling,
              yarn=yarn, longrope=longrope,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe or olmo2,
              qk_norm_full=olmoe or olmo2, pre_norm=not olmo2, branch_norm=olmo2,

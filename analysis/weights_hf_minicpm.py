@@ -9,8 +9,9 @@ and LongRoPE's per-pair frequency divisors (model.rope_scaling = longrope).
 
 The semantics followed are OpenBMB's modeling code for MiniCPM3-4B and transformers' port of it,
 which agree on the computation but not on the defaults of several keys (v_head_dim, scale_emb,
-scale_depth, dim_model_base, rms_norm_eps): those must be in the file. Import only: the export
-formats have none of the scalings (a MiniCPM3 import exports nowhere, and says so)."""
+scale_depth, dim_model_base, rms_norm_eps): those must be in the file. MiniCPM3 is import
+only: the export formats have none of its scalings beside latent attention (its export is
+refused, naming them); MiniCPM 1 and 2 export as Granite."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import numpy as np
 from .weights_dims import ConvertError, Dims
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 
-# Keys of MiniCPM 1 and 2 a file must name (OpenBMB's config class defaults tie_word_embeddings
-# otherwise than Llama's, which a reader might assume).
-MINICPM_REQUIRED = ("scale_emb", "scale_depth", "dim_model_base", "tie_word_embeddings")
+# Keys of MiniCPM 1 and 2 a file must name: OpenBMB's config class defaults them to 1, no
+# scaling, which no released model has. (tie_word_embeddings defaults to true there, as in
+# transformers' base class, so save_pretrained leaves a tied model's out.)
+MINICPM_REQUIRED = ("scale_emb", "scale_depth", "dim_model_base")
 # Keys whose defaults differ between OpenBMB's config class and transformers' MiniCPM3Config.
 MINICPM3_REQUIRED = ("v_head_dim", "scale_emb", "scale_depth", "dim_model_base", "rms_norm_eps",
                      "qk_nope_head_dim", "qk_rope_head_dim", "kv_lora_rank")

@@ -1212,9 +1212,10 @@ def test_minicpm_imports_and_evaluates_as_granite(imported, tmp_path):
     GraniteForCausalLM whose multipliers are MiniCPM's (embedding times scale_emb 12, branches
     times scale_depth 1.4 / sqrt(2 layers), logits divided by hidden_size / dim_model_base = 64
     / 16, scores at 1/sqrt(head width)) written with MiniCPM's config.json (model_type minicpm)
-    imports to the same scalings, evaluates to Granite's loss, generates its tokens and exports as
-    a Granite that computes it; without scale_depth, or with MiniCPM4's sparse attention, it is
-    refused."""
+    imports to the same scalings (tied, the key left out as save_pretrained writes OpenBMB's
+    default), evaluates to Granite's loss, generates its tokens and exports as a Granite that
+    computes it; without scale_depth, with MiniCPM4's sparse attention, MiniCPM-MoE's experts or
+    a rope scaling, it is refused."""
     d, _, cfg = imported
     model = granite_model(embedding_multiplier=12.0, attention_multiplier=0.25,
                           residual_multiplier=1.4 / math.sqrt(2), logits_scaling=4.0,
@@ -1222,7 +1223,8 @@ def test_minicpm_imports_and_evaluates_as_granite(imported, tmp_path):
     hf = tmp_path / "minicpm"
     model.save_pretrained(hf, safe_serialization=True)
     minicpm = {k: v for k, v in json.loads((hf / "config.json").read_text()).items()
-               if not k.endswith(("_multiplier", "logits_scaling"))}
+               if not k.endswith(("_multiplier", "logits_scaling")) and
+               k != "tie_word_embeddings"}  # (tied: OpenBMB's default, left out as HF saves it)
     minicpm.update(model_type="minicpm", architectures=["MiniCPMForCausalLM"], scale_emb=12,
                    scale_depth=1.4, dim_model_base=16)
     (hf / "config.json").write_text(json.dumps(minicpm))
@@ -1237,7 +1239,10 @@ def test_minicpm_imports_and_evaluates_as_granite(imported, tmp_path):
     generates_as_transformers(model, out)
     exports_with_loss(out, tmp_path / "granite", transformers.GraniteForCausalLM, d, want)
     for change, needle in (({"scale_depth": None}, "needs scale_depth"),
-                           ({"sparse_config": {"kernel_size": 32}}, "sparse_config")):
+                           ({"sparse_config": {"kernel_size": 32}}, "sparse_config"),
+                           ({"num_experts": 8}, "num_experts 8 (MiniCPM-MoE's"),
+                           ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0]}},
+                            "rope_scaling of type 'longrope'")):
         (hf / "config.json").write_text(json.dumps({**minicpm, **change}))
         p = tool("triad-convert", "import", hf, tmp_path / "bad.h5", "--seq-len", SEQ)
         assert_clean_error(p, "config.json", needle)
