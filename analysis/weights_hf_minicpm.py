@@ -54,7 +54,9 @@ def minicpm3_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             raise ConvertError(f"{where}: {key} = {v!r} is not an integer >= 0")
         return v
 
-    sizes = dict(kv_lora_rank=count("kv_lora_rank"), q_lora_rank=count("q_lora_rank", null=0),
+    # q_lora_rank: absent, both classes' 768; null, queries from the token (q_proj).
+    q_lora_rank = count("q_lora_rank", null=0) if "q_lora_rank" in cfg else 768
+    sizes = dict(kv_lora_rank=count("kv_lora_rank"), q_lora_rank=q_lora_rank,
                  qk_nope_head_dim=count("qk_nope_head_dim"),
                  qk_rope_head_dim=count("qk_rope_head_dim"), v_head_dim=count("v_head_dim"))
     if min(sizes["kv_lora_rank"], sizes["qk_rope_head_dim"], sizes["v_head_dim"]) < 2 or \

@@ -456,6 +456,16 @@ def test_minicpm3_imports_and_evaluates_as_its_definition(data, tmp_path):
     assert_clean_error(p, "config.json", "needs scale_depth")
 
 
+def test_minicpm3_query_latent_absent_is_both_classes_default():
+    """A MiniCPM3 config.json without q_lora_rank reads as OpenBMB's and transformers' default
+    (768), not as no query latent; null means queries straight from the token."""
+    from analysis.weights_hf_import import hf_config_dims
+    cfg = minicpm3_config()
+    del cfg["q_lora_rank"]
+    assert hf_config_dims(cfg, "config.json", SEQ).q_lora_rank == 768
+    assert hf_config_dims(minicpm3_config(q_lora_rank=None), "config.json", SEQ).q_lora_rank == 0
+
+
 def kimi_k2_config(**changes):
     """Kimi K2's shape in small: V3's blocks under its own model_type, 384 experts in one group
     (8 a token, times 2.827, renormalized), YaRN with beta_fast = beta_slow = 1 (its config's),
