@@ -60,10 +60,11 @@ class DeepSeekConfig:
     """A DeepSeek config.json's keys, typed: a missing key is transformers' class default, a
     value of the wrong type a ConvertError naming it."""
 
-    def __init__(self, cfg: dict, where: str):
+    def __init__(self, cfg: dict, where: str, defaults: dict | None = None):
         self.cfg, self.where = cfg, where
         self.v3 = cfg.get("model_type") in V3_MODEL_TYPES
-        self.defaults = V3_DEFAULTS if self.v3 else V2_DEFAULTS
+        self.defaults = defaults if defaults is not None else V3_DEFAULTS if self.v3 else \
+            V2_DEFAULTS
 
     def value(self, key):
         return self.cfg[key] if key in self.cfg else self.defaults.get(key)
@@ -94,40 +95,23 @@ class DeepSeekConfig:
 
 
 def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
-    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps; the
-    latent norms' 1e-6 model.mla_norm_eps where that differs), SwiGLU, no biases, an untied head; MLA with kv_lora_rank,
-    q_lora_rank (null: q from the token), qk_nope_head_dim, qk_rope_head_dim, v_head_dim; from
-    layer first_k_dense_replace on a mixture of n_routed_experts SwiGLU experts of
-    moe_intermediate_size units, num_experts_per_tok per token, beside n_shared_experts ungated
-    shared ones (model.moe_shared_hidden = n_shared_experts · moe_intermediate_size), the first
-    layers dense MLPs of intermediate_size units (model.moe_dense_hidden). V2 routes by softmax,
-    the chosen gates times routed_scaling_factor (model.moe_routed_scale); V3 by sigmoid scores
-    chosen with the router's e_score_correction_bias (/router_bias), in n_group groups of which
-    topk_group are searched (model.moe_groups, moe_group_top_k), the gates renormalized under
-    norm_topk_prob and then times routed_scaling_factor. YaRN with DeepSeek's mscale and
-    mscale_all_dim. Missing keys take transformers' class defaults (V2_DEFAULTS, V3_DEFAULTS)."""
+    """A DeepseekV2 or DeepseekV3 config as triad's model: rope, RMSNorms (rms_norm_eps; the latent
+    norms' 1e-6 model.mla_norm_eps where that differs), SwiGLU, no biases, an untied head; MLA
+    (latent_attention_sizes) with kv_lora_rank, q_lora_rank (null: q from the token),
+    qk_nope_head_dim, qk_rope_head_dim, v_head_dim; from layer first_k_dense_replace on a mixture of
+    n_routed_experts SwiGLU experts of moe_intermediate_size units, num_experts_per_tok per token,
+    beside n_shared_experts ungated shared ones (model.moe_shared_hidden = n_shared_experts ·
+    moe_intermediate_size), the first layers dense MLPs of intermediate_size units
+    (model.moe_dense_hidden). V2 routes by softmax, the chosen gates times routed_scaling_factor
+    (model.moe_routed_scale); V3 by sigmoid scores chosen with the router's e_score_correction_bias
+    (/router_bias), in n_group groups of which topk_group are searched (model.moe_groups,
+    moe_group_top_k), the gates renormalized under norm_topk_prob and then times
+    routed_scaling_factor. YaRN with DeepSeek's mscale and mscale_all_dim. Missing keys take
+    transformers' class defaults (V2_DEFAULTS, V3_DEFAULTS)."""
     k = DeepSeekConfig(cfg, where)
     v3 = k.v3
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6)
-    refusals = [x for x in c.refusals if not x.startswith("num_key_value_heads")]
-    if c.kv != c.n_head:
-        refusals.append(f"num_key_value_heads {c.kv} other than num_attention_heads {c.n_head} "
-                        f"(multi-head latent attention gives every head its own key and value)")
-    sizes = dict(kv_lora_rank=k.count("kv_lora_rank"), q_lora_rank=k.count("q_lora_rank", null=0),
-                 qk_nope_head_dim=k.count("qk_nope_head_dim"),
-                 qk_rope_head_dim=k.count("qk_rope_head_dim"), v_head_dim=k.count("v_head_dim"))
-    if min(sizes["kv_lora_rank"], sizes["qk_rope_head_dim"], sizes["v_head_dim"]) < 2 or \
-            any(x % 2 for x in sizes.values()):
-        refusals.append(", ".join(f"{key} {v}" for key, v in sizes.items()) +
-                        " (triad's latent attention needs kv_lora_rank, qk_rope_head_dim and "
-                        "v_head_dim > 0, and every size even)")
-    if k.value("hidden_act") != "silu":
-        refusals.append(f"hidden_act {k.value('hidden_act')!r} (SwiGLU uses silu)")
-    for key in ("attention_bias", "mlp_bias"):
-        if k.flag(key):
-            refusals.append(f"{key} = true (triad's latent attention and MLPs have no biases)")
-    if k.count("pretraining_tp", null=1) != 1:
-        refusals.append(f"pretraining_tp {cfg['pretraining_tp']}")
+    sizes, refusals = latent_attention_sizes(k, c)
 
     n_pos, yarn, mscales = c.n_pos, None, (1.0, 0.0)
     r = cfg.get("rope_scaling")
@@ -152,13 +136,46 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="rmsnorm", bias=False, mlp="swiglu",
              mlp_hidden=moe_hidden if moe else c.hidden, tied=k.flag("tie_word_embeddings"),
-             norm_eps=c.eps, mla_norm_eps=0.0 if c.eps == LATENT_NORM_EPS else LATENT_NORM_EPS,
-             yarn=yarn, yarn_mscale=mscales, **sizes, **moe,
+             norm_eps=c.eps, mla_norm_eps=latent_norm_eps(c.eps), yarn=yarn,
+             yarn_mscale=mscales, **sizes, **moe,
              deepseek="deepseek_v3" if v3 else "deepseek_v2",
              rope_interleave=k.flag("rope_interleave") if v3 else True,
              mtp_layers=mtp, fp8_block=block)
     d.check(where)
     return d
+
+
+def latent_attention_sizes(k: DeepSeekConfig, c: LlamaLikeConfig) -> tuple[dict, list[str]]:
+    """The sizes of DeepSeek-V2's latent attention on Llama's blocks (Dims' kv_lora_rank,
+    q_lora_rank (null: 0, q from the token), qk_nope_head_dim, qk_rope_head_dim, v_head_dim) as
+    a config names them (k, its defaults for the absent keys; c, the Llama-like sizes), and what
+    of those blocks triad does not compute: the refusals DeepSeek's and MiniCPM3's readers share."""
+    refusals = [x for x in c.refusals if not x.startswith("num_key_value_heads")]
+    if c.kv != c.n_head:
+        refusals.append(f"num_key_value_heads {c.kv} other than num_attention_heads {c.n_head} "
+                        f"(multi-head latent attention gives every head its own key and value)")
+    sizes = dict(kv_lora_rank=k.count("kv_lora_rank"), q_lora_rank=k.count("q_lora_rank", null=0),
+                 qk_nope_head_dim=k.count("qk_nope_head_dim"),
+                 qk_rope_head_dim=k.count("qk_rope_head_dim"), v_head_dim=k.count("v_head_dim"))
+    if min(sizes["kv_lora_rank"], sizes["qk_rope_head_dim"], sizes["v_head_dim"]) < 2 or \
+            any(x % 2 for x in sizes.values()):
+        refusals.append(", ".join(f"{key} {v}" for key, v in sizes.items()) +
+                        " (triad's latent attention needs kv_lora_rank, qk_rope_head_dim and "
+                        "v_head_dim > 0, and every size even)")
+    if k.value("hidden_act") != "silu":
+        refusals.append(f"hidden_act {k.value('hidden_act')!r} (SwiGLU uses silu)")
+    for key in ("attention_bias", "mlp_bias"):
+        if k.flag(key):
+            refusals.append(f"{key} = true (triad's latent attention and MLPs have no biases)")
+    if k.count("pretraining_tp", null=1) != 1:
+        refusals.append(f"pretraining_tp {k.value('pretraining_tp')}")
+    return sizes, refusals
+
+
+def latent_norm_eps(norm_eps: float) -> float:
+    """Dims.mla_norm_eps of a model whose other norms use norm_eps and whose latent norms use
+    DeepSeek's LATENT_NORM_EPS: 0 (the same) where the two agree."""
+    return 0.0 if norm_eps == LATENT_NORM_EPS else LATENT_NORM_EPS
 
 
 def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
@@ -463,8 +480,7 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     return Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
                 position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
                 mlp="swiglu", mlp_hidden=hidden, tied=int(a.get("tie_embeddings", 1)) == 1,
-                norm_eps=eps, mla_norm_eps=0.0 if eps == LATENT_NORM_EPS else LATENT_NORM_EPS,
-                yarn=yarn,
+                norm_eps=eps, mla_norm_eps=latent_norm_eps(eps), yarn=yarn,
                 yarn_mscale=(float(a.get("rope_yarn_mscale", 1.0)),
                              float(a.get("rope_yarn_mscale_all_dim", 0.0))),
                 **{k: int(a.get(k, 0)) for k in ("kv_lora_rank", "q_lora_rank",

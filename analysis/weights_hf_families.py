@@ -11,10 +11,12 @@ from typing import Callable
 import numpy as np
 
 from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF
+from .weights_hf_layout import CODEGEN_BLOCKS
 
-# CodeGen's qkv_proj: its rows in this many blocks (its code's mp_num), each q | v | k for a
-# block of the heads.
-CODEGEN_BLOCKS = 4
+# Keys of MiniCPM 1 and 2 a file must name: OpenBMB's config class defaults them to 1, no
+# scaling, which no released model has. (tie_word_embeddings defaults to true there, as in
+# transformers' base class, so save_pretrained leaves a tied model's out.)
+MINICPM_REQUIRED = ("scale_emb", "scale_depth", "dim_model_base")
 
 # HF activation names that are GELU's tanh approximation (triad's, DESIGN.md §3).
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -219,7 +221,6 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         granite = granite_multipliers(cfg, where, n_embd // max(n_head, 1), refusals)
         granite["granite_moe"] = granite_moe
     if minicpm:  # Granite's multipliers under other names
-        from .weights_hf_minicpm import MINICPM_REQUIRED, minicpm_scalings
         missing = [k for k in MINICPM_REQUIRED if cfg.get(k) is None]
         if missing:
             raise ConvertError(f"{where}: a MiniCPM config needs {', '.join(missing)} (OpenBMB's "
@@ -501,6 +502,30 @@ def granite_multipliers(cfg: dict, where: str, hd: int, refusals: list[str]) -> 
     if f32(m["attention_multiplier"]) != f32(1.0 / math.sqrt(hd)):
         out["attn_scale"] = f32(m["attention_multiplier"])
     return out
+
+
+def minicpm_scalings(cfg: dict, where: str, n_layer: int, n_embd: int,
+                     refusals: list[str]) -> dict:
+    """MiniCPM's scalings as Dims fields, rounded to fp32 as the products use them: the embedding
+    times scale_emb, each branch's output times scale_depth / sqrt(n_layer), the final hidden
+    state divided by n_embd / dim_model_base before the (linear) head, i.e. the logits times
+    dim_model_base / n_embd. A value triad does not take is added to refusals."""
+    v = {}
+    for k in ("scale_emb", "scale_depth", "dim_model_base"):
+        x = cfg.get(k)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or \
+                x <= 0:
+            raise ConvertError(f"{where}: {k} = {x!r} is not a finite number > 0")
+        v[k] = float(x)
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    scales = dict(embed_scale=f32(v["scale_emb"]),
+                  residual_scale=f32(v["scale_depth"] / math.sqrt(n_layer)),
+                  logit_scale=f32(v["dim_model_base"] / n_embd))
+    for k, x in scales.items():
+        if not 0 < x <= 1e4:
+            refusals.append(f"{k} {x} from scale_emb, scale_depth, dim_model_base (triad's "
+                            f"model.{k} is in (0, 1e4])")
+    return scales
 
 
 def layernorm_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:

@@ -12,6 +12,10 @@ import numpy as np
 
 from .weights_dims import ConvertError, Dims
 
+# CodeGen's qkv_proj: its rows in this many blocks (its code's mp_num), each q | v | k for a
+# block of the heads.
+CODEGEN_BLOCKS = 4
+
 
 def hf_name(name: str, d: Dims | None = None) -> Tuple[str, bool]:
     """triad name -> (HF name without the `transformer.` prefix, stored transposed: GPT-2's
@@ -136,7 +140,6 @@ def codegen_qkv_order(d: Dims, t: str, a: np.ndarray) -> np.ndarray:
     pairs: interleaved_rope_order's input)."""
     if not d.codegen or not t.endswith("attn/c_attn/weight"):
         return a
-    from .weights_hf_families import CODEGEN_BLOCKS
     x = a.reshape(CODEGEN_BLOCKS, 3, -1, a.shape[1])  # [block, q|v|k, its heads' rows, C]
     return np.ascontiguousarray(np.concatenate([x[:, j].reshape(-1, a.shape[1])
                                                 for j in (0, 2, 1)]))

@@ -430,11 +430,11 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
       mla(c.kv_lora_rank, c.q_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
   TRIAD_CHECK(mla_held == mla_asked, "checkpoint ", path, " holds a model with ", mla_held,
               " but the config asks for ", mla_asked, " (model.kv_lora_rank ...)");
-  // (The epsilon the latent norms use: 0 is norm_eps's, which is compared above.)
-  TRIAD_CHECK(float(m.mla_norm_eps > 0 ? m.mla_norm_eps : m.norm_eps) ==
-                  float(c.mla_norm_eps > 0 ? c.mla_norm_eps : c.norm_eps),
-              "checkpoint ", path, " holds a model whose latent norms' epsilon is ",
-              m.mla_norm_eps > 0 ? m.mla_norm_eps : m.norm_eps,
+  // The epsilon the latent norms use (0: norm_eps's, which is compared above).
+  auto latent_eps = [](double mla, double norm) { return mla > 0 ? mla : norm; };
+  const double held_eps = latent_eps(m.mla_norm_eps, m.norm_eps);
+  TRIAD_CHECK(float(held_eps) == float(latent_eps(c.mla_norm_eps, c.norm_eps)), "checkpoint ", path,
+              " holds a model whose latent norms' epsilon is ", held_eps,
               " but the config asks for model.mla_norm_eps = ", c.mla_norm_eps,
               " (0: model.norm_eps)");
   TRIAD_CHECK(m.moe_experts == c.moe_experts &&
