@@ -381,7 +381,7 @@ def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path)
     """rms_norm_eps 0.05: DeepSeek's code gives every norm that epsilon but the latent ones
     (q_a_layernorm, kv_a_layernorm: 1e-6), which the import keeps as model.mla_norm_eps; large
     enough that the loss would move past the tolerance were the latent norms given 0.05. A config
-    giving them another epsilon is refused. The export writes rms_norm_eps back and the tensors
+    giving them another epsilon is refused, and so is a file whose attribute is out of range. The export writes rms_norm_eps back and the tensors
     bit for bit."""
     from safetensors.torch import load_file
     cfg = v3_config(rms_norm_eps=0.05, num_nextn_predict_layers=0)
@@ -397,6 +397,15 @@ def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path)
               "--model.mla_norm_eps", "0")
     assert_clean_error(p, "latent norms' epsilon is 1e-06",
                        "model.mla_norm_eps = 0 (0: model.norm_eps)")
+    # A damaged attribute: one error naming it, the file left as it was.
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(out.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["mla_norm_eps"] = 0.5
+    before = bad.read_bytes()
+    p = train("--config", run_cfg, "--eval-only", "--init-from", bad, "--model-from", bad)
+    assert_clean_error(p, "attribute mla_norm_eps of /model is 0.5", "not 0 or in (0, 0.1]")
+    assert bad.read_bytes() == before
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "back" / "config.json").read_text())["rms_norm_eps"] == 0.05
