@@ -45,6 +45,7 @@
 #include "triad/kernels/cuda_backend.h"
 #include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/comm.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
 #include "triad/train/positional_arguments.h"
@@ -91,18 +92,6 @@ constexpr const char* kUsage =
     "\n"
     "'triad-bench COMMAND --help' lists a command's options.\n";
 
-int world_rank(MPI_Comm c) {
-  int r = 0;
-  MPI_Comm_rank(c, &r);
-  return r;
-}
-
-int world_size(MPI_Comm c) {
-  int s = 1;
-  MPI_Comm_size(c, &s);
-  return s;
-}
-
 // Parses args into vm; prints help (rank 0) and returns false on --help.
 bool parse(MPI_Comm world, const char* command, const std::vector<std::string>& args,
            po::options_description& desc, po::variables_map& vm) {
@@ -114,7 +103,7 @@ bool parse(MPI_Comm world, const char* command, const std::vector<std::string>& 
         std::string("every option starts with --; see 'triad-bench ") + command + " --help'");
     po::store(parsed, vm);
     if (vm.count("help")) {
-      if (world_rank(world) == 0) {
+      if (triad::rank_in(world) == 0) {
         std::cout << "usage: triad-bench " << command << " [OPTIONS]\n" << desc;
       }
       return false;
@@ -278,7 +267,7 @@ int cmd_checkpoint(MPI_Comm world, const std::vector<std::string>& args) {
   std::error_code ec;
   TRIAD_CHECK(fs::is_directory(dir, ec), "checkpoint: --dir ", dir, " is not a directory");
 
-  const int rank = world_rank(world), size = world_size(world);
+  const int rank = triad::rank_in(world), size = triad::size_of(world);
   const int64_t padded_vocab = triad::padded_vocab_size(int(model->vocab_size), 1);
   const std::vector<Param> params = gpt_params(*model, padded_vocab);
   const int64_t n_params = params.back().offset + params.back().numel;
@@ -491,7 +480,7 @@ int cmd_attention(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(window >= 0, "attention: --window must be >= 0 (0: none)");
   TRIAD_CHECK(dropout >= 0.0 && dropout < 1.0, "attention: --dropout must be in [0, 1)");
   TRIAD_CHECK(triad::cuda_device_available(), "attention: ", triad::cuda_device_description());
-  if (world_rank(world) != 0) return 0;
+  if (triad::rank_in(world) != 0) return 0;
   namespace tc = triad::cuda;
   TRIAD_CUDA_CHECK(cudaSetDevice(0));
   const tc::FlashKernel kernel =
@@ -655,7 +644,7 @@ int cmd_schedule(MPI_Comm world, const std::vector<std::string>& args) {
   if (vm["t-wgt"].defaulted()) t_wgt = t_bwd / 2;
   TRIAD_CHECK(t_wgt <= t_bwd, "schedule: --t-wgt (", t_wgt, ") must not exceed --t-bwd (", t_bwd,
               ")");
-  if (world_rank(world) != 0) return 0;
+  if (triad::rank_in(world) != 0) return 0;
   std::printf(
       "triad-bench schedule: pp=%d m=%d v=%d, t_fwd=%g t_bwd=%g (zb-h1: W %g of it) per stage (a "
       "chunk: 1/v of it)\n"
@@ -760,7 +749,7 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
               "; --backend cpu times the cpu backend");
   auto be = cuda ? triad::make_cuda_backend(0) : triad::make_cpu_backend();
   const triad::KernelBench r = triad::run_kernel_bench(*be, sh, bf16, repeat);
-  if (world_rank(world) == 0) {
+  if (triad::rank_in(world) == 0) {
     std::ostringstream title;
     title << "triad-bench kernels: backend " << be->name() << " " << (bf16 ? "bf16" : "fp32")
           << ", B=" << sh.B << " T=" << sh.T << " C=" << sh.C << " NH=" << sh.NH << " V=" << sh.V
@@ -784,7 +773,7 @@ int main(int argc, char** argv) {
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
-      if (world_rank(world) == 0) std::cout << kUsage;
+      if (triad::rank_in(world) == 0) std::cout << kUsage;
       return 0;
     }
     if (command == "checkpoint") return cmd_checkpoint(world, args);

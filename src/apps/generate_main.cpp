@@ -24,6 +24,7 @@
 #include "triad/kernels/cuda_backend.h"
 #include "triad/kernels/cuda_comm.h"
 #include "triad/model/gpt.h"
+#include "triad/parallel/comm.h"
 #include "triad/parallel/process_grid.h"
 #include "triad/train/app_main.h"
 #include "triad/train/model_tensors.h"
@@ -40,8 +41,7 @@ namespace {
 int node_rank(MPI_Comm world) {
   MPI_Comm node;
   TRIAD_MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-  int r = 0;
-  TRIAD_MPI_CHECK(MPI_Comm_rank(node, &r));
+  const int r = triad::rank_in(node);
   TRIAD_MPI_CHECK(MPI_Comm_free(&node));
   return r;
 }
@@ -221,9 +221,7 @@ int main(int argc, char** argv) {
     } catch (const po::error& e) {
       triad::fail("command line: ", e.what());
     }
-    int rank = 0, size = 1;
-    MPI_Comm_rank(world, &rank);
-    MPI_Comm_size(world, &size);
+    const int rank = triad::rank_in(world), size = triad::size_of(world);
     if (vm.count("help")) {
       if (rank == 0) std::cout << desc;
       return 0;

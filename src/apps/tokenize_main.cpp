@@ -24,6 +24,7 @@
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
 #include "triad/data/unicode_nfc.h"
+#include "triad/parallel/comm.h"
 #include "triad/train/app_main.h"
 #include "triad/train/positional_arguments.h"
 
@@ -377,8 +378,7 @@ int cmd_shards(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, kProg, [&](MPI_Comm world) {
-    int size = 1;
-    MPI_Comm_size(world, &size);
+    const int size = triad::size_of(world);
     TRIAD_CHECK(size == 1, "this program runs as one process, but was started with ", size,
                 " MPI ranks; run it without mpirun (it uses threads: --threads)");
     TRIAD_CHECK(argc >= 2,

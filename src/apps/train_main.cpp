@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "triad/core/error.h"
+#include "triad/parallel/comm.h"
 #include "triad/train/app_main.h"
 #include "triad/train/config.h"
 #include "triad/train/pipeline_trace.h"
@@ -18,8 +19,7 @@ int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-train", [&](MPI_Comm world) {
     triad::install_preemption_handlers();  // again, in case MPI_Init replaced them
     const triad::CommandLine cl = triad::parse_train_command_line(argc, argv);
-    int rank = 0;
-    MPI_Comm_rank(world, &rank);
+    const int rank = triad::rank_in(world);
     if (cl.help) {
       if (rank == 0) std::cout << cl.help_text;
       return 0;
@@ -31,9 +31,7 @@ int main(int argc, char** argv) {
                                           {"--plan-memory-gb", cl.plan_memory_gb}})
         TRIAD_CHECK(value >= 0 && std::isfinite(value), option,
                     " must be a finite number >= 0 (got ", value, ")");
-      int size = 1;
-      MPI_Comm_size(world, &size);
-      const int ranks = cl.plan_ranks != 0 ? cl.plan_ranks : size;
+      const int ranks = cl.plan_ranks != 0 ? cl.plan_ranks : triad::size_of(world);
       const triad::RunPlan plan = triad::plan_run(cl.config, ranks);
       if (!cl.plan_timeline.empty()) {
         TRIAD_CHECK(plan.grid.pp > 1,

@@ -16,6 +16,7 @@
 #include "collective.h"
 #include "triad/io/checkpoint.h"
 #include "triad/io/set_aside_path.h"
+#include "triad/parallel/comm.h"
 
 namespace triad {
 namespace {
@@ -92,8 +93,7 @@ void write_pointer(const fs::path& d, const std::string& name, const std::string
 // (a node whose file system shows a rename late must not decide otherwise); an error it throws
 // reaches every rank (io::collective_phase).
 std::string decided_by_rank0(MPI_Comm comm, const std::function<std::string()>& decide) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  const int rank = rank_in(comm);
   std::string text;
   io::collective_phase(comm, [&] {
     if (rank == 0) text = decide();

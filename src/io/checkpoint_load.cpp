@@ -19,6 +19,7 @@
 #include "model_attributes.h"
 #include "tensor_layout.h"
 #include "triad/io/checkpoint.h"
+#include "triad/parallel/comm.h"
 
 namespace triad {
 namespace {
@@ -439,8 +440,8 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
     collective_phase(comm, [&] { check_same_tensor_count(comm, items.size()); });
 
     // Who checksums which piece of each tensor, from the splits and ranges every rank reads.
-    const int rank = comm_rank(comm);
-    const int size = comm_size(comm);
+    const int rank = rank_in(comm);
+    const int size = size_of(comm);
     const size_t n = items.size();
     std::vector<int64_t> local(n * kLoadFields);
     for (size_t i = 0; i < n; ++i) {

@@ -19,6 +19,7 @@
 #include "model_attributes.h"
 #include "tensor_layout.h"
 #include "triad/io/checkpoint.h"
+#include "triad/parallel/comm.h"
 
 namespace triad {
 namespace {
@@ -236,8 +237,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
                      const std::vector<TensorGroup>& groups) {
   const auto hdf5 = io::hdf5_lock();
   const std::string partial = path + ".partial";
-  const int rank = comm_rank(comm);
-  const int size = comm_size(comm);
+  const int rank = rank_in(comm);
+  const int size = size_of(comm);
   try {
     collective_phase(comm, [&] {
       validate_groups(groups);

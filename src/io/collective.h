@@ -10,15 +10,14 @@
 #include <utility>
 
 #include "triad/core/error.h"
+#include "triad/parallel/comm.h"
 
 namespace triad::io {
 
 // Collective over comm (and a barrier). If any rank passes failed = true, every rank throws
 // triad::Error with the message of the lowest failing rank.
 inline void agree(MPI_Comm comm, bool failed, const std::string& message) {
-  int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
+  const int rank = rank_in(comm), size = size_of(comm);
   int first = failed ? rank : size;
   MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
   if (first == size) return;

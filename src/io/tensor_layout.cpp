@@ -5,20 +5,9 @@
 #include <set>
 
 #include "hdf5_handle.h"
+#include "triad/parallel/comm.h"
 
 namespace triad::io {
-
-int comm_rank(MPI_Comm comm) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
-  return rank;
-}
-
-int comm_size(MPI_Comm comm) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
-  return size;
-}
 
 hsize_t element_count(const std::vector<hsize_t>& dims) {
   hsize_t n = 1;
@@ -210,7 +199,7 @@ void check_same_tensor_count(MPI_Comm comm, size_t n) {
 }
 
 std::vector<int64_t> allgather_int64(MPI_Comm comm, const std::vector<int64_t>& local) {
-  const int size = comm_size(comm);
+  const int size = size_of(comm);
   std::vector<int64_t> all(local.size() * static_cast<size_t>(size));
   if (!local.empty()) {
     MPI_Allgather(local.data(), static_cast<int>(local.size()), MPI_INT64_T, all.data(),

@@ -21,9 +21,6 @@ namespace triad::io {
 constexpr const char* kCheckpointFormat = "triad-checkpoint";
 constexpr int64_t kCheckpointFormatVersion = 1;
 
-int comm_rank(MPI_Comm comm);
-int comm_size(MPI_Comm comm);
-
 // The product of the dimensions.
 hsize_t element_count(const std::vector<hsize_t>& dims);
 std::vector<hsize_t> to_dims(const std::vector<int64_t>& shape);

@@ -18,6 +18,18 @@ void check_mpi(int rc, const char* what, const char* file, int line) {
        std::string(msg, size_t(len)));
 }
 
+int rank_in(MPI_Comm comm) {
+  int rank = 0;
+  TRIAD_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  return rank;
+}
+
+int size_of(MPI_Comm comm) {
+  int size = 1;
+  TRIAD_MPI_CHECK(MPI_Comm_size(comm, &size));
+  return size;
+}
+
 void CommRequest::wait() {
   if (req_ != MPI_REQUEST_NULL) TRIAD_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
   if (then_) {
@@ -38,10 +50,8 @@ int count_of(size_t n) {
 
 class MpiComm final : public Comm {
  public:
-  MpiComm(MPI_Comm c, std::string name, bool owns) : comm_(c), name_(std::move(name)), owns_(owns) {
-    TRIAD_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
-    TRIAD_MPI_CHECK(MPI_Comm_size(comm_, &size_));
-  }
+  MpiComm(MPI_Comm c, std::string name, bool owns)
+      : comm_(c), name_(std::move(name)), owns_(owns), rank_(rank_in(c)), size_(size_of(c)) {}
   ~MpiComm() override {
     if (owns_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   }
@@ -219,7 +229,7 @@ class MpiComm final : public Comm {
   MPI_Comm comm_;
   std::string name_;
   bool owns_;
-  int rank_ = 0, size_ = 1;
+  int rank_, size_;
 };
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "async_save.h"
 #include "run_directory.h"
 #include "triad/kernels/cuda_comm.h"
+#include "triad/parallel/comm.h"
 #include "triad/train/choice_eval.h"
 #include "triad/train/model_tensors.h"
 #include "triad/train/pipeline_trace.h"
@@ -44,9 +45,7 @@ void Trainer::State::setup_backend() {
     MPI_Comm node;
     TRIAD_MPI_CHECK(
         MPI_Comm_split_type(grid.world(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
-    int local = 0, local_size = 1;
-    TRIAD_MPI_CHECK(MPI_Comm_rank(node, &local));
-    TRIAD_MPI_CHECK(MPI_Comm_size(node, &local_size));
+    const int local = rank_in(node), local_size = size_of(node);
     const int devices = cuda_device_count();
     const int device = devices > 0 ? local % devices : 0;
     be = make_cuda_backend(device);

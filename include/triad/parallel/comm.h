@@ -138,6 +138,10 @@ std::vector<size_t> slice_pieces(size_t lo, size_t hi, size_t slice, int ranks);
 // A Comm over an MPI communicator (which it frees on destruction when it owns it).
 std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns);
 
+// The calling process's rank in comm, and comm's size; an MPI failure throws as TRIAD_MPI_CHECK.
+int rank_in(MPI_Comm comm);
+int size_of(MPI_Comm comm);
+
 // Throws triad::Error "MPI call <what> failed on rank R at file:line: <MPI message>".
 void check_mpi(int rc, const char* what, const char* file, int line);
 
