@@ -1,7 +1,7 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
 safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
 StableLM, Gemma, Gemma 2, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-OLMo-2, OLMoE, GLM, DBRX, OPT, GPT-BigCode, StarCoder2, DeepSeek-V2, DeepSeek-V3) and llm.c
+OLMo-2, OLMoE, GLM, DBRX, OPT, GPT-Neo, GPT-BigCode, StarCoder2, DeepSeek-V2, DeepSeek-V3) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -70,6 +70,10 @@ What the formats hold and how they map (docs/formats.md, "Weights from other pro
   rotary_pct of each head (model.rotary_dim), parallel attention and MLP
   (use_parallel_residual: model.parallel_residual), GELU exact ("gelu": model.mlp = gelu_exact)
   or tanh, an untied embed_out.
+- HF GPT-Neo (TinyStories): GPT-2's blocks with unscaled scores (model.attn_scale = 1), q, k
+  and v without biases (c_attn's bias zeros; freeze it to export a fine-tuned model), and its
+  global and local layers as model.sliding_window with model.full_attention_every and
+  model.full_attention_first (global first in each group).
 - HF StarCoder2: GPT-2's sequential blocks with rope (Llama's q, k, v and o projections, with
   biases), LayerNorms with biases, a GELU-tanh MLP c_fc, c_proj with biases, grouped-query
   attention and Mistral's window (model.sliding_window).

@@ -80,12 +80,16 @@ class Dims:
     # CodeGen's layout (CodeGenForCausalLM): GPT-J's blocks with q, v and k fused as qkv_proj in 4
     # blocks of rows, each [q | v | k] for a quarter of the heads (codegen_qkv_order).
     codegen: bool = False
+    # GPT-Neo's layout (GPTNeoForCausalLM): GPT-2's blocks under its names (q, k, v apart, nn.Linear
+    # matrices), c_attn without a bias (triad's zeros), attention_layers as the window's layers.
+    gpt_neo: bool = False
     qkv_bias: bool = False  # c_attn's bias without the others (model.qkv_bias: Qwen2)
     mlp_bias: bool = False  # c_fc's and c_proj's without the attention's (model.mlp_bias: GPT-J)
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     head_dim: int = 0  # each head's width (model.head_dim); 0: n_embd / n_head
     sliding_window: int = 0  # keys each query sees at most (model.sliding_window); 0: all
     full_attention_every: int = 0  # with a window, every N-th layer sees all (model.full_...)
+    full_attention_first: bool = False  # ... the first of each N, not the last (GPT-Neo's)
     # Llama 3.1's rope scaling (model.rope_scaling = llama3): (factor, low_freq_factor,
     # high_freq_factor, original positions); None: plain rope.
     rope_scaling: tuple | None = None
@@ -328,6 +332,8 @@ class Dims:
             a["sliding_window"] = int(self.sliding_window)
         if self.full_attention_every:  # model.full_attention_every (absent: 0)
             a["full_attention_every"] = int(self.full_attention_every)
+        if self.full_attention_first:
+            a["full_attention_first"] = 1
         if not self.gpt2:
             a.update(position=self.position, norm=self.norm, bias=int(self.bias), mlp=self.mlp,
                      mlp_hidden=self.mlp_hidden or 4 * self.n_embd,
@@ -392,6 +398,8 @@ class Dims:
             keys["sliding_window"] = self.sliding_window
         if self.full_attention_every:
             keys["full_attention_every"] = self.full_attention_every
+        if self.full_attention_first:
+            keys["full_attention_first"] = "true"
         if not self.gpt2:
             keys.update(position=self.position, norm=self.norm,
                         bias="true" if self.bias else "false", mlp=self.mlp,

@@ -17,10 +17,11 @@ from .inspect_checkpoint import expected_shapes
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_HF, Tensors, VOCAB_TENSORS, YARN_HF,
                            shapes)
 from .weights_hf_deepseek import deepseek_hf_config, mla_rope_order
+from .weights_hf_gpt_neo import gpt_neo_hf_config
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
-                                llama_query_order, llama_sources, neox_qkv_order, ones_for,
-                                opt_positions, stacked_shape, whole_experts)
+                                llama_query_order, llama_sources, neox_qkv_order,
+                                position_rows, stacked_shape, unstored_tensor, whole_experts)
 from .weights_safetensors import write_safetensors
 
 
@@ -466,6 +467,8 @@ def llama_hf_config(d: Dims) -> dict:
         return deepseek_hf_config(d)
     if d.opt:
         return opt_hf_config(d)
+    if d.gpt_neo:
+        return gpt_neo_hf_config(d)
     if not d.norm_weight:
         return olmo_hf_config(d)
     if d.longrope is not None:
@@ -594,7 +597,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     # (OPT's from the GPT-2 reader, open_triad: GPT-2's order)
-    want = shapes(d) if d.opt else expected_shapes(d.attrs())
+    want = shapes(d) if d.opt or d.gpt_neo else expected_shapes(d.attrs())
     want.update({t: (d.moe_experts,) for t in src if t.startswith("router_bias/")})
     for t, shape in want.items():
         if t not in src:  # (a norm without a weight: ones, checked below)
@@ -609,10 +612,14 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
 
     def hf_tensors():
         for t, a in tensors():
-            if t not in src:  # model.norm_weight = false: the frozen ones, which OLMo has not
-                if not np.all(ones_for(d, t, a.shape) == a):
-                    raise ConvertError(f"tensor {t} is not all ones, which a model without "
-                                       f"norm weights (model.norm_weight = false) must hold")
+            if t not in src:  # model.norm_weight = false: the frozen ones, which OLMo has not;
+                if not np.all(unstored_tensor(d, t, a.shape) == a):  # GPT-Neo's zero bias
+                    raise ConvertError(
+                        f"tensor {t} is not all zeros, and Hugging Face's GPT-Neo has no q, k or "
+                        f"v bias (fine-tune with train.freeze = \"*/c_attn/bias\" to keep the "
+                        f"import's zeros)" if d.gpt_neo else
+                        f"tensor {t} is not all ones, which a model without norm weights "
+                        f"(model.norm_weight = false) must hold")
                 continue
             if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
                 a = a - np.float32(1)
@@ -620,7 +627,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             a = llama_query_order(d, t, a, to_hf=True)
             a = interleaved_rope_order(d, t, a, to_hf=True)
             a = mla_rope_order(d, t, a, to_hf=True)
-            a = dbrx_expert_order(d, t, opt_positions(d, t, a, to_hf=True), to_hf=True)
+            a = dbrx_expert_order(d, t, position_rows(d, t, a, to_hf=True), to_hf=True)
             if whole_experts(d, t):  # GraniteMoE's: the [E, rows, columns] tensor as it is
                 yield src[t][0], np.ascontiguousarray(a)
                 continue

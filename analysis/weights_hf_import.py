@@ -20,11 +20,13 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
                                   refuse_or_check_positions, starcoder2_config_dims)
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
+from .weights_hf_gpt_neo import gpt_neo_config_dims
 from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, is_norm_weight, llama_part_rows,
-                                llama_query_order, llama_sources, neox_qkv_order, ones_for,
-                                opt_positions, stacked_shape, whole_experts)
+                                llama_query_order, llama_sources, neox_qkv_order,
+                                position_offset, position_rows, stacked_shape, unstored_tensor,
+                                whole_experts)
 from .weights_safetensors import SafetensorsFile
 
 
@@ -37,7 +39,8 @@ HF_COUNT_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_head
                  "num_experts", "num_local_experts", "num_experts_per_tok",
                  "moe_intermediate_size", "shared_expert_intermediate_size", "sliding_window",
                  "original_max_position_embeddings", "word_embed_proj_dim",
-                 "decoder_sparse_step", "num_ln_in_parallel_attn")
+                 "decoder_sparse_step", "num_ln_in_parallel_attn", "num_layers", "num_heads",
+                 "window_size")
 
 
 def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
@@ -82,6 +85,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return falcon_config_dims(cfg, where, seq_len)
     if kind in ("gptj", "codegen"):
         return gptj_config_dims(cfg, where, seq_len)
+    if kind == "gpt_neo":
+        return gpt_neo_config_dims(cfg, where, seq_len)
     if kind in UNBUILT_MOE:
         raise ConvertError(f"{where}: model_type is {kind!r}, a mixture of experts triad does "
                            f"not compute: {UNBUILT_MOE[kind]} (triad imports Mixtral's, "
@@ -100,8 +105,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
-                           f"GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen ('codegen') and Falcon "
-                           f"('falcon') models")
+                           f"GPT-Neo ('gpt_neo'), GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen "
+                           f"('codegen') and Falcon ('falcon') models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -195,8 +200,11 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if missing is not None:
         raise ConvertError(f"{index}: places tensor {missing} in {wm[missing]}, which does not "
                            f"hold it")
-    if d.opt:
-        return d, llama_tensors(d, where, directory), f"Hugging Face OPT model {directory}"
+    if d.opt or d.gpt_neo:
+        note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; a fine-tuning run keeps "
+                "them so with train.freeze = \"*/c_attn/bias\")") if d.gpt_neo else ""
+        return d, llama_tensors(d, where, directory), \
+            f"Hugging Face {'GPT-Neo' if d.gpt_neo else 'OPT'} model {directory}{note}"
     if d.position == "rope":  # Llama's family
         kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3", "minicpm": "MiniCPM"}.get(
             cfg.get("model_type")) or
@@ -306,6 +314,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
                 d.neox and name.endswith(("attention.bias", "attention.masked_bias"))) and \
+                not (d.gpt_neo and (name == "lm_head.weight" or re.fullmatch(
+                    r"transformer\.h\.\d+\.attn\.attention\.(bias|masked_bias)", name))) and \
                 not (d.deepseek and is_skipped_deepseek_tensor(d, name)):  # masks, MTP, scales
             raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
                                f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
@@ -327,8 +337,9 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             expected = [list(want[t])]
         if d.dbrx and t.endswith("mlp/experts/c_proj/weight"):  # w2, each expert transposed
             expected = [[d.moe_experts * d.mlp_hidden, d.n_embd]]
-        if d.opt and t == "wpe/weight" and len(got[0]) == 2 and got[0][0] >= rows + 2:
-            expected = got  # (any table covering seq_len past its offset: opt_positions)
+        if t == "wpe/weight" and len(got[0]) == 2 and got[0][1] == d.n_embd and \
+                got[0][0] >= rows + position_offset(d) and (d.opt or d.gpt_neo):
+            expected = got  # (any table covering seq_len past its offset: position_rows)
         if got != expected:
             if len(names) > 3:  # an expert's tensor: name the first that is wrong
                 names, got, expected = zip(*[x for x in zip(names, got, expected)
@@ -347,16 +358,22 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
                               str(where[n].path))
 
     def tensors():
-        for t in [t for t in want if t not in src]:  # norms without a weight: ones
-            yield t, ones_for(d, t, want[t])
+        for t in [t for t in want if t not in src]:  # (norms without a weight, GPT-Neo's bias)
+            yield t, unstored_tensor(d, t, want[t])
         for t, names in src.items():
             parts = [read(n) for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, codegen_qkv_order(d, t, a)))
-            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, opt_positions(d, t, a)))
+            a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, position_rows(d, t, a)))
             a = mla_rope_order(d, t, a)
+            if d.gpt_neo and t == "wte/weight" and "lm_head.weight" in where:  # (tied)
+                h = read("lm_head.weight")
+                if h.shape != a.shape or not np.array_equal(h, a):
+                    raise ConvertError(f"{where['lm_head.weight'].path}: lm_head.weight differs "
+                                       f"from transformer.wte.weight; GPT-Neo's head is the "
+                                       f"token embedding")
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors

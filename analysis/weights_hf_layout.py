@@ -1,6 +1,6 @@
 """Where each triad tensor lives in a Hugging Face model's files: the names (GPT-2's hf_name,
 each family's *_sources), the row and column orders that differ from triad's (*_order,
-opt_positions) and the norm weights the files do not hold (ones_for), used both ways: by the
+position_rows) and the tensors the files do not hold (unstored_tensor), used both ways: by the
 import (weights_hf_import.py) and the export (weights_hf_export.py)."""
 
 from __future__ import annotations
@@ -46,14 +46,42 @@ def opt_sources(d: Dims) -> dict[str, list[str]]:
     return src
 
 
-def opt_positions(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
-    """OPT's embed_positions (position p at row p + 2) as triad's wpe, rows 2 .. 2 + seq_len,
-    or (to_hf) wpe with 2 zero rows before it. Other tensors pass."""
-    if not (d.opt and t == "wpe/weight"):
+def gpt_neo_sources(d: Dims) -> dict[str, list[str]]:
+    """Each triad tensor of a GPT-Neo model and the HF tensors it is made of (c_attn's weight from
+    q, k and v, stacked by rows; its bias from none: unstored_tensor)."""
+    src = {"wte/weight": ["transformer.wte.weight"], "wpe/weight": ["transformer.wpe.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"transformer.h.{i}."
+        src[p + "attn/c_attn/weight"] = [h + f"attn.attention.{x}_proj.weight" for x in "qkv"]
+        for kind in ("weight", "bias"):
+            src.update({
+                p + f"ln_1/{kind}": [h + f"ln_1.{kind}"],
+                p + f"attn/c_proj/{kind}": [h + f"attn.attention.out_proj.{kind}"],
+                p + f"ln_2/{kind}": [h + f"ln_2.{kind}"],
+                p + f"mlp/c_fc/{kind}": [h + f"mlp.c_fc.{kind}"],
+                p + f"mlp/c_proj/{kind}": [h + f"mlp.c_proj.{kind}"],
+            })
+    src.update({"ln_f/weight": ["transformer.ln_f.weight"],
+                "ln_f/bias": ["transformer.ln_f.bias"]})
+    return src
+
+
+def position_offset(d: Dims) -> int:
+    """The rows of a learned position table before position 0's: OPT's 2 (embed_positions'
+    offset), GPT-Neo's none."""
+    return 2 if d.opt else 0
+
+
+def position_rows(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np.ndarray:
+    """OPT's embed_positions (position p at row p + 2) or GPT-Neo's wpe (longer than the context
+    kept) as triad's wpe, rows offset .. offset + seq_len, or (to_hf) wpe with the offset's zero
+    rows before it. Other tensors pass."""
+    if not ((d.opt or d.gpt_neo) and t == "wpe/weight"):
         return a
+    k = position_offset(d)
     if to_hf:
-        return np.concatenate([np.zeros((2, a.shape[1]), dtype=a.dtype), a])
-    return a[2:2 + d.seq_len]
+        return np.concatenate([np.zeros((k, a.shape[1]), dtype=a.dtype), a]) if k else a
+    return a[k:k + d.seq_len]
 
 
 def dbrx_sources(d: Dims) -> dict[str, list[str]]:
@@ -280,6 +308,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
         return dbrx_sources(d)
     if d.opt:
         return opt_sources(d)
+    if d.gpt_neo:
+        return gpt_neo_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"],
            **({"ln_f/bias": ["model.norm.bias"]} if d.norm_bias else {})}
     for i in range(d.n_layer):
@@ -429,9 +459,11 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
     return a.reshape(a.shape[0], nh, hd)[:, order].reshape(a.shape)  # o_proj's input columns
 
 
-def ones_for(d: Dims, t: str, shape: tuple) -> np.ndarray:
-    """The weight of norm t under model.norm_weight = false, which the Hugging Face files do not
-    hold: ones."""
+def unstored_tensor(d: Dims, t: str, shape: tuple) -> np.ndarray:
+    """A tensor of triad's model that the Hugging Face files do not hold, as it must be: the
+    weight of a norm under model.norm_weight = false (ones), GPT-Neo's c_attn bias (zeros)."""
+    if d.gpt_neo and t.endswith("attn/c_attn/bias"):
+        return np.zeros(shape, dtype="<f4")
     if d.norm_weight or not is_norm_weight(t):
         raise ConvertError(f"tensor {t} has no source in the Hugging Face files")
     return np.ones(shape, dtype="<f4")

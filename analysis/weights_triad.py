@@ -115,6 +115,13 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
             int(a.get("shared_norm", 0)), int(a.get("head_bias", 0)),
             int(a.get("tie_embeddings", 1))) == ("rope", "layernorm", 0, 1, 1, 1, 1, 1, 0) and \
         a.get("mlp") in ("gelu", "gelu_exact")
+    # GPT-Neo's: GPT-2's blocks (learned positions) with unscaled attention scores.
+    gpt_neo = a.get("position", "learned") == "learned" and float(a.get("attn_scale", 0.0)) == 1.0
+    if int(a.get("full_attention_first", 0)) and not gpt_neo:
+        raise ConvertError(f"{path}: the model's full-attention layers start each group of "
+                           f"{a.get('full_attention_every')} (model.full_attention_first) in "
+                           f"blocks other than GPT-Neo's (GPT-2's with model.attn_scale = 1); only "
+                           f"Hugging Face's GPT-Neo of the export formats holds that order")
     if int(a.get("head_bias", 0)) and not (phi or gptj):
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
                            f"than Phi's and GPT-J's; only Hugging Face's Phi and GPT-J of the "
@@ -192,11 +199,12 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"LayerNorms, GELU, biases) and Falcon's (rope, LayerNorms, GELU exact, "
                            f"no linear biases); the export formats for them run them one after "
                            f"the other")
-    if float(a.get("attn_scale", 0.0)) and not (gemma2 or granite):  # others: 1/sqrt(width)
+    if float(a.get("attn_scale", 0.0)) and not (gemma2 or granite or gpt_neo):
         raise ConvertError(f"{path}: the model scales its attention scores by {a['attn_scale']} "
                            f"(model.attn_scale); the export formats but Gemma 2's "
-                           f"(query_pre_attn_scalar) and Granite's (attention_multiplier) scale "
-                           f"them by 1/sqrt(head width) only")
+                           f"(query_pre_attn_scalar), Granite's (attention_multiplier) and "
+                           f"GPT-Neo's (1, learned positions) scale them by 1/sqrt(head width) "
+                           f"only")
     if a.get("qk_norm", 0) == 1 and not llama:  # Qwen3's blocks hold it; no other format
         raise ConvertError(f"{path}: the model normalizes each attention head's q and k "
                            f"(model.qk_norm = true, tensors attn/q_norm and attn/k_norm) in "
@@ -211,10 +219,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                                f"Qwen2-MoE and Qwen3-MoE have none")
     if llama or norm_biased or neox or falcon or cohere or phi or gptj or olmo or dbrx:
         return open_triad_llama(path, a)
-    if int(a.get("sliding_window", 0)):
+    if int(a.get("sliding_window", 0)) and not gpt_neo:
         raise ConvertError(f"{path}: the model attends to its last {a['sliding_window']} tokens "
                            f"(model.sliding_window); GPT-2's formats attend to the whole context "
-                           f"(Llama's architecture exports a window as Hugging Face's Mistral)")
+                           f"(Llama's architecture exports a window as Hugging Face's Mistral; "
+                           f"GPT-2's blocks with model.attn_scale = 1 as GPT-Neo)")
     if int(a.get("head_dim", 0)):
         raise ConvertError(f"{path}: the model's heads are {a['head_dim']} wide "
                            f"(model.head_dim); GPT-2's formats hold n_embd / n_head only")
@@ -228,11 +237,26 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              norm_eps=float(a.get("norm_eps", 1e-5)))
+    if gpt_neo:
+        d = replace(d, gpt_neo=True, attn_scale=1.0, mlp_hidden=int(a.get("mlp_hidden", 0)),
+                    sliding_window=int(a.get("sliding_window", 0)),
+                    full_attention_every=int(a.get("full_attention_every", 0)),
+                    full_attention_first=int(a.get("full_attention_first", 0)) == 1)
     if int(a.get("qkv_bias", 0)) == 1:
         raise ConvertError(f"{path}: the model has c_attn's bias without the others "
                            f"(model.qkv_bias) in GPT-2's blocks; Hugging Face's GPT-2 and "
                            f"llm.c's format have all biases or (as zeros) none")
-    if a.get("mlp", "gelu") in ("relu", b"relu"):  # OPT's blocks
+    if gpt_neo and (a.get("mlp", "gelu") != "gelu" or int(a.get("tie_embeddings", 1)) != 1 or
+                    int(a.get("n_kv_head", d.n_head)) != d.n_head):
+        raise ConvertError(f"{path}: the model's blocks with learned positions and unscaled "
+                           f"attention scores (model.attn_scale = 1) are GPT-Neo's but for "
+                           f"model.mlp = {a.get('mlp', 'gelu')}, model.tie_embeddings = "
+                           f"{a.get('tie_embeddings', 1)}, model.n_kv_head = "
+                           f"{a.get('n_kv_head', d.n_head)}; Hugging Face's GPT-Neo has a GELU MLP, "
+                           f"a tied head and a key/value head per query head")
+    if gpt_neo:  # (any MLP width: GPT-Neo's intermediate_size)
+        pass
+    elif a.get("mlp", "gelu") in ("relu", b"relu"):  # OPT's blocks
         d = replace(d, mlp="relu", mlp_hidden=int(a.get("mlp_hidden", 4 * d.n_embd)), opt=True)
     elif a.get("mlp", "gelu") != "gelu" or \
             int(a.get("mlp_hidden", 4 * d.n_embd)) != 4 * d.n_embd:

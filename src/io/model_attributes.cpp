@@ -75,6 +75,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_int64_attr(model, "sliding_window", m.sliding_window);
   if (m.full_attention_every > 0)  // 0: every layer keeps to the window
     io::write_int64_attr(model, "full_attention_every", m.full_attention_every);
+  if (m.full_attention_first) io::write_int64_attr(model, "full_attention_first", 1);
   if (m.attn_scale > 0)  // 0: 1/sqrt(head width)
     io::write_double_attr(model, "attn_scale", m.attn_scale);
   if (m.mup_base_width > 0)  // 0: the standard parametrization
@@ -300,6 +301,9 @@ ModelShape read_model_attributes(hid_t model) {
   TRIAD_CHECK(m.full_attention_every >= 0 && (m.full_attention_every == 0 || m.sliding_window > 0),
               "attribute full_attention_every of /model is ", m.full_attention_every,
               ", not >= 0 (and > 0 only with sliding_window)");
+  m.full_attention_first = flag("full_attention_first", 0);
+  TRIAD_CHECK(!m.full_attention_first || m.full_attention_every > 0,
+              "attribute full_attention_first of /model is 1 without full_attention_every");
   m.attn_scale = io::read_double_attr(model, "attn_scale").value_or(0.0);
   TRIAD_CHECK(std::isfinite(m.attn_scale) && m.attn_scale >= 0 && m.attn_scale <= 100,
               "attribute attn_scale of /model is ", m.attn_scale, ", not in [0, 100]");

@@ -132,6 +132,10 @@ class KeyTable {
         "with model.sliding_window: layers N, 2N, .. (1-based) attend to the whole context, the "
         "others keep to the window (interleaved local and global attention: Gemma 3's 6, "
         "gpt-oss's 2); 0: every layer keeps to the window");
+    add("model.full_attention_first", c.model.full_attention_first,
+        "with model.full_attention_every = N: layers 1, N+1, 2N+1, .. (1-based) attend to the "
+        "whole context instead, each group's first rather than its last (GPT-Neo's global, local "
+        "alternation)");
     add("model.parallel_residual", c.model.parallel_residual,
         "attention and MLP side by side: x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-J, GPT-NeoX, "
         "PaLM) instead of one after the other");

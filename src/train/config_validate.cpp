@@ -147,6 +147,8 @@ void validate(const Config& c, int world_size) {
         "must be >= 0 (0: every layer keeps to the window)");
   check(m.full_attention_every == 0 || m.sliding_window > 0, "model.full_attention_every",
         "needs model.sliding_window > 0 (the other layers' window)");
+  check(!m.full_attention_first || m.full_attention_every > 0, "model.full_attention_first",
+        "needs model.full_attention_every > 0 (which layers attend to the whole context)");
   check(std::isfinite(m.logit_softcap) && m.logit_softcap >= 0 && m.logit_softcap <= 1e4,
         "model.logit_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.attn_softcap) && m.attn_softcap >= 0 && m.attn_softcap <= 1e4,

@@ -93,6 +93,7 @@ ModelShape model_shape(const Config& cfg) {
   m.rotary_dim = c.position == "rope" && c.rotary_dim < c.hd() ? c.rotary_dim : 0;
   m.sliding_window = c.sliding_window;
   m.full_attention_every = c.full_attention_every;
+  m.full_attention_first = c.full_attention_first;
   m.logit_softcap = c.logit_softcap;
   m.attn_softcap = c.attn_softcap;
   m.clip_qkv = c.clip_qkv;
@@ -168,6 +169,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.rotary_dim = int(m.rotary_dim);
   s.sliding_window = int(m.sliding_window);
   s.full_attention_every = int(m.full_attention_every);
+  s.full_attention_first = m.full_attention_first;
   s.logit_softcap = float(m.logit_softcap);
   s.attn_softcap = float(m.attn_softcap);
   s.clip_qkv = float(m.clip_qkv);

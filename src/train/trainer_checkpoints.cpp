@@ -372,6 +372,12 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               " holds a model whose every ", m.full_attention_every,
               "th layer attends to the whole context (0: none) but the config asks for ",
               "model.full_attention_every = ", c.full_attention_every);
+  TRIAD_CHECK(m.full_attention_first == c.full_attention_first, "checkpoint ", path,
+              " holds a model whose full-attention layers ",
+              m.full_attention_first ? "start" : "end",
+              " each group of model.full_attention_every layers but the config asks for "
+              "model.full_attention_first = ",
+              c.full_attention_first ? "true" : "false");
   // The model's scalars (fp32 in the model: compared as such).
   struct Scalar {
     double held, asked;

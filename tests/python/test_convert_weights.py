@@ -1389,6 +1389,53 @@ def test_codegen_imports_and_evaluates_as_transformers(imported, tmp_path):
     assert_clean_error(p, "config.json", "n_head 6 (CodeGen's qkv_proj holds its heads in 4")
 
 
+GPT_NEO_ARGS = ["--model.n_layer", "3", "--model.attn_scale", "1", "--model.sliding_window", "8",
+                "--model.full_attention_every", "2", "--model.full_attention_first", "true",
+                "--train.freeze", "*/c_attn/bias"]
+
+
+def gpt_neo_model(**config):
+    return tiny_hf(transformers.GPTNeoForCausalLM, transformers.GPTNeoConfig, 71, dict(
+        vocab_size=V, hidden_size=64, num_layers=3, num_heads=4, max_position_embeddings=SEQ,
+        window_size=8, attention_types=[[["global", "local"], 1], [["global"], 1]],
+        intermediate_size=None, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+        resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0, bos_token_id=None,
+        eos_token_id=None), config)
+
+
+def test_gpt_neo_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """transformers' GPTNeoForCausalLM (GPT-2's blocks with unscaled scores, q, k and v without
+    biases, layers global, local (an 8-key window), global) against triad's model.attn_scale = 1,
+    model.sliding_window with model.full_attention_every = 2 and model.full_attention_first:
+    hf_round_trip, fine-tuned with c_attn's zero bias frozen. The order of the layers matters
+    (local first gives another loss); a fine-tuned bias, which GPT-Neo cannot hold, is refused
+    on export, and so is a pattern of layers triad does not compute."""
+    d, _, cfg = imported
+    model = gpt_neo_model()
+    hf_round_trip(imported, tmp_path, model, "GPT-Neo", GPT_NEO_ARGS, False,
+                  {"attn_scale": 1.0, "sliding_window": 8, "full_attention_every": 2,
+                   "full_attention_first": 1, "bias": 1, "position": "learned"})
+    want, _ = hf_loss_accuracy(model, d)
+    swapped = gpt_neo_model(attention_types=[[["local", "global"], 1], [["local"], 1]])
+    swapped.load_state_dict(model.state_dict())
+    other, _ = hf_loss_accuracy(swapped.eval(), d)
+    assert abs(other - want) > 1e-3 * want, (other, want)
+
+    out = tmp_path / "GPT-Neo.h5"
+    train("--config", cfg, "--init-from", out, *GPT_NEO_ARGS[:-2], "--run.name",
+          f"{tmp_path.name}-bias", check=True)
+    p = tool("triad-convert", "export", d / "runs" / f"{tmp_path.name}-bias", tmp_path / "bias",
+             "--to", "hf", "--vocab", "none")
+    assert_clean_error(p, "h/0/attn/c_attn/bias is not all zeros")
+    assert not (tmp_path / "bias").exists()
+
+    odd = gpt_neo_model(attention_types=[[["local", "global", "global"], 1]])
+    odd.save_pretrained(tmp_path / "odd", safe_serialization=True)
+    p = tool("triad-convert", "import", tmp_path / "odd", tmp_path / "odd.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "config.json", "is not a repeating group of local layers")
+    assert not (tmp_path / "odd.h5").exists()
+
+
 def opt_model(**config):
     return tiny_hf(transformers.OPTForCausalLM, transformers.OPTConfig, 67, dict(
         vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4,

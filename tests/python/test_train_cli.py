@@ -1329,6 +1329,8 @@ def test_damaged_checkpoints(tmp_path):
             ("mup", {"mup_base_width": -8}, "attribute mup_base_width of /model is -8"),
             ("full_every", {"full_attention_every": 2},
              "attribute full_attention_every of /model is 2"),
+            ("full_first", {"sliding_window": 4, "full_attention_first": 1},
+             "attribute full_attention_first of /model is 1 without full_attention_every"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
              "'ntk', not none, llama3, yarn or longrope"),
             ("rscale_longrope", {"position": "rope", "rope_theta": 10000.0,

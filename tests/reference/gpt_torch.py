@@ -117,6 +117,8 @@ class GptConfig:
     sliding_window: int = 0
     # model.full_attention_every: with a window, layers N, 2N, .. (1-based) attend to everything.
     full_attention_every: int = 0
+    # model.full_attention_first: layers 1, N + 1, .. (1-based) instead (GPT-Neo's).
+    full_attention_first: bool = False
     # model.logit_softcap: the logits are c·tanh(logit / c) (0: as they are).
     logit_softcap: float = 0.0
     # model.attn_softcap: the attention scores are c·tanh(s / c) before the softmax (0: as they
@@ -880,7 +882,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
 
     def layer_mask(layer):  # interleaved local (windowed) and global (full) layers
         every = cfg.full_attention_every
-        return full if cfg.sliding_window and every and (layer + 1) % every == 0 else windowed
+        shift = 0 if cfg.full_attention_first else 1
+        return full if cfg.sliding_window and every and (layer + shift) % every == 0 else windowed
 
     positions = None
     if cfg.reset_positions:
@@ -1362,6 +1365,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
         if cfg.full_attention_every:
             m.attrs.create("full_attention_every", i64(cfg.full_attention_every), dtype="<i8")
+        if cfg.full_attention_first:
+            m.attrs.create("full_attention_first", i64(1), dtype="<i8")
         if cfg.logit_softcap:
             m.attrs.create("logit_softcap", np.float64(cfg.logit_softcap), dtype="<f8")
         if cfg.attn_softcap:

@@ -468,6 +468,16 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_TRUE(s.windowed(0) && s.windowed(1) && !s.windowed(2) && s.windowed(3) && !s.windowed(5));
   EXPECT_EQ(s.layer_window(2), 0);
   EXPECT_EQ(s.layer_window(4), 8);
+  // GPT-Neo's: each group starts with its full-attention layer.
+  const GptShape first =
+      gpt_shape(parse({"--model.sliding_window", "8", "--model.full_attention_every", "3",
+                       "--model.full_attention_first", "true"})
+                    .config);
+  EXPECT_TRUE(!first.windowed(0) && first.windowed(1) && first.windowed(2) && !first.windowed(3) &&
+              first.windowed(5) && !first.windowed(6));
+  EXPECT_NE(error_of({"--model.sliding_window", "8", "--model.full_attention_first", "true"})
+                .find("model.full_attention_first needs model.full_attention_every"),
+            std::string::npos);
 }
 
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {

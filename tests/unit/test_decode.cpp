@@ -152,6 +152,7 @@ struct DecodeCase {
   int full_every = 0;         // model.full_attention_every
   float attn_scale = 0.0f;    // model.attn_scale
   float attn_softcap = 0.0f;  // model.attn_softcap
+  bool full_first = false;    // model.full_attention_first
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -162,6 +163,7 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   GptShape shape = kShape;
   shape.sliding_window = c.window;
   shape.full_attention_every = c.full_every;
+  shape.full_attention_first = c.full_first;
   shape.attn_scale = c.attn_scale;
   shape.attn_softcap = c.attn_softcap;
   Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
@@ -203,11 +205,14 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{Precision::fp32, Recompute::none, 0, 0, 0.0625f},
                       DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f},
                       DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f},
-                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f}),
+                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f},
+                      // GPT-Neo's: the first of each two layers global, unscaled scores
+                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 1.0f, 0.0f, true}),
     [](const auto& info) {
       return std::string(precision_name(info.param.precision)) + "_" +
              recompute_name(info.param.recompute) + (info.param.window ? "_window" : "") +
              (info.param.full_every ? "_interleaved" : "") +
+             (info.param.full_first ? "_first" : "") +
              (info.param.attn_scale > 0 ? "_scaled" : "") +
              (info.param.attn_softcap > 0 ? "_capped" : "");
     });

@@ -142,6 +142,9 @@ struct ModelShape {
   // Attribute full_attention_every (int64: with a window, every N-th layer attends to the whole
   // context; absent or 0: none; written when > 0).
   int64_t full_attention_every = 0;
+  // Attribute full_attention_first (int64 1: the full-attention layers are 0, N, 2N, .. rather
+  // than N-1, 2N-1, ..; absent: 0; written when 1, with full_attention_every).
+  bool full_attention_first = false;
   // Attribute logit_softcap (double: the head's logits are c·tanh(logit/c); absent or 0: none;
   // written when > 0).
   double logit_softcap = 0;

@@ -145,6 +145,9 @@ struct GptShape {
   // model) attends to the whole context when full_attention_every > 0 and (i + 1) is a multiple of
   // it; the other layers keep to the window. 0: every layer keeps to the window.
   int full_attention_every = 0;
+  // ... or, full_attention_first (model.full_attention_first, GPT-Neo's), when i is a multiple of
+  // it: each group of full_attention_every layers starts with the full one instead of ending.
+  bool full_attention_first = false;
   // The attention scores' scale (model.attn_scale): q·k times attn_scale; 0: 1/sqrt(hd()), the
   // usual one (μP's 1/hd, Gemma 2's 1/sqrt(query_pre_attn_scalar) and Granite's multiplier are
   // others).
@@ -230,7 +233,8 @@ struct GptShape {
   static uint32_t mlp_dropout_site(int l) { return 2 + 2 * uint32_t(l); }
   bool windowed(int layer) const {
     return sliding_window > 0 &&
-           !(full_attention_every > 0 && (layer + 1) % full_attention_every == 0);
+           !(full_attention_every > 0 &&
+             (layer + (full_attention_first ? 0 : 1)) % full_attention_every == 0);
   }
   // The window of layer `layer` for attention_decode (0: none).
   int layer_window(int layer) const { return windowed(layer) ? sliding_window : 0; }
