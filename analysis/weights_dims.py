@@ -50,6 +50,7 @@ class Dims:
     # The architecture options (docs/formats.md "Model"); the defaults are GPT-2's.
     position: str = "learned"
     rope_theta: float = 10000.0
+    rope_local_theta: float = 0.0  # the windowed layers' base (model.rope_local_theta); 0: none
     norm: str = "layernorm"
     bias: bool = True
     mlp: str = "gelu"
@@ -369,6 +370,8 @@ class Dims:
                 a["rotary_dim"] = int(self.rotary_dim)
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
+                if self.rope_local_theta:
+                    a["rope_local_theta"] = float(self.rope_local_theta)
             if self.rope_scaling is not None:
                 a["rope_scaling"] = "llama3"
                 a.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
@@ -407,6 +410,8 @@ class Dims:
                         n_kv_head=self.kv)
             if self.position == "rope":
                 keys["rope_theta"] = self.rope_theta
+                if self.rope_local_theta:
+                    keys["rope_local_theta"] = repr(float(self.rope_local_theta))
             if self.rope_scaling is not None:
                 keys["rope_scaling"] = "llama3"
                 keys.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))

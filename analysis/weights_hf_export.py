@@ -19,9 +19,10 @@ from .weights_dims import (ConvertError, Dims, ROPE_SCALING_HF, Tensors, VOCAB_T
 from .weights_hf_deepseek import deepseek_hf_config, mla_rope_order
 from .weights_hf_gpt_neo import gpt_neo_hf_config
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
-                                interleaved_rope_order, is_norm_weight, llama_part_rows,
+                                interleaved_rope_order, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order,
-                                position_rows, stacked_shape, unstored_tensor, whole_experts)
+                                position_rows, stacked_shape, stored_minus_one, unstored_tensor,
+                                whole_experts)
 from .weights_safetensors import write_safetensors
 
 
@@ -241,13 +242,17 @@ def gemma_hf_config(d: Dims) -> dict:
     sqrt(hidden_size) in fp32. With model.branch_norm Gemma2ForCausalLM's: its window in every
     other layer from the first (model.full_attention_every = 2; without a window, one covering
     the context), the scores' scale as query_pre_attn_scalar (1 / attn_scale²), the caps where
-    set."""
+    set. With QK-norm too Gemma3ForCausalLM's (gemma3_text): the window in every layer but each
+    model.full_attention_every-th (sliding_window_pattern, and layer_types as newer transformers
+    read it), the windowed layers' base as rope_local_base_freq."""
     gemma_scale = float(np.float32(math.sqrt(d.n_embd)))
     two = d.branch_norm  # Gemma 2's blocks
+    three = two and d.qk_norm  # Gemma 3's
+    name = " 3" if three else " 2" if two else ""
     refuse_absent(replace(d, sliding_window=0) if two else d,  # (Gemma 2's window: below)
-                  f"a model of Gemma{' 2' if two else ''}'s blocks (GeGLU"
-                  f"{', branch norms' if two else ''}) exports as Hugging Face's "
-                  f"Gemma{' 2' if two else ''}",
+                  f"a model of Gemma{name}'s blocks (GeGLU"
+                  f"{', branch norms' if two else ''}{', QK-norm' if three else ''}) exports as "
+                  f"Hugging Face's Gemma{name}",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("partial rotary (model.rotary_dim)", d.rotary_dim),
                   (f"an embedding scale of {d.embed_scale} (model.embed_scale; Gemma's is "
@@ -256,20 +261,38 @@ def gemma_hf_config(d: Dims) -> dict:
                   (f"layers other than every second attending to the whole context "
                    f"(model.full_attention_every = {d.full_attention_every}; Gemma 2's window "
                    f"is in layers 0, 2, 4, ..)",
-                   two and d.sliding_window and d.full_attention_every != 2))
+                   two and not three and d.sliding_window and d.full_attention_every != 2),
+                  holds_qk_norm=three)
     cfg = llama_like_hf(d, "GemmaForCausalLM", "gemma", head_dim=d.hd, rms_norm_eps=d.norm_eps,
                         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
                         attention_bias=False)
     if two:
-        # transformers scales by query_pre_attn_scalar ** -0.5 in double, triad by the fp32
-        # attn_scale: the scalar whose power rounds to it.
         cfg.update(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
                    query_pre_attn_scalar=float(d.hd) if not d.attn_scale
-                   else 1.0 / float(d.attn_scale) ** 2,
+                   else pre_attn_scalar(float(d.attn_scale)),
                    sliding_window=d.sliding_window or d.seq_len,
                    attn_logit_softcapping=d.attn_softcap or None,
                    final_logit_softcapping=d.logit_softcap or None)
+    if three:
+        # transformers' is_sliding: (i + 1) % pattern != 0; a pattern past the last layer
+        # windows every layer, 1 none.
+        every = d.full_attention_every if d.sliding_window else 1
+        pattern = every or d.n_layer + 1
+        cfg.update(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+                   sliding_window_pattern=pattern, rope_scaling=None,
+                   layer_types=["full_attention" if (i + 1) % pattern == 0 else
+                                "sliding_attention" for i in range(d.n_layer)],
+                   rope_local_base_freq=d.rope_local_theta or d.rope_theta)
     return cfg
+
+
+def pre_attn_scalar(scale: float) -> float:
+    """Gemma 2's query_pre_attn_scalar for triad's fp32 attn_scale: transformers scales by
+    query_pre_attn_scalar ** -0.5 in double, so the scalar whose power rounds to it, the whole
+    number (as the files have it: 144, 24) where one does, else 1 / scale²."""
+    exact = 1.0 / scale ** 2
+    whole = float(round(exact))
+    return whole if whole > 0 and float(np.float32(whole ** -0.5)) == scale else exact
 
 
 def granite_hf_config(d: Dims) -> dict:
@@ -621,7 +644,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
                         f"tensor {t} is not all ones, which a model without norm weights "
                         f"(model.norm_weight = false) must hold")
                 continue
-            if d.norm_offset and is_norm_weight(t):  # Nemotron's LayerNorm1P stores w - 1
+            if stored_minus_one(d, t):  # Nemotron's LayerNorm1P, Gemma's RMSNorm: w - 1
                 a = a - np.float32(1)
             a = neox_qkv_order(d, t, a, to_hf=True)
             a = llama_query_order(d, t, a, to_hf=True)

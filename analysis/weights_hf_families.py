@@ -736,7 +736,16 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     and the logits soft-capped (attn_logit_softcapping, final_logit_softcapping: model.attn_softcap
     and model.logit_softcap), and a sliding window in layers 0, 2, 4, .. (transformers'
     is_sliding): model.sliding_window with model.full_attention_every = 2, or none where the
-    window covers the context."""
+    window covers the context. Gemma 3's (Gemma3ForCausalLM, model_type gemma3_text: Gemma 3
+    270M and 1B) is Gemma 2's without the caps (unless set) and with QK-norm (model.qk_norm, its
+    weights stored as w - 1 too), the window in every layer but each sliding_window_pattern-th
+    (layer_types where given: model.full_attention_every) and the windowed layers' rope base
+    rope_local_base_freq (model.rope_local_theta); its window is kept where it covers the context
+    (the windowed layers' rotation tells them apart)."""
+    gemma3 = cfg.get("model_type") == "gemma3_text"
+    if gemma3:  # (Gemma3TextConfig's defaults for the keys a file leaves out)
+        cfg = {"rope_theta": 1e6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+               "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6, **cfg}
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6,
                         {"head_dim": lambda: int(cfg.get("head_dim") or 256)})
     n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
@@ -755,9 +764,18 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         f"without scaling)")
     if not 2 <= hd <= 4096 or hd % 2:
         refusals.append(f"head_dim {hd} (triad's rope needs an even model.head_dim in [2, 4096])")
-    gemma2 = cfg.get("model_type") == "gemma2"
-    scale = attn_cap = logit_cap = 0.0
-    window = 0
+    gemma2 = cfg.get("model_type") == "gemma2" or gemma3  # (Gemma 3's scalings are Gemma 2's)
+    scale = attn_cap = logit_cap = local_theta = 0.0
+    window, every = 0, 2
+    if gemma3:
+        every = gemma3_window_period(cfg, where, n_layer)
+        try:
+            local_theta = float(cfg["rope_local_base_freq"])
+        except (TypeError, ValueError) as e:
+            raise ConvertError(f"{where}: rope_local_base_freq must be a number ({e})")
+        if not (math.isfinite(local_theta) and local_theta > 1):
+            refusals.append(f"rope_local_base_freq {local_theta} (a rope base is a finite "
+                            f"number > 1)")
     if gemma2:
         try:
             scalar = float(cfg.get("query_pre_attn_scalar") or hd)
@@ -780,7 +798,8 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             refusals.append(f"sliding_window {window}")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     context = seq_len or n_pos
-    windowed = gemma2 and 0 < window < context  # a window the context can exceed
+    # a window the context can exceed, or Gemma 3's (whose layers rotate by a base of their own)
+    windowed = gemma2 and 0 < window and (window < context or gemma3) and every != 1
     d = Dims(n_layer, n_head, n_embd, context, vocab, position="rope", rope_theta=theta,
              norm="rmsnorm", bias=False, mlp="geglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=kv, norm_eps=eps,
@@ -788,9 +807,39 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              embed_scale=float(np.float32(math.sqrt(n_embd))), branch_norm=gemma2,
              attn_scale=scale, attn_softcap=attn_cap, logit_softcap=logit_cap,
              sliding_window=window if windowed else 0,
-             full_attention_every=2 if windowed else 0)
+             full_attention_every=every if windowed else 0, qk_norm=gemma3,
+             rope_local_theta=local_theta if windowed and local_theta != theta else 0.0)
     d.check(where)
     return d
+
+
+def gemma3_window_period(cfg: dict, where: str, n_layer: int) -> int:
+    """Gemma 3's windowed layers as model.full_attention_every: every layer but each N-th
+    (1-based) keeps to the window, N from layer_types where given (newer transformers' list of
+    "sliding_attention" and "full_attention"), else sliding_window_pattern; 0: every layer
+    windowed; 1: none."""
+    types = cfg.get("layer_types")
+    if types is None:
+        try:
+            period = int(cfg["sliding_window_pattern"])
+        except (TypeError, ValueError) as e:
+            raise ConvertError(f"{where}: sliding_window_pattern must be an integer ({e})")
+        if period < 1:
+            raise ConvertError(f"{where}: sliding_window_pattern {period} is not >= 1")
+        return 1 if period == 1 else period if period <= n_layer else 0
+    kinds = ("sliding_attention", "full_attention")
+    if not isinstance(types, list) or len(types) != n_layer or any(t not in kinds for t in types):
+        raise ConvertError(f"{where}: layer_types must list 'sliding_attention' or "
+                           f"'full_attention' for each of the {n_layer} layers")
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    if not full:
+        return 0
+    period = full[0] + 1
+    if full != list(range(period - 1, n_layer, period)):
+        raise ConvertError(f"{where}: layer_types {types} does not attend to the whole context "
+                           f"in every N-th layer (layers N - 1, 2N - 1, ..), which triad's "
+                           f"model.full_attention_every holds")
+    return period
 
 
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,

@@ -23,10 +23,10 @@ from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, deq
 from .weights_hf_gpt_neo import gpt_neo_config_dims
 from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
-                                interleaved_rope_order, is_norm_weight, llama_part_rows,
+                                interleaved_rope_order, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order,
-                                position_offset, position_rows, stacked_shape, unstored_tensor,
-                                whole_experts)
+                                position_offset, position_rows, stacked_shape, stored_minus_one,
+                                unstored_tensor, whole_experts)
 from .weights_safetensors import SafetensorsFile
 
 
@@ -40,7 +40,7 @@ HF_COUNT_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_head
                  "moe_intermediate_size", "shared_expert_intermediate_size", "sliding_window",
                  "original_max_position_embeddings", "word_embed_proj_dim",
                  "decoder_sparse_step", "num_ln_in_parallel_attn", "num_layers", "num_heads",
-                 "window_size")
+                 "window_size", "sliding_window_pattern")
 
 
 def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
@@ -65,7 +65,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return minicpm3_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
-    if kind in ("gemma", "gemma2"):
+    if kind in ("gemma", "gemma2", "gemma3_text"):
         return gemma_config_dims(cfg, where, seq_len)
     if kind == "gpt_neox":
         return neox_config_dims(cfg, where, seq_len)
@@ -103,7 +103,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), Kimi K2 ('kimi_k2'), "
                            f"MiniCPM ('minicpm', 'minicpm3'), "
                            f"Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma', 'gemma2'), Granite ('granite', "
+                           f"('stablelm'), Gemma ('gemma', 'gemma2', 'gemma3_text'), Granite "
+                           f"('granite', "
                            f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
                            f"GPT-Neo ('gpt_neo'), GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen "
                            f"('codegen') and Falcon ('falcon') models")
@@ -215,7 +216,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                                     "Nemotron" if d.mlp == "relu2" else
                                     "Cohere" if d.cohere else "Phi" if d.phi else
                                     "CodeGen" if d.codegen else "GPT-J" if d.gptj else
-                                    ("Gemma 2" if d.branch_norm else "Gemma")
+                                    ("Gemma 3" if d.qk_norm else
+                                     "Gemma 2" if d.branch_norm else "Gemma")
                                     if d.mlp == "geglu" else
                                     "Granite" if cfg.get("model_type") == "granite" else
                                     "StableLM" if d.norm_bias else
@@ -363,7 +365,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
         for t, names in src.items():
             parts = [read(n) for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            if d.norm_offset and is_norm_weight(t):  # LayerNorm1P's w - 1
+            if stored_minus_one(d, t):  # LayerNorm1P's, Gemma's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, codegen_qkv_order(d, t, a)))
             a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, position_rows(d, t, a)))

@@ -469,6 +469,13 @@ def unstored_tensor(d: Dims, t: str, shape: tuple) -> np.ndarray:
     return np.ones(shape, dtype="<f4")
 
 
+def stored_minus_one(d: Dims, t: str) -> bool:
+    """Whether the Hugging Face files hold triad tensor t as w - 1 (the norm scales by 1 + w):
+    Nemotron's LayerNorm1P and Gemma's RMSNorms (Dims.norm_offset), Gemma 3's q and k norms too."""
+    return d.norm_offset and (is_norm_weight(t) or t.endswith(("attn/q_norm/weight",
+                                                                "attn/k_norm/weight")))
+
+
 def is_norm_weight(t: str) -> bool:
     """Whether triad tensor t is a LayerNorm's (or RMSNorm's) weight: ln_1, ln_2, the branch
     norms, ln_f."""

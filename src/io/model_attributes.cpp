@@ -27,6 +27,8 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
   io::write_int64_attr(model, "padded_vocab_size", m.padded_vocab_size);
   io::write_string_attr(model, "position", m.position);
   if (m.position == "rope") io::write_double_attr(model, "rope_theta", m.rope_theta);
+  if (m.position == "rope" && m.rope_local_theta > 0)  // 0: rope_theta in every layer
+    io::write_double_attr(model, "rope_local_theta", m.rope_local_theta);
   if (m.rope_scaling != "none") {  // every scaling's, then its own numbers
     io::write_string_attr(model, "rope_scaling", m.rope_scaling);
     io::write_double_attr(model, "rope_scaling_factor", m.rope_scaling_factor);
@@ -154,6 +156,11 @@ ModelShape read_model_attributes(hid_t model) {
                 "attribute rope_theta of /model is ",
                 theta ? "not a finite number > 1" : "missing (position is rope)");
     m.rope_theta = *theta;
+    m.rope_local_theta = io::read_double_attr(model, "rope_local_theta").value_or(0.0);
+    TRIAD_CHECK(
+        m.rope_local_theta == 0 || (std::isfinite(m.rope_local_theta) && m.rope_local_theta > 1),
+        "attribute rope_local_theta of /model is ", m.rope_local_theta,
+        ", not 0 or a finite number > 1");
     m.rope_scaling = io::read_string_attr(model, "rope_scaling").value_or("none");
     TRIAD_CHECK(m.rope_scaling == "none" || m.rope_scaling == "llama3" ||
                     m.rope_scaling == "yarn" || m.rope_scaling == "longrope",

@@ -426,7 +426,15 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
 
 }  // namespace
 
-std::vector<float> rope_table(const GptShape& shape) {
+std::vector<float> rope_table(const GptShape& shape, bool local) {
+  if (local) {  // the windowed layers' base, unscaled
+    GptShape plain = shape;
+    plain.rope_theta = shape.rope_local_theta;
+    plain.rope_factor = 1.0;
+    plain.yarn = false;
+    plain.rope_ext.clear();
+    return rope_table(plain);
+  }
   const int hd = shape.rot(), half = hd / 2;  // the rotated values of a head
   TRIAD_CHECK(shape.rope_ext.empty() || shape.rope_ext.size() == size_t(half),
               "internal error: ", shape.rope_ext.size(), " LongRoPE factors for ", half,
@@ -450,7 +458,8 @@ std::vector<float> rope_table(const GptShape& shape) {
 namespace {
 // Floats of the rope table a model of this shape keeps on its backend (0 without rope).
 size_t rope_table_floats(const GptShape& shape) {
-  return shape.rope ? size_t(shape.seq_len) * size_t(shape.rot()) : 0;
+  const size_t tables = shape.rope_local_theta > 0 ? 2 : 1;
+  return shape.rope ? tables * size_t(shape.seq_len) * size_t(shape.rot()) : 0;
 }
 }  // namespace
 
@@ -657,6 +666,11 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     const std::vector<float> table = rope_table(shape_);
     rope_table_ = be_.alloc(table.size());
     be_.copy_from_host(rope_table_, table.data(), table.size());
+    if (shape_.rope_local_theta > 0) {
+      const std::vector<float> local = rope_table(shape_, true);
+      rope_local_table_ = be_.alloc(local.size());
+      be_.copy_from_host(rope_local_table_, local.data(), local.size());
+    }
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -741,6 +755,7 @@ Gpt::~Gpt() {
   be_.free_ints(d_inputs_);
   if (tied_scratch_) be_.free(tied_scratch_);
   if (rope_table_) be_.free(rope_table_);
+  if (rope_local_table_) be_.free(rope_local_table_);
   if (router_bias_dev_) be_.free(router_bias_dev_);
   delete acts_fp32_;
   delete acts_bf16_;

@@ -393,10 +393,12 @@ void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, i
 // pos0 + r % T (positions[r] where given); inverse: the backward pass on their gradient. Nothing
 // without rope.
 template <class A>
-void Gpt::rotate(A* qkv, int N, int T, int pos0, bool inverse, const int32_t* positions) {
+void Gpt::rotate(int layer, A* qkv, int N, int T, int pos0, bool inverse,
+                 const int32_t* positions) {
   if (!shape_.rope) return;
-  be_.rope(qkv, rope_table_, N, T, pos0, shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp,
-           shape_.kv_heads() / mp_.tp, inverse, positions, shape_.rotary_dim);
+  be_.rope(qkv, shape_.local_rope(layer) ? rope_local_table_ : rope_table_, N, T, pos0,
+           shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp, shape_.kv_heads() / mp_.tp,
+           inverse, positions, shape_.rotary_dim);
 }
 
 template <class F>
@@ -411,14 +413,15 @@ void Gpt::for_each_piece(int B, int T, F&& f) const {
 }
 
 template <class A>
-void Gpt::rotate_pieces(A* qkv, int B, int T, bool inverse) {
+void Gpt::rotate_pieces(int layer, A* qkv, int B, int T, bool inverse) {
   if (positions_ != nullptr) {  // each row at its position in its document
-    rotate(qkv, B * T, T, 0, inverse, positions_);
+    rotate(layer, qkv, B * T, T, 0, inverse, positions_);
     return;
   }
   const size_t Wl = size_t(shape_.qkv_rows() / mp_.tp);
-  for_each_piece(
-      B, T, [&](size_t at, int n, int pos0) { rotate(qkv + at * Wl, B * n, n, pos0, inverse); });
+  for_each_piece(B, T, [&](size_t at, int n, int pos0) {
+    rotate(layer, qkv + at * Wl, B * n, n, pos0, inverse);
+  });
 }
 
 template <class A>
@@ -451,7 +454,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   };
   if (!decoding_) {
     project(L.qkv);
-    rotate_pieces(L.qkv, B, T, false);
+    rotate_pieces(layer, L.qkv, B, T, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
     // each one document (set_attention_mask gives it no mask), the sliding window through
@@ -473,11 +476,11 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     const size_t row = size_t(Wl);
     if (B == 1) {
       project(L.qkv + size_t(pos0) * row);
-      rotate(L.qkv + size_t(pos0) * row, N, T, pos0, false);
+      rotate(layer, L.qkv + size_t(pos0) * row, N, T, pos0, false);
     } else {
       A* fresh = decode_scratch<A>();
       project(fresh);
-      rotate(fresh, N, T, pos0, false);
+      rotate(layer, fresh, N, T, pos0, false);
       for (int b = 0; b < B; ++b)
         be_.copy(words(L.qkv + (size_t(b) * S_len + pos0) * row),
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
@@ -869,8 +872,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
                              shape_.attn_softcap, attention_dropout(first_layer + i));
-    rotate_pieces(dqkv, B, T, true);  // the gradient of the normalized q|k|v, before the rotation
-    if (shape_.qk_norm)               // ... and of c_attn's output, before the norm
+    rotate_pieces(first_layer + i, dqkv, B, T,
+                  true);  // the gradient of the normalized q|k|v, before the rotation
+    if (shape_.qk_norm)   // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     else if (shape_.clip_qkv > 0)  // ... or before the clamp
       be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);

@@ -41,6 +41,10 @@ class KeyTable {
         "learned (GPT-2's position table wpe) | rope (rotary embedding of q and k in every layer, "
         "no wpe)");
     add("model.rope_theta", c.model.rope_theta, "rope: base of the rotation frequencies");
+    add("model.rope_local_theta", c.model.rope_local_theta,
+        "rope with model.sliding_window: the windowed layers' base, their rotation without "
+        "model.rope_scaling (Gemma 3's rope_local_base_freq, 10000; the full-attention layers keep "
+        "model.rope_theta); 0: model.rope_theta in every layer");
     add("model.rotary_dim", c.model.rotary_dim,
         "rope: partial rotary, only the first N of each q and k head's values rotate (even, at "
         "most the head's width; GPT-NeoX's rotary_pct 0.25: head_dim / 4; 0: all of them)");

@@ -250,6 +250,10 @@ void validate(const Config& c, int world_size) {
               std::to_string(m.hd()) + ")");
     check(std::isfinite(m.rope_theta) && m.rope_theta > 1, "model.rope_theta",
           "must be a finite number > 1");
+    check(m.rope_local_theta == 0 || (std::isfinite(m.rope_local_theta) && m.rope_local_theta > 1),
+          "model.rope_local_theta", "must be 0 or a finite number > 1");
+    check(m.rope_local_theta == 0 || m.sliding_window > 0, "model.rope_local_theta",
+          "needs model.sliding_window > 0 (the windowed layers whose base it is)");
     check(m.rotary_dim >= 0 && m.rotary_dim % 2 == 0 && m.rotary_dim <= m.hd(), "model.rotary_dim",
           "must be even and in [0, " + std::to_string(m.hd()) +
               "] (the head's width; 0: every value rotates; got " + std::to_string(m.rotary_dim) +

@@ -60,6 +60,7 @@ ModelShape model_shape(const Config& cfg) {
   ModelShape m{c.n_layer, c.n_head, c.n_embd, c.seq_len, c.vocab_size, cfg.padded_vocab_size()};
   m.position = c.position;
   m.rope_theta = c.position == "rope" ? c.rope_theta : 0.0;
+  m.rope_local_theta = c.position == "rope" ? c.rope_local_theta : 0.0;
   if (c.rope_scaling == "llama3") {
     m.rope_scaling = "llama3";
     m.rope_scaling_factor = c.rope_scaling_factor;
@@ -141,6 +142,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
              int(m.seq_len), int(m.vocab_size), padded_vocab_size};
   s.rope = m.position == "rope";
   if (s.rope) s.rope_theta = m.rope_theta;
+  if (s.rope) s.rope_local_theta = m.rope_local_theta;
   if (m.rope_scaling == "llama3") {
     s.rope_factor = m.rope_scaling_factor;
     s.rope_low_freq = m.rope_low_freq_factor;

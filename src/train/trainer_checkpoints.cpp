@@ -307,6 +307,12 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
          " but the config asks for model.position = ", describe(c.position, c.rope_theta),
          m.position == c.position ? hint : "");
   }
+  // ... nor do the windowed layers with another base of their own (model.rope_local_theta).
+  const double local_theta = c.position == "rope" ? c.rope_local_theta : 0.0;
+  TRIAD_CHECK(m.rope_local_theta == local_theta || free, "checkpoint ", path,
+              " holds a model whose windowed layers rotate by the base ", m.rope_local_theta,
+              " (0: rope_theta's) but the config asks for model.rope_local_theta = ", local_theta,
+              hint);
   // Scaled frequencies are other positions too: the config's scaling, as a checkpoint holds it
   // (the numbers of the scaling it names; the others at their defaults, as the file's reader
   // leaves them).
@@ -489,6 +495,8 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
   if (m.seq_len != asked.seq_len) os << ", seq_len " << m.seq_len << " -> " << asked.seq_len;
   if (m.rope_theta != asked.rope_theta)
     os << ", rope_theta " << m.rope_theta << " -> " << asked.rope_theta;
+  if (m.rope_local_theta != asked.rope_local_theta)
+    os << ", rope_local_theta " << m.rope_local_theta << " -> " << asked.rope_local_theta;
   if (!same_scaling)
     os << ", rope scaling " << m.rope_scaling << " -> " << asked.rope_scaling
        << (asked.rope_scaling != "none" ? " (the config's factors)" : "");

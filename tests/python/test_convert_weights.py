@@ -1436,6 +1436,159 @@ def test_gpt_neo_imports_and_evaluates_as_transformers(imported, tmp_path):
     assert not (tmp_path / "odd.h5").exists()
 
 
+GEMMA3 = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=SEQ,
+              rms_norm_eps=1e-6, rope_theta=1000.0, rope_local_base_freq=50.0, sliding_window=8,
+              sliding_window_pattern=2, query_pre_attn_scalar=24, hidden_activation="gelu_pytorch_tanh",
+              attn_logit_softcapping=None, final_logit_softcapping=None, rope_scaling=None,
+              tie_word_embeddings=True, attention_bias=False, model_type="gemma3_text",
+              architectures=["Gemma3ForCausalLM"])
+
+
+class Gemma3Reference(torch.nn.Module):
+    """Gemma 3's language model (Gemma3ForCausalLM) in float64, written from transformers'
+    modeling_gemma3.py (this transformers, pinned by Debian's torch 1.13, predates it), over the
+    tensors of its files: the embedding times sqrt(hidden_size); per layer RMSNorms scaling by
+    1 + w around both branches (input, post-attention, pre- and post-feedforward), q and k
+    RMSNormed per head (1 + w) and rotated by rope_local_base_freq in the sliding layers
+    ((i + 1) % sliding_window_pattern != 0: each query sees its last sliding_window keys) and by
+    rope_theta in the others, scores times query_pre_attn_scalar^-0.5, key/value head h // (heads
+    / kv_heads) for query head h, the GeGLU MLP; the final norm and the tied head."""
+
+    def __init__(self, cfg, tensors):
+        super().__init__()
+        self.cfg = cfg
+        self.t = {k: torch.from_numpy(v.astype(np.float64)) for k, v in tensors.items()}
+
+    def forward(self, x, use_cache=False):
+        c, t = self.cfg, self.t
+        C, nh, kv, hd = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], \
+            c["head_dim"]
+        B, T = x.shape
+
+        def rms(h, w):
+            return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + c["rms_norm_eps"]) * (1 + w)
+
+        def rope(q, base):  # [B, heads, T, hd], rotate-half pairs (i, i + hd/2)
+            inv = 1.0 / base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+            ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+            cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+            half = torch.cat([-q[..., hd // 2:], q[..., :hd // 2]], -1)
+            return q * cos + half * sin
+
+        h = t["model.embed_tokens.weight"][x] * math.sqrt(C)
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        for n in range(c["num_hidden_layers"]):
+            p = f"model.layers.{n}."
+            sliding = (n + 1) % c["sliding_window_pattern"] != 0
+            a = rms(h, t[p + "input_layernorm.weight"])
+            q = (a @ t[p + "self_attn.q_proj.weight"].T).view(B, T, nh, hd).transpose(1, 2)
+            k = (a @ t[p + "self_attn.k_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+            v = (a @ t[p + "self_attn.v_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
+            q, k = rms(q, t[p + "self_attn.q_norm.weight"]), rms(k, t[p + "self_attn.k_norm.weight"])
+            base = c["rope_local_base_freq"] if sliding else c["rope_theta"]
+            q, k = rope(q, base), rope(k, base)
+            k, v = k.repeat_interleave(nh // kv, 1), v.repeat_interleave(nh // kv, 1)
+            s = q @ k.transpose(-1, -2) * c["query_pre_attn_scalar"] ** -0.5
+            seen = (j <= i) & ((i - j < c["sliding_window"]) if sliding else True)
+            s = s.masked_fill(~seen, float("-inf")).softmax(-1)
+            o = (s @ v).transpose(1, 2).reshape(B, T, nh * hd) @ t[p + "self_attn.o_proj.weight"].T
+            h = h + rms(o, t[p + "post_attention_layernorm.weight"])
+            m = rms(h, t[p + "pre_feedforward_layernorm.weight"])
+            g = torch.nn.functional.gelu(m @ t[p + "mlp.gate_proj.weight"].T, approximate="tanh")
+            m = (g * (m @ t[p + "mlp.up_proj.weight"].T)) @ t[p + "mlp.down_proj.weight"].T
+            h = h + rms(m, t[p + "post_feedforward_layernorm.weight"])
+        logits = rms(h, t["model.norm.weight"]) @ t["model.embed_tokens.weight"].T
+        return type("Out", (), {"logits": logits})()
+
+
+def gemma3_files(directory, cfg=GEMMA3, seed=83):
+    """A Gemma 3 model directory (config.json, model.safetensors) of cfg with seeded weights,
+    spread as tiny_hf's (matrices wide, norms away from 0); returns its tensors."""
+    import safetensors.numpy
+    rng = np.random.default_rng(seed)
+    C, H, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    nh, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], C), "model.norm.weight": (C,)}
+    for n in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        shapes.update({p + "input_layernorm.weight": (C,), p + "post_attention_layernorm.weight": (C,),
+                       p + "pre_feedforward_layernorm.weight": (C,),
+                       p + "post_feedforward_layernorm.weight": (C,),
+                       p + "self_attn.q_proj.weight": (nh * hd, C),
+                       p + "self_attn.k_proj.weight": (kv * hd, C),
+                       p + "self_attn.v_proj.weight": (kv * hd, C),
+                       p + "self_attn.o_proj.weight": (C, nh * hd),
+                       p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,),
+                       p + "mlp.gate_proj.weight": (H, C), p + "mlp.up_proj.weight": (H, C),
+                       p + "mlp.down_proj.weight": (C, H)})
+    tensors = {k: (rng.standard_normal(s) * (0.25 if len(s) == 2 else 0.3)).astype("<f4")
+               for k, s in shapes.items()}
+    directory.mkdir(parents=True)
+    safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return tensors
+
+
+def test_gemma3_imports_and_evaluates_as_its_definition(imported, tmp_path):
+    """A Gemma 3 model (Gemma3ForCausalLM's files: layers sliding, full, sliding, an 8-key window,
+    the sliding layers' rope base 50 and the others' 1000, QK-norm, 4 heads over 2 key/value
+    heads) imports as Gemma 2's blocks with model.qk_norm, model.full_attention_every = 2 and
+    model.rope_local_theta; triad's loss (1 rank and tp 2) and greedy tokens are those of
+    transformers' definition (Gemma3Reference, float64). Its export is Gemma 3's config.json
+    again, with the tensors bit for bit (the norms' w to an ulp of 1 + w); the same model written with newer transformers'
+    layer_types imports the same. The local base, and the q and k norms' 1 + w, move the loss."""
+    d, _, cfg = imported
+    tensors = gemma3_files(tmp_path / "gemma3")
+    ref = Gemma3Reference(GEMMA3, tensors)
+    out = tmp_path / "gemma3.h5"
+    p = tool("triad-convert", "import", tmp_path / "gemma3", out, "--seq-len", SEQ)
+    assert p.returncode == 0 and "Hugging Face Gemma 3 model" in p.stdout, p.stdout + p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert (int(a["qk_norm"]), int(a["branch_norm"]), int(a["sliding_window"]),
+                int(a["full_attention_every"]), float(a["rope_local_theta"]),
+                float(a["rope_theta"])) == (1, 1, 8, 2, 50.0, 1000.0)
+    _, want = evaluates_as_transformers(ref, d, cfg, out, "--model-from", out)
+    evaluates_on_tp2(cfg, out, ["--model-from", out], want)
+    generates_as_transformers(ref, out)
+    plain = {k: (v - 1 if k.endswith(("q_norm.weight", "k_norm.weight")) else v)
+             for k, v in tensors.items()}  # q and k norms scaling by w, not 1 + w
+    for other, weights in (({**GEMMA3, "rope_local_base_freq": 1000.0}, tensors),
+                           (GEMMA3, plain)):
+        got, _ = hf_loss_accuracy(Gemma3Reference(other, weights), d)
+        assert abs(got - want) > 1e-3 * want, (got, want)
+
+    p = tool("triad-convert", "export", out, tmp_path / "again", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    for k, v in GEMMA3.items():
+        if k not in ("attn_logit_softcapping", "final_logit_softcapping", "rope_scaling"):
+            assert again[k] == v, (k, again[k], v)
+    assert again["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    import safetensors.numpy
+    back = safetensors.numpy.load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():  # the norms through 1 + w in fp32: to half an ulp of 1 + w
+        if k.endswith("norm.weight"):
+            assert np.all(np.abs(back[k] - v) <= 2.0 ** -23 * (1 + np.abs(v))), k
+        else:
+            assert np.array_equal(back[k], v), k
+
+    newer = {k: v for k, v in GEMMA3.items() if k != "sliding_window_pattern"}
+    newer["layer_types"] = again["layer_types"]
+    gemma3_files(tmp_path / "newer", newer)
+    p = tool("triad-convert", "import", tmp_path / "newer", tmp_path / "newer.h5", "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(tmp_path / "newer.h5", "r") as f:
+        assert int(f["model"].attrs["full_attention_every"]) == 2
+    newer["layer_types"] = ["full_attention", "sliding_attention", "sliding_attention"]
+    gemma3_files(tmp_path / "odd", newer)
+    p = tool("triad-convert", "import", tmp_path / "odd", tmp_path / "odd.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "config.json", "does not attend to the whole context in every N-th")
+    assert not (tmp_path / "odd.h5").exists()
+
+
 def opt_model(**config):
     return tiny_hf(transformers.OPTForCausalLM, transformers.OPTConfig, 67, dict(
         vocab_size=V, hidden_size=64, num_hidden_layers=2, ffn_dim=256, num_attention_heads=4,

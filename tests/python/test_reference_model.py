@@ -360,6 +360,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every,
                       full_attention_first=c.full_attention_first, logit_softcap=c.logit_softcap,
+                      rope_local_theta=c.rope_local_theta,
                       attn_softcap=c.attn_softcap, logit_scale=c.logit_scale,
                       clip_qkv=c.clip_qkv, norm_weight=c.norm_weight,
                       residual_scale=c.residual_scale,
@@ -1179,11 +1180,11 @@ def with_model(p: Prepared, tmp_path: Path, **options) -> Prepared:
 
 
 def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0,
-                first: bool = False) -> Prepared:
+                first: bool = False, local_theta: float = 0.0) -> Prepared:
     """p's model with model.sliding_window = window (and model.full_attention_every,
-    model.full_attention_first)."""
+    model.full_attention_first, model.rope_local_theta)."""
     return with_model(p, tmp_path, sliding_window=window, full_attention_every=full_every,
-                      full_attention_first=first)
+                      full_attention_first=first, rope_local_theta=local_theta)
 
 
 # model.sliding_window: every gradient against the reference's attention cut to each query's last
@@ -1203,14 +1204,17 @@ def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_pat
 
 # model.full_attention_every = 2: the second layer attends to everything (to its documents), the
 # first keeps to the window; with model.full_attention_first (GPT-Neo's order) the other way
-# round; every gradient against the reference's per-layer masks.
-@pytest.mark.parametrize("documents,first", [(False, False), (True, False), (False, True)])
-def test_interleaved_full_attention_gradients_match_torch(documents, first, tmp_root, tmp_path):
+# round; with model.rope_local_theta (Gemma 3's) the windowed layer rotates by a base of its own;
+# every gradient against the reference's per-layer masks and rotations.
+@pytest.mark.parametrize("documents,first,local", [(False, False, 0.0), (True, False, 0.0),
+                                                   (False, True, 0.0), (False, False, 50.0)])
+def test_interleaved_full_attention_gradients_match_torch(documents, first, local, tmp_root,
+                                                          tmp_path):
     p = prepare(next(c for c in CASES if c.name == "llama"), tmp_root)
     q = packed_documents(p, tmp_path, 7, 31)
     if not documents:
         q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
-    q = with_window(q, tmp_path, 4, full_every=2, first=first)
+    q = with_window(q, tmp_path, 4, full_every=2, first=first, local_theta=local)
     over = {"data__document_mask": 7} if documents else {}
     check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
     # ... and the window's layers alone, or the other order, would give other gradients: the test
@@ -1218,8 +1222,11 @@ def test_interleaved_full_attention_gradients_match_torch(documents, first, tmp_
     with h5py.File(tmp_path / "probe_none_0.h5", "r") as f:
         got = f["grad/h/0/attn/c_attn/weight"][...]
     x, y = ref.batch(q.train_tokens, 0, q.case.micro_batch, q.case.cfg.seq_len)
-    for cfg in (replace(q.case.cfg, full_attention_every=0, full_attention_first=False),
-                replace(q.case.cfg, full_attention_first=not first)):
+    others = [replace(q.case.cfg, full_attention_every=0, full_attention_first=False),
+              replace(q.case.cfg, full_attention_first=not first)]
+    if local:
+        others.append(replace(q.case.cfg, rope_local_theta=0.0))
+    for cfg in others:
         _, _, grads = torch_forward_backward(q.weights, cfg, x, y)
         assert rel_err(got, grads["h/0/attn/c_attn/weight"]) > 1e-3
 

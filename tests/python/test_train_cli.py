@@ -918,6 +918,10 @@ def test_rotary_positions_resume_bit_exactly_and_refuse_the_other_positions(tmp_
                        str(ckpt), "rope with rope_theta=500", "model.position = learned")
     assert_clean_error(train("--config", part, *rope[:2], "--init-from", ckpt, "--run.name", "x"),
                        "rope with rope_theta=500", "rope with rope_theta=10000")
+    assert_clean_error(train("--config", part, *rope, "--model.sliding_window", "4",
+                             "--model.rope_local_theta", "50", "--init-from", ckpt,
+                             "--run.name", "x"),
+                       "windowed layers rotate by the base 0", "model.rope_local_theta = 50")
     learned = tmp_path / "runs" / "lp" / "ckpt" / "step_00000005.h5"
     train("--config", tiny_config(tmp_path, name="lp"), "--train.steps", "5", check=True)
     assert_clean_error(train("--config", part, *rope, "--init-from", learned, "--run.name", "y"),
@@ -1331,6 +1335,8 @@ def test_damaged_checkpoints(tmp_path):
              "attribute full_attention_every of /model is 2"),
             ("full_first", {"sliding_window": 4, "full_attention_first": 1},
              "attribute full_attention_first of /model is 1 without full_attention_every"),
+            ("local_theta", {"position": "rope", "rope_theta": 10000.0, "rope_local_theta": 0.5},
+             "attribute rope_local_theta of /model is 0.5, not 0 or a finite number > 1"),
             ("rscale", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "ntk"},
              "'ntk', not none, llama3, yarn or longrope"),
             ("rscale_longrope", {"position": "rope", "rope_theta": 10000.0,

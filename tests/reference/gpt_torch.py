@@ -82,6 +82,8 @@ class GptConfig:
     tp: int = 1  # only for the padding rule
     position: str = "learned"  # learned (wpe) | rope (rotary q and k, no wpe)
     rope_theta: float = 10000.0
+    # model.rope_local_theta: the windowed layers' base, without rope_scaling (0: rope_theta's).
+    rope_local_theta: float = 0.0
     norm: str = "layernorm"  # layernorm (weight, bias) | rmsnorm (weight only)
     bias: bool = True  # False: no biases in linear layers and LayerNorms (nanoGPT's bias=False)
     mlp: str = "gelu"  # gelu, gelu_exact | swiglu, geglu (c_fc rows: gate, up) | relu2 | relu
@@ -880,10 +882,18 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         windowed = (causal & near) if full is None else (full & near)
 
-    def layer_mask(layer):  # interleaved local (windowed) and global (full) layers
+    def is_windowed(layer):  # interleaved local (windowed) and global (full) layers
         every = cfg.full_attention_every
         shift = 0 if cfg.full_attention_first else 1
-        return full if cfg.sliding_window and every and (layer + shift) % every == 0 else windowed
+        return bool(cfg.sliding_window) and not (every and (layer + shift) % every == 0)
+
+    def layer_mask(layer):
+        return windowed if is_windowed(layer) else full
+
+    def layer_rope(layer):  # (base, scaling): the windowed layers' own base, unscaled
+        if rope is not None and cfg.rope_local_theta and is_windowed(layer):
+            return cfg.rope_local_theta, None
+        return rope, cfg.rope_scaling
 
     positions = None
     if cfg.reset_positions:
@@ -904,9 +914,10 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         if cfg.kv_lora_rank:
             y = mla_attention(params, cfg, p, h, layer_mask(i), positions, layer=i)
         else:
+            theta, scaling = layer_rope(i)
             y = attention(h, params[p + "attn/c_attn/weight"],
-                          params.get(p + "attn/c_attn/bias"), cfg.n_head, rope,
-                          cfg.kv_heads, qn, kn, cfg.rope_scaling, cfg.norm_eps,
+                          params.get(p + "attn/c_attn/bias"), cfg.n_head, theta,
+                          cfg.kv_heads, qn, kn, scaling, cfg.norm_eps,
                           cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
                           cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full,
                           layer=i)
@@ -1321,6 +1332,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         _string_attr(m, "position", cfg.position)
         if cfg.position == "rope":
             m.attrs.create("rope_theta", np.float64(cfg.rope_theta), dtype="<f8")
+            if cfg.rope_local_theta:
+                m.attrs.create("rope_local_theta", np.float64(cfg.rope_local_theta), dtype="<f8")
         if isinstance(cfg.rope_scaling, Yarn):
             y = cfg.rope_scaling
             _string_attr(m, "rope_scaling", "yarn")

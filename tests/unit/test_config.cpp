@@ -478,6 +478,25 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_NE(error_of({"--model.sliding_window", "8", "--model.full_attention_first", "true"})
                 .find("model.full_attention_first needs model.full_attention_every"),
             std::string::npos);
+  // Gemma 3's: the windowed layers rotate by a base of their own.
+  const std::vector<std::string> gemma3 = {"--model.position",
+                                           "rope",
+                                           "--model.sliding_window",
+                                           "8",
+                                           "--model.full_attention_every",
+                                           "6",
+                                           "--model.rope_local_theta",
+                                           "10000"};
+  EXPECT_EQ(error_of(gemma3), "");
+  const GptShape g = gpt_shape(parse(gemma3).config);
+  EXPECT_TRUE(g.local_rope(0) && g.local_rope(4) && !g.local_rope(5) && g.local_rope(6));
+  EXPECT_NE(error_of({"--model.position", "rope", "--model.rope_local_theta", "10000"})
+                .find("model.rope_local_theta needs model.sliding_window"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--model.position", "rope", "--model.sliding_window", "8",
+                      "--model.rope_local_theta", "0.5"})
+                .find("model.rope_local_theta must be 0 or a finite number > 1"),
+            std::string::npos);
 }
 
 TEST(Config, UnknownNamesAndUnbuiltModesAreRefused) {

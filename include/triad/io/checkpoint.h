@@ -77,6 +77,9 @@ struct ModelShape {
   // are all learned) and rope_theta (rope only).
   std::string position = "learned";
   double rope_theta = 0;
+  // Attribute rope_local_theta (double > 1: the windowed layers' rope base; absent or 0: none;
+  // written when > 0, rope only).
+  double rope_local_theta = 0;
   // Attribute rope_scaling ("none" | "llama3"; absent: none) and, for llama3, the doubles
   // rope_scaling_factor, rope_low_freq_factor, rope_high_freq_factor and the int64
   // rope_original_positions (model.rope_* of the same names).

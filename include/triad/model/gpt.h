@@ -658,8 +658,10 @@ class Gpt {
   // again (after ln_1) before the layer's backward.
   template <class A>
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
+  // (Layer `layer` of the whole model: its table, rope_local_table_ where shape_.local_rope.)
   template <class A>
-  void rotate(A* qkv, int N, int T, int pos0, bool inverse, const int32_t* positions = nullptr);
+  void rotate(int layer, A* qkv, int N, int T, int pos0, bool inverse,
+              const int32_t* positions = nullptr);
   // The T rows per sequence this rank holds of B training sequences as runs of consecutive
   // positions: f(first row, rows per sequence, position of its rows' first) once for the whole
   // sequences, or under context parallelism once for each of its two pieces ([2][B][T/2] rows).
@@ -667,7 +669,7 @@ class Gpt {
   void for_each_piece(int B, int T, F&& f) const;
   // rotate() over those rows, each piece at its own positions.
   template <class A>
-  void rotate_pieces(A* qkv, int B, int T, bool inverse);
+  void rotate_pieces(int layer, A* qkv, int B, int T, bool inverse);
   // Context parallelism (gpt_context.cpp): the attention of this rank's pieces of B sequences
   // (forward: into atty [2][B][piece] and att, from its rows' q|k|v; backward: dqkv written over)
   // with the keys and values of the whole sequences gathered from the context-parallel group.
@@ -914,6 +916,7 @@ class Gpt {
   int wte_ = -1, wpe_ = -1, lnf_ = -1, head_ = -1;
   int head_bias_index_ = -1;     // lm_head/bias (model.head_bias) where this rank holds the head
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
+  float* rope_local_table_ = nullptr;  // rope_table(shape_, true) (shape_.rope_local_theta > 0)
   std::vector<int> layer_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
   // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms)

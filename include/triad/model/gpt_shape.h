@@ -29,6 +29,12 @@ struct GptShape {
   // the "rotate half" pairing of GPT-NeoX and Llama; see Backend::rope).
   bool rope = false;
   double rope_theta = 10000.0;
+  // The windowed layers' base instead (model.rope_local_theta > 0, Gemma 3's): their rotation
+  // pos·rope_local_theta^(−2i/hd), without the scalings below; the full-attention layers keep
+  // rope_theta (and the scaling). 0: rope_theta in every layer.
+  double rope_local_theta = 0.0;
+  // Whether layer `layer` rotates by the local base (rope_table(shape, true)).
+  bool local_rope(int layer) const { return rope && rope_local_theta > 0 && windowed(layer); }
   // Llama 3.1's rope scaling (model.rope_scaling = llama3; rope_factor 1: none): frequencies
   // whose wavelength exceeds rope_original_positions / rope_low_freq divided by rope_factor,
   // those below rope_original_positions / rope_high_freq kept, those between interpolated
@@ -373,8 +379,8 @@ struct GptShape {
 // The rotary embedding's angles (shape.rope): [seq_len, r] floats (r = shape.rot(): hd, or the
 // rotary_dim of partial rotary), position p's row holding cos(p·f_i) for i < r/2, then
 // sin(p·f_i), f_i = rope_theta^(−2i/r); computed in double and rounded once, so every backend
-// reads the same table.
-std::vector<float> rope_table(const GptShape& shape);
+// reads the same table. local: the windowed layers' table (rope_local_theta, no scaling).
+std::vector<float> rope_table(const GptShape& shape, bool local = false);
 
 // Whether a parameter has a row per vocabulary entry (wte, an untied head's lm_head and its bias):
 // rows from vocab_size on are padding, zero and not parameters of the model.
