@@ -334,7 +334,7 @@ MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_l
 # it, or one another tool wrote).
 FLAG_DEFAULTS = {"bias": 1, "tie_embeddings": 1, "qk_norm": 0, "qk_norm_full": 0, "pre_norm": 1,
                  "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "parallel_residual": 0,
-                 "branch_norm": 0, "shared_norm": 0, "head_bias": 0}
+                 "branch_norm": 0, "shared_norm": 0, "head_bias": 0, "full_attention_first": 0}
 
 
 def model_attrs_with_defaults(ma: dict) -> dict:
@@ -406,6 +406,10 @@ def _check(rep: Report) -> None:
             P.append(f"/model attribute {flag} = {ma[flag]!r}, expected 0 or 1")
     if not (isinstance(ma.get("mlp_hidden", 1), int) and ma.get("mlp_hidden", 1) >= 1):
         P.append(f"/model attribute mlp_hidden = {ma['mlp_hidden']!r}, not a positive count")
+    local = ma.get("rope_local_theta", 0.0)  # absent: rope_theta's
+    if not (isinstance(local, (int, float)) and (local == 0 or (math.isfinite(local) and
+                                                                local > 1))):
+        P.append(f"/model attribute rope_local_theta = {local!r}, not 0 or a finite number > 1")
     scale = ma.get("attn_scale", 0.0)  # absent: 1/sqrt(head width)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 <= scale <= 100):
         P.append(f"/model attribute attn_scale = {scale!r}, not a number in [0, 100]")

@@ -1,6 +1,7 @@
 """GPT-Neo's Hugging Face config (GPTNeoForCausalLM: EleutherAI's GPT-Neo 125M to 2.7B, the
 TinyStories models) read as triad's model and written back. Its blocks are GPT-2's (learned
-positions, LayerNorms before the branches, the tanh GELU MLP, a tied head) but for three things:
+positions, LayerNorms before the branches, a GELU MLP: gelu_new, GELU's tanh approximation, as
+model.mlp = gelu, or exact, "gelu", as gelu_exact; a tied head) but for three things:
 the attention scores are not scaled (q·k as it is: model.attn_scale = 1), the q, k and v
 projections have no biases (triad holds c_attn's bias as zeros), and layers alternate between
 attending to the whole context ("global") and to the last window_size tokens ("local"), which
@@ -71,9 +72,9 @@ def gpt_neo_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"is {n_layer}")
     refusals = []
     act = cfg.get("activation_function", "gelu_new")
-    if act not in TANH_GELU:
-        refusals.append(f"activation_function {act!r} (triad's MLP here uses GELU's tanh "
-                        f"approximation: {', '.join(TANH_GELU)})")
+    if act not in TANH_GELU + ("gelu",):
+        refusals.append(f"activation_function {act!r} (triad's GPT-Neo MLP is exact GELU, 'gelu', "
+                        f"or its tanh approximation: {', '.join(TANH_GELU)})")
     if not (0 < eps <= 0.1):
         refusals.append(f"layer_norm_epsilon {eps} (triad's model.norm_eps is in (0, 0.1])")
     if "local" in layers and window < 1:
@@ -83,6 +84,7 @@ def gpt_neo_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     every, first = attention_pattern(layers, where) if "local" in layers else (0, False)
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, norm_eps=eps, mlp_hidden=hidden,
+             mlp="gelu_exact" if act == "gelu" else "gelu",
              attn_scale=1.0, sliding_window=window if "local" in layers else 0,
              full_attention_every=every, full_attention_first=first, gpt_neo=True)
     d.check(where)
@@ -102,7 +104,8 @@ def gpt_neo_hf_config(d: Dims) -> dict:
         "intermediate_size": d.mlp_hidden or 4 * d.n_embd,
         "attention_types": [[[x], 1] for x in layers], "attention_layers": layers,
         "window_size": d.sliding_window or 256,  # (no local layer reads it)
-        "activation_function": "gelu_new", "layer_norm_epsilon": d.norm_eps,
+        "activation_function": "gelu" if d.mlp == "gelu_exact" else "gelu_new",
+        "layer_norm_epsilon": d.norm_eps,
         "resid_dropout": 0.0, "embed_dropout": 0.0, "attention_dropout": 0.0,
         "initializer_range": 0.02, "tie_word_embeddings": True,
         "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",

@@ -27,7 +27,7 @@ def hf_name(name: str, d: Dims | None = None) -> Tuple[str, bool]:
 
 def opt_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of an OPT model and the HF tensors it is made of (c_attn's from q, k
-    and v, stacked by rows; wpe from embed_positions past its 2 offset rows: opt_positions)."""
+    and v, stacked by rows; wpe from embed_positions past its 2 offset rows: position_rows)."""
     m = "model.decoder."
     src = {"wte/weight": [m + "embed_tokens.weight"], "wpe/weight": [m + "embed_positions.weight"]}
     for i in range(d.n_layer):
@@ -334,7 +334,7 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                                          "post_attention_layernorm.weight")]}),
         })
         if not d.norm_weight or not d.pre_norm:  # OLMo's norms hold nothing (triad's are
-            # ones: ones_for); OLMo-2 has none before the branches, nor does triad's model then
+            # ones: unstored_tensor); OLMo-2 has none before the branches, nor does triad's model then
             for t in ("ln_1/weight", "ln_2/weight"):
                 src.pop(p + t, None)
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe", "olmoe"):  # sparse MLP

@@ -243,7 +243,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              norm_eps=float(a.get("norm_eps", 1e-5)))
     if gpt_neo:
+        mlp = a.get("mlp", "gelu")
         d = replace(d, gpt_neo=True, attn_scale=1.0, mlp_hidden=int(a.get("mlp_hidden", 0)),
+                    mlp=mlp if mlp in ("gelu", "gelu_exact") else "gelu",
                     sliding_window=int(a.get("sliding_window", 0)),
                     full_attention_every=int(a.get("full_attention_every", 0)),
                     full_attention_first=int(a.get("full_attention_first", 0)) == 1)
@@ -251,14 +253,17 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: the model has c_attn's bias without the others "
                            f"(model.qkv_bias) in GPT-2's blocks; Hugging Face's GPT-2 and "
                            f"llm.c's format have all biases or (as zeros) none")
-    if gpt_neo and (a.get("mlp", "gelu") != "gelu" or int(a.get("tie_embeddings", 1)) != 1 or
-                    int(a.get("n_kv_head", d.n_head)) != d.n_head):
+    unlike = [what for what, off in (
+        (f"model.mlp = {a.get('mlp')} (GPT-Neo's MLP is GELU's)",
+         a.get("mlp", "gelu") not in ("gelu", "gelu_exact")),
+        ("model.tie_embeddings = false (GPT-Neo's head is wte)",
+         int(a.get("tie_embeddings", 1)) != 1),
+        (f"model.n_kv_head = {a.get('n_kv_head')} (GPT-Neo has a key/value head per query head)",
+         int(a.get("n_kv_head", d.n_head)) != d.n_head)) if off]
+    if gpt_neo and unlike:
         raise ConvertError(f"{path}: the model's blocks with learned positions and unscaled "
                            f"attention scores (model.attn_scale = 1) are GPT-Neo's but for "
-                           f"model.mlp = {a.get('mlp', 'gelu')}, model.tie_embeddings = "
-                           f"{a.get('tie_embeddings', 1)}, model.n_kv_head = "
-                           f"{a.get('n_kv_head', d.n_head)}; Hugging Face's GPT-Neo has a GELU MLP, "
-                           f"a tied head and a key/value head per query head")
+                           f"{'; '.join(unlike)}")
     if gpt_neo:  # (any MLP width: GPT-Neo's intermediate_size)
         pass
     elif a.get("mlp", "gelu") in ("relu", b"relu"):  # OPT's blocks
