@@ -51,6 +51,9 @@ class Dims:
     position: str = "learned"
     rope_theta: float = 10000.0
     rope_local_theta: float = 0.0  # the windowed layers' base (model.rope_local_theta); 0: none
+    # Linear rope scaling (model.rope_scaling = linear: the frequencies divided by this factor;
+    # Gemma 3 4B-27B's full-attention layers); 0: none.
+    rope_linear: float = 0.0
     norm: str = "layernorm"
     bias: bool = True
     mlp: str = "gelu"
@@ -372,6 +375,9 @@ class Dims:
                 a["rope_theta"] = float(self.rope_theta)
                 if self.rope_local_theta:
                     a["rope_local_theta"] = float(self.rope_local_theta)
+                if self.rope_linear:
+                    a["rope_scaling"] = "linear"
+                    a["rope_scaling_factor"] = float(self.rope_linear)
             if self.rope_scaling is not None:
                 a["rope_scaling"] = "llama3"
                 a.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))
@@ -412,6 +418,9 @@ class Dims:
                 keys["rope_theta"] = self.rope_theta
                 if self.rope_local_theta:
                     keys["rope_local_theta"] = repr(float(self.rope_local_theta))
+                if self.rope_linear:
+                    keys["rope_scaling"] = "linear"
+                    keys["rope_scaling_factor"] = repr(float(self.rope_linear))
             if self.rope_scaling is not None:
                 keys["rope_scaling"] = "llama3"
                 keys.update(zip(ROPE_SCALING_ATTRS, self.rope_scaling))

@@ -279,7 +279,9 @@ def gemma_hf_config(d: Dims) -> dict:
         every = d.full_attention_every if d.sliding_window else 1
         pattern = every or d.n_layer + 1
         cfg.update(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
-                   sliding_window_pattern=pattern, rope_scaling=None,
+                   sliding_window_pattern=pattern,
+                   rope_scaling={"rope_type": "linear", "factor": d.rope_linear}
+                   if d.rope_linear else None,
                    layer_types=["full_attention" if (i + 1) % pattern == 0 else
                                 "sliding_attention" for i in range(d.n_layer)],
                    rope_local_base_freq=d.rope_local_theta or d.rope_theta)

@@ -743,9 +743,9 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     rope_local_base_freq (model.rope_local_theta); its window is kept where it covers the context
     (the windowed layers' rotation tells them apart)."""
     gemma3 = cfg.get("model_type") == "gemma3_text"
-    if gemma3:  # (Gemma3TextConfig's defaults for the keys a file leaves out)
-        cfg = {"rope_theta": 1e6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
-               "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6, **cfg}
+    if gemma3:  # Gemma3TextConfig's defaults for the keys a file leaves out (the multimodal
+        # models' text_config names only a few)
+        cfg = {**GEMMA3_TEXT_DEFAULTS, **cfg}
     c = LlamaLikeConfig(cfg, where, "rms_norm_eps", 1e-6,
                         {"head_dim": lambda: int(cfg.get("head_dim") or 256)})
     n_layer, n_head, n_embd, hidden = c.n_layer, c.n_head, c.n_embd, c.hidden
@@ -759,9 +759,17 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         f"approximation: {', '.join(TANH_GELU)})")
     if cfg.get("attention_bias"):
         refusals.append("attention_bias = true (triad's Gemma has no biases)")
+    linear = 0.0  # Gemma 3's linear scaling of its full-attention layers (4B to 27B)
     if cfg.get("rope_scaling"):
-        refusals.append(f"rope_scaling {cfg['rope_scaling']} (triad builds transformers' Gemma "
-                        f"without scaling)")
+        r = cfg["rope_scaling"]
+        kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
+        try:
+            linear = float(r["factor"]) if gemma3 and kind == "linear" else 0.0
+        except (KeyError, TypeError, ValueError):
+            pass
+        if not (math.isfinite(linear) and linear >= 1):
+            refusals.append(f"rope_scaling {r} (triad builds transformers' Gemma without scaling, "
+                            f"and Gemma 3's linear scaling with a factor >= 1)")
     if not 2 <= hd <= 4096 or hd % 2:
         refusals.append(f"head_dim {hd} (triad's rope needs an even model.head_dim in [2, 4096])")
     gemma2 = cfg.get("model_type") == "gemma2" or gemma3  # (Gemma 3's scalings are Gemma 2's)
@@ -807,10 +815,20 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              embed_scale=float(np.float32(math.sqrt(n_embd))), branch_norm=gemma2,
              attn_scale=scale, attn_softcap=attn_cap, logit_softcap=logit_cap,
              sliding_window=window if windowed else 0,
-             full_attention_every=every if windowed else 0, qk_norm=gemma3,
+             full_attention_every=every if windowed else 0, qk_norm=gemma3, rope_linear=linear,
              rope_local_theta=local_theta if windowed and local_theta != theta else 0.0)
     d.check(where)
     return d
+
+
+# transformers' Gemma3TextConfig defaults (its config.json files leave them out).
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
+    "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_local_base_freq": 10000.0,
+    "sliding_window_pattern": 6, "hidden_activation": "gelu_pytorch_tanh",
+}
 
 
 def gemma3_window_period(cfg: dict, where: str, n_layer: int) -> int:

@@ -56,6 +56,12 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
+    if kind == "gemma3":  # Gemma3ForConditionalGeneration (Gemma 3 4B to 27B): its language model
+        text = cfg.get("text_config") or {}
+        if not isinstance(text, dict):
+            raise ConvertError(f"{where}: text_config is not a JSON object")
+        return hf_config_dims({**text, "model_type": "gemma3_text"}, f"{where} (text_config)",
+                              seq_len)
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                 "granite", "granitemoe", "olmo", "olmoe", "olmo2", "minicpm"):
         return llama_config_dims(cfg, where, seq_len)
@@ -201,6 +207,11 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if missing is not None:
         raise ConvertError(f"{index}: places tensor {missing} in {wm[missing]}, which does not "
                            f"hold it")
+    left_out = ""
+    if cfg.get("model_type") == "gemma3":
+        where, dropped = gemma3_language_model(where, d.tied)
+        left_out = (f"; its language model, the vision tower and projector ({dropped} tensors) "
+                    f"left out")
     if d.opt or d.gpt_neo:
         note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; a fine-tuning run keeps "
                 "them so with train.freeze = \"*/c_attn/bias\")") if d.gpt_neo else ""
@@ -235,6 +246,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                      f"{d.n_layer - 1} are left out (triad does not build them)")
         if d.fp8_block:
             note += f"; its FP8 weights dequantized to fp32 (blocks of {list(d.fp8_block)})"
+        note += left_out
         return d, llama_tensors(d, where, directory), \
             f"Hugging Face {kind} model {directory}{note}"
 
@@ -300,6 +312,52 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             yield t, a
 
     return d, tensors, f"Hugging Face {'GPT-BigCode' if d.bigcode else 'GPT-2'} model {directory}"
+
+
+# Gemma3ForConditionalGeneration's language model under its prefixes (transformers before 4.52 and
+# since) as Gemma3ForCausalLM's names, and the vision side's, which the import leaves out.
+GEMMA3_TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                        ("language_model.lm_head.", "lm_head."))
+GEMMA3_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                          "model.multi_modal_projector.")
+
+
+class RenamedTensors:
+    """A safetensors file's tensors under other names (names: new name -> stored name)."""
+
+    def __init__(self, st: SafetensorsFile, names: dict[str, str]):
+        self.st, self.names, self.path = st, names, st.path
+        self.entries = {new: st.entries[old] for new, old in names.items()}
+
+    def read(self, name: str) -> np.ndarray:
+        return self.st.read(self.names[name])
+
+    def read_bytes(self, name: str) -> np.ndarray:
+        return self.st.read_bytes(self.names[name])
+
+
+def gemma3_language_model(where: dict, tied: bool) -> Tuple[dict, int]:
+    """A Gemma 3 multimodal model's tensors (name -> file) as its language model's, under
+    Gemma3ForCausalLM's names, and how many of the vision tower's and projector's were left out
+    (with them a tied lm_head.weight, the embedding again)."""
+    by_file: dict[int, Tuple[SafetensorsFile, dict]] = {}
+    dropped = 0
+    for name, st in where.items():
+        if name.startswith(GEMMA3_VISION_PREFIXES) or (tied and name in (
+                "lm_head.weight", "language_model.lm_head.weight")):
+            dropped += not name.endswith("lm_head.weight")
+            continue
+        new = next((to + name[len(frm):] for frm, to in GEMMA3_TEXT_PREFIXES
+                    if name.startswith(frm)), name)
+        by_file.setdefault(id(st), (st, {}))[1][new] = name
+    renamed = {}
+    for st, names in by_file.values():
+        r = RenamedTensors(st, names)
+        for new, old in names.items():
+            if new in renamed:
+                raise ConvertError(f"{st.path}: tensor {old} is {new} again")
+            renamed[new] = r
+    return renamed, dropped
 
 
 def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:

@@ -122,6 +122,11 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "
                            f"blocks other than GPT-Neo's (GPT-2's with model.attn_scale = 1); only "
                            f"Hugging Face's GPT-Neo of the export formats holds that order")
+    if a.get("rope_scaling") == "linear" and not (gemma2 and int(a.get("qk_norm", 0))):
+        raise ConvertError(f"{path}: the model's rope is scaled linearly (model.rope_scaling = "
+                           f"linear) in blocks other than Gemma 3's (Gemma 2's with "
+                           f"model.qk_norm); only Hugging Face's Gemma 3 of the export formats is "
+                           f"written with it")
     if float(a.get("rope_local_theta", 0.0)) and not (gemma2 and int(a.get("qk_norm", 0))):
         raise ConvertError(f"{path}: the model's windowed layers rotate by a base of their own "
                            f"(model.rope_local_theta = {a['rope_local_theta']}) in blocks other "
@@ -431,6 +436,8 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              position="rope", rope_theta=float(a["rope_theta"]),
              rope_local_theta=float(a.get("rope_local_theta", 0.0)),
+             rope_linear=float(a["rope_scaling_factor"]) if a.get("rope_scaling") == "linear"
+             else 0.0,
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
              norm_weight=int(a.get("norm_weight", 1)) == 1,

@@ -32,7 +32,8 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
   if (m.rope_scaling != "none") {  // every scaling's, then its own numbers
     io::write_string_attr(model, "rope_scaling", m.rope_scaling);
     io::write_double_attr(model, "rope_scaling_factor", m.rope_scaling_factor);
-    io::write_int64_attr(model, "rope_original_positions", m.rope_original_positions);
+    if (m.rope_scaling != "linear")  // (linear's frequencies need no original context)
+      io::write_int64_attr(model, "rope_original_positions", m.rope_original_positions);
   }
   if (m.rope_scaling == "yarn") {
     io::write_double_attr(model, "rope_yarn_beta_fast", m.rope_yarn_beta_fast);
@@ -163,9 +164,10 @@ ModelShape read_model_attributes(hid_t model) {
         ", not 0 or a finite number > 1");
     m.rope_scaling = io::read_string_attr(model, "rope_scaling").value_or("none");
     TRIAD_CHECK(m.rope_scaling == "none" || m.rope_scaling == "llama3" ||
-                    m.rope_scaling == "yarn" || m.rope_scaling == "longrope",
+                    m.rope_scaling == "yarn" || m.rope_scaling == "longrope" ||
+                    m.rope_scaling == "linear",
                 "attribute rope_scaling of /model is '", m.rope_scaling,
-                "', not none, llama3, yarn or longrope");
+                "', not none, llama3, yarn, longrope or linear");
     // A scaling's numbers: finite doubles > 0, and the original context.
     auto positive = [&](const char* name) {
       const std::optional<double> v = io::read_double_attr(model, name);
@@ -177,8 +179,12 @@ ModelShape read_model_attributes(hid_t model) {
     };
     if (m.rope_scaling != "none") {
       m.rope_scaling_factor = positive("rope_scaling_factor");
-      m.rope_original_positions = require_int64_attr(model, "/model", "rope_original_positions");
+      if (m.rope_scaling != "linear")
+        m.rope_original_positions = require_int64_attr(model, "/model", "rope_original_positions");
     }
+    TRIAD_CHECK(m.rope_scaling != "linear" || m.rope_scaling_factor >= 1,
+                "attribute rope_scaling_factor of /model is ", m.rope_scaling_factor,
+                ", below 1 (rope_scaling is linear)");
     if (m.rope_scaling == "yarn") {
       m.rope_yarn_beta_fast = positive("rope_yarn_beta_fast");
       m.rope_yarn_beta_slow = positive("rope_yarn_beta_slow");

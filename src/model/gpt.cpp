@@ -402,6 +402,7 @@ namespace {
 double rope_frequency(const GptShape& shape, int i, int hd) {
   const double f = std::pow(shape.rope_theta, -2.0 * i / hd);
   if (!shape.rope_ext.empty()) return f / shape.rope_ext[size_t(i)];  // longrope
+  if (shape.rope_linear) return f / shape.rope_factor;
   if (shape.yarn) {
     // The pair index at which a frequency turns r times in the original context; the pairs
     // below floor(at(beta_fast)) keep f, those from ceil(at(beta_slow)) take f / factor.
@@ -432,6 +433,7 @@ std::vector<float> rope_table(const GptShape& shape, bool local) {
     plain.rope_theta = shape.rope_local_theta;
     plain.rope_factor = 1.0;
     plain.yarn = false;
+    plain.rope_linear = false;
     plain.rope_ext.clear();
     return rope_table(plain);
   }

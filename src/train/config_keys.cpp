@@ -51,7 +51,8 @@ class KeyTable {
     add("model.rope_scaling", c.model.rope_scaling,
         "rope: none | llama3 (Llama 3.1's scaling of the low frequencies, for long contexts) | "
         "yarn (YaRN, as Qwen2.5 and Qwen3 for long contexts) | longrope (LongRoPE, as Phi-3's "
-        "long-context models)");
+        "long-context models) | linear (every frequency divided by model.rope_scaling_factor: "
+        "position interpolation, as Gemma 3 4B-27B's full-attention layers)");
     add("model.rope_scaling_factor", c.model.rope_scaling_factor,
         "llama3, yarn: the low frequencies' divisor; longrope: the stretch of the original "
         "context (max positions / rope_original_positions), which scales cos and sin by "

@@ -259,9 +259,12 @@ void validate(const Config& c, int world_size) {
               "] (the head's width; 0: every value rotates; got " + std::to_string(m.rotary_dim) +
               ")");
     check(m.rope_scaling == "none" || m.rope_scaling == "llama3" || m.rope_scaling == "yarn" ||
-              m.rope_scaling == "longrope",
+              m.rope_scaling == "longrope" || m.rope_scaling == "linear",
           "model.rope_scaling",
-          "must be none, llama3, yarn or longrope (got '" + m.rope_scaling + "')");
+          "must be none, llama3, yarn, longrope or linear (got '" + m.rope_scaling + "')");
+    if (m.rope_scaling == "linear")
+      check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
+            "model.rope_scaling_factor", "must be a finite number >= 1");
     if (m.rope_scaling == "longrope") {
       check(std::isfinite(m.rope_scaling_factor) && m.rope_scaling_factor >= 1,
             "model.rope_scaling_factor", "must be a finite number >= 1");

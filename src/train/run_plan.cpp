@@ -75,6 +75,9 @@ ModelShape model_shape(const Config& cfg) {
     m.rope_yarn_mscale = c.rope_yarn_mscale;
     m.rope_yarn_mscale_all_dim = c.rope_yarn_mscale_all_dim;
     m.rope_original_positions = c.rope_original_positions;
+  } else if (c.rope_scaling == "linear") {  // (no original context: every frequency alike)
+    m.rope_scaling = "linear";
+    m.rope_scaling_factor = c.rope_scaling_factor;
   } else if (c.rope_scaling == "longrope") {
     m.rope_scaling = "longrope";
     m.rope_scaling_factor = c.rope_scaling_factor;
@@ -156,6 +159,9 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
     s.rope_mscale = m.rope_yarn_mscale;
     s.rope_mscale_all_dim = m.rope_yarn_mscale_all_dim;
     s.rope_original_positions = int(m.rope_original_positions);
+  } else if (m.rope_scaling == "linear") {
+    s.rope_linear = true;
+    s.rope_factor = m.rope_scaling_factor;
   } else if (m.rope_scaling == "longrope") {
     s.rope_factor = m.rope_scaling_factor;
     s.rope_original_positions = int(m.rope_original_positions);

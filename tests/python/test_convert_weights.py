@@ -1459,7 +1459,8 @@ class Gemma3Reference(torch.nn.Module):
     1 + w around both branches (input, post-attention, pre- and post-feedforward), q and k
     RMSNormed per head (1 + w) and rotated by rope_local_base_freq in the sliding layers
     ((i + 1) % sliding_window_pattern != 0: each query sees its last sliding_window keys) and by
-    rope_theta in the others, scores times query_pre_attn_scalar^-0.5, key/value head h // (heads
+    rope_theta in the others (its frequencies divided by a linear rope_scaling's factor), scores
+    times query_pre_attn_scalar^-0.5, key/value head h // (heads
     / kv_heads) for query head h, the GeGLU MLP; the final norm and the tied head."""
 
     def __init__(self, cfg, tensors):
@@ -1476,8 +1477,8 @@ class Gemma3Reference(torch.nn.Module):
         def rms(h, w):
             return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + c["rms_norm_eps"]) * (1 + w)
 
-        def rope(q, base):  # [B, heads, T, hd], rotate-half pairs (i, i + hd/2)
-            inv = 1.0 / base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        def rope(q, base, factor):  # [B, heads, T, hd], rotate-half pairs (i, i + hd/2)
+            inv = 1.0 / base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd) / factor
             ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
             cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
             half = torch.cat([-q[..., hd // 2:], q[..., :hd // 2]], -1)
@@ -1494,7 +1495,8 @@ class Gemma3Reference(torch.nn.Module):
             v = (a @ t[p + "self_attn.v_proj.weight"].T).view(B, T, kv, hd).transpose(1, 2)
             q, k = rms(q, t[p + "self_attn.q_norm.weight"]), rms(k, t[p + "self_attn.k_norm.weight"])
             base = c["rope_local_base_freq"] if sliding else c["rope_theta"]
-            q, k = rope(q, base), rope(k, base)
+            factor = 1.0 if sliding or not c["rope_scaling"] else c["rope_scaling"]["factor"]
+            q, k = rope(q, base, factor), rope(k, base, factor)
             k, v = k.repeat_interleave(nh // kv, 1), v.repeat_interleave(nh // kv, 1)
             s = q @ k.transpose(-1, -2) * c["query_pre_attn_scalar"] ** -0.5
             seen = (j <= i) & ((i - j < c["sliding_window"]) if sliding else True)
@@ -1509,9 +1511,12 @@ class Gemma3Reference(torch.nn.Module):
         return type("Out", (), {"logits": logits})()
 
 
-def gemma3_files(directory, cfg=GEMMA3, seed=83):
+def gemma3_files(directory, cfg=GEMMA3, seed=83, multimodal=None):
     """A Gemma 3 model directory (config.json, model.safetensors) of cfg with seeded weights,
-    spread as tiny_hf's (matrices wide, norms away from 0); returns its tensors."""
+    spread as tiny_hf's (matrices wide, norms away from 0); returns its tensors (Gemma3ForCausalLM's
+    names). multimodal "old" or "new": Gemma3ForConditionalGeneration's files instead (cfg its
+    text_config), the language model under transformers' prefixes before 4.52 or since, beside
+    a vision tower and projector."""
     import safetensors.numpy
     rng = np.random.default_rng(seed)
     C, H, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
@@ -1532,8 +1537,22 @@ def gemma3_files(directory, cfg=GEMMA3, seed=83):
     tensors = {k: (rng.standard_normal(s) * (0.25 if len(s) == 2 else 0.3)).astype("<f4")
                for k, s in shapes.items()}
     directory.mkdir(parents=True)
-    safetensors.numpy.save_file(tensors, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(cfg))
+    stored, config = tensors, cfg
+    if multimodal:
+        def name(k):
+            return "language_model." + k if multimodal == "old" else \
+                "model.language_model." + k[len("model."):]
+        vision = "vision_tower.vision_model." if multimodal == "old" else "model.vision_tower."
+        projector = "multi_modal_projector." if multimodal == "old" else \
+            "model.multi_modal_projector."
+        stored = {name(k): v for k, v in tensors.items()}
+        stored[vision + "embeddings.patch_embedding.weight"] = np.ones((8, 3, 2, 2), "<f4")
+        stored[projector + "mm_input_projection_weight"] = np.ones((8, cfg["hidden_size"]), "<f4")
+        config = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                  "text_config": {k: v for k, v in cfg.items() if k != "architectures"},
+                  "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8}}
+    safetensors.numpy.save_file(stored, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
     return tensors
 
 
@@ -1594,6 +1613,49 @@ def test_gemma3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     p = tool("triad-convert", "import", tmp_path / "odd", tmp_path / "odd.h5", "--seq-len", SEQ)
     assert_clean_error(p, "config.json", "does not attend to the whole context in every N-th")
     assert not (tmp_path / "odd.h5").exists()
+
+
+def test_gemma3_multimodal_language_model_imports_with_linear_scaling(imported, tmp_path):
+    """Gemma 3 4B to 27B's files (Gemma3ForConditionalGeneration: the language model beside a
+    vision tower, its text_config leaving out rope_local_base_freq, the full-attention layers'
+    rope scaled linearly by 4): the language model imports (the vision side left out, said) under
+    either naming of transformers, with model.rope_scaling = linear, and evaluates as the
+    definition (1e-5); without the scaling the loss is another; the export is Gemma3ForCausalLM's
+    with the scaling."""
+    d, _, cfg = imported
+    linear = {"rope_type": "linear", "factor": 4.0}
+    text = {k: v for k, v in {**GEMMA3, "rope_scaling": linear}.items()
+            if k != "rope_local_base_freq"}
+    tensors = gemma3_files(tmp_path / "old", text, multimodal="old")
+    gemma3_files(tmp_path / "new", text, multimodal="new")
+    full = {**text, "rope_local_base_freq": 10000.0}  # (Gemma3TextConfig's default)
+    outs = []
+    for naming in ("old", "new"):
+        outs.append(tmp_path / f"{naming}.h5")
+        p = tool("triad-convert", "import", tmp_path / naming, outs[-1], "--seq-len", SEQ)
+        assert p.returncode == 0, p.stderr
+        assert "Hugging Face Gemma 3 model" in p.stdout and \
+            "the vision tower and projector (2 tensors) left out" in p.stdout, p.stdout
+    with h5py.File(outs[0], "r") as a, h5py.File(outs[1], "r") as b:
+        m = a["model"].attrs
+        assert (m["rope_scaling"], float(m["rope_scaling_factor"]), float(m["rope_local_theta"])) \
+            == (b"linear", 4.0, 10000.0)
+        assert {k: str(v) for k, v in m.items()} == \
+            {k: str(v) for k, v in b["model"].attrs.items()}
+        names = []
+        a["model"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(names) == 3 * 10 + 2  # (10 a layer: c_attn, c_proj, 2 QK-norms, 4 norms, MLP 2)
+        for n in names:
+            assert np.array_equal(a["model"][n][()], b["model"][n][()]), n
+    _, want = evaluates_as_transformers(Gemma3Reference(full, tensors), d, cfg, outs[0],
+                                        "--model-from", outs[0])
+    got, _ = hf_loss_accuracy(Gemma3Reference({**full, "rope_scaling": None}, tensors), d)
+    assert abs(got - want) > 1e-3 * want, (got, want)
+    p = tool("triad-convert", "export", outs[0], tmp_path / "hf", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    again = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (again["architectures"], again["rope_scaling"], again["rope_local_base_freq"]) == \
+        (["Gemma3ForCausalLM"], linear, 10000.0)
 
 
 def opt_model(**config):

@@ -379,6 +379,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                          else {}),
                       **({"mla_norm_eps": c.mla_norm_eps} if c.mla_norm_eps else {}),
                       **({} if c.rope_scaling is None else dict(
+                          rope_scaling="linear", rope_scaling_factor=c.rope_scaling.factor)
+                         if isinstance(c.rope_scaling, ref.Linear) else dict(
                           rope_scaling="yarn", rope_scaling_factor=c.rope_scaling.factor,
                           rope_yarn_beta_fast=c.rope_scaling.beta_fast,
                           rope_yarn_beta_slow=c.rope_scaling.beta_slow,
@@ -1204,7 +1206,8 @@ def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_pat
 
 # model.full_attention_every = 2: the second layer attends to everything (to its documents), the
 # first keeps to the window; with model.full_attention_first (GPT-Neo's order) the other way
-# round; with model.rope_local_theta (Gemma 3's) the windowed layer rotates by a base of its own;
+# round; with model.rope_local_theta (Gemma 3's) the windowed layer rotates by a base of its own,
+# unscaled, while the full one keeps rope_theta under model.rope_scaling = linear (Gemma 3 4B's);
 # every gradient against the reference's per-layer masks and rotations.
 @pytest.mark.parametrize("documents,first,local", [(False, False, 0.0), (True, False, 0.0),
                                                    (False, True, 0.0), (False, False, 50.0)])
@@ -1215,6 +1218,8 @@ def test_interleaved_full_attention_gradients_match_torch(documents, first, loca
     if not documents:
         q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
     q = with_window(q, tmp_path, 4, full_every=2, first=first, local_theta=local)
+    if local:
+        q = with_model(q, tmp_path, rope_scaling=ref.Linear(4.0))
     over = {"data__document_mask": 7} if documents else {}
     check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
     # ... and the window's layers alone, or the other order, would give other gradients: the test
@@ -1225,7 +1230,8 @@ def test_interleaved_full_attention_gradients_match_torch(documents, first, loca
     others = [replace(q.case.cfg, full_attention_every=0, full_attention_first=False),
               replace(q.case.cfg, full_attention_first=not first)]
     if local:
-        others.append(replace(q.case.cfg, rope_local_theta=0.0))
+        others += [replace(q.case.cfg, rope_local_theta=0.0),
+                   replace(q.case.cfg, rope_scaling=None)]
     for cfg in others:
         _, _, grads = torch_forward_backward(q.weights, cfg, x, y)
         assert rel_err(got, grads["h/0/attn/c_attn/weight"]) > 1e-3

@@ -47,6 +47,13 @@ LOSS_MASK_MAGIC, LOSS_MASK_VERSION = 20261130, 1  # <shard>.mask: a byte per tok
 
 
 @dataclass(frozen=True)
+class Linear:
+    """Linear rope scaling (model.rope_scaling = linear, position interpolation): every
+    frequency divided by factor."""
+    factor: float
+
+
+@dataclass(frozen=True)
 class Yarn:
     """YaRN's rope scaling (model.rope_scaling = yarn), DeepSeek-V2's form of it: pairs turning
     more than beta_fast times in the original context keep their frequency, those turning fewer
@@ -92,7 +99,7 @@ class GptConfig:
     n_kv_head: int = 0  # key/value heads (0: n_head); fewer: grouped-query attention
     # llama3 rope scaling (model.rope_scaling): (factor, low_freq_factor, high_freq_factor,
     # original positions); or a Yarn; None: plain rope.
-    rope_scaling: Optional[Tuple[float, float, float, int] | Yarn] = None
+    rope_scaling: Optional[Tuple[float, float, float, int] | Yarn | Linear] = None
     qk_norm: bool = False  # True: RMSNorm of each q and k head (q_norm, k_norm [hd]) after c_attn
     # model.qk_norm_full: one RMSNorm over all of q (q_norm [n_head·hd]) and one over all of k
     # (k_norm [kv·hd]) instead (OLMo-2's, OLMoE's)
@@ -482,6 +489,8 @@ def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
     freq = theta ** (-2.0 * torch.arange(hd // 2, dtype=torch.float64) / hd)
     if scaling is None:
         return freq
+    if isinstance(scaling, Linear):
+        return freq / scaling.factor
     if isinstance(scaling, Yarn):
         # Pair i turns L·f_i/(2π) times in the original context: solved for i at r turns.
         def pair(turns):
@@ -1342,6 +1351,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                              ("rope_yarn_mscale_all_dim", y.mscale_all_dim)):
                 m.attrs.create(key, np.float64(val), dtype="<f8")
             m.attrs.create("rope_original_positions", i64(y.original), dtype="<i8")
+        elif isinstance(cfg.rope_scaling, Linear):
+            _string_attr(m, "rope_scaling", "linear")
+            m.attrs.create("rope_scaling_factor", np.float64(cfg.rope_scaling.factor), dtype="<f8")
         elif cfg.rope_scaling is not None:
             _string_attr(m, "rope_scaling", "llama3")
             for key, val in zip(("rope_scaling_factor", "rope_low_freq_factor",
@@ -1446,9 +1458,10 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
     with h5py.File(path, "r") as f:
         assert int(f.attrs["complete"]) == 1, f"{path}: incomplete checkpoint"
         a = f["model"].attrs
-        if "rope_scaling" in a and _str(a["rope_scaling"]) not in ("none", "llama3", "yarn"):
+        if "rope_scaling" in a and _str(a["rope_scaling"]) not in ("none", "llama3", "yarn",
+                                                                   "linear"):
             raise ValueError(f"{path}: rope_scaling {_str(a['rope_scaling'])} is not in this "
-                             f"reference (its rotary has none, llama3 and yarn)")
+                             f"reference (its rotary has none, llama3, yarn and linear)")
         position = _str(a["position"]) if "position" in a else "learned"
         cfg = GptConfig(int(a["n_layer"]), int(a["n_head"]), int(a["n_embd"]),
                         int(a["seq_len"]), int(a["vocab_size"]), position=position,
@@ -1504,7 +1517,13 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                              float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"]),
                              float(a.get("rope_yarn_mscale", 1.0)),
                              float(a.get("rope_yarn_mscale_all_dim", 0.0)))
-                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "yarn" else None)
+                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "yarn" else
+                        Linear(float(a["rope_scaling_factor"]))
+                        if "rope_scaling" in a and _str(a["rope_scaling"]) == "linear" else None,
+                        rope_local_theta=float(a.get("rope_local_theta", 0.0)),
+                        sliding_window=int(a.get("sliding_window", 0)),
+                        full_attention_every=int(a.get("full_attention_every", 0)),
+                        full_attention_first=int(a.get("full_attention_first", 0)) == 1)
         if cfg.n_kv_head == cfg.n_head:
             cfg = GptConfig(**{**cfg.__dict__, "n_kv_head": 0})  # the default: one per head
         if cfg.mlp_hidden == GptConfig(**{**cfg.__dict__, "mlp_hidden": 0}).hidden:

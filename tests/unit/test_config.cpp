@@ -493,6 +493,20 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_NE(error_of({"--model.position", "rope", "--model.rope_local_theta", "10000"})
                 .find("model.rope_local_theta needs model.sliding_window"),
             std::string::npos);
+  // ... and Gemma 3 4B's linear scaling of the full-attention layers' frequencies.
+  const std::vector<std::string> linear = {"--model.position",
+                                           "rope",
+                                           "--model.rope_scaling",
+                                           "linear",
+                                           "--model.rope_scaling_factor",
+                                           "8"};
+  EXPECT_EQ(error_of(linear), "");
+  const GptShape l = gpt_shape(parse(linear).config);
+  EXPECT_TRUE(l.rope_linear && l.rope_factor == 8.0 && !l.yarn && l.rope_ext.empty());
+  EXPECT_NE(error_of({"--model.position", "rope", "--model.rope_scaling", "linear",
+                      "--model.rope_scaling_factor", "0.5"})
+                .find("model.rope_scaling_factor must be a finite number >= 1"),
+            std::string::npos);
   EXPECT_NE(error_of({"--model.position", "rope", "--model.sliding_window", "8",
                       "--model.rope_local_theta", "0.5"})
                 .find("model.rope_local_theta must be 0 or a finite number > 1"),

@@ -61,6 +61,9 @@ struct GptShape {
   // becomes f_i / rope_ext[i], and cos and sin are scaled by sqrt(1 + ln s / ln L) for the
   // stretch s = rope_factor > 1 of the original context L = rope_original_positions (rope_table).
   std::vector<double> rope_ext = {};
+  // Linear scaling instead (model.rope_scaling = linear, position interpolation; Gemma 3 4B to
+  // 27B's full-attention layers): every frequency f becomes f / rope_factor.
+  bool rope_linear = false;
   // Partial rotary (model.rotary_dim > 0, even, at most hd: GPT-NeoX's rotary_pct, Hugging Face's
   // partial_rotary_factor, modded-nanogpt's half-truncated rope): only the first rotary_dim of
   // each q and k head's values rotate, pairs (x_i, x_{i+rotary_dim/2}) by angles

@@ -17,7 +17,7 @@ struct ModelConfig {
   std::string position = "learned";   // learned (GPT-2's wpe) | rope (rotary, no wpe)
   double rope_theta = 10000.0;        // rope: the base of the rotation frequencies
   double rope_local_theta = 0;        // > 0: the windowed layers' base, unscaled (Gemma 3's)
-  std::string rope_scaling = "none";  // none | llama3 (Llama 3.1's) | yarn (YaRN, Qwen's)
+  std::string rope_scaling = "none";  // none | llama3 | yarn | longrope | linear
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
   double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
