@@ -14,7 +14,6 @@
 """
 
 import json
-import os
 import random
 import subprocess
 import tempfile

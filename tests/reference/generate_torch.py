@@ -20,7 +20,6 @@ The model code is gpt_torch's (explicit LayerNorm, tanh-GELU, softmax attention)
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
