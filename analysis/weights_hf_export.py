@@ -262,6 +262,13 @@ def gemma_hf_config(d: Dims) -> dict:
                    f"(model.full_attention_every = {d.full_attention_every}; Gemma 2's window "
                    f"is in layers 0, 2, 4, ..)",
                    two and not three and d.sliding_window and d.full_attention_every != 2),
+                  ("QK-norm over all heads (model.qk_norm_full; Gemma 3's is per head)",
+                   d.qk_norm_full),
+                  ("capped attention scores (model.attn_softcap; Gemma 3's attention applies "
+                   "none)", three and d.attn_softcap),
+                  ("windowed layers rotating under the linear scaling (Gemma 3's rotate by "
+                   "rope_local_base_freq unscaled: set model.rope_local_theta)",
+                   three and d.rope_linear and d.sliding_window and not d.rope_local_theta),
                   holds_qk_norm=three)
     cfg = llama_like_hf(d, "GemmaForCausalLM", "gemma", head_dim=d.hd, rms_norm_eps=d.norm_eps,
                         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",

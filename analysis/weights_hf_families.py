@@ -737,11 +737,15 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     and model.logit_softcap), and a sliding window in layers 0, 2, 4, .. (transformers'
     is_sliding): model.sliding_window with model.full_attention_every = 2, or none where the
     window covers the context. Gemma 3's (Gemma3ForCausalLM, model_type gemma3_text: Gemma 3
-    270M and 1B) is Gemma 2's without the caps (unless set) and with QK-norm (model.qk_norm, its
-    weights stored as w - 1 too), the window in every layer but each sliding_window_pattern-th
-    (layer_types where given: model.full_attention_every) and the windowed layers' rope base
-    rope_local_base_freq (model.rope_local_theta); its window is kept where it covers the context
-    (the windowed layers' rotation tells them apart)."""
+    270M and 1B; the text_config of 4B to 27B) is Gemma 2's with QK-norm (model.qk_norm, its
+    weights stored as w - 1 too), the final logits capped where final_logit_softcapping is set
+    (its attention applies no attn_logit_softcapping, which is ignored as transformers ignores
+    it), the window in every layer but each sliding_window_pattern-th (layer_types where given:
+    model.full_attention_every), the windowed layers' rope base rope_local_base_freq, unscaled
+    (model.rope_local_theta), and the others' frequencies under a linear rope_scaling
+    (model.rope_scaling = linear); its window is kept where it covers the context (the windowed
+    layers' rotation tells them apart). Refused: bidirectional attention (EmbeddingGemma's),
+    rope_parameters (newer files' form of the bases and scaling), no window."""
     gemma3 = cfg.get("model_type") == "gemma3_text"
     if gemma3:  # Gemma3TextConfig's defaults for the keys a file leaves out (the multimodal
         # models' text_config names only a few)
@@ -759,10 +763,16 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                         f"approximation: {', '.join(TANH_GELU)})")
     if cfg.get("attention_bias"):
         refusals.append("attention_bias = true (triad's Gemma has no biases)")
+    if gemma3 and cfg.get("use_bidirectional_attention"):
+        refusals.append("use_bidirectional_attention = true (EmbeddingGemma's; triad's attention "
+                        "is causal)")
+    if gemma3 and cfg.get("rope_parameters") is not None:
+        refusals.append("rope_parameters (the bases and scaling in this form are not read; "
+                        "rope_theta, rope_local_base_freq and rope_scaling are)")
     linear = 0.0  # Gemma 3's linear scaling of its full-attention layers (4B to 27B)
-    if cfg.get("rope_scaling"):
-        r = cfg["rope_scaling"]
-        kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
+    r = cfg.get("rope_scaling")
+    kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
+    if r and kind != "default":  # (transformers' "default": none)
         try:
             linear = float(r["factor"]) if gemma3 and kind == "linear" else 0.0
         except (KeyError, TypeError, ValueError):
@@ -787,7 +797,8 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if gemma2:
         try:
             scalar = float(cfg.get("query_pre_attn_scalar") or hd)
-            attn_cap = float(cfg.get("attn_logit_softcapping") or 0.0)
+            # (Gemma 3's attention passes no softcap: its attn_logit_softcapping does nothing)
+            attn_cap = 0.0 if gemma3 else float(cfg.get("attn_logit_softcapping") or 0.0)
             logit_cap = float(cfg.get("final_logit_softcapping") or 0.0)
             window = int(cfg.get("sliding_window") or 0)
         except (TypeError, ValueError) as e:
@@ -802,8 +813,10 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                          ("final_logit_softcapping", logit_cap)):
             if not 0 <= cap <= 1e4:
                 refusals.append(f"{key} {cap} (triad's caps are in [0, 1e4])")
-        if window < 0:
-            refusals.append(f"sliding_window {window}")
+        if window < 0 or (gemma3 and window == 0 and every != 1):
+            refusals.append(f"sliding_window {cfg.get('sliding_window')} (Gemma 3's windowed "
+                            f"layers need a window of at least one key)" if gemma3 else
+                            f"sliding_window {window}")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     context = seq_len or n_pos
     # a window the context can exceed, or Gemma 3's (whose layers rotate by a base of their own)
@@ -816,7 +829,9 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              attn_scale=scale, attn_softcap=attn_cap, logit_softcap=logit_cap,
              sliding_window=window if windowed else 0,
              full_attention_every=every if windowed else 0, qk_norm=gemma3, rope_linear=linear,
-             rope_local_theta=local_theta if windowed and local_theta != theta else 0.0)
+             # (with a linear scaling the windowed layers' table differs even at one base)
+             rope_local_theta=local_theta if windowed and (local_theta != theta or linear)
+             else 0.0)
     d.check(where)
     return d
 

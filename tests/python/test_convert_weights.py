@@ -1613,6 +1613,23 @@ def test_gemma3_imports_and_evaluates_as_its_definition(imported, tmp_path):
     p = tool("triad-convert", "import", tmp_path / "odd", tmp_path / "odd.h5", "--seq-len", SEQ)
     assert_clean_error(p, "config.json", "does not attend to the whole context in every N-th")
     assert not (tmp_path / "odd.h5").exists()
+    # What transformers' Gemma 3 computes otherwise, or another form, is refused by name; its
+    # attention ignores attn_logit_softcapping, and so does the import.
+    for k, (over, needle) in enumerate((
+            ({"use_bidirectional_attention": True}, "use_bidirectional_attention = true"),
+            ({"rope_parameters": {"full_attention": {"rope_theta": 1e6}}}, "rope_parameters"),
+            ({"sliding_window": None}, "sliding_window None"),
+            ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "rope_scaling"))):
+        gemma3_files(tmp_path / f"bad{k}", {**GEMMA3, **over})
+        p = tool("triad-convert", "import", tmp_path / f"bad{k}", tmp_path / f"bad{k}.h5")
+        assert_clean_error(p, "config.json", needle)
+        assert not (tmp_path / f"bad{k}.h5").exists()
+    gemma3_files(tmp_path / "capped", {**GEMMA3, "attn_logit_softcapping": 50.0})
+    p = tool("triad-convert", "import", tmp_path / "capped", tmp_path / "capped.h5", "--seq-len",
+             SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(tmp_path / "capped.h5", "r") as f:
+        assert "attn_softcap" not in f["model"].attrs
 
 
 def test_gemma3_multimodal_language_model_imports_with_linear_scaling(imported, tmp_path):

@@ -490,6 +490,10 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_EQ(error_of(gemma3), "");
   const GptShape g = gpt_shape(parse(gemma3).config);
   EXPECT_TRUE(g.local_rope(0) && g.local_rope(4) && !g.local_rope(5) && g.local_rope(6));
+  EXPECT_NE(error_of({"--model.position", "rope", "--model.sliding_window", "8",
+                      "--model.rope_local_theta", "10000", "--model.rope_scaling", "yarn"})
+                .find("model.rope_local_theta is not built with model.rope_scaling = yarn"),
+            std::string::npos);
   EXPECT_NE(error_of({"--model.position", "rope", "--model.rope_local_theta", "10000"})
                 .find("model.rope_local_theta needs model.sliding_window"),
             std::string::npos);
