@@ -200,6 +200,12 @@ class Dims:
         return bool(self.moe_experts) and i >= self.moe_first_dense and \
             (i - self.moe_first_dense + 1) % self.moe_every == 0
 
+    def windowed(self, i: int) -> bool:
+        """Whether layer i keeps to the window (GptShape::windowed): with a window, all but
+        the full-attention layers of model.full_attention_every (and model.full_attention_first)."""
+        every, shift = self.full_attention_every, 0 if self.full_attention_first else 1
+        return bool(self.sliding_window) and not (every and (i + shift) % every == 0)
+
     @property
     def moe_format(self) -> str | None:
         """The Hugging Face model_type of its mixture of experts: GraniteMoE's read from its
@@ -498,6 +504,21 @@ def triad_names(n_layer: int) -> list[str]:
     for i in range(n_layer):
         names += [f"h/{i}/{n}" for n in LAYER_TENSORS]
     return names + ["ln_f/weight", "ln_f/bias"]
+
+
+def full_attention_period(full: list[bool]) -> tuple[int, bool] | None:
+    """A file's list of which layers attend to the whole context as (model.full_attention_every,
+    model.full_attention_first), the inverse of Dims.windowed: (0, False) where none does; the
+    shortest period that repeats the list with the full layer last (else first) in each group;
+    None where no period does."""
+    if not any(full):
+        return 0, False
+    for every in range(1, len(full) + 1):
+        for first in (False, True):
+            shift = 0 if first else 1
+            if all(f == ((i + shift) % every == 0) for i, f in enumerate(full)):
+                return every, first and every > 1
+    return None
 
 
 def shapes(d: Dims) -> dict[str, tuple[int, ...]]:

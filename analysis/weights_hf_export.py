@@ -289,8 +289,8 @@ def gemma_hf_config(d: Dims) -> dict:
                    sliding_window_pattern=pattern,
                    rope_scaling={"rope_type": "linear", "factor": d.rope_linear}
                    if d.rope_linear else None,
-                   layer_types=["full_attention" if (i + 1) % pattern == 0 else
-                                "sliding_attention" for i in range(d.n_layer)],
+                   layer_types=["sliding_attention" if d.windowed(i) else "full_attention"
+                                for i in range(d.n_layer)],
                    rope_local_base_freq=d.rope_local_theta or d.rope_theta)
     return cfg
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF
+from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF, full_attention_period
 from .weights_hf_layout import CODEGEN_BLOCKS
 
 # Keys of MiniCPM 1 and 2 a file must name: OpenBMB's config class defaults them to 1, no
@@ -864,15 +864,12 @@ def gemma3_window_period(cfg: dict, where: str, n_layer: int) -> int:
     if not isinstance(types, list) or len(types) != n_layer or any(t not in kinds for t in types):
         raise ConvertError(f"{where}: layer_types must list 'sliding_attention' or "
                            f"'full_attention' for each of the {n_layer} layers")
-    full = [i for i, t in enumerate(types) if t == "full_attention"]
-    if not full:
-        return 0
-    period = full[0] + 1
-    if full != list(range(period - 1, n_layer, period)):
+    period = full_attention_period([t == "full_attention" for t in types])
+    if period is None or period[1]:  # (Gemma 3's full layers end their groups)
         raise ConvertError(f"{where}: layer_types {types} does not attend to the whole context "
                            f"in every N-th layer (layers N - 1, 2N - 1, ..), which triad's "
                            f"model.full_attention_every holds")
-    return period
+    return period[0]
 
 
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,

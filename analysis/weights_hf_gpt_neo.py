@@ -10,7 +10,7 @@ layers starts with its global one (GPT-Neo's [global, local]), model.full_attent
 
 from __future__ import annotations
 
-from .weights_dims import ConvertError, Dims
+from .weights_dims import ConvertError, Dims, full_attention_period
 from .weights_hf_families import TANH_GELU, refuse_or_check_positions
 
 
@@ -18,14 +18,9 @@ def attention_pattern(layers: list[str], where: str) -> tuple[int, bool]:
     """GPT-Neo's attention_layers as (model.full_attention_every, model.full_attention_first):
     (0, False) where every layer is local; the shortest period that repeats the list with one
     global layer first or last in each group; refused where none does."""
-    n = len(layers)
-    if all(x == "local" for x in layers):
-        return 0, False
-    for every in range(1, n + 1):
-        for first in (False, True):
-            shift = 0 if first else 1
-            if all((x == "global") == ((i + shift) % every == 0) for i, x in enumerate(layers)):
-                return every, first and every > 1
+    period = full_attention_period([x == "global" for x in layers])
+    if period is not None:
+        return period
     raise ConvertError(f"{where}: attention_layers {layers} is not a repeating group of local "
                        f"layers with one global layer first or last, which triad's "
                        f"model.full_attention_every (and model.full_attention_first) hold")
@@ -33,10 +28,7 @@ def attention_pattern(layers: list[str], where: str) -> tuple[int, bool]:
 
 def layer_types(d: Dims) -> list[str]:
     """d's layers as GPT-Neo's attention_layers (the inverse of attention_pattern)."""
-    shift = 0 if d.full_attention_first else 1
-    every = d.full_attention_every
-    return ["global" if not d.sliding_window or (every and (i + shift) % every == 0) else "local"
-            for i in range(d.n_layer)]
+    return ["local" if d.windowed(i) else "global" for i in range(d.n_layer)]
 
 
 def gpt_neo_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:

@@ -304,11 +304,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                 a = np.ascontiguousarray(
                     a.reshape(d.n_head, 3, hd, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape))
             if t == "wte/weight" and head is not None:
-                h = where[head].read(head)
-                if h.shape != a.shape or not np.array_equal(h, a):
-                    raise ConvertError(f"{where[head].path}: lm_head.weight differs from "
-                                       f"wte.weight; triad's model ties the output head to "
-                                       f"the token embedding and cannot hold a separate one")
+                refuse_untied_head(where[head].read(head), a, where[head].path, "wte.weight")
             yield t, a
 
     return d, tensors, f"Hugging Face {'GPT-BigCode' if d.bigcode else 'GPT-2'} model {directory}"
@@ -358,6 +354,15 @@ def gemma3_language_model(where: dict, tied: bool) -> Tuple[dict, int]:
                 raise ConvertError(f"{st.path}: tensor {old} is {new} again")
             renamed[new] = r
     return renamed, dropped
+
+
+def refuse_untied_head(head: np.ndarray, wte: np.ndarray, path: Path, wte_name: str) -> None:
+    """Raises unless a tied model's stored lm_head.weight (in file path) is its embedding
+    wte_name, as the model ties them."""
+    if head.shape != wte.shape or not np.array_equal(head, wte):
+        raise ConvertError(f"{path}: lm_head.weight differs from {wte_name}; triad's model ties "
+                           f"the output head to the token embedding and cannot hold a separate "
+                           f"one")
 
 
 def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
@@ -429,11 +434,8 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, position_rows(d, t, a)))
             a = mla_rope_order(d, t, a)
             if d.gpt_neo and t == "wte/weight" and "lm_head.weight" in where:  # (tied)
-                h = read("lm_head.weight")
-                if h.shape != a.shape or not np.array_equal(h, a):
-                    raise ConvertError(f"{where['lm_head.weight'].path}: lm_head.weight differs "
-                                       f"from transformer.wte.weight; GPT-Neo's head is the "
-                                       f"token embedding")
+                refuse_untied_head(read("lm_head.weight"), a, where["lm_head.weight"].path,
+                                   "transformer.wte.weight")
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors

@@ -334,7 +334,8 @@ def llama_sources(d: Dims) -> dict[str, list[str]]:
                                          "post_attention_layernorm.weight")]}),
         })
         if not d.norm_weight or not d.pre_norm:  # OLMo's norms hold nothing (triad's are
-            # ones: unstored_tensor); OLMo-2 has none before the branches, nor does triad's model then
+            # ones: unstored_tensor); OLMo-2 has none before the branches, nor does triad's model
+            # then
             for t in ("ln_1/weight", "ln_2/weight"):
                 src.pop(p + t, None)
         if d.moe_layer(i) and d.moe_format in ("qwen2_moe", "qwen3_moe", "olmoe"):  # sparse MLP

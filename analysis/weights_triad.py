@@ -122,12 +122,13 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "
                            f"blocks other than GPT-Neo's (GPT-2's with model.attn_scale = 1); only "
                            f"Hugging Face's GPT-Neo of the export formats holds that order")
-    if a.get("rope_scaling") == "linear" and not (gemma2 and int(a.get("qk_norm", 0))):
+    gemma3 = gemma2 and int(a.get("qk_norm", 0)) == 1  # Gemma 3's: Gemma 2's with QK-norm
+    if a.get("rope_scaling") == "linear" and not gemma3:
         raise ConvertError(f"{path}: the model's rope is scaled linearly (model.rope_scaling = "
                            f"linear) in blocks other than Gemma 3's (Gemma 2's with "
                            f"model.qk_norm); only Hugging Face's Gemma 3 of the export formats is "
                            f"written with it")
-    if float(a.get("rope_local_theta", 0.0)) and not (gemma2 and int(a.get("qk_norm", 0))):
+    if float(a.get("rope_local_theta", 0.0)) and not gemma3:
         raise ConvertError(f"{path}: the model's windowed layers rotate by a base of their own "
                            f"(model.rope_local_theta = {a['rope_local_theta']}) in blocks other "
                            f"than Gemma 3's (Gemma 2's with model.qk_norm); only Hugging Face's "
@@ -247,30 +248,27 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"Face and llm.c formats hold LayerNorms (weight and bias) only")
     d = Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
              norm_eps=float(a.get("norm_eps", 1e-5)))
-    if gpt_neo:
-        mlp = a.get("mlp", "gelu")
-        d = replace(d, gpt_neo=True, attn_scale=1.0, mlp_hidden=int(a.get("mlp_hidden", 0)),
-                    mlp=mlp if mlp in ("gelu", "gelu_exact") else "gelu",
-                    sliding_window=int(a.get("sliding_window", 0)),
-                    full_attention_every=int(a.get("full_attention_every", 0)),
-                    full_attention_first=int(a.get("full_attention_first", 0)) == 1)
     if int(a.get("qkv_bias", 0)) == 1:
         raise ConvertError(f"{path}: the model has c_attn's bias without the others "
                            f"(model.qkv_bias) in GPT-2's blocks; Hugging Face's GPT-2 and "
                            f"llm.c's format have all biases or (as zeros) none")
-    unlike = [what for what, off in (
-        (f"model.mlp = {a.get('mlp')} (GPT-Neo's MLP is GELU's)",
-         a.get("mlp", "gelu") not in ("gelu", "gelu_exact")),
-        ("model.tie_embeddings = false (GPT-Neo's head is wte)",
-         int(a.get("tie_embeddings", 1)) != 1),
-        (f"model.n_kv_head = {a.get('n_kv_head')} (GPT-Neo has a key/value head per query head)",
-         int(a.get("n_kv_head", d.n_head)) != d.n_head)) if off]
-    if gpt_neo and unlike:
-        raise ConvertError(f"{path}: the model's blocks with learned positions and unscaled "
-                           f"attention scores (model.attn_scale = 1) are GPT-Neo's but for "
-                           f"{'; '.join(unlike)}")
-    if gpt_neo:  # (any MLP width: GPT-Neo's intermediate_size)
-        pass
+    if gpt_neo:
+        unlike = [what for what, off in (
+            (f"model.mlp = {a.get('mlp')} (GPT-Neo's MLP is GELU's)",
+             a.get("mlp", "gelu") not in ("gelu", "gelu_exact")),
+            ("model.tie_embeddings = false (GPT-Neo's head is wte)",
+             int(a.get("tie_embeddings", 1)) != 1),
+            (f"model.n_kv_head = {a.get('n_kv_head')} (GPT-Neo has a key/value head per query "
+             f"head)", int(a.get("n_kv_head", d.n_head)) != d.n_head)) if off]
+        if unlike:
+            raise ConvertError(f"{path}: the model's blocks with learned positions and unscaled "
+                               f"attention scores (model.attn_scale = 1) are GPT-Neo's but for "
+                               f"{'; '.join(unlike)}")
+        # (any MLP width: GPT-Neo's intermediate_size)
+        d = replace(d, gpt_neo=True, attn_scale=1.0, mlp_hidden=int(a.get("mlp_hidden", 0)),
+                    mlp=a.get("mlp", "gelu"), sliding_window=int(a.get("sliding_window", 0)),
+                    full_attention_every=int(a.get("full_attention_every", 0)),
+                    full_attention_first=int(a.get("full_attention_first", 0)) == 1)
     elif a.get("mlp", "gelu") in ("relu", b"relu"):  # OPT's blocks
         d = replace(d, mlp="relu", mlp_hidden=int(a.get("mlp_hidden", 4 * d.n_embd)), opt=True)
     elif a.get("mlp", "gelu") != "gelu" or \

@@ -665,14 +665,13 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     router_bias_dev_ = be_.alloc(router_bias_.size());
   }
   if (shape_.rope) {
-    const std::vector<float> table = rope_table(shape_);
-    rope_table_ = be_.alloc(table.size());
-    be_.copy_from_host(rope_table_, table.data(), table.size());
-    if (shape_.rope_local_theta > 0) {
-      const std::vector<float> local = rope_table(shape_, true);
-      rope_local_table_ = be_.alloc(local.size());
-      be_.copy_from_host(rope_local_table_, local.data(), local.size());
-    }
+    auto upload = [&](const std::vector<float>& table) {
+      float* d = be_.alloc(table.size());
+      be_.copy_from_host(d, table.data(), table.size());
+      return d;
+    };
+    rope_table_ = upload(rope_table(shape_));
+    if (shape_.rope_local_theta > 0) rope_local_table_ = upload(rope_table(shape_, true));
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);

@@ -872,9 +872,9 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
                              shape_.attn_softcap, attention_dropout(first_layer + i));
-    rotate_pieces(first_layer + i, dqkv, B, T,
-                  true);  // the gradient of the normalized q|k|v, before the rotation
-    if (shape_.qk_norm)   // ... and of c_attn's output, before the norm
+    // The gradient of the normalized q|k|v, before the rotation ...
+    rotate_pieces(first_layer + i, dqkv, B, T, true);
+    if (shape_.qk_norm)  // ... and of c_attn's output, before the norm
       qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
     else if (shape_.clip_qkv > 0)  // ... or before the clamp
       be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);

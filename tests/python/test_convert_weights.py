@@ -1436,6 +1436,17 @@ def test_gpt_neo_imports_and_evaluates_as_transformers(imported, tmp_path, act):
     assert_clean_error(p, "h/0/attn/c_attn/bias is not all zeros")
     assert not (tmp_path / "bias").exists()
 
+    # A stored lm_head.weight must be the embedding it is tied to.
+    import safetensors.numpy
+    files = safetensors.numpy.load_file(str(tmp_path / "GPT-Neo" / "model.safetensors"))
+    files["lm_head.weight"] = files["transformer.wte.weight"] * 2
+    (tmp_path / "head").mkdir()
+    safetensors.numpy.save_file(files, str(tmp_path / "head" / "model.safetensors"))
+    shutil.copy(tmp_path / "GPT-Neo" / "config.json", tmp_path / "head")
+    p = tool("triad-convert", "import", tmp_path / "head", tmp_path / "head.h5", "--seq-len", SEQ)
+    assert_clean_error(p, "lm_head.weight differs from transformer.wte.weight")
+    assert not (tmp_path / "head.h5").exists()
+
     odd = gpt_neo_model(attention_types=[[["local", "global", "global"], 1]])
     odd.save_pretrained(tmp_path / "odd", safe_serialization=True)
     p = tool("triad-convert", "import", tmp_path / "odd", tmp_path / "odd.h5", "--seq-len", SEQ)
