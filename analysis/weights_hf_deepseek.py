@@ -187,6 +187,9 @@ def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
     kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
     if kind != "yarn":
         raise ValueError(f"rope type {kind!r} is not built")
+    if not r.get("truncate", True):  # (transformers 5's: the ramp's bounds unrounded)
+        raise ValueError(f"truncate {json.dumps(r['truncate'])} is not built (the ramp's bounds "
+                         f"are rounded: truncate true)")
 
     def get(key, default, integer=False):
         v = r.get(key)

@@ -159,6 +159,7 @@ def dbrx_hf_config(d: Dims) -> dict:
         "vocab_size": d.vocab_size, "resid_pdrop": 0.0, "emb_pdrop": 0.0,
         "attn_config": {"attn_pdrop": 0.0, "clip_qkv": d.clip_qkv or None, "kv_n_heads": d.kv,
                         "rope_theta": d.rope_theta},
+        "rope_theta": d.rope_theta,  # (where transformers 5 reads it; 4, in attn_config)
         "ffn_config": {"ffn_act_fn": {"name": "silu"}, "ffn_hidden_size": d.mlp_hidden,
                        "moe_num_experts": d.moe_experts, "moe_top_k": d.moe_top_k,
                        "moe_jitter_eps": None, "moe_loss_weight": 0.01,
@@ -489,12 +490,39 @@ def layernorm_hf_config(d: Dims) -> dict:
 
 
 def llama_hf_config(d: Dims) -> dict:
+    """config.json for the transformers class computing what triad's model of d computes
+    (family_hf_config), refused where the rope it writes is not the model's."""
+    cfg = family_hf_config(d)
+    refuse_unwritten_rope(d, cfg)
+    return cfg
+
+
+def refuse_unwritten_rope(d: Dims, cfg: dict) -> None:
+    """Raises where config.json `cfg` leaves out d's linear rope scaling or its windowed
+    layers' own rope base, options few Hugging Face classes hold: one check here, not one in
+    each family's writer."""
+    name = cfg["architectures"][0]
+    r = cfg.get("rope_scaling")
+    if d.rope_linear and not (isinstance(r, dict) and r.get("rope_type") == "linear" and
+                              r.get("factor") == d.rope_linear):
+        raise ConvertError(f"the model's positions are divided by {d.rope_linear} "
+                           f"(model.rope_scaling = linear), which this export's Hugging Face "
+                           f"class, {name}, does not compute (Llama's, Qwen2's, Qwen3's, "
+                           f"Qwen3-MoE's and Gemma 3's do)")
+    if d.rope_local_theta and cfg.get("rope_local_base_freq") != d.rope_local_theta:
+        raise ConvertError(f"the model's windowed layers rotate by a base of their own, "
+                           f"{d.rope_local_theta} (model.rope_local_theta), which this export's "
+                           f"Hugging Face class, {name}, does not compute (Gemma 3's does)")
+
+
+def family_hf_config(d: Dims) -> dict:
     """config.json for transformers' LlamaForCausalLM computing what triad computes, or
     Qwen2ForCausalLM's for a model with c_attn's bias alone (model.qkv_bias), or
     Qwen3ForCausalLM's for one with QK-norm (model.qk_norm), or MistralForCausalLM's for one with
     a sliding window (model.sliding_window), or for a mixture of experts (model.moe_experts,
     Dims.moe_format) Qwen2MoeForCausalLM's (gated shared experts), Qwen3MoeForCausalLM's
-    (QK-norm) or MixtralForCausalLM's (with a sliding window or not)."""
+    (QK-norm) or MixtralForCausalLM's (with a sliding window or not), or another family's
+    (the *_hf_config it hands over to)."""
     if d.deepseek:
         return deepseek_hf_config(d)
     if d.opt:
@@ -533,6 +561,8 @@ def llama_hf_config(d: Dims) -> dict:
     if d.yarn is not None:  # HF's convention: the original context, stretched by the factor
         cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
         cfg["max_position_embeddings"] = d.yarn[3]
+    if d.rope_linear:  # (the context stays the stretched one: linear scaling has no original)
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": d.rope_linear}
     if d.full_attention_every:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "

@@ -5,6 +5,7 @@ names). hf_config_dims (weights_hf_import.py) picks the reader by model_type."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable
 
@@ -72,7 +73,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     context) reads the same, and so does Qwen2's (Qwen2ForCausalLM: biases on the q, k and v
     projections only, which model.qkv_bias keeps, and a sliding window that is off or covers the
     context: Qwen's windows are per layer, max_window_layers, which triad does not build).
-    Phi-3's (Phi3ForCausalLM, and Phi-4's) are Mistral's with q, k and v stored as one qkv_proj
+    Llama's rope_scaling imports as Llama 3.1's 'llama3' (model.rope_scaling = llama3), 'yarn'
+    or 'linear' (position interpolation, the long-context Llama 2 fine-tunes'; model.rope_scaling
+    = linear). Phi-3's (Phi3ForCausalLM, and Phi-4's) are Mistral's with q, k and v stored as one qkv_proj
     and the MLP's gate and up as one gate_up_proj, and a window where sliding_window is set;
     its long-context rope scaling (longrope, "su" in older files) imports as model.rope_scaling =
     longrope (longrope_scaling), and a partial rotary factor is refused.
@@ -110,6 +113,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = yarn = longrope = None
+    linear = 0.0  # a linear rope_scaling's factor (model.rope_scaling = linear)
     minicpm = cfg.get("model_type") == "minicpm"
     if cfg.get("rope_scaling") and not minicpm:  # (MiniCPM's: refused below)
         r = cfg["rope_scaling"]
@@ -124,6 +128,11 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 yarn = yarn_scaling(r, n_pos)
                 n_pos = int(n_pos * yarn[0])  # the context YaRN stretches the model to
                 raise StopIteration
+            if kind == "linear":  # position interpolation: every position divided by the factor
+                linear = float(r["factor"])  # (max_position_embeddings: the stretched context)
+                if not (math.isfinite(linear) and linear >= 1):
+                    raise ValueError("a linear factor must be a finite number >= 1")
+                raise StopIteration
             if kind != "llama3":
                 raise ValueError
             scaling = tuple(float(r[k]) for k in ROPE_SCALING_HF[:3]) + (
@@ -135,8 +144,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         except (KeyError, TypeError, ValueError) as e:
             refusals.append(f"rope_scaling {r} (triad builds plain rope, Llama 3.1's 'llama3' "
                             f"scaling, with factor >= 1, 0 < low_freq_factor < high_freq_factor, "
-                            f"and 'yarn' with factor >= 1, beta_fast >= beta_slow > 0, and "
-                            f"Phi-3's 'longrope'"
+                            f"'yarn' with factor >= 1, beta_fast >= beta_slow > 0, 'linear' with "
+                            f"factor >= 1, and Phi-3's 'longrope'"
                             f"{'; ' + str(e) if str(e) else ''})")
     for key in ("attention_bias", "mlp_bias"):
         if cfg.get(key):
@@ -245,7 +254,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              bias=False,
              mlp="swiglu", mlp_hidden=hidden,
              tied=bool(cfg.get("tie_word_embeddings", minicpm)), n_kv_head=kv,
-             rope_scaling=scaling,
+             rope_scaling=scaling, rope_linear=linear,
              yarn=yarn, longrope=longrope,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe or olmo2,
              qk_norm_full=olmoe or olmo2, pre_norm=not olmo2, branch_norm=olmo2,
@@ -745,7 +754,7 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     (model.rope_local_theta), and the others' frequencies under a linear rope_scaling
     (model.rope_scaling = linear); its window is kept where it covers the context (the windowed
     layers' rotation tells them apart). Refused: bidirectional attention (EmbeddingGemma's),
-    rope_parameters (newer files' form of the bases and scaling), no window."""
+    no window. (transformers 5's rope_parameters arrive as the older keys: legacy_rope_keys.)"""
     gemma3 = cfg.get("model_type") == "gemma3_text"
     if gemma3:  # Gemma3TextConfig's defaults for the keys a file leaves out (the multimodal
         # models' text_config names only a few)
@@ -766,9 +775,6 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if gemma3 and cfg.get("use_bidirectional_attention"):
         refusals.append("use_bidirectional_attention = true (EmbeddingGemma's; triad's attention "
                         "is causal)")
-    if gemma3 and cfg.get("rope_parameters") is not None:
-        refusals.append("rope_parameters (the bases and scaling in this form are not read; "
-                        "rope_theta, rope_local_base_freq and rope_scaling are)")
     linear = 0.0  # Gemma 3's linear scaling of its full-attention layers (4B to 27B)
     r = cfg.get("rope_scaling")
     kind = r.get("rope_type", r.get("type")) if isinstance(r, dict) else None
@@ -961,10 +967,14 @@ def yarn_scaling(r: dict, n_pos: int) -> tuple:
     """(factor, beta_fast, beta_slow, original positions) of a Hugging Face YaRN rope_scaling.
     transformers' versions differ on which positions set YaRN's ramp (max_position_embeddings,
     or original_max_position_embeddings when given), so a config where the two differ is
-    refused; so are the mscale variants."""
+    refused; so are the mscale variants and truncate false (gpt-oss's ramp between unrounded
+    bounds; triad's are floored and ceiled, transformers' default)."""
     for k in ("mscale", "mscale_all_dim"):
         if r.get(k):
             raise ValueError(f"{k} is not built")
+    if not r.get("truncate", True):  # (transformers 5 reads null as false too)
+        raise ValueError(f"truncate {json.dumps(r['truncate'])} is not built (the ramp's bounds "
+                         f"are rounded: truncate true)")
     factor = float(r["factor"])
     original = int(r.get("original_max_position_embeddings") or n_pos)
     if original != n_pos:

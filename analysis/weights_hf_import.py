@@ -22,6 +22,7 @@ from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, deq
                                   is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_gpt_neo import gpt_neo_config_dims
 from .weights_hf_minicpm import minicpm3_config_dims
+from .weights_hf_transformers5 import transformers4_keys
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, llama_part_rows,
                                 llama_query_order, llama_sources, neox_qkv_order,
@@ -56,8 +57,10 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
+    cfg = transformers4_keys(cfg, where)  # (a file of transformers 5, read as one of 4)
     if kind == "gemma3":  # Gemma3ForConditionalGeneration (Gemma 3 4B to 27B): its language model
-        text = cfg.get("text_config") or {}
+        text = cfg.get("text_config")
+        text = {} if text is None else text  # (absent: Gemma3TextConfig's defaults)
         if not isinstance(text, dict):
             raise ConvertError(f"{where}: text_config is not a JSON object")
         return hf_config_dims({**text, "model_type": "gemma3_text"}, f"{where} (text_config)",
@@ -208,14 +211,15 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{index}: places tensor {missing} in {wm[missing]}, which does not "
                            f"hold it")
     left_out = ""
-    if cfg.get("model_type") == "gemma3":
-        where, dropped = gemma3_language_model(where, d.tied)
+    multimodal = cfg.get("model_type") == "gemma3"
+    if multimodal:
+        where, dropped = gemma3_language_model(where)
         left_out = (f"; its language model, the vision tower and projector ({dropped} tensors) "
                     f"left out")
     if d.opt or d.gpt_neo:
         note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; a fine-tuning run keeps "
                 "them so with train.freeze = \"*/c_attn/bias\")") if d.gpt_neo else ""
-        return d, llama_tensors(d, where, directory), \
+        return d, llama_tensors(d, where, directory, head_checked=d.gpt_neo), \
             f"Hugging Face {'GPT-Neo' if d.gpt_neo else 'OPT'} model {directory}{note}"
     if d.position == "rope":  # Llama's family
         kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3", "minicpm": "MiniCPM"}.get(
@@ -247,7 +251,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         if d.fp8_block:
             note += f"; its FP8 weights dequantized to fp32 (blocks of {list(d.fp8_block)})"
         note += left_out
-        return d, llama_tensors(d, where, directory), \
+        return d, llama_tensors(d, where, directory, head_checked=multimodal), \
             f"Hugging Face {kind} model {directory}{note}"
 
     # HF names as stored (with or without the `transformer.` prefix) -> triad's.
@@ -332,16 +336,15 @@ class RenamedTensors:
         return self.st.read_bytes(self.names[name])
 
 
-def gemma3_language_model(where: dict, tied: bool) -> Tuple[dict, int]:
+def gemma3_language_model(where: dict) -> Tuple[dict, int]:
     """A Gemma 3 multimodal model's tensors (name -> file) as its language model's, under
-    Gemma3ForCausalLM's names, and how many of the vision tower's and projector's were left out
-    (with them a tied lm_head.weight, the embedding again)."""
+    Gemma3ForCausalLM's names (a stored head as lm_head.weight, which llama_tensors checks is
+    the embedding), and how many of the vision tower's and projector's were left out."""
     by_file: dict[int, Tuple[SafetensorsFile, dict]] = {}
     dropped = 0
     for name, st in where.items():
-        if name.startswith(GEMMA3_VISION_PREFIXES) or (tied and name in (
-                "lm_head.weight", "language_model.lm_head.weight")):
-            dropped += not name.endswith("lm_head.weight")
+        if name.startswith(GEMMA3_VISION_PREFIXES):
+            dropped += 1
             continue
         new = next((to + name[len(frm):] for frm, to in GEMMA3_TEXT_PREFIXES
                     if name.startswith(frm)), name)
@@ -356,17 +359,20 @@ def gemma3_language_model(where: dict, tied: bool) -> Tuple[dict, int]:
     return renamed, dropped
 
 
-def refuse_untied_head(head: np.ndarray, wte: np.ndarray, path: Path, wte_name: str) -> None:
-    """Raises unless a tied model's stored lm_head.weight (in file path) is its embedding
+def refuse_untied_head(head: np.ndarray, wte: np.ndarray, path: Path, wte_name: str,
+                       head_name: str = "lm_head.weight") -> None:
+    """Raises unless a tied model's stored head (head_name in file path) is its embedding
     wte_name, as the model ties them."""
     if head.shape != wte.shape or not np.array_equal(head, wte):
-        raise ConvertError(f"{path}: lm_head.weight differs from {wte_name}; triad's model ties "
+        raise ConvertError(f"{path}: {head_name} differs from {wte_name}; triad's model ties "
                            f"the output head to the token embedding and cannot hold a separate "
                            f"one")
 
 
-def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
-    """The tensors of an HF Llama model as triad's (their shapes checked before any is read)."""
+def llama_tensors(d: Dims, where: dict, directory: Path, head_checked: bool = False) -> Tensors:
+    """The tensors of an HF Llama model as triad's (their shapes checked before any is read).
+    head_checked: the files of a tied model may hold lm_head.weight, which must then be the
+    embedding (GPT-Neo's, and Gemma 3's multimodal files; others' tied files hold none)."""
     src = llama_sources(d)
     want = expected_shapes(d.attrs())
     for t in VOCAB_TENSORS:
@@ -379,8 +385,9 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
                 d.neox and name.endswith(("attention.bias", "attention.masked_bias"))) and \
-                not (d.gpt_neo and (name == "lm_head.weight" or re.fullmatch(
-                    r"transformer\.h\.\d+\.attn\.attention\.(bias|masked_bias)", name))) and \
+                not (head_checked and d.tied and name == "lm_head.weight") and \
+                not (d.gpt_neo and re.fullmatch(
+                    r"transformer\.h\.\d+\.attn\.attention\.(bias|masked_bias)", name)) and \
                 not (d.deepseek and is_skipped_deepseek_tensor(d, name)):  # masks, MTP, scales
             raise ConvertError(f"{where[name].path}: tensor {name} is not part of a Llama model "
                                f"as triad has it" + (" (lm_head.weight with tie_word_embeddings)"
@@ -433,9 +440,11 @@ def llama_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, codegen_qkv_order(d, t, a)))
             a = interleaved_rope_order(d, t, dbrx_expert_order(d, t, position_rows(d, t, a)))
             a = mla_rope_order(d, t, a)
-            if d.gpt_neo and t == "wte/weight" and "lm_head.weight" in where:  # (tied)
-                refuse_untied_head(read("lm_head.weight"), a, where["lm_head.weight"].path,
-                                   "transformer.wte.weight")
+            if head_checked and t == "wte/weight" and "lm_head.weight" in where:  # (tied)
+                head, wte = (getattr(where[n], "names", {}).get(n, n)  # (as the file names them)
+                             for n in ("lm_head.weight", names[0]))
+                refuse_untied_head(read("lm_head.weight"), a, where["lm_head.weight"].path, wte,
+                                   head)
             yield t, llama_query_order(d, t, a.reshape(want[t]))
 
     return tensors

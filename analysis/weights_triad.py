@@ -122,17 +122,6 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "
                            f"blocks other than GPT-Neo's (GPT-2's with model.attn_scale = 1); only "
                            f"Hugging Face's GPT-Neo of the export formats holds that order")
-    gemma3 = gemma2 and int(a.get("qk_norm", 0)) == 1  # Gemma 3's: Gemma 2's with QK-norm
-    if a.get("rope_scaling") == "linear" and not gemma3:
-        raise ConvertError(f"{path}: the model's rope is scaled linearly (model.rope_scaling = "
-                           f"linear) in blocks other than Gemma 3's (Gemma 2's with "
-                           f"model.qk_norm); only Hugging Face's Gemma 3 of the export formats is "
-                           f"written with it")
-    if float(a.get("rope_local_theta", 0.0)) and not gemma3:
-        raise ConvertError(f"{path}: the model's windowed layers rotate by a base of their own "
-                           f"(model.rope_local_theta = {a['rope_local_theta']}) in blocks other "
-                           f"than Gemma 3's (Gemma 2's with model.qk_norm); only Hugging Face's "
-                           f"Gemma 3 of the export formats holds such a base")
     if int(a.get("head_bias", 0)) and not (phi or gptj):
         raise ConvertError(f"{path}: the model's head has a bias (model.head_bias) in blocks other "
                            f"than Phi's and GPT-J's; only Hugging Face's Phi and GPT-J of the "

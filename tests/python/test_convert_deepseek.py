@@ -594,11 +594,14 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
      "quantization_config"),
     (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, beta_fast=0, beta_slow=1,
                                        original_max_position_embeddings=64)), "rope_scaling"),
+    (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, truncate=False,
+                                       original_max_position_embeddings=64)),
+     "truncate false is not built"),
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
         "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "kimi-experts",
         "gptq", "count",
         "no-groups", "string-scale", "string-flag", "negative-shared",
-        "negative-dense", "no-layer-freq", "float-block", "beta-0"])
+        "negative-dense", "no-layer-freq", "float-block", "beta-0", "untruncated"])
 def test_deepseek_models_triad_does_not_compute_are_refused(tmp_path, make, changes, message):
     cfg = make(**changes)
     good = make()

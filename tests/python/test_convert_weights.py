@@ -682,6 +682,74 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     (tmp_path / "llama" / "config.json").write_text(json.dumps(bad))
     p = tool("triad-convert", "import", tmp_path / "llama", tmp_path / "bad.h5")
     assert_clean_failure(p, "original_max_position_embeddings 32 differs")
+    # gpt-oss's YaRN (truncate false: the ramp between unrounded bounds) is not triad's.
+    bad["rope_scaling"].update(original_max_position_embeddings=N_POS, truncate=False)
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(bad))
+    p = tool("triad-convert", "import", tmp_path / "llama", tmp_path / "bad.h5")
+    assert_clean_failure(p, "config.json", "truncate false is not built")
+
+
+
+def test_linear_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_path):
+    """Linear rope scaling (rope_type linear, position interpolation: the long-context Llama 2
+    fine-tunes') imported as model.rope_scaling = linear: triad's loss is transformers', the
+    same weights unscaled compute another, and the export carries it back to Llama. An export
+    whose class would drop it (Mistral's) or a windowed layers' base of their own
+    (model.rope_local_theta, Gemma 3's only) is refused, naming it."""
+    d, _, cfg = imported
+    model = llama_model(num_key_value_heads=2,
+                        rope_scaling={"rope_type": "linear", "factor": 4.0})
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert a["rope_scaling"] in (b"linear", "linear") and float(a["rope_scaling_factor"]) == 4
+        assert "rope_original_positions" not in a
+    want_loss, _ = hf_loss_accuracy(model, d)
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
+    plain = llama_model(num_key_value_heads=2)  # the same weights unscaled differ
+    assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
+    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back["model_type"] == "llama"
+    assert back["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    assert back["max_position_embeddings"] == SEQ  # (the imported context)
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+    # With a sliding window the export would be Mistral's, which transformers computes unscaled;
+    # a windowed layers' own base only Gemma 3's class holds.
+    for name, attrs, needle in (
+            ("window", {"sliding_window": 8}, "model.rope_scaling = linear"),
+            ("local", {"sliding_window": 8, "rope_scaling": "none", "rope_local_theta": 1e4},
+             "model.rope_local_theta")):
+        bad = tmp_path / f"{name}.h5"
+        bad.write_bytes(out.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f["model"].attrs.update(attrs)
+        assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / name, "--to", "hf"),
+                             f"{name}.h5", needle, "MistralForCausalLM")
+        assert not (tmp_path / name).exists()
+    # Qwen2's and Qwen3's classes (a c_attn bias, QK-norm) keep the scaling too.
+    from analysis.weights_dims import Dims
+    from analysis.weights_hf_export import llama_hf_config
+    for extra, arch in (({"qkv_bias": True}, "Qwen2ForCausalLM"),
+                        ({"qk_norm": True}, "Qwen3ForCausalLM")):
+        written = llama_hf_config(Dims(2, 4, 64, SEQ, V, position="rope", norm="rmsnorm",
+                                       bias=False, mlp="swiglu", mlp_hidden=176, tied=False,
+                                       n_kv_head=2, rope_linear=4.0, **extra))
+        assert written["architectures"] == [arch]
+        assert written["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+    # A factor below 1 (a compression of the context) is refused on import.
+    bad = json.loads((tmp_path / "llama" / "config.json").read_text())
+    bad["rope_scaling"]["factor"] = 0.5
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(bad))
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "llama", tmp_path / "x.h5"),
+                         "config.json", "'linear' with factor >= 1")
 
 
 def mistral_model(window):
@@ -1522,12 +1590,13 @@ class Gemma3Reference(torch.nn.Module):
         return type("Out", (), {"logits": logits})()
 
 
-def gemma3_files(directory, cfg=GEMMA3, seed=83, multimodal=None):
+def gemma3_files(directory, cfg=GEMMA3, seed=83, multimodal=None, head=None):
     """A Gemma 3 model directory (config.json, model.safetensors) of cfg with seeded weights,
     spread as tiny_hf's (matrices wide, norms away from 0); returns its tensors (Gemma3ForCausalLM's
     names). multimodal "old" or "new": Gemma3ForConditionalGeneration's files instead (cfg its
     text_config), the language model under transformers' prefixes before 4.52 or since, beside
-    a vision tower and projector."""
+    a vision tower and projector, and with head a number the tied lm_head.weight stored too: the
+    embedding times it."""
     import safetensors.numpy
     rng = np.random.default_rng(seed)
     C, H, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
@@ -1559,6 +1628,9 @@ def gemma3_files(directory, cfg=GEMMA3, seed=83, multimodal=None):
         stored = {name(k): v for k, v in tensors.items()}
         stored[vision + "embeddings.patch_embedding.weight"] = np.ones((8, 3, 2, 2), "<f4")
         stored[projector + "mm_input_projection_weight"] = np.ones((8, cfg["hidden_size"]), "<f4")
+        if head is not None:
+            stored["language_model.lm_head.weight" if multimodal == "old" else "lm_head.weight"] = \
+                tensors["model.embed_tokens.weight"] * np.float32(head)
         config = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
                   "text_config": {k: v for k, v in cfg.items() if k != "architectures"},
                   "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8}}
@@ -1684,6 +1756,39 @@ def test_gemma3_multimodal_language_model_imports_with_linear_scaling(imported, 
     again = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (again["architectures"], again["rope_scaling"], again["rope_local_base_freq"]) == \
         (["Gemma3ForCausalLM"], linear, 10000.0)
+
+
+@pytest.mark.parametrize("naming", ["old", "new"])
+def test_gemma3_multimodal_files_head_and_text_config_are_checked(tmp_path, naming):
+    """A Gemma 3 multimodal file holding its tied lm_head.weight imports when the head is the
+    embedding (the same tensors as without it) and is refused, naming both as the file does, when
+    it differs (the model ties them; transformers would load one over the other); a text_config
+    that is not a JSON object is refused, naming it."""
+    gemma3_files(tmp_path / "plain", multimodal=naming)
+    gemma3_files(tmp_path / "same", multimodal=naming, head=1)
+    gemma3_files(tmp_path / "other", multimodal=naming, head=2)
+    for name in ("plain", "same"):
+        p = tool("triad-convert", "import", tmp_path / name, tmp_path / f"{name}.h5")
+        assert p.returncode == 0, p.stderr
+    with h5py.File(tmp_path / "plain.h5", "r") as a, h5py.File(tmp_path / "same.h5", "r") as b:
+        names = []
+        a["model"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert "wte/weight" in names
+        for n in names:
+            assert np.array_equal(a["model"][n][()], b["model"][n][()]), n
+    head, wte = ("language_model.lm_head.weight", "language_model.model.embed_tokens.weight") \
+        if naming == "old" else ("lm_head.weight", "model.language_model.embed_tokens.weight")
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "other", tmp_path / "o.h5"),
+                         "model.safetensors", f"{head} differs from {wte}")
+    assert not (tmp_path / "o.h5").exists()
+    for bad in ([], "text", 3):
+        cfg = json.loads((tmp_path / "plain" / "config.json").read_text())
+        cfg["text_config"] = bad
+        (tmp_path / "plain" / "config.json").write_text(json.dumps(cfg))
+        assert_clean_failure(tool("triad-convert", "import", tmp_path / "plain",
+                                  tmp_path / "t.h5"), "config.json",
+                             "text_config is not a JSON object")
+        assert not (tmp_path / "t.h5").exists()
 
 
 def opt_model(**config):
@@ -2135,6 +2240,13 @@ def test_qwen3_moe_imports_and_evaluates_as_its_definition(imported, tmp_path, n
             exported["mlp_only_layers"], exported["intermediate_size"]) == \
         ("qwen3_moe", hd, normalize, dense, 88 if dense else 40)
     assert "shared_expert_intermediate_size" not in exported
+    # transformers 5 saves num_experts under its attribute_map's name, num_local_experts.
+    v5 = json.loads((src / "config.json").read_text())
+    v5["num_local_experts"] = v5.pop("num_experts")
+    (src / "config.json").write_text(json.dumps(v5))
+    assert tool("triad-convert", "import", src, tmp_path / "v5.h5", "--seq-len",
+                SEQ).returncode == 0
+    same_import(out, tmp_path / "v5.h5")
 
 
 def olmoe_model(**config):
@@ -2766,3 +2878,127 @@ def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
          "multi-head latent attention, which exports as Hugging Face's DeepSeek-V2 or V3; those "
          "have none of position rope, norm layernorm, mlp gelu, bias 1"),
     ), n_layer=2)
+
+
+def as_transformers5(cfg):
+    """A config.json of transformers 4 as transformers 5 saves it (its RotaryEmbeddingConfigMixin
+    and the families' convert_rope_params_to_dict): the base, the rotated share and the scaling
+    in one rope_parameters object, none of them beside it (Gemma 3's: one object per kind of
+    layer; GPT-NeoX's rotary_emb_base and rotary_pct, DBRX's attn_config.rope_theta moved in
+    too), the original context added to the scalings that have one."""
+    cfg = json.loads(json.dumps(cfg))
+    kind = cfg["model_type"]
+    if kind == "gemma3_text":
+        full = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta", 1e6),
+                **(cfg.pop("rope_scaling", None) or {})}
+        sliding = {"rope_type": "default", "rope_theta": cfg.pop("rope_local_base_freq", 1e4)}
+        cfg["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
+        return cfg
+    if kind == "gpt_neox":  # (transformers 4.47 writes both names of its base and share)
+        cfg.pop("rope_theta", None), cfg.pop("partial_rotary_factor", None)
+    theta = cfg["attn_config"].pop("rope_theta") if kind == "dbrx" else \
+        cfg.pop("rotary_emb_base" if kind == "gpt_neox" else "rope_theta", 1e4)
+    params = {"rope_type": "default", "rope_theta": theta}
+    share = cfg.pop("rotary_pct" if kind == "gpt_neox" else "partial_rotary_factor", None)
+    if share is not None:
+        params["partial_rotary_factor"] = share
+    scaling = cfg.pop("rope_scaling", None) or {}
+    params.update(scaling)
+    if params["rope_type"] in ("llama3", "yarn", "longrope"):
+        params.setdefault("original_max_position_embeddings", cfg["max_position_embeddings"])
+    cfg["rope_parameters"] = params
+    return cfg
+
+
+def same_import(a, b):
+    """Whether two triad checkpoints hold the same model: attributes and tensors."""
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        assert {k: str(v) for k, v in x["model"].attrs.items()} == \
+            {k: str(v) for k, v in y["model"].attrs.items()}
+        names = []
+        x["model"].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert names
+        for n in names:
+            assert np.array_equal(x["model"][n][()], y["model"][n][()]), n
+
+
+def test_transformers5_rope_parameters_import_as_the_older_keys(tmp_path, dbrx_on_this_torch):
+    """transformers 5 saves rope_theta, partial_rotary_factor and rope_scaling inside one
+    rope_parameters (Gemma 3: per kind of layer); a file in that form imports as the same model
+    as its transformers 4 form (each with a base other than the default, which reading the older
+    keys alone would have taken): Llama with Llama 3.1's scaling, GPT-NeoX's rotary_emb_base and
+    rotary_pct, the partial rotary of Phi and StableLM (each other than the share transformers 5
+    defaults it to; Nemotron's is set the same way, and its model's LayerNorm stand-in on this
+    torch clashes with DBRX's), DBRX's base, Gemma 3's two bases and linear scaling. A
+    rope_parameters that is not an object, per-layer parameters outside Gemma 3 and flat ones in
+    it, scaled sliding layers, one without a base, one beside a rope_scaling (transformers 5 then
+    reads the second alone), and a base said both ways differently are refused, naming
+    config.json."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    models = {"llama": llama_model(num_key_value_heads=2, rope_scaling=scaling),
+              "neox": neox_model(rotary_pct=0.5), "phi": phi_model(partial_rotary_factor=0.75),
+              "stablelm": stablelm_model(partial_rotary_factor=0.5), "dbrx": dbrx_model()}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name, safe_serialization=True)
+    linear = {**GEMMA3, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    gemma3_files(tmp_path / "gemma3", linear)
+    gemma3_files(tmp_path / "mm", linear, multimodal="new")
+    for name in [*models, "gemma3", "mm"]:
+        old, new = tmp_path / name, tmp_path / f"{name}5"
+        shutil.copytree(old, new)
+        cfg = json.loads((old / "config.json").read_text())
+        if name == "mm":
+            cfg["text_config"] = as_transformers5({**cfg["text_config"],
+                                                   "model_type": "gemma3_text"})
+        else:
+            cfg = as_transformers5(cfg)
+        (new / "config.json").write_text(json.dumps(cfg))
+        top = cfg["text_config"] if name == "mm" else cfg
+        assert not set(top) & {"rope_theta", "rotary_emb_base", "rotary_pct", "rope_scaling",
+                               "partial_rotary_factor", "rope_local_base_freq"}, top
+        for src in (old, new):
+            p = tool("triad-convert", "import", src, tmp_path / f"{src.name}.h5", "--seq-len", SEQ)
+            assert p.returncode == 0, p.stderr
+        same_import(tmp_path / f"{name}.h5", tmp_path / f"{name}5.h5")
+    with h5py.File(tmp_path / "llama5.h5", "r") as f:
+        assert float(f["model"].attrs["rope_theta"]) == 500.0
+    with h5py.File(tmp_path / "gemma35.h5", "r") as f:
+        a = f["model"].attrs
+        assert (float(a["rope_theta"]), float(a["rope_local_theta"]), a["rope_scaling"]) == \
+            (1000.0, 50.0, b"linear")
+    # DBRX's export writes its base at the top too (transformers 5's place): the same model.
+    dbrx = json.loads((tmp_path / "dbrx" / "config.json").read_text())
+    (tmp_path / "dbrx5" / "config.json").write_text(json.dumps({**dbrx, "rope_theta": 500.0}))
+    p = tool("triad-convert", "import", tmp_path / "dbrx5", tmp_path / "top.h5", "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    same_import(tmp_path / "dbrx.h5", tmp_path / "top.h5")
+    (tmp_path / "dbrx5" / "config.json").write_text(json.dumps({**dbrx, "rope_theta": 1e4}))
+    assert_clean_failure(tool("triad-convert", "import", tmp_path / "dbrx5", tmp_path / "x.h5"),
+                         "config.json", "given differently as attn_config.rope_theta = 500.0 and "
+                         "rope_theta = 10000.0")
+    base = json.loads((tmp_path / "llama5" / "config.json").read_text())
+    g3 = json.loads((tmp_path / "gemma35" / "config.json").read_text())
+    for bad, needle in (
+            ({**base, "rope_parameters": [500.0]}, "rope_parameters = [500.0] is not a JSON object"),
+            ({**base, "rope_parameters": {"full_attention": {"rope_theta": 500.0}}},
+             "rope_parameters per kind of layer (full_attention) in a 'llama' model"),
+            ({**base, "rope_theta": 10000.0}, "rope_theta = 10000.0 and rope_parameters.rope_theta "
+                                              "= 500.0 disagree"),
+            ({**base, "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+             "both rope_scaling and rope_parameters are given"),
+            ({**base, "rope_parameters": {"rope_type": "default"}},
+             "rope_parameters has no rope_theta"),
+            ({**g3, "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0}},
+             "is not per kind of layer"),
+            ({**g3, "rope_parameters": {**g3["rope_parameters"], "sliding_attention": {
+                "rope_type": "linear", "factor": 2.0, "rope_theta": 50.0}}},
+             "rope_parameters.sliding_attention scales the windowed layers' rope"),
+            ({**g3, "rope_local_base_freq": 10000.0},
+             "rope_local_base_freq = 10000.0 and rope_parameters.sliding_attention.rope_theta = "
+             "50.0 disagree")):
+        src = tmp_path / ("gemma35" if bad["model_type"] == "gemma3_text" else "llama5")
+        (src / "config.json").write_text(json.dumps(bad))
+        assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "bad.h5"),
+                             "config.json", needle)
+        assert not (tmp_path / "bad.h5").exists()
