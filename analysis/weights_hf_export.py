@@ -276,7 +276,7 @@ def gemma_hf_config(d: Dims) -> dict:
                         attention_bias=False)
     if two:
         cfg.update(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
-                   query_pre_attn_scalar=float(d.hd) if not d.attn_scale
+                   query_pre_attn_scalar=d.hd if not d.attn_scale
                    else pre_attn_scalar(float(d.attn_scale)),
                    sliding_window=d.sliding_window or d.seq_len,
                    attn_logit_softcapping=d.attn_softcap or None,
@@ -296,12 +296,13 @@ def gemma_hf_config(d: Dims) -> dict:
     return cfg
 
 
-def pre_attn_scalar(scale: float) -> float:
+def pre_attn_scalar(scale: float) -> int | float:
     """Gemma 2's query_pre_attn_scalar for triad's fp32 attn_scale: transformers scales by
     query_pre_attn_scalar ** -0.5 in double, so the scalar whose power rounds to it, the whole
-    number (as the files have it: 144, 24) where one does, else 1 / scale²."""
+    number (as the files have it: 144, 24; an integer, the only type transformers 5's config
+    class takes) where one does, else 1 / scale² (which transformers 4 alone loads)."""
     exact = 1.0 / scale ** 2
-    whole = float(round(exact))
+    whole = round(exact)
     return whole if whole > 0 and float(np.float32(whole ** -0.5)) == scale else exact
 
 

@@ -1675,6 +1675,8 @@ def test_gemma3_imports_and_evaluates_as_its_definition(imported, tmp_path):
         if k not in ("attn_logit_softcapping", "final_logit_softcapping", "rope_scaling"):
             assert again[k] == v, (k, again[k], v)
     assert again["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    # An integer, the only type transformers 5's Gemma configs take (24.0 fails to load there).
+    assert type(again["query_pre_attn_scalar"]) is int
     import safetensors.numpy
     back = safetensors.numpy.load_file(str(tmp_path / "again" / "model.safetensors"))
     assert back.keys() == tensors.keys()
