@@ -452,12 +452,28 @@ def olmo_hf_config(d: Dims) -> dict:
 def olmo2_hf_config(d: Dims) -> dict:
     """config.json for transformers' Olmo2ForCausalLM computing what triad's model of OLMo-2's
     blocks (Llama's with the branch norms alone, model.pre_norm = false, and QK-norm over all
-    heads, model.qk_norm_full) computes."""
-    refuse_absent(d, "a model without norms before its branches (model.pre_norm = false) exports "
-                     "as Hugging Face's OLMo-2",
+    heads, model.qk_norm_full) computes, or with a sliding window Olmo3ForCausalLM's (the inverse
+    of olmo3_window: layer_types from model.full_attention_every, the rope scaling in the
+    full-attention layers alone, the windowed ones rotating by rope_theta unscaled)."""
+    three = bool(d.sliding_window)
+    scaled = d.rope_scaling is not None or d.yarn is not None or bool(d.rope_linear)
+    refuse_absent(replace(d, rope_scaling=None, yarn=None) if three else d,
+                  f"a model without norms before its branches (model.pre_norm = false) exports "
+                  f"as Hugging Face's {'OLMo 3' if three else 'OLMo-2'}",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
-                  ("Granite's multipliers", d.multiplied), holds_qk_norm=True)
+                  ("Granite's multipliers", d.multiplied),
+                  ("full-attention layers first in their groups (model.full_attention_first)",
+                   d.full_attention_first),
+                  ("windowed layers rotating under the rope scaling (OLMo 3's rotate by "
+                   "rope_theta unscaled: set model.rope_local_theta = model.rope_theta)",
+                   three and scaled and d.rope_local_theta != d.rope_theta),
+                  (f"windowed layers rotating by a base of their own, {d.rope_local_theta} "
+                   f"(model.rope_local_theta; OLMo 3's is rope_theta)",
+                   d.rope_local_theta not in (0.0, d.rope_theta)),
+                  ("DeepSeek's YaRN scales (model.rope_yarn_mscale, rope_yarn_mscale_all_dim)",
+                   d.yarn is not None and d.yarn_mscale != (1.0, 0.0)),
+                  holds_qk_norm=True, holds_window=True)
     if (d.position, d.norm, d.bias, d.mlp) != ("rope", "rmsnorm", False, "swiglu") or \
             not (d.branch_norm and d.qk_norm_full and d.norm_weight) or d.parallel_residual or \
             d.rotary_dim or d.longrope is not None or d.clip_qkv:
@@ -465,9 +481,19 @@ def olmo2_hf_config(d: Dims) -> dict:
                            "exports as Hugging Face's OLMo-2, which computes rope, RMSNorms with "
                            "weights on the branches' outputs (model.branch_norm), QK-norm over all "
                            "heads (model.qk_norm_full), SwiGLU and no biases, rotating every value")
-    return llama_like_hf(d, "Olmo2ForCausalLM", "olmo2", rms_norm_eps=d.norm_eps,
-                         hidden_act="silu", attention_bias=False, rope_scaling=None,
-                         pad_token_id=None)
+    if not three:
+        return llama_like_hf(d, "Olmo2ForCausalLM", "olmo2", rms_norm_eps=d.norm_eps,
+                             hidden_act="silu", attention_bias=False, rope_scaling=None,
+                             pad_token_id=None)
+    scaling = {"rope_type": "linear", "factor": d.rope_linear} if d.rope_linear else \
+        {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))} \
+        if d.rope_scaling is not None else \
+        {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))} if d.yarn is not None else None
+    return llama_like_hf(d, "Olmo3ForCausalLM", "olmo3", rms_norm_eps=d.norm_eps,
+                         hidden_act="silu", attention_bias=False, rope_scaling=scaling,
+                         pad_token_id=None, sliding_window=d.sliding_window,
+                         layer_types=["sliding_attention" if d.windowed(i) else "full_attention"
+                                      for i in range(d.n_layer)])
 
 
 def layernorm_hf_config(d: Dims) -> dict:
@@ -509,11 +535,15 @@ def refuse_unwritten_rope(d: Dims, cfg: dict) -> None:
         raise ConvertError(f"the model's positions are divided by {d.rope_linear} "
                            f"(model.rope_scaling = linear), which this export's Hugging Face "
                            f"class, {name}, does not compute (Llama's, Qwen2's, Qwen3's, "
-                           f"Qwen3-MoE's and Gemma 3's do)")
-    if d.rope_local_theta and cfg.get("rope_local_base_freq") != d.rope_local_theta:
+                           f"Qwen3-MoE's, Gemma 3's and OLMo 3's do)")
+    # (OLMo 3's windowed layers rotate by rope_theta, unscaled)
+    local = cfg.get("rope_theta") if cfg["model_type"] == "olmo3" else \
+        cfg.get("rope_local_base_freq")
+    if d.rope_local_theta and local != d.rope_local_theta:
         raise ConvertError(f"the model's windowed layers rotate by a base of their own, "
                            f"{d.rope_local_theta} (model.rope_local_theta), which this export's "
-                           f"Hugging Face class, {name}, does not compute (Gemma 3's does)")
+                           f"Hugging Face class, {name}, does not compute (Gemma 3's does, and "
+                           f"OLMo 3's at rope_theta)")
 
 
 def family_hf_config(d: Dims) -> dict:
@@ -552,6 +582,8 @@ def family_hf_config(d: Dims) -> dict:
         return neox_hf_config(d)
     if d.multiplied or d.moe_format == "granitemoe":
         return granite_hf_config(d)
+    if not d.pre_norm:
+        return olmo2_hf_config(d)
     cfg = llama_like_hf(
         d, "LlamaForCausalLM", "llama", rms_norm_eps=d.norm_eps,
         rope_scaling=None if d.rope_scaling is None else
@@ -568,8 +600,6 @@ def family_hf_config(d: Dims) -> dict:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "
                            f"Mistral, Mixtral and Qwen classes hold one window for every layer")
-    if not d.pre_norm:
-        return olmo2_hf_config(d)
     if d.glm:
         return glm_hf_config(d)
     if d.dbrx:

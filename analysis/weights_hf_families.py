@@ -114,6 +114,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (SwiGLU uses silu)")
     scaling = yarn = longrope = None
     linear = 0.0  # a linear rope_scaling's factor (model.rope_scaling = linear)
+    # OLMo 3's (Olmo3ForCausalLM): OLMo-2's blocks with a sliding window in all but every 4th
+    # layer (layer_types) and its rope scaling in the full-attention layers alone.
+    olmo3 = cfg.get("model_type") == "olmo3"
     minicpm = cfg.get("model_type") == "minicpm"
     if cfg.get("rope_scaling") and not minicpm:  # (MiniCPM's: refused below)
         r = cfg["rope_scaling"]
@@ -125,8 +128,9 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 longrope = longrope_scaling(cfg, r, n_pos, head_dim_of(cfg, n_embd, n_head))
                 raise StopIteration
             if kind == "yarn":
-                yarn = yarn_scaling(r, n_pos)
-                n_pos = int(n_pos * yarn[0])  # the context YaRN stretches the model to
+                yarn = yarn_scaling(r, n_pos, stretched=olmo3)
+                if not olmo3:
+                    n_pos = int(n_pos * yarn[0])  # the context YaRN stretches the model to
                 raise StopIteration
             if kind == "linear":  # position interpolation: every position divided by the factor
                 linear = float(r["factor"])  # (max_position_embeddings: the stretched context)
@@ -192,8 +196,8 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     # OLMo-2's (Olmo2ForCausalLM): Llama's tensors with no norms before the branches and an
     # RMSNorm on each branch's output (post_attention_layernorm, post_feedforward_layernorm:
     # model.pre_norm = false, model.branch_norm), and OLMoE's QK-norm over the whole q and k.
-    olmo2 = cfg.get("model_type") == "olmo2"
-    if olmo2 and "rms_norm_eps" not in cfg:  # Olmo2Config's default
+    olmo2 = cfg.get("model_type") in ("olmo2", "olmo3")
+    if olmo2 and "rms_norm_eps" not in cfg:  # Olmo2Config's and Olmo3Config's default
         eps = 1e-5
     if olmo2 and cfg.get("head_dim") not in (None, n_embd // max(n_head, 1)):
         refusals.append(f"head_dim {cfg['head_dim']} (OLMo-2's q_norm spans hidden_size values)")
@@ -249,6 +253,11 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         if cfg.get("use_mup") is False:
             refusals.append("use_mup false (MiniCPM's code then leaves out its scalings)")
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    local = {}
+    if olmo3:
+        local = olmo3_window(cfg, where, n_layer, seq_len or n_pos, theta,
+                             scaling is not None or yarn is not None or linear, refusals)
+        sliding = local.pop("sliding_window")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,
              bias=False,
@@ -259,7 +268,7 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe or olmo2,
              qk_norm_full=olmoe or olmo2, pre_norm=not olmo2, branch_norm=olmo2,
              sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
-             **granite)
+             **granite, **local)
     d.check(where)
     return d
 
@@ -792,7 +801,7 @@ def gemma_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     scale = attn_cap = logit_cap = local_theta = 0.0
     window, every = 0, 2
     if gemma3:
-        every = gemma3_window_period(cfg, where, n_layer)
+        every = window_period(cfg, where, n_layer)
         try:
             local_theta = float(cfg["rope_local_base_freq"])
         except (TypeError, ValueError) as e:
@@ -852,15 +861,15 @@ GEMMA3_TEXT_DEFAULTS = {
 }
 
 
-def gemma3_window_period(cfg: dict, where: str, n_layer: int) -> int:
-    """Gemma 3's windowed layers as model.full_attention_every: every layer but each N-th
-    (1-based) keeps to the window, N from layer_types where given (newer transformers' list of
-    "sliding_attention" and "full_attention"), else sliding_window_pattern; 0: every layer
-    windowed; 1: none."""
+def window_period(cfg: dict, where: str, n_layer: int, pattern: int | None = None) -> int:
+    """Gemma 3's and OLMo 3's windowed layers as model.full_attention_every: every layer but
+    each N-th (1-based) keeps to the window, N from layer_types where given (newer transformers'
+    list of "sliding_attention" and "full_attention"), else sliding_window_pattern (Gemma 3's;
+    OLMo 3's default `pattern`, 4); 0: every layer windowed; 1: none."""
     types = cfg.get("layer_types")
     if types is None:
         try:
-            period = int(cfg["sliding_window_pattern"])
+            period = int(cfg["sliding_window_pattern"] if pattern is None else pattern)
         except (TypeError, ValueError) as e:
             raise ConvertError(f"{where}: sliding_window_pattern must be an integer ({e})")
         if period < 1:
@@ -871,11 +880,37 @@ def gemma3_window_period(cfg: dict, where: str, n_layer: int) -> int:
         raise ConvertError(f"{where}: layer_types must list 'sliding_attention' or "
                            f"'full_attention' for each of the {n_layer} layers")
     period = full_attention_period([t == "full_attention" for t in types])
-    if period is None or period[1]:  # (Gemma 3's full layers end their groups)
+    if period is None or period[1]:  # (the full layers end their groups)
         raise ConvertError(f"{where}: layer_types {types} does not attend to the whole context "
                            f"in every N-th layer (layers N - 1, 2N - 1, ..), which triad's "
                            f"model.full_attention_every holds")
     return period[0]
+
+
+def olmo3_window(cfg: dict, where: str, n_layer: int, context: int, theta: float, scaled: bool,
+                 refusals: list[str]) -> dict:
+    """OLMo 3's windows and rotations as Dims fields: sliding_window (Olmo3Config's default
+    4096) in the layers layer_types names sliding (default: all but every 4th), which rotate by
+    their base (transformers 5's rope_parameters.sliding_attention, else rope_theta) unscaled
+    while the full-attention layers take the rope scaling: model.rope_local_theta where the two
+    tables differ. A window the context cannot exceed is dropped where the tables agree."""
+    if cfg.get("rope_theta") is None:
+        refusals.append("no rope_theta (transformers 4.57's OLMo 3 then takes 10000, 5's 500000)")
+    try:
+        window = int(cfg.get("sliding_window", 4096) or 0)
+        local_theta = float(cfg.get("rope_local_base_freq", theta))
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: an OLMo 3 config needs an integer sliding_window and a "
+                           f"numeric base ({e})")
+    every = window_period(cfg, where, n_layer, pattern=4)
+    if window < 0 or (window == 0 and every != 1):
+        refusals.append(f"sliding_window {cfg.get('sliding_window')} (OLMo 3's windowed layers "
+                        f"need a window of at least one key)")
+    unscaled = scaled or local_theta != theta  # (the windowed layers' table is another)
+    if every == 1 or window <= 0 or (window >= context and not unscaled):
+        return dict(sliding_window=0)
+    return dict(sliding_window=window, full_attention_every=every,
+                rope_local_theta=local_theta if unscaled else 0.0)
 
 
 def qwen_moe_keys(cfg: dict, where: str, n_layer: int, dense_hidden: int,
@@ -963,12 +998,14 @@ def longrope_scaling(cfg: dict, r: dict, n_pos: int, head_dim: int) -> tuple:
     return max(1.0, n_pos / original), original, short, long
 
 
-def yarn_scaling(r: dict, n_pos: int) -> tuple:
+def yarn_scaling(r: dict, n_pos: int, stretched: bool = False) -> tuple:
     """(factor, beta_fast, beta_slow, original positions) of a Hugging Face YaRN rope_scaling.
     transformers' versions differ on which positions set YaRN's ramp (max_position_embeddings,
     or original_max_position_embeddings when given), so a config where the two differ is
-    refused; so are the mscale variants and truncate false (gpt-oss's ramp between unrounded
-    bounds; triad's are floored and ceiled, transformers' default)."""
+    refused, unless `stretched`: a model only transformers 4.57 and later build (OLMo 3's), whose
+    ramp is original_max_position_embeddings' and whose context max_position_embeddings. So are
+    the mscale variants and truncate false (gpt-oss's ramp between unrounded bounds; triad's are
+    floored and ceiled, transformers' default)."""
     for k in ("mscale", "mscale_all_dim"):
         if r.get(k):
             raise ValueError(f"{k} is not built")
@@ -977,7 +1014,7 @@ def yarn_scaling(r: dict, n_pos: int) -> tuple:
                          f"are rounded: truncate true)")
     factor = float(r["factor"])
     original = int(r.get("original_max_position_embeddings") or n_pos)
-    if original != n_pos:
+    if original != n_pos and not stretched:
         raise ValueError(f"original_max_position_embeddings {original} differs from "
                          f"max_position_embeddings {n_pos}")
     fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)

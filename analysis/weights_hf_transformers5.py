@@ -4,7 +4,7 @@ their older names), Qwen3-MoE's num_local_experts as num_experts.
 
 Since version 5 transformers saves a model's rope base, its rotated share and its scaling in one
 rope_parameters object ({"rope_type": "default", "rope_theta": 500000.0}) and writes no
-rope_theta beside it; Gemma 3's holds one object per kind of layer (full_attention,
+rope_theta beside it; Gemma 3's and OLMo 3's hold one object per kind of layer (full_attention,
 sliding_attention). A reader that looked for rope_theta alone would take its default for such a
 file. transformers4_keys moves the values back to where older files keep them, so each family's
 reader (and its refusals) sees one form. A file that says a value in both places, differently,
@@ -29,9 +29,10 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     """cfg with transformers 5's keys moved to transformers 4's: rope_parameters (if any) as
     rope_theta (GPT-NeoX's rotary_emb_base, DBRX's attn_config.rope_theta),
     partial_rotary_factor (GPT-NeoX's rotary_pct) and rope_scaling (absent for rope_type
-    default), Gemma 3's per-layer form as its full-attention layers' and rope_local_base_freq for
-    its sliding layers' base; Qwen3-MoE's num_local_experts as num_experts. Raises, naming
-    `where`, for what the two versions would read differently or what is not an object."""
+    default), Gemma 3's and OLMo 3's per-layer form as the full-attention layers' and
+    rope_local_base_freq for the sliding layers' base; Qwen3-MoE's num_local_experts as
+    num_experts. Raises, naming `where`, for what the two versions would read differently or
+    what is not an object."""
     kind = cfg.get("model_type")
     out = dict(cfg)
     if kind == "qwen3_moe" and out.get("num_local_experts") is not None:
@@ -44,15 +45,16 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     if not isinstance(params, dict):
         raise ConvertError(f"{where}: rope_parameters = {json.dumps(params)} is not a JSON object")
     nested = [k for k in params if k in PER_LAYER]
-    if kind == "gemma3_text":
+    if kind in ("gemma3_text", "olmo3"):
         if not nested:
             raise ConvertError(f"{where}: rope_parameters {json.dumps(params)} is not per kind "
                                f"of layer ({', '.join(PER_LAYER)}), which transformers 5 reads "
-                               f"for Gemma 3")
-        return gemma3_keys(out, params, where)
+                               f"for Gemma 3 and OLMo 3")
+        return per_layer_keys(out, params, where)
     if nested:
         raise ConvertError(f"{where}: rope_parameters per kind of layer ({', '.join(nested)}) "
-                           f"in a {kind!r} model; triad reads that form for Gemma 3 only")
+                           f"in a {kind!r} model; triad reads that form for Gemma 3 and OLMo 3 "
+                           f"only")
     if out.get("rope_scaling") is not None:
         raise ConvertError(f"{where}: both rope_scaling and rope_parameters are given; "
                            f"transformers 5 reads rope_scaling in place of rope_parameters (its "
@@ -69,11 +71,13 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     return out
 
 
-def gemma3_keys(out: dict, params: dict, where: str) -> dict:
-    """Gemma 3's per-layer rope_parameters: the full-attention layers' base and scaling as
-    rope_theta and rope_scaling (a rope_scaling beside it is merged in, as transformers 5 does),
-    the sliding layers' base as rope_local_base_freq (they are not scaled). Absent bases keep
-    Gemma3TextConfig's defaults, which both versions take."""
+def per_layer_keys(out: dict, params: dict, where: str) -> dict:
+    """Gemma 3's and OLMo 3's per-layer rope_parameters: the full-attention layers' base and
+    scaling as rope_theta and rope_scaling (a rope_scaling beside it is merged in, as
+    transformers 5 does), the sliding layers' base as rope_local_base_freq (they are not
+    scaled; an OLMo 3 file of transformers 4 has one rope_theta for both). Absent bases keep
+    Gemma3TextConfig's defaults, which both versions take (OLMo 3's reader refuses a file
+    without rope_theta: its default differs between them)."""
     full, sliding = (params.get(k) or {} for k in PER_LAYER)
     for name, p in zip(PER_LAYER, (full, sliding)):
         if not isinstance(p, dict):

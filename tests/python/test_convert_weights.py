@@ -995,6 +995,131 @@ def test_olmo2_imports_trains_and_exports_as_transformers(imported, tmp_path, ti
     assert abs(grid_loss - want_loss) <= 1e-5 * want_loss, (grid_loss, want_loss)
 
 
+
+class Olmo3Reference(torch.nn.Module):
+    """OLMo 3's model (Olmo3ForCausalLM) in float64, written from transformers' modeling_olmo3.py
+    (4.57's and 5's; the transformers here predates it) over its files' tensors: OLMo-2's blocks
+    (an RMSNorm, weight times the normalized values, on each branch's output; q and k RMSNormed
+    over all heads), the layers layer_types names sliding (default: all but every 4th) seeing
+    their last sliding_window keys and rotating by rope_theta unscaled, the others under the
+    rope_scaling, here YaRN: each frequency blended between f and f / factor over the ramp of
+    original_max_position_embeddings (floored and ceiled bounds), cos and sin times
+    0.1·ln(factor) + 1; scores times head_dim^-0.5. scale_all: YaRN in every layer instead (what
+    OLMo 3 does not do), to show the test can tell."""
+
+    def __init__(self, cfg, tensors, scale_all=False):
+        super().__init__()
+        self.cfg, self.scale_all = cfg, scale_all
+        self.t = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in tensors.items()}
+
+    def forward(self, x, use_cache=False):
+        c, t = self.cfg, self.t
+        nh, kv = c["num_attention_heads"], c["num_key_value_heads"]
+        hd = c["hidden_size"] // nh
+        B, T = x.shape
+        types = c.get("layer_types") or ["sliding_attention" if (n + 1) % 4 else "full_attention"
+                                         for n in range(c["num_hidden_layers"])]
+
+        def rms(h, w):
+            return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + c["rms_norm_eps"]))
+
+        def frequencies(scaled):
+            base, r = c["rope_theta"], c.get("rope_scaling")
+            f = 1.0 / base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+            if not scaled or not r:
+                return f, 1.0
+            factor = r["factor"]
+            original = r.get("original_max_position_embeddings") or c["max_position_embeddings"]
+
+            def at(turns):
+                return hd * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+            low = max(math.floor(at(r.get("beta_fast") or 32)), 0)
+            high = min(math.ceil(at(r.get("beta_slow") or 1)), hd - 1)
+            high = high + 0.001 if low == high else high
+            ramp = ((torch.arange(hd // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+            return f / factor * ramp + f * (1 - ramp), 0.1 * math.log(factor) + 1
+
+        def rope(q, scaled):  # [B, heads, T, hd], rotate-half pairs (i, i + hd/2)
+            f, m = frequencies(scaled)
+            ang = torch.arange(T, dtype=torch.float64)[:, None] * f[None, :]
+            cos, sin = torch.cat([ang.cos(), ang.cos()], -1) * m, torch.cat([ang.sin(), ang.sin()], -1) * m
+            half = torch.cat([-q[..., hd // 2:], q[..., :hd // 2]], -1)
+            return q * cos + half * sin
+
+        h = t["model.embed_tokens.weight"][x]
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        for n, kind in enumerate(types):
+            p = f"model.layers.{n}."
+            sliding = kind == "sliding_attention"
+            q = rms(h @ t[p + "self_attn.q_proj.weight"].T, t[p + "self_attn.q_norm.weight"])
+            k = rms(h @ t[p + "self_attn.k_proj.weight"].T, t[p + "self_attn.k_norm.weight"])
+            v = h @ t[p + "self_attn.v_proj.weight"].T
+            q, k, v = (z.view(B, T, -1, hd).transpose(1, 2) for z in (q, k, v))
+            q, k = rope(q, self.scale_all or not sliding), rope(k, self.scale_all or not sliding)
+            k, v = k.repeat_interleave(nh // kv, 1), v.repeat_interleave(nh // kv, 1)
+            s = q @ k.transpose(-1, -2) * hd ** -0.5
+            seen = (j <= i) & ((i - j < c["sliding_window"]) if sliding else True)
+            s = s.masked_fill(~seen, float("-inf")).softmax(-1)
+            o = (s @ v).transpose(1, 2).reshape(B, T, nh * hd) @ t[p + "self_attn.o_proj.weight"].T
+            h = h + rms(o, t[p + "post_attention_layernorm.weight"])
+            g = torch.nn.functional.silu(h @ t[p + "mlp.gate_proj.weight"].T)
+            m = (g * (h @ t[p + "mlp.up_proj.weight"].T)) @ t[p + "mlp.down_proj.weight"].T
+            h = h + rms(m, t[p + "post_feedforward_layernorm.weight"])
+        logits = rms(h, t["model.norm.weight"]) @ t["lm_head.weight"].T
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["yarn", "plain"])
+def test_olmo3_imports_and_evaluates_as_its_definition(imported, tmp_path, scaled):
+    """An OLMo 3 model (Olmo3ForCausalLM's files: OLMo-2's tensors, an 8-key window in the
+    sliding layers; with YaRN, factor 4 over 16 original positions, a sliding then a full layer,
+    else layer_types left out: both sliding, Olmo3Config's default for 2 layers) imports as
+    model.sliding_window with model.full_attention_every and, where the full layers are scaled,
+    model.rope_local_theta = rope_theta (the windowed layers' table unscaled); triad's loss is
+    the definition's (Olmo3Reference) to 1e-5, the same weights without the window (OLMo-2, as
+    transformers computes it) or with YaRN in every layer give another loss; the export is OLMo
+    3's config and tensors, bit for bit, and imports back to the same checkpoint."""
+    from safetensors.torch import load_file
+    d, _, cfg = imported
+    model = olmo2_model()
+    src = tmp_path / "olmo3"
+    model.save_pretrained(src, safe_serialization=True)
+    tensors = load_file(src / "model.safetensors")
+    changes = dict(model_type="olmo3", architectures=["Olmo3ForCausalLM"], sliding_window=8)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    if scaled:
+        changes.update(layer_types=["sliding_attention", "full_attention"], rope_scaling=yarn)
+    rewrite_hf(src, tensors, **changes)
+    config = json.loads((src / "config.json").read_text())
+    out = tmp_path / "olmo3.h5"
+    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face OLMo 3 model" in p.stdout, p.stdout
+    with h5py.File(out, "r") as f:
+        a = f["model"].attrs
+        assert int(a["sliding_window"]) == 8 and int(a["pre_norm"]) == 0
+        if scaled:
+            assert (int(a["full_attention_every"]), a["rope_scaling"], float(a["rope_local_theta"]),
+                    int(a["rope_original_positions"])) == (2, b"yarn", 500.0, 16)
+        else:
+            assert int(a.get("full_attention_every", 0)) == 0 and "rope_local_theta" not in a
+    reference = Olmo3Reference(config, {k: v.numpy() for k, v in tensors.items()})
+    _, want = evaluates_as_transformers(reference, d, cfg, out, "--model-from", out)
+    # (20 times the check's tolerance; measured: 8.6e-4 and 7.1e-4 relative)
+    assert abs(hf_loss_accuracy(model, d)[0] - want) > 2e-4 * want
+    if scaled:
+        every = hf_loss_accuracy(Olmo3Reference(config, reference.t, scale_all=True), d)[0]
+        assert abs(every - want) > 2e-4 * want, (every, want)
+    exported = exports_back(out, tmp_path / "back", tensors)
+    assert (exported["architectures"], exported["model_type"], exported["sliding_window"],
+            exported["layer_types"]) == (["Olmo3ForCausalLM"], "olmo3", 8,
+                                         config.get("layer_types", ["sliding_attention"] * 2))
+    assert exported["rope_scaling"] == ({**yarn, "beta_fast": 32.0, "beta_slow": 1.0}
+                                        if scaled else None)
+    assert tool("triad-convert", "import", tmp_path / "back", tmp_path / "again.h5").returncode == 0
+    same_import(out, tmp_path / "again.h5")
+
+
 def starcoder2_model(**config):
     torch.manual_seed(29)
     model = transformers.Starcoder2ForCausalLM(transformers.Starcoder2Config(**{

@@ -1207,19 +1207,21 @@ def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_pat
 # model.full_attention_every = 2: the second layer attends to everything (to its documents), the
 # first keeps to the window; with model.full_attention_first (GPT-Neo's order) the other way
 # round; with model.rope_local_theta (Gemma 3's) the windowed layer rotates by a base of its own,
-# unscaled, while the full one keeps rope_theta under model.rope_scaling = linear (Gemma 3 4B's);
-# every gradient against the reference's per-layer masks and rotations.
-@pytest.mark.parametrize("documents,first,local", [(False, False, 0.0), (True, False, 0.0),
-                                                   (False, True, 0.0), (False, False, 50.0)])
-def test_interleaved_full_attention_gradients_match_torch(documents, first, local, tmp_root,
-                                                          tmp_path):
+# unscaled, while the full one keeps rope_theta under model.rope_scaling = linear (Gemma 3 4B's),
+# or (OLMo 3's) by the same base unscaled while the full one is under Qwen's YaRN (its cos and sin
+# scaled, not the scores); every gradient against the reference's per-layer masks and rotations.
+@pytest.mark.parametrize("documents,first,local,scaling", [
+    (False, False, 0.0, None), (True, False, 0.0, None), (False, True, 0.0, None),
+    (False, False, 50.0, ref.Linear(4.0)), (False, False, 500.0, ref.Yarn(4.0, 8))])
+def test_interleaved_full_attention_gradients_match_torch(documents, first, local, scaling,
+                                                          tmp_root, tmp_path):
     p = prepare(next(c for c in CASES if c.name == "llama"), tmp_root)
     q = packed_documents(p, tmp_path, 7, 31)
     if not documents:
         q = replace(q, case=replace(q.case, cfg=replace(q.case.cfg, document_token=None)))
     q = with_window(q, tmp_path, 4, full_every=2, first=first, local_theta=local)
     if local:
-        q = with_model(q, tmp_path, rope_scaling=ref.Linear(4.0))
+        q = with_model(q, tmp_path, rope_scaling=scaling)
     over = {"data__document_mask": 7} if documents else {}
     check_probe_against_torch(q, "none", data_dir=tmp_path, **over)
     # ... and the window's layers alone, or the other order, would give other gradients: the test

@@ -490,10 +490,24 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_EQ(error_of(gemma3), "");
   const GptShape g = gpt_shape(parse(gemma3).config);
   EXPECT_TRUE(g.local_rope(0) && g.local_rope(4) && !g.local_rope(5) && g.local_rope(6));
-  EXPECT_NE(error_of({"--model.position", "rope", "--model.sliding_window", "8",
-                      "--model.rope_local_theta", "10000", "--model.rope_scaling", "yarn"})
-                .find("model.rope_local_theta is not built with model.rope_scaling = yarn"),
-            std::string::npos);
+  // With Qwen's and OLMo 3's YaRN (cos and sin of the full layers scaled) but not DeepSeek's
+  // (every layer's scores scaled too).
+  const std::vector<std::string> local_yarn = {"--model.position",
+                                               "rope",
+                                               "--model.sliding_window",
+                                               "8",
+                                               "--model.full_attention_every",
+                                               "4",
+                                               "--model.rope_local_theta",
+                                               "10000",
+                                               "--model.rope_scaling",
+                                               "yarn"};
+  EXPECT_EQ(error_of(local_yarn), "");
+  auto deepseek_yarn = local_yarn;
+  deepseek_yarn.insert(deepseek_yarn.end(), {"--model.rope_yarn_mscale_all_dim", "1"});
+  EXPECT_NE(
+      error_of(deepseek_yarn).find("model.rope_local_theta is not built with YaRN's score scale"),
+      std::string::npos);
   EXPECT_NE(error_of({"--model.position", "rope", "--model.rope_local_theta", "10000"})
                 .find("model.rope_local_theta needs model.sliding_window"),
             std::string::npos);

@@ -43,6 +43,11 @@ CONFIGS = {
     "mixtral": lambda: T.MixtralConfig(**GQA, num_local_experts=4, num_experts_per_tok=2),
     "olmo2": lambda: T.Olmo2Config(**SMALL, rope_parameters=rope(5e5)),
     "granite": lambda: T.GraniteConfig(**GQA, rope_parameters=rope(3e5)),
+    "olmo3": lambda: T.Olmo3Config(**dict(SMALL, num_hidden_layers=4), sliding_window=64,
+                                   rope_parameters={
+                                       "full_attention": rope(5e5, rope_type="yarn", factor=8.0,
+                                                              original_max_position_embeddings=32),
+                                       "sliding_attention": rope(5e5)}),
     "phi3": lambda: T.Phi3Config(**GQA, original_max_position_embeddings=64, rope_parameters=rope(
         1e4, rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8)),
     "gemma2": lambda: T.Gemma2Config(**GQA, head_dim=16, rope_parameters=rope(2e4)),
