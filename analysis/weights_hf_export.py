@@ -489,8 +489,15 @@ def olmo2_hf_config(d: Dims) -> dict:
         {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))} \
         if d.rope_scaling is not None else \
         {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))} if d.yarn is not None else None
+    # Both forms of the bases: transformers 4.57 reads rope_theta for every layer, 5 reads the
+    # per-layer rope_parameters (from rope_theta alone it would rotate the sliding layers by
+    # 500000).
+    per_layer = {"full_attention": {"rope_type": "default", "rope_theta": d.rope_theta,
+                                    **(scaling or {})},
+                 "sliding_attention": {"rope_type": "default", "rope_theta": d.rope_theta}}
     return llama_like_hf(d, "Olmo3ForCausalLM", "olmo3", rms_norm_eps=d.norm_eps,
                          hidden_act="silu", attention_bias=False, rope_scaling=scaling,
+                         rope_parameters=per_layer,
                          pad_token_id=None, sliding_window=d.sliding_window,
                          layer_types=["sliding_attention" if d.windowed(i) else "full_attention"
                                       for i in range(d.n_layer)])

@@ -13,6 +13,7 @@ import numpy as np
 
 from .weights_dims import MAX_EXPERTS, ConvertError, Dims, ROPE_SCALING_HF, full_attention_period
 from .weights_hf_layout import CODEGEN_BLOCKS
+from .weights_hf_transformers5 import OLMO3_DEFAULT_THETA, OLMO3_SLIDING
 
 # Keys of MiniCPM 1 and 2 a file must name: OpenBMB's config class defaults them to 1, no
 # scaling, which no released model has. (tie_word_embeddings defaults to true there, as in
@@ -252,12 +253,12 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 refusals.append(f"{k} {cfg[k]} (MiniCPM4's, not built)")
         if cfg.get("use_mup") is False:
             refusals.append("use_mup false (MiniCPM's code then leaves out its scalings)")
-    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     local = {}
-    if olmo3:
+    if olmo3:  # (before the refusals are raised: it adds its own)
         local = olmo3_window(cfg, where, n_layer, seq_len or n_pos, theta,
                              scaling is not None or yarn is not None or linear, refusals)
         sliding = local.pop("sliding_window")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope", rope_theta=theta,
              norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,
              bias=False,
@@ -891,18 +892,24 @@ def olmo3_window(cfg: dict, where: str, n_layer: int, context: int, theta: float
                  refusals: list[str]) -> dict:
     """OLMo 3's windows and rotations as Dims fields: sliding_window (Olmo3Config's default
     4096) in the layers layer_types names sliding (default: all but every 4th), which rotate by
-    their base (transformers 5's rope_parameters.sliding_attention, else rope_theta) unscaled
+    their base (transformers 5's rope_parameters.sliding_attention, else rope_theta: a file
+    whose rope_theta is not 500000 is refused, 4.57 and 5 reading it differently) unscaled
     while the full-attention layers take the rope scaling: model.rope_local_theta where the two
     tables differ. A window the context cannot exceed is dropped where the tables agree."""
     if cfg.get("rope_theta") is None:
         refusals.append("no rope_theta (transformers 4.57's OLMo 3 then takes 10000, 5's 500000)")
     try:
         window = int(cfg.get("sliding_window", 4096) or 0)
-        local_theta = float(cfg.get("rope_local_base_freq", theta))
+        local_theta = float(cfg.get(OLMO3_SLIDING, theta))
     except (TypeError, ValueError) as e:
         raise ConvertError(f"{where}: an OLMo 3 config needs an integer sliding_window and a "
                            f"numeric base ({e})")
     every = window_period(cfg, where, n_layer, pattern=4)
+    if OLMO3_SLIDING not in cfg and every != 1 and theta != OLMO3_DEFAULT_THETA:
+        # (5's OLMo 3 config hands the file's rope_theta to the full layers alone)
+        refusals.append(f"rope_theta {theta} with sliding layers and no per-layer "
+                        f"rope_parameters (transformers 4.57 rotates the sliding layers by it, 5 "
+                        f"by {OLMO3_DEFAULT_THETA}: give rope_parameters.sliding_attention)")
     if window < 0 or (window == 0 and every != 1):
         refusals.append(f"sliding_window {cfg.get('sliding_window')} (OLMo 3's windowed layers "
                         f"need a window of at least one key)")

@@ -23,6 +23,10 @@ SHARE_KEY = {"gpt_neox": "rotary_pct"}
 PLAIN_KEYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
 # Kinds whose rope_parameters is per kind of layer.
 PER_LAYER = ("full_attention", "sliding_attention")
+# Where OLMo 3's sliding layers' base from that form goes (no file key of either version holds
+# it: transformers 4.57 rotates them by rope_theta), and 5's base for them where the form has none.
+OLMO3_SLIDING = "rope_parameters.sliding_attention.rope_theta"
+OLMO3_DEFAULT_THETA = 500000.0
 
 
 def transformers4_keys(cfg: dict, where: str) -> dict:
@@ -50,7 +54,7 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
             raise ConvertError(f"{where}: rope_parameters {json.dumps(params)} is not per kind "
                                f"of layer ({', '.join(PER_LAYER)}), which transformers 5 reads "
                                f"for Gemma 3 and OLMo 3")
-        return per_layer_keys(out, params, where)
+        return per_layer_keys(out, params, where, kind)
     if nested:
         raise ConvertError(f"{where}: rope_parameters per kind of layer ({', '.join(nested)}) "
                            f"in a {kind!r} model; triad reads that form for Gemma 3 and OLMo 3 "
@@ -71,13 +75,13 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     return out
 
 
-def per_layer_keys(out: dict, params: dict, where: str) -> dict:
+def per_layer_keys(out: dict, params: dict, where: str, kind: str) -> dict:
     """Gemma 3's and OLMo 3's per-layer rope_parameters: the full-attention layers' base and
     scaling as rope_theta and rope_scaling (a rope_scaling beside it is merged in, as
-    transformers 5 does), the sliding layers' base as rope_local_base_freq (they are not
-    scaled; an OLMo 3 file of transformers 4 has one rope_theta for both). Absent bases keep
-    Gemma3TextConfig's defaults, which both versions take (OLMo 3's reader refuses a file
-    without rope_theta: its default differs between them)."""
+    transformers 5 does), the sliding layers' base (they are not scaled) as Gemma 3's
+    rope_local_base_freq or OLMo 3's OLMO3_SLIDING (500000 where absent, as 5 reads it). Absent
+    full bases keep Gemma3TextConfig's defaults, which both versions take (OLMo 3's reader
+    refuses a file without rope_theta: its default differs between them)."""
     full, sliding = (params.get(k) or {} for k in PER_LAYER)
     for name, p in zip(PER_LAYER, (full, sliding)):
         if not isinstance(p, dict):
@@ -87,8 +91,11 @@ def per_layer_keys(out: dict, params: dict, where: str) -> dict:
         raise ConvertError(f"{where}: rope_parameters.sliding_attention scales the windowed "
                            f"layers' rope ({json.dumps(sliding)}); Gemma 3's rotate by their "
                            f"base unscaled")
-    settle(out, "rope_local_base_freq", sliding.get("rope_theta"), where,
-           "rope_parameters.sliding_attention.rope_theta")
+    if kind == "olmo3":
+        out[OLMO3_SLIDING] = sliding.get("rope_theta", OLMO3_DEFAULT_THETA)
+    else:
+        settle(out, "rope_local_base_freq", sliding.get("rope_theta"), where,
+               "rope_parameters.sliding_attention.rope_theta")
     settle(out, "rope_theta", full.get("rope_theta"), where,
            "rope_parameters.full_attention.rope_theta")
     older, scaling = out.get("rope_scaling"), scaling_of(full)

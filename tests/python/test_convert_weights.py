@@ -1078,19 +1078,28 @@ def test_olmo3_imports_and_evaluates_as_its_definition(imported, tmp_path, scale
     model.rope_local_theta = rope_theta (the windowed layers' table unscaled); triad's loss is
     the definition's (Olmo3Reference) to 1e-5, the same weights without the window (OLMo-2, as
     transformers computes it) or with YaRN in every layer give another loss; the export is OLMo
-    3's config and tensors, bit for bit, and imports back to the same checkpoint."""
+    3's config (both transformers versions' forms of the bases) and tensors, bit for bit, and
+    imports back to the same checkpoint. The file's base is 500 in transformers 5's per-layer
+    form; in 4's form (rope_theta alone) the versions read the sliding layers' base differently
+    unless it is 500000, and such a file is refused."""
     from safetensors.torch import load_file
     d, _, cfg = imported
     model = olmo2_model()
     src = tmp_path / "olmo3"
     model.save_pretrained(src, safe_serialization=True)
     tensors = load_file(src / "model.safetensors")
-    changes = dict(model_type="olmo3", architectures=["Olmo3ForCausalLM"], sliding_window=8)
+    # transformers 5's form (a base per kind of layer: from rope_theta alone 5 would rotate the
+    # sliding layers by 500000, 4.57 by rope_theta, 500 here)
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    full = {"rope_type": "default", "rope_theta": 500.0, **(yarn if scaled else {})}
+    changes = dict(model_type="olmo3", architectures=["Olmo3ForCausalLM"], sliding_window=8,
+                   rope_parameters={"full_attention": full, "sliding_attention": {
+                       "rope_type": "default", "rope_theta": 500.0}})
     if scaled:
-        changes.update(layer_types=["sliding_attention", "full_attention"], rope_scaling=yarn)
-    rewrite_hf(src, tensors, **changes)
+        changes.update(layer_types=["sliding_attention", "full_attention"])
+    rewrite_hf(src, tensors, drop=["rope_theta", "rope_scaling"], **changes)
     config = json.loads((src / "config.json").read_text())
+    definition = {**config, "rope_theta": 500.0, "rope_scaling": yarn if scaled else None}
     out = tmp_path / "olmo3.h5"
     p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
@@ -1103,21 +1112,44 @@ def test_olmo3_imports_and_evaluates_as_its_definition(imported, tmp_path, scale
                     int(a["rope_original_positions"])) == (2, b"yarn", 500.0, 16)
         else:
             assert int(a.get("full_attention_every", 0)) == 0 and "rope_local_theta" not in a
-    reference = Olmo3Reference(config, {k: v.numpy() for k, v in tensors.items()})
+    reference = Olmo3Reference(definition, {k: v.numpy() for k, v in tensors.items()})
     _, want = evaluates_as_transformers(reference, d, cfg, out, "--model-from", out)
     # (20 times the check's tolerance; measured: 8.6e-4 and 7.1e-4 relative)
     assert abs(hf_loss_accuracy(model, d)[0] - want) > 2e-4 * want
     if scaled:
-        every = hf_loss_accuracy(Olmo3Reference(config, reference.t, scale_all=True), d)[0]
+        every = hf_loss_accuracy(Olmo3Reference(definition, reference.t, scale_all=True), d)[0]
         assert abs(every - want) > 2e-4 * want, (every, want)
+        generates_as_transformers(reference, out)  # (decoding with the two tables)
+        # DeepSeek's YaRN score scale beside a windowed base is not built: a checkpoint saying
+        # so is refused by the programs that read no config too.
+        bad = tmp_path / "mscale.h5"
+        bad.write_bytes(out.read_bytes())
+        with h5py.File(bad, "r+") as f:
+            f["model"].attrs["rope_yarn_mscale_all_dim"] = 1.0
+        p = run([exe("triad-generate"), "--checkpoint", bad, "--vocab", VOCAB, "--prompt-ids",
+                 "1 2", "--length", "2"])
+        assert_clean_error(p, "rope_local_theta", "rope_yarn_mscale_all_dim 1")
     exported = exports_back(out, tmp_path / "back", tensors)
     assert (exported["architectures"], exported["model_type"], exported["sliding_window"],
             exported["layer_types"]) == (["Olmo3ForCausalLM"], "olmo3", 8,
                                          config.get("layer_types", ["sliding_attention"] * 2))
-    assert exported["rope_scaling"] == ({**yarn, "beta_fast": 32.0, "beta_slow": 1.0}
-                                        if scaled else None)
+    # Both forms: 4.57's rope_theta and rope_scaling, 5's base per kind of layer.
+    written = {**yarn, "beta_fast": 32.0, "beta_slow": 1.0} if scaled else None
+    assert (exported["rope_theta"], exported["rope_scaling"]) == (500.0, written)
+    assert exported["rope_parameters"] == {
+        "full_attention": {"rope_type": "default", "rope_theta": 500.0, **(written or {})},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500.0}}
     assert tool("triad-convert", "import", tmp_path / "back", tmp_path / "again.h5").returncode == 0
     same_import(out, tmp_path / "again.h5")
+    # transformers 4's form with a base other than 500000: the versions disagree, refused.
+    older = {k: v for k, v in config.items() if k != "rope_parameters"}
+    older.update(rope_theta=500.0, rope_scaling=yarn if scaled else None)
+    (src / "config.json").write_text(json.dumps(older))
+    assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "x.h5"), "config.json",
+                         "rope_theta 500.0 with sliding layers and no per-layer rope_parameters")
+    (src / "config.json").write_text(json.dumps({**older, "rope_theta": 500000.0}))
+    p = tool("triad-convert", "import", src, tmp_path / "x.h5", "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
 
 
 def starcoder2_model(**config):
