@@ -600,6 +600,30 @@ def test_llama_tensors_of_the_wrong_shape_are_refused(tmp_path, name, shape):
     assert not out.exists()
 
 
+def scaled_llama(tmp_path, scaling):
+    """A Llama (4 query heads over 2) with `scaling` as its rope_scaling, saved to
+    tmp_path/llama and imported (--seq-len SEQ): (the model, the checkpoint, its /model
+    attributes)."""
+    model = llama_model(num_key_value_heads=2, rope_scaling=scaling)
+    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
+    out = tmp_path / "llama.h5"
+    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out, "r") as f:
+        attrs = dict(f["model"].attrs)
+    return model, out, attrs
+
+
+def exports_to_llama(ckpt, tmp_path, d, want_loss):
+    """ckpt exported (--to hf) to tmp_path/back loads in transformers' LlamaForCausalLM computing
+    want_loss (to 1e-9); returns the export's config.json."""
+    assert tool("triad-convert", "export", ckpt, tmp_path / "back", "--to", "hf", "--vocab",
+                "none").returncode == 0
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
+    return json.loads((tmp_path / "back" / "config.json").read_text())
+
+
 def test_llama3_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_path):
     """Llama 3.1's rope scaling (rope_type llama3) imported: with an original context of 32
     positions, hd 16 and theta 500 the pairs' wavelengths fall in all three of its regimes (kept,
@@ -608,15 +632,9 @@ def test_llama3_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp
     d, _, cfg = imported
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-    model = llama_model(num_key_value_heads=2, rope_scaling=scaling)
-    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
-    out = tmp_path / "llama.h5"
-    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    with h5py.File(out, "r") as f:
-        a = f["model"].attrs
-        assert a["rope_scaling"] in (b"llama3", "llama3") and float(a["rope_scaling_factor"]) == 8
-        assert int(a["rope_original_positions"]) == 32
+    model, out, a = scaled_llama(tmp_path, scaling)
+    assert a["rope_scaling"] in (b"llama3", "llama3") and float(a["rope_scaling_factor"]) == 8
+    assert int(a["rope_original_positions"]) == 32
     want_loss, _ = hf_loss_accuracy(model, d)
     args = [*LLAMA_ARGS, "--model.n_head", 4, "--model.n_kv_head", 2, "--model.rope_scaling",
             "llama3", "--model.rope_scaling_factor", 8, "--model.rope_low_freq_factor", 1,
@@ -630,13 +648,9 @@ def test_llama3_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp
     p = train("--config", cfg, "--eval-only", "--init-from", out, *LLAMA_ARGS, "--model.n_head", 4,
               "--model.n_kv_head", 2)
     assert p.returncode != 0 and "rope_scaling llama3" in p.stderr, p.stderr
-    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
-                "none").returncode == 0
-    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    back = exports_to_llama(out, tmp_path, d, want_loss)
     assert back["rope_scaling"]["rope_type"] == "llama3"
     assert back["rope_scaling"]["original_max_position_embeddings"] == 32
-    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
-    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
 
 
 def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_path):
@@ -645,28 +659,18 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     factor and the rest are divided; cos and sin are scaled by 0.1·ln 4 + 1. triad's loss is
     transformers', and the export carries rope_scaling back."""
     d, _, cfg = imported
-    model = llama_model(num_key_value_heads=2, rope_scaling={"rope_type": "yarn", "factor": 4.0})
-    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
-    out = tmp_path / "llama.h5"
-    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    with h5py.File(out, "r") as f:
-        a = f["model"].attrs
-        assert a["rope_scaling"] in (b"yarn", "yarn") and float(a["rope_scaling_factor"]) == 4
-        assert (float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"])) == (32, 1)
-        assert int(a["rope_original_positions"]) == N_POS
+    model, out, a = scaled_llama(tmp_path, {"rope_type": "yarn", "factor": 4.0})
+    assert a["rope_scaling"] in (b"yarn", "yarn") and float(a["rope_scaling_factor"]) == 4
+    assert (float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"])) == (32, 1)
+    assert int(a["rope_original_positions"]) == N_POS
     want_loss, _ = hf_loss_accuracy(model, d)
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
     loss = float(p.stdout.split("val loss")[1].split()[0])
     assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
     plain = llama_model(num_key_value_heads=2)  # the same weights without YaRN differ
     assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
-    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
-                "none").returncode == 0
-    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    back = exports_to_llama(out, tmp_path, d, want_loss)
     assert back["rope_scaling"]["rope_type"] == "yarn" and back["max_position_embeddings"] == N_POS
-    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
-    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
     # DeepSeek's form (the scores scaled apart from cos and sin) has no such export.
     deepseek = tmp_path / "deepseek.h5"
     deepseek.write_bytes(out.read_bytes())
@@ -697,30 +701,19 @@ def test_linear_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp
     whose class would drop it (Mistral's) or a windowed layers' base of their own
     (model.rope_local_theta, Gemma 3's only) is refused, naming it."""
     d, _, cfg = imported
-    model = llama_model(num_key_value_heads=2,
-                        rope_scaling={"rope_type": "linear", "factor": 4.0})
-    model.save_pretrained(tmp_path / "llama", safe_serialization=True)
-    out = tmp_path / "llama.h5"
-    p = tool("triad-convert", "import", tmp_path / "llama", out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    with h5py.File(out, "r") as f:
-        a = f["model"].attrs
-        assert a["rope_scaling"] in (b"linear", "linear") and float(a["rope_scaling_factor"]) == 4
-        assert "rope_original_positions" not in a
+    model, out, a = scaled_llama(tmp_path, {"rope_type": "linear", "factor": 4.0})
+    assert a["rope_scaling"] in (b"linear", "linear") and float(a["rope_scaling_factor"]) == 4
+    assert "rope_original_positions" not in a
     want_loss, _ = hf_loss_accuracy(model, d)
     p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out, check=True)
     loss = float(p.stdout.split("val loss")[1].split()[0])
     assert abs(loss - want_loss) <= 1e-5 * want_loss, (loss, want_loss)
     plain = llama_model(num_key_value_heads=2)  # the same weights unscaled differ
     assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
-    assert tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab",
-                "none").returncode == 0
-    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    back = exports_to_llama(out, tmp_path, d, want_loss)
     assert back["model_type"] == "llama"
     assert back["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
     assert back["max_position_embeddings"] == SEQ  # (the imported context)
-    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
-    assert abs(hf_loss_accuracy(again, d)[0] - want_loss) <= 1e-9 * want_loss
     # With a sliding window the export would be Mistral's, which transformers computes unscaled;
     # a windowed layers' own base only Gemma 3's class holds.
     for name, attrs, needle in (
