@@ -441,6 +441,11 @@ def _check(rep: Report) -> None:
             (rot == 0 or ma.get("position") == "rope")):
         P.append(f"/model attribute rotary_dim = {rot!r}, not an even count in [0, {width}] "
                  f"(the head's width; > 0 only with rope positions)")
+    nope = ma.get("nope_every", 0)  # absent: every layer rotates
+    if not (isinstance(nope, int) and 0 <= nope <= 2 ** 30 and
+            (nope == 0 or (ma.get("position") == "rope" and not ma.get("kv_lora_rank", 0)))):
+        P.append(f"/model attribute nope_every = {nope!r}, not a count in [0, 2^30] (> 0 only "
+                 f"with rope positions, without latent attention)")
     kv = ma.get("n_kv_head", ma["n_head"])  # absent: a file from before grouped-query attention
     if not (isinstance(kv, int) and kv >= 1 and int(ma["n_head"]) % kv == 0):
         P.append(f"/model attribute n_kv_head = {kv!r}, not a positive divisor of n_head "

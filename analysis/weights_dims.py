@@ -123,6 +123,8 @@ class Dims:
     # beside bias-free linear layers (model.norm_bias): Nemotron's.
     rotary_dim: int = 0
     norm_bias: bool = False
+    # Layers N, 2N, .. (1-based) rotate nothing (model.nope_every: SmolLM3's NoPE layers; 0: none).
+    nope_every: int = 0
     # Norms without a learned weight or bias (model.norm_weight = false: OLMo's non-parametric
     # LayerNorm): triad holds them as ones (and zeros), frozen; the Hugging Face files have none.
     norm_weight: bool = True
@@ -377,6 +379,8 @@ class Dims:
                     a[k] = float(getattr(self, k))
             if self.rotary_dim:  # model.rotary_dim (absent: every value rotates)
                 a["rotary_dim"] = int(self.rotary_dim)
+            if self.nope_every:  # model.nope_every (absent: every layer rotates)
+                a["nope_every"] = int(self.nope_every)
             if self.position == "rope":
                 a["rope_theta"] = float(self.rope_theta)
                 if self.rope_local_theta:
@@ -473,6 +477,8 @@ class Dims:
                     keys[k] = repr(float(getattr(self, k)))
             if self.rotary_dim:
                 keys["rotary_dim"] = self.rotary_dim
+            if self.nope_every:
+                keys["nope_every"] = self.nope_every
             for k, v in self.moe_keys().items():
                 keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else v
             keys.update(self.mla_keys())

@@ -449,6 +449,42 @@ def olmo_hf_config(d: Dims) -> dict:
                          clip_qkv=d.clip_qkv or None, rope_scaling=None, pad_token_id=None)
 
 
+def smollm3_hf_config(d: Dims) -> dict:
+    """config.json for transformers' SmolLM3ForCausalLM computing what triad's model of Llama's
+    blocks with layers that do not rotate (model.nope_every) computes (the inverse of
+    smollm3_nope_every): no_rope_layers, no window; Llama's rope scalings."""
+    refuse_absent(replace(d, rope_scaling=None, yarn=None),  # (Llama's scalings: written)
+                  "a model whose layers do not all rotate (model.nope_every) exports as "
+                  "Hugging Face's SmolLM3",
+                  ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
+                  ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
+                  ("partial rotary (model.rotary_dim)", d.rotary_dim),
+                  ("Granite's multipliers", d.multiplied),
+                  ("DeepSeek's YaRN scales (model.rope_yarn_mscale, rope_yarn_mscale_all_dim)",
+                   d.yarn is not None and d.yarn_mscale != (1.0, 0.0)))
+    if (d.position, d.norm, d.bias, d.mlp, d.norm_weight, d.norm_bias, d.parallel_residual,
+            d.clip_qkv, d.longrope) != ("rope", "rmsnorm", False, "swiglu", True, False, False,
+                                        0.0, None):
+        raise ConvertError("a model whose layers do not all rotate (model.nope_every) exports as "
+                           "Hugging Face's SmolLM3: Llama's blocks (rmsnorm, swiglu, no biases)")
+    scaling = {"rope_type": "linear", "factor": d.rope_linear} if d.rope_linear else None
+    cfg = llama_like_hf(d, "SmolLM3ForCausalLM", "smollm3", rms_norm_eps=d.norm_eps,
+                        hidden_act="silu", attention_bias=False, mlp_bias=False,
+                        rope_scaling=scaling, use_sliding_window=False, sliding_window=None,
+                        no_rope_layers=[int((i + 1) % d.nope_every != 0)
+                                        for i in range(d.n_layer)],
+                        no_rope_layer_interval=d.nope_every,
+                        layer_types=["full_attention"] * d.n_layer,
+                        # (SmolLM3Config's defaults are Llama 3's ids, past a smaller vocabulary)
+                        pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    if d.yarn is not None:  # (as Llama's: the original context, stretched by the factor)
+        cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
+        cfg["max_position_embeddings"] = d.yarn[3]
+    if d.rope_scaling is not None:
+        cfg["rope_scaling"] = {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))}
+    return cfg
+
+
 def olmo2_hf_config(d: Dims) -> dict:
     """config.json for transformers' Olmo2ForCausalLM computing what triad's model of OLMo-2's
     blocks (Llama's with the branch norms alone, model.pre_norm = false, and QK-norm over all
@@ -536,13 +572,17 @@ def refuse_unwritten_rope(d: Dims, cfg: dict) -> None:
     layers' own rope base, options few Hugging Face classes hold: one check here, not one in
     each family's writer."""
     name = cfg["architectures"][0]
+    if d.nope_every and cfg["model_type"] != "smollm3":
+        raise ConvertError(f"every {d.nope_every}th layer of the model rotates nothing "
+                           f"(model.nope_every), which this export's Hugging Face class, {name}, "
+                           f"does not compute (SmolLM3's does)")
     r = cfg.get("rope_scaling")
     if d.rope_linear and not (isinstance(r, dict) and r.get("rope_type") == "linear" and
                               r.get("factor") == d.rope_linear):
         raise ConvertError(f"the model's positions are divided by {d.rope_linear} "
                            f"(model.rope_scaling = linear), which this export's Hugging Face "
                            f"class, {name}, does not compute (Llama's, Qwen2's, Qwen3's, "
-                           f"Qwen3-MoE's, Gemma 3's and OLMo 3's do)")
+                           f"Qwen3-MoE's, Gemma 3's, OLMo 3's and SmolLM3's do)")
     # (OLMo 3's windowed layers rotate by rope_theta, unscaled)
     local = cfg.get("rope_theta") if cfg["model_type"] == "olmo3" else \
         cfg.get("rope_local_base_freq")
@@ -591,6 +631,8 @@ def family_hf_config(d: Dims) -> dict:
         return granite_hf_config(d)
     if not d.pre_norm:
         return olmo2_hf_config(d)
+    if d.nope_every:
+        return smollm3_hf_config(d)
     cfg = llama_like_hf(
         d, "LlamaForCausalLM", "llama", rms_norm_eps=d.norm_eps,
         rope_scaling=None if d.rope_scaling is None else

@@ -253,6 +253,11 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 refusals.append(f"{k} {cfg[k]} (MiniCPM4's, not built)")
         if cfg.get("use_mup") is False:
             refusals.append("use_mup false (MiniCPM's code then leaves out its scalings)")
+    nope = 0
+    if cfg.get("model_type") == "smollm3":
+        nope = smollm3_nope_every(cfg, where, n_layer, refusals)
+        if cfg.get("rope_theta") is None:
+            theta = 2e6  # (SmolLM3Config's default in transformers 4 and 5)
     local = {}
     if olmo3:  # (before the refusals are raised: it adds its own)
         local = olmo3_window(cfg, where, n_layer, seq_len or n_pos, theta,
@@ -263,13 +268,15 @@ def llama_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              norm="layernorm" if olmo else "rmsnorm", norm_weight=not olmo, clip_qkv=clip,
              bias=False,
              mlp="swiglu", mlp_hidden=hidden,
-             tied=bool(cfg.get("tie_word_embeddings", minicpm)), n_kv_head=kv,
+             # (MiniCPM's and SmolLM3's config classes tie by default: their files may say nothing)
+             tied=bool(cfg.get("tie_word_embeddings", minicpm or
+                               cfg.get("model_type") == "smollm3")), n_kv_head=kv,
              rope_scaling=scaling, rope_linear=linear,
              yarn=yarn, longrope=longrope,
              qkv_bias=qwen2, norm_eps=eps, head_dim=head_dim, qk_norm=qwen3 or olmoe or olmo2,
              qk_norm_full=olmoe or olmo2, pre_norm=not olmo2, branch_norm=olmo2,
              sliding_window=sliding, moe_experts=experts, moe_top_k=top_k, fused=phi3, **moe,
-             **granite, **local)
+             nope_every=nope, **granite, **local)
     d.check(where)
     return d
 
@@ -885,6 +892,43 @@ def window_period(cfg: dict, where: str, n_layer: int, pattern: int | None = Non
         raise ConvertError(f"{where}: layer_types {types} does not attend to the whole context "
                            f"in every N-th layer (layers N - 1, 2N - 1, ..), which triad's "
                            f"model.full_attention_every holds")
+    return period[0]
+
+
+def smollm3_nope_every(cfg: dict, where: str, n_layer: int, refusals: list[str]) -> int:
+    """SmolLM3's layers without rope as model.nope_every: no_rope_layers (1: the layer
+    rotates, 0: it does not), else every no_rope_layer_interval-th (1-based, 4 by default), as
+    transformers' SmolLM3Config builds the list (a longer one: its first n_layer entries); a list
+    of another pattern, or a sliding window (use_sliding_window, which SmolLM3 puts in its NoPE
+    layers; layer_types naming sliding layers beside a sliding_window, which transformers' masks
+    follow), is refused."""
+    if cfg.get("use_sliding_window"):
+        refusals.append("use_sliding_window = true (SmolLM3's window in its NoPE layers is not "
+                        "built)")
+    types = cfg.get("layer_types")
+    if cfg.get("sliding_window") is not None and isinstance(types, list) and \
+            any(t != "full_attention" for t in types):
+        refusals.append(f"layer_types {types} beside sliding_window {cfg['sliding_window']} "
+                        f"(SmolLM3's windowed layers are not built)")
+    flags = cfg.get("no_rope_layers")
+    try:
+        if flags is None:
+            interval = int(cfg.get("no_rope_layer_interval", 4))
+            if interval < 1:
+                raise ValueError(f"no_rope_layer_interval {interval} is not >= 1")
+            flags = [int((i + 1) % interval != 0) for i in range(n_layer)]
+        if not isinstance(flags, list) or len(flags) < n_layer or \
+                any(f not in (0, 1) or isinstance(f, float) for f in flags):
+            raise ValueError(f"no_rope_layers must hold 1 (rope) or 0 (none) for each of the "
+                             f"{n_layer} layers")
+        flags = flags[:n_layer]
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: {e}")
+    period = full_attention_period([f == 0 for f in flags])
+    if period is None or period[1]:
+        refusals.append(f"no_rope_layers {flags} (triad's model.nope_every leaves out rope in "
+                        f"every N-th layer, 1-based: layers N - 1, 2N - 1, .. from 0)")
+        return 0
     return period[0]
 
 

@@ -66,7 +66,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return hf_config_dims({**text, "model_type": "gemma3_text"}, f"{where} (text_config)",
                               seq_len)
     if kind in ("llama", "mistral", "phi3", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                "granite", "granitemoe", "olmo", "olmoe", "olmo2", "olmo3", "minicpm"):
+                "granite", "granitemoe", "olmo", "olmoe", "olmo2", "olmo3", "minicpm",
+                "smollm3"):
         return llama_config_dims(cfg, where, seq_len)
     if kind in ("deepseek_v2", "deepseek_v3", "kimi_k2"):
         return deepseek_config_dims(cfg, where, seq_len)
@@ -109,7 +110,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
                            f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2', 'olmo3'), OLMoE "
                            f"('olmoe'), "
-                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), DeepSeek-V2 "
+                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), SmolLM3 ('smollm3'), "
+                           f"DeepSeek-V2 "
                            f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), Kimi K2 ('kimi_k2'), "
                            f"MiniCPM ('minicpm', 'minicpm3'), "
                            f"Nemotron ('nemotron'), StableLM "
@@ -224,7 +226,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             f"Hugging Face {'GPT-Neo' if d.gpt_neo else 'OPT'} model {directory}{note}"
     if d.position == "rope":  # Llama's family
         kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3", "minicpm": "MiniCPM",
-                 "olmo3": "OLMo 3"}.get(
+                 "olmo3": "OLMo 3", "smollm3": "SmolLM3"}.get(
             cfg.get("model_type")) or
                 {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
                 {"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",

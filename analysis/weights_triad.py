@@ -428,7 +428,7 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
              norm=a["norm"].decode() if isinstance(a["norm"], bytes) else str(a["norm"]),
              bias=int(a.get("bias", 1)) == 1, norm_bias=int(a.get("norm_bias", 0)) == 1,
              norm_weight=int(a.get("norm_weight", 1)) == 1,
-             rotary_dim=int(a.get("rotary_dim", 0)),
+             rotary_dim=int(a.get("rotary_dim", 0)), nope_every=int(a.get("nope_every", 0)),
              neox=neox_like and not starcoder2,
              starcoder2=starcoder2,
              falcon="grouped" if mlp == "gelu_exact" and int(a.get("norm_bias", 0)) and

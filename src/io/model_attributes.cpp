@@ -74,6 +74,8 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
   }
   if (m.rotary_dim > 0)  // 0: every value of a head rotates
     io::write_int64_attr(model, "rotary_dim", m.rotary_dim);
+  if (m.nope_every > 0)  // 0: every layer rotates
+    io::write_int64_attr(model, "nope_every", m.nope_every);
   if (m.sliding_window > 0)  // 0: no window
     io::write_int64_attr(model, "sliding_window", m.sliding_window);
   if (m.full_attention_every > 0)  // 0: every layer keeps to the window
@@ -317,6 +319,11 @@ ModelShape read_model_attributes(hid_t model) {
                 m.rope_short_factor.size(), " and ", m.rope_long_factor.size(),
                 " factors, not one per rotated pair (", pairs, ")");
   }
+  m.nope_every = io::read_int64_attr(model, "nope_every").value_or(0);
+  TRIAD_CHECK(m.nope_every >= 0 && m.nope_every <= (int64_t(1) << 30) &&
+                  (m.nope_every == 0 || (m.position == "rope" && m.kv_lora_rank == 0)),
+              "attribute nope_every of /model is ", m.nope_every,
+              ", not in [0, 2^30] (and > 0 only with rope, without latent attention)");
   m.sliding_window = io::read_int64_attr(model, "sliding_window").value_or(0);
   TRIAD_CHECK(m.sliding_window >= 0 && m.sliding_window <= (int64_t(1) << 30),
               "attribute sliding_window of /model is ", m.sliding_window, ", not in [0, 2^30]");

@@ -391,11 +391,11 @@ void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, i
 
 // Rotary positions (shape_.rope) on the q and k of N rows of q|k|v, row r at position
 // pos0 + r % T (positions[r] where given); inverse: the backward pass on their gradient. Nothing
-// without rope.
+// without rope, nor in a layer that does not rotate (shape_.rotates: model.nope_every).
 template <class A>
 void Gpt::rotate(int layer, A* qkv, int N, int T, int pos0, bool inverse,
                  const int32_t* positions) {
-  if (!shape_.rope) return;
+  if (!shape_.rotates(layer)) return;
   be_.rope(qkv, shape_.local_rope(layer) ? rope_local_table_ : rope_table_, N, T, pos0,
            shape_.attn_width() / mp_.tp, shape_.n_head / mp_.tp, shape_.kv_heads() / mp_.tp,
            inverse, positions, shape_.rotary_dim);

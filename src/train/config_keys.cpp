@@ -45,6 +45,9 @@ class KeyTable {
         "rope with model.sliding_window: the windowed layers' base, their rotation without "
         "model.rope_scaling (Gemma 3's rope_local_base_freq, 10000; the full-attention layers keep "
         "model.rope_theta); 0: model.rope_theta in every layer");
+    add("model.nope_every", c.model.nope_every,
+        "rope: layers N, 2N, .. (1-based) rotate neither q nor k, attending without positions "
+        "(NoPE; SmolLM3's no_rope_layer_interval, 4); 0: every layer rotates");
     add("model.rotary_dim", c.model.rotary_dim,
         "rope: partial rotary, only the first N of each q and k head's values rotate (even, at "
         "most the head's width; GPT-NeoX's rotary_pct 0.25: head_dim / 4; 0: all of them)");

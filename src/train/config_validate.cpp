@@ -143,6 +143,13 @@ void validate(const Config& c, int world_size) {
         "needs model.norm = layernorm (an RMSNorm has no bias)");
   check(m.sliding_window >= 0, "model.sliding_window",
         "must be >= 0 (0: no window; got " + std::to_string(m.sliding_window) + ")");
+  check(
+      m.nope_every >= 0 && m.nope_every <= (1 << 30) && (m.nope_every == 0 || m.position == "rope"),
+      "model.nope_every",
+      "must be in [0, 2^30], and > 0 only with model.position = rope (the layers that do not "
+      "rotate)");
+  check(m.nope_every == 0 || m.kv_lora_rank == 0, "model.nope_every",
+        "is not built with multi-head latent attention (model.kv_lora_rank > 0)");
   check(m.full_attention_every >= 0, "model.full_attention_every",
         "must be >= 0 (0: every layer keeps to the window)");
   check(m.full_attention_every == 0 || m.sliding_window > 0, "model.full_attention_every",

@@ -95,6 +95,7 @@ ModelShape model_shape(const Config& cfg) {
   m.head_dim = c.head_dim;
   // All of a head's values rotating is plain rope: no attribute (0), whichever way it was said.
   m.rotary_dim = c.position == "rope" && c.rotary_dim < c.hd() ? c.rotary_dim : 0;
+  m.nope_every = c.position == "rope" ? c.nope_every : 0;
   m.sliding_window = c.sliding_window;
   m.full_attention_every = c.full_attention_every;
   m.full_attention_first = c.full_attention_first;
@@ -175,6 +176,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.norm_bias = m.norm_bias;
   s.head_dim = int(m.head_dim);
   s.rotary_dim = int(m.rotary_dim);
+  s.nope_every = int(m.nope_every);
   s.sliding_window = int(m.sliding_window);
   s.full_attention_every = int(m.full_attention_every);
   s.full_attention_first = m.full_attention_first;

@@ -369,6 +369,11 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               " holds a model whose heads rotate ",
               m.rotary_dim > 0 ? std::to_string(m.rotary_dim) + " values" : "all their values",
               " but the config asks for model.rotary_dim = ", c.rotary_dim);
+  TRIAD_CHECK(m.nope_every == (c.position == "rope" ? c.nope_every : 0), "checkpoint ", path,
+              " holds a model whose every ", m.nope_every,
+              "th layer rotates nothing (0: every layer rotates) but the config asks for "
+              "model.nope_every = ",
+              c.nope_every);
   TRIAD_CHECK(
       m.sliding_window == c.sliding_window, "checkpoint ", path,
       " holds a model whose attention window is ",

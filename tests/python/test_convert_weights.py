@@ -745,6 +745,100 @@ def test_linear_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp
                          "config.json", "'linear' with factor >= 1")
 
 
+
+def without_rope(model, layers):
+    """transformers' Llama model whose `layers` rotate nothing: SmolLM3's NoPE layers
+    (SmolLM3ForCausalLM is LlamaForCausalLM but for `if self.use_rope:` around the rotation;
+    the transformers here predates it), each layer's attention handed cos 1 and sin 0."""
+    for i in layers:
+        attn = model.model.layers[i].self_attn
+
+        def forward(*args, position_embeddings=None, _inner=attn.forward, **kw):
+            cos, sin = position_embeddings
+            return _inner(*args, position_embeddings=(torch.ones_like(cos), torch.zeros_like(sin)),
+                          **kw)
+        attn.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("flags", [None, [1, 0]], ids=["interval", "list"])
+def test_smollm3_imports_and_evaluates_as_transformers(imported, tmp_path, flags):
+    """A SmolLM3 model (SmolLM3ForCausalLM's files: Llama's tensors, 4 query heads over 2, the
+    second of its 2 layers without rope, said by no_rope_layer_interval 2 or by no_rope_layers
+    [1, 0], tie_word_embeddings left out: tied, its config class's default) imports as
+    model.nope_every = 2; triad's loss is transformers' Llama with that layer's rotation
+    removed (without_rope) to 1e-5 and its greedy tokens triad-generate's, the plain Llama's
+    loss is another; the export is SmolLM3's config and the tensors bit for bit, imported back
+    to the same checkpoint. Other exports refuse a model with NoPE layers, and a pattern that is
+    not every N-th layer, or SmolLM3's sliding window, is refused on import."""
+    from safetensors.torch import load_file
+    d, _, cfg = imported
+    model = llama_model(num_key_value_heads=2, tie_word_embeddings=True)
+    src = tmp_path / "smollm3"
+    model.save_pretrained(src, safe_serialization=True)
+    tensors = load_file(src / "model.safetensors")
+    changes = dict(model_type="smollm3", architectures=["SmolLM3ForCausalLM"],
+                   use_sliding_window=False, sliding_window=None)
+    if flags is None:
+        changes["no_rope_layer_interval"] = 2
+    else:
+        changes["no_rope_layers"] = flags
+    rewrite_hf(src, tensors, drop=["tie_word_embeddings"], **changes)
+    out = tmp_path / "smollm3.h5"
+    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stderr
+    assert "Hugging Face SmolLM3 model" in p.stdout, p.stdout
+    with h5py.File(out, "r") as f:
+        assert int(f["model"].attrs["nope_every"]) == 2
+        assert int(f["model"].attrs.get("tie_embeddings", 1)) == 1
+    plain_loss = hf_loss_accuracy(model, d)[0]
+    nope = without_rope(model, [1])
+    _, want = evaluates_as_transformers(nope, d, cfg, out, "--model-from", out)
+    assert abs(plain_loss - want) > 2e-4 * want, (plain_loss, want)
+    generates_as_transformers(nope, out)
+    exported = exports_back(out, tmp_path / "back", tensors)
+    assert (exported["architectures"], exported["no_rope_layers"],
+            exported["no_rope_layer_interval"], exported["use_sliding_window"],
+            exported["tie_word_embeddings"]) == (["SmolLM3ForCausalLM"], [1, 0], 2, False, True)
+    # (no token ids: SmolLM3Config's defaults, Llama 3's, lie past this vocabulary)
+    assert exported["pad_token_id"] is None and exported["eos_token_id"] is None
+    assert tool("triad-convert", "import", tmp_path / "back", tmp_path / "again.h5").returncode == 0
+    same_import(out, tmp_path / "again.h5")
+    if flags is not None:
+        return
+    # Refused: an export whose class rotates every layer (Granite's, for the embedding scale);
+    # SmolLM3's window; a list that is not every N-th layer.
+    bad = tmp_path / "granite.h5"
+    bad.write_bytes(out.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["embed_scale"] = 2.0
+    assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / "m", "--to", "hf"),
+                         "granite.h5", "model.nope_every", "GraniteForCausalLM")
+    config = json.loads((src / "config.json").read_text())
+    for change, needle in (({"use_sliding_window": True, "sliding_window": 8},
+                            "use_sliding_window = true"),
+                           ({"sliding_window": 8,
+                             "layer_types": ["full_attention", "sliding_attention"]},
+                            "layer_types ['full_attention', 'sliding_attention']"),
+                           ({"no_rope_layers": [0, 1]}, "no_rope_layers [0, 1]"),
+                           ({"no_rope_layers": [1, 2]}, "no_rope_layers must hold 1")):
+        (src / "config.json").write_text(json.dumps({**config, **change}))
+        assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "x.h5"),
+                             "config.json", needle)
+    # A longer list (SmolLM3Config takes its first n_layer entries), and no rope_theta (2e6, its
+    # default in transformers 4 and 5) import.
+    (src / "config.json").write_text(json.dumps(
+        {**{k: v for k, v in config.items() if k != "rope_theta"}, "no_rope_layers": [1, 0, 1]}))
+    assert tool("triad-convert", "import", src, tmp_path / "y.h5").returncode == 0
+    with h5py.File(tmp_path / "y.h5", "r") as f:
+        assert (int(f["model"].attrs["nope_every"]), float(f["model"].attrs["rope_theta"])) == \
+            (2, 2e6)
+    # A config that disagrees with the checkpoint's layers is refused.
+    p = train("--config", cfg, "--eval-only", "--init-from", out, "--model-from", out,
+              "--model.nope_every", 0)
+    assert p.returncode != 0 and "nope_every" in p.stderr, p.stderr
+
+
 def mistral_model(window):
     torch.manual_seed(11)
     model = transformers.MistralForCausalLM(transformers.MistralConfig(

@@ -356,7 +356,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
                       norm_eps=c.norm_eps,
                       head_dim=c.attn_head_dim,
-                      rotary_dim=c.rotary_dim,
+                      rotary_dim=c.rotary_dim, nope_every=c.nope_every,
                       sliding_window=c.sliding_window,
                       full_attention_every=c.full_attention_every,
                       full_attention_first=c.full_attention_first, logit_softcap=c.logit_softcap,
@@ -1237,6 +1237,21 @@ def test_interleaved_full_attention_gradients_match_torch(documents, first, loca
     for cfg in others:
         _, _, grads = torch_forward_backward(q.weights, cfg, x, y)
         assert rel_err(got, grads["h/0/attn/c_attn/weight"]) > 1e-3
+
+
+# model.nope_every = 2 (SmolLM3's NoPE layers, every 4th there): the second layer rotates neither
+# q nor k; every gradient against the reference's, on Llama's blocks and with grouped queries, and
+# the first layer's c_attn gradient differs by more than 1e-3 from the all-rotating model's.
+@pytest.mark.parametrize("name", ["llama", "gqa"])
+def test_nope_layers_gradients_match_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    q = with_model(p, tmp_path, nope_every=2)
+    check_probe_against_torch(q, "none")
+    with h5py.File(q.dir / "probe_none_0.h5", "r") as f:
+        got = f["grad/h/0/attn/c_attn/weight"][...]
+    x, y = ref.batch(q.train_tokens, 0, q.case.micro_batch, q.case.cfg.seq_len)
+    _, _, grads = torch_forward_backward(q.weights, replace(q.case.cfg, nope_every=0), x, y)
+    assert rel_err(got, grads["h/0/attn/c_attn/weight"]) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["oddshapes", "llama"])

@@ -68,6 +68,9 @@ def test_transformers5_config_imports_with_its_rope(name):
     d = hf_config_dims(cfg, f"{name}.json", None)
     want = as_computed(EXPECTED[name]["rope_parameters"])
     assert as_computed(rope_of(d)) == want, (rope_of(d), want)
+    if "no_rope_layers" in cfg:  # (SmolLM3's layers without rope: every 4th)
+        assert [int((i + 1) % d.nope_every != 0) for i in range(d.n_layer)] == \
+            cfg["no_rope_layers"]
 
 
 def test_the_files_are_transformers5s():

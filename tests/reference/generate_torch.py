@@ -62,7 +62,8 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
     if qn is not None and not cfg.qk_norm_full:  # model.qk_norm: each q and k head RMSNormed,
         q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)  # unrotated
-    if cfg.position == "rope":  # the new rows sit at positions past ..; cached keys are rotated
+    if cfg.position == "rope" and not (cfg.nope_every and (i + 1) % cfg.nope_every == 0):
+        # (the new rows sit at positions past ..; cached keys are rotated; NoPE layers: none)
         q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim),
                 ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim))
     if cache is not None:

@@ -116,6 +116,7 @@ class GptConfig:
     norm_eps: float = 1e-5  # the normalizations' epsilon (model.norm_eps)
     attn_head_dim: int = 0  # model.head_dim: each head's width (0: n_embd / n_head)
     rotary_dim: int = 0  # model.rotary_dim: the values of each head that rotate (0: all)
+    nope_every: int = 0  # model.nope_every: layers N, 2N, .. (1-based) do not rotate (0: none)
     # data.document_mask: the token that starts a document; each token then attends to its own
     # document only (None: to the whole sequence).
     document_token: Optional[int] = None
@@ -900,6 +901,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         return windowed if is_windowed(layer) else full
 
     def layer_rope(layer):  # (base, scaling): the windowed layers' own base, unscaled
+        if rope is not None and cfg.nope_every and (layer + 1) % cfg.nope_every == 0:
+            return None, None  # (a NoPE layer: no rotation at all)
         if rope is not None and cfg.rope_local_theta and is_windowed(layer):
             return cfg.rope_local_theta, None
         return rope, cfg.rope_scaling
@@ -1386,6 +1389,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 m.attrs.create("mla_norm_eps", np.float64(cfg.mla_norm_eps), dtype="<f8")
         if cfg.rotary_dim:
             m.attrs.create("rotary_dim", i64(cfg.rotary_dim), dtype="<i8")
+        if cfg.nope_every:
+            m.attrs.create("nope_every", i64(cfg.nope_every), dtype="<i8")
         if cfg.sliding_window:
             m.attrs.create("sliding_window", i64(cfg.sliding_window), dtype="<i8")
         if cfg.full_attention_every:
@@ -1481,6 +1486,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         norm_eps=float(a["norm_eps"]) if "norm_eps" in a else LN_EPS,
                         attn_head_dim=int(a["head_dim"]) if "head_dim" in a else 0,
                         rotary_dim=int(a.get("rotary_dim", 0)),
+                        nope_every=int(a.get("nope_every", 0)),
                         **{key: int(a.get(key, 0)) for key in MLA_KEYS},
                         mla_norm_eps=float(a.get("mla_norm_eps", 0.0)),
                         logit_softcap=float(a.get("logit_softcap", 0.0)),

@@ -490,6 +490,19 @@ TEST(Config, SlidingWindowIsACountOfKeys) {
   EXPECT_EQ(error_of(gemma3), "");
   const GptShape g = gpt_shape(parse(gemma3).config);
   EXPECT_TRUE(g.local_rope(0) && g.local_rope(4) && !g.local_rope(5) && g.local_rope(6));
+  // SmolLM3's NoPE layers: every 4th (1-based) rotates nothing; with rope only, not with MLA.
+  const std::vector<std::string> nope = {"--model.position", "rope", "--model.nope_every", "4",
+                                         "--model.n_layer",  "8"};
+  EXPECT_EQ(error_of(nope), "");
+  const GptShape n = gpt_shape(parse(nope).config);
+  EXPECT_TRUE(n.rotates(0) && n.rotates(2) && !n.rotates(3) && n.rotates(4) && !n.rotates(7));
+  EXPECT_NE(error_of({"--model.nope_every", "4"})
+                .find("model.nope_every must be in [0, 2^30], and > 0 "
+                      "only with model.position = rope"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--model.position", "rope", "--model.nope_every", "-1"})
+                .find("model.nope_every must be in [0, 2^30]"),
+            std::string::npos);
   // With Qwen's and OLMo 3's YaRN (cos and sin of the full layers scaled) but not DeepSeek's
   // (every layer's scores scaled too).
   const std::vector<std::string> local_yarn = {"--model.position",

@@ -139,6 +139,9 @@ struct ModelShape {
   // Attribute rotary_dim (int64, partial rotary: the values of each q and k head that rotate;
   // absent or 0: all of them; written when > 0).
   int64_t rotary_dim = 0;
+  // Attribute nope_every (int64: with rope, layers N, 2N, .. (1-based) do not rotate; absent or
+  // 0: every layer rotates; written when > 0).
+  int64_t nope_every = 0;
   // Attribute sliding_window (int64, the keys each query attends to at most; absent or 0: all
   // earlier ones; written when > 0).
   int64_t sliding_window = 0;

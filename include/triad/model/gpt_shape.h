@@ -35,6 +35,12 @@ struct GptShape {
   double rope_local_theta = 0.0;
   // Whether layer `layer` rotates by the local base (rope_table(shape, true)).
   bool local_rope(int layer) const { return rope && rope_local_theta > 0 && windowed(layer); }
+  // Layers that rotate nothing (model.nope_every = N: layers N, 2N, .., 1-based; SmolLM3's NoPE
+  // layers, attending without positions).
+  int nope_every = 0;
+  bool rotates(int layer) const {
+    return rope && !(nope_every > 0 && (layer + 1) % nope_every == 0);
+  }
   // Llama 3.1's rope scaling (model.rope_scaling = llama3; rope_factor 1: none): frequencies
   // whose wavelength exceeds rope_original_positions / rope_low_freq divided by rope_factor,
   // those below rope_original_positions / rope_high_freq kept, those between interpolated

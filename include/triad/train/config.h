@@ -28,6 +28,7 @@ struct ModelConfig {
   // them); the long list where seq_len > rope_original_positions, else the short one.
   std::string rope_short_factor, rope_long_factor;
   int rotary_dim = 0;  // rope: the values of each head that rotate (0: all; GPT-NeoX: hd / 4)
+  int nope_every = 0;  // rope: layers N, 2N, .. (1-based) rotate nothing (NoPE; SmolLM3: 4)
   std::string norm = "layernorm";  // layernorm (weight, bias) | rmsnorm (weight only)
   bool bias = true;                // false: no biases in linear layers and LayerNorms
   bool qkv_bias = false;           // with bias = false: c_attn keeps its bias (as Qwen2)

@@ -50,6 +50,8 @@ CONFIGS = {
                                        "sliding_attention": rope(5e5)}),
     "phi3": lambda: T.Phi3Config(**GQA, original_max_position_embeddings=64, rope_parameters=rope(
         1e4, rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8)),
+    "smollm3": lambda: T.SmolLM3Config(**dict(GQA, num_hidden_layers=4),
+                                       rope_parameters=rope(5e6)),
     "gemma2": lambda: T.Gemma2Config(**GQA, head_dim=16, rope_parameters=rope(2e4)),
     "gemma3_text": lambda: T.Gemma3TextConfig(**GQA, head_dim=16, rope_parameters={
         "full_attention": rope(2e5, rope_type="linear", factor=8.0),
