@@ -371,18 +371,37 @@ def gptj_hf_config(d: Dims) -> dict:
 
 def cohere_hf_config(d: Dims) -> dict:
     """config.json for transformers' CohereForCausalLM computing what triad's model of Cohere's
-    blocks computes (the inverse of cohere_config_dims)."""
+    blocks computes (the inverse of cohere_config_dims), or with a window or layers without rope
+    Cohere2ForCausalLM's (the inverse of cohere2_layers)."""
     refuse_absent(d, "a model of Cohere's blocks (parallel SwiGLU and attention on one "
-                  "LayerNorm) exports as Hugging Face's Cohere",
+                  "LayerNorm) exports as Hugging Face's Cohere or Cohere2",
                   ("a c_attn bias (model.qkv_bias)", d.qkv_bias),
                   ("heads of another width than n_embd / n_head (model.head_dim)", d.head_dim),
                   ("partial rotary (model.rotary_dim)", d.rotary_dim),
                   ("branch norms (model.branch_norm)", d.branch_norm),
                   ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale)",
-                   d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0))
-    return llama_like_hf(d, "CohereForCausalLM", "cohere", layer_norm_eps=d.norm_eps,
-                         logit_scale=d.logit_scale, hidden_act="silu", attention_bias=False,
-                         use_qk_norm=False)
+                   d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0),
+                  holds_window=True)
+    cfg = llama_like_hf(d, "CohereForCausalLM", "cohere", layer_norm_eps=d.norm_eps,
+                        logit_scale=d.logit_scale, hidden_act="silu", attention_bias=False,
+                        use_qk_norm=False)
+    if not (d.sliding_window or d.nope_every):
+        return cfg
+    # Cohere2's: the sliding layers rotate, the full ones do not (a model without a window:
+    # its rotating layers as sliding ones whose window covers the context).
+    rotating = [d.nope_every == 0 or (i + 1) % d.nope_every != 0 for i in range(d.n_layer)]
+    if d.sliding_window and any(d.windowed(i) != r for i, r in enumerate(rotating)):
+        raise ConvertError(f"a model of Cohere's blocks with a window exports as Hugging Face's "
+                           f"Cohere2, whose windowed layers are exactly those that rotate "
+                           f"(model.full_attention_every {d.full_attention_every}, "
+                           f"model.full_attention_first {d.full_attention_first}, "
+                           f"model.nope_every {d.nope_every})")
+    del cfg["use_qk_norm"]
+    cfg.update(architectures=["Cohere2ForCausalLM"], model_type="cohere2",
+               sliding_window=d.sliding_window or d.seq_len,
+               sliding_window_pattern=d.nope_every or d.n_layer + 1,  # (the older key)
+               layer_types=["sliding_attention" if r else "full_attention" for r in rotating])
+    return cfg
 
 
 def llama_like_hf(d: Dims, architecture: str, model_type: str, **keys) -> dict:
@@ -572,10 +591,10 @@ def refuse_unwritten_rope(d: Dims, cfg: dict) -> None:
     layers' own rope base, options few Hugging Face classes hold: one check here, not one in
     each family's writer."""
     name = cfg["architectures"][0]
-    if d.nope_every and cfg["model_type"] != "smollm3":
+    if d.nope_every and cfg["model_type"] not in ("smollm3", "cohere2"):
         raise ConvertError(f"every {d.nope_every}th layer of the model rotates nothing "
                            f"(model.nope_every), which this export's Hugging Face class, {name}, "
-                           f"does not compute (SmolLM3's does)")
+                           f"does not compute (SmolLM3's and Cohere2's do)")
     r = cfg.get("rope_scaling")
     if d.rope_linear and not (isinstance(r, dict) and r.get("rope_type") == "linear" and
                               r.get("factor") == d.rope_linear):

@@ -305,11 +305,14 @@ def cohere_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         raise ConvertError(f"{where}: logit_scale must be a number")
     if not (math.isfinite(scale) and 0 < scale <= 1e4):
         refusals.append(f"logit_scale {scale} (triad's model.logit_scale is in (0, 1e4])")
+    layers = cohere2_layers(cfg, where, c.n_layer, seq_len or c.n_pos, refusals) \
+        if cfg.get("model_type") == "cohere2" else {}
     refuse_or_check_positions(where, refusals, seq_len, c.n_pos, "max_position_embeddings")
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or c.n_pos, c.vocab, position="rope",
              rope_theta=c.theta, norm="layernorm", bias=False, mlp="swiglu", mlp_hidden=c.hidden,
              tied=bool(cfg.get("tie_word_embeddings", True)), n_kv_head=c.kv, norm_eps=c.eps,
-             parallel_residual=True, shared_norm=True, logit_scale=float(np.float32(scale)))
+             parallel_residual=True, shared_norm=True, logit_scale=float(np.float32(scale)),
+             **layers)
     d.check(where)
     return d
 
@@ -870,10 +873,11 @@ GEMMA3_TEXT_DEFAULTS = {
 
 
 def window_period(cfg: dict, where: str, n_layer: int, pattern: int | None = None) -> int:
-    """Gemma 3's and OLMo 3's windowed layers as model.full_attention_every: every layer but
-    each N-th (1-based) keeps to the window, N from layer_types where given (newer transformers'
-    list of "sliding_attention" and "full_attention"), else sliding_window_pattern (Gemma 3's;
-    OLMo 3's default `pattern`, 4); 0: every layer windowed; 1: none."""
+    """Gemma 3's, OLMo 3's and Cohere2's windowed layers as model.full_attention_every: every
+    layer but each N-th (1-based) keeps to the window, N from layer_types where given (newer
+    transformers' list of "sliding_attention" and "full_attention"), else sliding_window_pattern
+    (Gemma 3's; else `pattern`: OLMo 3's 4, Cohere2's file value or 4); 0: every layer windowed;
+    1: none."""
     types = cfg.get("layer_types")
     if types is None:
         try:
@@ -893,6 +897,26 @@ def window_period(cfg: dict, where: str, n_layer: int, pattern: int | None = Non
                            f"in every N-th layer (layers N - 1, 2N - 1, ..), which triad's "
                            f"model.full_attention_every holds")
     return period[0]
+
+
+def cohere2_layers(cfg: dict, where: str, n_layer: int, context: int,
+                   refusals: list[str]) -> dict:
+    """Cohere2's (Command R7B's, Command A's) layers as Dims fields: those layer_types names
+    sliding (default: all but every sliding_window_pattern-th, 4) keep to sliding_window keys
+    and rotate, the others attend to the whole context without rope: model.sliding_window and
+    model.full_attention_every with model.nope_every, the same N (a window the context cannot
+    exceed is dropped: the NoPE layers alone remain)."""
+    try:
+        window = int(cfg.get("sliding_window", 4096) or 0)
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{where}: sliding_window must be an integer ({e})")
+    every = window_period(cfg, where, n_layer, pattern=cfg.get("sliding_window_pattern", 4))
+    if window < 1 and every != 1:
+        refusals.append(f"sliding_window {cfg.get('sliding_window')} (Cohere2's sliding layers "
+                        f"need a window of at least one key)")
+    keep = every != 1 and 0 < window < context
+    return dict(sliding_window=window if keep else 0, full_attention_every=every if keep else 0,
+                nope_every=every)
 
 
 def smollm3_nope_every(cfg: dict, where: str, n_layer: int, refusals: list[str]) -> int:

@@ -81,7 +81,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return neox_config_dims(cfg, where, seq_len)
     if kind == "starcoder2":
         return starcoder2_config_dims(cfg, where, seq_len)
-    if kind == "cohere":
+    if kind in ("cohere", "cohere2"):
         return cohere_config_dims(cfg, where, seq_len)
     if kind == "phi":
         return phi_config_dims(cfg, where, seq_len)
@@ -117,7 +117,7 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"Nemotron ('nemotron'), StableLM "
                            f"('stablelm'), Gemma ('gemma', 'gemma2', 'gemma3_text'), Granite "
                            f"('granite', "
-                           f"'granitemoe'), Cohere ('cohere'), Phi ('phi'), "
+                           f"'granitemoe'), Cohere ('cohere', 'cohere2'), Phi ('phi'), "
                            f"GPT-Neo ('gpt_neo'), GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen "
                            f"('codegen') and Falcon ('falcon') models")
     try:
@@ -226,7 +226,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             f"Hugging Face {'GPT-Neo' if d.gpt_neo else 'OPT'} model {directory}{note}"
     if d.position == "rope":  # Llama's family
         kind = ({"kimi_k2": "Kimi K2", "minicpm3": "MiniCPM3", "minicpm": "MiniCPM",
-                 "olmo3": "OLMo 3", "smollm3": "SmolLM3"}.get(
+                 "olmo3": "OLMo 3", "smollm3": "SmolLM3", "cohere2": "Cohere2"}.get(
             cfg.get("model_type")) or
                 {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}.get(d.deepseek) or
                 {"qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE", "mixtral": "Mixtral",

@@ -784,13 +784,8 @@ def test_smollm3_imports_and_evaluates_as_transformers(imported, tmp_path, flags
     else:
         changes["no_rope_layers"] = flags
     rewrite_hf(src, tensors, drop=["tie_word_embeddings"], **changes)
-    out = tmp_path / "smollm3.h5"
-    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    assert "Hugging Face SmolLM3 model" in p.stdout, p.stdout
-    with h5py.File(out, "r") as f:
-        assert int(f["model"].attrs["nope_every"]) == 2
-        assert int(f["model"].attrs.get("tie_embeddings", 1)) == 1
+    out, a = import_dir(src, "SmolLM3")
+    assert int(a["nope_every"]) == 2 and int(a.get("tie_embeddings", 1)) == 1
     plain_loss = hf_loss_accuracy(model, d)[0]
     nope = without_rope(model, [1])
     _, want = evaluates_as_transformers(nope, d, cfg, out, "--model-from", out)
@@ -1187,18 +1182,13 @@ def test_olmo3_imports_and_evaluates_as_its_definition(imported, tmp_path, scale
     rewrite_hf(src, tensors, drop=["rope_theta", "rope_scaling"], **changes)
     config = json.loads((src / "config.json").read_text())
     definition = {**config, "rope_theta": 500.0, "rope_scaling": yarn if scaled else None}
-    out = tmp_path / "olmo3.h5"
-    p = tool("triad-convert", "import", src, out, "--seq-len", SEQ)
-    assert p.returncode == 0, p.stderr
-    assert "Hugging Face OLMo 3 model" in p.stdout, p.stdout
-    with h5py.File(out, "r") as f:
-        a = f["model"].attrs
-        assert int(a["sliding_window"]) == 8 and int(a["pre_norm"]) == 0
-        if scaled:
-            assert (int(a["full_attention_every"]), a["rope_scaling"], float(a["rope_local_theta"]),
-                    int(a["rope_original_positions"])) == (2, b"yarn", 500.0, 16)
-        else:
-            assert int(a.get("full_attention_every", 0)) == 0 and "rope_local_theta" not in a
+    out, a = import_dir(src, "OLMo 3")
+    assert int(a["sliding_window"]) == 8 and int(a["pre_norm"]) == 0
+    if scaled:
+        assert (int(a["full_attention_every"]), a["rope_scaling"], float(a["rope_local_theta"]),
+                int(a["rope_original_positions"])) == (2, b"yarn", 500.0, 16)
+    else:
+        assert int(a.get("full_attention_every", 0)) == 0 and "rope_local_theta" not in a
     reference = Olmo3Reference(definition, {k: v.numpy() for k, v in tensors.items()})
     _, want = evaluates_as_transformers(reference, d, cfg, out, "--model-from", out)
     # (20 times the check's tolerance; measured: 8.6e-4 and 7.1e-4 relative)
@@ -1606,6 +1596,65 @@ def test_cohere_imports_and_evaluates_as_transformers(imported, tmp_path):
     hf_round_trip(imported, tmp_path, cohere_model(), "Cohere", COHERE_ARGS, False,
                   {"parallel_residual": 1, "shared_norm": 1, "logit_scale": 0.25, "bias": 0,
                    "norm": "layernorm"})
+
+
+def windowed(model, layers, window):
+    """transformers' model whose `layers` attend to their last `window` keys, themselves included
+    (Cohere2's sliding layers; the transformers here predates Cohere2): each layer's attention
+    handed the causal mask cut to the window."""
+    for i in layers:
+        attn = model.model.layers[i].self_attn
+
+        def forward(*args, attention_mask=None, position_embeddings=None, _inner=attn.forward,
+                    **kw):
+            cos = position_embeddings[0]
+            T = cos.shape[-2]
+            r, c = torch.arange(T)[:, None], torch.arange(T)[None, :]
+            seen = (c <= r) & (r - c < window)
+            mask = torch.zeros(T, T, dtype=cos.dtype).masked_fill(~seen, torch.finfo(cos.dtype).min)
+            return _inner(*args, attention_mask=mask[None, None],
+                          position_embeddings=position_embeddings, **kw)
+        attn.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("types", [True, False], ids=["layer_types", "pattern"])
+def test_cohere2_imports_and_evaluates_as_transformers(imported, tmp_path, types):
+    """A Cohere2 model (Cohere2ForCausalLM's files: Cohere's tensors; its sliding layers keep to
+    an 8-key window and rotate, its full ones see everything without rope; here a sliding then a
+    full layer, said by layer_types or by sliding_window_pattern 2) imports as
+    model.sliding_window = 8 with model.full_attention_every = model.nope_every = 2; triad's loss
+    is transformers' Cohere with layer 0 windowed and layer 1's rotation removed (windowed,
+    without_rope) to 1e-5 and its greedy tokens triad-generate's, the plain Cohere's loss is
+    another; the export is Cohere2's config (both forms of the layers) and the tensors, q's and
+    k's rope pairs reordered back, bit for bit, imported back to the same checkpoint."""
+    from safetensors.torch import load_file
+    d, _, cfg = imported
+    model = cohere_model()
+    src = tmp_path / "cohere2"
+    model.save_pretrained(src, safe_serialization=True)
+    tensors = load_file(src / "model.safetensors")
+    changes = dict(model_type="cohere2", architectures=["Cohere2ForCausalLM"], sliding_window=8)
+    if types:
+        changes["layer_types"] = ["sliding_attention", "full_attention"]
+    else:
+        changes["sliding_window_pattern"] = 2
+    rewrite_hf(src, tensors, **changes)
+    out, a = import_dir(src, "Cohere2")
+    assert (int(a["sliding_window"]), int(a["full_attention_every"]), int(a["nope_every"])) == \
+        (8, 2, 2)
+    plain_loss = hf_loss_accuracy(model, d)[0]
+    reference = windowed(without_rope(model, [1]), [0], 8)
+    _, want = evaluates_as_transformers(reference, d, cfg, out, "--model-from", out)
+    # (10 times the check's tolerance; measured 1.7e-4 relative)
+    assert abs(plain_loss - want) > 1e-4 * want, (plain_loss, want)
+    generates_as_transformers(reference, out)
+    exported = exports_back(out, tmp_path / "back", tensors)
+    assert (exported["architectures"], exported["sliding_window"],
+            exported["sliding_window_pattern"], exported["layer_types"]) == \
+        (["Cohere2ForCausalLM"], 8, 2, ["sliding_attention", "full_attention"])
+    assert tool("triad-convert", "import", tmp_path / "back", tmp_path / "again.h5").returncode == 0
+    same_import(out, tmp_path / "again.h5")
 
 
 PHI_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.mlp_hidden", "256",
@@ -2277,11 +2326,18 @@ def import_hf(model, directory, kind):
     """model saved to directory and imported (--seq-len SEQ) as directory.h5; the import says
     it read a Hugging Face model of `kind`."""
     model.save_pretrained(directory, safe_serialization=True)
+    return import_dir(directory, kind)[0]
+
+
+def import_dir(directory, kind):
+    """The model directory imported (--seq-len SEQ) as directory.h5, the import saying it read
+    a Hugging Face model of `kind`: (the checkpoint, its /model attributes)."""
     out = directory.with_suffix(".h5")
     p = tool("triad-convert", "import", directory, out, "--seq-len", SEQ)
     assert p.returncode == 0, p.stderr
-    assert f"Hugging Face {kind} model" in p.stdout
-    return out
+    assert f"Hugging Face {kind} model" in p.stdout, p.stdout
+    with h5py.File(out, "r") as f:
+        return out, dict(f["model"].attrs)
 
 
 def evaluates_on_tp2_ep2(cfg, ckpt, want_loss):

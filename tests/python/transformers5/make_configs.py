@@ -69,6 +69,8 @@ CONFIGS = {
         2e4, partial_rotary_factor=0.25)),
     "glm": lambda: T.GlmConfig(**GQA, head_dim=16),
     "cohere": lambda: T.CohereConfig(**GQA),
+    "cohere2": lambda: T.Cohere2Config(**dict(GQA, num_hidden_layers=4), sliding_window=64,
+                                       rope_parameters=rope(5e4)),
     "starcoder2": lambda: T.Starcoder2Config(**GQA, rope_parameters=rope(1e5)),
     "falcon": lambda: T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, new_decoder_architecture=True,
