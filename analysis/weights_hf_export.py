@@ -382,9 +382,12 @@ def cohere_hf_config(d: Dims) -> dict:
                   ("Granite's multipliers (model.embed_scale, attn_scale, residual_scale)",
                    d.embed_scale != 1.0 or d.attn_scale or d.residual_scale != 1.0),
                   holds_window=True)
+    # (no token ids: the config classes' defaults, Cohere's tokenizer's 0, 5 and 255001, would
+    # pad with token 0 and end past a smaller vocabulary)
     cfg = llama_like_hf(d, "CohereForCausalLM", "cohere", layer_norm_eps=d.norm_eps,
                         logit_scale=d.logit_scale, hidden_act="silu", attention_bias=False,
-                        use_qk_norm=False)
+                        use_qk_norm=False, pad_token_id=None, bos_token_id=None,
+                        eos_token_id=None)
     if not (d.sliding_window or d.nope_every):
         return cfg
     # Cohere2's: the sliding layers rotate, the full ones do not (a model without a window:

@@ -285,22 +285,27 @@ def cohere_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     """A Hugging Face Cohere config (CohereForCausalLM: Command-R, Aya) as triad's model: rope
     (its interleaved pairs reordered on import), parallel attention and SwiGLU on one LayerNorm
     without biases (model.parallel_residual, model.shared_norm), no linear biases, grouped-query
-    attention or not, the logits times logit_scale (model.logit_scale, fp32), tied or not;
-    refused where triad computes something else (QK-norm, biases, rope scaling)."""
+    attention or not, the logits times logit_scale (model.logit_scale, fp32; absent: 0.0625,
+    the config classes' default), tied or not; refused where triad computes something else
+    (QK-norm, biases, rope scaling; Cohere2's head_dim other than hidden_size / heads)."""
     c = LlamaLikeConfig(cfg, where, "layer_norm_eps", 1e-5)
     refusals = c.refusals
+    two = cfg.get("model_type") == "cohere2"
     if cfg.get("hidden_act", "silu") != "silu":
         refusals.append(f"hidden_act {cfg.get('hidden_act')!r} (Cohere's SwiGLU uses silu)")
     for key, why in (("use_qk_norm", "a LayerNorm of each q and k head"),
                      ("attention_bias", "biases on q, k, v and o"),
                      ("rope_scaling", "a rope scaling")):
-        if cfg.get(key):
+        if cfg.get(key) and not (two and key == "use_qk_norm"):  # (no Cohere2 reads it)
             refusals.append(f"{key} = {cfg[key]} ({why}, which triad's Cohere does not have)")
+    if two and cfg.get("head_dim") not in (None, c.n_embd // max(c.n_head, 1)):
+        refusals.append(f"head_dim {cfg['head_dim']} (Cohere2's attention takes it over "
+                        f"hidden_size / heads; triad's Cohere blocks do not)")
     if c.n_embd % max(c.n_head, 1) or (c.n_embd // max(c.n_head, 1)) % 2:
         refusals.append(f"hidden_size {c.n_embd} over {c.n_head} heads (rope needs an even head "
                         f"width)")
     try:
-        scale = float(cfg.get("logit_scale", 1.0))
+        scale = float(cfg.get("logit_scale", 0.0625))
     except (TypeError, ValueError):
         raise ConvertError(f"{where}: logit_scale must be a number")
     if not (math.isfinite(scale) and 0 < scale <= 1e4):
@@ -904,8 +909,8 @@ def cohere2_layers(cfg: dict, where: str, n_layer: int, context: int,
     """Cohere2's (Command R7B's, Command A's) layers as Dims fields: those layer_types names
     sliding (default: all but every sliding_window_pattern-th, 4) keep to sliding_window keys
     and rotate, the others attend to the whole context without rope: model.sliding_window and
-    model.full_attention_every with model.nope_every, the same N (a window the context cannot
-    exceed is dropped: the NoPE layers alone remain)."""
+    model.full_attention_every with model.nope_every, the same N (the window kept where the
+    context does not exceed it, so that an extension of the positions keeps it)."""
     try:
         window = int(cfg.get("sliding_window", 4096) or 0)
     except (TypeError, ValueError) as e:
@@ -914,7 +919,7 @@ def cohere2_layers(cfg: dict, where: str, n_layer: int, context: int,
     if window < 1 and every != 1:
         refusals.append(f"sliding_window {cfg.get('sliding_window')} (Cohere2's sliding layers "
                         f"need a window of at least one key)")
-    keep = every != 1 and 0 < window < context
+    keep = every != 1 and window > 0  # (kept where it covers the context: a longer one later)
     return dict(sliding_window=window if keep else 0, full_attention_every=every if keep else 0,
                 nope_every=every)
 

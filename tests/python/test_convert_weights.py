@@ -1601,7 +1601,8 @@ def test_cohere_imports_and_evaluates_as_transformers(imported, tmp_path):
 def windowed(model, layers, window):
     """transformers' model whose `layers` attend to their last `window` keys, themselves included
     (Cohere2's sliding layers; the transformers here predates Cohere2): each layer's attention
-    handed the causal mask cut to the window."""
+    handed the causal mask cut to the window. For whole-sequence forward passes (no key/value
+    cache: its T would be the new rows only), as hf_loss_accuracy's and greedy_continuation's."""
     for i in layers:
         attn = model.model.layers[i].self_attn
 
@@ -1644,17 +1645,37 @@ def test_cohere2_imports_and_evaluates_as_transformers(imported, tmp_path, types
     assert (int(a["sliding_window"]), int(a["full_attention_every"]), int(a["nope_every"])) == \
         (8, 2, 2)
     plain_loss = hf_loss_accuracy(model, d)[0]
+    only_nope = hf_loss_accuracy(without_rope(cohere_model(), [1]), d)[0]
+    only_window = hf_loss_accuracy(windowed(cohere_model(), [0], 8), d)[0]
     reference = windowed(without_rope(model, [1]), [0], 8)
     _, want = evaluates_as_transformers(reference, d, cfg, out, "--model-from", out)
-    # (10 times the check's tolerance; measured 1.7e-4 relative)
-    assert abs(plain_loss - want) > 1e-4 * want, (plain_loss, want)
+    # Each hook changes the loss, by more than twice the check's tolerance (measured: plain 1.7e-4,
+    # the window alone 2.4e-4, the missing rotation alone 3.8e-5 relative).
+    for other in (plain_loss, only_nope, only_window):
+        assert abs(other - want) > 2e-5 * want, (other, want)
     generates_as_transformers(reference, out)
     exported = exports_back(out, tmp_path / "back", tensors)
     assert (exported["architectures"], exported["sliding_window"],
             exported["sliding_window_pattern"], exported["layer_types"]) == \
         (["Cohere2ForCausalLM"], 8, 2, ["sliding_attention", "full_attention"])
+    assert exported["eos_token_id"] is None and exported["pad_token_id"] is None
     assert tool("triad-convert", "import", tmp_path / "back", tmp_path / "again.h5").returncode == 0
     same_import(out, tmp_path / "again.h5")
+    if not types:
+        return
+    # use_qk_norm, which no Cohere2 reads, is ignored; a missing logit_scale is the classes'
+    # 0.0625; a window the context does not exceed is kept; another head_dim is refused.
+    config = json.loads((src / "config.json").read_text())
+    config.pop("logit_scale")
+    (src / "config.json").write_text(json.dumps({**config, "use_qk_norm": True,
+                                                 "sliding_window": 64}))
+    out.unlink()  # (import_dir writes it again)
+    _, a = import_dir(src, "Cohere2")
+    assert (float(a["logit_scale"]), int(a["sliding_window"]), int(a["nope_every"])) == \
+        (0.0625, 64, 2)
+    (src / "config.json").write_text(json.dumps({**config, "head_dim": 32}))
+    assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "x.h5"), "config.json",
+                         "head_dim 32")
 
 
 PHI_ARGS = ["--model.position", "rope", "--model.rope_theta", "500", "--model.mlp_hidden", "256",
