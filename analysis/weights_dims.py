@@ -208,6 +208,12 @@ class Dims:
         every, shift = self.full_attention_every, 0 if self.full_attention_first else 1
         return bool(self.sliding_window) and not (every and (i + shift) % every == 0)
 
+    def rotates(self, i: int) -> bool:
+        """Whether layer i rotates q and k (GptShape::rotates): with rope, all but every
+        model.nope_every-th layer (1-based)."""
+        return self.position == "rope" and not (self.nope_every and
+                                                (i + 1) % self.nope_every == 0)
+
     @property
     def moe_format(self) -> str | None:
         """The Hugging Face model_type of its mixture of experts: GraniteMoE's read from its

@@ -288,8 +288,7 @@ def gemma_hf_config(d: Dims) -> dict:
         pattern = every or d.n_layer + 1
         cfg.update(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
                    sliding_window_pattern=pattern,
-                   rope_scaling={"rope_type": "linear", "factor": d.rope_linear}
-                   if d.rope_linear else None,
+                   rope_scaling=rope_scaling_hf(d),  # (linear alone: the others refused above)
                    layer_types=["sliding_attention" if d.windowed(i) else "full_attention"
                                 for i in range(d.n_layer)],
                    rope_local_base_freq=d.rope_local_theta or d.rope_theta)
@@ -392,7 +391,7 @@ def cohere_hf_config(d: Dims) -> dict:
         return cfg
     # Cohere2's: the sliding layers rotate, the full ones do not (a model without a window:
     # its rotating layers as sliding ones whose window covers the context).
-    rotating = [d.nope_every == 0 or (i + 1) % d.nope_every != 0 for i in range(d.n_layer)]
+    rotating = [d.rotates(i) for i in range(d.n_layer)]
     if d.sliding_window and any(d.windowed(i) != r for i, r in enumerate(rotating)):
         raise ConvertError(f"a model of Cohere's blocks with a window exports as Hugging Face's "
                            f"Cohere2, whose windowed layers are exactly those that rotate "
@@ -489,22 +488,31 @@ def smollm3_hf_config(d: Dims) -> dict:
                                         0.0, None):
         raise ConvertError("a model whose layers do not all rotate (model.nope_every) exports as "
                            "Hugging Face's SmolLM3: Llama's blocks (rmsnorm, swiglu, no biases)")
-    scaling = {"rope_type": "linear", "factor": d.rope_linear} if d.rope_linear else None
     cfg = llama_like_hf(d, "SmolLM3ForCausalLM", "smollm3", rms_norm_eps=d.norm_eps,
                         hidden_act="silu", attention_bias=False, mlp_bias=False,
-                        rope_scaling=scaling, use_sliding_window=False, sliding_window=None,
-                        no_rope_layers=[int((i + 1) % d.nope_every != 0)
-                                        for i in range(d.n_layer)],
+                        rope_scaling=rope_scaling_hf(d), use_sliding_window=False,
+                        sliding_window=None,
+                        no_rope_layers=[int(d.rotates(i)) for i in range(d.n_layer)],
                         no_rope_layer_interval=d.nope_every,
                         layer_types=["full_attention"] * d.n_layer,
                         # (SmolLM3Config's defaults are Llama 3's ids, past a smaller vocabulary)
                         pad_token_id=None, bos_token_id=None, eos_token_id=None)
     if d.yarn is not None:  # (as Llama's: the original context, stretched by the factor)
-        cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
         cfg["max_position_embeddings"] = d.yarn[3]
-    if d.rope_scaling is not None:
-        cfg["rope_scaling"] = {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))}
     return cfg
+
+
+def rope_scaling_hf(d: Dims) -> dict | None:
+    """Hugging Face's rope_scaling for d's Llama-family scaling (model.rope_scaling llama3, yarn
+    or linear: at most one), None without one. (LongRoPE's and DeepSeek's YaRN scales are their
+    own writers'.)"""
+    if d.rope_linear:
+        return {"rope_type": "linear", "factor": d.rope_linear}
+    if d.rope_scaling is not None:
+        return {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))}
+    if d.yarn is not None:
+        return {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
+    return None
 
 
 def olmo2_hf_config(d: Dims) -> dict:
@@ -543,10 +551,7 @@ def olmo2_hf_config(d: Dims) -> dict:
         return llama_like_hf(d, "Olmo2ForCausalLM", "olmo2", rms_norm_eps=d.norm_eps,
                              hidden_act="silu", attention_bias=False, rope_scaling=None,
                              pad_token_id=None)
-    scaling = {"rope_type": "linear", "factor": d.rope_linear} if d.rope_linear else \
-        {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))} \
-        if d.rope_scaling is not None else \
-        {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))} if d.yarn is not None else None
+    scaling = rope_scaling_hf(d)
     # Both forms of the bases: transformers 4.57 reads rope_theta for every layer, 5 reads the
     # per-layer rope_parameters (from rope_theta alone it would rotate the sliding layers by
     # 500000).
@@ -657,16 +662,11 @@ def family_hf_config(d: Dims) -> dict:
         return smollm3_hf_config(d)
     cfg = llama_like_hf(
         d, "LlamaForCausalLM", "llama", rms_norm_eps=d.norm_eps,
-        rope_scaling=None if d.rope_scaling is None else
-        {"rope_type": "llama3", **dict(zip(ROPE_SCALING_HF, d.rope_scaling))},
-        hidden_act="silu", attention_bias=False, mlp_bias=False)
+        rope_scaling=rope_scaling_hf(d), hidden_act="silu", attention_bias=False, mlp_bias=False)
     if d.head_dim:
         cfg["head_dim"] = d.head_dim
     if d.yarn is not None:  # HF's convention: the original context, stretched by the factor
-        cfg["rope_scaling"] = {"rope_type": "yarn", **dict(zip(YARN_HF, d.yarn))}
-        cfg["max_position_embeddings"] = d.yarn[3]
-    if d.rope_linear:  # (the context stays the stretched one: linear scaling has no original)
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": d.rope_linear}
+        cfg["max_position_embeddings"] = d.yarn[3]  # (linear's has none: the context stays)
     if d.full_attention_every:
         raise ConvertError(f"the model's every {d.full_attention_every}th layer attends to the "
                            f"whole context (model.full_attention_every); Hugging Face's Llama, "

@@ -70,8 +70,9 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     settle(out, theta, params.get("rope_theta"), where, "rope_parameters.rope_theta")
     settle(out, SHARE_KEY.get(kind, "partial_rotary_factor"), params.get("partial_rotary_factor"),
            where, "rope_parameters.partial_rotary_factor")
-    if scaling_of(params) is not None:  # (Phi-3's original context: the top-level key, as in 5)
-        out["rope_scaling"] = scaling_of(params)
+    scaling = scaling_of(params)
+    if scaling is not None:  # (Phi-3's original context: the top-level key, as in 5)
+        out["rope_scaling"] = scaling
     return out
 
 
