@@ -12,6 +12,7 @@ and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokeniz
     triad-convert export runs/quick model.bin --to llmc --dtype bf16
     triad-convert tokenizer llama3-hf/ tok/                # tokenizer.json -> tokenizer.triad
     triad-convert tokenizer --meta-llama3 tokenizer.model tok/
+    triad-convert tokenizer --kimi kimi-k2/ tok/           # tiktoken.model + tokenizer_config.json
 
 An imported checkpoint holds the weights only (step 0, no optimizer state): start a run from
 it with `triad-train --init-from FILE` (fine-tuning) or sample from it with `triad-generate
@@ -255,8 +256,8 @@ def convert_tokenizer(prog: str, args) -> int:
     src, out = Path(args.src), Path(args.out)
     check_output(out)
     try:
-        if sum(map(bool, (args.meta_llama3, args.sentencepiece, args.tekken))) > 1:
-            raise ConvertError("--meta-llama3, --sentencepiece and --tekken: give one")
+        if sum(map(bool, (args.meta_llama3, args.sentencepiece, args.tekken, args.kimi))) > 1:
+            raise ConvertError("--meta-llama3, --sentencepiece, --tekken and --kimi: give one")
         if args.tekken and (args.document_start or args.prompt_start or args.stop):
             raise ConvertError("--tekken sets <s> as document and prompt start and </s> as "
                                "stop; --document-start, --prompt-start and --stop apply to a "
@@ -268,6 +269,9 @@ def convert_tokenizer(prog: str, args) -> int:
             desc = hf_tokenizer.from_sentencepiece(src, args.document_start, args.prompt_start,
                                                    args.stop)
             source = f"SentencePiece model {src}"
+        elif args.kimi:
+            desc = hf_tokenizer.from_kimi(src, args.document_start, args.prompt_start, args.stop)
+            source = f"Kimi K2's tokenizer {src}"
         elif args.meta_llama3:
             if args.document_start or args.prompt_start or args.stop:
                 raise ConvertError("--meta-llama3 sets Llama 3's document start, prompt start "
@@ -280,7 +284,7 @@ def convert_tokenizer(prog: str, args) -> int:
             source = f"Hugging Face tokenizer {src}"
     except hf_tokenizer.TokenizerError as e:
         reading_as = "tekken" if args.tekken else "sentencepiece" if args.sentencepiece else \
-            "tiktoken" if args.meta_llama3 else "hf"
+            "tiktoken" if args.meta_llama3 or args.kimi else "hf"
         raise ConvertError(str(e) + hf_tokenizer.sniff_hint(src, reading_as)) from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
         # A JSON file of the right syntax whose values have other types than the format's (a
@@ -331,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="src is Meta's Llama 3 tokenizer.model (tiktoken's format)")
     tok.add_argument("--tekken", action="store_true",
                      help="src is Mistral's tekken.json (Mistral NeMo, Small 3, Ministral)")
+    tok.add_argument("--kimi", action="store_true",
+                     help="src is Kimi K2's (or Moonlight's) model directory or its "
+                     "tiktoken.model, with tokenizer_config.json beside it")
     tok.add_argument("--chat", choices=(*hf_tokenizer.CHAT_FORMATS, "none"),
                      help="the chat format of the model's instruct version, for triad-generate "
                      "--chat auto (default: told from the tokenizer where it can be: llama3, "

@@ -151,6 +151,20 @@ PATTERNS = {
     "tekken": r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"""
               r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"""
               r"""\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    # tiktoken's o200k_base (GPT-4o's, gpt-oss's): Tekken's letters with the contractions after
+    # them, numbers in threes.
+    "o200k": r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+             r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+             r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+             r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+             r"""\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    # Kimi K2's (Moonshot's tiktoken.model): runs of Han first, o200k's letters without Han.
+    "kimi": r"""[\p{Han}]+|"""
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"""
+            r"""[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"""
+            r"""[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"""
+            r"""\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
 }
 # ... and the ones that are no single regex: each number character alone, then GPT-2's regex on
 # the stretches between them (Hugging Face's Digits(individual_digits) then ByteLevel: SmolLM's);
@@ -419,7 +433,8 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
     shown = json.dumps(pre)
     raise TokenizerError(f"{where}: pre_tokenizer {shown[:200]} is not a byte-level BPE "
                          f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
-                         f"3's, Qwen2's or Tekken's regex then ByteLevel, individual Digits "
+                         f"3's, Qwen2's, Tekken's, o200k's or Kimi K2's regex then ByteLevel, "
+                         f"individual Digits "
                          f"then ByteLevel, or DeepSeek-V3's three Splits then ByteLevel)")
 
 
@@ -437,6 +452,9 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     directory = src if src.is_dir() else src.parent
     path = src / "tokenizer.json" if src.is_dir() else src
     if src.is_dir() and not path.is_file():
+        if (src / "tiktoken.model").is_file():
+            raise TokenizerError(f"{src}: has tiktoken.model but no tokenizer.json; Kimi K2's "
+                                 f"(and Moonlight's) converts with --kimi")
         if (src / "tokenizer.model").is_file():
             raise TokenizerError(f"{src}: has tokenizer.model but no tokenizer.json; Meta's "
                                  f"Llama 3 tokenizer.model converts with --meta-llama3 FILE, a "
@@ -588,6 +606,56 @@ def from_meta_llama3(path: Path) -> Description:
     d = Description({r: t for t, r in ranks.items()}, "llama3", specials, "<|begin_of_text|>",
                     "<|begin_of_text|>",
                     ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], chat="llama3")
+    d.check(str(path))
+    return d
+
+
+# Kimi K2's tokenizer (tokenization_kimi.py): tiktoken.model's ranks, then this many special
+# tokens, named by tokenizer_config.json's added_tokens_decoder (the rest <|reserved_token_ID|>).
+KIMI_SPECIALS = 256
+
+
+def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | None = None,
+              stops: list[str] | None = None) -> Description:
+    """Kimi K2's (and Moonlight's) tokenizer: src is the model directory or its tiktoken.model,
+    with tokenizer_config.json beside it. Document start: the config's bos_token (else its
+    eos_token); no prompt start (the tokenizer adds none); stops: its eos_token and <|im_end|>."""
+    directory = src if src.is_dir() else src.parent
+    path = src / "tiktoken.model" if src.is_dir() else src
+    if not path.is_file():
+        raise TokenizerError(f"{path}: no such file")
+    ranks = _ranks(path, str(path))
+    n = len(ranks)
+    if sorted(ranks.values()) != list(range(n)):
+        raise TokenizerError(f"{path}: its {n} ranks are not 0..{n - 1}, each once")
+    config_path = directory / "tokenizer_config.json"
+    config = _load_json(config_path)
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise TokenizerError(f"{config_path}: added_tokens_decoder is not an object")
+    names = {}
+    for key, value in decoder.items():
+        name = _token_name(value)
+        if not (isinstance(key, str) and key.isdigit() and n <= int(key) < n + KIMI_SPECIALS
+                and name):
+            raise TokenizerError(f"{config_path}: added_tokens_decoder entry {key!r} is not a "
+                                 f"named token with an id in {n}..{n + KIMI_SPECIALS - 1} (the "
+                                 f"{KIMI_SPECIALS} after tiktoken.model's {n} ranks)")
+        names[int(key)] = name
+    specials = {}
+    for i in range(n, n + KIMI_SPECIALS):
+        name = names.get(i, f"<|reserved_token_{i}|>")
+        if name in specials:
+            raise TokenizerError(f"{config_path}: special token {name!r} is given twice")
+        specials[name] = i
+    bos, eos = _token_name(config.get("bos_token")), _token_name(config.get("eos_token"))
+    start = document_start or bos or eos
+    if start is None:
+        raise TokenizerError(f"{config_path}: no bos_token or eos_token to start documents "
+                             f"with: give --document-start")
+    stop = stops or [s for s in (eos, "<|im_end|>") if s in specials]
+    d = Description({r: t for t, r in ranks.items()}, "kimi", specials, start, prompt_start,
+                    list(dict.fromkeys(stop)))
     d.check(str(path))
     return d
 

@@ -21,13 +21,20 @@ LetterCase letter_case(uint32_t cp) {
   return (r != last && r->first <= cp) ? r->kind : kNoCase;
 }
 
-bool is_punct_or_symbol(uint32_t cp) {
-  const CodeRange* const first = kPunctSymbolRanges;
-  const CodeRange* const last = kPunctSymbolRanges + kPunctSymbolRangeCount;
+namespace {
+bool in_ranges(const CodeRange* first, size_t count, uint32_t cp) {
+  const CodeRange* const last = first + count;
   const CodeRange* r =
       std::lower_bound(first, last, cp, [](const CodeRange& a, uint32_t v) { return a.last < v; });
   return r != last && r->first <= cp;
 }
+}  // namespace
+
+bool is_punct_or_symbol(uint32_t cp) {
+  return in_ranges(kPunctSymbolRanges, kPunctSymbolRangeCount, cp);
+}
+
+bool is_han(uint32_t cp) { return in_ranges(kHanRanges, kHanRangeCount, cp); }
 
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) {
   // Well-formed sequences (Unicode Table 3-7); anything else is one invalid byte.
@@ -105,13 +112,17 @@ const char* scheme_name(Scheme s) {
       return "tekken";
     case Scheme::deepseek3:
       return "deepseek3";
+    case Scheme::o200k:
+      return "o200k";
+    case Scheme::kimi:
+      return "kimi";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
   for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits,
-                         Scheme::tekken, Scheme::deepseek3})
+                         Scheme::tekken, Scheme::deepseek3, Scheme::o200k, Scheme::kimi})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

@@ -626,8 +626,8 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
   expect_error("no_specials", description("small.tiktoken", 259, roles), {"no 'special ID TEXT'"});
   expect_error("no_stop", description("small.tiktoken", 259, specials + "document_start <|s|>\n"),
                {"no 'stop' line"});
-  expect_error("scheme", description("small.tiktoken", 259, specials + roles, "o200k"),
-               {"unknown pretokenizer 'o200k'"});
+  expect_error("scheme", description("small.tiktoken", 259, specials + roles, "p50k"),
+               {"unknown pretokenizer 'p50k'"});
   expect_error("count", description("small.tiktoken", 300, specials + roles),
                {"small.tiktoken", "has 259 tokens, expected 300", "truncated"});
   expect_error("bad_id", description("small.tiktoken", 259, "special x1 <|s|>\n" + roles),
@@ -1010,6 +1010,29 @@ TEST(Pretokenize, SplitsLikeTekkenRegex) {
                           " \xC7\x85"
                           "a"));
   EXPECT_THAT(tk("  \n\n x  "), ElementsAre("  \n\n", " x", "  "));
+}
+
+TEST(Pretokenize, SplitsLikeKimiAndO200kRegex) {
+  // Expected pieces from Hugging Face's tokenizers: pre_tokenize_str of an isolated Split by the
+  // pattern (analysis/hf_tokenizer.py PATTERNS["kimi"], PATTERNS["o200k"]).
+  auto kimi = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::kimi); };
+  auto o200k = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::o200k); };
+  const std::string mixed = "\u4e2d\u6587English\u6df7\u5408 it's 12345";
+  EXPECT_THAT(kimi(mixed),
+              ElementsAre("\u4e2d\u6587", "English", "\u6df7\u5408", " it's", " ", "123", "45"));
+  EXPECT_THAT(o200k(mixed),
+              ElementsAre("\u4e2d\u6587English\u6df7\u5408", " it's", " ", "123", "45"));
+  // Contractions after either letter alternative, in any case, U+017F (long s) as s.
+  for (const auto scheme : {triad::pretok::Scheme::kimi, triad::pretok::Scheme::o200k})
+    EXPECT_THAT(pieces("HELLO'S World'LL x'\u017f", scheme),
+                ElementsAre("HELLO'S", " World'LL", " x'\u017f"));
+  // kimi: no '/' after a line end; a Han radical (U+2E80, a symbol) is punctuation after a
+  // space; the Han numeral U+3007 and the iteration mark U+3005 are Han.
+  const std::string other = ".\n/ \u2e80\u2e80a \u30077";
+  EXPECT_THAT(kimi(other), ElementsAre(".\n", "/", " \u2e80\u2e80", "a", " ", "\u3007", "7"));
+  EXPECT_THAT(o200k(other), ElementsAre(".\n/", " \u2e80\u2e80", "a", " ", "\u30077"));
+  EXPECT_THAT(kimi(" \u4e2d\u3005b"), ElementsAre(" ", "\u4e2d\u3005", "b"));
+  EXPECT_THAT(o200k(" \u4e2d\u3005b"), ElementsAre(" \u4e2d\u3005b"));
 }
 
 TEST(Pretokenize, SplitsLikeDeepSeekV3PreTokenizer) {

@@ -1,7 +1,7 @@
 // Pre-tokenization, written out by hand: the split that a tokenizer's regex makes of a text
 // before BPE (leftmost-first alternation, as tiktoken's fancy-regex and Hugging Face's
-// Oniguruma do), on UTF-8 bytes. Six schemes, each named after the first model family that used
-// it:
+// Oniguruma do), on UTF-8 bytes. Eight schemes, each named after the first model family that
+// used it:
 //   gpt2    's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //   llama3  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
@@ -13,7 +13,13 @@
 //   tekken  [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|
 //           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|
 //            ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
-//           (Mistral's Tekken tokenizer: Mistral NeMo, Small 3, Ministral; pretokenize_tekken.cpp)
+//           (Mistral's Tekken tokenizer: Mistral NeMo, Small 3, Ministral; pretokenize_cased.cpp)
+//   o200k   tekken's first two alternatives, each followed by (?i:'s|'t|'re|'ve|'m|'ll|'d)?, then
+//           \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//           (tiktoken's o200k_base: GPT-4o's, gpt-oss's; pretokenize_cased.cpp)
+//   kimi    [\p{Han}]+ first, then o200k's with Han taken out of tekken's two letter classes
+//           ([\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]], likewise the lower) and [\r\n]* after
+//           punctuation (Kimi K2's tiktoken pattern; pretokenize_cased.cpp)
 //   deepseek3  three splits in turn, each of the pieces of the one before (Hugging Face's
 //           Sequence of Split pre-tokenizers, Isolated: the text between matches is a piece too):
 //             \p{N}{1,3}, then [一-龥぀-ゟ゠-ヿ]+ (U+4E00..U+9FA5, U+3040..U+30FF), then
@@ -44,9 +50,9 @@
 
 namespace triad::pretok {
 
-enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits, tekken, deepseek3 };
-// "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3"; parse_scheme gives nullopt for
-// any other.
+enum class Scheme : uint8_t { gpt2, llama3, qwen2, gpt2_digits, tekken, deepseek3, o200k, kimi };
+// "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3", "o200k", "kimi"; parse_scheme
+// gives nullopt for any other.
 const char* scheme_name(Scheme s);
 std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -62,8 +68,8 @@ extern const size_t kUnicodeRangeCount;
 // The class of a code point (kOther for anything outside the tables).
 CharClass char_class(uint32_t cp);
 
-// Letter case and marks, for tekken: Lu Lt upper, Ll lower, M* marks; kNoCase for the rest (of
-// the letters, Lm and Lo, which tekken's pattern counts as both cases).
+// Letter case and marks, for tekken, o200k and kimi: Lu Lt upper, Ll lower, M* marks; kNoCase for
+// the rest (of the letters, Lm and Lo, which their patterns count as both cases).
 enum LetterCase : uint8_t { kNoCase = 0, kUpperCase = 1, kLowerCase = 2, kMark = 3 };
 struct CaseRange {
   uint32_t first, last;
@@ -73,9 +79,10 @@ extern const CaseRange kCaseRanges[];  // sorted, disjoint
 extern const size_t kCaseRangeCount;
 LetterCase letter_case(uint32_t cp);
 
-// tekken's split (not a template: pretokenize_tekken.cpp), calling piece(ctx, s) per piece.
-void for_each_piece_tekken(std::string_view text, void (*piece)(void*, std::string_view),
-                           void* ctx);
+// tekken's, o200k's or kimi's split (not a template: pretokenize_cased.cpp), calling
+// piece(ctx, s) per piece.
+void for_each_piece_cased(Scheme scheme, std::string_view text,
+                          void (*piece)(void*, std::string_view), void* ctx);
 
 // Punctuation and symbols (P* S*), for deepseek3.
 struct CodeRange {
@@ -84,6 +91,10 @@ struct CodeRange {
 extern const CodeRange kPunctSymbolRanges[];  // sorted, disjoint
 extern const size_t kPunctSymbolRangeCount;
 bool is_punct_or_symbol(uint32_t cp);
+// The Han script (\p{Han}), for kimi.
+extern const CodeRange kHanRanges[];  // sorted, disjoint
+extern const size_t kHanRangeCount;
+bool is_han(uint32_t cp);
 
 // deepseek3's split (pretokenize_deepseek.cpp), likewise.
 void for_each_piece_deepseek3(std::string_view text, void (*piece)(void*, std::string_view),
@@ -365,12 +376,14 @@ void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
     case Scheme::gpt2_digits:
       return for_each_piece_digits(text, piece);
     case Scheme::tekken:
+    case Scheme::o200k:
+    case Scheme::kimi:
     case Scheme::deepseek3: {
       using Fn = std::remove_reference_t<F>;
       auto thunk = [](void* ctx, std::string_view s) { (*static_cast<Fn*>(ctx))(s); };
       void* const ctx = const_cast<void*>(static_cast<const void*>(&piece));
-      return scheme == Scheme::tekken ? for_each_piece_tekken(text, thunk, ctx)
-                                      : for_each_piece_deepseek3(text, thunk, ctx);
+      return scheme == Scheme::deepseek3 ? for_each_piece_deepseek3(text, thunk, ctx)
+                                         : for_each_piece_cased(scheme, text, thunk, ctx);
     }
   }
 }
