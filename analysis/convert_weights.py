@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--tekken", action="store_true",
                      help="src is Mistral's tekken.json (Mistral NeMo, Small 3, Ministral)")
     tok.add_argument("--kimi", action="store_true",
-                     help="src is Kimi K2's (or Moonlight's) model directory or its "
-                     "tiktoken.model, with tokenizer_config.json beside it")
+                     help="src is Kimi K2's model directory or its tiktoken.model, with "
+                     "tokenizer_config.json beside it")
     tok.add_argument("--chat", choices=(*hf_tokenizer.CHAT_FORMATS, "none"),
                      help="the chat format of the model's instruct version, for triad-generate "
                      "--chat auto (default: told from the tokenizer where it can be: llama3, "

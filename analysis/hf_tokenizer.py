@@ -612,32 +612,37 @@ def from_meta_llama3(path: Path) -> Description:
 
 # Kimi K2's tokenizer (tokenization_kimi.py): tiktoken.model's ranks, then this many special
 # tokens, named by tokenizer_config.json's added_tokens_decoder (the rest <|reserved_token_ID|>).
+# (Some later Moonshot tokenizers reserve 2 more, past the model's vocabulary: not read.)
 KIMI_SPECIALS = 256
 
 
 def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | None = None,
               stops: list[str] | None = None) -> Description:
-    """Kimi K2's (and Moonlight's) tokenizer: src is the model directory or its tiktoken.model,
-    with tokenizer_config.json beside it. Document start: the config's bos_token (else its
-    eos_token); no prompt start (the tokenizer adds none); stops: its eos_token and <|im_end|>."""
+    """Kimi K2's tokenizer: src is the model directory or its tiktoken.model, with
+    tokenizer_config.json beside it. Document start: the config's bos_token ([BOS] where it names
+    none, as tokenization_kimi.py); no prompt start (the tokenizer adds none); stops: its
+    eos_token ([EOS] where it names none) and <|im_end|>."""
     directory = src if src.is_dir() else src.parent
     path = src / "tiktoken.model" if src.is_dir() else src
     if not path.is_file():
         raise TokenizerError(f"{path}: no such file")
     ranks = _ranks(path, str(path))
     n = len(ranks)
-    if sorted(ranks.values()) != list(range(n)):
-        raise TokenizerError(f"{path}: its {n} ranks are not 0..{n - 1}, each once")
+    if n < 256 or sorted(ranks.values()) != list(range(n)):
+        raise TokenizerError(f"{path}: its {n} ranks are not 0..{n - 1}, each once, with at "
+                             f"least the 256 bytes")
     config_path = directory / "tokenizer_config.json"
     config = _load_json(config_path)
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_path}: not a JSON object")
     decoder = config.get("added_tokens_decoder") or {}
     if not isinstance(decoder, dict):
         raise TokenizerError(f"{config_path}: added_tokens_decoder is not an object")
     names = {}
     for key, value in decoder.items():
         name = _token_name(value)
-        if not (isinstance(key, str) and key.isdigit() and n <= int(key) < n + KIMI_SPECIALS
-                and name):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()
+                and n <= int(key) < n + KIMI_SPECIALS and name):
             raise TokenizerError(f"{config_path}: added_tokens_decoder entry {key!r} is not a "
                                  f"named token with an id in {n}..{n + KIMI_SPECIALS - 1} (the "
                                  f"{KIMI_SPECIALS} after tiktoken.model's {n} ranks)")
@@ -648,14 +653,19 @@ def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | 
         if name in specials:
             raise TokenizerError(f"{config_path}: special token {name!r} is given twice")
         specials[name] = i
-    bos, eos = _token_name(config.get("bos_token")), _token_name(config.get("eos_token"))
-    start = document_start or bos or eos
-    if start is None:
-        raise TokenizerError(f"{config_path}: no bos_token or eos_token to start documents "
-                             f"with: give --document-start")
-    stop = stops or [s for s in (eos, "<|im_end|>") if s in specials]
+    role = {}
+    for key, default in (("bos_token", "[BOS]"), ("eos_token", "[EOS]")):
+        role[key] = _token_name(config.get(key, default))
+        if role[key] not in specials:
+            raise TokenizerError(f"{config_path}: {key} {config.get(key, default)!r} is not one "
+                                 f"of its special tokens")
+    start = document_start or role["bos_token"]
+    stop = stops or [role["eos_token"], *(["<|im_end|>"] if "<|im_end|>" in specials else [])]
     d = Description({r: t for t, r in ranks.items()}, "kimi", specials, start, prompt_start,
                     list(dict.fromkeys(stop)))
+    problem = sp_tokenizer.roles_problem(d)  # (the options' tokens)
+    if problem:
+        raise TokenizerError(f"{config_path}: {problem}")
     d.check(str(path))
     return d
 

@@ -27,8 +27,8 @@ from tiktoken.load import load_tiktoken_bpe  # noqa: E402
 
 from analysis import hf_tokenizer  # noqa: E402
 
-# The patterns as their sources write them: tokenization_kimi.py's pat_str and tiktoken's
-# o200k_base (tiktoken_ext/openai_public.py), each a list of alternatives joined by "|".
+# Kimi's pattern as tokenization_kimi.py writes it (a list of alternatives joined by "|"; the file
+# is not at hand offline); o200k_base's is read from tiktoken itself (tiktoken_ext).
 CONTRACTIONS = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""
 KIMI = "|".join([
     r"""[\p{Han}]+""",
@@ -71,9 +71,11 @@ def han_mixes(seed, count):
             for _ in range(count)]
 
 
-def test_patterns_are_the_sources():
+def test_patterns_are_the_sources(monkeypatch):
+    import tiktoken_ext.openai_public as openai_public
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
+    assert openai_public.o200k_base()["pat_str"] == O200K == hf_tokenizer.PATTERNS["o200k"]
     assert hf_tokenizer.PATTERNS["kimi"] == KIMI
-    assert hf_tokenizer.PATTERNS["o200k"] == O200K
 
 
 @pytest.mark.parametrize("scheme", ["kimi", "o200k"])
@@ -117,8 +119,9 @@ def test_kimi_files_convert_as_tokenization_kimi(tmp_path):
                  "document_start [BOS]", "stop [EOS]", "stop <|im_end|>"]:
         assert line + "\n" in text
     assert "prompt_start" not in text  # (tokenization_kimi.py adds no BOS)
-    # The ids tokenization_kimi.py's tiktoken.Encoding gives (special tokens' texts are ordinary
-    # text when encoding; their ids decode to them).
+    # The ids of tokenization_kimi.py's tiktoken.Encoding, its special tokens' texts read as
+    # ordinary text (triad's rule everywhere; Kimi's encode() reads them as the tokens); their ids
+    # decode to them.
     specials = {KIMI_NAMED.get(i - 50256, f"<|reserved_token_{i}|>"): i
                 for i in range(50256, 50256 + 256)}
     enc = tiktoken.Encoding("kimi", pat_str=KIMI, mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
@@ -146,10 +149,19 @@ def test_kimi_refusals(tmp_path):
     refused(kimi_dir(tmp_path / "twice", {0: "[BOS]", 5: "[BOS]"}), "'[BOS]' is given twice")
     refused(kimi_dir(tmp_path / "space", {0: "[BOS]", 1: "[EOS]", 5: "a b"}), "'a b'",
             "white space")
-    refused(kimi_dir(tmp_path / "nobos", bos_token=None, eos_token=None),
-            "no bos_token or eos_token", "--document-start")
-    refused(kimi_dir(tmp_path / "stop"), "'[NOPE]' is not one of its special tokens",
-            args=("--kimi", "--stop", "[NOPE]"))
+    refused(kimi_dir(tmp_path / "nobos", {1: "[EOS]"}), "tokenizer_config.json",
+            "bos_token '[BOS]' is not one of its special tokens")
+    refused(kimi_dir(tmp_path / "badeos", eos_token=7), "tokenizer_config.json", "eos_token 7")
+    refused(kimi_dir(tmp_path / "digit", {0: "[BOS]", 1: "[EOS]"}, added_tokens_decoder={
+        "\u00b2": {"content": "[X]"}}), "added_tokens_decoder entry '\u00b2'")
+    empty = kimi_dir(tmp_path / "empty")
+    (empty / "tiktoken.model").write_text("")
+    refused(empty, "tiktoken.model", "at least the 256 bytes")
+    listed = kimi_dir(tmp_path / "list")
+    (listed / "tokenizer_config.json").write_text("[]")
+    refused(listed, "tokenizer_config.json: not a JSON object")
+    refused(kimi_dir(tmp_path / "stop"), "tokenizer_config.json",
+            "'[NOPE]' is not one of its special tokens", args=("--kimi", "--stop", "[NOPE]"))
     bad = kimi_dir(tmp_path / "json")
     (bad / "tokenizer_config.json").write_text("{")
     refused(bad, "tokenizer_config.json", "not readable JSON")
