@@ -287,16 +287,11 @@ ModelShape read_model_attributes(hid_t model) {
               "v_head_dim of /model do not describe a multi-head latent attention (",
               m.kv_lora_rank, ", ", m.q_lora_rank, ", ", m.qk_nope_head_dim, ", ",
               m.qk_rope_head_dim, ", ", m.v_head_dim, ")");
-  // (config_validate's rule, again here for the programs that load a model without a config:
-  // the windowed layers' own table undoes neither DeepSeek's YaRN score scale nor latent
-  // attention's single rotation.)
-  TRIAD_CHECK(
-      m.rope_local_theta == 0 ||
-          ((m.rope_scaling != "yarn" || m.rope_yarn_mscale_all_dim == 0) && m.kv_lora_rank == 0),
-      "attribute rope_local_theta of /model is ", m.rope_local_theta,
-      " beside YaRN's score scale (rope_yarn_mscale_all_dim ", m.rope_yarn_mscale_all_dim,
-      ") or multi-head latent attention (kv_lora_rank ", m.kv_lora_rank,
-      "), which triad does not build");
+  // (gpt_shape.h's rule, which config_validate applies too: a model loaded without a config.)
+  TRIAD_CHECK(rope_local_theta_built(m), "attribute rope_local_theta of /model is ",
+              m.rope_local_theta, " beside YaRN's score scale (rope_yarn_mscale_all_dim ",
+              m.rope_yarn_mscale_all_dim, ") or multi-head latent attention (kv_lora_rank ",
+              m.kv_lora_rank, "), which triad does not build");
   m.mla_norm_eps = io::read_double_attr(model, "mla_norm_eps").value_or(0.0);
   TRIAD_CHECK(m.mla_norm_eps == 0 || (m.kv_lora_rank > 0 && std::isfinite(m.mla_norm_eps) &&
                                       m.mla_norm_eps > 0 && m.mla_norm_eps <= 0.1),
@@ -320,9 +315,7 @@ ModelShape read_model_attributes(hid_t model) {
                 " factors, not one per rotated pair (", pairs, ")");
   }
   m.nope_every = io::read_int64_attr(model, "nope_every").value_or(0);
-  TRIAD_CHECK(m.nope_every >= 0 && m.nope_every <= (int64_t(1) << 30) &&
-                  (m.nope_every == 0 || (m.position == "rope" && m.kv_lora_rank == 0)),
-              "attribute nope_every of /model is ", m.nope_every,
+  TRIAD_CHECK(nope_every_built(m), "attribute nope_every of /model is ", m.nope_every,
               ", not in [0, 2^30] (and > 0 only with rope, without latent attention)");
   m.sliding_window = io::read_int64_attr(model, "sliding_window").value_or(0);
   TRIAD_CHECK(m.sliding_window >= 0 && m.sliding_window <= (int64_t(1) << 30),

@@ -143,13 +143,9 @@ void validate(const Config& c, int world_size) {
         "needs model.norm = layernorm (an RMSNorm has no bias)");
   check(m.sliding_window >= 0, "model.sliding_window",
         "must be >= 0 (0: no window; got " + std::to_string(m.sliding_window) + ")");
-  check(
-      m.nope_every >= 0 && m.nope_every <= (1 << 30) && (m.nope_every == 0 || m.position == "rope"),
-      "model.nope_every",
-      "must be in [0, 2^30], and > 0 only with model.position = rope (the layers that do not "
-      "rotate)");
-  check(m.nope_every == 0 || m.kv_lora_rank == 0, "model.nope_every",
-        "is not built with multi-head latent attention (model.kv_lora_rank > 0)");
+  check(nope_every_built(m), "model.nope_every",
+        "must be in [0, 2^30], and > 0 only with model.position = rope (the layers that do not "
+        "rotate) and without multi-head latent attention (model.kv_lora_rank > 0)");
   check(m.full_attention_every >= 0, "model.full_attention_every",
         "must be >= 0 (0: every layer keeps to the window)");
   check(m.full_attention_every == 0 || m.sliding_window > 0, "model.full_attention_every",
@@ -261,16 +257,9 @@ void validate(const Config& c, int world_size) {
           "model.rope_local_theta", "must be 0 or a finite number > 1");
     check(m.rope_local_theta == 0 || m.sliding_window > 0, "model.rope_local_theta",
           "needs model.sliding_window > 0 (the windowed layers whose base it is)");
-    // (DeepSeek's YaRN, rope_yarn_mscale_all_dim > 0, scales every layer's scores, which an
-    // unscaled local base would not undo; Qwen's and OLMo 3's scale the full layers' cos and sin
-    // alone, which the local table leaves out. Latent attention's rotation is not built with two
-    // bases.)
-    check(
-        m.rope_local_theta == 0 ||
-            ((m.rope_scaling != "yarn" || m.rope_yarn_mscale_all_dim == 0) && m.kv_lora_rank == 0),
-        "model.rope_local_theta",
-        "is not built with YaRN's score scale (model.rope_yarn_mscale_all_dim > 0) or "
-        "multi-head latent attention (model.kv_lora_rank > 0)");
+    check(rope_local_theta_built(m), "model.rope_local_theta",
+          "is not built with YaRN's score scale (model.rope_yarn_mscale_all_dim > 0) or "
+          "multi-head latent attention (model.kv_lora_rank > 0)");
     check(m.rotary_dim >= 0 && m.rotary_dim % 2 == 0 && m.rotary_dim <= m.hd(), "model.rotary_dim",
           "must be even and in [0, " + std::to_string(m.hd()) +
               "] (the head's width; 0: every value rotates; got " + std::to_string(m.rotary_dim) +

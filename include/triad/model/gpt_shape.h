@@ -22,6 +22,26 @@ inline constexpr int64_t kMaxLayers = int64_t(1) << 16, kMaxHeads = int64_t(1) <
                          kMaxWidth = int64_t(1) << 20, kMaxSeqLen = int64_t(1) << 24,
                          kMaxVocab = int64_t(1) << 30;
 
+// Rules across model keys that a config (train/config_validate.cpp) and a checkpoint's attributes
+// read without one (io/model_attributes.cpp) both obey, each naming its own input. M is the
+// config's ModelConfig or the checkpoint's ModelShape.
+// NoPE layers (model.nope_every): in [0, 2^30]; > 0 only with rope, and not with latent
+// attention (its rotation is one per layer, shared by the heads).
+template <class M>
+bool nope_every_built(const M& m) {
+  return m.nope_every >= 0 && m.nope_every <= (int64_t(1) << 30) &&
+         (m.nope_every == 0 || (m.position == "rope" && m.kv_lora_rank == 0));
+}
+// The windowed layers' own base (model.rope_local_theta) undoes neither DeepSeek's YaRN score
+// scale (every layer's scores, rope_yarn_mscale_all_dim > 0; Qwen's and OLMo 3's YaRN scale the
+// full layers' cos and sin alone, which the local table leaves out) nor latent attention's single
+// rotation.
+template <class M>
+bool rope_local_theta_built(const M& m) {
+  return m.rope_local_theta == 0 ||
+         ((m.rope_scaling != "yarn" || m.rope_yarn_mscale_all_dim == 0) && m.kv_lora_rank == 0);
+}
+
 struct GptShape {
   int n_layer = 0, n_head = 0, n_embd = 0, seq_len = 0, vocab_size = 0, padded_vocab_size = 0;
   // Positions (model.position): learned (GPT-2's wpe table added to the embedding), or rotary
