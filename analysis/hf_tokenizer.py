@@ -614,6 +614,8 @@ def from_meta_llama3(path: Path) -> Description:
 # tokens, named by tokenizer_config.json's added_tokens_decoder (the rest <|reserved_token_ID|>).
 # (Some later Moonshot tokenizers reserve 2 more, past the model's vocabulary: not read.)
 KIMI_SPECIALS = 256
+KIMI_CHAT_TOKENS = ("<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>",
+                    "<|im_end|>")
 
 
 def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | None = None,
@@ -661,8 +663,10 @@ def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | 
                                  f"of its special tokens")
     start = document_start or role["bos_token"]
     stop = stops or [role["eos_token"], *(["<|im_end|>"] if "<|im_end|>" in specials else [])]
+    # (Kimi K2 Instruct's chat format where the tokenizer has its tokens.)
+    chat = "kimi" if all(s in specials for s in KIMI_CHAT_TOKENS) else None
     d = Description({r: t for t, r in ranks.items()}, "kimi", specials, start, prompt_start,
-                    list(dict.fromkeys(stop)))
+                    list(dict.fromkeys(stop)), chat=chat)
     problem = sp_tokenizer.roles_problem(d)  # (the options' tokens)
     if problem:
         raise TokenizerError(f"{config_path}: {problem}")

@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
         "the prompt as token ids separated by spaces (instead of --prompt)")(
         "chat", po::value(&chat),
         "--prompt is a user's message to an instruct model, put in this chat format: "
-        "mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, or auto (the tokenizer "
+        "mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi, or auto (the tokenizer "
         "description's); the "
         "reply ends at a stop token and is printed alone")(
         "system", po::value(&system)->default_value(""), "with --chat: a system message")(

@@ -61,7 +61,7 @@ constexpr const char* kUsage =
     "                          \\uDCNN (Python's surrogateescape)\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
-    "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2;\n"
+    "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi;\n"
     "                          default: the description's chat format), one per line;\n"
     "                          --messages: JSON Lines conversations ending with the user's\n"
     "                          message (multi-turn), each prompt's ids on a line\n"
@@ -198,7 +198,7 @@ int cmd_chat(const std::vector<std::string>& args) {
   std::string vocab, format, system, messages;
   desc.add_options()("vocab", po::value(&vocab)->required(), "tokenizer description")(
       "format", po::value(&format),
-      "mistral_v1, mistral_v3, mistral_v7, llama3, chatml or qwen2 (default: the "
+      "mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 or kimi (default: the "
       "description's 'chat' line)")("system", po::value(&system)->default_value(""),
                                     "system message (empty: none)")(
       "messages", po::value(&messages),
@@ -305,12 +305,13 @@ int cmd_shards(const std::vector<std::string>& args) {
       "after it")(
       "chat", po::value(&chat),
       "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
-      "mistral_v3, mistral_v7, llama3, chatml, qwen2, or auto: the tokenizer description's); a "
+      "mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi, or auto: the tokenizer description's); "
+      "a "
       "loss mask "
       "beside each shard counts the assistant replies (data.loss_mask)")(
       "document-start", po::bool_switch(&document_start),
       "with --chat: the tokenizer's document start (not counted) before each conversation that "
-      "does not begin with it (chatml, qwen2), so that data.document_mask = its id (or name) "
+      "does not begin with it (chatml, qwen2, kimi), so that data.document_mask = its id (or name) "
       "keeps packed conversations apart");
   po::options_description hidden;
   hidden.add_options()("input", po::value(&files),

@@ -21,14 +21,16 @@ const char* chat_format_name(ChatFormat f) {
       return "chatml";
     case ChatFormat::qwen2:
       return "qwen2";
+    case ChatFormat::kimi:
+      return "kimi";
   }
   return "?";
 }
 
 namespace {
-constexpr ChatFormat kChatFormats[] = {ChatFormat::mistral_v1, ChatFormat::mistral_v3,
-                                       ChatFormat::mistral_v7, ChatFormat::llama3,
-                                       ChatFormat::chatml,     ChatFormat::qwen2};
+constexpr ChatFormat kChatFormats[] = {
+    ChatFormat::mistral_v1, ChatFormat::mistral_v3, ChatFormat::mistral_v7, ChatFormat::llama3,
+    ChatFormat::chatml,     ChatFormat::qwen2,      ChatFormat::kimi};
 }  // namespace
 
 std::optional<ChatFormat> parse_chat_format(std::string_view name) {
@@ -193,6 +195,27 @@ ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
         put(special("<|im_start|>"));
         text("assistant\n");
       }
+      break;
+    }
+    case ChatFormat::kimi: {
+      // The role's token, the role's name as text, then the message between <|im_middle|> and
+      // <|im_end|>, each a stretch of text of its own.
+      auto opening = [&](std::string_view role) {
+        put(special(role == "user"        ? "<|im_user|>"
+                    : role == "assistant" ? "<|im_assistant|>"
+                                          : "<|im_system|>"));
+        text(role);
+        put(special("<|im_middle|>"));
+      };
+      auto message = [&](std::string_view role, std::string_view content, bool counted) {
+        opening(role);
+        text(content, counted);
+        put(special("<|im_end|>"), counted);
+      };
+      if (!has_system)
+        message("system", "You are Kimi, an AI assistant created by Moonshot AI.", false);
+      for (const ChatMessage& m : messages) message(m.role, m.content, m.role == "assistant");
+      if (prompt) opening("assistant");
       break;
     }
   }

@@ -171,3 +171,54 @@ def test_kimi_refusals(tmp_path):
     # Without --kimi: what the directory is, and how to convert it.
     refused(kimi_dir(tmp_path / "plain"), "has tiktoken.model but no tokenizer.json",
             "--kimi", args=())
+
+
+# Kimi K2 Instruct's chat format as its rendered prompts show it (Moonshot's chat_template.jinja
+# itself is not at hand offline): per message the role's token, the role, <|im_middle|>, the
+# text and <|im_end|>; a default system message where the first is none; the reply opened by
+# <|im_assistant|>assistant<|im_middle|>.
+KIMI_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
+    "<|im_end|>{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}<|im_user|>{%- elif m['role'] == 'assistant' -%}"
+    "<|im_assistant|>{%- else -%}<|im_system|>{%- endif -%}"
+    "{{ m['role'] }}<|im_middle|>{{ m['content'] }}<|im_end|>"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_assistant|>assistant<|im_middle|>{%- endif -%}")
+
+
+def test_kimi_chat_matches_its_template(tmp_path):
+    """`chat kimi` (told from the tokenizer): prompts (`triad-tokenize chat --messages`) and
+    fine-tuning conversations (`shards --chat auto`: ids and loss mask) as the template renders
+    them, encoded by tiktoken; a token counts where it overlaps a reply or its <|im_end|>."""
+    from test_chat_shards import CONVERSATIONS, OPEN, check_stream, prompts, shards, write_jsonl
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+    p = tool("triad-convert", "tokenizer", "--kimi", kimi_dir(tmp_path / "kimi"), tmp_path / "tok")
+    assert p.returncode == 0, p.stderr
+    desc = tmp_path / "tok" / "tokenizer.triad"
+    assert "chat kimi\n" in desc.read_text()
+    specials = {KIMI_NAMED.get(i - 50256, f"<|reserved_token_{i}|>"): i
+                for i in range(50256, 50256 + 256)}
+    enc = tiktoken.Encoding("kimi", pat_str=KIMI, mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),
+                            special_tokens=specials)
+    render = _compile_jinja_template(KIMI_TEMPLATE)
+
+    def text_of(messages, gen):
+        return render.render(messages=[{"role": r, "content": c} for r, c in messages],
+                             add_generation_prompt=gen)
+
+    def reference(messages, prompt):
+        text = text_of(messages, prompt)
+        ids = enc.encode(text, allowed_special="all")
+        spans = [(len(text_of(messages[:k], True)), len(text_of(messages[:k + 1], False)))
+                 for k, (role, _) in enumerate(messages) if role == "assistant"]
+        _, offsets = enc.decode_with_offsets(ids)
+        ends = offsets[1:] + [len(text)]
+        return ids, [int(any(b > s and a < e for s, e in spans)) for a, b in zip(offsets, ends)]
+
+    assert prompts(desc, OPEN) == [reference(conv, True)[0] for conv in OPEN]
+    write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
+    out = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "auto")
+    check_stream(out, tmp_path / "out", [reference(conv, False) for conv in CONVERSATIONS])

@@ -15,15 +15,20 @@
 //               "assistant\n" (Qwen3, SmolLM2 and other ChatML models, no default system)
 //   qwen2       chatml with the system message "You are a helpful assistant." where none is
 //               given (Qwen2 Instruct's template, as transformers' Qwen2-Audio default)
+//   kimi        per message <|im_system|>, <|im_user|> or <|im_assistant|>, "{role}" <|im_middle|>
+//               "{text}" <|im_end|>, with the system message "You are Kimi, an AI assistant
+//               created by Moonshot AI." where none is given, then <|im_assistant|> "assistant"
+//               <|im_middle|> (Kimi K2 Instruct's template; no BOS, no newlines)
 // as mistral_common's and Meta's reference encoders and transformers' Qwen2 template write them
-// (tests/python compares).
+// (tests/python compares; kimi with the prompts Kimi K2's template renders).
 //
 // Whole conversations (chat_example, for fine-tuning: `triad-tokenize shards --chat`) follow the
 // same encoders' training form (mistral_common's encode_instruct, Meta's encode_message per
 // message): each assistant reply is its text and the end token (</s>; <|eot_id|>) after its
 // user turn; mistral_v1 puts the system message before the first user message, mistral_v3 before
 // the last (as mistral_common does); v3 and v7 drop a reply's trailing spaces. The loss counts
-// the replies and their end tokens, not the prompts, headers or system text. In ChatML the text
+// the replies and their end tokens, not the prompts, headers or system text (kimi: each reply's
+// text and its <|im_end|>). In ChatML the text
 // between two special tokens is encoded whole ("assistant\n" and the reply), so a token that
 // spans the header's end counts.
 #pragma once
@@ -39,7 +44,7 @@
 
 namespace triad {
 
-enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 };
+enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi };
 const char* chat_format_name(ChatFormat f);
 std::optional<ChatFormat> parse_chat_format(std::string_view name);
 // Every format's name, for messages: "mistral_v1, mistral_v3, ... or qwen2", or with another
