@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from test_tokenizer_llama3 import CORPUS, cli, cli_encode, first_difference
+from test_tokenizer_llama3 import CORPUS, cli, cli_encode, first_difference, over_gpt2_ranks
 from test_tokenizer_sentencepiece import every_code_point
 from test_tokenizer_tekken import case_mixes
 from test_tokenizer_tiktoken import STRINGS
@@ -80,12 +80,7 @@ def test_patterns_are_the_sources(monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["kimi", "o200k"])
 def test_pretokenizer_over_gpt2_ranks_matches_tiktoken(tmp_path, scheme):
-    desc = tmp_path / "t.triad"
-    desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
-                    f"pretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
-                    f"document_start <|endoftext|>\nstop <|endoftext|>\n")
-    enc = tiktoken.Encoding(scheme, pat_str=KIMI if scheme == "kimi" else O200K,
-                            mergeable_ranks=load_tiktoken_bpe(str(VOCAB)), special_tokens={})
+    desc, enc = over_gpt2_ranks(tmp_path, scheme, KIMI if scheme == "kimi" else O200K)
     book = CORPUS[0].read_text(encoding="utf-8")[:200000]
     for text in [book, "\n".join([*STRINGS.values(), *case_mixes(12, 2000), *han_mixes(13, 2000)]),
                  every_code_point()]:

@@ -124,15 +124,22 @@ def test_llama3_strings_and_every_code_point_match_tiktoken(llama3, llama3_enc):
     assert got == want, first_difference(got, want, llama3_enc.decode)
 
 
-@pytest.mark.parametrize("scheme", ["llama3", "qwen2"])
-def test_pretokenizers_over_gpt2_ranks_match_tiktoken(tmp_path, scheme):
-    """The scheme alone, with GPT-2's ranks: qwen2 (digits one by one) has no ranks file here."""
+def over_gpt2_ranks(tmp_path, scheme, pattern=None):
+    """A description of GPT-2's ranks under pre-tokenizer `scheme`, and (with the scheme's regex,
+    `pattern`) tiktoken's encoding of the same."""
     desc = tmp_path / "t.triad"
     desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
                     f"pretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
                     f"document_start <|endoftext|>\nstop <|endoftext|>\n")
-    enc = tiktoken.Encoding(scheme, pat_str=hf_tokenizer.PATTERNS[scheme],
-                            mergeable_ranks=load_tiktoken_bpe(str(VOCAB)), special_tokens={})
+    enc = pattern and tiktoken.Encoding(scheme, pat_str=pattern, special_tokens={},
+                                        mergeable_ranks=load_tiktoken_bpe(str(VOCAB)))
+    return desc, enc
+
+
+@pytest.mark.parametrize("scheme", ["llama3", "qwen2"])
+def test_pretokenizers_over_gpt2_ranks_match_tiktoken(tmp_path, scheme):
+    """The scheme alone, with GPT-2's ranks: qwen2 (digits one by one) has no ranks file here."""
+    desc, enc = over_gpt2_ranks(tmp_path, scheme, hf_tokenizer.PATTERNS[scheme])
     text = "\n".join([*STRINGS.values(), *mixed_strings(4, 3000),
                       CORPUS[0].read_text(encoding="utf-8")[:300000]])
     want = enc.encode_ordinary(text)
@@ -298,10 +305,7 @@ def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
     tokenizer.json triad writes for the scheme (hf_files), in Hugging Face's tokenizers: the same
     pieces (in its byte-level alphabet) on the held-out text and, for deepseek3, on every code
     point in context (tokenizers takes valid UTF-8 only: ill-formed bytes are not compared)."""
-    desc = tmp_path / "t.triad"
-    desc.write_text(f"triad-tokenizer 1\nranks {VOCAB}\nranks_count 50256\n"
-                    f"pretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
-                    f"document_start <|endoftext|>\nstop <|endoftext|>\n")
+    desc, _ = over_gpt2_ranks(tmp_path, scheme)
     files = hf_tokenizer.hf_files(hf_tokenizer.read_description(desc), 1024)
     (tmp_path / "tokenizer.json").write_text(files["tokenizer.json"], encoding="utf-8")
     pre = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).pre_tokenizer
