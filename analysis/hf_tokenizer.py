@@ -127,7 +127,8 @@ _CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)([^{}<]+?)<\
 def chat_format_of_template(template, specials) -> str | None:
     """The chat format a tokenizer_config.json's chat_template writes, where triad has it:
     llama3 (Llama 3's headers), qwen2 (ChatML with Qwen2's default system message), chatml
-    (ChatML without a default system message); None otherwise (e.g. Qwen2.5's own default
+    (ChatML without a default system message), kimi (Kimi K2's roles and default system
+    message); None otherwise (e.g. Qwen2.5's own default
     system message: --chat chatml with that message given as the system)."""
     if not isinstance(template, str):
         return None
@@ -138,6 +139,8 @@ def chat_format_of_template(template, specials) -> str | None:
         if default is None:
             return "chatml"
         return "qwen2" if default.group(1) == "You are a helpful assistant." else None
+    if "<|im_middle|>" in template and all(s in specials for s in KIMI_CHAT_TOKENS):
+        return "kimi" if KIMI_DEFAULT_SYSTEM in template else None
     return None
 # The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
 # Hugging Face's Split pre-tokenizer take it).
@@ -454,7 +457,7 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     if src.is_dir() and not path.is_file():
         if (src / "tiktoken.model").is_file():
             raise TokenizerError(f"{src}: has tiktoken.model but no tokenizer.json; Kimi K2's "
-                                 f"(and Moonlight's) converts with --kimi")
+                                 f"converts with --kimi")
         if (src / "tokenizer.model").is_file():
             raise TokenizerError(f"{src}: has tokenizer.model but no tokenizer.json; Meta's "
                                  f"Llama 3 tokenizer.model converts with --meta-llama3 FILE, a "
@@ -616,6 +619,7 @@ def from_meta_llama3(path: Path) -> Description:
 KIMI_SPECIALS = 256
 KIMI_CHAT_TOKENS = ("<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>",
                     "<|im_end|>")
+KIMI_DEFAULT_SYSTEM = "You are Kimi, an AI assistant created by Moonshot AI."
 
 
 def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | None = None,
@@ -663,8 +667,14 @@ def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | 
                                  f"of its special tokens")
     start = document_start or role["bos_token"]
     stop = stops or [role["eos_token"], *(["<|im_end|>"] if "<|im_end|>" in specials else [])]
-    # (Kimi K2 Instruct's chat format where the tokenizer has its tokens.)
-    chat = "kimi" if all(s in specials for s in KIMI_CHAT_TOKENS) else None
+    # Kimi K2 Instruct's chat format where the chat template (the config's, or
+    # chat_template.jinja beside it) is Kimi's: its roles and its default system message (another
+    # Moonshot model's, with another default, gets no chat line).
+    template = config.get("chat_template")
+    if template is None and (directory / "chat_template.jinja").is_file():
+        template = (directory / "chat_template.jinja").read_text(encoding="utf-8",
+                                                                 errors="replace")
+    chat = chat_format_of_template(template, specials)
     d = Description({r: t for t, r in ranks.items()}, "kimi", specials, start, prompt_start,
                     list(dict.fromkeys(stop)), chat=chat)
     problem = sp_tokenizer.roles_problem(d)  # (the options' tokens)

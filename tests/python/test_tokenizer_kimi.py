@@ -188,12 +188,25 @@ def test_kimi_chat_matches_its_template(tmp_path):
     """`chat kimi` (told from the tokenizer): prompts (`triad-tokenize chat --messages`) and
     fine-tuning conversations (`shards --chat auto`: ids and loss mask) as the template renders
     them, encoded by tiktoken; a token counts where it overlaps a reply or its <|im_end|>."""
+    pytest.importorskip("transformers")
     from test_chat_shards import CONVERSATIONS, OPEN, check_stream, prompts, shards, write_jsonl
     from transformers.utils.chat_template_utils import _compile_jinja_template
-    p = tool("triad-convert", "tokenizer", "--kimi", kimi_dir(tmp_path / "kimi"), tmp_path / "tok")
+    p = tool("triad-convert", "tokenizer", "--kimi",
+             kimi_dir(tmp_path / "kimi", chat_template=KIMI_TEMPLATE), tmp_path / "tok")
     assert p.returncode == 0, p.stderr
     desc = tmp_path / "tok" / "tokenizer.triad"
     assert "chat kimi\n" in desc.read_text()
+    # The chat line only for Kimi's template (in the config or chat_template.jinja): another
+    # default system message, or no template, gives none.
+    other = kimi_dir(tmp_path / "other", chat_template=KIMI_TEMPLATE.replace(
+        "You are Kimi, an AI assistant created by Moonshot AI.", "You are a helpful assistant."))
+    bare = kimi_dir(tmp_path / "bare")
+    jinja = kimi_dir(tmp_path / "jinja")
+    (jinja / "chat_template.jinja").write_text(KIMI_TEMPLATE)
+    for src, line in ((other, False), (bare, False), (jinja, True)):
+        p = tool("triad-convert", "tokenizer", "--kimi", src, src / "tok")
+        assert p.returncode == 0, p.stderr
+        assert ("chat kimi\n" in (src / "tok" / "tokenizer.triad").read_text()) == line, src
     specials = {KIMI_NAMED.get(i - 50256, f"<|reserved_token_{i}|>"): i
                 for i in range(50256, 50256 + 256)}
     enc = tiktoken.Encoding("kimi", pat_str=KIMI, mergeable_ranks=load_tiktoken_bpe(str(VOCAB)),

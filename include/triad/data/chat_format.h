@@ -47,8 +47,8 @@ namespace triad {
 enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi };
 const char* chat_format_name(ChatFormat f);
 std::optional<ChatFormat> parse_chat_format(std::string_view name);
-// Every format's name, for messages: "mistral_v1, mistral_v3, ... or qwen2", or with another
-// choice last: "mistral_v1, ..., qwen2 or auto".
+// Every format's name, for messages: "mistral_v1, mistral_v3, ... or kimi", or with another
+// choice last: "mistral_v1, ..., kimi or auto".
 std::string chat_format_names(std::string_view last = "");
 
 // The format `name` names, where "auto" means the tokenizer description's `chat` line.
