@@ -94,23 +94,6 @@ Ptr upper_then_lower(const Scan& s) {
 // A? U+ L* from q: its end, or null.
 Ptr upper_run(Ptr q, const Scan& s) { return s.u_end > q ? s.l_end : nullptr; }
 
-bool ascii_letter(unsigned char b) { return (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z'); }
-
-// The end of S at q, or q: case-insensitive, and under Unicode simple case folding 's' also
-// matches U+017F (long s, bytes C5 BF), as llama3's.
-Ptr contraction_end(Ptr q, Ptr end) {
-  if (q >= end || *q != '\'' || end - q < 2) return q;
-  const unsigned char a = q[1] | 0x20;
-  if (ascii_letter(q[1]) && (a == 's' || a == 't' || a == 'm' || a == 'd')) return q + 2;
-  if (end - q < 3) return q;
-  if (q[1] == 0xC5 && q[2] == 0xBF) return q + 3;
-  const unsigned char b = q[2] | 0x20;
-  if (ascii_letter(q[1]) && ascii_letter(q[2]) &&
-      ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')))
-    return q + 3;
-  return q;
-}
-
 }  // namespace
 
 void for_each_piece_cased(Scheme scheme, std::string_view text,
@@ -149,7 +132,7 @@ void for_each_piece_cased(Scheme scheme, std::string_view text,
     if (!m && with_a.u_end) m = upper_run(p + c.len, with_a);
     if (!m && without_a.u_end) m = upper_run(p, without_a);
     if (m) {
-      emit(r.contractions ? contraction_end(m, end) : m);
+      emit(r.contractions && m < end ? detail::contraction_end(m, end) : m);
       continue;
     }
     if (c.cls == kNumber) {  // \p{N}{1,max_digits}

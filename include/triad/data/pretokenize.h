@@ -183,6 +183,25 @@ inline const unsigned char* space_piece_end(const unsigned char* p, const unsign
   return (q < end && last > p) ? last : q;
 }
 
+// The end of (?i:'s|'t|'re|'ve|'m|'ll|'d) at q (q < end), or q where none starts there:
+// case-insensitive, and under Unicode simple case folding 's' also matches U+017F (long s, bytes
+// C5 BF). llama3's, qwen2's, o200k's and kimi's contractions.
+inline const unsigned char* contraction_end(const unsigned char* q, const unsigned char* end) {
+  if (*q != '\'' || end - q < 2) return q;
+  auto ascii_letter = [](unsigned char b) {
+    return (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z');
+  };
+  const unsigned char a = q[1] | 0x20;  // ASCII lower case (a non-letter stays no match)
+  if (ascii_letter(q[1]) && (a == 's' || a == 't' || a == 'm' || a == 'd')) return q + 2;
+  if (end - q < 3) return q;
+  if (q[1] == 0xC5 && q[2] == 0xBF) return q + 3;
+  const unsigned char b = q[2] | 0x20;
+  if (ascii_letter(q[1]) && ascii_letter(q[2]) &&
+      ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')))
+    return q + 3;
+  return q;
+}
+
 }  // namespace detail
 
 template <typename F>
@@ -263,31 +282,11 @@ void for_each_piece_cl100k(std::string_view text, int max_digits, F&& piece) {
     return q;
   };
   while (p < end) {
-    // (?i:'s|'t|'re|'ve|'m|'ll|'d): case-insensitive, and under Unicode simple case folding
-    // 's' also matches U+017F (long s, bytes C5 BF).
-    if (*p == '\'' && end - p >= 2) {
-      const unsigned char a = p[1] | 0x20;  // ASCII lower case (a non-letter stays no match)
-      const bool a_letter = (p[1] >= 'a' && p[1] <= 'z') || (p[1] >= 'A' && p[1] <= 'Z');
-      if (a_letter && (a == 's' || a == 't' || a == 'm' || a == 'd')) {
-        emit(p, p + 2);
-        p += 2;
-        continue;
-      }
-      if (end - p >= 3 && p[1] == 0xC5 && p[2] == 0xBF) {
-        emit(p, p + 3);
-        p += 3;
-        continue;
-      }
-      if (a_letter && end - p >= 3) {
-        const bool b_letter = (p[2] >= 'a' && p[2] <= 'z') || (p[2] >= 'A' && p[2] <= 'Z');
-        const unsigned char b = p[2] | 0x20;
-        if (b_letter &&
-            ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))) {
-          emit(p, p + 3);
-          p += 3;
-          continue;
-        }
-      }
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+    if (const auto* q = detail::contraction_end(p, end); q != p) {
+      emit(p, q);
+      p = q;
+      continue;
     }
     const detail::Char c = detail::char_at(p, end);
     // [^\r\n\p{L}\p{N}]?\p{L}+
