@@ -250,19 +250,23 @@ def qwen2_chat(tmp_path_factory):
         def text_of(msgs, gen):
             return unicodedata2.normalize("NFC", render.render(
                 messages=[{"role": r, "content": c} for r, c in msgs], add_generation_prompt=gen))
-        text = text_of(messages, prompt)
-        ids = enc.encode(text, allowed_special="all")
         spans = []
         for k, (role, _) in enumerate(messages):
             if role == "assistant":
                 start = len(text_of(messages[:k], True))
                 spans.append((start, len(text_of(messages[:k + 1], False)) - 1))  # not the "\n"
-        _, offsets = enc.decode_with_offsets(ids)
-        ends = offsets[1:] + [len(text)]
-        counts = [int(any(b > s and a < e for s, e in spans)) for a, b in zip(offsets, ends)]
-        return ids, counts
+        return ids_and_counts(enc, text_of(messages, prompt), spans)
 
     return d / "triad" / "tokenizer.triad", reference
+
+
+def ids_and_counts(enc, text, spans):
+    """A rendered template's text encoded by tiktoken enc (special tokens' texts as the tokens),
+    and for each token whether its characters overlap one of spans (the replies)."""
+    ids = enc.encode(text, allowed_special="all")
+    _, offsets = enc.decode_with_offsets(ids)
+    ends = offsets[1:] + [len(text)]
+    return ids, [int(any(b > s and a < e for s, e in spans)) for a, b in zip(offsets, ends)]
 
 
 CHATML_CONVERSATIONS = CONVERSATIONS + [

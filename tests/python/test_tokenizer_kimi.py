@@ -189,7 +189,8 @@ def test_kimi_chat_matches_its_template(tmp_path):
     fine-tuning conversations (`shards --chat auto`: ids and loss mask) as the template renders
     them, encoded by tiktoken; a token counts where it overlaps a reply or its <|im_end|>."""
     pytest.importorskip("transformers")
-    from test_chat_shards import CONVERSATIONS, OPEN, check_stream, prompts, shards, write_jsonl
+    from test_chat_shards import (CONVERSATIONS, OPEN, check_stream, ids_and_counts, prompts,
+                                  shards, write_jsonl)
     from transformers.utils.chat_template_utils import _compile_jinja_template
     p = tool("triad-convert", "tokenizer", "--kimi",
              kimi_dir(tmp_path / "kimi", chat_template=KIMI_TEMPLATE), tmp_path / "tok")
@@ -218,13 +219,9 @@ def test_kimi_chat_matches_its_template(tmp_path):
                              add_generation_prompt=gen)
 
     def reference(messages, prompt):
-        text = text_of(messages, prompt)
-        ids = enc.encode(text, allowed_special="all")
         spans = [(len(text_of(messages[:k], True)), len(text_of(messages[:k + 1], False)))
                  for k, (role, _) in enumerate(messages) if role == "assistant"]
-        _, offsets = enc.decode_with_offsets(ids)
-        ends = offsets[1:] + [len(text)]
-        return ids, [int(any(b > s and a < e for s, e in spans)) for a, b in zip(offsets, ends)]
+        return ids_and_counts(enc, text_of(messages, prompt), spans)
 
     assert prompts(desc, OPEN) == [reference(conv, True)[0] for conv in OPEN]
     write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
