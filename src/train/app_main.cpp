@@ -1,6 +1,7 @@
 #include "triad/train/app_main.h"
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -50,6 +51,9 @@ int run_main(int argc, char** argv, const char* prog, const std::function<int(MP
   // Several ranks: the error may be known to all ranks (a bad config) or to this one alone
   // (a damaged file it read). Rank 0 reports at once; the others give it a moment, so that a
   // collective error is printed once, then report theirs. MPI_Abort ends every rank.
+  // Nothing is left to save: when one rank aborts, mpirun's SIGTERM ends the others at once
+  // (triad-train's preemption handler would keep them until mpirun's SIGKILL, a second later).
+  std::signal(SIGTERM, SIG_DFL);
   if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
   std::fprintf(stderr, "%s: error%s: %s\n", prog,
                rank == 0 ? "" : (" (rank " + std::to_string(rank) + ")").c_str(), message.c_str());
