@@ -108,17 +108,17 @@ Views carve(float* workspace, int B, int T, int C) {
                workspace + 4 * n, workspace + 5 * n, workspace + 6 * n};
 }
 
-void check_shape(int B, int T, int C, int NH) {
+}  // namespace
+
+void check_attention_shape(int B, int T, int C, int NH) {
   TRIAD_CHECK(NH > 0 && C % NH == 0, "cuda attention: C = ", C, " is not a multiple of NH = ", NH);
   TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
 }
 
-void check_kv_heads(int NH, int NKV) {
+void check_attention_kv_heads(int NH, int NKV) {
   TRIAD_CHECK(NKV > 0 && NKV <= NH && NH % NKV == 0, "cuda attention: NKV = ", NKV,
               " key/value heads do not divide NH = ", NH, " query heads");
 }
-
-}  // namespace
 
 size_t attention_workspace_floats(int B, int T, int C) { return size_t(7) * B * T * C; }
 
@@ -140,7 +140,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
                        AttentionDropMask drop, float* dropped) {
   TRIAD_CHECK(!drop.on() || dropped != nullptr,
               "internal error: an attention dropout without its probabilities' scratch");
-  check_shape(B, T, C, NH);
+  check_attention_shape(B, T, C, NH);
   const int hd = C / NH;
   const int batch = B * NH;
   const float scale = attention_scale(scale_or_0, hd);
@@ -178,7 +178,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0,
                         float softcap, float* scores, AttentionDropMask drop) {
-  check_shape(B, T, C, NH);
+  check_attention_shape(B, T, C, NH);
   TRIAD_CHECK(softcap <= 0.0f || scores != nullptr,
               "internal error: a soft-capped attention backward without its scores' scratch");
   const int hd = C / NH;
@@ -230,8 +230,8 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin, float scale, float softcap,
                        AttentionDropMask drop) {
-  check_shape(B, T, C, NH);
-  check_kv_heads(NH, NKV);
+  check_attention_shape(B, T, C, NH);
+  check_attention_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
                     nullptr, key_begin, scale, softcap, drop,
@@ -243,8 +243,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                         int B, int T, int C, int NH, int NKV, bool accumulate,
                         const int32_t* key_begin, float scale, float softcap,
                         AttentionDropMask drop) {
-  check_shape(B, T, C, NH);
-  check_kv_heads(NH, NKV);
+  check_attention_shape(B, T, C, NH);
+  check_attention_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   float* scores = capped_scores(scratch, s, B, T, NH, softcap);
   if (NKV == NH) {

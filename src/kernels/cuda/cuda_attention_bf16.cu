@@ -37,16 +37,6 @@
 namespace triad::cuda {
 namespace {
 
-void check_shape(int B, int T, int C, int NH) {
-  TRIAD_CHECK(NH > 0 && C % NH == 0, "cuda attention: C = ", C, " is not a multiple of NH = ", NH);
-  TRIAD_CHECK(B > 0 && T > 0, "cuda attention: empty batch (B = ", B, ", T = ", T, ")");
-}
-
-void check_kv_heads(int NH, int NKV) {
-  TRIAD_CHECK(NKV > 0 && NKV <= NH && NH % NKV == 0, "cuda attention: NKV = ", NKV,
-              " key/value heads do not divide NH = ", NH, " query heads");
-}
-
 // The fallback's fp32 buffers, carved from one scratch block: the forward uses the first three
 // (4n + A floats), the backward all six (n = B·T·C, A = B·NH·T·T).
 struct Widened {
@@ -155,8 +145,8 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin, QueryRows rows, float scale, float softcap,
                        AttentionDropMask drop) {
-  check_shape(B, T, C, NH);
-  check_kv_heads(NH, NKV);
+  check_attention_shape(B, T, C, NH);
+  check_attention_kv_heads(NH, NKV);
   if (cuda_flash_drops(drop.on(), softcap) && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
     flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
                             NKV, scale, softcap, drop);
@@ -171,8 +161,8 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin,
                         QueryRows rows, float scale, float softcap, AttentionDropMask drop) {
-  check_shape(B, T, C, NH);
-  check_kv_heads(NH, NKV);
+  check_attention_shape(B, T, C, NH);
+  check_attention_kv_heads(NH, NKV);
   if (!rows.whole(T) && !accumulate) {  // the rows the range does not reach get zero
     TRIAD_CUDA_CHECK(
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));

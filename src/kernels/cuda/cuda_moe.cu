@@ -13,10 +13,11 @@ namespace {
 
 using moe_block::kDispatchThreads;
 using moe_block::kElementwiseThreads;
-using moe_block::kWarpsPerBlock;
 using moe_block::kWarpThreads;
 
-unsigned warp_rows_grid(int rows) { return unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock); }
+unsigned warp_rows_grid(int rows) {
+  return unsigned((rows + moe_block::kWarpsPerBlock - 1) / moe_block::kWarpsPerBlock);
+}
 
 template <typename E>
 __global__ void __launch_bounds__(kWarpThreads)

@@ -174,6 +174,11 @@ void matmul_backward_fp8(cudaStream_t s, LtMatmul& lt, DeviceScratch& fp8_scratc
 // expand the compact rows into MHA rows first (cuda_grouped_heads.cu). Decoding and rope index
 // the compact rows natively.
 
+// The attention ops' shape checks (cuda_attention.cu), for the fp32 and bf16 entry points: C a
+// multiple of NH, a batch not empty; NKV key/value heads dividing NH.
+void check_attention_shape(int B, int T, int C, int NH);
+void check_attention_kv_heads(int NH, int NKV);
+
 // The attention ops' scratch memory, owned by the backend.
 struct AttentionScratch {
   DeviceScratch fp32_workspace;  // attention_workspace_floats: the fp32 attention's head copies

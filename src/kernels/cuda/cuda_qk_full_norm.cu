@@ -26,42 +26,39 @@
 namespace triad::cuda {
 namespace {
 
-using qk_full_norm_block::kColumns;
-using qk_full_norm_block::kThreads;
-using qk_full_norm_block::kWarpsPerBlock;
 using qk_full_norm_block::Shape;
-static_assert(kThreads == kBlock, "grid_for's blocks");
+static_assert(qk_full_norm_block::kThreads == kBlock, "grid_for's blocks");
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_full_norm_block::kThreads)
     qk_full_norm_sums_kernel(float* out, const E* qkv, const E* dout, const E* wq, const E* wk,
                              const float* rstd, Shape h, size_t vectors) {
   DeviceThread x;
   qk_full_norm_block::sums(x, out, qkv, dout, wq, wk, rstd, h, vectors,
-                           size_t(gridDim.x) * kWarpsPerBlock);
+                           size_t(gridDim.x) * qk_full_norm_block::kWarpsPerBlock);
 }
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_full_norm_block::kThreads)
     qk_full_norm_forward_kernel(E* out, float* rstd, const E* qkv, const float* sums, const E* wq,
                                 const E* wk, Shape h, int Dq, int Dk, float eps, size_t total) {
   DeviceThread x;
   qk_full_norm_block::forward(x, out, rstd, qkv, sums, wq, wk, h, Dq, Dk, eps, total,
-                              size_t(gridDim.x) * kThreads);
+                              size_t(gridDim.x) * qk_full_norm_block::kThreads);
 }
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_full_norm_block::kThreads)
     qk_full_norm_dinp_kernel(E* dqkv, const E* dout, const E* qkv, const E* wq, const E* wk,
                              const float* rstd, const float* dots, Shape h, int Dq, int Dk,
                              bool accumulate, size_t total) {
   DeviceThread x;
   qk_full_norm_block::backward_input(x, dqkv, dout, qkv, wq, wk, rstd, dots, h, Dq, Dk, accumulate,
-                                     total, size_t(gridDim.x) * kThreads);
+                                     total, size_t(gridDim.x) * qk_full_norm_block::kThreads);
 }
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_full_norm_block::kThreads)
     qk_full_norm_params_kernel(float* pq, float* pk, const E* dout, const E* qkv, const float* rstd,
                                Shape h, int N, int slices, int rows) {
   DeviceThread x;
@@ -83,7 +80,8 @@ void qk_full_norm_sums(cudaStream_t s, float* sums, const Elem* qkv, const Elem*
   const Shape h = check_shape("qk_full_norm_sums", N, C, NH, NKV);
   const size_t vectors = 2 * size_t(N);
   if (vectors == 0) return;
-  qk_full_norm_sums_kernel<<<grid_for(vectors, kWarpsPerBlock), kThreads, 0, s>>>(
+  qk_full_norm_sums_kernel<<<grid_for(vectors, qk_full_norm_block::kWarpsPerBlock),
+                             qk_full_norm_block::kThreads, 0, s>>>(
       sums, bits(qkv), bits(dout), bits(wq), bits(wk), rstd, h, vectors);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
@@ -95,7 +93,7 @@ void qk_full_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qk
   const Shape h = check_shape("qk_full_norm_forward", N, C, NH, NKV);
   const size_t total = size_t(N) * h.W;
   if (total == 0) return;
-  qk_full_norm_forward_kernel<<<grid_for(total), kThreads, 0, s>>>(
+  qk_full_norm_forward_kernel<<<grid_for(total), qk_full_norm_block::kThreads, 0, s>>>(
       bits(out), rstd, bits(qkv), sums, bits(wq), bits(wk), h, Dq, Dk, eps, total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
@@ -112,17 +110,20 @@ void qk_full_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, f
   const size_t part_q = column_sum_partials_floats(N, h.C);
   float* pq = scratch.get_as<float>(part_q + column_sum_partials_floats(N, h.K), s);
   float* pk = pq + part_q;
-  const dim3 grid((std::max(h.C, h.K) + kColumns - 1) / kColumns, 2 * slices);  // q's, then k's
-  qk_full_norm_params_kernel<<<grid, kThreads, qk_full_norm_block::partials_smem(), s>>>(
+  const dim3 grid(
+      (std::max(h.C, h.K) + qk_full_norm_block::kColumns - 1) / qk_full_norm_block::kColumns,
+      2 * slices);  // q's, then k's
+  qk_full_norm_params_kernel<<<grid, qk_full_norm_block::kThreads,
+                               qk_full_norm_block::partials_smem(), s>>>(
       pq, pk, bits(dout), bits(qkv), rstd, h, N, slices, (N + slices - 1) / slices);
   TRIAD_CUDA_CHECK_LAUNCH();
   column_sum_finish(s, dwq, pq, N, h.C);
   column_sum_finish(s, dwk, pk, N, h.K);
   // 2. The input gradient.
   const size_t total = size_t(N) * h.W;
-  qk_full_norm_dinp_kernel<<<grid_for(total), kThreads, 0, s>>>(bits(dqkv), bits(dout), bits(qkv),
-                                                                bits(wq), bits(wk), rstd, dots, h,
-                                                                Dq, Dk, accumulate, total);
+  qk_full_norm_dinp_kernel<<<grid_for(total), qk_full_norm_block::kThreads, 0, s>>>(
+      bits(dqkv), bits(dout), bits(qkv), bits(wq), bits(wk), rstd, dots, h, Dq, Dk, accumulate,
+      total);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 

@@ -31,31 +31,28 @@ namespace triad::cuda {
 namespace {
 
 using qk_norm_block::Heads;
-using qk_norm_block::kColumns;
-using qk_norm_block::kThreads;
-using qk_norm_block::kWarpsPerBlock;
-static_assert(kThreads == kBlock, "grid_for's blocks");
+static_assert(qk_norm_block::kThreads == kBlock, "grid_for's blocks");
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_norm_block::kThreads)
     qk_norm_forward_kernel(E* out, float* rstd, const E* qkv, const E* wq, const E* wk, Heads h,
                            size_t head_rows, float eps) {
   DeviceThread x;
   qk_norm_block::forward(x, out, rstd, qkv, wq, wk, h, head_rows, eps,
-                         size_t(gridDim.x) * kWarpsPerBlock);
+                         size_t(gridDim.x) * qk_norm_block::kWarpsPerBlock);
 }
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_norm_block::kThreads)
     qk_norm_backward_dinp_kernel(E* dqkv, const E* dout, const E* qkv, const E* wq, const E* wk,
                                  const float* rstd, Heads h, size_t head_rows, bool accumulate) {
   DeviceThread x;
   qk_norm_block::backward_input(x, dqkv, dout, qkv, wq, wk, rstd, h, head_rows, accumulate,
-                                size_t(gridDim.x) * kWarpsPerBlock);
+                                size_t(gridDim.x) * qk_norm_block::kWarpsPerBlock);
 }
 
 template <typename E>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(qk_norm_block::kThreads)
     qk_norm_backward_params_kernel(float* pq, float* pk, const E* dout, const E* qkv,
                                    const float* rstd, Heads h, int N, int slices_q, int slices_k,
                                    int rows_q, int rows_k, int slices_max) {
@@ -78,8 +75,9 @@ void qk_norm_forward(cudaStream_t s, Elem* out, float* rstd, const Elem* qkv, co
   const Heads h = check_heads("qk_norm_forward", N, C, NH, NKV);
   const size_t head_rows = size_t(N) * size_t(NH + 2 * NKV);
   if (head_rows == 0) return;
-  qk_norm_forward_kernel<<<grid_for(head_rows, kWarpsPerBlock), kThreads, 0, s>>>(
-      bits(out), rstd, bits(qkv), bits(wq), bits(wk), h, head_rows, eps);
+  qk_norm_forward_kernel<<<grid_for(head_rows, qk_norm_block::kWarpsPerBlock),
+                           qk_norm_block::kThreads, 0, s>>>(bits(out), rstd, bits(qkv), bits(wq),
+                                                            bits(wk), h, head_rows, eps);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
@@ -96,16 +94,19 @@ void qk_norm_backward(cudaStream_t s, DeviceScratch& scratch, Elem* dqkv, float*
   float* pq = scratch.get_as<float>(part_q + column_sum_partials_floats(Mk, h.hd), s);
   float* pk = pq + part_q;
   const int slices_max = std::max(slices_q, slices_k);
-  const dim3 grid((h.hd + kColumns - 1) / kColumns, 2 * slices_max);  // q's slices, then k's
-  qk_norm_backward_params_kernel<<<grid, kThreads, qk_norm_block::partials_smem(), s>>>(
-      pq, pk, bits(dout), bits(qkv), rstd, h, N, slices_q, slices_k, (Mq + slices_q - 1) / slices_q,
-      (Mk + slices_k - 1) / slices_k, slices_max);
+  const dim3 grid((h.hd + qk_norm_block::kColumns - 1) / qk_norm_block::kColumns,
+                  2 * slices_max);  // q's slices, then k's
+  qk_norm_backward_params_kernel<<<grid, qk_norm_block::kThreads, qk_norm_block::partials_smem(),
+                                   s>>>(pq, pk, bits(dout), bits(qkv), rstd, h, N, slices_q,
+                                        slices_k, (Mq + slices_q - 1) / slices_q,
+                                        (Mk + slices_k - 1) / slices_k, slices_max);
   TRIAD_CUDA_CHECK_LAUNCH();
   column_sum_finish(s, dwq, pq, Mq, h.hd);
   column_sum_finish(s, dwk, pk, Mk, h.hd);
   // 2. The input gradient.
   const size_t head_rows = size_t(N) * size_t(NH + 2 * NKV);
-  qk_norm_backward_dinp_kernel<<<grid_for(head_rows, kWarpsPerBlock), kThreads, 0, s>>>(
+  qk_norm_backward_dinp_kernel<<<grid_for(head_rows, qk_norm_block::kWarpsPerBlock),
+                                 qk_norm_block::kThreads, 0, s>>>(
       bits(dqkv), bits(dout), bits(qkv), bits(wq), bits(wk), rstd, h, head_rows, accumulate);
   TRIAD_CUDA_CHECK_LAUNCH();
 }

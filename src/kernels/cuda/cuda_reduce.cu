@@ -20,7 +20,6 @@ namespace {
 //  2. one thread per column adds partials[0..R-1][c] in order onto dst[c].
 // R depends on N only, so the order of every sum depends on N and C only. The source is float
 // or bf16 (Elem); the sums and dst are fp32.
-using reduce_block::kColumns;
 using reduce_block::kColumnThreads;
 constexpr int kRowsPerSlice = 256;
 constexpr int kMaxSlices = 64;
@@ -95,7 +94,7 @@ void column_sum_accumulate(cudaStream_t s, DeviceScratch& scratch, float* dst, c
     vectorized =
         column_partials_vectorized(s, nullptr, partials, src, nullptr, nullptr, nullptr, N, C);
   if (!vectorized) {
-    const dim3 grid((C + kColumns - 1) / kColumns, slices);
+    const dim3 grid((C + reduce_block::kColumns - 1) / reduce_block::kColumns, slices);
     column_partial_kernel<<<grid, kColumnThreads, reduce_block::column_smem(), s>>>(
         partials, bits(src), N, C, (N + slices - 1) / slices);
     TRIAD_CUDA_CHECK_LAUNCH();
