@@ -24,7 +24,7 @@ import pytest
 
 from test_tokenizer_tiktoken import STRINGS, write_documents
 from triad_run import (ENV, REPO, VOCAB, assert_clean_error, assert_clean_failure, exe,
-                       greedy_continuation, import_random_model, run, tool)
+                       greedy_continuation, import_random_model, parse_ids, run, tool)
 
 tiktoken = pytest.importorskip("tiktoken")
 from tiktoken.load import load_tiktoken_bpe  # noqa: E402
@@ -52,7 +52,7 @@ def cli(*args, data=b""):
 
 
 def cli_encode(vocab, text: str):
-    return [int(x) for x in cli("encode", "--vocab", vocab, data=text.encode()).split()]
+    return parse_ids(cli("encode", "--vocab", vocab, data=text.encode()))
 
 
 def first_difference(got, want, decode):
@@ -314,8 +314,10 @@ def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
     text = (every_code_point_text() + "a\u3040b\u303fc\u30ff\u3100 \u4dff\u4e00\u9fa5\u9fa6\n"
             if scheme == "deepseek3" else "") + held_out_text()
     want = [p for p, _ in pre.pre_tokenize_str(text)]
-    got = [hf_tokenizer.alphabet_text(json.loads(line).encode("utf-8", "surrogateescape"))
-           for line in cli("pieces", "--vocab", desc, data=text.encode()).decode().split("\n")[:-1]]
+    # (a JSON string a line: read as one array, 1.1M lines 0.6 s against 4.8 s line by line)
+    lines = cli("pieces", "--vocab", desc, data=text.encode()).decode().split("\n")[:-1]
+    got = [hf_tokenizer.alphabet_text(piece.encode("utf-8", "surrogateescape"))
+           for piece in json.loads("[" + ",".join(lines) + "]")]
     i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     assert got == want, f"{len(got)} vs {len(want)} pieces; first difference at {i}: " \
         f"{got[max(0, i - 3):i + 3]} vs {want[max(0, i - 3):i + 3]}"

@@ -16,6 +16,7 @@ import pytest
 
 tiktoken = pytest.importorskip("tiktoken")
 from tiktoken.load import load_tiktoken_bpe  # noqa: E402
+from triad_run import parse_ids  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("TRIAD_BUILD_DIR", REPO / "build"))
@@ -125,8 +126,7 @@ def run(args, data=b"", check=True):
 
 
 def cli_encode(data: bytes):
-    out = run(["encode", "--vocab", str(VOCAB)], data).stdout.decode()
-    return [int(x) for x in out.split()]
+    return parse_ids(run(["encode", "--vocab", str(VOCAB)], data).stdout)
 
 
 def cli_decode(ids) -> bytes:
