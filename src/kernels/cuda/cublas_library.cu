@@ -212,3 +212,8 @@ extern "C" const char* CUBLASWINAPI cublasGetStatusString(cublasStatus_t status)
   static const Fn fn = triad::cuda::symbol<Fn>(false, "cublasGetStatusString");
   return fn != nullptr ? fn(status) : "cuBLAS could not be loaded";
 }
+
+// (the file may be one of a unity file's: cmake/TriadCuda.cmake)
+#undef TRIAD_CUBLAS_FORWARD
+#undef TRIAD_STRINGIFY
+#undef TRIAD_STRINGIFY_

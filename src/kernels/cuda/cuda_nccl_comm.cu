@@ -391,6 +391,8 @@ std::unique_ptr<Comm> make_nccl_comm(std::unique_ptr<Comm> host, Backend& be) {
 
 }  // namespace triad
 
+#undef TRIAD_NCCL_CHECK  // (the file may be one of a unity file's: cmake/TriadCuda.cmake)
+
 #else  // no <nccl.h>
 
 namespace triad {
