@@ -17,16 +17,8 @@ namespace triad::io {
 // Collective over comm (and a barrier). If any rank passes failed = true, every rank throws
 // triad::Error with the message of the lowest failing rank.
 inline void agree(MPI_Comm comm, bool failed, const std::string& message) {
-  const int rank = rank_in(comm), size = size_of(comm);
-  int first = failed ? rank : size;
-  MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
-  if (first == size) return;
-  std::string msg = rank == first ? message : std::string();
-  int len = static_cast<int>(msg.size());
-  MPI_Bcast(&len, 1, MPI_INT, first, comm);
-  msg.resize(len);
-  if (len > 0) MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm);
-  throw Error(msg);
+  auto [first, msg] = lowest_rank_message(comm, failed, message);
+  if (first < size_of(comm)) throw Error(std::move(msg));
 }
 
 // Runs fn() on every rank, then agrees: all ranks return or all throw. fn must not call

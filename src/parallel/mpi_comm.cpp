@@ -30,6 +30,20 @@ int size_of(MPI_Comm comm) {
   return size;
 }
 
+std::pair<int, std::string> lowest_rank_message(MPI_Comm comm, bool has,
+                                                const std::string& message) {
+  const int rank = rank_in(comm), size = size_of(comm);
+  int first = has ? rank : size;
+  MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (first == size) return {size, std::string()};
+  std::string msg = rank == first ? message : std::string();
+  int len = static_cast<int>(msg.size());
+  MPI_Bcast(&len, 1, MPI_INT, first, comm);
+  msg.resize(size_t(len));
+  if (len > 0) MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm);
+  return {first, std::move(msg)};
+}
+
 void CommRequest::wait() {
   if (req_ != MPI_REQUEST_NULL) TRIAD_MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
   if (then_) {

@@ -23,24 +23,6 @@
 namespace fs = std::filesystem;
 
 namespace triad {
-namespace {
-
-// The lowest rank's non-empty `mine`, prefixed with that rank, on every rank ("" if all are
-// empty): a reason found on some ranks only, which the error rank 0 reports must name.
-std::string first_rank_text(MPI_Comm comm, const std::string& mine) {
-  const int rank = rank_in(comm), size = size_of(comm);
-  int first = mine.empty() ? size : rank;
-  TRIAD_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return "";
-  int n = int(mine.size());
-  TRIAD_MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, first, comm));
-  std::string text = mine;
-  text.resize(size_t(n));
-  TRIAD_MPI_CHECK(MPI_Bcast(text.data(), n, MPI_CHAR, first, comm));
-  return "rank " + std::to_string(first) + ": " + text;
-}
-
-}  // namespace
 
 Trainer::State::State(MPI_Comm world, const CommandLine& c)
     : cl(c),
@@ -90,15 +72,18 @@ void Trainer::State::setup_backend() {
 
 void Trainer::State::setup_device_comms(bool shares_gpu) {
   // Every rank takes the same decision: the facts that differ between ranks are agreed first.
-  const std::string nccl_problem = first_rank_text(grid.world(), nccl_status());
+  // (the lowest rank's reason, which rank 0's error must name: the others' may not be printed)
+  const std::string status = nccl_status();
+  const auto [missing_rank, nccl_problem] =
+      lowest_rank_message(grid.world(), !status.empty(), status);
   const bool any_shared = grid.all().all_reduce_max(int64_t(shares_gpu)) != 0;
-  const bool any_missing = !nccl_problem.empty();
+  const bool any_missing = missing_rank < grid.world_size();
   const std::string& want = cfg.parallel.comm;
   if (want == "nccl") {
     TRIAD_CHECK(!any_shared,
                 "parallel.comm = nccl: two ranks of a node drive the same GPU (same PCI bus "
                 "id), which NCCL refuses; use parallel.comm = mpi");
-    TRIAD_CHECK(!any_missing, "parallel.comm = nccl: ", nccl_problem);
+    TRIAD_CHECK(!any_missing, "parallel.comm = nccl: rank ", missing_rank, ": ", nccl_problem);
   }
   const bool nccl =
       want == "nccl" || (want == "auto" && grid.world_size() > 1 && !any_shared && !any_missing);

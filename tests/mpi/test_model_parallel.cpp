@@ -1325,11 +1325,11 @@ TEST(ModelParallel, MemoryPlanEqualsWhatEachRankAllocates) {
                                                                                       : variant;
     const auto args = grid_args(
         dir, name, g,
-        {"--resume", "none", "--train.steps", "1", "--run.precision", precision,
-         "--checkpoint.every", "0", "--optim.name", muon ? "muon" : "adamw", "--model.position",
-         rope ? "rope" : "learned", "--model.norm", rmsnorm ? "rmsnorm" : "layernorm",
-         "--model.mlp", swiglu ? "swiglu" : "gelu", "--model.tie_embeddings",
-         untied ? "false" : "true", "--train.batch_rampup", rampup ? "4, 4, 24" : "",
+        {"--resume", "none", "--train.steps", "1", "--run.precision", precision, "--optim.name",
+         muon ? "muon" : "adamw", "--model.position", rope ? "rope" : "learned", "--model.norm",
+         rmsnorm ? "rmsnorm" : "layernorm", "--model.mlp", swiglu ? "swiglu" : "gelu",
+         "--model.tie_embeddings", untied ? "false" : "true", "--train.batch_rampup",
+         rampup ? "4, 4, 24" : "",
          // Context parallel: no evaluation, whose forward passes gather keys too; nor
          // under ZeRO-3, whose gathers of the weights it would count.
          "--eval.sequences", g.cp > 1 || g.zero == 3 ? "0" : "20", "--model.moe_experts",
@@ -1418,8 +1418,8 @@ TEST(ModelParallel, RecomputationChangesMemoryNotResults) {
                            "_l" + std::to_string(n_layer),
                        g,
                        {"--resume", "none", "--run.precision", precision, "--train.recompute",
-                        recompute, "--train.recompute_layers", std::to_string(n),
-                        "--checkpoint.every", "0", "--model.n_layer", std::to_string(n_layer)});
+                        recompute, "--train.recompute_layers", std::to_string(n), "--model.n_layer",
+                        std::to_string(n_layer)});
     };
     const Result keep = run_trainer(g.ranks(), args_for("none", 0));
     const auto args = args_for(mode, layers);
@@ -1477,8 +1477,7 @@ TEST(ModelParallel, ZeroBubbleTrainsBitForBitAsOneFOneB) {
     auto args_for = [&](const std::string& schedule) {
       Grid g = grid;
       g.schedule = schedule;
-      std::vector<std::string> opts = {"--resume",           "none", "--run.precision", precision,
-                                       "--checkpoint.every", "0"};
+      std::vector<std::string> opts = {"--resume", "none", "--run.precision", precision};
       opts.insert(opts.end(), extra.begin(), extra.end());
       std::string tag;
       for (size_t i = 1; i < extra.size(); i += 2) tag += "_" + extra[i];
@@ -1583,7 +1582,7 @@ TEST(ModelParallel, LogitsChunksTrainAsTheWholeMicroBatch) {
     auto args_for = [&](int chunk) {
       return grid_args(dir, "lc_" + g.name() + "_" + precision + "_" + std::to_string(chunk), g,
                        {"--resume", "none", "--train.logits_chunk", std::to_string(chunk),
-                        "--run.precision", precision, "--checkpoint.every", "0"});
+                        "--run.precision", precision});
     };
     const Result whole = run_trainer(g.ranks(), args_for(0));
     const auto args = args_for(24);

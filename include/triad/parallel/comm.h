@@ -142,6 +142,12 @@ std::unique_ptr<Comm> make_mpi_comm(MPI_Comm comm, std::string name, bool owns);
 int rank_in(MPI_Comm comm);
 int size_of(MPI_Comm comm);
 
+// Collective over comm: the lowest rank that passes has = true, and its message, on every rank
+// ({size_of(comm), ""} when none does). Its MPI calls are not checked: it serves error paths
+// (io::agree), where a second error must not replace the first.
+std::pair<int, std::string> lowest_rank_message(MPI_Comm comm, bool has,
+                                                const std::string& message);
+
 // Throws triad::Error "MPI call <what> failed on rank R at file:line: <MPI message>".
 void check_mpi(int rc, const char* what, const char* file, int line);
 
