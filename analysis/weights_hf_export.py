@@ -754,6 +754,43 @@ def family_hf_config(d: Dims) -> dict:
     return cfg
 
 
+class GptNeoBiasFolding:
+    """GPT-Neo's q, k and v have no bias; a fine-tuned c_attn bias of triad's (rows q | k | v)
+    is written as the same model where it can be. k's adds q·b_k to every score of a query, the
+    same for all its keys, which the softmax takes out: dropped. v's adds b_v to every head's
+    output (its probabilities sum to 1): c_proj(y + b_v) = c_proj(y) + W_o b_v, folded into
+    c_proj's bias (in float64). q's changes the scores: refused. Tensors come in checkpoint
+    order (LAYER_TENSORS: c_attn's bias before c_proj's weight and bias)."""
+
+    def __init__(self, n_embd: int):
+        self.C, self.v_bias, self.proj = n_embd, {}, {}
+
+    def take(self, t: str, a: np.ndarray) -> np.ndarray | None:
+        """The tensor to write for t (None: nothing, for c_attn's bias)."""
+        layer = t.rsplit("/attn/", 1)[0]
+        if t.endswith("/attn/c_attn/bias"):
+            q_rows = int(np.count_nonzero(a[:self.C]))
+            if q_rows:
+                raise ConvertError(
+                    f"tensor {t}: its q part (the first {self.C} values) is not all zeros "
+                    f"({q_rows} are not), and Hugging Face's GPT-Neo has no q bias (its k and v "
+                    f"parts are written as the same model: k's changes no score, v's goes into "
+                    f"attn/c_proj/bias); fine-tune with train.freeze = \"*/c_attn/bias\" to "
+                    f"keep the import's zeros")
+            self.v_bias[layer] = a[2 * self.C:3 * self.C].astype(np.float64)
+            return None
+        if t.endswith("/attn/c_proj/weight"):
+            self.proj[layer] = a
+        elif t.endswith("/attn/c_proj/bias"):
+            bv, w = self.v_bias.pop(layer, None), self.proj.pop(layer, None)
+            if bv is None or w is None:
+                raise ConvertError(f"tensor {t} comes before {layer}/attn/c_attn/bias or "
+                                   f"{layer}/attn/c_proj/weight (not a triad checkpoint's order)")
+            if np.any(bv):
+                a = (a.astype(np.float64) + w.astype(np.float64) @ bv).astype("<f4")
+        return a
+
+
 def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None) -> None:
     """triad's Llama-architecture tensors as LlamaForCausalLM's: c_attn's rows split into
     q, k and v, c_fc's into gate and up, query heads in HF's order (llama_sources,
@@ -774,14 +811,17 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             specs[n] = tuple(shape) if whole_experts(d, t) else \
                 (r, d.n_embd) if d.dbrx and "/mlp/experts/" in t else (r, *cols)
 
+    folded = GptNeoBiasFolding(d.n_embd) if d.gpt_neo else None
+
     def hf_tensors():
         for t, a in tensors():
-            if t not in src:  # model.norm_weight = false: the frozen ones, which OLMo has not;
-                if not np.all(unstored_tensor(d, t, a.shape) == a):  # GPT-Neo's zero bias
+            if folded is not None:
+                a = folded.take(t, a)
+                if a is None:  # (c_attn's bias: held until c_proj's)
+                    continue
+            if t not in src:  # model.norm_weight = false: the frozen ones, which OLMo has not
+                if not np.all(unstored_tensor(d, t, a.shape) == a):
                     raise ConvertError(
-                        f"tensor {t} is not all zeros, and Hugging Face's GPT-Neo has no q, k or "
-                        f"v bias (fine-tune with train.freeze = \"*/c_attn/bias\" to keep the "
-                        f"import's zeros)" if d.gpt_neo else
                         f"tensor {t} is not all ones, which a model without norm weights "
                         f"(model.norm_weight = false) must hold")
                 continue

@@ -85,8 +85,9 @@ def gpt_neo_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 def gpt_neo_hf_config(d: Dims) -> dict:
     """config.json for transformers' GPTNeoForCausalLM computing what triad's model computes:
-    GPT-2's blocks with unscaled scores (model.attn_scale = 1), c_attn's bias zero (checked by
-    the export), and the window's layers as attention_types."""
+    GPT-2's blocks with unscaled scores (model.attn_scale = 1), c_attn's bias none (q's zero,
+    checked by the export, which folds k's and v's: GptNeoBiasFolding), and the window's layers
+    as attention_types."""
     layers = layer_types(d)
     eot = 50256 if d.vocab_size > 50256 else None  # GPT-2's <|endoftext|>
     return {

@@ -220,8 +220,9 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         left_out = (f"; its language model, the vision tower and projector ({dropped} tensors) "
                     f"left out")
     if d.opt or d.gpt_neo:
-        note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; a fine-tuning run keeps "
-                "them so with train.freeze = \"*/c_attn/bias\")") if d.gpt_neo else ""
+        note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; an export takes k's "
+                "and v's again, not q's: a fine-tuning run keeps them zero with train.freeze = "
+                "\"*/c_attn/bias\")") if d.gpt_neo else ""
         return d, llama_tensors(d, where, directory, head_checked=d.gpt_neo), \
             f"Hugging Face {'GPT-Neo' if d.gpt_neo else 'OPT'} model {directory}{note}"
     if d.position == "rope":  # Llama's family

@@ -461,8 +461,9 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
 
 
 def unstored_tensor(d: Dims, t: str, shape: tuple) -> np.ndarray:
-    """A tensor of triad's model that the Hugging Face files do not hold, as it must be: the
-    weight of a norm under model.norm_weight = false (ones), GPT-Neo's c_attn bias (zeros)."""
+    """A tensor of triad's model that the Hugging Face files do not hold, as the import makes
+    it: the weight of a norm under model.norm_weight = false (ones), GPT-Neo's c_attn bias
+    (zeros; the export folds a fine-tuned one, GptNeoBiasFolding)."""
     if d.gpt_neo and t.endswith("attn/c_attn/bias"):
         return np.zeros(shape, dtype="<f4")
     if d.norm_weight or not is_norm_weight(t):

@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import sys
+import zlib
 
 import h5py
 import numpy as np
@@ -1792,10 +1793,12 @@ def test_gpt_neo_imports_and_evaluates_as_transformers(imported, tmp_path, act):
     against triad's model.attn_scale = 1, model.sliding_window with model.full_attention_every =
     2 and model.full_attention_first (and model.mlp = gelu_exact): hf_round_trip, fine-tuned with
     c_attn's zero bias frozen. The order of the layers matters (local first gives another loss);
-    a fine-tuned bias, which GPT-Neo cannot hold, is refused on export, and so is a pattern of
+    a fine-tuned q bias, which GPT-Neo cannot hold, is refused on export, and so is a pattern of
     layers triad does not compute. (The two GELUs move this model's loss by 5e-7 of it, below the
     1e-5 the comparison allows: for them the attribute mlp is what is checked; triad's exact GELU
-    is held to PyTorch's by the Pythia and reference-model tests.)"""
+    is held to PyTorch's by the Pythia and reference-model tests.) Nonzero k and v biases export
+    as the same model (k's dropped, v's folded into out_proj's bias): transformers' loss of the
+    export is triad's of the checkpoint."""
     d, _, cfg = imported
     model = gpt_neo_model(activation_function=act)
     mlp = "gelu_exact" if act == "gelu" else "gelu"
@@ -1815,8 +1818,28 @@ def test_gpt_neo_imports_and_evaluates_as_transformers(imported, tmp_path, act):
           f"{tmp_path.name}-bias", check=True)
     p = tool("triad-convert", "export", d / "runs" / f"{tmp_path.name}-bias", tmp_path / "bias",
              "--to", "hf", "--vocab", "none")
-    assert_clean_error(p, "h/0/attn/c_attn/bias is not all zeros")
+    assert_clean_error(p, "h/0/attn/c_attn/bias: its q part", "is not all zeros")
     assert not (tmp_path / "bias").exists()
+
+    # k and v biases (q's zero) export as the same model: k's dropped, v's folded into out_proj's.
+    biased = tmp_path / "kv-bias.h5"
+    shutil.copy(out, biased)
+    rng = np.random.default_rng(5)
+    with h5py.File(biased, "r+") as f:
+        for i in range(3):
+            ds = f["model"][f"h/{i}/attn/c_attn/bias"]
+            a = ds[...]
+            a[64:] = rng.normal(0, 0.5, a.shape[0] - 64)
+            ds[...] = a
+            ds.attrs["checksum"] = np.uint32(zlib.crc32(a.astype("<f4").tobytes()))
+    p = train("--config", cfg, "--eval-only", "--init-from", biased, *GPT_NEO_ARGS[:-2],
+              check=True)
+    loss = float(p.stdout.split("val loss")[1].split()[0])
+    assert abs(loss - want) > 1e-3 * want, (loss, want)  # the biases matter
+    p = tool("triad-convert", "export", biased, tmp_path / "kv-hf", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stderr
+    got, _ = hf_loss_accuracy(type(model).from_pretrained(tmp_path / "kv-hf").eval(), d)
+    assert abs(got - loss) <= 1e-5 * loss, (got, loss)
 
     # A stored lm_head.weight must be the embedding it is tied to.
     import safetensors.numpy
