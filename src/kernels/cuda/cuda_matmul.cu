@@ -47,9 +47,9 @@ void matmul_forward(cudaStream_t s, cublasHandle_t h, float* out, const float* i
 void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, float* dinp,
                      float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int N, int IC, int OC) {
-  if (N <= 0 || OC <= 0 || IC <= 0) return;
+  if (N <= 0 || OC <= 0) return;
   const float one = 1.0f;
-  if (dinp != nullptr) {
+  if (dinp != nullptr && IC > 0) {
     // dinp[N,IC] += dout[N,OC] · W[OC,IC]  ⇔  dinpᵀ (IC×N) += W (col-major IC×OC, ld IC, no
     // transpose) · doutᵀ (col-major OC×N, ld OC, no transpose)
     TRIAD_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, &one, weight, IC, dout,
@@ -57,9 +57,10 @@ void matmul_backward(cudaStream_t s, cublasHandle_t h, DeviceScratch& scratch, f
   }
   // dW[OC,IC] += doutᵀ · inp  ⇔  dWᵀ (IC×OC) += inpᵀ (col-major IC×N, ld IC, no transpose)
   // · dout (col-major doutᵀ is OC×N with ld OC; transposed gives N×OC)
-  if (dweight != nullptr)
+  if (dweight != nullptr && IC > 0)
     TRIAD_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, &one, inp, IC, dout, OC,
                                    &one, dweight, IC));
+  // (also for an empty inner dimension: the bias still reached every output, as on the CPU)
   if (dbias != nullptr) column_sum_accumulate(s, scratch, dbias, dout, N, OC);
 }
 

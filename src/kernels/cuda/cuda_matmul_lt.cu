@@ -275,16 +275,18 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   const cublasStatus_t status =
       cublasLtMatmul(handle_, desc.p, &g.alpha, g.a, la.p, g.b, lb.p, &g.beta, g.d, ld.p, g.d, ld.p,
                      &it->second.algo, workspace_, kWorkspaceBytes, s);
-  // A configuration the heuristic let through but the matmul does not support: a decline,
-  // remembered for the next call. (INVALID_VALUE stays an error: it is also what a wrongly set
-  // up call gets, which must not pass silently as a fallback.)
-  if (may_decline && status == CUBLAS_STATUS_NOT_SUPPORTED) {
-    std::fprintf(stderr,
-                 "triad cuda backend: cuBLASLt refused the %s (%s); its work runs as separate "
-                 "kernels\n",
-                 describe(g).c_str(), cublasGetStatusName(status));
+  // A configuration the heuristic let through but the matmul does not support (a heuristic's
+  // success does not promise that the algorithm runs): a decline, remembered for the next call,
+  // taking the same way as a problem without an algorithm. (INVALID_VALUE stays an error: it is
+  // also what a wrongly set up call gets, which must not pass silently as a fallback.)
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    std::fprintf(stderr, "triad cuda backend: cuBLASLt refused the %s (%s); %s\n",
+                 describe(g).c_str(), cublasGetStatusName(status),
+                 may_decline ? "its work runs as separate kernels" : "taking its fallback");
     it->second.found = false;
-    return false;
+    if (may_decline) return false;
+    run_fallback(s, g);
+    return true;
   }
   TRIAD_CUBLAS_CHECK(status);
   return true;

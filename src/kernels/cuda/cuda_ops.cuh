@@ -154,7 +154,7 @@ bool matmul_backward_dgelu(cudaStream_t s, LtMatmul& lt, DeviceScratch& scratch,
 // inp, weight, dout). The quantized operands live in fp8_scratch (grown on demand); the backward's
 // bias gradient is column_sum_accumulate's (its partials in scratch). accumulate false: dinp
 // overwritten. N, IC and OC must be multiples of 16.
-// out[0] = max |x| over the n values (NaN if any is NaN); order-free, so deterministic.
+// out[0] = max |x| over the n values (+inf if any is NaN); order-free, so deterministic.
 void absmax(cudaStream_t s, float* out, const bf16* x, size_t n);
 // backend.h's absmax_rows: begin and end on the host.
 void absmax_rows(cudaStream_t s, float* out, size_t out_stride, const bf16* x, size_t width,
