@@ -179,7 +179,36 @@ DEEPSEEK3_SPLITS = (
     "[一-龥぀-ゟ゠-ヿ]+",
     r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+|"""
     r""" ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-SCHEMES = (*PATTERNS, "gpt2_digits", "deepseek3")
+# DeepSeek LLM's six Splits (Isolated), likewise (DeepSeek-V2's and DeepSeek-Coder-V2's
+# tokenizer.json too): CR and LF alone, runs of the cased letters its file lists (with one white
+# space before them), of ASCII punctuation and letters and their full-width forms, the white space
+# at a piece's end, runs of U+0800..U+9FA5 and Hangul, runs of numbers. Written with escapes where
+# a copy normalized to NFC would read another character (U+1F7D, U+1FBE, U+1FD3, U+1FDB, U+2126,
+# U+212A: the first three ending ranges that would then run backwards).
+DEEPSEEK_LLM_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293"
+    "\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a"
+    "\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556"
+    "\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b"
+    "\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d"
+    "\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe"
+    "\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4"
+    "\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184"
+    "\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b"
+    "\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17"
+    "\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943")
+DEEPSEEK_LLM_SPLITS = (
+    r"[\r\n]",
+    r"\s?[" + DEEPSEEK_LLM_LETTERS + "]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    r"\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+    r"\p{N}+")
+SPLIT_SEQUENCES = {"deepseek3": DEEPSEEK3_SPLITS, "deepseek_llm": DEEPSEEK_LLM_SPLITS}
+SCHEMES = (*PATTERNS, "gpt2_digits", *SPLIT_SEQUENCES)
 # Meta's Llama 3 tokenizer.model holds the 128,000 ranks; its 256 special tokens follow, in
 # this order (the rest are <|reserved_special_token_N|>).
 LLAMA3_RANKS = 128000
@@ -419,9 +448,10 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
         if len(parts) == 2 and is_byte_level(parts[1], True) and parts[0] == {
                 "type": "Digits", "individual_digits": True}:
             return "gpt2_digits"
-        if len(parts) == 4 and is_byte_level(parts[3], False) and all(
-                is_isolated_split(p, pattern) for p, pattern in zip(parts, DEEPSEEK3_SPLITS)):
-            return "deepseek3"
+        for name, splits in SPLIT_SEQUENCES.items():
+            if len(parts) == len(splits) + 1 and is_byte_level(parts[-1], False) and all(
+                    is_isolated_split(p, pattern) for p, pattern in zip(parts, splits)):
+                return name
         if len(parts) == 2 and is_byte_level(parts[1], False) and isinstance(parts[0], dict):
             split = parts[0]
             pattern = split.get("pattern")
@@ -438,7 +468,8 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
                          f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
                          f"3's, Qwen2's, Tekken's, o200k's or Kimi K2's regex then ByteLevel, "
                          f"individual Digits "
-                         f"then ByteLevel, or DeepSeek-V3's three Splits then ByteLevel)")
+                         f"then ByteLevel, or DeepSeek-V3's three or DeepSeek LLM's six Splits "
+                         f"then ByteLevel)")
 
 
 def _token_name(value) -> str | None:
@@ -501,6 +532,8 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{where}: subword prefixes/suffixes are not byte-level BPE")
     normalizer = tj.get("normalizer")
+    if normalizer == {"type": "Sequence", "normalizers": []}:  # (one of no steps: none)
+        normalizer = None
     if normalizer is not None and normalizer != {"type": "NFC"}:
         raise TokenizerError(f"{where}: has a normalizer ({json.dumps(normalizer)[:120]}); "
                              f"triad normalizes with NFC only (Qwen2's), so the ids would differ")
@@ -757,10 +790,10 @@ def hf_files(d: Description | sp_tokenizer.PiecesDescription,
     elif d.pretokenizer == "gpt2_digits":
         pre = {"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": True}, byte_level]}
-    elif d.pretokenizer == "deepseek3":
+    elif d.pretokenizer in SPLIT_SEQUENCES:
         pre = {"type": "Sequence", "pretokenizers": [
             *({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
-              for r in DEEPSEEK3_SPLITS),
+              for r in SPLIT_SEQUENCES[d.pretokenizer]),
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
              "use_regex": False}]}
     else:

@@ -116,13 +116,16 @@ const char* scheme_name(Scheme s) {
       return "o200k";
     case Scheme::kimi:
       return "kimi";
+    case Scheme::deepseek_llm:
+      return "deepseek_llm";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
-  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits,
-                         Scheme::tekken, Scheme::deepseek3, Scheme::o200k, Scheme::kimi})
+  for (const Scheme s :
+       {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits, Scheme::tekken,
+        Scheme::deepseek3, Scheme::o200k, Scheme::kimi, Scheme::deepseek_llm})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

@@ -327,7 +327,9 @@ bool Tokenizer::cut_is_safe(std::string_view text, size_t p) const {
   auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
   if (sentencepiece_) return a < 0x80 && b < 0x80 && !joined_[a * 128 + b];
   // (Not before CR or LF: llama3's, qwen2's, tekken's and deepseek3's punctuation pieces take
-  // the CR and LF after them, ".\n".)
+  // the CR and LF after them, ".\n". deepseek_llm's pieces end at a printable ASCII character,
+  // but a control character stays in one piece with the spaces around it: "\x01 \x01".)
+  if (scheme_ == pretok::Scheme::deepseek_llm && (a < 0x21 || a > 0x7E)) return false;
   return a < 0x80 && !space(a) && space(b) && b != '\r' && b != '\n';
 }
 

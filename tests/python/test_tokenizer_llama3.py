@@ -220,10 +220,10 @@ def train_hf(path, scheme, vocab_size=3000, nfc=False):
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    elif scheme == "deepseek3":  # DeepSeek-V3's
+    elif scheme in hf_tokenizer.SPLIT_SEQUENCES:  # DeepSeek-V3's, DeepSeek LLM's
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             *(pre_tokenizers.Split(Regex(r), behavior="isolated")
-              for r in hf_tokenizer.DEEPSEEK3_SPLITS),
+              for r in hf_tokenizer.SPLIT_SEQUENCES[scheme]),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -260,10 +260,15 @@ DECOMPOSED = ("cafe\u0301 nai\u0308ve A\u030a \u212b e\u0323\u0302 a\u0302\u0323
 
 @pytest.mark.parametrize("scheme,nfc", [("gpt2", False), ("llama3", False), ("qwen2", False),
                                         ("qwen2", True), ("gpt2_digits", False),
-                                        ("deepseek3", False)],
-                         ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits", "deepseek3"])
+                                        ("deepseek3", False), ("deepseek_llm", False)],
+                         ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits", "deepseek3",
+                              "deepseek_llm"])
 def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     hf = train_hf(tmp_path / "tokenizer.json", scheme, nfc=nfc)
+    if scheme == "deepseek_llm":  # (a Sequence of no normalizers, as some files hold: none)
+        tj = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+        tj["normalizer"] = {"type": "Sequence", "normalizers": []}
+        (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
     p = tool("triad-convert", "tokenizer", tmp_path / "tokenizer.json", tmp_path / "triad")
     assert p.returncode == 0, p.stderr
     assert f"pre-tokenizer {scheme}, document start <|endoftext|>" in p.stdout
@@ -303,16 +308,21 @@ def every_code_point_text():
 def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
     """`triad-tokenize pieces` (the pre-tokenizer alone) against the pre-tokenizer of the
     tokenizer.json triad writes for the scheme (hf_files), in Hugging Face's tokenizers: the same
-    pieces (in its byte-level alphabet) on the held-out text and, for deepseek3, on every code
-    point in context (tokenizers takes valid UTF-8 only: ill-formed bytes are not compared)."""
+    pieces (in its byte-level alphabet) on the held-out text and, for deepseek3 and
+    deepseek_llm, on every code point in context (tokenizers takes valid UTF-8 only: ill-formed
+    bytes are not compared)."""
     desc, _ = over_gpt2_ranks(tmp_path, scheme)
     files = hf_tokenizer.hf_files(hf_tokenizer.read_description(desc), 1024)
     (tmp_path / "tokenizer.json").write_text(files["tokenizer.json"], encoding="utf-8")
     pre = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).pre_tokenizer
-    # (every code point for deepseek3 only: tiktoken checks the others on every code point;
-    # and the ends of deepseek3's second split's class, U+3040 unassigned)
+    # (every code point for the split sequences only: tiktoken checks the others on every code
+    # point; the ends of deepseek3's second split's class, U+3040 unassigned; deepseek_llm's
+    # classes' ends, white space before and after them, control characters among spaces)
     text = (every_code_point_text() + "a\u3040b\u303fc\u30ff\u3100 \u4dff\u4e00\u9fa5\u9fa6\n"
-            if scheme == "deepseek3" else "") + held_out_text()
+            + "\u07ff\u0800\u9fa5\u9fa6\uabff\uac00\ud7ff\ue000 \u00b4\u00b5\u00b6\u2125\u2126"
+            "\u2127 a\u3000b \u3000\u3001  x\t \u0085y\u00a0\u2028z \u3000 \x01 \x01\x7f a \n"
+            "  \n \r\n9 \uff10\uff01 \u2018\u201f\u2020 \u3002\u3003 \u00a0\n"
+            if scheme in hf_tokenizer.SPLIT_SEQUENCES else "") + held_out_text()
     want = [p for p, _ in pre.pre_tokenize_str(text)]
     # (a JSON string a line: read as one array, 1.1M lines 0.6 s against 4.8 s line by line)
     lines = cli("pieces", "--vocab", desc, data=text.encode()).decode().split("\n")[:-1]
@@ -370,10 +380,10 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
     def other_regex(tj):
         tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+"
 
-    def deepseek3_but(change):  # DeepSeek-V3's pre-tokenizer with one thing changed
+    def deepseek3_but(change, scheme="deepseek3"):  # its pre-tokenizer with one thing changed
         def f(tj):
             splits = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated",
-                       "invert": False} for r in hf_tokenizer.DEEPSEEK3_SPLITS]
+                       "invert": False} for r in hf_tokenizer.SPLIT_SEQUENCES[scheme]]
             change(splits)
             tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
                 *splits, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
@@ -389,6 +399,12 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         (deepseek3_but(lambda s: s[1].update(invert=True)), ["not a byte-level BPE"]),
         (deepseek3_but(lambda s: s[2]["pattern"].update(Regex=r"\s+")), ["not a byte-level BPE"]),
         (deepseek3_but(lambda s: s.pop(1)), ["not a byte-level BPE"]),
+        # DeepSeek LLM's letters with the ohm sign read as omega (a copy normalized to NFC): the
+        # class would lose U+2126, so the regex is not the one triad computes.
+        (deepseek3_but(lambda s: s[1]["pattern"].update(
+            Regex=s[1]["pattern"]["Regex"].replace("\u2126", "\u03a9")), "deepseek_llm"),
+         ["not a byte-level BPE"]),
+        (deepseek3_but(lambda s: s.pop(3), "deepseek_llm"), ["not a byte-level BPE"]),
         (merge_out_of_order, ["merge 4", "out of order"]),
         (lambda tj: tj["model"]["merges"].pop(), ["made by no merge"]),
         (lambda tj: tj["model"]["vocab"].pop("a"), ["not 0..", "each once"]),

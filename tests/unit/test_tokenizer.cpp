@@ -656,19 +656,25 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
 }
 
 // The cut rule against ranks that join punctuation and the CR and LF after it (".\n" is one
-// piece in llama3's, qwen2's, tekken's and deepseek3's schemes): every scheme, cut anywhere
-// cut_is_safe allows, encodes as the text whole.
+// piece in llama3's, qwen2's, tekken's and deepseek3's schemes) and a control character with the
+// spaces around it (one piece in deepseek_llm's): every scheme, cut anywhere cut_is_safe allows,
+// encodes as the text whole.
 TEST(ShardWriter, ParallelEncodeEqualsEncodeWithPunctuationNewlineTokens) {
   TempDir dir("cuts");
-  dir.file("p.tiktoken", small_ranks({".\n", ";\r", ";\r\n", "!!", "!!\n", "x.", "\n\n"}));
+  dir.file("p.tiktoken",
+           small_ranks({".\n", ";\r", ";\r\n", "!!", "!!\n", "x.", "\n\n", " \x01", "\x01 \x01"}));
   std::mt19937 rng(5);
   std::string s;
-  while (s.size() < 30000) s += mixed_text(rng, 40) + (rng() % 2 ? ".\n" : ";\r\n!!\n");
-  for (const char* scheme : {"gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3"}) {
+  while (s.size() < 30000)
+    s += mixed_text(rng, 40) + (rng() % 3 == 0 ? ".\n"
+                                : rng() % 2    ? ";\r\n!!\n"
+                                               : "\x01 \x01\x7f ");
+  for (const char* scheme : {"gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3",
+                             "o200k", "kimi", "deepseek_llm"}) {
     const auto t = triad::Tokenizer::from_file(dir.file(
         std::string(scheme) + ".triad",
-        description("p.tiktoken", 263,
-                    "special 263 <|end|>\ndocument_start <|end|>\nstop <|end|>\n", scheme)));
+        description("p.tiktoken", 265,
+                    "special 265 <|end|>\ndocument_start <|end|>\nstop <|end|>\n", scheme)));
     const auto whole = t.encode(s);
     for (const size_t chunk : {size_t(1), size_t(29)})
       ASSERT_EQ(triad::encode_parallel(t, s, 2, chunk), whole) << scheme << " chunk " << chunk;
@@ -1078,6 +1084,40 @@ TEST(Pretokenize, SplitsLikeDeepSeekV3PreTokenizer) {
   EXPECT_THAT(ds("\xE3\x82\x99"
                  "a \xE3\x82\x9B"),
               ElementsAre("\xE3\x82\x99", "a", " ", "\xE3\x82\x9B"));
+}
+
+TEST(Pretokenize, SplitsLikeDeepSeekLlmPreTokenizer) {
+  // Expected pieces from Hugging Face's tokenizers: pre_tokenize_str of DeepSeek LLM's Sequence
+  // of six Split pre-tokenizers (Isolated; analysis/hf_tokenizer.py DEEPSEEK_LLM_SPLITS).
+  auto ds = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::deepseek_llm); };
+  EXPECT_THAT(
+      ds("Hello world, it's 12345 items!\n"),
+      ElementsAre("Hello", " world", ",", " it", "'", "s", " ", "12345", " items", "!", "\n"));
+  EXPECT_THAT(ds("abc123def  x "), ElementsAre("abc", "123", "def", " ", " x", " "));
+  // A control character keeps the spaces around it; DEL is in no class either.
+  EXPECT_THAT(ds("\x01 \x01"
+                 "abc \x7f"),
+              ElementsAre("\x01 \x01", "abc", " \x7f"));
+  // Split 3 cuts split 2's letters again where they leave ASCII: i with diaeresis, e acute. The
+  // ohm and Kelvin signs (U+2126, U+212A) are in split 2's class, so split 5 does not join them
+  // to the kana beside them; U+2125 (a symbol) it does.
+  EXPECT_THAT(ds("na\xC3\xAFve caf\xC3\xA9 \xE2\x84\xA6\xE3\x81\x82\xE2\x84\xAA \xE2\x84\xA5"
+                 "\xE3\x81\x82"),
+              ElementsAre("na", "\xC3\xAF", "ve", " caf", "\xC3\xA9", " ", "\xE2\x84\xA6",
+                          "\xE3\x81\x82", "\xE2\x84\xAA", " ", "\xE2\x84\xA5\xE3\x81\x82"));
+  // Ideographs and Hangul (split 5, which also cuts out U+2126); the ideographic space starts a
+  // punctuation run.
+  EXPECT_THAT(ds("\xE6\x97\xA5\xE6\x9C\xAC \xED\x95\x9C\xEA\xB5\xAD \xC3\x85\xE2\x84\xA6"
+                 "\xE3\x80\x80\xE3\x80\x82x"),
+              ElementsAre("\xE6\x97\xA5\xE6\x9C\xAC", " ", "\xED\x95\x9C\xEA\xB5\xAD", " \xC3\x85",
+                          "\xE2\x84\xA6", "\xE3\x80\x80\xE3\x80\x82", "x"));
+  // CR and LF alone; white space at a piece's end (split 4); a tab before punctuation.
+  EXPECT_THAT(ds("  \r\n\t.NET a.b (x) \"q\"  "),
+              ElementsAre("  ", "\r", "\n", "\t.", "NET", " a", ".", "b", " (", "x", ")", " \"",
+                          "q", "\"", "  "));
+  EXPECT_THAT(ds("a\xC2\xA0 b \xE3\x80\x80\xE3\x80\x81"
+                 "c"),
+              ElementsAre("a", "\xC2\xA0", " b", " ", "\xE3\x80\x80\xE3\x80\x81", "c"));
 }
 
 TEST(JsonLines, ReadsTheFieldOfEachLine) {

@@ -1,0 +1,164 @@
+// deepseek_llm's split (DeepSeek LLM's tokenizer.json, which DeepSeek-V2's and DeepSeek-Coder-V2's
+// share: a Sequence of six Split pre-tokenizers with behavior Isolated, then ByteLevel without
+// its regex), written out by hand like the others in triad/data/pretokenize.h. Each split cuts
+// every piece of the one before it into its matches and the stretches between them, and no match
+// reaches past the piece it is in:
+//   1. [\r\n]               each CR and each LF alone;
+//   2. \s?[L]+              runs of L, the cased letters its file lists (kCasedLetters), with
+//                           one white space character before them;
+//   3. \s?[!-/:-~！-／：-～‘-‟　-。]+   likewise for ASCII punctuation and letters, their
+//                           full-width forms, quotation marks and U+3000..U+3002 (the
+//                           ideographic space is in the class: a run may start with it);
+//   4. \s+$                 the white space at the end of a piece (Oniguruma's $ also matches
+//                           before an LF, which split 1 has left in no piece but its own);
+//   5. [一-龥ࠀ-一가-퟿]+      runs of U+0800..U+9FA5 and U+AC00..U+D7FF;
+//   6. \p{N}+               runs of numbers.
+// \s is White_Space, as elsewhere (pretokenize.h's kSpace). An ill-formed byte is a character of
+// no class.
+#include <algorithm>
+
+#include "triad/data/pretokenize.h"
+
+namespace triad::pretok {
+namespace {
+
+using Ptr = const unsigned char*;
+
+// Split 2's class: the cased letters (Lu, Ll, Lt) DeepSeek LLM's regex lists, as ranges.
+constexpr CodeRange kCasedLetters[] = {
+    {0x41, 0x5A},       {0x61, 0x7A},       {0xB5, 0xB5},       {0xC0, 0xD6},
+    {0xD8, 0xF6},       {0xF8, 0x1BA},      {0x1BC, 0x1BF},     {0x1C4, 0x293},
+    {0x295, 0x2AF},     {0x370, 0x373},     {0x376, 0x377},     {0x37B, 0x37D},
+    {0x37F, 0x37F},     {0x386, 0x386},     {0x388, 0x38A},     {0x38C, 0x38C},
+    {0x38E, 0x3A1},     {0x3A3, 0x3F5},     {0x3F7, 0x481},     {0x48A, 0x52F},
+    {0x531, 0x556},     {0x10A0, 0x10C5},   {0x13A0, 0x13F5},   {0x13F8, 0x13FD},
+    {0x1C90, 0x1CBA},   {0x1CBD, 0x1CBF},   {0x1D00, 0x1D2B},   {0x1D6B, 0x1D77},
+    {0x1D79, 0x1D9A},   {0x1E00, 0x1F15},   {0x1F18, 0x1F1D},   {0x1F20, 0x1F45},
+    {0x1F48, 0x1F4D},   {0x1F50, 0x1F57},   {0x1F59, 0x1F59},   {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D},   {0x1F5F, 0x1F7D},   {0x1F80, 0x1FB4},   {0x1FB6, 0x1FBC},
+    {0x1FBE, 0x1FBE},   {0x1FC2, 0x1FC4},   {0x1FC6, 0x1FCC},   {0x1FD0, 0x1FD3},
+    {0x1FD6, 0x1FDB},   {0x1FE0, 0x1FEC},   {0x1FF2, 0x1FF4},   {0x1FF6, 0x1FFC},
+    {0x2102, 0x2102},   {0x2107, 0x2107},   {0x210A, 0x2113},   {0x2115, 0x2115},
+    {0x2119, 0x211D},   {0x2124, 0x2124},   {0x2126, 0x2126},   {0x2128, 0x2128},
+    {0x212A, 0x212D},   {0x212F, 0x2134},   {0x2139, 0x2139},   {0x213C, 0x213F},
+    {0x2145, 0x2149},   {0x214E, 0x214E},   {0x2183, 0x2184},   {0x2C00, 0x2C7B},
+    {0x2C7E, 0x2CE4},   {0x2CEB, 0x2CEE},   {0x2CF2, 0x2CF3},   {0xA640, 0xA66D},
+    {0xA680, 0xA69B},   {0xA722, 0xA76F},   {0xA771, 0xA787},   {0xA78B, 0xA78E},
+    {0xAB70, 0xABBF},   {0xFB00, 0xFB06},   {0xFB13, 0xFB17},   {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A},   {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943}};
+// Split 3's class.
+constexpr CodeRange kPunctuation[] = {{0x21, 0x2F},     {0x3A, 0x7E},     {0x2018, 0x201F},
+                                      {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E}};
+
+template <size_t N>
+bool in(const CodeRange (&ranges)[N], uint32_t cp) {
+  const CodeRange* r = std::lower_bound(std::begin(ranges), std::end(ranges), cp,
+                                        [](const CodeRange& a, uint32_t v) { return a.last < v; });
+  return r != std::end(ranges) && r->first <= cp;
+}
+
+// A character's classes for the six splits.
+struct LChar {
+  int len;
+  bool space, number, letter, punct, cjk;
+};
+
+LChar lchar_at(Ptr p, Ptr end) {
+  const detail::Char c = detail::char_at(p, end);
+  LChar r{c.len, c.cls == kSpace, c.cls == kNumber, false, false, false};
+  uint32_t cp = *p;
+  if (*p >= 0x80) decode_utf8(p, end, cp);
+  if (cp == kInvalidCodePoint) return r;
+  r.letter = in(kCasedLetters, cp);
+  r.punct = in(kPunctuation, cp);
+  r.cjk = (cp >= 0x800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF);
+  return r;
+}
+
+// The end of the run of characters with `has` from q.
+template <typename Has>
+Ptr run_end(Ptr q, Ptr end, Has has) {
+  while (q < end) {
+    const LChar c = lchar_at(q, end);
+    if (!has(c)) break;
+    q += c.len;
+  }
+  return q;
+}
+
+// Cuts [p, end) into the matches of `match_at` (the end of the match at q, or null) and the
+// stretches between them, handing each to `next`.
+template <typename Match, typename Next>
+void isolate(Ptr p, Ptr end, Match match_at, Next&& next) {
+  Ptr gap = p;
+  while (p < end) {
+    const Ptr m = match_at(p, end);
+    if (!m) {
+      p += lchar_at(p, end).len;
+      continue;
+    }
+    if (gap < p) next(gap, p);
+    next(p, m);
+    p = gap = m;
+  }
+  if (gap < end) next(gap, end);
+}
+
+// \s?[class]+ at q: a run of the class, with one white space character before it.
+template <typename Has>
+Ptr spaced_run_at(Ptr q, Ptr end, Has has) {
+  const LChar c = lchar_at(q, end);
+  if (has(c)) return run_end(q + c.len, end, has);
+  if (c.space && q + c.len < end && has(lchar_at(q + c.len, end)))
+    return run_end(q + c.len, end, has);
+  return nullptr;
+}
+
+}  // namespace
+
+void for_each_piece_deepseek_llm(std::string_view text, void (*piece)(void*, std::string_view),
+                                 void* ctx) {
+  const auto* const base = reinterpret_cast<const unsigned char*>(text.data());
+  auto emit = [&](Ptr from, Ptr to) {
+    piece(ctx, std::string_view(reinterpret_cast<const char*>(from), size_t(to - from)));
+  };
+  auto letter = [](const LChar& c) { return c.letter; };
+  auto punct = [](const LChar& c) { return c.punct; };
+  auto number = [](const LChar& c) { return c.number; };
+  auto cjk = [](const LChar& c) { return c.cjk; };
+  auto split6 = [&](Ptr p, Ptr end) {
+    isolate(
+        p, end,
+        [&](Ptr q, Ptr e) { return number(lchar_at(q, e)) ? run_end(q, e, number) : nullptr; },
+        emit);
+  };
+  auto split5 = [&](Ptr p, Ptr end) {
+    isolate(
+        p, end, [&](Ptr q, Ptr e) { return cjk(lchar_at(q, e)) ? run_end(q, e, cjk) : nullptr; },
+        split6);
+  };
+  auto split4 = [&](Ptr p, Ptr end) {  // the white space at the end, if any
+    Ptr t = p;                         // start of the trailing run of white space
+    for (Ptr q = p; q < end;) {
+      const LChar c = lchar_at(q, end);
+      q += c.len;
+      if (!c.space) t = q;
+    }
+    if (p < t) split5(p, t);
+    if (t < end) split5(t, end);
+  };
+  auto split3 = [&](Ptr p, Ptr end) {
+    isolate(
+        p, end, [&](Ptr q, Ptr e) { return spaced_run_at(q, e, punct); }, split4);
+  };
+  auto split2 = [&](Ptr p, Ptr end) {
+    isolate(
+        p, end, [&](Ptr q, Ptr e) { return spaced_run_at(q, e, letter); }, split3);
+  };
+  isolate(
+      base, base + text.size(),
+      [](Ptr q, Ptr) { return *q == '\r' || *q == '\n' ? q + 1 : nullptr; }, split2);
+}
+
+}  // namespace triad::pretok
