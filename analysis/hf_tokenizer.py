@@ -207,7 +207,11 @@ DEEPSEEK_LLM_SPLITS = (
     r"\s+$",
     "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
     r"\p{N}+")
-SPLIT_SEQUENCES = {"deepseek3": DEEPSEEK3_SPLITS, "deepseek_llm": DEEPSEEK_LLM_SPLITS}
+# DeepSeek Coder's five (its 1.3B to 33B models): CR and LF alone, letters and punctuation each
+# with one white space before them, DeepSeek LLM's fifth, each number alone.
+DEEPSEEK_CODER_SPLITS = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", DEEPSEEK_LLM_SPLITS[4], r"\p{N}")
+SPLIT_SEQUENCES = {"deepseek3": DEEPSEEK3_SPLITS, "deepseek_llm": DEEPSEEK_LLM_SPLITS,
+                   "deepseek_coder": DEEPSEEK_CODER_SPLITS}
 SCHEMES = (*PATTERNS, "gpt2_digits", *SPLIT_SEQUENCES)
 # Meta's Llama 3 tokenizer.model holds the 128,000 ranks; its 256 special tokens follow, in
 # this order (the rest are <|reserved_special_token_N|>).
@@ -468,8 +472,8 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
                          f"pre-tokenizer triad implements (GPT-2's ByteLevel, a Split by Llama "
                          f"3's, Qwen2's, Tekken's, o200k's or Kimi K2's regex then ByteLevel, "
                          f"individual Digits "
-                         f"then ByteLevel, or DeepSeek-V3's three or DeepSeek LLM's six Splits "
-                         f"then ByteLevel)")
+                         f"then ByteLevel, or DeepSeek-V3's three, DeepSeek LLM's six or "
+                         f"DeepSeek Coder's five Splits then ByteLevel)")
 
 
 def _token_name(value) -> str | None:

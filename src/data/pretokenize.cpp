@@ -36,6 +36,8 @@ bool is_punct_or_symbol(uint32_t cp) {
 
 bool is_han(uint32_t cp) { return in_ranges(kHanRanges, kHanRangeCount, cp); }
 
+bool is_punct(uint32_t cp) { return in_ranges(kPunctRanges, kPunctRangeCount, cp); }
+
 int decode_utf8(const unsigned char* p, const unsigned char* end, uint32_t& cp) {
   // Well-formed sequences (Unicode Table 3-7); anything else is one invalid byte.
   const unsigned char b0 = p[0];
@@ -118,14 +120,16 @@ const char* scheme_name(Scheme s) {
       return "kimi";
     case Scheme::deepseek_llm:
       return "deepseek_llm";
+    case Scheme::deepseek_coder:
+      return "deepseek_coder";
   }
   return "?";
 }
 
 std::optional<Scheme> parse_scheme(std::string_view name) {
-  for (const Scheme s :
-       {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits, Scheme::tekken,
-        Scheme::deepseek3, Scheme::o200k, Scheme::kimi, Scheme::deepseek_llm})
+  for (const Scheme s : {Scheme::gpt2, Scheme::llama3, Scheme::qwen2, Scheme::gpt2_digits,
+                         Scheme::tekken, Scheme::deepseek3, Scheme::o200k, Scheme::kimi,
+                         Scheme::deepseek_llm, Scheme::deepseek_coder})
     if (name == scheme_name(s)) return s;
   return std::nullopt;
 }

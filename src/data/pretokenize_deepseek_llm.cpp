@@ -1,8 +1,10 @@
-// deepseek_llm's split (DeepSeek LLM's tokenizer.json, which DeepSeek-V2's and DeepSeek-Coder-V2's
-// share: a Sequence of six Split pre-tokenizers with behavior Isolated, then ByteLevel without
-// its regex), written out by hand like the others in triad/data/pretokenize.h. Each split cuts
-// every piece of the one before it into its matches and the stretches between them, and no match
-// reaches past the piece it is in:
+// The splits of DeepSeek's first tokenizers, written out by hand like the others in
+// triad/data/pretokenize.h: a Sequence of Split pre-tokenizers with behavior Isolated, then
+// ByteLevel without its regex. Each split cuts every piece of the one before it into its matches
+// and the stretches between them, and no match reaches past the piece it is in.
+//
+// deepseek_llm (DeepSeek LLM's tokenizer.json, which DeepSeek-V2's and DeepSeek-Coder-V2's are
+// described to share), six splits:
 //   1. [\r\n]               each CR and each LF alone;
 //   2. \s?[L]+              runs of L, the cased letters its file lists (kCasedLetters), with
 //                           one white space character before them;
@@ -13,6 +15,8 @@
 //                           before an LF, which split 1 has left in no piece but its own);
 //   5. [一-龥ࠀ-一가-퟿]+      runs of U+0800..U+9FA5 and U+AC00..U+D7FF;
 //   6. \p{N}+               runs of numbers.
+// deepseek_coder (DeepSeek Coder's), five: 1; \s?\p{L}+ (letters, one white space character
+// before them); \s?\p{P}+ (punctuation, likewise); 5; \p{N} (each number character alone).
 // \s is White_Space, as elsewhere (pretokenize.h's kSpace). An ill-formed byte is a character of
 // no class.
 #include <algorithm>
@@ -58,29 +62,32 @@ bool in(const CodeRange (&ranges)[N], uint32_t cp) {
   return r != std::end(ranges) && r->first <= cp;
 }
 
-// A character's classes for the six splits.
+// A character's classes for the splits: letter and punct are the scheme's second and third
+// splits' (deepseek_llm's lists, deepseek_coder's \p{L} and \p{P}).
 struct LChar {
   int len;
   bool space, number, letter, punct, cjk;
 };
 
+// (A template: the scheme is known once per text, not looked up per character.)
+template <bool kCoder>
 LChar lchar_at(Ptr p, Ptr end) {
   const detail::Char c = detail::char_at(p, end);
   LChar r{c.len, c.cls == kSpace, c.cls == kNumber, false, false, false};
   uint32_t cp = *p;
   if (*p >= 0x80) decode_utf8(p, end, cp);
   if (cp == kInvalidCodePoint) return r;
-  r.letter = in(kCasedLetters, cp);
-  r.punct = in(kPunctuation, cp);
+  r.letter = kCoder ? c.cls == kLetter : in(kCasedLetters, cp);
+  r.punct = kCoder ? is_punct(cp) : in(kPunctuation, cp);
   r.cjk = (cp >= 0x800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF);
   return r;
 }
 
 // The end of the run of characters with `has` from q.
-template <typename Has>
+template <bool kCoder, typename Has>
 Ptr run_end(Ptr q, Ptr end, Has has) {
   while (q < end) {
-    const LChar c = lchar_at(q, end);
+    const LChar c = lchar_at<kCoder>(q, end);
     if (!has(c)) break;
     q += c.len;
   }
@@ -89,13 +96,13 @@ Ptr run_end(Ptr q, Ptr end, Has has) {
 
 // Cuts [p, end) into the matches of `match_at` (the end of the match at q, or null) and the
 // stretches between them, handing each to `next`.
-template <typename Match, typename Next>
+template <bool kCoder, typename Match, typename Next>
 void isolate(Ptr p, Ptr end, Match match_at, Next&& next) {
   Ptr gap = p;
   while (p < end) {
     const Ptr m = match_at(p, end);
     if (!m) {
-      p += lchar_at(p, end).len;
+      p += lchar_at<kCoder>(p, end).len;
       continue;
     }
     if (gap < p) next(gap, p);
@@ -106,59 +113,74 @@ void isolate(Ptr p, Ptr end, Match match_at, Next&& next) {
 }
 
 // \s?[class]+ at q: a run of the class, with one white space character before it.
-template <typename Has>
+template <bool kCoder, typename Has>
 Ptr spaced_run_at(Ptr q, Ptr end, Has has) {
-  const LChar c = lchar_at(q, end);
-  if (has(c)) return run_end(q + c.len, end, has);
-  if (c.space && q + c.len < end && has(lchar_at(q + c.len, end)))
-    return run_end(q + c.len, end, has);
+  const LChar c = lchar_at<kCoder>(q, end);
+  if (has(c)) return run_end<kCoder>(q + c.len, end, has);
+  if (c.space && q + c.len < end && has(lchar_at<kCoder>(q + c.len, end)))
+    return run_end<kCoder>(q + c.len, end, has);
   return nullptr;
 }
 
-}  // namespace
-
-void for_each_piece_deepseek_llm(std::string_view text, void (*piece)(void*, std::string_view),
-                                 void* ctx) {
+template <bool kCoder>
+void split(std::string_view text, void (*piece)(void*, std::string_view), void* ctx) {
   const auto* const base = reinterpret_cast<const unsigned char*>(text.data());
   auto emit = [&](Ptr from, Ptr to) {
     piece(ctx, std::string_view(reinterpret_cast<const char*>(from), size_t(to - from)));
   };
+  auto at = [](Ptr q, Ptr e) { return lchar_at<kCoder>(q, e); };
   auto letter = [](const LChar& c) { return c.letter; };
   auto punct = [](const LChar& c) { return c.punct; };
   auto number = [](const LChar& c) { return c.number; };
   auto cjk = [](const LChar& c) { return c.cjk; };
-  auto split6 = [&](Ptr p, Ptr end) {
-    isolate(
+  // The last split: runs of numbers (deepseek_llm), or each number alone (deepseek_coder).
+  auto numbers = [&](Ptr p, Ptr end) {
+    isolate<kCoder>(
         p, end,
-        [&](Ptr q, Ptr e) { return number(lchar_at(q, e)) ? run_end(q, e, number) : nullptr; },
+        [&](Ptr q, Ptr e) -> Ptr {
+          const LChar c = at(q, e);
+          if (!c.number) return nullptr;
+          return kCoder ? q + c.len : run_end<kCoder>(q, e, number);
+        },
         emit);
   };
-  auto split5 = [&](Ptr p, Ptr end) {
-    isolate(
-        p, end, [&](Ptr q, Ptr e) { return cjk(lchar_at(q, e)) ? run_end(q, e, cjk) : nullptr; },
-        split6);
+  auto ideographs = [&](Ptr p, Ptr end) {
+    isolate<kCoder>(
+        p, end, [&](Ptr q, Ptr e) { return cjk(at(q, e)) ? run_end<kCoder>(q, e, cjk) : nullptr; },
+        numbers);
   };
-  auto split4 = [&](Ptr p, Ptr end) {  // the white space at the end, if any
-    Ptr t = p;                         // start of the trailing run of white space
+  auto trailing_space = [&](Ptr p, Ptr end) {  // deepseek_llm's 4: the white space at the end
+    Ptr t = p;                                 // start of the trailing run of white space
     for (Ptr q = p; q < end;) {
-      const LChar c = lchar_at(q, end);
+      const LChar c = at(q, end);
       q += c.len;
       if (!c.space) t = q;
     }
-    if (p < t) split5(p, t);
-    if (t < end) split5(t, end);
+    if (p < t) ideographs(p, t);
+    if (t < end) ideographs(t, end);
   };
-  auto split3 = [&](Ptr p, Ptr end) {
-    isolate(
-        p, end, [&](Ptr q, Ptr e) { return spaced_run_at(q, e, punct); }, split4);
+  auto punctuation = [&](Ptr p, Ptr end) {
+    auto match = [&](Ptr q, Ptr e) { return spaced_run_at<kCoder>(q, e, punct); };
+    if constexpr (kCoder)
+      isolate<kCoder>(p, end, match, ideographs);
+    else
+      isolate<kCoder>(p, end, match, trailing_space);
   };
-  auto split2 = [&](Ptr p, Ptr end) {
-    isolate(
-        p, end, [&](Ptr q, Ptr e) { return spaced_run_at(q, e, letter); }, split3);
+  auto letters = [&](Ptr p, Ptr end) {
+    isolate<kCoder>(
+        p, end, [&](Ptr q, Ptr e) { return spaced_run_at<kCoder>(q, e, letter); }, punctuation);
   };
-  isolate(
+  isolate<kCoder>(
       base, base + text.size(),
-      [](Ptr q, Ptr) { return *q == '\r' || *q == '\n' ? q + 1 : nullptr; }, split2);
+      [](Ptr q, Ptr) { return *q == '\r' || *q == '\n' ? q + 1 : nullptr; }, letters);
+}
+
+}  // namespace
+
+void for_each_piece_deepseek_v1(Scheme scheme, std::string_view text,
+                                void (*piece)(void*, std::string_view), void* ctx) {
+  if (scheme == Scheme::deepseek_coder) return split<true>(text, piece, ctx);
+  split<false>(text, piece, ctx);
 }
 
 }  // namespace triad::pretok

@@ -328,8 +328,13 @@ bool Tokenizer::cut_is_safe(std::string_view text, size_t p) const {
   if (sentencepiece_) return a < 0x80 && b < 0x80 && !joined_[a * 128 + b];
   // (Not before CR or LF: llama3's, qwen2's, tekken's and deepseek3's punctuation pieces take
   // the CR and LF after them, ".\n". deepseek_llm's pieces end at a printable ASCII character,
-  // but a control character stays in one piece with the spaces around it: "\x01 \x01".)
-  if (scheme_ == pretok::Scheme::deepseek_llm && (a < 0x21 || a > 0x7E)) return false;
+  // but a control character stays in one piece with the spaces around it: "\x01 \x01";
+  // deepseek_coder's likewise, and also an ASCII symbol (no class of its own there): "+ +".)
+  const bool printable = a >= 0x21 && a <= 0x7E;
+  if (scheme_ == pretok::Scheme::deepseek_llm && !printable) return false;
+  if (scheme_ == pretok::Scheme::deepseek_coder &&
+      (!printable || std::string_view("$+<=>^`|~").find(char(a)) != std::string_view::npos))
+    return false;
   return a < 0x80 && !space(a) && space(b) && b != '\r' && b != '\n';
 }
 

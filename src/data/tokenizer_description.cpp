@@ -119,8 +119,8 @@ Tokenizer Tokenizer::from_description(const std::string& path, const std::string
               excerpt(normalizer), "' (expected nfc, or no normalizer line)");
   const auto sch = sentencepiece ? pretok::Scheme::gpt2 : pretok::parse_scheme(scheme);
   TRIAD_CHECK(sch.has_value(), where, ": unknown pretokenizer '", excerpt(scheme),
-              "' (expected gpt2, llama3, qwen2, gpt2_digits, tekken, deepseek3, o200k, kimi or "
-              "deepseek_llm)");
+              "' (expected gpt2, llama3, qwen2, gpt2_digits, tekken, deepseek3, o200k, kimi, "
+              "deepseek_llm or deepseek_coder)");
   for (size_t i = 0; i < specials.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       TRIAD_CHECK(specials[i].text != specials[j].text, where, ", line ", special_lines[i],

@@ -260,12 +260,13 @@ DECOMPOSED = ("cafe\u0301 nai\u0308ve A\u030a \u212b e\u0323\u0302 a\u0302\u0323
 
 @pytest.mark.parametrize("scheme,nfc", [("gpt2", False), ("llama3", False), ("qwen2", False),
                                         ("qwen2", True), ("gpt2_digits", False),
-                                        ("deepseek3", False), ("deepseek_llm", False)],
+                                        ("deepseek3", False), ("deepseek_llm", False),
+                                        ("deepseek_coder", False)],
                          ids=["gpt2", "llama3", "qwen2", "qwen2-nfc", "gpt2_digits", "deepseek3",
-                              "deepseek_llm"])
+                              "deepseek_llm", "deepseek_coder"])
 def test_bpe_trained_by_hf_tokenizers_imports_exactly(tmp_path, scheme, nfc):
     hf = train_hf(tmp_path / "tokenizer.json", scheme, nfc=nfc)
-    if scheme == "deepseek_llm":  # (a Sequence of no normalizers, as some files hold: none)
+    if scheme.startswith("deepseek_"):  # (a Sequence of no normalizers, as some files hold)
         tj = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
         tj["normalizer"] = {"type": "Sequence", "normalizers": []}
         (tmp_path / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
@@ -321,7 +322,7 @@ def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
     text = (every_code_point_text() + "a\u3040b\u303fc\u30ff\u3100 \u4dff\u4e00\u9fa5\u9fa6\n"
             + "\u07ff\u0800\u9fa5\u9fa6\uabff\uac00\ud7ff\ue000 \u00b4\u00b5\u00b6\u2125\u2126"
             "\u2127 a\u3000b \u3000\u3001  x\t \u0085y\u00a0\u2028z \u3000 \x01 \x01\x7f a \n"
-            "  \n \r\n9 \uff10\uff01 \u2018\u201f\u2020 \u3002\u3003 \u00a0\n"
+            "  \n \r\n9 \uff10\uff01 \u2018\u201f\u2020 \u3002\u3003 \u00a0\n+ + x $5 \u00b2\u00b3 \n"
             if scheme in hf_tokenizer.SPLIT_SEQUENCES else "") + held_out_text()
     want = [p for p, _ in pre.pre_tokenize_str(text)]
     # (a JSON string a line: read as one array, 1.1M lines 0.6 s against 4.8 s line by line)
@@ -405,6 +406,8 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
             Regex=s[1]["pattern"]["Regex"].replace("\u2126", "\u03a9")), "deepseek_llm"),
          ["not a byte-level BPE"]),
         (deepseek3_but(lambda s: s.pop(3), "deepseek_llm"), ["not a byte-level BPE"]),
+        (deepseek3_but(lambda s: s[4]["pattern"].update(Regex=r"\p{N}+"), "deepseek_coder"),
+         ["not a byte-level BPE"]),
         (merge_out_of_order, ["merge 4", "out of order"]),
         (lambda tj: tj["model"]["merges"].pop(), ["made by no merge"]),
         (lambda tj: tj["model"]["vocab"].pop("a"), ["not 0..", "each once"]),

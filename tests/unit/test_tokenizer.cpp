@@ -656,25 +656,23 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
 }
 
 // The cut rule against ranks that join punctuation and the CR and LF after it (".\n" is one
-// piece in llama3's, qwen2's, tekken's and deepseek3's schemes) and a control character with the
-// spaces around it (one piece in deepseek_llm's): every scheme, cut anywhere cut_is_safe allows,
-// encodes as the text whole.
+// piece in llama3's, qwen2's, tekken's and deepseek3's schemes) and a control character or an
+// ASCII symbol with the spaces around it (one piece in deepseek_llm's, deepseek_coder's): every
+// scheme, cut anywhere cut_is_safe allows, encodes as the text whole.
 TEST(ShardWriter, ParallelEncodeEqualsEncodeWithPunctuationNewlineTokens) {
   TempDir dir("cuts");
-  dir.file("p.tiktoken",
-           small_ranks({".\n", ";\r", ";\r\n", "!!", "!!\n", "x.", "\n\n", " \x01", "\x01 \x01"}));
+  dir.file("p.tiktoken", small_ranks({".\n", ";\r", ";\r\n", "!!", "!!\n", "x.", "\n\n", " \x01",
+                                      "\x01 \x01", " +", "+ +"}));
   std::mt19937 rng(5);
+  const std::vector<std::string> joins = {".\n", ";\r\n!!\n", "\x01 \x01\x7f ", "+ + x"};
   std::string s;
-  while (s.size() < 30000)
-    s += mixed_text(rng, 40) + (rng() % 3 == 0 ? ".\n"
-                                : rng() % 2    ? ";\r\n!!\n"
-                                               : "\x01 \x01\x7f ");
+  while (s.size() < 30000) s += mixed_text(rng, 40) + joins[rng() % joins.size()];
   for (const char* scheme : {"gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3",
-                             "o200k", "kimi", "deepseek_llm"}) {
+                             "o200k", "kimi", "deepseek_llm", "deepseek_coder"}) {
     const auto t = triad::Tokenizer::from_file(dir.file(
         std::string(scheme) + ".triad",
-        description("p.tiktoken", 265,
-                    "special 265 <|end|>\ndocument_start <|end|>\nstop <|end|>\n", scheme)));
+        description("p.tiktoken", 267,
+                    "special 267 <|end|>\ndocument_start <|end|>\nstop <|end|>\n", scheme)));
     const auto whole = t.encode(s);
     for (const size_t chunk : {size_t(1), size_t(29)})
       ASSERT_EQ(triad::encode_parallel(t, s, 2, chunk), whole) << scheme << " chunk " << chunk;
@@ -1118,6 +1116,19 @@ TEST(Pretokenize, SplitsLikeDeepSeekLlmPreTokenizer) {
   EXPECT_THAT(ds("a\xC2\xA0 b \xE3\x80\x80\xE3\x80\x81"
                  "c"),
               ElementsAre("a", "\xC2\xA0", " b", " ", "\xE3\x80\x80\xE3\x80\x81", "c"));
+}
+
+TEST(Pretokenize, SplitsLikeDeepSeekCoderPreTokenizer) {
+  // Expected pieces from Hugging Face's tokenizers: pre_tokenize_str of DeepSeek Coder's Sequence
+  // of five Split pre-tokenizers (Isolated; analysis/hf_tokenizer.py DEEPSEEK_CODER_SPLITS).
+  auto ds = [](std::string_view s) { return pieces(s, triad::pretok::Scheme::deepseek_coder); };
+  // Numbers one by one; symbols (+, $, =) in no class, left with the spaces beside them.
+  EXPECT_THAT(ds("def f(x):\n    return x+ 42  # na\xC3\xAFve"),
+              ElementsAre("def", " f", "(", "x", "):", "\n", "   ", " return", " x", "+ ", "4", "2",
+                          " ", " #", " na\xC3\xAFve"));
+  EXPECT_THAT(ds("a = b  += c; \xE6\x97\xA5\xE6\x9C\xAC\xE2\x84\xA6 $5 \x01 \x01"),
+              ElementsAre("a", " =", " b", "  +=", " c", ";", " ",
+                          "\xE6\x97\xA5\xE6\x9C\xAC\xE2\x84\xA6", " $", "5", " \x01 \x01"));
 }
 
 TEST(JsonLines, ReadsTheFieldOfEachLine) {

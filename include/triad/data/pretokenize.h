@@ -1,6 +1,6 @@
 // Pre-tokenization, written out by hand: the split that a tokenizer's regex makes of a text
 // before BPE (leftmost-first alternation, as tiktoken's fancy-regex and Hugging Face's
-// Oniguruma do), on UTF-8 bytes. Nine schemes, each named after the first model family that
+// Oniguruma do), on UTF-8 bytes. Ten schemes, each named after the first model family that
 // used it:
 //   gpt2    's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //   llama3  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
@@ -29,6 +29,9 @@
 //   deepseek_llm  six splits in turn, likewise: [\r\n], \s?[cased letters]+,
 //           \s?[!-/:-~！-／：-～‘-‟　-。]+, \s+$, [一-龥ࠀ-一가-퟿]+, \p{N}+
 //           (DeepSeek LLM's tokenizer, DeepSeek-V2's; pretokenize_deepseek_llm.cpp)
+//   deepseek_coder  five splits in turn, likewise: [\r\n], \s?\p{L}+, \s?\p{P}+,
+//           [一-龥ࠀ-一가-퟿]+, \p{N} (DeepSeek Coder's tokenizer;
+//           pretokenize_deepseek_llm.cpp)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
 // that tiktoken uses (deepseek3's reference, Hugging Face's tokenizers, matches with Oniguruma's
 // older tables: the two differ on code points categorized after Unicode 14). A byte that is not
@@ -62,10 +65,11 @@ enum class Scheme : uint8_t {
   deepseek3,
   o200k,
   kimi,
-  deepseek_llm
+  deepseek_llm,
+  deepseek_coder
 };
 // "gpt2", "llama3", "qwen2", "gpt2_digits", "tekken", "deepseek3", "o200k", "kimi",
-// "deepseek_llm"; parse_scheme gives nullopt for any other.
+// "deepseek_llm", "deepseek_coder"; parse_scheme gives nullopt for any other.
 const char* scheme_name(Scheme s);
 std::optional<Scheme> parse_scheme(std::string_view name);
 
@@ -108,13 +112,17 @@ bool is_punct_or_symbol(uint32_t cp);
 extern const CodeRange kHanRanges[];  // sorted, disjoint
 extern const size_t kHanRangeCount;
 bool is_han(uint32_t cp);
+// Punctuation (P*), for deepseek_coder.
+extern const CodeRange kPunctRanges[];  // sorted, disjoint
+extern const size_t kPunctRangeCount;
+bool is_punct(uint32_t cp);
 
 // deepseek3's split (pretokenize_deepseek.cpp), likewise.
 void for_each_piece_deepseek3(std::string_view text, void (*piece)(void*, std::string_view),
                               void* ctx);
-// deepseek_llm's split (pretokenize_deepseek_llm.cpp), likewise.
-void for_each_piece_deepseek_llm(std::string_view text, void (*piece)(void*, std::string_view),
-                                 void* ctx);
+// deepseek_llm's or deepseek_coder's split (pretokenize_deepseek_llm.cpp), likewise.
+void for_each_piece_deepseek_v1(Scheme scheme, std::string_view text,
+                                void (*piece)(void*, std::string_view), void* ctx);
 
 // Decodes one character at p (p < end): returns its length in bytes (1 to 4) and sets cp; an
 // ill-formed byte returns 1 and sets cp = kInvalidCodePoint.
@@ -394,12 +402,14 @@ void for_each_piece(Scheme scheme, std::string_view text, F&& piece) {
     case Scheme::o200k:
     case Scheme::kimi:
     case Scheme::deepseek3:
-    case Scheme::deepseek_llm: {
+    case Scheme::deepseek_llm:
+    case Scheme::deepseek_coder: {
       using Fn = std::remove_reference_t<F>;
       auto thunk = [](void* ctx, std::string_view s) { (*static_cast<Fn*>(ctx))(s); };
       void* const ctx = const_cast<void*>(static_cast<const void*>(&piece));
       if (scheme == Scheme::deepseek3) return for_each_piece_deepseek3(text, thunk, ctx);
-      if (scheme == Scheme::deepseek_llm) return for_each_piece_deepseek_llm(text, thunk, ctx);
+      if (scheme == Scheme::deepseek_llm || scheme == Scheme::deepseek_coder)
+        return for_each_piece_deepseek_v1(scheme, text, thunk, ctx);
       return for_each_piece_cased(scheme, text, thunk, ctx);
     }
   }
