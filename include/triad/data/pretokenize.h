@@ -28,10 +28,10 @@
 //           (DeepSeek-V3's and R1's tokenizer; pretokenize_deepseek.cpp)
 //   deepseek_llm  six splits in turn, likewise: [\r\n], \s?[cased letters]+,
 //           \s?[!-/:-~！-／：-～‘-‟　-。]+, \s+$, [一-龥ࠀ-一가-퟿]+, \p{N}+
-//           (DeepSeek LLM's tokenizer, DeepSeek-V2's; pretokenize_deepseek_llm.cpp)
+//           (DeepSeek LLM's tokenizer, DeepSeek-V2's; pretokenize_deepseek_v1.cpp)
 //   deepseek_coder  five splits in turn, likewise: [\r\n], \s?\p{L}+, \s?\p{P}+,
 //           [一-龥ࠀ-一가-퟿]+, \p{N} (DeepSeek Coder's tokenizer;
-//           pretokenize_deepseek_llm.cpp)
+//           pretokenize_deepseek_v1.cpp)
 // Classes are Unicode 16.0 (src/data/unicode_tables.cpp, generated), as in the Rust regex crate
 // that tiktoken uses (deepseek3's reference, Hugging Face's tokenizers, matches with Oniguruma's
 // older tables: the two differ on code points categorized after Unicode 14). A byte that is not
@@ -120,7 +120,7 @@ bool is_punct(uint32_t cp);
 // deepseek3's split (pretokenize_deepseek.cpp), likewise.
 void for_each_piece_deepseek3(std::string_view text, void (*piece)(void*, std::string_view),
                               void* ctx);
-// deepseek_llm's or deepseek_coder's split (pretokenize_deepseek_llm.cpp), likewise.
+// deepseek_llm's or deepseek_coder's split (pretokenize_deepseek_v1.cpp), likewise.
 void for_each_piece_deepseek_v1(Scheme scheme, std::string_view text,
                                 void (*piece)(void*, std::string_view), void* ctx);
 
