@@ -5,7 +5,8 @@
 // wrapped Comm; a device pointer's data is copied into pinned host memory, communicated, and
 // copied back. This is how several ranks share one GPU (the grid logic tested on a single
 // device) and how multi-GPU runs work without a CUDA-aware MPI; it is not fast — every message
-// crosses PCIe twice and the device is synchronized before each copy.
+// crosses PCIe twice and the host waits for the compute stream's queued work before each copy
+// (not for NCCL's stream, below: its reductions go on overlapping).
 //
 // Semantics are the wrapped Comm's. Non-blocking collectives on device buffers complete before
 // they return (their request is already done); isend/irecv stay non-blocking (the pipeline

@@ -1,9 +1,15 @@
 // DeviceStagedComm (include/triad/kernels/cuda_comm.h): MPI on device buffers through pinned
 // host staging.
 //
-// Ordering with the compute stream: the backend's stream is a blocking stream, and every copy
-// here is preceded by cudaDeviceSynchronize, so a device buffer's data is final when copied out
-// and the copy back (from pinned memory, synchronous) is complete before the next kernel.
+// Ordering with the compute stream: every copy here is a cudaMemcpy on the legacy default
+// stream, which waits for the work queued before it on the backend's stream (a blocking stream)
+// and which the backend's later kernels wait for, so a device buffer's data is final when copied
+// out and the copy back is complete before the next kernel reads it; a copy out to host memory,
+// and one in from pinned memory, return when done. No copy waits for the device as a whole: with
+// parallel.comm = nccl the data-parallel reductions run on a non-blocking stream of their own
+// (cuda_nccl_comm.cu) and go on overlapping a pipeline stage's sends. (Buffers such a reduction
+// still writes are not given to these calls: a request is waited for before its buffer is used,
+// which orders the compute stream after it.)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -56,12 +62,10 @@ class Pinned {
 };
 
 void to_host(float* host, const float* dev, size_t n) {
-  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   TRIAD_CUDA_CHECK(cudaMemcpy(host, dev, n * sizeof(float), cudaMemcpyDeviceToHost));
 }
 void to_device(float* dev, const float* host, size_t n) {
   TRIAD_CUDA_CHECK(cudaMemcpy(dev, host, n * sizeof(float), cudaMemcpyHostToDevice));
-  TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 class DeviceStagedComm final : public Comm {
@@ -228,13 +232,11 @@ class DeviceStagedComm final : public Comm {
       std::copy(src, src + n, host);
     }
   }
-  // n bytes between any two of device, pinned and ordinary host memory, the device idle around
-  // it (as to_host and to_device).
+  // n bytes between any two of device, pinned and ordinary host memory, ordered as to_host and
+  // to_device (a device-to-device copy returns at once; later kernels and copies wait for it).
   static void copy_bytes(void* dst, const void* src, size_t n) {
     if (n == 0) return;
-    TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
     TRIAD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDefault));
-    TRIAD_CUDA_CHECK(cudaDeviceSynchronize());
   }
   static void copy_out(float* dst, const float* host, size_t n) {
     if (on_device(dst)) {
