@@ -42,8 +42,10 @@
 // For every scheme, a position between an ASCII non-space byte and an ASCII space, tab, VT or
 // FF byte is a piece boundary that does not depend on the text around it: no piece holds a
 // non-space followed by one of those (punctuation pieces do take a CR or LF after them), and no
-// rule looks behind. shard_writer.cpp cuts text there to encode it
-// in parallel.
+// rule looks behind. Except that for deepseek_llm the byte must be printable, and for
+// deepseek_coder a letter, digit or punctuation: their control characters (and deepseek_coder's
+// symbols) belong to no class and keep the spaces beside them ("\x01 \x01", "+ +" are one piece).
+// shard_writer.cpp cuts text there to encode it in parallel.
 #pragma once
 
 #include <cstddef>

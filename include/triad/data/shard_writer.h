@@ -35,8 +35,9 @@
 // stop token.
 //
 // Threads: large files are cut into chunks of about chunk_bytes at positions where the
-// encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte followed by
-// an ASCII space, tab, VT or FF byte), chunks are encoded in parallel, and results are joined in
+// encoding is known not to change (Tokenizer::cut_is_safe: an ASCII non-space byte, for some
+// pre-tokenizers only certain ones, followed by an ASCII space, tab, VT or FF byte), chunks are
+// encoded in parallel, and results are joined in
 // order: the output is the same for every thread count and chunk size, and equals encoding each
 // file whole.
 #pragma once

@@ -76,9 +76,10 @@ class Tokenizer {
   void encode_append(std::string_view text, std::vector<int32_t>& out,
                      bool continuation = false) const;
   // Whether encoding text[..p) and then text[p..) as a continuation gives the ids of text.
-  // Byte-level: text[p - 1] is an ASCII character other than white space and text[p] is white
-  // space other than CR and LF (a space, tab, VT or FF); pre-tokenizers never join such
-  // characters into one piece (the CR and LF after punctuation they may: ".\n"), and a match
+  // Byte-level: text[p - 1] is an ASCII character other than white space (deepseek_llm: a
+  // printable one; deepseek_coder: a letter, digit or punctuation) and text[p] is white space
+  // other than CR and LF (a space, tab, VT or FF); pre-tokenizers never join such characters
+  // into one piece (the CR and LF after punctuation they may: ".\n"), and a match
   // at p never looks behind p. SentencePiece-style: text[p - 1] and text[p] are ASCII characters
   // that no token holds side by side, so no merge joins them.
   bool cut_is_safe(std::string_view text, size_t p) const;

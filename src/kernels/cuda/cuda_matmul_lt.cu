@@ -280,9 +280,16 @@ bool LtMatmul::run(cudaStream_t s, const LtGemm& g, bool may_decline) {
   // taking the same way as a problem without an algorithm. (INVALID_VALUE stays an error: it is
   // also what a wrongly set up call gets, which must not pass silently as a fallback.)
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
-    std::fprintf(stderr, "triad cuda backend: cuBLASLt refused the %s (%s); %s\n",
-                 describe(g).c_str(), cublasGetStatusName(status),
-                 may_decline ? "its work runs as separate kernels" : "taking its fallback");
+    // (An FP8 product without a bias has no other way: an error names it.)
+    TRIAD_CHECK(may_decline || !fp8 || g.epilogue == CUBLASLT_EPILOGUE_BIAS,
+                "cuda backend: cuBLASLt chose an algorithm for the ", describe(g),
+                " but then refused to run it (", cublasGetStatusName(status),
+                "), and FP8 products have no fallback (run.fp8 = off runs the layers in bf16)");
+    if (reported_ < kMaxReported)
+      std::fprintf(stderr, "triad cuda backend: cuBLASLt refused the %s (%s); %s%s\n",
+                   describe(g).c_str(), cublasGetStatusName(status),
+                   may_decline ? "its work runs as separate kernels" : "taking its fallback",
+                   ++reported_ == kMaxReported ? " (further such problems are not reported)" : "");
     it->second.found = false;
     if (may_decline) return false;
     run_fallback(s, g);
