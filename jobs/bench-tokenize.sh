@@ -3,7 +3,8 @@
 # tiktoken (Rust behind Python: encode_ordinary per file on 1 thread, encode_ordinary_batch over
 # the files on N) and Hugging Face's tokenizers (Rust: encode per file on 1 thread, encode_batch
 # on N), with GPT-2's, Llama 3's and Mistral's Tekken tokenizers on the default corpus
-# (data/corpus, one document per file); then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
+# (data/corpus, one document per file); DeepSeek's pre-tokenizers over GPT-2's ranks against
+# Hugging Face's tokenizers alone; then Mistral's SentencePiece tokenizer against sentencepiece (C++ behind Python:
 # encode per file, or the list on N threads) and the tokenizer.json transformers converts it to;
 # then chat conversations to shards with loss masks (--chat) against mistral_common's and Meta's
 # chat encoders. Every peer must give triad's token count (sentencepiece its ids). Prints MB/s
@@ -119,6 +120,26 @@ print(f"{'tokenizer':9} {'threads':>7} {'tokens':>9} {'triad':>8} {'tiktoken':>9
 for name, t, n, a, b, c, n_hf in rows:
     note = "" if n_hf == n else f"  (HF: {n_hf} tokens)"
     print(f"{name:9} {t:7d} {n:9d} {a:8.1f} {b:9.1f} {c:8.1f} {a / b:15.2f} {a / c:9.2f}{note}")
+
+# DeepSeek's pre-tokenizers (sequences of Splits, which tiktoken cannot express) over GPT-2's
+# ranks, against the tokenizer.json triad writes for them in Hugging Face's tokenizers, the
+# reference they were built to: its token count must be triad's.
+rows = []
+for scheme in h.SPLIT_SEQUENCES:
+    desc = work / f"{scheme}.triad"
+    desc.write_text(f"triad-tokenizer 1\nranks {Path('data/vocab/gpt2.tiktoken').resolve()}\n"
+                    f"ranks_count 50256\npretokenizer {scheme}\nspecial 50256 <|endoftext|>\n"
+                    "document_start <|endoftext|>\nstop <|endoftext|>\n")
+    hf = tokenizers.Tokenizer.from_str(h.hf_files(h.read_description(desc), 1024)["tokenizer.json"])
+    hf.encode_special_tokens = True
+    for t in sorted({1, threads}):
+        tr, n = triad(desc, t)
+        hs, n_hf = hf_speed(hf, t)
+        assert n == n_hf, (scheme, t, n, n_hf)
+        rows.append((scheme, t, n, mb / tr, mb / hs))
+print(f"\n{'tokenizer':14} {'threads':>7} {'tokens':>9} {'triad':>8} {'HF tok.':>8} {'triad/HF':>9}")
+for name, t, n, a, c in rows:
+    print(f"{name:14} {t:7d} {n:9d} {a:8.1f} {c:8.1f} {a / c:9.2f}")
 
 # Mistral 7B v0.1's SentencePiece BPE (Llama 2's scheme): converted by triad-convert from the
 # model; sentencepiece reads the model itself; Hugging Face's tokenizers the tokenizer.json

@@ -20,6 +20,7 @@
 // \s is White_Space, as elsewhere (pretokenize.h's kSpace). An ill-formed byte is a character of
 // no class.
 #include <algorithm>
+#include <array>
 
 #include "triad/data/pretokenize.h"
 
@@ -71,7 +72,7 @@ struct LChar {
 
 // (A template: the scheme is known once per text, not looked up per character.)
 template <bool kCoder>
-LChar lchar_at(Ptr p, Ptr end) {
+LChar classify(Ptr p, Ptr end) {
   const detail::Char c = detail::char_at(p, end);
   LChar r{c.len, c.cls == kSpace, c.cls == kNumber, false, false, false};
   uint32_t cp = *p;
@@ -81,6 +82,23 @@ LChar lchar_at(Ptr p, Ptr end) {
   r.punct = kCoder ? is_punct(cp) : in(kPunctuation, cp);
   r.cjk = (cp >= 0x800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF);
   return r;
+}
+
+// classify, with ASCII (most of most text) from a table made once: each split looks at every
+// character of its pieces again, and the classes cost a few table searches (a sixth of the
+// speed without it: 4.2 MB/s against 28.5 for deepseek3 on one thread).
+template <bool kCoder>
+LChar lchar_at(Ptr p, Ptr end) {
+  static const std::array<LChar, 128> ascii = [] {
+    std::array<LChar, 128> t{};
+    for (int b = 0; b < 128; ++b) {
+      const auto c = static_cast<unsigned char>(b);
+      t[size_t(b)] = classify<kCoder>(&c, &c + 1);
+    }
+    return t;
+  }();
+  if (*p < 0x80) return ascii[*p];
+  return classify<kCoder>(p, end);
 }
 
 // The end of the run of characters with `has` from q.
