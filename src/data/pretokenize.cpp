@@ -21,14 +21,12 @@ LetterCase letter_case(uint32_t cp) {
   return (r != last && r->first <= cp) ? r->kind : kNoCase;
 }
 
-namespace {
 bool in_ranges(const CodeRange* first, size_t count, uint32_t cp) {
   const CodeRange* const last = first + count;
   const CodeRange* r =
       std::lower_bound(first, last, cp, [](const CodeRange& a, uint32_t v) { return a.last < v; });
   return r != last && r->first <= cp;
 }
-}  // namespace
 
 bool is_punct_or_symbol(uint32_t cp) {
   return in_ranges(kPunctSymbolRanges, kPunctSymbolRangeCount, cp);

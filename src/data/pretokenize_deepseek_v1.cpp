@@ -19,8 +19,8 @@
 // before them); \s?\p{P}+ (punctuation, likewise); 5; \p{N} (each number character alone).
 // \s is White_Space, as elsewhere (pretokenize.h's kSpace). An ill-formed byte is a character of
 // no class.
-#include <algorithm>
 #include <array>
+#include <iterator>
 
 #include "triad/data/pretokenize.h"
 
@@ -56,13 +56,6 @@ constexpr CodeRange kCasedLetters[] = {
 constexpr CodeRange kPunctuation[] = {{0x21, 0x2F},     {0x3A, 0x7E},     {0x2018, 0x201F},
                                       {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E}};
 
-template <size_t N>
-bool in(const CodeRange (&ranges)[N], uint32_t cp) {
-  const CodeRange* r = std::lower_bound(std::begin(ranges), std::end(ranges), cp,
-                                        [](const CodeRange& a, uint32_t v) { return a.last < v; });
-  return r != std::end(ranges) && r->first <= cp;
-}
-
 // A character's classes for the splits: letter and punct are the scheme's second and third
 // splits' (deepseek_llm's lists, deepseek_coder's \p{L} and \p{P}).
 struct LChar {
@@ -78,15 +71,15 @@ LChar classify(Ptr p, Ptr end) {
   uint32_t cp = *p;
   if (*p >= 0x80) decode_utf8(p, end, cp);
   if (cp == kInvalidCodePoint) return r;
-  r.letter = kCoder ? c.cls == kLetter : in(kCasedLetters, cp);
-  r.punct = kCoder ? is_punct(cp) : in(kPunctuation, cp);
+  r.letter = kCoder ? c.cls == kLetter : in_ranges(kCasedLetters, std::size(kCasedLetters), cp);
+  r.punct = kCoder ? is_punct(cp) : in_ranges(kPunctuation, std::size(kPunctuation), cp);
   r.cjk = (cp >= 0x800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF);
   return r;
 }
 
 // classify, with ASCII (most of most text) from a table made once: each split looks at every
-// character of its pieces again, and the classes cost a few table searches (a sixth of the
-// speed without it: 4.2 MB/s against 28.5 for deepseek3 on one thread).
+// character of its pieces again, and the classes cost a few table searches (without it 4.2 MB/s
+// on one thread, with it 18.3: docs/performance.md).
 template <bool kCoder>
 LChar lchar_at(Ptr p, Ptr end) {
   static const std::array<LChar, 128> ascii = [] {

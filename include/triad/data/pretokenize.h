@@ -107,6 +107,8 @@ void for_each_piece_cased(Scheme scheme, std::string_view text,
 struct CodeRange {
   uint32_t first, last;
 };
+// Whether cp lies in one of `count` sorted, disjoint ranges.
+bool in_ranges(const CodeRange* first, size_t count, uint32_t cp);
 extern const CodeRange kPunctSymbolRanges[];  // sorted, disjoint
 extern const size_t kPunctSymbolRangeCount;
 bool is_punct_or_symbol(uint32_t cp);
