@@ -309,8 +309,8 @@ def every_code_point_text():
 def test_pieces_match_hf_pre_tokenizer(tmp_path, scheme):
     """`triad-tokenize pieces` (the pre-tokenizer alone) against the pre-tokenizer of the
     tokenizer.json triad writes for the scheme (hf_files), in Hugging Face's tokenizers: the same
-    pieces (in its byte-level alphabet) on the held-out text and, for deepseek3 and
-    deepseek_llm, on every code point in context (tokenizers takes valid UTF-8 only: ill-formed
+    pieces (in its byte-level alphabet) on the held-out text and, for the split sequences
+    (deepseek3, deepseek_llm, deepseek_coder), on every code point in context (tokenizers takes valid UTF-8 only: ill-formed
     bytes are not compared)."""
     desc, _ = over_gpt2_ranks(tmp_path, scheme)
     files = hf_tokenizer.hf_files(hf_tokenizer.read_description(desc), 1024)

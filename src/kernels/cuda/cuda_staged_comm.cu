@@ -12,6 +12,12 @@
 // which orders the compute stream after it.)
 #include <cuda_runtime.h>
 
+// The ordering above is the legacy default stream's: cudaMemcpy on a per-thread default stream
+// would not wait for the backend's stream, and a copy out would read stale data.
+#ifdef CUDA_API_PER_THREAD_DEFAULT_STREAM
+#error "cuda_staged_comm.cu relies on the legacy default stream (no --default-stream per-thread)"
+#endif
+
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -232,8 +238,8 @@ class DeviceStagedComm final : public Comm {
       std::copy(src, src + n, host);
     }
   }
-  // n bytes between any two of device, pinned and ordinary host memory, ordered as to_host and
-  // to_device (a device-to-device copy returns at once; later kernels and copies wait for it).
+  // n bytes between device or ordinary host memory and a pinned staging buffer, ordered as
+  // to_host and to_device.
   static void copy_bytes(void* dst, const void* src, size_t n) {
     if (n == 0) return;
     TRIAD_CUDA_CHECK(cudaMemcpy(dst, src, n, cudaMemcpyDefault));
