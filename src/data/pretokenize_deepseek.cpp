@@ -93,18 +93,7 @@ Ptr match_at(Ptr p, Ptr end) {
 // Split 3 over [p, end): each match, and each stretch of characters no match starts at.
 template <typename Emit>
 void split3(Ptr p, Ptr end, Emit&& emit) {
-  Ptr gap = p;  // start of the current stretch without a match
-  while (p < end) {
-    Ptr m = match_at(p, end);
-    if (!m) {
-      p += dchar_at(p, end).len;
-      continue;
-    }
-    if (gap < p) emit(gap, p);
-    emit(p, m);
-    p = gap = m;
-  }
-  if (gap < end) emit(gap, end);
+  detail::isolate(p, end, match_at, emit);
 }
 
 // Split 2 over [p, end) (a piece of split 1 without numbers): runs of its class, and the

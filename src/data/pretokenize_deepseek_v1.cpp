@@ -105,24 +105,6 @@ Ptr run_end(Ptr q, Ptr end, Has has) {
   return q;
 }
 
-// Cuts [p, end) into the matches of `match_at` (the end of the match at q, or null) and the
-// stretches between them, handing each to `next`.
-template <bool kCoder, typename Match, typename Next>
-void isolate(Ptr p, Ptr end, Match match_at, Next&& next) {
-  Ptr gap = p;
-  while (p < end) {
-    const Ptr m = match_at(p, end);
-    if (!m) {
-      p += lchar_at<kCoder>(p, end).len;
-      continue;
-    }
-    if (gap < p) next(gap, p);
-    next(p, m);
-    p = gap = m;
-  }
-  if (gap < end) next(gap, end);
-}
-
 // \s?[class]+ at q: a run of the class, with one white space character before it.
 template <bool kCoder, typename Has>
 Ptr spaced_run_at(Ptr q, Ptr end, Has has) {
@@ -146,7 +128,7 @@ void split(std::string_view text, void (*piece)(void*, std::string_view), void* 
   auto cjk = [](const LChar& c) { return c.cjk; };
   // The last split: runs of numbers (deepseek_llm), or each number alone (deepseek_coder).
   auto numbers = [&](Ptr p, Ptr end) {
-    isolate<kCoder>(
+    detail::isolate(
         p, end,
         [&](Ptr q, Ptr e) -> Ptr {
           const LChar c = at(q, e);
@@ -156,7 +138,7 @@ void split(std::string_view text, void (*piece)(void*, std::string_view), void* 
         emit);
   };
   auto ideographs = [&](Ptr p, Ptr end) {
-    isolate<kCoder>(
+    detail::isolate(
         p, end, [&](Ptr q, Ptr e) { return cjk(at(q, e)) ? run_end<kCoder>(q, e, cjk) : nullptr; },
         numbers);
   };
@@ -173,15 +155,15 @@ void split(std::string_view text, void (*piece)(void*, std::string_view), void* 
   auto punctuation = [&](Ptr p, Ptr end) {
     auto match = [&](Ptr q, Ptr e) { return spaced_run_at<kCoder>(q, e, punct); };
     if constexpr (kCoder)
-      isolate<kCoder>(p, end, match, ideographs);
+      detail::isolate(p, end, match, ideographs);
     else
-      isolate<kCoder>(p, end, match, trailing_space);
+      detail::isolate(p, end, match, trailing_space);
   };
   auto letters = [&](Ptr p, Ptr end) {
-    isolate<kCoder>(
+    detail::isolate(
         p, end, [&](Ptr q, Ptr e) { return spaced_run_at<kCoder>(q, e, letter); }, punctuation);
   };
-  isolate<kCoder>(
+  detail::isolate(
       base, base + text.size(),
       [](Ptr q, Ptr) { return *q == '\r' || *q == '\n' ? q + 1 : nullptr; }, letters);
 }

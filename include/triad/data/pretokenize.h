@@ -192,6 +192,25 @@ inline const unsigned char* run_end(const unsigned char* q, const unsigned char*
   return q;
 }
 
+// Hugging Face's Split with behavior Isolated, for the schemes that are sequences of them: cuts
+// [p, end) into the matches of match_at (the end of the match at q, or null where none starts
+// there) and the stretches between them, handing each to next in order.
+template <typename Match, typename Next>
+void isolate(const unsigned char* p, const unsigned char* end, Match&& match_at, Next&& next) {
+  const unsigned char* gap = p;  // start of the current stretch without a match
+  while (p < end) {
+    const unsigned char* m = match_at(p, end);
+    if (!m) {
+      p += char_at(p, end).len;
+      continue;
+    }
+    if (gap < p) next(gap, p);
+    next(p, m);
+    p = gap = m;
+  }
+  if (gap < end) next(gap, end);
+}
+
 // The end of the piece of \s*[\r\n]+|\s+(?!\S)|\s+ at p (a white space character): up to and
 // with the run's last CR or LF if it has one; else the whole run at the end of the text, and
 // before a non-space the run less its last character when that leaves at least one, else the
