@@ -1,5 +1,8 @@
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <memory>
 
 #include "triad/core/error.h"
@@ -42,6 +45,21 @@ std::pair<int, std::string> lowest_rank_message(MPI_Comm comm, bool has,
   msg.resize(size_t(len));
   if (len > 0) MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm);
   return {first, std::move(msg)};
+}
+
+// A pending request dropped is a bug in triad, never a user error; a destructor cannot throw, so
+// the rank stops here (mpirun then ends the others) rather than run on with a race.
+void CommRequest::dropped_pending(const char* how) {
+  std::fprintf(stderr,
+               "triad: internal error: a pending communication request was %s before "
+               "its wait()\n",
+               how);
+  std::fflush(stderr);
+  std::abort();
+}
+
+CommRequest::~CommRequest() {
+  if (pending() && std::uncaught_exceptions() == 0) dropped_pending("destroyed");
 }
 
 void CommRequest::wait() {

@@ -88,14 +88,21 @@ void Trainer::State::setup_device_comms(bool shares_gpu) {
   const bool nccl =
       want == "nccl" || (want == "auto" && grid.world_size() > 1 && !any_shared && !any_missing);
   if (nccl) {
-    // NCCL for the groups that move tensors in collectives every step (dp, cp, tp); the pipeline
-    // group (point-to-point, which stays on MPI anyway) and the world (scalars) are staged.
+    // NCCL for the groups that move tensors in collectives every step: dp, cp, tp, and with
+    // experts ep (the tokens' all-to-alls) and edp (the expert replicas' gradient reductions,
+    // which then overlap the backward pass like dp's); the pipeline group (point-to-point, which
+    // stays on MPI anyway) and the world (scalars) are staged. Every rank makes its communicators
+    // in the grid's one order (ProcessGrid::wrap_comms), so no two groups' set-ups wait on each
+    // other.
+    const bool experts = grid.shape().ep > 1;
     grid.wrap_comms([this](std::unique_ptr<Comm> c) {
-      if (c->name() == "dp" || c->name() == "cp" || c->name() == "tp")
+      const std::string n = c->name();
+      if (n == "dp" || n == "cp" || n == "tp" || n == "ep" || n == "edp")
         return make_nccl_comm(std::move(c), *be);
       return make_device_staged_comm(std::move(c));
     });
-    comm_desc = "nccl " + nccl_version() + " (dp, cp, tp collectives)";
+    comm_desc = "nccl " + nccl_version() +
+                (experts ? " (dp, cp, tp, ep, edp collectives)" : " (dp, cp, tp collectives)");
   } else if (grid.world_size() > 1) {
     grid.wrap_comms(make_device_staged_comm);
     comm_desc = "mpi (device buffers staged through host memory)";

@@ -18,7 +18,8 @@
 // ordered after the backend's kernels through CUDA events (no host synchronization); a
 // non-blocking all-reduce lets the backward pass continue while it runs, and the compute stream
 // waits for it in CommRequest::wait(). The communicator is bootstrapped through the group's MPI
-// Comm (rank 0's unique id broadcast); the trainer makes one for each of its dp and tp groups.
+// Comm (rank 0's unique id broadcast); the trainer makes one for each of its dp, cp and tp groups
+// and, with experts, its ep and edp groups.
 // Point-to-point messages, scalar reductions and host buffers go through the MPI Comm (staged as
 // above): NCCL's send/recv has no tags, and the pipeline executor relies on them. NCCL refuses two
 // ranks on one GPU, so ranks sharing a device use parallel.comm = mpi.

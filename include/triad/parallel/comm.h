@@ -32,12 +32,19 @@ class CommRequest {
       : req_(std::exchange(o.req_, MPI_REQUEST_NULL)), then_(std::move(o.then_)) {
     o.then_ = nullptr;
   }
-  CommRequest& operator=(CommRequest&& o) noexcept {
-    req_ = std::exchange(o.req_, MPI_REQUEST_NULL);
-    then_ = std::move(o.then_);
-    o.then_ = nullptr;
+  // Assigning over a pending request would drop it unwaited: with NCCL the compute stream would
+  // never wait for that collective (a silent race), with MPI the buffer could be freed under it.
+  CommRequest& operator=(CommRequest&& o) {
+    if (this != &o) {
+      if (pending()) dropped_pending("assigned over");
+      req_ = std::exchange(o.req_, MPI_REQUEST_NULL);
+      then_ = std::move(o.then_);
+      o.then_ = nullptr;
+    }
     return *this;
   }
+  // The same for one that goes unwaited, except while an exception unwinds (the run is ending).
+  ~CommRequest();
   CommRequest(const CommRequest&) = delete;
   CommRequest& operator=(const CommRequest&) = delete;
   void wait();
@@ -45,6 +52,8 @@ class CommRequest {
   void on_complete(std::function<void()> f) { then_ = std::move(f); }
 
  private:
+  [[noreturn]] static void dropped_pending(const char* how);
+
   MPI_Request req_ = MPI_REQUEST_NULL;
   std::function<void()> then_;
 };

@@ -6,9 +6,16 @@
 //     so the collective reads what the kernels enqueued before it wrote;
 //   - a blocking collective then makes the compute stream wait for the NCCL stream, so later
 //     kernels see the result (host reads go through the backend, which synchronizes its stream);
-//   - a non-blocking one (iall_reduce_sum, ireduce_scatter_sum) defers that wait to
-//     CommRequest::wait(): the kernels enqueued meanwhile (the rest of the backward pass) run
-//     beside the reduction. The caller must not touch the buffer on the device until then.
+//   - a non-blocking one (iall_reduce_sum, ireduce_scatter_sum, ireduce_scatter_pieces_sum,
+//     iall_gather_pieces) defers that wait to CommRequest::wait(): the kernels enqueued meanwhile
+//     (the rest of the backward pass) run beside the collective. The caller must not touch its
+//     buffers on the device until then, and must wait: a request dropped or assigned over while
+//     pending stops the rank (include/triad/parallel/comm.h), since nothing else would order the
+//     compute stream after it.
+//
+// Several communicators (one per group) run at once on streams of their own: NCCL needs every
+// rank to issue the collectives of communicators that share ranks in one order, which the SPMD
+// step keeps. Suspect a break of that order first when a multi-GPU run hangs.
 //
 // NCCL is loaded with dlopen when the first NcclComm is made, so that a triad build starts (and
 // runs with parallel.comm = mpi) on machines whose NCCL lives elsewhere or is missing.

@@ -43,7 +43,9 @@ namespace {
 
 bool on_device(const void* p) { return cuda::is_device_pointer(p); }
 
-// Pinned host memory of at least n floats; grows, never shrinks.
+// Pinned host memory of at least n floats; grows, never shrinks. It grows by half again at least:
+// messages whose size changes every step (expert all-to-alls) would otherwise reallocate at each
+// new largest one, and cudaFreeHost waits for the whole device.
 class Pinned {
  public:
   Pinned() = default;
@@ -56,11 +58,13 @@ class Pinned {
     if (n > n_) {
       if (p_ != nullptr) TRIAD_CUDA_CHECK(cudaFreeHost(p_));
       p_ = nullptr;
-      TRIAD_CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(n, 1) * sizeof(float)));
-      n_ = n;
+      const size_t grown = n_ == 0 ? n : std::max(n, n_ + n_ / 2);
+      TRIAD_CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(grown, 1) * sizeof(float)));
+      n_ = grown;
     }
     return static_cast<float*>(p_);
   }
+  size_t capacity() const { return n_; }
 
  private:
   void* p_ = nullptr;
@@ -171,7 +175,7 @@ class DeviceStagedComm final : public Comm {
   }
   CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
     if (!on_device(buf)) return sync(in_->isend(buf, n, dst, tag));
-    Pinned* p = take();
+    Pinned* p = take(n);
     float* h = p->get(n);
     to_host(h, buf, n);
     CommRequest r = in_->isend(h, n, dst, tag);
@@ -180,7 +184,7 @@ class DeviceStagedComm final : public Comm {
   }
   CommRequest irecv(float* buf, size_t n, int src, int tag) override {
     if (!on_device(buf)) return sync(in_->irecv(buf, n, src, tag));
-    Pinned* p = take();
+    Pinned* p = take(n);
     float* h = p->get(n);
     CommRequest r = in_->irecv(h, n, src, tag);
     r.on_complete([this, p, buf, h, n] {
@@ -252,13 +256,24 @@ class DeviceStagedComm final : public Comm {
     }
   }
   // Staging buffers of pending point-to-point messages, recycled when their request completes.
-  Pinned* take() {
+  // The smallest free one that holds n floats, else the largest free one (to grow): taking any
+  // would regrow a small buffer for a large message (a tied embedding's gradient) step after step,
+  // and freeing pinned memory waits for the whole device, NCCL's overlapped reductions included.
+  Pinned* take(size_t n) {
     if (free_.empty()) {
       pool_.push_back(std::make_unique<Pinned>());
       return pool_.back().get();
     }
-    Pinned* p = free_.back();
-    free_.pop_back();
+    auto best = free_.end(), largest = free_.begin();
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if ((*it)->capacity() >= n &&
+          (best == free_.end() || (*it)->capacity() < (*best)->capacity()))
+        best = it;
+      if ((*it)->capacity() > (*largest)->capacity()) largest = it;
+    }
+    auto pick = best != free_.end() ? best : largest;
+    Pinned* p = *pick;
+    free_.erase(pick);
     return p;
   }
   void give_back(Pinned* p) { free_.push_back(p); }
