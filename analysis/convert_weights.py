@@ -1,7 +1,5 @@
 """Weights and tokenizers in and out of triad: Hugging Face transformers models (config.json +
-safetensors; GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE, Nemotron,
-StableLM, Gemma, Gemma 2, Gemma 3, Granite, GraniteMoE, Cohere, Phi, GPT-J, GPT-NeoX, Falcon, OLMo,
-OLMo-2, OLMoE, GLM, DBRX, OPT, GPT-Neo, GPT-BigCode, StarCoder2, DeepSeek-V2, DeepSeek-V3) and llm.c
+safetensors, of the families listed below: weights_hf_import.FAMILIES) and llm.c
 model files (gpt2_124M.bin and the like) to a triad checkpoint, a triad checkpoint to either,
 and Hugging Face or Meta tokenizers to a triad tokenizer description (hf_tokenizer.py).
 
@@ -113,6 +111,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
@@ -124,7 +123,7 @@ from . import hf_tokenizer
 from .hf_tokenizer import tokenizer_files
 from .weights_dims import ConvertError, Dims, Tensors
 from .weights_hf_export import llama_hf_config, write_hf, write_llama_hf
-from .weights_hf_import import open_hf
+from .weights_hf_import import families_text, open_hf
 from .weights_llmc import LLMC_MAGIC, open_llmc, write_llmc
 from .weights_triad import open_triad, write_triad
 
@@ -306,7 +305,10 @@ def convert_tokenizer(prog: str, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     prog = prog_name("python -m analysis.convert_weights")
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+    families = textwrap.fill("Hugging Face families imported (model_type): " + families_text()
+                             + ".", width=100)
+    ap = argparse.ArgumentParser(prog=prog,
+                                 description=__doc__.split("\n\n")[0] + "\n\n" + families,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="an HF model or llm.c model file -> a triad checkpoint")

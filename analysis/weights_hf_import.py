@@ -104,22 +104,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                            f"OLMoE's, 'olmoe')")
     bigcode = kind == "gpt_bigcode"
     if kind not in ("gpt2", "gpt_bigcode"):
-        raise ConvertError(f"{where}: model_type is {kind!r}; triad imports GPT-2 ('gpt2'), "
-                           f"GPT-BigCode ('gpt_bigcode'), "
-                           f"Llama ('llama'), Mistral ('mistral'), Mixtral ('mixtral'), Phi-3 "
-                           f"('phi3'), Qwen2 ('qwen2'), Qwen2-MoE ('qwen2_moe'), Qwen3 ('qwen3'), "
-                           f"Qwen3-MoE ('qwen3_moe'), OLMo ('olmo', 'olmo2', 'olmo3'), OLMoE "
-                           f"('olmoe'), "
-                           f"GLM ('glm'), DBRX ('dbrx'), OPT ('opt'), SmolLM3 ('smollm3'), "
-                           f"DeepSeek-V2 "
-                           f"('deepseek_v2'), DeepSeek-V3 ('deepseek_v3'), Kimi K2 ('kimi_k2'), "
-                           f"MiniCPM ('minicpm', 'minicpm3'), "
-                           f"Nemotron ('nemotron'), StableLM "
-                           f"('stablelm'), Gemma ('gemma', 'gemma2', 'gemma3_text'), Granite "
-                           f"('granite', "
-                           f"'granitemoe'), Cohere ('cohere', 'cohere2'), Phi ('phi'), "
-                           f"GPT-Neo ('gpt_neo'), GPT-NeoX ('gpt_neox'), GPT-J ('gptj'), CodeGen "
-                           f"('codegen') and Falcon ('falcon') models")
+        raise ConvertError(f"{where}: model_type is {kind!r}; triad imports {families_text()} "
+                           f"models")
     try:
         n_layer, n_head, n_embd = int(get("n_layer")), int(get("n_head")), int(get("n_embd"))
         n_pos, vocab = int(get("n_positions", "n_ctx")), int(get("vocab_size"))
@@ -155,6 +141,29 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 
 # Hugging Face's mixtures of experts whose blocks triad does not build, and why.
+# The families hf_config_dims reads, by name and model_type (the --help text and the error for
+# another model_type come from here; test_convert_weights.py checks that each is dispatched).
+FAMILIES = (("GPT-2", ("gpt2",)), ("GPT-BigCode (StarCoder)", ("gpt_bigcode",)),
+            ("StarCoder2", ("starcoder2",)), ("Llama", ("llama",)), ("Mistral", ("mistral",)),
+            ("Mixtral", ("mixtral",)), ("Phi-3", ("phi3",)), ("Qwen2", ("qwen2",)),
+            ("Qwen2-MoE", ("qwen2_moe",)), ("Qwen3", ("qwen3",)), ("Qwen3-MoE", ("qwen3_moe",)),
+            ("OLMo", ("olmo", "olmo2", "olmo3")), ("OLMoE", ("olmoe",)), ("GLM", ("glm",)),
+            ("DBRX", ("dbrx",)), ("OPT", ("opt",)), ("SmolLM3", ("smollm3",)),
+            ("DeepSeek-V2", ("deepseek_v2",)), ("DeepSeek-V3", ("deepseek_v3",)),
+            ("Kimi K2", ("kimi_k2",)), ("MiniCPM", ("minicpm", "minicpm3")),
+            ("Nemotron", ("nemotron",)), ("StableLM", ("stablelm",)),
+            ("Gemma", ("gemma", "gemma2", "gemma3_text", "gemma3")),
+            ("Granite", ("granite", "granitemoe")), ("Cohere", ("cohere", "cohere2")),
+            ("Phi", ("phi",)), ("GPT-Neo", ("gpt_neo",)), ("GPT-NeoX", ("gpt_neox",)),
+            ("GPT-J", ("gptj",)), ("CodeGen", ("codegen",)), ("Falcon", ("falcon",)))
+
+
+def families_text() -> str:
+    """'GPT-2 ('gpt2'), ..., and Falcon ('falcon')': every family with its model_type values."""
+    parts = [f"{name} ({', '.join(repr(k) for k in kinds)})" for name, kinds in FAMILIES]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 UNBUILT_MOE = {
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",

@@ -75,6 +75,9 @@ std::array<int32_t, 3> parse_fim_tokens(const std::string& text, const triad::To
   std::vector<int32_t> ids;
   for (const std::string& item : triad::split_comma_list(text)) {
     const int32_t special = tok.special_id(item);
+    TRIAD_CHECK(special >= 0 || item.find_first_not_of("0123456789+- \t") == std::string::npos,
+                "--fim-tokens: '", item,
+                "' is not a special token of the tokenizer (--vocab) nor a token id");
     const std::vector<int32_t> id =
         special >= 0 ? std::vector<int32_t>{special} : parse_ids(item, vocab_size, "--fim-tokens");
     TRIAD_CHECK(id.size() == 1, "--fim-tokens: '", item, "' is not one token");

@@ -263,8 +263,9 @@ std::string set_aside_other_history(MPI_Comm comm, const std::string& dir, int64
        << (move.size() == 1 ? " checkpoint" : " checkpoints") << " of another history ("
        << move.front() << (move.size() > 1 ? " to " + move.back() : std::string())
        << ") set aside in " << aside.string() << " (kept whole, never overwritten): "
-       << (step < 0 ? "this run starts anew"
-                    : "this run goes on from step " + std::to_string(step));
+       << (step >= 0         ? "this run goes on from step " + std::to_string(step)
+           : resumed.empty() ? std::string("this run starts anew")
+                             : "this run starts its own history from " + resumed);
     return os.str();
   });
 }

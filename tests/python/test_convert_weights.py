@@ -3348,3 +3348,26 @@ def test_transformers5_rope_parameters_import_as_the_older_keys(tmp_path, dbrx_o
         assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "bad.h5"),
                              "config.json", needle)
         assert not (tmp_path / "bad.h5").exists()
+
+
+def test_every_listed_family_is_read_and_another_model_type_names_them_all():
+    """The families --help lists (weights_hf_import.FAMILIES) are the ones hf_config_dims
+    dispatches: an empty config of each fails, if at all, on its own keys, never as a model_type
+    triad does not import; another model_type's error names every family's."""
+    from analysis.weights_dims import ConvertError
+    from analysis.weights_hf_import import FAMILIES, hf_config_dims
+
+    for _, kinds in FAMILIES:
+        for kind in kinds:
+            try:
+                hf_config_dims({"model_type": kind}, "config.json", None)
+            except ConvertError as e:
+                assert "triad imports" not in str(e), (kind, str(e))
+            except (KeyError, TypeError, ValueError):
+                pass
+    with pytest.raises(ConvertError) as e:
+        hf_config_dims({"model_type": "bert"}, "config.json", None)
+    assert "config.json: model_type is 'bert'; triad imports GPT-2 ('gpt2')" in str(e.value)
+    for _, kinds in FAMILIES:
+        for kind in kinds:
+            assert repr(kind) in str(e.value), kind

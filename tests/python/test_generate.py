@@ -285,7 +285,7 @@ def test_refuses_bad_new_options(checkpoint):
     assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1, 2, 50257"),
                        "--fim-tokens: '50257' is not a token id")
     assert_clean_error(gen("--suffix", "x", "--fim-tokens", "<fim_prefix>, 2, 3"),
-                       "--fim-tokens: '<fim_prefix>' is not a token id")
+                       "--fim-tokens: '<fim_prefix>' is not a special token of the tokenizer")
     assert_clean_error(gen("--suffix", "x", "--fim-tokens", "1 2, 3, 4"),
                        "--fim-tokens: '1 2' is not one token")
 

@@ -770,6 +770,9 @@ def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):
     assert any(not np.array_equal(mine[k], v) for k, v in weights(aside / "step_00000006.h5").items())
     for k, v in want.items():
         assert np.array_equal(mine[k], v), k
+    # Resumed from another directory's file again: o's checkpoints are another history's.
+    p = train("--config", other, "--resume", start, "--train.steps", 4, check=True)
+    assert f"this run starts its own history from {start}" in p.stdout, p.stdout
     p = train("--config", cfg, "--train.steps", 8, "--train.lr", 1e-3, check=True)
     assert "step_00000006.h5 at step 6" in p.stdout and "set aside" not in p.stdout, p.stdout
     # A new run: every checkpoint of the directory is another history's.
