@@ -118,7 +118,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import numpy as np
 
 from .cli import prog_name, run_main, token_arg
-from .hdf5_files import file_kind
+from .hdf5_files import file_kind, special_file_problem
 from . import hf_tokenizer
 from .hf_tokenizer import tokenizer_files
 from .weights_dims import ConvertError, Dims, Tensors
@@ -131,6 +131,8 @@ from .weights_triad import open_triad, write_triad
 def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if not src.exists():
         raise ConvertError(f"{src}: no such file or directory")
+    if special_file_problem(src):
+        raise ConvertError(special_file_problem(src))
     if src.is_dir() or src.suffix == ".safetensors":
         return open_hf(src, seq_len)
     with open(src, "rb") as f:
@@ -218,7 +220,8 @@ def is_description(path: Path) -> bool:
 
 
 def description_files(path: Path, d: Dims) -> Dict[str, str]:
-    """An HF export's tokenizer.json and tokenizer_config.json from a tokenizer description."""
+    """An HF export's tokenizer.json, tokenizer_config.json and generation_config.json from a
+    tokenizer description."""
     try:
         desc = hf_tokenizer.read_description(path)
     except hf_tokenizer.TokenizerError as e:

@@ -15,6 +15,15 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
+def special_file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with reading `path` as a file where it is a pipe, socket or device (reading
+    one can wait for ever, or never end), else None: callers raise their own error with it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir() and not p.is_file():
+        return not_hdf5_message(path, "special")
+    return None
+
+
 def file_kind(path: str | os.PathLike) -> str:
     """'missing', 'directory', 'special' (a pipe, socket or device: reading one can wait
     forever), 'unreadable', 'empty', 'hdf5' (has HDF5's signature at offset 0) or 'other'."""

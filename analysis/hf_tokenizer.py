@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sp_tokenizer
+from .hdf5_files import special_file_problem
 
 EOT = "<|endoftext|>"
 
@@ -116,6 +117,9 @@ def tokenizer_files(ranks_path: Path, model_max_length: int) -> dict[str, str]:
 # ---- tokenizer descriptions -------------------------------------------------------------------
 
 DESCRIPTION_MAGIC = "triad-tokenizer 1"
+# Special tokens a Tekken file may reserve (Mistral's have 1,000): a bound on a count read from
+# the file before the table is made from it.
+MAX_SPECIALS = 1 << 20
 # The chat formats triad-generate --chat and triad-tokenize chat build (triad/data/chat_format.h).
 CHAT_FORMATS = sp_tokenizer.CHAT_FORMATS
 # A ChatML template's default system message, where it writes one for a conversation without:
@@ -305,6 +309,8 @@ def ranks_text(ranked: dict[int, bytes]) -> str:
 
 def _ranks(path: Path, where: str) -> dict[bytes, int]:
     """read_ranks, its errors as TokenizerError naming `where`."""
+    if special_file_problem(path):
+        raise TokenizerError(special_file_problem(path))
     try:
         return read_ranks(path)
     except OSError as e:
@@ -427,6 +433,8 @@ def _load_json(path: Path, required: bool = True) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{path}: not readable JSON ({e})") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: not readable JSON (nested too deeply)") from None
 
 
 def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
@@ -684,7 +692,7 @@ def from_kimi(src: Path, document_start: str | None = None, prompt_start: str | 
     names = {}
     for key, value in decoder.items():
         name = _token_name(value)
-        if not (isinstance(key, str) and key.isascii() and key.isdigit()
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 18
                 and n <= int(key) < n + KIMI_SPECIALS and name):
             raise TokenizerError(f"{config_path}: added_tokens_decoder entry {key!r} is not a "
                                  f"named token with an id in {n}..{n + KIMI_SPECIALS - 1} (the "
@@ -747,6 +755,10 @@ def from_tekken(path: Path) -> Description:
     if not 0 < n_ranks <= len(vocab):
         raise TokenizerError(f"{where}: default_vocab_size {config['default_vocab_size']} leaves "
                              f"{n_ranks} of its {len(vocab)} ranks")
+    # (the specials below are made one by one: a count no tokenizer has is refused first)
+    if not 0 <= n_special <= MAX_SPECIALS:
+        raise TokenizerError(f"{where}: default_num_special_tokens {n_special} is not in "
+                             f"[0, {MAX_SPECIALS}]")
     ranked = {}
     for i, v in enumerate(vocab[:n_ranks]):
         if v.get("rank") != i:
@@ -776,9 +788,21 @@ def from_tekken(path: Path) -> Description:
 
 def hf_files(d: Description | sp_tokenizer.PiecesDescription,
              model_max_length: int) -> dict[str, str]:
-    """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast."""
-    if isinstance(d, sp_tokenizer.PiecesDescription):
-        return sp_tokenizer.hf_files(d, model_max_length)
+    """tokenizer.json and tokenizer_config.json for transformers' PreTrainedTokenizerFast, and a
+    generation_config.json with every stop token: tokenizer_config.json's eos_token holds one
+    (Llama 3's instruct models stop at three), and generate() and an import read the list here."""
+    files = (sp_tokenizer.hf_files(d, model_max_length)
+             if isinstance(d, sp_tokenizer.PiecesDescription)
+             else _byte_level_hf_files(d, model_max_length))
+    stops = [d.specials[s] for s in d.stops]
+    generation = {"eos_token_id": stops if len(stops) > 1 else stops[0]}
+    if d.prompt_start is not None:
+        generation["bos_token_id"] = d.specials[d.prompt_start]
+    files["generation_config.json"] = json.dumps(generation, indent=2) + "\n"
+    return files
+
+
+def _byte_level_hf_files(d: Description, model_max_length: int) -> dict[str, str]:
     rank = {t: i for i, t in d.ranked.items()}
     merges = []
     for r in sorted(d.ranked):

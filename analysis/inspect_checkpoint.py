@@ -268,6 +268,14 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False,
                 rep.datasets[name] = (tuple(obj.shape), str(obj.dtype),
                                       {k: attr_value(v) for k, v in obj.attrs.items()})
                 if stats or verify or norms:
+                    # HDF5 allocates a dataset's storage as it is written: a damaged or forged
+                    # file can declare gigabytes it does not hold, which reading would allocate.
+                    # triad's datasets are contiguous and uncompressed: all their bytes are there.
+                    held = obj.id.get_storage_size()
+                    if obj.nbytes > held and obj.compression is None:
+                        rep.problems.append(f"{name} declares {obj.nbytes} bytes of data, the "
+                                            f"file holds {held} for it (damaged?)")
+                        return
                     try:
                         arr = obj[()]
                     except Exception as e:  # noqa: BLE001
@@ -316,6 +324,18 @@ def _natural_key(name: str):
     for p in parts:
         key.append((0, int(p), "") if p.isdigit() else (1, _ORDER.get(p, 9), p))
     return key
+
+
+# The /model attributes that hold names (src/io/model_attributes.cpp); every other holds numbers.
+STRING_ATTRS = ("position", "norm", "mlp", "rope_scaling", "moe_score", "moe_group_score")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope")
+
+
+def finite_numbers(v) -> bool:
+    """v is a finite number (not a bool) or a non-empty list of them."""
+    items = v if isinstance(v, list) and v else [v]
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in items)
 
 
 def is_count(v, least: int = 0, most: int | None = None) -> bool:
@@ -455,6 +475,21 @@ def _check(rep: Report) -> None:
                  f"'geglu', 'relu2' or 'relu'")
     if ma.get("norm", "layernorm") not in ("layernorm", "rmsnorm"):
         P.append(f"/model attribute norm = {ma['norm']!r}, expected 'layernorm' or 'rmsnorm'")
+    # The rest: a name where triad writes one, finite numbers elsewhere (a text where a number
+    # stands failed the readers' int() and float(); a NaN went into an export's config.json, which
+    # is then no JSON; an unknown rope scaling was exported as none).
+    known = len(P)
+    for k, v in ma.items():
+        if k in STRING_ATTRS:
+            if not isinstance(v, str):
+                P.append(f"/model attribute {k} = {v!r}, not a name")
+            elif k == "rope_scaling" and v not in ROPE_SCALINGS:
+                P.append(f"/model attribute rope_scaling = {v!r}, expected one of "
+                         f"{', '.join(ROPE_SCALINGS)}")
+        elif not finite_numbers(v):
+            P.append(f"/model attribute {k} = {v!r}, not a finite number")
+    if len(P) > known:  # (the shapes below are computed from them)
+        return
     exp = expected_shapes(ma)
     for name, shape in exp.items():
         if name not in model:

@@ -61,6 +61,9 @@ def open_h5(path: str | os.PathLike):
 def open_with_group(path: Path, group: str, why: str):
     """open_h5(path) where the file has /group; else MetricsError naming the file, with `why`
     the group would be missing. The caller closes the file (with ... as f)."""
+    kind = file_kind(path)
+    if kind != "hdf5":
+        raise MetricsError(not_hdf5_message(path, kind))
     try:
         f = open_h5(path)
     except Exception as e:  # noqa: BLE001 - h5py raises several types
@@ -218,6 +221,10 @@ def _read_group(f, path: Path, name: str, fields: tuple[str, ...]) -> dict[str, 
             continue
         if ds.ndim != 1:
             raise MetricsError(f"{path}: /{name}/{k} has shape {ds.shape}, expected 1-D")
+        # (numbers only: a text or compound dataset failed as Python's own error further on)
+        if ds.dtype.kind not in "iuf":
+            what = "text" if ds.dtype.kind in "OSU" else f"{ds.dtype} values"
+            raise MetricsError(f"{path}: /{name}/{k} holds {what}, not numbers")
         try:
             arr = ds[()]
         except Exception as e:  # noqa: BLE001 - h5py raises several types on damaged files
@@ -244,6 +251,8 @@ def _tail_unwritten(cols: dict[str, np.ndarray], increasing: tuple[str, ...]) ->
 
 
 def _read_once(path: Path):
+    import h5py
+
     try:
         f = open_h5(path)
     except Exception as e:  # noqa: BLE001 - OSError for truncated files, etc.
@@ -252,6 +261,9 @@ def _read_once(path: Path):
         attrs = {k: attr_value(v) for k, v in f.attrs.items()}
         train = _read_group(f, path, "train", TRAIN_FIELDS)
         val = _read_group(f, path, "val", VAL_FIELDS)
+        for group in ("val_sets", "val_ema_sets"):
+            if group in f and not isinstance(f[group], h5py.Group):
+                raise MetricsError(f"{path}: /{group} is not a group (not a triad metrics.h5?)")
         sets, average_sets = ({name: _read_group(f[group], path, name,
                                                  ("step", "loss", "accuracy"))
                                for name in sorted(f[group].keys())} if group in f else {}

@@ -248,8 +248,9 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             bits = [r.name]
             if r.attrs.get("grid"):
                 bits.append(str(r.attrs["grid"]))
-            if r.attrs.get("n_params"):
-                bits.append(f"{int(r.attrs['n_params']) / 1e6:.2f}M params")
+            n_params = r.attrs.get("n_params")
+            if isinstance(n_params, (int, float)) and n_params > 0:  # (not a damaged file's text)
+                bits.append(f"{n_params / 1e6:.2f}M params")
             title = " | ".join(bits)
         else:
             title = f"{len(runs)} runs"

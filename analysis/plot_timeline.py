@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .cli import AnalysisError, prog_name, run_main  # noqa: E402
 from .figures import check_figure_out, save_figure  # noqa: E402
+from .hdf5_files import special_file_problem  # noqa: E402
 
 COLUMNS = ["source", "stage", "kind", "microbatch", "chunk", "start_ms", "end_ms"]
 COLOURS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
@@ -38,6 +39,8 @@ def read_trace(path: str | Path) -> dict[str, list[dict]]:
     """The rows of a trace file by source, checked; AnalysisError naming the file and the
     problem for anything that is not such a file."""
     path = Path(path)
+    if special_file_problem(path):
+        raise AnalysisError(special_file_problem(path))
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

@@ -31,6 +31,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .hdf5_files import special_file_problem
+
 SPACE = "\u2581"  # SentencePiece's stand-in for a space
 BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 
@@ -208,6 +210,8 @@ def read_model(path: Path) -> dict:
     """The parts of a SentencePiece ModelProto that decide encoding: pieces (text, score, type)
     and the trainer's and normalizer's settings, with the proto's defaults."""
     where = str(path)
+    if special_file_problem(path):
+        raise SentencePieceError(special_file_problem(path))
     try:
         buf = path.read_bytes()
     except OSError as e:

@@ -57,6 +57,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return default
 
     kind = cfg.get("model_type", "gpt2")
+    if not isinstance(kind, str):
+        raise ConvertError(f"{where}: model_type is {kind!r}, not a name")
     cfg = transformers4_keys(cfg, where)  # (a file of transformers 5, read as one of 4)
     if kind == "gemma3":  # Gemma3ForConditionalGeneration (Gemma 3 4B to 27B): its language model
         text = cfg.get("text_config")
@@ -182,6 +184,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConvertError(f"{cfg_path}: not readable as JSON: {e}")
+    except RecursionError:
+        raise ConvertError(f"{cfg_path}: not readable as JSON (nested too deeply)") from None
     if not isinstance(cfg, dict):
         raise ConvertError(f"{cfg_path}: not a JSON object")
     d = hf_config_dims(cfg, str(cfg_path), seq_len)
@@ -197,7 +201,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
             wm = json.loads(index.read_text())["weight_map"]
             files = [directory / f for f in sorted(set(wm.values()))]
             wm = {name: directory / f for name, f in wm.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ConvertError(f"{index}: not a safetensors index ({e})")
     else:
         bins = sorted(p.name for p in directory.glob("pytorch_model*.bin"))

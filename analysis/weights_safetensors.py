@@ -66,7 +66,9 @@ class SafetensorsFile:
                 b, end = (int(x) for x in e["data_offsets"])
                 if not isinstance(dtype, str) or dtype not in SAFETENSORS_SIZES:
                     raise ValueError(f"dtype {dtype!r}")
-            except (KeyError, TypeError, ValueError, AttributeError) as why:
+                if any(x < 0 for x in shape):  # (two negative sizes multiply to a positive one)
+                    raise ValueError(f"shape {list(shape)}")
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as why:
                 raise ConvertError(f"{path}: malformed header entry for tensor {name} ({why})")
             want = math.prod(shape) * SAFETENSORS_SIZES[dtype]
             if end - b != want or b < 0 or self.base + end > size:
@@ -98,7 +100,10 @@ class SafetensorsFile:
         np_dtype, _ = SAFETENSORS_DTYPES[dtype]
         a = np.fromfile(self.path, dtype=np_dtype, count=math.prod(shape),
                         offset=self.base + b).reshape(shape)
-        return bf16_to_fp32(a) if dtype == "BF16" else a.astype("<f4")
+        if dtype == "BF16":
+            return bf16_to_fp32(a)
+        with np.errstate(over="ignore"):  # (an F64 beyond fp32 becomes inf, refused by name later)
+            return a.astype("<f4")
 
     def read_bytes(self, name: str) -> np.ndarray:
         """A tensor of one-byte elements (an FP8 weight's) as its raw bytes."""

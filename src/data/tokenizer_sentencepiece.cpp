@@ -109,13 +109,19 @@ Tokenizer Tokenizer::from_pieces(const std::string& pieces_path, int64_t pieces_
 
   // Merges: `left right rank`, each pair once; the join of left and right must be a token.
   const std::string where_m = "merges file " + merges_path + " (named by " + by + ")";
+  const std::string merges_text = whole_lines(merges_path, where_m);
+  // The table is sized by merges_count before the lines are counted: a count the file cannot
+  // hold (a merge's line is 6 bytes at least, "1 2 3\n") is refused before it allocates.
+  TRIAD_CHECK(uint64_t(merges_count) <= merges_text.size() / 6 + 1, where_m, ": ",
+              merges_text.size(), " bytes cannot hold merges_count ", merges_count,
+              " merges; truncated or the wrong file?");
   size_t cap = 1024;
   while (cap < size_t(merges_count) * 2) cap *= 2;
   t.merges_.assign(cap, Merge{0, 0, 0});
   t.merge_mask_ = cap - 1;
   std::unordered_map<uint64_t, int64_t> line_of;
   int64_t count = 0;
-  for_each_line(whole_lines(merges_path, where_m), [&](int64_t line_no, std::string_view line) {
+  for_each_line(merges_text, [&](int64_t line_no, std::string_view line) {
     if (line.empty()) return;
     const auto w = words_of(line);
     TRIAD_CHECK(w.size() == 3, where_m, ", line ", line_no, ": expected 'left right rank' (ids ",

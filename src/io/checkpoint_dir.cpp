@@ -194,12 +194,21 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
   // Rank 0 decides (validating each candidate on its own) and tells the others.
   return decided_by_rank0(comm, [&]() -> std::string {
     const fs::path d(dir);
-    std::string tried;
-    if (const std::optional<std::string> latest = read_pointer(d); latest && !latest->empty()) {
+    std::string tried, failure;
+    std::optional<std::string> latest = read_pointer(d);
+    // triad writes a checkpoint's bare name there; a path (a hand edit) would resume from a file
+    // outside the directory, whose own checkpoints of the same step would then be set aside.
+    if (latest && !latest->empty() && !parse_checkpoint_name(*latest)) {
+      std::cerr << "warning: " << (d / "latest").string() << " holds '" << *latest
+                << "', not a checkpoint's name in the directory; ignored\n";
+      latest.reset();
+    }
+    if (latest && !latest->empty()) {
       const std::string path = (d / *latest).string();
       const std::string why = check_loadable(path);
       if (why.empty()) return path;
       tried = *latest;
+      failure = why;
       std::cerr << "warning: " << (d / "latest").string() << " names " << *latest
                 << ", which cannot be loaded (" << why << "); looking for an older checkpoint\n";
     }
@@ -210,7 +219,15 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
       const std::string why = check_loadable(path);
       if (why.empty()) return path;
       std::cerr << "warning: skipping damaged checkpoint: " << why << "\n";
+      failure = why;
     }
+    // Checkpoints that none loads are not taken for no checkpoint: the run would start anew and
+    // set them aside, and a cause that passes (a full disk, where Open MPI cannot open a file;
+    // storage that is down) would cost the run its history.
+    TRIAD_CHECK(failure.empty(), "--resume auto: checkpoint directory ", dir,
+                " holds checkpoints, and none can be loaded (the last tried: ", failure,
+                "); nothing was moved. Free or repair what fails, or start anew with --resume "
+                "none (which sets them aside, kept whole)");
     return "";
   });
 }

@@ -179,12 +179,22 @@ CheckpointState read_state(hid_t file) {
   TRIAD_CHECK(s.step >= 0 && s.tokens_seen >= 0 && s.next_sequence >= 0 && s.epoch >= 0,
               "attributes step, tokens_seen, next_sequence and epoch of / must be >= 0 (they are ",
               s.step, ", ", s.tokens_seen, ", ", s.next_sequence, ", ", s.epoch, ")");
+  // (train.steps' bound: the step of a checkpoint's name has 8 digits)
+  TRIAD_CHECK(s.step <= 99999999, "attribute step of / is ", s.step, ", beyond any run (99999999)");
   const std::optional<std::string> config = io::read_string_attr(file, "config");
   TRIAD_CHECK(config.has_value(), "attribute config of / is missing");
   s.config = *config;
   s.grid = io::read_string_attr(file, "grid").value_or("");
   s.loss_window = io::read_doubles_attr(file, "loss_window").value_or(std::vector<double>{});
   s.norm_window = io::read_doubles_attr(file, "grad_norm_window").value_or(std::vector<double>{});
+  // The windows hold finite losses and norms only (a non-finite one is skipped, never kept): a
+  // NaN would make every z-score NaN and turn the skipping off without a word.
+  for (const auto& [name, values] :
+       {std::pair<const char*, const std::vector<double>&>{"loss_window", s.loss_window},
+        {"grad_norm_window", s.norm_window}})
+    for (double v : values)
+      TRIAD_CHECK(std::isfinite(v), "attribute ", name, " of / holds ", v,
+                  " (a window of finite values only)");
   s.skipped_in_a_row = io::read_int64_attr(file, "skipped_in_a_row").value_or(0);
 
   TRIAD_CHECK(io::link_exists(file, "model"), "group /model is missing");

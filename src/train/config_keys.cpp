@@ -1,6 +1,7 @@
 // triad-train's command line and config files: every config key once (KeyTable), read from
 // INI files, the command line and --model-from, and written back as the resolved INI.
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cctype>
 #include <charconv>
@@ -511,6 +512,10 @@ class KeyTable {
         "model was built: loading the data and the checkpoint count) writes a "
         "checkpoint and the run stops there, exit status 0 (--resume auto continues it; "
         "Megatron's --exit-duration-in-mins); 0: none");
+    add("run.hang_minutes", c.run.hang_minutes,
+        "a rank without progress (a step's part, an evaluation batch, a checkpoint save) for "
+        "this many minutes ends the job with an error naming what it was doing: a peer that "
+        "died or hangs leaves the others waiting in a collective for ever; 0: never");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,
@@ -552,6 +557,16 @@ class KeyTable {
         "GPT-2's <|endoftext|>)");
   }
   const po::options_description& desc() const { return desc_; }
+  // Boost reads an empty value of a bool option as true: "--model.bias $UNSET" or "bias =" would
+  // turn a feature on. Refused, as an empty number is.
+  void check_booleans(const po::parsed_options& parsed, const std::string& origin) const {
+    for (const po::option& o : parsed.options) {
+      if (std::find(bools_.begin(), bools_.end(), o.string_key) == bools_.end()) continue;
+      const bool empty =
+          o.value.empty() || o.value.front().find_first_not_of(" \t") == std::string::npos;
+      TRIAD_CHECK(!empty, origin, ": ", o.string_key, " is empty (give true or false)");
+    }
+  }
   std::string ini() const {
     std::ostringstream os;
     std::string section;
@@ -572,6 +587,7 @@ class KeyTable {
   void add(const char* key, T& field, const char* help) {
     std::string shown = format(field);
     desc_.add_options()(key, po::value<T>(&field)->default_value(field, shown), help);
+    if constexpr (std::is_same_v<T, bool>) bools_.emplace_back(key);
     printers_.emplace_back(key, [&field] { return format(field); });
   }
   template <typename T>
@@ -592,6 +608,7 @@ class KeyTable {
 
   po::options_description desc_;
   std::vector<std::pair<std::string, std::function<std::string()>>> printers_;
+  std::vector<std::string> bools_;
 };
 
 // Boost's messages name the option as "--train.lr" or "train.lr"; prefix where it came from.
@@ -669,6 +686,7 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
     // Boost keeps the first value stored for a key: store the command line first, then the
     // config files from last to first, so later sources override earlier ones.
     const po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
+    keys.check_booleans(parsed, "command line");
     po::store(parsed, vm);
     if (vm.count("help")) {
       cl.help = true;
@@ -692,7 +710,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
         model_section(read_checkpoint_state(MPI_COMM_SELF, path).config, path);
     try {
       std::istringstream in(section);
-      po::store(po::parse_config_file(in, keys.desc(), false), vm);
+      const po::parsed_options parsed = po::parse_config_file(in, keys.desc(), false);
+      keys.check_booleans(parsed, "--model-from " + path + " (the [model] section of its config)");
+      po::store(parsed, vm);
     } catch (const po::error& e) {
       rethrow(e, "--model-from " + path + " (the [model] section of its config)");
     }
@@ -703,6 +723,13 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
     TRIAD_CHECK(!it->empty(), "command line: --config is empty (give a file)");
     std::error_code ec;  // (a directory opens as a stream that reads nothing)
     TRIAD_CHECK(!fs::is_directory(*it, ec), "config file ", *it, ": is a directory");
+    // A FIFO would block the read for ever, a device (/dev/zero) fill memory without end.
+    TRIAD_CHECK(!fs::exists(*it, ec) || fs::is_regular_file(*it, ec), "config file ", *it,
+                ": is not a regular file");
+    constexpr uintmax_t kMaxConfigBytes = uintmax_t(16) << 20;
+    const uintmax_t bytes = fs::exists(*it, ec) ? fs::file_size(*it, ec) : 0;
+    TRIAD_CHECK(ec || bytes <= kMaxConfigBytes, "config file ", *it, ": ", bytes,
+                " bytes, more than a config holds (16 MiB at most)");
     std::ifstream in(*it);
     TRIAD_CHECK(in.is_open(), "config file ", *it, ": cannot open (missing or unreadable)");
     // A UTF-8 byte-order mark (some editors write one) is not part of the first line.
@@ -712,7 +739,9 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
       in.seekg(0);
     }
     try {
-      po::store(po::parse_config_file(in, keys.desc(), false), vm);
+      const po::parsed_options parsed = po::parse_config_file(in, keys.desc(), false);
+      keys.check_booleans(parsed, "config file " + *it);
+      po::store(parsed, vm);
     } catch (const po::error& e) {
       rethrow(e, "config file " + *it);
     }
@@ -757,7 +786,9 @@ Config parse_config_text(const std::string& ini_text, const std::string& origin)
   po::variables_map vm;
   try {
     std::istringstream in(ini_text);
-    po::store(po::parse_config_file(in, keys.desc(), false), vm);
+    const po::parsed_options parsed = po::parse_config_file(in, keys.desc(), false);
+    keys.check_booleans(parsed, origin);
+    po::store(parsed, vm);
     po::notify(vm);
   } catch (const po::error& e) {
     rethrow(e, origin);

@@ -550,6 +550,8 @@ void validate(const Config& c, int world_size) {
         "needs a validation loss to compare: data.val and eval.sequences > 0");
   check(std::isfinite(c.run.max_minutes) && c.run.max_minutes >= 0, "run.max_minutes",
         "must be a number of minutes >= 0 (0: no budget)");
+  check(std::isfinite(c.run.hang_minutes) && c.run.hang_minutes >= 0, "run.hang_minutes",
+        "must be a number of minutes >= 0 (0: no watchdog)");
   check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");

@@ -536,7 +536,16 @@ TrainOutcome Trainer::run() {
     s.grid.ep().reset_stats();
     s.grid.edp().reset_stats();
   }
+  // run.hang_minutes: from here to the end of the run, a rank without progress ends the job.
+  const int world_rank = s.grid.world_rank();
+  s.watchdog = std::make_unique<HangWatchdog>(
+      60.0 * cfg.run.hang_minutes, [world_rank](const std::string& report) {
+        std::fprintf(stderr, "triad-train: error (rank %d): %s\n", world_rank, report.c_str());
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      });
   while (s.step < cfg.train.steps) {
+    s.watch("the step's start", s.step);
     if (s.save_done()) s.finish_save();  // report a background save that ended (if any)
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
       const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
@@ -657,6 +666,7 @@ TrainOutcome Trainer::run() {
       else if (reduces)
         s.model->set_grad_ready_hook(reduce_final);
       s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base);
+      s.watch("the pipeline schedule", st);
       const ForwardStats f =
           s.model->pipeline_step(s.inputs.data(), s.targets.data(), accum, mbs, dloss_scale);
       s.model->set_grad_ready_hook(nullptr);
@@ -686,6 +696,7 @@ TrainOutcome Trainer::run() {
         }
         s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
         s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base + int64_t(m) * mbs);
+        s.watch("a micro-batch's forward and backward", st);
         const ForwardStats f =
             s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale);
         loss_sum += f.loss_sum;
@@ -702,6 +713,7 @@ TrainOutcome Trainer::run() {
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
+    s.watch("the gradients' reduction and the step's statistics", st);
     // The z-loss term's mean over the counted targets, c·(log Z)² (NaN: no z-loss).
     const double z_loss_mean = cfg.train.z_loss > 0 && counted > 0
                                    ? cfg.train.z_loss * s.grid.dp().all_reduce_sum(z_sum) / counted
@@ -792,6 +804,7 @@ TrainOutcome Trainer::run() {
     // The update writes the bf16 copy of the weights it updates as it goes (bf16 precision);
     // publish_update() brings the other ranks' slices. Clipped by the global norm as the
     // optimizer reads the gradient (no pass of its own).
+    s.watch("the optimizer update", st);
     if (!skip) {
       const double wd = weight_decay_at(cfg.optim, at);  // optim.weight_decay_schedule
       s.opt->set_weight_decay(wd);
@@ -878,8 +891,10 @@ TrainOutcome Trainer::run() {
     const bool last = s.step == cfg.train.steps;
     const bool evaluates = last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
     if (evaluates) s.run_eval();
+    s.watch("the checkpoint's save", s.step);
     if (last || (cfg.checkpoint.every > 0 && s.step % cfg.checkpoint.every == 0))
       s.save_checkpoint();
+    s.watch("the step's end", s.step);
     if (evaluates && cfg.checkpoint.best) s.keep_if_best();
     // Preemption (a signal on any rank) and run.max_minutes (by rank 0's clock): every rank
     // learns of either at the same step boundary.
@@ -905,7 +920,9 @@ TrainOutcome Trainer::run() {
       break;
     }
   }
+  s.watch("the last checkpoint's save", s.step);
   s.finish_save();
+  s.watchdog.reset();
   if (s.metrics) s.metrics->flush();
   out.steps_done = s.step;
   out.dp_traffic = s.grid.dp().stats();

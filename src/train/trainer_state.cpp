@@ -748,6 +748,7 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src, bool by_po
       continue;
     }
     const int b = int(std::min<int64_t>(B, n - i));
+    watch("evaluation", step);
     for (int k = 0; k < b; ++k)
       src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
     if (by_position) model->set_position_losses(at.data(), at.data() + T);

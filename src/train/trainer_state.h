@@ -32,6 +32,7 @@
 #include "triad/model/gpt.h"
 #include "triad/optim/optimizer.h"
 #include "triad/parallel/process_grid.h"
+#include "triad/train/hang_watchdog.h"
 #include "triad/train/noise_scale.h"
 #include "triad/train/outlier_window.h"
 #include "triad/train/sampler.h"
@@ -50,6 +51,11 @@ struct Trainer::State {
   std::unique_ptr<SequenceSource> val_src;
   std::vector<std::pair<std::string, std::unique_ptr<SequenceSource>>> val_sets;  // eval.sets
   std::unique_ptr<MetricsWriter> metrics;
+  // run.hang_minutes, while Trainer::run trains (its progress marks: watch()).
+  std::unique_ptr<HangWatchdog> watchdog;
+  void watch(const char* phase, int64_t at) {
+    if (watchdog) watchdog->mark(phase, at);
+  }
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)
   std::ofstream log;

@@ -324,6 +324,17 @@ def test_metrics_tools_bad_files(runs, tmp_path, cmd):
     with h5py.File(notrain, "a") as f:
         del f["train"]
     assert_clean_failure(tool(cmd, runs["r1"], notrain, "--out", out), notrain, "/train")
+    # text where numbers stand; a dataset where a group of sets stands
+    for edit, needle in ((lambda f: f["train"].create_dataset("odd", data=[b"a", b"b"]),
+                          "/train/odd holds text, not numbers"),
+                         (lambda f: f.create_dataset("val_sets", data=[1.0]),
+                          "/val_sets is not a group")):
+        damaged = tmp_path / "damaged" / "metrics.h5"
+        damaged.parent.mkdir(exist_ok=True)
+        shutil.copy(runs["r1"] / "metrics.h5", damaged)
+        with h5py.File(damaged, "a") as f:
+            edit(f)
+        assert_clean_failure(tool(cmd, damaged, "--out", out), damaged, needle)
     assert not out.exists()
     # Where the figure goes: matplotlib wrote "<name>.png" for a name without a suffix (a
     # directory's too) and allocated what any dpi asked for.
@@ -502,3 +513,39 @@ def test_console_scripts_in_the_venv():
         r = subprocess.run([str(VENV_BIN / name), "--help"], capture_output=True, text=True,
                            timeout=60, env=dict(os.environ, MPLBACKEND="Agg"))
         assert r.returncode == 0 and f"usage: {name}" in r.stdout, (name, r.stderr)
+
+
+def test_a_pipe_given_for_a_file_is_refused_not_read(tmp_path):
+    """A named pipe (or a device) in place of an input file: reading it waits for ever. Every
+    tool refuses it by name before it opens it (these hung: import, the tokenizer readers, the
+    plots of metrics groups, the timeline's CSV, the sweep file)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    png = tmp_path / "x.png"
+    for cmd in (("triad-convert", "import", fifo, tmp_path / "o.h5"),
+                ("triad-convert", "tokenizer", "--meta-llama3", fifo, tmp_path / "o1"),
+                ("triad-convert", "tokenizer", "--sentencepiece", fifo, tmp_path / "o2"),
+                ("triad-plot-norms", fifo, "--out", png), ("triad-timeline", fifo, "--out", png),
+                ("triad-sweep", "list", fifo)):
+        assert_clean_failure(tool(*cmd, timeout=30), fifo, "not a regular file"), cmd
+
+
+def test_model_attributes_of_the_wrong_kind_are_refused_by_name(runs, tmp_path):
+    """/model attributes are names where triad writes names (and rope_scaling a known one) and
+    finite numbers elsewhere: a NaN epsilon was exported into a config.json that is no JSON, an
+    unknown rope scaling exported as none, a text where a count stands failed with Python's
+    own error. triad-ckpt names each, and the export refuses the file."""
+    good = runs["r1"] / "ckpt" / "step_00000012.h5"
+    for attr, value, needle in (("norm_eps", np.nan, "norm_eps = nan, not a finite number"),
+                                ("rope_scaling", "weird", "rope_scaling = 'weird', expected one"),
+                                ("n_kv_head", "x", "n_kv_head = 'x', not a finite number"),
+                                ("norm", 3, "norm = 3")):
+        bad = tmp_path / f"bad_{attr}.h5"
+        shutil.copy(good, bad)
+        with h5py.File(bad, "r+") as f:
+            f["model"].attrs[attr] = value
+        p = tool("triad-ckpt", bad)
+        assert p.returncode == 1 and needle in p.stdout, p.stdout + p.stderr
+        assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / f"hf_{attr}", "--to",
+                                  "hf", "--vocab", "none"), needle)
+        assert not (tmp_path / f"hf_{attr}").exists()

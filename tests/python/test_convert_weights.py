@@ -3371,3 +3371,40 @@ def test_every_listed_family_is_read_and_another_model_type_names_them_all():
     for _, kinds in FAMILIES:
         for kind in kinds:
             assert repr(kind) in str(e.value), kind
+
+
+def test_malformed_model_files_are_refused_by_name(tmp_path):
+    """Damage Python's own errors told of without naming the file (a model_type that is a list,
+    a shape of Infinity or of two negative sizes whose product looks right, JSON nested past
+    Python's recursion limit): each is refused with the file and the problem."""
+    src = tmp_path / "hf"
+    hf_model().save_pretrained(src, safe_serialization=True)
+    cfg = json.loads((src / "config.json").read_text())
+    st = (src / "model.safetensors").read_bytes()
+    n = int.from_bytes(st[:8], "little")
+    header = json.loads(st[8:8 + n])
+
+    def with_header(h):
+        text = json.dumps(h).encode()
+        return len(text).to_bytes(8, "little") + text + st[8 + n:]
+
+    wte = header["transformer.wte.weight"]
+    cases = (
+        ("model_type", lambda d: (d / "config.json").write_text(
+            json.dumps({**cfg, "model_type": ["gpt2"]})), "model_type is ['gpt2'], not a name"),
+        ("deep", lambda d: (d / "config.json").write_text("[" * 100000 + "]" * 100000),
+         "nested too deeply"),
+        ("infinity", lambda d: (d / "model.safetensors").write_bytes(with_header(
+            {**header, "transformer.wte.weight": {**wte, "shape": [1e999, wte["shape"][1]]}})
+            .replace(b"1e999", b"Infinity")), "malformed header entry for tensor"),
+        ("negative", lambda d: (d / "model.safetensors").write_bytes(with_header(
+            {**header, "transformer.wte.weight": {**wte, "shape": [-s for s in wte["shape"]]}})),
+         "malformed header entry for tensor transformer.wte.weight (shape [-"),
+    )
+    for name, damage, needle in cases:
+        bad = tmp_path / name
+        shutil.copytree(src, bad)
+        damage(bad)
+        assert_clean_failure(tool("triad-convert", "import", bad, tmp_path / f"{name}.h5"),
+                             needle)
+        assert not (tmp_path / f"{name}.h5").exists()

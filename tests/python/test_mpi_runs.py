@@ -111,6 +111,34 @@ def test_preemption_on_one_rank_stops_all_and_resumes_bit_exactly(tmp_path, n, g
         assert np.array_equal(w1[k], w2[k]), k
 
 
+def test_a_rank_that_stops_ends_the_job_through_the_others_watchdogs(tmp_path):
+    """run.hang_minutes: one rank stopped (SIGSTOP: a dead node, a hung kernel or file system)
+    leaves the other waiting in a collective for ever; its watchdog ends the job with an error
+    naming the rank and what it was doing, instead of holding the nodes to the job's limit."""
+    cfg = tiny_config(tmp_path, name="hang")
+    proc = subprocess.Popen(mpirun(2, "--config", cfg, "--train.steps", 10**6, "--eval.every", 0,
+                                   "--checkpoint.every", 0, "--run.hang_minutes", 0.05),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=MPI_ENV)
+    pids = catching_pids(lambda: rank_pids(proc.pid), 2, signal.SIGUSR1)
+    try:
+        time.sleep(1)  # into training
+        os.kill(pids[-1], signal.SIGSTOP)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        for pid in pids:  # (mpirun kills its ranks, stopped ones included; in case it did not)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    assert "triad-train: error (rank 0): no progress for" in err, err
+    assert "run.hang_minutes" in err and " of step " in err, err
+    assert_clean_error(train("--config", cfg, "--run.hang_minutes", -1),
+                       "run.hang_minutes", "must be a number of minutes >= 0")
+
+
 def test_time_budget_stops_every_rank_with_a_checkpoint_and_resumes_bit_exactly(tmp_path):
     """run.max_minutes (Megatron's --exit-duration-in-mins): a budget of 0.6 s (by rank 0's
     clock) on a run of a million steps stops both ranks at the same step, past which the

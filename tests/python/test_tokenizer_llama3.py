@@ -356,7 +356,9 @@ def test_exported_tokenizer_json_encodes_as_triad(tmp_path, llama3, llama3_enc):
     b = hf_tokenizer.read_description(tmp_path / "back" / "tokenizer.triad")
     assert (a.ranked, a.specials, a.pretokenizer, a.document_start, a.prompt_start) == \
         (b.ranked, b.specials, b.pretokenizer, b.document_start, b.prompt_start)
-    assert b.stops == ["<|end_of_text|>"]  # tokenizer_config.json's eos_token
+    assert a.stops == b.stops == ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], (a.stops, b.stops)
+    gen = transformers.GenerationConfig.from_pretrained(str(tmp_path))
+    assert gen.eos_token_id == [128001, 128008, 128009] and gen.bos_token_id == BEGIN
 
 
 def bad_tokenizer_json(tmp_path, change):

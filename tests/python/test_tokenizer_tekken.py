@@ -98,6 +98,10 @@ def test_tekken_refusals(tmp_path):
     for change, needles in [
             (lambda t: t["config"].update(pattern=r"\p{L}+|\s+"), ["not the tekken pattern"]),
             (lambda t: t["config"].update(default_vocab_size=9000), ["leaves 8000 of its 2000"]),
+            # A count of special tokens the table would be made from, one by one: refused first.
+            (lambda t: t["config"].update(default_num_special_tokens=10**12,
+                                          default_vocab_size=10**12 + 1000),
+             ["default_num_special_tokens 1000000000000 is not in"]),
             (lambda t: t.pop("config"), ["not a Tekken file"]),
             (lambda t: t["vocab"][5].update(rank=7), ["vocab entry 5 has rank 7"]),
             # A version that is not "vN" would pick a chat format by accident.

@@ -641,6 +641,18 @@ def test_bad_config_file(tmp_path):
     bom.write_bytes(b"\xef\xbb\xbf[train]\nmicro_batch_size = 2\n")
     p = train("--config", tiny_config(tmp_path), "--config", bom, "--plan")
     assert p.returncode == 0 and "4 micro-batches of 2 sequences" in p.stdout, p.stderr
+    # Not a regular file: a FIFO would block the read for ever, /dev/zero fill memory.
+    fifo = tmp_path / "fifo.ini"
+    os.mkfifo(fifo)
+    assert_clean_error(train("--config", fifo), f"config file {fifo}: is not a regular file")
+    assert_clean_error(train("--config", "/dev/zero"), "/dev/zero: is not a regular file")
+    # An empty boolean (an unset shell variable) is no "true", as Boost reads it.
+    empty = tmp_path / "empty_bool.ini"
+    empty.write_text("[data]\nshuffle =\n")
+    assert_clean_error(train("--config", tiny_config(tmp_path), "--config", empty),
+                       f"config file {empty}: data.shuffle is empty (give true or false)")
+    assert_clean_error(train("--config", tiny_config(tmp_path), "--model.bias", ""),
+                       "command line: model.bias is empty (give true or false)")
 
 
 def test_stray_words_on_a_command_line_are_refused(tmp_path):
@@ -782,6 +794,65 @@ def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):
         "latest", "step_00000002.h5", "step_00000004.h5", "step_00000006.h5", "step_00000008.h5"]
     assert sorted(f.name for f in ckpt.iterdir()) == [
         "latest", "step_00000002.h5", "superseded_1", "superseded_2"]
+
+
+def test_checkpoints_that_none_loads_are_kept_and_refused_and_latest_is_a_name(tmp_path):
+    """--resume auto where the directory holds checkpoints and none loads (a full disk where Open
+    MPI could not open a file, storage that is down, damage) is an error that moves nothing: taken
+    for "no checkpoint", the run started anew and set them aside, its history lost. A latest that
+    names a path (a hand edit) is ignored: the run resumes from its own newest checkpoint."""
+    cfg = tiny_config(tmp_path, name="k", train__steps=4, checkpoint__every=2, eval__every=0)
+    ckpt = tmp_path / "runs" / "k" / "ckpt"
+    train("--config", cfg, check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(ckpt / "step_00000002.h5", elsewhere / "step_00000004.h5")
+    (ckpt / "latest").write_text("../../../elsewhere/step_00000004.h5\n")
+    p = train("--config", cfg, "--train.steps", 5, check=True)
+    assert "not a checkpoint's name in the directory; ignored" in p.stderr, p.stderr
+    assert "step_00000004.h5 at step 4" in p.stdout and "set aside" not in p.stdout, p.stdout
+    names = sorted(f.name for f in ckpt.iterdir())
+    good = {n: (ckpt / n).read_bytes() for n in names if n.endswith(".h5")}
+    for n, data in good.items():
+        (ckpt / n).write_bytes(data[: len(data) // 3])
+    p = train("--config", cfg, "--train.steps", 6)
+    assert_clean_error(p, f"checkpoint directory {ckpt} holds checkpoints, and none can be loaded",
+                       "nothing was moved", "--resume none")
+    assert sorted(f.name for f in ckpt.iterdir()) == names
+    p = train("--config", cfg, "--train.steps", 2, "--resume", "none", check=True)
+    assert f"set aside in {ckpt / 'superseded_1'}" in p.stdout, p.stdout
+
+
+def test_checkpoints_read_on_a_full_disk(tmp_path):
+    """Open MPI's lockedfile component (shared file pointers, which triad never uses) wrote a lock
+    file beside each file MPI_File_open opened: on a full disk no checkpoint could be read, and
+    --resume auto took every one for damaged. The apps leave it out (app_main.cpp). Needs a small
+    tmpfs to fill (mounting one needs root: skipped where that fails)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                                            str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs to fill (needs root)")
+    try:
+        cfg = tiny_config(tmp_path, name="full", train__steps=2, checkpoint__every=2,
+                          eval__every=0)
+        ckdir = disk / "ck"
+        train("--config", cfg, "--checkpoint.dir", ckdir, check=True)
+        with open(disk / "fill", "wb") as f:  # until the disk is full
+            try:
+                while True:
+                    f.write(bytes(1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        env = {k: v for k, v in ENV.items() if k != "OMPI_MCA_sharedfp"}
+        p = subprocess.run([exe("triad-train"), "--config", str(cfg), "--checkpoint.dir",
+                            str(ckdir), "--eval-only"], capture_output=True, text=True, env=env,
+                           timeout=120)
+        assert p.returncode == 0 and "(step 2) | val loss" in p.stdout, p.stdout + p.stderr
+        assert sorted(f.name for f in ckdir.iterdir()) == ["latest", "step_00000002.h5"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_a_new_history_sets_the_earlier_record_aside_and_metrics_survive_a_crash(tmp_path):
@@ -1286,7 +1357,8 @@ def test_damaged_checkpoints(tmp_path):
     for attr, value in (("loss_window", "not numbers"), ("grad_norm_window", np.zeros((2, 2))),
                         ("skipped_in_a_row", 1.5), ("tokens_seen", np.int64(-32)),
                         ("tokens_seen", np.int64(33)), ("step", np.int64(-5)),
-                        ("epoch", np.int64(-1))):
+                        ("step", np.int64(2**62)), ("loss_window", [1.0, np.nan, 2.0]),
+                        ("grad_norm_window", [np.inf]), ("epoch", np.int64(-1))):
         bad = tmp_path / f"bad_{attr}.h5"
         bad.write_bytes(good.read_bytes())
         with h5py.File(bad, "r+") as f:

@@ -1380,8 +1380,23 @@ TEST_F(CheckpointTest, FindResumeCheckpoint) {
   });
   EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), path("step_00000010.h5"));
 
-  // Nothing valid left.
+  // Checkpoints, none valid: an error on every rank (taken for none, the run would start anew
+  // and set them aside, though the cause may pass: a full disk, storage that is down).
   on_root([&] { fs::remove(path("step_00000010.h5")); });
+  try {
+    (void)triad::find_resume_checkpoint(MPI_COMM_WORLD, d);
+    ADD_FAILURE() << "no error where no checkpoint loads";
+  } catch (const triad::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds checkpoints, and none can be loaded"),
+              std::string::npos)
+        << e.what();
+  }
+  // A latest holding a path (a hand edit), not a name, is ignored: none.
+  on_root([&] {
+    fs::remove(path("step_00000020.h5"));
+    fs::remove(p30);
+    std::ofstream(dir_ / "latest") << "../elsewhere/step_00000050.h5\n";
+  });
   EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), "");
 }
 

@@ -985,6 +985,9 @@ TEST(Tokenizer, MalformedSentencePieceFilesAreClearErrors) {
                M + std::to_string(piece("a")) + " " + std::to_string(piece("b")) + " 9\n",
                sp_description("true", 265, 7), {"line 7", "was already given on line 1"});
   expect_error("merges_count", P, M, sp_description("true", 265, 9), {"has 6 merges"});
+  // A count no file of this size holds is refused before the merge table is sized by it.
+  expect_error("merges_count_huge", P, M, sp_description("true", 265, 2000000000),
+               {"sp.merges", "cannot hold merges_count 2000000000 merges"});
   expect_error("added_lower_block", P, M, D + "added 268 x\xE2\x96\x81y\n", {"holds U+2581"});
 }
 

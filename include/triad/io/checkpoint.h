@@ -305,7 +305,8 @@ std::optional<std::pair<std::string, double>> read_best(const std::string& dir);
 // The checkpoint `--resume auto` should load, as a path (dir/name): the file named in
 // dir/latest if it is valid (read_checkpoint_state succeeds), else the newest valid one in
 // list_checkpoints, skipping damaged ones with a warning on stderr (rank 0 checks the files and
-// warns; all ranks get the answer). Empty string: none. Collective over comm.
+// warns; all ranks get the answer). Empty string: none. An error where the directory has
+// checkpoints (or a latest) and none loads. Collective over comm.
 std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir);
 
 // A run that does not go on from dir's newest checkpoint (a new run, --resume none or

@@ -300,6 +300,9 @@ struct RunConfig {
   // minutes after the run began (Trainer::run, once the model is built; by rank 0's clock)
   // writes a checkpoint and stops; 0: none.
   double max_minutes = 0;
+  // A rank that makes no progress for this many minutes (a peer died or hangs, and it waits in
+  // a collective) ends the job with an error naming what it was doing (HangWatchdog); 0: never.
+  double hang_minutes = 30;
 };
 
 struct ParallelConfig {

@@ -1,0 +1,50 @@
+// run.hang_minutes: a thread that ends the job when its rank makes no progress for that long.
+//
+// A rank whose peer died, or hangs in I/O or a kernel, waits in its next collective for ever:
+// neither MPI nor NCCL times out there, and the job would hold its nodes until the scheduler's
+// limit (PyTorch's NCCL watchdog and Megatron's straggler detection exist for the same reason).
+// The trainer marks its progress (each step, micro-batch, evaluation, checkpoint save) and the
+// watchdog, finding no mark for the limit, reports the last one and calls on_hang once, from
+// its own thread; the trainer's ends the job (MPI_Abort), with the message naming the rank and
+// what it was doing. Marks are two relaxed atomic stores: nothing is measured in the step.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace triad {
+
+class HangWatchdog {
+ public:
+  // limit_s <= 0: no thread, and mark() records only. on_hang gets the report (one line).
+  HangWatchdog(double limit_s, std::function<void(const std::string&)> on_hang);
+  ~HangWatchdog();  // stops the thread (on_hang is not called after)
+  HangWatchdog(const HangWatchdog&) = delete;
+  HangWatchdog& operator=(const HangWatchdog&) = delete;
+
+  // The rank began `phase` (a string literal: kept by its pointer) of step `step`.
+  void mark(const char* phase, int64_t step);
+  // How often the thread looks: a quarter of the limit, at most every 5 seconds.
+  double poll_seconds() const;
+
+ private:
+  void watch();
+  static int64_t now_ns();
+
+  double limit_s_;
+  std::function<void(const std::string&)> on_hang_;
+  std::atomic<int64_t> last_ns_;
+  std::atomic<const char*> phase_{"start-up"};
+  std::atomic<int64_t> step_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace triad

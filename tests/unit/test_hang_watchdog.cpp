@@ -1,0 +1,73 @@
+// HangWatchdog (run.hang_minutes): reports once, with the last mark, when marks stop for the
+// limit; never while they come, never with no limit, never after it is destroyed. (Times here
+// are the mechanism under test, with margins of seconds, not a measurement.)
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "triad/train/hang_watchdog.h"
+
+namespace triad {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Reports {
+  std::mutex m;
+  std::string last;
+  std::atomic<int> count{0};
+  auto sink() {
+    return [this](const std::string& r) {
+      std::lock_guard<std::mutex> lock(m);
+      last = r;
+      ++count;
+    };
+  }
+};
+
+TEST(HangWatchdog, ReportsTheLastMarkOnceWhenMarksStop) {
+  Reports r;
+  HangWatchdog w(0.2, r.sink());
+  w.mark("the pipeline schedule", 7);
+  for (int i = 0; i < 200 && r.count == 0; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(r.count, 1);
+  EXPECT_NE(r.last.find("no progress for "), std::string::npos) << r.last;
+  EXPECT_NE(r.last.find(" in the pipeline schedule of step 7"), std::string::npos) << r.last;
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(r.count, 1) << "one report, then the thread ends";
+}
+
+TEST(HangWatchdog, QuietWhileMarksCome) {
+  Reports r;
+  HangWatchdog w(2.0, r.sink());
+  for (int i = 0; i < 100; ++i) {
+    w.mark("a micro-batch's forward and backward", i);
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(r.count, 0);
+}
+
+TEST(HangWatchdog, NoLimitNoThread) {
+  Reports r;
+  HangWatchdog w(0.0, r.sink());
+  w.mark("evaluation", 1);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(r.count, 0);
+}
+
+TEST(HangWatchdog, DestroyedBeforeTheLimitNeverReports) {
+  Reports r;
+  {
+    HangWatchdog w(0.5, r.sink());
+    w.mark("the step's end", 3);
+  }
+  std::this_thread::sleep_for(800ms);
+  EXPECT_EQ(r.count, 0);
+}
+
+}  // namespace
+}  // namespace triad
