@@ -69,7 +69,7 @@ void score_cached(Gpt& model, const ChoiceExample& ex, ChoiceScore& sc) {
 // Rows (context + one ending) of several examples in one forward pass, the model's batch of
 // them at a time; an example's rows may span two passes.
 void score_batched(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
-                   size_t stride, ChoiceScore& sc) {
+                   size_t stride, ChoiceScore& sc, const std::function<void()>& progress) {
   const int T = model.shape().seq_len, R = model.max_batch();
   struct Row {
     size_t ex, end;
@@ -100,6 +100,7 @@ void score_batched(Gpt& model, const std::vector<ChoiceExample>& examples, size_
       std::copy(end.begin(), end.end(),
                 targets.begin() + ptrdiff_t((r - r0) * size_t(L)) + keep - 1);
     }
+    if (progress) progress();
     const float* loss = model.sequence_losses(tokens.data(), B, L, L, targets.data(), false);
     for (size_t r = r0; r < r1; ++r) {
       const Row& w = all[r];
@@ -142,15 +143,18 @@ void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
 }
 
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
-                          size_t stride, ChoiceMode mode) {
+                          size_t stride, ChoiceMode mode, const std::function<void()>& progress) {
   TRIAD_ASSERT(stride >= 1);
   for (size_t e = first; e < examples.size(); e += stride)
     TRIAD_ASSERT(longest_ending(examples[e]) < size_t(model.shape().seq_len));
   ChoiceScore sc;
   if (mode == ChoiceMode::batched) {
-    score_batched(model, examples, first, stride, sc);
+    score_batched(model, examples, first, stride, sc, progress);
   } else {
-    for (size_t e = first; e < examples.size(); e += stride) score_cached(model, examples[e], sc);
+    for (size_t e = first; e < examples.size(); e += stride) {
+      if (progress) progress();
+      score_cached(model, examples[e], sc);
+    }
   }
   model.forget_decoded();
   return sc;

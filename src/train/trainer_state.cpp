@@ -660,7 +660,8 @@ EvalResult Trainer::State::evaluate(bool by_position) {
     // rounded with the ranks' partial sums (its last bits depend on dp).
     const ChoiceMode mode =
         cfg.eval.choice_mode == "cached" ? ChoiceMode::cached : ChoiceMode::batched;
-    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode);
+    const ChoiceScore sc = score_choices(*model, choices, size_t(dp_rank), size_t(dp), mode,
+                                         [this] { watch("the multiple-choice evaluation", step); });
     if (model->gathered_weights() || cfg.parallel.ep > 1) {
       // ZeRO-3: the weight gathers are collective over the data-parallel ranks; expert
       // parallelism: the token exchanges of every layer with experts over the expert-parallel

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -49,9 +50,11 @@ void check_choices_fit(const std::vector<ChoiceExample>& examples, int seq_len,
 //  - cached: an example's context runs through the model once, its endings after it through the
 //    cache of keys and values (Gpt::sequence_losses), one at a time: the least arithmetic, in
 //    small products.
+// progress, if given, is called before each forward pass (the trainer's hang watchdog).
 enum class ChoiceMode { cached, batched };
 ChoiceScore score_choices(Gpt& model, const std::vector<ChoiceExample>& examples, size_t first,
-                          size_t stride, ChoiceMode mode = ChoiceMode::batched);
+                          size_t stride, ChoiceMode mode = ChoiceMode::batched,
+                          const std::function<void()>& progress = {});
 
 // The forward passes score_choices(model, examples, first, stride, mode) makes, known from the
 // examples alone: under ZeRO-3 the weight gathers of a forward pass are collective over the
