@@ -19,9 +19,11 @@ def special_file_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with reading `path` as a file where it is a pipe, socket or device (reading
     one can wait for ever, or never end), else None: callers raise their own error with it."""
     p = Path(path)
-    if p.exists() and not p.is_dir() and not p.is_file():
-        return not_hdf5_message(path, "special")
-    return None
+    try:
+        special = p.exists() and not p.is_dir() and not p.is_file()
+    except OSError:  # (an unreadable directory above it: the reader's own error says so)
+        return None
+    return not_hdf5_message(path, "special") if special else None
 
 
 def file_kind(path: str | os.PathLike) -> str:

@@ -272,7 +272,7 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False,
                     # file can declare gigabytes it does not hold, which reading would allocate.
                     # triad's datasets are contiguous and uncompressed: all their bytes are there.
                     held = obj.id.get_storage_size()
-                    if obj.nbytes > held and obj.compression is None:
+                    if obj.chunks is None and obj.nbytes > held:
                         rep.problems.append(f"{name} declares {obj.nbytes} bytes of data, the "
                                             f"file holds {held} for it (damaged?)")
                         return

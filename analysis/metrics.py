@@ -225,6 +225,14 @@ def _read_group(f, path: Path, name: str, fields: tuple[str, ...]) -> dict[str, 
         if ds.dtype.kind not in "iuf":
             what = "text" if ds.dtype.kind in "OSU" else f"{ds.dtype} values"
             raise MetricsError(f"{path}: /{name}/{k} holds {what}, not numbers")
+        # A shape larger than the whole file (a damaged or forged one: HDF5 allocates storage as
+        # rows are written) would be allocated by the read. (The file's size, not the dataset's
+        # storage: asking HDF5 for that walks every chunk, too slow for a reader that must keep
+        # up with a writer.)
+        # (retried: a writer's first rows may be declared before they are written)
+        if ds.compression is None and ds.nbytes > path.stat().st_size:
+            raise _Inconsistent(f"/{name}/{k} declares {ds.shape[0]} rows, more than the file "
+                                f"holds (damaged?)")
         try:
             arr = ds[()]
         except Exception as e:  # noqa: BLE001 - h5py raises several types on damaged files

@@ -142,7 +142,6 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     return d
 
 
-# Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 # The families hf_config_dims reads, by name and model_type (the --help text and the error for
 # another model_type come from here; test_convert_weights.py checks that each is dispatched).
 FAMILIES = (("GPT-2", ("gpt2",)), ("GPT-BigCode (StarCoder)", ("gpt_bigcode",)),
@@ -166,6 +165,7 @@ def families_text() -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+# Hugging Face's mixtures of experts whose blocks triad does not build, and why.
 UNBUILT_MOE = {
     "jetmoe": "its attention is a mixture of experts too",
     "phimoe": "its router is sparsemixer, and its norms are LayerNorms with biases",

@@ -203,7 +203,13 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
                 << "', not a checkpoint's name in the directory; ignored\n";
       latest.reset();
     }
-    if (latest && !latest->empty()) {
+    std::error_code ec;
+    if (latest && !latest->empty() && !fs::exists(d / *latest, ec)) {
+      // (checkpoints deleted by hand, the pointer left: no checkpoint, unless others remain)
+      std::cerr << "warning: " << (d / "latest").string() << " names " << *latest
+                << ", which does not exist; looking for an older checkpoint\n";
+      tried = *latest;
+    } else if (latest && !latest->empty()) {
       const std::string path = (d / *latest).string();
       const std::string why = check_loadable(path);
       if (why.empty()) return path;

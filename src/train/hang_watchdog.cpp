@@ -25,7 +25,13 @@ void HangWatchdog::mark(const char* phase, int64_t step) {
   // (the phase before the time: a report that reads the new time reads this phase or a later)
   phase_.store(phase, std::memory_order_relaxed);
   step_.store(step, std::memory_order_relaxed);
+  untimed_.store(false, std::memory_order_relaxed);
   last_ns_.store(now_ns(), std::memory_order_release);
+}
+
+void HangWatchdog::mark_untimed(const char* phase, int64_t step) {
+  mark(phase, step);
+  untimed_.store(true, std::memory_order_relaxed);
 }
 
 double HangWatchdog::poll_seconds() const { return std::min(5.0, limit_s_ / 4); }
@@ -39,8 +45,16 @@ int64_t HangWatchdog::now_ns() {
 void HangWatchdog::watch() {
   const auto poll = std::chrono::duration<double>(poll_seconds());
   std::unique_lock<std::mutex> lock(mutex_);
+  int64_t polled = now_ns();
   while (!wake_.wait_for(lock, poll, [this] { return stop_; })) {
-    const double idle = double(now_ns() - last_ns_.load(std::memory_order_acquire)) * 1e-9;
+    const int64_t now = now_ns();
+    // Late by far more than a busy machine delays a wake-up: the process was stopped (its
+    // peers too, under a job's suspension); the time it stood still is no rank's hang.
+    const bool stopped = double(now - polled) * 1e-9 > 3 * poll_seconds() + 10;
+    polled = now;
+    if (stopped) last_ns_.store(now, std::memory_order_release);
+    if (untimed_.load(std::memory_order_relaxed)) continue;
+    const double idle = double(now - last_ns_.load(std::memory_order_acquire)) * 1e-9;
     if (idle < limit_s_) continue;
     std::ostringstream os;
     char minutes[32];

@@ -546,7 +546,7 @@ TrainOutcome Trainer::run() {
       });
   while (s.step < cfg.train.steps) {
     s.watch("the step's start", s.step);
-    if (s.save_done()) s.finish_save();  // report a background save that ended (if any)
+    if (s.save_done()) s.finish_save();  // report a background save that ended (no wait)
     if (cfg.train.activations_every > 0 && s.step % cfg.train.activations_every == 0) {
       const std::vector<double> rms = s.activation_rms(s.step);  // before the step: 0 at init
       if (s.metrics) s.metrics->append_activations(s.step, rms);
@@ -891,11 +891,12 @@ TrainOutcome Trainer::run() {
     const bool last = s.step == cfg.train.steps;
     const bool evaluates = last || (cfg.eval.every > 0 && s.step % cfg.eval.every == 0);
     if (evaluates) s.run_eval();
-    s.watch("the checkpoint's save", s.step);
+    // (saves, and the waits for a background one, are not timed: HangWatchdog::mark_untimed)
+    s.watch_untimed("the checkpoint's save", s.step);
     if (last || (cfg.checkpoint.every > 0 && s.step % cfg.checkpoint.every == 0))
       s.save_checkpoint();
-    s.watch("the step's end", s.step);
     if (evaluates && cfg.checkpoint.best) s.keep_if_best();
+    s.watch("the step's end", s.step);
     // Preemption (a signal on any rank) and run.max_minutes (by rank 0's clock): every rank
     // learns of either at the same step boundary.
     const bool out_of_time =
@@ -903,6 +904,7 @@ TrainOutcome Trainer::run() {
     int flags[2] = {g_preempt_signal.load(), out_of_time ? 1 : 0}, any[2] = {0, 0};
     MPI_Allreduce(flags, any, 2, MPI_INT, MPI_MAX, s.grid.world());
     if ((any[0] != 0 || any[1] != 0) && !last) {
+      s.watch_untimed("the checkpoint's save", s.step);
       s.save_checkpoint();
       s.finish_save();
       std::ostringstream why;
@@ -920,7 +922,7 @@ TrainOutcome Trainer::run() {
       break;
     }
   }
-  s.watch("the last checkpoint's save", s.step);
+  s.watch_untimed("the last checkpoint's save", s.step);
   s.finish_save();
   s.watchdog.reset();
   if (s.metrics) s.metrics->flush();

@@ -56,6 +56,9 @@ struct Trainer::State {
   void watch(const char* phase, int64_t at) {
     if (watchdog) watchdog->mark(phase, at);
   }
+  void watch_untimed(const char* phase, int64_t at) {
+    if (watchdog) watchdog->mark_untimed(phase, at);
+  }
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<ChoiceExample> choices;  // eval.choices (the first eval.choice_examples)
   std::ofstream log;

@@ -1398,6 +1398,9 @@ TEST_F(CheckpointTest, FindResumeCheckpoint) {
     std::ofstream(dir_ / "latest") << "../elsewhere/step_00000050.h5\n";
   });
   EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), "");
+  // Checkpoints deleted by hand, latest left naming one: none (not "none loads").
+  on_root([&] { std::ofstream(dir_ / "latest") << "step_00000050.h5\n"; });
+  EXPECT_EQ(triad::find_resume_checkpoint(MPI_COMM_WORLD, d), "");
 }
 
 }  // namespace

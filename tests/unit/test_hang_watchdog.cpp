@@ -51,6 +51,18 @@ TEST(HangWatchdog, QuietWhileMarksCome) {
   EXPECT_EQ(r.count, 0);
 }
 
+TEST(HangWatchdog, AnUntimedPhaseWaitsForTheNextMark) {
+  Reports r;
+  HangWatchdog w(0.2, r.sink());
+  w.mark_untimed("the checkpoint's save", 4);
+  std::this_thread::sleep_for(800ms);
+  EXPECT_EQ(r.count, 0) << "a save is not timed";
+  w.mark("the step's end", 4);
+  for (int i = 0; i < 200 && r.count == 0; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(r.count, 1);
+  EXPECT_NE(r.last.find(" in the step's end of step 4"), std::string::npos) << r.last;
+}
+
 TEST(HangWatchdog, NoLimitNoThread) {
   Reports r;
   HangWatchdog w(0.0, r.sink());

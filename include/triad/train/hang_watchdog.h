@@ -6,7 +6,9 @@
 // The trainer marks its progress (each step, micro-batch, evaluation, checkpoint save) and the
 // watchdog, finding no mark for the limit, reports the last one and calls on_hang once, from
 // its own thread; the trainer's ends the job (MPI_Abort), with the message naming the rank and
-// what it was doing. Marks are two relaxed atomic stores: nothing is measured in the step.
+// what it was doing. Marks are a few relaxed atomic stores: nothing is measured in the step.
+// A process stopped and continued (SLURM's suspend, SIGSTOP/SIGCONT) is not taken for a hang:
+// the watchdog's own poll then comes late by the stop's length, which counts as progress.
 #pragma once
 
 #include <atomic>
@@ -29,6 +31,10 @@ class HangWatchdog {
 
   // The rank began `phase` (a string literal: kept by its pointer) of step `step`.
   void mark(const char* phase, int64_t step);
+  // The same, for a phase with no time limit until the next mark: a checkpoint's save, which for
+  // hundreds of gigabytes on slow storage can outlast any fixed limit (cut short, the job would
+  // lose the checkpoint it was writing).
+  void mark_untimed(const char* phase, int64_t step);
   // How often the thread looks: a quarter of the limit, at most every 5 seconds.
   double poll_seconds() const;
 
@@ -41,6 +47,7 @@ class HangWatchdog {
   std::atomic<int64_t> last_ns_;
   std::atomic<const char*> phase_{"start-up"};
   std::atomic<int64_t> step_{0};
+  std::atomic<bool> untimed_{false};
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;

@@ -43,9 +43,10 @@ namespace {
 
 bool on_device(const void* p) { return cuda::is_device_pointer(p); }
 
-// Pinned host memory of at least n floats; grows, never shrinks. It grows by half again at least:
-// messages whose size changes every step (expert all-to-alls) would otherwise reallocate at each
-// new largest one, and cudaFreeHost waits for the whole device.
+// Pinned host memory of at least n floats; grows, never shrinks. With headroom it grows by half
+// again at least (the pool of point-to-point messages, whose sizes change every step: each new
+// largest one would reallocate, and cudaFreeHost waits for the whole device); the buffers of
+// whole collectives (gradients of gigabytes) grow to the size asked.
 class Pinned {
  public:
   Pinned() = default;
@@ -54,11 +55,12 @@ class Pinned {
   ~Pinned() {
     if (p_ != nullptr) cudaFreeHost(p_);
   }
-  float* get(size_t n) {
+  float* get(size_t n, bool headroom = false) {
     if (n > n_) {
+      const size_t grown = n_ == 0 || !headroom ? n : std::max(n, n_ + n_ / 2);
       if (p_ != nullptr) TRIAD_CUDA_CHECK(cudaFreeHost(p_));
       p_ = nullptr;
-      const size_t grown = n_ == 0 ? n : std::max(n, n_ + n_ / 2);
+      n_ = 0;  // (until the allocation below succeeds)
       TRIAD_CUDA_CHECK(cudaMallocHost(&p_, std::max<size_t>(grown, 1) * sizeof(float)));
       n_ = grown;
     }
@@ -176,7 +178,7 @@ class DeviceStagedComm final : public Comm {
   CommRequest isend(const float* buf, size_t n, int dst, int tag) override {
     if (!on_device(buf)) return sync(in_->isend(buf, n, dst, tag));
     Pinned* p = take(n);
-    float* h = p->get(n);
+    float* h = p->get(n, true);
     to_host(h, buf, n);
     CommRequest r = in_->isend(h, n, dst, tag);
     r.on_complete([this, p] { give_back(p); });
@@ -185,7 +187,7 @@ class DeviceStagedComm final : public Comm {
   CommRequest irecv(float* buf, size_t n, int src, int tag) override {
     if (!on_device(buf)) return sync(in_->irecv(buf, n, src, tag));
     Pinned* p = take(n);
-    float* h = p->get(n);
+    float* h = p->get(n, true);
     CommRequest r = in_->irecv(h, n, src, tag);
     r.on_complete([this, p, buf, h, n] {
       to_device(buf, h, n);
