@@ -513,9 +513,10 @@ class KeyTable {
         "checkpoint and the run stops there, exit status 0 (--resume auto continues it; "
         "Megatron's --exit-duration-in-mins); 0: none");
     add("run.hang_minutes", c.run.hang_minutes,
-        "a rank without progress (a step's part, an evaluation batch, a checkpoint save) for "
-        "this many minutes ends the job with an error naming what it was doing: a peer that "
-        "died or hangs leaves the others waiting in a collective for ever; 0: never");
+        "a rank without progress (a step's part, an evaluation batch began) for this many "
+        "minutes ends the job with an error naming what it was doing: a peer that died or "
+        "hangs leaves the others waiting in a collective for ever (checkpoint saves are not "
+        "timed); 0: never");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,
