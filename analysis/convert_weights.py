@@ -131,8 +131,8 @@ from .weights_triad import open_triad, write_triad
 def open_source(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
     if not src.exists():
         raise ConvertError(f"{src}: no such file or directory")
-    if special_file_problem(src):
-        raise ConvertError(special_file_problem(src))
+    if problem := special_file_problem(src):
+        raise ConvertError(problem)
     if src.is_dir() or src.suffix == ".safetensors":
         return open_hf(src, seq_len)
     with open(src, "rb") as f:

@@ -309,8 +309,8 @@ def ranks_text(ranked: dict[int, bytes]) -> str:
 
 def _ranks(path: Path, where: str) -> dict[bytes, int]:
     """read_ranks, its errors as TokenizerError naming `where`."""
-    if special_file_problem(path):
-        raise TokenizerError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise TokenizerError(problem)
     try:
         return read_ranks(path)
     except OSError as e:

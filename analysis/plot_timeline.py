@@ -39,8 +39,8 @@ def read_trace(path: str | Path) -> dict[str, list[dict]]:
     """The rows of a trace file by source, checked; AnalysisError naming the file and the
     problem for anything that is not such a file."""
     path = Path(path)
-    if special_file_problem(path):
-        raise AnalysisError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise AnalysisError(problem)
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

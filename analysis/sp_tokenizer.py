@@ -210,8 +210,8 @@ def read_model(path: Path) -> dict:
     """The parts of a SentencePiece ModelProto that decide encoding: pieces (text, score, type)
     and the trainer's and normalizer's settings, with the proto's defaults."""
     where = str(path)
-    if special_file_problem(path):
-        raise SentencePieceError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise SentencePieceError(problem)
     try:
         buf = path.read_bytes()
     except OSError as e:

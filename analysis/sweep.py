@@ -104,8 +104,8 @@ def read_triad_ini(path: Path) -> dict[str, str]:
     """A triad config file -> {"section.key": "value"}, as triad-train (Boost's config file
     parser) reads it: `[section]`, `key = value`, `#` starts a comment anywhere, and lines
     starting with `;` are comments too."""
-    if special_file_problem(path):
-        raise SweepError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise SweepError(problem)
     try:
         text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is not text)
     except UnicodeDecodeError as e:
@@ -303,8 +303,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         raise SweepError(f"{path}: no such file")
     if path.is_dir():
         raise SweepError(f"{path}: is a directory, expected a sweep file")
-    if special_file_problem(path):
-        raise SweepError(special_file_problem(path))
+    if problem := special_file_problem(path):
+        raise SweepError(problem)
 
     def bad(msg: str) -> SweepError:
         return SweepError(f"{path}: {msg}")

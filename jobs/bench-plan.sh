@@ -38,7 +38,6 @@ done
 . jobs/bench-prepare.sh
 bench_build
 export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_sharedfp=^sm,lockedfile
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-bench-plan.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -58,7 +58,6 @@ PY
 bench_mpi() {
   bench_build
   export OMPI_MCA_ess_singleton_isolated=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-  export OMPI_MCA_sharedfp=^sm,lockedfile
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/triad-$1.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
 }

@@ -12,6 +12,8 @@
 
 namespace triad {
 
+void leave_out_shared_file_pointers() { setenv("OMPI_MCA_sharedfp", "^sm,lockedfile", 0); }
+
 namespace {
 
 bool launched() {

@@ -196,20 +196,21 @@ std::string find_resume_checkpoint(MPI_Comm comm, const std::string& dir) {
     const fs::path d(dir);
     std::string tried, failure;
     std::optional<std::string> latest = read_pointer(d);
+    if (latest && latest->empty()) latest.reset();
     // triad writes a checkpoint's bare name there; a path (a hand edit) would resume from a file
     // outside the directory, whose own checkpoints of the same step would then be set aside.
-    if (latest && !latest->empty() && !parse_checkpoint_name(*latest)) {
+    if (latest && !parse_checkpoint_name(*latest)) {
       std::cerr << "warning: " << (d / "latest").string() << " holds '" << *latest
                 << "', not a checkpoint's name in the directory; ignored\n";
       latest.reset();
     }
     std::error_code ec;
-    if (latest && !latest->empty() && !fs::exists(d / *latest, ec)) {
+    if (latest && !fs::exists(d / *latest, ec)) {
       // (checkpoints deleted by hand, the pointer left: no checkpoint, unless others remain)
       std::cerr << "warning: " << (d / "latest").string() << " names " << *latest
                 << ", which does not exist; looking for an older checkpoint\n";
       tried = *latest;
-    } else if (latest && !latest->empty()) {
+    } else if (latest) {
       const std::string path = (d / *latest).string();
       const std::string why = check_loadable(path);
       if (why.empty()) return path;

@@ -3,7 +3,6 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <thread>
 
@@ -13,11 +12,7 @@
 namespace triad {
 
 int run_main(int argc, char** argv, const char* prog, const std::function<int(MPI_Comm)>& body) {
-  // triad never uses shared file pointers, and two of Open MPI's components for them do harm:
-  // the shared-memory one prints spurious errors when several singletons share a temp directory,
-  // and lockedfile writes a lock file beside every file MPI_File_open opens, so on a full disk
-  // no checkpoint could be opened, not even to be read (and the lock files stay behind).
-  setenv("OMPI_MCA_sharedfp", "^sm,lockedfile", 0);
+  leave_out_shared_file_pointers();
   const SingletonSessionDir session;  // removed after MPI_Finalize, as the function returns
   // Threads of every level: an asynchronous checkpoint (checkpoint.async) writes over MPI-IO from
   // a thread of its own while the training thread communicates. A library that provides less

@@ -722,13 +722,15 @@ CommandLine parse_train_command_line(int argc, const char* const* argv) {
   if (vm.count("config")) files = vm["config"].as<std::vector<std::string>>();
   for (auto it = files.rbegin(); it != files.rend(); ++it) {
     TRIAD_CHECK(!it->empty(), "command line: --config is empty (give a file)");
-    std::error_code ec;  // (a directory opens as a stream that reads nothing)
-    TRIAD_CHECK(!fs::is_directory(*it, ec), "config file ", *it, ": is a directory");
-    // A FIFO would block the read for ever, a device (/dev/zero) fill memory without end.
-    TRIAD_CHECK(!fs::exists(*it, ec) || fs::is_regular_file(*it, ec), "config file ", *it,
+    std::error_code ec;
+    const fs::file_status st = fs::status(*it, ec);  // (missing: the open below says so)
+    // A directory opens as a stream that reads nothing; a FIFO would block the read for ever, a
+    // device (/dev/zero) fill memory without end.
+    TRIAD_CHECK(!fs::is_directory(st), "config file ", *it, ": is a directory");
+    TRIAD_CHECK(!fs::exists(st) || fs::is_regular_file(st), "config file ", *it,
                 ": is not a regular file");
     constexpr uintmax_t kMaxConfigBytes = uintmax_t(16) << 20;
-    const uintmax_t bytes = fs::exists(*it, ec) ? fs::file_size(*it, ec) : 0;
+    const uintmax_t bytes = fs::is_regular_file(st) ? fs::file_size(*it, ec) : 0;
     TRIAD_CHECK(ec || bytes <= kMaxConfigBytes, "config file ", *it, ": ", bytes,
                 " bytes, more than a config holds (16 MiB at most)");
     std::ifstream in(*it);

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include <cstdlib>
 #include <memory>
 
 #include "triad/core/mpi_session.h"
@@ -21,7 +20,7 @@ class MpiEnvironment : public ::testing::Environment {
       // As the apps do (run_main): singletons running side by side (ctest -j) share Open MPI's
       // session directory, which the first to finish removes, and the "sm" shared-file-pointer
       // component keeps its files there, so HDF5 file opens failed at random.
-      setenv("OMPI_MCA_sharedfp", "^sm,lockedfile", 0);
+      leave_out_shared_file_pointers();
       session_ = std::make_unique<SingletonSessionDir>();  // as run_main, for the same reason
       MPI_Init(nullptr, nullptr);
     }

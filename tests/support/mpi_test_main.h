@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "triad/core/mpi_session.h"
+
 namespace triad::testing {
 
 inline int run_mpi_tests(int argc, char** argv) {
+  leave_out_shared_file_pointers();  // as the apps do (run_main)
   MPI_Init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
   int rank = 0;

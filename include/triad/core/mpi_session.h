@@ -13,6 +13,13 @@
 
 namespace triad {
 
+// Before MPI_Init: Open MPI's shared-file-pointer components sm and lockedfile left out
+// (OMPI_MCA_sharedfp, where the environment does not set it). triad never uses shared file
+// pointers, and those two do harm: sm prints spurious errors when several singletons share a
+// temp directory; lockedfile writes a lock file beside every file MPI_File_open opens, so on a
+// full disk no checkpoint could be opened, not even to be read (and the lock files stay behind).
+void leave_out_shared_file_pointers();
+
 class SingletonSessionDir {
  public:
   // Before MPI_Init. Where no launcher started this process (none of the variables Open MPI's

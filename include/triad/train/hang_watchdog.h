@@ -35,10 +35,10 @@ class HangWatchdog {
   // hundreds of gigabytes on slow storage can outlast any fixed limit (cut short, the job would
   // lose the checkpoint it was writing).
   void mark_untimed(const char* phase, int64_t step);
-  // How often the thread looks: a quarter of the limit, at most every 5 seconds.
-  double poll_seconds() const;
 
  private:
+  // How often the thread looks: a quarter of the limit, at most every 5 seconds.
+  double poll_seconds() const;
   void watch();
   static int64_t now_ns();
 
