@@ -73,7 +73,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of DESIGN.md §3 from the /model attributes (no wpe when the
     attribute position is rope: rotary positions; no LayerNorm biases when norm is rmsnorm;
     c_attn's k and v rows for n_kv_head heads; q_norm and k_norm [head_dim] when qk_norm is 1
-    ([n_head·head_dim] and [n_kv_head·head_dim] with qk_norm_full 1);
+    ([n_head·head_dim] and [n_kv_head·head_dim] with qk_norm_full 1); attn/sinks [n_head] when
+    attn_sinks is 1;
     c_attn's bias alone when bias is 0 and qkv_bias 1, the MLP's with mlp_bias 1; moe_experts
     E > 0: experts/c_fc [E, F, C], experts/c_proj [E, C, H] and router [E, C] instead of the MLP's
     tensors in the layers moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
@@ -111,6 +112,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             s.update({p + "attn/q_norm/weight": (A,), p + "attn/k_norm/weight": (kv * hd,)})
         elif qk:  # per-head RMSNorm weights of q and k, after c_attn in checkpoint order
             s.update({p + "attn/q_norm/weight": (hd,), p + "attn/k_norm/weight": (hd,)})
+        if a.get("attn_sinks", 0) == 1:  # model.attn_sinks: a logit per query head
+            s[p + "attn/sinks"] = (H,)
         s.update({
             p + "attn/c_proj/weight": (C, A), p + "attn/c_proj/bias": (C,),
             p + "ln_2/weight": (C,), p + "ln_2/bias": (C,),
@@ -353,6 +356,7 @@ MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_l
 # The 0/1 /model attributes and what a reader takes for one that is absent (a file from before
 # it, or one another tool wrote).
 FLAG_DEFAULTS = {"bias": 1, "tie_embeddings": 1, "qk_norm": 0, "qk_norm_full": 0, "pre_norm": 1,
+                 "attn_sinks": 0,
                  "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "parallel_residual": 0,
                  "branch_norm": 0, "shared_norm": 0, "head_bias": 0, "full_attention_first": 0}
 

@@ -57,6 +57,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_int64_attr(model, "mlp_hidden", m.mlp_hidden);
   io::write_int64_attr(model, "qk_norm", m.qk_norm ? 1 : 0);
   if (m.qk_norm_full) io::write_int64_attr(model, "qk_norm_full", 1);
+  if (m.attn_sinks) io::write_int64_attr(model, "attn_sinks", 1);
   io::write_int64_attr(model, "qkv_bias", m.qkv_bias ? 1 : 0);
   if (m.mlp_bias) io::write_int64_attr(model, "mlp_bias", 1);
   if (m.norm_bias) io::write_int64_attr(model, "norm_bias", 1);
@@ -247,6 +248,7 @@ ModelShape read_model_attributes(hid_t model) {
   m.qk_norm_full = flag("qk_norm_full", 0);
   TRIAD_CHECK(m.qk_norm || !m.qk_norm_full,
               "attribute qk_norm_full of /model is 1 without qk_norm");
+  m.attn_sinks = flag("attn_sinks", 0);
   m.qkv_bias = flag("qkv_bias", 0);
   TRIAD_CHECK(!(m.qkv_bias && m.bias),
               "attributes bias and qkv_bias of /model are both 1 (qkv_bias goes with bias 0)");

@@ -17,9 +17,9 @@ namespace {
 
 size_t aligned(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned tensors
 
-// The tensors of layer l in buffer order (DESIGN.md §3's 12, and q_norm, k_norm), as (name suffix,
-// shape, split axis, blocks); axis -1 = replicated over the tensor-parallel group (DESIGN.md §3
-// splits).
+// The tensors of layer l in buffer order (DESIGN.md §3's 12, q_norm, k_norm, ..., sinks), as (name
+// suffix, shape, split axis, blocks); axis -1 = replicated over the tensor-parallel group
+// (DESIGN.md §3 splits).
 struct LayerTensor {
   const char* name;
   std::vector<int64_t> shape;
@@ -102,6 +102,8 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
             {"ln_mlp_out/bias", {C}, -1, 1}};
   }
   list.insert(list.end(), mla.begin(), mla.end());
+  // model.attn_sinks (kind 28): one logit per query head, split as c_attn's q heads.
+  list.push_back({"attn/sinks", {NH}, 0, q_blocks});
   return list;
 }
 
@@ -111,6 +113,7 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.starts_with("attn/q_b/") || suffix.starts_with("attn/kv_")) return shape.mla();
   if (suffix.starts_with("attn/c_attn/") && shape.mla()) return false;
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
+  if (suffix == "attn/sinks") return shape.attn_sinks;
   if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
   if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
   if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;

@@ -81,7 +81,8 @@ void Gpt::cp_gather_qkv(const A* qkv, int B) {
 }
 
 template <class A>
-void Gpt::cp_attention_forward(A* atty, float* att, const A* qkv, int B, int layer) {
+void Gpt::cp_attention_forward(A* atty, float* att, const A* qkv, int B, int layer,
+                               const A* sinks) {
   cp_gather_qkv(qkv, B);
   const int T = shape_.seq_len, P = T / (2 * mp_.cp), Al = shape_.attn_width() / mp_.tp;
   const int NHl = shape_.n_head / mp_.tp, NKVl = shape_.kv_heads() / mp_.tp;
@@ -90,13 +91,15 @@ void Gpt::cp_attention_forward(A* atty, float* att, const A* qkv, int B, int lay
     const QueryRows rows{mp_.piece_start(k, T, mp_.cp_rank), P};
     be_.attention_forward(atty + size_t(k) * B * P * Al, att + cp_att_offset(k, B, kProbabilities),
                           acts<A>().cp_qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), rows,
-                          shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
+                          shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer),
+                          sinks);
   }
 }
 
 template <class A>
 void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A* qkv,
-                                const A* atty, const float* att, int B, int layer) {
+                                const A* atty, const float* att, int B, int layer, const A* sinks,
+                                float* dsinks) {
   auto& a = acts<A>();
   cp_gather_qkv(qkv, B);  // again: one whole-sequence buffer serves every layer
   const int T = shape_.seq_len, P = T / (2 * mp_.cp), cp = mp_.cp;
@@ -112,13 +115,14 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
       const size_t off = cp_att_offset(k, B, true);
       be_.attention_backward(a.cp_dqkv, scratch + off, datty + out, a.cp_qkv, att + off, B, T,
                              int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer), rows,
-                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
+                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer),
+                             sinks, dsinks);
     } else {
       (void)scratch;
-      be_.attention_backward(a.cp_dqkv, datty + out, a.cp_qkv, atty + out,
-                             att + cp_att_offset(k, B, false), B, T, int(Al), NHl, NKVl,
-                             GradMode::accumulate, layer_key_begin(layer), rows,
-                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
+      be_.attention_backward(
+          a.cp_dqkv, datty + out, a.cp_qkv, atty + out, att + cp_att_offset(k, B, false), B, T,
+          int(Al), NHl, NKVl, GradMode::accumulate, layer_key_begin(layer), rows,
+          shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer), sinks, dsinks);
     }
   }
   // The keys' and values' gradients go to their owners, summed over the group: packed by owner,
@@ -146,11 +150,15 @@ void Gpt::cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A
 
 template void Gpt::cp_gather_qkv<float>(const float*, int);
 template void Gpt::cp_gather_qkv<bf16_t>(const bf16_t*, int);
-template void Gpt::cp_attention_forward<float>(float*, float*, const float*, int, int);
-template void Gpt::cp_attention_forward<bf16_t>(bf16_t*, float*, const bf16_t*, int, int);
+template void Gpt::cp_attention_forward<float>(float*, float*, const float*, int, int,
+                                               const float*);
+template void Gpt::cp_attention_forward<bf16_t>(bf16_t*, float*, const bf16_t*, int, int,
+                                                const bf16_t*);
 template void Gpt::cp_attention_backward<float>(float*, float*, const float*, const float*,
-                                                const float*, const float*, int, int);
+                                                const float*, const float*, int, int, const float*,
+                                                float*);
 template void Gpt::cp_attention_backward<bf16_t>(bf16_t*, float*, const bf16_t*, const bf16_t*,
-                                                 const bf16_t*, const float*, int, int);
+                                                 const bf16_t*, const float*, int, int,
+                                                 const bf16_t*, float*);
 
 }  // namespace triad

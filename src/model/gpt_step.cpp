@@ -26,13 +26,13 @@ namespace {
 // base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[28], size_t origin = 0) {
+                              const int (&pos)[29], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
   return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),
           at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19),
-          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27)};
+          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27), at(28)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -40,7 +40,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[28]) {
+                                   int first, const int (&pos)[29]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -58,7 +58,8 @@ LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<cha
                       {22, &gr.mqaw},
                       {24, &gr.mqbw},
                       {25, &gr.mkvaw},
-                      {27, &gr.mkvbw}})
+                      {27, &gr.mkvbw},
+                      {28, &gr.sinks}})
     if (is_frozen(k)) *p = nullptr;
   return gr;
 }
@@ -461,12 +462,13 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     // attention_decode's.
     if (inference_) {
       be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer),
-                           shape_.scores_scale(), shape_.attn_softcap);
+                           shape_.scores_scale(), shape_.attn_softcap, w.sinks);
     } else if (mp_.cp > 1) {
-      cp_attention_forward(L.atty, L.att, L.qkv, B, layer);
+      cp_attention_forward(L.atty, L.att, L.qkv, B, layer, w.sinks);
     } else {
       be_.attention_forward(L.atty, L.att, L.qkv, B, T, Al, NHl, NKVl, layer_key_begin(layer), {},
-                            shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer));
+                            shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer),
+                            w.sinks);
     }
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
@@ -486,7 +488,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                  words(fresh + size_t(b) * T * row), word_count<A>(size_t(T) * row));
     }
     be_.attention_decode(L.atty, L.qkv, B, S_len, pos0, T, Al, NHl, NKVl,
-                         shape_.layer_window(layer), shape_.scores_scale(), shape_.attn_softcap);
+                         shape_.layer_window(layer), shape_.scores_scale(), shape_.attn_softcap,
+                         w.sinks);
   }
   // (Multi-head latent attention: each head's v_head_dim outputs of its hd().)
   const A* proj_in = shape_.mla() ? mla_output(L.atty, N) : L.atty;
@@ -861,17 +864,21 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
                       L.atty, w.projw, N, Al, C, kSet);
     }
     if (shape_.parallel_residual) ln2_backward();
+    // The sinks' gradient (model.attn_sinks) is formed here, in the input-gradient pass of a
+    // split backward too, as the norms' are: it needs the attention's output gradient only.
     if (mp_.cp > 1)
-      cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B,
-                            first_layer + i);
+      cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B, first_layer + i,
+                            w.sinks, gr.sinks);
     else if constexpr (std::is_same_v<A, float>)
       be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap, attention_dropout(first_layer + i));
+                             shape_.attn_softcap, attention_dropout(first_layer + i), w.sinks,
+                             gr.sinks);
     else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
       be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
                              layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap, attention_dropout(first_layer + i));
+                             shape_.attn_softcap, attention_dropout(first_layer + i), w.sinks,
+                             gr.sinks);
     // The gradient of the normalized q|k|v, before the rotation ...
     rotate_pieces(first_layer + i, dqkv, B, T, true);
     if (shape_.qk_norm)  // ... and of c_attn's output, before the norm

@@ -119,6 +119,7 @@ ModelShape model_shape(const Config& cfg) {
   m.n_kv_head = c.kv_heads();
   m.qk_norm = c.qk_norm;
   m.qk_norm_full = c.qk_norm_full;
+  m.attn_sinks = c.attn_sinks;
   m.kv_lora_rank = c.kv_lora_rank;
   m.q_lora_rank = c.q_lora_rank;
   m.qk_nope_head_dim = c.qk_nope_head_dim;
@@ -200,6 +201,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.n_kv_head = int(m.n_kv_head);
   s.qk_norm = m.qk_norm;
   s.qk_norm_full = m.qk_norm_full;
+  s.attn_sinks = m.attn_sinks;
   s.kv_lora_rank = int(m.kv_lora_rank);
   s.q_lora_rank = int(m.q_lora_rank);
   s.qk_nope_head_dim = int(m.qk_nope_head_dim);

@@ -435,6 +435,10 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               " holds a model whose q and k norms are ",
               m.qk_norm_full ? "over all heads" : "per head",
               " but the config asks for model.qk_norm_full = ", c.qk_norm_full ? "true" : "false");
+  TRIAD_CHECK(m.attn_sinks == c.attn_sinks, "checkpoint ", path, " holds a model ",
+              m.attn_sinks ? "with" : "without",
+              " attention sinks but the config asks for model.attn_sinks = ",
+              c.attn_sinks ? "true" : "false");
   auto mla = [](int64_t kv, int64_t q, int64_t nope, int64_t rope, int64_t v) {
     if (kv == 0) return std::string("no multi-head latent attention");
     return "multi-head latent attention (kv_lora_rank " + std::to_string(kv) + ", q_lora_rank " +

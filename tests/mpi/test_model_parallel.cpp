@@ -853,6 +853,29 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
   expect_other_model("qknormfull", opts, 3, "false", "qk_per_head_ref", ref, 1e-5);
 }
 
+// Attention sinks (model.attn_sinks: a logit per query head, split over the tensor-parallel
+// group as the query heads, each rank forming its own heads' gradients) on gpt-oss's blocks
+// (grouped queries, rope, RMSNorm, SwiGLU, a sliding window), on every grid against one rank
+// (sequence parallel, zero-bubble and interleaved among them, and context parallel, where each
+// rank adds its rows' share of the gradient), recomputing the layer, in bf16 and resumed across
+// grids. The same run without them (another model, no attn/sinks) must differ.
+TEST(ModelParallel, AttentionSinksMatchOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {
+      "--model.attn_sinks", "true",   "--model.n_kv_head",      "2",
+      "--model.position",   "rope",   "--model.norm",           "rmsnorm",
+      "--model.mlp",        "swiglu", "--model.sliding_window", "5"};
+  const Result ref = check_norm_variant("sinks", opts);
+  std::vector<std::string> fresh = opts;
+  fresh.insert(fresh.end(), {"--resume", "none"});
+  for (const Grid& g :
+       {Grid{1, 1, 1, 0, 2, "1f1b", 1, false, 2}, Grid{1, 2, 1, 0, 2, "1f1b", 1, true, 2}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(shared_dir("sinks"), "sinks_" + g.name(), g, fresh), ref,
+                         "sinks " + g.name());
+  }
+  expect_other_model("sinks", opts, 1, "false", "sinks_off_ref", ref, 1e-4);
+}
+
 // Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:
 // queries from the token), q·k over nope + rope values a head, v v wide. The sizes' values sit at
 // indices 1, 3, 5, 7 and 9.

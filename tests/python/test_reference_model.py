@@ -155,6 +155,12 @@ CASES = [
                                  kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
                                  v_head_dim=24, moe_experts=4, moe_top_k=2,
                                  moe_shared_hidden=32, moe_first_dense=1), 2, 40, 6, 223),
+    # Attention sinks (model.attn_sinks: a logit per head in each softmax's denominator) on
+    # gpt-oss's blocks: biases in the attention projections, RMSNorm, SwiGLU, rope, grouped-query
+    # attention, an untied head.
+    Case("sinks", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                position="rope", rope_theta=500.0, norm="rmsnorm", mlp="swiglu",
+                                tied=False, n_kv_head=2, attn_sinks=True), 2, 40, 6, 227),
     # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
@@ -352,7 +358,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       vocab_size=c.vocab_size, position=c.position, rope_theta=c.rope_theta,
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
-                      qk_norm_full=c.qk_norm_full, pre_norm=c.pre_norm,
+                      qk_norm_full=c.qk_norm_full, attn_sinks=c.attn_sinks,
+                      pre_norm=c.pre_norm,
                       qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
                       norm_eps=c.norm_eps,
                       head_dim=c.attn_head_dim,
@@ -1144,7 +1151,7 @@ def packed_documents(p: Prepared, tmp_path: Path, D: int, seed: int):
 # reference's attention masked to each document (written from the definition); with full
 # recomputation too, whose backward reruns the masked attention.
 @pytest.mark.parametrize("recompute", ["none", "full"])
-@pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa", "headdim"])
+@pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa", "headdim", "sinks"])
 def test_document_mask_gradients_match_torch(name, recompute, tmp_root, tmp_path):
     p = prepare(next(c for c in CASES if c.name == name), tmp_root)
     q = packed_documents(p, tmp_path, 7, 19)
@@ -1193,7 +1200,7 @@ def with_window(p: Prepared, tmp_path: Path, window: int, full_every: int = 0,
 # `window` keys (learned positions and GPT-2's blocks; Llama's; with grouped queries), alone and
 # with document masks.
 @pytest.mark.parametrize("documents", [False, True])
-@pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa"])
+@pytest.mark.parametrize("name", ["oddshapes", "llama", "gqa", "sinks"])
 def test_sliding_window_gradients_match_torch(name, documents, tmp_root, tmp_path):
     p = prepare(next(c for c in CASES if c.name == name), tmp_root)
     q = packed_documents(p, tmp_path, 7, 29)
@@ -1606,7 +1613,7 @@ def test_hidden_dropout_matches_torch(name, tmp_root, tmp_path):
 # attention (a key/value head's gradient summed over query heads that drop apart), multi-head
 # latent attention, Gemma 2's capped scores with sliding windows, and with the hidden dropout
 # beside it; on packed documents under a document mask; then 10 AdamW steps against PyTorch's.
-@pytest.mark.parametrize("name", ["oddshapes", "gqa", "mla", "gemma2"])
+@pytest.mark.parametrize("name", ["oddshapes", "gqa", "mla", "gemma2", "sinks"])
 def test_attention_dropout_matches_torch(name, tmp_root, tmp_path):
     p = prepare(next(c for c in CASES if c.name == name), tmp_root)
     x, y = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
@@ -1736,7 +1743,7 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
-GRAD_CLIP = {"gpt2vocab": 1.0, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
+GRAD_CLIP = {"gpt2vocab": 1.0, "sinks": 1.7, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,

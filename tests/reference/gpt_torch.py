@@ -104,6 +104,9 @@ class GptConfig:
     # model.qk_norm_full: one RMSNorm over all of q (q_norm [n_head·hd]) and one over all of k
     # (k_norm [kv·hd]) instead (OLMo-2's, OLMoE's)
     qk_norm_full: bool = False
+    # model.attn_sinks: a logit per query head and layer (attn/sinks [n_head]) in every softmax's
+    # denominator, a key without a value (gpt-oss's)
+    attn_sinks: bool = False
     # model.pre_norm = False: no ln_1, ln_2; each branch reads x itself, its output normalized
     # by the branch norms (OLMo-2's reordered norms)
     pre_norm: bool = True
@@ -292,6 +295,8 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         elif cfg.qk_norm:
             shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
             shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
+        if cfg.attn_sinks:
+            shapes[p + "attn/sinks"] = (cfg.n_head,)
         shapes[p + "attn/c_proj/weight"] = \
             (C, cfg.n_head * cfg.v_head_dim if cfg.kv_lora_rank else cfg.attn_width)
         shapes[p + "attn/c_proj/bias"] = (C,)
@@ -354,6 +359,8 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
             t = torch.ones(shape, dtype=torch.float64)
             if perturb:
                 t += 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        elif name.endswith("attn/sinks"):  # logits of a few units: some heads' sinks matter
+            t = torch.randn(shape, generator=g, dtype=torch.float64)
         elif len(shape) == 1:
             t = torch.zeros(shape, dtype=torch.float64)
             if perturb:
@@ -544,7 +551,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
               mask: Optional[torch.Tensor] = None,
               positions: Optional[torch.Tensor] = None, scale: float = 0.0,
               rot: int = 0, softcap: float = 0.0, clip: float = 0.0,
-              qk_full: bool = False, layer: int = -1) -> torch.Tensor:
+              qk_full: bool = False, layer: int = -1,
+              sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal self-attention on x [B, T, C]: c_attn rows are q | k | v, each head-major, k and v
     with n_kv_head heads (0: n_head); q_norm, k_norm [hd] (model.qk_norm): each q head and each
     k head RMSNormed with these weights, shared by the heads, before the rotation; rope_theta:
@@ -553,7 +561,8 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
     attn_scale; 0: 1/sqrt(hd)). softcap: the scores capped at softcap·tanh(s / softcap)
     (model.attn_softcap; 0: none). clip: c_attn's output clamped to [-clip, clip] (model.clip_qkv;
     0: none). qk_full: q_norm [n_head·hd] and k_norm [kv·hd] normalize all of q and all of k
-    (model.qk_norm_full). layer: the model's layer (the attention dropout's; -1: none)."""
+    (model.qk_norm_full). layer: the model's layer (the attention dropout's; -1: none). sinks
+    [n_head] (model.attn_sinks): head h's exp(sinks[h]) a term of each of its denominators."""
     B, T, C = x.shape
     hd = head_dim or C // n_head  # model.head_dim: q is n_head·hd wide, not C
     kv = n_kv_head or n_head
@@ -580,12 +589,25 @@ def attention(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n_head: int,
         att = softcap * torch.tanh(att / softcap)
     if mask is None:
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    att = att.masked_fill(~mask, float("-inf"))
-    att = att - att.max(dim=-1, keepdim=True).values.detach()
-    e = torch.exp(att)
-    att = _drop_attention(e / e.sum(dim=-1, keepdim=True), layer)
+    att = _drop_attention(softmax_with_sinks(att.masked_fill(~mask, float("-inf")), sinks), layer)
     y = torch.matmul(att, v)  # [B, nh, T, hd]
     return y.transpose(1, 2).reshape(B, T, n_head * hd)
+
+
+def softmax_with_sinks(att: torch.Tensor, sinks: Optional[torch.Tensor]) -> torch.Tensor:
+    """The softmax over the last axis of the masked scores att [B, nh, T, T]; with sinks [nh]
+    (attention sinks), exp(sinks[h]) joins each of head h's denominators: the probabilities of a
+    row then add up to less than 1."""
+    m = att.max(dim=-1, keepdim=True).values
+    if sinks is not None:
+        z = sinks.view(1, -1, 1, 1).to(att.dtype)
+        m = torch.maximum(m, z)
+    m = m.detach()
+    e = torch.exp(att - m)
+    den = e.sum(dim=-1, keepdim=True)
+    if sinks is not None:
+        den = den + torch.exp(z - m)
+    return e / den
 
 
 def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: torch.Tensor,
@@ -621,7 +643,8 @@ def mla_attention(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: to
         att = cfg.attn_softcap * torch.tanh(att / cfg.attn_softcap)
     if mask is None:
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    att = _drop_attention(torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1), layer)
+    att = _drop_attention(softmax_with_sinks(att.masked_fill(~mask, float("-inf")),
+                                             params.get(p + "attn/sinks")), layer)
     return torch.matmul(att, v).transpose(1, 2).reshape(B, T, NH * dv)
 
 
@@ -932,7 +955,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                           cfg.kv_heads, qn, kn, scaling, cfg.norm_eps,
                           cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
                           cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full,
-                          layer=i)
+                          layer=i, sinks=params.get(p + "attn/sinks"))
         a = linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
         if cfg.branch_norm:
             a = norm(params, cfg, p + "ln_attn_out", a)
@@ -986,7 +1009,7 @@ def forward_fast(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Ten
     assert cfg.position == "learned" and cfg.norm == "layernorm" and cfg.bias and \
         cfg.mlp == "gelu" and cfg.hidden == 4 * cfg.n_embd and cfg.tied and \
         cfg.kv_heads == cfg.n_head and not cfg.qk_norm and cfg.norm_eps == LN_EPS and \
-        not cfg.attn_head_dim, \
+        not cfg.attn_head_dim and not cfg.attn_sinks, \
         "forward_fast is GPT-2's model"
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     x = F.embedding(idx, params["wte/weight"]) + params["wpe/weight"][:T]
@@ -1372,6 +1395,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
         m.attrs.create("qk_norm", i64(1 if cfg.qk_norm else 0), dtype="<i8")
         if cfg.qk_norm_full:
             m.attrs.create("qk_norm_full", i64(1), dtype="<i8")
+        if cfg.attn_sinks:
+            m.attrs.create("attn_sinks", i64(1), dtype="<i8")
         if not cfg.pre_norm:
             m.attrs.create("pre_norm", i64(0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
@@ -1479,6 +1504,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         n_kv_head=int(a["n_kv_head"]) if "n_kv_head" in a else 0,
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
+                        attn_sinks=int(a.get("attn_sinks", 0)) == 1,
                         pre_norm=int(a.get("pre_norm", 1)) == 1,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         mlp_bias=int(a.get("mlp_bias", 0)) == 1,

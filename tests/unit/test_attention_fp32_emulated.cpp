@@ -5,7 +5,8 @@
 // backward against double (1e-6 of the largest magnitude; exact zeros outside each row's keys),
 // with and without a document mask, rows longer than a block, and under an attention dropout
 // mask (the copy for the products with V dropped, dP' times the mask before the backward; the
-// factors from dropout_mask.h's definition). Needs no GPU; test_cuda_backend runs
+// factors from dropout_mask.h's definition), and with attention sinks (in the denominators and
+// lse; the backward's rows of their gradient). Needs no GPU; test_cuda_backend runs
 // the whole attention on one against the CPU backend.
 #include <gtest/gtest.h>
 
@@ -68,10 +69,13 @@ TEST(AttentionFp32Emulated, PermutationsRoundTrip) {
 // att [B·NH·T, T] of random scores through the softmax, then dP through its backward; cap > 0:
 // the scores soft-capped (model.attn_softcap), the backward reading the uncapped ones. drop > 0:
 // an attention dropout of that probability (the call's head 0 is global head 2, layer 5).
-void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float drop = 0.0f) {
+// sinks: attention sinks, a logit per head in every row's denominator (in lse too), and the
+// backward's per-row terms of their gradient, −p_sink·Σ_j P dP.
+void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float drop = 0.0f,
+                   bool sinks = false) {
   SCOPED_TRACE(::testing::Message()
                << "B=" << B << " NH=" << NH << " T=" << T << (documents ? " documents" : "")
-               << " cap " << cap << " drop " << drop);
+               << " cap " << cap << " drop " << drop << (sinks ? " sinks" : ""));
   const std::vector<int32_t> keys = attention_reference::dropout_row_keys(B, T, 17, 40);
   AttentionDropMask mask;
   if (drop > 0.0f)
@@ -94,25 +98,30 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float
   const int32_t* kb = documents ? key_begin.data() : nullptr;
   const size_t R = size_t(B) * NH * T;
   const Vec scores = testing::random_vec(R * T, 3, -6.0f, 6.0f), dp = testing::random_vec(R * T, 4);
-  Vec att = scores, lse(R, NAN);
-  simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
-               attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
-               [&](simt::Thread& x) {
-                 attention_fp32_block::causal_softmax(x, att.data(), lse.data(), T, NH, kb, cap);
-               });
+  // Sinks from below the scores to above them (head h's 3h − 2).
+  Vec z(static_cast<size_t>(NH), 0.0f);
+  for (int h = 0; h < NH; ++h) z[size_t(h)] = 3.0f * float(h) - 2.0f;
+  const float* zp = sinks ? z.data() : nullptr;
+  Vec att = scores, lse(R, NAN), sink_rows(R, NAN);
+  simt::launch(
+      int(R), 1, attention_fp32_block::kSoftmaxThreads, attention_fp32_block::softmax_smem(),
+      simt::CopyTiming::at_issue, [&](simt::Thread& x) {
+        attention_fp32_block::causal_softmax(x, att.data(), lse.data(), T, NH, kb, cap, zp);
+      });
   Vec ds = dp;
   simt::launch(int(R), 1, attention_fp32_block::kSoftmaxThreads,
                attention_fp32_block::softmax_smem(), simt::CopyTiming::at_issue,
                [&](simt::Thread& x) {
                  attention_fp32_block::causal_softmax_backward(x, ds.data(), att.data(), T, NH, kb,
-                                                               scores.data(), cap, mask);
+                                                               scores.data(), cap, mask,
+                                                               sinks ? sink_rows.data() : nullptr);
                });
   Vec masked(R * T, NAN);
   launch_strided([&](simt::Thread& x) {
     attention_fp32_block::causal_mask_copy(x, masked.data(), att.data(), T, NH, kb, R * T, kThreads,
                                            kStride, mask);
   });
-  double p_err = 0, lse_err = 0, ds_err = 0;
+  double p_err = 0, lse_err = 0, ds_err = 0, sink_err = 0;
   size_t kept = 0, entries = 0;
   // The capped score of element e, and the cap's derivative there.
   auto s = [&](size_t e) {
@@ -125,12 +134,16 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float
   for (size_t r = 0; r < R; ++r) {
     const int i = int(r % T), b = int(r / (size_t(NH) * T));
     const int lo = documents ? key_begin[size_t(b) * T + i] : 0;
-    double mx = -INFINITY, sum = 0, dot = 0;
+    const double zr = sinks ? double(z[r / T % size_t(NH)]) : -INFINITY;
+    double mx = zr, sum = 0, dot = 0;
     for (int j = lo; j <= i; ++j) mx = std::max(mx, s(r * T + j));
     for (int j = lo; j <= i; ++j) sum += std::exp(s(r * T + j) - mx);
+    if (sinks) sum += std::exp(zr - mx);
     for (int j = lo; j <= i; ++j)
       dot += std::exp(s(r * T + j) - mx) / sum * dp[r * T + j] * factor(r, j);
     lse_err = std::max(lse_err, std::abs(lse[r] - (mx + std::log(sum))));
+    if (sinks)  // the sink's share of the row times Σ P dP, negated
+      sink_err = std::max(sink_err, std::abs(sink_rows[r] + std::exp(zr - mx) / sum * dot));
     for (int j = 0; j < T; ++j) {
       const size_t e = r * T + j;
       if (j < lo || j > i) {
@@ -150,6 +163,7 @@ void check_softmax(int B, int NH, int T, bool documents, float cap = 0.0f, float
   EXPECT_LE(p_err, 1e-6);
   EXPECT_LE(lse_err, 1e-5);
   EXPECT_LE(ds_err, 1e-6);
+  EXPECT_LE(sink_err, 1e-6);
   if (drop > 0.0f) {  // the mask drops about `drop` of the entries
     EXPECT_NEAR(1.0 - double(kept) / double(entries), drop, 0.05);
   }
@@ -162,6 +176,11 @@ TEST(AttentionFp32Emulated, CausalSoftmaxRowsLongerThanABlockWithDocuments) {
 TEST(AttentionFp32Emulated, AttentionDropout) {
   check_softmax(2, 3, 40, false, 0.0f, 0.3f);
   check_softmax(1, 2, 300, true, 2.0f, 0.1f);
+}
+// Attention sinks (model.attn_sinks), alone and with documents, a cap and dropout.
+TEST(AttentionFp32Emulated, Sinks) {
+  check_softmax(2, 3, 20, false, 0.0f, 0.0f, true);
+  check_softmax(1, 2, 300, true, 2.0f, 0.1f, true);
 }
 TEST(AttentionFp32Emulated, SoftCappedSoftmax) {
   check_softmax(2, 2, 20, false, 2.0f);

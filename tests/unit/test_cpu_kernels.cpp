@@ -118,10 +118,11 @@ double naive_gelu(double x) {
 // NKV key/value heads (0: NH); query head h reads key/value head h % NKV (backend.h). With
 // key_begin ([B,T]) query t of sequence b sees keys key_begin[b·T+t] .. t only. cap > 0: each
 // scaled score s is cap·tanh(s / cap) (model.attn_softcap). drop (attention dropout): out reads
-// each probability times its factor (probs stay the undropped ones).
+// each probability times its factor (probs stay the undropped ones). sinks ([NH], attention
+// sinks): exp(sinks[h]) is a term of each of head h's denominators.
 DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs = nullptr,
                      int NKV = 0, const std::vector<int32_t>* key_begin = nullptr, double cap = 0.0,
-                     AttentionDropMask drop = {}) {
+                     AttentionDropMask drop = {}, const DVec* sinks = nullptr) {
   if (NKV == 0) NKV = NH;
   const int hd = C / NH;
   const size_t W = size_t(C) + 2 * size_t(NKV) * hd;
@@ -142,7 +143,8 @@ DVec naive_attention(const DVec& qkv, int B, int T, int C, int NH, DVec* probs =
           p[j] = cap > 0.0 ? cap * std::tanh(s * scale / cap) : s * scale;
           mx = std::max(mx, p[j]);
         }
-        double sum = 0.0;
+        if (sinks) mx = std::max(mx, (*sinks)[size_t(h)]);
+        double sum = sinks ? std::exp((*sinks)[size_t(h)] - mx) : 0.0;
         for (int j = lo; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
         for (int j = lo; j <= i; ++j) {
           p[j] /= sum;
@@ -605,19 +607,23 @@ TEST_F(CpuKernels, MatmulSplitOverThreadsWideOutput) { check_matmul_split(*be, 4
 
 // stride > 1 checks only every stride-th coordinate of dqkv (for the longer sequence). NKV
 // key/value heads (0: NH). key_begin: a document mask ([B,T], backend.h), or none. cap: the
-// scores' soft cap (0: none).
+// scores' soft cap (0: none). sinks: attention sinks [NH] (none: without), whose gradient is
+// checked against finite differences too.
 void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, int NKV = 0,
                      const std::vector<int32_t>* key_begin = nullptr, float cap = 0.0f,
-                     AttentionDropout drop = {}) {
+                     AttentionDropout drop = {}, const Vec& sinks = {}) {
   if (NKV == 0) NKV = NH;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 31, -2.0f, 2.0f);
   Vec out(size_t(B) * T * C), att(size_t(B) * NH * T * T, 7.0f);
   const int32_t* kb = key_begin ? key_begin->data() : nullptr;
+  const float* z = sinks.empty() ? nullptr : sinks.data();
+  DVec zd = to_double(sinks);
+  const DVec* zp = sinks.empty() ? nullptr : &zd;
   be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, {}, 0.0f, cap,
-                       drop);
+                       drop, z);
   DVec x = to_double(qkv), probs;
   const AttentionDropMask mask = drop.mask(NKV);
-  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, cap, mask), 1e-5,
+  expect_close(out, naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, cap, mask, zp), 1e-5,
                "out");
   for (int bh = 0; bh < B * NH; ++bh)
     for (int i = 0; i < T; ++i)
@@ -628,7 +634,7 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
 
   const Vec R = random_vec(out.size(), 32);
   auto loss = [&] {
-    return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, cap, mask), R);
+    return dot(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, cap, mask, zp), R);
   };
   const DVec g = finite_diff(x, loss, stride);
   // Garbage above the diagonal of att must not matter to the backward (it is unspecified).
@@ -636,9 +642,16 @@ void check_attention(Backend& be, int B, int T, int C, int NH, size_t stride, in
     for (int i = 0; i < T; ++i)
       for (int j = i + 1; j < T; ++j) att[(size_t(bh) * T + i) * T + j] = 1e3f;
   Vec dqkv(qkv.size(), 0.0f), scratch(att.size(), 5.0f);
+  Vec dsinks(sinks.size(), 0.5f);  // accumulated onto
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap, drop);
+                        NKV, GradMode::accumulate, kb, {}, 0.0f, cap, drop, z,
+                        z != nullptr ? dsinks.data() : nullptr);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
+  if (z != nullptr) {
+    DVec gz = finite_diff(zd, loss);
+    for (double& v : gz) v += 0.5;
+    expect_close(dsinks, gz, 1e-4, "dsinks");
+  }
 
   Vec dqkv2 = random_vec(qkv.size(), 33);
   const Vec dqkv0 = dqkv2;
@@ -664,6 +677,20 @@ TEST_F(CpuKernels, AttentionSoftCapSeveralBlocksDocumentsGrouped) {
 }
 
 TEST_F(CpuKernels, AttentionSmall) { check_attention(*be, 2, 5, 12, 3, 1); }
+// Attention sinks (model.attn_sinks): logits around the scores' size, one of them large enough to
+// take most of its rows' attention; then over several causal blocks with documents, grouped
+// queries, a soft cap (the sinks are not capped) and dropout.
+TEST_F(CpuKernels, AttentionSinks) {
+  check_attention(*be, 2, 5, 12, 3, 1, 0, nullptr, 0.0f, {}, Vec{0.3f, -1.0f, 2.5f});
+}
+TEST_F(CpuKernels, AttentionSinksSeveralBlocksDocumentsGroupedCappedDropout) {
+  std::vector<int32_t> kb(150);
+  for (int t = 0; t < 150; ++t) kb[size_t(t)] = t < 70 ? 0 : 70;
+  const std::vector<int32_t> keys = attention_reference::dropout_row_keys(1, 150, 5, 9);
+  const AttentionDropout drop{keys.data(), 0.2f, 3, 0, 2};
+  check_attention(*be, 1, 150, 12, 6, 11, 2, &kb, 2.0f, drop,
+                  Vec{0.5f, -0.7f, 1.5f, 0.0f, -2.0f, 1.0f});
+}
 TEST_F(CpuKernels, AttentionSingleToken) { check_attention(*be, 2, 1, 8, 2, 1); }
 // Grouped-query attention: 4 query heads over 2 key/value heads, and over one (multi-query);
 // against the definition (naive_attention reads head h % NKV) and finite differences, whose
@@ -722,16 +749,19 @@ TEST_F(CpuKernels, AttentionDocumentMaskGroupedSeveralBlocks) {
 // the edges of the kernel's 64-row blocks, with masks and grouped heads.
 void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, QueryRows rows,
                           size_t stride, const std::vector<int32_t>* key_begin = nullptr,
-                          AttentionDropout drop = {}) {
+                          AttentionDropout drop = {}, const Vec& sinks = {}) {
   const int n = rows.count, q0 = rows.first, L = q0 + n;
   const Vec qkv = random_vec(size_t(B) * T * qkv_width(C, NH, NKV), 41, -2.0f, 2.0f);
   Vec out(size_t(B) * n * C, 3.0f), att(size_t(B) * NH * n * L, 7.0f);
   const int32_t* kb = key_begin ? key_begin->data() : nullptr;
+  const float* z = sinks.empty() ? nullptr : sinks.data();
+  DVec zd = to_double(sinks);
+  const DVec* zp = sinks.empty() ? nullptr : &zd;
   be.attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH, NKV, kb, rows, 0.0f, 0.0f,
-                       drop);
+                       drop, z);
   DVec x = to_double(qkv), probs;
   const AttentionDropMask mask = drop.mask(NKV);
-  const DVec full = naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, 0.0, mask);
+  const DVec full = naive_attention(x, B, T, C, NH, &probs, NKV, key_begin, 0.0, mask, zp);
   auto range_of = [&](const DVec& all) {  // rows q0 .. L-1 of each sequence
     DVec r(size_t(B) * n * C);
     for (int b = 0; b < B; ++b)
@@ -749,16 +779,20 @@ void check_attention_rows(Backend& be, int B, int T, int C, int NH, int NKV, Que
       }
   const Vec R = random_vec(out.size(), 42);
   auto loss = [&] {
-    return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, 0.0, mask)), R);
+    return dot(range_of(naive_attention(x, B, T, C, NH, nullptr, NKV, key_begin, 0.0, mask, zp)),
+               R);
   };
   const DVec g = finite_diff(x, loss, stride);
   for (int bh = 0; bh < B * NH; ++bh)  // unspecified above the diagonal: must not matter
     for (int i = q0; i < L; ++i)
       for (int j = i + 1; j < L; ++j) att[(size_t(bh) * n + (i - q0)) * L + j] = 1e3f;
   Vec dqkv = random_vec(qkv.size(), 43), scratch(att.size(), 5.0f);
+  Vec dsinks(sinks.size(), 0.0f);
   be.attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
-                        NKV, GradMode::overwrite, kb, rows, 0.0f, 0.0f, drop);
+                        NKV, GradMode::overwrite, kb, rows, 0.0f, 0.0f, drop, z,
+                        z != nullptr ? dsinks.data() : nullptr);
   expect_close(dqkv, g, 1e-4, "dqkv", stride);
+  if (z != nullptr) expect_close(dsinks, finite_diff(zd, loss), 1e-4, "dsinks");
   Vec dqkv2 = random_vec(qkv.size(), 44);
   const Vec dqkv0 = dqkv2;
   be.attention_backward(dqkv2.data(), scratch.data(), R.data(), qkv.data(), att.data(), B, T, C, NH,
@@ -783,6 +817,14 @@ TEST_F(CpuKernels, AttentionQueryRowsMasked) {
   std::vector<int32_t> window(150);
   for (int t = 0; t < 150; ++t) window[size_t(t)] = std::max(0, t - 39);
   check_attention_rows(*be, 1, 150, 6, 2, 2, QueryRows{100, 30}, 7, &window);
+}
+// Attention sinks over a query range (context parallelism): the range's rows only add to their
+// gradient.
+TEST_F(CpuKernels, AttentionQueryRowsSinks) {
+  check_attention_rows(*be, 2, 7, 12, 3, 3, QueryRows{3, 2}, 1, nullptr, {},
+                       Vec{0.4f, -0.5f, 1.5f});
+  check_attention_rows(*be, 1, 150, 12, 6, 2, QueryRows{70, 75}, 11, nullptr, {},
+                       Vec{0.5f, -1.5f, 2.0f, 0.0f, 1.0f, -0.2f});
 }
 
 // ---- attention dropout ---------------------------------------------------------------------

@@ -563,6 +563,46 @@ TEST_F(CudaBackendTest, AttentionOtherScaleAndSoftCap) {
     }
 }
 
+// Attention sinks (model.attn_sinks): the fp32 forward (the sinks in the softmax), backward (the
+// sinks' gradient from the rows' terms, accumulated) and decoding against the CPU backend's, MHA
+// and grouped queries, with a soft cap.
+TEST_F(CudaBackendTest, AttentionSinks) {
+  for (const AttShape& s : {AttShape{3, 100, 96, 4, 4}, AttShape{2, 5, 16, 4, 2}})
+    for (const float cap : {0.0f, 1.5f}) {
+      SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " C=" << s.C
+                                        << " NH=" << s.NH << " NKV=" << s.NKV << " cap " << cap);
+      const size_t nqkv = size_t(s.B) * s.T * qkv_width(s.C, s.NH, s.NKV);
+      const size_t nout = size_t(s.B) * s.T * s.C, natt = size_t(s.B) * s.NH * s.T * s.T;
+      const Vec qkv = random_vec(nqkv, 63, -2.0f, 2.0f), dout = random_vec(nout, 64);
+      const Vec z = {-1.0f, 0.5f, 2.0f, 3.5f};
+      Vec out(nout), att(natt, 0.0f), scr(natt), dqkv(nqkv, 0.0f), dec(size_t(s.B) * s.C);
+      Vec dz(z.size(), 0.5f);
+      cpu->attention_forward(out.data(), att.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.NKV,
+                             nullptr, {}, 0.0f, cap, {}, z.data());
+      cpu->attention_backward(dqkv.data(), scr.data(), dout.data(), qkv.data(), att.data(), s.B,
+                              s.T, s.C, s.NH, s.NKV, GradMode::overwrite, nullptr, {}, 0.0f, cap,
+                              {}, z.data(), dz.data());
+      cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0, 0.0f,
+                            cap, z.data());
+      float *g_qkv = dev(qkv), *g_out = dev(random_vec(nout, 65)), *g_att = dev(att);
+      float* g_z = dev(z);
+      gpu->attention_forward(g_out, g_att, g_qkv, s.B, s.T, s.C, s.NH, s.NKV, nullptr, {}, 0.0f,
+                             cap, {}, g_z);
+      EXPECT_TRUE(close(host(g_out, nout), out, kGemmTol, 1e-5)) << "out";
+      float* g_dqkv = dev(random_vec(nqkv, 66));
+      float* g_dz = dev(Vec(z.size(), 0.5f));
+      gpu->attention_backward(g_dqkv, dev(Vec(natt)), dev(dout), g_qkv, dev(att), s.B, s.T, s.C,
+                              s.NH, s.NKV, GradMode::overwrite, nullptr, {}, 0.0f, cap, {}, g_z,
+                              g_dz);
+      EXPECT_TRUE(close(host(g_dqkv, nqkv), dqkv, kGemmTol, 1e-6)) << "dqkv";
+      EXPECT_TRUE(close(host(g_dz, z.size()), dz, kGemmTol, 1e-6)) << "dsinks";
+      float* g_dec = dev(random_vec(size_t(s.B) * s.C, 67));
+      gpu->attention_decode(g_dec, g_qkv, s.B, s.T, s.T - 1, 1, s.C, s.NH, s.NKV, 0, 0.0f, cap,
+                            g_z);
+      EXPECT_TRUE(close(host(g_dec, size_t(s.B) * s.C), dec, kGemmTol, 1e-6)) << "decode";
+    }
+}
+
 // Decoding (KV cache): n new rows at positions p.. against the kept keys and values; with
 // NKV < NH the compact grouped-query cache.
 TEST_F(CudaBackendTest, AttentionDecode) {

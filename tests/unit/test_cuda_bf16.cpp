@@ -813,6 +813,68 @@ TEST_F(CudaBf16Test, AttentionOtherScalesAndSoftCaps) {
     }
 }
 
+// Attention sinks (model.attn_sinks) against the CPU backend: the flash kernels followed by the
+// sinks' correction (hd 64, 128; grouped queries; a query range with dropout), the fp32 fallback
+// (hd 16, whose softmax has them), the decoding kernel, and the sinks' gradient (accumulated).
+TEST_F(CudaBf16Test, AttentionSinks) {
+  struct Case {
+    AttShape s;
+    QueryRows rows;
+    bool drop;
+  };
+  const Case cases[] = {{{2, 100, 2, 64, 2}, {}, false},
+                        {{1, 130, 4, 128, 2}, {}, false},
+                        {{2, 37, 3, 16, 3}, {}, false},
+                        {{2, 256, 2, 64, 1}, {128, 128}, true}};
+  for (const Case& c : cases) {
+    const AttShape& s = c.s;
+    SCOPED_TRACE(::testing::Message() << "B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd="
+                                      << s.hd << " NKV=" << s.NKV << " rows " << c.rows.first
+                                      << " + " << c.rows.count << (c.drop ? " dropout" : ""));
+    const int n = c.rows.whole(s.T) ? s.T : c.rows.count;
+    const int C = s.NH * s.hd, W = qkv_width(C, s.NH, s.NKV);
+    const size_t BnC = size_t(s.B) * n * C, BTW = size_t(s.B) * s.T * W;
+    const size_t L = size_t(s.B) * s.NH * n;
+    const std::vector<int32_t> keys = attention_reference::dropout_row_keys(s.B, s.T, 13, 2);
+    const AttentionDropout drop =
+        c.drop ? AttentionDropout{keys.data(), 0.2f, 1, 0, 0} : AttentionDropout{};
+    Vec zf(size_t(s.NH));
+    for (int h = 0; h < s.NH; ++h) zf[size_t(h)] = 1.5f * float(h) - 1.0f;
+    const Bits z = to_bits(zf);
+    const Bits qkv = random_bits(BTW, 86, -1.5f, 1.5f), dout = random_bits(BnC, 87);
+    Bits out(BnC), dqkv(BTW), dec(size_t(s.B) * C);
+    Vec lse(L), dz(size_t(s.NH), 0.5f);
+    cpu->attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, s.NKV, nullptr,
+                           c.rows, 0.0f, 0.0f, drop, z.data());
+    cpu->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                            C, s.NH, s.NKV, GradMode::overwrite, nullptr, c.rows, 0.0f, 0.0f, drop,
+                            z.data(), dz.data());
+    const AttentionDropout g_drop =
+        c.drop ? AttentionDropout{dev(keys), 0.2f, 1, 0, 0} : AttentionDropout{};
+    bf16_t* d_qkv = dev(qkv);
+    bf16_t* d_z = dev(z);
+    bf16_t* g_out = dev(to_bits(Vec(BnC, 42.0f)));
+    float* g_lse = dev(Vec(L, 42.0f));
+    gpu->attention_forward(g_out, g_lse, d_qkv, s.B, s.T, C, s.NH, s.NKV, nullptr, c.rows, 0.0f,
+                           0.0f, g_drop, d_z);
+    EXPECT_TRUE(close(host(g_out, BnC), out)) << "out";
+    EXPECT_TRUE(close(host(g_lse, L), lse)) << "lse";
+    bf16_t* g_dqkv = dev(to_bits(Vec(BTW, 42.0f)));
+    float* g_dz = dev(Vec(size_t(s.NH), 0.5f));
+    gpu->attention_backward(g_dqkv, dev(dout), d_qkv, dev(out), dev(lse), s.B, s.T, C, s.NH, s.NKV,
+                            GradMode::overwrite, nullptr, c.rows, 0.0f, 0.0f, g_drop, d_z, g_dz);
+    EXPECT_TRUE(close(host(g_dqkv, BTW), dqkv)) << "dqkv";
+    EXPECT_TRUE(close(host(g_dz, size_t(s.NH)), dz)) << "dsinks";
+    if (c.rows.whole(s.T)) {
+      cpu->attention_decode(dec.data(), qkv.data(), s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, 0.0f,
+                            0.0f, z.data());
+      bf16_t* g_dec = dev(to_bits(Vec(size_t(s.B) * C, 42.0f)));
+      gpu->attention_decode(g_dec, d_qkv, s.B, s.T, s.T - 1, 1, C, s.NH, s.NKV, 0, 0.0f, 0.0f, d_z);
+      EXPECT_TRUE(close(host(g_dec, size_t(s.B) * C), dec)) << "decode";
+    }
+  }
+}
+
 // Attention dropout (train.attention_dropout): the bf16 ops against the CPU backend's, hd 64 and
 // 128 (the flash kernels' dropout variants), grouped queries, head 0 at global head 1 or a
 // tensor-parallel grouped mapping, a query range (context parallelism: the queries' positions

@@ -24,9 +24,11 @@ namespace {
 
 // Rows p .. p+n-1 of causal attention over qkv [p+n, W] (values as doubles), query head h
 // against key/value head h % NKV; window > 0: row i sees keys i - window + 1 .. i only; scale:
-// the scores' (0: 1/sqrt(hd)); cap > 0: each scaled score s is cap·tanh(s / cap).
+// the scores' (0: 1/sqrt(hd)); cap > 0: each scaled score s is cap·tanh(s / cap); sinks (empty:
+// none): head h's exp(sinks[h]) a term of its denominators.
 std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int C, int NH, int NKV,
-                              int window, double scale, double cap) {
+                              int window, double scale, double cap,
+                              const std::vector<double>& sinks = {}) {
   const int hd = C / NH;
   const size_t ld = size_t(qkv_width(C, NH, NKV));
   std::vector<double> out(size_t(n) * C);
@@ -35,7 +37,7 @@ std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int 
     for (int r = 0; r < n; ++r) {
       const int i = p + r, lo = window > 0 ? std::max(0, i - window + 1) : 0;
       std::vector<double> s(size_t(i) + 1, 0.0);
-      double mx = -1e300, z = 0;
+      double mx = sinks.empty() ? -1e300 : sinks[size_t(h)], z = 0;
       for (int j = lo; j <= i; ++j) {
         double dot = 0;
         for (int d = 0; d < hd; ++d) dot += qkv[i * ld + h * hd + d] * qkv[j * ld + k_col + d];
@@ -44,6 +46,7 @@ std::vector<double> reference(const std::vector<double>& qkv, int p, int n, int 
         mx = std::max(mx, s[size_t(j)]);
       }
       for (int j = lo; j <= i; ++j) z += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
+      if (!sinks.empty()) z += std::exp(sinks[size_t(h)] - mx);
       for (int d = 0; d < hd; ++d) {
         double acc = 0;
         for (int j = lo; j <= i; ++j) acc += s[size_t(j)] * qkv[j * ld + v_col + d];
@@ -68,23 +71,35 @@ double worst_error(const std::vector<double>& got, const std::vector<double>& wa
 }
 
 // B sequences, each stride rows apart in qkv (the rows between are never read); window > 0: a
-// sliding window; scale: the scores' (0: 1/sqrt(hd)); cap: their soft cap (0: none).
+// sliding window; scale: the scores' (0: 1/sqrt(hd)); cap: their soft cap (0: none); sinks:
+// attention sinks, head h's logit 2h − 1 (bf16-exact).
 void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int stride = 0,
-           int window = 0, float scale = 0.0f, float cap = 0.0f) {
+           int window = 0, float scale = 0.0f, float cap = 0.0f, bool sinks = false) {
   if (stride == 0) stride = p + n;
   SCOPED_TRACE(::testing::Message()
-               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV
-               << " B=" << B << " stride=" << stride << (bf16 ? " bf16" : " fp32")
-               << " window=" << window << " scale=" << scale << " cap=" << cap);
+               << "p=" << p << " n=" << n << " C=" << C << " NH=" << NH << " NKV=" << NKV << " B="
+               << B << " stride=" << stride << (bf16 ? " bf16" : " fp32") << " window=" << window
+               << " scale=" << scale << " cap=" << cap << (sinks ? " sinks" : ""));
+  std::vector<double> z;
+  std::vector<float> zf;
+  std::vector<bf16_t> zb;
+  for (int h = 0; sinks && h < NH; ++h) {
+    z.push_back(2.0 * h - 1.0);
+    zf.push_back(float(z.back()));
+    zb.push_back(to_bf16(zf.back()));
+  }
+  std::vector<uint16_t> z_bits;
+  for (const bf16_t& v : zb) z_bits.push_back(v.bits);
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t seq = size_t(stride) * W, nqkv = size_t(B) * seq, nout = size_t(B) * n * C;
   const size_t smem =
       decode_attention::smem_bytes(decode_attention::keys_seen(p, n, window), C / NH);
   std::vector<double> values(nqkv), got(nout), cpu_got(nout);
-  auto body = [&](auto* out, const auto* qkv) {
+  auto body = [&](auto* out, const auto* qkv, const auto* sink) {
     simt::launch(NH, B * n, decode_attention::kThreads, smem, simt::CopyTiming::at_issue,
                  [&](simt::Thread& x) {
-                   decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, cap);
+                   decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, cap,
+                                         sink);
                  });
   };
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
@@ -95,9 +110,9 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
       values[i] = qkv.at(i);
       cpu_qkv[i] = bf16_t{qkv.data()[i]};
     }
-    body(out.data(), qkv.data());
+    body(out.data(), qkv.data(), sinks ? z_bits.data() : nullptr);
     cpu->attention_decode(cpu_out.data(), cpu_qkv.data(), B, stride, p, n, C, NH, NKV, window,
-                          scale, cap);
+                          scale, cap, sinks ? zb.data() : nullptr);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out.at(i);
       cpu_got[i] = to_float(cpu_out[i]);
@@ -107,9 +122,9 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
     std::uniform_real_distribution<float> u(-2.0f, 2.0f);
     std::vector<float> qkv(nqkv), out(nout, NAN), cpu_out(nout, NAN);
     for (size_t i = 0; i < nqkv; ++i) values[i] = qkv[i] = u(gen);
-    body(out.data(), qkv.data());
+    body(out.data(), qkv.data(), sinks ? zf.data() : nullptr);
     cpu->attention_decode(cpu_out.data(), qkv.data(), B, stride, p, n, C, NH, NKV, window, scale,
-                          cap);
+                          cap, sinks ? zf.data() : nullptr);
     for (size_t i = 0; i < nout; ++i) {
       got[i] = out[i];
       cpu_got[i] = cpu_out[i];
@@ -119,7 +134,7 @@ void check(int p, int n, int C, int NH, int NKV, bool bf16, int B = 1, int strid
   for (int b = 0; b < B; ++b) {
     const std::vector<double> one(values.begin() + long(b * seq),
                                   values.begin() + long(b * seq + size_t(p + n) * W));
-    const std::vector<double> w = reference(one, p, n, C, NH, NKV, window, scale, cap);
+    const std::vector<double> w = reference(one, p, n, C, NH, NKV, window, scale, cap, z);
     want.insert(want.end(), w.begin(), w.end());
   }
   EXPECT_LE(worst_error(got, want, bf16), bf16 ? 1e-2 : 1e-5) << "against the reference";
@@ -141,6 +156,15 @@ TEST(DecodeAttentionEmulated, OtherScales) {
 TEST(DecodeAttentionEmulated, SoftCap) {
   check(40, 2, 128, 4, 2, false, 2, 50, 20, 0.0f, 1.0f);
   check(40, 1, 128, 2, 1, true, 1, 0, 0, 0.4f, 2.0f);
+}
+
+// Attention sinks (model.attn_sinks): logits −1, 1, 3, 5 beside scores of a few units, with
+// grouped-query heads, a window and several sequences.
+TEST(DecodeAttentionEmulated, SinksFp32) {
+  check(40, 2, 128, 4, 2, false, 2, 50, 20, 0.0f, 0.0f, true);
+}
+TEST(DecodeAttentionEmulated, SinksBf16) {
+  check(150, 1, 128, 2, 1, true, 1, 0, 0, 0.0f, 0.0f, true);
 }
 
 // Grouped-query attention: 4 query heads over 2 key/value heads and over one (multi-query),

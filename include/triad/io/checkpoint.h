@@ -136,6 +136,9 @@ struct ModelShape {
   // Attribute qk_norm_full (int64 1: q_norm and k_norm span all heads, model.qk_norm_full; absent:
   // 0, per head).
   bool qk_norm_full = false;
+  // Attribute attn_sinks (int64 1: each layer has attn/sinks [n_head], model.attn_sinks; absent:
+  // 0, none).
+  bool attn_sinks = false;
   // Attribute rotary_dim (int64, partial rotary: the values of each q and k head that rotate;
   // absent or 0: all of them; written when > 0).
   int64_t rotary_dim = 0;

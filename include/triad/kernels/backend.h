@@ -236,10 +236,16 @@ class Backend {
   // `rows` (QueryRows) limits the call to some query rows of each sequence. `dropout`
   // (AttentionDropout, training only) drops probabilities after the softmax: att keeps the
   // undropped ones, and the backward pass forms the same mask again.
+  // sinks (nullptr: none; model.attn_sinks, gpt-oss's): a logit z_h per query head [NH] in the
+  // backend's memory, the score of a key without a value that every row of head h sees: its
+  // softmax is p_j = exp(s_j) / (exp(z_h) + Σ_k exp(s_k)) (z_h neither scaled nor capped), so a
+  // row's probabilities add up to 1 − p_sink. att keeps these p_j (the backward pass of the
+  // softmax needs no change: the sink's value is zero). Backward adds to dsinks [NH] (nullptr: no
+  // gradient) dL/dz_h = −Σ_rows p_sink·Σ_j p_j·dP_j, the rows' sums in a fixed order.
   virtual void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
                                  QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f,
-                                 AttentionDropout dropout = {}) = 0;
+                                 AttentionDropout dropout = {}, const float* sinks = nullptr) = 0;
   // dqkv [B,T,W] (+=); scratch is as large as att, floats the op may overwrite. A key/value
   // head's gradient sums over its NH/NKV query heads in a fixed order (deterministic).
   virtual void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
@@ -247,7 +253,8 @@ class Backend {
                                   GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
                                   float scale = 0.0f, float softcap = 0.0f,
-                                  AttentionDropout dropout = {}) = 0;
+                                  AttentionDropout dropout = {}, const float* sinks = nullptr,
+                                  float* dsinks = nullptr) = 0;
   // Decoding with a cache of keys and values (generation), for B sequences of equal length: the
   // causal attention of rows p .. p+n-1 of each, whose q|k|v are its rows p .. p+n-1 in qkv,
   // against the keys and values of its rows 0 .. p+n-1 (rows before p: those an earlier call
@@ -256,10 +263,10 @@ class Backend {
   // sequence, without its T×T work: n·(p+n) scores instead of (p+n)². With NKV < NH the cache
   // (the k and v columns) is NKV/NH of GPT-2's. window > 0 (a sliding window, model.
   // sliding_window): the row at position t sees keys max(0, t − window + 1) .. t only, as
-  // attention_forward with that key_begin. scale and softcap as attention_forward's.
+  // attention_forward with that key_begin. scale, softcap and sinks as attention_forward's.
   virtual void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n,
                                 int C, int NH, int NKV, int window = 0, float scale = 0.0f,
-                                float softcap = 0.0f) = 0;
+                                float softcap = 0.0f, const float* sinks = nullptr) = 0;
 
   // ---- rotary position embedding (model.position = rope) -----------------------------------
   // Rotates in place the NH q heads and NKV k heads of qkv [N, W] (layout as above; v untouched).
@@ -517,17 +524,20 @@ class Backend {
   // Causal self-attention, flash-attention style: only lse [B,NH,T] (fp32, natural log of the
   // softmax denominator of each query row, of the scaled scores) is kept for backward,
   // no T×T matrix. Backward recomputes the probabilities from qkv and lse; it reads the
-  // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention.
+  // forward's out; dqkv (+=). Layouts and key_begin as the fp32 attention. With sinks (bf16
+  // logits, as the fp32 op's) lse includes the sink's term, ln(exp(z_h) + Σ_k exp(s_k)), and
+  // the backward pass adds dL/dz_h = −Σ_rows exp(z_h − lse)·(dout·out) to dsinks (fp32).
   virtual void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C,
                                  int NH, int NKV, const int32_t* key_begin = nullptr,
                                  QueryRows rows = {}, float scale = 0.0f, float softcap = 0.0f,
-                                 AttentionDropout dropout = {}) = 0;
+                                 AttentionDropout dropout = {}, const bf16_t* sinks = nullptr) = 0;
   virtual void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv,
                                   const bf16_t* out, const float* lse, int B, int T, int C, int NH,
                                   int NKV, GradMode mode = GradMode::accumulate,
                                   const int32_t* key_begin = nullptr, QueryRows rows = {},
                                   float scale = 0.0f, float softcap = 0.0f,
-                                  AttentionDropout dropout = {}) = 0;
+                                  AttentionDropout dropout = {}, const bf16_t* sinks = nullptr,
+                                  float* dsinks = nullptr) = 0;
   // As the fp32 SwiGLU; computed in fp32, each output rounded once.
   virtual void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
@@ -562,7 +572,7 @@ class Backend {
   // As the fp32 attention_decode; scores, softmax and sums in fp32, out rounded once.
   virtual void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n,
                                 int C, int NH, int NKV, int window = 0, float scale = 0.0f,
-                                float softcap = 0.0f) = 0;
+                                float softcap = 0.0f, const bf16_t* sinks = nullptr) = 0;
   virtual void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n) = 0;
   virtual void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n,
                              GradMode mode = GradMode::accumulate) = 0;

@@ -674,10 +674,10 @@ class Gpt {
   // (forward: into atty [2][B][piece] and att, from its rows' q|k|v; backward: dqkv written over)
   // with the keys and values of the whole sequences gathered from the context-parallel group.
   template <class A>
-  void cp_attention_forward(A* atty, float* att, const A* qkv, int B, int layer);
+  void cp_attention_forward(A* atty, float* att, const A* qkv, int B, int layer, const A* sinks);
   template <class A>
   void cp_attention_backward(A* dqkv, float* scratch, const A* datty, const A* qkv, const A* atty,
-                             const float* att, int B, int layer);
+                             const float* att, int B, int layer, const A* sinks, float* dsinks);
   template <class A>
   void cp_gather_qkv(const A* qkv, int B);  // into the whole-sequence buffer cp_qkv
   size_t cp_att_offset(int piece, int B, bool probabilities) const;
@@ -919,10 +919,11 @@ class Gpt {
   float* rope_local_table_ = nullptr;  // rope_table(shape_, true) (shape_.rope_local_theta > 0)
   std::vector<int> layer_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
-  // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms)
-  // sits in its run of specs_ (-1: not in this model, a bias or norm it does not have), and how
-  // many it has. [0]: a dense layer's, [1]: one with experts' (GptShape::moe_layer).
-  static constexpr int kLayerTensorKinds = 28;
+  // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms,
+  // multi-head latent attention's six, the attention sinks) sits in its run of specs_ (-1: not in
+  // this model, a bias or norm it does not have), and how many it has. [0]: a dense layer's, [1]:
+  // one with experts' (GptShape::moe_layer).
+  static constexpr int kLayerTensorKinds = 29;
   int layer_slot_[2][kLayerTensorKinds] = {};
   int layer_count_[2] = {kLayerTensorKinds, kLayerTensorKinds};
   using LayerSlots = int[kLayerTensorKinds];

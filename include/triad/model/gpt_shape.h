@@ -154,6 +154,12 @@ struct GptShape {
   // Backend::qk_full_norm_forward); with tensor parallelism the weights split with the heads and
   // the sums of squares are all-reduced over the group.
   bool qk_norm_full = false;
+  // Attention sinks (model.attn_sinks; gpt-oss's): a learned logit per query head and layer,
+  // attn/sinks [n_head], that joins each softmax's denominator as a key without a value, so a
+  // head can give a query less than all of its attention: out = Σ_j p_j·v_j with
+  // p_j = exp(s_j) / (exp(sink) + Σ_k exp(s_k)). Split over the tensor-parallel ranks as the
+  // query heads.
+  bool attn_sinks = false;
   // Each head's width (model.head_dim): 0 = n_embd / n_head (GPT-2, Llama); another (Qwen3's
   // 128 at n_embd 1024 and 16 heads) makes the attention attn_width() = n_head·head_dim wide:
   // c_attn [attn_width + 2·kv_heads·head_dim, C] and attn.c_proj [C, attn_width].

@@ -62,6 +62,7 @@ struct ModelConfig {
   bool tie_embeddings = true;  // false: an output layer lm_head of its own (as Llama)
   bool qk_norm = false;        // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
   bool qk_norm_full = false;   // with qk_norm: over all heads' q, and all k (OLMo-2, OLMoE)
+  bool attn_sinks = false;     // a learned logit per head in each softmax's denominator (gpt-oss)
   int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
   int full_attention_every = 0;       // with a window: every N-th layer attends to all (Gemma 3: 6)
   bool full_attention_first = false;  // ... layers 0, N, 2N, .. instead (GPT-Neo's)

@@ -68,17 +68,19 @@ void cap_scores(float* s, int n, float cap) {
 
 // Row i of S → row i of P over keys lo..i (tiny probabilities flushed to 0, see kFlushBelow).
 // Keys 0 .. lo-1 and i+1 .. end-1 (the rest of the diagonal block, which the P·V product reads)
-// are set to 0; keys beyond end are left untouched.
-void causal_softmax_row(float* row, int lo, int i, int end) {
+// are set to 0; keys beyond end are left untouched. sink (nullptr: none) is the head's sink
+// logit, a term of the denominator without a probability of its own in the row.
+void causal_softmax_row(float* row, int lo, int i, int end, const float* sink = nullptr) {
   float* r = row + lo;
   const int n = i + 1 - lo;
-  float max_val = r[0];
+  float max_val = sink != nullptr ? std::max(*sink, r[0]) : r[0];
 #pragma omp simd reduction(max : max_val)
   for (int j = 0; j < n; ++j) max_val = std::max(max_val, r[j]);
   exp_shifted_inplace(r, size_t(n), max_val);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int j = 0; j < n; ++j) sum += r[j];
+  if (sink != nullptr) sum += std::exp(*sink - max_val);
   scale_flush_inplace(r, size_t(n), 1.0f / sum);
   std::fill(row, r, 0.0f);
   std::fill(row + i + 1, row + end, 0.0f);
@@ -86,8 +88,9 @@ void causal_softmax_row(float* row, int lo, int i, int end) {
 
 // Softmax backward for row i: dS_j = P_j·(dP_j − Σ_k P_k dP_k) over keys lo..i, in place over
 // dP (tiny values flushed to 0). Keys 0 .. lo-1 and i+1 .. end-1 are set to 0: the dQ and dK
-// products read them.
-void causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int end) {
+// products read them. Returns Σ_k P_k dP_k (a sink's gradient needs it; the formula is the same
+// with a sink, whose value, and so its dP, is zero).
+float causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int end) {
   float* d = ds + lo;
   const float* pr = p + lo;
   const int n = i + 1 - lo;
@@ -99,6 +102,15 @@ void causal_softmax_backward_row(float* ds, const float* p, int lo, int i, int e
   scale_flush_inplace(d, size_t(n), 1.0f);
   std::fill(ds, d, 0.0f);
   std::fill(ds + i + 1, ds + end, 0.0f);
+  return dot;
+}
+
+// A sink's share of row i, 1 − Σ_{lo<=j<=i} P_j (in double: it is what the row's probabilities
+// leave).
+double sink_share(const float* p, int lo, int i) {
+  double sum = 0.0;
+  for (int j = lo; j <= i; ++j) sum += p[j];
+  return 1.0 - sum;
 }
 
 // One (sequence, head)'s attention dropout (off without a mask).
@@ -137,9 +149,11 @@ int queries_end(const int32_t* key_begin, int j1, int T) {
   return int(std::upper_bound(key_begin + j1, key_begin + T, j1 - 1) - key_begin);
 }
 
-// att and out hold the range's rows: row i of the sequence at (i − q0).
+// att and out hold the range's rows: row i of the sequence at (i − q0). sink: the head's logit
+// (nullptr: none).
 void head_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                  const int32_t* key_begin, const HeadDropout& drop, const Dims& d) {
+                  const int32_t* key_begin, const HeadDropout& drop, const Dims& d,
+                  const float* sink) {
   const int L = d.L;
   auto p_row = [&](int i) { return att + size_t(i - d.q0) * L; };
   // Under dropout the P·V product reads the block's dropped rows (the thread's own copy).
@@ -153,7 +167,7 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
     for (int i = i0; i < i1; ++i) {
       const int lo = first_key(key_begin, i);
       if (d.cap > 0.0f) cap_scores(p_row(i) + lo, i + 1 - lo, d.cap);
-      causal_softmax_row(p_row(i), lo, i, i1);
+      causal_softmax_row(p_row(i), lo, i, i1, sink);
     }
     const float* pv = p_row(i0);
     if (drop.on()) {  // rows i0..i1-1 of P' over keys k0..i1-1 (zero above the diagonal)
@@ -173,9 +187,11 @@ void head_forward(float* out, float* att, const float* q, const float* k, const 
 
 // dK and dV are added at leading dimension ld_dkv (the qkv rows', or a head's own buffer). dq,
 // dk and dv rows are the sequence's; dout, att and ds rows the range's (row i at i − q0).
+// dsink (nullptr: none) receives the head's sink gradient over these rows, −Σ_i p_sink·Σ_j P dP.
 void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const float* dout,
                    const float* q, const float* k, const float* v, const float* att,
-                   const int32_t* key_begin, const HeadDropout& drop, const Dims& d) {
+                   const int32_t* key_begin, const HeadDropout& drop, const Dims& d,
+                   double* dsink) {
   const int L = d.L, q0 = d.q0;
   auto p_row = [&](int i) { return att + size_t(i - q0) * L; };
   // Under dropout dV's products read P' (the head's rows, the thread's own copy; zero before each
@@ -196,7 +212,8 @@ void head_backward(float* dq, float* dk, float* dv, int ld_dkv, float* ds, const
     for (int i = i0; i < i1; ++i) {
       const int lo = first_key(key_begin, i);
       if (drop.on()) drop.apply(ds_row(i), ds_row(i), lo, i);  // dP = dP' ⊙ mask · factor
-      causal_softmax_backward_row(ds_row(i), p_row(i), lo, i, i1);
+      const float dot = causal_softmax_backward_row(ds_row(i), p_row(i), lo, i, i1);
+      if (dsink != nullptr) *dsink -= sink_share(p_row(i), lo, i) * double(dot);
     }
     if (d.cap > 0.0f) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1 - k0, d.hd, d.scale,
@@ -273,7 +290,7 @@ size_t v_offset(int C, int NKV, int h, int hd) { return size_t(C) + size_t(NKV +
 }  // namespace
 
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV, int window, float scale, float softcap) {
+                      int NKV, int window, float scale, float softcap, const float* sinks) {
   const int L = p + n;  // keys: the cached rows and the new ones
   const Dims d = make_dims(L, C, NH, NKV, {}, scale, softcap);
   ensure_single_threaded_blas();
@@ -294,7 +311,7 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
       for (int r = 0; r < n; ++r) {
         const int lo = window > 0 ? std::max(0, p + r - window + 1) : 0;
         if (d.cap > 0.0f) cap_scores(s.data() + size_t(r) * L + lo, p + r + 1 - lo, d.cap);
-        causal_softmax_row(s.data() + size_t(r) * L, lo, p + r, L);
+        causal_softmax_row(s.data() + size_t(r) * L, lo, p + r, L, sinks ? sinks + h : nullptr);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d.hd, L, 1.0f, s.data(), L, v,
                   d.ld_qkv, 0.0f, out + size_t(b) * n * C + size_t(h) * d.hd, d.ld_out);
@@ -304,7 +321,7 @@ void attention_decode(float* out, const float* qkv, int B, int stride, int p, in
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                       float softcap, AttentionDropout dropout) {
+                       float softcap, AttentionDropout dropout, const float* sinks) {
   const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap, dropout);
   const int hd = d.hd;
   ensure_single_threaded_blas();
@@ -315,18 +332,29 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
     const float* seq = qkv + size_t(b) * T * d.ld_qkv;
     head_forward(out + size_t(b) * d.rows() * C + size_t(h) * hd, att + size_t(bh) * d.att_floats(),
                  seq + size_t(h) * hd, seq + k_offset(C, NKV, h, hd), seq + v_offset(C, NKV, h, hd),
-                 seq_key_begin(key_begin, b, T), head_dropout(d, b, h), d);
+                 seq_key_begin(key_begin, b, T), head_dropout(d, b, h), d,
+                 sinks != nullptr ? sinks + h : nullptr);
   }
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                        AttentionDropout dropout) {
+                        AttentionDropout dropout, float* dsinks) {
   const Dims d = make_dims(T, C, NH, NKV, rows, scale, softcap, dropout);
   const int hd = d.hd;
   const size_t per_att = d.att_floats(), per_out = size_t(d.rows()) * C;
   ensure_single_threaded_blas();
+  // The sinks' gradients per (sequence, head), added over the sequences in order at the end.
+  std::vector<double> dsink(dsinks != nullptr ? size_t(B) * NH : 0, 0.0);
+  auto head_dsink = [&](int bh) { return dsinks != nullptr ? &dsink[size_t(bh)] : nullptr; };
+  auto add_dsinks = [&] {
+    for (int h = 0; dsinks != nullptr && h < NH; ++h) {
+      double sum = 0.0;
+      for (int b = 0; b < B; ++b) sum += dsink[size_t(b) * NH + h];
+      dsinks[h] += float(sum);
+    }
+  };
   if (NKV == NH) {  // each head its own dK and dV: straight into dqkv
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * NH; ++bh) {
@@ -335,8 +363,9 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       head_backward(dqkv + q, dqkv + k, dqkv + v, d.ld_qkv, scratch + size_t(bh) * per_att,
                     dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
                     att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T),
-                    head_dropout(d, b, h), d);
+                    head_dropout(d, b, h), d, head_dsink(bh));
     }
+    add_dsinks();
     return;
   }
   // Grouped-query attention: the query heads sharing a key/value head would add into the same
@@ -356,8 +385,9 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
     head_backward(dqkv + q, dk, dk + per_head, hd, scratch + size_t(bh) * per_att,
                   dout + size_t(b) * per_out + size_t(h) * hd, qkv + q, qkv + k, qkv + v,
                   att + size_t(bh) * per_att, seq_key_begin(key_begin, b, T), head_dropout(d, b, h),
-                  d);
+                  d, head_dsink(bh));
   }
+  add_dsinks();
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < d.L; ++t) {

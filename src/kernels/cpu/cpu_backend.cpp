@@ -24,6 +24,12 @@ void check_query_rows(QueryRows rows, int T) {
               " outside a sequence of ", T, " rows");
 }
 
+// The sinks' gradient is dL/dz of the logits the forward pass used (Backend::attention_forward).
+void check_sinks(const void* sinks, const float* dsinks) {
+  TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
+              "cpu attention: a gradient of attention sinks asked for without the sinks");
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend() { cpu::configure_blas(); }
@@ -121,23 +127,25 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap, AttentionDropout dropout) override {
+                         float softcap, AttentionDropout dropout, const float* sinks) override {
     check_query_rows(rows, T);
     cpu::attention_forward(out, att, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
-                           dropout);
+                           dropout, sinks);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                          AttentionDropout dropout) override {
+                          AttentionDropout dropout, const float* sinks, float* dsinks) override {
     check_query_rows(rows, T);
+    check_sinks(sinks, dsinks);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows, scale,
-                            softcap, dropout);
+                            softcap, dropout, dsinks);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale, float softcap) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
+                        int NH, int NKV, int window, float scale, float softcap,
+                        const float* sinks) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);
@@ -315,23 +323,25 @@ class CpuBackend final : public Backend {
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap, AttentionDropout dropout) override {
+                         float softcap, AttentionDropout dropout, const bf16_t* sinks) override {
     check_query_rows(rows, T);
     cpu::attention_forward(out, lse, qkv, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
-                           dropout);
+                           dropout, sinks);
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                          AttentionDropout dropout) override {
+                          AttentionDropout dropout, const bf16_t* sinks, float* dsinks) override {
     check_query_rows(rows, T);
+    check_sinks(sinks, dsinks);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale,
-                            softcap, dropout);
+                            softcap, dropout, sinks, dsinks);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale, float softcap) override {
-    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
+                        int NH, int NKV, int window, float scale, float softcap,
+                        const bf16_t* sinks) override {
+    cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::swiglu_forward(out, pre, N, H);

@@ -20,7 +20,7 @@
 namespace triad::cpu {
 namespace {
 
-constexpr int kSlots = 6;
+constexpr int kSlots = 7;
 thread_local std::array<std::vector<float>, kSlots> tls_scratch;
 
 float* scratch(int slot, size_t n) {
@@ -199,10 +199,10 @@ void bias_backward(float* dbias, const bf16_t* dout, int N, int OC) {
 
 // lse[b,h,i − q0] = ln Σ_{lo<=j<=i} exp(s_ij), s_ij = scale · q_i·k_j (softcap·tanh of it /
 // softcap under a cap), lo = key_begin[b,i] (0 without), for the range's rows q0 <= i < L, from
-// the widened qkv (max-shifted).
+// the widened qkv (max-shifted); with sinks (widened) exp(sinks[h]) is a term of the sum.
 static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int NH, int NKV,
-                          const int32_t* key_begin, QueryRows rows, float scale_or_0,
-                          float softcap) {
+                          const int32_t* key_begin, QueryRows rows, float scale_or_0, float softcap,
+                          const float* sinks) {
   const int hd = C / NH;
   const float scale = attention_scale(scale_or_0, hd);
   const size_t ld = size_t(qkv_width(C, NH, NKV));
@@ -214,7 +214,7 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
       const float* base = qkv + size_t(b) * T * ld;
       for (int i = q0; i < L; ++i) {
         const float* q = base + size_t(i) * ld + size_t(h) * hd;
-        float mx = -std::numeric_limits<float>::infinity();
+        float mx = sinks != nullptr ? sinks[h] : -std::numeric_limits<float>::infinity();
         const int lo = key_begin != nullptr ? key_begin[size_t(b) * T + i] : 0;
         for (int j = lo; j <= i; ++j) {
           const float* k = base + size_t(j) * ld + C + size_t(h % NKV) * hd;
@@ -225,6 +225,7 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
         }
         double sum = 0.0;
         for (int j = lo; j <= i; ++j) sum += std::exp(double(s[size_t(j)] - mx));
+        if (sinks != nullptr) sum += std::exp(double(sinks[h] - mx));
         lse[(size_t(b) * NH + h) * n + (i - q0)] = mx + float(std::log(sum));
       }
     }
@@ -232,21 +233,22 @@ static void attention_lse(float* lse, const float* qkv, int B, int T, int C, int
 
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                       float softcap, AttentionDropout dropout) {
+                       float softcap, AttentionDropout dropout, const bf16_t* sinks) {
   const size_t n = size_t(rows.rows(T)), L = size_t(rows.keys(T));
   const size_t nqkv = size_t(B) * T * qkv_width(C, NH, NKV), nout = size_t(B) * n * C;
   const float* q = widen(0, qkv, nqkv);
   float* o = scratch(1, nout);
   float* att = scratch(2, size_t(B) * NH * n * L);
-  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap, dropout);
-  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap);
+  const float* z = sinks != nullptr ? widen(6, sinks, size_t(NH)) : nullptr;
+  attention_forward(o, att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap, dropout, z);
+  attention_lse(lse, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap, z);
   to_bf16(out, o, nout);
 }
 
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                        AttentionDropout dropout) {
+                        AttentionDropout dropout, const bf16_t* sinks, float* dsinks) {
   // The probabilities are recomputed in fp32 from the bf16 qkv, as the forward computed them
   // (the flash kernels use lse for that; here the fp32 forward is the simpler reference).
   (void)out;
@@ -256,23 +258,26 @@ void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, con
   const size_t natt = size_t(B) * NH * n * L;
   const float* q = widen(0, qkv, nqkv);
   float* att = scratch(2, natt);
+  const float* z = sinks != nullptr ? widen(6, sinks, size_t(NH)) : nullptr;
   attention_forward(scratch(1, nout), att, q, B, T, C, NH, NKV, key_begin, rows, scale, softcap,
-                    dropout);
+                    dropout, z);
   through_fp32(3, dqkv, nqkv, [&](float* dq) {
     attention_backward(dq, scratch(4, natt), widen(5, dout, nout), q, att, B, T, C, NH, NKV,
-                       key_begin, rows, scale, softcap, dropout);
+                       key_begin, rows, scale, softcap, dropout, dsinks);
   });
 }
 
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV, int window, float scale, float softcap) {
+                      int NH, int NKV, int window, float scale, float softcap,
+                      const bf16_t* sinks) {
   const size_t W = size_t(qkv_width(C, NH, NKV));
   const size_t nout = size_t(B) * n * C, seq = size_t(p + n) * W;
   float* o = scratch(1, nout);
   // Each sequence's rows 0 .. p+n-1 only (not the rows its stride leaves unused), packed.
   float* q = scratch(0, size_t(B) * seq);
   for (int b = 0; b < B; ++b) widen_into(q + size_t(b) * seq, qkv + size_t(b) * stride * W, seq);
-  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window, scale, softcap);
+  const float* z = sinks != nullptr ? widen(6, sinks, size_t(NH)) : nullptr;
+  attention_decode(o, q, B, p + n, p, n, C, NH, NKV, window, scale, softcap, z);
   to_bf16(out, o, nout);
 }
 

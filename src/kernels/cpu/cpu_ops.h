@@ -55,13 +55,16 @@ void bias_backward(float* dbias, const float* dout, int N, int OC);
 // scale, softcap: Backend's (0: 1/sqrt(hd); 0: no cap).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin = nullptr, QueryRows rows = {},
-                       float scale = 0.0f, float softcap = 0.0f, AttentionDropout dropout = {});
+                       float scale = 0.0f, float softcap = 0.0f, AttentionDropout dropout = {},
+                       const float* sinks = nullptr);
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                        float softcap = 0.0f, AttentionDropout dropout = {});
+                        float softcap = 0.0f, AttentionDropout dropout = {},
+                        float* dsinks = nullptr);
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
-                      int NKV, int window = 0, float scale = 0.0f, float softcap = 0.0f);
+                      int NKV, int window = 0, float scale = 0.0f, float softcap = 0.0f,
+                      const float* sinks = nullptr);
 // SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
 void swiglu_forward(float* out, const float* pre, int N, int H);
 void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
@@ -184,13 +187,16 @@ void matmul_backward_fp8(bf16_t* dinp, float* dweight, float* dbias, const bf16_
                          const float* amax);
 void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                        int NKV, const int32_t* key_begin = nullptr, QueryRows rows = {},
-                       float scale = 0.0f, float softcap = 0.0f, AttentionDropout dropout = {});
+                       float scale = 0.0f, float softcap = 0.0f, AttentionDropout dropout = {},
+                       const bf16_t* sinks = nullptr);
 void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                         const float* lse, int B, int T, int C, int NH, int NKV,
                         const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                        float softcap = 0.0f, AttentionDropout dropout = {});
+                        float softcap = 0.0f, AttentionDropout dropout = {},
+                        const bf16_t* sinks = nullptr, float* dsinks = nullptr);
 void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                      int NH, int NKV, int window = 0, float scale = 0.0f, float softcap = 0.0f);
+                      int NH, int NKV, int window = 0, float scale = 0.0f, float softcap = 0.0f,
+                      const bf16_t* sinks = nullptr);
 void gelu_forward(bf16_t* out, const bf16_t* inp, size_t n);
 void gelu_backward(bf16_t* dinp, const bf16_t* inp, const bf16_t* dout, size_t n);
 void activation_forward(Activation f, bf16_t* out, const bf16_t* inp, size_t n);

@@ -89,10 +89,12 @@ TRIAD_BLOCK_FN int row_first_key(const int32_t* key_begin, size_t r, int T, int 
 // Block r (kSoftmaxThreads): row r of att, query position i = r mod T, first key lo. In place:
 // S → P over keys lo..i, exact zeros for the others. Each thread touches the same j's in every
 // loop. lse (may be null): lse[r] = max + ln Σ exp(S − max), the log of the row's denominator.
-// cap > 0: S ← cap·tanh(S / cap) first (Backend's softcap).
+// cap > 0: S ← cap·tanh(S / cap) first (Backend's softcap). sinks (may be null): [NH] logits, head
+// h's exp(sinks[h]) a term of its rows' denominators (Backend's attention sinks; in lse too).
 template <class X>
 TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
-                                   const int32_t* key_begin, float cap = 0.0f) {
+                                   const int32_t* key_begin, float cap = 0.0f,
+                                   const float* sinks = nullptr) {
   float* part = reinterpret_cast<float*>(x.smem());
   const size_t r = size_t(x.block_x());
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
@@ -103,6 +105,8 @@ TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
     max_val = row[j] > max_val ? row[j] : max_val;
   max_val = block_max(x, max_val, part, kSoftmaxThreads);
+  const float sink = sinks != nullptr ? sinks[r / size_t(T) % size_t(NH)] : 0.0f;
+  if (sinks != nullptr && sink > max_val) max_val = sink;
   float sum = 0.0f;
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) {
     const float e = x.exp(row[j] - max_val);
@@ -110,6 +114,7 @@ TRIAD_BLOCK_FN void causal_softmax(X& x, float* att, float* lse, int T, int NH,
     sum += e;
   }
   sum = block_sum(x, sum, part, kSoftmaxThreads);
+  if (sinks != nullptr) sum += x.exp(sink - max_val);
   const float inv = 1.0f / sum;
   for (int j = x.thread(); j < T; j += kSoftmaxThreads)
     row[j] = j <= i && j >= lo ? row[j] * inv : 0.0f;
@@ -142,10 +147,13 @@ TRIAD_BLOCK_FN void causal_mask_copy(X& x, float* dst, const float* att, int T, 
 // and dK products read the full rows). Reads att only at lo <= j <= i. cap > 0: dS times
 // 1 − tanh²(s / cap), s the uncapped scores in raw (laid out as att). Under a dropout mask ds
 // holds dP' (the gradient of the dropped probabilities) and dP = dP' times the mask's factor.
+// sink_rows (may be null; attention sinks): sink_rows[r] = −(1 − Σ_j P_j)·Σ_j P dP, the row's
+// term of its head's sink gradient (the sink's share of the row times the row's Σ P dP).
 template <class X>
 TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, int T, int NH,
                                             const int32_t* key_begin, const float* raw = nullptr,
-                                            float cap = 0.0f, AttentionDropMask drop = {}) {
+                                            float cap = 0.0f, AttentionDropMask drop = {},
+                                            float* sink_rows = nullptr) {
   float* part = reinterpret_cast<float*>(x.smem());
   const size_t r = size_t(x.block_x());
   const int i = int(r % size_t(T)), lo = row_first_key(key_begin, r, T, NH);
@@ -158,9 +166,16 @@ TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, i
     for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
       drow[j] *= attention_dropout_keeps(a, uint32_t(j), drop.threshold) ? drop.scale : 0.0f;
   }
-  float dot = 0.0f;
-  for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) dot += prow[j] * drow[j];
+  float dot = 0.0f, mass = 0.0f;
+  for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) {
+    dot += prow[j] * drow[j];
+    mass += prow[j];
+  }
   dot = block_sum(x, dot, part, kSoftmaxThreads);
+  if (sink_rows != nullptr) {
+    mass = block_sum(x, mass, part, kSoftmaxThreads);
+    if (x.thread() == 0) sink_rows[r] = -(1.0f - mass) * dot;
+  }
   for (int j = x.thread(); j < T; j += kSoftmaxThreads) {
     const bool key = j <= i && j >= lo;
     float g = key ? prow[j] * (drow[j] - dot) : 0.0f;

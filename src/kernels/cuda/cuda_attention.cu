@@ -63,9 +63,9 @@ __global__ void accumulate_dqkv_kernel(float* dqkv, const float* dq, const float
 
 __global__ void __launch_bounds__(kSoftmaxThreads)
     causal_softmax_kernel(float* att, float* lse, int T, int NH, const int32_t* key_begin,
-                          float cap) {
+                          float cap, const float* sinks) {
   DeviceThread x;
-  attention_fp32_block::causal_softmax(x, att, lse, T, NH, key_begin, cap);
+  attention_fp32_block::causal_softmax(x, att, lse, T, NH, key_begin, cap, sinks);
 }
 
 __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int NH,
@@ -79,9 +79,10 @@ __global__ void causal_mask_copy_kernel(float* dst, const float* att, int T, int
 __global__ void __launch_bounds__(kSoftmaxThreads)
     causal_softmax_backward_kernel(float* ds, const float* att, int T, int NH,
                                    const int32_t* key_begin, const float* raw, float cap,
-                                   AttentionDropMask drop) {
+                                   AttentionDropMask drop, float* sink_rows) {
   DeviceThread x;
-  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin, raw, cap, drop);
+  attention_fp32_block::causal_softmax_backward(x, ds, att, T, NH, key_begin, raw, cap, drop,
+                                                sink_rows);
 }
 
 // Strided-batched sgemm over `batch` heads (all matrices contiguous per head).
@@ -137,7 +138,7 @@ float* dropped_probabilities(AttentionScratch& scratch, cudaStream_t s, int B, i
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse,
                        const int32_t* key_begin, float scale_or_0, float softcap,
-                       AttentionDropMask drop, float* dropped) {
+                       AttentionDropMask drop, float* dropped, const float* sinks) {
   TRIAD_CHECK(!drop.on() || dropped != nullptr,
               "internal error: an attention dropout without its probabilities' scratch");
   check_attention_shape(B, T, C, NH);
@@ -157,7 +158,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
                att, T, tt, batch);
   causal_softmax_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
                           attention_fp32_block::softmax_smem(), s>>>(att, lse, T, NH, key_begin,
-                                                                     softcap);
+                                                                     softcap, sinks);
   TRIAD_CUDA_CHECK_LAUNCH();
   const float* pv = att;
   if (drop.on()) {
@@ -177,7 +178,7 @@ void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin, float scale_or_0,
-                        float softcap, float* scores, AttentionDropMask drop) {
+                        float softcap, float* scores, AttentionDropMask drop, float* sink_rows) {
   check_attention_shape(B, T, C, NH);
   TRIAD_CHECK(softcap <= 0.0f || scores != nullptr,
               "internal error: a soft-capped attention backward without its scores' scratch");
@@ -212,7 +213,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
                  scores, T, tt, batch);
   causal_softmax_backward_kernel<<<unsigned(size_t(batch) * T), kSoftmaxThreads,
                                    attention_fp32_block::softmax_smem(), s>>>(
-      scratch, att, T, NH, key_begin, scores, softcap, drop);
+      scratch, att, T, NH, key_begin, scores, softcap, drop, sink_rows);
   TRIAD_CUDA_CHECK_LAUNCH();
 
   // dQ[T,hd] = scale · dS[T,T] · K[T,hd]  (same form as O = P V)
@@ -228,32 +229,38 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, floa
 
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
-                       const int32_t* key_begin, float scale, float softcap,
-                       AttentionDropMask drop) {
+                       const int32_t* key_begin, float scale, float softcap, AttentionDropMask drop,
+                       const float* sinks) {
   check_attention_shape(B, T, C, NH);
   check_attention_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   attention_forward(s, h, ws, out, att, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C, NH,
                     nullptr, key_begin, scale, softcap, drop,
-                    dropped_probabilities(scratch, s, B, T, NH, drop));
+                    dropped_probabilities(scratch, s, B, T, NH, drop), sinks);
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
                         const int32_t* key_begin, float scale, float softcap,
-                        AttentionDropMask drop) {
+                        AttentionDropMask drop, float* dsinks) {
   check_attention_shape(B, T, C, NH);
   check_attention_kv_heads(NH, NKV);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   float* scores = capped_scores(scratch, s, B, T, NH, softcap);
+  // The sinks' gradient: each row's term from the softmax backward, summed per head after it.
+  float* sink_rows = dsinks != nullptr ? sink_row_terms(scratch, s, B, NH, T) : nullptr;
+  auto add_dsinks = [&] {
+    if (dsinks != nullptr) reduce_sink_terms(s, dsinks, sink_rows, B, T, NH);
+  };
   if (NKV == NH) {
     // The fp32 path is the reference: overwrite zeroes, then accumulates.
     if (!accumulate) {
       TRIAD_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, size_t(B) * T * 3 * C * sizeof(float), s));
     }
     attention_backward(s, h, ws, dqkv, tt_scratch, dout, qkv, att, B, T, C, NH, key_begin, scale,
-                       softcap, scores, drop);
+                       softcap, scores, drop, sink_rows);
+    add_dsinks();
     return;
   }
   // The MHA backward adds into the expanded gradient: dq onto the old dq (so each dq element is
@@ -263,8 +270,9 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
   expand_kv_heads(s, g.qkv, qkv, N, C, NH, NKV);
   prepare_expanded_dqkv(s, g.dqkv, static_cast<const float*>(dqkv), N, C, NH, NKV, accumulate);
   attention_backward(s, h, ws, g.dqkv, tt_scratch, dout, g.qkv, att, B, T, C, NH, key_begin, scale,
-                     softcap, scores, drop);
+                     softcap, scores, drop, sink_rows);
   reduce_kv_heads(s, dqkv, static_cast<const float*>(g.dqkv), N, C, NH, NKV, accumulate);
+  add_dsinks();
 }
 
 }  // namespace triad::cuda

@@ -10,6 +10,11 @@
 // element is rounded once from old + gradient. The fallback keeps two T×T matrices per head:
 // meant for small models and tests, not for long sequences.
 //
+// Attention sinks (backend.h): the flash kernels run without them and cuda_attention_sinks.cu
+// corrects their out and lse afterwards (attention_sinks_block.h), so their backward, handed
+// those, needs no change; the fallback's fp32 softmax includes them, recomputed in its backward.
+// The sinks' gradient comes from out, lse and dout alone, whichever path ran.
+//
 // The attention dropout (AttentionDropMask) runs inside the flash kernels too (their dropout
 // variants: P ∘ Z in the P V product and in dV, dS = P ∘ (Z ∘ dP − D)), except with soft-capped
 // scores, which take the fallback (its probabilities in memory, masked there).
@@ -101,24 +106,32 @@ bool native_gqa_backward(int B, int keys, int NKV) {
 }
 
 // The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
+// The attention sinks widened for the fp32 path (null without).
+const float* wide_sinks(AttentionScratch& scratch, cudaStream_t s, const bf16* sinks, int NH) {
+  if (sinks == nullptr) return nullptr;
+  float* w = scratch.wide_sinks.get_as<float>(size_t(NH), s);
+  convert(s, w, sinks, size_t(NH));
+  return w;
+}
+
 void fallback_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                       float* lse, const bf16* qkv, int B, int T, int C, int NH,
-                      const int32_t* key_begin, float scale, float softcap,
-                      AttentionDropMask drop) {
+                      const int32_t* key_begin, float scale, float softcap, AttentionDropMask drop,
+                      const float* sinks) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/false);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
   float* dropped = dropped_probabilities(scratch, s, B, T, NH, drop);
   convert(s, w.qkv, qkv, 3 * n);
   attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, lse, key_begin, scale, softcap,
-                    drop, dropped);
+                    drop, dropped, sinks);
   convert(s, out, static_cast<const float*>(w.out), n);
 }
 
 void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                        const bf16* dout, const bf16* qkv, int B, int T, int C, int NH,
                        bool accumulate, const int32_t* key_begin, float scale, float softcap,
-                       AttentionDropMask drop) {
+                       AttentionDropMask drop, const float* sinks) {
   const size_t n = size_t(B) * T * C;
   const Widened w = carve(scratch, s, B, T, C, NH, /*backward=*/true);
   float* ws = scratch.fp32_workspace.get_as<float>(attention_workspace_floats(B, T, C), s);
@@ -133,7 +146,7 @@ void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
   // The fp32 forward recomputes the probabilities (w.out is not needed but must be written; under
   // dropout its dropped probabilities go to w.scr, which the backward overwrites).
   attention_forward(s, h, ws, w.out, w.att, w.qkv, B, T, C, NH, nullptr, key_begin, scale, softcap,
-                    drop, w.scr);
+                    drop, w.scr, sinks);
   attention_backward(s, h, ws, w.dqkv, w.scr, w.dout, w.qkv, w.att, B, T, C, NH, key_begin, scale,
                      softcap, scores, drop);
   convert(s, dqkv, static_cast<const float*>(w.dqkv), 3 * n);
@@ -144,25 +157,32 @@ void fallback_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scrat
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                       AttentionDropMask drop) {
+                       AttentionDropMask drop, const bf16* sinks) {
   check_attention_shape(B, T, C, NH);
   check_attention_kv_heads(NH, NKV);
   if (cuda_flash_drops(drop.on(), softcap) && flash_runs(C, NH, qkv, out)) {  // any NKV, natively
     flash_attention_forward(out, lse, qkv, B, T, C, NH, key_begin, s, FlashKernel::automatic, rows,
                             NKV, scale, softcap, drop);
+    if (sinks != nullptr) apply_attention_sinks(s, out, lse, sinks, B, rows.rows(T), C, NH);
     return;
   }
   check_range_runs(false, rows, T);
   fallback_forward(s, h, scratch, out, lse, mha_qkv(scratch, s, qkv, B * T, C, NH, NKV), B, T, C,
-                   NH, key_begin, scale, softcap, drop);
+                   NH, key_begin, scale, softcap, drop, wide_sinks(scratch, s, sinks, NH));
 }
 
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV, bool accumulate, const int32_t* key_begin,
-                        QueryRows rows, float scale, float softcap, AttentionDropMask drop) {
+                        QueryRows rows, float scale, float softcap, AttentionDropMask drop,
+                        const bf16* sinks, float* dsinks) {
   check_attention_shape(B, T, C, NH);
   check_attention_kv_heads(NH, NKV);
+  TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
+              "cuda attention: a gradient of attention sinks asked for without the sinks");
+  // The sinks' gradient reads only the forward's out and lse (both with the sinks) and dout.
+  if (dsinks != nullptr)
+    attention_sinks_backward(s, scratch, dsinks, out, dout, lse, sinks, B, rows.rows(T), C, NH);
   if (!rows.whole(T) && !accumulate) {  // the rows the range does not reach get zero
     TRIAD_CUDA_CHECK(
         cudaMemsetAsync(dqkv, 0, size_t(B) * T * qkv_width(C, NH, NKV) * sizeof(bf16), s));
@@ -181,7 +201,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                                softcap, drop);
     } else {
       fallback_backward(s, h, scratch, d, dout, q, B, T, C, NH, accumulate, key_begin, scale,
-                        softcap, drop);
+                        softcap, drop, wide_sinks(scratch, s, sinks, NH));
     }
   };
   if (NKV == NH || (flash && native_gqa_backward(B, rows.keys(T), NKV))) {

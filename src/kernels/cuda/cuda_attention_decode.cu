@@ -13,14 +13,14 @@ namespace {
 template <class E>
 __global__ void __launch_bounds__(decode_attention::kThreads)
     decode_attention_kernel(E* out, const E* qkv, int stride, int p, int n, int C, int NH, int NKV,
-                            int window, float scale, float softcap) {
+                            int window, float scale, float softcap, const E* sinks) {
   DeviceThread x;
-  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap);
+  decode_attention::row(x, out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
 }
 
 template <class E>
 void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int n, int C, int NH,
-            int NKV, int window, float scale, float softcap) {
+            int NKV, int window, float scale, float softcap, const E* sinks) {
   TRIAD_CHECK(NH > 0 && C % NH == 0 && NKV > 0 && NKV <= NH && NH % NKV == 0 && p >= 0 && n > 0 &&
                   B > 0 && int64_t(B) * n <= 65535 && stride >= p + n && window >= 0,
               "cuda attention_decode: bad shape (B = ", B, ", stride = ", stride, ", p = ", p,
@@ -38,21 +38,23 @@ void launch(cudaStream_t s, E* out, const E* qkv, int B, int stride, int p, int 
   }
   decode_attention_kernel<E>
       <<<dim3(unsigned(NH), unsigned(B * n)), decode_attention::kThreads, smem, s>>>(
-          out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap);
+          out, qkv, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
   TRIAD_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window, float scale, float softcap) {
-  launch(s, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
+                      int C, int NH, int NKV, int window, float scale, float softcap,
+                      const float* sinks) {
+  launch(s, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
 }
 
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
-                      int C, int NH, int NKV, int window, float scale, float softcap) {
+                      int C, int NH, int NKV, int window, float scale, float softcap,
+                      const bf16* sinks) {
   launch(s, reinterpret_cast<uint16_t*>(out), reinterpret_cast<const uint16_t*>(qkv), B, stride, p,
-         n, C, NH, NKV, window, scale, softcap);
+         n, C, NH, NKV, window, scale, softcap, reinterpret_cast<const uint16_t*>(sinks));
 }
 
 }  // namespace triad::cuda

@@ -185,23 +185,27 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap, AttentionDropout dropout) override {
+                         float softcap, AttentionDropout dropout, const float* sinks) override {
     check_whole_rows(rows, T);
     cuda::attention_forward(stream_, cublas_, attention_scratch_, out, att, qkv, B, T, C, NH, NKV,
-                            key_begin, scale, softcap, dropout.mask(NKV));
+                            key_begin, scale, softcap, dropout.mask(NKV), sinks);
   }
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                           const float* att, int B, int T, int C, int NH, int NKV, GradMode mode,
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                          AttentionDropout dropout) override {
+                          AttentionDropout dropout, const float* sinks, float* dsinks) override {
     check_whole_rows(rows, T);
+    TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
+                "cuda attention: a gradient of attention sinks asked for without the sinks");
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
                              T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale, softcap,
-                             dropout.mask(NKV));
+                             dropout.mask(NKV), dsinks);
   }
   void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale, float softcap) override {
-    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap);
+                        int NH, int NKV, int window, float scale, float softcap,
+                        const float* sinks) override {
+    cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap,
+                           sinks);
   }
   void swiglu_forward(float* out, const float* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, out, pre, N, H);
@@ -431,22 +435,25 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(bf16_t* out, float* lse, const bf16_t* qkv, int B, int T, int C, int NH,
                          int NKV, const int32_t* key_begin, QueryRows rows, float scale,
-                         float softcap, AttentionDropout dropout) override {
+                         float softcap, AttentionDropout dropout, const bf16_t* sinks) override {
     cuda::attention_forward(stream_, cublas_, attention_scratch_, dev(out), lse, dev(qkv), B, T, C,
-                            NH, NKV, key_begin, rows, scale, softcap, dropout.mask(NKV));
+                            NH, NKV, key_begin, rows, scale, softcap, dropout.mask(NKV),
+                            dev(sinks));
   }
   void attention_backward(bf16_t* dqkv, const bf16_t* dout, const bf16_t* qkv, const bf16_t* out,
                           const float* lse, int B, int T, int C, int NH, int NKV, GradMode mode,
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
-                          AttentionDropout dropout) override {
+                          AttentionDropout dropout, const bf16_t* sinks, float* dsinks) override {
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dev(dqkv), dev(dout), dev(qkv),
                              dev(out), lse, B, T, C, NH, NKV, mode == GradMode::accumulate,
-                             key_begin, rows, scale, softcap, dropout.mask(NKV));
+                             key_begin, rows, scale, softcap, dropout.mask(NKV), dev(sinks),
+                             dsinks);
   }
   void attention_decode(bf16_t* out, const bf16_t* qkv, int B, int stride, int p, int n, int C,
-                        int NH, int NKV, int window, float scale, float softcap) override {
+                        int NH, int NKV, int window, float scale, float softcap,
+                        const bf16_t* sinks) override {
     cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV, window, scale,
-                           softcap);
+                           softcap, dev(sinks));
   }
   void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);

@@ -187,6 +187,8 @@ struct AttentionScratch {
   DeviceScratch grouped;         // NKV < NH: the expanded MHA qkv and dqkv (grouped_heads_scratch)
   DeviceScratch scores;          // a soft cap's backward: the uncapped scores [B,NH,T,T] (fp32)
   DeviceScratch dropped;         // an attention dropout's forward: P' [B,NH,T,T] (fp32)
+  DeviceScratch sinks;           // attention sinks: the rows' gradient terms [B,NH,T] (fp32)
+  DeviceScratch wide_sinks;      // attention sinks: the bf16 fallback's fp32 logits [NH]
 };
 
 // ---- attention, fp32 (cuda_attention.cu) ---------------------------------------------------
@@ -198,27 +200,31 @@ struct AttentionScratch {
 // `scores`, B·NH·T·T floats of scratch (the uncapped scores, recomputed). drop: the attention
 // dropout (backend.h's AttentionDropout, resolved); the forward then needs `dropped`, B·NH·T·T
 // floats of scratch (the dropped probabilities its P·V product reads).
+// sinks (may be null): backend.h's attention sinks [NH] (fp32, device), in the softmax and in
+// lse; sink_rows (may be null): the backward's per-row terms of their gradient [B,NH,T]
+// (attention_fp32_block.h's causal_softmax_backward), for reduce_sink_terms.
 size_t attention_workspace_floats(int B, int T, int C);
 void attention_forward(cudaStream_t s, cublasHandle_t h, float* workspace, float* out, float* att,
                        const float* qkv, int B, int T, int C, int NH, float* lse = nullptr,
                        const int32_t* key_begin = nullptr, float scale = 0.0f, float softcap = 0.0f,
-                       AttentionDropMask drop = {}, float* dropped = nullptr);
+                       AttentionDropMask drop = {}, float* dropped = nullptr,
+                       const float* sinks = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, float* workspace, float* dqkv,
                         float* scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, const int32_t* key_begin = nullptr,
                         float scale = 0.0f, float softcap = 0.0f, float* scores = nullptr,
-                        AttentionDropMask drop = {});
+                        AttentionDropMask drop = {}, float* sink_rows = nullptr);
 // Backend::attention_forward / attention_backward (fp32), any NKV: the MHA op above, on the
 // expanded rows where NKV < NH. accumulate false: dqkv overwritten.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* out,
                        float* att, const float* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin = nullptr, float scale = 0.0f, float softcap = 0.0f,
-                       AttentionDropMask drop = {});
+                       AttentionDropMask drop = {}, const float* sinks = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, float* dqkv,
                         float* tt_scratch, const float* dout, const float* qkv, const float* att,
                         int B, int T, int C, int NH, int NKV, bool accumulate,
                         const int32_t* key_begin = nullptr, float scale = 0.0f,
-                        float softcap = 0.0f, AttentionDropMask drop = {});
+                        float softcap = 0.0f, AttentionDropMask drop = {}, float* dsinks = nullptr);
 // The uncapped scores' scratch a capped backward needs (null without a cap).
 float* capped_scores(AttentionScratch& scratch, cudaStream_t s, int B, int T, int NH,
                      float softcap);
@@ -232,16 +238,32 @@ float* dropped_probabilities(AttentionScratch& scratch, cudaStream_t s, int B, i
 // rows.
 // rows: a query range (QueryRows of backend.h), on the flash kernels only. An attention dropout
 // (drop) runs the fp32 path: the flash kernels do not drop yet.
+// sinks, dsinks (may be null): backend.h's attention sinks and their gradient.
 void attention_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                        float* lse, const bf16* qkv, int B, int T, int C, int NH, int NKV,
                        const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                       float softcap = 0.0f, AttentionDropMask drop = {});
+                       float softcap = 0.0f, AttentionDropMask drop = {},
+                       const bf16* sinks = nullptr);
 void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* dqkv,
                         const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B,
                         int T, int C, int NH, int NKV,
                         bool accumulate = true,  // false: dqkv overwritten
                         const int32_t* key_begin = nullptr, QueryRows rows = {}, float scale = 0.0f,
-                        float softcap = 0.0f, AttentionDropMask drop = {});
+                        float softcap = 0.0f, AttentionDropMask drop = {},
+                        const bf16* sinks = nullptr, float* dsinks = nullptr);
+
+// ---- attention sinks (cuda_attention_sinks.cu, attention_sinks_block.h) --------------------
+// n query rows per sequence: out and dout [B, n, C], lse [B, NH, n]. apply_attention_sinks turns
+// the attention without sinks (out, lse) into the one with them; attention_sinks_backward adds
+// the sinks' gradient to dsinks [NH] from the forward's (out', lse') and dout.
+void apply_attention_sinks(cudaStream_t s, bf16* out, float* lse, const bf16* sinks, int B, int n,
+                           int C, int NH);
+void attention_sinks_backward(cudaStream_t s, AttentionScratch& scratch, float* dsinks,
+                              const bf16* out, const bf16* dout, const float* lse,
+                              const bf16* sinks, int B, int n, int C, int NH);
+// The rows' gradient terms' scratch [B, NH, n], and their sum per head onto dsinks [NH].
+float* sink_row_terms(AttentionScratch& scratch, cudaStream_t s, int B, int NH, int n);
+void reduce_sink_terms(cudaStream_t s, float* dsinks, const float* terms, int B, int n, int NH);
 
 // ---- grouped-query attention through the MHA ops (cuda_grouped_heads.cu) -------------------
 // N rows; compact rows W = C + 2·NKV·hd wide, expanded (MHA) rows 3C wide.
@@ -281,10 +303,10 @@ void reduce_kv_heads(cudaStream_t s, Elem* dqkv, const Elem* dmha, int N, int C,
 // window > 0: each row's last `window` keys only.
 void attention_decode(cudaStream_t s, float* out, const float* qkv, int B, int stride, int p, int n,
                       int C, int NH, int NKV, int window = 0, float scale = 0.0f,
-                      float softcap = 0.0f);
+                      float softcap = 0.0f, const float* sinks = nullptr);
 void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int stride, int p, int n,
                       int C, int NH, int NKV, int window = 0, float scale = 0.0f,
-                      float softcap = 0.0f);
+                      float softcap = 0.0f, const bf16* sinks = nullptr);
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>

@@ -52,10 +52,12 @@ TRIAD_BLOCK_FN float block_reduce(X& x, float* red, float v, bool is_max) {
 
 // E: float (fp32) or uint16_t (bf16 bits). out [B, n, C], sequence b's rows at qkv + b·stride
 // rows of W = C + 2·NKV·hd, as in backend.h. window > 0: a row sees its last `window` keys.
-// scale: the scores' (0: 1/sqrt(hd)); cap > 0: each score s becomes cap·tanh(s / cap).
+// scale: the scores' (0: 1/sqrt(hd)); cap > 0: each score s becomes cap·tanh(s / cap). sinks
+// (nullptr: none): [NH] logits, head h's a term exp(sinks[h]) of its softmax's denominator.
 template <class X, class E>
 TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, int C, int NH,
-                        int NKV, int window, float scale_or_0 = 0.0f, float cap = 0.0f) {
+                        int NKV, int window, float scale_or_0 = 0.0f, float cap = 0.0f,
+                        const E* sinks = nullptr) {
   const int h = x.block_x(), b = x.block_y() / n, r = x.block_y() % n, t = x.thread();
   const int hd = C / NH, keys = p + r + 1;  // row p + r sees keys lo .. p + r
   const int lo = window > 0 && keys > window ? keys - window : 0;
@@ -81,6 +83,8 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
     mx = dot > mx ? dot : mx;
   }
   mx = block_reduce(x, red, mx, true);
+  const float sink = sinks != nullptr ? load(x, sinks + h) : 0.0f;
+  if (sinks != nullptr && sink > mx) mx = sink;
   float sum = 0.0f;
   for (int j = lo + t; j < keys; j += kThreads) {
     const float e = x.exp(s[j - lo] - mx);
@@ -88,6 +92,7 @@ TRIAD_BLOCK_FN void row(X& x, E* out, const E* qkv, int stride, int p, int n, in
     sum += e;
   }
   sum = block_reduce(x, red, sum, false);  // its barriers also publish every s[j]
+  if (sinks != nullptr) sum += x.exp(sink - mx);
   const float inv = 1.0f / sum;
   for (int d = t; d < hd; d += kThreads) {
     const E* v = qkv + v_col + d;
