@@ -117,6 +117,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         a.get("mlp") in ("gelu", "gelu_exact")
     # GPT-Neo's: GPT-2's blocks (learned positions) with unscaled attention scores.
     gpt_neo = a.get("position", "learned") == "learned" and float(a.get("attn_scale", 0.0)) == 1.0
+    if int(a.get("attn_sinks", 0)):
+        raise ConvertError(f"{path}: the model has attention sinks (model.attn_sinks, gpt-oss's); "
+                           f"none of the export formats holds them")
     if int(a.get("full_attention_first", 0)) and not gpt_neo:
         raise ConvertError(f"{path}: the model's full-attention layers start each group of "
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "

@@ -103,9 +103,9 @@ class KeyTable {
         "(q_norm [n_head·head_dim], k_norm [n_kv_head·head_dim], as OLMo-2 and OLMoE) instead "
         "of each head's");
     add("model.attn_sinks", c.model.attn_sinks,
-        "attention sinks: a learned logit per query head and layer (attn/sinks, from 0) in each "
-        "softmax's denominator, a key without a value that lets a head attend to less than all "
-        "(gpt-oss's)");
+        "attention sinks: a learned logit per query head and layer (attn/sinks, drawn as the "
+        "other weights) in each softmax's denominator, a key without a value that lets a head "
+        "attend to less than all (gpt-oss's)");
     add("model.bias", c.model.bias,
         "biases in the linear layers and LayerNorms (false: none, as nanoGPT's bias = False)");
     add("model.kv_lora_rank", c.model.kv_lora_rank,

@@ -3226,6 +3226,17 @@ def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
     ), n_layer=2)
 
 
+def test_attention_sinks_are_not_exported(tmp_path):
+    """Attention sinks (model.attn_sinks): no export format holds them, on GPT-2's blocks or
+    Llama's; refused naming the key, nothing written."""
+    needle = "attention sinks (model.attn_sinks, gpt-oss's); none of the export formats holds them"
+    exports_refused(tmp_path, (
+        ({"attn_sinks": True}, needle),
+        ({"attn_sinks": True, "position": "rope", "norm": "rmsnorm", "bias": False,
+          "mlp": "swiglu", "tied": False}, needle),
+    ), n_layer=1)
+
+
 def as_transformers5(cfg):
     """A config.json of transformers 4 as transformers 5 saves it (its RotaryEmbeddingConfigMixin
     and the families' convert_rope_params_to_dict): the base, the rotated share and the scaling

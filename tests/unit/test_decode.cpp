@@ -153,6 +153,7 @@ struct DecodeCase {
   float attn_scale = 0.0f;    // model.attn_scale
   float attn_softcap = 0.0f;  // model.attn_softcap
   bool full_first = false;    // model.full_attention_first
+  bool sinks = false;         // model.attn_sinks
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -166,6 +167,7 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   shape.full_attention_first = c.full_first;
   shape.attn_scale = c.attn_scale;
   shape.attn_softcap = c.attn_softcap;
+  shape.attn_sinks = c.sinks;
   Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
@@ -207,14 +209,17 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f},
                       DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f},
                       // GPT-Neo's: the first of each two layers global, unscaled scores
-                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 1.0f, 0.0f, true}),
+                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 1.0f, 0.0f, true},
+                      // gpt-oss's: attention sinks, windowed layers beside global ones
+                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.0f, false, true},
+                      DecodeCase{Precision::bf16, Recompute::none, 7, 2, 0.0f, 0.0f, false, true}),
     [](const auto& info) {
       return std::string(precision_name(info.param.precision)) + "_" +
              recompute_name(info.param.recompute) + (info.param.window ? "_window" : "") +
              (info.param.full_every ? "_interleaved" : "") +
              (info.param.full_first ? "_first" : "") +
              (info.param.attn_scale > 0 ? "_scaled" : "") +
-             (info.param.attn_softcap > 0 ? "_capped" : "");
+             (info.param.attn_softcap > 0 ? "_capped" : "") + (info.param.sinks ? "_sinks" : "");
     });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {

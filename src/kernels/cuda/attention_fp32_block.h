@@ -23,8 +23,8 @@ namespace triad::attention_fp32_block {
 
 constexpr int kSoftmaxThreads = 128;  // threads per attention row
 
-// softmax's and its backward's shared memory: one float per warp.
-TRIAD_BLOCK_SIZE size_t softmax_smem() { return 32 * sizeof(float); }
+// softmax's and its backward's shared memory: a value per warp (a double for the sinks' sums).
+TRIAD_BLOCK_SIZE size_t softmax_smem() { return 32 * sizeof(double); }
 
 // Index helpers for the [B,NH,T,hd] ↔ [B,T,NH·hd] permutations: idx runs over [B,NH,T,hd];
 // row_offset is the offset of the same element in a [B,T,width] row-major tensor whose head h
@@ -166,15 +166,17 @@ TRIAD_BLOCK_FN void causal_softmax_backward(X& x, float* ds, const float* att, i
     for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads)
       drow[j] *= attention_dropout_keeps(a, uint32_t(j), drop.threshold) ? drop.scale : 0.0f;
   }
-  float dot = 0.0f, mass = 0.0f;
+  // The row's probability mass in double: 1 − mass, the sink's share, may be small.
+  float dot = 0.0f;
+  double mass = 0.0;
   for (int j = lo + x.thread(); j <= i; j += kSoftmaxThreads) {
     dot += prow[j] * drow[j];
-    mass += prow[j];
+    mass += double(prow[j]);
   }
   dot = block_sum(x, dot, part, kSoftmaxThreads);
   if (sink_rows != nullptr) {
-    mass = block_sum(x, mass, part, kSoftmaxThreads);
-    if (x.thread() == 0) sink_rows[r] = -(1.0f - mass) * dot;
+    mass = block_sum(x, mass, reinterpret_cast<double*>(x.smem()), kSoftmaxThreads);
+    if (x.thread() == 0) sink_rows[r] = -float(1.0 - mass) * dot;
   }
   for (int j = x.thread(); j < T; j += kSoftmaxThreads) {
     const bool key = j <= i && j >= lo;

@@ -14,6 +14,10 @@
 // the softmax kernel; the backward recomputes scale · Q Kᵀ into the `scores` scratch and
 // multiplies dS by 1 − tanh² of it over c.
 //
+// Attention sinks (backend.h): the softmax kernel adds each head's exp(z_h) to its rows'
+// denominators (and to lse); the backward's softmax kernel leaves each row's term of the sinks'
+// gradient, −(1 − Σ_j P_j)·Σ_j P dP, which cuda_attention_sinks.cu sums per head.
+//
 // Attention dropout (AttentionDropMask): the forward's P·V reads P' = the causal copy of P times
 // the mask's factors (in `dropped`, B·NH·T·T floats), att keeping P; the backward's causal copy
 // for dV is P', and the softmax backward multiplies dP' by the same factors first.

@@ -105,7 +105,6 @@ bool native_gqa_backward(int B, int keys, int NKV) {
   return blocks >= 4LL * sms;
 }
 
-// The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
 // The attention sinks widened for the fp32 path (null without).
 const float* wide_sinks(AttentionScratch& scratch, cudaStream_t s, const bf16* sinks, int NH) {
   if (sinks == nullptr) return nullptr;
@@ -114,6 +113,7 @@ const float* wide_sinks(AttentionScratch& scratch, cudaStream_t s, const bf16* s
   return w;
 }
 
+// The fallback's MHA op (qkv and dqkv [B,T,3C]): the fp32 attention on widened copies.
 void fallback_forward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scratch, bf16* out,
                       float* lse, const bf16* qkv, int B, int T, int C, int NH,
                       const int32_t* key_begin, float scale, float softcap, AttentionDropMask drop,
