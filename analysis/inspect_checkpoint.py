@@ -456,6 +456,13 @@ def _check(rep: Report) -> None:
     clip = ma.get("clip_qkv", 0.0)  # absent: no clamp
     if not (isinstance(clip, (int, float)) and math.isfinite(clip) and 0 <= clip <= 1e4):
         P.append(f"/model attribute clip_qkv = {clip!r}, not a number in [0, 1e4]")
+    for key, lo, hi, default in (("glu_alpha", 0.0, 100.0, 1.0), ("glu_limit", 0.0, 1e4, 0.0),
+                                 ("glu_offset", -1e4, 1e4, 0.0)):  # SwiGLU's shape (model.glu_*)
+        v = ma.get(key, default)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi
+                and (key != "glu_alpha" or v > 0)):
+            P.append(f"/model attribute {key} = {v!r}, not a number in "
+                     f"{'(' if key == 'glu_alpha' else '['}{lo:g}, {hi:g}]")
     head_dim = ma.get("head_dim", 0)  # absent: n_embd / n_head
     if not (isinstance(head_dim, int) and 0 <= head_dim <= 4096):
         P.append(f"/model attribute head_dim = {head_dim!r}, not a width in [0, 4096]")

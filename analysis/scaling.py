@@ -32,12 +32,14 @@ MODEL_KEYS = ("model.n_layer", "model.n_head", "model.n_kv_head", "model.n_embd"
               "model.embed_scale", "model.parallel_residual", "model.branch_norm",
               "model.attn_softcap", "model.logit_scale", "model.residual_scale",
               "model.shared_norm", "model.head_bias", "model.clip_qkv", "model.norm_weight",
-              "model.qk_norm_full", "model.attn_sinks")
+              "model.qk_norm_full", "model.attn_sinks", "model.glu_alpha", "model.glu_limit",
+              "model.glu_offset")
 # What a run from before a key existed had (its config does not name it).
 MODEL_DEFAULTS = {"model.position": "learned", "model.norm": "layernorm", "model.bias": "true",
                   "model.mlp": "gelu", "model.mlp_hidden": "0", "model.n_kv_head": "0",
                   "model.qk_norm": "false", "model.qk_norm_full": "false",
-                  "model.attn_sinks": "false",
+                  "model.attn_sinks": "false", "model.glu_alpha": "1", "model.glu_limit": "0",
+                  "model.glu_offset": "0",
                   "model.rope_scaling": "none",
                   "model.qkv_bias": "false", "model.mlp_bias": "false",
                   "model.norm_eps": "1e-05", "model.head_dim": "0",

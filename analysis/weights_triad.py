@@ -117,6 +117,10 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         a.get("mlp") in ("gelu", "gelu_exact")
     # GPT-Neo's: GPT-2's blocks (learned positions) with unscaled attention scores.
     gpt_neo = a.get("position", "learned") == "learned" and float(a.get("attn_scale", 0.0)) == 1.0
+    if (float(a.get("glu_alpha", 1.0)), float(a.get("glu_limit", 0.0)),
+            float(a.get("glu_offset", 0.0))) != (1.0, 0.0, 0.0):
+        raise ConvertError(f"{path}: the model's SwiGLU has gpt-oss's shape (model.glu_alpha, "
+                           f"glu_limit, glu_offset); none of the export formats holds it")
     if int(a.get("attn_sinks", 0)):
         raise ConvertError(f"{path}: the model has attention sinks (model.attn_sinks, gpt-oss's); "
                            f"none of the export formats holds them")

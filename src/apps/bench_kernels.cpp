@@ -265,6 +265,35 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
       "bias_backward qkv", dims({(long long)N, 3 * C}), 3.0 * n * c * E, false,
       [&] { be.bias_backward(db, dqkv, int(N), 3 * C); }, false);
   mm_back("matmul_backward qkv no bias", dx, dqkv, ln, w_qkv, C, 3 * C, false, false);
+  // Attention with sinks (model.attn_sinks), beside the rows without: on the GPU the bf16 flash
+  // kernels plus the sinks' correction and gradient passes, the fp32 path in its softmax.
+  A* sinks = act.make(size_t(NH), 1.0f);
+  float* dsinks = f32.make(size_t(NH));
+  float* stats = std::is_same_v<A, float> ? att : lse;
+  add(
+      "attention_forward sinks", dims({B, NH, T, C / NH}), attn_fwd, true,
+      [&] {
+        be.attention_forward(att_out, stats, qkv, B, T, C, NH, NH, key_begin, {}, 0.0f, 0.0f, {},
+                             sinks);
+      },
+      false);
+  if constexpr (std::is_same_v<A, float>) {
+    add(
+        "attention_backward sinks", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
+        [&] {
+          be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite,
+                                key_begin, {}, 0.0f, 0.0f, {}, sinks, dsinks);
+        },
+        false);
+  } else {
+    add(
+        "attention_backward sinks", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
+        [&] {
+          be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite,
+                                key_begin, {}, 0.0f, 0.0f, {}, sinks, dsinks);
+        },
+        false);
+  }
   if constexpr (!std::is_same_v<A, float>) {
     // run.fp8's products of the FFN's first layer as the model runs them (each operand's absmax,
     // then the casts and the FP8 product with fp32 sums), beside the bf16 rows above; against

@@ -114,6 +114,9 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_double_attr(model, "attn_softcap", m.attn_softcap);
   if (m.clip_qkv > 0)  // 0: no clamp
     io::write_double_attr(model, "clip_qkv", m.clip_qkv);
+  if (m.glu_alpha != 1) io::write_double_attr(model, "glu_alpha", m.glu_alpha);
+  if (m.glu_limit != 0) io::write_double_attr(model, "glu_limit", m.glu_limit);
+  if (m.glu_offset != 0) io::write_double_attr(model, "glu_offset", m.glu_offset);
   if (m.logit_scale != 1)  // 1: none
     io::write_double_attr(model, "logit_scale", m.logit_scale);
   if (m.residual_scale != 1)  // 1: none
@@ -398,6 +401,15 @@ ModelShape read_model_attributes(hid_t model) {
   m.clip_qkv = io::read_double_attr(model, "clip_qkv").value_or(0.0);
   TRIAD_CHECK(std::isfinite(m.clip_qkv) && m.clip_qkv >= 0 && m.clip_qkv <= 1e4,
               "attribute clip_qkv of /model is ", m.clip_qkv, ", not in [0, 1e4]");
+  m.glu_alpha = io::read_double_attr(model, "glu_alpha").value_or(1.0);
+  TRIAD_CHECK(std::isfinite(m.glu_alpha) && m.glu_alpha > 0 && m.glu_alpha <= 100,
+              "attribute glu_alpha of /model is ", m.glu_alpha, ", not in (0, 100]");
+  m.glu_limit = io::read_double_attr(model, "glu_limit").value_or(0.0);
+  TRIAD_CHECK(std::isfinite(m.glu_limit) && m.glu_limit >= 0 && m.glu_limit <= 1e4,
+              "attribute glu_limit of /model is ", m.glu_limit, ", not in [0, 1e4]");
+  m.glu_offset = io::read_double_attr(model, "glu_offset").value_or(0.0);
+  TRIAD_CHECK(std::isfinite(m.glu_offset) && std::abs(m.glu_offset) <= 1e4,
+              "attribute glu_offset of /model is ", m.glu_offset, ", not in [-1e4, 1e4]");
   m.embed_scale = io::read_double_attr(model, "embed_scale").value_or(1.0);
   TRIAD_CHECK(std::isfinite(m.embed_scale) && m.embed_scale > 0 && m.embed_scale <= 1e4,
               "attribute embed_scale of /model is ", m.embed_scale, ", not in (0, 1e4]");

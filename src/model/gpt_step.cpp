@@ -368,7 +368,7 @@ void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents
 template <class A>
 void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
   if (shape_.swiglu)
-    be_.swiglu_forward(act, pre, N, width);
+    be_.swiglu_forward(act, pre, N, width, shape_.glu());
   else if (shape_.geglu)
     be_.geglu_forward(act, pre, N, width);
   else if (!shape_.gelu_in_product())
@@ -380,7 +380,7 @@ void Gpt::mlp_activation(A* act, const A* pre, int N, int width) {
 template <class A>
 void Gpt::mlp_activation_backward(A* dpre, const A* pre, const A* dact, int N, int width) {
   if (shape_.swiglu)
-    be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
+    be_.swiglu_backward(dpre, pre, dact, N, width, GradMode::overwrite, shape_.glu());
   else if (shape_.geglu)
     be_.geglu_backward(dpre, pre, dact, N, width, GradMode::overwrite);
   else if (!shape_.gelu_in_product())

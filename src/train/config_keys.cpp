@@ -184,6 +184,15 @@ class KeyTable {
     add("model.residual_scale", c.model.residual_scale,
         "each branch's output times this before its residual add: x + s·attn(ln_1(x)) (Granite's "
         "residual_multiplier); 1: none");
+    add("model.glu_alpha", c.model.glu_alpha,
+        "with model.mlp = swiglu: the gate's activation g·σ(alpha·g) (1: SiLU, Llama's; gpt-oss: "
+        "1.702)");
+    add("model.glu_limit", c.model.glu_limit,
+        "with model.mlp = swiglu: the gate clamped to at most limit and the up projection to "
+        "[-limit, limit] before they multiply (gpt-oss: 7); 0: no clamps");
+    add("model.glu_offset", c.model.glu_offset,
+        "with model.mlp = swiglu: added to the (clamped) up projection: act(gate)·(up + offset) "
+        "(gpt-oss: 1); 0: none");
     add("model.clip_qkv", c.model.clip_qkv,
         "> 0: c_attn's q, k and v clamped to [-c, c] before the rotation (OLMo-1.7's 8); 0: none");
     add("model.attn_softcap", c.model.attn_softcap,

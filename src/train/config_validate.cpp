@@ -158,6 +158,15 @@ void validate(const Config& c, int world_size) {
         "model.attn_softcap", "must be in [0, 1e4] (0: no cap)");
   check(std::isfinite(m.clip_qkv) && m.clip_qkv >= 0 && m.clip_qkv <= 1e4, "model.clip_qkv",
         "must be in [0, 1e4] (0: no clamp)");
+  check(std::isfinite(m.glu_alpha) && m.glu_alpha > 0 && m.glu_alpha <= 100, "model.glu_alpha",
+        "must be in (0, 100] (1: SiLU)");
+  check(std::isfinite(m.glu_limit) && m.glu_limit >= 0 && m.glu_limit <= 1e4, "model.glu_limit",
+        "must be in [0, 1e4] (0: no clamps)");
+  check(std::isfinite(m.glu_offset) && std::abs(m.glu_offset) <= 1e4, "model.glu_offset",
+        "must be in [-1e4, 1e4] (0: none)");
+  check(m.mlp == "swiglu" || (m.glu_alpha == 1 && m.glu_limit == 0 && m.glu_offset == 0),
+        "model.glu_alpha, glu_limit and glu_offset",
+        "shape SwiGLU's activation: they need model.mlp = swiglu (got " + m.mlp + ")");
   check(!m.qk_norm_full || m.qk_norm, "model.qk_norm_full", "needs model.qk_norm = true");
   check(m.clip_qkv == 0 || !m.qk_norm, "model.clip_qkv",
         "is not built with model.qk_norm (both would keep c_attn's output)");

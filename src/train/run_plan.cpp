@@ -102,6 +102,9 @@ ModelShape model_shape(const Config& cfg) {
   m.logit_softcap = c.logit_softcap;
   m.attn_softcap = c.attn_softcap;
   m.clip_qkv = c.clip_qkv;
+  m.glu_alpha = c.glu_alpha;
+  m.glu_limit = c.glu_limit;
+  m.glu_offset = c.glu_offset;
   m.logit_scale = c.logit_scale;
   m.residual_scale = c.residual_scale;
   m.embed_scale = c.embed_scale;
@@ -184,6 +187,9 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.logit_softcap = float(m.logit_softcap);
   s.attn_softcap = float(m.attn_softcap);
   s.clip_qkv = float(m.clip_qkv);
+  s.glu_alpha = float(m.glu_alpha);
+  s.glu_limit = float(m.glu_limit);
+  s.glu_offset = float(m.glu_offset);
   s.logit_scale = float(m.logit_scale);
   s.residual_scale = float(m.residual_scale);
   s.embed_scale = float(m.embed_scale);

@@ -853,6 +853,12 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
   expect_other_model("qknormfull", opts, 3, "false", "qk_per_head_ref", ref, 1e-5);
 }
 
+// gpt-oss's attention on Llama's blocks: sinks (the value at index 1), grouped queries, a window.
+const std::vector<std::string> kSinksOptions = {
+    "--model.attn_sinks", "true",   "--model.n_kv_head",      "2",
+    "--model.position",   "rope",   "--model.norm",           "rmsnorm",
+    "--model.mlp",        "swiglu", "--model.sliding_window", "5"};
+
 // Attention sinks (model.attn_sinks: a logit per query head, split over the tensor-parallel
 // group as the query heads, each rank forming its own heads' gradients) on gpt-oss's blocks
 // (grouped queries, rope, RMSNorm, SwiGLU, a sliding window), on every grid against one rank
@@ -860,10 +866,7 @@ TEST(ModelParallel, QkNormFullMatchesOneRankOnEveryGrid) {
 // rank adds its rows' share of the gradient), recomputing the layer, in bf16 and resumed across
 // grids. The same run without them (another model, no attn/sinks) must differ.
 TEST(ModelParallel, AttentionSinksMatchOneRankOnEveryGrid) {
-  const std::vector<std::string> opts = {
-      "--model.attn_sinks", "true",   "--model.n_kv_head",      "2",
-      "--model.position",   "rope",   "--model.norm",           "rmsnorm",
-      "--model.mlp",        "swiglu", "--model.sliding_window", "5"};
+  const std::vector<std::string>& opts = kSinksOptions;
   const Result ref = check_norm_variant("sinks", opts);
   std::vector<std::string> fresh = opts;
   fresh.insert(fresh.end(), {"--resume", "none"});
@@ -874,6 +877,29 @@ TEST(ModelParallel, AttentionSinksMatchOneRankOnEveryGrid) {
                          "sinks " + g.name());
   }
   expect_other_model("sinks", opts, 1, "false", "sinks_off_ref", ref, 1e-4);
+}
+
+// gpt-oss's blocks: attention sinks, windowed layers beside global ones, a mixture of SwiGLU
+// experts in its shape (model.glu_*: the gate's g·σ(1.702·g), the up projection plus 1,
+// elementwise on each rank's hidden units), on every grid against one rank, recomputing the
+// layer, in bf16 and resumed across grids (no balancing term: it is each micro-batch's, whose
+// size differs by grid here). The clamps are gpt-oss's 7, which these small activations never
+// reach: at 0.1, where many do, a value that lands on the other side of the clamp on a grid whose
+// sums round differently takes a gradient of 0 instead of 1 or the reverse, and the runs part
+// (seen: 3e-3 in a weight after 4 steps); test_reference_model's gptoss case holds the clamps to
+// PyTorch's. The same run with plain SwiGLU (another model) must differ.
+TEST(ModelParallel, GptOssBlocksMatchOneRankOnEveryGrid) {
+  // SwiGLU's shape first (its values at indices 1, 3 and 5), then the sinks' options.
+  std::vector<std::string> opts = {"--model.glu_limit",  "7", "--model.glu_alpha", "1.702",
+                                   "--model.glu_offset", "1"};
+  opts.insert(opts.end(), kSinksOptions.begin(), kSinksOptions.end());
+  opts.insert(opts.end(), {"--model.full_attention_every", "2", "--model.moe_experts", "4",
+                           "--model.moe_top_k", "2", "--train.moe_aux_loss", "0"});
+  const Result ref = check_norm_variant("gptoss", opts);
+  std::vector<std::string> plain = opts;
+  plain[3] = "1";  // glu_alpha
+  plain[5] = "0";  // glu_offset
+  expect_other_model("gptoss", plain, 1, "0", "gptoss_plain_ref", ref, 1e-4);
 }
 
 // Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:

@@ -24,8 +24,10 @@ OPS = ["encoder_forward", "layernorm_forward", "matmul_forward_qkv", "attention_
        "matmul_backward_fc", "layernorm_backward", "matmul_backward_attn_proj",
        "attention_backward", "matmul_backward_qkv", "encoder_backward",
        "sum_squares_(grad_norm)"]
-# Timed beside the step, not added to it: the separate kernels of the fused ops.
-COMPARED = ["gelu_backward", "bias_backward_qkv", "matmul_backward_qkv_no_bias"]
+# Timed beside the step, not added to it: the separate kernels of the fused ops, and the attention
+# with sinks (model.attn_sinks).
+COMPARED = ["gelu_backward", "bias_backward_qkv", "matmul_backward_qkv_no_bias",
+            "attention_forward_sinks", "attention_backward_sinks"]
 FP8 = ["matmul_forward_fp8_fc", "matmul_backward_fp8_fc"]
 
 
@@ -58,17 +60,20 @@ def test_every_op_is_reported_against_measured_ceilings(precision, adamw):
 
 def test_sliding_window_attention_counts_the_keys_it_keeps():
     """--window: the attention ops run with the window's mask and count its work: 8 keys of 32
-    per query at most (the first 7 fewer) is 228 of the causal 512 key pairs per head."""
+    per query at most (the first 7 fewer) is 228 of the causal 512 key pairs per head; with
+    sinks too."""
     p = run(bench(precision="fp32", window="8"), timeout=300, check=True)
     assert ", window 8," in p.stdout, p.stdout
     rows = dict(re.findall(r"^KERNEL name=(attention_\w+) ms=(\S+) ", p.stdout, re.M))
     full = dict(re.findall(r"^KERNEL name=(attention_\w+) ms=(\S+) ",
                            run(bench(precision="fp32"), timeout=300, check=True).stdout, re.M))
-    assert sorted(rows) == sorted(full) == ["attention_backward", "attention_forward"]
+    assert sorted(rows) == sorted(full) == ["attention_backward", "attention_backward_sinks",
+                                            "attention_forward", "attention_forward_sinks"]
     work = {m.group(1): float(m.group(2)) * float(m.group(3)) for m in re.finditer(
         r"^KERNEL name=(attention_\w+) ms=(\S+) rate=(\S+) ", p.stdout, re.M)}
     # 2 heads of 32: forward 4·B·C·keys = 4·1·64·228 FLOPs (ms·TFLOP/s = 1e9 FLOP)
-    assert math.isclose(work["attention_forward"] * 1e9, 4 * 64 * 228, rel_tol=1e-3), work
+    for name in ("attention_forward", "attention_forward_sinks"):
+        assert math.isclose(work[name] * 1e9, 4 * 64 * 228, rel_tol=1e-3), work
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -3226,14 +3226,17 @@ def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
     ), n_layer=2)
 
 
-def test_attention_sinks_are_not_exported(tmp_path):
-    """Attention sinks (model.attn_sinks): no export format holds them, on GPT-2's blocks or
-    Llama's; refused naming the key, nothing written."""
-    needle = "attention sinks (model.attn_sinks, gpt-oss's); none of the export formats holds them"
+def test_gpt_oss_blocks_are_not_exported(tmp_path):
+    """Attention sinks (model.attn_sinks) and gpt-oss's SwiGLU (model.glu_*): no export format
+    holds them, on GPT-2's blocks or Llama's; refused naming the keys, nothing written."""
+    sinks = "attention sinks (model.attn_sinks, gpt-oss's); none of the export formats holds them"
+    glu = "SwiGLU has gpt-oss's shape (model.glu_alpha, glu_limit, glu_offset)"
+    llama = {"position": "rope", "norm": "rmsnorm", "bias": False, "mlp": "swiglu", "tied": False}
     exports_refused(tmp_path, (
-        ({"attn_sinks": True}, needle),
-        ({"attn_sinks": True, "position": "rope", "norm": "rmsnorm", "bias": False,
-          "mlp": "swiglu", "tied": False}, needle),
+        ({"attn_sinks": True}, sinks),
+        ({**llama, "attn_sinks": True}, sinks),
+        ({**llama, "glu_alpha": 1.702, "glu_limit": 7.0, "glu_offset": 1.0}, glu),
+        ({**llama, "glu_offset": 1.0}, glu),
     ), n_layer=1)
 
 

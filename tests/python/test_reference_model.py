@@ -161,6 +161,17 @@ CASES = [
     Case("sinks", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                 position="rope", rope_theta=500.0, norm="rmsnorm", mlp="swiglu",
                                 tied=False, n_kv_head=2, attn_sinks=True), 2, 40, 6, 227),
+    # gpt-oss's blocks: attention sinks, biases in the attention projections, rope, grouped-query
+    # attention, windowed layers (8 tokens) beside global ones, a mixture of 4 SwiGLU experts (2
+    # per token; gpt-oss's experts have biases, these not), its SwiGLU: the gate's g·σ(1.702·g),
+    # gate and up clamped at 0.05 (gpt-oss's 7 is never reached by these small activations: at
+    # 0.05 about half are cut) and the up projection plus 1.
+    Case("gptoss", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                 position="rope", rope_theta=500.0, norm="rmsnorm", mlp="swiglu",
+                                 mlp_hidden=64, tied=False, n_kv_head=2, attn_sinks=True,
+                                 sliding_window=8, full_attention_every=2, moe_experts=4,
+                                 moe_top_k=2, glu_alpha=1.702, glu_limit=0.05, glu_offset=1.0),
+         2, 40, 6, 229),
     # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
@@ -359,6 +370,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       norm=c.norm, bias=c.bias, mlp=c.mlp, mlp_hidden=c.mlp_hidden,
                       tie_embeddings=c.tied, n_kv_head=c.n_kv_head, qk_norm=c.qk_norm,
                       qk_norm_full=c.qk_norm_full, attn_sinks=c.attn_sinks,
+                      glu_alpha=c.glu_alpha, glu_limit=c.glu_limit, glu_offset=c.glu_offset,
                       pre_norm=c.pre_norm,
                       qkv_bias=c.qkv_bias, mlp_bias=c.mlp_bias, norm_bias=c.norm_bias,
                       norm_eps=c.norm_eps,
@@ -1743,7 +1755,7 @@ def test_layer_norms_match_torch(tmp_root, tmp_path):
 
 
 # Chosen from the printed norms so that clipping triggers in some steps but not all.
-GRAD_CLIP = {"gpt2vocab": 1.0, "sinks": 1.7, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
+GRAD_CLIP = {"gpt2vocab": 1.0, "sinks": 1.7, "gptoss": 1.3, "oddshapes": 1.0, "rope": 1.0, "rmsnorm": 1.2, "nobias": 1.0,
              "swiglu": 1.1, "llama": 1.7, "gqa": 1.7, "mqa": 1.0, "bigvocab": 1.0,
              "qknorm": 1.15, "ropescaling": 1.0, "qwen2": 1.8, "headdim": 1.8, "moe": 1.0,
              "moeswiglu": 1.7, "moemixed": 0.8, "qwen2moe": 1.7, "dsv3": 1.7,

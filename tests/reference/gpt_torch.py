@@ -107,6 +107,11 @@ class GptConfig:
     # model.attn_sinks: a logit per query head and layer (attn/sinks [n_head]) in every softmax's
     # denominator, a key without a value (gpt-oss's)
     attn_sinks: bool = False
+    # model.glu_alpha, glu_limit, glu_offset: SwiGLU as gpt-oss's, min(g, limit)·σ(alpha·min(g,
+    # limit))·(clamp(up, ±limit) + offset) (limit 0: no clamps)
+    glu_alpha: float = 1.0
+    glu_limit: float = 0.0
+    glu_offset: float = 0.0
     # model.pre_norm = False: no ln_1, ln_2; each branch reads x itself, its output normalized
     # by the branch norms (OLMo-2's reordered norms)
     pre_norm: bool = True
@@ -407,6 +412,11 @@ def activation(cfg: "GptConfig", a: torch.Tensor, hidden: int) -> torch.Tensor:
     [gate | up] (Shazeer's GLU variants, as Llama) or the squared ReLU (Primer's)."""
     if cfg.mlp == "swiglu":
         gate, up = a.split(hidden, dim=-1)
+        if (cfg.glu_alpha, cfg.glu_limit, cfg.glu_offset) != (1.0, 0.0, 0.0):  # gpt-oss's
+            if cfg.glu_limit:
+                gate = gate.clamp(max=cfg.glu_limit)
+                up = up.clamp(-cfg.glu_limit, cfg.glu_limit)
+            return gate * torch.sigmoid(cfg.glu_alpha * gate) * (up + cfg.glu_offset)
         return gate * torch.sigmoid(gate) * up
     if cfg.mlp == "geglu":  # Gemma's
         gate, up = a.split(hidden, dim=-1)
@@ -1397,6 +1407,9 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
             m.attrs.create("qk_norm_full", i64(1), dtype="<i8")
         if cfg.attn_sinks:
             m.attrs.create("attn_sinks", i64(1), dtype="<i8")
+        for key, default in (("glu_alpha", 1.0), ("glu_limit", 0.0), ("glu_offset", 0.0)):
+            if getattr(cfg, key) != default:
+                m.attrs.create(key, np.float64(getattr(cfg, key)), dtype="<f8")
         if not cfg.pre_norm:
             m.attrs.create("pre_norm", i64(0), dtype="<i8")
         m.attrs.create("qkv_bias", i64(1 if cfg.qkv_bias else 0), dtype="<i8")
@@ -1505,6 +1518,9 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         qk_norm=int(a["qk_norm"]) == 1 if "qk_norm" in a else False,
                         qk_norm_full=int(a.get("qk_norm_full", 0)) == 1,
                         attn_sinks=int(a.get("attn_sinks", 0)) == 1,
+                        glu_alpha=float(a.get("glu_alpha", 1.0)),
+                        glu_limit=float(a.get("glu_limit", 0.0)),
+                        glu_offset=float(a.get("glu_offset", 0.0)),
                         pre_norm=int(a.get("pre_norm", 1)) == 1,
                         qkv_bias=int(a["qkv_bias"]) == 1 if "qkv_bias" in a else False,
                         mlp_bias=int(a.get("mlp_bias", 0)) == 1,

@@ -1078,6 +1078,56 @@ TEST_F(CpuKernels, GatedForwardBackward) {
   }
 }
 
+// gpt-oss's SwiGLU (GluShape): min(g, L)·σ(α·min(g, L))·(clamp(u, −L, L) + offset), in double.
+DVec naive_clamped_glu(const DVec& pre, int N, int H, GluShape s) {
+  DVec out(size_t(N) * H);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      double g = pre[size_t(n) * 2 * H + j], u = pre[size_t(n) * 2 * H + H + j];
+      if (s.limit > 0) {
+        g = std::min(g, double(s.limit));
+        u = std::clamp(u, -double(s.limit), double(s.limit));
+      }
+      out[size_t(n) * H + j] = g / (1.0 + std::exp(-double(s.alpha) * g)) * (u + s.offset);
+    }
+  return out;
+}
+
+// gpt-oss's SwiGLU (model.glu_*: alpha 1.702, offset 1, clamps at 2.5 that cut about a third of
+// the inputs here, and without clamps) against the definition and its finite differences (no
+// input within 0.02 of a clamp, where they would straddle it), overwritten and accumulated; and
+// the default shape bit for bit SwiGLU's.
+TEST_F(CpuKernels, ClampedSwiGluForwardBackward) {
+  const int N = 7, H = 13;
+  for (const GluShape s : {GluShape{1.702f, 2.5f, 1.0f}, GluShape{1.702f, 0.0f, 1.0f}}) {
+    SCOPED_TRACE(::testing::Message() << "limit " << s.limit);
+    Vec pre = random_vec(size_t(N) * 2 * H, 74, -6.0f, 6.0f);
+    for (float& v : pre)
+      if (std::abs(std::abs(v) - s.limit) < 0.02f) v += 0.05f;
+    Vec out(size_t(N) * H);
+    be->swiglu_forward(out.data(), pre.data(), N, H, s);
+    DVec x = to_double(pre);
+    expect_close(out, naive_clamped_glu(x, N, H, s), 1e-6, "out");
+    const Vec R = random_vec(out.size(), 75);
+    const DVec g = finite_diff(x, [&] { return dot(naive_clamped_glu(x, N, H, s), R); });
+    Vec d(pre.size(), 9.0f);  // overwritten
+    be->swiglu_backward(d.data(), pre.data(), R.data(), N, H, GradMode::overwrite, s);
+    expect_close(d, g, 1e-5, "dpre");
+    Vec d2 = random_vec(pre.size(), 76);
+    const Vec d0 = d2;
+    be->swiglu_backward(d2.data(), pre.data(), R.data(), N, H, GradMode::accumulate, s);
+    expect_accumulated(d2, d0, d, "dpre +=");
+  }
+  const Vec pre = random_vec(size_t(N) * 2 * H, 77, -6.0f, 6.0f), R = random_vec(size_t(N) * H, 78);
+  Vec a(size_t(N) * H), b(a.size()), da(pre.size()), db(pre.size());
+  be->swiglu_forward(a.data(), pre.data(), N, H);
+  be->swiglu_forward(b.data(), pre.data(), N, H, GluShape{1.0f, 0.0f, 0.0f});
+  EXPECT_EQ(a, b);
+  be->swiglu_backward(da.data(), pre.data(), R.data(), N, H, GradMode::overwrite);
+  be->swiglu_backward(db.data(), pre.data(), R.data(), N, H, GradMode::overwrite, {});
+  EXPECT_EQ(da, db);
+}
+
 // ---- GELU ----------------------------------------------------------------------------------
 
 TEST_F(CpuKernels, GeluForwardBackward) {

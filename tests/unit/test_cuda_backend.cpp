@@ -1059,18 +1059,22 @@ TEST_F(CudaBackendTest, PointwiseActivations) {
 // SwiGLU and GeGLU.
 TEST_F(CudaBackendTest, SwigluForwardBackward) {
   for (const MmShape& s : {MmShape{64, 0, 2048}, MmShape{37, 0, 176}, MmShape{3, 0, 5}})
-    for (bool gelu : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC << (gelu ? " geglu" : ""));
+    for (int kind : {0, 1, 2}) {  // SwiGLU, GeGLU, gpt-oss's SwiGLU (model.glu_*)
+      const bool gelu = kind == 1;
+      const GluShape glu = kind == 2 ? GluShape{1.702f, 2.5f, 1.0f} : GluShape{};
+      SCOPED_TRACE(::testing::Message() << "N=" << s.N << " H=" << s.OC << (gelu ? " geglu" : "")
+                                        << (kind == 2 ? " clamped" : ""));
       const int N = s.N, H = s.OC;
       const size_t n = size_t(N) * H;
       const Vec pre = random_vec(2 * n, 74, -6.0f, 6.0f), dout = random_vec(n, 75);
       const Vec d0 = random_vec(2 * n, 76);
       Vec out(n), d = d0;
       auto fwd = [&](Backend& be, float* o, const float* p) {
-        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H);
+        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H, glu);
       };
       auto bwd = [&](Backend& be, float* dp, const float* p, const float* dy) {
-        gelu ? be.geglu_backward(dp, p, dy, N, H) : be.swiglu_backward(dp, p, dy, N, H);
+        gelu ? be.geglu_backward(dp, p, dy, N, H)
+             : be.swiglu_backward(dp, p, dy, N, H, GradMode::accumulate, glu);
       };
       fwd(*cpu, out.data(), pre.data());
       bwd(*cpu, d.data(), pre.data(), dout.data());

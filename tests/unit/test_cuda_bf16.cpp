@@ -1269,21 +1269,26 @@ TEST_F(CudaBf16Test, OptimizerUpdateWritesTheRoundedCopy) {
   }
 }
 
-// SwiGLU and GeGLU.
+// SwiGLU, GeGLU, and SwiGLU in gpt-oss's shape (model.glu_*: clamps at 2.5, alpha 1.702,
+// offset 1).
 TEST_F(CudaBf16Test, Swiglu) {
   for (const int H : {2048, 176, 5})
-    for (bool gelu : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "H=" << H << (gelu ? " geglu" : ""));
+    for (int kind : {0, 1, 2}) {
+      const bool gelu = kind == 1;
+      const GluShape glu = kind == 2 ? GluShape{1.702f, 2.5f, 1.0f} : GluShape{};
+      SCOPED_TRACE(::testing::Message()
+                   << "H=" << H << (gelu ? " geglu" : "") << (kind == 2 ? " clamped" : ""));
       const int N = 33;
       const size_t n = size_t(N) * H;
       const Bits pre = random_bits(2 * n, 77, -6.0f, 6.0f), dout = random_bits(n, 78);
       const Bits d0 = random_bits(2 * n, 79);
       Bits out(n), d = d0;
       auto fwd = [&](Backend& be, bf16_t* o, const bf16_t* p) {
-        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H);
+        gelu ? be.geglu_forward(o, p, N, H) : be.swiglu_forward(o, p, N, H, glu);
       };
       auto bwd = [&](Backend& be, bf16_t* dp, const bf16_t* p, const bf16_t* dy) {
-        gelu ? be.geglu_backward(dp, p, dy, N, H) : be.swiglu_backward(dp, p, dy, N, H);
+        gelu ? be.geglu_backward(dp, p, dy, N, H)
+             : be.swiglu_backward(dp, p, dy, N, H, GradMode::accumulate, glu);
       };
       fwd(*cpu, out.data(), pre.data());
       bwd(*cpu, d.data(), pre.data(), dout.data());

@@ -1,8 +1,9 @@
 // The CUDA backend's SwiGLU and GeGLU (src/kernels/cuda/swiglu_block.h, as cuda_swiglu.cu launches
 // them), run on the CPU through the SIMT emulator, against the CPU backend's swiglu and geglu ops:
 // the output and the gradient (overwritten and accumulated), fp32 within 1e-6 and bf16 within 1e-2
-// of the largest magnitude, with fewer threads than hidden units (the stride loop). Needs no GPU;
-// test_cuda_bf16 runs the kernels on one.
+// of the largest magnitude, with fewer threads than hidden units (the stride loop); SwiGLU in
+// gpt-oss's shape too (GluShape: clamps at 2.5 that cut about a third of these inputs). Needs no
+// GPU; test_cuda_bf16 runs the kernels on one.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -26,20 +27,25 @@ constexpr int kThreads = testing::kStridedThreads;
 using testing::kStride;
 using testing::launch_strided;
 
-void check(int N, int H, bool bf16, bool gelu) {
+void check(int N, int H, bool bf16, bool gelu, GluShape glu = {}) {
   SCOPED_TRACE(::testing::Message() << "N=" << N << " H=" << H << (bf16 ? " bf16" : " fp32")
-                                    << (gelu ? " geglu" : " swiglu"));
-  // The backend's op and the block program of the gate: silu (SwiGLU) or gelu (GeGLU).
+                                    << (gelu ? " geglu" : " swiglu") << " alpha " << glu.alpha
+                                    << " limit " << glu.limit << " offset " << glu.offset);
+  // The backend's op and the block program of the gate: silu (SwiGLU, in the shape glu) or gelu
+  // (GeGLU).
+  const swiglu_block::ClampedSilu clamped{glu.alpha, glu.limit, glu.offset};
   auto fwd = [&](Backend& be, auto* out, const auto* pre) {
-    gelu ? be.geglu_forward(out, pre, N, H) : be.swiglu_forward(out, pre, N, H);
+    gelu ? be.geglu_forward(out, pre, N, H) : be.swiglu_forward(out, pre, N, H, glu);
   };
   auto bwd = [&](Backend& be, auto* d, const auto* pre, const auto* dout, GradMode mode) {
     gelu ? be.geglu_backward(d, pre, dout, N, H, mode)
-         : be.swiglu_backward(d, pre, dout, N, H, mode);
+         : be.swiglu_backward(d, pre, dout, N, H, mode, glu);
   };
   auto fwd_block = [&](simt::Thread& x, auto* out, const auto* pre, size_t n) {
     if (gelu)
       swiglu_block::geglu_forward(x, out, pre, H, n, kThreads, kStride);
+    else if (!glu.plain())
+      swiglu_block::clamped_forward(x, out, pre, H, n, kThreads, kStride, clamped);
     else
       swiglu_block::forward(x, out, pre, H, n, kThreads, kStride);
   };
@@ -47,6 +53,8 @@ void check(int N, int H, bool bf16, bool gelu) {
                        bool accumulate) {
     if (gelu)
       swiglu_block::geglu_backward(x, d, pre, dout, H, n, accumulate, kThreads, kStride);
+    else if (!glu.plain())
+      swiglu_block::clamped_backward(x, d, pre, dout, H, n, accumulate, kThreads, kStride, clamped);
     else
       swiglu_block::backward(x, d, pre, dout, H, n, accumulate, kThreads, kStride);
   };
@@ -97,6 +105,9 @@ TEST(SwigluEmulated, Fp32) { check(7, 100, false, false); }
 TEST(SwigluEmulated, Bf16) { check(5, 130, true, false); }
 TEST(SwigluEmulated, GegluFp32) { check(7, 100, false, true); }
 TEST(SwigluEmulated, GegluBf16) { check(5, 130, true, true); }
+// gpt-oss's SwiGLU (model.glu_*): alpha 1.702, clamps at 2.5, offset 1.
+TEST(SwigluEmulated, ClampedFp32) { check(7, 100, false, false, GluShape{1.702f, 2.5f, 1.0f}); }
+TEST(SwigluEmulated, ClampedBf16) { check(5, 130, true, false, GluShape{1.702f, 2.5f, 1.0f}); }
 
 }  // namespace
 }  // namespace triad

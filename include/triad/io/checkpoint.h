@@ -162,6 +162,9 @@ struct ModelShape {
   double attn_softcap = 0;
   // Attribute clip_qkv (double: c_attn's output clamped to [−c, c]; absent or 0: none).
   double clip_qkv = 0;
+  // Attributes glu_alpha, glu_limit, glu_offset (double: SwiGLU's shape, model.glu_*; each
+  // written when not its default; absent: 1, 0, 0).
+  double glu_alpha = 1, glu_limit = 0, glu_offset = 0;
   // Attributes logit_scale and residual_scale (double: the head's logits, each branch's output
   // times it; absent: 1; written when not 1).
   double logit_scale = 1, residual_scale = 1;

@@ -41,6 +41,14 @@ enum class GradMode { accumulate, overwrite };
 //   relu        max(x, 0), its derivative 1 where x > 0, else 0 (model.mlp = relu: OPT's)
 enum class Activation { relu2, gelu_exact, relu };
 
+// The SwiGLU's shape (model.glu_alpha, glu_limit, glu_offset; Backend::swiglu_forward): the
+// gate's silu is g·σ(alpha·g), gate and up are clamped at limit (0: not), offset is added to the
+// clamped up. The default is Llama's SwiGLU; gpt-oss's is {1.702, 7, 1}.
+struct GluShape {
+  float alpha = 1.0f, limit = 0.0f, offset = 0.0f;
+  bool plain() const { return alpha == 1.0f && limit == 0.0f && offset == 0.0f; }
+};
+
 // The width of an attention op's qkv rows (see attention_forward): q for NH heads (C wide), k and
 // v for NKV heads each.
 inline int qkv_width(int C, int NH, int NKV) { return C + 2 * NKV * (C / NH); }
@@ -329,9 +337,12 @@ class Backend {
   // tensor-parallel rank its H columns of each); out [N, H] = silu(gate)·up with
   // silu(g) = g·σ(g). Backward: the gradient of pre from dout [N, H], written or added by mode:
   // d gate = dout·up·σ(g)·(1 + g·(1 − σ(g))), d up = dout·silu(g).
-  virtual void swiglu_forward(float* out, const float* pre, int N, int H) = 0;
+  // glu (GluShape, gpt-oss's variant; {}: the above): out = g'·σ(α·g')·(u' + offset) with
+  // g' = min(g, limit) and u' = clamp(u, −limit, limit) (limit 0: neither clamped), a clamped
+  // value's gradient 0 (one at the limit passes, as torch.clamp's).
+  virtual void swiglu_forward(float* out, const float* pre, int N, int H, GluShape glu = {}) = 0;
   virtual void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
-                               GradMode mode = GradMode::accumulate) = 0;
+                               GradMode mode = GradMode::accumulate, GluShape glu = {}) = 0;
   // GeGLU (model.mlp = geglu, Gemma's): the same with gelu(gate)·up, GELU's tanh approximation:
   // d gate = dout·up·gelu'(g), d up = dout·gelu(g).
   virtual void geglu_forward(float* out, const float* pre, int N, int H) = 0;
@@ -542,9 +553,9 @@ class Backend {
   virtual void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
   virtual void geglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
                               GradMode mode = GradMode::accumulate) = 0;
-  virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) = 0;
+  virtual void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H, GluShape glu = {}) = 0;
   virtual void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
-                               GradMode mode = GradMode::accumulate) = 0;
+                               GradMode mode = GradMode::accumulate, GluShape glu = {}) = 0;
   // As the fp32 rope; each rotated element computed in fp32 and rounded once.
   virtual void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
                     bool inverse, const int32_t* positions = nullptr, int rot = 0) = 0;

@@ -122,6 +122,11 @@ struct GptShape {
   // gelu_exact: the GELU MLP with GELU itself, ½·x·(1 + erf(x/√2)) (GPT-NeoX's, BERT's), not
   // its tanh approximation. relu: the GELU MLP's shape with the ReLU, max(x, 0) (OPT's).
   bool swiglu = false;
+  // SwiGLU's shape (model.glu_alpha, glu_limit, glu_offset; gpt-oss's 1.702, 7, 1): the gate's
+  // activation g·σ(alpha·g), gate and up clamped at limit (0: not), offset added to the up
+  // projection (Backend::swiglu_forward's GluShape). The defaults are Llama's SwiGLU.
+  float glu_alpha = 1.0f, glu_limit = 0.0f, glu_offset = 0.0f;
+  GluShape glu() const { return GluShape{glu_alpha, glu_limit, glu_offset}; }
   bool relu2 = false;
   bool geglu = false;
   bool gelu_exact = false;

@@ -63,8 +63,11 @@ struct ModelConfig {
   bool qk_norm = false;        // per-head RMSNorm of q and k (as Qwen3, Gemma 3)
   bool qk_norm_full = false;   // with qk_norm: over all heads' q, and all k (OLMo-2, OLMoE)
   bool attn_sinks = false;     // a learned logit per head in each softmax's denominator (gpt-oss)
-  int sliding_window = 0;      // each query attends to its last N keys at most (0: all; Mistral)
-  int full_attention_every = 0;       // with a window: every N-th layer attends to all (Gemma 3: 6)
+  // With mlp = swiglu: the gate's activation g·σ(alpha·g), gate and up clamped at limit (0: not),
+  // offset added to the up projection (gpt-oss: 1.702, 7, 1; defaults: Llama's SwiGLU).
+  double glu_alpha = 1, glu_limit = 0, glu_offset = 0;
+  int sliding_window = 0;        // each query attends to its last N keys at most (0: all; Mistral)
+  int full_attention_every = 0;  // with a window: every N-th layer attends to all (Gemma 3: 6)
   bool full_attention_first = false;  // ... layers 0, N, 2N, .. instead (GPT-Neo's)
   double logit_softcap = 0;           // > 0: logits c·tanh(logit/c) (Gemma 2: 30); 0: none
   double clip_qkv = 0;                // > 0: c_attn's q, k, v clamped to [-c, c] (OLMo-1.7: 8)

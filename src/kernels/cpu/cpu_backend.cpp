@@ -147,8 +147,8 @@ class CpuBackend final : public Backend {
                         const float* sinks) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
   }
-  void swiglu_forward(float* out, const float* pre, int N, int H) override {
-    cpu::swiglu_forward(out, pre, N, H);
+  void swiglu_forward(float* out, const float* pre, int N, int H, GluShape glu) override {
+    cpu::swiglu_forward(out, pre, N, H, glu);
   }
   void geglu_forward(float* out, const float* pre, int N, int H) override {
     cpu::geglu_forward(out, pre, N, H);
@@ -158,8 +158,8 @@ class CpuBackend final : public Backend {
     cpu::geglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
-                       GradMode mode) override {
-    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
+                       GradMode mode, GluShape glu) override {
+    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate, glu);
   }
   void rope(float* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse, const int32_t* positions, int rot) override {
@@ -343,8 +343,8 @@ class CpuBackend final : public Backend {
                         const bf16_t* sinks) override {
     cpu::attention_decode(out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap, sinks);
   }
-  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
-    cpu::swiglu_forward(out, pre, N, H);
+  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H, GluShape glu) override {
+    cpu::swiglu_forward(out, pre, N, H, glu);
   }
   void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cpu::geglu_forward(out, pre, N, H);
@@ -354,8 +354,8 @@ class CpuBackend final : public Backend {
     cpu::geglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
   }
   void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
-                       GradMode mode) override {
-    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate);
+                       GradMode mode, GluShape glu) override {
+    cpu::swiglu_backward(dpre, pre, dout, N, H, mode == GradMode::accumulate, glu);
   }
   void rope(bf16_t* qkv, const float* table, int N, int T, int pos0, int C, int NH, int NKV,
             bool inverse, const int32_t* positions, int rot) override {

@@ -65,13 +65,14 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
 void attention_decode(float* out, const float* qkv, int B, int stride, int p, int n, int C, int NH,
                       int NKV, int window = 0, float scale = 0.0f, float softcap = 0.0f,
                       const float* sinks = nullptr);
-// SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32).
-void swiglu_forward(float* out, const float* pre, int N, int H);
-void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);
+// SwiGLU over rows [gate | up] (cpu_swiglu.cpp); fp32 and bf16 (computed in fp32). glu:
+// Backend::swiglu_forward's shape.
+void swiglu_forward(float* out, const float* pre, int N, int H, GluShape glu = {});
+void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H, GluShape glu = {});
 void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
-                     bool accumulate);
+                     bool accumulate, GluShape glu = {});
 void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
-                     bool accumulate);
+                     bool accumulate, GluShape glu = {});
 // GeGLU likewise (cpu_swiglu.cpp): gelu(gate)·up, GELU's tanh approximation.
 void geglu_forward(float* out, const float* pre, int N, int H);
 void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H);

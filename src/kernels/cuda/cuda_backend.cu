@@ -207,12 +207,12 @@ class CudaBackend final : public Backend {
     cuda::attention_decode(stream_, out, qkv, B, stride, p, n, C, NH, NKV, window, scale, softcap,
                            sinks);
   }
-  void swiglu_forward(float* out, const float* pre, int N, int H) override {
-    cuda::swiglu_forward(stream_, out, pre, N, H);
+  void swiglu_forward(float* out, const float* pre, int N, int H, GluShape glu) override {
+    cuda::swiglu_forward(stream_, out, pre, N, H, glu);
   }
   void swiglu_backward(float* dpre, const float* pre, const float* dout, int N, int H,
-                       GradMode mode) override {
-    cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate);
+                       GradMode mode, GluShape glu) override {
+    cuda::swiglu_backward(stream_, dpre, pre, dout, N, H, mode == GradMode::accumulate, glu);
   }
   void geglu_forward(float* out, const float* pre, int N, int H) override {
     cuda::geglu_forward(stream_, out, pre, N, H);
@@ -455,13 +455,13 @@ class CudaBackend final : public Backend {
     cuda::attention_decode(stream_, dev(out), dev(qkv), B, stride, p, n, C, NH, NKV, window, scale,
                            softcap, dev(sinks));
   }
-  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
-    cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H);
+  void swiglu_forward(bf16_t* out, const bf16_t* pre, int N, int H, GluShape glu) override {
+    cuda::swiglu_forward(stream_, dev(out), dev(pre), N, H, glu);
   }
   void swiglu_backward(bf16_t* dpre, const bf16_t* pre, const bf16_t* dout, int N, int H,
-                       GradMode mode) override {
+                       GradMode mode, GluShape glu) override {
     cuda::swiglu_backward(stream_, dev(dpre), dev(pre), dev(dout), N, H,
-                          mode == GradMode::accumulate);
+                          mode == GradMode::accumulate, glu);
   }
   void geglu_forward(bf16_t* out, const bf16_t* pre, int N, int H) override {
     cuda::geglu_forward(stream_, dev(out), dev(pre), N, H);

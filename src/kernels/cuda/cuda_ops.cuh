@@ -310,10 +310,10 @@ void attention_decode(cudaStream_t s, bf16* out, const bf16* qkv, int B, int str
 
 // ---- SwiGLU (cuda_swiglu.cu): backend.h swiglu_forward / swiglu_backward ------------------
 template <typename Elem>
-void swiglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H);
+void swiglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H, GluShape glu = {});
 template <typename Elem>
 void swiglu_backward(cudaStream_t s, Elem* dpre, const Elem* pre, const Elem* dout, int N, int H,
-                     bool accumulate);
+                     bool accumulate, GluShape glu = {});
 // GeGLU (cuda_swiglu.cu too): backend.h geglu_forward / geglu_backward.
 template <typename Elem>
 void geglu_forward(cudaStream_t s, Elem* out, const Elem* pre, int N, int H);
