@@ -456,13 +456,21 @@ def _check(rep: Report) -> None:
     clip = ma.get("clip_qkv", 0.0)  # absent: no clamp
     if not (isinstance(clip, (int, float)) and math.isfinite(clip) and 0 <= clip <= 1e4):
         P.append(f"/model attribute clip_qkv = {clip!r}, not a number in [0, 1e4]")
-    for key, lo, hi, default in (("glu_alpha", 0.0, 100.0, 1.0), ("glu_limit", 0.0, 1e4, 0.0),
+    glu = {}
+    for key, lo, hi, default in (("glu_alpha", 0.0, 100.0, 1.0), ("glu_limit", 1e-6, 1e4, 0.0),
                                  ("glu_offset", -1e4, 1e4, 0.0)):  # SwiGLU's shape (model.glu_*)
-        v = ma.get(key, default)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi
+        v = glu[key] = ma.get(key, default)
+        if not (isinstance(v, (int, float)) and math.isfinite(v)
+                and (lo <= v <= hi or (key == "glu_limit" and v == 0))
                 and (key != "glu_alpha" or v > 0)):
             P.append(f"/model attribute {key} = {v!r}, not a number in "
-                     f"{'(' if key == 'glu_alpha' else '['}{lo:g}, {hi:g}]")
+                     f"{'(' if key == 'glu_alpha' else '['}{lo:g}, {hi:g}]"
+                     + (" or 0" if key == "glu_limit" else ""))
+    if glu != {"glu_alpha": 1.0, "glu_limit": 0.0, "glu_offset": 0.0} and \
+            ma.get("mlp", "gelu") != "swiglu":
+        P.append(f"/model attributes glu_alpha, glu_limit, glu_offset = "
+                 f"{glu['glu_alpha']!r}, {glu['glu_limit']!r}, {glu['glu_offset']!r} with mlp "
+                 f"{ma.get('mlp', 'gelu')!r}: they shape SwiGLU only")
     head_dim = ma.get("head_dim", 0)  # absent: n_embd / n_head
     if not (isinstance(head_dim, int) and 0 <= head_dim <= 4096):
         P.append(f"/model attribute head_dim = {head_dim!r}, not a width in [0, 4096]")

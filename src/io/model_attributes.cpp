@@ -405,8 +405,8 @@ ModelShape read_model_attributes(hid_t model) {
   TRIAD_CHECK(std::isfinite(m.glu_alpha) && m.glu_alpha > 0 && m.glu_alpha <= 100,
               "attribute glu_alpha of /model is ", m.glu_alpha, ", not in (0, 100]");
   m.glu_limit = io::read_double_attr(model, "glu_limit").value_or(0.0);
-  TRIAD_CHECK(std::isfinite(m.glu_limit) && m.glu_limit >= 0 && m.glu_limit <= 1e4,
-              "attribute glu_limit of /model is ", m.glu_limit, ", not in [0, 1e4]");
+  TRIAD_CHECK(m.glu_limit == 0 || (m.glu_limit >= 1e-6 && m.glu_limit <= 1e4),
+              "attribute glu_limit of /model is ", m.glu_limit, ", not 0 or in [1e-6, 1e4]");
   m.glu_offset = io::read_double_attr(model, "glu_offset").value_or(0.0);
   TRIAD_CHECK(std::isfinite(m.glu_offset) && std::abs(m.glu_offset) <= 1e4,
               "attribute glu_offset of /model is ", m.glu_offset, ", not in [-1e4, 1e4]");
@@ -424,6 +424,10 @@ ModelShape read_model_attributes(hid_t model) {
                   m.mlp == "relu2" || m.mlp == "relu",
               "attribute mlp of /model is '", m.mlp,
               "', not gelu, gelu_exact, swiglu, geglu, relu2 or relu");
+  TRIAD_CHECK(m.mlp == "swiglu" || (m.glu_alpha == 1 && m.glu_limit == 0 && m.glu_offset == 0),
+              "attributes glu_alpha, glu_limit, glu_offset of /model are ", m.glu_alpha, ", ",
+              m.glu_limit, ", ", m.glu_offset, " with mlp ", m.mlp,
+              ": they shape SwiGLU only (1, 0, 0 otherwise)");
   m.mlp_hidden = io::read_int64_attr(model, "mlp_hidden").value_or(4 * m.n_embd);
   TRIAD_CHECK(m.mlp_hidden >= 1, "attribute mlp_hidden of /model is ", m.mlp_hidden,
               ", not a positive count");

@@ -160,8 +160,8 @@ void validate(const Config& c, int world_size) {
         "must be in [0, 1e4] (0: no clamp)");
   check(std::isfinite(m.glu_alpha) && m.glu_alpha > 0 && m.glu_alpha <= 100, "model.glu_alpha",
         "must be in (0, 100] (1: SiLU)");
-  check(std::isfinite(m.glu_limit) && m.glu_limit >= 0 && m.glu_limit <= 1e4, "model.glu_limit",
-        "must be in [0, 1e4] (0: no clamps)");
+  check(m.glu_limit == 0 || (m.glu_limit >= 1e-6 && m.glu_limit <= 1e4), "model.glu_limit",
+        "must be 0 (no clamps) or in [1e-6, 1e4]");
   check(std::isfinite(m.glu_offset) && std::abs(m.glu_offset) <= 1e4, "model.glu_offset",
         "must be in [-1e4, 1e4] (0: none)");
   check(m.mlp == "swiglu" || (m.glu_alpha == 1 && m.glu_limit == 0 && m.glu_offset == 0),

@@ -1401,6 +1401,12 @@ def test_damaged_checkpoints(tmp_path):
             ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
             ("attn_softcap", {"attn_softcap": -1.0}, "attribute attn_softcap of /model is -1"),
             ("clip_qkv", {"clip_qkv": -1.0}, "attribute clip_qkv of /model is -1"),
+            ("glu_limit", {"mlp": "swiglu", "glu_limit": 1e-46},
+             "attribute glu_limit of /model is 1e-46, not 0 or in [1e-6, 1e4]"),
+            ("glu_alpha", {"mlp": "swiglu", "glu_alpha": 0.0},
+             "attribute glu_alpha of /model is 0"),
+            ("glu_gelu", {"glu_offset": 1.0}, "attributes glu_alpha, glu_limit, glu_offset of "
+             "/model are 1, 0, 1 with mlp gelu: they shape SwiGLU only"),
             ("logit_scale", {"logit_scale": 0.0}, "attribute logit_scale of /model is 0"),
             ("residual_scale", {"residual_scale": -0.5},
              "attribute residual_scale of /model is -0.5"),

@@ -587,6 +587,27 @@ TEST(Config, UpdateSkippingSettingsAreChecked) {
   EXPECT_EQ(error_of({"--train.norms_every", "10"}), "");
 }
 
+// gpt-oss's SwiGLU (model.glu_*): with model.mlp = swiglu only; a limit 0 (no clamps) or one
+// that survives fp32; NaN, a non-positive alpha and a huge offset refused.
+TEST(Config, GluShapeIsChecked) {
+  auto expect = [](const std::string& err, const std::string& what) {
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--model.mlp", "swiglu", "--model.glu_alpha", "1.702", "--model.glu_limit",
+                      "7", "--model.glu_offset", "1"}),
+            "");
+  expect(error_of({"--model.glu_offset", "1"}), "they need model.mlp = swiglu (got gelu)");
+  expect(error_of({"--model.mlp", "geglu", "--model.glu_limit", "7"}),
+         "they need model.mlp = swiglu (got geglu)");
+  expect(error_of({"--model.mlp", "swiglu", "--model.glu_limit", "1e-46"}),
+         "model.glu_limit must be 0 (no clamps) or in [1e-6, 1e4]");
+  expect(error_of({"--model.mlp", "swiglu", "--model.glu_limit", "nan"}), "model.glu_limit");
+  expect(error_of({"--model.mlp", "swiglu", "--model.glu_alpha", "0"}),
+         "model.glu_alpha must be in (0, 100]");
+  expect(error_of({"--model.mlp", "swiglu", "--model.glu_offset", "1e5"}),
+         "model.glu_offset must be in [-1e4, 1e4]");
+}
+
 TEST(Config, MilestoneCheckpointsAreChecked) {
   EXPECT_EQ(error_of({"--checkpoint.keep_every", "1000"}), "");
   EXPECT_NE(error_of({"--checkpoint.keep_every", "-5"}).find("checkpoint.keep_every"),

@@ -1096,7 +1096,7 @@ DVec naive_clamped_glu(const DVec& pre, int N, int H, GluShape s) {
 // gpt-oss's SwiGLU (model.glu_*: alpha 1.702, offset 1, clamps at 2.5 that cut about a third of
 // the inputs here, and without clamps) against the definition and its finite differences (no
 // input within 0.02 of a clamp, where they would straddle it), overwritten and accumulated; and
-// the default shape bit for bit SwiGLU's.
+// an explicit shape of SwiGLU's (1, 0, 0) bit for bit the default's (both take SwiGLU's code).
 TEST_F(CpuKernels, ClampedSwiGluForwardBackward) {
   const int N = 7, H = 13;
   for (const GluShape s : {GluShape{1.702f, 2.5f, 1.0f}, GluShape{1.702f, 0.0f, 1.0f}}) {
