@@ -198,6 +198,26 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
       if (p) be.free_ints(p);
     }
   } free_key_begin{be, key_begin};
+  // The attention as the model calls it (fp32 keeps the probabilities in att, bf16 the
+  // log-sum-exp in lse), without sinks (nullptr) or with (model.attn_sinks: their gradient too).
+  A* sinks = act.make(size_t(NH), 1.0f);
+  float* dsinks = f32.make(size_t(NH));
+  const auto attention_forward = [&](const A* z) -> std::function<void()> {
+    float* stats = std::is_same_v<A, float> ? att : lse;
+    return [&, z, stats] {
+      be.attention_forward(att_out, stats, qkv, B, T, C, NH, NH, key_begin, {}, 0.0f, 0.0f, {}, z);
+    };
+  };
+  const auto attention_backward = [&](const A* z, float* dz) -> std::function<void()> {
+    return [&, z, dz] {
+      if constexpr (std::is_same_v<A, float>)
+        be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite,
+                              key_begin, {}, 0.0f, 0.0f, {}, z, dz);
+      else
+        be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite,
+                              key_begin, {}, 0.0f, 0.0f, {}, z, dz);
+    };
+  };
 
   // ---- forward ----
   add("encoder_forward", dims({B, T, C}), (2.0 * n + T) * c * E, false,
@@ -205,13 +225,7 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   add("layernorm_forward", dims({(long long)N, C}), 2.0 * n * c * E + 8.0 * n, false,
       [&] { be.layernorm_forward(ln, mean, rstd, x, lnw, lnb, int(N), C); });
   mm("matmul_forward qkv", qkv, ln, w_qkv, b_qkv, C, 3 * C);
-  if constexpr (std::is_same_v<A, float>) {
-    add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, att, qkv, B, T, C, NH, NH, key_begin); });
-  } else {
-    add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true,
-        [&] { be.attention_forward(att_out, lse, qkv, B, T, C, NH, NH, key_begin); });
-  }
+  add("attention_forward", dims({B, NH, T, C / NH}), attn_fwd, true, attention_forward(nullptr));
   mm("matmul_forward attn proj", res, att_out, w_ao, b_c, C, C);
   add("residual_layernorm_fwd", dims({(long long)N, C}), 4.0 * n * c * E + 8.0 * n, false,
       [&] { be.residual_layernorm_forward(sum, ln, mean, rstd, x, res, lnw, lnb, int(N), C); });
@@ -235,17 +249,8 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   add("layernorm_backward", dims({(long long)N, C}), 3.0 * n * c * E + 8.0 * n, false,
       [&] { be.layernorm_backward(dx, dlnw, dlnb, res, x, lnw, mean, rstd, int(N), C); });
   mm_back("matmul_backward attn proj", dx, res, att_out, w_ao, C, C);
-  if constexpr (std::is_same_v<A, float>) {
-    add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite,
-                            key_begin);
-    });
-  } else {
-    add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true, [&] {
-      be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite,
-                            key_begin);
-    });
-  }
+  add("attention_backward", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
+      attention_backward(nullptr, nullptr));
   mm_back("matmul_backward qkv", dx, dqkv, ln, w_qkv, C, 3 * C);
   add("encoder_backward", dims({B, T, C}), n * c * (E + 8.0) + 8.0 * T * c, false,
       [&] { be.encoder_backward(dW, dwpe, dx, tokens, B, T, C); });
@@ -267,33 +272,10 @@ std::vector<KernelRate> run_ops(Backend& be, const KernelBenchShape& sh, int rep
   mm_back("matmul_backward qkv no bias", dx, dqkv, ln, w_qkv, C, 3 * C, false, false);
   // Attention with sinks (model.attn_sinks), beside the rows without: on the GPU the bf16 flash
   // kernels plus the sinks' correction and gradient passes, the fp32 path in its softmax.
-  A* sinks = act.make(size_t(NH), 1.0f);
-  float* dsinks = f32.make(size_t(NH));
-  float* stats = std::is_same_v<A, float> ? att : lse;
-  add(
-      "attention_forward sinks", dims({B, NH, T, C / NH}), attn_fwd, true,
-      [&] {
-        be.attention_forward(att_out, stats, qkv, B, T, C, NH, NH, key_begin, {}, 0.0f, 0.0f, {},
-                             sinks);
-      },
+  add("attention_forward sinks", dims({B, NH, T, C / NH}), attn_fwd, true, attention_forward(sinks),
       false);
-  if constexpr (std::is_same_v<A, float>) {
-    add(
-        "attention_backward sinks", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
-        [&] {
-          be.attention_backward(dqkv, scratch, dx, qkv, att, B, T, C, NH, NH, GradMode::overwrite,
-                                key_begin, {}, 0.0f, 0.0f, {}, sinks, dsinks);
-        },
-        false);
-  } else {
-    add(
-        "attention_backward sinks", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
-        [&] {
-          be.attention_backward(dqkv, dx, qkv, att_out, lse, B, T, C, NH, NH, GradMode::overwrite,
-                                key_begin, {}, 0.0f, 0.0f, {}, sinks, dsinks);
-        },
-        false);
-  }
+  add("attention_backward sinks", dims({B, NH, T, C / NH}), 2.5 * attn_fwd, true,
+      attention_backward(sinks, dsinks), false);
   if constexpr (!std::is_same_v<A, float>) {
     // run.fp8's products of the FFN's first layer as the model runs them (each operand's absmax,
     // then the casts and the FP8 product with fp32 sums), beside the bf16 rows above; against

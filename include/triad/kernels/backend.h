@@ -107,6 +107,12 @@ struct AttentionDropout {
   }
 };
 
+// The attention backward's sinks arguments: a gradient (dsinks) only of sinks the forward used.
+inline void check_sinks_gradient(const char* backend, const void* sinks, const float* dsinks) {
+  TRIAD_CHECK(dsinks == nullptr || sinks != nullptr, backend,
+              " attention: a gradient of attention sinks asked for without the sinks");
+}
+
 // The attention ops' score scale: `scale` where given (> 0), else 1/sqrt(hd).
 inline float attention_scale(float scale, int hd) {
   return scale > 0.0f ? scale : float(1.0 / std::sqrt(double(hd)));

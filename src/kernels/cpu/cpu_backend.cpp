@@ -24,12 +24,6 @@ void check_query_rows(QueryRows rows, int T) {
               " outside a sequence of ", T, " rows");
 }
 
-// The sinks' gradient is dL/dz of the logits the forward pass used (Backend::attention_forward).
-void check_sinks(const void* sinks, const float* dsinks) {
-  TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
-              "cpu attention: a gradient of attention sinks asked for without the sinks");
-}
-
 class CpuBackend final : public Backend {
  public:
   CpuBackend() { cpu::configure_blas(); }
@@ -137,7 +131,7 @@ class CpuBackend final : public Backend {
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
                           AttentionDropout dropout, const float* sinks, float* dsinks) override {
     check_query_rows(rows, T);
-    check_sinks(sinks, dsinks);
+    check_sinks_gradient("cpu", sinks, dsinks);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, NKV, key_begin, rows, scale,
                             softcap, dropout, dsinks);
@@ -333,7 +327,7 @@ class CpuBackend final : public Backend {
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
                           AttentionDropout dropout, const bf16_t* sinks, float* dsinks) override {
     check_query_rows(rows, T);
-    check_sinks(sinks, dsinks);
+    check_sinks_gradient("cpu", sinks, dsinks);
     if (mode == GradMode::overwrite) zero(dqkv, size_t(B) * T * qkv_width(C, NH, NKV));
     cpu::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, NKV, key_begin, rows, scale,
                             softcap, dropout, sinks, dsinks);

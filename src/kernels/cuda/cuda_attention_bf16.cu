@@ -178,8 +178,7 @@ void attention_backward(cudaStream_t s, cublasHandle_t h, AttentionScratch& scra
                         const bf16* sinks, float* dsinks) {
   check_attention_shape(B, T, C, NH);
   check_attention_kv_heads(NH, NKV);
-  TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
-              "cuda attention: a gradient of attention sinks asked for without the sinks");
+  check_sinks_gradient("cuda", sinks, dsinks);
   // The sinks' gradient reads only the forward's out and lse (both with the sinks) and dout.
   if (dsinks != nullptr)
     attention_sinks_backward(s, scratch, dsinks, out, dout, lse, sinks, B, rows.rows(T), C, NH);

@@ -195,8 +195,7 @@ class CudaBackend final : public Backend {
                           const int32_t* key_begin, QueryRows rows, float scale, float softcap,
                           AttentionDropout dropout, const float* sinks, float* dsinks) override {
     check_whole_rows(rows, T);
-    TRIAD_CHECK(dsinks == nullptr || sinks != nullptr,
-                "cuda attention: a gradient of attention sinks asked for without the sinks");
+    check_sinks_gradient("cuda", sinks, dsinks);
     cuda::attention_backward(stream_, cublas_, attention_scratch_, dqkv, scratch, dout, qkv, att, B,
                              T, C, NH, NKV, mode == GradMode::accumulate, key_begin, scale, softcap,
                              dropout.mask(NKV), dsinks);
