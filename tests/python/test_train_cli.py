@@ -1401,6 +1401,7 @@ def test_damaged_checkpoints(tmp_path):
             ("softcap", {"logit_softcap": -1.0}, "attribute logit_softcap of /model is -1"),
             ("attn_softcap", {"attn_softcap": -1.0}, "attribute attn_softcap of /model is -1"),
             ("clip_qkv", {"clip_qkv": -1.0}, "attribute clip_qkv of /model is -1"),
+            ("attn_sinks", {"attn_sinks": 2}, "attribute attn_sinks of /model is 2"),
             ("glu_limit", {"mlp": "swiglu", "glu_limit": 1e-46},
              "attribute glu_limit of /model is 1e-46, not 0 or in [1e-6, 1e4]"),
             ("glu_alpha", {"mlp": "swiglu", "glu_alpha": 0.0},
