@@ -77,8 +77,10 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     attn_sinks is 1;
     c_attn's bias alone when bias is 0 and qkv_bias 1, the MLP's with mlp_bias 1; moe_experts
     E > 0: experts/c_fc [E, F, C], experts/c_proj [E, C, H] and router [E, C] instead of the MLP's
-    tensors in the layers moe_first_dense and moe_every give them; shared/c_fc, shared/c_proj with moe_shared_hidden,
-    shared/gate [1, C] with moe_shared_gate; the dense layers' MLP moe_dense_hidden wide)."""
+    tensors in the layers moe_first_dense and moe_every give them, with experts/c_fc/bias [E, F],
+    experts/c_proj/bias [E, C] and router/bias [E] when moe_bias is 1; shared/c_fc, shared/c_proj
+    with moe_shared_hidden, shared/gate [1, C] with moe_shared_gate; the dense layers' MLP
+    moe_dense_hidden wide)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
@@ -140,7 +142,7 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
             p = f"h/{i}/mlp/"
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
     E = int(a.get("moe_experts", 0))
-    if E > 0:  # model.moe_experts: the experts' MLPs (no biases) and the router replace the MLP
+    if E > 0:  # model.moe_experts: the experts' MLPs and the router replace the MLP
         H = int(a.get("mlp_hidden", 4 * C))
         F = 2 * H if gated else H
         first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
@@ -152,6 +154,9 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
                 s.pop(p + k, None)
             s.update({p + "experts/c_fc/weight": (E, F, C), p + "experts/c_proj/weight": (E, C, H),
                       p + "router/weight": (E, C)})
+            if int(a.get("moe_bias", 0)) == 1:  # model.moe_bias (gpt-oss's), whatever bias says
+                s.update({p + "experts/c_fc/bias": (E, F), p + "experts/c_proj/bias": (E, C),
+                          p + "router/bias": (E,)})
             S = int(a.get("moe_shared_hidden", 0))  # shared experts
             if S > 0:
                 FS = 2 * S if gated else S
@@ -169,7 +174,8 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         norms = int(a.get("norm_bias", 0)) == 1
         s = {k: v for k, v in s.items()
              if not k.endswith("/bias") or k.endswith(keep)
-             or (norms and k.split("/")[-2].startswith("ln_")) or k == "lm_head/bias"}
+             or (norms and k.split("/")[-2].startswith("ln_")) or k == "lm_head/bias"
+             or "/mlp/experts/" in k or k.endswith("/mlp/router/bias")}
     return s
 
 
@@ -356,7 +362,7 @@ MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_l
 # The 0/1 /model attributes and what a reader takes for one that is absent (a file from before
 # it, or one another tool wrote).
 FLAG_DEFAULTS = {"bias": 1, "tie_embeddings": 1, "qk_norm": 0, "qk_norm_full": 0, "pre_norm": 1,
-                 "attn_sinks": 0,
+                 "attn_sinks": 0, "moe_bias": 0,
                  "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "parallel_residual": 0,
                  "branch_norm": 0, "shared_norm": 0, "head_bias": 0, "full_attention_first": 0}
 

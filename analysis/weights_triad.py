@@ -124,6 +124,9 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     if int(a.get("attn_sinks", 0)):
         raise ConvertError(f"{path}: the model has attention sinks (model.attn_sinks, gpt-oss's); "
                            f"none of the export formats holds them")
+    if int(a.get("moe_experts", 0)) and int(a.get("moe_bias", 0)):
+        raise ConvertError(f"{path}: the model's router and experts have biases (model.moe_bias, "
+                           f"gpt-oss's); none of the export formats holds them")
     if int(a.get("full_attention_first", 0)) and not gpt_neo:
         raise ConvertError(f"{path}: the model's full-attention layers start each group of "
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "
@@ -422,6 +425,11 @@ def open_triad_llama(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
         raise ConvertError(f"{path}: YaRN with rope_yarn_mscale {mscales[0]} and "
                            f"rope_yarn_mscale_all_dim {mscales[1]} (DeepSeek's form) has no "
                            f"Hugging Face Llama-family export; only 1 and 0 (Qwen's) export")
+    if a.get("rope_scaling") == "yarn" and not int(a.get("rope_yarn_truncate", 1)):
+        raise ConvertError(f"{path}: YaRN's ramp between unrounded ends (model.rope_yarn_truncate "
+                           f"= false, gpt-oss's) has no Hugging Face Llama-family export: "
+                           f"transformers before 4.55 ignore rope_scaling's truncate and round "
+                           f"them")
     neox_like = mlp in ("gelu", "gelu_exact") and int(a.get("bias", 1)) == 1 and \
         not int(a.get("shared_norm", 0))  # (shared: Phi's)
     starcoder2 = neox_like and not int(a.get("parallel_residual", 0)) and (

@@ -40,6 +40,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_double_attr(model, "rope_yarn_beta_slow", m.rope_yarn_beta_slow);
     io::write_double_attr(model, "rope_yarn_mscale", m.rope_yarn_mscale);
     io::write_double_attr(model, "rope_yarn_mscale_all_dim", m.rope_yarn_mscale_all_dim);
+    if (!m.rope_yarn_truncate) io::write_int64_attr(model, "rope_yarn_truncate", 0);
   }
   if (m.rope_scaling == "longrope") {
     io::write_doubles_attr(model, "rope_short_factor", m.rope_short_factor);
@@ -102,6 +103,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     if (m.moe_shared_hidden > 0)
       io::write_int64_attr(model, "moe_shared_hidden", m.moe_shared_hidden);
     if (m.moe_shared_gate) io::write_int64_attr(model, "moe_shared_gate", 1);
+    if (m.moe_bias) io::write_int64_attr(model, "moe_bias", 1);
     if (m.moe_first_dense != 0 || m.moe_every != 1) {
       io::write_int64_attr(model, "moe_first_dense", m.moe_first_dense);
       io::write_int64_attr(model, "moe_every", m.moe_every);
@@ -134,6 +136,12 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
 
 ModelShape read_model_attributes(hid_t model) {
   ModelShape m;
+  // The model's 0/1 switches, GPT-2's setting where absent (1, or `absent`).
+  auto flag = [&](const char* name, int64_t absent = 1) {
+    const int64_t v = io::read_int64_attr(model, name).value_or(absent);
+    TRIAD_CHECK(v == 0 || v == 1, "attribute ", name, " of /model is ", v, ", not 0 or 1");
+    return v == 1;
+  };
   m.n_layer = require_int64_attr(model, "/model", "n_layer");
   m.n_head = require_int64_attr(model, "/model", "n_head");
   m.n_embd = require_int64_attr(model, "/model", "n_embd");
@@ -197,6 +205,7 @@ ModelShape read_model_attributes(hid_t model) {
       TRIAD_CHECK(m.rope_original_positions >= 1 && m.rope_yarn_beta_fast >= m.rope_yarn_beta_slow,
                   "attributes rope_original_positions and rope_yarn_beta_* of /model are "
                   "inconsistent (need >= 1 positions and fast >= slow)");
+      m.rope_yarn_truncate = flag("rope_yarn_truncate", 1);
       // DeepSeek's form (absent: Qwen's, which files from before these attributes hold).
       m.rope_yarn_mscale = io::read_double_attr(model, "rope_yarn_mscale").value_or(1.0);
       m.rope_yarn_mscale_all_dim =
@@ -239,12 +248,6 @@ ModelShape read_model_attributes(hid_t model) {
   m.norm = io::read_string_attr(model, "norm").value_or("layernorm");
   TRIAD_CHECK(m.norm == "layernorm" || m.norm == "rmsnorm", "attribute norm of /model is '", m.norm,
               "', not layernorm or rmsnorm");
-  // The model's 0/1 switches, GPT-2's setting where absent (1, or `absent`).
-  auto flag = [&](const char* name, int64_t absent = 1) {
-    const int64_t v = io::read_int64_attr(model, name).value_or(absent);
-    TRIAD_CHECK(v == 0 || v == 1, "attribute ", name, " of /model is ", v, ", not 0 or 1");
-    return v == 1;
-  };
   m.bias = flag("bias");
   m.tied = flag("tie_embeddings");
   m.qk_norm = flag("qk_norm", 0);
@@ -372,6 +375,7 @@ ModelShape read_model_attributes(hid_t model) {
     TRIAD_CHECK(!m.moe_shared_gate || m.moe_shared_hidden > 0,
                 "attribute moe_shared_gate of /model is 1 without shared experts "
                 "(moe_shared_hidden)");
+    m.moe_bias = flag("moe_bias", 0);
     TRIAD_CHECK(m.moe_shared_hidden >= 0 && m.moe_shared_hidden <= (int64_t(1) << 30),
                 "attribute moe_shared_hidden of /model is ", m.moe_shared_hidden,
                 ", not in [0, 2^30]");

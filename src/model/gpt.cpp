@@ -57,7 +57,7 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
                                  ? LayerTensor{"attn/k_norm/weight", {shape.kv_heads() * hd}, 0, 1}
                                  : LayerTensor{"attn/k_norm/weight", {hd}, -1, 1};
   std::vector<LayerTensor> list;
-  if (moe) {  // the experts' MLPs (no biases: their slots stay, has_tensor drops them)
+  if (moe) {  // the experts' MLPs (biases under model.moe_bias, else has_tensor drops them)
     const int64_t E = shape.moe_experts;
     list = {{"ln_1/weight", {C}, -1, 1},
             {"ln_1/bias", {C}, -1, 1},
@@ -104,6 +104,8 @@ std::vector<LayerTensor> all_layer_tensors(const GptShape& shape, bool moe) {
   list.insert(list.end(), mla.begin(), mla.end());
   // model.attn_sinks (kind 28): one logit per query head, split as c_attn's q heads.
   list.push_back({"attn/sinks", {NH}, 0, q_blocks});
+  // model.moe_bias's router bias (kind 29), replicated as the router.
+  if (moe) list.push_back({"mlp/router/bias", {shape.moe_experts}, -1, 1});
   return list;
 }
 
@@ -114,7 +116,8 @@ bool has_tensor(const GptShape& shape, const std::string& suffix) {
   if (suffix.starts_with("attn/c_attn/") && shape.mla()) return false;
   if (suffix.ends_with("_norm/weight") && suffix.starts_with("attn/")) return shape.qk_norm;
   if (suffix == "attn/sinks") return shape.attn_sinks;
-  if (suffix.starts_with("mlp/experts/")) return !suffix.ends_with("/bias");
+  if (suffix.starts_with("mlp/experts/") || suffix == "mlp/router/bias")
+    return !suffix.ends_with("/bias") || shape.moe_bias;
   if (suffix == "mlp/shared/gate/weight") return shape.moe_shared_gate;
   if (suffix.starts_with("mlp/shared/")) return shape.moe_shared_hidden > 0;
   if (suffix.starts_with("ln_attn_out/") || suffix.starts_with("ln_mlp_out/")) {
@@ -166,7 +169,7 @@ class LayoutBuilder {
     s.numel = 1;
     for (auto d : s.local) s.numel *= size_t(d);
     s.offset = n_floats_;
-    s.decay = s.shape.size() >= 2;
+    s.decay = s.shape.size() >= 2 && !s.name.ends_with("/bias");  // (the experts' biases [E, ..])
     n_floats_ += aligned(s.numel);
     specs_.push_back(std::move(s));
   }
@@ -408,13 +411,16 @@ double rope_frequency(const GptShape& shape, int i, int hd) {
   if (shape.rope_linear) return f / shape.rope_factor;
   if (shape.yarn) {
     // The pair index at which a frequency turns r times in the original context; the pairs
-    // below floor(at(beta_fast)) keep f, those from ceil(at(beta_slow)) take f / factor.
+    // below floor(at(beta_fast)) keep f, those from ceil(at(beta_slow)) take f / factor
+    // (unrounded under rope_yarn_truncate = false).
     auto at = [&](double r) {
       return hd * std::log(shape.rope_original_positions / (r * 2 * std::numbers::pi)) /
              (2 * std::log(shape.rope_theta));
     };
-    double low = std::max(0.0, std::floor(at(shape.rope_beta_fast)));
-    double high = std::min(double(hd - 1), std::ceil(at(shape.rope_beta_slow)));
+    const bool t = shape.rope_yarn_truncate;
+    const double fast = at(shape.rope_beta_fast), slow = at(shape.rope_beta_slow);
+    double low = std::max(0.0, t ? std::floor(fast) : fast);
+    double high = std::min(double(hd - 1), t ? std::ceil(slow) : slow);
     if (low == high) high += 0.001;
     const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
     return f / shape.rope_factor * ramp + f * (1 - ramp);

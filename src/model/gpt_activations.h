@@ -40,7 +40,8 @@ struct LayerTensors {
   T *aonw, *aonb, *monw, *monb;  // model.branch_norm: ln_attn_out's and ln_mlp_out's
   // Multi-head latent attention (GptShape::mla): q_a, q_a_norm, q_b, kv_a, kv_a_norm, kv_b.
   T *mqaw, *mqanw, *mqbw, *mkvaw, *mkvanw, *mkvbw;
-  T* sinks;  // model.attn_sinks: [NH/tp], this rank's query heads'
+  T* sinks;    // model.attn_sinks: [NH/tp], this rank's query heads'
+  T* routerb;  // model.moe_bias: the router's bias [E] (fcb and fcprojb: the experts', [E, ..])
 };
 
 template <class A>

@@ -53,22 +53,28 @@ void for_each_expert(const Layer& L, F&& f) {
   }
 }
 
-// An expert's product: in FP8 at the three amax of `amax` (experts_fp8_amax), else the plain one.
+// An expert's product: in FP8 at the three amax of `amax` (experts_fp8_amax), else the plain one;
+// b: its bias (model.moe_bias; null: none), db its gradient (only with dw).
 template <class A>
-void expert_forward(Backend& be, const float* amax, A* out, const A* inp, const A* w, int n, int IC,
-                    int OC) {
+void expert_forward(Backend& be, const float* amax, A* out, const A* inp, const A* w, const A* b,
+                    int n, int IC, int OC) {
   if (amax != nullptr)
-    be.matmul_forward_fp8(out, inp, w, nullptr, n, IC, OC, amax);
+    be.matmul_forward_fp8(out, inp, w, b, n, IC, OC, amax);
   else
-    be.matmul_forward(out, inp, w, nullptr, n, IC, OC);
+    be.matmul_forward(out, inp, w, b, n, IC, OC);
 }
 template <class A>
-void expert_backward(Backend& be, const float* amax, A* dinp, float* dw, const A* dout,
+void expert_backward(Backend& be, const float* amax, A* dinp, float* dw, float* db, const A* dout,
                      const A* inp, const A* w, int n, int IC, int OC, GradMode mode) {
   if (amax != nullptr)
-    be.matmul_backward_fp8(dinp, dw, nullptr, dout, inp, w, n, IC, OC, amax, mode);
+    be.matmul_backward_fp8(dinp, dw, db, dout, inp, w, n, IC, OC, amax, mode);
   else
-    be.matmul_backward(dinp, dw, nullptr, dout, inp, w, n, IC, OC, mode);
+    be.matmul_backward(dinp, dw, db, dout, inp, w, n, IC, OC, mode);
+}
+// Expert e's row of a bias [E, n] (null: none).
+template <class T>
+T* expert_row(T* bias, size_t e, size_t n) {
+  return bias != nullptr ? bias + e * n : nullptr;
 }
 // Expert e's three amax within experts_fp8_amax's result (null: no FP8).
 const float* expert_amax(const float* amax, size_t e) {
@@ -209,7 +215,7 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp);
   auto& a = acts<A>();
-  be_.matmul_forward(a.moe_logits, ln2, w.routerw, nullptr, N, C, E);
+  be_.matmul_forward(a.moe_logits, ln2, w.routerw, w.routerb, N, C, E);
   // μP: the router is a readout (its E outputs stay as the width grows): its logits times 1/m,
   // as the head's.
   const bool mup = shape_.mup_base_width > 0;
@@ -292,7 +298,7 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
   const float* amax = experts_fp8_amax<A>(L, fp8_site(l, 2), L.moe_x, C, w.fcw, int(Fl), nullptr);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
     expert_forward(be_, expert_amax(amax, e), L.fch + row * Fl, L.moe_x + row * C,
-                   w.fcw + e * Fl * C, n, C, int(Fl));
+                   w.fcw + e * Fl * C, expert_row(w.fcb, e, Fl), n, C, int(Fl));
   });
   // (Over the gaps of dropped rows too: elementwise, and nothing reads them.)
   mlp_activation(L.fch_gelu, L.fch, side_rows(L), shape_.hidden() / mp_.tp);
@@ -317,9 +323,11 @@ void Gpt::moe_output(typename Set<A>::Layer& L, int l, A* out, const LayerTensor
   A* y = mp_.ep == 1 ? L.moe_y : acts<A>().moe_grouped;
   const float* amax =
       experts_fp8_amax<A>(L, fp8_site(l, 3), L.fch_gelu, int(Hl), w.fcprojw, C, nullptr);
+  // The outputs are partial sums over the tensor-parallel group: its rank 0 adds the bias.
+  const A* bias = mp_.tp_rank == 0 ? w.fcprojb : nullptr;
   for_each_expert(L, [&](size_t e, size_t row, int n) {
     expert_forward(be_, expert_amax(amax, e), y + row * C, L.fch_gelu + row * Hl,
-                   w.fcprojw + e * C * Hl, n, int(Hl), C);
+                   w.fcprojw + e * C * Hl, expert_row(bias, e, size_t(C)), n, int(Hl), C);
   });
   if (mp_.ep > 1)
     from_experts<A>(L, L.moe_y, y);
@@ -394,7 +402,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
                                           int(Hl), w.fcprojw, C, dy);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
     expert_backward(be_, expert_amax(amax, e), a.dfch_gelu + row * Hl,
-                    proj_grad ? g.fcprojw + e * C * Hl : nullptr, dy + row * C,
+                    proj_grad ? g.fcprojw + e * C * Hl : nullptr,
+                    proj_grad ? expert_row(g.fcprojb, e, size_t(C)) : nullptr, dy + row * C,
                     L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kSet);
   });
   mlp_activation_backward(dfch, L.fch, a.dfch_gelu, side_rows(L), int(Hl));
@@ -404,7 +413,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
       experts_fp8_amax<A>(L, fp8_site(l, 2), fc_grad ? L.moe_x : nullptr, C, w.fcw, int(Fl), dfch);
   for_each_expert(L, [&](size_t e, size_t row, int n) {
     expert_backward(be_, expert_amax(amax, e), dx + row * C, fc_grad ? g.fcw + e * Fl * C : nullptr,
-                    dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl), kSet);
+                    fc_grad ? expert_row(g.fcb, e, Fl) : nullptr, dfch + row * Fl,
+                    L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl), kSet);
   });
   if (ep)
     from_experts<A>(L, a.moe_dy, dx);
@@ -446,7 +456,8 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
   if (dinp != nullptr || wgrad(g.routerw) != nullptr)
-    be_.matmul_backward(dinp, wgrad(g.routerw), nullptr, dlogits, ln2, w.routerw, N, C, E);
+    be_.matmul_backward(dinp, wgrad(g.routerw), wgrad(g.routerb), dlogits, ln2, w.routerw, N, C,
+                        E);
   if (w.shgatew != nullptr && (dinp != nullptr || wgrad(g.shgatew) != nullptr))
     be_.matmul_backward(dinp, wgrad(g.shgatew), nullptr, split ? L.dshared_gate : a.sh_glogit, ln2,
                         w.shgatew, N, C, 1);
@@ -469,7 +480,7 @@ void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
         experts_fp8_amax<A>(L, fp8_site(l, 3), L.fch_gelu, int(Hl), nullptr, C, L.dexperts);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
       expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcprojw + e * C * Hl,
-                      L.dexperts + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n,
+                      expert_row(g.fcprojb, e, size_t(C)), L.dexperts + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n,
                       int(Hl), C, kAdd);
     });
   }
@@ -478,7 +489,7 @@ void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
         experts_fp8_amax<A>(L, fp8_site(l, 2), L.moe_x, C, nullptr, int(Fl), L.dfch);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
       expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcw + e * Fl * C,
-                      L.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
+                      expert_row(g.fcb, e, Fl), L.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
                       kAdd);
     });
   }
@@ -486,7 +497,7 @@ void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
     linear_backward(fp8_site(l, 2), static_cast<A*>(nullptr), g.shfcw, nullptr, L.dshared_fc, ln2,
                     w.shfcw, N, C, SFl);
   if (g.routerw != nullptr)
-    be_.matmul_backward(nullptr, g.routerw, nullptr, L.drouter, ln2, w.routerw, N, C, E);
+    be_.matmul_backward(nullptr, g.routerw, g.routerb, L.drouter, ln2, w.routerw, N, C, E);
   if (w.shgatew != nullptr && g.shgatew != nullptr)
     be_.matmul_backward(nullptr, g.shgatew, nullptr, L.dshared_gate, ln2, w.shgatew, N, C, 1);
 }

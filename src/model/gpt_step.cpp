@@ -26,13 +26,13 @@ namespace {
 // base[0].
 template <class T>
 LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[29], size_t origin = 0) {
+                              const int (&pos)[30], size_t origin = 0) {
   auto at = [&](int k) -> T* {
     return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
   };
   return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),
           at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19),
-          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27), at(28)};
+          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27), at(28), at(29)};
 }
 
 // gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
@@ -40,7 +40,7 @@ LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int 
 // bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
 // The norms' stay: their ops form them with the input gradient.
 LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[29]) {
+                                   int first, const int (&pos)[30]) {
   if (frozen.empty()) return gr;
   auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
   auto drop = [&](float*& w, int kw, float*& b, int kb) {
@@ -51,8 +51,8 @@ LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<cha
   drop(gr.projw, 6, gr.projb, 7);
   drop(gr.fcw, 10, gr.fcb, 11);
   drop(gr.fcprojw, 12, gr.fcprojb, 13);
-  for (auto [k, p] : {std::pair{14, &gr.routerw},
-                      {15, &gr.shfcw},
+  drop(gr.routerw, 14, gr.routerb, 29);
+  for (auto [k, p] : {std::pair{15, &gr.shfcw},
                       {16, &gr.shprojw},
                       {17, &gr.shgatew},
                       {22, &gr.mqaw},

@@ -72,6 +72,9 @@ class KeyTable {
         "kept");
     add("model.rope_yarn_beta_slow", c.model.rope_yarn_beta_slow,
         "yarn: frequencies turning fewer than this many times are divided");
+    add("model.rope_yarn_truncate", c.model.rope_yarn_truncate,
+        "yarn: the ramp's ends rounded to whole pairs, the fast one down and the slow one up "
+        "(YaRN's and Qwen's; false: the ramp between the unrounded ends, gpt-oss's)");
     add("model.rope_yarn_mscale", c.model.rope_yarn_mscale,
         "yarn: cos and sin times m(this) / m(rope_yarn_mscale_all_dim), with YaRN's m(x) = "
         "0.1·x·ln(rope_scaling_factor) + 1 and m(0) = 1 (DeepSeek's mscale; 1: Qwen's YaRN)");
@@ -254,6 +257,10 @@ class KeyTable {
     add("model.moe_shared_gate", c.model.moe_shared_gate,
         "with model.moe_shared_hidden: the shared experts' output scaled, token by token, by "
         "sigmoid(x · w) of a gate w of its own (Qwen2-MoE's shared_expert_gate)");
+    add("model.moe_bias", c.model.moe_bias,
+        "with model.moe_experts: learned biases, from 0, on the router's logits (mlp/router/bias "
+        "[E], before the choice and the gates) and on each expert's two products "
+        "(mlp/experts/c_fc/bias, mlp/experts/c_proj/bias; gpt-oss's); none take weight decay");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");

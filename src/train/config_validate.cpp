@@ -202,6 +202,8 @@ void validate(const Config& c, int world_size) {
             std::to_string(m.moe_shared_hidden) + ")");
   check(!m.moe_shared_gate || m.moe_shared_hidden > 0, "model.moe_shared_gate",
         "gates the shared experts: it needs model.moe_shared_hidden > 0");
+  check(!m.moe_bias || m.moe_experts > 0, "model.moe_bias",
+        "gives the router and the experts biases: it needs model.moe_experts > 0");
   check((m.moe_experts > 0 || (m.moe_first_dense == 0 && m.moe_every == 1)) &&
             m.moe_first_dense >= 0 && m.moe_every >= 1 &&
             (m.moe_experts == 0 || m.moe_first_dense + m.moe_every <= m.n_layer),
@@ -317,6 +319,8 @@ void validate(const Config& c, int world_size) {
       check(m.rope_original_positions >= 1, "model.rope_original_positions", "must be >= 1");
     }
   }
+  check(m.rope_yarn_truncate || (m.position == "rope" && m.rope_scaling == "yarn"),
+        "model.rope_yarn_truncate", "false shapes YaRN's ramp: it needs model.rope_scaling = yarn");
   // YaRN's two scales mean nothing elsewhere: not a silent no-op.
   if (m.position != "rope" || m.rope_scaling != "yarn") {
     check(m.rope_yarn_mscale == 1.0, "model.rope_yarn_mscale",

@@ -74,6 +74,7 @@ ModelShape model_shape(const Config& cfg) {
     m.rope_yarn_beta_slow = c.rope_yarn_beta_slow;
     m.rope_yarn_mscale = c.rope_yarn_mscale;
     m.rope_yarn_mscale_all_dim = c.rope_yarn_mscale_all_dim;
+    m.rope_yarn_truncate = c.rope_yarn_truncate;
     m.rope_original_positions = c.rope_original_positions;
   } else if (c.rope_scaling == "linear") {  // (no original context: every frequency alike)
     m.rope_scaling = "linear";
@@ -139,6 +140,7 @@ ModelShape model_shape(const Config& cfg) {
   m.moe_group_score = c.moe_group_score;
   m.moe_shared_hidden = c.moe_shared_hidden;
   m.moe_shared_gate = c.moe_shared_gate;
+  m.moe_bias = c.moe_bias;
   m.moe_first_dense = c.moe_first_dense;
   m.moe_every = c.moe_every;
   m.moe_dense_hidden = c.moe_dense_hidden;
@@ -163,6 +165,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
     s.rope_beta_slow = m.rope_yarn_beta_slow;
     s.rope_mscale = m.rope_yarn_mscale;
     s.rope_mscale_all_dim = m.rope_yarn_mscale_all_dim;
+    s.rope_yarn_truncate = m.rope_yarn_truncate;
     s.rope_original_positions = int(m.rope_original_positions);
   } else if (m.rope_scaling == "linear") {
     s.rope_linear = true;
@@ -227,6 +230,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.moe_group_by_best = m.moe_group_score == "max";
   s.moe_shared_hidden = int(m.moe_shared_hidden);
   s.moe_shared_gate = m.moe_shared_gate;
+  s.moe_bias = m.moe_bias;
   s.moe_first_dense = int(m.moe_first_dense);
   s.moe_every = int(m.moe_every);
   s.moe_dense_hidden = int(m.moe_dense_hidden);

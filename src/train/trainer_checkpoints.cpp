@@ -326,6 +326,7 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
                             m.rope_yarn_beta_slow == asked.rope_yarn_beta_slow &&
                             m.rope_yarn_mscale == asked.rope_yarn_mscale &&
                             m.rope_yarn_mscale_all_dim == asked.rope_yarn_mscale_all_dim &&
+                            m.rope_yarn_truncate == asked.rope_yarn_truncate &&
                             m.rope_short_factor == asked.rope_short_factor &&
                             m.rope_long_factor == asked.rope_long_factor;
   TRIAD_CHECK(free || same_scaling, "checkpoint ", path, " holds a model with rope_scaling ",
@@ -491,6 +492,10 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               m.moe_shared_gate ? "with" : "without",
               " a gate of its shared experts but the config asks for model.moe_shared_gate = ",
               c.moe_shared_gate ? "true" : "false");
+  TRIAD_CHECK(m.moe_bias == c.moe_bias, "checkpoint ", path, " holds a model ",
+              m.moe_bias ? "with" : "without",
+              " biases of its router and experts but the config asks for model.moe_bias = ",
+              c.moe_bias ? "true" : "false");
   TRIAD_CHECK(
       c.moe_experts == 0 || (m.moe_first_dense == c.moe_first_dense && m.moe_every == c.moe_every),
       "checkpoint ", path, " holds a model whose experts start after ", m.moe_first_dense,

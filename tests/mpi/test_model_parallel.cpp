@@ -881,7 +881,9 @@ TEST(ModelParallel, AttentionSinksMatchOneRankOnEveryGrid) {
 
 // gpt-oss's blocks: attention sinks, windowed layers beside global ones, a mixture of SwiGLU
 // experts in its shape (model.glu_*: the gate's g·σ(1.702·g), the up projection plus 1,
-// elementwise on each rank's hidden units), on every grid against one rank, recomputing the
+// elementwise on each rank's hidden units) with biases on the router's logits and the experts'
+// products (model.moe_bias: c_proj's added by tp rank 0 alone), on every grid against one rank,
+// expert parallel too (each rank its experts' biases), recomputing the
 // layer, in bf16 and resumed across grids (no balancing term: it is each micro-batch's, whose
 // size differs by grid here). The clamps are gpt-oss's 7, which these small activations never
 // reach: at 0.1, where many do, a value that lands on the other side of the clamp on a grid whose
@@ -894,12 +896,22 @@ TEST(ModelParallel, GptOssBlocksMatchOneRankOnEveryGrid) {
                                    "--model.glu_offset", "1"};
   opts.insert(opts.end(), kSinksOptions.begin(), kSinksOptions.end());
   opts.insert(opts.end(), {"--model.full_attention_every", "2", "--model.moe_experts", "4",
-                           "--model.moe_top_k", "2", "--train.moe_aux_loss", "0"});
+                           "--model.moe_top_k", "2", "--train.moe_aux_loss", "0",
+                           "--model.moe_bias", "true"});
   const Result ref = check_norm_variant("gptoss", opts);
+  std::vector<std::string> ep = opts;
+  ep.insert(ep.end(), {"--resume", "none", "--parallel.ep", "2"});
+  for (const Grid& g : {Grid{2, 1, 1, 0, 2, "1f1b", 1}, Grid{2, 2, 1, 3, 1, "1f1b", 1}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(shared_dir("gptoss"), "gptoss_ep2_" + g.name(), g, ep), ref,
+                         "gptoss ep 2 " + g.name());
+  }
   std::vector<std::string> plain = opts;
   plain[3] = "1";  // glu_alpha
   plain[5] = "0";  // glu_offset
   expect_other_model("gptoss", plain, 1, "0", "gptoss_plain_ref", ref, 1e-4);
+  // Without the biases (another model: no mlp/router/bias nor the experts') it differs too.
+  expect_other_model("gptoss", opts, opts.size() - 1, "false", "gptoss_nobias_ref", ref, 1e-4);
 }
 
 // Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:

@@ -680,6 +680,14 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     assert_clean_failure(tool("triad-convert", "export", deepseek, tmp_path / "ds", "--to", "hf"),
                          "deepseek.h5", "rope_yarn_mscale_all_dim 1.0")
     assert not (tmp_path / "ds").exists()
+    # Nor has gpt-oss's ramp between unrounded ends (transformers 4.47 would round them).
+    unrounded = tmp_path / "unrounded.h5"
+    unrounded.write_bytes(out.read_bytes())
+    with h5py.File(unrounded, "r+") as f:
+        f["model"].attrs["rope_yarn_truncate"] = 0
+    assert_clean_failure(tool("triad-convert", "export", unrounded, tmp_path / "ur", "--to", "hf"),
+                         "unrounded.h5", "model.rope_yarn_truncate = false")
+    assert not (tmp_path / "ur").exists()
     # A config whose two context lengths disagree is refused (transformers' versions differ on
     # which one YaRN's ramp takes).
     bad = json.loads((tmp_path / "llama" / "config.json").read_text())
@@ -3227,16 +3235,19 @@ def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
 
 
 def test_gpt_oss_blocks_are_not_exported(tmp_path):
-    """Attention sinks (model.attn_sinks) and gpt-oss's SwiGLU (model.glu_*): no export format
-    holds them, on GPT-2's blocks or Llama's; refused naming the keys, nothing written."""
+    """Attention sinks (model.attn_sinks), gpt-oss's SwiGLU (model.glu_*) and its experts' and
+    router's biases (model.moe_bias): no export format holds them, on GPT-2's blocks or Llama's
+    (Mixtral's but for the biases); refused naming the keys, nothing written."""
     sinks = "attention sinks (model.attn_sinks, gpt-oss's); none of the export formats holds them"
     glu = "SwiGLU has gpt-oss's shape (model.glu_alpha, glu_limit, glu_offset)"
+    moe = "router and experts have biases (model.moe_bias, gpt-oss's); none of the export formats"
     llama = {"position": "rope", "norm": "rmsnorm", "bias": False, "mlp": "swiglu", "tied": False}
     exports_refused(tmp_path, (
         ({"attn_sinks": True}, sinks),
         ({**llama, "attn_sinks": True}, sinks),
         ({**llama, "glu_alpha": 1.702, "glu_limit": 7.0, "glu_offset": 1.0}, glu),
         ({**llama, "glu_offset": 1.0}, glu),
+        ({**llama, "moe_experts": 4, "moe_top_k": 2, "moe_bias": True}, moe),
     ), n_layer=1)
 
 

@@ -435,6 +435,34 @@ def test_moe_resume_is_bit_exact_and_checkpoint_holds_the_routing(tmp_path):
                          "mixtures of 4 experts")
 
 
+def test_moe_biases_train_resume_exactly_and_must_agree(tmp_path):
+    """model.moe_bias (gpt-oss's): the router's and the experts' biases start at 0, train (no
+    weight decay keeps them at 0 either way: they move), resume bit for bit, sit in the checkpoint
+    in their shapes beside the moe_bias attribute, and a config without them is refused there.
+    (Their values against PyTorch: test_reference_model's gptoss case; across grids:
+    test_model_parallel's GptOssBlocks.)"""
+    cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=0, checkpoint__every=4,
+                      data__shuffle="false", model__moe_bias="true", model__mlp="swiglu", **MOE)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    whole = curves(tmp_path / "runs" / "whole")
+    resumes_exactly(tmp_path, cfg, whole, 4)
+    ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert f["model"].attrs["moe_bias"] == 1
+        got = {k: f["model/h/1/mlp/" + k][()] for k in
+               ("experts/c_fc/bias", "experts/c_proj/bias", "router/bias")}
+        assert "h/1/mlp/shared/c_fc/bias" not in f["model"]  # the shared experts keep none
+    assert got["experts/c_fc/bias"].shape == (4, 128) and got["router/bias"].shape == (4,)
+    assert got["experts/c_proj/bias"].shape == (4, 32)
+    for k, v in got.items():
+        assert np.all(np.isfinite(v)) and np.count_nonzero(v) > v.size // 2, k
+    assert tool("triad-ckpt", ckpt).returncode == 0
+    p = train("--config", cfg, "--resume", ckpt, "--model.moe_bias", "false",
+              "--train.steps", 9)
+    assert_clean_error(p, "model.moe_bias = false", str(ckpt))
+
+
 DSV3 = dict(MOE, train__moe_z_loss=0.0, model__moe_score="sigmoid", model__moe_routed_scale=2.5,
             model__moe_experts=8, model__moe_groups=4, model__moe_group_top_k=2,
             train__moe_bias_rate=0.01, train__moe_load_every=1)

@@ -163,14 +163,16 @@ CASES = [
                                 tied=False, n_kv_head=2, attn_sinks=True), 2, 40, 6, 227),
     # gpt-oss's blocks: attention sinks, biases in the attention projections, rope, grouped-query
     # attention, windowed layers (8 tokens) beside global ones, a mixture of 4 SwiGLU experts (2
-    # per token; gpt-oss's experts have biases, these not), its SwiGLU: the gate's g·σ(1.702·g),
+    # per token) with biases on the router's logits and the experts' products (model.moe_bias),
+    # its SwiGLU: the gate's g·σ(1.702·g),
     # gate and up clamped at 0.05 (gpt-oss's 7 is never reached by these small activations: at
     # 0.05 about half are cut) and the up projection plus 1.
     Case("gptoss", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", mlp="swiglu",
                                  mlp_hidden=64, tied=False, n_kv_head=2, attn_sinks=True,
                                  sliding_window=8, full_attention_every=2, moe_experts=4,
-                                 moe_top_k=2, glu_alpha=1.702, glu_limit=0.05, glu_offset=1.0),
+                                 moe_top_k=2, glu_alpha=1.702, glu_limit=0.05, glu_offset=1.0,
+                                 moe_bias=True),
          2, 40, 6, 229),
     # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
@@ -393,7 +395,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       moe_group_top_k=c.moe_group_top_k, moe_shared_hidden=c.moe_shared_hidden,
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
-                      moe_dense_hidden=c.moe_dense_hidden,
+                      moe_dense_hidden=c.moe_dense_hidden, moe_bias=c.moe_bias,
                       **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
                          else {}),
                       **({"mla_norm_eps": c.mla_norm_eps} if c.mla_norm_eps else {}),
@@ -405,6 +407,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                           rope_yarn_beta_slow=c.rope_scaling.beta_slow,
                           rope_yarn_mscale=c.rope_scaling.mscale,
                           rope_yarn_mscale_all_dim=c.rope_scaling.mscale_all_dim,
+                          rope_yarn_truncate=c.rope_scaling.truncate,
                           rope_original_positions=c.rope_scaling.original)
                          if isinstance(c.rope_scaling, ref.Yarn) else dict(
                           rope_scaling="llama3", rope_scaling_factor=c.rope_scaling[0],
@@ -1591,6 +1594,26 @@ def test_yarn_mscale_gradients_match_torch(name, tmp_root, tmp_path):
                        capture_output=True, text=True, env=run_env(), timeout=300)
     assert r.returncode != 0 and "rope_scaling yarn" in r.stderr and \
         "other factors" in r.stderr, r.stderr
+
+
+# gpt-oss's YaRN: the ramp between the unrounded pairs at which a frequency turns beta_fast and
+# beta_slow times (model.rope_yarn_truncate = false; here 0.5 and 0.05 turns in 8 original
+# positions at head width 16 and base 500: pairs 1.20 and 4.17, rounded 1 and 5): the logits, the
+# loss and every gradient
+# against the reference on Llama's and on gpt-oss's blocks, which the rounded ramp does not give.
+@pytest.mark.parametrize("name", ["llama", "gptoss"])
+def test_unrounded_yarn_ramp_gradients_match_torch(name, tmp_root, tmp_path):
+    p = prepare(next(c for c in CASES if c.name == name), tmp_root)
+    p = replace(p, weights={k: v * (4 if "attn/c_attn/" in k else 1) for k, v in p.weights.items()})
+    yarn = ref.Yarn(4.0, 8, beta_fast=0.5, beta_slow=0.05, truncate=False)
+    q = with_model(p, tmp_path, rope_scaling=yarn)
+    x, _ = ref.batch(p.train_tokens, 0, p.case.micro_batch, p.case.cfg.seq_len)
+    with torch.no_grad():
+        w = {k: v.double() for k, v in p.weights.items()}
+        rounded = replace(p.case.cfg, rope_scaling=replace(yarn, truncate=True))
+        assert rel_err(ref.forward(w, q.case.cfg, x).numpy(),
+                       ref.forward(w, rounded, x).numpy()) > 1e-4
+    check_probe_against_torch(q, "none")
 
 
 # train.hidden_dropout = 0.3 (the masks of docs/formats.md's formula, which the reference forms

@@ -59,13 +59,15 @@ class Yarn:
     more than beta_fast times in the original context keep their frequency, those turning fewer
     than beta_slow times divide it by factor, a linear ramp between; cos and sin times
     m(mscale) / m(mscale_all_dim), the attention scores times m(mscale_all_dim)², with
-    m(x) = 0.1·x·ln(factor) + 1 (1 for x = 0). Qwen's YaRN: mscale 1, mscale_all_dim 0."""
+    m(x) = 0.1·x·ln(factor) + 1 (1 for x = 0). Qwen's YaRN: mscale 1, mscale_all_dim 0.
+    truncate False: the ramp's ends left unrounded (gpt-oss's; model.rope_yarn_truncate)."""
     factor: float
     original: int
     beta_fast: float = 32.0
     beta_slow: float = 1.0
     mscale: float = 1.0
     mscale_all_dim: float = 0.0
+    truncate: bool = True
 
     def m(self, x: float) -> float:
         return 0.1 * x * math.log(self.factor) + 1.0 if x and self.factor > 1 else 1.0
@@ -193,6 +195,9 @@ class GptConfig:
     moe_shared_hidden: int = 0
     # model.moe_shared_gate: their output times sigmoid(x · mlp/shared/gate/weight [1, C]ᵀ).
     moe_shared_gate: bool = False
+    # model.moe_bias: the router's logits plus mlp/router/bias [E], each expert's products plus its
+    # row of mlp/experts/c_fc/bias [E, F] and mlp/experts/c_proj/bias [E, C] (gpt-oss's).
+    moe_bias: bool = False
     # model.moe_first_dense, model.moe_every: layer i has the experts when i >= first_dense and
     # (i - first_dense + 1) % every == 0; the others a dense MLP.
     moe_first_dense: int = 0
@@ -320,6 +325,10 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
             shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
             shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
             shapes[p + "mlp/router/weight"] = (E, C)
+            if cfg.moe_bias:
+                shapes[p + "mlp/experts/c_fc/bias"] = (E, F)
+                shapes[p + "mlp/experts/c_proj/bias"] = (E, C)
+                shapes[p + "mlp/router/bias"] = (E,)
             if cfg.moe_shared_hidden:
                 S = cfg.moe_shared_hidden
                 shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.gated else 1), C)
@@ -340,6 +349,7 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
                   or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))
                   or (cfg.mlp_bias and k.endswith(("mlp/c_fc/bias", "mlp/c_proj/bias")))
                   or (cfg.norm_bias and k.split("/")[-2].startswith("ln_"))
+                  or "/mlp/experts/" in k or k.endswith("/mlp/router/bias")  # moe_bias's
                   or k == "lm_head/bias"}
     if not cfg.tied:
         shapes["lm_head/weight"] = (Vp, C)
@@ -366,7 +376,7 @@ def random_weights(cfg: GptConfig, seed: int, perturb: bool = True,
                 t += 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
         elif name.endswith("attn/sinks"):  # logits of a few units: some heads' sinks matter
             t = torch.randn(shape, generator=g, dtype=torch.float64)
-        elif len(shape) == 1:
+        elif len(shape) == 1 or name.endswith("/bias"):  # (the experts' biases are [E, ..])
             t = torch.zeros(shape, dtype=torch.float64)
             if perturb:
                 t += 0.02 * torch.randn(shape, generator=g, dtype=torch.float64)
@@ -503,7 +513,7 @@ def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
     (1 - s)·f/factor + s·f with s = (L/wavelength - low)/(high - low). With a Yarn: pair i's
     frequency f/factor·r + f·(1 - r), r rising from 0 to 1 over the pairs between the one turning
     beta_fast times in the original context (rounded down) and the one turning beta_slow times
-    (rounded up)."""
+    (rounded up; neither rounded when the Yarn's truncate is False)."""
     freq = theta ** (-2.0 * torch.arange(hd // 2, dtype=torch.float64) / hd)
     if scaling is None:
         return freq
@@ -513,8 +523,10 @@ def rope_frequencies(theta: float, hd: int, scaling=None) -> torch.Tensor:
         # Pair i turns L·f_i/(2π) times in the original context: solved for i at r turns.
         def pair(turns):
             return hd * math.log(scaling.original / (2 * math.pi * turns)) / (2 * math.log(theta))
-        lo = max(math.floor(pair(scaling.beta_fast)), 0)
-        hi = min(math.ceil(pair(scaling.beta_slow)), hd - 1)
+        lo, hi = pair(scaling.beta_fast), pair(scaling.beta_slow)
+        if scaling.truncate:
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, hd - 1)
         if hi == lo:
             hi += 0.001
         r = ((torch.arange(hd // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
@@ -813,7 +825,10 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     nothing shared with triad's dispatch."""
     E, k = cfg.moe_experts, cfg.moe_top_k
     x = h.reshape(-1, h.shape[-1])
-    router_logits = x @ params[p + "mlp/router/weight"].t() / cfg.mup_mult  # μP: a readout
+    router_logits = x @ params[p + "mlp/router/weight"].t()  # exact under fp8_linears()
+    if p + "mlp/router/bias" in params:  # model.moe_bias
+        router_logits = router_logits + params[p + "mlp/router/bias"]
+    router_logits = router_logits / cfg.mup_mult  # μP: a readout
     sigmoid = cfg.moe_score == "sigmoid"
     scores = torch.sigmoid(router_logits) if sigmoid else torch.softmax(router_logits, dim=-1)
     bias = ROUTER_BIAS.get(int(p.split("/")[1]))  # p = "h/<i>/"
@@ -831,6 +846,7 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     # The balancing loss's probabilities: sigmoid scores over their row's sum (DeepSeek-V3's).
     probs = scores / scores.sum(-1, keepdim=True) if sigmoid else scores
     w1, w2 = params[p + "mlp/experts/c_fc/weight"], params[p + "mlp/experts/c_proj/weight"]
+    b1, b2 = params.get(p + "mlp/experts/c_fc/bias"), params.get(p + "mlp/experts/c_proj/bias")
 
     out = torch.zeros_like(x)
     n_choices, kept = x.shape[0] * k, 0
@@ -845,8 +861,9 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
             continue
         # linear(): within fp8_linears() each expert's products in FP8 at its own scales (the
         # amax of its rows, its matrix, its rows' gradients); the router stays exact.
-        a = activation(cfg, linear(x[rows], w1[e], None), cfg.hidden)
-        out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * linear(a, w2[e], None))
+        a = activation(cfg, linear(x[rows], w1[e], None if b1 is None else b1[e]), cfg.hidden)
+        y = linear(a, w2[e], None if b2 is None else b2[e])
+        out = out.index_add(0, rows, gates[rows, j].unsqueeze(-1) * y)
     if cfg.moe_shared_hidden:  # every token through the shared experts too
         a = activation(cfg, linear(x, params[p + "mlp/shared/c_fc/weight"], None),
                        cfg.moe_shared_hidden)
@@ -1109,10 +1126,11 @@ class Gpt(torch.nn.Module):
         return logits, cross_entropy_sum(logits, targets) / targets.numel()
 
     def param_groups(self, weight_decay: float) -> List[dict]:
-        """Two groups as DESIGN.md §4: weight decay only on parameters of rank >= 2."""
+        """Two groups as DESIGN.md §4: weight decay only on parameters of rank >= 2, the matrices
+        (not the experts' biases [E, ..] of model.moe_bias)."""
         t = self.tensors()
-        decay = [t[n] for n in self.names if t[n].dim() >= 2]
-        no_decay = [t[n] for n in self.names if t[n].dim() < 2]
+        decay = [t[n] for n in self.names if t[n].dim() >= 2 and not n.endswith("/bias")]
+        no_decay = [t[n] for n in self.names if t[n].dim() < 2 or n.endswith("/bias")]
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
@@ -1387,6 +1405,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                              ("rope_yarn_mscale_all_dim", y.mscale_all_dim)):
                 m.attrs.create(key, np.float64(val), dtype="<f8")
             m.attrs.create("rope_original_positions", i64(y.original), dtype="<i8")
+            if not y.truncate:
+                m.attrs.create("rope_yarn_truncate", i64(0), dtype="<i8")
         elif isinstance(cfg.rope_scaling, Linear):
             _string_attr(m, "rope_scaling", "linear")
             m.attrs.create("rope_scaling_factor", np.float64(cfg.rope_scaling.factor), dtype="<f8")
@@ -1475,6 +1495,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 m.attrs.create("moe_shared_hidden", i64(cfg.moe_shared_hidden), dtype="<i8")
             if cfg.moe_shared_gate:
                 m.attrs.create("moe_shared_gate", i64(1), dtype="<i8")
+            if cfg.moe_bias:
+                m.attrs.create("moe_bias", i64(1), dtype="<i8")
             if (cfg.moe_first_dense, cfg.moe_every) != (0, 1):
                 m.attrs.create("moe_first_dense", i64(cfg.moe_first_dense), dtype="<i8")
                 m.attrs.create("moe_every", i64(cfg.moe_every), dtype="<i8")
@@ -1553,6 +1575,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_group_top_k=int(a.get("moe_group_top_k", 1)),
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
                         moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
+                        moe_bias=int(a.get("moe_bias", 0)) == 1,
                         moe_first_dense=int(a.get("moe_first_dense", 0)),
                         moe_every=int(a.get("moe_every", 1)),
                         moe_dense_hidden=int(a.get("moe_dense_hidden", 0)),
@@ -1564,7 +1587,8 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         Yarn(float(a["rope_scaling_factor"]), int(a["rope_original_positions"]),
                              float(a["rope_yarn_beta_fast"]), float(a["rope_yarn_beta_slow"]),
                              float(a.get("rope_yarn_mscale", 1.0)),
-                             float(a.get("rope_yarn_mscale_all_dim", 0.0)))
+                             float(a.get("rope_yarn_mscale_all_dim", 0.0)),
+                             int(a.get("rope_yarn_truncate", 1)) == 1)
                         if "rope_scaling" in a and _str(a["rope_scaling"]) == "yarn" else
                         Linear(float(a["rope_scaling_factor"]))
                         if "rope_scaling" in a and _str(a["rope_scaling"]) == "linear" else None,

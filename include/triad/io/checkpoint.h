@@ -91,6 +91,9 @@ struct ModelShape {
   double rope_yarn_beta_fast = 0, rope_yarn_beta_slow = 0;
   // And rope_yarn_mscale, rope_yarn_mscale_all_dim (doubles; absent: 1 and 0, Qwen's YaRN).
   double rope_yarn_mscale = 1, rope_yarn_mscale_all_dim = 0;
+  // And rope_yarn_truncate (int64 1 | 0: the ramp's ends rounded to whole pairs, or not, as
+  // gpt-oss's; absent: 1; written when 0).
+  bool rope_yarn_truncate = true;
   // "longrope" instead: rope_scaling_factor (the stretch of the original context),
   // rope_original_positions and the double arrays rope_short_factor and rope_long_factor (one
   // divisor per rotated pair each).
@@ -209,6 +212,9 @@ struct ModelShape {
   // Attribute moe_shared_gate (int64 1 | 0: their output scaled by a sigmoid gate; absent: 0;
   // written when 1).
   bool moe_shared_gate = false;
+  // Attribute moe_bias (int64 1 | 0: mlp/router/bias [E], mlp/experts/c_fc/bias [E, F] and
+  // mlp/experts/c_proj/bias [E, C] in each layer with experts; absent: 0; written when 1).
+  bool moe_bias = false;
   // Attributes moe_first_dense and moe_every (int64: the layers with experts, GptShape::moe_layer;
   // absent: 0 and 1, every layer; written when not those).
   int64_t moe_first_dense = 0, moe_every = 1;

@@ -76,6 +76,9 @@ struct GptShape {
   // 0.1·ln(rope_factor) + 1, the scores as they are); DeepSeek-V3's both 1 (the other way round).
   bool yarn = false;
   double rope_beta_fast = 32.0, rope_beta_slow = 1.0;
+  // The ramp's ends rounded to whole pairs (floor, ceil; YaRN's and Qwen's), or not (false:
+  // model.rope_yarn_truncate, gpt-oss's).
+  bool rope_yarn_truncate = true;
   double rope_mscale = 1.0, rope_mscale_all_dim = 0.0;
   double yarn_m(double x) const {
     return x > 0 && rope_factor > 1 ? 0.1 * x * std::log(rope_factor) + 1 : 1.0;
@@ -371,6 +374,12 @@ struct GptShape {
   // The shared experts' output scaled by a sigmoid gate of each row (model.moe_shared_gate;
   // Qwen2-MoE's shared_expert_gate): sigmoid(x · mlp/shared/gate [1, C]ᵀ), replicated over tp.
   bool moe_shared_gate = false;
+  // Learned biases in the layers with experts (model.moe_bias; gpt-oss's): the router's logits
+  // plus mlp/router/bias [E] (before the choice and the gates, unlike Gpt::router_bias, which
+  // only chooses), and each expert's c_fc and c_proj products plus its row of
+  // mlp/experts/c_fc/bias [E, fc_rows] (split as c_fc's rows) and mlp/experts/c_proj/bias [E, C]
+  // (replicated over tp, added by tp rank 0 as the experts' outputs are partial sums).
+  bool moe_bias = false;
   // Dense layers among them (model.moe_first_dense, model.moe_every): layer i (0-based) has the
   // experts when i >= moe_first_dense and (i − moe_first_dense + 1) is a multiple of moe_every,
   // the others GPT-2's MLP (DeepSeek's first dense layers: moe_first_dense; Llama 4's

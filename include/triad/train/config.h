@@ -21,6 +21,7 @@ struct ModelConfig {
   double rope_scaling_factor = 8.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int rope_original_positions = 8192;  // llama3, yarn: the context first trained on
   double rope_yarn_beta_fast = 32.0, rope_yarn_beta_slow = 1.0;  // yarn: the ramp's ends
+  bool rope_yarn_truncate = true;  // yarn: the ends rounded to whole pairs (gpt-oss: false)
   // yarn, DeepSeek's form: cos and sin times m(mscale)/m(mscale_all_dim), the scores times
   // m(mscale_all_dim)², m(x) = 0.1·x·ln(factor) + 1 (m(0) = 1: Qwen's YaRN at the defaults).
   double rope_yarn_mscale = 1.0, rope_yarn_mscale_all_dim = 0.0;
@@ -102,6 +103,7 @@ struct ModelConfig {
   double moe_capacity_factor = 0.0;
   int moe_shared_hidden = 0;     // > 0: shared experts of this many units beside them (DeepSeek)
   bool moe_shared_gate = false;  // their output scaled by a sigmoid gate per token (Qwen2-MoE)
+  bool moe_bias = false;  // learned biases of the router's logits and the experts' products (gpt-oss)
   int moe_first_dense = 0, moe_every = 1;  // which layers have the experts (GptShape::moe_layer)
   int moe_dense_hidden = 0;                // the dense layers' MLP width among them (0: mlp_hidden)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
