@@ -12,6 +12,7 @@ are the ones computed, not bf16's); then that 10 AdamW steps follow the FP8 refe
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ FP8_CASES = [c for c in trm.CASES if c.name in ("gpt2vocab", "gqa")]
 # of 32 units): each expert's products at its own scales over the rows routed to it (any number
 # of them), the shared experts' as a dense MLP's, the router exact.
 MOE_CASES = [c for c in trm.CASES if c.name == "moeswiglu"]
+# ... and with gpt-oss's biases on the router and the experts (model.moe_bias), which the FP8
+# products add in full precision.
+MOE_CASES += [dataclasses.replace(MOE_CASES[0], name="moebiasfp8",
+                                  cfg=dataclasses.replace(MOE_CASES[0].cfg, moe_bias=True))]
 # ... and multi-head latent attention (DeepSeek-V2's): its four projections (q_a, q_b, kv_a,
 # kv_b) in FP8 as c_attn's site, every width a multiple of 16 (queries' latent 32, keys' 16 and
 # their shared rotated key 16, heads of q·k 16 + 16 and v 16).
@@ -67,6 +72,26 @@ def reference(p: trm.Prepared, fp8: bool, head: bool = False) -> dict:
     want = {"loss": loss, "logits": logits}
     want.update({"grad/" + k: g for k, g in grads.items()})
     return want
+
+
+def bf16_logits_error(got: dict, p: trm.Prepared, vocab: int) -> float:
+    """The largest relative error of got's logits against the FP8 reference's over the rows
+    (each row's largest difference over its largest logit) whose routing is not a near-tie: every
+    row's routing margins (ref.ROUTING_MARGINS) above 1e-3 in every layer with experts."""
+    ref.ROUTING_MARGINS = []
+    try:
+        want = reference(p, True)["logits"]
+        margins = ref.ROUTING_MARGINS
+    finally:
+        ref.ROUTING_MARGINS = None
+    g = np.asarray(got["logits"]).reshape(-1, np.shape(got["logits"])[-1])[:, :vocab]
+    w = np.asarray(want).reshape(-1, np.shape(want)[-1])[:, :vocab]
+    err = np.abs(g - w).max(-1) / np.abs(w).max(-1)
+    tied = np.zeros(len(err), dtype=bool)
+    for m in margins:
+        tied |= m.reshape(-1) < 1e-3
+    assert tied.sum() <= len(err) // 4, f"{tied.sum()} of {len(err)} rows near a routing tie"
+    return float(err[~tied].max())
 
 
 def errors(got: dict, want: dict, vocab: int) -> dict:
@@ -113,8 +138,14 @@ def test_fp8_gradients_follow_the_fp8_reference(case, tmp_root):
     assert matrices and all(e_cross[k] > 1e-2 for k in matrices), e_cross
     # bf16 with the FP8 products: bf16's roundings move some operands across FP8 boundaries,
     # so only near (the exact bf16 ops are compared with their definition in test_cpu_fp8 and
-    # on the GPU in test_cuda_fp8).
-    assert e_bf16["loss"] < 5e-4 and e_bf16["logits"] < 5e-2, e_bf16
+    # on the GPU in test_cuda_fp8). With experts, a row whose routing is a near-tie in the
+    # reference (its k-th and (k+1)-th scores, probabilities near 1/6, within 1e-3 in some
+    # layer: bf16 rounds the router's inputs and logits to 2^-9 of their size, which moves such a
+    # probability by ~2e-4) may choose another expert in bf16, which moves its logits wholesale:
+    # such rows are left out of the logits' bound (seen: 2 of 32 in moebiasfp8, at margins 1e-4
+    # and 3e-4).
+    assert e_bf16["loss"] < 5e-4, e_bf16
+    assert bf16_logits_error(bf16, p, V) < 5e-2, e_bf16
 
 
 

@@ -690,6 +690,10 @@ _MOE_SCOPE = "micro_batch"
 # layer index -> [E] tensor added to the scores to choose the experts, not to weigh them. Empty:
 # none (zero). update_router_bias moves them after a step.
 ROUTER_BIAS: Dict[int, torch.Tensor] = {}
+# When a list: each mixture-of-experts layer's forward appends its rows' routing margins, the k-th
+# best key less the (k+1)-th (float64 [rows]): how far each row's choice is from a tie, which a
+# lower precision's roundings may break the other way.
+ROUTING_MARGINS: Optional[list] = None
 
 
 def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
@@ -840,6 +844,9 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
         keep.scatter_(1, group.topk(cfg.moe_group_top_k, dim=-1).indices, True)
         key = key.masked_fill(~keep.repeat_interleave(E // G, dim=1), float("-inf"))
     choice = torch.topk(key, k, dim=-1).indices
+    if ROUTING_MARGINS is not None and k < E:
+        best = torch.topk(key, k + 1, dim=-1).values.double()
+        ROUTING_MARGINS.append((best[:, k - 1] - best[:, k]).numpy())
     top = scores.gather(-1, choice)
     gates = top / top.sum(-1, keepdim=True) if cfg.moe_normalize else top
     gates = gates * cfg.moe_routed_scale
