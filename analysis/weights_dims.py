@@ -196,6 +196,17 @@ class Dims:
     rope_interleave: bool = False
     mtp_layers: int = 0
     fp8_block: tuple | None = None
+    # gpt-oss's: a learned logit per query head in each softmax's denominator (model.attn_sinks),
+    # biases on the router's logits and the experts' products (model.moe_bias), its SwiGLU's
+    # shape (alpha, limit, offset: model.glu_*; (1, 0, 0) is Llama's), and YaRN's ramp between
+    # unrounded ends (model.rope_yarn_truncate = false where yarn_truncate is False).
+    attn_sinks: bool = False
+    moe_bias: bool = False
+    glu: tuple = (1.0, 0.0, 0.0)
+    yarn_truncate: bool = True
+    # Read from gpt-oss's layout (GptOssForCausalLM): each layer's experts as gate_up_proj (gate
+    # and up rows interleaved) and down_proj, MXFP4 blocks or not. An import's source only.
+    gpt_oss: bool = False
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""
@@ -275,6 +286,23 @@ class Dims:
             k.update(moe_groups=self.moe_groups, moe_group_top_k=self.moe_group_top_k)
         if self.moe_group_score != "top2":
             k["moe_group_score"] = self.moe_group_score
+        if self.moe_bias:
+            k["moe_bias"] = 1
+        return k
+
+    def gpt_oss_keys(self) -> dict:
+        """The /model attributes of gpt-oss's options (attention sinks, SwiGLU's shape, YaRN's
+        unrounded ramp), which are also its [model] keys (bools as 1 and 0), where not the
+        defaults."""
+        k = {}
+        if self.attn_sinks:
+            k["attn_sinks"] = 1
+        for key, v, default in zip(("glu_alpha", "glu_limit", "glu_offset"), self.glu,
+                                   (1.0, 0.0, 0.0)):
+            if v != default:
+                k[key] = float(v)
+        if self.yarn is not None and not self.yarn_truncate:
+            k["rope_yarn_truncate"] = 0
         return k
 
     def mla_keys(self) -> dict:
@@ -409,6 +437,7 @@ class Dims:
                 a["rope_long_factor"] = np.array(self.longrope[3], dtype="<f8")
             a.update(self.moe_keys())
             a.update(self.mla_keys())
+            a.update(self.gpt_oss_keys())
         return a
 
     def config_lines(self) -> str:
@@ -485,14 +514,16 @@ class Dims:
                 keys["rotary_dim"] = self.rotary_dim
             if self.nope_every:
                 keys["nope_every"] = self.nope_every
-            for k, v in self.moe_keys().items():
-                keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else v
+            for k, v in {**self.moe_keys(), **self.gpt_oss_keys()}.items():
+                keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else \
+                    repr(v) if isinstance(v, float) else v
             keys.update(self.mla_keys())
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
 # The mixture of experts' keys that are booleans in triad-train's config.
-BOOL_MOE_KEYS = ("moe_normalize", "moe_shared_gate")
+BOOL_MOE_KEYS = ("moe_normalize", "moe_shared_gate", "moe_bias", "attn_sinks",
+                 "rope_yarn_truncate")
 
 
 # A model as a source of tensors: triad names -> fp32 arrays in triad's layout (wte with

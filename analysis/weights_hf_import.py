@@ -21,6 +21,7 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_gpt_neo import gpt_neo_config_dims
+from .weights_hf_gpt_oss import gpt_oss_config_dims, gpt_oss_tensors
 from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_transformers5 import transformers4_keys
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
@@ -75,6 +76,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
         return deepseek_config_dims(cfg, where, seq_len)
     if kind == "minicpm3":
         return minicpm3_config_dims(cfg, where, seq_len)
+    if kind == "gpt_oss":
+        return gpt_oss_config_dims(cfg, where, seq_len)
     if kind in ("nemotron", "stablelm"):
         return layernorm_config_dims(cfg, where, seq_len)
     if kind in ("gemma", "gemma2", "gemma3_text"):
@@ -155,7 +158,8 @@ FAMILIES = (("GPT-2", ("gpt2",)), ("GPT-BigCode (StarCoder)", ("gpt_bigcode",)),
             ("Nemotron", ("nemotron",)), ("StableLM", ("stablelm",)),
             ("Gemma", ("gemma", "gemma2", "gemma3_text", "gemma3")),
             ("Granite", ("granite", "granitemoe")), ("Cohere", ("cohere", "cohere2")),
-            ("Phi", ("phi",)), ("GPT-Neo", ("gpt_neo",)), ("GPT-NeoX", ("gpt_neox",)),
+            ("Phi", ("phi",)), ("gpt-oss", ("gpt_oss",)), ("GPT-Neo", ("gpt_neo",)),
+            ("GPT-NeoX", ("gpt_neox",)),
             ("GPT-J", ("gptj",)), ("CodeGen", ("codegen",)), ("Falcon", ("falcon",)))
 
 
@@ -232,6 +236,15 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         where, dropped = gemma3_language_model(where)
         left_out = (f"; its language model, the vision tower and projector ({dropped} tensors) "
                     f"left out")
+    if d.gpt_oss:
+        want = expected_shapes(d.attrs())
+        for t in VOCAB_TENSORS:
+            if t in want:
+                want[t] = (d.vocab_size, *want[t][1:])
+        mx = any(n.endswith("_blocks") for n in where)
+        return d, gpt_oss_tensors(d, where, directory, want), \
+            f"Hugging Face gpt-oss model {directory}" + (
+                "; its experts' MXFP4 weights dequantized to fp32" if mx else "")
     if d.opt or d.gpt_neo:
         note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; an export takes k's "
                 "and v's again, not q's: a fine-tuning run keeps them zero with train.freeze = "

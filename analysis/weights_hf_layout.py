@@ -442,10 +442,10 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
     head h % n_kv_head, so that tensor parallelism can cut c_attn into equal blocks of
     n_kv_head heads (docs/formats.md). HF's query head kv·g + j is triad's j·n_kv_head + kv:
     c_attn's q rows and attn.c_proj's input columns move by whole heads (and q_norm's weights
-    under model.qk_norm_full, one per q value); k and v stay."""
+    under model.qk_norm_full, one per q value; attn/sinks, one per head); k and v stay."""
     q_norm = d.qk_norm_full and t.endswith("attn/q_norm/weight")
     if d.kv == d.n_head or not (q_norm or t.endswith(("attn/c_attn/weight", "attn/c_attn/bias",
-                                                      "attn/c_proj/weight"))):
+                                                      "attn/c_proj/weight", "attn/sinks"))):
         return a  # one key/value head per query head: the orders agree
     nh, hd, g = d.n_head, d.hd, d.n_head // d.kv
     h = np.arange(nh)
@@ -454,6 +454,8 @@ def llama_query_order(d: Dims, t: str, a: np.ndarray, to_hf: bool = False) -> np
         order = np.argsort(order)  # HF's head h' is triad's head order[h']
     if q_norm:
         return a.reshape(nh, hd)[order].reshape(a.shape)
+    if t.endswith("attn/sinks"):
+        return a[order]
     if t.endswith(("c_attn/weight", "c_attn/bias")):  # q: the first C rows, head-major
         q = a[:d.attn_width].reshape(nh, hd, -1)[order].reshape(d.attn_width, *a.shape[1:])
         return np.concatenate([q, a[d.attn_width:]])

@@ -68,6 +68,7 @@ LLAMA3_SHA256=82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55
 DASHSCOPE_WHEEL=dashscope==2.0.2
 QWEN_SHA256=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
 MISTRAL_COMMON_WHEEL=mistral_common==1.5.4
+GPT_OSS_WHEEL=gpt-oss==0.0.9
 MISTRAL_V1_SHA256=dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055
 MISTRAL_V3_SHA256=9addc8bdce5988448ae81b729336f43a81262160ae8da760674badab9d4c7d33
 TEKKEN_SHA256=386b1f98fba69b38c3de512a4eb602dc69a95dae0e54e6ce048ea3e29a2627a8
@@ -248,6 +249,19 @@ step_venv() {
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.txt
     echo "$want" >"$stamp"
     did+=("pip install -r requirements.txt")
+  fi
+  # OpenAI's gpt-oss package, for its reference model (gpt_oss.torch.model), which checks
+  # triad-convert's gpt-oss import (tests/python/test_convert_gpt_oss.py). Its metadata asks for
+  # Python >= 3.12 and, for the whole package (chat tools, servers), torch >= 2.7 and more; the
+  # reference model alone runs on Debian's Python 3.11 and torch 1.13, so it is installed without
+  # its dependencies and without that check.
+  local gstamp=$VENV/.triad-gpt-oss gwant="$GPT_OSS_WHEEL python$pyver"
+  if [ "$(cat "$gstamp" 2>/dev/null)" != "$gwant" ]; then
+    log "venv: pip install $GPT_OSS_WHEEL (no dependencies, any Python)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps \
+      --ignore-requires-python "$GPT_OSS_WHEEL"
+    echo "$gwant" >"$gstamp"
+    did+=("pip install $GPT_OSS_WHEEL")
   fi
   # The analysis package (analysis/pyproject.toml: triad-plot, triad-sweep, triad-sweep-report,
   # triad-scaling, triad-ckpt, triad-timeline in .venv/bin), editable so that it runs this

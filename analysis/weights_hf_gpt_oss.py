@@ -1,0 +1,275 @@
+"""OpenAI's gpt-oss models in Hugging Face's format (model_type gpt_oss, GptOssForCausalLM:
+gpt-oss-20b, gpt-oss-120b) as triad's model: the config read as Dims (refusing what triad does not
+compute) and the tensors, the experts' MXFP4 blocks dequantized and their interleaved gate and up
+rows put in triad's order. Used by weights_hf_import.py.
+
+What a gpt-oss block computes, in triad's terms (docs/formats.md "Weights from other programs"):
+RMSNorm; grouped-query attention with biases on q, k, v and o, a learned sink logit per query
+head (model.attn_sinks), a 128-token window in every other layer starting with the first
+(layer_types: model.sliding_window, full_attention_every = 2), rope with YaRN's scaling whose
+ramp ends are not rounded (model.rope_yarn_truncate = false); RMSNorm; a mixture of SwiGLU
+experts, every layer, whose router's logits have a bias, each token's top k by logit weighed by
+the softmax over those k (triad's softmax renormalized over the chosen: the same gates), each
+expert's products with biases (model.moe_bias) and the activation (g clamped above at L) ·
+σ(α·g) · (u clamped to [−L, L] + 1) (model.glu_alpha, glu_limit, glu_offset = α, L, 1); an
+untied head without a bias."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .weights_dims import MAX_EXPERTS, ConvertError, Dims, Tensors, full_attention_period
+from .weights_hf_families import refuse_or_check_positions
+from .weights_hf_layout import llama_query_order
+
+# transformers' GptOssConfig's defaults of the keys read here: what it computes for a config.json
+# that leaves one out (swiglu_alpha: transformers before 5 have none and use 1.702).
+GPT_OSS_DEFAULTS = dict(num_hidden_layers=36, num_local_experts=128, vocab_size=201088,
+                        hidden_size=2880, intermediate_size=2880, head_dim=64,
+                        num_attention_heads=64, num_key_value_heads=8, sliding_window=128,
+                        tie_word_embeddings=False, hidden_act="silu",
+                        max_position_embeddings=131072, rms_norm_eps=1e-5,
+                        num_experts_per_tok=4, swiglu_alpha=1.702, swiglu_limit=7.0,
+                        attention_bias=True, rope_theta=150000.0,
+                        rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0,
+                                          beta_slow=1.0, truncate=False,
+                                          original_max_position_embeddings=4096))
+
+# FP4 (E2M1) values of the 16 codes, as the OCP Microscaling format defines them: sign, two
+# exponent bits, one mantissa bit.
+FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                     -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], dtype="<f4")
+MXFP4_BLOCK = 32  # values sharing one E8M0 scale
+
+
+def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """A gpt-oss config.json as triad's model (module docstring); what triad does not compute
+    is refused, naming the key."""
+    def value(key):
+        return cfg[key] if key in cfg else GPT_OSS_DEFAULTS.get(key)
+
+    def count(key, minimum=1):
+        v = value(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not an integer >= {minimum}")
+        return v
+
+    def number(key):
+        v = value(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not a finite number")
+        return float(v)
+
+    n_layer, n_head, n_embd = (count(k) for k in ("num_hidden_layers", "num_attention_heads",
+                                                  "hidden_size"))
+    hidden, vocab, n_pos = (count(k) for k in ("intermediate_size", "vocab_size",
+                                               "max_position_embeddings"))
+    kv, E, k = (count(k) for k in ("num_key_value_heads", "num_local_experts",
+                                   "num_experts_per_tok"))
+    hd = count("head_dim") if value("head_dim") is not None else n_embd // n_head
+    eps, theta = number("rms_norm_eps"), number("rope_theta")
+    alpha, limit = number("swiglu_alpha"), number("swiglu_limit")
+    refusals = []
+    if n_head % kv:
+        refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head}")
+    if value("hidden_act") != "silu":
+        refusals.append(f"hidden_act {value('hidden_act')!r} (gpt-oss's experts use silu)")
+    if not (0 < eps <= 0.1):
+        refusals.append(f"rms_norm_eps {eps} (triad's model.norm_eps is in (0, 0.1])")
+    if not (E <= MAX_EXPERTS and k <= E):
+        refusals.append(f"num_local_experts {E} and num_experts_per_tok {k} (triad builds up to "
+                        f"{MAX_EXPERTS} experts, at most all of them per token)")
+    if not (0 < alpha <= 100):
+        refusals.append(f"swiglu_alpha {alpha} (triad's model.glu_alpha is in (0, 100])")
+    if not (limit == 0 or 1e-6 <= limit <= 1e4):
+        refusals.append(f"swiglu_limit {limit} (triad's model.glu_limit is 0 or in [1e-6, 1e4])")
+    q = cfg.get("quantization_config")
+    if q is not None and not (isinstance(q, dict) and q.get("quant_method") == "mxfp4"):
+        refusals.append(f"quantization_config {json.dumps(q)} (triad reads gpt-oss's experts in "
+                        f"bf16 or as its MXFP4 blocks, quant_method mxfp4)")
+    # Which layers keep to the window: layer_types (absent: sliding, full, sliding, ...).
+    window = value("sliding_window") or 0
+    types = cfg.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layer)]
+    every, first = 0, False
+    if not (isinstance(types, list) and len(types) == n_layer and
+            all(t in ("sliding_attention", "full_attention") for t in types)):
+        refusals.append(f"layer_types {json.dumps(types)} (one of sliding_attention and "
+                        f"full_attention for each of the {n_layer} layers)")
+    elif window and not all(t == "full_attention" for t in types):
+        period = full_attention_period([t == "full_attention" for t in types])
+        if period is None:
+            refusals.append(f"layer_types {json.dumps(types)} (triad's full-attention layers "
+                            f"repeat with a period: model.full_attention_every)")
+        else:
+            every, first = period
+    else:
+        window = 0  # no layer keeps to a window
+    yarn, truncate = None, True
+    r = value("rope_scaling")
+    if r is not None:
+        try:
+            yarn, truncate, n_pos = yarn_of(r, n_pos)
+        except (KeyError, TypeError, ValueError) as e:
+            refusals.append(f"rope_scaling {json.dumps(r)} (triad builds YaRN with factor >= 1, "
+                            f"beta_fast >= beta_slow > 0, max_position_embeddings = factor · "
+                            f"original_max_position_embeddings and its own attention factor"
+                            f"{': ' + str(e) if str(e) else ''})")
+    refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
+    d = Dims(n_layer, n_head, n_embd, seq_len or n_pos, vocab, position="rope",
+             rope_theta=theta, norm="rmsnorm", bias=bool(value("attention_bias")),
+             mlp="swiglu", mlp_hidden=hidden, tied=bool(value("tie_word_embeddings")),
+             n_kv_head=kv, norm_eps=eps, head_dim=hd if hd * n_head != n_embd else 0,
+             sliding_window=window, full_attention_every=every, full_attention_first=first,
+             yarn=yarn, yarn_truncate=truncate, moe_experts=E, moe_top_k=k, moe_normalize=True,
+             moe_bias=True, attn_sinks=True, glu=(alpha, limit, 1.0), gpt_oss=True)
+    d.check(where)
+    return d
+
+
+def yarn_of(r, n_pos: int) -> tuple:
+    """((factor, beta_fast, beta_slow, original positions), truncate, the context) of
+    gpt-oss's YaRN rope_scaling: transformers (4.55 on, the versions that build gpt-oss) take
+    the ratio max_position_embeddings / original_max_position_embeddings as the factor where the
+    latter is given, so the two must agree; the attention factor is YaRN's 0.1·ln(factor) + 1."""
+    kind = r.get("rope_type", r.get("type"))
+    if kind != "yarn":
+        raise ValueError(f"rope_type {kind!r}")
+    for key in ("mscale", "mscale_all_dim"):
+        if r.get(key):
+            raise ValueError(f"{key} is not built")
+    factor = float(r["factor"])
+    original = int(r.get("original_max_position_embeddings") or n_pos)
+    if "original_max_position_embeddings" in r and not math.isclose(n_pos / original, factor):
+        raise ValueError(f"factor {factor} is not max_position_embeddings / "
+                         f"original_max_position_embeddings = {n_pos} / {original}")
+    fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
+    if r.get("attention_factor") not in (None, 0.1 * math.log(factor) + 1 if factor > 1 else 1):
+        raise ValueError("an attention_factor other than 0.1·ln(factor) + 1 is not built")
+    if not (factor >= 1 and fast >= slow > 0 and original >= 1):
+        raise ValueError("")
+    truncate = r.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise ValueError(f"truncate {json.dumps(truncate)} is not true or false")
+    # (without original_max_position_embeddings the context is the stretched one already)
+    return (factor, fast, slow, original), truncate, n_pos
+
+
+def gpt_oss_sources(d: Dims, mxfp4: bool) -> dict[str, list[str]]:
+    """Each triad tensor and the Hugging Face tensors it is made of (c_attn's from q, k and v,
+    stacked by rows; an expert weight from its MXFP4 blocks and scales, or the bf16 tensor)."""
+    src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
+    for i in range(d.n_layer):
+        p, h = f"h/{i}/", f"model.layers.{i}."
+        a, m = h + "self_attn.", h + "mlp."
+        src.update({
+            p + "ln_1/weight": [h + "input_layernorm.weight"],
+            p + "attn/c_attn/weight": [a + f"{x}_proj.weight" for x in "qkv"],
+            p + "attn/c_proj/weight": [a + "o_proj.weight"],
+            p + "attn/sinks": [a + "sinks"],
+            p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
+            p + "mlp/router/weight": [m + "router.weight"],
+            p + "mlp/router/bias": [m + "router.bias"],
+            p + "mlp/experts/c_fc/bias": [m + "experts.gate_up_proj_bias"],
+            p + "mlp/experts/c_proj/bias": [m + "experts.down_proj_bias"],
+        })
+        for t, name in (("c_fc", "gate_up_proj"), ("c_proj", "down_proj")):
+            e = m + "experts." + name
+            src[p + f"mlp/experts/{t}/weight"] = [e + "_blocks", e + "_scales"] if mxfp4 else [e]
+        if d.bias:
+            src[p + "attn/c_attn/bias"] = [a + f"{x}_proj.bias" for x in "qkv"]
+            src[p + "attn/c_proj/bias"] = [a + "o_proj.bias"]
+    if not d.tied:
+        src["lm_head/weight"] = ["lm_head.weight"]
+    return src
+
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, name: str, where: str) -> np.ndarray:
+    """MXFP4 blocks [..., G, 16] (two FP4 codes a byte, the low nibble first) with their E8M0
+    scales [..., G] (2^(s − 127)) as fp32 [..., G·32]."""
+    if scales.shape != blocks.shape[:-1] or blocks.shape[-1] != MXFP4_BLOCK // 2:
+        raise ConvertError(f"{where}: {name}_blocks {list(blocks.shape)} and {name}_scales "
+                           f"{list(scales.shape)} are not MXFP4 blocks of {MXFP4_BLOCK} values "
+                           f"([..., G, 16] bytes and [..., G] scales)")
+    if (scales == 255).any():  # E8M0's NaN
+        raise ConvertError(f"{where}: {name}_scales holds 255, E8M0's NaN")
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], -1)
+    with np.errstate(over="ignore"):  # (beyond fp32: inf, refused by convert_weights)
+        out = np.ldexp(FP4_E2M1[codes], scales.astype(np.int32)[..., None] - 127)
+    return out.reshape(*blocks.shape[:-2], -1).astype("<f4", copy=False)
+
+
+def gate_up_order(a: np.ndarray) -> np.ndarray:
+    """gpt-oss's gate_up rows [E, 2·I, ...] interleaved (gate 0, up 0, gate 1, ...) as triad's
+    c_fc [E, 2·I, ...]: the I gate rows, then the I up rows."""
+    E, rows = a.shape[:2]
+    return np.ascontiguousarray(
+        a.reshape(E, rows // 2, 2, *a.shape[2:]).swapaxes(1, 2)).reshape(a.shape)
+
+
+def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensors:
+    """The tensors of a gpt-oss model as triad's (want: their shapes), each checked before any is
+    read: the experts' weights from MXFP4 blocks where the files hold them, else from bf16
+    gate_up_proj [E, C, 2·I] and down_proj [E, I, C] (transposed, as transformers' bmm reads
+    them)."""
+    mxfp4 = any(n.endswith("experts.gate_up_proj_blocks") for n in where)
+    src = gpt_oss_sources(d, mxfp4)
+    used = {n for names in src.values() for n in names}
+    for name in where:
+        if name not in used:
+            raise ConvertError(f"{where[name].path}: tensor {name} is not part of a gpt-oss model "
+                               f"as triad has it" + (" (the files mix MXFP4 and bf16 experts)"
+                                                     if "experts." in name else ""))
+    E, C, I = d.moe_experts, d.n_embd, d.mlp_hidden
+    for t, names in src.items():
+        missing = [n for n in names if n not in where]
+        if missing:
+            raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
+        got = [list(where[n].entries[n][1]) for n in names]
+        if t.endswith("attn/c_attn/weight") or t.endswith("attn/c_attn/bias"):
+            rows = [d.attn_width, d.kv * d.hd, d.kv * d.hd]
+            expected = [[r, *want[t][1:]] for r in rows]
+        elif "/mlp/experts/" in t and t.endswith("weight"):
+            out, inp = (2 * I, C) if "c_fc" in t else (C, I)
+            if mxfp4:
+                if inp % MXFP4_BLOCK:
+                    raise ConvertError(f"{where[names[0]].path}: {names[0]} holds rows of {inp} "
+                                       f"values, not whole MXFP4 blocks of {MXFP4_BLOCK}")
+                G = inp // MXFP4_BLOCK
+                expected = [[E, out, G, MXFP4_BLOCK // 2], [E, out, G]]
+                dtypes = [where[n].entries[n][0] for n in names]
+                if dtypes != ["U8", "U8"]:
+                    raise ConvertError(f"{where[names[0]].path}: {', '.join(names)} have dtypes "
+                                       f"{dtypes}, not U8 (MXFP4 codes and E8M0 scales)")
+            else:
+                expected = [[E, inp, out]]  # [E, in, out]: transposed
+        else:
+            expected = [list(want[t])]
+        if got != expected:
+            raise ConvertError(f"{where[names[0]].path}: tensor(s) {', '.join(names)} have "
+                               f"shape(s) {got}, expected {expected} for the model in config.json")
+
+    def read(t, names):
+        if "/mlp/experts/" in t and t.endswith("weight"):
+            if mxfp4:
+                base = names[0][:-len("_blocks")]
+                a = dequantize_mxfp4(where[names[0]].read_bytes(names[0]),
+                                     where[names[1]].read_bytes(names[1]), base,
+                                     str(where[names[0]].path))
+            else:
+                a = np.ascontiguousarray(where[names[0]].read(names[0]).transpose(0, 2, 1))
+            return gate_up_order(a) if "c_fc" in t else a
+        parts = [np.asarray(where[n].read(n), dtype="<f4") for n in names]
+        a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return gate_up_order(a) if t.endswith("mlp/experts/c_fc/bias") else a
+
+    def tensors():
+        for t, names in src.items():  # (non-finite values: refused by convert_weights)
+            yield t, llama_query_order(d, t, read(t, names).reshape(want[t]))
+
+    return tensors
