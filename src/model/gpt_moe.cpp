@@ -456,8 +456,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   // shared experts' gate's.
   A* dinp = mp_.tp_rank == 0 ? dpart : nullptr;
   if (dinp != nullptr || wgrad(g.routerw) != nullptr)
-    be_.matmul_backward(dinp, wgrad(g.routerw), wgrad(g.routerb), dlogits, ln2, w.routerw, N, C,
-                        E);
+    be_.matmul_backward(dinp, wgrad(g.routerw), wgrad(g.routerb), dlogits, ln2, w.routerw, N, C, E);
   if (w.shgatew != nullptr && (dinp != nullptr || wgrad(g.shgatew) != nullptr))
     be_.matmul_backward(dinp, wgrad(g.shgatew), nullptr, split ? L.dshared_gate : a.sh_glogit, ln2,
                         w.shgatew, N, C, 1);
@@ -480,8 +479,8 @@ void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
         experts_fp8_amax<A>(L, fp8_site(l, 3), L.fch_gelu, int(Hl), nullptr, C, L.dexperts);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
       expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcprojw + e * C * Hl,
-                      expert_row(g.fcprojb, e, size_t(C)), L.dexperts + row * C, L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n,
-                      int(Hl), C, kAdd);
+                      expert_row(g.fcprojb, e, size_t(C)), L.dexperts + row * C,
+                      L.fch_gelu + row * Hl, w.fcprojw + e * C * Hl, n, int(Hl), C, kAdd);
     });
   }
   if (g.fcw != nullptr) {
@@ -489,8 +488,8 @@ void Gpt::moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float
         experts_fp8_amax<A>(L, fp8_site(l, 2), L.moe_x, C, nullptr, int(Fl), L.dfch);
     for_each_expert(L, [&](size_t e, size_t row, int n) {
       expert_backward(be_, expert_amax(amax, e), static_cast<A*>(nullptr), g.fcw + e * Fl * C,
-                      expert_row(g.fcb, e, Fl), L.dfch + row * Fl, L.moe_x + row * C, w.fcw + e * Fl * C, n, C, int(Fl),
-                      kAdd);
+                      expert_row(g.fcb, e, Fl), L.dfch + row * Fl, L.moe_x + row * C,
+                      w.fcw + e * Fl * C, n, C, int(Fl), kAdd);
     });
   }
   if (w.shfcw != nullptr && g.shfcw != nullptr)

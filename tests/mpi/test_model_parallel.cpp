@@ -895,9 +895,9 @@ TEST(ModelParallel, GptOssBlocksMatchOneRankOnEveryGrid) {
   std::vector<std::string> opts = {"--model.glu_limit",  "7", "--model.glu_alpha", "1.702",
                                    "--model.glu_offset", "1"};
   opts.insert(opts.end(), kSinksOptions.begin(), kSinksOptions.end());
-  opts.insert(opts.end(), {"--model.full_attention_every", "2", "--model.moe_experts", "4",
-                           "--model.moe_top_k", "2", "--train.moe_aux_loss", "0",
-                           "--model.moe_bias", "true"});
+  opts.insert(opts.end(),
+              {"--model.full_attention_every", "2", "--model.moe_experts", "4", "--model.moe_top_k",
+               "2", "--train.moe_aux_loss", "0", "--model.moe_bias", "true"});
   const Result ref = check_norm_variant("gptoss", opts);
   std::vector<std::string> ep = opts;
   ep.insert(ep.end(), {"--resume", "none", "--parallel.ep", "2"});

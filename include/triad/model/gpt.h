@@ -920,9 +920,10 @@ class Gpt {
   std::vector<int> layer_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
   // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms,
-  // multi-head latent attention's six, the attention sinks, the router's bias) sits in its run of specs_ (-1: not in
-  // this model, a bias or norm it does not have), and how many it has. [0]: a dense layer's, [1]:
-  // one with experts' (GptShape::moe_layer). Kind 29, the router's bias, is last of the latter.
+  // multi-head latent attention's six, the attention sinks, the router's bias) sits in its run of
+  // specs_ (-1: not in this model, a bias or norm it does not have), and how many it has. [0]: a
+  // dense layer's, [1]: one with experts' (GptShape::moe_layer). Kind 29, the router's bias, is
+  // last of the latter.
   static constexpr int kLayerTensorKinds = 30;
   int layer_slot_[2][kLayerTensorKinds] = {};
   int layer_count_[2] = {kLayerTensorKinds, kLayerTensorKinds};

@@ -103,7 +103,8 @@ struct ModelConfig {
   double moe_capacity_factor = 0.0;
   int moe_shared_hidden = 0;     // > 0: shared experts of this many units beside them (DeepSeek)
   bool moe_shared_gate = false;  // their output scaled by a sigmoid gate per token (Qwen2-MoE)
-  bool moe_bias = false;  // learned biases of the router's logits and the experts' products (gpt-oss)
+  bool moe_bias =
+      false;  // learned biases of the router's logits and the experts' products (gpt-oss)
   int moe_first_dense = 0, moe_every = 1;  // which layers have the experts (GptShape::moe_layer)
   int moe_dense_hidden = 0;                // the dense layers' MLP width among them (0: mlp_hidden)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
