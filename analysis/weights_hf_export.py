@@ -17,6 +17,7 @@ from .inspect_checkpoint import expected_shapes
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_HF, Tensors, VOCAB_TENSORS, YARN_HF,
                            shapes)
 from .weights_hf_deepseek import deepseek_hf_config, mla_rope_order
+from .weights_hf_gpt_oss import gpt_oss_hf_config, write_gpt_oss_hf
 from .weights_hf_gpt_neo import gpt_neo_hf_config
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
                                 interleaved_rope_order, llama_part_rows,
@@ -630,6 +631,8 @@ def family_hf_config(d: Dims) -> dict:
     (the *_hf_config it hands over to)."""
     if d.deepseek:
         return deepseek_hf_config(d)
+    if d.gpt_oss:
+        return gpt_oss_hf_config(d)
     if d.opt:
         return opt_hf_config(d)
     if d.gpt_neo:
@@ -795,6 +798,8 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     """triad's Llama-architecture tensors as LlamaForCausalLM's: c_attn's rows split into
     q, k and v, c_fc's into gate and up, query heads in HF's order (llama_sources,
     llama_query_order, read the other way)."""
+    if d.gpt_oss:
+        return write_gpt_oss_hf(out, d, tensors, extra, write_hf_directory)
     src = llama_sources(d)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     # (OPT's from the GPT-2 reader, open_triad: GPT-2's order)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .weights_dims import MAX_EXPERTS, ConvertError, Dims, Tensors, full_attention_period
+from .inspect_checkpoint import expected_shapes
+from .weights_dims import (MAX_EXPERTS, VOCAB_TENSORS, ConvertError, Dims, Tensors,
+                           full_attention_period)
 from .weights_hf_families import refuse_or_check_positions
 from .weights_hf_layout import llama_query_order
 
@@ -204,12 +206,12 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray, name: str, where: s
     return out.reshape(*blocks.shape[:-2], -1).astype("<f4", copy=False)
 
 
-def gate_up_order(a: np.ndarray) -> np.ndarray:
+def gate_up_order(a: np.ndarray, to_hf: bool = False) -> np.ndarray:
     """gpt-oss's gate_up rows [E, 2·I, ...] interleaved (gate 0, up 0, gate 1, ...) as triad's
-    c_fc [E, 2·I, ...]: the I gate rows, then the I up rows."""
+    c_fc [E, 2·I, ...]: the I gate rows, then the I up rows; or (to_hf) back."""
     E, rows = a.shape[:2]
-    return np.ascontiguousarray(
-        a.reshape(E, rows // 2, 2, *a.shape[2:]).swapaxes(1, 2)).reshape(a.shape)
+    split = (E, 2, rows // 2) if to_hf else (E, rows // 2, 2)
+    return np.ascontiguousarray(a.reshape(*split, *a.shape[2:]).swapaxes(1, 2)).reshape(a.shape)
 
 
 def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensors:
@@ -273,3 +275,153 @@ def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensor
             yield t, llama_query_order(d, t, read(t, names).reshape(want[t]))
 
     return tensors
+
+
+# ---- export: a triad checkpoint of gpt-oss's blocks as Hugging Face's gpt-oss --------------
+
+# The /model attributes of a triad model that gpt-oss's format holds (gpt_oss_hf_config writes
+# them), and the others' values that compute nothing extra there: any other attribute, or
+# value, is an option the format has none of (gpt_oss_checkpoint_dims).
+GPT_OSS_HELD = {"n_layer", "n_head", "n_embd", "seq_len", "vocab_size", "padded_vocab_size",
+                "norm_eps", "position", "norm", "bias", "mlp", "mlp_hidden", "tie_embeddings",
+                "n_kv_head", "head_dim", "rope_theta", "rope_scaling", "rope_scaling_factor",
+                "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_original_positions",
+                "rope_yarn_truncate", "sliding_window", "full_attention_every",
+                "full_attention_first", "moe_experts", "moe_top_k", "attn_sinks", "moe_bias",
+                "glu_alpha", "glu_limit", "glu_offset"}
+GPT_OSS_INERT = {"qk_norm": 0, "qk_norm_full": 0, "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0,
+                 "norm_weight": 1, "pre_norm": 1, "moe_normalize": 1, "moe_every": 1,
+                 "moe_first_dense": 0, "moe_shared_hidden": 0, "moe_shared_gate": 0,
+                 "moe_dense_hidden": 0, "moe_routed_scale": 1.0, "moe_groups": 1,
+                 "moe_group_top_k": 1, "moe_capacity_factor": 0.0, "rotary_dim": 0,
+                 "nope_every": 0, "parallel_residual": 0, "shared_norm": 0, "branch_norm": 0,
+                 "head_bias": 0, "embed_scale": 1.0, "attn_scale": 0.0, "attn_softcap": 0.0,
+                 "logit_softcap": 0.0, "clip_qkv": 0.0, "residual_scale": 1.0,
+                 "logit_scale": 1.0, "mup_base_width": 0, "rope_local_theta": 0.0,
+                 "rope_yarn_mscale": 1.0, "rope_yarn_mscale_all_dim": 0.0, "kv_lora_rank": 0}
+GPT_OSS_INERT_TEXT = {"moe_score": "softmax", "moe_group_score": "top2"}
+# The gate's gain transformers' gpt-oss computes with before version 5 (which reads
+# swiglu_alpha): a model with another exports as nothing they all compute.
+GPT_OSS_ALPHA = 1.702
+
+
+def gpt_oss_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
+    """A triad checkpoint with attention sinks (its /model attributes `a`; biased: DeepSeek's
+    selection-only router biases, /router_bias, not all zero) as the Dims of gpt-oss's format,
+    refused where GptOssForCausalLM does not compute the model."""
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    extra = [f"{k} = {text(v)}" for k, v in a.items() if k not in GPT_OSS_HELD and (
+        (k in GPT_OSS_INERT_TEXT and text(v) != GPT_OSS_INERT_TEXT[k]) or
+        (k not in GPT_OSS_INERT_TEXT and (k not in GPT_OSS_INERT or
+                                          float(v) != float(GPT_OSS_INERT[k]))))]
+    if (text(a.get("position")), text(a.get("norm")), text(a.get("mlp"))) != \
+            ("rope", "rmsnorm", "swiglu"):
+        extra.append(f"position {text(a.get('position'))}, norm {text(a.get('norm'))}, mlp "
+                     f"{text(a.get('mlp'))} (gpt-oss's are rope, RMSNorm, SwiGLU)")
+    E = int(a.get("moe_experts", 0))
+    if not E or not int(a.get("moe_bias", 0)):
+        extra.append("experts without biases on the router and the experts (gpt-oss's MLPs are "
+                     "experts with them: model.moe_experts, moe_bias)")
+    glu = tuple(float(a.get(k, v)) for k, v in (("glu_alpha", 1.0), ("glu_limit", 0.0),
+                                                ("glu_offset", 0.0)))
+    if glu[0] != GPT_OSS_ALPHA or glu[1] <= 0 or glu[2] != 1.0:
+        extra.append(f"SwiGLU of glu_alpha {glu[0]}, glu_limit {glu[1]}, glu_offset {glu[2]} "
+                     f"(gpt-oss's: {GPT_OSS_ALPHA}, a limit > 0, 1)")
+    scaling = text(a.get("rope_scaling", "none"))
+    if scaling not in ("none", "yarn"):
+        extra.append(f"rope_scaling {scaling} (gpt-oss's is yarn or none)")
+    if biased:
+        extra.append("routers' balancing biases (/router_bias, DeepSeek-V3's: they choose "
+                     "without weighing)")
+    if extra:
+        raise ConvertError(f"{path}: the model has attention sinks, which export as Hugging "
+                           f"Face's gpt-oss; that has none of {'; '.join(extra)}")
+    yarn = None
+    if scaling == "yarn":
+        yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
+                                           "rope_yarn_beta_slow")) + (
+            int(a["rope_original_positions"]),)
+        if yarn[0] * yarn[3] != int(yarn[0] * yarn[3]):
+            raise ConvertError(f"{path}: YaRN's factor {yarn[0]} times its original "
+                               f"{yarn[3]} positions is not a whole number of positions "
+                               f"(gpt-oss's max_position_embeddings, which transformers divides "
+                               f"by them for the factor)")
+    H = int(a["n_head"])
+    return Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
+                position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm",
+                bias=int(a.get("bias", 1)) == 1, mlp="swiglu", mlp_hidden=int(a["mlp_hidden"]),
+                tied=int(a.get("tie_embeddings", 1)) == 1, n_kv_head=int(a.get("n_kv_head", H)),
+                norm_eps=float(a.get("norm_eps", 1e-5)), head_dim=int(a.get("head_dim", 0)),
+                sliding_window=int(a.get("sliding_window", 0)),
+                full_attention_every=int(a.get("full_attention_every", 0)),
+                full_attention_first=int(a.get("full_attention_first", 0)) == 1,
+                yarn=yarn, yarn_truncate=int(a.get("rope_yarn_truncate", 1)) == 1,
+                moe_experts=E, moe_top_k=int(a["moe_top_k"]), moe_normalize=True, moe_bias=True,
+                attn_sinks=True, glu=glu, gpt_oss=True)
+
+
+def gpt_oss_hf_config(d: Dims) -> dict:
+    """config.json for GptOssForCausalLM computing d (the inverse of gpt_oss_config_dims): the
+    experts in bf16's layout (no quantization_config), each layer's kind in layer_types, YaRN's
+    scaling written in full, plain rope as rope_type default (an absent one is YaRN there)."""
+    rope = {"rope_type": "default"}
+    if d.yarn is not None:
+        rope = {"rope_type": "yarn", **dict(zip(("factor", "beta_fast", "beta_slow",
+                                                 "original_max_position_embeddings"), d.yarn)),
+                "truncate": d.yarn_truncate}
+    return {
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+        "vocab_size": d.vocab_size, "hidden_size": d.n_embd, "intermediate_size": d.mlp_hidden,
+        "num_hidden_layers": d.n_layer, "num_attention_heads": d.n_head,
+        "num_key_value_heads": d.kv, "head_dim": d.hd, "num_local_experts": d.moe_experts,
+        "num_experts_per_tok": d.moe_top_k, "experts_per_token": d.moe_top_k,
+        "sliding_window": d.sliding_window or None,
+        "layer_types": ["sliding_attention" if d.windowed(i) else "full_attention"
+                        for i in range(d.n_layer)],
+        "rope_theta": d.rope_theta, "rope_scaling": rope,
+        "max_position_embeddings": int(d.yarn[0] * d.yarn[3]) if d.yarn else d.seq_len,
+        "rms_norm_eps": d.norm_eps, "swiglu_limit": d.glu[1], "swiglu_alpha": d.glu[0],
+        "attention_bias": d.bias, "hidden_act": "silu", "tie_word_embeddings": d.tied,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "router_aux_loss_coef": 0.0,
+        "output_router_logits": False, "use_cache": True, "torch_dtype": "float32",
+    }
+
+
+def write_gpt_oss_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] | None,
+                     write_directory) -> None:
+    """triad's tensors of a gpt-oss model as GptOssForCausalLM's (fp32, the experts unquantized:
+    gate_up_proj [E, C, 2·I] with gate and up rows interleaved, down_proj [E, I, C]); the query
+    heads in HF's order. write_directory: weights_hf_export.write_hf_directory."""
+    src = gpt_oss_sources(d, mxfp4=False)
+    want = expected_shapes(d.attrs())
+    for t in VOCAB_TENSORS:
+        if t in want:
+            want[t] = (d.vocab_size, *want[t][1:])
+    E, C, I = d.moe_experts, d.n_embd, d.mlp_hidden
+    specs = {}
+    for t, shape in want.items():
+        if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
+            for n, r in zip(src[t], (d.attn_width, d.kv * d.hd, d.kv * d.hd)):
+                specs[n] = (r, *shape[1:])
+        elif "/mlp/experts/" in t and t.endswith("weight"):
+            specs[src[t][0]] = (E, C, 2 * I) if "c_fc" in t else (E, I, C)
+        else:
+            specs[src[t][0]] = tuple(shape)
+
+    def hf_tensors():
+        for t, a in tensors():
+            a = llama_query_order(d, t, a, to_hf=True)
+            if t.endswith(("mlp/experts/c_fc/weight", "mlp/experts/c_fc/bias")):
+                a = gate_up_order(a, to_hf=True)
+            if "/mlp/experts/" in t and t.endswith("weight"):
+                a = a.transpose(0, 2, 1)  # [E, out, in] -> [E, in, out]
+            if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
+                ends = np.cumsum([d.attn_width, d.kv * d.hd])
+                for n, part in zip(src[t], np.split(a, ends)):
+                    yield n, np.ascontiguousarray(part)
+                continue
+            yield src[t][0], np.ascontiguousarray(a)
+
+    write_directory(out, specs, hf_tensors(), gpt_oss_hf_config(d), extra)

@@ -16,6 +16,7 @@ from .inspect_checkpoint import expected_shapes, inspect, resolve_checkpoint_pat
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_ATTRS, Tensors, VOCAB_TENSORS,
                            YARN_ATTRS, shapes, triad_names)
 from .weights_hf_deepseek import deepseek_checkpoint_dims
+from .weights_hf_gpt_oss import gpt_oss_checkpoint_dims
 
 
 def _string_attr(obj, name: str, value: str) -> None:
@@ -117,16 +118,17 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
         a.get("mlp") in ("gelu", "gelu_exact")
     # GPT-Neo's: GPT-2's blocks (learned positions) with unscaled attention scores.
     gpt_neo = a.get("position", "learned") == "learned" and float(a.get("attn_scale", 0.0)) == 1.0
+    if int(a.get("attn_sinks", 0)):  # gpt-oss's blocks: its format alone holds the sinks
+        return open_triad_gpt_oss(path, a)
     if (float(a.get("glu_alpha", 1.0)), float(a.get("glu_limit", 0.0)),
             float(a.get("glu_offset", 0.0))) != (1.0, 0.0, 0.0):
         raise ConvertError(f"{path}: the model's SwiGLU has gpt-oss's shape (model.glu_alpha, "
-                           f"glu_limit, glu_offset); none of the export formats holds it")
-    if int(a.get("attn_sinks", 0)):
-        raise ConvertError(f"{path}: the model has attention sinks (model.attn_sinks, gpt-oss's); "
-                           f"none of the export formats holds them")
+                           f"glu_limit, glu_offset) without attention sinks; only Hugging Face's "
+                           f"gpt-oss of the export formats holds it, with them (model.attn_sinks)")
     if int(a.get("moe_experts", 0)) and int(a.get("moe_bias", 0)):
         raise ConvertError(f"{path}: the model's router and experts have biases (model.moe_bias, "
-                           f"gpt-oss's); none of the export formats holds them")
+                           f"gpt-oss's) without attention sinks; only Hugging Face's gpt-oss of "
+                           f"the export formats holds them, with them (model.attn_sinks)")
     if int(a.get("full_attention_first", 0)) and not gpt_neo:
         raise ConvertError(f"{path}: the model's full-attention layers start each group of "
                            f"{a.get('full_attention_every')} (model.full_attention_first) in "
@@ -326,6 +328,18 @@ def router_biases(path: Path) -> dict[str, np.ndarray]:
         if "router_bias" not in f:
             return {}
         return {f"router_bias/h/{i}": d[()].astype("<f4") for i, d in f["router_bias/h"].items()}
+
+
+def open_triad_gpt_oss(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
+    """A triad checkpoint with attention sinks, for Hugging Face's gpt-oss format (refused
+    where that does not compute it: gpt_oss_checkpoint_dims)."""
+    biases = router_biases(path)
+    d = gpt_oss_checkpoint_dims(path, a, any(np.any(b != 0) for b in biases.values()))
+
+    def tensors():
+        yield from checkpoint_tensors(path, a, d.vocab_size)
+
+    return d, tensors, f"triad checkpoint {path}"
 
 
 def open_triad_deepseek(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:

@@ -274,3 +274,83 @@ def test_gpt_oss_refusals_name_the_problem(files, tmp_path):
     refused(None, lambda t: t.update({"model.layers.0.mlp.experts.gate_up_proj":
                                       torch.zeros(E, C, 2 * I, dtype=torch.bfloat16)}),
             "not part of a gpt-oss model", "mix MXFP4 and bf16")
+
+
+def reference_from_hf(directory):
+    """OpenAI's reference model (float64) holding a Hugging Face gpt-oss directory's fp32 or
+    bf16 tensors, mapped to its own names and layouts as transformers' converter maps them the
+    other way (q, k, v joined; the experts' [E, in, out] transposed back)."""
+    t = load_file(str(directory / "model.safetensors"))
+    sd = {"embedding.weight": t["model.embed_tokens.weight"], "norm.scale": t["model.norm.weight"],
+          "unembedding.weight": t["lm_head.weight"]}
+    for i in range(2):
+        p, h = f"block.{i}.", f"model.layers.{i}."
+        a, m = h + "self_attn.", h + "mlp."
+        for kind in ("weight", "bias"):
+            sd[p + "attn.qkv." + kind] = torch.cat([t[a + f"{x}_proj.{kind}"] for x in "qkv"])
+            sd[p + "attn.out." + kind] = t[a + "o_proj." + kind]
+        sd.update({p + "attn.sinks": t[a + "sinks"],
+                   p + "attn.norm.scale": t[h + "input_layernorm.weight"],
+                   p + "mlp.norm.scale": t[h + "post_attention_layernorm.weight"],
+                   p + "mlp.gate.weight": t[m + "router.weight"],
+                   p + "mlp.gate.bias": t[m + "router.bias"],
+                   p + "mlp.mlp1_weight": t[m + "experts.gate_up_proj"].permute(0, 2, 1),
+                   p + "mlp.mlp1_bias": t[m + "experts.gate_up_proj_bias"],
+                   p + "mlp.mlp2_weight": t[m + "experts.down_proj"].permute(0, 2, 1),
+                   p + "mlp.mlp2_bias": t[m + "experts.down_proj_bias"]})
+    model = oss.Transformer(oss.ModelConfig(**ORIGINAL), device=torch.device("cpu"))
+    model = model.to(torch.float64).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(sd.pop(name).double())
+    assert not sd, sorted(sd)  # every tensor of the export has its place
+    return model
+
+
+def test_gpt_oss_fine_tuned_run_exports_as_gpt_oss(files, tmp_path):
+    """A run fine-tuned from the import (3 AdamW steps: every tensor moves) exports to Hugging
+    Face's gpt-oss (--to hf): its config.json names the same model, it imports back to the
+    run's tensors exactly, and OpenAI's reference model holding the exported tensors computes the
+    run's validation loss (to 1e-5). A model with sinks that the format cannot hold is refused."""
+    d, cfg = files
+    ckpt = imported(d, "hf")
+    train("--config", cfg, "--init-from", ckpt, "--model-from", ckpt, "--run.name", "ft",
+          "--train.steps", 3, "--eval.every", 3, "--checkpoint.every", 3, check=True)
+    run_dir = d / "runs" / "ft"
+    with h5py.File(run_dir / "metrics.h5", "r") as f:
+        assert list(f["val/step"][()]) == [0, 3]
+        triad_loss = float(f["val/loss"][-1])
+    out = tmp_path / "export"
+    p = tool("triad-convert", "export", run_dir, out, "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stdout + p.stderr
+    c = json.loads((out / "config.json").read_text())
+    assert (c["model_type"], c["layer_types"], c["sliding_window"], c["head_dim"]) == \
+        ("gpt_oss", HF_CONFIG["layer_types"], 8, HD)
+    assert c["rope_scaling"] == {**HF_CONFIG["rope_scaling"]} and c["max_position_embeddings"] == 64
+    assert (c["swiglu_limit"], c["num_local_experts"], c["num_experts_per_tok"]) == (1.0, E, K)
+    back = tmp_path / "back.h5"
+    p = tool("triad-convert", "import", out, back, "--seq-len", SEQ)
+    assert p.returncode == 0, p.stdout + p.stderr
+    final = run_dir / "ckpt" / "step_00000003.h5"
+    with h5py.File(final, "r") as fa, h5py.File(back, "r") as fb:
+        for n in ("wte/weight", "h/1/attn/sinks", "h/0/attn/c_attn/weight",
+                  "h/0/mlp/experts/c_fc/weight", "h/1/mlp/experts/c_fc/bias",
+                  "h/1/mlp/experts/c_proj/weight", "h/0/mlp/router/bias", "lm_head/weight"):
+            want = fa["model"][n][()]
+            if n in ("wte/weight", "lm_head/weight"):
+                want = want[:V]
+            np.testing.assert_array_equal(fb["model"][n][()][:len(want)], want, err_msg=n)
+    ref_loss, _ = reference_loss_accuracy(reference_from_hf(out), d)
+    print(f"\nfine-tuned: val loss triad {triad_loss:.6f} reference {ref_loss:.6f}")
+    assert abs(ref_loss - triad_loss) <= 1e-5 * triad_loss, (ref_loss, triad_loss)
+    # Sinks on GPT-2's blocks: no format holds them.
+    with h5py.File(final, "r") as f:
+        a = dict(f["model"].attrs)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(final.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["glu_alpha"] = 1.5
+    assert_clean_failure(tool("triad-convert", "export", bad, tmp_path / "x", "--to", "hf"),
+                         "bad.h5", "export as Hugging Face's gpt-oss",
+                         "SwiGLU of glu_alpha 1.5")
+    assert not (tmp_path / "x").exists() and a["attn_sinks"] == 1

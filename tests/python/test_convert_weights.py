@@ -3236,11 +3236,13 @@ def test_latent_attention_on_blocks_deepseek_lacks_is_not_exported(tmp_path):
 
 def test_gpt_oss_blocks_are_not_exported(tmp_path):
     """Attention sinks (model.attn_sinks), gpt-oss's SwiGLU (model.glu_*) and its experts' and
-    router's biases (model.moe_bias): no export format holds them, on GPT-2's blocks or Llama's
-    (Mixtral's but for the biases); refused naming the keys, nothing written."""
-    sinks = "attention sinks (model.attn_sinks, gpt-oss's); none of the export formats holds them"
-    glu = "SwiGLU has gpt-oss's shape (model.glu_alpha, glu_limit, glu_offset)"
-    moe = "router and experts have biases (model.moe_bias, gpt-oss's); none of the export formats"
+    router's biases (model.moe_bias): only gpt-oss's format holds them, all together (its export:
+    test_convert_gpt_oss.py); sinks on GPT-2's blocks or Llama's dense ones, and the SwiGLU or the
+    biases without sinks (Mixtral's blocks but for the biases), are refused naming the keys,
+    nothing written."""
+    sinks = "the model has attention sinks, which export as Hugging Face's gpt-oss; that has none"
+    glu = "SwiGLU has gpt-oss's shape (model.glu_alpha, glu_limit, glu_offset) without attention"
+    moe = "router and experts have biases (model.moe_bias, gpt-oss's) without attention sinks"
     llama = {"position": "rope", "norm": "rmsnorm", "bias": False, "mlp": "swiglu", "tied": False}
     exports_refused(tmp_path, (
         ({"attn_sinks": True}, sinks),
