@@ -362,7 +362,7 @@ MODEL_BOUNDS = {"n_layer": 1 << 16, "n_head": 1 << 16, "n_embd": 1 << 20, "seq_l
 # The 0/1 /model attributes and what a reader takes for one that is absent (a file from before
 # it, or one another tool wrote).
 FLAG_DEFAULTS = {"bias": 1, "tie_embeddings": 1, "qk_norm": 0, "qk_norm_full": 0, "pre_norm": 1,
-                 "attn_sinks": 0, "moe_bias": 0,
+                 "attn_sinks": 0, "moe_bias": 0, "rope_yarn_truncate": 1,
                  "qkv_bias": 0, "mlp_bias": 0, "norm_bias": 0, "parallel_residual": 0,
                  "branch_norm": 0, "shared_norm": 0, "head_bias": 0, "full_attention_first": 0}
 

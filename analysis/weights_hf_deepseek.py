@@ -188,8 +188,9 @@ def deepseek_yarn(r: dict, n_pos: int) -> tuple[tuple, tuple]:
     if kind != "yarn":
         raise ValueError(f"rope type {kind!r} is not built")
     if not r.get("truncate", True):  # (transformers 5's: the ramp's bounds unrounded)
-        raise ValueError(f"truncate {json.dumps(r['truncate'])} is not built (the ramp's bounds "
-                         f"are rounded: truncate true)")
+        raise ValueError(f"truncate {json.dumps(r['truncate'])}: transformers before 4.55 ignore "
+                         f"it and round the ramp's bounds, later ones do not (gpt-oss's files "
+                         f"import with it)")
 
     def get(key, default, integer=False):
         v = r.get(key)

@@ -1084,14 +1084,16 @@ def yarn_scaling(r: dict, n_pos: int, stretched: bool = False) -> tuple:
     or original_max_position_embeddings when given), so a config where the two differ is
     refused, unless `stretched`: a model only transformers 4.57 and later build (OLMo 3's), whose
     ramp is original_max_position_embeddings' and whose context max_position_embeddings. So are
-    the mscale variants and truncate false (gpt-oss's ramp between unrounded bounds; triad's are
-    floored and ceiled, transformers' default)."""
+    the mscale variants and truncate false (the ramp between unrounded bounds: triad builds it,
+    model.rope_yarn_truncate, and imports it with gpt-oss's files, but transformers' Llama family
+    before 4.55 ignores the key and rounds them, so such a file is two models)."""
     for k in ("mscale", "mscale_all_dim"):
         if r.get(k):
             raise ValueError(f"{k} is not built")
     if not r.get("truncate", True):  # (transformers 5 reads null as false too)
-        raise ValueError(f"truncate {json.dumps(r['truncate'])} is not built (the ramp's bounds "
-                         f"are rounded: truncate true)")
+        raise ValueError(f"truncate {json.dumps(r['truncate'])}: transformers before 4.55 ignore "
+                         f"it and round the ramp's bounds, later ones do not (gpt-oss's files "
+                         f"import with it)")
     factor = float(r["factor"])
     original = int(r.get("original_max_position_embeddings") or n_pos)
     if original != n_pos and not stretched:

@@ -103,6 +103,9 @@ def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
             all(t in ("sliding_attention", "full_attention") for t in types)):
         refusals.append(f"layer_types {json.dumps(types)} (one of sliding_attention and "
                         f"full_attention for each of the {n_layer} layers)")
+    elif not window and any(t == "sliding_attention" for t in types):
+        refusals.append(f"layer_types {json.dumps(types)} with sliding_window "
+                        f"{json.dumps(value('sliding_window'))} (sliding layers need a window)")
     elif window and not all(t == "full_attention" for t in types):
         period = full_attention_period([t == "full_attention" for t in types])
         if period is None:

@@ -241,7 +241,7 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for t in VOCAB_TENSORS:
             if t in want:
                 want[t] = (d.vocab_size, *want[t][1:])
-        mx = any(n.endswith("_blocks") for n in where)
+        mx = any(n.endswith("experts.gate_up_proj_blocks") for n in where)
         return d, gpt_oss_tensors(d, where, directory, want), \
             f"Hugging Face gpt-oss model {directory}" + (
                 "; its experts' MXFP4 weights dequantized to fp32" if mx else "")

@@ -329,6 +329,14 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
                             m.rope_yarn_truncate == asked.rope_yarn_truncate &&
                             m.rope_short_factor == asked.rope_short_factor &&
                             m.rope_long_factor == asked.rope_long_factor;
+  // (YaRN's ramp ends, gpt-oss's unrounded ones, by their key: an imported gpt-oss resumed
+  // without model.rope_yarn_truncate = false.)
+  TRIAD_CHECK(free || m.rope_scaling != "yarn" || asked.rope_scaling != "yarn" ||
+                  m.rope_yarn_truncate == asked.rope_yarn_truncate,
+              "checkpoint ", path, " holds a model whose YaRN ramp ends are ",
+              m.rope_yarn_truncate ? "rounded" : "not rounded (gpt-oss's)",
+              " but the config asks for model.rope_yarn_truncate = ",
+              asked.rope_yarn_truncate ? "true" : "false", hint);
   TRIAD_CHECK(free || same_scaling, "checkpoint ", path, " holds a model with rope_scaling ",
               m.rope_scaling,
               m.rope_scaling != "none" ? " (its factors in the file's /model attributes)" : "",

@@ -596,7 +596,7 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
                                        original_max_position_embeddings=64)), "rope_scaling"),
     (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, truncate=False,
                                        original_max_position_embeddings=64)),
-     "truncate false is not built"),
+     "truncate false: transformers before 4.55 ignore it"),
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
         "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "kimi-experts",
         "gptq", "count",

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from triad_run import assert_clean_failure, exe, run, tiny_config, tool, train
+from triad_run import assert_clean_error, assert_clean_failure, exe, run, tiny_config, tool, train
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors.torch")
@@ -206,6 +206,12 @@ def test_gpt_oss_evaluates_and_generates_as_openais_reference(files, name):
     p = run([exe("triad-generate"), "--checkpoint", ckpt, "--top-k", "1", "--prompt-ids",
              " ".join(map(str, prompt)), "--length", "12", "--output", "ids"], check=True)
     assert [int(t) for t in p.stdout.split()] == want
+    p = tool("triad-ckpt", ckpt)  # complete, consistent, its attributes in range
+    assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
+    # Trained on with YaRN's rounded ramp: another model, refused by that key.
+    p = train("--config", cfg, "--init-from", ckpt, "--model-from", ckpt,
+              "--model.rope_yarn_truncate", "true", "--run.name", f"rounded_{name}")
+    assert_clean_error(p, "model.rope_yarn_truncate = true", str(ckpt))
 
 
 def test_gpt_oss_forms_import_alike_and_its_parts_count(files):
@@ -264,6 +270,7 @@ def test_gpt_oss_refusals_name_the_problem(files, tmp_path):
         "repeat with a period")
     refused(lambda c: c.update(layer_types=["sliding_attention", "global"]), None,
             "layer_types", "one of sliding_attention and full_attention")
+    refused(lambda c: c.update(sliding_window=None), None, "sliding layers need a window")
     refused(lambda c: c["rope_scaling"].update(factor=8.0), None,
             "factor 8.0 is not max_position_embeddings / original_max_position_embeddings")
     refused(lambda c: c.update(hidden_act="gelu"), None, "hidden_act 'gelu'")

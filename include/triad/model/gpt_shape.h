@@ -443,9 +443,11 @@ inline bool is_expert_tensor(const std::string& name) {
 }
 
 // The weights of a matrix a token is multiplied with (numel of this rank's part): an expert
-// tensor's k of E experts, any other 2-D tensor whole; 0 for vectors.
+// tensor's k of E experts, any other 2-D tensor whole; 0 for vectors and biases (the experts'
+// [E, ..] of model.moe_bias too).
 inline double matmul_weights_per_token(size_t numel, const std::string& name, size_t dims,
                                        const GptShape& shape) {
+  if (name.ends_with("/bias")) return 0.0;
   if (is_expert_tensor(name)) return double(numel) * shape.moe_top_k / shape.moe_experts;
   return dims == 2 ? double(numel) : 0.0;
 }
