@@ -383,6 +383,24 @@ def test_deepseek_v2_lite_model_config_plans_its_parameters(tmp_path):
     assert f"compute: {flops / 1e9:.3f} GFLOP per token" in p.stdout, p.stdout
 
 
+@pytest.mark.parametrize("size,layers,experts,published", [("20b", 24, 32, (20.91e9, 3.61e9)),
+                                                             ("120b", 36, 128, (116.83e9, 5.13e9))])
+def test_gpt_oss_model_configs_plan_their_parameters(tmp_path, size, layers, experts, published):
+    """inputs/models/gpt-oss-20b.ini and -120b.ini: --plan counts gpt-oss's tensors, worked out
+    here from its config.json: q|k|v [(64 + 2·8)·64, C] and o [C, 64·64] with biases, 64 sinks,
+    two RMSNorms, a router [E, C] with its bias, E experts of 2880 SwiGLU units with biases on both
+    products, an untied head: OpenAI's published totals (20.91B and 116.83B) and per-token counts
+    without the token embedding (3.61B and 5.13B), to their rounding."""
+    C, V, I, k = 2880, 201088, 2880, 4
+    attention = 80 * 64 * C + 80 * 64 + C * 4096 + C + 64
+    expert = 2 * I * C + 2 * I + C * I + C
+    layer = attention + 2 * C + experts * C + experts + experts * expert
+    total = layers * layer + 2 * V * C + C
+    assert planned_floats(tmp_path, f"gpt-oss-{size}.ini", layers) == total
+    active = total - layers * (experts - k) * expert - V * C
+    assert abs(total - published[0]) < 5e6 and abs(active - published[1]) < 5e6, (total, active)
+
+
 def test_deepseek_v3_model_config_plans_its_parameters(tmp_path):
     """inputs/models/deepseek-v3.ini: --plan counts DeepSeek-V3's tensors, worked out here from
     its config.json (queries through a latent of 1536: q_a, its norm and q_b [128·192, 1536];
