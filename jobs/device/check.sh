@@ -341,8 +341,11 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # products (fp8moe: each expert's scales, the weight gradient padded to 16 rows). And nanoGPT's
     # dropout (drop: hidden and attention dropout 0.1; the attention under dropout runs the flash
     # kernels' dropout variants in bf16, the fp32 path's masked copy and softmax backward in fp32;
-    # the masks are the CPU's).
-    for tag in muon rope sched fp8 moe mla mla192 fp8moe drop; do
+    # the masks are the CPU's). And gpt-oss's blocks (oss: attention sinks, the flash kernels'
+    # window in every other layer, YaRN with unrounded ramp ends, experts with biases on their
+    # router and products, the clamped SwiGLU, an untied head; the sinks' block programs after
+    # the bf16 flash kernels, the fp32 softmax with its sink).
+    for tag in muon rope sched fp8 moe mla mla192 fp8moe drop oss; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -363,6 +366,15 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       [[ $tag == fp8moe ]] && opts=(--model.moe_experts 4 --model.moe_top_k 2 --train.moe_aux_loss 0.05
                                     --run.fp8 tensorwise)
       [[ $tag == drop ]] && opts=(--train.hidden_dropout 0.1 --train.attention_dropout 0.1)
+      [[ $tag == oss ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu
+                                 --model.tie_embeddings false --model.n_kv_head 1 --model.attn_sinks true
+                                 --model.sliding_window 4 --model.full_attention_every 2
+                                 --model.rope_scaling yarn --model.rope_scaling_factor 4
+                                 --model.rope_original_positions 4 --model.rope_yarn_beta_fast 0.5
+                                 --model.rope_yarn_beta_slow 0.05 --model.rope_yarn_truncate false
+                                 --model.moe_experts 4 --model.moe_top_k 2 --model.moe_bias true
+                                 --model.glu_alpha 1.702 --model.glu_limit 7 --model.glu_offset 1
+                                 --train.moe_aux_loss 0.05)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         [[ $tag == fp8* && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
@@ -507,8 +519,8 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched", "moe", "mla", "mla192", "drop"):  # Llama's; schedules, z-loss,
-    # cap, μP; experts; MLA (heads 64, and 192); dropout
+for tag in ("rope", "sched", "moe", "mla", "mla192", "drop", "oss"):  # Llama's; schedules,
+    # z-loss, cap, μP; experts; MLA (heads 64, and 192); dropout; gpt-oss's blocks
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):
@@ -627,6 +639,7 @@ res "Llama blocks (multi-query, QK-norm, Qwen2's qkv bias and eps) 50 steps GPU 
 res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_SCHED //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "gpt-oss blocks (sinks, windows, YaRN, biased experts) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_OSS //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 64) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 192, DeepSeek's) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA192 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "hidden + attention dropout 0.1 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_DROP //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
