@@ -204,9 +204,11 @@ class Dims:
     moe_bias: bool = False
     glu: tuple = (1.0, 0.0, 0.0)
     yarn_truncate: bool = True
-    # Read from gpt-oss's layout (GptOssForCausalLM): each layer's experts as gate_up_proj (gate
-    # and up rows interleaved) and down_proj, MXFP4 blocks or not. An import's source only.
-    gpt_oss: bool = False
+    # Read from gpt-oss's layouts: "hf" (GptOssForCausalLM: each layer's experts as gate_up_proj,
+    # gate and up rows interleaved, and down_proj, MXFP4 blocks or not) or "openai" (OpenAI's own
+    # checkpoint, its repositories' original/: block.{i} names, q|k|v as one qkv, the experts'
+    # MXFP4 blocks as mlp1_weight and mlp2_weight); "": neither. An import's source only.
+    gpt_oss: str = ""
 
     def moe_layer(self, i: int) -> bool:
         """Whether layer i has the experts (GptShape::moe_layer)."""

@@ -48,7 +48,7 @@ FP4_E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
 MXFP4_BLOCK = 32  # values sharing one E8M0 scale
 
 
-def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None, layout: str = "hf") -> Dims:
     """A gpt-oss config.json as triad's model (module docstring); what triad does not compute
     is refused, naming the key."""
     def value(key):
@@ -132,9 +132,64 @@ def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
              n_kv_head=kv, norm_eps=eps, head_dim=hd if hd * n_head != n_embd else 0,
              sliding_window=window, full_attention_every=every, full_attention_first=first,
              yarn=yarn, yarn_truncate=truncate, moe_experts=E, moe_top_k=k, moe_normalize=True,
-             moe_bias=True, attn_sinks=True, glu=(alpha, limit, 1.0), gpt_oss=True)
+             moe_bias=True, attn_sinks=True, glu=(alpha, limit, 1.0), gpt_oss=layout)
     d.check(where)
     return d
+
+
+# OpenAI's own checkpoint layout (the gpt-oss repositories' original/ directory, which its
+# reference implementation reads): config.json holds the fields of its ModelConfig, with these
+# defaults (gpt-oss-120b's), and nothing else.
+OPENAI_DEFAULTS = dict(num_hidden_layers=36, num_experts=128, experts_per_token=4,
+                       vocab_size=201088, hidden_size=2880, intermediate_size=2880,
+                       swiglu_limit=7.0, head_dim=64, num_attention_heads=64,
+                       num_key_value_heads=8, sliding_window=128, initial_context_length=4096,
+                       rope_theta=150000.0, rope_scaling_factor=32.0, rope_ntk_alpha=1.0,
+                       rope_ntk_beta=32.0)
+
+
+def is_openai_config(cfg: dict) -> bool:
+    """Whether a config.json is OpenAI's own for gpt-oss (no model_type; its YaRN's keys)."""
+    return "model_type" not in cfg and {"experts_per_token", "rope_ntk_alpha",
+                                        "rope_ntk_beta"} <= cfg.keys()
+
+
+def openai_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
+    """OpenAI's gpt-oss config.json read as its reference implementation does (every other
+    layer windowed from the first, RMSNorm at 1e-5, biases in the attention, an untied head,
+    YaRN where rope_scaling_factor > 1 from initial_context_length positions, with
+    rope_ntk_beta and rope_ntk_alpha the ramp's fast and slow ends, unrounded), as the Hugging
+    Face config transformers' converter writes for it."""
+    unknown = sorted(set(cfg) - OPENAI_DEFAULTS.keys())
+    if unknown:
+        raise ConvertError(f"{where}: {', '.join(unknown)} not among the keys of OpenAI's gpt-oss "
+                           f"config ({', '.join(OPENAI_DEFAULTS)})")
+    v = {**OPENAI_DEFAULTS, **cfg}
+    L, window, factor = v["num_hidden_layers"], v["sliding_window"], v["rope_scaling_factor"]
+    original = v["initial_context_length"]
+    try:
+        positions = float(factor) * int(original)
+    except (TypeError, ValueError):
+        raise ConvertError(f"{where}: rope_scaling_factor {json.dumps(factor)} and "
+                           f"initial_context_length {json.dumps(original)} are not numbers")
+    if factor > 1 and positions != int(positions):
+        raise ConvertError(f"{where}: rope_scaling_factor {factor} times initial_context_length "
+                           f"{original} is not a whole number of positions")
+    hf = {"model_type": "gpt_oss", "num_local_experts": v["num_experts"],
+          "num_experts_per_tok": v["experts_per_token"], "rms_norm_eps": 1e-5,
+          "tie_word_embeddings": False, "attention_bias": True, "hidden_act": "silu",
+          "swiglu_alpha": 1.702, "quantization_config": {"quant_method": "mxfp4"},
+          "layer_types": ["sliding_attention" if window and i % 2 == 0 else "full_attention"
+                          for i in range(L)] if isinstance(L, int) else None,
+          "max_position_embeddings": int(positions) if factor > 1 else original,
+          "rope_scaling": {"rope_type": "yarn", "factor": factor, "beta_fast": v["rope_ntk_beta"],
+                           "beta_slow": v["rope_ntk_alpha"], "truncate": False,
+                           "original_max_position_embeddings": original} if factor > 1 else None,
+          **{k: v[k] for k in ("num_hidden_layers", "vocab_size", "hidden_size",
+                               "intermediate_size", "swiglu_limit", "head_dim",
+                               "num_attention_heads", "num_key_value_heads", "sliding_window",
+                               "rope_theta")}}
+    return gpt_oss_config_dims(hf, where, seq_len, layout="openai")
 
 
 def yarn_of(r, n_pos: int) -> tuple:
@@ -167,7 +222,10 @@ def yarn_of(r, n_pos: int) -> tuple:
 
 def gpt_oss_sources(d: Dims, mxfp4: bool) -> dict[str, list[str]]:
     """Each triad tensor and the Hugging Face tensors it is made of (c_attn's from q, k and v,
-    stacked by rows; an expert weight from its MXFP4 blocks and scales, or the bf16 tensor)."""
+    stacked by rows; an expert weight from its MXFP4 blocks and scales, or the bf16 tensor); or
+    in OpenAI's own layout (Dims.gpt_oss "openai")."""
+    if d.gpt_oss == "openai":
+        return openai_sources(d)
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
     for i in range(d.n_layer):
         p, h = f"h/{i}/", f"model.layers.{i}."
@@ -191,6 +249,34 @@ def gpt_oss_sources(d: Dims, mxfp4: bool) -> dict[str, list[str]]:
             src[p + "attn/c_proj/bias"] = [a + "o_proj.bias"]
     if not d.tied:
         src["lm_head/weight"] = ["lm_head.weight"]
+    return src
+
+
+def openai_sources(d: Dims) -> dict[str, list[str]]:
+    """gpt_oss_sources in OpenAI's layout: q|k|v as one tensor, the norms' scales, the router
+    as mlp.gate, the experts' MXFP4 blocks as mlp1_weight (gate and up rows interleaved, as
+    Hugging Face's gate_up_proj_blocks, which are the same bytes) and mlp2_weight."""
+    src = {"wte/weight": ["embedding.weight"], "ln_f/weight": ["norm.scale"],
+           "lm_head/weight": ["unembedding.weight"]}
+    for i in range(d.n_layer):
+        p, b = f"h/{i}/", f"block.{i}."
+        src.update({
+            p + "ln_1/weight": [b + "attn.norm.scale"],
+            p + "attn/c_attn/weight": [b + "attn.qkv.weight"],
+            p + "attn/c_attn/bias": [b + "attn.qkv.bias"],
+            p + "attn/c_proj/weight": [b + "attn.out.weight"],
+            p + "attn/c_proj/bias": [b + "attn.out.bias"],
+            p + "attn/sinks": [b + "attn.sinks"],
+            p + "ln_2/weight": [b + "mlp.norm.scale"],
+            p + "mlp/router/weight": [b + "mlp.gate.weight"],
+            p + "mlp/router/bias": [b + "mlp.gate.bias"],
+            p + "mlp/experts/c_fc/weight": [b + "mlp.mlp1_weight.blocks",
+                                            b + "mlp.mlp1_weight.scales"],
+            p + "mlp/experts/c_fc/bias": [b + "mlp.mlp1_bias"],
+            p + "mlp/experts/c_proj/weight": [b + "mlp.mlp2_weight.blocks",
+                                              b + "mlp.mlp2_weight.scales"],
+            p + "mlp/experts/c_proj/bias": [b + "mlp.mlp2_bias"],
+        })
     return src
 
 
@@ -222,7 +308,8 @@ def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensor
     read: the experts' weights from MXFP4 blocks where the files hold them, else from bf16
     gate_up_proj [E, C, 2·I] and down_proj [E, I, C] (transposed, as transformers' bmm reads
     them)."""
-    mxfp4 = any(n.endswith("experts.gate_up_proj_blocks") for n in where)
+    openai = d.gpt_oss == "openai"
+    mxfp4 = openai or any(n.endswith("experts.gate_up_proj_blocks") for n in where)
     src = gpt_oss_sources(d, mxfp4)
     used = {n for names in src.values() for n in names}
     for name in where:
@@ -236,7 +323,7 @@ def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensor
         if missing:
             raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
         got = [list(where[n].entries[n][1]) for n in names]
-        if t.endswith("attn/c_attn/weight") or t.endswith("attn/c_attn/bias"):
+        if (t.endswith("attn/c_attn/weight") or t.endswith("attn/c_attn/bias")) and not openai:
             rows = [d.attn_width, d.kv * d.hd, d.kv * d.hd]
             expected = [[r, *want[t][1:]] for r in rows]
         elif "/mlp/experts/" in t and t.endswith("weight"):
@@ -262,7 +349,7 @@ def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensor
     def read(t, names):
         if "/mlp/experts/" in t and t.endswith("weight"):
             if mxfp4:
-                base = names[0][:-len("_blocks")]
+                base = names[0][:-len("_blocks")]  # (OpenAI's ".blocks": the same length)
                 a = dequantize_mxfp4(where[names[0]].read_bytes(names[0]),
                                      where[names[1]].read_bytes(names[1]), base,
                                      str(where[names[0]].path))
@@ -362,7 +449,7 @@ def gpt_oss_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
                 full_attention_first=int(a.get("full_attention_first", 0)) == 1,
                 yarn=yarn, yarn_truncate=int(a.get("rope_yarn_truncate", 1)) == 1,
                 moe_experts=E, moe_top_k=int(a["moe_top_k"]), moe_normalize=True, moe_bias=True,
-                attn_sinks=True, glu=glu, gpt_oss=True)
+                attn_sinks=True, glu=glu, gpt_oss="hf")
 
 
 def gpt_oss_hf_config(d: Dims) -> dict:

@@ -21,7 +21,8 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_gpt_neo import gpt_neo_config_dims
-from .weights_hf_gpt_oss import gpt_oss_config_dims, gpt_oss_tensors
+from .weights_hf_gpt_oss import (gpt_oss_config_dims, gpt_oss_tensors, is_openai_config,
+                                 openai_config_dims)
 from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_transformers5 import transformers4_keys
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
@@ -57,6 +58,8 @@ def hf_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
                 return cfg[k]
         return default
 
+    if is_openai_config(cfg):  # OpenAI's own gpt-oss checkpoint (original/)
+        return openai_config_dims(cfg, where, seq_len)
     kind = cfg.get("model_type", "gpt2")
     if not isinstance(kind, str):
         raise ConvertError(f"{where}: model_type is {kind!r}, not a name")
@@ -241,9 +244,9 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         for t in VOCAB_TENSORS:
             if t in want:
                 want[t] = (d.vocab_size, *want[t][1:])
-        mx = any(n.endswith("experts.gate_up_proj_blocks") for n in where)
+        mx = d.gpt_oss == "openai" or any(n.endswith("experts.gate_up_proj_blocks") for n in where)
         return d, gpt_oss_tensors(d, where, directory, want), \
-            f"Hugging Face gpt-oss model {directory}" + (
+            f"{'OpenAI' if d.gpt_oss == 'openai' else 'Hugging Face'} gpt-oss model {directory}" + (
                 "; its experts' MXFP4 weights dequantized to fp32" if mx else "")
     if d.opt or d.gpt_neo:
         note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; an export takes k's "

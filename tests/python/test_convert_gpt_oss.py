@@ -174,7 +174,7 @@ def imported(d, name):
     return out
 
 
-@pytest.mark.parametrize("name", ["hf", "hf_bf16"])
+@pytest.mark.parametrize("name", ["hf", "hf_bf16", "original"])
 def test_gpt_oss_evaluates_and_generates_as_openais_reference(files, name):
     d, cfg = files
     ckpt = imported(d, name)
@@ -215,19 +215,24 @@ def test_gpt_oss_evaluates_and_generates_as_openais_reference(files, name):
 
 
 def test_gpt_oss_forms_import_alike_and_its_parts_count(files):
-    """The MXFP4 and the bf16 files import to the same checkpoint, tensor for tensor; and the
+    """The MXFP4 and the bf16 files, and OpenAI's own, import to the same checkpoint, tensor for
+    tensor; and the
     reference's loss moves by more than 10 times the bound the test above holds triad to without
     the sinks, the clamp or the experts' biases (seen: 1e-3, 3e-3 and 3e-3 of it), so that each
     is in what it compares."""
     d, _ = files
-    a, b = imported(d, "hf"), imported(d, "hf_bf16")
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        names = []
-        fa["model"].visit(lambda n: names.append(n) if isinstance(fa["model"][n], h5py.Dataset)
-                          else None)
-        assert len(names) == 3 + 2 * 13, names  # wte, ln_f, lm_head; 13 a layer
-        for n in names:
-            np.testing.assert_array_equal(fa["model"][n][()], fb["model"][n][()], err_msg=n)
+    a = imported(d, "hf")
+    for other in ("hf_bf16", "original"):
+        b = imported(d, other)
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            names = []
+            fa["model"].visit(lambda n: names.append(n)
+                              if isinstance(fa["model"][n], h5py.Dataset) else None)
+            assert len(names) == 3 + 2 * 13, names  # wte, ln_f, lm_head; 13 a layer
+            assert dict(fa["model"].attrs) == dict(fb["model"].attrs), other
+            for n in names:
+                np.testing.assert_array_equal(fa["model"][n][()], fb["model"][n][()],
+                                              err_msg=f"{other} {n}")
     model = reference_model(d)
     base, _ = reference_loss_accuracy(model, d)
     with torch.no_grad():
@@ -281,6 +286,13 @@ def test_gpt_oss_refusals_name_the_problem(files, tmp_path):
     refused(None, lambda t: t.update({"model.layers.0.mlp.experts.gate_up_proj":
                                       torch.zeros(E, C, 2 * I, dtype=torch.bfloat16)}),
             "not part of a gpt-oss model", "mix MXFP4 and bf16")
+    # OpenAI's own config with a key its ModelConfig does not have.
+    src = tmp_path / "openai"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({**ORIGINAL, "rope_scaling": {"type": "yarn"}}))
+    (src / "model.safetensors").write_bytes((d / "original" / "model.safetensors").read_bytes())
+    assert_clean_failure(tool("triad-convert", "import", src, tmp_path / "o.h5"),
+                         "rope_scaling not among the keys of OpenAI's gpt-oss config")
 
 
 def reference_from_hf(directory):
