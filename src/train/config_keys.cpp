@@ -536,7 +536,7 @@ class KeyTable {
         "a rank without progress (a step's part, an evaluation batch began) for this many "
         "minutes ends the job with an error naming what it was doing: a peer that died or "
         "hangs leaves the others waiting in a collective for ever (checkpoint saves are not "
-        "timed); 0: never");
+        "timed; an error NCCL reports in a collective ends it at once); 0: never");
     add("parallel.tp", c.parallel.tp, "tensor-parallel size");
     add("parallel.pp", c.parallel.pp, "pipeline-parallel size");
     add("parallel.cp", c.parallel.cp,

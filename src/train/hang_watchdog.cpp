@@ -7,8 +7,12 @@
 
 namespace triad {
 
-HangWatchdog::HangWatchdog(double limit_s, std::function<void(const std::string&)> on_hang)
-    : limit_s_(limit_s), on_hang_(std::move(on_hang)), last_ns_(now_ns()) {
+HangWatchdog::HangWatchdog(double limit_s, std::function<void(const std::string&)> on_hang,
+                           std::function<std::string()> probe)
+    : limit_s_(limit_s),
+      on_hang_(std::move(on_hang)),
+      probe_(std::move(probe)),
+      last_ns_(now_ns()) {
   if (limit_s_ > 0) thread_ = std::thread([this] { watch(); });
 }
 
@@ -53,6 +57,18 @@ void HangWatchdog::watch() {
     const bool stopped = double(now - polled) * 1e-9 > 3 * poll_seconds() + 10;
     polled = now;
     if (stopped) last_ns_.store(now, std::memory_order_release);
+    if (probe_) {  // a transport's error ends the job now, whatever the phase
+      const std::string error = probe_();
+      if (!error.empty()) {
+        std::ostringstream os;
+        os << error << " (in " << phase_.load(std::memory_order_relaxed) << " of step "
+           << step_.load(std::memory_order_relaxed)
+           << "); ending the job (resume with --resume auto)";
+        lock.unlock();
+        on_hang_(os.str());
+        return;
+      }
+    }
     if (untimed_.load(std::memory_order_relaxed)) continue;
     const double idle = double(now - last_ns_.load(std::memory_order_acquire)) * 1e-9;
     if (idle < limit_s_) continue;

@@ -15,6 +15,7 @@
 #include <map>
 #include <numeric>
 #include <sstream>
+#include <vector>
 
 #include "run_directory.h"
 #include "trainer_state.h"
@@ -536,13 +537,23 @@ TrainOutcome Trainer::run() {
     s.grid.ep().reset_stats();
     s.grid.edp().reset_stats();
   }
-  // run.hang_minutes: from here to the end of the run, a rank without progress ends the job.
+  // run.hang_minutes: from here to the end of the run, a rank without progress ends the job, and
+  // so does an error a communicator's transport found in its collectives (NCCL's asynchronous
+  // errors), at the watchdog's next poll.
   const int world_rank = s.grid.world_rank();
+  std::vector<Comm*> comms = {&s.grid.dp(), &s.grid.tp(), &s.grid.pp(), &s.grid.cp()};
+  if (cfg.parallel.ep > 1) comms.insert(comms.end(), {&s.grid.ep(), &s.grid.edp()});
   s.watchdog = std::make_unique<HangWatchdog>(
-      60.0 * cfg.run.hang_minutes, [world_rank](const std::string& report) {
+      60.0 * cfg.run.hang_minutes,
+      [world_rank](const std::string& report) {
         std::fprintf(stderr, "triad-train: error (rank %d): %s\n", world_rank, report.c_str());
         std::fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, 1);
+      },
+      [comms] {
+        for (Comm* c : comms)
+          if (std::string e = c->async_error(); !e.empty()) return e;
+        return std::string();
       });
   while (s.step < cfg.train.steps) {
     s.watch("the step's start", s.step);

@@ -1,6 +1,7 @@
 // HangWatchdog (run.hang_minutes): reports once, with the last mark, when marks stop for the
-// limit; never while they come, never with no limit, never after it is destroyed. (Times here
-// are the mechanism under test, with margins of seconds, not a measurement.)
+// limit; never while they come, never with no limit, never after it is destroyed; a probe's
+// error (a transport's: NCCL's asynchronous errors) at its next poll, while marks still come.
+// (Times here are the mechanism under test, with margins of seconds, not a measurement.)
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -64,6 +65,37 @@ TEST(HangWatchdog, AnUntimedPhaseWaitsForTheNextMark) {
   w.mark("the step's end", 4);
   const std::string report = r.first();
   EXPECT_NE(report.find(" in the step's end of step 4"), std::string::npos) << report;
+}
+
+TEST(HangWatchdog, AProbesErrorIsReportedAtTheNextPoll) {
+  Reports r;
+  std::atomic<bool> broken{false};
+  std::atomic<int> asked{0};
+  HangWatchdog w(2.0, r.sink(), [&] {
+    ++asked;
+    return broken ? std::string(
+                        "NCCL reports an error in the dp communicator: remote process "
+                        "exited or there was a network error")
+                  : std::string();
+  });
+  for (int i = 0; i < 40; ++i) {  // marks keep coming: no hang
+    w.mark("the gradients' reduction", 9);
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(r.count, 0) << "nothing to report yet";
+  broken = true;
+  std::thread marks([&] {  // still marking: the probe alone ends it
+    for (int i = 0; i < 150 && r.count == 0; ++i) {
+      w.mark("the gradients' reduction", 9);
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  const std::string report = r.first();
+  marks.join();
+  EXPECT_NE(report.find("NCCL reports an error in the dp communicator"), std::string::npos)
+      << report;
+  EXPECT_NE(report.find("(in the gradients' reduction of step 9)"), std::string::npos) << report;
+  EXPECT_GE(asked, 1);
 }
 
 TEST(HangWatchdog, NoLimitNoThread) {

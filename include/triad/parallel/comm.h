@@ -93,6 +93,11 @@ class Comm {
   // tearing down (which synchronizes devices) cannot hang before the job is aborted. MPI needs
   // nothing here (MPI_Abort ends it); a NCCL communicator is aborted.
   virtual void abort() {}
+  // An error the transport found in collectives already handed to it (NCCL's
+  // ncclCommGetAsyncError: a peer that died, a broken link), which its waiters would otherwise
+  // wait on for ever; empty while it knows of none (MPI's: always, it reports by returning).
+  // Safe to call from another thread (the hang watchdog's) while this rank waits.
+  virtual std::string async_error() { return {}; }
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;  // e.g. "dp"

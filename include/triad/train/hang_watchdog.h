@@ -9,6 +9,9 @@
 // what it was doing. Marks are a few relaxed atomic stores: nothing is measured in the step.
 // A process stopped and continued (SLURM's suspend, SIGSTOP/SIGCONT) is not taken for a hang:
 // the watchdog's own poll then comes late by the stop's length, which counts as progress.
+// A probe, asked at every poll, can end the job sooner: a transport that knows a collective
+// failed (NCCL's asynchronous errors: a peer died, the network broke; Comm::async_error) would
+// otherwise leave this rank waiting for the whole limit. Its non-empty answer is reported once.
 #pragma once
 
 #include <atomic>
@@ -24,7 +27,10 @@ namespace triad {
 class HangWatchdog {
  public:
   // limit_s <= 0: no thread, and mark() records only. on_hang gets the report (one line).
-  HangWatchdog(double limit_s, std::function<void(const std::string&)> on_hang);
+  // probe (may be empty): called from the watchdog's thread at every poll; a non-empty answer
+  // is an error that ends the job at once (on_hang with it and the last mark).
+  HangWatchdog(double limit_s, std::function<void(const std::string&)> on_hang,
+               std::function<std::string()> probe = {});
   ~HangWatchdog();  // stops the thread (on_hang is not called after)
   HangWatchdog(const HangWatchdog&) = delete;
   HangWatchdog& operator=(const HangWatchdog&) = delete;
@@ -44,6 +50,7 @@ class HangWatchdog {
 
   double limit_s_;
   std::function<void(const std::string&)> on_hang_;
+  std::function<std::string()> probe_;
   std::atomic<int64_t> last_ns_;
   std::atomic<const char*> phase_{"start-up"};
   std::atomic<int64_t> step_{0};

@@ -25,6 +25,7 @@
 // a send before their receive on one stream wait for each other forever. The pipeline executor
 // relies on MPI's tag matching and free posting order, so its messages stay on MPI.
 #include <exception>
+#include <mutex>
 #include <string>
 
 #include "cuda_ops.cuh"
@@ -50,6 +51,7 @@ struct NcclApi {
   decltype(&ncclCommAbort) comm_abort = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
   decltype(&ncclGetLastError) last_error = nullptr;
+  decltype(&ncclCommGetAsyncError) comm_get_async_error = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
   decltype(&ncclReduceScatter) reduce_scatter = nullptr;
   decltype(&ncclAllGather) all_gather = nullptr;
@@ -89,6 +91,7 @@ const NcclApi& nccl_api() {
     get(a.comm_init_rank, "ncclCommInitRank");
     get(a.comm_destroy, "ncclCommDestroy");
     get(a.comm_abort, "ncclCommAbort");
+    get(a.comm_get_async_error, "ncclCommGetAsyncError");
     get(a.error_string, "ncclGetErrorString");
     // Only for error messages, and absent before NCCL 2.13: optional.
     a.last_error = reinterpret_cast<decltype(a.last_error)>(dlsym(lib, "ncclGetLastError"));
@@ -149,7 +152,9 @@ class NcclComm final : public Comm {
     if (std::uncaught_exceptions() > 0) abort();
     if (comm_ != nullptr) {
       cudaStreamSynchronize(stream_);
+      std::lock_guard<std::mutex> lock(probe_mutex_);  // (no async_error() on a destroyed one)
       api_.comm_destroy(comm_);
+      comm_ = nullptr;
     }
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
@@ -158,9 +163,25 @@ class NcclComm final : public Comm {
   // streams waiting on them (the compute stream) drain.
   void abort() override {
     if (comm_ == nullptr) return;
-    api_.comm_abort(comm_);
-    comm_ = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(probe_mutex_);
+      api_.comm_abort(comm_);
+      comm_ = nullptr;
+    }
     host_->abort();
+  }
+  // NCCL's asynchronous error of this communicator (its network and peers' failures, found
+  // while kernels wait), with its last error's text; ncclInProgress is no error.
+  std::string async_error() override {
+    std::lock_guard<std::mutex> lock(probe_mutex_);
+    if (comm_ == nullptr) return {};
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t r = api_.comm_get_async_error(comm_, &state);
+    if (r != ncclSuccess) state = r;
+    if (state == ncclSuccess || state == ncclInProgress) return {};
+    const char* detail = api_.last_error != nullptr ? api_.last_error(comm_) : "";
+    return "NCCL reports an error in the " + name() + " communicator: " + api_.error_string(state) +
+           ((detail && *detail) ? std::string(" (") + detail + ")" : std::string());
   }
 
   int rank() const override { return host_->rank(); }
@@ -374,6 +395,7 @@ class NcclComm final : public Comm {
   cudaStream_t compute_ = nullptr;
   const NcclApi& api_;
   ncclComm_t comm_ = nullptr;
+  std::mutex probe_mutex_;  // comm_'s end against async_error() from the watchdog's thread
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr;
   CommStats own_;
