@@ -523,6 +523,23 @@ class Dims:
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
+def checkpoint_yarn(path, a: dict, fmt: str) -> tuple | None:
+    """A checkpoint's YaRN (its /model attributes `a`) as Dims.yarn, for an export format whose
+    max_position_embeddings is the factor times the original positions (fmt: the format's name,
+    for the message), refused where that is no whole number; None without YaRN."""
+    scaling = a.get("rope_scaling", "none")
+    if (scaling.decode() if isinstance(scaling, bytes) else str(scaling)) != "yarn":
+        return None
+    yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
+                                       "rope_yarn_beta_slow")) + (
+        int(a["rope_original_positions"]),)
+    if yarn[0] * yarn[3] != int(yarn[0] * yarn[3]):
+        raise ConvertError(f"{path}: YaRN's factor {yarn[0]} times its original {yarn[3]} "
+                           f"positions is not a whole number of positions ({fmt}'s "
+                           f"max_position_embeddings)")
+    return yarn
+
+
 # The mixture of experts' keys that are booleans in triad-train's config.
 BOOL_MOE_KEYS = ("moe_normalize", "moe_shared_gate", "moe_bias", "attn_sinks",
                  "rope_yarn_truncate")

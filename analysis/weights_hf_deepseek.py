@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .weights_dims import MAX_EXPERTS, ConvertError, Dims
+from .weights_dims import MAX_EXPERTS, ConvertError, Dims, checkpoint_yarn
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 from .weights_hf_layout import named_experts, pair_order
 
@@ -472,15 +472,7 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
         raise ConvertError(f"{path}: the model scores groups of experts by their best "
                            f"(model.moe_group_score = max, DeepSeek-V2's) beside sigmoid scores; "
                            f"DeepSeek-V3 scores a group by its two best")
-    yarn = None
-    if text(a.get("rope_scaling", "none")) == "yarn":
-        yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
-                                           "rope_yarn_beta_slow")) + (
-            int(a["rope_original_positions"]),)
-        if yarn[0] * yarn[3] != int(yarn[0] * yarn[3]):
-            raise ConvertError(f"{path}: YaRN's factor {yarn[0]} times its original "
-                               f"{yarn[3]} positions is not a whole number of positions "
-                               f"(DeepSeek's max_position_embeddings)")
+    yarn = checkpoint_yarn(path, a, "DeepSeek")
     return Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
                 position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm", bias=False,
                 mlp="swiglu", mlp_hidden=hidden, tied=int(a.get("tie_embeddings", 1)) == 1,

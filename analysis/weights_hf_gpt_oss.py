@@ -24,8 +24,8 @@ import numpy as np
 
 from .inspect_checkpoint import expected_shapes
 from .weights_dims import (MAX_EXPERTS, VOCAB_TENSORS, ConvertError, Dims, Tensors,
-                           full_attention_period)
-from .weights_hf_families import refuse_or_check_positions
+                           checkpoint_yarn, full_attention_period)
+from .weights_hf_families import refuse_or_check_positions, yarn_scaling
 from .weights_hf_layout import llama_query_order
 
 # transformers' GptOssConfig's defaults of the keys read here: what it computes for a config.json
@@ -200,83 +200,58 @@ def yarn_of(r, n_pos: int) -> tuple:
     kind = r.get("rope_type", r.get("type"))
     if kind != "yarn":
         raise ValueError(f"rope_type {kind!r}")
-    for key in ("mscale", "mscale_all_dim"):
-        if r.get(key):
-            raise ValueError(f"{key} is not built")
-    factor = float(r["factor"])
-    original = int(r.get("original_max_position_embeddings") or n_pos)
-    if "original_max_position_embeddings" in r and not math.isclose(n_pos / original, factor):
-        raise ValueError(f"factor {factor} is not max_position_embeddings / "
-                         f"original_max_position_embeddings = {n_pos} / {original}")
-    fast, slow = float(r.get("beta_fast") or 32), float(r.get("beta_slow") or 1)
-    if r.get("attention_factor") not in (None, 0.1 * math.log(factor) + 1 if factor > 1 else 1):
-        raise ValueError("an attention_factor other than 0.1·ln(factor) + 1 is not built")
-    if not (factor >= 1 and fast >= slow > 0 and original >= 1):
-        raise ValueError("")
     truncate = r.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ValueError(f"truncate {json.dumps(truncate)} is not true or false")
-    # (without original_max_position_embeddings the context is the stretched one already)
-    return (factor, fast, slow, original), truncate, n_pos
+    # The Llama family's reading otherwise (the mscales, the attention factor, the ranges), for a
+    # context that YaRN stretched (without original_max_position_embeddings it is that already).
+    yarn = yarn_scaling({k: v for k, v in r.items() if k != "truncate"}, n_pos, stretched=True)
+    factor, original = yarn[0], yarn[3]
+    if "original_max_position_embeddings" in r and not math.isclose(n_pos / original, factor):
+        raise ValueError(f"factor {factor} is not max_position_embeddings / "
+                         f"original_max_position_embeddings = {n_pos} / {original}")
+    return yarn, truncate, n_pos
+
+
+# Each layer's tensors of triad's and their sources, under the layer's prefix, in Hugging Face's
+# layout ("model.layers.{i}.") and in OpenAI's ("block.{i}."): c_attn's from q, k and v stacked
+# by rows (OpenAI's qkv whole); an expert weight from its MXFP4 blocks and scales (the name with
+# _blocks and _scales, or OpenAI's .blocks and .scales), or Hugging Face's bf16 tensor.
+GPT_OSS_LAYER = (
+    ("ln_1/weight", ["input_layernorm.weight"], ["attn.norm.scale"]),
+    ("attn/c_attn/weight", [f"self_attn.{x}_proj.weight" for x in "qkv"], ["attn.qkv.weight"]),
+    ("attn/c_attn/bias", [f"self_attn.{x}_proj.bias" for x in "qkv"], ["attn.qkv.bias"]),
+    ("attn/c_proj/weight", ["self_attn.o_proj.weight"], ["attn.out.weight"]),
+    ("attn/c_proj/bias", ["self_attn.o_proj.bias"], ["attn.out.bias"]),
+    ("attn/sinks", ["self_attn.sinks"], ["attn.sinks"]),
+    ("ln_2/weight", ["post_attention_layernorm.weight"], ["mlp.norm.scale"]),
+    ("mlp/router/weight", ["mlp.router.weight"], ["mlp.gate.weight"]),
+    ("mlp/router/bias", ["mlp.router.bias"], ["mlp.gate.bias"]),
+    ("mlp/experts/c_fc/weight", ["mlp.experts.gate_up_proj"], ["mlp.mlp1_weight"]),
+    ("mlp/experts/c_fc/bias", ["mlp.experts.gate_up_proj_bias"], ["mlp.mlp1_bias"]),
+    ("mlp/experts/c_proj/weight", ["mlp.experts.down_proj"], ["mlp.mlp2_weight"]),
+    ("mlp/experts/c_proj/bias", ["mlp.experts.down_proj_bias"], ["mlp.mlp2_bias"]))
+# ... and the model's others.
+GPT_OSS_OUTER = (("wte/weight", "model.embed_tokens.weight", "embedding.weight"),
+                 ("ln_f/weight", "model.norm.weight", "norm.scale"),
+                 ("lm_head/weight", "lm_head.weight", "unembedding.weight"))
 
 
 def gpt_oss_sources(d: Dims, mxfp4: bool) -> dict[str, list[str]]:
-    """Each triad tensor and the Hugging Face tensors it is made of (c_attn's from q, k and v,
-    stacked by rows; an expert weight from its MXFP4 blocks and scales, or the bf16 tensor); or
-    in OpenAI's own layout (Dims.gpt_oss "openai")."""
-    if d.gpt_oss == "openai":
-        return openai_sources(d)
-    src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
+    """Each triad tensor and the tensors of d's layout (Dims.gpt_oss) it is made of
+    (GPT_OSS_LAYER); mxfp4: the experts' weights as MXFP4 blocks (OpenAI's always are)."""
+    openai = d.gpt_oss == "openai"
+    src = {t: [oa if openai else hf] for t, hf, oa in GPT_OSS_OUTER
+           if t != "lm_head/weight" or not d.tied}
     for i in range(d.n_layer):
-        p, h = f"h/{i}/", f"model.layers.{i}."
-        a, m = h + "self_attn.", h + "mlp."
-        src.update({
-            p + "ln_1/weight": [h + "input_layernorm.weight"],
-            p + "attn/c_attn/weight": [a + f"{x}_proj.weight" for x in "qkv"],
-            p + "attn/c_proj/weight": [a + "o_proj.weight"],
-            p + "attn/sinks": [a + "sinks"],
-            p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
-            p + "mlp/router/weight": [m + "router.weight"],
-            p + "mlp/router/bias": [m + "router.bias"],
-            p + "mlp/experts/c_fc/bias": [m + "experts.gate_up_proj_bias"],
-            p + "mlp/experts/c_proj/bias": [m + "experts.down_proj_bias"],
-        })
-        for t, name in (("c_fc", "gate_up_proj"), ("c_proj", "down_proj")):
-            e = m + "experts." + name
-            src[p + f"mlp/experts/{t}/weight"] = [e + "_blocks", e + "_scales"] if mxfp4 else [e]
-        if d.bias:
-            src[p + "attn/c_attn/bias"] = [a + f"{x}_proj.bias" for x in "qkv"]
-            src[p + "attn/c_proj/bias"] = [a + "o_proj.bias"]
-    if not d.tied:
-        src["lm_head/weight"] = ["lm_head.weight"]
-    return src
-
-
-def openai_sources(d: Dims) -> dict[str, list[str]]:
-    """gpt_oss_sources in OpenAI's layout: q|k|v as one tensor, the norms' scales, the router
-    as mlp.gate, the experts' MXFP4 blocks as mlp1_weight (gate and up rows interleaved, as
-    Hugging Face's gate_up_proj_blocks, which are the same bytes) and mlp2_weight."""
-    src = {"wte/weight": ["embedding.weight"], "ln_f/weight": ["norm.scale"],
-           "lm_head/weight": ["unembedding.weight"]}
-    for i in range(d.n_layer):
-        p, b = f"h/{i}/", f"block.{i}."
-        src.update({
-            p + "ln_1/weight": [b + "attn.norm.scale"],
-            p + "attn/c_attn/weight": [b + "attn.qkv.weight"],
-            p + "attn/c_attn/bias": [b + "attn.qkv.bias"],
-            p + "attn/c_proj/weight": [b + "attn.out.weight"],
-            p + "attn/c_proj/bias": [b + "attn.out.bias"],
-            p + "attn/sinks": [b + "attn.sinks"],
-            p + "ln_2/weight": [b + "mlp.norm.scale"],
-            p + "mlp/router/weight": [b + "mlp.gate.weight"],
-            p + "mlp/router/bias": [b + "mlp.gate.bias"],
-            p + "mlp/experts/c_fc/weight": [b + "mlp.mlp1_weight.blocks",
-                                            b + "mlp.mlp1_weight.scales"],
-            p + "mlp/experts/c_fc/bias": [b + "mlp.mlp1_bias"],
-            p + "mlp/experts/c_proj/weight": [b + "mlp.mlp2_weight.blocks",
-                                              b + "mlp.mlp2_weight.scales"],
-            p + "mlp/experts/c_proj/bias": [b + "mlp.mlp2_bias"],
-        })
+        prefix = f"block.{i}." if openai else f"model.layers.{i}."
+        for t, hf, oa in GPT_OSS_LAYER:
+            if t in ("attn/c_attn/bias", "attn/c_proj/bias") and not d.bias:
+                continue  # (attention_bias false)
+            names = [prefix + n for n in (oa if openai else hf)]
+            if "/experts/" in t and t.endswith("/weight") and (mxfp4 or openai):
+                names = [names[0] + ("." if openai else "_") + x for x in ("blocks", "scales")]
+            src[f"h/{i}/{t}"] = names
     return src
 
 
@@ -428,16 +403,7 @@ def gpt_oss_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     if extra:
         raise ConvertError(f"{path}: the model has attention sinks, which export as Hugging "
                            f"Face's gpt-oss; that has none of {'; '.join(extra)}")
-    yarn = None
-    if scaling == "yarn":
-        yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
-                                           "rope_yarn_beta_slow")) + (
-            int(a["rope_original_positions"]),)
-        if yarn[0] * yarn[3] != int(yarn[0] * yarn[3]):
-            raise ConvertError(f"{path}: YaRN's factor {yarn[0]} times its original "
-                               f"{yarn[3]} positions is not a whole number of positions "
-                               f"(gpt-oss's max_position_embeddings, which transformers divides "
-                               f"by them for the factor)")
+    yarn = checkpoint_yarn(path, a, "gpt-oss")
     H = int(a["n_head"])
     return Dims(*(int(a[k]) for k in ("n_layer", "n_head", "n_embd", "seq_len", "vocab_size")),
                 position="rope", rope_theta=float(a["rope_theta"]), norm="rmsnorm",

@@ -672,22 +672,18 @@ def test_yarn_rope_scaling_imports_and_evaluates_as_transformers(imported, tmp_p
     assert abs(hf_loss_accuracy(plain, d)[0] - want_loss) > 1e-4
     back = exports_to_llama(out, tmp_path, d, want_loss)
     assert back["rope_scaling"]["rope_type"] == "yarn" and back["max_position_embeddings"] == N_POS
-    # DeepSeek's form (the scores scaled apart from cos and sin) has no such export.
-    deepseek = tmp_path / "deepseek.h5"
-    deepseek.write_bytes(out.read_bytes())
-    with h5py.File(deepseek, "r+") as f:
-        f["model"].attrs["rope_yarn_mscale_all_dim"] = 1.0
-    assert_clean_failure(tool("triad-convert", "export", deepseek, tmp_path / "ds", "--to", "hf"),
-                         "deepseek.h5", "rope_yarn_mscale_all_dim 1.0")
-    assert not (tmp_path / "ds").exists()
-    # Nor has gpt-oss's ramp between unrounded ends (transformers 4.47 would round them).
-    unrounded = tmp_path / "unrounded.h5"
-    unrounded.write_bytes(out.read_bytes())
-    with h5py.File(unrounded, "r+") as f:
-        f["model"].attrs["rope_yarn_truncate"] = 0
-    assert_clean_failure(tool("triad-convert", "export", unrounded, tmp_path / "ur", "--to", "hf"),
-                         "unrounded.h5", "model.rope_yarn_truncate = false")
-    assert not (tmp_path / "ur").exists()
+    # DeepSeek's form (the scores scaled apart from cos and sin) has no such export, nor has
+    # gpt-oss's ramp between unrounded ends (transformers 4.47 would round them).
+    for name, key, value, needle in (
+            ("deepseek", "rope_yarn_mscale_all_dim", 1.0, "rope_yarn_mscale_all_dim 1.0"),
+            ("unrounded", "rope_yarn_truncate", 0, "model.rope_yarn_truncate = false")):
+        variant = tmp_path / f"{name}.h5"
+        variant.write_bytes(out.read_bytes())
+        with h5py.File(variant, "r+") as f:
+            f["model"].attrs[key] = value
+        assert_clean_failure(tool("triad-convert", "export", variant, tmp_path / name, "--to",
+                                  "hf"), f"{name}.h5", needle)
+        assert not (tmp_path / name).exists()
     # A config whose two context lengths disagree is refused (transformers' versions differ on
     # which one YaRN's ramp takes).
     bad = json.loads((tmp_path / "llama" / "config.json").read_text())
