@@ -124,6 +124,22 @@ def continues_as_torch(path, cfg, seed, ranks, *grid, attention_gain=1):
     assert [int(t) for t in p.stdout.split()] == want
 
 
+def test_gpt_oss_blocks_continuation_matches_torch(tmp_path):
+    """gpt-oss's blocks (attention sinks, split with the query heads over tp; an 8-token window in
+    every other layer, which the cache keeps to; YaRN with unrounded ramp ends; experts with
+    biases on their router and products, the clamped SwiGLU; biases in the attention):
+    triad-generate's greedy tokens, within the context and past it, are the float64 reference's,
+    on one rank and on tp 2 × pp 2."""
+    cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
+                        position="rope", rope_theta=200.0, norm="rmsnorm", mlp="swiglu",
+                        mlp_hidden=32, tied=False, n_kv_head=2, attn_sinks=True,
+                        sliding_window=8, full_attention_every=2, moe_experts=4, moe_top_k=2,
+                        moe_bias=True, glu_alpha=1.702, glu_limit=7.0, glu_offset=1.0,
+                        rope_scaling=ref.Yarn(4.0, 8, beta_fast=0.5, beta_slow=0.05,
+                                              truncate=False))
+    continues_as_torch(tmp_path / "oss.h5", cfg, 10, 4, "--tp", 2, "--pp", 2)
+
+
 def test_mup_mixture_continuation_matches_torch(tmp_path):
     """A mixture of experts under μP (m = 2: the router's and the shared experts' gate logits
     times 1/m, the head's too, the attention scores by 1/sqrt(hd·m)): triad-generate's greedy

@@ -62,10 +62,16 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     past = cache[i][0].shape[2] if cache is not None and len(cache) > i else 0
     if qn is not None and not cfg.qk_norm_full:  # model.qk_norm: each q and k head RMSNormed,
         q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)  # unrotated
+    # Interleaved local and global layers: a windowed one keeps to the last sliding_window keys
+    # and rotates by its own base where model.rope_local_theta gives one (unscaled).
+    every, shift = cfg.full_attention_every, 0 if cfg.full_attention_first else 1
+    windowed = bool(cfg.sliding_window) and not (every and (i + shift) % every == 0)
+    theta, scaling = (cfg.rope_local_theta, None) if windowed and cfg.rope_local_theta else \
+        (cfg.rope_theta, cfg.rope_scaling)
     if cfg.position == "rope" and not (cfg.nope_every and (i + 1) % cfg.nope_every == 0):
         # (the new rows sit at positions past ..; cached keys are rotated; NoPE layers: none)
-        q, k = (ref.rotary(q, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim),
-                ref.rotary(k, cfg.rope_theta, past, cfg.rope_scaling, rot=cfg.rotary_dim))
+        q, k = (ref.rotary(q, theta, past, scaling, rot=cfg.rotary_dim),
+                ref.rotary(k, theta, past, scaling, rot=cfg.rotary_dim))
     if cache is not None:
         if len(cache) > i:
             pk, pv = cache[i]
@@ -76,9 +82,14 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
     # The cache keeps kv heads; query head j attends with key/value head j % kv (gpt_torch.py).
     k, v = k.repeat(1, nh // kv, 1, 1), v.repeat(1, nh // kv, 1, 1)
     att = torch.matmul(q, k.transpose(-2, -1)) * cfg.scores_scale
-    # Row r (position past + r) sees keys 0 .. past + r.
+    # Row r (position past + r) sees keys 0 .. past + r (the last sliding_window of them in a
+    # windowed layer); attention sinks (model.attn_sinks) join each head's denominators.
     mask = torch.ones(T, past + T, dtype=torch.bool).tril(diagonal=past)
-    att = torch.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+    if windowed:
+        rows = torch.arange(T).unsqueeze(1) + past
+        mask &= (rows - torch.arange(past + T).unsqueeze(0)) < cfg.sliding_window
+    att = ref.softmax_with_sinks(att.masked_fill(~mask, float("-inf")),
+                                 params.get(p + "attn/sinks"))
     return finish_block(params, cfg, p, x, torch.matmul(att, v).transpose(1, 2).reshape(B, T, nh * hd))
 
 
