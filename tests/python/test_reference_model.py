@@ -972,14 +972,16 @@ def test_lion_steps_match_torch(name, extra, mup, tmp_root, tmp_path):
     (next(c for c in CASES if c.name == "moeswiglu"), "match_rms_adamw", True),
     (next(c for c in CASES if c.name == "dsv3"), "original", False),
     (next(c for c in CASES if c.name == "relu2"), "original", True),
+    (next(c for c in CASES if c.name == "gptoss"), "original", True),
 ], ids=["mqa-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov",
         "moe-original-nesterov", "moeswiglu-rms-nesterov", "dsv3-original-plain",
-        "relu2-original-nesterov"])
+        "relu2-original-nesterov", "gptoss-original-nesterov"])
 def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
     """Muon on the hidden matrices (tall c_attn and c_fc, square and wide c_proj) and AdamW on
     the rest, against the documented algorithm in float64. A mixture of experts: each expert's
     c_fc and c_proj orthogonalized on its own (dsv3's are tall: [64, 32]), the shared experts'
-    too, the router on AdamW."""
+    too, the router on AdamW; gpt-oss's experts' and router's biases ([E, ..], model.moe_bias)
+    and its sinks on AdamW, without weight decay."""
     p = prepare(case, tmp_root)
     sections = config_sections(case, p.dir, optim__name="muon", optim__muon_lr=0.02,
                                optim__muon_momentum=0.9, optim__muon_nesterov=nesterov,
