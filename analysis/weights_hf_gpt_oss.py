@@ -116,11 +116,13 @@ def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None, layout: str 
     else:
         window = 0  # no layer keeps to a window
     yarn, truncate = None, True
-    r = value("rope_scaling")
+    r = value("rope_scaling")  # (absent: transformers' default, YaRN; null or default: none)
+    if isinstance(r, dict) and r.get("rope_type", r.get("type")) == "default":
+        r = None
     if r is not None:
         try:
             yarn, truncate, n_pos = yarn_of(r, n_pos)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             refusals.append(f"rope_scaling {json.dumps(r)} (triad builds YaRN with factor >= 1, "
                             f"beta_fast >= beta_slow > 0, max_position_embeddings = factor · "
                             f"original_max_position_embeddings and its own attention factor"
@@ -168,7 +170,7 @@ def openai_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     L, window, factor = v["num_hidden_layers"], v["sliding_window"], v["rope_scaling_factor"]
     original = v["initial_context_length"]
     try:
-        positions = float(factor) * int(original)
+        factor, positions = float(factor), float(factor) * int(original)
     except (TypeError, ValueError):
         raise ConvertError(f"{where}: rope_scaling_factor {json.dumps(factor)} and "
                            f"initial_context_length {json.dumps(original)} are not numbers")

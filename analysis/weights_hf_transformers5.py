@@ -73,6 +73,8 @@ def transformers4_keys(cfg: dict, where: str) -> dict:
     scaling = scaling_of(params)
     if scaling is not None:  # (Phi-3's original context: the top-level key, as in 5)
         out["rope_scaling"] = scaling
+    elif kind == "gpt_oss":  # (plain rope said so: an absent rope_scaling is YaRN in 4's class)
+        out["rope_scaling"] = None
     return out
 
 

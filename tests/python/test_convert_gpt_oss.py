@@ -362,7 +362,7 @@ def test_gpt_oss_fine_tuned_run_exports_as_gpt_oss(files, tmp_path):
     ref_loss, _ = reference_loss_accuracy(reference_from_hf(out), d)
     print(f"\nfine-tuned: val loss triad {triad_loss:.6f} reference {ref_loss:.6f}")
     assert abs(ref_loss - triad_loss) <= 1e-5 * triad_loss, (ref_loss, triad_loss)
-    # Sinks on GPT-2's blocks: no format holds them.
+    # gpt-oss's SwiGLU with another gain: transformers before 5 compute 1.702 alone.
     with h5py.File(final, "r") as f:
         a = dict(f["model"].attrs)
     bad = tmp_path / "bad.h5"
@@ -373,3 +373,29 @@ def test_gpt_oss_fine_tuned_run_exports_as_gpt_oss(files, tmp_path):
                          "bad.h5", "export as Hugging Face's gpt-oss",
                          "SwiGLU of glu_alpha 1.5")
     assert not (tmp_path / "x").exists() and a["attn_sinks"] == 1
+    # Plain rope (no YaRN) exports as rope_type default, which an absent scaling is not there,
+    # and imports back as plain rope; so does transformers 5's rope_parameters of that type.
+    plain = tmp_path / "plain.h5"
+    plain.write_bytes(final.read_bytes())
+    with h5py.File(plain, "r+") as f:
+        for k in ("rope_scaling", "rope_scaling_factor", "rope_original_positions",
+                  "rope_yarn_beta_fast", "rope_yarn_beta_slow", "rope_yarn_mscale",
+                  "rope_yarn_mscale_all_dim", "rope_yarn_truncate"):
+            if k in f["model"].attrs:
+                del f["model"].attrs[k]
+    p = tool("triad-convert", "export", plain, tmp_path / "plain", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0, p.stdout + p.stderr
+    c = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert c["rope_scaling"] == {"rope_type": "default"} and c["max_position_embeddings"] == SEQ
+    five = {k: v for k, v in c.items() if k != "rope_scaling"}
+    five["rope_parameters"] = {"rope_type": "default", "rope_theta": c.pop("rope_theta")}
+    five.pop("rope_theta")
+    (tmp_path / "plain5").mkdir()
+    (tmp_path / "plain5" / "config.json").write_text(json.dumps(five))
+    (tmp_path / "plain5" / "model.safetensors").symlink_to(tmp_path / "plain" / "model.safetensors")
+    for src in ("plain", "plain5"):
+        p = tool("triad-convert", "import", tmp_path / src, tmp_path / f"{src}.back.h5")
+        assert p.returncode == 0, p.stdout + p.stderr
+        with h5py.File(tmp_path / f"{src}.back.h5", "r") as f:
+            assert "rope_scaling" not in f["model"].attrs, src
+            assert float(f["model"].attrs["rope_theta"]) == HF_CONFIG["rope_theta"]

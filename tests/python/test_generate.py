@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,7 +130,9 @@ def test_gpt_oss_blocks_continuation_matches_torch(tmp_path):
     every other layer, which the cache keeps to; YaRN with unrounded ramp ends; experts with
     biases on their router and products, the clamped SwiGLU; biases in the attention):
     triad-generate's greedy tokens, within the context and past it, are the float64 reference's,
-    on one rank and on tp 2 × pp 2."""
+    on one rank and on tp 2 × pp 2. The reference's key/value cache gives its own tokens, and
+    without the sinks, or without the window, the same weights give other tokens (so both are
+    in what is compared)."""
     cfg = ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=32, vocab_size=50257,
                         position="rope", rope_theta=200.0, norm="rmsnorm", mlp="swiglu",
                         mlp_hidden=32, tied=False, n_kv_head=2, attn_sinks=True,
@@ -138,6 +141,13 @@ def test_gpt_oss_blocks_continuation_matches_torch(tmp_path):
                         rope_scaling=ref.Yarn(4.0, 8, beta_fast=0.5, beta_slow=0.05,
                                               truncate=False))
     continues_as_torch(tmp_path / "oss.h5", cfg, 10, 4, "--tp", 2, "--pp", 2)
+    _, params = ref.load_checkpoint(tmp_path / "oss.h5", dtype=torch.float64)
+    want = generate_torch.generate(params, cfg, PROMPT, 40, "recompute")
+    assert generate_torch.generate(params, cfg, PROMPT, 40, "kv-cache") == want
+    no_sinks = {k: v for k, v in params.items() if not k.endswith("attn/sinks")}
+    for other, w in ((replace(cfg, attn_sinks=False), no_sinks),
+                     (replace(cfg, sliding_window=0, full_attention_every=0), params)):
+        assert generate_torch.generate(w, other, PROMPT, 40, "recompute") != want
 
 
 def test_mup_mixture_continuation_matches_torch(tmp_path):
