@@ -523,12 +523,30 @@ class Dims:
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
+def attr_text(v) -> str:
+    """A string /model attribute's text (h5py reads it as bytes or str)."""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def unheld_attributes(a: dict, held: set, inert: dict) -> list[str]:
+    """"key = value" of each /model attribute of `a` an export format has no place for: not in
+    `held`, and not at its `inert` value, the one that computes nothing extra (text compared as
+    text, numbers as floats)."""
+    def inert_value(k, v):
+        if k not in inert:
+            return False
+        w = inert[k]
+        return attr_text(v) == w if isinstance(w, str) else float(v) == float(w)
+
+    return [f"{k} = {attr_text(v)}" for k, v in a.items()
+            if k not in held and not inert_value(k, v)]
+
+
 def checkpoint_yarn(path, a: dict, fmt: str) -> tuple | None:
     """A checkpoint's YaRN (its /model attributes `a`) as Dims.yarn, for an export format whose
     max_position_embeddings is the factor times the original positions (fmt: the format's name,
     for the message), refused where that is no whole number; None without YaRN."""
-    scaling = a.get("rope_scaling", "none")
-    if (scaling.decode() if isinstance(scaling, bytes) else str(scaling)) != "yarn":
+    if attr_text(a.get("rope_scaling", "none")) != "yarn":
         return None
     yarn = tuple(float(a[k]) for k in ("rope_scaling_factor", "rope_yarn_beta_fast",
                                        "rope_yarn_beta_slow")) + (
@@ -588,3 +606,13 @@ def shapes(d: Dims) -> dict[str, tuple[int, ...]]:
     s = expected_shapes(d.attrs())
     s["wte/weight"] = (d.vocab_size, d.n_embd)
     return {name: s[name] for name in triad_names(d.n_layer)}  # in checkpoint order
+
+
+def hf_shapes(d: Dims) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape of d's model in checkpoint order (inspect_checkpoint), the
+    vocabulary's tensors at vocab_size rows, as the Hugging Face formats hold them."""
+    want = expected_shapes(d.attrs())
+    for t in VOCAB_TENSORS:
+        if t in want:
+            want[t] = (d.vocab_size, *want[t][1:])
+    return want

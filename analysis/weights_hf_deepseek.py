@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 
-from .weights_dims import MAX_EXPERTS, ConvertError, Dims, checkpoint_yarn
+from .weights_dims import (MAX_EXPERTS, ConvertError, Dims, attr_text, checkpoint_yarn,
+                           unheld_attributes)
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 from .weights_hf_layout import named_experts, pair_order
 
@@ -426,18 +427,13 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     its routers' biases are not all zero) as the Dims of DeepSeek's format: DeepseekV3ForCausalLM
     for sigmoid scores (the biases its e_score_correction_bias) or no experts,
     DeepseekV2ForCausalLM for softmax routing; refused where neither computes the model."""
-    def text(v):
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    extra = [f"{k} = {text(v)}" for k, v in a.items() if k not in DEEPSEEK_HELD and
-             (k not in DEEPSEEK_INERT or float(v) != float(DEEPSEEK_INERT[k]))]
-    if (text(a.get("position")), text(a.get("norm")), text(a.get("mlp")), int(a.get("bias", 1))) \
-            != ("rope", "rmsnorm", "swiglu", 0):
-        extra.append(f"position {text(a.get('position'))}, norm {text(a.get('norm'))}, mlp "
-                     f"{text(a.get('mlp'))}, bias {a.get('bias')} (DeepSeek's are rope, RMSNorms, "
-                     f"SwiGLU, no biases)")
-    if a.get("rope_scaling") is not None and text(a["rope_scaling"]) not in ("yarn", "none"):
-        extra.append(f"rope_scaling {text(a['rope_scaling'])} (DeepSeek's is yarn)")
+    extra = unheld_attributes(a, DEEPSEEK_HELD, DEEPSEEK_INERT)
+    position, norm, mlp = (attr_text(a.get(k)) for k in ("position", "norm", "mlp"))
+    if (position, norm, mlp, int(a.get("bias", 1))) != ("rope", "rmsnorm", "swiglu", 0):
+        extra.append(f"position {position}, norm {norm}, mlp {mlp}, bias {a.get('bias')} "
+                     f"(DeepSeek's are rope, RMSNorms, SwiGLU, no biases)")
+    if a.get("rope_scaling") is not None and attr_text(a["rope_scaling"]) not in ("yarn", "none"):
+        extra.append(f"rope_scaling {attr_text(a['rope_scaling'])} (DeepSeek's is yarn)")
     if extra:
         raise ConvertError(f"{path}: the model's attention is multi-head latent attention, which "
                            f"exports as Hugging Face's DeepSeek-V2 or V3; those have none of "
@@ -450,9 +446,9 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
                            f"(q_a_layernorm, kv_a_layernorm) use {LATENT_NORM_EPS} whatever its "
                            f"rms_norm_eps says")
     E = int(a.get("moe_experts", 0))
-    score = text(a.get("moe_score", "softmax"))
+    score = attr_text(a.get("moe_score", "softmax"))
     groups, normalize = int(a.get("moe_groups", 1)), int(a.get("moe_normalize", 1)) == 1
-    by_best = text(a.get("moe_group_score", "top2")) == "max"
+    by_best = attr_text(a.get("moe_group_score", "top2")) == "max"
     hidden, shared = int(a["mlp_hidden"]), int(a.get("moe_shared_hidden", 0))
     v3 = not E or score == "sigmoid"
     if E and shared % hidden:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .inspect_checkpoint import expected_shapes
-from .weights_dims import (MAX_EXPERTS, VOCAB_TENSORS, ConvertError, Dims, Tensors,
-                           checkpoint_yarn, full_attention_period)
+from .weights_dims import (MAX_EXPERTS, ConvertError, Dims, Tensors, attr_text,
+                           checkpoint_yarn, full_attention_period, hf_shapes, unheld_attributes)
+from .weights_hf_deepseek import DeepSeekConfig
 from .weights_hf_families import refuse_or_check_positions, yarn_scaling
-from .weights_hf_layout import llama_query_order
+from .weights_hf_layout import llama_part_rows, llama_query_order
 
 # transformers' GptOssConfig's defaults of the keys read here: what it computes for a config.json
 # that leaves one out (swiglu_alpha: transformers before 5 have none and use 1.702).
@@ -51,30 +51,17 @@ MXFP4_BLOCK = 32  # values sharing one E8M0 scale
 def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None, layout: str = "hf") -> Dims:
     """A gpt-oss config.json as triad's model (module docstring); what triad does not compute
     is refused, naming the key."""
-    def value(key):
-        return cfg[key] if key in cfg else GPT_OSS_DEFAULTS.get(key)
-
-    def count(key, minimum=1):
-        v = value(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not an integer >= {minimum}")
-        return v
-
-    def number(key):
-        v = value(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConvertError(f"{where}: {key} = {json.dumps(v)} is not a finite number")
-        return float(v)
-
-    n_layer, n_head, n_embd = (count(k) for k in ("num_hidden_layers", "num_attention_heads",
-                                                  "hidden_size"))
-    hidden, vocab, n_pos = (count(k) for k in ("intermediate_size", "vocab_size",
-                                               "max_position_embeddings"))
-    kv, E, k = (count(k) for k in ("num_key_value_heads", "num_local_experts",
-                                   "num_experts_per_tok"))
-    hd = count("head_dim") if value("head_dim") is not None else n_embd // n_head
-    eps, theta = number("rms_norm_eps"), number("rope_theta")
-    alpha, limit = number("swiglu_alpha"), number("swiglu_limit")
+    c = DeepSeekConfig(cfg, where, GPT_OSS_DEFAULTS)  # (typed keys, transformers' defaults)
+    value = c.value
+    n_layer, n_head, n_embd = (c.count(k, 1) for k in ("num_hidden_layers",
+                                                       "num_attention_heads", "hidden_size"))
+    hidden, vocab, n_pos = (c.count(k, 1) for k in ("intermediate_size", "vocab_size",
+                                                    "max_position_embeddings"))
+    kv, E, k = (c.count(k, 1) for k in ("num_key_value_heads", "num_local_experts",
+                                        "num_experts_per_tok"))
+    hd = c.count("head_dim", 1) if value("head_dim") is not None else n_embd // n_head
+    eps, theta = c.number("rms_norm_eps"), c.number("rope_theta")
+    alpha, limit = c.number("swiglu_alpha"), c.number("swiglu_limit")
     refusals = []
     if n_head % kv:
         refusals.append(f"num_key_value_heads {kv} does not divide num_attention_heads {n_head}")
@@ -121,7 +108,7 @@ def gpt_oss_config_dims(cfg: dict, where: str, seq_len: int | None, layout: str 
         r = None
     if r is not None:
         try:
-            yarn, truncate, n_pos = yarn_of(r, n_pos)
+            yarn, truncate = yarn_of(r, n_pos)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             refusals.append(f"rope_scaling {json.dumps(r)} (triad builds YaRN with factor >= 1, "
                             f"beta_fast >= beta_slow > 0, max_position_embeddings = factor · "
@@ -195,10 +182,11 @@ def openai_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
 
 
 def yarn_of(r, n_pos: int) -> tuple:
-    """((factor, beta_fast, beta_slow, original positions), truncate, the context) of
-    gpt-oss's YaRN rope_scaling: transformers (4.55 on, the versions that build gpt-oss) take
-    the ratio max_position_embeddings / original_max_position_embeddings as the factor where the
-    latter is given, so the two must agree; the attention factor is YaRN's 0.1·ln(factor) + 1."""
+    """((factor, beta_fast, beta_slow, original positions), truncate) of gpt-oss's YaRN
+    rope_scaling, for a context of n_pos positions: transformers (4.55 on, the versions that
+    build gpt-oss) take the ratio max_position_embeddings / original_max_position_embeddings as
+    the factor where the latter is given, so the two must agree; the attention factor is YaRN's
+    0.1·ln(factor) + 1."""
     kind = r.get("rope_type", r.get("type"))
     if kind != "yarn":
         raise ValueError(f"rope_type {kind!r}")
@@ -212,7 +200,7 @@ def yarn_of(r, n_pos: int) -> tuple:
     if "original_max_position_embeddings" in r and not math.isclose(n_pos / original, factor):
         raise ValueError(f"factor {factor} is not max_position_embeddings / "
                          f"original_max_position_embeddings = {n_pos} / {original}")
-    return yarn, truncate, n_pos
+    return yarn, truncate
 
 
 # Each layer's tensors of triad's and their sources, under the layer's prefix, in Hugging Face's
@@ -280,14 +268,20 @@ def gate_up_order(a: np.ndarray, to_hf: bool = False) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(*split, *a.shape[2:]).swapaxes(1, 2)).reshape(a.shape)
 
 
-def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensors:
-    """The tensors of a gpt-oss model as triad's (want: their shapes), each checked before any is
-    read: the experts' weights from MXFP4 blocks where the files hold them, else from bf16
-    gate_up_proj [E, C, 2·I] and down_proj [E, I, C] (transposed, as transformers' bmm reads
-    them)."""
+def holds_mxfp4(d: Dims, where: dict) -> bool:
+    """Whether the files (tensor name -> file) hold the experts as MXFP4 blocks (OpenAI's always
+    do)."""
+    return d.gpt_oss == "openai" or any(n.endswith("experts.gate_up_proj_blocks") for n in where)
+
+
+def gpt_oss_tensors(d: Dims, where: dict, directory: Path) -> Tensors:
+    """The tensors of a gpt-oss model as triad's, each checked before any is read: the experts'
+    weights from MXFP4 blocks where the files hold them, else from bf16 gate_up_proj
+    [E, C, 2·I] and down_proj [E, I, C] (transposed, as transformers' bmm reads them)."""
     openai = d.gpt_oss == "openai"
-    mxfp4 = openai or any(n.endswith("experts.gate_up_proj_blocks") for n in where)
+    mxfp4 = holds_mxfp4(d, where)
     src = gpt_oss_sources(d, mxfp4)
+    want = hf_shapes(d)
     used = {n for names in src.values() for n in names}
     for name in where:
         if name not in used:
@@ -301,8 +295,7 @@ def gpt_oss_tensors(d: Dims, where: dict, directory: Path, want: dict) -> Tensor
             raise ConvertError(f"{directory}: tensor(s) {', '.join(missing)} missing")
         got = [list(where[n].entries[n][1]) for n in names]
         if (t.endswith("attn/c_attn/weight") or t.endswith("attn/c_attn/bias")) and not openai:
-            rows = [d.attn_width, d.kv * d.hd, d.kv * d.hd]
-            expected = [[r, *want[t][1:]] for r in rows]
+            expected = [[r, *want[t][1:]] for r in llama_part_rows(d, t, want[t][0])]
         elif "/mlp/experts/" in t and t.endswith("weight"):
             out, inp = (2 * I, C) if "c_fc" in t else (C, I)
             if mxfp4:
@@ -365,8 +358,8 @@ GPT_OSS_INERT = {"qk_norm": 0, "qk_norm_full": 0, "qkv_bias": 0, "mlp_bias": 0, 
                  "head_bias": 0, "embed_scale": 1.0, "attn_scale": 0.0, "attn_softcap": 0.0,
                  "logit_softcap": 0.0, "clip_qkv": 0.0, "residual_scale": 1.0,
                  "logit_scale": 1.0, "mup_base_width": 0, "rope_local_theta": 0.0,
-                 "rope_yarn_mscale": 1.0, "rope_yarn_mscale_all_dim": 0.0, "kv_lora_rank": 0}
-GPT_OSS_INERT_TEXT = {"moe_score": "softmax", "moe_group_score": "top2"}
+                 "rope_yarn_mscale": 1.0, "rope_yarn_mscale_all_dim": 0.0, "kv_lora_rank": 0,
+                 "moe_score": "softmax", "moe_group_score": "top2"}
 # The gate's gain transformers' gpt-oss computes with before version 5 (which reads
 # swiglu_alpha): a model with another exports as nothing they all compute.
 GPT_OSS_ALPHA = 1.702
@@ -376,17 +369,11 @@ def gpt_oss_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     """A triad checkpoint with attention sinks (its /model attributes `a`; biased: DeepSeek's
     selection-only router biases, /router_bias, not all zero) as the Dims of gpt-oss's format,
     refused where GptOssForCausalLM does not compute the model."""
-    def text(v):
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    extra = [f"{k} = {text(v)}" for k, v in a.items() if k not in GPT_OSS_HELD and (
-        (k in GPT_OSS_INERT_TEXT and text(v) != GPT_OSS_INERT_TEXT[k]) or
-        (k not in GPT_OSS_INERT_TEXT and (k not in GPT_OSS_INERT or
-                                          float(v) != float(GPT_OSS_INERT[k]))))]
-    if (text(a.get("position")), text(a.get("norm")), text(a.get("mlp"))) != \
-            ("rope", "rmsnorm", "swiglu"):
-        extra.append(f"position {text(a.get('position'))}, norm {text(a.get('norm'))}, mlp "
-                     f"{text(a.get('mlp'))} (gpt-oss's are rope, RMSNorm, SwiGLU)")
+    extra = unheld_attributes(a, GPT_OSS_HELD, GPT_OSS_INERT)
+    position, norm, mlp = (attr_text(a.get(k)) for k in ("position", "norm", "mlp"))
+    if (position, norm, mlp) != ("rope", "rmsnorm", "swiglu"):
+        extra.append(f"position {position}, norm {norm}, mlp {mlp} (gpt-oss's are rope, RMSNorm, "
+                     f"SwiGLU)")
     E = int(a.get("moe_experts", 0))
     if not E or not int(a.get("moe_bias", 0)):
         extra.append("experts without biases on the router and the experts (gpt-oss's MLPs are "
@@ -396,7 +383,7 @@ def gpt_oss_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
     if glu[0] != GPT_OSS_ALPHA or glu[1] <= 0 or glu[2] != 1.0:
         extra.append(f"SwiGLU of glu_alpha {glu[0]}, glu_limit {glu[1]}, glu_offset {glu[2]} "
                      f"(gpt-oss's: {GPT_OSS_ALPHA}, a limit > 0, 1)")
-    scaling = text(a.get("rope_scaling", "none"))
+    scaling = attr_text(a.get("rope_scaling", "none"))
     if scaling not in ("none", "yarn"):
         extra.append(f"rope_scaling {scaling} (gpt-oss's is yarn or none)")
     if biased:
@@ -453,15 +440,11 @@ def write_gpt_oss_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str]
     gate_up_proj [E, C, 2·I] with gate and up rows interleaved, down_proj [E, I, C]); the query
     heads in HF's order. write_directory: weights_hf_export.write_hf_directory."""
     src = gpt_oss_sources(d, mxfp4=False)
-    want = expected_shapes(d.attrs())
-    for t in VOCAB_TENSORS:
-        if t in want:
-            want[t] = (d.vocab_size, *want[t][1:])
     E, C, I = d.moe_experts, d.n_embd, d.mlp_hidden
     specs = {}
-    for t, shape in want.items():
+    for t, shape in hf_shapes(d).items():
         if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
-            for n, r in zip(src[t], (d.attn_width, d.kv * d.hd, d.kv * d.hd)):
+            for n, r in zip(src[t], llama_part_rows(d, t, shape[0])):
                 specs[n] = (r, *shape[1:])
         elif "/mlp/experts/" in t and t.endswith("weight"):
             specs[src[t][0]] = (E, C, 2 * I) if "c_fc" in t else (E, I, C)
@@ -476,7 +459,7 @@ def write_gpt_oss_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str]
             if "/mlp/experts/" in t and t.endswith("weight"):
                 a = a.transpose(0, 2, 1)  # [E, out, in] -> [E, in, out]
             if t.endswith(("attn/c_attn/weight", "attn/c_attn/bias")):
-                ends = np.cumsum([d.attn_width, d.kv * d.hd])
+                ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
                 for n, part in zip(src[t], np.split(a, ends)):
                     yield n, np.ascontiguousarray(part)
                 continue

@@ -11,8 +11,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .inspect_checkpoint import expected_shapes
-from .weights_dims import ConvertError, Dims, Tensors, VOCAB_TENSORS, shapes
+from .weights_dims import ConvertError, Dims, Tensors, hf_shapes, shapes
 from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dims,
                                   falcon_config_dims, gemma_config_dims, glm_config_dims,
                                   gptj_config_dims, layernorm_config_dims, llama_config_dims,
@@ -21,8 +20,8 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
                                   is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_gpt_neo import gpt_neo_config_dims
-from .weights_hf_gpt_oss import (gpt_oss_config_dims, gpt_oss_tensors, is_openai_config,
-                                 openai_config_dims)
+from .weights_hf_gpt_oss import (gpt_oss_config_dims, gpt_oss_tensors, holds_mxfp4,
+                                 is_openai_config, openai_config_dims)
 from .weights_hf_minicpm import minicpm3_config_dims
 from .weights_hf_transformers5 import transformers4_keys
 from .weights_hf_layout import (codegen_qkv_order, dbrx_expert_order, falcon_qkv_order, hf_name,
@@ -240,14 +239,9 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
         left_out = (f"; its language model, the vision tower and projector ({dropped} tensors) "
                     f"left out")
     if d.gpt_oss:
-        want = expected_shapes(d.attrs())
-        for t in VOCAB_TENSORS:
-            if t in want:
-                want[t] = (d.vocab_size, *want[t][1:])
-        mx = d.gpt_oss == "openai" or any(n.endswith("experts.gate_up_proj_blocks") for n in where)
-        return d, gpt_oss_tensors(d, where, directory, want), \
+        return d, gpt_oss_tensors(d, where, directory), \
             f"{'OpenAI' if d.gpt_oss == 'openai' else 'Hugging Face'} gpt-oss model {directory}" + (
-                "; its experts' MXFP4 weights dequantized to fp32" if mx else "")
+                "; its experts' MXFP4 weights dequantized to fp32" if holds_mxfp4(d, where) else "")
     if d.opt or d.gpt_neo:
         note = (" (c_attn's bias zeros: GPT-Neo's q, k and v have none; an export takes k's "
                 "and v's again, not q's: a fine-tuning run keeps them zero with train.freeze = "
@@ -408,10 +402,7 @@ def llama_tensors(d: Dims, where: dict, directory: Path, head_checked: bool = Fa
     head_checked: the files of a tied model may hold lm_head.weight, which must then be the
     embedding (GPT-Neo's, and Gemma 3's multimodal files; others' tied files hold none)."""
     src = llama_sources(d)
-    want = expected_shapes(d.attrs())
-    for t in VOCAB_TENSORS:
-        if t in want:
-            want[t] = (d.vocab_size, *want[t][1:])
+    want = hf_shapes(d)
     for t in src:  # DeepSeek-V3's routers' biases (written under /router_bias)
         if t.startswith("router_bias/"):
             want[t] = (d.moe_experts,)

@@ -64,11 +64,9 @@ def block(params: Dict[str, torch.Tensor], cfg: ref.GptConfig, i: int, x: torch.
         q, k = ref.rms_norm(q, qn, cfg.norm_eps), ref.rms_norm(k, kn, cfg.norm_eps)  # unrotated
     # Interleaved local and global layers: a windowed one keeps to the last sliding_window keys
     # and rotates by its own base where model.rope_local_theta gives one (unscaled).
-    every, shift = cfg.full_attention_every, 0 if cfg.full_attention_first else 1
-    windowed = bool(cfg.sliding_window) and not (every and (i + shift) % every == 0)
-    theta, scaling = (cfg.rope_local_theta, None) if windowed and cfg.rope_local_theta else \
-        (cfg.rope_theta, cfg.rope_scaling)
-    if cfg.position == "rope" and not (cfg.nope_every and (i + 1) % cfg.nope_every == 0):
+    windowed = cfg.windowed(i)
+    theta, scaling = cfg.layer_rope(i)
+    if theta is not None:
         # (the new rows sit at positions past ..; cached keys are rotated; NoPE layers: none)
         q, k = (ref.rotary(q, theta, past, scaling, rot=cfg.rotary_dim),
                 ref.rotary(k, theta, past, scaling, rot=cfg.rotary_dim))

@@ -209,6 +209,21 @@ class GptConfig:
         return bool(self.moe_experts) and i >= self.moe_first_dense and \
             (i - self.moe_first_dense + 1) % self.moe_every == 0
 
+    def windowed(self, layer: int) -> bool:
+        """Whether layer keeps to the window: interleaved local (windowed) and global (full)
+        layers."""
+        every, shift = self.full_attention_every, 0 if self.full_attention_first else 1
+        return bool(self.sliding_window) and not (every and (layer + shift) % every == 0)
+
+    def layer_rope(self, layer: int):
+        """(base, scaling) of layer's rotation: None for no rotation (learned positions, a NoPE
+        layer), the windowed layers' own base unscaled (rope_local_theta)."""
+        if self.position != "rope" or (self.nope_every and (layer + 1) % self.nope_every == 0):
+            return None, None
+        if self.rope_local_theta and self.windowed(layer):
+            return self.rope_local_theta, None
+        return self.rope_theta, self.rope_scaling
+
     @property
     def mup_mult(self) -> float:
         return self.n_embd / self.mup_base_width if self.mup_base_width else 1.0
@@ -949,20 +964,8 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         windowed = (causal & near) if full is None else (full & near)
 
-    def is_windowed(layer):  # interleaved local (windowed) and global (full) layers
-        every = cfg.full_attention_every
-        shift = 0 if cfg.full_attention_first else 1
-        return bool(cfg.sliding_window) and not (every and (layer + shift) % every == 0)
-
     def layer_mask(layer):
-        return windowed if is_windowed(layer) else full
-
-    def layer_rope(layer):  # (base, scaling): the windowed layers' own base, unscaled
-        if rope is not None and cfg.nope_every and (layer + 1) % cfg.nope_every == 0:
-            return None, None  # (a NoPE layer: no rotation at all)
-        if rope is not None and cfg.rope_local_theta and is_windowed(layer):
-            return cfg.rope_local_theta, None
-        return rope, cfg.rope_scaling
+        return windowed if cfg.windowed(layer) else full
 
     positions = None
     if cfg.reset_positions:
@@ -983,7 +986,7 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
         if cfg.kv_lora_rank:
             y = mla_attention(params, cfg, p, h, layer_mask(i), positions, layer=i)
         else:
-            theta, scaling = layer_rope(i)
+            theta, scaling = cfg.layer_rope(i)
             y = attention(h, params[p + "attn/c_attn/weight"],
                           params.get(p + "attn/c_attn/bias"), cfg.n_head, theta,
                           cfg.kv_heads, qn, kn, scaling, cfg.norm_eps,

@@ -111,14 +111,19 @@ const NcclApi& nccl_api() {
   return api;
 }
 
+// r's text, with ncclGetLastError's for comm in parentheses where NCCL has one (2.13 on).
+std::string nccl_error_text(const NcclApi& a, ncclResult_t r, ncclComm_t comm) {
+  const char* detail = a.last_error != nullptr ? a.last_error(comm) : "";
+  return a.error_string(r) +
+         ((detail && *detail) ? std::string(" (") + detail + ")" : std::string());
+}
+
 void check_nccl(ncclResult_t r, ncclComm_t comm, const char* what, const char* file, int line) {
   if (r == ncclSuccess) return;
-  const NcclApi& a = nccl_api();
   int rank = -1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  const char* detail = a.last_error != nullptr ? a.last_error(comm) : "";
   fail("NCCL call ", what, " failed on rank ", rank, " at ", file, ":", line, ": ",
-       a.error_string(r), (detail && *detail) ? std::string(" (") + detail + ")" : std::string());
+       nccl_error_text(nccl_api(), r, comm));
 }
 
 #define TRIAD_NCCL_CHECK(call, comm) check_nccl((call), (comm), #call, __FILE__, __LINE__)
@@ -179,9 +184,8 @@ class NcclComm final : public Comm {
     const ncclResult_t r = api_.comm_get_async_error(comm_, &state);
     if (r != ncclSuccess) state = r;
     if (state == ncclSuccess || state == ncclInProgress) return {};
-    const char* detail = api_.last_error != nullptr ? api_.last_error(comm_) : "";
-    return "NCCL reports an error in the " + name() + " communicator: " + api_.error_string(state) +
-           ((detail && *detail) ? std::string(" (") + detail + ")" : std::string());
+    return "NCCL reports an error in the " + name() +
+           " communicator: " + nccl_error_text(api_, state, comm_);
   }
 
   int rank() const override { return host_->rank(); }
