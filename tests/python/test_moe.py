@@ -461,6 +461,12 @@ def test_moe_biases_train_resume_exactly_and_must_agree(tmp_path):
     p = train("--config", cfg, "--resume", ckpt, "--model.moe_bias", "false",
               "--train.steps", 9)
     assert_clean_error(p, "model.moe_bias = false", str(ckpt))
+    bad = tmp_path / "bad_moe_bias.h5"  # a damaged attribute, refused by name
+    bad.write_bytes(ckpt.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["moe_bias"] = 2
+    p = train("--config", cfg, "--resume", bad, "--train.steps", 9)
+    assert_clean_error(p, "attribute moe_bias of /model is 2, not 0 or 1", str(bad))
 
 
 DSV3 = dict(MOE, train__moe_z_loss=0.0, model__moe_score="sigmoid", model__moe_routed_scale=2.5,

@@ -1462,6 +1462,11 @@ def test_damaged_checkpoints(tmp_path):
                                "rope_yarn_beta_fast": 32.0, "rope_yarn_beta_slow": 1.0,
                                "rope_yarn_mscale_all_dim": -1.0},
              "rope_yarn_mscale_all_dim (-1) of /model"),
+            ("rscale_truncate", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "yarn",
+                                 "rope_scaling_factor": 4.0, "rope_original_positions": 8,
+                                 "rope_yarn_beta_fast": 32.0, "rope_yarn_beta_slow": 1.0,
+                                 "rope_yarn_truncate": 2},
+             "attribute rope_yarn_truncate of /model is 2, not 0 or 1"),
             ("rscale_factor", {"position": "rope", "rope_theta": 10000.0, "rope_scaling": "llama3"},
              "rope_scaling_factor of /model is missing")):
         bad = tmp_path / f"bad_{name}.h5"
