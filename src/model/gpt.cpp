@@ -834,9 +834,18 @@ ActivationSlots Gpt::schedule_slots(const ModelParallel& mp, const PipelineSched
   return activation_slots(mp, &schedule);
 }
 
+int Gpt::ring_rows() const {
+  if (!inference_) return 0;
+  for (int l = 0; l < shape_.n_layer; ++l)
+    if (const int r = kv_ring_rows(shape_, mp_, precision_ == Precision::bf16, l); r > 0) return r;
+  return 0;
+}
+
 void Gpt::set_window(int window) {
   TRIAD_ASSERT(window >= 0);
   if (window == shape_.sliding_window) return;
+  TRIAD_CHECK(ring_rows() == 0, "internal error: set_window on a model planned with rings of ",
+              ring_rows(), " rows for its window of ", shape_.sliding_window);
   TRIAD_CHECK(shape_.window_scheduled || (window == 0 || window >= shape_.seq_len),
               "internal error: set_window needs a model planned for a changing window");
   // A model without a window of its own gets one in every layer: full_attention_every is 0 there.

@@ -28,6 +28,21 @@
 
 namespace triad {
 
+// The rows of layer `layer`'s q|k|v a model for inference keeps per sequence between decoding
+// calls (its share of the cache of keys and values), where fewer than seq_len: a windowed layer
+// (model.sliding_window = W, not scheduled) whose 2·W is below seq_len keeps a ring of 2·W rows,
+// position t in row t mod 2·W (Gpt::decode_ring); 0 for every other layer (seq_len rows, position
+// t in row t). Its query at position t reads keys t − W + 1 .. t only: the ring's W rows more than
+// that let a call keep the cache when it shares all but up to W + 1 of the previous call's tokens
+// (multiple-choice scoring after a cached context). In bf16 the ring's copies move whole fp32
+// words: an odd q|k|v width per rank keeps seq_len rows.
+inline int kv_ring_rows(const GptShape& s, const ModelParallel& mp, bool bf16, int layer) {
+  const int W = s.layer_window(layer);
+  if (W <= 0 || s.window_scheduled || 2 * W >= s.seq_len) return 0;
+  if (bf16 && (s.qkv_rows() / mp.tp) % 2 != 0) return 0;
+  return 2 * W;
+}
+
 // Pointers to one layer's tensors inside a parameter-shaped buffer (weights of type T, or the
 // fp32 gradients); null where the layer has no such tensor (or its gradient is not formed).
 template <class T>
@@ -195,6 +210,10 @@ struct Gpt::Activations {
   // staging for the gradients' reduce-scatter (the packed gradients, then this rank's sum).
   A *cp_qkv = nullptr, *cp_dqkv = nullptr, *cp_send = nullptr, *cp_recv = nullptr;
   float* cp_wide = nullptr;
+  // A model for inference with a ring in some layer (kv_ring_rows): the q|k|v rows a ring layer's
+  // decoding attends over, each sequence's kept window followed by its new rows (B·seq_len rows:
+  // the window and the new rows of a sequence are at most its positions up to the last new one).
+  A* kv_window = nullptr;
 
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
@@ -335,6 +354,7 @@ struct Gpt::Activations {
     // but keeps its own q|k|v.
     if (inference) recompute = Recomputation(Recompute::full);
     bool any_recompute = false;  // some chunk has layers that recompute: the scratch is needed
+    bool rings = false;          // some layer keeps a ring of rows (kv_ring_rows)
     for (size_t c = 0; c < slots.size(); ++c) {
       const bool last = mp.global_chunk(int(c)) == mp.chunks() - 1;
       const int per_chunk = mp.chunk_layers(mp.global_chunk(int(c)), s.n_layer);
@@ -348,7 +368,11 @@ struct Gpt::Activations {
           const Recompute r = recompute.in_layer(i);
           const int l = mp.first_layer(mp.global_chunk(int(c)), s.n_layer) + i;
           if (r != Recompute::full) want_internals(L, r == Recompute::none, s.moe_layer(l));
-          if (inference) want(L.qkv, BT * Wl);
+          if (inference) {  // the cache: seq_len rows per sequence, or a ring's
+            const int ring = kv_ring_rows(s, mp, !kFp32, l);
+            want(L.qkv, ring > 0 ? size_t(B) * size_t(ring) * Wl : BT * Wl);
+            rings = rings || ring > 0;
+          }
           want(L.residual3, R * C);
           if (split_backward) {
             const bool moe = s.moe_layer(l);
@@ -462,6 +486,7 @@ struct Gpt::Activations {
       if (mp.tp > 1) want_f(reduce_wide, std::max(BT * C + R * C, BT * std::max({rq, rkv, dr})));
       want_f(row_wide, size_t(s.padded_vocab_size));
     }
+    if (rings) want(kv_window, BT * Wl);
     if (mp.cp > 1 && !inference) {
       const size_t whole = size_t(B) * s.seq_len, KVl = Wl - Al;
       want(cp_qkv, whole * Wl);

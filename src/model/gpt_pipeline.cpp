@@ -341,8 +341,13 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
     // Sequence parallelism: the padded new rows must fit the context; near its end the last kept
     // tokens are computed again with the new ones (same tokens and positions, so still valid).
     while (p > 0 && p + padded(len - p) > T) --p;
+    // A ring (kv_ring_rows) keeps the previous call's last 2·W positions; the first new row
+    // reads positions p − W + 1 .. p − 1 (those from 0 while p < W): all of them must be there.
+    const int ring = ring_rows();
+    if (ring > 0 && p - std::min(p, shape_.sliding_window - 1) < q - ring) p = 0;
   }
   n = len - p;
+  decode_new_rows_ = n;
   rows = padded(n);
   last_decoded_rows_ = cached ? B * rows : 0;
   // The new tokens of each sequence, [B, rows].

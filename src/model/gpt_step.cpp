@@ -425,6 +425,49 @@ void Gpt::rotate_pieces(int layer, A* qkv, int B, int T, bool inverse) {
   });
 }
 
+template <class A, class Project>
+void Gpt::decode_ring(typename Set<A>::Layer& L, int layer, int ring, const A* sinks, int B, int T,
+                      int pos0, Project&& project) {
+  const int Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
+  const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
+  const int W = shape_.layer_window(layer), n = decode_new_rows_;
+  TRIAD_ASSERT(ring >= 2 * W && n >= 1 && n <= T);
+  const size_t row = word_count<A>(size_t(Wl));  // (kv_ring_rows: whole words)
+  // Each sequence's window: the kept rows its first new row sees (positions pos0 − k ..
+  // pos0 − 1), then its new rows. A query at position t sees keys t − W + 1 .. t, all in it.
+  const int k = std::min(pos0, W - 1), stride = k + T;
+  A* fresh = decode_scratch<A>();
+  float* win = words(acts<A>().kv_window);
+  float* kept = words(L.qkv);
+  const size_t ring_ld = size_t(ring) * row, win_ld = size_t(stride) * row;
+  project(fresh);
+  rotate(layer, fresh, B * T, T, pos0, false);
+  // Positions [from, from + count) of every sequence as runs of consecutive ring rows: f(the ring
+  // row of the run's first position, the run's offset in the range, its length).
+  auto runs = [ring](int from, int count, auto&& f) {
+    for (int done = 0; done < count;) {
+      const int at = (from + done) % ring, len = std::min(count - done, ring - at);
+      f(at, done, len);
+      done += len;
+    }
+  };
+  runs(pos0 - k, k, [&](int at, int off, int len) {
+    be_.copy_rows(win + size_t(off) * row, win_ld, kept + size_t(at) * row, ring_ld, size_t(B),
+                  size_t(len) * row);
+  });
+  be_.copy_rows(win + size_t(k) * row, win_ld, words(fresh), size_t(T) * row, size_t(B),
+                size_t(T) * row);
+  be_.attention_decode(L.atty, acts<A>().kv_window, B, stride, k, T, Al, NHl, NKVl, W,
+                       shape_.scores_scale(), shape_.attn_softcap, sinks);
+  // The ring keeps the last `ring` real rows (a padding row would overwrite a kept row that the
+  // next call's first query reads).
+  const int keep = std::min(n, ring), first = pos0 + n - keep;
+  runs(first, keep, [&](int at, int off, int len) {
+    be_.copy_rows(kept + size_t(at) * row, ring_ld, win + size_t(k + first - pos0 + off) * row,
+                  win_ld, size_t(B), size_t(len) * row);
+  });
+}
+
 template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
@@ -453,15 +496,20 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     else if (shape_.clip_qkv > 0)
       be_.clamp(dst, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
   };
+  // A model for inference keeps a ring of rows in the layers kv_ring_rows names.
+  const int ring = inference_ ? kv_ring_rows(shape_, mp_, precision_ == Precision::bf16, layer) : 0;
   if (!decoding_) {
-    project(L.qkv);
-    rotate_pieces(layer, L.qkv, B, T, false);
+    // (A ring layer's T rows may not fit its ring: they go through the decoding scratch. A pass
+    // that does not decode drops the cache: the ring's rows are not needed any more.)
+    A* qkv = ring > 0 ? decode_scratch<A>() : L.qkv;
+    project(qkv);
+    rotate_pieces(layer, qkv, B, T, false);
     // A model for inference keeps nothing for a backward pass: not even the probabilities (fp32)
     // or the log-sum-exp (bf16) the training attention saves. It generates and scores prompts,
     // each one document (set_attention_mask gives it no mask), the sliding window through
     // attention_decode's.
     if (inference_) {
-      be_.attention_decode(L.atty, L.qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer),
+      be_.attention_decode(L.atty, qkv, B, T, 0, T, Al, NHl, NKVl, shape_.layer_window(layer),
                            shape_.scores_scale(), shape_.attn_softcap, w.sinks);
     } else if (mp_.cp > 1) {
       cp_attention_forward(L.atty, L.att, L.qkv, B, layer, w.sinks);
@@ -470,6 +518,8 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
                             shape_.scores_scale(), shape_.attn_softcap, attention_dropout(layer),
                             w.sinks);
     }
+  } else if (ring > 0) {
+    decode_ring<A>(L, layer, ring, w.sinks, B, T, pos0, project);
   } else {
     // Decoding: sequence b keeps its q|k|v in rows b·seq_len + t of L.qkv (the cache); the new
     // rows go after the kept ones, straight from the product for one sequence, through a scratch

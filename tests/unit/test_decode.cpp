@@ -154,6 +154,7 @@ struct DecodeCase {
   float attn_softcap = 0.0f;  // model.attn_softcap
   bool full_first = false;    // model.full_attention_first
   bool sinks = false;         // model.attn_sinks
+  bool inference = false;     // a model for inference (its windowed layers keep rings)
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -168,12 +169,14 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
   shape.attn_scale = c.attn_scale;
   shape.attn_softcap = c.attn_softcap;
   shape.attn_sinks = c.sinks;
-  Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
+  ActivationOptions options(c.recompute);
+  options.inference = c.inference;
+  Gpt m(shape, 2, *be, 1, {}, nullptr, c.precision, options);
   m.init(7);
   const int V = kShape.vocab_size, T = kShape.seq_len;
   const std::vector<int32_t> seq = tokens(T + 6, 0);
   const double tol = c.precision == Precision::fp32 ? 1e-5 : 2e-2;
-  const bool keeps = c.recompute != Recompute::full;
+  const bool keeps = c.inference || c.recompute != Recompute::full;
   Gpt ref(shape, 2, *be, 1, {}, nullptr, c.precision, c.recompute);
   ref.init(7);
   m.forget_decoded();
@@ -197,29 +200,34 @@ TEST_P(Decode, FollowsTheRecomputedLogitsOneTokenAtATime) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cpu, Decode,
-    ::testing::Values(DecodeCase{Precision::fp32, Recompute::none},
-                      DecodeCase{Precision::bf16, Recompute::none},
-                      DecodeCase{Precision::fp32, Recompute::gelu},
-                      DecodeCase{Precision::fp32, Recompute::full},
-                      DecodeCase{Precision::fp32, Recompute::none, 7},
-                      DecodeCase{Precision::bf16, Recompute::none, 7},
-                      DecodeCase{Precision::fp32, Recompute::none, 7, 2},
-                      DecodeCase{Precision::fp32, Recompute::none, 0, 0, 0.0625f},
-                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f},
-                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f},
-                      DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f},
-                      // GPT-Neo's: the first of each two layers global, unscaled scores
-                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 1.0f, 0.0f, true},
-                      // gpt-oss's: attention sinks, windowed layers beside global ones
-                      DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.0f, false, true},
-                      DecodeCase{Precision::bf16, Recompute::none, 7, 2, 0.0f, 0.0f, false, true}),
+    ::testing::Values(
+        DecodeCase{Precision::fp32, Recompute::none}, DecodeCase{Precision::bf16, Recompute::none},
+        DecodeCase{Precision::fp32, Recompute::gelu}, DecodeCase{Precision::fp32, Recompute::full},
+        DecodeCase{Precision::fp32, Recompute::none, 7},
+        DecodeCase{Precision::bf16, Recompute::none, 7},
+        DecodeCase{Precision::fp32, Recompute::none, 7, 2},
+        DecodeCase{Precision::fp32, Recompute::none, 0, 0, 0.0625f},
+        DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0625f},
+        DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f},
+        DecodeCase{Precision::bf16, Recompute::none, 0, 0, 0.0f, 0.05f},
+        // GPT-Neo's: the first of each two layers global, unscaled scores
+        DecodeCase{Precision::fp32, Recompute::none, 7, 2, 1.0f, 0.0f, true},
+        // gpt-oss's: attention sinks, windowed layers beside global ones
+        DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.0f, false, true},
+        DecodeCase{Precision::bf16, Recompute::none, 7, 2, 0.0f, 0.0f, false, true},
+        // for inference: the windowed layers' rings of 14 of the 24 positions
+        DecodeCase{Precision::fp32, Recompute::none, 7, 0, 0.0f, 0.0f, false, false, true},
+        DecodeCase{Precision::bf16, Recompute::none, 7, 0, 0.0f, 0.0f, false, false, true},
+        DecodeCase{Precision::fp32, Recompute::none, 7, 2, 0.0f, 0.05f, true, true, true},
+        DecodeCase{Precision::bf16, Recompute::none, 7, 2, 0.0f, 0.0f, false, true, true}),
     [](const auto& info) {
       return std::string(precision_name(info.param.precision)) + "_" +
              recompute_name(info.param.recompute) + (info.param.window ? "_window" : "") +
              (info.param.full_every ? "_interleaved" : "") +
              (info.param.full_first ? "_first" : "") +
              (info.param.attn_scale > 0 ? "_scaled" : "") +
-             (info.param.attn_softcap > 0 ? "_capped" : "") + (info.param.sinks ? "_sinks" : "");
+             (info.param.attn_softcap > 0 ? "_capped" : "") + (info.param.sinks ? "_sinks" : "") +
+             (info.param.inference ? "_inference" : "");
     });
 
 TEST(Decode, OtherUsesOfTheModelDropTheCache) {
@@ -449,6 +457,102 @@ TEST(Decode, InferenceModelForwardsAsTheTrainingModel) {
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("cannot train"), std::string::npos) << e.what();
     }
+  }
+}
+
+// A model for inference whose windowed layers (model.sliding_window = 5, layers 0 and 2 of 3)
+// keep rings of 2·5 of the 24 positions (kv_ring_rows), for two sequences at once, in fp32 and
+// bf16:
+//  - it holds exactly the rows it needs: the same model with a window of 12 (no rings: 2·12 is the
+//    context) plans 2 layers × 14 rows fewer per sequence and one window scratch of 24 rows more;
+//  - decoding one token at a time, through the rings' wrapping and past the context, and
+//    evaluating give the training model's logits and loss, each call after the prompt running one
+//    row per sequence;
+//  - scoring choices after a decoded context reuses the cache while the rings still hold the
+//    window of the first new row (the previous call dropped up to W + 1 = 6 positions) and
+//    recomputes everything when they do not.
+TEST(Decode, RingsKeepTheWindowAndFollowTheTrainingModel) {
+  GptShape shape = kShape, unringed = kShape;
+  shape.sliding_window = 5;
+  shape.full_attention_every = 2;
+  unringed.sliding_window = 12;
+  unringed.full_attention_every = 2;
+  const int V = shape.vocab_size, T = shape.seq_len, B = 2;
+  const size_t Wl = size_t(shape.qkv_rows());
+  for (Precision precision : {Precision::fp32, Precision::bf16}) {
+    SCOPED_TRACE(precision_name(precision));
+    auto be = make_cpu_backend(), be_train = make_cpu_backend();
+    ActivationOptions forward_only;
+    forward_only.inference = true;
+    Gpt m(shape, B, *be, 1, {}, nullptr, precision, forward_only);
+    m.init(3);
+    Gpt train(shape, B, *be_train, 1, {}, nullptr, precision);
+    train.init(3);
+    const size_t bytes = precision == Precision::fp32 ? 4 : 2;
+    const GptMemory rings = Gpt::memory_plan(shape, B, 1, {}, nullptr, precision, forward_only);
+    const GptMemory whole = Gpt::memory_plan(unringed, B, 1, {}, nullptr, precision, forward_only);
+    EXPECT_EQ(whole.activations - rings.activations,
+              (2 * B * size_t(T - 10) * Wl - B * size_t(T) * Wl) * bytes);
+    EXPECT_EQ(be->allocated_bytes(), rings.total());
+    const double tol = precision == Precision::fp32 ? 1e-5 : 2e-2;
+    std::vector<std::vector<int32_t>> seqs;
+    for (int b = 0; b < B; ++b) seqs.push_back(tokens(T + 4, 17 * b));
+    std::vector<int32_t> window;
+    for (int end = 3; end <= T + 4; ++end) {
+      const int len = std::min(end, T);
+      window.clear();
+      for (const auto& q : seqs)
+        window.insert(window.end(), q.begin() + (end - len), q.begin() + end);
+      const float* got = m.decode_logits(window.data(), B, len);
+      const std::vector<float> g(got, got + size_t(B) * V);
+      EXPECT_EQ(m.last_decoded_rows(), B * (end > 3 && end <= T ? 1 : len)) << end;
+      for (int b = 0; b < B; ++b)
+        EXPECT_LE(rel(g.data() + size_t(b) * V,
+                      train.next_token_logits(window.data() + size_t(b) * len, len), size_t(V)),
+                  tol)
+            << "sequence " << b << " end " << end;
+    }
+    const std::vector<int32_t> in = tokens(B * T, 5), tg = tokens(B * T, 9);
+    const ForwardStats a = m.evaluate(in.data(), tg.data(), B);
+    EXPECT_NEAR(a.loss_sum, train.evaluate(in.data(), tg.data(), B).loss_sum,
+                (precision == Precision::fp32 ? 1e-6 : 1e-2) * std::abs(a.loss_sum));
+    // Choices after a context of 9: a 14-token sequence's last 5 positions scored.
+    const int len = 14, last = 5;
+    std::vector<int32_t> seq, targets;
+    for (int b = 0; b < B; ++b) {
+      const std::vector<int32_t> t = tokens(len, 23 * b + 1);
+      seq.insert(seq.end(), t.begin(), t.end());
+      for (int j = 0; j < last; ++j) targets.push_back((t[size_t(len - last + j)] * 5 + 1) % V);
+    }
+    const auto score = [&](int rows_run) {
+      const float* got = m.sequence_losses(seq.data(), B, len, last, targets.data());
+      const std::vector<float> g(got, got + size_t(B) * last);
+      EXPECT_EQ(m.last_decoded_rows(), B * rows_run);
+      for (int b = 0; b < B; ++b)
+        for (int j = 0; j < last; ++j) {
+          const float* l =
+              train.next_token_logits(seq.data() + size_t(b) * len, len - last + j + 1);
+          double mx = -1e300, z = 0;
+          for (int v = 0; v < V; ++v) mx = std::max(mx, double(l[v]));
+          for (int v = 0; v < V; ++v) z += std::exp(double(l[v]) - mx);
+          const double want = std::log(z) + mx - l[targets[size_t(b) * last + j]];
+          EXPECT_NEAR(g[size_t(b) * last + j], want,
+                      (precision == Precision::fp32 ? 1e-5 : 2e-2) * want)
+              << "b " << b << " j " << j;
+        }
+    };
+    std::vector<int32_t> ctx;
+    for (int b = 0; b < B; ++b)
+      ctx.insert(ctx.end(), seq.begin() + ptrdiff_t(b) * len, seq.begin() + ptrdiff_t(b) * len + 9);
+    m.decode_logits(ctx.data(), B, 9);
+    score(len - 9);  // the context kept
+    // Another choice after the same context: the rings hold positions 4 .. 13, the first new
+    // row (position 9) reads 5 .. 9.
+    for (int b = 0; b < B; ++b) seq[size_t(b) * len + 9] = (seq[size_t(b) * len + 9] + 1) % V;
+    score(len - 9);
+    // One that shares 7 positions: 7 − 4 = 3 is no longer held, everything runs again.
+    for (int b = 0; b < B; ++b) seq[size_t(b) * len + 7] = (seq[size_t(b) * len + 7] + 1) % V;
+    score(len);
   }
 }
 

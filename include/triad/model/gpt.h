@@ -614,6 +614,15 @@ class Gpt {
                          int& rows);
   template <class A>
   A* decode_scratch();  // decode_logits with B > 1: the new rows' q|k|v before they are placed
+  // A model for inference, layer `layer` keeping a ring of `ring` rows per sequence
+  // (kv_ring_rows in gpt_activations.h): its attention for the T new rows (of them the first
+  // decode_new_rows_ real, the rest sequence parallelism's padding) at positions pos0 .. of each
+  // of the B sequences, L.qkv the ring. project(dst) writes the new rows' q|k|v, [B, T]; the
+  // attention reads them after their sequence's kept window (the keys the first new row sees),
+  // and the ring keeps the real ones.
+  template <class A, class Project>
+  void decode_ring(typename Set<A>::Layer& L, int layer, int ring, const A* sinks, int B, int T,
+                   int pos0, Project&& project);
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
@@ -638,7 +647,8 @@ class Gpt {
   void drop_rows(A* x, int rows, uint32_t site);
   // Decoding (decoding_, set by decode_logits): the T rows of each of the B sequences are its
   // positions pos0 .. pos0 + T − 1; the layers' qkv buffers hold each sequence's earlier rows'
-  // q|k|v (at rows b·seq_len + t) and the new ones are written after them.
+  // q|k|v (at rows b·seq_len + t, or in a ring: decode_ring) and the new ones are written after
+  // them.
   template <class A>
   void forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0 = 0);
   // The backward pass of a chunk; where the schedule splits it (split_backward_), only the input
@@ -964,7 +974,11 @@ class Gpt {
   std::vector<int32_t> decoded_;
   int decoded_batch_ = 1;  // sequences in decoded_, each decoded_.size() / decoded_batch_ long
   int last_decoded_rows_ = 0;
-  bool decoding_ = false;  // within decode_logits: the layers read and extend the cache
+  bool decoding_ = false;    // within decode_logits: the layers read and extend the cache
+  int decode_new_rows_ = 0;  // ... and the new tokens per sequence (the rows less any padding)
+  // The rows of the rings a model for inference keeps in its windowed layers (kv_ring_rows; 2·W
+  // in each of them), 0 where none does.
+  int ring_rows() const;
   float* decode_scratch_fp32_ = nullptr;
   bf16_t* decode_scratch_bf16_ = nullptr;
   Precision precision_ = Precision::fp32;
