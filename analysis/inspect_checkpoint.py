@@ -80,8 +80,12 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     tensors in the layers moe_first_dense and moe_every give them, with experts/c_fc/bias [E, F],
     experts/c_proj/bias [E, C] and router/bias [E] when moe_bias is 1; shared/c_fc, shared/c_proj
     with moe_shared_hidden, shared/gate [1, C] with moe_shared_gate; the dense layers' MLP
-    moe_dense_hidden wide)."""
+    moe_dense_hidden wide; mtp_depth D > 0: D multi-token prediction modules mtp/<j>/, each
+    ln_e, ln_h, eh_proj [C, 2C], the tensors of a block of layer n_layer + j's kind, and ln_f)."""
     L, C, T, V = (int(a[k]) for k in ("n_layer", "n_embd", "seq_len", "padded_vocab_size"))
+    # The blocks: each layer's, then each multi-token prediction module's (as layer L + j).
+    blocks = [(f"h/{i}/", i) for i in range(L)] + \
+        [(f"mtp/{j}/", L + j) for j in range(int(a.get("mtp_depth", 0)))]
     H = int(a["n_head"])
     # c_attn: q (C rows), then k and v with n_kv_head heads of C / n_head rows (absent: n_head)
     # model.head_dim (absent or 0: C / n_head) sets the heads' width, q's is n_head · head_dim
@@ -92,8 +96,12 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
     s = {"wte/weight": (V, C), "ln_f/weight": (C,), "ln_f/bias": (C,)}
     if a.get("position", "learned") != "rope":
         s["wpe/weight"] = (T, C)
-    for i in range(L):
-        p = f"h/{i}/"
+    for j in range(len(blocks) - L):  # the modules' own tensors around their blocks'
+        p = f"mtp/{j}/"
+        s.update({p + "ln_e/weight": (C,), p + "ln_e/bias": (C,), p + "ln_h/weight": (C,),
+                  p + "ln_h/bias": (C,), p + "eh_proj/weight": (C, 2 * C),
+                  p + "ln_f/weight": (C,), p + "ln_f/bias": (C,)})
+    for p, i in blocks:
         s.update({
             p + "ln_1/weight": (C,), p + "ln_1/bias": (C,),
             p + "attn/c_attn/weight": (W, C), p + "attn/c_attn/bias": (W,),
@@ -138,18 +146,18 @@ def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
         # (dense layers among experts: model.moe_dense_hidden units, else mlp_hidden's)
         H = int(a.get("moe_dense_hidden", 0)) or int(a.get("mlp_hidden", 4 * C))
         F = 2 * H if gated else H
-        for i in range(L):
-            p = f"h/{i}/mlp/"
+        for block, i in blocks:
+            p = block + "mlp/"
             s.update({p + "c_fc/weight": (F, C), p + "c_fc/bias": (F,), p + "c_proj/weight": (C, H)})
     E = int(a.get("moe_experts", 0))
     if E > 0:  # model.moe_experts: the experts' MLPs and the router replace the MLP
         H = int(a.get("mlp_hidden", 4 * C))
         F = 2 * H if gated else H
         first, every = int(a.get("moe_first_dense", 0)), int(a.get("moe_every", 1))
-        for i in range(L):
+        for block, i in blocks:
             if i < first or (i - first + 1) % every:  # a dense layer among them
                 continue
-            p = f"h/{i}/mlp/"
+            p = block + "mlp/"
             for k in ("c_fc/weight", "c_fc/bias", "c_proj/weight", "c_proj/bias"):
                 s.pop(p + k, None)
             s.update({p + "experts/c_fc/weight": (E, F, C), p + "experts/c_proj/weight": (E, C, H),

@@ -87,6 +87,7 @@ void write_model_attributes(hid_t model, const ModelShape& m) {
     io::write_double_attr(model, "attn_scale", m.attn_scale);
   if (m.mup_base_width > 0)  // 0: the standard parametrization
     io::write_int64_attr(model, "mup_base_width", m.mup_base_width);
+  if (m.mtp_depth > 0) io::write_int64_attr(model, "mtp_depth", m.mtp_depth);
   if (m.moe_experts > 0) {  // 0: dense MLPs
     io::write_int64_attr(model, "moe_experts", m.moe_experts);
     io::write_int64_attr(model, "moe_top_k", m.moe_top_k);
@@ -341,6 +342,9 @@ ModelShape read_model_attributes(hid_t model) {
   m.mup_base_width = io::read_int64_attr(model, "mup_base_width").value_or(0);
   TRIAD_CHECK(m.mup_base_width >= 0 && m.mup_base_width <= (int64_t(1) << 20),
               "attribute mup_base_width of /model is ", m.mup_base_width, ", not in [0, 2^20]");
+  m.mtp_depth = io::read_int64_attr(model, "mtp_depth").value_or(0);
+  TRIAD_CHECK(m.mtp_depth >= 0 && m.mtp_depth <= 16, "attribute mtp_depth of /model is ",
+              m.mtp_depth, ", not in [0, 16]");
   m.moe_experts = io::read_int64_attr(model, "moe_experts").value_or(0);
   TRIAD_CHECK(m.moe_experts >= 0 && m.moe_experts <= kMaxExperts,
               "attribute moe_experts of /model is ", m.moe_experts, ", not in [0, ", kMaxExperts,

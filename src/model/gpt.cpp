@@ -396,6 +396,22 @@ std::vector<ParamSpec> gpt_rank_layout(const GptShape& shape, const ModelParalle
     } else if (!mp.first_stage()) {
       b.add("wte/weight", {Vp, C}, 0, 1, true);
     }
+    // The multi-token prediction modules (GptShape::mtp_depth): the norms of the embedding and of
+    // the hidden state, their projection (row-parallel: each rank the same 1/tp of the columns
+    // of both halves, [e | h]), the block, its final norm.
+    const bool norm_bias = has_tensor(shape, "ln_f/bias");
+    for (int j = 0; j < shape.mtp_depth; ++j) {
+      const std::string p = "mtp/" + std::to_string(j) + "/";
+      for (const char* norm : {"ln_e", "ln_h"}) {
+        b.add(p + norm + "/weight", {C}, -1, 1, false);
+        if (norm_bias) b.add(p + norm + "/bias", {C}, -1, 1, false);
+      }
+      b.add(p + "eh_proj/weight", {C, 2 * C}, 1, 2, false);
+      for (const auto& t : layer_tensor_list(shape, shape.mtp_layer(j)))
+        b.add(p + t.name, t.shape, t.axis, t.blocks, false);
+      b.add(p + "ln_f/weight", {C}, -1, 1, false);
+      if (norm_bias) b.add(p + "ln_f/bias", {C}, -1, 1, false);
+    }
   }
   return b.take();
 }
@@ -560,7 +576,8 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   TRIAD_ASSERT(mp.pp == 1 || (mp.pp_comm != nullptr && (schedule != nullptr || inference_)));
   specs_ = gpt_rank_layout(shape, mp);
-  layer_.assign(size_t(shape.n_layer), -1);
+  layer_.assign(size_t(shape.n_layer + shape.mtp_depth), -1);
+  mtp_.assign(size_t(shape.mtp_depth), -1);
   for (size_t i = 0; i < specs_.size(); ++i) {
     const auto& n = specs_[i].name;
     if (n == "wte/weight") (specs_[i].replica && mp.pp > 1 ? head_ : wte_) = int(i);
@@ -571,6 +588,15 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     if (n.starts_with("h/")) {  // a layer's first tensor (ln_1's, or c_attn's without it)
       int& first = layer_[size_t(std::stoi(n.substr(2)))];
       if (first < 0) first = int(i);
+    }
+    if (n.starts_with("mtp/")) {  // a module's first tensor (ln_e's), and its block's
+      const int j = std::stoi(n.substr(4));
+      if (mtp_[size_t(j)] < 0) mtp_[size_t(j)] = int(i);
+      int& first = layer_[size_t(shape.mtp_layer(j))];
+      const std::string t = n.substr(n.find('/', 4) + 1);
+      const bool outside = t.starts_with("ln_e/") || t.starts_with("ln_h/") ||
+                           t.starts_with("eh_proj/") || t.starts_with("ln_f/");
+      if (first < 0 && !outside) first = int(i);
     }
   }
   if (shape.tied && mp.first_stage() && mp.holds_head()) head_ = wte_;  // one copy of wte
@@ -683,6 +709,20 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
     if (shape_.rope_local_theta > 0) rope_local_table_ = upload(rope_table(shape_, true));
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
+  if (shape_.mtp_depth > 0 && mp.holds_head() && !inference_) {  // the modules' (mtp_step)
+    TRIAD_CHECK(mp.cp == 1, "multi-token prediction runs without context parallelism");
+    TRIAD_CHECK(shape_.n_embd % mp.tp == 0 &&
+                    (precision_ == Precision::fp32 || shape_.n_embd / mp.tp % 2 == 0),
+                "multi-token prediction needs n_embd (", shape_.n_embd,
+                ") divisible by tp = ", mp.tp,
+                (precision_ == Precision::bf16 ? " into even parts (bf16)" : ""));
+    TRIAD_CHECK(shape_.tied || wte_ >= 0,
+                "multi-token prediction with an untied head needs "
+                "the embedding on the last stage (pp = 1)");
+    const size_t n = size_t(shape_.mtp_depth) * size_t(max_batch_) * shape_.seq_len;
+    d_mtp_ids_ = be_.alloc_ints(n);
+    d_mtp_targets_ = be_.alloc_ints(n);
+  }
   d_targets_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.masks_attention(shape_.seq_len))
     d_key_begin_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
@@ -763,6 +803,8 @@ Gpt::~Gpt() {
   if (fp8_amax_) be_.free(fp8_amax_);
   be_.free_ints(d_targets_);
   be_.free_ints(d_inputs_);
+  if (d_mtp_ids_ != nullptr) be_.free_ints(d_mtp_ids_);
+  if (d_mtp_targets_ != nullptr) be_.free_ints(d_mtp_targets_);
   if (tied_scratch_) be_.free(tied_scratch_);
   if (rope_table_) be_.free(rope_table_);
   if (rope_local_table_) be_.free(rope_local_table_);
@@ -1025,8 +1067,8 @@ void Gpt::init(uint64_t seed, const InitOptions& options) {
       const bool residual = t.name.ends_with("c_proj/weight");
       // (The router and the shared experts' gate are readouts, of E and 1 outputs: μP leaves
       // their deviation, and multiplies their logits by 1/m instead.)
-      const bool matrix = t.name.starts_with("h/") && t.shape.size() >= 2 &&
-                          !t.name.ends_with("/mlp/router/weight") &&
+      const bool matrix = (t.name.starts_with("h/") || t.name.starts_with("mtp/")) &&
+                          t.shape.size() >= 2 && !t.name.ends_with("/mlp/router/weight") &&
                           !t.name.ends_with("/mlp/shared/gate/weight");
       const double std = (residual ? residual_std : options.std) * (matrix ? hidden : 1.0);
       size_t n = t.numel;

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "triad/kernels/backend.h"
@@ -58,6 +59,50 @@ struct LayerTensors {
   T* sinks;    // model.attn_sinks: [NH/tp], this rank's query heads'
   T* routerb;  // model.moe_bias: the router's bias [E] (fcb and fcprojb: the experts', [E, ..])
 };
+
+// The layer's tensors are specs[first ..]; pos[k] is where the one of kind k (Gpt::layer_slot_;
+// all_layer_tensors' order for a layer with experts) sits among them, -1 for a bias or norm the
+// model does not have (a null pointer, as the ops take it). base holds buffer element `origin` at
+// base[0].
+template <class T>
+inline LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
+                                     const int (&pos)[30], size_t origin = 0) {
+  auto at = [&](int k) -> T* {
+    return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
+  };
+  return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),
+          at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19),
+          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27), at(28), at(29)};
+}
+
+// gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
+// for none), whose products the ops then skip: a frozen bias's, and a frozen weight's where its
+// bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
+// The norms' stay: their ops form them with the input gradient.
+inline LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
+                                          int first, const int (&pos)[30]) {
+  if (frozen.empty()) return gr;
+  auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
+  auto drop = [&](float*& w, int kw, float*& b, int kb) {
+    if (is_frozen(kb)) b = nullptr;
+    if (is_frozen(kw) && b == nullptr) w = nullptr;
+  };
+  drop(gr.qkvw, 2, gr.qkvb, 3);
+  drop(gr.projw, 6, gr.projb, 7);
+  drop(gr.fcw, 10, gr.fcb, 11);
+  drop(gr.fcprojw, 12, gr.fcprojb, 13);
+  drop(gr.routerw, 14, gr.routerb, 29);
+  for (auto [k, p] : {std::pair{15, &gr.shfcw},
+                      {16, &gr.shprojw},
+                      {17, &gr.shgatew},
+                      {22, &gr.mqaw},
+                      {24, &gr.mqbw},
+                      {25, &gr.mkvaw},
+                      {27, &gr.mkvbw},
+                      {28, &gr.sinks}})
+    if (is_frozen(k)) *p = nullptr;
+  return gr;
+}
 
 template <class A>
 struct Gpt::Set {
@@ -132,6 +177,8 @@ struct Gpt::Set {
   float *lnf_mean = nullptr, *lnf_rstd = nullptr;
   A* lnfg = nullptr;  // ln_f over all rows (sequence parallel; else an alias of lnf)
   float *losses = nullptr, *correct = nullptr;
+  // Multi-token prediction (training): the gradient the modules give the chunk's output.
+  A* dmtp = nullptr;
   const A* output() const { return layers.empty() ? input : layers.back().residual3; }
 };
 
@@ -214,6 +261,24 @@ struct Gpt::Activations {
   // decoding attends over, each sequence's kept window followed by its new rows (B·seq_len rows:
   // the window and the new rows of a sequence are at most its positions up to the last new one).
   A* kv_window = nullptr;
+  // Multi-token prediction (GptShape::mtp_depth; training, the last stage): module j's forward,
+  // kept until its backward right after the losses (Gpt::mtp_step), reused by every
+  // micro-batch. Rows as the residual stream's (R), but the projection's input (all rows, this
+  // rank's 2·C/tp columns: its columns of norm(e), then of norm(h)) and lnfg (ln_f's output over
+  // all rows, sequence parallel; else an alias of lnf).
+  struct MtpModule {
+    A *emb = nullptr, *en = nullptr, *hn = nullptr, *cat = nullptr, *in = nullptr;
+    float *en_mean = nullptr, *en_rstd = nullptr, *hn_mean = nullptr, *hn_rstd = nullptr;
+    Layer block{};
+    A *lnf = nullptr, *lnfg = nullptr, *dlnf = nullptr;
+    float *lnf_mean = nullptr, *lnf_rstd = nullptr, *losses = nullptr, *correct = nullptr;
+  };
+  std::vector<MtpModule> mtp;
+  // Their backward scratch: the projection's input gradient [rows, 2·C/tp], one half's columns
+  // in place over all rows before their reduction [rows, C], its reduced rows (sequence
+  // parallel), the gradient of module j's output from module j + 1, and of the embedding's.
+  A *mtp_dcat = nullptr, *mtp_dpart = nullptr, *mtp_dnorm = nullptr, *mtp_dnext = nullptr;
+  A* mtp_demb = nullptr;
 
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
@@ -253,6 +318,15 @@ struct Gpt::Activations {
         joins = joins || s.joins_branches(l, mp.tp);
       }
     }
+    // Training on the last stage: the multi-token prediction modules' blocks too.
+    const bool mtp_here = !inference && s.mtp_depth > 0 && mp.holds_head();
+    for (int j = 0; mtp_here && j < s.mtp_depth; ++j) {
+      const int l = s.mtp_layer(j);
+      experts = experts || s.moe_layer(l);
+      dense = dense || !s.moe_layer(l);
+      joins = joins || s.joins_branches(l, mp.tp);
+    }
+    const bool has_layers = mp.rank_layers(s.n_layer) > 0 || mtp_here;
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
     // Rows on the experts' side: expert parallelism may bring this rank every rank's choices (the
     // worst case: its buffers are sized for it), at most ep·N·k rows; with a capacity c per
@@ -407,18 +481,49 @@ struct Gpt::Activations {
           if (!inference) want(S.dlnf, R * C);
           want_f(S.losses, BT);
           want_f(S.correct, BT);
+          if (mtp_here) want(S.dmtp, R * C);
           if (sp) want(S.lnfg, BT * C);
         }
       }
     }
+    if (mtp_here) {  // each module's forward kept for its backward, which follows at once
+      const size_t Ch2 = 2 * C / size_t(mp.tp);  // eh_proj's input columns here
+      mtp.resize(size_t(s.mtp_depth));
+      for (int j = 0; j < s.mtp_depth; ++j) {
+        MtpModule& M = mtp[size_t(j)];
+        want(M.emb, R * C);
+        want(M.en, R * C);
+        want(M.hn, R * C);
+        if (means) want_f(M.en_mean, R);
+        if (means) want_f(M.hn_mean, R);
+        want_f(M.en_rstd, R);
+        want_f(M.hn_rstd, R);
+        want(M.cat, BT * Ch2);
+        want(M.in, R * C);
+        want_internals(M.block, true, s.moe_layer(s.mtp_layer(j)));
+        want(M.block.residual3, R * C);
+        if (!sp) want(M.lnf, R * C);
+        if (means) want_f(M.lnf_mean, R);
+        want_f(M.lnf_rstd, R);
+        want(M.dlnf, R * C);
+        want_f(M.losses, BT);
+        want_f(M.correct, BT);
+        if (sp) want(M.lnfg, BT * C);
+      }
+      want(mtp_dcat, BT * Ch2);
+      want(mtp_dpart, BT * C);
+      if (sp) want(mtp_dnorm, R * C);
+      want(mtp_dnext, R * C);
+      want(mtp_demb, R * C);
+    }
     if (!inference) want(dresidual, R * C);
-    if (!inference && mp.rank_layers(s.n_layer) > 0) {
+    if (!inference && has_layers) {
       // (the branch's share of the gradient where a scale or the dropout changes it)
       const bool own_share = s.residual_scale != 1.0f || s.hidden_dropout > 0.0f;
       if (s.branch_norm || own_share) want(dbranch, R * C);
       if (s.branch_norm && own_share) want(dscaled, R * C);
     }
-    if (!inference && mp.rank_layers(s.n_layer) > 0) {  // the layers' backward scratch
+    if (!inference && has_layers) {  // the layers' backward scratch
       want(dln, BT * C);
       if (s.shared_norm) want(dln_mlp, R * C);
       want(datty, BT * Al);
@@ -445,7 +550,7 @@ struct Gpt::Activations {
         want(mla_tmp, BT * dr);
       }
     }
-    if (s.mla() && mp.rank_layers(s.n_layer) > 0) {
+    if (s.mla() && has_layers) {
       if (rq > 0) want(mla_cqn, BT * rq);
       want(mla_latn, BT * rkv);
       want(mla_ckv, BT * (rkv + dr));
@@ -524,6 +629,11 @@ struct Gpt::Activations {
       }
     };
     alias(work);
+    for (MtpModule& M : mtp) {
+      alias(M.block);
+      if (sp) M.lnf = ln_local;
+      if (!sp) M.lnfg = M.lnf;
+    }
     for (auto& chunk : sets)
       for (auto& S : chunk) {
         for (int i = 0; i < int(S.layers.size()); ++i) {

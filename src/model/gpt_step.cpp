@@ -18,53 +18,6 @@
 #include "triad/model/gpt.h"
 
 namespace triad {
-namespace {
-
-// The layer's tensors are specs[first ..]; pos[k] is where the one of kind k (Gpt::layer_slot_;
-// all_layer_tensors' order for a layer with experts) sits among them, -1 for a bias or norm the
-// model does not have (a null pointer, as the ops take it). base holds buffer element `origin` at
-// base[0].
-template <class T>
-LayerTensors<T> layer_tensors(T* base, const std::vector<ParamSpec>& specs, int first,
-                              const int (&pos)[30], size_t origin = 0) {
-  auto at = [&](int k) -> T* {
-    return pos[k] < 0 ? nullptr : base + (specs[size_t(first + pos[k])].offset - origin);
-  };
-  return {at(0),  at(1),  at(2),  at(3),  at(4),  at(5),  at(6),  at(7),  at(8),  at(9),
-          at(10), at(11), at(12), at(13), at(14), at(15), at(16), at(17), at(18), at(19),
-          at(20), at(21), at(22), at(23), at(24), at(25), at(26), at(27), at(28), at(29)};
-}
-
-// gr without the gradients of frozen linear-layer tensors (train.freeze; frozen: per spec, empty
-// for none), whose products the ops then skip: a frozen bias's, and a frozen weight's where its
-// bias is gone too (the ops take a weight gradient without a bias gradient, not the reverse).
-// The norms' stay: their ops form them with the input gradient.
-LayerTensors<float> without_frozen(LayerTensors<float> gr, const std::vector<char>& frozen,
-                                   int first, const int (&pos)[30]) {
-  if (frozen.empty()) return gr;
-  auto is_frozen = [&](int k) { return pos[k] >= 0 && frozen[size_t(first + pos[k])] != 0; };
-  auto drop = [&](float*& w, int kw, float*& b, int kb) {
-    if (is_frozen(kb)) b = nullptr;
-    if (is_frozen(kw) && b == nullptr) w = nullptr;
-  };
-  drop(gr.qkvw, 2, gr.qkvb, 3);
-  drop(gr.projw, 6, gr.projb, 7);
-  drop(gr.fcw, 10, gr.fcb, 11);
-  drop(gr.fcprojw, 12, gr.fcprojb, 13);
-  drop(gr.routerw, 14, gr.routerb, 29);
-  for (auto [k, p] : {std::pair{15, &gr.shfcw},
-                      {16, &gr.shprojw},
-                      {17, &gr.shgatew},
-                      {22, &gr.mqaw},
-                      {24, &gr.mqbw},
-                      {25, &gr.mkvaw},
-                      {27, &gr.mkvbw},
-                      {28, &gr.sinks}})
-    if (is_frozen(k)) *p = nullptr;
-  return gr;
-}
-
-}  // namespace
 
 void Gpt::tp_all_reduce(float* x, size_t n) {
   if (mp_.tp > 1) mp_.tp_comm->all_reduce_sum(x, n);
@@ -309,17 +262,19 @@ void Gpt::qk_norm_backward(A* dqkv, float* dwq, float* dwk, const A* qkv_pre, co
 
 // Token ids as this rank's slice of the vocabulary sees them: id − vocab_begin inside the
 // slice, −1 (held by another rank) outside. With tp = 1 they are the ids themselves.
+void Gpt::upload_local_ids(const int32_t* ids, int32_t* dev, int N) {
+  // A negative (masked) target becomes kIgnoredTarget on every rank: no loss, no gradient; an id
+  // another rank holds, -1.
+  for (int i = 0; i < N; ++i) {
+    const int32_t t = ids[i] - vocab_begin_;
+    host_ids_[size_t(i)] = ids[i] < 0 ? kIgnoredTarget : t >= 0 && t < vocab_valid_ ? t : -1;
+  }
+  be_.copy_ints_from_host(dev, host_ids_.data(), size_t(N));
+}
+
 void Gpt::upload_ids(const int32_t* inputs, const int32_t* targets, int N) {
-  // A negative (masked) target becomes kIgnoredTarget on every rank: no loss, no gradient.
-  auto local = [&](const int32_t* ids, int32_t* dev) {
-    for (int i = 0; i < N; ++i) {
-      const int32_t t = ids[i] - vocab_begin_;
-      host_ids_[size_t(i)] = ids[i] < 0 ? kIgnoredTarget : t >= 0 && t < vocab_valid_ ? t : -1;
-    }
-    be_.copy_ints_from_host(dev, host_ids_.data(), size_t(N));
-  };
-  if (inputs) local(inputs, d_inputs_);
-  if (targets) local(targets, d_targets_);
+  if (inputs) upload_local_ids(inputs, d_inputs_, N);
+  if (targets) upload_local_ids(targets, d_targets_, N);
 }
 
 void Gpt::set_attention_mask(const int32_t* inputs, int B, int T, bool documents) {
@@ -470,12 +425,15 @@ void Gpt::decode_ring(typename Set<A>::Layer& L, int layer, int ring, const A* s
 
 template <class A>
 void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
+  layer_front_at(S.layers[size_t(i)], i == 0 ? S.input : S.layers[size_t(i - 1)].residual3,
+                 mp_.first_layer(g, shape_.n_layer) + i, B, T, pos0);
+}
+
+template <class A>
+void Gpt::layer_front_at(typename Set<A>::Layer& L, const A* x, int l, int B, int T, int pos0) {
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
-  auto& L = S.layers[size_t(i)];
-  const A* x = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
-  const int l = mp_.first_layer(g, shape_.n_layer) + i;
   size_t origin = 0;
   const A* base = layer_weight_base<A>(l, &origin);
   const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
@@ -484,7 +442,7 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
   const bool joined = fuses_branches(l);
   A* attproj = joined ? acts<A>().branch_partial : mp_.split_rows() ? acts<A>().full : L.attproj;
   const A* ln1 = gather_rows(L.ln1, L.ln1g, N);
-  const int layer = mp_.first_layer(g, shape_.n_layer) + i;  // of the whole model
+  const int layer = l;  // of the whole model
   // c_attn into dst (N rows), through the q and k norms (model.qk_norm) or the clamp
   // (model.clip_qkv) from the kept qkv_pre.
   const bool kept = shape_.qk_norm || shape_.clip_qkv > 0;
@@ -549,8 +507,9 @@ void Gpt::layer_front(Set<A>& S, int g, int i, int B, int T, int pos0) {
     reduce_rows(attproj, L.attproj, N);
     const A* att_out = branch_output(L.attproj, L.pn1_mean, L.pn1_rstd, w.aonw, w.aonb, n,
                                      shape_.attn_dropout_site(l));
-    // train.activations_every: read here, as the MLP's output may take its buffer later.
-    add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
+    // train.activations_every: read here, as the MLP's output may take its buffer later (not
+    // of a multi-token prediction module's block).
+    if (l < shape_.n_layer) add_activation_sums<A>(1 + 3 * size_t(l), {att_out}, size_t(n) * C);
     if (shape_.parallel_residual)  // residual2 the first branch's sum
       be_.add(L.residual2, x, att_out, size_t(n) * C);
     else
@@ -665,7 +624,8 @@ void Gpt::forward_chunk(int chunk, Set<A>& S, int B, int T, int pos0) {
 // global ones.
 template <class A>
 ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int T,
-                             float dloss_scale, bool with_grad, float* row_losses, bool fp8_head) {
+                             float dloss_scale, bool with_grad, float* row_losses, bool fp8_head,
+                             const int32_t* dev_targets) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
   auto& a = acts<A>();
   A* logits = a.logits;
@@ -702,7 +662,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   for (int r0 = 0; r0 < N; r0 += logits_rows_) {
     const int rows = std::min(logits_rows_, N - r0);
     const A* x = S.lnfg + size_t(r0) * C;
-    const int32_t* tgt = d_targets_ + r0;
+    const int32_t* tgt = (dev_targets != nullptr ? dev_targets : d_targets_) + r0;
     head_logits(logits, x, rows, Vl, fp8_head);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
@@ -776,8 +736,14 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   return st;
 }
 
+// One layer's backward pass (backward_chunk's, and a multi-token prediction module's block):
+// dresidual holds the gradient of its output and gets that of its input x_in; the weights w, the
+// gradients formed into gr (split: the input gradients only, the rest left in L for the weight
+// pass); recompute: what the forward pass did not keep.
 template <class A>
-void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
+void Gpt::layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
+                         const LayerTensors<const A>& w, const LayerTensors<float>& gr,
+                         Recompute recompute, bool split, int B, int T) {
   const int C = shape_.n_embd, Al = shape_.attn_width() / mp_.tp, NHl = shape_.n_head / mp_.tp;
   const int NKVl = shape_.kv_heads() / mp_.tp, Wl = shape_.qkv_rows() / mp_.tp;
   const int N = B * T, n = local_rows(N);
@@ -785,11 +751,128 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   // Each activation gradient below is formed by one op, which writes over the buffer (no
   // zeroing pass); the residual stream's gradient (dresidual) accumulates its branches.
   constexpr GradMode kSet = GradMode::overwrite;
-  const auto& sp = specs_;
-  const bool seq = mp_.split_rows();
   // Input gradients of column-parallel layers are partial sums over all rows: formed in
   // `dpart` (dln itself without sequence parallelism), then reduced into this rank's dln rows.
-  A* dpart = seq ? a.full : a.dln;
+  A* dpart = mp_.split_rows() ? a.full : a.dln;
+  if (recompute == Recompute::full) {
+    // The layer's internals sit in the shared scratch layer: rerun its forward from its input
+    // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
+    // the fused residual add + LayerNorm did).
+    pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n);
+    recomputing_ = true;  // the routing statistics were counted by the forward pass
+    layer_front_at(L, x_in, l, B, T, 0);
+    recomputing_ = false;
+    if (shape_.branch_norm) {  // ln_mlp_out's backward reads the MLP's output, and its stats
+      mlp_output(L, w, l, N);
+      be_.layernorm_forward(acts<A>().proj, L.pn2_mean, L.pn2_rstd, L.fcproj, w.monw, w.monb, n, C,
+                            shape_.norm_eps);
+    } else if (shape_.moe_layer(l)) {  // the gates' gradient reads the experts' outputs
+      moe_output<A>(L, l, nullptr, w, N);
+    }
+  } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
+    mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.layer_hidden(l) / mp_.tp);
+  }
+  // Split: no weight or bias gradients here, and the output gradients kept in the set.
+  auto wgrad = [split](float* p) { return split ? nullptr : p; };
+  A* dfch = split ? L.dfch : a.dfch;
+  A* dqkv = split && !shape_.mla() ? L.dqkv : a.dqkv;  // (MLA keeps its products' own)
+  // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
+  // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
+  // rows, so its bias gradient is complete.
+  // Branches reduced as one (fuses_branches): the layer output's gradient is both branches'
+  // output gradient, gathered once (into the weight pass's dproj, which reads it for both).
+  const bool joined = fuses_branches(l);
+  const A* dmlp = branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw,
+                                         L.pn2_mean, L.pn2_rstd, n, GptShape::mlp_dropout_site(l));
+  const A* dres = joined
+                      ? split ? keep_rows(dmlp, L.dproj, N) : gather_rows(dmlp, a.branch_partial, N)
+                  : split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
+                                                                    : gather_rows(dmlp, a.full, N);
+  const int Hl = shape_.dense_hidden() / mp_.tp, Fl = shape_.dense_fc_rows() / mp_.tp;
+  if (shape_.moe_layer(l)) {
+    moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N);
+  } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
+    // activation into c_fc's
+    linear_backward(fp8_site(l, 3), a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,
+                    L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
+    mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);
+  } else {
+    linear_backward_gelu(fp8_site(l, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb),
+                         dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
+  }
+  if (!shape_.moe_layer(l))
+    linear_backward(fp8_site(l, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch, L.ln2g, w.fcw, N, C,
+                    Fl, kSet);
+  // model.shared_norm: the gradient of the norm's output, the MLP's part, waits for the
+  // attention's before the one norm's backward: as partial sums in dpart, which c_attn's
+  // backward adds to, where the branches are reduced as one; else reduced, in dln_mlp.
+  const bool one_input_grad = joined && shape_.shared_norm;
+  if (!one_input_grad) reduce_rows(dpart, a.dln, N);
+  if (shape_.shared_norm && !one_input_grad)
+    be_.copy(words(a.dln_mlp), words(a.dln), word_count<A>(size_t(n) * C));
+  // ln_2's backward adds its input's gradient to dresidual: that of residual2, or under
+  // parallel_residual of x, which the attention branch's output gradient must not see (both
+  // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
+  auto ln2_backward = [&] {
+    if (shape_.shared_norm) return;
+    pre_norm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
+                      shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean, L.ln2_rstd,
+                      n);
+  };
+  if (!shape_.parallel_residual) ln2_backward();
+  // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
+  if (!joined) {
+    const A* datt = branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw,
+                                           L.pn1_mean, L.pn1_rstd, n, shape_.attn_dropout_site(l));
+    dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
+  }
+  if (shape_.mla()) {  // c_proj read each head's v_head_dim outputs: the rest's gradient 0
+    const int dv = shape_.v_head_dim, hd = shape_.hd();
+    linear_backward(fp8_site(l, 1), a.mla_do, wgrad(gr.projw), wgrad(gr.projb), dres,
+                    mla_output(L.atty, N), w.projw, N, shape_.proj_width() / mp_.tp, C, kSet);
+    if (dv < hd) be_.zero(a.datty, size_t(N) * Al);
+    be_.copy_rows(words(a.datty), word_count<A>(size_t(hd)), words(a.mla_do),
+                  word_count<A>(size_t(dv)), size_t(N) * size_t(NHl), word_count<A>(size_t(dv)));
+  } else {
+    linear_backward(fp8_site(l, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres, L.atty,
+                    w.projw, N, Al, C, kSet);
+  }
+  if (shape_.parallel_residual) ln2_backward();
+  // The sinks' gradient (model.attn_sinks) is formed here, in the input-gradient pass of a
+  // split backward too, as the norms' are: it needs the attention's output gradient only.
+  if (mp_.cp > 1)
+    cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B, l, w.sinks,
+                          gr.sinks);
+  else if constexpr (std::is_same_v<A, float>)
+    be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
+                           layer_key_begin(l), {}, shape_.scores_scale(), shape_.attn_softcap,
+                           attention_dropout(l), w.sinks, gr.sinks);
+  else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
+    be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
+                           layer_key_begin(l), {}, shape_.scores_scale(), shape_.attn_softcap,
+                           attention_dropout(l), w.sinks, gr.sinks);
+  // The gradient of the normalized q|k|v, before the rotation ...
+  rotate_pieces(l, dqkv, B, T, true);
+  if (shape_.qk_norm)  // ... and of c_attn's output, before the norm
+    qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
+  else if (shape_.clip_qkv > 0)  // ... or before the clamp
+    be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
+  if (shape_.mla())
+    mla_backward(L, l, dpart, gr, dqkv, L.ln1g, w, N, one_input_grad ? GradMode::accumulate : kSet,
+                 split);
+  else
+    linear_backward(fp8_site(l, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv, L.ln1g, w.qkvw, N,
+                    C, Wl, one_input_grad ? GradMode::accumulate : kSet);
+  reduce_rows(dpart, a.dln, N);
+  if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
+  pre_norm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd, n);
+}
+
+template <class A>
+void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
+  const int C = shape_.n_embd, N = B * T, n = local_rows(N);
+  auto& a = acts<A>();
+  const auto& sp = specs_;
   const int g = mp_.global_chunk(chunk), per_chunk = mp_.chunk_layers(g, shape_.n_layer);
   const int first_layer = mp_.first_layer(g, shape_.n_layer);
   const bool split = split_backward_;
@@ -801,7 +884,10 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     layernorm_backward(a.dresidual, grad_at(lnf),
                        lnf_bias_ ? grad_at(sp[size_t(lnf_) + 1].offset) : nullptr, S.dlnf,
                        S.output(), weight_at<A>(lnf), S.lnf_mean, S.lnf_rstd, n);
-    grad_ready(lnf, n_floats_ - lnf, grad_at(lnf), nullptr);  // with an untied head
+    // Multi-token prediction: the modules read the chunk's output too (mtp_step ran).
+    if (S.dmtp != nullptr) be_.add(a.dresidual, a.dresidual, S.dmtp, size_t(n) * C);
+    // (with an untied head, and the modules' tensors after it)
+    grad_ready(lnf, n_floats_ - lnf, grad_at(lnf), nullptr);
   }
   // Otherwise the caller has put the gradient of the chunk's output into dresidual.
   for (int i = per_chunk - 1; i >= 0; --i) {
@@ -826,125 +912,7 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
     const LayerTensors<float> gr = without_frozen(
         layer_tensors(bucket, specs_, first, slots(l), at), frozen_, first, slots(l));
     const A* x_in = i == 0 ? S.input : S.layers[size_t(i - 1)].residual3;
-    const Recompute recompute = recompute_.in_layer(i);
-    if (recompute == Recompute::full) {
-      // The layer's internals sit in the shared scratch layer: rerun its forward from its input
-      // (the same ops on the same values as the forward pass: ln_1 reads x_in as stored, as
-      // the fused residual add + LayerNorm did).
-      pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x_in, w.ln1w, w.ln1b, n);
-      recomputing_ = true;  // the routing statistics were counted by the forward pass
-      layer_front(S, g, i, B, T);
-      recomputing_ = false;
-      if (shape_.branch_norm) {  // ln_mlp_out's backward reads the MLP's output, and its stats
-        mlp_output(L, w, l, N);
-        be_.layernorm_forward(acts<A>().proj, L.pn2_mean, L.pn2_rstd, L.fcproj, w.monw, w.monb, n,
-                              C, shape_.norm_eps);
-      } else if (shape_.moe_layer(l)) {  // the gates' gradient reads the experts' outputs
-        moe_output<A>(L, l, nullptr, w, N);
-      }
-    } else if (recompute == Recompute::gelu && !split) {  // split: only the weight pass reads it
-      mlp_activation(L.fch_gelu, L.fch, mlp_rows(L, N, l), shape_.layer_hidden(l) / mp_.tp);
-    }
-    // Split: no weight or bias gradients here, and the output gradients kept in the set.
-    auto wgrad = [split](float* p) { return split ? nullptr : p; };
-    A* dfch = split ? L.dfch : a.dfch;
-    A* dqkv = split && !shape_.mla() ? L.dqkv : a.dqkv;  // (MLA keeps its products' own)
-    // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
-    // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
-    // rows, so its bias gradient is complete.
-    // Branches reduced as one (fuses_branches): the layer output's gradient is both branches'
-    // output gradient, gathered once (into the weight pass's dproj, which reads it for both).
-    const bool joined = fuses_branches(l);
-    const A* dmlp =
-        branch_output_backward(gr.monw, gr.monb, a.dresidual, L.fcproj, w.monw, L.pn2_mean,
-                               L.pn2_rstd, n, GptShape::mlp_dropout_site(l));
-    const A* dres =
-        joined ? split ? keep_rows(dmlp, L.dproj, N) : gather_rows(dmlp, a.branch_partial, N)
-        : split && shape_.weight_pass_reads_mlp_output(l) ? keep_rows(dmlp, L.dfcproj, N)
-                                                          : gather_rows(dmlp, a.full, N);
-    const int Hl = shape_.dense_hidden() / mp_.tp, Fl = shape_.dense_fc_rows() / mp_.tp;
-    if (shape_.moe_layer(l)) {
-      moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N);
-    } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
-      // activation into c_fc's
-      linear_backward(fp8_site(first_layer + i, 3), a.dfch_gelu, wgrad(gr.fcprojw),
-                      wgrad(gr.fcprojb), dres, L.fch_gelu, w.fcprojw, N, Hl, C, kSet);
-      mlp_activation_backward(dfch, L.fch, a.dfch_gelu, N, Hl);
-    } else {
-      linear_backward_gelu(fp8_site(first_layer + i, 3), dfch, a.dfch_gelu, wgrad(gr.fcprojw),
-                           wgrad(gr.fcprojb), dres, L.fch_gelu, L.fch, w.fcprojw, N, Hl, C, kSet);
-    }
-    if (!shape_.moe_layer(l))
-      linear_backward(fp8_site(first_layer + i, 2), dpart, wgrad(gr.fcw), wgrad(gr.fcb), dfch,
-                      L.ln2g, w.fcw, N, C, Fl, kSet);
-    // model.shared_norm: the gradient of the norm's output, the MLP's part, waits for the
-    // attention's before the one norm's backward: as partial sums in dpart, which c_attn's
-    // backward adds to, where the branches are reduced as one; else reduced, in dln_mlp.
-    const bool one_input_grad = joined && shape_.shared_norm;
-    if (!one_input_grad) reduce_rows(dpart, a.dln, N);
-    if (shape_.shared_norm && !one_input_grad)
-      be_.copy(words(a.dln_mlp), words(a.dln), word_count<A>(size_t(n) * C));
-    // ln_2's backward adds its input's gradient to dresidual: that of residual2, or under
-    // parallel_residual of x, which the attention branch's output gradient must not see (both
-    // branches' is the layer output's): it runs after attn.c_proj's backward has read it.
-    auto ln2_backward = [&] {
-      if (shape_.shared_norm) return;
-      pre_norm_backward(a.dresidual, gr.ln2w, gr.ln2b, a.dln,
-                        shape_.parallel_residual ? x_in : L.residual2, w.ln2w, L.ln2_mean,
-                        L.ln2_rstd, n);
-    };
-    if (!shape_.parallel_residual) ln2_backward();
-    // Attention branch: residual2 = x + c_proj(attn(c_attn(ln_1(x)))) (through ln_attn_out).
-    if (!joined) {
-      const A* datt =
-          branch_output_backward(gr.aonw, gr.aonb, a.dresidual, L.attproj, w.aonw, L.pn1_mean,
-                                 L.pn1_rstd, n, shape_.attn_dropout_site(l));
-      dres = split ? keep_rows(datt, L.dproj, N) : gather_rows(datt, a.full, N);
-    }
-    if (shape_.mla()) {  // c_proj read each head's v_head_dim outputs: the rest's gradient 0
-      const int dv = shape_.v_head_dim, hd = shape_.hd();
-      linear_backward(fp8_site(first_layer + i, 1), a.mla_do, wgrad(gr.projw), wgrad(gr.projb),
-                      dres, mla_output(L.atty, N), w.projw, N, shape_.proj_width() / mp_.tp, C,
-                      kSet);
-      if (dv < hd) be_.zero(a.datty, size_t(N) * Al);
-      be_.copy_rows(words(a.datty), word_count<A>(size_t(hd)), words(a.mla_do),
-                    word_count<A>(size_t(dv)), size_t(N) * size_t(NHl), word_count<A>(size_t(dv)));
-    } else {
-      linear_backward(fp8_site(first_layer + i, 1), a.datty, wgrad(gr.projw), wgrad(gr.projb), dres,
-                      L.atty, w.projw, N, Al, C, kSet);
-    }
-    if (shape_.parallel_residual) ln2_backward();
-    // The sinks' gradient (model.attn_sinks) is formed here, in the input-gradient pass of a
-    // split backward too, as the norms' are: it needs the attention's output gradient only.
-    if (mp_.cp > 1)
-      cp_attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.atty, L.att, B, first_layer + i,
-                            w.sinks, gr.sinks);
-    else if constexpr (std::is_same_v<A, float>)
-      be_.attention_backward(dqkv, a.datt_scratch, a.datty, L.qkv, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap, attention_dropout(first_layer + i), w.sinks,
-                             gr.sinks);
-    else  // flash style: probabilities recomputed from qkv and the saved log-sum-exp
-      be_.attention_backward(dqkv, a.datty, L.qkv, L.atty, L.att, B, T, Al, NHl, NKVl, kSet,
-                             layer_key_begin(first_layer + i), {}, shape_.scores_scale(),
-                             shape_.attn_softcap, attention_dropout(first_layer + i), w.sinks,
-                             gr.sinks);
-    // The gradient of the normalized q|k|v, before the rotation ...
-    rotate_pieces(first_layer + i, dqkv, B, T, true);
-    if (shape_.qk_norm)  // ... and of c_attn's output, before the norm
-      qk_norm_backward(dqkv, gr.qnw, gr.knw, L.qkv_pre, w.qnw, w.knw, L.qk_rstd, N);
-    else if (shape_.clip_qkv > 0)  // ... or before the clamp
-      be_.clamp_backward(dqkv, L.qkv_pre, size_t(N) * Wl, shape_.clip_qkv);
-    if (shape_.mla())
-      mla_backward(L, first_layer + i, dpart, gr, dqkv, L.ln1g, w, N,
-                   one_input_grad ? GradMode::accumulate : kSet, split);
-    else
-      linear_backward(fp8_site(first_layer + i, 0), dpart, wgrad(gr.qkvw), wgrad(gr.qkvb), dqkv,
-                      L.ln1g, w.qkvw, N, C, Wl, one_input_grad ? GradMode::accumulate : kSet);
-    reduce_rows(dpart, a.dln, N);
-    if (shape_.shared_norm && !one_input_grad) be_.add(a.dln, a.dln, a.dln_mlp, size_t(n) * C);
-    pre_norm_backward(a.dresidual, gr.ln1w, gr.ln1b, a.dln, x_in, w.ln1w, L.ln1_mean, L.ln1_rstd,
-                      n);
+    layer_backward(L, x_in, l, w, gr, recompute_.in_layer(i), split, B, T);
     if (!split)
       grad_ready(at, layer_end(first) - at, bucket,
                  bucketed_ ? &ring_pending_[(first_layer + i) % 2] : nullptr);
@@ -1048,6 +1016,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   set_dropout_rows(dropout_first_, B);
   forward_chunk(0, S, B, Tl);
   ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
+  if (shape_.mtp_depth > 0) mtp_step(S, in, tg, B, Tl, dloss_scale);
   backward_chunk(0, S, B, Tl);
   // The reductions the hook started, complete (their buckets are free for the next backward).
   for (auto& r : grad_pending_) r.wait();
@@ -1148,10 +1117,28 @@ template void Gpt::weight_chunk<float>(int, Set<float>&, int, int);
 template void Gpt::weight_chunk<bf16_t>(int, Set<bf16_t>&, int, int);
 template void Gpt::layer_front<float>(Set<float>&, int, int, int, int, int);
 template void Gpt::layer_front<bf16_t>(Set<bf16_t>&, int, int, int, int, int);
+template const float* Gpt::gather_rows<float>(const float*, float*, int);
+template const bf16_t* Gpt::gather_rows<bf16_t>(const bf16_t*, bf16_t*, int);
+template void Gpt::pre_norm_forward<float>(float*, float*, float*, const float*, const float*,
+                                           const float*, int);
+template void Gpt::pre_norm_forward<bf16_t>(bf16_t*, float*, float*, const bf16_t*, const bf16_t*,
+                                            const bf16_t*, int);
+template void Gpt::layernorm_backward<float>(float*, float*, float*, const float*, const float*,
+                                             const float*, const float*, const float*, int);
+template void Gpt::layernorm_backward<bf16_t>(bf16_t*, float*, float*, const bf16_t*, const bf16_t*,
+                                              const bf16_t*, const float*, const float*, int);
+template void Gpt::layer_front_at<float>(Set<float>::Layer&, const float*, int, int, int, int);
+template void Gpt::layer_front_at<bf16_t>(Set<bf16_t>::Layer&, const bf16_t*, int, int, int, int);
 template ForwardStats Gpt::classifier<float>(Set<float>&, const int32_t*, int, int, float, bool,
-                                             float*, bool);
+                                             float*, bool, const int32_t*);
 template ForwardStats Gpt::classifier<bf16_t>(Set<bf16_t>&, const int32_t*, int, int, float, bool,
-                                              float*, bool);
+                                              float*, bool, const int32_t*);
+template void Gpt::layer_backward<float>(Set<float>::Layer&, const float*, int,
+                                         const LayerTensors<const float>&,
+                                         const LayerTensors<float>&, Recompute, bool, int, int);
+template void Gpt::layer_backward<bf16_t>(Set<bf16_t>::Layer&, const bf16_t*, int,
+                                          const LayerTensors<const bf16_t>&,
+                                          const LayerTensors<float>&, Recompute, bool, int, int);
 template void Gpt::mlp_activation<float>(float*, const float*, int, int);
 template void Gpt::mlp_activation<bf16_t>(bf16_t*, const bf16_t*, int, int);
 template void Gpt::mlp_activation_backward<float>(float*, const float*, const float*, int, int);

@@ -20,7 +20,9 @@ size_t Gpt::ends_index(size_t offset) const {
 }
 
 size_t Gpt::layer_end(int first) const {
-  const int l = std::stoi(specs_[size_t(first)].name.substr(2));  // "h/<l>/..."
+  const std::string& name = specs_[size_t(first)].name;  // "h/<l>/..." or "mtp/<j>/..."
+  const int l = name.starts_with("mtp/") ? shape_.mtp_layer(std::stoi(name.substr(4)))
+                                         : std::stoi(name.substr(2));
   const size_t next = size_t(first) + size_t(layer_count(l));
   return next < specs_.size() ? specs_[next].offset : n_floats_;
 }
@@ -163,6 +165,10 @@ template <class A>
 const A* Gpt::layer_weight_base(int l, size_t* origin) {
   *origin = 0;
   if (!gathers_) return weights<A>();
+  if (l >= shape_.n_layer) {  // a multi-token prediction module's block: with the ends
+    *origin = specs_[size_t(layer_[size_t(l)])].offset;
+    return weight_at<A>(*origin);
+  }
   prefetch_layer_weights<A>(l);  // nothing when it is held or on its way
   ring_gather_[l % 3].wait();
   *origin = specs_[size_t(layer_[size_t(l)])].offset;

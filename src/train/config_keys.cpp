@@ -261,6 +261,12 @@ class KeyTable {
         "with model.moe_experts: learned biases, from 0, on the router's logits (mlp/router/bias "
         "[E], before the choice and the gates) and on each expert's two products "
         "(mlp/experts/c_fc/bias, mlp/experts/c_proj/bias; gpt-oss's); none take weight decay");
+    add("model.mtp_depth", c.model.mtp_depth,
+        "multi-token prediction (DeepSeek-V3's MTP, Megatron's --mtp-num-layers): D modules after "
+        "the layers, module j predicting the token j + 2 ahead from the previous hidden state "
+        "and the embedding of the token j + 1 ahead, through a projection mtp/<j>/eh_proj, one "
+        "block of the model's kind and the model's head; their losses join the training loss "
+        "(train.mtp_loss_weight); evaluation and generation use the model without them (0: none)");
     add("model.norm_eps", c.model.norm_eps,
         "epsilon of the LayerNorms or RMSNorms (and QK-norms): 1e-5 as GPT-2 and Llama, 1e-6 "
         "as Qwen2");
@@ -346,6 +352,11 @@ class KeyTable {
         "with model.moe_experts: the router z-loss coefficient c (ST-MoE's 0.001): c·(log Σ_e "
         "exp(router logit_e))² per token joins the training loss, keeping the router's logits "
         "small; /train/moe_z_loss logs the mean term (0: none)");
+    add("train.mtp_loss_weight", c.train.mtp_loss_weight,
+        "with model.mtp_depth = D: the weight λ of the multi-token prediction losses (Megatron's "
+        "0.1; DeepSeek-V3 trained with 0.3, then 0.1): the training loss is the main loss plus "
+        "λ/D times the sum of the modules' mean cross-entropies over the main loss's tokens; "
+        "/train/mtp_loss logs their mean");
     add("train.moe_bias_rate", c.train.moe_bias_rate,
         "with model.moe_experts: DeepSeek-V3's auxiliary-loss-free load balancing, its bias "
         "update speed u (0.001): each expert of a layer has a bias added to its score to choose "

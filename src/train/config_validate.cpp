@@ -204,6 +204,9 @@ void validate(const Config& c, int world_size) {
         "gates the shared experts: it needs model.moe_shared_hidden > 0");
   check(!m.moe_bias || m.moe_experts > 0, "model.moe_bias",
         "gives the router and the experts biases: it needs model.moe_experts > 0");
+  check(
+      m.mtp_depth >= 0 && m.mtp_depth <= 16, "model.mtp_depth",
+      "must be 0 .. 16 (multi-token prediction modules; got " + std::to_string(m.mtp_depth) + ")");
   check((m.moe_experts > 0 || (m.moe_first_dense == 0 && m.moe_every == 1)) &&
             m.moe_first_dense >= 0 && m.moe_every >= 1 &&
             (m.moe_experts == 0 || m.moe_first_dense + m.moe_every <= m.n_layer),
@@ -569,6 +572,24 @@ void validate(const Config& c, int world_size) {
   check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");
   check(c.parallel.ep >= 1, "parallel.ep", "must be >= 1");
+  if (c.model.mtp_depth > 0) {
+    const ModelConfig& m = c.model;
+    check(std::isfinite(c.train.mtp_loss_weight) && c.train.mtp_loss_weight >= 0,
+          "train.mtp_loss_weight", "must be a finite number >= 0 (Megatron's 0.1)");
+    bool experts = false;
+    for (int j = 0; j < m.mtp_depth; ++j)
+      experts = experts || (m.moe_experts > 0 && m.n_layer + j >= m.moe_first_dense &&
+                            (m.n_layer + j - m.moe_first_dense + 1) % m.moe_every == 0);
+    check(!experts, "model.mtp_depth",
+          "modules whose blocks would have experts (layers n_layer .. n_layer + D - 1 under "
+          "model.moe_first_dense and moe_every) are not supported yet: only dense blocks");
+    check(m.tie_embeddings || c.parallel.pp == 1, "model.mtp_depth",
+          "with an untied head needs parallel.pp = 1: the modules embed tokens on the last "
+          "stage, which holds wte only as the tied head's copy");
+    check(c.parallel.cp == 1, "model.mtp_depth",
+          "is not supported under context parallelism yet (parallel.cp = 1)");
+    check(c.run.fp8 == "off", "model.mtp_depth", "is not supported with run.fp8 yet");
+  }
   check(c.parallel.zero >= 0 && c.parallel.zero <= 3, "parallel.zero", "must be 0, 1, 2 or 3");
   // ZeRO-2 and 3 reduce each micro-batch's gradient as the backward pass finishes it; a pipeline
   // accumulates every layer's over its micro-batches in flight, so it needs the whole buffer.

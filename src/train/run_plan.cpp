@@ -141,6 +141,7 @@ ModelShape model_shape(const Config& cfg) {
   m.moe_shared_hidden = c.moe_shared_hidden;
   m.moe_shared_gate = c.moe_shared_gate;
   m.moe_bias = c.moe_bias;
+  m.mtp_depth = c.mtp_depth;
   m.moe_first_dense = c.moe_first_dense;
   m.moe_every = c.moe_every;
   m.moe_dense_hidden = c.moe_dense_hidden;
@@ -231,6 +232,7 @@ GptShape gpt_shape(const ModelShape& m, int padded_vocab_size) {
   s.moe_shared_hidden = int(m.moe_shared_hidden);
   s.moe_shared_gate = m.moe_shared_gate;
   s.moe_bias = m.moe_bias;
+  s.mtp_depth = int(m.mtp_depth);
   s.moe_first_dense = int(m.moe_first_dense);
   s.moe_every = int(m.moe_every);
   s.moe_dense_hidden = int(m.moe_dense_hidden);

@@ -500,6 +500,10 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               m.moe_shared_gate ? "with" : "without",
               " a gate of its shared experts but the config asks for model.moe_shared_gate = ",
               c.moe_shared_gate ? "true" : "false");
+  TRIAD_CHECK(m.mtp_depth == c.mtp_depth, "checkpoint ", path, " holds a model with ", m.mtp_depth,
+              " multi-token prediction modules but the config asks for "
+              "model.mtp_depth = ",
+              c.mtp_depth);
   TRIAD_CHECK(m.moe_bias == c.moe_bias, "checkpoint ", path, " holds a model ",
               m.moe_bias ? "with" : "without",
               " biases of its router and experts but the config asks for model.moe_bias = ",

@@ -158,6 +158,7 @@ void Trainer::State::setup_model() {
       model_shape(), mbs, *be, replicas, mp, mp.pp > 1 ? &schedule : nullptr,
       cfg.bf16() ? Precision::bf16 : Precision::fp32, activation_options(cfg), zero, also.get());
   model->set_z_loss(float(cfg.train.z_loss));
+  model->set_mtp_weight(float(cfg.train.mtp_loss_weight));
   if (cfg.eval.bits_per_byte) {
     // The bytes each target id decodes to with the data's tokenizer: none for its special tokens
     // (documents' and chat turns' markers, not text) and for ids past its vocabulary (padding

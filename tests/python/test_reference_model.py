@@ -174,6 +174,15 @@ CASES = [
                                  moe_top_k=2, glu_alpha=1.702, glu_limit=0.05, glu_offset=1.0,
                                  moe_bias=True),
          2, 40, 6, 229),
+    # Multi-token prediction (model.mtp_depth): two modules after GPT-2's layers (their blocks
+    # GPT-2's, embedding with the tied wte), their losses weighted 0.3; and one after Llama-style
+    # layers (rope, RMSNorm, SwiGLU, grouped-query attention, an untied head).
+    Case("mtp", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                              mtp_depth=2, mtp_weight=0.3), 2, 40, 6, 83),
+    Case("mtpllama", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                   position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                   mlp="swiglu", mlp_hidden=64, tied=False, n_kv_head=2,
+                                   mtp_depth=1), 2, 40, 6, 89),
     # QK-norm (per-head RMSNorm of q and k, weights [hd]) with grouped-query attention and rope.
     Case("qknorm", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
                                  position="rope", rope_theta=500.0, norm="rmsnorm", n_kv_head=2,
@@ -396,6 +405,7 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       moe_shared_gate=c.moe_shared_gate, moe_capacity_factor=c.moe_capacity_factor,
                       moe_first_dense=c.moe_first_dense, moe_every=c.moe_every,
                       moe_dense_hidden=c.moe_dense_hidden, moe_bias=c.moe_bias,
+                      mtp_depth=c.mtp_depth,
                       **({key: getattr(c, key) for key in ref.MLA_KEYS} if c.kv_lora_rank
                          else {}),
                       **({"mla_norm_eps": c.mla_norm_eps} if c.mla_norm_eps else {}),
@@ -418,7 +428,8 @@ def config_sections(case: Case, d: Path, **over) -> dict:
                       micro_batch_size=case.micro_batch, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5,
                       **({"moe_aux_loss": 0.01, "moe_load_every": 1} if c.moe_experts
-                         else {})),
+                         else {}),
+                      **({"mtp_loss_weight": c.mtp_weight} if c.mtp_depth else {})),
         "optim": dict(name="adamw", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                       momentum=0.9),
         "data": dict(train=str(d / "train_*.bin"), val=str(d / "val_*.bin"), shuffle=False),
@@ -568,9 +579,10 @@ def test_benchmark_peer_computes_the_reference_model():
 
 def torch_forward_backward(weights: dict, cfg: ref.GptConfig, x, y):
     params = {k: v.double().clone().requires_grad_(True) for k, v in weights.items()}
-    logits = ref.forward(params, cfg, x)
+    logits, predictions = ref.forward_mtp(params, cfg, x)
     loss = ref.cross_entropy_sum(logits, y) / y.numel()
-    loss.backward()
+    # model.mtp_depth: the objective adds the modules' term; the loss reported is the main one.
+    (loss + (ref.mtp_objective(predictions, cfg, y) if predictions else 0)).backward()
     return float(loss), logits.detach().numpy(), {k: p.grad.numpy() for k, p in params.items()}
 
 
@@ -761,6 +773,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     use_window(0)
     val = [evaluate()]
     losses, lrs, norms, z_terms, moe_aux, moe_z, moe_dropped = [], [], [], [], [], [], []
+    mtp = []  # model.mtp_depth: the modules' mean loss of each step
     moe_load = []  # per step: [layers with experts, E], each expert's share of the choices
     for s in range(tr["steps"]):
         use_window(s)
@@ -814,6 +827,9 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             with dropping(s * B, B):
                 logits, loss = model(x, y)
             objective = loss
+            if cfg.mtp_depth:  # the modules' term, their losses for /train/mtp_loss
+                objective = objective + model.mtp_term
+                mtp.append(model.mtp_losses[0] / model.mtp_losses[1])
         if tr.get("z_loss", 0):  # PaLM's z-loss: c·(log Z)² per (counted) token, mean
             keep = y >= 0
             log_z = torch.logsumexp(logits, -1)[keep]
@@ -835,6 +851,7 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
     final = {k: v.detach().numpy() for k, v in model.tensors().items()}
     torch_train.ema = {k: v.numpy() for k, v in ema.items()}  # optim.ema_decay's average
     torch_train.z_terms = z_terms  # train.z_loss: the mean term of each step
+    torch_train.mtp_loss = mtp  # model.mtp_depth: the modules' mean loss of each step
     torch_train.moe_aux_loss = moe_aux  # model.moe_experts: α times the mean balance term
     torch_train.moe_z_loss = moe_z  # and c times the mean router z term
     torch_train.moe_dropped = moe_dropped  # and the mean fraction of choices over capacity
@@ -1787,7 +1804,8 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "sinks": 1.7, "gptoss": 1.3, "oddshapes": 1.0, "r
              "partialrope": 1.8, "relu2": 1.0, "moerelu2": 1.7, "nemotron": 1.8, "gemma": 1.45,
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
-             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0, "mla": 1.42, "mlamoe": 1.3}
+             "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0, "mla": 1.42, "mlamoe": 1.3,
+             "mtp": 1.3, "mtpllama": 1.75}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the

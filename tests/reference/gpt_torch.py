@@ -204,6 +204,11 @@ class GptConfig:
     moe_every: int = 1
     # model.moe_dense_hidden: the dense layers' MLP width among the experts (0: hidden, theirs).
     moe_dense_hidden: int = 0
+    # model.mtp_depth: DeepSeek-V3's multi-token prediction modules after the layers, module j
+    # predicting the token j + 2 ahead (forward_mtp); mtp_weight: train.mtp_loss_weight, their
+    # losses' weight λ in the training objective (mtp_objective).
+    mtp_depth: int = 0
+    mtp_weight: float = 0.1
 
     def moe_layer(self, i: int) -> bool:
         return bool(self.moe_experts) and i >= self.moe_first_dense and \
@@ -288,6 +293,71 @@ class GptConfig:
 MLA_KEYS = ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
+def _layer_shapes(cfg: GptConfig, shapes: Dict[str, tuple], p: str, i: int) -> None:
+    """The tensors of layer i (of the whole model, or a multi-token prediction module's block)
+    under prefix p, into shapes."""
+    C, rms = cfg.n_embd, cfg.norm == "rmsnorm"
+    if cfg.pre_norm:
+        shapes[p + "ln_1/weight"] = (C,)
+        if not rms:
+            shapes[p + "ln_1/bias"] = (C,)
+    if cfg.kv_lora_rank:  # MLA's projections instead of c_attn
+        NH, rq, rkv = cfg.n_head, cfg.q_lora_rank, cfg.kv_lora_rank
+        dq = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        if rq:
+            shapes[p + "attn/q_a/weight"] = (rq, C)
+            shapes[p + "attn/q_a_norm/weight"] = (rq,)
+        shapes[p + "attn/q_b/weight"] = (NH * dq, rq or C)
+        shapes[p + "attn/kv_a/weight"] = (rkv + cfg.qk_rope_head_dim, C)
+        shapes[p + "attn/kv_a_norm/weight"] = (rkv,)
+        shapes[p + "attn/kv_b/weight"] = (NH * (cfg.qk_nope_head_dim + cfg.v_head_dim), rkv)
+    else:
+        shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
+        shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
+    if cfg.qk_norm and cfg.qk_norm_full:
+        shapes[p + "attn/q_norm/weight"] = (cfg.attn_width,)
+        shapes[p + "attn/k_norm/weight"] = (cfg.kv_heads * cfg.head_dim,)
+    elif cfg.qk_norm:
+        shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
+        shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
+    if cfg.attn_sinks:
+        shapes[p + "attn/sinks"] = (cfg.n_head,)
+    shapes[p + "attn/c_proj/weight"] = \
+        (C, cfg.n_head * cfg.v_head_dim if cfg.kv_lora_rank else cfg.attn_width)
+    shapes[p + "attn/c_proj/bias"] = (C,)
+    if not cfg.shared_norm and cfg.pre_norm:
+        shapes[p + "ln_2/weight"] = (C,)
+        if not rms:
+            shapes[p + "ln_2/bias"] = (C,)
+    if cfg.branch_norm:
+        for n in ("ln_attn_out", "ln_mlp_out"):
+            shapes[p + n + "/weight"] = (C,)
+            if not rms:
+                shapes[p + n + "/bias"] = (C,)
+    F = cfg.hidden * (2 if cfg.gated else 1)
+    if cfg.moe_layer(i):
+        E = cfg.moe_experts
+        shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
+        shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
+        shapes[p + "mlp/router/weight"] = (E, C)
+        if cfg.moe_bias:
+            shapes[p + "mlp/experts/c_fc/bias"] = (E, F)
+            shapes[p + "mlp/experts/c_proj/bias"] = (E, C)
+            shapes[p + "mlp/router/bias"] = (E,)
+        if cfg.moe_shared_hidden:
+            S = cfg.moe_shared_hidden
+            shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.gated else 1), C)
+            shapes[p + "mlp/shared/c_proj/weight"] = (C, S)
+            if cfg.moe_shared_gate:
+                shapes[p + "mlp/shared/gate/weight"] = (1, C)
+        return
+    F = cfg.dense_hidden * (2 if cfg.gated else 1)
+    shapes[p + "mlp/c_fc/weight"] = (F, C)
+    shapes[p + "mlp/c_fc/bias"] = (F,)
+    shapes[p + "mlp/c_proj/weight"] = (C, cfg.dense_hidden)
+    shapes[p + "mlp/c_proj/bias"] = (C,)
+
+
 def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
     """Names and shapes of every parameter, in DESIGN.md §3 order."""
     C, Vp, T = cfg.n_embd, cfg.padded_vocab_size, cfg.seq_len
@@ -296,69 +366,18 @@ def param_shapes(cfg: GptConfig) -> Dict[str, tuple]:
         shapes["wpe/weight"] = (T, C)
     rms = cfg.norm == "rmsnorm"
     for i in range(cfg.n_layer):
-        p = f"h/{i}/"
-        if cfg.pre_norm:
-            shapes[p + "ln_1/weight"] = (C,)
-            if not rms:
-                shapes[p + "ln_1/bias"] = (C,)
-        if cfg.kv_lora_rank:  # MLA's projections instead of c_attn
-            NH, rq, rkv = cfg.n_head, cfg.q_lora_rank, cfg.kv_lora_rank
-            dq = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-            if rq:
-                shapes[p + "attn/q_a/weight"] = (rq, C)
-                shapes[p + "attn/q_a_norm/weight"] = (rq,)
-            shapes[p + "attn/q_b/weight"] = (NH * dq, rq or C)
-            shapes[p + "attn/kv_a/weight"] = (rkv + cfg.qk_rope_head_dim, C)
-            shapes[p + "attn/kv_a_norm/weight"] = (rkv,)
-            shapes[p + "attn/kv_b/weight"] = (NH * (cfg.qk_nope_head_dim + cfg.v_head_dim), rkv)
-        else:
-            shapes[p + "attn/c_attn/weight"] = (cfg.qkv_width, C)
-            shapes[p + "attn/c_attn/bias"] = (cfg.qkv_width,)
-        if cfg.qk_norm and cfg.qk_norm_full:
-            shapes[p + "attn/q_norm/weight"] = (cfg.attn_width,)
-            shapes[p + "attn/k_norm/weight"] = (cfg.kv_heads * cfg.head_dim,)
-        elif cfg.qk_norm:
-            shapes[p + "attn/q_norm/weight"] = (cfg.head_dim,)
-            shapes[p + "attn/k_norm/weight"] = (cfg.head_dim,)
-        if cfg.attn_sinks:
-            shapes[p + "attn/sinks"] = (cfg.n_head,)
-        shapes[p + "attn/c_proj/weight"] = \
-            (C, cfg.n_head * cfg.v_head_dim if cfg.kv_lora_rank else cfg.attn_width)
-        shapes[p + "attn/c_proj/bias"] = (C,)
-        if not cfg.shared_norm and cfg.pre_norm:
-            shapes[p + "ln_2/weight"] = (C,)
-            if not rms:
-                shapes[p + "ln_2/bias"] = (C,)
-        if cfg.branch_norm:
-            for n in ("ln_attn_out", "ln_mlp_out"):
-                shapes[p + n + "/weight"] = (C,)
-                if not rms:
-                    shapes[p + n + "/bias"] = (C,)
-        F = cfg.hidden * (2 if cfg.gated else 1)
-        if cfg.moe_layer(i):
-            E = cfg.moe_experts
-            shapes[p + "mlp/experts/c_fc/weight"] = (E, F, C)
-            shapes[p + "mlp/experts/c_proj/weight"] = (E, C, cfg.hidden)
-            shapes[p + "mlp/router/weight"] = (E, C)
-            if cfg.moe_bias:
-                shapes[p + "mlp/experts/c_fc/bias"] = (E, F)
-                shapes[p + "mlp/experts/c_proj/bias"] = (E, C)
-                shapes[p + "mlp/router/bias"] = (E,)
-            if cfg.moe_shared_hidden:
-                S = cfg.moe_shared_hidden
-                shapes[p + "mlp/shared/c_fc/weight"] = (S * (2 if cfg.gated else 1), C)
-                shapes[p + "mlp/shared/c_proj/weight"] = (C, S)
-                if cfg.moe_shared_gate:
-                    shapes[p + "mlp/shared/gate/weight"] = (1, C)
-            continue
-        F = cfg.dense_hidden * (2 if cfg.gated else 1)
-        shapes[p + "mlp/c_fc/weight"] = (F, C)
-        shapes[p + "mlp/c_fc/bias"] = (F,)
-        shapes[p + "mlp/c_proj/weight"] = (C, cfg.dense_hidden)
-        shapes[p + "mlp/c_proj/bias"] = (C,)
+        _layer_shapes(cfg, shapes, f"h/{i}/", i)
     shapes["ln_f/weight"] = (C,)
     if not rms:
         shapes["ln_f/bias"] = (C,)
+    # The multi-token prediction modules (forward_mtp): their norms as ln_f, eh_proj, the block.
+    for j in range(cfg.mtp_depth):
+        p, norms = f"mtp/{j}/", [k for k in ("ln_f/weight", "ln_f/bias") if k in shapes]
+        for n in ("ln_e", "ln_h"):
+            shapes.update({p + n + k[4:]: (C,) for k in norms})
+        shapes[p + "eh_proj/weight"] = (C, 2 * C)
+        _layer_shapes(cfg, shapes, p, cfg.n_layer + j)
+        shapes.update({p + k: (C,) for k in norms})
     if not cfg.bias:
         shapes = {k: v for k, v in shapes.items() if not k.endswith("/bias")
                   or (cfg.qkv_bias and k.endswith("attn/c_attn/bias"))
@@ -912,7 +931,7 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
 
 def mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, h: torch.Tensor) -> torch.Tensor:
     """Layer p's MLP of h: c_proj(activation(c_fc(h))); a mixture of experts' (moe_mlp)."""
-    if cfg.moe_layer(int(p.split("/")[1])):  # p = "h/<i>/"
+    if p + "mlp/router/weight" in params:  # a layer with experts (GptConfig.moe_layer)
         return moe_mlp(params, cfg, p, h)
     a = activation(cfg, linear(h, params[p + "mlp/c_fc/weight"], params.get(p + "mlp/c_fc/bias")),
                    cfg.dense_hidden)
@@ -947,12 +966,62 @@ def document_positions(idx: torch.Tensor, token: int) -> torch.Tensor:
     return t - torch.cummax(starts, dim=1).values
 
 
+def _block(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str, x: torch.Tensor, i: int,
+           mask: Optional[torch.Tensor], positions: Optional[torch.Tensor]):
+    """Layer i of the whole model (or a multi-token prediction module's block, i >= n_layer) under
+    prefix p on x: (its output, the attention branch's output, the MLP branch's)."""
+    h = norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x
+    qn, kn = qk_norm_weights(params, cfg, p)
+    if cfg.kv_lora_rank:
+        y = mla_attention(params, cfg, p, h, mask, positions, layer=i)
+    else:
+        theta, scaling = cfg.layer_rope(i)
+        y = attention(h, params[p + "attn/c_attn/weight"],
+                      params.get(p + "attn/c_attn/bias"), cfg.n_head, theta,
+                      cfg.kv_heads, qn, kn, scaling, cfg.norm_eps,
+                      cfg.head_dim, mask, positions, cfg.scores_scale,
+                      cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full,
+                      layer=i, sinks=params.get(p + "attn/sinks"))
+    a = linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
+    if cfg.branch_norm:
+        a = norm(params, cfg, p + "ln_attn_out", a)
+    if cfg.residual_scale != 1.0:  # in fp32, as triad's
+        a = a * float(np.float32(cfg.residual_scale))
+    a = _drop(a, 2 + 2 * i if cfg.parallel_residual else 1 + 2 * i)
+    # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
+    # branches add to it, (x + a) + m.
+    if cfg.parallel_residual:
+        h = h if cfg.shared_norm else norm(params, cfg, p + "ln_2", x)
+    x = x + a
+    if not cfg.parallel_residual:
+        h = norm(params, cfg, p + "ln_2", x) if cfg.pre_norm else x
+    m = mlp(params, cfg, p, h)
+    if cfg.branch_norm:
+        m = norm(params, cfg, p + "ln_mlp_out", m)
+    if cfg.residual_scale != 1.0:
+        m = m * float(np.float32(cfg.residual_scale))
+    m = _drop(m, 2 + 2 * i)
+    x = x + m
+    return x, a, m
+
+
 def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
             record: Optional[dict] = None) -> torch.Tensor:
     """Logits [B, T, vocab_size] (the padded columns are dropped) for token ids idx [B, T].
     record: filled with the activations triad's train.activations_every measures ("embed",
     "h<i>_attn", "h<i>_mlp", "h<i>_out": the embedding's output, each block's attention and MLP
     branch outputs, the residual stream after the block)."""
+    return forward_mtp(params, cfg, idx, record, modules=False)[0]
+
+
+def forward_mtp(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
+                record: Optional[dict] = None, modules: bool = True):
+    """(forward's logits, the multi-token prediction modules' logits [B, T, vocab_size] each):
+    module j (cfg.mtp_depth of them) reads the previous hidden state h (the last layer's output
+    before ln_f, then module j − 1's output) and the embedding e of input t + j + 1 (wte's row,
+    times embed_scale; 0's past the end, whose rows have no target), and its block (layer n_layer
+    + j's kind) runs on mtp/j/eh_proj · [ln_e(e) | ln_h(h)]; its ln_f's output goes through the
+    model's head. Its target at row t is target t + j + 1."""
     B, T = idx.shape
     assert T <= cfg.seq_len
     rope = cfg.rope_theta if cfg.position == "rope" else None
@@ -980,42 +1049,53 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
     if record is not None:
         record["embed"] = x
     for i in range(cfg.n_layer):
-        p = f"h/{i}/"
-        h = norm(params, cfg, p + "ln_1", x) if cfg.pre_norm else x
-        qn, kn = qk_norm_weights(params, cfg, p)
-        if cfg.kv_lora_rank:
-            y = mla_attention(params, cfg, p, h, layer_mask(i), positions, layer=i)
-        else:
-            theta, scaling = cfg.layer_rope(i)
-            y = attention(h, params[p + "attn/c_attn/weight"],
-                          params.get(p + "attn/c_attn/bias"), cfg.n_head, theta,
-                          cfg.kv_heads, qn, kn, scaling, cfg.norm_eps,
-                          cfg.head_dim, layer_mask(i), positions, cfg.scores_scale,
-                          cfg.rotary_dim, cfg.attn_softcap, cfg.clip_qkv, cfg.qk_norm_full,
-                          layer=i, sinks=params.get(p + "attn/sinks"))
-        a = linear(y, params[p + "attn/c_proj/weight"], params.get(p + "attn/c_proj/bias"))
-        if cfg.branch_norm:
-            a = norm(params, cfg, p + "ln_attn_out", a)
-        if cfg.residual_scale != 1.0:  # in fp32, as triad's
-            a = a * float(np.float32(cfg.residual_scale))
-        a = _drop(a, 2 + 2 * i if cfg.parallel_residual else 1 + 2 * i)
-        # model.parallel_residual (GPT-J's, GPT-NeoX's): ln_2 reads the layer's input, and both
-        # branches add to it, (x + a) + m.
-        if cfg.parallel_residual:
-            h = h if cfg.shared_norm else norm(params, cfg, p + "ln_2", x)
-        x = x + a
-        if not cfg.parallel_residual:
-            h = norm(params, cfg, p + "ln_2", x) if cfg.pre_norm else x
-        m = mlp(params, cfg, p, h)
-        if cfg.branch_norm:
-            m = norm(params, cfg, p + "ln_mlp_out", m)
-        if cfg.residual_scale != 1.0:
-            m = m * float(np.float32(cfg.residual_scale))
-        m = _drop(m, 2 + 2 * i)
-        x = x + m
+        x, a, m = _block(params, cfg, f"h/{i}/", x, i, layer_mask(i), positions)
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
-    x = norm(params, cfg, "ln_f", x)
+    logits = _logits(params, cfg, norm(params, cfg, "ln_f", x))
+    predictions = []
+    for j in range(cfg.mtp_depth if modules else 0):
+        p, l = f"mtp/{j}/", cfg.n_layer + j
+        ahead = torch.zeros_like(idx)
+        ahead[:, : T - j - 1] = idx[:, j + 1:]
+        e = params["wte/weight"][ahead]
+        if cfg.embed_scale != 1.0:
+            e = e * float(np.float32(cfg.embed_scale))
+        both = torch.cat([norm(params, cfg, p + "ln_e", e), norm(params, cfg, p + "ln_h", x)], -1)
+        x, _, _ = _block(params, cfg, p, linear(both, params[p + "eh_proj/weight"], None), l,
+                         layer_mask(l), positions)
+        predictions.append(_logits(params, cfg, norm(params, cfg, p + "ln_f", x)))
+    return logits, predictions
+
+
+def mtp_targets(targets: torch.Tensor, j: int) -> torch.Tensor:
+    """Module j's targets: target t + j + 1 of each row t, -1 (none) past the end."""
+    out = torch.full_like(targets, -1)
+    out[:, : targets.shape[1] - j - 1] = targets[:, j + 1:]
+    return out
+
+
+def mtp_losses(predictions, cfg: GptConfig, targets: torch.Tensor):
+    """(The modules' cross-entropy summed over their targets, those targets' count) (targets < 0
+    have none)."""
+    total, count = 0.0, 0
+    for j, logits in enumerate(predictions):
+        t = mtp_targets(targets, j)
+        keep = t >= 0
+        total = total + cross_entropy_sum(logits[keep], t[keep])
+        count += int(keep.sum())
+    return total, count
+
+
+def mtp_objective(predictions, cfg: GptConfig, targets: torch.Tensor) -> torch.Tensor:
+    """What the modules add to the mean main loss: λ/D times their summed cross-entropy over the
+    main loss's counted targets (train.mtp_loss_weight λ, D modules)."""
+    total, _ = mtp_losses(predictions, cfg, targets)
+    return cfg.mtp_weight / cfg.mtp_depth * total / int((targets >= 0).sum())
+
+
+def _logits(params: Dict[str, torch.Tensor], cfg: GptConfig, x: torch.Tensor) -> torch.Tensor:
+    """The head's logits [B, T, vocab_size] of the final norm's output x."""
     w = head(params, cfg)
     b = params.get("lm_head/bias")  # model.head_bias
     logits = Fp8Linear.apply(x, w, b) if _FP8_HEAD else \
@@ -1125,7 +1205,14 @@ class Gpt(torch.nn.Module):
             if targets is None:
                 return logits, None
             return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        logits = forward(self.tensors(), self.cfg, idx)
+        # Multi-token prediction: its term of the objective and its losses, kept for the caller
+        # (mtp_term, mtp_losses), the main loss returned.
+        logits, predictions = forward_mtp(self.tensors(), self.cfg, idx,
+                                          modules=targets is not None and self.cfg.mtp_depth > 0)
+        if predictions:
+            self.mtp_term = mtp_objective(predictions, self.cfg, targets)
+            total, count = mtp_losses(predictions, self.cfg, targets)
+            self.mtp_losses = (float(total), count)
         if targets is None:
             return logits, None
         if (targets < 0).any():  # masked targets: PyTorch's own mean over the kept ones
@@ -1512,6 +1599,8 @@ def write_checkpoint(path, cfg: GptConfig, weights: Dict[str, torch.Tensor], *, 
                 m.attrs.create("moe_every", i64(cfg.moe_every), dtype="<i8")
             if cfg.moe_dense_hidden:
                 m.attrs.create("moe_dense_hidden", i64(cfg.moe_dense_hidden), dtype="<i8")
+        if cfg.mtp_depth:
+            m.attrs.create("mtp_depth", i64(cfg.mtp_depth), dtype="<i8")
         groups = {"model": weights}
         for slot, tensors in (optimizer or {}).items():
             groups["optimizer/" + slot] = tensors
@@ -1586,6 +1675,7 @@ def load_checkpoint(path, dtype=torch.float64) -> Tuple[GptConfig, Dict[str, tor
                         moe_shared_hidden=int(a.get("moe_shared_hidden", 0)),
                         moe_shared_gate=int(a.get("moe_shared_gate", 0)) == 1,
                         moe_bias=int(a.get("moe_bias", 0)) == 1,
+                        mtp_depth=int(a.get("mtp_depth", 0)),
                         moe_first_dense=int(a.get("moe_first_dense", 0)),
                         moe_every=int(a.get("moe_every", 1)),
                         moe_dense_hidden=int(a.get("moe_dense_hidden", 0)),

@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
         cfg.run.fp8 != "off",
         [&](const std::string& name) { return triad::frozen_tensor(cfg.run.fp8_skip, name); },
         cfg.run.fp8_head);
+    model.set_mtp_weight(float(cfg.train.mtp_loss_weight));  // model.mtp_depth's losses
     if (!cfg.train.freeze.empty())  // train.freeze: their gradient products left out
       model.set_frozen(
           [&](const std::string& name) { return triad::frozen_tensor(cfg.train.freeze, name); });

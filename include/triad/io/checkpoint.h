@@ -215,6 +215,9 @@ struct ModelShape {
   // Attribute moe_bias (int64 1 | 0: mlp/router/bias [E], mlp/experts/c_fc/bias [E, F] and
   // mlp/experts/c_proj/bias [E, C] in each layer with experts; absent: 0; written when 1).
   bool moe_bias = false;
+  // Attribute mtp_depth (int64: multi-token prediction modules, tensors mtp/<j>/...; absent: 0;
+  // written when > 0).
+  int64_t mtp_depth = 0;
   // Attributes moe_first_dense and moe_every (int64: the layers with experts, GptShape::moe_layer;
   // absent: 0 and 1, every layer; written when not those).
   int64_t moe_first_dense = 0, moe_every = 1;

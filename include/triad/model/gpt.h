@@ -374,6 +374,16 @@ class Gpt {
   // ForwardStats give Σ (log Z)²; the cross-entropy they report, and evaluation, stay as they
   // are. 0: none.
   void set_z_loss(float c) { z_loss_ = c; }
+  // Multi-token prediction (GptShape::mtp_depth = D): the training loss adds λ/D times each
+  // module's cross-entropy summed over its targets, scaled as the main loss (dloss_scale of
+  // forward_backward and pipeline_step: per target of the main loss). λ: train.mtp_loss_weight.
+  void set_mtp_weight(float w) { mtp_weight_ = w; }
+  // The modules' cross-entropy summed over their counted targets, and those targets (the D
+  // modules' together), over the training passes of this rank since the last call (nonzero on
+  // the last stage only, and under tensor parallelism on every rank of its group alike).
+  std::pair<double, int64_t> take_mtp_stats() {
+    return {std::exchange(mtp_loss_sum_, 0.0), std::exchange(mtp_tokens_, 0)};
+  }
   // eval.bits_per_byte: each token id's length in bytes as the data's tokenizer decodes it (0 for
   // a special token or an id it does not have), by id; the passes' ForwardStats then also count
   // the loss and the bytes of their counted targets with bytes. Empty: off.
@@ -626,6 +636,8 @@ class Gpt {
   template <class A>
   void logits_to_host(float* host, const A* dev, size_t n);
   void upload_ids(const int32_t* inputs, const int32_t* targets, int N);
+  // N global ids (host) as this rank's (upload_ids' rule) into the backend's ints at dev.
+  void upload_local_ids(const int32_t* ids, int32_t* dev, int N);
   // The attention mask of B sequences of T input tokens (host ids) for the layers that run next:
   // their document mask (shape_.document_token, with `documents`) and sliding window on the
   // backend (key_begin_), or none where neither cuts anything. A model for inference attends
@@ -668,6 +680,25 @@ class Gpt {
   // again (after ln_1) before the layer's backward.
   template <class A>
   void layer_front(Set<A>& S, int g, int i, int B, int T, int pos0 = 0);
+  // The same for layer l of the whole model (a multi-token prediction module's block: l >=
+  // n_layer) in L, from its input x.
+  template <class A>
+  void layer_front_at(typename Set<A>::Layer& L, const A* x, int l, int B, int T, int pos0);
+  // One layer's backward pass (backward_chunk's, and a module's block's): dresidual holds the
+  // gradient of the layer's output and gets that of its input x_in; w its weights, gr where its
+  // gradients go (null: not formed); split: the input gradients only (the linear layers' output
+  // gradients left in L for the weight pass); recompute: what the forward pass did not keep.
+  template <class A>
+  void layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
+                      const LayerTensors<const A>& w, const LayerTensors<float>& gr,
+                      Recompute recompute, bool split, int B, int T);
+  // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets its
+  // host ids, [B, T]; the main classifier done): every module's forward pass and loss, then
+  // their backward passes, their gradients accumulated and the one of the chunk's output left in
+  // S.dmtp for backward_chunk. Counts the losses in take_mtp_stats.
+  template <class A>
+  void mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int B, int T,
+                float dloss_scale);
   // (Layer `layer` of the whole model: its table, rope_local_table_ where shape_.local_rope.)
   template <class A>
   void rotate(int layer, A* qkv, int N, int T, int pos0, bool inverse,
@@ -787,7 +818,8 @@ class Gpt {
   template <class A>
   // fp8_head: run.fp8_head's FP8 head products apply (not in scoring, a decoding pass).
   ForwardStats classifier(Set<A>& S, const int32_t* host_targets, int B, int T, float dloss_scale,
-                          bool with_grad, float* row_losses = nullptr, bool fp8_head = true);
+                          bool with_grad, float* row_losses = nullptr, bool fp8_head = true,
+                          const int32_t* dev_targets = nullptr);
   // Forward of one micro-batch through every chunk in order (no pipelining: evaluation and
   // generation); returns the last chunk's activation set on the ranks holding it, else null.
   template <class A>
@@ -889,7 +921,14 @@ class Gpt {
                         const float* rstd, int N);
 
   GptShape shape_;
-  float z_loss_ = 0.0f;                // set_z_loss
+  float z_loss_ = 0.0f;        // set_z_loss
+  float mtp_weight_ = 0.1f;    // set_mtp_weight
+  double mtp_loss_sum_ = 0.0;  // take_mtp_stats
+  int64_t mtp_tokens_ = 0;
+  // The modules' token ids and targets (module j's at j·max_batch·seq_len), this rank's as
+  // upload_ids makes them, and their host staging.
+  int32_t *d_mtp_ids_ = nullptr, *d_mtp_targets_ = nullptr;
+  std::vector<int32_t> mtp_host_ids_, mtp_host_targets_;
   std::vector<int32_t> target_bytes_;  // set_target_bytes
   float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
   bool moe_aux_per_sequence_ = false;  // set_moe_aux_per_sequence
@@ -927,7 +966,9 @@ class Gpt {
   int head_bias_index_ = -1;     // lm_head/bias (model.head_bias) where this rank holds the head
   float* rope_table_ = nullptr;  // rope_table(shape_) on the backend (shape_.rope)
   float* rope_local_table_ = nullptr;  // rope_table(shape_, true) (shape_.rope_local_theta > 0)
-  std::vector<int> layer_;
+  std::vector<int> layer_;  // [n_layer + mtp_depth]: the modules' blocks after the layers
+  // The multi-token prediction modules' first tensors (their ln_e's; -1: not held).
+  std::vector<int> mtp_;
   // Where each of a layer's kLayerTensorKinds possible tensors (DESIGN.md §3's 12, q_norm and
   // k_norm, the mixture of experts' router, shared experts and their gate, the branch norms,
   // multi-head latent attention's six, the attention sinks, the router's bias) sits in its run of

@@ -106,7 +106,8 @@ struct ModelConfig {
   bool moe_bias =
       false;  // learned biases of the router's logits and the experts' products (gpt-oss)
   int moe_first_dense = 0, moe_every = 1;  // which layers have the experts (GptShape::moe_layer)
-  int moe_dense_hidden = 0;                // the dense layers' MLP width among them (0: mlp_hidden)
+  int mtp_depth = 0;  // multi-token prediction modules after the layers (GptShape::mtp_depth)
+  int moe_dense_hidden = 0;  // the dense layers' MLP width among them (0: mlp_hidden)
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
 };
 
@@ -183,6 +184,9 @@ struct TrainConfig {
   // DeepSeek-V3's auxiliary-loss-free balancing (Gpt::balance_router_bias): after each update,
   // each expert's router bias moves by this towards its layer's mean load; 0: the bias stays.
   double moe_bias_rate = 0;
+  // model.mtp_depth = D: the multi-token prediction losses' weight λ; the training loss is the
+  // main loss plus λ/D times the sum of the D modules' (Megatron's mtp_loss_scaling_factor).
+  double mtp_loss_weight = 0.1;
   // Every N steps (0: never) the L2 norms of each layer's gradient and weights go into /norms of
   // metrics.h5 (before the update, the gradient before clipping).
   int64_t norms_every = 0;

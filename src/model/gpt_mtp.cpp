@@ -1,0 +1,182 @@
+// Multi-token prediction (GptShape::mtp_depth; DeepSeek-V3's MTP modules): after the main loss
+// of a micro-batch, each module's forward pass and loss, then their backward passes, on the last
+// stage. Module j predicts target t + j + 1 of row t (the token j + 2 ahead of input t) from the
+// previous hidden state and the embedding of input t + j + 1; rows whose token is past the
+// sequence's end have no target. The modules run at once for the micro-batch: their activations
+// are one set reused by every micro-batch, and what the layers below need of them is the gradient
+// of the last chunk's output, S.dmtp.
+#include <type_traits>
+
+#include "gpt_activations.h"
+#include "triad/core/error.h"
+#include "triad/model/gpt.h"
+
+namespace triad {
+
+template <class A>
+void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int B, int T,
+                   float dloss_scale) {
+  const int C = shape_.n_embd, D = shape_.mtp_depth, N = B * T, n = local_rows(N);
+  const int Ch = C / mp_.tp;  // this rank's columns of each half of eh_proj's input
+  const size_t nC = size_t(n) * C, stride = size_t(max_batch_) * shape_.seq_len;
+  TRIAD_ASSERT(D > 0 && mp_.cp == 1 && d_mtp_ids_ != nullptr && N <= int(stride));
+  auto& a = acts<A>();
+  constexpr GradMode kSet = GradMode::overwrite;
+  // Module j's ids: input t + j + 1 (0 past the end: a row without a target, whose output no
+  // earlier row reads) and target t + j + 1 of each row t.
+  mtp_host_ids_.resize(size_t(D) * stride);
+  mtp_host_targets_.resize(size_t(D) * stride);
+  for (int j = 0; j < D; ++j) {
+    int32_t* ids = mtp_host_ids_.data() + size_t(j) * stride;
+    int32_t* tgt = mtp_host_targets_.data() + size_t(j) * stride;
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t) {
+        const size_t r = size_t(b) * T + size_t(t), ahead = r + size_t(j) + 1;
+        const bool inside = t + j + 1 < T;
+        ids[r] = inside ? inputs[ahead] : 0;
+        tgt[r] = inside ? targets[ahead] : -1;
+      }
+    upload_local_ids(ids, d_mtp_ids_ + size_t(j) * stride, N);
+    upload_local_ids(tgt, d_mtp_targets_ + size_t(j) * stride, N);
+  }
+  // The tensors of module j: ln_e, ln_h (each with a bias where ln_f has one), eh_proj, the
+  // block (layer_count of them), its ln_f.
+  const int nb = lnf_bias_ ? 2 : 1;
+  auto weight = [&](int index) { return weight_at<A>(specs_[size_t(index)].offset); };
+  auto bias = [&](int index) { return lnf_bias_ ? weight(index + 1) : nullptr; };
+  auto grad = [&](int index) -> float* {
+    if (index < 0 || (!frozen_.empty() && frozen_[size_t(index)])) return nullptr;
+    return grad_at(specs_[size_t(index)].offset);
+  };
+  auto bias_grad = [&](int index) { return lnf_bias_ ? grad(index + 1) : nullptr; };
+  // The embedding: the tied head's wte (or its copy), or wte itself beside an untied head.
+  const int wte = shape_.tied ? head_ : wte_;
+  TRIAD_ASSERT(wte >= 0);
+  const A* wte_w = shape_.tied ? head_weight<A>() : weight(wte);
+  auto block_weights = [&](int l) {
+    size_t origin = 0;
+    const A* base = layer_weight_base<A>(l, &origin);
+    return layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
+  };
+  // The losses are the main loss's kind (no z-loss) at λ/D of its scale.
+  struct Restore {
+    float& z;
+    float was;
+    ~Restore() { z = was; }
+  } restore{z_loss_, z_loss_};
+  z_loss_ = 0.0f;
+  const float scale = dloss_scale * mtp_weight_ / float(D);
+
+  // ---- forward, module by module, each with its loss (and the head's backward) ----
+  const A* h = S.output();  // the previous hidden state: the last layer's output first
+  for (int j = 0; j < D; ++j) {
+    auto& M = a.mtp[size_t(j)];
+    const int l = shape_.mtp_layer(j), first = mtp_[size_t(j)];
+    const int lne = first, lnh = first + nb, proj = first + 2 * nb;
+    const int lnf = layer_[size_t(l)] + layer_count(l);
+    const int32_t* ids = d_mtp_ids_ + size_t(j) * stride;
+    // The embedding (vocabulary-parallel: each rank its rows' ids, then the reduction).
+    A* eout = mp_.split_rows() ? a.full : M.emb;
+    be_.encoder_forward(eout, ids, wte_w, nullptr, B, T, C);
+    reduce_rows(eout, M.emb, N);
+    if (shape_.embed_scale != 1.0f) be_.scale_cap_logits(M.emb, nC, shape_.embed_scale, 0.0f);
+    be_.layernorm_forward(M.en, M.en_mean, M.en_rstd, M.emb, weight(lne), bias(lne), n, C,
+                          shape_.norm_eps);
+    be_.layernorm_forward(M.hn, M.hn_mean, M.hn_rstd, h, weight(lnh), bias(lnh), n, C,
+                          shape_.norm_eps);
+    // eh_proj's input: this rank's columns of [norm(e) | norm(h)] over all rows.
+    const A* halves[2] = {M.en, M.hn};
+    for (int k = 0; k < 2; ++k) {
+      const A* all = gather_rows(halves[k], a.full, N);
+      be_.copy_rows(words(M.cat + size_t(k) * Ch), word_count<A>(2 * size_t(Ch)),
+                    words(all + size_t(mp_.tp_rank) * Ch), word_count<A>(size_t(C)), size_t(N),
+                    word_count<A>(size_t(Ch)));
+    }
+    // Row-parallel: partial sums over the group, reduced into this rank's rows.
+    A* part = mp_.split_rows() ? a.full : M.in;
+    linear_forward(-1, part, M.cat, weight(proj), static_cast<const A*>(nullptr), N, 2 * Ch, C);
+    reduce_rows(part, M.in, N);
+    // The block, then its ln_f fused with the residual add.
+    auto& L = M.block;
+    const LayerTensors<const A> w = block_weights(l);
+    pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, M.in, w.ln1w, w.ln1b, n);
+    layer_front_at(L, M.in, l, B, T, 0);
+    mlp_output(L, w, l, N);
+    const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n,
+                                     GptShape::mlp_dropout_site(l));
+    const A* res = fuses_branches(l) ? M.in : L.residual2;
+    be_.residual_layernorm_forward(L.residual3, M.lnf, M.lnf_mean, M.lnf_rstd, res, mlp_out,
+                                   weight(lnf), bias(lnf), n, C, shape_.norm_eps);
+    gather_rows(M.lnf, M.lnfg, N);
+    // Its loss through the model's head, whose backward runs with it: M.dlnf.
+    Set<A> view;
+    view.lnfg = M.lnfg;
+    view.dlnf = M.dlnf;
+    view.losses = M.losses;
+    view.correct = M.correct;
+    const ForwardStats st =
+        classifier(view, mtp_host_targets_.data() + size_t(j) * stride, B, T, scale, true, nullptr,
+                   false, d_mtp_targets_ + size_t(j) * stride);
+    mtp_loss_sum_ += st.loss_sum;
+    mtp_tokens_ += st.tokens;
+    h = L.residual3;
+  }
+
+  // ---- backward, the last module first ----
+  float* dwte = grad(wte);
+  for (int j = D - 1; j >= 0; --j) {
+    auto& M = a.mtp[size_t(j)];
+    const int l = shape_.mtp_layer(j), first = mtp_[size_t(j)];
+    const int lne = first, lnh = first + nb, proj = first + 2 * nb;
+    const int lnf = layer_[size_t(l)] + layer_count(l);
+    auto& L = M.block;
+    // The output's gradient: through ln_f from the loss, and from module j + 1's ln_h.
+    be_.zero(a.dresidual, nC);
+    layernorm_backward(a.dresidual, grad(lnf), bias_grad(lnf), M.dlnf, L.residual3, weight(lnf),
+                       M.lnf_mean, M.lnf_rstd, n);
+    if (j + 1 < D) be_.add(a.dresidual, a.dresidual, a.mtp_dnext, nC);
+    const LayerTensors<const A> w = block_weights(l);
+    const int at_block = layer_[size_t(l)];
+    const size_t at = specs_[size_t(at_block)].offset;
+    const LayerTensors<float> gr = without_frozen(
+        layer_tensors(grad_at(at), specs_, at_block, slots(l), at), frozen_, at_block, slots(l));
+    layer_backward(L, M.in, l, w, gr, Recompute::none, false, B, T);
+    // eh_proj: the block's input gradient over all rows; its input's, this rank's columns.
+    const A* dy = gather_rows(a.dresidual, a.full, N);
+    linear_backward<A>(-1, a.mtp_dcat, grad(proj), nullptr, dy, M.cat, weight(proj), N, 2 * Ch, C,
+                       kSet);
+    // One half's gradient, complete on this rank's rows: its columns here, the others' summed in.
+    auto half_grad = [&](int k) -> A* {
+      A* d = a.mtp_dpart;
+      if (mp_.tp > 1) be_.zero(d, size_t(N) * C);
+      be_.copy_rows(words(d + size_t(mp_.tp_rank) * Ch), word_count<A>(size_t(C)),
+                    words(a.mtp_dcat + size_t(k) * Ch), word_count<A>(2 * size_t(Ch)), size_t(N),
+                    word_count<A>(size_t(Ch)));
+      if (mp_.tp == 1) return d;
+      A* dst = mp_.split_rows() ? a.mtp_dnorm : d;
+      reduce_rows(d, dst, N);
+      return dst;
+    };
+    // The previous hidden state's: module j − 1's output, or the chunk's (S.dmtp).
+    A* dh = j == 0 ? S.dmtp : a.mtp_dnext;
+    be_.zero(dh, nC);
+    layernorm_backward(dh, grad(lnh), bias_grad(lnh), half_grad(1),
+                       j == 0 ? S.output() : a.mtp[size_t(j - 1)].block.residual3, weight(lnh),
+                       M.hn_mean, M.hn_rstd, n);
+    // The embedding's, into wte's gradient (the head's where tied).
+    be_.zero(a.mtp_demb, nC);
+    layernorm_backward(a.mtp_demb, grad(lne), bias_grad(lne), half_grad(0), M.emb, weight(lne),
+                       M.en_mean, M.en_rstd, n);
+    if (dwte != nullptr) {
+      if (shape_.embed_scale != 1.0f)
+        be_.scale_cap_logits(a.mtp_demb, nC, shape_.embed_scale, 0.0f);
+      const A* de = gather_rows(a.mtp_demb, a.full, N);
+      be_.encoder_backward(dwte, nullptr, de, d_mtp_ids_ + size_t(j) * stride, B, T, C);
+    }
+  }
+}
+
+template void Gpt::mtp_step<float>(Set<float>&, const int32_t*, const int32_t*, int, int, float);
+template void Gpt::mtp_step<bf16_t>(Set<bf16_t>&, const int32_t*, const int32_t*, int, int, float);
+
+}  // namespace triad
