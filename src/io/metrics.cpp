@@ -163,7 +163,8 @@ struct MetricsWriter::Impl {
                                      {"moe_aux_loss", false},
                                      {"moe_max_load", false},
                                      {"moe_z_loss", false},
-                                     {"moe_dropped", false}});
+                                     {"moe_dropped", false},
+                                     {"mtp_loss", false}});
   Table val = val_table("val");
 
   // Set once a write failed (and was reported): the destructor does not try again and report it
@@ -488,6 +489,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(11).doubles.push_back(r.moe_max_load);
   t.col(12).doubles.push_back(r.moe_z_loss);
   t.col(13).doubles.push_back(r.moe_dropped);
+  t.col(14).doubles.push_back(r.mtp_loss);
   if (t.col(0).buffered() >= kAutoFlushRows) flush();
 }
 

@@ -502,6 +502,10 @@ struct Gpt::Activations {
         want(M.in, R * C);
         want_internals(M.block, true, s.moe_layer(s.mtp_layer(j)));
         want(M.block.residual3, R * C);
+        if (split_backward) {  // (no shared scratch for these then: layer_backward)
+          want(M.block.dfch, s.moe_layer(s.mtp_layer(j)) ? moe_fc : dense_fc);
+          if (!s.mla()) want(M.block.dqkv, BT * Wl);
+        }
         if (!sp) want(M.lnf, R * C);
         if (means) want_f(M.lnf_mean, R);
         want_f(M.lnf_rstd, R);

@@ -16,7 +16,8 @@ constexpr double kNsEps = 1e-7;
 }  // namespace
 
 bool muon_updates(const std::string& name) {
-  if (!name.starts_with("h/")) return false;
+  // (a layer's, or a multi-token prediction module's block's)
+  if (!name.starts_with("h/") && !name.starts_with("mtp/")) return false;
   for (const char* m :
        {"/attn/c_attn/weight", "/attn/c_proj/weight", "/mlp/c_fc/weight", "/mlp/c_proj/weight",
         "/mlp/shared/c_fc/weight", "/mlp/shared/c_proj/weight", "/mlp/experts/c_fc/weight",

@@ -732,6 +732,16 @@ TrainOutcome Trainer::run() {
     // A mixture of experts' routing: the mean over every rank's layer passes of the step (tensor
     // parallel ranks route alike and count alike) of α times the balance, and of the busiest
     // expert's load (NaN: dense).
+    // Multi-token prediction: the modules' mean loss over their targets, every rank's (the last
+    // stage's tensor-parallel rank 0 counts for its group; NaN: none).
+    double mtp_loss = std::numeric_limits<double>::quiet_NaN();
+    if (cfg.model.mtp_depth > 0) {
+      const auto [sum, count] = s.model->take_mtp_stats();
+      const bool counts = s.grid.tp_rank() == 0;
+      double both[2] = {counts ? sum : 0.0, counts ? double(count) : 0.0};
+      MPI_Allreduce(MPI_IN_PLACE, both, 2, MPI_DOUBLE, MPI_SUM, s.grid.world());
+      if (both[1] > 0) mtp_loss = both[0] / both[1];
+    }
     double moe_aux_mean = std::numeric_limits<double>::quiet_NaN(), moe_load = moe_aux_mean;
     double moe_z_mean = moe_aux_mean, moe_dropped = moe_aux_mean;
     std::vector<double> moe_counts;  // the step's choices of each layer's experts, every rank's
@@ -864,7 +874,7 @@ TrainOutcome Trainer::run() {
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
                                  skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load, moe_z_mean,
-                                 moe_dropped});
+                                 moe_dropped, mtp_loss});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ",
                 st + 1, " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
@@ -881,6 +891,8 @@ TrainOutcome Trainer::run() {
          << format_duration(per_sequence * double(last_consumed - s.consumed));
       if (cfg.train.z_loss > 0)
         os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
+      if (cfg.model.mtp_depth > 0)
+        os << " | mtp loss " << std::fixed << std::setprecision(4) << mtp_loss;
       if (s.noise.ready())  // train.noise_every's running estimate (none while |G|² <= 0)
         os << " | noise scale " << std::scientific << std::setprecision(2) << s.noise.b_simple()
            << " tokens";

@@ -914,6 +914,26 @@ TEST(ModelParallel, GptOssBlocksMatchOneRankOnEveryGrid) {
   expect_other_model("gptoss", opts, opts.size() - 1, "false", "gptoss_nobias_ref", ref, 1e-4);
 }
 
+// Multi-token prediction (model.mtp_depth = 2, DeepSeek-V3's modules): on the last stage, embedding
+// with the tied head's wte (the first stage's copy, its gradient summed with the embedding's),
+// eh_proj row-parallel over tp (its input's columns split, its output's rows reduced), on every
+// grid against one rank (sequence parallel, zero bubble, whose split backward leaves the modules'
+// whole, interleaved and ZeRO-1 to 3 among them), recomputing the layers, in bf16 and resumed
+// across grids. With one module (another model) the run differs.
+TEST(ModelParallel, MultiTokenPredictionMatchesOneRankOnEveryGrid) {
+  const std::vector<std::string> opts = {"--model.mtp_depth", "2", "--train.mtp_loss_weight",
+                                         "0.3"};
+  const Result ref = check_norm_variant("mtp", opts);
+  std::vector<std::string> fresh = opts;
+  fresh.insert(fresh.end(), {"--resume", "none"});
+  for (const Grid& g : {Grid{2, 1, 1, 2, 1, "1f1b", 1}, Grid{2, 2, 1, 3, 1, "1f1b", 1, true}}) {
+    if (g.ranks() > world_size()) continue;
+    expect_same_training(run(shared_dir("mtp"), "mtp_" + g.name(), g, fresh), ref,
+                         "mtp " + g.name());
+  }
+  expect_other_model("mtp", opts, 1, "1", "mtp_one_ref", ref, 1e-4);
+}
+
 // Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:
 // queries from the token), q·k over nope + rope values a head, v v wide. The sizes' values sit at
 // indices 1, 3, 5, 7 and 9.

@@ -926,6 +926,10 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
             assert sorted(f["moe_load"]) == sorted(["step"] + [f"h{i}" for i in layers])
             got = np.stack([f[f"moe_load/h{i}"][()] for i in layers], axis=1)
         np.testing.assert_allclose(got, np.array(torch_train.moe_load), rtol=0, atol=1e-12)
+    if p.case.cfg.mtp_depth:  # the modules' mean loss of each step, as PyTorch's
+        np.testing.assert_allclose(m["train/mtp_loss"], torch_train.mtp_loss, rtol=tol_train)
+    elif "train/mtp_loss" in m:
+        assert np.all(np.isnan(m["train/mtp_loss"]))
     assert err_lr <= 1e-12, f"lr schedule differs (rel {err_lr:.2e})"
     assert err_loss <= tol_train, f"train loss differs (rel {err_loss:.2e})"
     assert err_norm <= NORM_OVER_LOSS_TOL * tol_train, f"grad norm differs (rel {err_norm:.2e})"
@@ -990,9 +994,10 @@ def test_lion_steps_match_torch(name, extra, mup, tmp_root, tmp_path):
     (next(c for c in CASES if c.name == "dsv3"), "original", False),
     (next(c for c in CASES if c.name == "relu2"), "original", True),
     (next(c for c in CASES if c.name == "gptoss"), "original", True),
+    (next(c for c in CASES if c.name == "mtpllama"), "original", True),
 ], ids=["mqa-original-nesterov", "oddshapes-rms-plain", "gqa-original-nesterov",
         "moe-original-nesterov", "moeswiglu-rms-nesterov", "dsv3-original-plain",
-        "relu2-original-nesterov", "gptoss-original-nesterov"])
+        "relu2-original-nesterov", "gptoss-original-nesterov", "mtpllama-original-nesterov"])
 def test_muon_steps_match_torch(case, adjust, nesterov, tmp_root, tmp_path):
     """Muon on the hidden matrices (tall c_attn and c_fc, square and wide c_proj) and AdamW on
     the rest, against the documented algorithm in float64. A mixture of experts: each expert's

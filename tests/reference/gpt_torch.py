@@ -1241,7 +1241,7 @@ def is_muon_matrix(name: str) -> bool:
     """The tensors optim.name = muon gives to Muon: the attention and MLP weight matrices, the
     shared experts' and the routed experts' ([E, rows, cols]: each expert's matrix on its own;
     the router and the shared experts' gate stay with AdamW)."""
-    return name.startswith("h/") and name.endswith(MUON_MATRICES)
+    return name.startswith(("h/", "mtp/")) and name.endswith(MUON_MATRICES)  # (mtp: the blocks')
 
 
 def newton_schulz(g: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:

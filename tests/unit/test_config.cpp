@@ -608,6 +608,38 @@ TEST(Config, GluShapeIsChecked) {
          "model.glu_offset must be in [-1e4, 1e4]");
 }
 
+// model.mtp_depth: 0 .. 16 modules, dense blocks only, the embedding on the last stage, no
+// context parallelism or FP8 yet; train.mtp_loss_weight finite and >= 0.
+TEST(Config, MultiTokenPredictionIsChecked) {
+  auto expect = [](const std::string& err, const std::string& what) {
+    EXPECT_NE(err.find(what), std::string::npos) << err;
+  };
+  EXPECT_EQ(error_of({"--model.mtp_depth", "2", "--train.mtp_loss_weight", "0.3"}), "");
+  EXPECT_EQ(error_of({"--model.mtp_depth", "1", "--parallel.pp", "2", "--model.n_layer", "4"}, 2),
+            "");
+  expect(error_of({"--model.mtp_depth", "17"}), "model.mtp_depth must be 0 .. 16");
+  expect(error_of({"--model.mtp_depth", "-1"}), "model.mtp_depth");
+  expect(error_of({"--model.mtp_depth", "1", "--train.mtp_loss_weight", "-0.1"}),
+         "train.mtp_loss_weight must be a finite number >= 0");
+  expect(error_of({"--model.mtp_depth", "1", "--train.mtp_loss_weight", "nan"}),
+         "train.mtp_loss_weight");
+  // (The modules' blocks are layers n_layer.. : with experts from layer 1 on, theirs too.)
+  expect(error_of({"--model.mtp_depth", "1", "--model.moe_experts", "4", "--model.moe_top_k", "2",
+                   "--model.moe_first_dense", "1"}),
+         "blocks would have experts");
+  EXPECT_EQ(error_of({"--model.mtp_depth", "1", "--model.n_layer", "4", "--model.moe_experts", "4",
+                      "--model.moe_top_k", "2", "--model.moe_every", "2"}),
+            "");  // layers 1 and 3 (0-based) with experts; the module's block, 4, dense
+  expect(error_of({"--model.mtp_depth", "1", "--model.tie_embeddings", "false", "--parallel.pp",
+                   "2", "--model.n_layer", "4"},
+                  2),
+         "with an untied head needs parallel.pp = 1");
+  expect(error_of({"--model.mtp_depth", "1", "--parallel.cp", "2"}, 2),
+         "not supported under context parallelism");
+  expect(error_of({"--model.mtp_depth", "1", "--run.fp8", "tensorwise", "--run.precision", "bf16"}),
+         "not supported with run.fp8");
+}
+
 TEST(Config, MilestoneCheckpointsAreChecked) {
   EXPECT_EQ(error_of({"--checkpoint.keep_every", "1000"}), "");
   EXPECT_NE(error_of({"--checkpoint.keep_every", "-5"}).find("checkpoint.keep_every"),

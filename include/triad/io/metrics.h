@@ -51,6 +51,9 @@ struct TrainRow {
   // The fraction of the experts' choices over capacity and dropped (model.moe_capacity_factor),
   // the mean over the step's layers and micro-batches; NaN without a capacity and in older files.
   double moe_dropped = std::numeric_limits<double>::quiet_NaN();
+  // Multi-token prediction (model.mtp_depth): the modules' mean cross-entropy over their
+  // targets; NaN without modules and in older files.
+  double mtp_loss = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct ValRow {

@@ -1,0 +1,80 @@
+"""Multi-token prediction (model.mtp_depth, train.mtp_loss_weight) through triad-train and the
+tools: the modules' loss is logged beside the main one, a run resumes bit for bit, the checkpoint
+holds the modules' tensors and the mtp_depth attribute (a config or a damaged attribute that
+disagrees is refused), and the model still evaluates and generates with its layers and head
+alone. (Their gradients and updates against PyTorch: test_reference_model's mtp and mtpllama
+cases; across grids: test_model_parallel's MultiTokenPrediction.)"""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from triad_run import VOCAB, assert_clean_error, exe, run, tiny_config, tool, train
+
+
+def curves(path):
+    with h5py.File(path / "metrics.h5", "r") as f:
+        return {k: f["train"][k][:] for k in ("loss", "grad_norm", "mtp_loss")}
+
+
+def test_modules_train_log_resume_exactly_and_must_agree(tmp_path):
+    cfg = tiny_config(tmp_path, name="whole", train__steps=8, eval__every=4, checkpoint__every=4,
+                      data__shuffle="false", model__mtp_depth=2, train__mtp_loss_weight=0.3)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "| mtp loss " in p.stdout
+    whole = curves(tmp_path / "runs" / "whole")
+    assert np.all(np.isfinite(whole["mtp_loss"])) and np.all(whole["mtp_loss"] > 0)
+    # Interrupted at step 4 and resumed: the same curves, bit for bit.
+    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 4)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "cut")
+    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
+    with h5py.File(ckpt, "r") as f:
+        m = f["model"]
+        assert m.attrs["mtp_depth"] == 2
+        C = int(m.attrs["n_embd"])
+        assert m["mtp/1/eh_proj/weight"].shape == (C, 2 * C)
+        assert m["mtp/0/attn/c_attn/weight"].shape == m["h/0/attn/c_attn/weight"].shape
+        for n in ("ln_e", "ln_h", "ln_f"):
+            assert m[f"mtp/0/{n}/weight"].shape == (C,)
+    assert tool("triad-ckpt", ckpt).returncode == 0  # the inspector expects these tensors
+    # Generation reads the layers and the head alone.
+    g = run([exe("triad-generate"), "--checkpoint", str(ckpt), "--vocab", VOCAB, "--prompt-ids",
+             "1 2 3", "--length", "8", "--top-k", "1", "--output", "ids"])
+    assert g.returncode == 0 and len(g.stdout.split()) == 8, g.stdout + g.stderr
+    # A config without the modules is refused at the resume, and so is a damaged attribute.
+    p = train("--config", cfg, "--resume", ckpt, "--model.mtp_depth", "1", "--train.steps", 9)
+    assert_clean_error(p, "2 multi-token prediction modules", "model.mtp_depth = 1", str(ckpt))
+    bad = tmp_path / "bad_mtp.h5"
+    bad.write_bytes(ckpt.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f["model"].attrs["mtp_depth"] = 17
+    p = train("--config", cfg, "--resume", bad, "--train.steps", 9)
+    assert_clean_error(p, "attribute mtp_depth of /model is 17, not in [0, 16]", str(bad))
+
+
+def test_weight_zero_trains_the_model_without_the_modules(tmp_path):
+    """train.mtp_loss_weight = 0: the modules run and report their loss but give no gradient,
+    so the layers train exactly as without them (the same main loss, bit for bit)."""
+    cfg = tiny_config(tmp_path, name="plain", train__steps=4, eval__every=0, checkpoint__every=0,
+                      data__shuffle="false")
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "zero", "--model.mtp_depth", 1,
+              "--train.mtp_loss_weight", 0)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with h5py.File(tmp_path / "runs" / "plain" / "metrics.h5", "r") as f:
+        plain = f["train"]["loss"][:]
+        assert np.all(np.isnan(f["train"]["mtp_loss"][:]))
+    zero = curves(tmp_path / "runs" / "zero")
+    np.testing.assert_array_equal(zero["loss"], plain)
+    assert np.all(np.isfinite(zero["mtp_loss"]))
+    # ... and with a weight the layers train otherwise.
+    p = train("--config", cfg, "--run.name", "weighted", "--model.mtp_depth", 1)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert curves(tmp_path / "runs" / "weighted")["loss"][-1] != plain[-1]
