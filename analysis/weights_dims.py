@@ -538,8 +538,10 @@ def unheld_attributes(a: dict, held: set, inert: dict) -> list[str]:
         w = inert[k]
         return attr_text(v) == w if isinstance(w, str) else float(v) == float(w)
 
+    # (mtp_depth: every export leaves the multi-token prediction modules out, saying so:
+    # open_triad)
     return [f"{k} = {attr_text(v)}" for k, v in a.items()
-            if k not in held and not inert_value(k, v)]
+            if k not in held and k != "mtp_depth" and not inert_value(k, v)]
 
 
 def checkpoint_yarn(path, a: dict, fmt: str) -> tuple | None:

@@ -76,12 +76,23 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
 
 def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     """A complete triad checkpoint whose checksums verify (a run directory, checkpoint
-    directory or file)."""
+    directory or file). Its multi-token prediction modules (model.mtp_depth), a training
+    objective no export format holds, are left out, and the source's description says so."""
     path = resolve_checkpoint_path(src)
     rep = inspect(path, verify=True)
     if not rep.ok:
         raise ConvertError(rep.headline())
-    a = rep.model_attrs
+    d, tensors, source = open_triad_model(path, rep.model_attrs)
+    depth = int(rep.model_attrs.get("mtp_depth", 0))
+    if depth:
+        source += (f"; its {depth} multi-token prediction module(s) (mtp/*, model.mtp_depth) "
+                   f"left out: the format has none")
+    return d, tensors, source
+
+
+def open_triad_model(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
+    """open_triad's model: the export format's dims and tensors of a verified checkpoint (its
+    /model attributes `a`)."""
     llama = (a.get("position"), a.get("norm"), int(a.get("bias", 1))) == ("rope", "rmsnorm", 0) \
         and a.get("mlp") in ("swiglu", "geglu")  # Llama's blocks, or Gemma's (GeGLU)
     gemma = llama and a.get("mlp") == "geglu"
@@ -311,11 +322,14 @@ def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
 
 def checkpoint_tensors(path: Path, a: dict, vocab_size: int):
     """The parameters of a checkpoint with /model attributes `a`, in checkpoint order, as fp32,
-    the vocabulary tensors cropped to vocab_size rows."""
+    the vocabulary tensors cropped to vocab_size rows (the multi-token prediction modules' left
+    out)."""
     import h5py
 
     with h5py.File(path, "r") as f:
         for name in expected_shapes(a):
+            if name.startswith("mtp/"):  # the multi-token prediction modules: no format's
+                continue
             arr = f["model/" + name][()].astype("<f4")
             yield name, (arr[:vocab_size] if name in VOCAB_TENSORS else arr)
 

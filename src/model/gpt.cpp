@@ -998,8 +998,11 @@ int64_t Gpt::active_parameters(const GptShape& shape) {
 }
 
 double Gpt::flops_per_token(const GptShape& shape) {
-  return 6.0 * double(active_parameters(shape)) +
-         6.0 * shape.n_layer * shape.attn_flops_width() * double(shape.seq_len);
+  // The multi-token prediction modules (their tensors among the parameters) use the head once
+  // more each, and their blocks attend.
+  const double heads = double(shape.mtp_depth) * shape.vocab_size * shape.n_embd;
+  return 6.0 * (double(active_parameters(shape)) + heads) +
+         6.0 * (shape.n_layer + shape.mtp_depth) * shape.attn_flops_width() * double(shape.seq_len);
 }
 
 // Rounded up to a multiple of 8 rows, so that every chunk's rows start 16-byte aligned for the

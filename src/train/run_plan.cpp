@@ -35,6 +35,12 @@ double stage_flops_per_token(const std::vector<ParamSpec>& specs, const GptShape
     if (s.name == "wte/weight" && (!mp.holds_head() || !shape.tied)) continue;
     weights += matmul_weights_per_token(size_t(token_numel(s)), s.name, s.shape.size(), shape);
   }
+  // The multi-token prediction modules (their tensors counted above): the head once more each,
+  // and their blocks' attention.
+  if (mp.holds_head() && shape.mtp_depth > 0) {
+    weights += double(shape.mtp_depth) * shape.padded_vocab_size / mp.tp * shape.n_embd;
+    layers += shape.mtp_depth;
+  }
   return 6.0 * weights + 6.0 * layers * shape.attn_flops_width() / mp.tp * double(shape.seq_len);
 }
 
@@ -406,8 +412,8 @@ RunPlan plan_run(const Config& cfg, int world_size) {
     m.weight_grad_flops_per_token = weight_grad_flops_per_token(specs, shape);
     if (mp.holds_head())
       for (const auto& s : specs)
-        if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))
-          m.head_backward_flops_per_token = 4.0 * double(s.numel);
+        if (s.name == (shape.tied ? "wte/weight" : "lm_head/weight"))  // (and the modules')
+          m.head_backward_flops_per_token = 4.0 * double(s.numel) * (1 + shape.mtp_depth);
     // The trainer's reduction (Trainer::run): ZeRO reduce-scatters and gathers even on a group
     // of one (local copies, no wire): the buckets of the parameters (unpadded), ZeRO-1 those
     // final after the step's micro-batches, ZeRO-2 and 3 each micro-batch's; the all-reduce runs

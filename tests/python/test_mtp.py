@@ -47,6 +47,10 @@ def test_modules_train_log_resume_exactly_and_must_agree(tmp_path):
     g = run([exe("triad-generate"), "--checkpoint", str(ckpt), "--vocab", VOCAB, "--prompt-ids",
              "1 2 3", "--length", "8", "--top-k", "1", "--output", "ids"])
     assert g.returncode == 0 and len(g.stdout.split()) == 8, g.stdout + g.stderr
+    # Exports leave the modules out, and say so.
+    e = tool("triad-convert", "export", ckpt, tmp_path / "hf", "--to", "hf")
+    assert e.returncode == 0 and "2 multi-token prediction module(s)" in e.stdout + e.stderr, \
+        e.stdout + e.stderr
     # A config without the modules is refused at the resume, and so is a damaged attribute.
     p = train("--config", cfg, "--resume", ckpt, "--model.mtp_depth", "1", "--train.steps", 9)
     assert_clean_error(p, "2 multi-token prediction modules", "model.mtp_depth = 1", str(ckpt))

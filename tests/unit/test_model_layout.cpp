@@ -37,8 +37,11 @@ TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
     for (int pp : {1, 2, 3, 4})
       for (int v : {1, 2}) {
         if (12 % (pp * v) != 0 || (v > 1 && pp == 1)) continue;
-        // A narrow model with GPT-2's depth and heads keeps this fast.
-        const GptShape shape = padded_for(tp, GptShape{12, 12, 96, 64, 1000, 0});
+        // A narrow model with GPT-2's depth and heads keeps this fast; with two multi-token
+        // prediction modules on the last stage when v = 1 (eh_proj's columns split in two
+        // blocks, its e and h halves).
+        GptShape shape = padded_for(tp, GptShape{12, 12, 96, 64, 1000, 0});
+        shape.mtp_depth = v == 1 ? 2 : 0;
         const auto full = gpt_parameter_layout(shape);
         std::map<std::string, std::vector<float>> model, rebuilt;
         float x = 0;
@@ -76,6 +79,33 @@ TEST(ModelLayout, EveryElementOwnedOnceAndShardsReassembleTheModel) {
           EXPECT_EQ(rebuilt[s.name], model[s.name]) << what << " " << s.name;
         }
       }
+}
+
+// The multi-token prediction modules' tensors follow the head on the last stage, and count in the
+// model's FLOPs per token: their matrices (eh_proj [C, 2C] and a block's) and the head once more
+// each (6 FLOPs per weight and token), and their blocks' attention.
+TEST(ModelLayout, MultiTokenPredictionModulesFollowTheHead) {
+  GptShape shape = kGpt2;
+  shape.mtp_depth = 2;
+  const auto specs = gpt_rank_layout(shape, grid(1, 0, 2, 1));
+  std::vector<std::string> names;
+  for (const auto& s : specs) names.push_back(s.name);
+  const auto lnf = std::find(names.begin(), names.end(), "ln_f/weight");
+  const auto first = std::find(names.begin(), names.end(), "mtp/0/ln_e/weight");
+  ASSERT_NE(first, names.end());
+  EXPECT_LT(lnf, first);
+  EXPECT_EQ(names.back(), "mtp/1/ln_f/bias");
+  EXPECT_TRUE(gpt_rank_layout(shape, grid(1, 0, 2, 0)).size() < specs.size());
+  for (const auto& s : gpt_rank_layout(shape, grid(1, 0, 2, 0)))
+    EXPECT_FALSE(s.name.starts_with("mtp/")) << s.name;
+  GptShape plain = kGpt2;
+  const double C = 768,
+               layer = double(Gpt::num_parameters(kGpt2) -
+                              Gpt::num_parameters(GptShape{11, 12, 768, 1024, 50257, 50304}));
+  const double extra = Gpt::flops_per_token(shape) - Gpt::flops_per_token(plain);
+  // Each module: a layer's parameters, eh_proj, three norms (weight and bias), and the head.
+  const double module = layer + 2 * C * C + 6 * C + 50257 * C;
+  EXPECT_DOUBLE_EQ(extra, 2 * (6 * module + 6 * C * 1024));
 }
 
 // Expert parallelism: each of the ep ranks holds a contiguous block of E/ep whole experts of
