@@ -710,7 +710,6 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   }
   d_inputs_ = be_.alloc_ints(size_t(max_batch_) * shape_.seq_len);
   if (shape_.mtp_depth > 0 && mp.holds_head() && !inference_) {  // the modules' (mtp_step)
-    TRIAD_CHECK(mp.cp == 1, "multi-token prediction runs without context parallelism");
     TRIAD_CHECK(shape_.n_embd % mp.tp == 0 &&
                     (precision_ == Precision::fp32 || shape_.n_embd / mp.tp % 2 == 0),
                 "multi-token prediction needs n_embd (", shape_.n_embd,

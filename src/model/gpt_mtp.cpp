@@ -1,11 +1,14 @@
 // Multi-token prediction (GptShape::mtp_depth; DeepSeek-V3's MTP modules): after the main loss
 // of a micro-batch, each module's forward pass and loss, then their backward passes, on the last
-// stage. Module j predicts target t + j + 1 of row t (the token j + 2 ahead of input t) from the
-// previous hidden state and the embedding of input t + j + 1; rows whose token is past the
-// sequence's end have no target. The modules run at once for the micro-batch: their activations
-// are one set reused by every micro-batch, and what the layers below need of them is the gradient
-// of the last chunk's output, S.dmtp.
+// stage (over this rank's rows: its pieces of the sequences under context parallelism, whose
+// attention the blocks' layer code runs as the layers'). Module j predicts target t + j + 1 of row
+// t (the token j + 2 ahead of input t) from the previous hidden state and the embedding of input t
+// + j + 1; rows whose token is past the sequence's end have no target. The modules run at once for
+// the micro-batch: their activations are one set reused by every micro-batch, and what the layers
+// below need of them is the gradient of the last chunk's output, S.dmtp.
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "gpt_activations.h"
 #include "triad/core/error.h"
@@ -17,25 +20,33 @@ template <class A>
 void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int B, int T,
                    float dloss_scale) {
   const int C = shape_.n_embd, D = shape_.mtp_depth, N = B * T, n = local_rows(N);
-  const int Ch = C / mp_.tp;  // this rank's columns of each half of eh_proj's input
-  const size_t nC = size_t(n) * C, stride = size_t(max_batch_) * shape_.seq_len;
-  TRIAD_ASSERT(D > 0 && mp_.cp == 1 && d_mtp_ids_ != nullptr && N <= int(stride));
+  const int Ch = C / mp_.tp;         // this rank's columns of each half of eh_proj's input
+  const int whole = shape_.seq_len;  // the sequences' tokens (T of them this rank's rows)
+  const size_t nC = size_t(n) * C, stride = size_t(max_batch_) * whole;
+  TRIAD_ASSERT(D > 0 && d_mtp_ids_ != nullptr && T == mp_.seq_rows(whole));
   auto& a = acts<A>();
   constexpr GradMode kSet = GradMode::overwrite;
   // Module j's ids: input t + j + 1 (0 past the end: a row without a target, whose output no
-  // earlier row reads) and target t + j + 1 of each row t.
+  // earlier row reads) and target t + j + 1 of each position t of the whole sequences, then the
+  // rows this rank holds (context parallelism: its pieces).
   mtp_host_ids_.resize(size_t(D) * stride);
   mtp_host_targets_.resize(size_t(D) * stride);
+  std::vector<int32_t>& ahead_ids = mtp_ahead_[0];
+  std::vector<int32_t>& ahead_targets = mtp_ahead_[1];
+  ahead_ids.resize(size_t(B) * whole);
+  ahead_targets.resize(size_t(B) * whole);
   for (int j = 0; j < D; ++j) {
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < whole; ++t) {
+        const size_t r = size_t(b) * whole + size_t(t), ahead = r + size_t(j) + 1;
+        const bool inside = t + j + 1 < whole;
+        ahead_ids[r] = inside ? inputs[ahead] : 0;
+        ahead_targets[r] = inside ? targets[ahead] : -1;
+      }
     int32_t* ids = mtp_host_ids_.data() + size_t(j) * stride;
     int32_t* tgt = mtp_host_targets_.data() + size_t(j) * stride;
-    for (int b = 0; b < B; ++b)
-      for (int t = 0; t < T; ++t) {
-        const size_t r = size_t(b) * T + size_t(t), ahead = r + size_t(j) + 1;
-        const bool inside = t + j + 1 < T;
-        ids[r] = inside ? inputs[ahead] : 0;
-        tgt[r] = inside ? targets[ahead] : -1;
-      }
+    std::copy_n(cp_local_ids(ahead_ids.data(), 1, B, mtp_local_), N, ids);
+    std::copy_n(cp_local_ids(ahead_targets.data(), 1, B, mtp_local_), N, tgt);
     upload_local_ids(ids, d_mtp_ids_ + size_t(j) * stride, N);
     upload_local_ids(tgt, d_mtp_targets_ + size_t(j) * stride, N);
   }

@@ -181,7 +181,8 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         if (g == G - 1) {
           upload_ids(nullptr, tg, N);
           const ForwardStats f = classifier(S, tg, B, Tl, dloss_scale, true);
-          if (shape_.mtp_depth > 0) mtp_step(S, in, tg, B, Tl, dloss_scale);
+          if (shape_.mtp_depth > 0)
+            mtp_step(S, whole, targets + size_t(mb) * B * T, B, Tl, dloss_scale);
           st.loss_sum += f.loss_sum;
           st.z_sum += f.z_sum;
           st.correct += f.correct;

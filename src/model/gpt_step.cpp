@@ -1019,7 +1019,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   set_dropout_rows(dropout_first_, B);
   forward_chunk(0, S, B, Tl);
   ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
-  if (shape_.mtp_depth > 0) mtp_step(S, in, tg, B, Tl, dloss_scale);
+  if (shape_.mtp_depth > 0) mtp_step(S, inputs, targets, B, Tl, dloss_scale);
   backward_chunk(0, S, B, Tl);
   // The reductions the hook started, complete (their buckets are free for the next backward).
   for (auto& r : grad_pending_) r.wait();

@@ -586,8 +586,6 @@ void validate(const Config& c, int world_size) {
     check(m.tie_embeddings || c.parallel.pp == 1, "model.mtp_depth",
           "with an untied head needs parallel.pp = 1: the modules embed tokens on the last "
           "stage, which holds wte only as the tied head's copy");
-    check(c.parallel.cp == 1, "model.mtp_depth",
-          "is not supported under context parallelism yet (parallel.cp = 1)");
     check(c.run.fp8 == "off", "model.mtp_depth", "is not supported with run.fp8 yet");
   }
   check(c.parallel.zero >= 0 && c.parallel.zero <= 3, "parallel.zero", "must be 0, 1, 2 or 3");

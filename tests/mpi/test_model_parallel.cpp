@@ -918,15 +918,18 @@ TEST(ModelParallel, GptOssBlocksMatchOneRankOnEveryGrid) {
 // with the tied head's wte (the first stage's copy, its gradient summed with the embedding's),
 // eh_proj row-parallel over tp (its input's columns split, its output's rows reduced), on every
 // grid against one rank (sequence parallel, zero bubble, whose split backward leaves the modules'
-// whole, interleaved and ZeRO-1 to 3 among them), recomputing the layers, in bf16 and resumed
-// across grids. With one module (another model) the run differs.
+// whole, interleaved, ZeRO-1 to 3 and context parallel among them: the rows of the tokens ahead
+// are the pieces' own), recomputing the layers, in bf16 and resumed across grids. With one module
+// (another model) the run differs.
 TEST(ModelParallel, MultiTokenPredictionMatchesOneRankOnEveryGrid) {
   const std::vector<std::string> opts = {"--model.mtp_depth", "2", "--train.mtp_loss_weight",
                                          "0.3"};
   const Result ref = check_norm_variant("mtp", opts);
   std::vector<std::string> fresh = opts;
   fresh.insert(fresh.end(), {"--resume", "none"});
-  for (const Grid& g : {Grid{2, 1, 1, 2, 1, "1f1b", 1}, Grid{2, 2, 1, 3, 1, "1f1b", 1, true}}) {
+  for (const Grid& g :
+       {Grid{2, 1, 1, 2, 1, "1f1b", 1}, Grid{2, 2, 1, 3, 1, "1f1b", 1, true},
+        Grid{1, 1, 1, 0, 1, "1f1b", 1, false, 2}, Grid{1, 2, 2, 0, 2, "1f1b", 1, true, 2}}) {
     if (g.ranks() > world_size()) continue;
     expect_same_training(run(shared_dir("mtp"), "mtp_" + g.name(), g, fresh), ref,
                          "mtp " + g.name());

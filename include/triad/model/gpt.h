@@ -692,10 +692,11 @@ class Gpt {
   void layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
                       const LayerTensors<const A>& w, const LayerTensors<float>& gr,
                       Recompute recompute, bool split, int B, int T);
-  // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets its
-  // host ids, [B, T]; the main classifier done): every module's forward pass and loss, then
-  // their backward passes, their gradients accumulated and the one of the chunk's output left in
-  // S.dmtp for backward_chunk. Counts the losses in take_mtp_stats.
+  // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets the
+  // host ids of its B whole sequences, [B, seq_len]; T this rank's rows of each, as the chunk's;
+  // the main classifier done): every module's forward pass and loss, then their backward passes,
+  // their gradients accumulated and the one of the chunk's output left in S.dmtp for
+  // backward_chunk. Counts the losses in take_mtp_stats.
   template <class A>
   void mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int B, int T,
                 float dloss_scale);
@@ -929,17 +930,18 @@ class Gpt {
   // upload_ids makes them, and their host staging.
   int32_t *d_mtp_ids_ = nullptr, *d_mtp_targets_ = nullptr;
   std::vector<int32_t> mtp_host_ids_, mtp_host_targets_;
-  std::vector<int32_t> target_bytes_;  // set_target_bytes
-  float moe_aux_loss_ = 0.0f;          // set_moe_aux_loss
-  bool moe_aux_per_sequence_ = false;  // set_moe_aux_per_sequence
-  bool training_ = false;              // within forward_backward or pipeline_step
-  float moe_z_loss_ = 0.0f;            // set_moe_z_loss
-  float dloss_scale_ = 0.0f;           // the training step's (the load-balancing gradient's)
-  bool recomputing_ = false;           // a backward pass reruns a layer's forward
-  MoeStats moe_stats_;                 // take_moe_stats
-  std::vector<float> moe_host_;        // the router's per-expert sums and coefficients (host)
-  std::vector<float> router_bias_;     // router_bias (host)
-  float* router_bias_dev_ = nullptr;   // and on the backend
+  std::vector<int32_t> mtp_ahead_[2], mtp_local_;  // the whole sequences' ids, and cp's copy
+  std::vector<int32_t> target_bytes_;              // set_target_bytes
+  float moe_aux_loss_ = 0.0f;                      // set_moe_aux_loss
+  bool moe_aux_per_sequence_ = false;              // set_moe_aux_per_sequence
+  bool training_ = false;                          // within forward_backward or pipeline_step
+  float moe_z_loss_ = 0.0f;                        // set_moe_z_loss
+  float dloss_scale_ = 0.0f;          // the training step's (the load-balancing gradient's)
+  bool recomputing_ = false;          // a backward pass reruns a layer's forward
+  MoeStats moe_stats_;                // take_moe_stats
+  std::vector<float> moe_host_;       // the router's per-expert sums and coefficients (host)
+  std::vector<float> router_bias_;    // router_bias (host)
+  float* router_bias_dev_ = nullptr;  // and on the backend
   float* fp8_amax_ = nullptr;  // set_fp8: three floats of the backend (inp, weight, dout) per
                                // expert held (at least three)
   size_t fp8_amax_floats_ = 0;
