@@ -696,7 +696,9 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
   if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
     tied_scratch_ = be_.alloc(n);
   if (shape_.moe()) {
-    router_bias_.assign(size_t(shape_.n_layer) * size_t(shape_.moe_experts), 0.0f);
+    // (the multi-token prediction modules' blocks after the layers)
+    router_bias_.assign(size_t(shape_.n_layer + shape_.mtp_depth) * size_t(shape_.moe_experts),
+                        0.0f);
     router_bias_dev_ = be_.alloc(router_bias_.size());
   }
   if (shape_.rope) {

@@ -259,7 +259,8 @@ void Gpt::moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerT
     if (moe_z_loss_ > 0.0f) moe_stats_.z += be_.sum_squares(L.moe_lse, size_t(N)) / N;
     ++moe_stats_.count;
     auto& loads = moe_stats_.loads;
-    if (loads.empty()) loads.assign(size_t(shape_.n_layer) * size_t(E), 0.0);
+    if (loads.empty())  // (the multi-token prediction modules' blocks after the layers)
+      loads.assign(size_t(shape_.n_layer + shape_.mtp_depth) * size_t(E), 0.0);
     if (mp_.tp_rank == 0)
       for (int e = 0; e < E; ++e) loads[size_t(l) * E + size_t(e)] += L.moe_counts[size_t(e)];
   }
@@ -350,7 +351,8 @@ void Gpt::moe_output(typename Set<A>::Layer& L, int l, A* out, const LayerTensor
 
 template <class A>
 void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
-                       const A* dres, const A* ln2, const LayerTensors<const A>& w, int N) {
+                       const A* dres, const A* ln2, const LayerTensors<const A>& w, int N,
+                       bool split) {
   constexpr GradMode kSet = GradMode::overwrite;
   const int C = shape_.n_embd, E = shape_.moe_experts, k = shape_.moe_top_k;
   const size_t Fl = size_t(shape_.fc_rows() / mp_.tp), Hl = size_t(shape_.hidden() / mp_.tp);
@@ -359,7 +361,6 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
   const bool mup = shape_.mup_base_width > 0;  // the router's and gate's logits times 1/m
   // Split (a zero-bubble schedule): no weight gradients here; each output gradient the weight
   // pass needs is formed into L's own buffer instead of the shared scratch (moe_weights).
-  const bool split = split_backward_;
   auto wgrad = [split](float* p) { return split ? nullptr : p; };
   // The shared experts' c_proj and activation first: dres may be dpart's buffer (sequence
   // parallel), which the routed experts' input gradient overwrites below.
@@ -396,7 +397,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
     dx = a.moe_grouped;
     to_experts<A>(L, dy, a.moe_dy);
   }
-  A* dfch = split ? L.dfch : a.dfch;
+  A* dfch = split || a.dfch == nullptr ? L.dfch : a.dfch;  // (layer_backward's rule)
   const bool proj_grad = g.fcprojw != nullptr && !split, fc_grad = g.fcw != nullptr && !split;
   const float* amax = experts_fp8_amax<A>(L, fp8_site(l, 3), proj_grad ? L.fch_gelu : nullptr,
                                           int(Hl), w.fcprojw, C, dy);
@@ -544,7 +545,7 @@ void Gpt::balance_router_bias(const std::vector<double>& loads, float rate) {
   const size_t E = size_t(shape_.moe_experts);
   TRIAD_CHECK(loads.size() == router_bias_.size(), "balance_router_bias: ", loads.size(),
               " loads for a model with ", router_bias_.size(), " biases");
-  for (int l = 0; l < shape_.n_layer; ++l) {
+  for (int l = 0; l < shape_.n_layer + shape_.mtp_depth; ++l) {  // (and the modules' blocks)
     if (!shape_.moe_layer(l)) continue;
     const double* c = loads.data() + size_t(l) * E;
     const double mean = std::accumulate(c, c + E, 0.0) / double(E);
@@ -555,17 +556,17 @@ void Gpt::balance_router_bias(const std::vector<double>& loads, float rate) {
     be_.copy_from_host(router_bias_dev_, router_bias_.data(), router_bias_.size());
 }
 
-#define TRIAD_MOE_INSTANCES(A)                                                                  \
-  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                               \
-  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                             \
-  template void Gpt::moe_front<A>(Set<A>::Layer&, int, const A*, const LayerTensors<const A>&,  \
-                                  int);                                                         \
-  template void Gpt::moe_output<A>(Set<A>::Layer&, int, A*, const LayerTensors<const A>&, int); \
-  template void Gpt::moe_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,       \
-                                     const A*, const A*, const LayerTensors<const A>&, int);    \
-  template void Gpt::moe_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*,  \
-                                    const LayerTensors<const A>&, int);                         \
-  template const float* Gpt::experts_fp8_amax<A>(Set<A>::Layer&, int, const A*, int, const A*,  \
+#define TRIAD_MOE_INSTANCES(A)                                                                     \
+  template void Gpt::to_experts<A>(Set<A>::Layer&, A*, const A*);                                  \
+  template void Gpt::from_experts<A>(Set<A>::Layer&, A*, const A*);                                \
+  template void Gpt::moe_front<A>(Set<A>::Layer&, int, const A*, const LayerTensors<const A>&,     \
+                                  int);                                                            \
+  template void Gpt::moe_output<A>(Set<A>::Layer&, int, A*, const LayerTensors<const A>&, int);    \
+  template void Gpt::moe_backward<A>(Set<A>::Layer&, int, A*, const LayerTensors<float>&,          \
+                                     const A*, const A*, const LayerTensors<const A>&, int, bool); \
+  template void Gpt::moe_weights<A>(Set<A>::Layer&, int, const LayerTensors<float>&, const A*,     \
+                                    const LayerTensors<const A>&, int);                            \
+  template const float* Gpt::experts_fp8_amax<A>(Set<A>::Layer&, int, const A*, int, const A*,     \
                                                  int, const A*);
 TRIAD_MOE_INSTANCES(float)
 TRIAD_MOE_INSTANCES(bf16_t)

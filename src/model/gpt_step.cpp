@@ -793,7 +793,7 @@ void Gpt::layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
                                                                     : gather_rows(dmlp, a.full, N);
   const int Hl = shape_.dense_hidden() / mp_.tp, Fl = shape_.dense_fc_rows() / mp_.tp;
   if (shape_.moe_layer(l)) {
-    moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N);
+    moe_backward<A>(L, l, dpart, gr, dres, L.ln2g, w, N, split);
   } else if (!shape_.gelu_in_product()) {  // c_proj's input gradient, then through the
     // activation into c_fc's
     linear_backward(fp8_site(l, 3), a.dfch_gelu, wgrad(gr.fcprojw), wgrad(gr.fcprojb), dres,

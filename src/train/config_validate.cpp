@@ -576,13 +576,6 @@ void validate(const Config& c, int world_size) {
     const ModelConfig& m = c.model;
     check(std::isfinite(c.train.mtp_loss_weight) && c.train.mtp_loss_weight >= 0,
           "train.mtp_loss_weight", "must be a finite number >= 0 (Megatron's 0.1)");
-    bool experts = false;
-    for (int j = 0; j < m.mtp_depth; ++j)
-      experts = experts || (m.moe_experts > 0 && m.n_layer + j >= m.moe_first_dense &&
-                            (m.n_layer + j - m.moe_first_dense + 1) % m.moe_every == 0);
-    check(!experts, "model.mtp_depth",
-          "modules whose blocks would have experts (layers n_layer .. n_layer + D - 1 under "
-          "model.moe_first_dense and moe_every) are not supported yet: only dense blocks");
     check(m.tie_embeddings || c.parallel.pp == 1, "model.mtp_depth",
           "with an untied head needs parallel.pp = 1: the modules embed tokens on the last "
           "stage, which holds wte only as the tied head's copy");

@@ -65,9 +65,9 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
 TensorGroup router_bias_group(const GptShape& shape, float* bias) {
   TensorGroup g{"router_bias", {}};
   const size_t E = size_t(shape.moe_experts);
-  for (int l = 0; l < shape.n_layer; ++l)
+  for (int l = 0; l < shape.n_layer + shape.mtp_depth; ++l)  // (the modules' blocks: mtp/<j>)
     if (shape.moe_layer(l))
-      g.tensors.push_back(TensorRef{"h/" + std::to_string(l), {int64_t(E)}, bias + size_t(l) * E});
+      g.tensors.push_back(TensorRef{layer_name(shape, l), {int64_t(E)}, bias + size_t(l) * E});
   return g;
 }
 

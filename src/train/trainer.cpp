@@ -387,8 +387,11 @@ TrainOutcome Trainer::run() {
     for (const auto& [name, src] : s.val_sets) set_names.push_back(name);
     std::vector<std::string> moe_layers;  // train.moe_load_every: the layers with experts
     if (cfg.train.moe_load_every > 0)
-      for (int l = 0; l < cfg.model.n_layer; ++l)
-        if (s.model->shape().moe_layer(l)) moe_layers.push_back("h" + std::to_string(l));
+      for (int l = 0; l < cfg.model.n_layer + cfg.model.mtp_depth; ++l)  // (h<i>, mtp<j>)
+        if (s.model->shape().moe_layer(l)) {
+          const std::string name = layer_name(s.model->shape(), l);
+          moe_layers.push_back(name.substr(0, name.find('/')) + name.substr(name.find('/') + 1));
+        }
     s.metrics = std::make_unique<MetricsWriter>(
         run_path + "/metrics.h5", a, here ? s.step : int64_t(-1), set_names,
         cfg.train.norms_every > 0 ? s.norm_groups() : std::vector<std::string>{},
@@ -759,14 +762,14 @@ TrainOutcome Trainer::run() {
         // Over every rank's choices (a stage's layers, a data- or context-parallel rank's rows;
         // tensor-parallel ranks count once).
         moe_counts = ms.loads;
-        moe_counts.resize(size_t(cfg.model.n_layer) * E, 0.0);
+        moe_counts.resize(size_t(cfg.model.n_layer + cfg.model.mtp_depth) * E, 0.0);
         MPI_Allreduce(MPI_IN_PLACE, moe_counts.data(), int(moe_counts.size()), MPI_DOUBLE, MPI_SUM,
                       s.grid.world());
       }
       if (log_load) {  // each expert's share of its layer's choices
         const GptShape& shape = s.model->shape();
         std::vector<double> shares;
-        for (int l = 0; l < cfg.model.n_layer; ++l) {
+        for (int l = 0; l < cfg.model.n_layer + cfg.model.mtp_depth; ++l) {
           if (!shape.moe_layer(l)) continue;
           const auto first = moe_counts.begin() + ptrdiff_t(size_t(l) * E);
           const double total = std::accumulate(first, first + ptrdiff_t(E), 0.0);

@@ -937,6 +937,47 @@ TEST(ModelParallel, MultiTokenPredictionMatchesOneRankOnEveryGrid) {
   expect_other_model("mtp", opts, 1, "1", "mtp_one_ref", ref, 1e-4);
 }
 
+// Multi-token prediction after layers with experts (DeepSeek-V3's: the first layer dense, the
+// others' and the module's block's experts with shared experts; no balancing term, which is each
+// micro-batch's and their size differs by grid here): the module's router and experts on every
+// grid against one rank, expert parallel ones (its experts split with the layers', under ZeRO-3 in
+// packed slices) among them.
+TEST(ModelParallel, MultiTokenPredictionWithExpertsMatchesOneRank) {
+  const std::vector<std::string> opts = {"--resume",
+                                         "none",
+                                         "--model.mtp_depth",
+                                         "1",
+                                         "--model.moe_experts",
+                                         "4",
+                                         "--model.moe_top_k",
+                                         "2",
+                                         "--model.moe_first_dense",
+                                         "1",
+                                         "--model.mlp_hidden",
+                                         "16",
+                                         "--model.moe_shared_hidden",
+                                         "16",
+                                         "--train.moe_aux_loss",
+                                         "0"};
+  const std::string dir = shared_dir("mtp");
+  const Result ref = run(dir, "mtp_moe_ref", Grid{}, opts);
+  ASSERT_EQ(ref.losses.size(), 6u);
+  std::vector<std::string> ep = opts;
+  ep.insert(ep.end(), {"--parallel.ep", "2"});
+  for (const auto& [g, o] : std::vector<std::pair<Grid, std::vector<std::string>>>{
+           {Grid{1, 2, 1, 0, 1, "1f1b", 1, true}, opts},
+           {Grid{1, 1, 2, 0, 4, "zb-h1", 1}, opts},
+           {Grid{2, 2, 2, 1, 2, "interleaved", 2}, opts},
+           {Grid{2, 1, 1, 0, 1, "1f1b", 1}, ep},
+           {Grid{4, 1, 1, 3, 1, "1f1b", 1}, ep},
+           {Grid{2, 2, 1, 3, 1, "1f1b", 1}, ep}}) {
+    if (g.ranks() > world_size()) continue;
+    const bool by_ep = o.size() > opts.size();
+    expect_same_training(run(dir, std::string("mtp_moe_") + (by_ep ? "ep2_" : "") + g.name(), g, o),
+                         ref, "mtp experts " + std::string(by_ep ? "ep 2 " : "") + g.name());
+  }
+}
+
 // Multi-head latent attention's options on Llama's blocks: latents of kv and q values (q 0:
 // queries from the token), q·k over nope + rope values a head, v v wide. The sizes' values sit at
 // indices 1, 3, 5, 7 and 9.

@@ -82,3 +82,39 @@ def test_weight_zero_trains_the_model_without_the_modules(tmp_path):
     p = train("--config", cfg, "--run.name", "weighted", "--model.mtp_depth", 1)
     assert p.returncode == 0, p.stdout + p.stderr
     assert curves(tmp_path / "runs" / "weighted")["loss"][-1] != plain[-1]
+
+
+def test_modules_with_experts_balance_resume_exactly_and_plot(tmp_path):
+    """DeepSeek-V3's layout: the first layer dense, the others' and the module's block's experts,
+    balanced by their router biases (train.moe_bias_rate). The module's loads are logged beside
+    the layers' (/moe_load/mtp0), its biases saved (router_bias/mtp/0) and restored by a resume,
+    which continues bit for bit; triad-ckpt and triad-plot-moe take the run."""
+    cfg = tiny_config(tmp_path, name="whole", train__steps=6, eval__every=0, checkpoint__every=3,
+                      data__shuffle="false", model__mtp_depth=1, model__moe_experts=4,
+                      model__moe_top_k=2, model__moe_first_dense=1, model__mlp_hidden=32,
+                      model__moe_score="sigmoid", train__moe_bias_rate=0.01,
+                      train__moe_load_every=1)
+    p = train("--config", cfg)
+    assert p.returncode == 0, p.stdout + p.stderr
+    whole = curves(tmp_path / "runs" / "whole")
+    with h5py.File(tmp_path / "runs" / "whole" / "metrics.h5", "r") as f:
+        assert sorted(f["moe_load"]) == ["h1", "mtp0", "step"]
+        assert f["moe_load/mtp0"].shape == (6, 4)
+        np.testing.assert_allclose(f["moe_load/mtp0"][()].sum(-1), 1.0)
+    ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000006.h5"
+    with h5py.File(ckpt, "r") as f:
+        assert np.any(f["router_bias/mtp/0"][()] != 0) and np.any(f["router_bias/h/1"][()] != 0)
+    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 3)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = train("--config", cfg, "--run.name", "cut")
+    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
+    resumed = curves(tmp_path / "runs" / "cut")
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    with h5py.File(ckpt, "r") as a, \
+            h5py.File(tmp_path / "runs" / "cut" / "ckpt" / "step_00000006.h5", "r") as b:
+        np.testing.assert_array_equal(a["router_bias/mtp/0"][()], b["router_bias/mtp/0"][()])
+    assert tool("triad-ckpt", ckpt).returncode == 0
+    out = tmp_path / "moe.png"
+    p = tool("triad-plot-moe", tmp_path / "runs" / "whole", "--out", out)
+    assert p.returncode == 0 and out.stat().st_size > 0, p.stdout + p.stderr

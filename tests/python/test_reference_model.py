@@ -370,6 +370,17 @@ CASES = [
                                moe_top_k=2, moe_score="sigmoid", moe_routed_scale=2.5,
                                moe_groups=3, moe_group_top_k=2,
                                moe_shared_hidden=32, moe_first_dense=1), 2, 40, 6, 103),
+    # ... with a multi-token prediction module, whose block has the experts too (layer 2's). (Seed
+    # 107 matched to 1e-8 for 5 steps, then parted by 2.4e-7 in one step with the experts' loads
+    # unchanged, as Adam amplifies the fp32 noise of near-zero gradient elements; its gradient
+    # norm then drifted to 8e-6.)
+    Case("dsv3mtp", ref.GptConfig(n_layer=2, n_head=4, n_embd=64, seq_len=16, vocab_size=300,
+                                  position="rope", rope_theta=500.0, norm="rmsnorm", bias=False,
+                                  mlp="swiglu", mlp_hidden=32, tied=False, moe_experts=6,
+                                  moe_top_k=2, moe_score="sigmoid", moe_routed_scale=2.5,
+                                  moe_groups=3, moe_group_top_k=2, moe_shared_hidden=32,
+                                  moe_first_dense=1, mtp_depth=1, mtp_weight=0.3),
+         2, 40, 6, 109),
 ]
 
 
@@ -801,13 +812,17 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             mbs, counted = tr["micro_batch_size"], int((y >= 0).sum())
             alpha, zc = tr.get("moe_aux_loss", 0.01), tr.get("moe_z_loss", 0.0)
             ce, balance, zsum, every, every_z, every_drop = 0.0, 0.0, 0.0, [], [], []
-            parts, counts = [], 0.0
+            parts, counts, mtp_term, mtp_sum, mtp_count = [], 0.0, 0.0, 0.0, 0
             for m0 in range(0, B, mbs):
                 with ref.moe_balance(tr.get("moe_aux_scope", "micro_batch")) as terms, \
                         dropping(s * B + m0, mbs):
                     lg, lm = model(x[m0:m0 + mbs], y[m0:m0 + mbs])
                 n_mb = int((y[m0:m0 + mbs] >= 0).sum())
                 ce = ce + lm * n_mb / counted
+                if cfg.mtp_depth:  # the modules' term, over the whole batch's targets
+                    mtp_term = mtp_term + model.mtp_term * n_mb / counted
+                    mtp_sum, mtp_count = (mtp_sum + model.mtp_losses[0],
+                                          mtp_count + model.mtp_losses[1])
                 rows = y[m0:m0 + mbs].numel()  # every row routes, counted or not
                 balance = balance + sum(t[0] for t in terms) * rows / counted
                 zsum = zsum + sum(t[1] for t in terms) * rows / counted
@@ -822,7 +837,9 @@ def torch_train(p: Prepared, sections: dict, batch_of_step=None, val_batch=None,
             moe_dropped.append(float(np.mean(every_drop)))  # /train/moe_dropped
             moe_load.append(counts / counts.sum(-1, keepdims=True))  # /moe_load
             step_counts = counts
-            objective = loss + alpha * balance + zc * zsum
+            objective = loss + alpha * balance + zc * zsum + mtp_term
+            if cfg.mtp_depth:
+                mtp.append(mtp_sum / mtp_count)
         else:
             with dropping(s * B, B):
                 logits, loss = model(x, y)
@@ -922,9 +939,11 @@ def compare_training(p: Prepared, tmp_path: Path, sections: dict, label: str,
         import h5py
         with h5py.File(run_dir / "ref" / "metrics.h5", "r") as f:
             np.testing.assert_array_equal(f["moe_load/step"][()], np.arange(steps))
-            layers = [i for i in range(p.case.cfg.n_layer) if p.case.cfg.moe_layer(i)]
-            assert sorted(f["moe_load"]) == sorted(["step"] + [f"h{i}" for i in layers])
-            got = np.stack([f[f"moe_load/h{i}"][()] for i in layers], axis=1)
+            c = p.case.cfg  # (the multi-token prediction modules' blocks after the layers)
+            names = [f"h{i}" if i < c.n_layer else f"mtp{i - c.n_layer}"
+                     for i in range(c.n_layer + c.mtp_depth) if c.moe_layer(i)]
+            assert sorted(f["moe_load"]) == sorted(["step"] + names)
+            got = np.stack([f[f"moe_load/{n}"][()] for n in names], axis=1)
         np.testing.assert_allclose(got, np.array(torch_train.moe_load), rtol=0, atol=1e-12)
     if p.case.cfg.mtp_depth:  # the modules' mean loss of each step, as PyTorch's
         np.testing.assert_allclose(m["train/mtp_loss"], torch_train.mtp_loss, rtol=tol_train)
@@ -1810,7 +1829,7 @@ GRAD_CLIP = {"gpt2vocab": 1.0, "sinks": 1.7, "gptoss": 1.3, "oddshapes": 1.0, "r
              "parallel": 1.0, "parallelmoe": 1.7, "neox": 1.25, "gemma2": 2.4,
              "sandwichmoe": 1.0, "granite": 0.18, "cohere": 0.44, "phi": 1.0, "gptj": 1.0,
              "olmo": 1.7, "olmoe": 2.0, "olmo2": 2.7, "opt": 1.0, "mla": 1.42, "mlamoe": 1.3,
-             "mtp": 1.3, "mtpllama": 1.75}
+             "mtp": 1.3, "mtpllama": 1.75, "dsv3mtp": 1.7}
 
 
 # model.moe_capacity_factor: each expert takes the first ceil(f·N·k/E) of a pass's choices (the
@@ -1890,6 +1909,28 @@ def test_moe_bias_balancing_matches_torch(tmp_root, tmp_path):
                             train__moe_aux_loss=0.0)
     losses, *_ = torch_train(p, plain)
     assert np.max(np.abs(losses - m["train/loss"]) / losses) > 1e-6
+
+
+# The same balancing with a multi-token prediction module whose block has experts (layer 2's):
+# its biases move by its own loads, as the layers' (router_bias/mtp/0 beside router_bias/h/1),
+# and its balancing loss joins theirs; the curves, /moe_load (h1 and mtp0) and both biases against
+# PyTorch's.
+def test_moe_bias_balancing_of_the_modules_blocks_matches_torch(tmp_root, tmp_path):
+    import h5py
+
+    case = next(c for c in CASES if c.name == "dsv3mtp")
+    p = prepare(case, tmp_root)
+    sections = config_sections(case, p.dir, train__grad_clip=GRAD_CLIP[case.name],
+                               train__moe_bias_rate=0.02)
+    compare_training(p, tmp_path, sections, "bias")
+    want = torch_train.router_bias
+    assert sorted(want) == [1, 2] and all(np.any(b.numpy() != 0) for b in want.values()), want
+    ckpt = sorted((tmp_path / "runs" / "ref" / "ckpt").glob("step_*.h5"))[-1]
+    with h5py.File(ckpt, "r") as f:
+        assert sorted(f["router_bias"]) == ["h", "mtp"]
+        np.testing.assert_array_equal(f["router_bias/h/1"][()], want[1].numpy().astype(np.float32))
+        np.testing.assert_array_equal(f["router_bias/mtp/0"][()],
+                                      want[2].numpy().astype(np.float32))
 
 
 # A mixture of experts' loss terms, each with a large coefficient so that it moves the router:

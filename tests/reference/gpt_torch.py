@@ -730,11 +730,18 @@ ROUTER_BIAS: Dict[int, torch.Tensor] = {}
 ROUTING_MARGINS: Optional[list] = None
 
 
+def layer_index(cfg: GptConfig, p: str) -> int:
+    """The layer index of prefix p: i of "h/<i>/", n_layer + j of a multi-token prediction
+    module's block "mtp/<j>/"."""
+    kind, i = p.split("/")[:2]
+    return int(i) + (cfg.n_layer if kind == "mtp" else 0)
+
+
 def update_router_bias(cfg: GptConfig, counts: np.ndarray, rate: float) -> None:
     """DeepSeek-V3's rule after an update: counts [layers with experts, E] the step's choices
-    of each expert (all micro-batches); each bias moves by rate towards its layer's mean load:
-    b_e += rate·sign(mean − c_e)."""
-    layers = [i for i in range(cfg.n_layer) if cfg.moe_layer(i)]
+    of each expert (all micro-batches; the modules' blocks after the layers); each bias moves by
+    rate towards its layer's mean load: b_e += rate·sign(mean − c_e)."""
+    layers = [i for i in range(cfg.n_layer + cfg.mtp_depth) if cfg.moe_layer(i)]
     for row, i in zip(counts, layers):
         b = ROUTER_BIAS.get(i, torch.zeros(cfg.moe_experts, dtype=torch.float64))
         step = torch.from_numpy(np.sign(row.mean() - row)).to(b.dtype)
@@ -869,7 +876,7 @@ def moe_mlp(params: Dict[str, torch.Tensor], cfg: GptConfig, p: str,
     router_logits = router_logits / cfg.mup_mult  # μP: a readout
     sigmoid = cfg.moe_score == "sigmoid"
     scores = torch.sigmoid(router_logits) if sigmoid else torch.softmax(router_logits, dim=-1)
-    bias = ROUTER_BIAS.get(int(p.split("/")[1]))  # p = "h/<i>/"
+    bias = ROUTER_BIAS.get(layer_index(cfg, p))
     key = scores.detach() if bias is None else scores.detach() + bias.to(scores.dtype)
     if cfg.moe_groups > 1:  # node-limited: other groups' experts out of reach
         G = cfg.moe_groups

@@ -742,9 +742,9 @@ class Gpt {
   // the router's weight gradients (null: not formed). The MLP's rows: mlp_rows. Shared experts
   // run beside the routed ones: c_fc and the activation in moe_front, c_proj added into out in
   // moe_output, their backward in moe_backward. w: the layer's weights, g: their gradients.
-  // A split backward (zero-bubble schedules): moe_backward forms no weight gradient and leaves
-  // the output gradients in L's set (Layer::dexperts ...), from which moe_weights, in the weight
-  // pass, forms them.
+  // A split backward (zero-bubble schedules; moe_backward's split): moe_backward forms no weight
+  // gradient and leaves the output gradients in L's set (Layer::dexperts ...), from which
+  // moe_weights, in the weight pass, forms them.
   template <class A>
   void moe_front(typename Set<A>::Layer& L, int l, const A* ln2, const LayerTensors<const A>& w,
                  int N);
@@ -752,7 +752,7 @@ class Gpt {
   void moe_output(typename Set<A>::Layer& L, int l, A* out, const LayerTensors<const A>& w, int N);
   template <class A>
   void moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTensors<float>& g,
-                    const A* dres, const A* ln2, const LayerTensors<const A>& w, int N);
+                    const A* dres, const A* ln2, const LayerTensors<const A>& w, int N, bool split);
   template <class A>
   void moe_weights(typename Set<A>::Layer& L, int l, const LayerTensors<float>& g, const A* ln2,
                    const LayerTensors<const A>& w, int N);

@@ -448,6 +448,12 @@ inline bool has_vocabulary_rows(const std::string& name) {
   return name == "wte/weight" || name == "lm_head/weight" || name == "lm_head/bias";
 }
 
+// The prefix of layer l's tensors without its slash: "h/<l>", or a multi-token prediction
+// module's block "mtp/<j>" (l = n_layer + j).
+inline std::string layer_name(const GptShape& shape, int l) {
+  return l < shape.n_layer ? "h/" + std::to_string(l) : "mtp/" + std::to_string(l - shape.n_layer);
+}
+
 // Whether a tensor holds a mixture of experts' weights ([E, ...], mlp/experts/...).
 inline bool is_expert_tensor(const std::string& name) {
   return name.find("/mlp/experts/") != std::string::npos;
