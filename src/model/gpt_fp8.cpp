@@ -14,11 +14,13 @@
 
 namespace triad {
 
-std::vector<std::string> Gpt::fp8_layer_names(int n_layer) {
+std::vector<std::string> Gpt::fp8_layer_names(const GptShape& shape) {
   std::vector<std::string> names;
-  for (int l = 0; l < n_layer; ++l)
+  for (int l = 0; l < shape.n_layer + shape.mtp_depth; ++l)
     for (const char* k : {"attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"})
-      names.push_back("h/" + std::to_string(l) + "/" + k);
+      names.push_back(layer_name(shape, l) + "/" + k);
+  for (int j = 0; j < shape.mtp_depth; ++j)
+    names.push_back("mtp/" + std::to_string(j) + "/eh_proj");
   return names;
 }
 
@@ -44,6 +46,8 @@ std::vector<std::pair<std::string, int>> Gpt::fp8_widths(const GptShape& s, int 
     w.push_back({"the dense layers' c_fc outputs", s.dense_fc_rows() / tp});
     w.push_back({"the dense layers' hidden units (model.moe_dense_hidden)", s.dense_hidden() / tp});
   }
+  if (s.mtp_depth > 0)  // the multi-token prediction modules' eh_proj (its columns split)
+    w.push_back({"eh_proj's inputs 2·n_embd", 2 * s.n_embd / tp});
   w.push_back({"the shared experts' c_fc outputs", s.shared_fc_rows() / tp});
   w.push_back(
       {"the shared experts' hidden units (model.moe_shared_hidden)", s.moe_shared_hidden / tp});
@@ -77,7 +81,8 @@ double Gpt::fp8_operand_bytes(const GptShape& s, int tp, int ep, double rows) {
   } else {
     take(double(s.qkv_rows()) / tp, C, rows);
   }
-  take(C, double(s.proj_width()) / tp, rows);  // attn.c_proj
+  take(C, double(s.proj_width()) / tp, rows);      // attn.c_proj
+  if (s.mtp_depth > 0) take(C, 2 * C / tp, rows);  // the modules' eh_proj
   if (!s.moe() || s.has_dense_layer(s.n_layer)) {
     take(double(s.dense_fc_rows()) / tp, C, rows);
     take(C, double(s.dense_hidden()) / tp, rows);
@@ -95,10 +100,13 @@ double Gpt::fp8_operand_bytes(const GptShape& s, int tp, int ep, double rows) {
 }
 
 void Gpt::set_fp8(bool on, const std::function<bool(const std::string&)>& skip, bool head) {
-  const std::vector<std::string> names = fp8_layer_names(shape_.n_layer);
-  fp8_skipped_.assign(names.size() + 1, 0);  // the blocks' sites, then the head's
-  for (size_t i = 0; i < names.size(); ++i) fp8_skipped_[i] = skip && skip(names[i]) ? 1 : 0;
-  fp8_skipped_[size_t(fp8_head_site())] = head ? 0 : 1;
+  const std::vector<std::string> names = fp8_layer_names(shape_);
+  // The blocks' sites, then the head's, then the modules' eh_proj (names: after the blocks').
+  const size_t blocks = size_t(fp8_head_site());
+  fp8_skipped_.assign(names.size() + 1, 0);
+  for (size_t i = 0; i < names.size(); ++i)
+    fp8_skipped_[i < blocks ? i : i + 1] = skip && skip(names[i]) ? 1 : 0;
+  fp8_skipped_[blocks] = head ? 0 : 1;
   if (!on) {
     if (fp8_amax_ != nullptr) be_.free(fp8_amax_);
     fp8_amax_ = nullptr;

@@ -105,7 +105,8 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     }
     // Row-parallel: partial sums over the group, reduced into this rank's rows.
     A* part = mp_.split_rows() ? a.full : M.in;
-    linear_forward(-1, part, M.cat, weight(proj), static_cast<const A*>(nullptr), N, 2 * Ch, C);
+    linear_forward(fp8_eh_proj_site(j), part, M.cat, weight(proj), static_cast<const A*>(nullptr),
+                   N, 2 * Ch, C);
     reduce_rows(part, M.in, N);
     // The block, then its ln_f fused with the residual add.
     auto& L = M.block;
@@ -127,7 +128,7 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     view.correct = M.correct;
     const ForwardStats st =
         classifier(view, mtp_host_targets_.data() + size_t(j) * stride, B, T, scale, true, nullptr,
-                   false, d_mtp_targets_ + size_t(j) * stride);
+                   true, d_mtp_targets_ + size_t(j) * stride);
     mtp_loss_sum_ += st.loss_sum;
     mtp_tokens_ += st.tokens;
     h = L.residual3;
@@ -154,8 +155,8 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     layer_backward(L, M.in, l, w, gr, Recompute::none, false, B, T);
     // eh_proj: the block's input gradient over all rows; its input's, this rank's columns.
     const A* dy = gather_rows(a.dresidual, a.full, N);
-    linear_backward<A>(-1, a.mtp_dcat, grad(proj), nullptr, dy, M.cat, weight(proj), N, 2 * Ch, C,
-                       kSet);
+    linear_backward<A>(fp8_eh_proj_site(j), a.mtp_dcat, grad(proj), nullptr, dy, M.cat,
+                       weight(proj), N, 2 * Ch, C, kSet);
     // One half's gradient, complete on this rank's rows: its columns here, the others' summed in.
     auto half_grad = [&](int k) -> A* {
       A* d = a.mtp_dpart;

@@ -579,7 +579,6 @@ void validate(const Config& c, int world_size) {
     check(m.tie_embeddings || c.parallel.pp == 1, "model.mtp_depth",
           "with an untied head needs parallel.pp = 1: the modules embed tokens on the last "
           "stage, which holds wte only as the tied head's copy");
-    check(c.run.fp8 == "off", "model.mtp_depth", "is not supported with run.fp8 yet");
   }
   check(c.parallel.zero >= 0 && c.parallel.zero <= 3, "parallel.zero", "must be 0, 1, 2 or 3");
   // ZeRO-2 and 3 reduce each micro-batch's gradient as the backward pass finishes it; a pipeline
@@ -688,7 +687,7 @@ void validate(const Config& c, int world_size) {
             ") to be a multiple of 16: the FP8 products take rows 16 at a time");
   if (!trim_blanks(c.run.fp8_skip).empty()) {
     check(c.run.fp8 != "off", "run.fp8_skip", "needs run.fp8 (it is off)");
-    const std::vector<std::string> names = Gpt::fp8_layer_names(m.n_layer);
+    const std::vector<std::string> names = Gpt::fp8_layer_names(gpt_shape(c));
     for (const std::string& p : split_comma_list(c.run.fp8_skip)) {
       bool any = false;
       for (const std::string& n : names) any = any || frozen_tensor(p, n);
@@ -696,7 +695,10 @@ void validate(const Config& c, int world_size) {
             "pattern '" + p +
                 "' matches no linear layer (names h/<i>/attn/c_attn, "
                 "h/<i>/attn/c_proj, h/<i>/mlp/c_fc, h/<i>/mlp/c_proj; i < model.n_layer = " +
-                std::to_string(m.n_layer) + ")");
+                std::to_string(m.n_layer) +
+                (m.mtp_depth > 0 ? "; mtp/<j>/ the same and mtp/<j>/eh_proj, j < model.mtp_depth"
+                                 : "") +
+                ")");
     }
   }
   const int chunks = std::max(1, par.pp * par.virtual_stages);

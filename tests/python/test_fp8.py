@@ -31,6 +31,9 @@ from test_reference_model import _torch_threads, tmp_root  # noqa: E402,F401 (it
 # Cases whose widths and micro-batch rows are multiples of 16 (run.fp8's condition): GPT-2's
 # blocks, and Llama's with grouped-query attention (SwiGLU, RMSNorm, rope, untied head).
 FP8_CASES = [c for c in trm.CASES if c.name in ("gpt2vocab", "gqa")]
+# ... and multi-token prediction modules (model.mtp_depth) after each's blocks: their blocks and
+# their eh_proj in FP8 too.
+FP8_CASES += [c for c in trm.CASES if c.name in ("mtp", "mtpllama")]
 # ... and a mixture of experts on Llama's blocks (6 SwiGLU experts, 3 per token, shared experts
 # of 32 units): each expert's products at its own scales over the rows routed to it (any number
 # of them), the shared experts' as a dense MLP's, the router exact.

@@ -608,8 +608,8 @@ TEST(Config, GluShapeIsChecked) {
          "model.glu_offset must be in [-1e4, 1e4]");
 }
 
-// model.mtp_depth: 0 .. 16 modules, the embedding on the last stage, no FP8 yet;
-// train.mtp_loss_weight finite and >= 0.
+// model.mtp_depth: 0 .. 16 modules, the embedding on the last stage; train.mtp_loss_weight
+// finite and >= 0; run.fp8_skip may name the modules' linear layers.
 TEST(Config, MultiTokenPredictionIsChecked) {
   auto expect = [](const std::string& err, const std::string& what) {
     EXPECT_NE(err.find(what), std::string::npos) << err;
@@ -632,8 +632,13 @@ TEST(Config, MultiTokenPredictionIsChecked) {
                   2),
          "with an untied head needs parallel.pp = 1");
   EXPECT_EQ(error_of({"--model.mtp_depth", "1", "--parallel.cp", "2"}, 2), "");
-  expect(error_of({"--model.mtp_depth", "1", "--run.fp8", "tensorwise", "--run.precision", "bf16"}),
-         "not supported with run.fp8");
+  // run.fp8_skip names the modules' blocks' layers and their eh_proj too.
+  EXPECT_EQ(error_of({"--model.mtp_depth", "1", "--run.fp8", "tensorwise", "--run.precision",
+                      "bf16", "--run.fp8_skip", "mtp/0/eh_proj, mtp/0/mlp/*"}),
+            "");
+  expect(error_of({"--model.mtp_depth", "1", "--run.fp8", "tensorwise", "--run.precision", "bf16",
+                   "--run.fp8_skip", "mtp/1/*"}),
+         "mtp/<j>/eh_proj, j < model.mtp_depth");
 }
 
 TEST(Config, MilestoneCheckpointsAreChecked) {

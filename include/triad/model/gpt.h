@@ -453,8 +453,10 @@ class Gpt {
   void set_fp8(bool on, const std::function<bool(const std::string&)>& skip = {},
                bool head = false);
   bool fp8() const { return fp8_amax_ != nullptr; }
-  // The names run.fp8_skip matches: the four linear layers of each block, in order.
-  static std::vector<std::string> fp8_layer_names(int n_layer);
+  // The names run.fp8_skip matches: the four linear layers of each block, in order (the
+  // multi-token prediction modules' blocks after the layers', mtp/<j>/...), then the modules'
+  // eh_proj (mtp/<j>/eh_proj).
+  static std::vector<std::string> fp8_layer_names(const GptShape& shape);
   // The widths of the FP8 products on a tensor-parallel rank of tp, named as config errors name
   // them: each must be a multiple of 16 (the GPU's FP8 products take 16 at a time). Under
   // multi-head latent attention the latent projections' widths stand in for c_attn's.
@@ -804,7 +806,9 @@ class Gpt {
                             const A* act, const A* pre, const A* w, int N, int IC, int OC,
                             GradMode mode = GradMode::accumulate);
   static int fp8_site(int layer, int k) { return 4 * layer + k; }
-  int fp8_head_site() const { return fp8_site(shape_.n_layer, 0); }  // after the blocks'
+  // After the blocks' (the modules' too): the head's, then each module's eh_proj.
+  int fp8_head_site() const { return fp8_site(shape_.n_layer + shape_.mtp_depth, 0); }
+  int fp8_eh_proj_site(int j) const { return fp8_head_site() + 1 + j; }
   bool fp8_at(int site, int N) const {
     return fp8_amax_ != nullptr && !decoding_ && N % 16 == 0 && !fp8_skipped_[size_t(site)];
   }
