@@ -50,16 +50,24 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     upload_local_ids(ids, d_mtp_ids_ + size_t(j) * stride, N);
     upload_local_ids(tgt, d_mtp_targets_ + size_t(j) * stride, N);
   }
-  // The tensors of module j: ln_e, ln_h (each with a bias where ln_f has one), eh_proj, the
-  // block (layer_count of them), its ln_f.
-  const int nb = lnf_bias_ ? 2 : 1;
+  // The tensors of module j (indices into specs_): ln_e, ln_h (each with a bias where ln_f has
+  // one), eh_proj, the block (layer_count of them), its ln_f.
+  struct Module {
+    int lne, lnh, proj, lnf;
+  };
+  auto module = [&](int j) {
+    const int first = mtp_[size_t(j)], nb = lnf_bias_ ? 2 : 1, l = shape_.mtp_layer(j);
+    return Module{first, first + nb, first + 2 * nb, layer_[size_t(l)] + layer_count(l)};
+  };
   auto weight = [&](int index) { return weight_at<A>(specs_[size_t(index)].offset); };
   auto bias = [&](int index) { return lnf_bias_ ? weight(index + 1) : nullptr; };
-  auto grad = [&](int index) -> float* {
-    if (index < 0 || (!frozen_.empty() && frozen_[size_t(index)])) return nullptr;
-    return grad_at(specs_[size_t(index)].offset);
-  };
+  // The norms' gradients are formed with their input's even where train.freeze names them (as
+  // the layers'); a frozen matrix's (eh_proj, wte) are not.
+  auto grad = [&](int index) { return grad_at(specs_[size_t(index)].offset); };
   auto bias_grad = [&](int index) { return lnf_bias_ ? grad(index + 1) : nullptr; };
+  auto matrix_grad = [&](int index) -> float* {
+    return !frozen_.empty() && frozen_[size_t(index)] ? nullptr : grad(index);
+  };
   // The embedding: the tied head's wte (or its copy), or wte itself beside an untied head.
   const int wte = shape_.tied ? head_ : wte_;
   TRIAD_ASSERT(wte >= 0);
@@ -82,9 +90,8 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   const A* h = S.output();  // the previous hidden state: the last layer's output first
   for (int j = 0; j < D; ++j) {
     auto& M = a.mtp[size_t(j)];
-    const int l = shape_.mtp_layer(j), first = mtp_[size_t(j)];
-    const int lne = first, lnh = first + nb, proj = first + 2 * nb;
-    const int lnf = layer_[size_t(l)] + layer_count(l);
+    const int l = shape_.mtp_layer(j);
+    const auto [lne, lnh, proj, lnf] = module(j);
     const int32_t* ids = d_mtp_ids_ + size_t(j) * stride;
     // The embedding (vocabulary-parallel: each rank its rows' ids, then the reduction).
     A* eout = mp_.split_rows() ? a.full : M.emb;
@@ -135,12 +142,11 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   }
 
   // ---- backward, the last module first ----
-  float* dwte = grad(wte);
+  float* dwte = matrix_grad(wte);
   for (int j = D - 1; j >= 0; --j) {
     auto& M = a.mtp[size_t(j)];
-    const int l = shape_.mtp_layer(j), first = mtp_[size_t(j)];
-    const int lne = first, lnh = first + nb, proj = first + 2 * nb;
-    const int lnf = layer_[size_t(l)] + layer_count(l);
+    const int l = shape_.mtp_layer(j);
+    const auto [lne, lnh, proj, lnf] = module(j);
     auto& L = M.block;
     // The output's gradient: through ln_f from the loss, and from module j + 1's ln_h.
     be_.zero(a.dresidual, nC);
@@ -155,7 +161,7 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     layer_backward(L, M.in, l, w, gr, Recompute::none, false, B, T);
     // eh_proj: the block's input gradient over all rows; its input's, this rank's columns.
     const A* dy = gather_rows(a.dresidual, a.full, N);
-    linear_backward<A>(fp8_eh_proj_site(j), a.mtp_dcat, grad(proj), nullptr, dy, M.cat,
+    linear_backward<A>(fp8_eh_proj_site(j), a.mtp_dcat, matrix_grad(proj), nullptr, dy, M.cat,
                        weight(proj), N, 2 * Ch, C, kSet);
     // One half's gradient, complete on this rank's rows: its columns here, the others' summed in.
     auto half_grad = [&](int k) -> A* {

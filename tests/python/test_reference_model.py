@@ -1341,7 +1341,9 @@ def test_sliding_window_training_matches_torch(name, tmp_root, tmp_path):
 @pytest.mark.parametrize("name,freeze,optim", [
     ("oddshapes", "wte/weight, wpe/weight, h/0/*", "adamw"),
     ("llama", "h/1/mlp/*, */ln_*, ln_f/*", "adamw"),
-    ("oddshapes", "h/0/attn/*", "sgd")])
+    ("oddshapes", "h/0/attn/*", "sgd"),
+    # the embedding, module 0 (its norms, eh_proj, block) and module 1's MLP (mtp's two modules)
+    ("mtp", "wte/weight, mtp/0/*, mtp/1/mlp/*", "adamw")])
 def test_frozen_tensors_match_torch(name, freeze, optim, tmp_root, tmp_path):
     case = next(c for c in CASES if c.name == name)
     p = prepare(case, tmp_root)
