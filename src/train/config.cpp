@@ -359,7 +359,8 @@ std::vector<int> stage_layers(const Config& cfg) {
   // nearest the end (the first stages keep the most micro-batches in flight under 1F1B); k
   // minimizes the busiest stage, the largest such k on a tie. A mixture of experts' layers cost
   // their own (k experts, the router, shared experts), dense ones among them the dense MLP: each
-  // stage is costed from the layers it gets.
+  // stage is costed from the layers it gets. Multi-token prediction modules add to the last stage:
+  // each its block, its eh_proj (6·2C² FLOPs) and the head once more.
   const double C = cfg.model.n_embd, T = cfg.model.seq_len;
   // 6 FLOPs per weight: (c_attn's outputs + A)·C in attention (4C² without grouped-query
   // attention; A = the attention's width, C unless model.head_dim), (c_fc's outputs + hidden
@@ -370,6 +371,9 @@ std::vector<int> stage_layers(const Config& cfg) {
   const double head = 6.0 * cfg.padded_vocab_size() * C;
   const Recomputation recompute = activation_options(cfg).recompute;
   auto layer = [&](int l) { return 6 * (attn + shape.mlp_weights_per_token(l)) + 6 * A * T; };
+  double last = head;
+  for (int j = 0; j < shape.mtp_depth; ++j)
+    last += head + layer(shape.mtp_layer(j)) + 6 * 2 * C * C;
   auto rerun = [&](int l) {  // gelu reruns an elementwise pass only
     return recompute.mode == Recompute::full ? Gpt::layer_recompute_flops_per_token(shape, l) : 0.0;
   };
@@ -392,7 +396,7 @@ std::vector<int> stage_layers(const Config& cfg) {
     const std::vector<int> split = split_for(k);
     double busiest = 0;
     for (int s = 0, first = 0; s < pp; first += split[size_t(s)], ++s)
-      busiest = std::max(busiest, cost(first, split[size_t(s)]) + (s == pp - 1 ? head : 0.0));
+      busiest = std::max(busiest, cost(first, split[size_t(s)]) + (s == pp - 1 ? last : 0.0));
     if (busiest <= best * (1 + 1e-12)) {
       best = busiest;
       best_k = k;

@@ -403,6 +403,11 @@ TEST(RunPlan, AutoStageLayersBalanceTheHead) {
   c.model.n_head = 16;
   c.parallel.stage_layers = "auto";
   EXPECT_EQ(stage_layers(c), (std::vector<int>{7, 7, 7, 3}));
+  // A multi-token prediction module on the last stage too: its block, its eh_proj and the head
+  // again (~4.9 layers more) leave it none.
+  c.model.mtp_depth = 1;
+  EXPECT_EQ(stage_layers(c), (std::vector<int>{8, 8, 8, 0}));
+  c.model.mtp_depth = 0;
   c.parallel.stage_layers = " 8, 8 ,8,0 ";  // spaces as INI files have them
   EXPECT_EQ(stage_layers(c), (std::vector<int>{8, 8, 8, 0}));
   // 5 stages: the busiest stage holds 6 layers whether the last holds 0, 1 or 2 (the head is
