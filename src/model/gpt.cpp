@@ -786,12 +786,16 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
                            a.split_backward, options.inference, nullptr)
             .bytes();
   }
-  m.other = ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape) +
-             size_t(shape.n_layer) * size_t(shape.moe_experts)) *
-                sizeof(float) +
-            (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) +
-             (shape.masks_full_layers() ? 1 : 0) + (shape.reset_positions ? 1 : 0)) *
-                size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
+  // (the multi-token prediction modules' routers' biases, and their ids and targets in training
+  // on the last stage)
+  const bool mtp_ids = shape.mtp_depth > 0 && mp.holds_head() && !options.inference;
+  m.other =
+      ((options.inference ? 0 : tied_scratch_floats(shape, mp)) + rope_table_floats(shape) +
+       size_t(shape.n_layer + shape.mtp_depth) * size_t(shape.moe_experts)) *
+          sizeof(float) +
+      (2 + (shape.masks_attention(shape.seq_len) ? 1 : 0) + (shape.masks_full_layers() ? 1 : 0) +
+       (shape.reset_positions ? 1 : 0) + (mtp_ids ? 2 * shape.mtp_depth : 0)) *
+          size_t(max_batch) * size_t(shape.seq_len) * sizeof(int32_t);
   return m;
 }
 

@@ -106,6 +106,21 @@ TEST(ModelLayout, MultiTokenPredictionModulesFollowTheHead) {
   // Each module: a layer's parameters, eh_proj, three norms (weight and bias), and the head.
   const double module = layer + 2 * C * C + 6 * C + 50257 * C;
   EXPECT_DOUBLE_EQ(extra, 2 * (6 * module + 6 * C * 1024));
+  // A model with modules allocates what its plan says (their activations, ids and targets, and
+  // with experts in their blocks those routers' biases), in fp32 and bf16.
+  for (int experts : {0, 4})
+    for (Precision p : {Precision::fp32, Precision::bf16}) {
+      GptShape small{2, 4, 64, 16, 300, 384};
+      small.mtp_depth = 2;
+      small.moe_experts = experts;
+      small.moe_top_k = experts > 0 ? 2 : 0;
+      auto be = make_cpu_backend();
+      const size_t before = be->allocated_bytes();
+      Gpt m(small, 2, *be, 1, {}, nullptr, p);
+      EXPECT_EQ(be->allocated_bytes() - before,
+                Gpt::memory_plan(small, 2, 1, {}, nullptr, p).total())
+          << experts << " experts, " << precision_name(p);
+    }
 }
 
 // Expert parallelism: each of the ep ranks holds a contiguous block of E/ep whole experts of
