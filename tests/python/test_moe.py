@@ -75,14 +75,14 @@ def follows_one_rank(tmp_path, cfg, want, grids, *extra):
     return names
 
 
-def resumes_exactly(tmp_path, cfg, whole, at):
-    """Runs cfg as "cut" to step `at`, then resumed to its end: its routing curves are `whole`'s
-    (the uninterrupted run's) bit for bit."""
+def resumes_exactly(tmp_path, cfg, whole, at, read=curves):
+    """Runs cfg as "cut" to step `at`, then resumed to its end: its curves (read from the run
+    directory; the routing's by default) are `whole`'s (the uninterrupted run's) bit for bit."""
     p = train("--config", cfg, "--run.name", "cut", "--train.steps", at)
     assert p.returncode == 0, p.stdout + p.stderr
     p = train("--config", cfg, "--run.name", "cut")
     assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
-    resumed = curves(tmp_path / "runs" / "cut")
+    resumed = read(tmp_path / "runs" / "cut")
     for k in whole:
         np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from test_moe import resumes_exactly
 from triad_run import VOCAB, assert_clean_error, exe, run, tiny_config, tool, train
 
 
@@ -25,14 +26,7 @@ def test_modules_train_log_resume_exactly_and_must_agree(tmp_path):
     assert "| mtp loss " in p.stdout
     whole = curves(tmp_path / "runs" / "whole")
     assert np.all(np.isfinite(whole["mtp_loss"])) and np.all(whole["mtp_loss"] > 0)
-    # Interrupted at step 4 and resumed: the same curves, bit for bit.
-    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 4)
-    assert p.returncode == 0, p.stdout + p.stderr
-    p = train("--config", cfg, "--run.name", "cut")
-    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
-    resumed = curves(tmp_path / "runs" / "cut")
-    for k in whole:
-        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    resumes_exactly(tmp_path, cfg, whole, 4, curves)  # interrupted at step 4
     ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000008.h5"
     with h5py.File(ckpt, "r") as f:
         m = f["model"]
@@ -104,13 +98,7 @@ def test_modules_with_experts_balance_resume_exactly_and_plot(tmp_path):
     ckpt = tmp_path / "runs" / "whole" / "ckpt" / "step_00000006.h5"
     with h5py.File(ckpt, "r") as f:
         assert np.any(f["router_bias/mtp/0"][()] != 0) and np.any(f["router_bias/h/1"][()] != 0)
-    p = train("--config", cfg, "--run.name", "cut", "--train.steps", 3)
-    assert p.returncode == 0, p.stdout + p.stderr
-    p = train("--config", cfg, "--run.name", "cut")
-    assert p.returncode == 0 and "resumed from" in p.stdout + p.stderr, p.stdout + p.stderr
-    resumed = curves(tmp_path / "runs" / "cut")
-    for k in whole:
-        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    resumes_exactly(tmp_path, cfg, whole, 3, curves)
     with h5py.File(ckpt, "r") as a, \
             h5py.File(tmp_path / "runs" / "cut" / "ckpt" / "step_00000006.h5", "r") as b:
         np.testing.assert_array_equal(a["router_bias/mtp/0"][()], b["router_bias/mtp/0"][()])

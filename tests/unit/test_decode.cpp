@@ -271,6 +271,13 @@ TEST(Decode, OtherUsesOfTheModelDropTheCache) {
   EXPECT_EQ(m.decoded_tokens(), 0);
 }
 
+// Each sequence's `len` tokens before position `end`, one sequence after another ([B, len]).
+std::vector<int32_t> windows(const std::vector<std::vector<int32_t>>& seqs, int end, int len) {
+  std::vector<int32_t> out;
+  for (const auto& q : seqs) out.insert(out.end(), q.begin() + (end - len), q.begin() + end);
+  return out;
+}
+
 // Several sequences decoded in lockstep (decode_logits with B > 1): each sequence's logits are
 // its own next_token_logits, through the prompt, one token at a time and past the context, for
 // the training model and the one for inference, fp32 and bf16; after the prompt a call runs one
@@ -291,12 +298,9 @@ TEST(Decode, SequencesInLockstepFollowTheirOwnLogits) {
       const double tol = precision == Precision::fp32 ? 1e-5 : 2e-2;
       std::vector<std::vector<int32_t>> seqs;
       for (int b = 0; b < B; ++b) seqs.push_back(tokens(T + 4, 13 * b));
-      std::vector<int32_t> window;
       for (int end = 5; end <= T + 4; ++end) {
         const int len = std::min(end, T);
-        window.clear();
-        for (const auto& q : seqs)
-          window.insert(window.end(), q.begin() + (end - len), q.begin() + end);
+        const std::vector<int32_t> window = windows(seqs, end, len);
         const float* got = m.decode_logits(window.data(), B, len);
         const std::vector<float> g(got, got + size_t(B) * V);
         EXPECT_EQ(m.decoded_tokens(), len);
@@ -497,12 +501,9 @@ TEST(Decode, RingsKeepTheWindowAndFollowTheTrainingModel) {
     const double tol = precision == Precision::fp32 ? 1e-5 : 2e-2;
     std::vector<std::vector<int32_t>> seqs;
     for (int b = 0; b < B; ++b) seqs.push_back(tokens(T + 4, 17 * b));
-    std::vector<int32_t> window;
     for (int end = 3; end <= T + 4; ++end) {
       const int len = std::min(end, T);
-      window.clear();
-      for (const auto& q : seqs)
-        window.insert(window.end(), q.begin() + (end - len), q.begin() + end);
+      const std::vector<int32_t> window = windows(seqs, end, len);
       const float* got = m.decode_logits(window.data(), B, len);
       const std::vector<float> g(got, got + size_t(B) * V);
       EXPECT_EQ(m.last_decoded_rows(), B * (end > 3 && end <= T ? 1 : len)) << end;
