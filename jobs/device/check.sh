@@ -344,8 +344,10 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
     # the masks are the CPU's). And gpt-oss's blocks (oss: attention sinks, the flash kernels'
     # window in every other layer, YaRN with unrounded ramp ends, experts with biases on their
     # router and products, the clamped SwiGLU, an untied head; the sinks' block programs after
-    # the bf16 flash kernels, the fp32 softmax with its sink).
-    for tag in muon rope sched fp8 moe mla mla192 fp8moe drop oss; do
+    # the bf16 flash kernels, the fp32 softmax with its sink). And multi-token prediction (mtp: two
+    # modules after a dense layer and one with experts, their blocks with experts too: the
+    # strided copies of eh_proj's columns, the head run three times a micro-batch).
+    for tag in muon rope sched fp8 moe mla mla192 fp8moe drop oss mtp; do
       opts=(--optim.name muon --train.norms_every 10)
       [[ $tag == rope ]] && opts=(--model.position rope --model.norm rmsnorm --model.mlp swiglu --model.bias false
                                   --model.tie_embeddings false --model.n_kv_head 1 --model.qk_norm true
@@ -375,6 +377,8 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
                                  --model.moe_experts 4 --model.moe_top_k 2 --model.moe_bias true
                                  --model.glu_alpha 1.702 --model.glu_limit 7 --model.glu_offset 1
                                  --train.moe_aux_loss 0.05)
+      [[ $tag == mtp ]] && opts=(--model.mtp_depth 2 --train.mtp_loss_weight 0.3 --model.moe_experts 4
+                                 --model.moe_top_k 2 --model.moe_first_dense 1 --train.moe_aux_loss 0.05)
       for v in "${variants[@]}"; do
         read -r be pr <<<"$v"
         [[ $tag == fp8* && $be == cuda && $pr == fp32 ]] && continue  # the GPU's FP8 reads bf16
@@ -405,6 +409,15 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
       awk 'NR == FNR { n = split($0, a); next } { m = split($0, b); k = 0
            while (k < n && k < m && a[k + 1] == b[k + 1]) ++k; print k "/" n }' "$RUN/gen_$1.ids" "$RUN/gen_$2.ids"
     }
+    # The sliding-window layers' ring cache (gpt-oss's blocks of the oss curve: a window of 4 of the
+    # 16 positions, a ring of 8): greedy tokens on the GPU against the CPU's, past the context.
+    O=$W/runs/curve_cpu_fp32_oss/ckpt/step_00000050.h5
+    for be in cpu cuda; do
+      timeout "$(tmo 30 150)" "$B/triad-generate" --checkpoint "$O" --vocab "$DEV/data/gpt2.tiktoken" \
+        --prompt-ids "1 2 3 4 5 6 7 8" --length 24 --top-k 1 --output ids --backend "$be" \
+        --precision fp32 >"$RUN/gen_ring_$be.ids" 2>"$RUN/gen_ring_$be.txt" || tail -5 "$RUN/gen_ring_$be.txt"
+    done
+    echo "RESULT_GENRING cuda fp32 $(agree ring_cpu ring_cuda) tokens as cpu (gpt-oss blocks, a ring of 8 of 16 positions)"
     echo "RESULT_GEN cuda fp32 $(agree cpu_fp32 cuda_fp32) tokens as cpu, bf16 $(agree cpu_fp32 cuda_bf16), fp32 4 together $(agree cuda_fp32 batch4) as 1; tok/s cpu $(gen_tps cpu_fp32), cuda fp32 $(gen_tps cuda_fp32), bf16 $(gen_tps cuda_bf16), fp32 x4 $(gen_tps batch4) (tiny model, KV cache)"
     # The NCCL Comm inside the trainer: one rank (NCCL refuses two ranks on one GPU), so this
     # shows set-up and teardown in a run, not a reduction; test_cuda_nccl checks the collectives.
@@ -519,8 +532,9 @@ try:
     print(f"RESULT_NORMS cuda fp32 vs cpu, step 0, {len(n_cpu)} layer norms: max rel diff {worst:.2e}")
 except Exception as e:
     print("RESULT_MUON failed:", e)
-for tag in ("rope", "sched", "moe", "mla", "mla192", "drop", "oss"):  # Llama's; schedules,
-    # z-loss, cap, μP; experts; MLA (heads 64, and 192); dropout; gpt-oss's blocks
+for tag in ("rope", "sched", "moe", "mla", "mla192", "drop", "oss", "mtp"):  # Llama's;
+    # schedules, z-loss, cap, μP; experts; MLA (heads 64, and 192); dropout; gpt-oss's blocks;
+    # multi-token prediction
     try:
         load_curves("_" + tag)
         for v in ("cuda_fp32", "cuda_bf16"):
@@ -640,6 +654,8 @@ res "window warmup + batch ramp + z-loss 50 steps GPU vs CPU" "$(sed -n 's/^RESU
 res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8 //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "gpt-oss blocks (sinks, windows, YaRN, biased experts) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_OSS //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
+res "sliding-window ring cache, generation GPU vs CPU" "$(sed -n 's/^RESULT_GENRING //p' "$RUN/gpu.txt" 2>/dev/null)"
+res "multi-token prediction (2 modules, experts) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MTP //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 64) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 192, DeepSeek's) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA192 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "hidden + attention dropout 0.1 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_DROP //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
