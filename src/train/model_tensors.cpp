@@ -62,20 +62,26 @@ std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t f
   return r;
 }
 
-TensorGroup router_bias_group(const GptShape& shape, float* bias) {
+TensorGroup router_bias_group(const GptShape& shape, float* bias, int modules) {
   TensorGroup g{"router_bias", {}};
   const size_t E = size_t(shape.moe_experts);
-  for (int l = 0; l < shape.n_layer + shape.mtp_depth; ++l)  // (the modules' blocks: mtp/<j>)
+  const int depth = modules < 0 ? shape.mtp_depth : std::min(modules, shape.mtp_depth);
+  for (int l = 0; l < shape.n_layer + depth; ++l)  // (the modules' blocks: mtp/<j>)
     if (shape.moe_layer(l))
       g.tensors.push_back(TensorRef{layer_name(shape, l), {int64_t(E)}, bias + size_t(l) * E});
   return g;
 }
 
-void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model) {
+void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model, int modules) {
   if (!model.shape().moe() || !checkpoint_has_group(comm, path, "router_bias")) return;
   std::vector<float> bias = model.router_bias();
-  load_checkpoint_tensors(comm, path, {router_bias_group(model.shape(), bias.data())});
+  load_checkpoint_tensors(comm, path, {router_bias_group(model.shape(), bias.data(), modules)});
   model.set_router_bias(bias);
+}
+
+int mtp_module_of(const std::string& name) {
+  if (!name.starts_with("mtp/")) return -1;
+  return std::stoi(name.substr(4));
 }
 
 }  // namespace triad

@@ -312,7 +312,7 @@ TrainOutcome Trainer::run() {
   // record is touched: a mistyped path must not set the record aside.
   if (!s.cl.init_from.empty()) {
     const CheckpointState st = read_checkpoint_state(s.grid.world(), s.cl.init_from);
-    s.check_model_shape(st, s.cl.init_from, s.cl.extend_positions);
+    s.check_model_shape(st, s.cl.init_from, s.cl.extend_positions, true);
   }
   if (resumed && s.cl.resume != "auto")
     s.check_model_shape(read_checkpoint_state(s.grid.world(), resume_path), resume_path);

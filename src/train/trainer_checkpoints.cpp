@@ -277,7 +277,7 @@ void Trainer::State::finish_save() {
 }
 
 std::string Trainer::State::check_model_shape(const CheckpointState& st, const std::string& path,
-                                              bool extend) const {
+                                              bool extend, bool init_from) const {
   const auto& m = st.model;
   const auto& c = cfg.model;
   // Context extension (--extend-positions): no tensor of a rotary model depends on its
@@ -500,7 +500,8 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
               m.moe_shared_gate ? "with" : "without",
               " a gate of its shared experts but the config asks for model.moe_shared_gate = ",
               c.moe_shared_gate ? "true" : "false");
-  TRIAD_CHECK(m.mtp_depth == c.mtp_depth, "checkpoint ", path, " holds a model with ", m.mtp_depth,
+  TRIAD_CHECK(m.mtp_depth == c.mtp_depth || init_from, "checkpoint ", path, " holds a model with ",
+              m.mtp_depth,
               " multi-token prediction modules but the config asks for "
               "model.mtp_depth = ",
               c.mtp_depth);
@@ -535,13 +536,30 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
 
 CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
-  const std::string extended =
-      check_model_shape(st, path, cl.extend_positions && path == cl.init_from);
+  const bool init_from = path == cl.init_from;
+  const std::string extended = check_model_shape(st, path, cl.extend_positions && init_from,
+                                                 init_from);
   if (!extended.empty())
     say("--extend-positions: " + path +
         "'s rotary positions extended as the config asks: " + extended);
-  // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first.
+  // The load fills every tensor, wte's padding rows with zeros, so nothing needs staging first;
+  // but the multi-token prediction modules the checkpoint lacks (--init-from), which keep their
+  // initialization.
   auto weights = groups(false, false);
+  const int held = int(st.model.mtp_depth), asked = cfg.model.mtp_depth;
+  if (held < asked) {
+    for (TensorGroup& g : weights)
+      std::erase_if(g.tensors, [&](const TensorRef& r) { return mtp_module_of(r.name) >= held; });
+    say("--init-from: " + path + " holds " + std::to_string(held) +
+        " multi-token prediction module(s) of the config's " + std::to_string(asked) +
+        ": the others start from their initialization");
+  } else if (held > asked) {
+    // (The file's attributes describe tensors the load leaves unread: not a disagreement.)
+    for (TensorGroup& g : weights) g.whole = false;
+    say("--init-from: " + path + " holds " + std::to_string(held) +
+        " multi-token prediction module(s), the config " + std::to_string(asked) +
+        ": the others are left out");
+  }
   if (cl.from_ema) {  // the moving average's tensors are named and shaped as the model's
     weights.front().path = "optimizer/ema";
     TRIAD_CHECK(checkpoint_has_group(grid.world(), path, "optimizer/ema"), "--from-ema: ", path,
@@ -550,7 +568,7 @@ CheckpointState Trainer::State::load_weights(const std::string& path) {
   }
   load_checkpoint_tensors(grid.world(), path, weights);
   stage_to_device(false);
-  load_router_bias(grid.world(), path, *model);
+  load_router_bias(grid.world(), path, *model, held);
   return st;
 }
 

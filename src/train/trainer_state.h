@@ -242,9 +242,11 @@ struct Trainer::State {
 
   // Refuses a checkpoint whose model is not the config's. extend: positions may differ (a rotary
   // model's seq_len, rope_theta, rope scaling; --extend-positions with --init-from); returns
-  // what differs in them, "" where nothing does.
+  // what differs in them, "" where nothing does. init_from: the multi-token prediction modules
+  // may differ in number (--init-from: the config's modules that the checkpoint lacks start from
+  // their initialization, those it has beyond the config's are left out).
   std::string check_model_shape(const CheckpointState& st, const std::string& path,
-                                bool extend = false) const;
+                                bool extend = false, bool init_from = false) const;
 
   // Loads weights (and optimizer state and loader position when resuming).
   void load_from(const std::string& path, bool resume);

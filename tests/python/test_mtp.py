@@ -106,3 +106,37 @@ def test_modules_with_experts_balance_resume_exactly_and_plot(tmp_path):
     out = tmp_path / "moe.png"
     p = tool("triad-plot-moe", tmp_path / "runs" / "whole", "--out", out)
     assert p.returncode == 0 and out.stat().st_size > 0, p.stdout + p.stderr
+
+
+def test_init_from_adds_or_drops_modules(tmp_path):
+    """--init-from a checkpoint with another number of modules (fine-tuning with multi-token
+    prediction from a model trained without, or the reverse): the layers, embedding and head come
+    from the checkpoint (the first evaluation is the checkpoint's own last one), the modules it
+    lacks start from their initialization, those it has beyond the config's are left out; a
+    resume still refuses the mismatch."""
+    cfg = tiny_config(tmp_path, name="plain", train__steps=4, eval__every=4, checkpoint__every=4,
+                      data__shuffle="false", model__moe_experts=4, model__moe_top_k=2,
+                      model__moe_first_dense=1, model__mlp_hidden=32, train__moe_bias_rate=0.01)
+    p = train("--config", cfg)  # (experts in layer 1 and in the modules' blocks)
+    assert p.returncode == 0, p.stdout + p.stderr
+    plain = tmp_path / "runs" / "plain" / "ckpt" / "step_00000004.h5"
+
+    def val(name):
+        with h5py.File(tmp_path / "runs" / name / "metrics.h5", "r") as f:
+            return f["val"]["loss"][:]
+
+    p = train("--config", cfg, "--run.name", "added", "--init-from", plain, "--model.mtp_depth", 2)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "holds 0 multi-token prediction module(s) of the config's 2" in p.stdout + p.stderr
+    assert val("added")[0] == val("plain")[-1]
+    added = tmp_path / "runs" / "added" / "ckpt" / "step_00000004.h5"
+    p = train("--config", cfg, "--run.name", "dropped", "--init-from", added, "--model.mtp_depth", 1)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "holds 2 multi-token prediction module(s), the config 1" in p.stdout + p.stderr
+    assert val("dropped")[0] == val("added")[-1]
+    with h5py.File(added, "r") as a, \
+            h5py.File(tmp_path / "runs" / "dropped" / "ckpt" / "step_00000004.h5", "r") as b:
+        assert "1" not in b["model/mtp"] and sorted(b["router_bias/mtp"]) == ["0"]
+        assert sorted(a["router_bias/mtp"]) == ["0", "1"]
+    p = train("--config", cfg, "--run.name", "plain", "--resume", added, "--train.steps", 5)
+    assert_clean_error(p, "2 multi-token prediction modules", "model.mtp_depth = 0")

@@ -24,14 +24,20 @@ namespace triad {
 std::vector<TensorRef> model_tensor_refs(const Gpt& model, float* base, size_t first, bool whole,
                                          size_t lo, size_t hi, size_t expert_lo, size_t expert_hi);
 
-// The routers' biases (Gpt::router_bias, [n_layer · E] at `bias`) as checkpoint group
-// router_bias: a tensor h/<l> [E] per layer with experts, which every rank holds whole (the
-// lowest rank writes it). No tensors for a dense model.
-TensorGroup router_bias_group(const GptShape& shape, float* bias);
+// The routers' biases (Gpt::router_bias, [(n_layer + mtp_depth) · E] at `bias`) as checkpoint
+// group router_bias: a tensor h/<l> [E] per layer with experts (mtp/<j> per multi-token
+// prediction module's block with them, of the first `modules` modules; -1: all), which every
+// rank holds whole (the lowest rank writes it). No tensors for a dense model.
+TensorGroup router_bias_group(const GptShape& shape, float* bias, int modules = -1);
 
-// Gives `model` the routers' biases of checkpoint `path` (the trainer's loads, triad-generate's):
-// nothing for a dense model or a file from before the biases were saved (no group router_bias:
-// they stay zero). Collective over comm.
-void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model);
+// Gives `model` the routers' biases of checkpoint `path` (the trainer's loads, triad-generate's),
+// those of its first `modules` multi-token prediction modules (-1: all; --init-from a file with
+// fewer): nothing for a dense model or a file from before the biases were saved (no group
+// router_bias: they stay zero). Collective over comm.
+void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model, int modules = -1);
+
+// The multi-token prediction module whose tensor (or router bias) `name` is (mtp/<j>/...,
+// mtp/<j>), -1 for any other.
+int mtp_module_of(const std::string& name);
 
 }  // namespace triad
