@@ -537,8 +537,8 @@ std::string Trainer::State::check_model_shape(const CheckpointState& st, const s
 CheckpointState Trainer::State::load_weights(const std::string& path) {
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   const bool init_from = path == cl.init_from;
-  const std::string extended = check_model_shape(st, path, cl.extend_positions && init_from,
-                                                 init_from);
+  const std::string extended =
+      check_model_shape(st, path, cl.extend_positions && init_from, init_from);
   if (!extended.empty())
     say("--extend-positions: " + path +
         "'s rotary positions extended as the config asks: " + extended);
