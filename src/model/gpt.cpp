@@ -589,8 +589,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       int& first = layer_[size_t(std::stoi(n.substr(2)))];
       if (first < 0) first = int(i);
     }
-    if (n.starts_with("mtp/")) {  // a module's first tensor (ln_e's), and its block's
-      const int j = std::stoi(n.substr(4));
+    if (const int j = mtp_module_of(n); j >= 0) {  // a module's first tensor (ln_e's), its block's
       if (mtp_[size_t(j)] < 0) mtp_[size_t(j)] = int(i);
       int& first = layer_[size_t(shape.mtp_layer(j))];
       const std::string t = n.substr(n.find('/', 4) + 1);

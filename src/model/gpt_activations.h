@@ -502,10 +502,6 @@ struct Gpt::Activations {
         want(M.in, R * C);
         want_internals(M.block, true, s.moe_layer(s.mtp_layer(j)));
         want(M.block.residual3, R * C);
-        if (split_backward) {  // (no shared scratch for these then: layer_backward)
-          want(M.block.dfch, s.moe_layer(s.mtp_layer(j)) ? moe_fc : dense_fc);
-          if (!s.mla()) want(M.block.dqkv, BT * Wl);
-        }
         if (!sp) want(M.lnf, R * C);
         if (means) want_f(M.lnf_mean, R);
         want_f(M.lnf_rstd, R);
@@ -531,9 +527,11 @@ struct Gpt::Activations {
       want(dln, BT * C);
       if (s.shared_norm) want(dln_mlp, R * C);
       want(datty, BT * Al);
-      if (!split_backward || s.mla()) want(dqkv, BT * Wl);  // else each layer's own
+      // (else each layer's own; but the multi-token prediction modules' blocks, whose backward
+      // runs whole under any schedule, read these)
+      if (!split_backward || s.mla() || mtp_here) want(dqkv, BT * Wl);
       if (kFp32) want_f(datt_scratch, att);
-      if (!split_backward) want(dfch, most_fc);
+      if (!split_backward || mtp_here) want(dfch, most_fc);
       want(dfch_gelu, most_h);
       if (experts) {
         want(moe_dy, BT * K * C);

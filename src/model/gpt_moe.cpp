@@ -397,7 +397,7 @@ void Gpt::moe_backward(typename Set<A>::Layer& L, int l, A* dpart, const LayerTe
     dx = a.moe_grouped;
     to_experts<A>(L, dy, a.moe_dy);
   }
-  A* dfch = split || a.dfch == nullptr ? L.dfch : a.dfch;  // (layer_backward's rule)
+  A* dfch = split ? L.dfch : a.dfch;
   const bool proj_grad = g.fcprojw != nullptr && !split, fc_grad = g.fcw != nullptr && !split;
   const float* amax = experts_fp8_amax<A>(L, fp8_site(l, 3), proj_grad ? L.fch_gelu : nullptr,
                                           int(Hl), w.fcprojw, C, dy);

@@ -29,8 +29,7 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   // Module j's ids: input t + j + 1 (0 past the end: a row without a target, whose output no
   // earlier row reads) and target t + j + 1 of each position t of the whole sequences, then the
   // rows this rank holds (context parallelism: its pieces).
-  mtp_host_ids_.resize(size_t(D) * stride);
-  mtp_host_targets_.resize(size_t(D) * stride);
+  mtp_host_targets_.resize(size_t(D) * stride);  // (the classifier counts them on the host)
   std::vector<int32_t>& ahead_ids = mtp_ahead_[0];
   std::vector<int32_t>& ahead_targets = mtp_ahead_[1];
   ahead_ids.resize(size_t(B) * whole);
@@ -43,11 +42,10 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
         ahead_ids[r] = inside ? inputs[ahead] : 0;
         ahead_targets[r] = inside ? targets[ahead] : -1;
       }
-    int32_t* ids = mtp_host_ids_.data() + size_t(j) * stride;
     int32_t* tgt = mtp_host_targets_.data() + size_t(j) * stride;
-    std::copy_n(cp_local_ids(ahead_ids.data(), 1, B, mtp_local_), N, ids);
+    upload_local_ids(cp_local_ids(ahead_ids.data(), 1, B, mtp_local_),
+                     d_mtp_ids_ + size_t(j) * stride, N);
     std::copy_n(cp_local_ids(ahead_targets.data(), 1, B, mtp_local_), N, tgt);
-    upload_local_ids(ids, d_mtp_ids_ + size_t(j) * stride, N);
     upload_local_ids(tgt, d_mtp_targets_ + size_t(j) * stride, N);
   }
   // The tensors of module j (indices into specs_): ln_e, ln_h (each with a bias where ln_f has

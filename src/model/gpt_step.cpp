@@ -774,11 +774,8 @@ void Gpt::layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
   }
   // Split: no weight or bias gradients here, and the output gradients kept in the set.
   auto wgrad = [split](float* p) { return split ? nullptr : p; };
-  // (A schedule that splits the backward plans no shared dfch or dqkv: a multi-token
-  // prediction module's block, whose backward is whole, has its own then. MLA keeps its
-  // products' own.)
-  A* dfch = split || a.dfch == nullptr ? L.dfch : a.dfch;
-  A* dqkv = (split || a.dqkv == nullptr) && !shape_.mla() ? L.dqkv : a.dqkv;
+  A* dfch = split ? L.dfch : a.dfch;
+  A* dqkv = split && !shape_.mla() ? L.dqkv : a.dqkv;  // (MLA keeps its products' own)
   // MLP branch: residual3 = residual2 + c_proj(gelu(c_fc(ln_2(residual2)))) (through
   // ln_mlp_out under model.branch_norm). The row-parallel c_proj sees the gradient of all
   // rows, so its bias gradient is complete.

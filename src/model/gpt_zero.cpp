@@ -21,8 +21,8 @@ size_t Gpt::ends_index(size_t offset) const {
 
 size_t Gpt::layer_end(int first) const {
   const std::string& name = specs_[size_t(first)].name;  // "h/<l>/..." or "mtp/<j>/..."
-  const int l = name.starts_with("mtp/") ? shape_.mtp_layer(std::stoi(name.substr(4)))
-                                         : std::stoi(name.substr(2));
+  const int j = mtp_module_of(name);
+  const int l = j >= 0 ? shape_.mtp_layer(j) : std::stoi(name.substr(2));
   const size_t next = size_t(first) + size_t(layer_count(l));
   return next < specs_.size() ? specs_[next].offset : n_floats_;
 }

@@ -79,9 +79,4 @@ void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model, int mo
   model.set_router_bias(bias);
 }
 
-int mtp_module_of(const std::string& name) {
-  if (!name.starts_with("mtp/")) return -1;
-  return std::stoi(name.substr(4));
-}
-
 }  // namespace triad

@@ -931,9 +931,9 @@ class Gpt {
   double mtp_loss_sum_ = 0.0;  // take_mtp_stats
   int64_t mtp_tokens_ = 0;
   // The modules' token ids and targets (module j's at j·max_batch·seq_len), this rank's as
-  // upload_ids makes them, and their host staging.
+  // upload_ids makes them, and the targets on the host (the classifier counts them there).
   int32_t *d_mtp_ids_ = nullptr, *d_mtp_targets_ = nullptr;
-  std::vector<int32_t> mtp_host_ids_, mtp_host_targets_;
+  std::vector<int32_t> mtp_host_targets_;
   std::vector<int32_t> mtp_ahead_[2], mtp_local_;  // the whole sequences' ids, and cp's copy
   std::vector<int32_t> target_bytes_;              // set_target_bytes
   float moe_aux_loss_ = 0.0f;                      // set_moe_aux_loss

@@ -454,6 +454,12 @@ inline std::string layer_name(const GptShape& shape, int l) {
   return l < shape.n_layer ? "h/" + std::to_string(l) : "mtp/" + std::to_string(l - shape.n_layer);
 }
 
+// The multi-token prediction module j whose tensor (or router bias) `name` is (mtp/<j>/...,
+// mtp/<j>), -1 for any other.
+inline int mtp_module_of(const std::string& name) {
+  return name.starts_with("mtp/") ? std::stoi(name.substr(4)) : -1;
+}
+
 // Whether a tensor holds a mixture of experts' weights ([E, ...], mlp/experts/...).
 inline bool is_expert_tensor(const std::string& name) {
   return name.find("/mlp/experts/") != std::string::npos;

@@ -36,8 +36,4 @@ TensorGroup router_bias_group(const GptShape& shape, float* bias, int modules = 
 // router_bias: they stay zero). Collective over comm.
 void load_router_bias(MPI_Comm comm, const std::string& path, Gpt& model, int modules = -1);
 
-// The multi-token prediction module whose tensor (or router bias) `name` is (mtp/<j>/...,
-// mtp/<j>), -1 for any other.
-int mtp_module_of(const std::string& name);
-
 }  // namespace triad
