@@ -21,6 +21,8 @@ class ConvertError(AnalysisError):
 
 # model.moe_experts' largest value (kMaxExperts in triad/kernels/moe_routing.h).
 MAX_EXPERTS = 512
+# model.mtp_depth's largest value (the multi-token prediction modules; triad-train's limit).
+MAX_MTP_DEPTH = 16
 
 
 # llama3 rope scaling's four numbers: as /model attributes (also triad-train's [model] keys),
@@ -189,9 +191,9 @@ class Dims:
     # Read from DeepSeek's layout (DeepseekV2ForCausalLM, DeepseekV3ForCausalLM): "deepseek_v2" or
     # "deepseek_v3"; its rotated q and k rows in pairs (2i, 2i + 1) where rope_interleave (always in
     # V2's files); its multi-token prediction layers past the last (num_nextn_predict_layers),
-    # which triad does not build and skips; its FP8 weights' block (quantization_config's
-    # weight_block_size), each [rows, columns] block scaled by the tensor's weight_scale_inv.
-    # An import's source only.
+    # triad's modules (model.mtp_depth; written to V3's files, where an export holds them); its FP8
+    # weights' block (quantization_config's weight_block_size), each [rows, columns] block scaled
+    # by the tensor's weight_scale_inv (an import's source only).
     deepseek: str = ""
     rope_interleave: bool = False
     mtp_layers: int = 0
@@ -440,6 +442,8 @@ class Dims:
             a.update(self.moe_keys())
             a.update(self.mla_keys())
             a.update(self.gpt_oss_keys())
+            if self.mtp_layers:  # model.mtp_depth (absent: 0)
+                a["mtp_depth"] = int(self.mtp_layers)
         return a
 
     def config_lines(self) -> str:
@@ -520,6 +524,8 @@ class Dims:
                 keys[k] = ("true" if v else "false") if k in BOOL_MOE_KEYS else \
                     repr(v) if isinstance(v, float) else v
             keys.update(self.mla_keys())
+            if self.mtp_layers:
+                keys["mtp_depth"] = self.mtp_layers
         return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from .weights_dims import (MAX_EXPERTS, ConvertError, Dims, attr_text, checkpoint_yarn,
-                           unheld_attributes)
+from .weights_dims import (MAX_EXPERTS, MAX_MTP_DEPTH, ConvertError, Dims, attr_text,
+                           checkpoint_yarn, unheld_attributes)
 from .weights_hf_families import LlamaLikeConfig, refuse_or_check_positions
 from .weights_hf_layout import named_experts, pair_order
 
@@ -132,6 +132,9 @@ def deepseek_config_dims(cfg: dict, where: str, seq_len: int | None) -> Dims:
     if experts and first < c.n_layer:
         moe = deepseek_moe_keys(k, experts, first, c.hidden, moe_hidden, refusals)
     mtp = k.count("num_nextn_predict_layers") if v3 else 0
+    if mtp > MAX_MTP_DEPTH:
+        refusals.append(f"num_nextn_predict_layers {mtp} (triad's model.mtp_depth is at most "
+                        f"{MAX_MTP_DEPTH})")
     block = fp8_block(cfg, refusals)
     refuse_or_check_positions(where, refusals, seq_len, n_pos, "max_position_embeddings")
     d = Dims(c.n_layer, c.n_head, c.n_embd, seq_len or n_pos, c.vocab, position="rope",
@@ -298,52 +301,72 @@ def fp8_block(cfg: dict, refusals: list[str]) -> tuple | None:
 
 def deepseek_sources(d: Dims) -> dict[str, list[str]]:
     """Each triad tensor of a DeepSeek model and the HF tensors it is made of (c_fc's gate and up
-    rows stacked, expert by expert for the experts'); V3's routers' biases as
-    router_bias/h/{i}."""
+    rows stacked, expert by expert for the experts'); V3's routers' biases as router_bias/h/{i};
+    V3's multi-token prediction layers (model.layers.{n_layer + j}: enorm, hnorm, eh_proj, a
+    decoder layer, shared_head.norm) as triad's modules mtp/<j>/ (their routers' biases
+    router_bias/mtp/<j>). Their copies of the embedding and the head: deepseek_copies."""
     src = {"wte/weight": ["model.embed_tokens.weight"], "ln_f/weight": ["model.norm.weight"]}
     for i in range(d.n_layer):
-        p, h = f"h/{i}/", f"model.layers.{i}."
-        a = h + "self_attn."
-        src.update({
-            p + "ln_1/weight": [h + "input_layernorm.weight"],
-            p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
-            p + "attn/kv_a/weight": [a + "kv_a_proj_with_mqa.weight"],
-            p + "attn/kv_a_norm/weight": [a + "kv_a_layernorm.weight"],
-            p + "attn/kv_b/weight": [a + "kv_b_proj.weight"],
-            p + "attn/c_proj/weight": [a + "o_proj.weight"],
-        })
-        if d.q_lora_rank:
-            src.update({p + "attn/q_a/weight": [a + "q_a_proj.weight"],
-                        p + "attn/q_a_norm/weight": [a + "q_a_layernorm.weight"],
-                        p + "attn/q_b/weight": [a + "q_b_proj.weight"]})
-        else:
-            src[p + "attn/q_b/weight"] = [a + "q_proj.weight"]
-        m = h + "mlp."
-        if d.moe_layer(i):
-            src.update(named_experts(p, m, d.moe_experts))
-            if d.moe_shared_hidden:
-                s = m + "shared_experts."
-                src.update({p + "mlp/shared/c_fc/weight": [s + "gate_proj.weight",
-                                                           s + "up_proj.weight"],
-                            p + "mlp/shared/c_proj/weight": [s + "down_proj.weight"]})
-            if d.deepseek == "deepseek_v3":
-                src[f"router_bias/h/{i}"] = [m + "gate.e_score_correction_bias"]
-        else:
-            src.update({p + "mlp/c_fc/weight": [m + "gate_proj.weight", m + "up_proj.weight"],
-                        p + "mlp/c_proj/weight": [m + "down_proj.weight"]})
+        src.update(layer_sources(d, i, f"h/{i}/", f"model.layers.{i}.", f"router_bias/h/{i}"))
     if not d.tied:
         src["lm_head/weight"] = ["lm_head.weight"]
+    for j in range(d.mtp_layers):
+        p, h = f"mtp/{j}/", f"model.layers.{d.n_layer + j}."
+        src.update({p + "ln_e/weight": [h + "enorm.weight"], p + "ln_h/weight": [h + "hnorm.weight"],
+                    p + "eh_proj/weight": [h + "eh_proj.weight"],
+                    p + "ln_f/weight": [h + "shared_head.norm.weight"]})
+        src.update(layer_sources(d, d.n_layer + j, p, h, f"router_bias/mtp/{j}"))
     return src
 
 
+def layer_sources(d: Dims, i: int, p: str, h: str, router_bias: str) -> dict[str, list[str]]:
+    """deepseek_sources of layer i's block, triad's names under p, the files' under h."""
+    a, m = h + "self_attn.", h + "mlp."
+    src = {
+        p + "ln_1/weight": [h + "input_layernorm.weight"],
+        p + "ln_2/weight": [h + "post_attention_layernorm.weight"],
+        p + "attn/kv_a/weight": [a + "kv_a_proj_with_mqa.weight"],
+        p + "attn/kv_a_norm/weight": [a + "kv_a_layernorm.weight"],
+        p + "attn/kv_b/weight": [a + "kv_b_proj.weight"],
+        p + "attn/c_proj/weight": [a + "o_proj.weight"],
+    }
+    if d.q_lora_rank:
+        src.update({p + "attn/q_a/weight": [a + "q_a_proj.weight"],
+                    p + "attn/q_a_norm/weight": [a + "q_a_layernorm.weight"],
+                    p + "attn/q_b/weight": [a + "q_b_proj.weight"]})
+    else:
+        src[p + "attn/q_b/weight"] = [a + "q_proj.weight"]
+    if d.moe_layer(i):
+        src.update(named_experts(p, m, d.moe_experts))
+        if d.moe_shared_hidden:
+            s = m + "shared_experts."
+            src.update({p + "mlp/shared/c_fc/weight": [s + "gate_proj.weight",
+                                                       s + "up_proj.weight"],
+                        p + "mlp/shared/c_proj/weight": [s + "down_proj.weight"]})
+        if d.deepseek == "deepseek_v3":
+            src[router_bias] = [m + "gate.e_score_correction_bias"]
+    else:
+        src.update({p + "mlp/c_fc/weight": [m + "gate_proj.weight", m + "up_proj.weight"],
+                    p + "mlp/c_proj/weight": [m + "down_proj.weight"]})
+    return src
+
+
+def deepseek_copies(d: Dims) -> dict[str, list[str]]:
+    """The files' copies of a triad tensor: each multi-token prediction layer's embedding
+    (model.layers.{n_layer + j}.embed_tokens) and head (shared_head.head), which DeepSeek-V3's
+    release holds beside the model's and which equal them (the modules share the model's)."""
+    copies: dict[str, list[str]] = {}
+    for j in range(d.mtp_layers):
+        h = f"model.layers.{d.n_layer + j}."
+        copies.setdefault("wte/weight", []).append(h + "embed_tokens.weight")
+        copies.setdefault("wte/weight" if d.tied else "lm_head/weight", []).append(
+            h + "shared_head.head.weight")
+    return copies
+
+
 def is_skipped_deepseek_tensor(d: Dims, name: str) -> bool:
-    """Whether HF tensor `name` of a DeepSeek model is left out of the import: a multi-token
-    prediction layer's (model.layers.{n_layer + j}.*, j < num_nextn_predict_layers) or an FP8
-    weight's scales (read with the weight)."""
-    if d.mtp_layers and name.startswith("model.layers."):
-        layer = name.split(".")[2]
-        if layer.isdigit() and d.n_layer <= int(layer) < d.n_layer + d.mtp_layers:
-            return True
+    """Whether HF tensor `name` of a DeepSeek model is read with another rather than as a
+    tensor of triad's: an FP8 weight's scales."""
     return d.fp8_block is not None and name.endswith(".weight_scale_inv")
 
 
@@ -484,7 +507,8 @@ def deepseek_checkpoint_dims(path, a: dict, biased: bool) -> Dims:
                 moe_routed_scale=float(a.get("moe_routed_scale", 1.0)), moe_groups=groups,
                 moe_group_top_k=int(a.get("moe_group_top_k", 1)),
                 moe_group_score="max" if by_best else "top2",
-                deepseek="deepseek_v3" if v3 else "deepseek_v2", rope_interleave=True)
+                deepseek="deepseek_v3" if v3 else "deepseek_v2", rope_interleave=True,
+                mtp_layers=int(a.get("mtp_depth", 0)) if v3 else 0)
 
 
 def deepseek_hf_config(d: Dims) -> dict:
@@ -521,5 +545,5 @@ def deepseek_hf_config(d: Dims) -> dict:
         "initializer_range": 0.02, "torch_dtype": "float32", "use_cache": True,
     }
     if v3:
-        cfg.update(rope_interleave=True, num_nextn_predict_layers=0)
+        cfg.update(rope_interleave=True, num_nextn_predict_layers=d.mtp_layers)
     return cfg

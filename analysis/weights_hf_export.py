@@ -16,7 +16,7 @@ import numpy as np
 from .inspect_checkpoint import expected_shapes
 from .weights_dims import (ConvertError, Dims, ROPE_SCALING_HF, Tensors, VOCAB_TENSORS, YARN_HF,
                            shapes)
-from .weights_hf_deepseek import deepseek_hf_config, mla_rope_order
+from .weights_hf_deepseek import deepseek_copies, deepseek_hf_config, mla_rope_order
 from .weights_hf_gpt_oss import gpt_oss_hf_config, write_gpt_oss_hf
 from .weights_hf_gpt_neo import gpt_neo_hf_config
 from .weights_hf_layout import (dbrx_expert_order, falcon_qkv_order, hf_name,
@@ -801,6 +801,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
     if d.gpt_oss:
         return write_gpt_oss_hf(out, d, tensors, extra, write_hf_directory)
     src = llama_sources(d)
+    copies = deepseek_copies(d) if d.deepseek else {}  # (written after the tensor they copy)
     specs = {}  # in the order tensors() yields triad's tensors, each split into its HF parts
     # (OPT's from the GPT-2 reader, open_triad: GPT-2's order)
     want = shapes(d) if d.opt or d.gpt_neo else expected_shapes(d.attrs())
@@ -815,6 +816,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
         for n, r in zip(src[t], llama_part_rows(d, t, rows)):
             specs[n] = tuple(shape) if whole_experts(d, t) else \
                 (r, d.n_embd) if d.dbrx and "/mlp/experts/" in t else (r, *cols)
+        specs.update({n: (rows, *cols) for n in copies.get(t, ())})
 
     folded = GptNeoBiasFolding(d.n_embd) if d.gpt_neo else None
 
@@ -844,5 +846,7 @@ def write_llama_hf(out: Path, d: Dims, tensors: Tensors, extra: dict[str, str] |
             ends = np.cumsum(llama_part_rows(d, t, a.shape[0]))[:-1]
             for n, part in zip(src[t], np.split(a, ends)):
                 yield n, np.ascontiguousarray(part)
+            for n in copies.get(t, ()):
+                yield n, np.ascontiguousarray(a)
 
     write_hf_directory(out, specs, hf_tensors(), llama_hf_config(d), extra)

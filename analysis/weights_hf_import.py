@@ -18,7 +18,7 @@ from .weights_hf_families import (TANH_GELU, cohere_config_dims, dbrx_config_dim
                                   neox_config_dims, opt_config_dims, phi_config_dims,
                                   refuse_or_check_positions, starcoder2_config_dims)
 from .weights_hf_deepseek import (DEEPSEEK_COUNT_KEYS, deepseek_config_dims, dequantize_fp8,
-                                  is_skipped_deepseek_tensor, mla_rope_order)
+                                  deepseek_copies, is_skipped_deepseek_tensor, mla_rope_order)
 from .weights_hf_gpt_neo import gpt_neo_config_dims
 from .weights_hf_gpt_oss import (gpt_oss_config_dims, gpt_oss_tensors, holds_mxfp4,
                                  is_openai_config, openai_config_dims)
@@ -275,7 +275,8 @@ def open_hf(src: Path, seq_len: int | None) -> Tuple[Dims, Tensors, str]:
                     f"noise triad does not add")
         if d.mtp_layers:
             note += (f"; its {d.mtp_layers} multi-token prediction layer(s) after layer "
-                     f"{d.n_layer - 1} are left out (triad does not build them)")
+                     f"{d.n_layer - 1} as the modules mtp/0.. (model.mtp_depth = "
+                     f"{d.mtp_layers}; --model.mtp_depth 0 trains without them)")
         if d.fp8_block:
             note += f"; its FP8 weights dequantized to fp32 (blocks of {list(d.fp8_block)})"
         note += left_out
@@ -406,7 +407,10 @@ def llama_tensors(d: Dims, where: dict, directory: Path, head_checked: bool = Fa
     for t in src:  # DeepSeek-V3's routers' biases (written under /router_bias)
         if t.startswith("router_bias/"):
             want[t] = (d.moe_experts,)
-    used = {n for names in src.values() for n in names}
+    # Copies of a tensor the files may hold (DeepSeek-V3's prediction layers' embedding and
+    # head): each must equal it, as triad's modules read the model's own.
+    copies = deepseek_copies(d) if d.deepseek else {}
+    used = {n for names in (*src.values(), *copies.values()) for n in names}
     for name in where:
         if name not in used and not name.endswith("rotary_emb.inv_freq") and not (
                 d.neox and name.endswith(("attention.bias", "attention.masked_bias"))) and \
@@ -460,6 +464,11 @@ def llama_tensors(d: Dims, where: dict, directory: Path, head_checked: bool = Fa
         for t, names in src.items():
             parts = [read(n) for n in names]
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            for n in (n for n in copies.get(t, ()) if n in where):
+                if not np.array_equal(read(n), a):
+                    raise ConvertError(f"{where[n].path}: tensor {n} differs from {names[0]}: "
+                                       f"triad's multi-token prediction modules read the model's "
+                                       f"own embedding and head")
             if stored_minus_one(d, t):  # LayerNorm1P's, Gemma's w - 1
                 a = a + np.float32(1)
             a = falcon_qkv_order(d, t, neox_qkv_order(d, t, codegen_qkv_order(d, t, a)))

@@ -76,15 +76,19 @@ def write_triad(out: Path, d: Dims, tensors: Tensors, source: str) -> None:
 
 def open_triad(src: Path) -> Tuple[Dims, Tensors, str]:
     """A complete triad checkpoint whose checksums verify (a run directory, checkpoint
-    directory or file). Its multi-token prediction modules (model.mtp_depth), a training
-    objective no export format holds, are left out, and the source's description says so."""
+    directory or file). Its multi-token prediction modules (model.mtp_depth) go where the format
+    holds them (DeepSeek-V3's prediction layers); elsewhere they are left out, and the source's
+    description says so."""
     path = resolve_checkpoint_path(src)
     rep = inspect(path, verify=True)
     if not rep.ok:
         raise ConvertError(rep.headline())
     d, tensors, source = open_triad_model(path, rep.model_attrs)
     depth = int(rep.model_attrs.get("mtp_depth", 0))
-    if depth:
+    if depth and d.mtp_layers:
+        source += (f"; its {depth} multi-token prediction module(s) as the prediction layers "
+                   f"after layer {d.n_layer - 1}")
+    elif depth:
         source += (f"; its {depth} multi-token prediction module(s) (mtp/*, model.mtp_depth) "
                    f"left out: the format has none")
     return d, tensors, source
@@ -320,28 +324,30 @@ def open_triad_model(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     return d, tensors, f"triad checkpoint {path}"
 
 
-def checkpoint_tensors(path: Path, a: dict, vocab_size: int):
+def checkpoint_tensors(path: Path, a: dict, vocab_size: int, modules: bool = False):
     """The parameters of a checkpoint with /model attributes `a`, in checkpoint order, as fp32,
     the vocabulary tensors cropped to vocab_size rows (the multi-token prediction modules' left
-    out)."""
+    out unless `modules`)."""
     import h5py
 
     with h5py.File(path, "r") as f:
         for name in expected_shapes(a):
-            if name.startswith("mtp/"):  # the multi-token prediction modules: no format's
+            if name.startswith("mtp/") and not modules:  # (DeepSeek-V3's format alone has them)
                 continue
             arr = f["model/" + name][()].astype("<f4")
             yield name, (arr[:vocab_size] if name in VOCAB_TENSORS else arr)
 
 
 def router_biases(path: Path) -> dict[str, np.ndarray]:
-    """A checkpoint's routers' biases (/router_bias/h/{i}, DeepSeek-V3's) by layer; none in
-    a file from before them."""
+    """A checkpoint's routers' biases (/router_bias/h/{i}, DeepSeek-V3's; router_bias/mtp/{j},
+    its multi-token prediction modules') by name; none in a file from before them."""
     import h5py
     with h5py.File(path, "r") as f:
         if "router_bias" not in f:
             return {}
-        return {f"router_bias/h/{i}": d[()].astype("<f4") for i, d in f["router_bias/h"].items()}
+        return {f"router_bias/{g}/{i}": d[()].astype("<f4")
+                for g in ("h", "mtp") if g in f["router_bias"]
+                for i, d in f["router_bias/" + g].items()}
 
 
 def open_triad_gpt_oss(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
@@ -364,11 +370,13 @@ def open_triad_deepseek(path: Path, a: dict) -> Tuple[Dims, Tensors, str]:
     d = deepseek_checkpoint_dims(path, a, any(np.any(b != 0) for b in biases.values()))
 
     def tensors():
-        yield from checkpoint_tensors(path, a, d.vocab_size)
+        yield from checkpoint_tensors(path, a, d.vocab_size, modules=d.mtp_layers > 0)
         if d.deepseek == "deepseek_v3":
-            for i in range(d.n_layer):
+            blocks = [(f"h/{i}", i) for i in range(d.n_layer)] + \
+                [(f"mtp/{j}", d.n_layer + j) for j in range(d.mtp_layers)]
+            for name, i in blocks:
                 if d.moe_layer(i):
-                    name = f"router_bias/h/{i}"
+                    name = "router_bias/" + name
                     yield name, biases.get(name, np.zeros(d.moe_experts, dtype="<f4"))
 
     return d, tensors, f"triad checkpoint {path}"

@@ -177,8 +177,6 @@ struct Gpt::Set {
   float *lnf_mean = nullptr, *lnf_rstd = nullptr;
   A* lnfg = nullptr;  // ln_f over all rows (sequence parallel; else an alias of lnf)
   float *losses = nullptr, *correct = nullptr;
-  // Multi-token prediction (training): the gradient the modules give the chunk's output.
-  A* dmtp = nullptr;
   const A* output() const { return layers.empty() ? input : layers.back().residual3; }
 };
 
@@ -276,8 +274,8 @@ struct Gpt::Activations {
   std::vector<MtpModule> mtp;
   // Their backward scratch: the projection's input gradient [rows, 2·C/tp], one half's columns
   // in place over all rows before their reduction [rows, C], its reduced rows (sequence
-  // parallel), the gradient of module j's output from module j + 1, and of the embedding's.
-  A *mtp_dcat = nullptr, *mtp_dpart = nullptr, *mtp_dnorm = nullptr, *mtp_dnext = nullptr;
+  // parallel), and the embedding's gradient.
+  A *mtp_dcat = nullptr, *mtp_dpart = nullptr, *mtp_dnorm = nullptr;
   A* mtp_demb = nullptr;
 
   // Plans and allocates the buffers on `be`; without a backend (be == nullptr) only plans them,
@@ -481,7 +479,6 @@ struct Gpt::Activations {
           if (!inference) want(S.dlnf, R * C);
           want_f(S.losses, BT);
           want_f(S.correct, BT);
-          if (mtp_here) want(S.dmtp, R * C);
           if (sp) want(S.lnfg, BT * C);
         }
       }
@@ -513,7 +510,6 @@ struct Gpt::Activations {
       want(mtp_dcat, BT * Ch2);
       want(mtp_dpart, BT * C);
       if (sp) want(mtp_dnorm, R * C);
-      want(mtp_dnext, R * C);
       want(mtp_demb, R * C);
     }
     if (!inference) want(dresidual, R * C);

@@ -3,9 +3,11 @@
 // stage (over this rank's rows: its pieces of the sequences under context parallelism, whose
 // attention the blocks' layer code runs as the layers'). Module j predicts target t + j + 1 of row
 // t (the token j + 2 ahead of input t) from the previous hidden state and the embedding of input t
-// + j + 1; rows whose token is past the sequence's end have no target. The modules run at once for
-// the micro-batch: their activations are one set reused by every micro-batch, and what the layers
-// below need of them is the gradient of the last chunk's output, S.dmtp.
+// + j + 1; rows whose token is past the sequence's end have no target. The previous hidden state
+// is what the head reads: ln_f's output, then module j − 1's own ln_f output (Megatron's and
+// DeepSeek-V3's definition, which their released modules were trained with). The modules run at
+// once for the micro-batch: their activations are one set reused by every micro-batch, and what
+// the layers below need of them joins the head's gradient of ln_f's output, S.dlnf.
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -84,8 +86,12 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   z_loss_ = 0.0f;
   const float scale = dloss_scale * mtp_weight_ / float(D);
 
+  // This rank's rows of an ln_f output (held over all rows under sequence parallelism).
+  auto own_rows = [&](const A* all) {
+    return mp_.split_rows() ? all + size_t(mp_.tp_rank) * nC : all;
+  };
   // ---- forward, module by module, each with its loss (and the head's backward) ----
-  const A* h = S.output();  // the previous hidden state: the last layer's output first
+  const A* h = own_rows(S.lnfg);  // the previous hidden state: the model's ln_f output first
   for (int j = 0; j < D; ++j) {
     auto& M = a.mtp[size_t(j)];
     const int l = shape_.mtp_layer(j);
@@ -136,7 +142,7 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
                    true, d_mtp_targets_ + size_t(j) * stride);
     mtp_loss_sum_ += st.loss_sum;
     mtp_tokens_ += st.tokens;
-    h = L.residual3;
+    h = own_rows(M.lnfg);
   }
 
   // ---- backward, the last module first ----
@@ -146,11 +152,10 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     const int l = shape_.mtp_layer(j);
     const auto [lne, lnh, proj, lnf] = module(j);
     auto& L = M.block;
-    // The output's gradient: through ln_f from the loss, and from module j + 1's ln_h.
+    // The output's gradient through ln_f (M.dlnf: the loss's, and module j + 1's ln_h's).
     be_.zero(a.dresidual, nC);
     layernorm_backward(a.dresidual, grad(lnf), bias_grad(lnf), M.dlnf, L.residual3, weight(lnf),
                        M.lnf_mean, M.lnf_rstd, n);
-    if (j + 1 < D) be_.add(a.dresidual, a.dresidual, a.mtp_dnext, nC);
     const LayerTensors<const A> w = block_weights(l);
     const int at_block = layer_[size_t(l)];
     const size_t at = specs_[size_t(at_block)].offset;
@@ -173,12 +178,12 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
       reduce_rows(d, dst, N);
       return dst;
     };
-    // The previous hidden state's: module j − 1's output, or the chunk's (S.dmtp).
-    A* dh = j == 0 ? S.dmtp : a.mtp_dnext;
-    be_.zero(dh, nC);
-    layernorm_backward(dh, grad(lnh), bias_grad(lnh), half_grad(1),
-                       j == 0 ? S.output() : a.mtp[size_t(j - 1)].block.residual3, weight(lnh),
-                       M.hn_mean, M.hn_rstd, n);
+    // The previous hidden state's, added to the head's gradient of it (the norms' backward
+    // accumulates): module j − 1's ln_f output, whose backward comes next, or the model's.
+    const bool first = j == 0;
+    layernorm_backward(first ? S.dlnf : a.mtp[size_t(j - 1)].dlnf, grad(lnh), bias_grad(lnh),
+                       half_grad(1), own_rows(first ? S.lnfg : a.mtp[size_t(j - 1)].lnfg),
+                       weight(lnh), M.hn_mean, M.hn_rstd, n);
     // The embedding's, into wte's gradient (the head's where tied).
     be_.zero(a.mtp_demb, nC);
     layernorm_backward(a.mtp_demb, grad(lne), bias_grad(lne), half_grad(0), M.emb, weight(lne),

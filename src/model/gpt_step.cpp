@@ -878,14 +878,13 @@ void Gpt::backward_chunk(int chunk, Set<A>& S, int B, int T) {
   const bool split = split_backward_;
   // A split pass leaves the layers' weight gradients to the weight pass, which reports them.
   if (g == mp_.chunks() - 1) {
-    // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf.
+    // The classifier ran its backward with the loss: ln_f's output gradient is in S.dlnf (with
+    // the multi-token prediction modules' where mtp_step ran).
     be_.zero(a.dresidual, size_t(n) * C);
     const size_t lnf = sp[size_t(lnf_)].offset;
     layernorm_backward(a.dresidual, grad_at(lnf),
                        lnf_bias_ ? grad_at(sp[size_t(lnf_) + 1].offset) : nullptr, S.dlnf,
                        S.output(), weight_at<A>(lnf), S.lnf_mean, S.lnf_rstd, n);
-    // Multi-token prediction: the modules read the chunk's output too (mtp_step ran).
-    if (S.dmtp != nullptr) be_.add(a.dresidual, a.dresidual, S.dmtp, size_t(n) * C);
     // (with an untied head, and the modules' tensors after it)
     grad_ready(lnf, n_floats_ - lnf, grad_at(lnf), nullptr);
   }

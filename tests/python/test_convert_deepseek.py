@@ -68,8 +68,9 @@ def v3_config(**changes):
 
 def random_tensors(cfg, seed=5):
     """Every tensor of a DeepSeek model with cfg's shapes, random (norm weights near 1, V3's
-    router biases small), in its Hugging Face names, float32; and the multi-token prediction
-    layer's (which the import leaves out) when cfg has one."""
+    router biases small), in its Hugging Face names, float32; with cfg's multi-token prediction
+    layers (V3's num_nextn_predict_layers), each with its enorm, hnorm, eh_proj, shared_head.norm
+    and its copies of the embedding and the head, as DeepSeek-V3's release holds them."""
     g = torch.Generator().manual_seed(seed)
     C, H = cfg["hidden_size"], cfg["num_attention_heads"]
     dn, dr, dv, r = (cfg[k] for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
@@ -120,6 +121,16 @@ def random_tensors(cfg, seed=5):
     norm("model.norm.weight", C)
     if not cfg["tie_word_embeddings"]:
         mat("lm_head.weight", V, C)
+    head = "model.embed_tokens.weight" if cfg["tie_word_embeddings"] else "lm_head.weight"
+    for i in range(cfg["num_hidden_layers"],
+                   cfg["num_hidden_layers"] + cfg.get("num_nextn_predict_layers", 0)):
+        p = f"model.layers.{i}."
+        norm(p + "enorm.weight", C)
+        norm(p + "hnorm.weight", C)
+        mat(p + "eh_proj.weight", C, 2 * C)
+        norm(p + "shared_head.norm.weight", C)
+        t[p + "embed_tokens.weight"] = t["model.embed_tokens.weight"].clone()
+        t[p + "shared_head.head.weight"] = t[head].clone()
     return t
 
 
@@ -242,22 +253,50 @@ class DeepSeek:
             out = out + self.mlp(rows, m + "shared_experts.")
         return out.view(x.shape)
 
-    def logits(self, ids):
+    def block(self, x, i, branch=1):
+        """Decoder layer i (model.layers.{i}: a multi-token prediction layer's too) on x."""
+        p = f"model.layers.{i}."
+        x = x + branch * self.attention(self.rms(x, p + "input_layernorm.weight"),
+                                        p + "self_attn.")
+        h = self.rms(x, p + "post_attention_layernorm.weight")
+        dense = i < self.c["first_k_dense_replace"]
+        return x + branch * (self.mlp(h, p + "mlp.") if dense else self.moe(h, p + "mlp."))
+
+    def hidden(self, ids):
+        """The final norm's output, what the head reads."""
         c, L = self.c, self.c["num_hidden_layers"]
         # MiniCPM3's scalings (absent in DeepSeek's: 1)
         x = self.t["model.embed_tokens.weight"][ids] * c.get("scale_emb", 1)
         branch = c["scale_depth"] / math.sqrt(L) if "scale_depth" in c else 1
         for i in range(L):
-            p = f"model.layers.{i}."
-            x = x + branch * self.attention(self.rms(x, p + "input_layernorm.weight"),
-                                            p + "self_attn.")
-            h = self.rms(x, p + "post_attention_layernorm.weight")
-            dense = i < c["first_k_dense_replace"]
-            x = x + branch * (self.mlp(h, p + "mlp.") if dense else self.moe(h, p + "mlp."))
+            x = self.block(x, i, branch)
+        return self.rms(x, "model.norm.weight")
+
+    def logits(self, ids):
+        c = self.c
         head = "model.embed_tokens.weight" if c["tie_word_embeddings"] else "lm_head.weight"
-        x = self.rms(x, "model.norm.weight")
+        x = self.hidden(ids)
         return self.lin(x / (c["hidden_size"] / c["dim_model_base"]) if "dim_model_base" in c
                         else x, head)
+
+    def prediction_logits(self, ids):
+        """Each multi-token prediction layer's logits [B, T - 1 - j, V] (layer j at row t
+        predicting token t + j + 2), as DeepSeek-V3's serving code computes them with the
+        layer's own tensors (vLLM's DeepSeekMultiTokenPredictorLayer): the embedding of token
+        t + j + 1 and the previous hidden state (the final norm's output, then layer j − 1's
+        shared_head.norm output), each RMS-normed (enorm, hnorm), concatenated in that order
+        through eh_proj, one decoder layer, shared_head.norm, shared_head.head."""
+        c, L = self.c, self.c["num_hidden_layers"]
+        h, out = self.hidden(ids), []
+        for j in range(c.get("num_nextn_predict_layers", 0)):
+            p = f"model.layers.{L + j}."
+            h = h[:, :-1]  # rows whose token t + j + 1 exists
+            e = self.t[p + "embed_tokens.weight"][ids[:, j + 1:]]
+            x = self.lin(torch.cat([self.rms(e, p + "enorm.weight"),
+                                    self.rms(h, p + "hnorm.weight")], -1), p + "eh_proj.weight")
+            h = self.rms(self.block(x, L + j), p + "shared_head.norm.weight")
+            out.append(self.lin(h, p + "shared_head.head.weight"))
+        return out
 
 
 def write_hf(directory, cfg, tensors):
@@ -353,15 +392,16 @@ def test_deepseek_v2_imports_and_evaluates_as_its_definition(data, tmp_path, cha
 def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, interleave):
     """V3's blocks: a query latent, sigmoid scores chosen with the routers' biases in the 2 best
     of 4 groups, renormalized and times 2.5 (those two keys left out of the file: they are
-    DeepseekV3Config's defaults); its multi-token prediction layer left out; the rotated rows
-    interleaved (DeepSeek's files) or not (rope_interleave false)."""
+    DeepseekV3Config's defaults); its multi-token prediction layer imported as a module, which
+    evaluation and generation leave aside; the rotated rows interleaved (DeepSeek's files) or not
+    (rope_interleave false)."""
     cfg = v3_config(**({} if interleave else {"rope_interleave": False}))
     tensors = random_tensors(cfg)
     written = {k: v for k, v in cfg.items() if k not in ("routed_scaling_factor",
                                                          "norm_topk_prob")}
     write_hf(tmp_path / "hf", written, tensors)
     out = imports_and_evaluates(data, tmp_path, cfg, tensors, "DeepSeek-V3",
-                                "1 multi-token prediction layer(s) after layer 2 are left out")
+                                "1 multi-token prediction layer(s) after layer 2 as the modules")
     with h5py.File(out, "r") as f:
         a = f["model"].attrs
         assert (a["moe_score"].decode() if isinstance(a["moe_score"], bytes) else a["moe_score"]) \
@@ -375,6 +415,87 @@ def test_deepseek_v3_imports_and_evaluates_as_its_definition(data, tmp_path, int
     assert p.returncode == 0 and "status: OK" in p.stdout, p.stdout + p.stderr
     # greedy decoding (the key/value cache, the routers' biases loaded) as the reference's
     decodes_as_reference(cfg, tensors, out, [1, 2, 3, 4], 8)
+
+
+def first_step_batch(d, run_cfg):
+    """The sequences of triad-train's first step on the data fixture's shards in order
+    (data.shuffle false): its batch_size windows of SEQ + 1 tokens from train_000's start."""
+    B = int(run_cfg_value(run_cfg, "batch_size"))
+    tokens = np.fromfile(d / "data" / "train_000.bin", dtype="<u2", offset=1024).astype(np.int64)
+    x = torch.from_numpy(np.stack([tokens[k * SEQ:(k + 1) * SEQ] for k in range(B)]))
+    y = torch.from_numpy(np.stack([tokens[k * SEQ + 1:(k + 1) * SEQ + 1] for k in range(B)]))
+    return x, y
+
+
+def run_cfg_value(run_cfg, key):
+    return next(line.split("=")[1].strip() for line in open(run_cfg)
+                if line.split("=")[0].strip() == key)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_deepseek_v3_prediction_layers_train_as_their_definition(data, tmp_path, layers):
+    """DeepSeek-V3's multi-token prediction layers (num_nextn_predict_layers; its release has
+    one, after layer 60, with experts) imported as triad's modules: the first step of training
+    from the import logs the reference's main loss and the prediction layers' mean loss (each
+    layer's mean cross-entropy over the tokens it predicts, averaged over the layers; the chain
+    of two as Megatron-Core runs it, each layer reading the one before's normed output), and
+    the model exported back holds the layers again: its files are the import's, bit for bit."""
+    from safetensors.torch import load_file
+    d, run_cfg = data
+    cfg = v3_config(num_nextn_predict_layers=layers)
+    tensors = random_tensors(cfg, seed=11)
+    write_hf(tmp_path / "hf", cfg, tensors)
+    out = tmp_path / "ds.h5"
+    p = tool("triad-convert", "import", tmp_path / "hf", out, "--seq-len", SEQ)
+    assert p.returncode == 0 and f"(model.mtp_depth = {layers}" in p.stdout, p.stdout + p.stderr
+    with h5py.File(out, "r") as f:
+        assert int(f["model"].attrs["mtp_depth"]) == layers
+        assert np.array_equal(f["router_bias/mtp/0"][()], tensors[
+            "model.layers.3.mlp.gate.e_score_correction_bias"].numpy())
+    assert tool("triad-ckpt", out).returncode == 0
+    name = f"mtp{layers}"
+    train("--config", run_cfg, "--init-from", out, "--model-from", out, "--train.steps", "1",
+          "--data.shuffle", "false", "--run.name", name, "--checkpoint.every", "0",
+          "--eval.every", "0", "--train.mtp_loss_weight", "0.3", check=True)
+    with h5py.File(d / "runs" / name / "metrics.h5", "r") as f:
+        loss, mtp_loss = float(f["train/loss"][0]), float(f["train/mtp_loss"][0])
+    x, y = first_step_batch(d, run_cfg)
+    model = DeepSeek(cfg, tensors)
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model.logits(x).reshape(-1, V),
+                                                 y.reshape(-1)).item()
+        per_layer = [torch.nn.functional.cross_entropy(
+            z.reshape(-1, V), y[:, j + 1:].reshape(-1)).item()
+            for j, z in enumerate(model.prediction_logits(x))]
+    # (triad's mean over all the layers' targets: the layers' counts differ by B per layer)
+    counts = [x.shape[0] * (SEQ - 1 - j) for j in range(layers)]
+    want_mtp = sum(c * v for c, v in zip(counts, per_layer)) / sum(counts)
+    assert abs(loss - want) <= 1e-5 * want, (loss, want)
+    assert abs(mtp_loss - want_mtp) <= 1e-5 * want_mtp, (mtp_loss, want_mtp, per_layer)
+    p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
+    assert p.returncode == 0 and "as the prediction layers after layer 2" in p.stdout, \
+        p.stdout + p.stderr
+    assert json.loads((tmp_path / "back" / "config.json").read_text())[
+        "num_nextn_predict_layers"] == layers
+    again = load_file(tmp_path / "back" / "model.safetensors")
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(again[k], v), k
+
+
+def test_prediction_layers_own_embedding_or_head_is_refused(data, tmp_path):
+    """A prediction layer's copy of the embedding (or the head) that is not the model's: triad's
+    modules read the model's own, so the import is refused by name, and nothing is written."""
+    cfg = v3_config()
+    for copy in ("embed_tokens", "shared_head.head"):
+        tensors = random_tensors(cfg)
+        tensors[f"model.layers.3.{copy}.weight"][7, 3] += 0.5
+        write_hf(tmp_path / copy, cfg, tensors)
+        out = tmp_path / f"{copy}.h5"
+        p = tool("triad-convert", "import", tmp_path / copy, out, "--seq-len", SEQ)
+        assert_clean_error(p, f"tensor model.layers.3.{copy}.weight differs from",
+                           "the model's own embedding and head")
+        assert not out.exists()
 
 
 def test_other_norms_epsilon_keeps_the_latent_norms_at_deepseeks(data, tmp_path):
@@ -641,7 +762,7 @@ def test_deepseek_tensors_missing_or_stray_are_refused(tmp_path):
     ids=["v2", "v3", "v2-groups"])
 def test_deepseek_imports_export_back_bit_for_bit(data, tmp_path, make):
     """An import exported again (--to hf) holds the same tensors, bit for bit, under the same
-    names (the prediction layer left out), and its config.json reads back as the same model."""
+    names (V3's prediction layer too), and its config.json reads back as the same model."""
     from safetensors.torch import load_file
     cfg = make()
     tensors = random_tensors(cfg)
@@ -651,9 +772,8 @@ def test_deepseek_imports_export_back_bit_for_bit(data, tmp_path, make):
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0, p.stderr
     again = load_file(tmp_path / "back" / "model.safetensors")
-    kept = {k: v for k, v in tensors.items() if not k.startswith("model.layers.3.")}
-    assert sorted(again) == sorted(kept)
-    for k, v in kept.items():
+    assert sorted(again) == sorted(tensors)
+    for k, v in tensors.items():
         assert torch.equal(again[k], v), k
     exported = json.loads((tmp_path / "back" / "config.json").read_text())
     for k in ("model_type", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",

@@ -1024,8 +1024,9 @@ def forward(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
 def forward_mtp(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tensor,
                 record: Optional[dict] = None, modules: bool = True):
     """(forward's logits, the multi-token prediction modules' logits [B, T, vocab_size] each):
-    module j (cfg.mtp_depth of them) reads the previous hidden state h (the last layer's output
-    before ln_f, then module j − 1's output) and the embedding e of input t + j + 1 (wte's row,
+    module j (cfg.mtp_depth of them) reads the previous hidden state h (what the head reads:
+    ln_f's output, then module j − 1's ln_f output, as Megatron-Core's MultiTokenPredictionLayer
+    and DeepSeek-V3's serving code define it) and the embedding e of input t + j + 1 (wte's row,
     times embed_scale; 0's past the end, whose rows have no target), and its block (layer n_layer
     + j's kind) runs on mtp/j/eh_proj · [ln_e(e) | ln_h(h)]; its ln_f's output goes through the
     model's head. Its target at row t is target t + j + 1."""
@@ -1059,7 +1060,8 @@ def forward_mtp(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tens
         x, a, m = _block(params, cfg, f"h/{i}/", x, i, layer_mask(i), positions)
         if record is not None:  # the activations train.activations_every reports
             record[f"h{i}_attn"], record[f"h{i}_mlp"], record[f"h{i}_out"] = a, m, x
-    logits = _logits(params, cfg, norm(params, cfg, "ln_f", x))
+    x = norm(params, cfg, "ln_f", x)
+    logits = _logits(params, cfg, x)
     predictions = []
     for j in range(cfg.mtp_depth if modules else 0):
         p, l = f"mtp/{j}/", cfg.n_layer + j
@@ -1071,7 +1073,8 @@ def forward_mtp(params: Dict[str, torch.Tensor], cfg: GptConfig, idx: torch.Tens
         both = torch.cat([norm(params, cfg, p + "ln_e", e), norm(params, cfg, p + "ln_h", x)], -1)
         x, _, _ = _block(params, cfg, p, linear(both, params[p + "eh_proj/weight"], None), l,
                          layer_mask(l), positions)
-        predictions.append(_logits(params, cfg, norm(params, cfg, p + "ln_f", x)))
+        x = norm(params, cfg, p + "ln_f", x)
+        predictions.append(_logits(params, cfg, x))
     return logits, predictions
 
 

@@ -697,8 +697,8 @@ class Gpt {
   // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets the
   // host ids of its B whole sequences, [B, seq_len]; T this rank's rows of each, as the chunk's;
   // the main classifier done): every module's forward pass and loss, then their backward passes,
-  // their gradients accumulated and the one of the chunk's output left in S.dmtp for
-  // backward_chunk. Counts the losses in take_mtp_stats.
+  // their gradients accumulated and the one of ln_f's output added to S.dlnf for backward_chunk.
+  // Counts the losses in take_mtp_stats.
   template <class A>
   void mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int B, int T,
                 float dloss_scale);

@@ -382,13 +382,13 @@ struct GptShape {
   bool moe_bias = false;
   // Multi-token prediction (model.mtp_depth = D; DeepSeek-V3's MTP modules, Megatron's
   // --mtp-num-layers): after the layers, D modules in a chain, module j (0-based) predicting the
-  // token j + 2 positions ahead. Module j reads the previous hidden state h (the last layer's
-  // output before ln_f, or module j − 1's output) and the embedding e of the token j + 1 ahead
-  // (wte[tok] times embed_scale, no positions), and runs one block of layer n_layer + j's kind
-  // (moe_layer, windowed, ...) on mtp/j/eh_proj · [norm(e) | norm(h)]; its own final norm's output
-  // goes through the model's head. Tensors mtp/j/{enorm, hnorm, eh_proj [C, 2C], <the block's>,
-  // norm} on the last pipeline stage (GptShape::mtp_layer). Training adds its losses, weighted
-  // (Gpt::set_mtp_weight); evaluation and generation use the layers and the head alone.
+  // token j + 2 positions ahead. Module j reads the previous hidden state h (what the head reads:
+  // ln_f's output, or module j − 1's final norm's output) and the embedding e of the token j + 1
+  // ahead (wte[tok] times embed_scale, no positions), and runs one block of layer n_layer + j's
+  // kind (moe_layer, windowed, ...) on mtp/j/eh_proj · [norm(e) | norm(h)]; its own final norm's
+  // output goes through the model's head. Tensors mtp/j/{ln_e, ln_h, eh_proj [C, 2C], <the
+  // block's>, ln_f} on the last pipeline stage (GptShape::mtp_layer). Training adds its losses,
+  // weighted (Gpt::set_mtp_weight); evaluation and generation use the layers and the head alone.
   int mtp_depth = 0;
   int mtp_layer(int j) const { return n_layer + j; }  // module j's block, as a layer index
   // Dense layers among them (model.moe_first_dense, model.moe_every): layer i (0-based) has the
