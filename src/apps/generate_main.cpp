@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -32,6 +34,7 @@
 #include "triad/train/run_plan.h"
 #include "triad/train/sample_printer.h"
 #include "triad/train/sampler.h"
+#include "triad/train/speculative.h"
 
 namespace po = boost::program_options;
 
@@ -122,11 +125,11 @@ std::vector<int32_t> infill_prompt(const triad::Tokenizer& tok, const std::strin
 int main(int argc, char** argv) {
   return triad::run_main(argc, argv, "triad-generate", [&](MPI_Comm world) {
     std::string checkpoint, run_dir, vocab, prompt, prompt_ids, backend, precision, output, chat,
-        system, messages, suffix, fim_tokens;
+        system, messages, suffix, fim_tokens, draft_checkpoint;
     int64_t seed = 0;
     triad::SampleOptions opt;  // the sampling options parse into it
     std::vector<std::string> stops;
-    int threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0;
+    int threads = 0, samples = 1, batch = 0, tp = 1, pp = 1, logprobs = 0, draft_tokens = 4;
     bool no_cache = false, timing = false, stop_at_eot = false, ema = false, fim_spm = false,
          stream = false;
     po::options_description desc("usage: triad-generate (--checkpoint FILE | --run DIR) [options]");
@@ -213,7 +216,14 @@ int main(int argc, char** argv) {
                                           "print the generation speed to stderr")(
         "tp", po::value(&tp)->default_value(1),
         "tensor-parallel ranks (a model too large for one device: mpirun -np tp·pp)")(
-        "pp", po::value(&pp)->default_value(1), "pipeline stages (layers split evenly)");
+        "pp", po::value(&pp)->default_value(1), "pipeline stages (layers split evenly)")(
+        "draft", po::value(&draft_checkpoint),
+        "speculative decoding: a small model over the same token ids (a checkpoint file, or a run "
+        "directory: its newest complete checkpoint; loaded whole on every rank) drafts tokens, "
+        "which the model checks several at a time; the "
+        "samples are distributed as without it (greedy, --top-k 1: the same tokens), drawn one "
+        "at a time")("draft-tokens", po::value(&draft_tokens)->default_value(4),
+                     "with --draft: the tokens drafted a round (1 .. 32)");
     po::variables_map vm;
     try {
       const po::parsed_options parsed = po::parse_command_line(argc, argv, desc);
@@ -243,7 +253,16 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(batch >= 1, "--batch must be >= 1 (got ", batch, ")");
     // Several samples go through the model together (in lockstep, on any grid): a grid draws
     // what one rank with the same --batch draws.
-    const int together = std::min(samples, batch);
+    const bool drafting = vm.count("draft") != 0;
+    TRIAD_CHECK(!drafting || !draft_checkpoint.empty(), "--draft is empty (give a checkpoint)");
+    TRIAD_CHECK(drafting || vm["draft-tokens"].defaulted(), "--draft-tokens needs --draft");
+    TRIAD_CHECK(draft_tokens >= 1 && draft_tokens <= 32, "--draft-tokens must be in [1, 32] (got ",
+                draft_tokens, ")");
+    TRIAD_CHECK(!drafting || vm["batch"].defaulted() || batch == 1,
+                "--draft decodes one sample at a time: give --batch 1 (got --batch ", batch, ")");
+    TRIAD_CHECK(!drafting || !no_cache,
+                "--draft checks the drafted tokens against the KV cache: not with --no-kv-cache");
+    const int together = drafting ? 1 : std::min(samples, batch);
     TRIAD_CHECK(!stream || together == 1, "--stream prints one sample at a time: with --samples ",
                 samples, ", give --batch 1 (got --batch ", batch, ")");
     TRIAD_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
@@ -355,9 +374,10 @@ int main(int argc, char** argv) {
     // together at once.
     triad::ActivationOptions forward_only;
     forward_only.inference = true;
-    forward_only.logits_chunk = together;
-    triad::Gpt model(shape, together, *be, 1, mp, nullptr,
-                     bf16 ? triad::Precision::bf16 : triad::Precision::fp32, forward_only);
+    // (with a draft: the logits of its tokens and the one after, checked in one product)
+    forward_only.logits_chunk = drafting ? draft_tokens + 1 : together;
+    const triad::Precision precision_kind = bf16 ? triad::Precision::bf16 : triad::Precision::fp32;
+    triad::Gpt model(shape, together, *be, 1, mp, nullptr, precision_kind, forward_only);
     // On the CPU the parameters are host memory and are loaded in place; device memory is loaded
     // through a host copy.
     std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
@@ -374,6 +394,38 @@ int main(int argc, char** argv) {
     if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
     model.params_updated();
     triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training
+    // --draft: the draft model, whole on every rank (each draws the same tokens).
+    std::unique_ptr<triad::Gpt> draft;
+    if (drafting) {
+      if (std::filesystem::is_directory(draft_checkpoint)) {
+        const std::string dir = draft_checkpoint;
+        draft_checkpoint = triad::find_resume_checkpoint(world, dir + "/ckpt");
+        TRIAD_CHECK(!draft_checkpoint.empty(), "--draft ", dir, ": no complete checkpoint in ", dir,
+                    "/ckpt");
+      }
+      const triad::CheckpointState ds = triad::read_checkpoint_state(world, draft_checkpoint);
+      TRIAD_CHECK(ds.model.vocab_size == m.vocab_size, "--draft ", draft_checkpoint,
+                  ": its model has ", ds.model.vocab_size, " tokens and the model ", m.vocab_size,
+                  " (", checkpoint, "): a draft must share the model's token ids");
+      TRIAD_CHECK(!bf16 || ds.model.n_embd % 2 == 0, "--draft ", draft_checkpoint,
+                  ": --precision bf16 needs an even n_embd (its is ", ds.model.n_embd, ")");
+      triad::ActivationOptions one_row;
+      one_row.inference = true;
+      one_row.logits_chunk = 1;
+      draft = std::make_unique<triad::Gpt>(
+          triad::gpt_shape(ds.model, triad::padded_vocab_size(int(ds.model.vocab_size), 1)), 1, *be,
+          1, triad::ModelParallel{}, nullptr, precision_kind, one_row);
+      std::vector<float> draft_host(backend == "cpu" ? 0 : draft->num_floats());
+      float* draft_base = draft_host.empty() ? draft->params() : draft_host.data();
+      triad::load_checkpoint_tensors(
+          world, draft_checkpoint,
+          {{"model", triad::model_tensor_refs(*draft, draft_base, 0, true, 0, 0, 0, 0), true}});
+      if (!draft_host.empty())
+        be->copy_from_host(draft->params(), draft_host.data(), draft_host.size());
+      draft->params_updated();
+      triad::load_router_bias(world, draft_checkpoint, *draft);
+    }
+    triad::SpeculativeStats drafted;
     triad::Rng rng(static_cast<uint64_t>(seed));
     opt.kv_cache = !no_cache;
     opt.logprobs = logprobs;
@@ -433,8 +485,21 @@ int main(int argc, char** argv) {
         if (!printers.empty()) printers[size_t(b)].token(id, lp);
       };
       std::vector<std::vector<triad::TokenLogprob>> lps;
-      const auto outs = triad::sample_continuations(model, ids, k, opt, rng,
-                                                    output == "logprobs" ? &lps : nullptr);
+      std::vector<std::vector<int32_t>> outs;
+      if (draft) {
+        triad::SpeculativeStats one;
+        lps.resize(1);
+        outs.push_back(triad::speculative_continuation(model, *draft, ids, opt, draft_tokens, rng,
+                                                       &one,
+                                                       output == "logprobs" ? &lps[0] : nullptr));
+        drafted.rounds += one.rounds;
+        drafted.proposed += one.proposed;
+        drafted.accepted += one.accepted;
+        drafted.plain += one.plain;
+      } else {
+        outs = triad::sample_continuations(model, ids, k, opt, rng,
+                                           output == "logprobs" ? &lps : nullptr);
+      }
       for (const auto& out : outs) generated += out.size();
       for (size_t b = 0; b < printers.size(); ++b) {
         printers[b].finish();
@@ -447,6 +512,18 @@ int main(int argc, char** argv) {
                 << " in " << sec << " s: " << double(generated) / sec << " tokens/s (" << be->name()
                 << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache " << (no_cache ? "off" : "on")
                 << ", " << together << " at a time)" << std::endl;
+    if (timing && rank == 0 && draft)
+      std::cerr << "triad-generate: speculative decoding with " << draft_checkpoint << ": "
+                << drafted.rounds << " rounds, " << drafted.accepted << " of " << drafted.proposed
+                << " drafted tokens kept ("
+                << (drafted.proposed ? 100.0 * double(drafted.accepted) / double(drafted.proposed)
+                                     : 0.0)
+                << "%), "
+                << (drafted.rounds
+                        ? double(generated - size_t(drafted.plain)) / double(drafted.rounds)
+                        : 0.0)
+                << " tokens per round of " << draft_tokens << ", " << drafted.plain
+                << " tokens without a draft" << std::endl;
     return 0;
   });
 }

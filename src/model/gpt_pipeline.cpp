@@ -46,6 +46,12 @@ const float* Gpt::decode_logits(const int32_t* tokens, int B, int len) {
                                        : next_token_logits_t<float>(tokens, B, len, true);
 }
 
+const float* Gpt::decode_logits_last(const int32_t* tokens, int B, int len, int last) {
+  TRIAD_CHECK(last >= 1 && last <= len, "decode_logits_last: last = ", last, " outside 1..", len);
+  return precision_ == Precision::bf16 ? next_token_logits_t<bf16_t>(tokens, B, len, true, last)
+                                       : next_token_logits_t<float>(tokens, B, len, true, last);
+}
+
 const float* Gpt::sequence_losses(const int32_t* tokens, int B, int len, int last,
                                   const int32_t* targets, bool cached) {
   TRIAD_CHECK(last >= 1 && last <= len, "sequence_losses: last = ", last, " outside 1..", len);
@@ -382,38 +388,43 @@ Gpt::Set<A>* Gpt::decode_forward(const int32_t* tokens, int B, int len, bool cac
 }
 
 template <class A>
-const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached) {
+const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, bool cached,
+                                      int last) {
   const int C = shape_.n_embd, Vl = vocab_local_, Vp = shape_.padded_vocab_size;
-  const int V = shape_.vocab_size;
-  // Only each sequence's last position's logits are needed: its row of the classifier. The B
-  // rows go through the head up to logits_rows_ at a time (a product, not B matrix-vector ones
-  // that each read the whole head: a prompt's first step of many samples), moved first to the
-  // front of lnfg, in order (row b's source, b·rows + n − 1, is never a row written before it).
-  const int together = std::min(B, logits_rows_);
-  // Host logits: B rows of Vp floats, then (tp > 1) room for `together` gathered rows and this
+  const int V = shape_.vocab_size, U = B * last;  // U rows of logits: `last` per sequence
+  // Only each sequence's last `last` positions' logits are needed: their rows of the classifier.
+  // The U rows go through the head up to logits_rows_ at a time (a product, not U matrix-vector
+  // ones that each read the whole head: a prompt's first step of many samples), moved first to
+  // the front of lnfg, in order (row u's source, b·rows + n − last + j for u = b·last + j, is
+  // never a row written before it).
+  const int together = std::min(U, logits_rows_);
+  // Host logits: U rows of Vp floats, then (tp > 1) room for `together` gathered rows and this
   // rank's slice of them.
   const size_t room = mp_.tp == 1 ? 0 : size_t(together) * (size_t(Vp) + size_t(Vl));
-  if (host_scratch_.size() < size_t(B) * Vp + room) host_scratch_.resize(size_t(B) * Vp + room);
+  if (host_scratch_.size() < size_t(U) * Vp + room) host_scratch_.resize(size_t(U) * Vp + room);
   float* out = host_scratch_.data();
   int n = 0, rows = 0;
-  if (Set<A>* last = decode_forward<A>(tokens, B, len, cached, 1, n, rows)) {
+  if (Set<A>* S = decode_forward<A>(tokens, B, len, cached, last, n, rows)) {
     A* logits = acts<A>().logits;
-    auto last_row = [&](int b) { return last->lnfg + (size_t(b) * rows + size_t(n - 1)) * C; };
-    const bool compact = together > 1 && (rows > 1 || n > 1);
-    for (int b = 0; compact && b < B; ++b)
-      if (last_row(b) != last->lnfg + size_t(b) * C)
-        be_.copy(words(last->lnfg + size_t(b) * C), words(last_row(b)), word_count<A>(size_t(C)));
-    for (int b0 = 0; b0 < B; b0 += together) {
-      const int k = std::min(together, B - b0);
-      const A* x = compact ? last->lnfg + size_t(b0) * C : last_row(b0);
+    auto source = [&](int u) {
+      const int b = u / last, j = u % last;
+      return S->lnfg + (size_t(b) * rows + size_t(n - last + j)) * C;
+    };
+    const bool compact = together > 1;
+    for (int u = 0; compact && u < U; ++u)
+      if (source(u) != S->lnfg + size_t(u) * C)
+        be_.copy(words(S->lnfg + size_t(u) * C), words(source(u)), word_count<A>(size_t(C)));
+    for (int b0 = 0; b0 < U; b0 += together) {
+      const int k = std::min(together, U - b0);
+      const A* x = compact ? S->lnfg + size_t(b0) * C : source(b0);
       head_logits(logits, x, k, Vl);
       float* dst = out + size_t(b0) * Vp;
       if (mp_.tp == 1) {
         logits_to_host(dst, logits, size_t(k) * Vl);
       } else {
         // The slices in tensor-parallel rank order are the padded vocabulary in order, gathered
-        // in the room after the B rows as [tp][k][Vl], the rows [k][tp·Vl] wanted.
-        float* gathered = out + size_t(B) * Vp;
+        // in the room after the U rows as [tp][k][Vl], the rows [k][tp·Vl] wanted.
+        float* gathered = out + size_t(U) * Vp;
         float* mine = gathered + size_t(together) * Vp;
         logits_to_host(mine, logits, size_t(k) * Vl);
         mp_.tp_comm->all_gather(mine, gathered, size_t(k) * Vl);
@@ -424,10 +435,10 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       }
     }
   }
-  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(B) * Vp, mp_.head_stage());
-  // Rows of vocab_size logits (the padding dropped), one per sequence.
-  for (int b = 1; b < B; ++b)
-    std::memmove(out + size_t(b) * V, out + size_t(b) * Vp, size_t(V) * sizeof(float));
+  if (mp_.pp > 1) mp_.pp_comm->broadcast(out, size_t(U) * Vp, mp_.head_stage());
+  // Rows of vocab_size logits (the padding dropped), `last` per sequence.
+  for (int u = 1; u < U; ++u)
+    std::memmove(out + size_t(u) * V, out + size_t(u) * Vp, size_t(V) * sizeof(float));
   return out;
 }
 

@@ -52,12 +52,24 @@ SampleRangeError sample_range_error(const SampleOptions& o) {
 
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
                      std::vector<int>& order, std::vector<double>& prob) {
+  double z = 0;
+  const int k = sample_candidates(logits, V, opt, order, prob, z);
+  double u = rng.uniform() * z;
+  for (int i = 0; i < k; ++i) {
+    u -= prob[size_t(i)];
+    if (u <= 0) return order[size_t(i)];
+  }
+  return order[size_t(k - 1)];
+}
+
+int sample_candidates(const float* logits, int V, const SampleOptions& opt, std::vector<int>& order,
+                      std::vector<double>& prob, double& z) {
   prob.resize(size_t(V));
   // Candidates: the top-k logits (all of them when top_k is 0 or >= V).
   int k = (opt.top_k <= 0 || opt.top_k >= V) ? V : opt.top_k;
   order_likeliest(logits, V, k, order);
   const double mx = logits[order[0]];
-  double z = 0;
+  z = 0;
   for (int i = 0; i < k; ++i) {
     prob[size_t(i)] = std::exp((double(logits[order[size_t(i)]]) - mx) / opt.temperature);
     z += prob[size_t(i)];
@@ -81,12 +93,7 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& 
     for (int i = keep; i < k; ++i) z -= prob[size_t(i)];
     k = keep;
   }
-  double u = rng.uniform() * z;
-  for (int i = 0; i < k; ++i) {
-    u -= prob[size_t(i)];
-    if (u <= 0) return order[size_t(i)];
-  }
-  return order[size_t(k - 1)];
+  return k;
 }
 
 void penalize_logits(float* logits, int V, const SampleOptions& opt,

@@ -535,6 +535,12 @@ class Gpt {
   // first call with B > 1 allocates a scratch of max_batch·seq_len q|k|v rows (not in
   // memory_plan); a model for inference has it in its plan.
   const float* decode_logits(const int32_t* tokens, int B, int len);
+  // decode_logits' logits of each sequence's last `last` positions, [B, last, vocab_size]: row j
+  // the prediction after token len − last + j (1 <= last <= len; B·last <= max_batch · seq_len).
+  // Speculative decoding checks a draft's tokens with them, all in one pass. The cache as
+  // decode_logits' (a call whose tokens leave a previous call's at a position recomputes from
+  // there: rejected draft tokens are overwritten).
+  const float* decode_logits_last(const int32_t* tokens, int B, int len, int last);
   // Scoring continuations (multiple-choice evaluation): the cross-entropy of each sequence's last
   // `last` positions' predictions, losses[b·last + j] = −log p(targets[b·last + j] | the tokens
   // of sequence b up to position len − last + j), on the host of every rank (valid until the
@@ -614,7 +620,8 @@ class Gpt {
   template <class A>
   void forward_logits_t(const int32_t* inputs, int B, float* host_out);
   template <class A>
-  const float* next_token_logits_t(const int32_t* tokens, int B, int len, bool cached);
+  const float* next_token_logits_t(const int32_t* tokens, int B, int len, bool cached,
+                                   int last = 1);
   template <class A>
   const float* sequence_losses_t(const int32_t* tokens, int B, int len, int last,
                                  const int32_t* targets, bool cached);

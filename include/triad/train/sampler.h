@@ -76,6 +76,12 @@ SampleRangeError sample_range_error(const SampleOptions& opt);
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, Rng& rng,
                      std::vector<int>& order, std::vector<double>& prob);
 
+// The distribution sample_token draws from: its k candidates order[0 .. k) (likeliest first) and
+// their weights prob[0 .. k), whose sum is z (candidate i is drawn with probability prob[i] / z;
+// every other id never). Returns k.
+int sample_candidates(const float* logits, int V, const SampleOptions& opt, std::vector<int>& order,
+                      std::vector<double>& prob, double& z);
+
 // opt's penalties on the first V logits, in place, for a sequence whose first prompt_len tokens
 // are the prompt and the rest its continuation so far. count is scratch of V entries.
 void penalize_logits(float* logits, int V, const SampleOptions& opt,
