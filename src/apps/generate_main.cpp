@@ -220,7 +220,8 @@ int main(int argc, char** argv) {
         "draft", po::value(&draft_checkpoint),
         "speculative decoding: a small model over the same token ids (a checkpoint file, or a run "
         "directory: its newest complete checkpoint; loaded whole on every rank) drafts tokens, "
-        "which the model checks several at a time; the "
+        "or `mtp`: the model's own first multi-token prediction module (model.mtp_depth; one "
+        "token a round, on one rank), which the model checks several at a time; the "
         "samples are distributed as without it (greedy, --top-k 1: the same tokens), drawn one "
         "at a time")("draft-tokens", po::value(&draft_tokens)->default_value(4),
                      "with --draft: the tokens drafted a round (1 .. 32)");
@@ -262,6 +263,14 @@ int main(int argc, char** argv) {
                 "--draft decodes one sample at a time: give --batch 1 (got --batch ", batch, ")");
     TRIAD_CHECK(!drafting || !no_cache,
                 "--draft checks the drafted tokens against the KV cache: not with --no-kv-cache");
+    const bool module_draft = drafting && draft_checkpoint == "mtp";
+    TRIAD_CHECK(!module_draft || vm["draft-tokens"].defaulted() || draft_tokens == 1,
+                "--draft mtp drafts one token a round (with the first multi-token prediction "
+                "module): --draft-tokens must be 1 (got ",
+                draft_tokens, ")");
+    if (module_draft) draft_tokens = 1;
+    TRIAD_CHECK(!module_draft || tp * pp == 1, "--draft mtp runs on one rank (got --tp ", tp,
+                " --pp ", pp, ")");
     const int together = drafting ? 1 : std::min(samples, batch);
     TRIAD_CHECK(!stream || together == 1, "--stream prints one sample at a time: with --samples ",
                 samples, ", give --batch 1 (got --batch ", batch, ")");
@@ -376,6 +385,12 @@ int main(int argc, char** argv) {
     forward_only.inference = true;
     // (with a draft: the logits of its tokens and the one after, checked in one product)
     forward_only.logits_chunk = drafting ? draft_tokens + 1 : together;
+    if (module_draft) {
+      TRIAD_CHECK(m.mtp_depth > 0, "--draft mtp: ", checkpoint,
+                  " has no multi-token prediction modules (model.mtp_depth 0): give a draft "
+                  "model's checkpoint");
+      forward_only.mtp_draft = true;
+    }
     const triad::Precision precision_kind = bf16 ? triad::Precision::bf16 : triad::Precision::fp32;
     triad::Gpt model(shape, together, *be, 1, mp, nullptr, precision_kind, forward_only);
     // On the CPU the parameters are host memory and are loaded in place; device memory is loaded
@@ -396,7 +411,7 @@ int main(int argc, char** argv) {
     triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training
     // --draft: the draft model, whole on every rank (each draws the same tokens).
     std::unique_ptr<triad::Gpt> draft;
-    if (drafting) {
+    if (drafting && !module_draft) {
       if (std::filesystem::is_directory(draft_checkpoint)) {
         const std::string dir = draft_checkpoint;
         draft_checkpoint = triad::find_resume_checkpoint(world, dir + "/ckpt");
@@ -486,12 +501,13 @@ int main(int argc, char** argv) {
       };
       std::vector<std::vector<triad::TokenLogprob>> lps;
       std::vector<std::vector<int32_t>> outs;
-      if (draft) {
+      if (drafting) {
         triad::SpeculativeStats one;
         lps.resize(1);
-        outs.push_back(triad::speculative_continuation(model, *draft, ids, opt, draft_tokens, rng,
-                                                       &one,
-                                                       output == "logprobs" ? &lps[0] : nullptr));
+        std::vector<triad::TokenLogprob>* lp = output == "logprobs" ? &lps[0] : nullptr;
+        outs.push_back(draft ? triad::speculative_continuation(model, *draft, ids, opt,
+                                                               draft_tokens, rng, &one, lp)
+                             : triad::mtp_speculative_continuation(model, ids, opt, rng, &one, lp));
         drafted.rounds += one.rounds;
         drafted.proposed += one.proposed;
         drafted.accepted += one.accepted;
@@ -512,7 +528,7 @@ int main(int argc, char** argv) {
                 << " in " << sec << " s: " << double(generated) / sec << " tokens/s (" << be->name()
                 << ", " << (bf16 ? "bf16" : "fp32") << ", KV cache " << (no_cache ? "off" : "on")
                 << ", " << together << " at a time)" << std::endl;
-    if (timing && rank == 0 && draft)
+    if (timing && rank == 0 && drafting)
       std::cerr << "triad-generate: speculative decoding with " << draft_checkpoint << ": "
                 << drafted.rounds << " rounds, " << drafted.accepted << " of " << drafted.proposed
                 << " drafted tokens kept ("

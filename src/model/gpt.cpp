@@ -519,6 +519,7 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       precision_(precision),
       recompute_(options.recompute),
       inference_(options.inference),
+      mtp_draft_(options.mtp_draft),
       logits_rows_(logits_chunk_rows(options, max_batch, shape, mp.cp)) {
   TRIAD_ASSERT(shards >= 1 && zero.shard < shards);
   TRIAD_CHECK(!zero.master || (zero.shard >= 0 && !options.inference &&
@@ -675,6 +676,18 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
                 "internal error: the pipeline schedule places the chunks otherwise than the model");
     schedule_ = *schedule;
   }
+  // Drafting with module 0 (mtp_draft_logits): its block decodes as a layer, on one rank.
+  TRIAD_CHECK(!mtp_draft_ || (inference_ && shape_.mtp_depth > 0),
+              "drafting with a multi-token prediction module needs a model for inference with "
+              "model.mtp_depth > 0 (this one has ",
+              shape_.mtp_depth, ")");
+  TRIAD_CHECK(!mtp_draft_ || (mp.tp == 1 && mp.pp == 1 && mp.cp == 1 && mp.ep == 1),
+              "drafting with the multi-token prediction module runs on one rank (tp = pp = 1)");
+  TRIAD_CHECK(!mtp_draft_ ||
+                  kv_ring_rows(shape_, mp_, precision == Precision::bf16, shape_.mtp_layer(0)) == 0,
+              "drafting with the multi-token prediction module: its block's sliding window (",
+              shape_.layer_window(shape_.mtp_layer(0)),
+              " positions) keeps a ring of keys and values, which it does not decode with");
   // Inference: one set per chunk, as without a schedule (forward passes run chunk by chunk).
   const ActivationSlots a = activation_slots(mp, inference_ ? nullptr : schedule, also);
   split_backward_ = a.split_backward;
@@ -687,11 +700,13 @@ Gpt::Gpt(const GptShape& shape, int max_batch, Backend& backend, int shards,
       "a pipeline schedule that splits the backward pass (zb-h1, zb-v) cannot recompute full "
       "layers: use train.recompute = gelu or none, or parallel.schedule = 1f1b");
   if (precision_ == Precision::bf16)
-    acts_bf16_ = new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                         logits_rows_, a.split_backward, inference_, &be_);
+    acts_bf16_ =
+        new Activations<bf16_t>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
+                                logits_rows_, a.split_backward, inference_, mtp_draft_, &be_);
   else
-    acts_fp32_ = new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
-                                        logits_rows_, a.split_backward, inference_, &be_);
+    acts_fp32_ =
+        new Activations<float>(shape_, mp_, max_batch_, a.slots, a.grad_sends, recompute_,
+                               logits_rows_, a.split_backward, inference_, mtp_draft_, &be_);
   if (const size_t n = inference_ ? 0 : tied_scratch_floats(shape, mp); n > 0)
     tied_scratch_ = be_.alloc(n);
   if (shape_.moe()) {
@@ -776,13 +791,13 @@ GptMemory Gpt::memory_plan(const GptShape& shape, int max_batch, int shards,
         gathered;
     m.activations =
         Activations<bf16_t>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
-                            a.split_backward, options.inference, nullptr)
+                            a.split_backward, options.inference, options.mtp_draft, nullptr)
             .bytes();
   } else {
     m.weights += gathered;  // fp32: the gathered weights are what the layers read
     m.activations =
         Activations<float>(shape, mp, max_batch, a.slots, a.grad_sends, options.recompute, rows,
-                           a.split_backward, options.inference, nullptr)
+                           a.split_backward, options.inference, options.mtp_draft, nullptr)
             .bytes();
   }
   // (the multi-token prediction modules' routers' biases, and their ids and targets in training

@@ -282,7 +282,7 @@ struct Gpt::Activations {
   // so that bytes() tells what the allocation would take (Gpt::memory_plan).
   Activations(const GptShape& s, const ModelParallel& mp, int B, const std::vector<int>& slots,
               int n_grad_sends, Recomputation recompute, int logits_rows, bool split_backward,
-              bool inference, Backend* be)
+              bool inference, bool mtp_draft, Backend* be)
       : be_(be) {
     // Rows here: B sequences of seq_len tokens, of which a context-parallel rank holds 1/cp.
     const size_t BT = size_t(B) * size_t(mp.seq_rows(s.seq_len)), C = s.n_embd;
@@ -318,13 +318,15 @@ struct Gpt::Activations {
     }
     // Training on the last stage: the multi-token prediction modules' blocks too.
     const bool mtp_here = !inference && s.mtp_depth > 0 && mp.holds_head();
-    for (int j = 0; mtp_here && j < s.mtp_depth; ++j) {
+    // Inference drafting with module 0 (Gpt::mtp_draft_logits): its block decodes as a layer.
+    const bool mtp_decode = inference && mtp_draft && s.mtp_depth > 0 && mp.holds_head();
+    for (int j = 0; (mtp_here || mtp_decode) && j < (mtp_here ? s.mtp_depth : 1); ++j) {
       const int l = s.mtp_layer(j);
       experts = experts || s.moe_layer(l);
       dense = dense || !s.moe_layer(l);
       joins = joins || s.joins_branches(l, mp.tp);
     }
-    const bool has_layers = mp.rank_layers(s.n_layer) > 0 || mtp_here;
+    const bool has_layers = mp.rank_layers(s.n_layer) > 0 || mtp_here || mtp_decode;
     const size_t K = experts ? size_t(s.moe_top_k) : 1, E = size_t(s.moe_experts);
     // Rows on the experts' side: expert parallelism may bring this rank every rank's choices (the
     // worst case: its buffers are sized for it), at most ep·N·k rows; with a capacity c per
@@ -512,6 +514,23 @@ struct Gpt::Activations {
       if (sp) want(mtp_dnorm, R * C);
       want(mtp_demb, R * C);
     }
+    if (mtp_decode) {  // module 0's rows, its block's internals the scratch layer's (below)
+      MtpModule& M = mtp.emplace_back();
+      want(M.emb, R * C);
+      want(M.en, R * C);
+      want(M.hn, R * C);
+      if (means) want_f(M.en_mean, R);
+      if (means) want_f(M.hn_mean, R);
+      want_f(M.en_rstd, R);
+      want_f(M.hn_rstd, R);
+      want(M.cat, BT * 2 * C);
+      want(M.in, R * C);
+      want(M.block.qkv, BT * Wl);  // the block's cache: seq_len rows per sequence
+      want(M.block.residual3, R * C);
+      want(M.lnf, R * C);
+      if (means) want_f(M.lnf_mean, R);
+      want_f(M.lnf_rstd, R);
+    }
     if (!inference) want(dresidual, R * C);
     if (!inference && has_layers) {
       // (the branch's share of the gradient where a scale or the dropout changes it)
@@ -574,7 +593,7 @@ struct Gpt::Activations {
       if (mp.tp > 1) want_f(ce_stats, 4 * size_t(logits_rows));
     }
     if (any_recompute && recompute.mode == Recompute::gelu) want(gelu_work, most_h);
-    if (any_recompute && recompute.mode == Recompute::full)
+    if ((any_recompute || mtp_decode) && recompute.mode == Recompute::full)
       want_internals(work, true, experts, dense);
     want(proj, R * C);
     if (sp) want(ln_local, R * C);
@@ -627,6 +646,13 @@ struct Gpt::Activations {
       }
     };
     alias(work);
+    if (mtp_decode) {  // the scratch layer's internals, its own output and cache
+      Layer& L = mtp[0].block;
+      A *out = L.residual3, *qkv = L.qkv;
+      L = work;
+      L.residual3 = out;
+      L.qkv = qkv;
+    }
     for (MtpModule& M : mtp) {
       alias(M.block);
       if (sp) M.lnf = ln_local;

@@ -197,6 +197,72 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   }
 }
 
+const float* Gpt::mtp_draft_logits(const int32_t* tokens, int len, int from) {
+  return precision_ == Precision::bf16 ? mtp_draft_logits_t<bf16_t>(tokens, len, from)
+                                       : mtp_draft_logits_t<float>(tokens, len, from);
+}
+
+template <class A>
+const float* Gpt::mtp_draft_logits_t(const int32_t* tokens, int len, int from) {
+  const int C = shape_.n_embd, V = shape_.vocab_size, l = shape_.mtp_layer(0);
+  TRIAD_CHECK(mtp_draft_,
+              "mtp_draft_logits: the model was not built to draft "
+              "(ActivationOptions::mtp_draft)");
+  // The last decode call's new rows: positions first .. decoded_tokens() − 1.
+  const int first = decoded_tokens() - last_decoded_rows_, N = len - 1 - from;
+  TRIAD_CHECK(decoded_batch_ == 1 && len >= 2 && len <= shape_.seq_len && from >= first && N >= 1 &&
+                  len - 1 <= decoded_tokens(),
+              "mtp_draft_logits: positions ", from, " .. ", len - 2,
+              " are not among the last decode call's (", first, " .. ", decoded_tokens() - 1, ")");
+  auto& a = acts<A>();
+  auto& M = a.mtp[0];
+  auto& L = M.block;
+  auto weight = [&](int index) { return weight_at<A>(specs_[size_t(index)].offset); };
+  auto bias = [&](int index) { return lnf_bias_ ? weight(index + 1) : nullptr; };
+  const int nb = lnf_bias_ ? 2 : 1, lne = mtp_[0], lnh = lne + nb, proj = lne + 2 * nb;
+  const int lnf = layer_[size_t(l)] + layer_count(l);
+  const A* wte_w = shape_.tied ? head_weight<A>() : weight(wte_);
+  // Its inputs: the hidden states of positions from .. len − 2 (the model's ln_f output, in the
+  // last decode's rows), and the embedding of the token after each.
+  const A* h = a.sets[0][0].lnfg + size_t(from - first) * C;
+  upload_ids(tokens + from + 1, nullptr, N);
+  be_.encoder_forward(M.emb, d_inputs_, wte_w, nullptr, 1, N, C);
+  if (shape_.embed_scale != 1.0f)
+    be_.scale_cap_logits(M.emb, size_t(N) * C, shape_.embed_scale, 0.0f);
+  be_.layernorm_forward(M.en, M.en_mean, M.en_rstd, M.emb, weight(lne), bias(lne), N, C,
+                        shape_.norm_eps);
+  be_.layernorm_forward(M.hn, M.hn_mean, M.hn_rstd, h, weight(lnh), bias(lnh), N, C,
+                        shape_.norm_eps);
+  const A* halves[2] = {M.en, M.hn};
+  for (int k = 0; k < 2; ++k)
+    be_.copy_rows(words(M.cat + size_t(k) * C), word_count<A>(2 * size_t(C)), words(halves[k]),
+                  word_count<A>(size_t(C)), size_t(N), word_count<A>(size_t(C)));
+  be_.matmul_forward(M.in, M.cat, weight(proj), static_cast<const A*>(nullptr), N, 2 * C, C);
+  // The block at positions from .. len − 2, its keys and values into its own cache.
+  size_t origin = 0;
+  const A* base = layer_weight_base<A>(l, &origin);
+  const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
+  struct Decoding {
+    bool& flag;
+    ~Decoding() { flag = false; }
+  } scope{decoding_};
+  decoding_ = true;
+  pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, M.in, w.ln1w, w.ln1b, N);
+  layer_front_at(L, M.in, l, 1, N, from);
+  mlp_output(L, w, l, N);
+  const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, N,
+                                   GptShape::mlp_dropout_site(l));
+  const A* res = fuses_branches(l) ? M.in : L.residual2;
+  be_.residual_layernorm_forward(L.residual3, M.lnf, M.lnf_mean, M.lnf_rstd, res, mlp_out,
+                                 weight(lnf), bias(lnf), N, C, shape_.norm_eps);
+  // The head on the last row: the draft's logits.
+  head_logits(a.logits, M.lnf + size_t(N - 1) * C, 1, vocab_local_);
+  mtp_host_logits_.resize(size_t(shape_.padded_vocab_size));
+  logits_to_host(mtp_host_logits_.data(), a.logits, size_t(vocab_local_));
+  mtp_host_logits_.resize(size_t(V));
+  return mtp_host_logits_.data();
+}
+
 template void Gpt::mtp_step<float>(Set<float>&, const int32_t*, const int32_t*, int, int, float);
 template void Gpt::mtp_step<bf16_t>(Set<bf16_t>&, const int32_t*, const int32_t*, int, int, float);
 

@@ -410,7 +410,9 @@ const float* Gpt::next_token_logits_t(const int32_t* tokens, int B, int len, boo
       const int b = u / last, j = u % last;
       return S->lnfg + (size_t(b) * rows + size_t(n - last + j)) * C;
     };
-    const bool compact = together > 1;
+    // (One sequence's rows are in order already: its ln_f rows stay as they are, which
+    // mtp_draft_logits reads.)
+    const bool compact = together > 1 && B > 1;
     for (int u = 0; compact && u < U; ++u)
       if (source(u) != S->lnfg + size_t(u) * C)
         be_.copy(words(S->lnfg + size_t(u) * C), words(source(u)), word_count<A>(size_t(C)));

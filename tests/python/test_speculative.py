@@ -7,15 +7,18 @@ refused by name."""
 
 import re
 import shutil
+from dataclasses import replace
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from test_generate import (CFG, PROMPT, generate_torch, mpi_generate, processed_distribution,
                            ref)
-from triad_run import VOCAB, assert_clean_error, exe, run
+from triad_run import VOCAB, assert_clean_error, exe, run, tiny_config, train
 
+BLUR = 0.5  # the noise on the module's eh_proj (mtp_model)
 DRAFT_CFG = ref.GptConfig(n_layer=1, n_head=2, n_embd=32, seq_len=24, vocab_size=CFG.vocab_size)
 
 
@@ -146,3 +149,112 @@ def test_refuses_bad_draft_options(models, tmp_path):
     p = gen("--draft", tmp_path / "run", "--top-k", 1, "--length", 6, "--output", "ids")
     assert p.returncode == 0, p.stderr
     assert p.stdout == gen("--top-k", 1, "--length", 6, "--output", "ids").stdout
+
+
+# ---- the model's own multi-token prediction module as the draft (--draft mtp) -----------------
+
+
+@pytest.fixture(scope="module")
+def mtp_model(tmp_path_factory):
+    """A small model with one multi-token prediction module (context 48), trained 30 steps on
+    a token stream that repeats a 5-token pattern with a fifth of its tokens replaced at random,
+    its module's eh_proj then blurred by noise (so that its drafts of the pattern are sometimes
+    wrong; the checksum rewritten). Returns the checkpoint, its reference config (the module
+    included) and float64 weights."""
+    d = tmp_path_factory.mktemp("mtp_draft")
+    (d / "data").mkdir()
+    rng = np.random.default_rng(3)
+
+    def stream(n):
+        t = np.tile(np.array([11, 22, 33, 44, 55]), n // 5 + 1)[:n]
+        noise = rng.random(n) < 0.2
+        t[noise] = rng.integers(100, 140, int(noise.sum()))
+        return t
+
+    for name, n in (("train_000", 20000), ("train_001", 2000), ("val_000", 2000)):
+        ref.write_token_shard(d / "data" / f"{name}.bin", stream(n))
+    cfg = tiny_config(d, name="m", model__seq_len=48, model__mtp_depth=1, train__steps=30,
+                      eval__every=0, checkpoint__every=30)
+    train("--config", cfg, check=True)
+    path = d / "runs" / "m" / "ckpt" / "step_00000030.h5"
+    with h5py.File(path, "r+") as f:
+        w = f["model/mtp/0/eh_proj/weight"]
+        blurred = w[...] + BLUR * np.random.default_rng(5).standard_normal(w.shape).astype("<f4")
+        w[...] = blurred
+        w.attrs.create("checksum", np.uint32(ref.fp32_checksum(blurred)), dtype="<u4")
+    model_cfg, params = ref.load_checkpoint(path, dtype=torch.float64)
+    return path, replace(model_cfg, mtp_depth=1), params
+
+
+def test_greedy_with_the_module_as_draft(mtp_model):
+    """--draft mtp, greedy, 60 tokens after a 6-token prompt (past the context of 48): the
+    reference's greedy continuation, and as many of the module's drafts kept as the reference's
+    module (forward_mtp's first prediction at each round's position) gets right. The same
+    without --timing, and on a model without modules or on a grid it is refused by name."""
+    path, cfg, params = mtp_model
+    prompt, length = [11, 22, 33, 44, 55, 11], 60
+    want = generate_torch.generate(params, cfg, prompt, length, "recompute")
+    p = generate(path, "--prompt-ids", " ".join(map(str, prompt)), "--length", length, "--top-k",
+                 1, "--draft", "mtp", "--timing")
+    assert [int(t) for t in p.stdout.split()] == want
+    # The rounds as the module drafts them: after the first token, one draft a round while two
+    # tokens or more are wanted and the pass with the draft fits the context.
+    full, n, T = prompt + want, len(prompt), cfg.seq_len
+    L, rounds, good = n + 1, 0, 0
+    with torch.no_grad():
+        while length - (L - n) >= 2 and L + 1 <= T:
+            _, predictions = ref.forward_mtp(params, cfg, torch.tensor([full[:L]]))
+            rounds += 1
+            if int(predictions[0][0, L - 2].argmax()) == full[L]:
+                good, L = good + 1, L + 2
+            else:
+                L += 1
+    assert kept(p.stderr) == (good, rounds) and 0 < good < rounds, (p.stderr, good, rounds)
+
+
+def test_sampling_with_the_module_as_draft(mtp_model):
+    """3,000 samples of three tokens (temperature 1.5, top-k 4: the module's draft of the
+    second is often replaced) follow the reference's distribution, triple by triple."""
+    path, cfg, params = mtp_model
+    prompt = [11, 22, 33, 44]
+
+    def dist(ids):
+        with torch.no_grad():
+            logits = ref.forward(params, cfg, torch.tensor([ids]))[0, -1] / 1.5
+        top = logits.topk(4)
+        p = torch.zeros_like(logits)
+        p[top.indices] = torch.softmax(top.values, -1)
+        return p
+
+    triples = {}
+    first = dist(prompt)
+    for a in torch.nonzero(first).flatten().tolist():
+        second = dist(prompt + [a])
+        for b in torch.nonzero(second).flatten().tolist():
+            third = dist(prompt + [a, b])
+            for c in torch.nonzero(third).flatten().tolist():
+                triples[(a, b, c)] = float(first[a] * second[b] * third[c])
+    n = 3000
+    p = generate(path, "--prompt-ids", " ".join(map(str, prompt)), "--length", 3, "--samples", n,
+                 "--temperature", 1.5, "--top-k", 4, "--seed", 8, "--draft", "mtp", "--timing")
+    k, proposed = kept(p.stderr)
+    assert proposed == n and 0 < k < n, p.stderr
+    counts = {}
+    for t in np.array([int(t) for t in p.stdout.split()]).reshape(n, 3).tolist():
+        counts[tuple(t)] = counts.get(tuple(t), 0) + 1
+    assert set(counts) <= set(triples), "drew a sequence the reference's filters remove"
+    for triple, prob in triples.items():
+        c = counts.get(triple, 0)
+        assert abs(c - n * prob) <= 5 * np.sqrt(n * prob * (1 - prob)) + 1, (triple, c, n * prob)
+
+
+def test_module_draft_refusals(mtp_model, models):
+    path, _, _ = mtp_model
+    assert_clean_error(run([exe("triad-generate"), "--checkpoint", models["target"], "--vocab",
+                            VOCAB, "--draft", "mtp"]),
+                       "--draft mtp:", "has no multi-token prediction modules")
+    assert_clean_error(run([exe("triad-generate"), "--checkpoint", path, "--vocab", VOCAB,
+                            "--draft", "mtp", "--draft-tokens", "2"]),
+                       "--draft mtp drafts one token a round")
+    p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--draft", "mtp", "--tp", 2)
+    assert p.returncode != 0 and "--draft mtp runs on one rank" in p.stderr, p.stderr

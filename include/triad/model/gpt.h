@@ -80,6 +80,10 @@ struct ActivationOptions {
   // cache). triad-generate on a 124M fp32 model then holds its weights, 113 MB of keys and values
   // and one layer's internals: 0.88 GB in all instead of 3.1 GB. Training calls refuse it.
   bool inference = false;
+  // With inference, on a model with multi-token prediction modules (one rank: tp = pp = 1):
+  // module 0's decoding buffers and its block's own cache of keys and values, for drafting
+  // tokens (Gpt::mtp_draft_logits; triad-generate --draft mtp).
+  bool mtp_draft = false;
   ActivationOptions() = default;
   ActivationOptions(Recomputation r) : recompute(r) {}
   ActivationOptions(Recompute r) : recompute(r) {}
@@ -541,6 +545,14 @@ class Gpt {
   // decode_logits' (a call whose tokens leave a previous call's at a position recomputes from
   // there: rejected draft tokens are overwritten).
   const float* decode_logits_last(const int32_t* tokens, int B, int len, int last);
+  // Drafting with multi-token prediction module 0 (a model built with ActivationOptions::
+  // mtp_draft): the module runs over positions from .. len − 2 of the sequence `tokens` (len of
+  // them; one sequence), position t reading the hidden state the last decode_logits(_last) call
+  // computed for it (that call's new rows must cover those positions) and token t + 1, and
+  // keeps its block's keys and values there (positions before `from` kept by earlier calls);
+  // returns its logits at position len − 2 [vocab_size], the draft of token len (the one after
+  // the last), valid until the next call. 1 <= len <= seq_len.
+  const float* mtp_draft_logits(const int32_t* tokens, int len, int from);
   // Scoring continuations (multiple-choice evaluation): the cross-entropy of each sequence's last
   // `last` positions' predictions, losses[b·last + j] = −log p(targets[b·last + j] | the tokens
   // of sequence b up to position len − last + j), on the host of every rank (valid until the
@@ -701,6 +713,8 @@ class Gpt {
   void layer_backward(typename Set<A>::Layer& L, const A* x_in, int l,
                       const LayerTensors<const A>& w, const LayerTensors<float>& gr,
                       Recompute recompute, bool split, int B, int T);
+  template <class A>
+  const float* mtp_draft_logits_t(const int32_t* tokens, int len, int from);
   // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets the
   // host ids of its B whole sequences, [B, seq_len]; T this rank's rows of each, as the chunk's;
   // the main classifier done): every module's forward pass and loss, then their backward passes,
@@ -1040,8 +1054,10 @@ class Gpt {
   bool split_backward_ = false;  // the schedule has weight passes (zero bubble)
   // The outgoing gradients' buffers per peer (peer, count), in the activations' grad_sends order.
   std::vector<std::pair<int, int>> grad_pools_;
-  std::vector<int> planned_slots_;  // activation sets per chunk (the constructor's schedule)
-  bool inference_ = false;          // ActivationOptions::inference
+  std::vector<int> planned_slots_;      // activation sets per chunk (the constructor's schedule)
+  bool inference_ = false;              // ActivationOptions::inference
+  bool mtp_draft_ = false;              // ActivationOptions::mtp_draft
+  std::vector<float> mtp_host_logits_;  // mtp_draft_logits' row
   int logits_rows_ = 0;      // the classifier's chunk: ActivationOptions::logits_chunk, resolved
   float* params_ = nullptr;  // master weights [master_begin_, master_end_) of the buffer
   size_t master_begin_ = 0, master_end_ = 0;

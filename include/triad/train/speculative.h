@@ -4,7 +4,9 @@
 // token, so that the continuation is distributed exactly as the target's own sampling (the same
 // penalties, temperature, top-k, top-p and min-p) while the target runs once per kept run of
 // tokens instead of once per token. Greedy decoding (top-k 1) gives the target's greedy
-// continuation itself.
+// continuation itself. The draft is a small model over the same tokens, or the model's own first
+// multi-token prediction module (DeepSeek-V3's use of it), which drafts one token a round from the
+// hidden state the model's pass has just computed.
 #pragma once
 
 #include <cstdint>
@@ -39,5 +41,14 @@ std::vector<int32_t> speculative_continuation(Gpt& target, Gpt& draft,
                                               const SampleOptions& opt, int draft_tokens, Rng& rng,
                                               SpeculativeStats* stats = nullptr,
                                               std::vector<TokenLogprob>* logprobs = nullptr);
+
+// The same with the model's multi-token prediction module 0 as the draft (a model built with
+// ActivationOptions::mtp_draft, on one rank): each pass of the model checks the module's draft
+// of the next token and computes the token after it, so a kept draft gives two tokens a pass;
+// the module then runs over the new positions (Gpt::mtp_draft_logits) to draft the next one.
+std::vector<int32_t> mtp_speculative_continuation(Gpt& model, const std::vector<int32_t>& prompt,
+                                                  const SampleOptions& opt, Rng& rng,
+                                                  SpeculativeStats* stats = nullptr,
+                                                  std::vector<TokenLogprob>* logprobs = nullptr);
 
 }  // namespace triad
