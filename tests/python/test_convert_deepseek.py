@@ -438,8 +438,11 @@ def test_deepseek_v3_prediction_layers_train_as_their_definition(data, tmp_path,
     one, after layer 60, with experts) imported as triad's modules: the first step of training
     from the import logs the reference's main loss and the prediction layers' mean loss (each
     layer's mean cross-entropy over the tokens it predicts, averaged over the layers; the chain
-    of two as Megatron-Core runs it, each layer reading the one before's normed output), and
-    the model exported back holds the layers again: its files are the import's, bit for bit."""
+    of two as Megatron-Core runs it, each layer reading the one before's normed output); greedy
+    generation drafting with the first layer (--draft mtp: its latent attention and experts
+    decoding) gives the reference's tokens and keeps as many drafts as the reference's layer
+    predicts; and the model exported back holds the layers again: its files are the import's,
+    bit for bit."""
     from safetensors.torch import load_file
     d, run_cfg = data
     cfg = v3_config(num_nextn_predict_layers=layers)
@@ -472,6 +475,23 @@ def test_deepseek_v3_prediction_layers_train_as_their_definition(data, tmp_path,
     want_mtp = sum(c * v for c, v in zip(counts, per_layer)) / sum(counts)
     assert abs(loss - want) <= 1e-5 * want, (loss, want)
     assert abs(mtp_loss - want_mtp) <= 1e-5 * want_mtp, (mtp_loss, want_mtp, per_layer)
+    # Drafting with the first prediction layer (triad-generate --draft mtp, greedy): the
+    # reference's continuation, and as many drafts kept as its layer gets right, round by round.
+    prompt, length = [5, 6, 7, 8], 12
+    full = list(prompt)
+    with torch.no_grad():
+        for _ in range(length):
+            full.append(int(model.logits(torch.tensor([full]))[0, -1].argmax()))
+        L, rounds, good = len(prompt) + 1, 0, 0
+        while length - (L - len(prompt)) >= 2:
+            rounds += 1
+            draft = int(model.prediction_logits(torch.tensor([full[:L]]))[0][0, L - 2].argmax())
+            good, L = (good + 1, L + 2) if draft == full[L] else (good, L + 1)
+    p = run([exe("triad-generate"), "--checkpoint", out, "--prompt-ids",
+             " ".join(map(str, prompt)), "--length", str(length), "--top-k", "1", "--output",
+             "ids", "--draft", "mtp", "--timing"], check=True)
+    assert [int(t) for t in p.stdout.split()] == full[len(prompt):]
+    assert f"{good} of {rounds} drafted tokens kept" in p.stderr, (p.stderr, good, rounds)
     p = tool("triad-convert", "export", out, tmp_path / "back", "--to", "hf", "--vocab", "none")
     assert p.returncode == 0 and "as the prediction layers after layer 2" in p.stdout, \
         p.stdout + p.stderr
