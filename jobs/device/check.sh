@@ -418,6 +418,22 @@ if [[ -x $RUN/bin/triad-train && -f $RUN/work/runs/tiny/ckpt/step_00000030.h5 ]]
         --precision fp32 >"$RUN/gen_ring_$be.ids" 2>"$RUN/gen_ring_$be.txt" || tail -5 "$RUN/gen_ring_$be.txt"
     done
     echo "RESULT_GENRING cuda fp32 $(agree ring_cpu ring_cuda) tokens as cpu (gpt-oss blocks, a ring of 8 of 16 positions)"
+    # Speculative decoding on the GPU (greedy, fp32): the tiny model as its own draft (3 a
+    # round, every draft kept: the verification's rows) gives the tokens it gives alone; the mtp
+    # curve's model drafting with its first module (its block with experts) gives the CPU's
+    # tokens without a draft.
+    timeout "$(tmo 30 150)" "$B/triad-generate" --checkpoint "$C" --vocab "$DEV/data/gpt2.tiktoken" \
+      --prompt-ids "1 2 3 4 5 6 7 8" --length 48 --top-k 1 --output ids --timing --backend cuda \
+      --precision fp32 --draft "$C" --draft-tokens 3 >"$RUN/gen_spec.ids" 2>"$RUN/gen_spec.txt" || tail -5 "$RUN/gen_spec.txt"
+    M=$W/runs/curve_cpu_fp32_mtp/ckpt/step_00000050.h5
+    for be in cpu cuda; do
+      draft=(); [[ $be == cuda ]] && draft=(--draft mtp --timing)
+      timeout "$(tmo 30 150)" "$B/triad-generate" --checkpoint "$M" --vocab "$DEV/data/gpt2.tiktoken" \
+        --prompt-ids "1 2 3 4 5 6 7 8" --length 24 --top-k 1 --output ids --backend "$be" \
+        --precision fp32 "${draft[@]}" >"$RUN/gen_mtp_$be.ids" 2>"$RUN/gen_mtp_$be.txt" || tail -5 "$RUN/gen_mtp_$be.txt"
+    done
+    kept() { grep -o '[0-9]* of [0-9]* drafted tokens kept' "$RUN/gen_$1.txt" 2>/dev/null || echo "no draft line"; }
+    echo "RESULT_GENSPEC cuda fp32 --draft itself $(agree cuda_fp32 spec) tokens as without ($(kept spec)); --draft mtp $(agree mtp_cpu mtp_cuda) tokens as cpu without ($(kept mtp_cuda))"
     echo "RESULT_GEN cuda fp32 $(agree cpu_fp32 cuda_fp32) tokens as cpu, bf16 $(agree cpu_fp32 cuda_bf16), fp32 4 together $(agree cuda_fp32 batch4) as 1; tok/s cpu $(gen_tps cpu_fp32), cuda fp32 $(gen_tps cuda_fp32), bf16 $(gen_tps cuda_bf16), fp32 x4 $(gen_tps batch4) (tiny model, KV cache)"
     # The NCCL Comm inside the trainer: one rank (NCCL refuses two ranks on one GPU), so this
     # shows set-up and teardown in a run, not a reduction; test_cuda_nccl checks the collectives.
@@ -655,6 +671,7 @@ res "FP8 products (bf16 GPU vs CPU emulation) 50 steps" "$(sed -n 's/^RESULT_FP8
 res "mixture of experts (4, top 2) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MOE //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "gpt-oss blocks (sinks, windows, YaRN, biased experts) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_OSS //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "sliding-window ring cache, generation GPU vs CPU" "$(sed -n 's/^RESULT_GENRING //p' "$RUN/gpu.txt" 2>/dev/null)"
+res "speculative decoding (a draft model; the mtp module) GPU" "$(sed -n 's/^RESULT_GENSPEC //p' "$RUN/gpu.txt" 2>/dev/null)"
 res "multi-token prediction (2 modules, experts) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MTP //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 64) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
 res "multi-head latent attention (heads 192, DeepSeek's) 50 steps GPU vs CPU" "$(sed -n 's/^RESULT_MLA192 //p' "$RUN/gpu.txt" 2>/dev/null | paste -sd';' -)"
