@@ -485,20 +485,25 @@ struct Gpt::Activations {
         }
       }
     }
+    // A module's rows before its block: the embedding, the two norms, eh_proj's input (cat_cols
+    // of it here) and output.
+    auto want_module_inputs = [&](MtpModule& M, size_t cat_cols) {
+      want(M.emb, R * C);
+      want(M.en, R * C);
+      want(M.hn, R * C);
+      if (means) want_f(M.en_mean, R);
+      if (means) want_f(M.hn_mean, R);
+      want_f(M.en_rstd, R);
+      want_f(M.hn_rstd, R);
+      want(M.cat, BT * cat_cols);
+      want(M.in, R * C);
+    };
     if (mtp_here) {  // each module's forward kept for its backward, which follows at once
       const size_t Ch2 = 2 * C / size_t(mp.tp);  // eh_proj's input columns here
       mtp.resize(size_t(s.mtp_depth));
       for (int j = 0; j < s.mtp_depth; ++j) {
         MtpModule& M = mtp[size_t(j)];
-        want(M.emb, R * C);
-        want(M.en, R * C);
-        want(M.hn, R * C);
-        if (means) want_f(M.en_mean, R);
-        if (means) want_f(M.hn_mean, R);
-        want_f(M.en_rstd, R);
-        want_f(M.hn_rstd, R);
-        want(M.cat, BT * Ch2);
-        want(M.in, R * C);
+        want_module_inputs(M, Ch2);
         want_internals(M.block, true, s.moe_layer(s.mtp_layer(j)));
         want(M.block.residual3, R * C);
         if (!sp) want(M.lnf, R * C);
@@ -516,15 +521,7 @@ struct Gpt::Activations {
     }
     if (mtp_decode) {  // module 0's rows, its block's internals the scratch layer's (below)
       MtpModule& M = mtp.emplace_back();
-      want(M.emb, R * C);
-      want(M.en, R * C);
-      want(M.hn, R * C);
-      if (means) want_f(M.en_mean, R);
-      if (means) want_f(M.hn_mean, R);
-      want_f(M.en_rstd, R);
-      want_f(M.hn_rstd, R);
-      want(M.cat, BT * 2 * C);
-      want(M.in, R * C);
+      want_module_inputs(M, 2 * C);
       want(M.block.qkv, BT * Wl);  // the block's cache: seq_len rows per sequence
       want(M.block.residual3, R * C);
       want(M.lnf, R * C);

@@ -121,15 +121,7 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
     reduce_rows(part, M.in, N);
     // The block, then its ln_f fused with the residual add.
     auto& L = M.block;
-    const LayerTensors<const A> w = block_weights(l);
-    pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, M.in, w.ln1w, w.ln1b, n);
-    layer_front_at(L, M.in, l, B, T, 0);
-    mlp_output(L, w, l, N);
-    const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n,
-                                     GptShape::mlp_dropout_site(l));
-    const A* res = fuses_branches(l) ? M.in : L.residual2;
-    be_.residual_layernorm_forward(L.residual3, M.lnf, M.lnf_mean, M.lnf_rstd, res, mlp_out,
-                                   weight(lnf), bias(lnf), n, C, shape_.norm_eps);
+    mtp_block_forward<A>(L, M.in, l, M.lnf, M.lnf_mean, M.lnf_rstd, B, T, 0);
     gather_rows(M.lnf, M.lnfg, N);
     // Its loss through the model's head, whose backward runs with it: M.dlnf.
     Set<A> view;
@@ -197,6 +189,26 @@ void Gpt::mtp_step(Set<A>& S, const int32_t* inputs, const int32_t* targets, int
   }
 }
 
+template <class A>
+void Gpt::mtp_block_forward(typename Set<A>::Layer& L, const A* x, int l, A* lnf, float* mean,
+                            float* rstd, int B, int T, int pos0) {
+  const int N = B * T, n = local_rows(N);
+  size_t origin = 0;
+  const A* base = layer_weight_base<A>(l, &origin);
+  const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
+  const int norm = layer_[size_t(l)] + layer_count(l);  // the module's ln_f, after its block
+  const A* norm_w = weight_at<A>(specs_[size_t(norm)].offset);
+  const A* norm_b = lnf_bias_ ? weight_at<A>(specs_[size_t(norm) + 1].offset) : nullptr;
+  pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, x, w.ln1w, w.ln1b, n);
+  layer_front_at(L, x, l, B, T, pos0);
+  mlp_output(L, w, l, N);
+  const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, n,
+                                   GptShape::mlp_dropout_site(l));
+  const A* res = fuses_branches(l) ? x : L.residual2;
+  be_.residual_layernorm_forward(L.residual3, lnf, mean, rstd, res, mlp_out, norm_w, norm_b, n,
+                                 shape_.n_embd, shape_.norm_eps);
+}
+
 const float* Gpt::mtp_draft_logits(const int32_t* tokens, int len, int from) {
   return precision_ == Precision::bf16 ? mtp_draft_logits_t<bf16_t>(tokens, len, from)
                                        : mtp_draft_logits_t<float>(tokens, len, from);
@@ -220,7 +232,6 @@ const float* Gpt::mtp_draft_logits_t(const int32_t* tokens, int len, int from) {
   auto weight = [&](int index) { return weight_at<A>(specs_[size_t(index)].offset); };
   auto bias = [&](int index) { return lnf_bias_ ? weight(index + 1) : nullptr; };
   const int nb = lnf_bias_ ? 2 : 1, lne = mtp_[0], lnh = lne + nb, proj = lne + 2 * nb;
-  const int lnf = layer_[size_t(l)] + layer_count(l);
   const A* wte_w = shape_.tied ? head_weight<A>() : weight(wte_);
   // Its inputs: the hidden states of positions from .. len − 2 (the model's ln_f output, in the
   // last decode's rows), and the embedding of the token after each.
@@ -239,22 +250,12 @@ const float* Gpt::mtp_draft_logits_t(const int32_t* tokens, int len, int from) {
                   word_count<A>(size_t(C)), size_t(N), word_count<A>(size_t(C)));
   be_.matmul_forward(M.in, M.cat, weight(proj), static_cast<const A*>(nullptr), N, 2 * C, C);
   // The block at positions from .. len − 2, its keys and values into its own cache.
-  size_t origin = 0;
-  const A* base = layer_weight_base<A>(l, &origin);
-  const LayerTensors<const A> w = layer_tensors(base, specs_, layer_[size_t(l)], slots(l), origin);
   struct Decoding {
     bool& flag;
     ~Decoding() { flag = false; }
   } scope{decoding_};
   decoding_ = true;
-  pre_norm_forward(L.ln1, L.ln1_mean, L.ln1_rstd, M.in, w.ln1w, w.ln1b, N);
-  layer_front_at(L, M.in, l, 1, N, from);
-  mlp_output(L, w, l, N);
-  const A* mlp_out = branch_output(L.fcproj, L.pn2_mean, L.pn2_rstd, w.monw, w.monb, N,
-                                   GptShape::mlp_dropout_site(l));
-  const A* res = fuses_branches(l) ? M.in : L.residual2;
-  be_.residual_layernorm_forward(L.residual3, M.lnf, M.lnf_mean, M.lnf_rstd, res, mlp_out,
-                                 weight(lnf), bias(lnf), N, C, shape_.norm_eps);
+  mtp_block_forward<A>(L, M.in, l, M.lnf, M.lnf_mean, M.lnf_rstd, 1, N, from);
   // The head on the last row: the draft's logits.
   head_logits(a.logits, M.lnf + size_t(N - 1) * C, 1, vocab_local_);
   mtp_host_logits_.resize(size_t(shape_.padded_vocab_size));

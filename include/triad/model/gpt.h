@@ -715,6 +715,12 @@ class Gpt {
                       Recompute recompute, bool split, int B, int T);
   template <class A>
   const float* mtp_draft_logits_t(const int32_t* tokens, int len, int from);
+  // A multi-token prediction module's block (layer l: n_layer + j) on its input x, B sequences of
+  // T rows at positions pos0 .. (under decoding_, into its cache), then its ln_f fused with the
+  // residual add into lnf (mean, rstd kept): the forward pass mtp_step and mtp_draft_logits share.
+  template <class A>
+  void mtp_block_forward(typename Set<A>::Layer& L, const A* x, int l, A* lnf, float* mean,
+                         float* rstd, int B, int T, int pos0);
   // Multi-token prediction of the micro-batch whose last chunk ran in S (inputs and targets the
   // host ids of its B whole sequences, [B, seq_len]; T this rank's rows of each, as the chunk's;
   // the main classifier done): every module's forward pass and loss, then their backward passes,
