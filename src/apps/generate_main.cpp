@@ -222,7 +222,9 @@ int main(int argc, char** argv) {
         "directory: its newest complete checkpoint; loaded whole on every rank) drafts tokens, "
         "or `mtp`: the model's own first multi-token prediction module (model.mtp_depth; one "
         "token a round, on one rank), which the model checks several at a time; the "
-        "samples are distributed as without it (greedy, --top-k 1: the same tokens), drawn one "
+        "samples are distributed as without it (greedy, --top-k 1: the model's greedy tokens, up "
+        "to "
+        "the rounding of its several rows a pass), drawn one "
         "at a time")("draft-tokens", po::value(&draft_tokens)->default_value(4),
                      "with --draft: the tokens drafted a round (1 .. 32)");
     po::variables_map vm;
@@ -263,14 +265,13 @@ int main(int argc, char** argv) {
                 "--draft decodes one sample at a time: give --batch 1 (got --batch ", batch, ")");
     TRIAD_CHECK(!drafting || !no_cache,
                 "--draft checks the drafted tokens against the KV cache: not with --no-kv-cache");
-    const bool module_draft = drafting && draft_checkpoint == "mtp";
-    TRIAD_CHECK(!module_draft || vm["draft-tokens"].defaulted() || draft_tokens == 1,
+    TRIAD_CHECK(draft_checkpoint != "mtp" || vm["draft-tokens"].defaulted() || draft_tokens == 1,
                 "--draft mtp drafts one token a round (with the first multi-token prediction "
                 "module): --draft-tokens must be 1 (got ",
                 draft_tokens, ")");
-    if (module_draft) draft_tokens = 1;
-    TRIAD_CHECK(!module_draft || tp * pp == 1, "--draft mtp runs on one rank (got --tp ", tp,
-                " --pp ", pp, ")");
+    if (draft_checkpoint == "mtp") draft_tokens = 1;
+    TRIAD_CHECK(draft_checkpoint != "mtp" || tp * pp == 1,
+                "--draft mtp runs on one rank (got --tp ", tp, " --pp ", pp, ")");
     const int together = drafting ? 1 : std::min(samples, batch);
     TRIAD_CHECK(!stream || together == 1, "--stream prints one sample at a time: with --samples ",
                 samples, ", give --batch 1 (got --batch ", batch, ")");
@@ -320,6 +321,26 @@ int main(int argc, char** argv) {
     const triad::Tokenizer tok = triad::Tokenizer::from_file(vocab);
     const triad::CheckpointState st = triad::read_checkpoint_state(world, checkpoint);
     const auto& m = st.model;
+    // --draft CKPT|RUN: its checkpoint found and read (what it holds checked) before any weights
+    // load; rank 0 decides whether it names a directory, for all ranks alike.
+    const bool module_draft = drafting && draft_checkpoint == "mtp";
+    triad::CheckpointState ds;
+    if (drafting && !module_draft) {
+      int is_dir = rank == 0 && std::filesystem::is_directory(draft_checkpoint) ? 1 : 0;
+      TRIAD_MPI_CHECK(MPI_Bcast(&is_dir, 1, MPI_INT, 0, world));
+      if (is_dir) {
+        const std::string dir = draft_checkpoint;
+        draft_checkpoint = triad::find_resume_checkpoint(world, dir + "/ckpt");
+        TRIAD_CHECK(!draft_checkpoint.empty(), "--draft ", dir, ": no complete checkpoint in ", dir,
+                    "/ckpt");
+      }
+      ds = triad::read_checkpoint_state(world, draft_checkpoint);
+      TRIAD_CHECK(ds.model.vocab_size == m.vocab_size, "--draft ", draft_checkpoint,
+                  ": its model has ", ds.model.vocab_size, " tokens and the model ", m.vocab_size,
+                  " (", checkpoint, "): a draft must share the model's token ids");
+      TRIAD_CHECK(!bf16 || ds.model.n_embd % 2 == 0, "--draft ", draft_checkpoint,
+                  ": --precision bf16 needs an even n_embd (its is ", ds.model.n_embd, ")");
+    }
     // The prompt's ids, checked before the weights load.
     std::vector<int32_t> ids;
     if (vm.count("prompt-ids")) {
@@ -412,18 +433,6 @@ int main(int argc, char** argv) {
     // --draft: the draft model, whole on every rank (each draws the same tokens).
     std::unique_ptr<triad::Gpt> draft;
     if (drafting && !module_draft) {
-      if (std::filesystem::is_directory(draft_checkpoint)) {
-        const std::string dir = draft_checkpoint;
-        draft_checkpoint = triad::find_resume_checkpoint(world, dir + "/ckpt");
-        TRIAD_CHECK(!draft_checkpoint.empty(), "--draft ", dir, ": no complete checkpoint in ", dir,
-                    "/ckpt");
-      }
-      const triad::CheckpointState ds = triad::read_checkpoint_state(world, draft_checkpoint);
-      TRIAD_CHECK(ds.model.vocab_size == m.vocab_size, "--draft ", draft_checkpoint,
-                  ": its model has ", ds.model.vocab_size, " tokens and the model ", m.vocab_size,
-                  " (", checkpoint, "): a draft must share the model's token ids");
-      TRIAD_CHECK(!bf16 || ds.model.n_embd % 2 == 0, "--draft ", draft_checkpoint,
-                  ": --precision bf16 needs an even n_embd (its is ", ds.model.n_embd, ")");
       triad::ActivationOptions one_row;
       one_row.inference = true;
       one_row.logits_chunk = 1;

@@ -159,9 +159,9 @@ std::vector<int32_t> speculative_continuation(Gpt& target, Gpt& draft,
     const float* rows =
         target.decode_logits_last(proposal.data(), 1, int(proposal.size()), room + 1);
     ++counts.rounds;
-    counts.proposed += room;
     bool rejected = false;
-    for (int i = 0; i < room && !s.done && !rejected; ++i) {
+    for (int i = 0; i < room && !s.done && !rejected; ++i) {  // (proposed: the ones checked)
+      ++counts.proposed;
       const float* row = rows + size_t(i) * size_t(vocab);
       const bool kept = s.check(row, draft_q[size_t(i)], proposal[s.seq.size()]);
       counts.accepted += kept ? 1 : 0;

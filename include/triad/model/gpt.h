@@ -551,7 +551,8 @@ class Gpt {
   // computed for it (that call's new rows must cover those positions) and token t + 1, and
   // keeps its block's keys and values there (positions before `from` kept by earlier calls);
   // returns its logits at position len − 2 [vocab_size], the draft of token len (the one after
-  // the last), valid until the next call. 1 <= len <= seq_len.
+  // the last), valid until the next call. 2 <= len <= seq_len; the module's cache must hold
+  // positions before `from` (this call's caller keeps them in order).
   const float* mtp_draft_logits(const int32_t* tokens, int len, int from);
   // Scoring continuations (multiple-choice evaluation): the cross-entropy of each sequence's last
   // `last` positions' predictions, losses[b·last + j] = −log p(targets[b·last + j] | the tokens

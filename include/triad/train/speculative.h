@@ -20,7 +20,7 @@ namespace triad {
 
 struct SpeculativeStats {
   int64_t rounds = 0;    // target passes over drafted tokens (one per round)
-  int64_t proposed = 0;  // draft tokens scored by the target
+  int64_t proposed = 0;  // draft tokens checked against the target (not those after a stop)
   int64_t accepted = 0;  // ... and kept
   int64_t plain = 0;     // tokens drawn without a draft (the context full: a sliding window)
 };
