@@ -258,3 +258,36 @@ def test_module_draft_refusals(mtp_model, models):
                        "--draft mtp drafts one token a round")
     p = mpi_generate(2, "--checkpoint", path, "--vocab", VOCAB, "--draft", "mtp", "--tp", 2)
     assert p.returncode != 0 and "--draft mtp runs on one rank" in p.stderr, p.stderr
+
+
+def test_draft_keeps_logprobs_and_streaming(models):
+    """With a draft, --output logprobs reports the model's own log-probabilities of each token
+    (its check's rows, equal to a pass without a draft up to rounding), and --stream prints the
+    text as without it."""
+    common = ["--prompt-ids", " ".join(map(str, PROMPT)), "--length", 12, "--top-k", 1]
+    def logprobs(*draft):
+        return run([exe("triad-generate"), "--checkpoint", models["target"], "--vocab", VOCAB,
+                    *map(str, common), "--output", "logprobs", "--logprobs", "3",
+                    *map(str, draft)], check=True).stdout
+
+    plain, drafted = logprobs(), logprobs("--draft", models["near"])
+
+    def rows(text):  # each token's (id, logprob), then its alternatives'
+        out = []
+        for line in text.strip().splitlines():
+            token, value, *alternatives = line.split()
+            out.append([(int(token), float(value))] +
+                       [(int(i), float(v)) for i, v in (a.split(":") for a in alternatives)])
+        return out
+
+    a, b = rows(plain), rows(drafted)
+    assert len(a) == len(b) == 12
+    for x, y in zip(a, b):
+        assert [i for i, _ in x] == [i for i, _ in y]
+        assert np.allclose([v for _, v in x], [v for _, v in y], rtol=0, atol=1e-5)
+    text = ["--prompt", "It is", "--length", 10, "--top-k", 1]
+    want = run([exe("triad-generate"), "--checkpoint", models["target"], "--vocab", VOCAB,
+                *map(str, text)], check=True).stdout
+    got = run([exe("triad-generate"), "--checkpoint", models["target"], "--vocab", VOCAB,
+               *map(str, text), "--stream", "--draft", models["near"]], check=True).stdout
+    assert got == want
