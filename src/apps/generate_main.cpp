@@ -223,10 +223,9 @@ int main(int argc, char** argv) {
         "or `mtp`: the model's own first multi-token prediction module (model.mtp_depth; one "
         "token a round, on one rank), which the model checks several at a time; the "
         "samples are distributed as without it (greedy, --top-k 1: the model's greedy tokens, up "
-        "to "
-        "the rounding of its several rows a pass), drawn one "
-        "at a time")("draft-tokens", po::value(&draft_tokens)->default_value(4),
-                     "with --draft: the tokens drafted a round (1 .. 32)");
+        "to the rounding of its several rows a pass), drawn one at a time")(
+        "draft-tokens", po::value(&draft_tokens)->default_value(4),
+        "with --draft: the tokens drafted a round (1 .. 32)");
     po::variables_map vm;
     try {
       const po::parsed_options parsed = po::parse_command_line(argc, argv, desc);
@@ -414,22 +413,24 @@ int main(int argc, char** argv) {
     }
     const triad::Precision precision_kind = bf16 ? triad::Precision::bf16 : triad::Precision::fp32;
     triad::Gpt model(shape, together, *be, 1, mp, nullptr, precision_kind, forward_only);
-    // On the CPU the parameters are host memory and are loaded in place; device memory is loaded
-    // through a host copy.
-    std::vector<float> host(backend == "cpu" ? 0 : model.num_floats());
-    float* base = host.empty() ? model.params() : host.data();
+    // A model's weights from a checkpoint's `group`, and its routers' biases (they choose the
+    // experts as in training). On the CPU the parameters are host memory and are loaded in place;
+    // device memory is loaded through a host copy.
+    auto load_weights = [&](triad::Gpt& g, const std::string& file, const std::string& group) {
+      std::vector<float> host(backend == "cpu" ? 0 : g.num_floats());
+      float* base = host.empty() ? g.params() : host.data();
+      triad::load_checkpoint_tensors(
+          world, file, {{group, triad::model_tensor_refs(g, base, 0, true, 0, 0, 0, 0), true}});
+      if (!host.empty()) be->copy_from_host(g.params(), host.data(), host.size());
+      g.params_updated();
+      triad::load_router_bias(world, file, g);
+    };
     // --ema: the moving average's tensors are named and shaped as the model's.
     TRIAD_CHECK(!ema || triad::checkpoint_has_group(world, checkpoint, "optimizer/ema"),
                 "--ema: ", checkpoint,
                 " holds no moving average of the weights (/optimizer/ema): its run did not set "
                 "optim.ema_decay");
-    triad::load_checkpoint_tensors(
-        world, checkpoint,
-        {{ema ? "optimizer/ema" : "model",
-          triad::model_tensor_refs(model, base, 0, true, 0, 0, 0, 0), true}});
-    if (!host.empty()) be->copy_from_host(model.params(), host.data(), host.size());
-    model.params_updated();
-    triad::load_router_bias(world, checkpoint, model);  // they choose the experts as in training
+    load_weights(model, checkpoint, ema ? "optimizer/ema" : "model");
     // --draft: the draft model, whole on every rank (each draws the same tokens).
     std::unique_ptr<triad::Gpt> draft;
     if (drafting && !module_draft) {
@@ -439,15 +440,7 @@ int main(int argc, char** argv) {
       draft = std::make_unique<triad::Gpt>(
           triad::gpt_shape(ds.model, triad::padded_vocab_size(int(ds.model.vocab_size), 1)), 1, *be,
           1, triad::ModelParallel{}, nullptr, precision_kind, one_row);
-      std::vector<float> draft_host(backend == "cpu" ? 0 : draft->num_floats());
-      float* draft_base = draft_host.empty() ? draft->params() : draft_host.data();
-      triad::load_checkpoint_tensors(
-          world, draft_checkpoint,
-          {{"model", triad::model_tensor_refs(*draft, draft_base, 0, true, 0, 0, 0, 0), true}});
-      if (!draft_host.empty())
-        be->copy_from_host(draft->params(), draft_host.data(), draft_host.size());
-      draft->params_updated();
-      triad::load_router_bias(world, draft_checkpoint, *draft);
+      load_weights(*draft, draft_checkpoint, "model");
     }
     triad::SpeculativeStats drafted;
     triad::Rng rng(static_cast<uint64_t>(seed));
@@ -511,16 +504,12 @@ int main(int argc, char** argv) {
       std::vector<std::vector<triad::TokenLogprob>> lps;
       std::vector<std::vector<int32_t>> outs;
       if (drafting) {
-        triad::SpeculativeStats one;
         lps.resize(1);
         std::vector<triad::TokenLogprob>* lp = output == "logprobs" ? &lps[0] : nullptr;
-        outs.push_back(draft ? triad::speculative_continuation(model, *draft, ids, opt,
-                                                               draft_tokens, rng, &one, lp)
-                             : triad::mtp_speculative_continuation(model, ids, opt, rng, &one, lp));
-        drafted.rounds += one.rounds;
-        drafted.proposed += one.proposed;
-        drafted.accepted += one.accepted;
-        drafted.plain += one.plain;
+        outs.push_back(
+            draft ? triad::speculative_continuation(model, *draft, ids, opt, draft_tokens, rng,
+                                                    &drafted, lp)
+                  : triad::mtp_speculative_continuation(model, ids, opt, rng, &drafted, lp));
       } else {
         outs = triad::sample_continuations(model, ids, k, opt, rng,
                                            output == "logprobs" ? &lps : nullptr);

@@ -75,6 +75,14 @@ class Speculation {
     keep(draw(p_, 1.0), row);
   }
 
+  // A token from the model alone over the sequence's last seq_len tokens (sample_continuations'
+  // window), kept. Returns whether the whole sequence fit (no window slid).
+  bool take_alone(Gpt& model) {
+    const size_t L = seq.size(), len = std::min(L, size_t(model.shape().seq_len));
+    take(model.decode_logits(seq.data() + (L - len), 1, int(len)));
+    return len == L;
+  }
+
   // Draft token x, drawn from q, at the next position, whose model logits are `row`: kept with
   // probability min(1, p(x) / q(x)), else replaced by a draw from max(0, p − q) renormalized —
   // together exactly p. Returns whether x was kept.
@@ -140,8 +148,7 @@ std::vector<int32_t> speculative_continuation(Gpt& target, Gpt& draft,
     const int room = int(std::min<int64_t>(
         {int64_t(draft_tokens), s.left() - 1, int64_t(T) - int64_t(s.seq.size())}));
     if (room <= 0) {
-      const size_t len = std::min(s.seq.size(), size_t(T));
-      s.take(target.decode_logits(s.seq.data() + (s.seq.size() - len), 1, int(len)));
+      s.take_alone(target);
       ++counts.plain;
       continue;
     }
@@ -170,7 +177,7 @@ std::vector<int32_t> speculative_continuation(Gpt& target, Gpt& draft,
     // Every draft token kept: one more from the target's last row.
     if (!s.done && !rejected) s.take(rows + size_t(room) * size_t(vocab));
   }
-  if (stats) *stats = counts;
+  if (stats) *stats += counts;
   return s.out;
 }
 
@@ -201,10 +208,8 @@ std::vector<int32_t> mtp_speculative_continuation(Gpt& model, const std::vector<
   while (!s.done) {
     const size_t L = s.seq.size();
     if (drafted < 0) {  // the prompt's first token, the last asked for, or a full context
-      const size_t len = std::min(L, size_t(T));
-      s.take(model.decode_logits(s.seq.data() + (L - len), 1, int(len)));
       ++counts.plain;
-      if (len == L) draft();  // (a sliding window's positions move: no draft after it)
+      if (s.take_alone(model)) draft();  // (a sliding window's positions move: no draft after it)
       continue;
     }
     // The model after the last token and after the draft, in one pass.
@@ -218,7 +223,7 @@ std::vector<int32_t> mtp_speculative_continuation(Gpt& model, const std::vector<
     if (kept && !s.done) s.take(rows + size_t(vocab));
     draft();
   }
-  if (stats) *stats = counts;
+  if (stats) *stats += counts;
   return s.out;
 }
 

@@ -23,6 +23,13 @@ struct SpeculativeStats {
   int64_t proposed = 0;  // draft tokens checked against the target (not those after a stop)
   int64_t accepted = 0;  // ... and kept
   int64_t plain = 0;     // tokens drawn without a draft (the context full: a sliding window)
+  SpeculativeStats& operator+=(const SpeculativeStats& o) {
+    rounds += o.rounds;
+    proposed += o.proposed;
+    accepted += o.accepted;
+    plain += o.plain;
+    return *this;
+  }
 };
 
 // Appends up to opt.length tokens to `prompt` as sample_continuation does (opt's stop tokens,
@@ -35,7 +42,7 @@ struct SpeculativeStats {
 // as sample_continuation does; the draft reads its own last seq_len tokens. Collective over the
 // target's ranks (each holding its own whole draft: every rank draws the same tokens). logprobs
 // (if given) receives each returned token's TokenLogprob under the target with opt.logprobs
-// alternatives; stats (if given) counts the rounds.
+// alternatives; stats (if given) gets this sample's counts added.
 std::vector<int32_t> speculative_continuation(Gpt& target, Gpt& draft,
                                               const std::vector<int32_t>& prompt,
                                               const SampleOptions& opt, int draft_tokens, Rng& rng,
