@@ -738,11 +738,16 @@ def test_deepseek_v3_fp8_weights_are_dequantized(data, tmp_path):
     (v3_config, dict(rope_scaling=dict(type="yarn", factor=4, truncate=False,
                                        original_max_position_embeddings=64)),
      "truncate false: transformers before 4.55 ignore it"),
+    (v3_config, dict(num_nextn_predict_layers=17),
+     "num_nextn_predict_layers 17 (triad's model.mtp_depth is at most 16)"),
+    (v3_config, dict(num_nextn_predict_layers=-1),
+     "num_nextn_predict_layers = -1 is not an integer >= 0"),
 ], ids=["v2-groups", "v2-normalized", "layer-freq", "attention-bias", "gelu", "kv-heads",
         "odd-rope", "linear-rope", "yarn-factor", "v3-softmax", "v3-groups", "kimi-experts",
         "gptq", "count",
         "no-groups", "string-scale", "string-flag", "negative-shared",
-        "negative-dense", "no-layer-freq", "float-block", "beta-0", "untruncated"])
+        "negative-dense", "no-layer-freq", "float-block", "beta-0", "untruncated",
+        "mtp-depth", "negative-mtp"])
 def test_deepseek_models_triad_does_not_compute_are_refused(tmp_path, make, changes, message):
     cfg = make(**changes)
     good = make()
