@@ -48,7 +48,8 @@ class MetricsError(AnalysisError):
 
 def open_h5(path: str | os.PathLike):
     """Open an HDF5 file read-only without taking HDF5's file lock, so that a file that
-    triad-train is still writing can be read (the writer flushes at least every eval)."""
+    triad-train is still writing can be read (the writer flushes at evaluations, a second apart
+    at the least, and every half minute)."""
     import h5py
 
     try:

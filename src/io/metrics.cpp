@@ -2,12 +2,16 @@
 // buffered in memory and written by flush(): each column is extended once and written with
 // one H5Dwrite, then H5Fflush makes them visible to a reader (h5py) that opens the file
 // afterwards. File locking is off so such a reader can open the file while it is held here.
+// Writes are paced (flush_due): a reader that catches one midway must read again, and a
+// parallel file system's metadata server should not see hundreds of flushes a second from a
+// small model evaluating every few steps.
 #include "triad/io/metrics.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -26,6 +30,12 @@ using io::H5Id;
 
 constexpr hsize_t kChunkRows = 1024;
 constexpr size_t kAutoFlushRows = 4096;  // bound the buffer if the caller rarely flushes
+using Clock = std::chrono::steady_clock;
+// flush_due's pace: no sooner than a second after the previous write (rows it keeps back are
+// written at the first append a second after it); a live run's training rows are on disk
+// within half a minute even between evaluations.
+constexpr Clock::duration kMinWriteGap = std::chrono::seconds(1);
+constexpr Clock::duration kMaxWriteGap = std::chrono::seconds(30);
 
 // One column: an int64 or a float64 dataset of rows (1-D), or of rows of `width` float64
 // values (2-D [rows, width]; width 0: as the file has it), and its rows not yet written.
@@ -170,6 +180,11 @@ struct MetricsWriter::Impl {
   // Set once a write failed (and was reported): the destructor does not try again and report it
   // a second time on the way out.
   mutable bool failed = false;
+  Clock::time_point written = Clock::now();  // the last flush
+  bool held = false;                         // flush_due kept rows back since then
+
+  // Whether an append should write the rows buffered (besides kAutoFlushRows).
+  bool due() const { return Clock::now() - written >= (held ? kMinWriteGap : kMaxWriteGap); }
 
   [[noreturn]] void fail_here(const std::string& what) const {
     failed = true;
@@ -338,6 +353,8 @@ struct MetricsWriter::Impl {
     write_buffered(val);
     for (Table* t : further_tables()) write_buffered(*t);
     h5check(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot flush the file");
+    written = Clock::now();
+    held = false;
   }
 };
 
@@ -490,7 +507,7 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(12).doubles.push_back(r.moe_z_loss);
   t.col(13).doubles.push_back(r.moe_dropped);
   t.col(14).doubles.push_back(r.mtp_loss);
-  if (t.col(0).buffered() >= kAutoFlushRows) flush();
+  if (t.col(0).buffered() >= kAutoFlushRows || impl_->due()) flush();
 }
 
 void MetricsWriter::append(const ValRow& r) {
@@ -571,6 +588,13 @@ void MetricsWriter::flush() {
   } catch (const Error& e) {
     impl_->fail_here(e.what());
   }
+}
+
+void MetricsWriter::flush_due() {
+  if (Clock::now() - impl_->written >= kMinWriteGap)
+    flush();
+  else
+    impl_->held = true;
 }
 
 }  // namespace triad

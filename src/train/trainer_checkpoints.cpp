@@ -125,7 +125,7 @@ void Trainer::State::save_checkpoint() {
   finish_save();  // one save at a time
   // The metrics of the steps up to this one go to disk first: a run resumed from this checkpoint
   // after a crash continues its history without a gap (rows are otherwise written at
-  // evaluations and every 4096 steps).
+  // evaluations, a second apart at the least, and every half minute).
   if (metrics) metrics->flush();
   const std::string dir = cfg.checkpoint_dir();
   const std::string name = checkpoint_file_name(step);

@@ -875,7 +875,7 @@ void Trainer::State::run_eval() {
                                   average.sets[i].bpb);
       }
       if (!r.loss_by_position.empty()) metrics->append_position_losses(step, r.loss_by_position);
-      metrics->flush();
+      metrics->flush_due();
     }
   }
   write_sample();

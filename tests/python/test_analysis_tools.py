@@ -363,8 +363,8 @@ def test_metrics_tools_bad_files(runs, tmp_path, cmd):
 
 def test_tools_read_a_run_while_it_trains(tmp_path, capsys):
     """A sweep point still training: its metrics.h5 is read while triad-train appends to it
-    (every 5 steps, a few ms apart) by the loader, triad-plot, triad-scaling, triad-sweep and
-    triad-sweep-report; the point is 'running' until it has its final checkpoint."""
+    (at evaluations every 5 steps, a second apart) by the loader, triad-plot, triad-scaling,
+    triad-sweep and triad-sweep-report; the point is 'running' until it has its final checkpoint."""
     from analysis import scaling, sweep_report
     from analysis.metrics import load_metrics
 

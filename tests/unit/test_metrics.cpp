@@ -13,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../support/mpi_environment.h"
@@ -239,6 +240,36 @@ TEST_F(MetricsTest, AppendFlushAndReadBack) {
     H5Dclose(d);
   }
   H5Fclose(f);
+}
+
+// flush_due (at evaluations) writes no sooner than a second after the previous write; the rows
+// it keeps back are written by the first training row appended after that second.
+TEST_F(MetricsTest, EvaluationsWriteAtMostOnceASecond) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  triad::MetricsWriter w(path_, attrs(), -1);  // creating the file is a write
+  w.append(train_row(0));
+  w.append(val_row(0));
+  w.flush_due();
+  // (Only when the calls above took under the second, as they do but on a stalled machine.)
+  if (Clock::now() - start < std::chrono::milliseconds(900)) {
+    expect_train_rows(path_, {});
+    expect_val_rows(path_, {});
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  w.append(train_row(1));  // a second since the last write: the rows kept back go out
+  expect_train_rows(path_, {0, 1});
+  expect_val_rows(path_, {0});
+  w.append(val_row(1));
+  w.flush_due();  // the write just now was under a second ago
+  const auto written = Clock::now();
+  w.append(train_row(2));
+  if (Clock::now() - written < std::chrono::milliseconds(900)) expect_val_rows(path_, {0});
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  w.append(val_row(2));
+  w.flush_due();  // over a second: written at once
+  expect_train_rows(path_, {0, 1, 2});
+  expect_val_rows(path_, {0, 1, 2});
 }
 
 TEST_F(MetricsTest, ResumeTruncatesRowsAtOrAfterResumeStep) {

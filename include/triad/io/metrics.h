@@ -81,8 +81,9 @@ class MetricsWriter {
   // file HDF5 cannot open (damaged by a crash between flushes) is renamed to path + ".damaged"
   // with a warning on stderr and a new file is started. Attributes are (re)written. Strings
   // are fixed-length (h5py returns bytes: .decode()). Throws triad::Error naming the file.
-  // Rows are buffered: append() only stores them (writing every 4096 rows), flush() and the
-  // destructor write them and H5Fflush, after which a reader (h5py) sees them. The file is
+  // Rows are buffered: append() only stores them (writing every 4096 rows, or as flush_due
+  // says), flush() and the destructor write them and H5Fflush, after which a reader (h5py)
+  // sees them. The file is
   // not locked, so readers may open it meanwhile (they see the state of the last flush).
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
   // `norm_groups` (non-empty: train.norms_every) the columns of /norms, `activations`
@@ -125,7 +126,11 @@ class MetricsWriter {
   void append_ema(const ValRow& row);
   void append_ema_set(size_t i, int64_t step, double loss, double accuracy,
                       double bpb = std::numeric_limits<double>::quiet_NaN());
-  void flush();  // H5Fflush; called at least every evaluation
+  void flush();  // writes the rows buffered and H5Fflush: before a checkpoint, at the end
+  // At an evaluation: flush() unless the last write was under a second ago; then the rows are
+  // written at the first training row appended a second after it (or by flush()). Training
+  // rows are also written when half a minute has passed since the last write.
+  void flush_due();
 
  private:
   struct Impl;
