@@ -9,7 +9,14 @@ namespace triad {
 std::vector<std::string> Gpt::activation_names(int n_layer) {
   std::vector<std::string> names = {"embed"};
   for (int l = 0; l < n_layer; ++l)
-    for (const char* k : {"attn", "mlp", "out"}) names.push_back("h" + std::to_string(l) + "_" + k);
+    for (const char* k : {"attn", "mlp", "out"}) {
+      // (Appended piece by piece: GCC 12 warns, wrongly, of an overlapping copy in "h" + ...)
+      std::string name = "h";
+      name += std::to_string(l);
+      name += '_';
+      name += k;
+      names.push_back(std::move(name));
+    }
   return names;
 }
 

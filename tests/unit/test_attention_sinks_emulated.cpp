@@ -65,8 +65,6 @@ void reference(const Shape& s, const std::vector<double>& qkv, const std::vector
       }
 }
 
-double bf16_value(uint16_t b) { return double(to_float(bf16_t{b})); }
-
 void check(const Shape& s) {
   SCOPED_TRACE(::testing::Message()
                << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " NKV=" << s.NKV

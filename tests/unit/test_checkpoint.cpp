@@ -1133,10 +1133,7 @@ TEST_F(CheckpointTest, ErrorOnOneRankThrowsOnAllRanks) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const std::string p = path("step_00000001.h5");
   const bool bad = world_rank() == size - 1;
-  Tensors ts = make_tensors(
-      {"model"},
-      bad ? std::vector<Spec>{{"a", {2}}, {"a", {2}}} : std::vector<Spec>{{"a", {2}}, {"b", {2}}},
-      1);
+  Tensors ts = make_tensors({"model"}, {{"a", {2}}, {bad ? "a" : "b", {2}}}, 1);
   const std::string msg =
       error_of([&] { triad::save_checkpoint(MPI_COMM_WORLD, p, make_state(1), ts.groups); });
   EXPECT_CONTAINS(msg, "checkpoint " + p + ": tensor /model/a is listed twice");
