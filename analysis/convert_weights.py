@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--chat", choices=(*hf_tokenizer.CHAT_FORMATS, "none"),
                      help="the chat format of the model's instruct version, for triad-generate "
                      "--chat auto (default: told from the tokenizer where it can be: llama3, "
-                     "Mistral's v3 and v7 formats, qwen2, chatml, kimi; none: no chat line)")
+                     "Mistral's v3 and v7 formats, qwen2, chatml, kimi, deepseek3; none: no chat "
+                     "line)")
     tok.add_argument("--sentencepiece", action="store_true",
                      help="src is a SentencePiece BPE model (Llama 2's or Mistral's "
                      "tokenizer.model)")

@@ -122,6 +122,9 @@ DESCRIPTION_MAGIC = "triad-tokenizer 1"
 MAX_SPECIALS = 1 << 20
 # The chat formats triad-generate --chat and triad-tokenize chat build (triad/data/chat_format.h).
 CHAT_FORMATS = sp_tokenizer.CHAT_FORMATS
+# The special tokens of DeepSeek-V3's chat format: its document start and end, the roles' tokens.
+DEEPSEEK3_CHAT_TOKENS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>",
+                         "<｜Assistant｜>")
 # A ChatML template's default system message, where it writes one for a conversation without:
 # the text between "<|im_start|>system" and its newline (raw, or escaped in a Jinja string) and
 # "<|im_end|>", with no template syntax inside.
@@ -132,8 +135,9 @@ def chat_format_of_template(template, specials) -> str | None:
     """The chat format a tokenizer_config.json's chat_template writes, where triad has it:
     llama3 (Llama 3's headers), qwen2 (ChatML with Qwen2's default system message), chatml
     (ChatML without a default system message), kimi (Kimi K2's roles and default system
-    message); None otherwise (e.g. Qwen2.5's own default
-    system message: --chat chatml with that message given as the system)."""
+    message), deepseek3 (DeepSeek-V3's role tokens, no reasoning); None otherwise (e.g. Qwen2.5's
+    own default system message: --chat chatml with that message given as the system; DeepSeek
+    R1's and V3.1's, which open or drop a reply's reasoning between <think> and </think>)."""
     if not isinstance(template, str):
         return None
     if "<|start_header_id|>" in template and "<|start_header_id|>" in specials:
@@ -145,6 +149,9 @@ def chat_format_of_template(template, specials) -> str | None:
         return "qwen2" if default.group(1) == "You are a helpful assistant." else None
     if "<|im_middle|>" in template and all(s in specials for s in KIMI_CHAT_TOKENS):
         return "kimi" if KIMI_DEFAULT_SYSTEM in template else None
+    if all(s in template for s in DEEPSEEK3_CHAT_TOKENS[2:]) and \
+            all(s in specials for s in DEEPSEEK3_CHAT_TOKENS):
+        return None if "think>" in template else "deepseek3"
     return None
 # The pre-tokenizers triad implements, by name, with the regex each one is (as tiktoken and
 # Hugging Face's Split pre-tokenizer take it).

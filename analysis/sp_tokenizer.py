@@ -98,7 +98,8 @@ class PiecesDescription:
 # (hf_tokenizer.Description and PiecesDescription: specials, added, normalizer, document_start,
 # prompt_start, stops, chat)
 
-CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3", "chatml", "qwen2", "kimi")
+CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3", "chatml", "qwen2", "kimi",
+                "deepseek3")
 
 
 def mistral_chat(special_names) -> str | None:

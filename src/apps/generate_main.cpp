@@ -176,11 +176,11 @@ int main(int argc, char** argv) {
         "prompt-ids", po::value(&prompt_ids),
         "the prompt as token ids separated by spaces (instead of --prompt)")(
         "chat", po::value(&chat),
-        "--prompt is a user's message to an instruct model, put in this chat format: "
-        "mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi, or auto (the tokenizer "
-        "description's); the "
-        "reply ends at a stop token and is printed alone")(
-        "system", po::value(&system)->default_value(""), "with --chat: a system message")(
+        ("--prompt is a user's message to an instruct model, put in this chat format: " +
+         triad::chat_format_names("auto") +
+         " (the tokenizer description's); the reply ends at a stop token and is printed alone")
+            .c_str())("system", po::value(&system)->default_value(""),
+                      "with --chat: a system message")(
         "messages", po::value(&messages),
         "with --chat, instead of --prompt: a JSON Lines file holding one conversation "
         "({\"messages\": [{\"role\": ..., \"content\": ...}, ...]}) that ends with the user's "

@@ -61,8 +61,8 @@ constexpr const char* kUsage =
     "                          \\uDCNN (Python's surrogateescape)\n"
     "  chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]\n"
     "                          read a user message on stdin, write the ids of a chat prompt\n"
-    "                          (mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi;\n"
-    "                          default: the description's chat format), one per line;\n"
+    "                          (in a chat format: --format, default the description's),\n"
+    "                          one per line;\n"
     "                          --messages: JSON Lines conversations ending with the user's\n"
     "                          message (multi-turn), each prompt's ids on a line\n"
     "\n"
@@ -198,9 +198,8 @@ int cmd_chat(const std::vector<std::string>& args) {
   std::string vocab, format, system, messages;
   desc.add_options()("vocab", po::value(&vocab)->required(), "tokenizer description")(
       "format", po::value(&format),
-      "mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2 or kimi (default: the "
-      "description's 'chat' line)")("system", po::value(&system)->default_value(""),
-                                    "system message (empty: none)")(
+      (triad::chat_format_names() + " (default: the description's 'chat' line)").c_str())(
+      "system", po::value(&system)->default_value(""), "system message (empty: none)")(
       "messages", po::value(&messages),
       "instead of stdin: JSON Lines conversations ({\"messages\": [{\"role\": ..., \"content\": "
       "...}, ...]}, each ending with the user's message): each prompt's ids on a line");
@@ -302,13 +301,12 @@ int cmd_shards(const std::vector<std::string>& args) {
       "prompt-field", po::value(&prompt_field),
       "with --jsonl: each line is a prompt (this field) and its completion (--field, default "
       "completion); a loss mask beside each shard counts the completion and the stop token "
-      "after it")(
-      "chat", po::value(&chat),
-      "the files are JSON Lines conversations, encoded in this chat format (mistral_v1, "
-      "mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi, or auto: the tokenizer description's); "
-      "a "
-      "loss mask "
-      "beside each shard counts the assistant replies (data.loss_mask)")(
+      "after it")("chat", po::value(&chat),
+                  ("the files are JSON Lines conversations, encoded in this chat format (" +
+                   triad::chat_format_names("auto") +
+                   ": auto, the tokenizer description's); a loss mask beside each shard counts the "
+                   "assistant replies (data.loss_mask)")
+                      .c_str())(
       "document-start", po::bool_switch(&document_start),
       "with --chat: the tokenizer's document start (not counted) before each conversation that "
       "does not begin with it (chatml, qwen2, kimi), so that data.document_mask = its id (or name) "

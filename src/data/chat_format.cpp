@@ -23,6 +23,8 @@ const char* chat_format_name(ChatFormat f) {
       return "qwen2";
     case ChatFormat::kimi:
       return "kimi";
+    case ChatFormat::deepseek3:
+      return "deepseek3";
   }
   return "?";
 }
@@ -30,7 +32,7 @@ const char* chat_format_name(ChatFormat f) {
 namespace {
 constexpr ChatFormat kChatFormats[] = {
     ChatFormat::mistral_v1, ChatFormat::mistral_v3, ChatFormat::mistral_v7, ChatFormat::llama3,
-    ChatFormat::chatml,     ChatFormat::qwen2,      ChatFormat::kimi};
+    ChatFormat::chatml,     ChatFormat::qwen2,      ChatFormat::kimi,       ChatFormat::deepseek3};
 }  // namespace
 
 std::optional<ChatFormat> parse_chat_format(std::string_view name) {
@@ -218,6 +220,24 @@ ChatExample encode_chat(const Tokenizer& tokenizer, ChatFormat format,
       if (prompt) opening("assistant");
       break;
     }
+    case ChatFormat::deepseek3:
+      // The system text straight after the BOS, each message a stretch of text after its role's
+      // token; a reply closed by the EOS (no newlines anywhere).
+      put(special("<｜begin▁of▁sentence｜>"));
+      for (const ChatMessage& m : messages) {
+        if (m.role == "system") {
+          text(m.content);
+        } else if (m.role == "user") {
+          put(special("<｜User｜>"));
+          text(m.content);
+        } else {
+          put(special("<｜Assistant｜>"));
+          text(m.content, true);
+          put(special("<｜end▁of▁sentence｜>"), true);
+        }
+      }
+      if (prompt) put(special("<｜Assistant｜>"));
+      break;
   }
   return ex;
 }

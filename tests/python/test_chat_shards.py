@@ -356,6 +356,101 @@ def test_chat_format_told_from_templates():
     assert chat_format_of_template("<|start_header_id|>", specials) == "llama3"
 
 
+# ---- DeepSeek-V3 ---------------------------------------------------------------------------------
+
+DS_BOS, DS_EOS, DS_USER, DS_ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", \
+    "<｜User｜>", "<｜Assistant｜>"
+# DeepSeek-V3's chat format as its template writes a conversation without tools: the BOS, the
+# system text, then each message after its role's token, a reply closed by the EOS; the reply
+# opened by <｜Assistant｜>.
+DEEPSEEK3_TEMPLATE = (
+    "{{ bos_token }}{%- for m in messages -%}{%- if m['role'] == 'system' -%}{{ m['content'] }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{{ '" + DS_USER + "' + m['content'] }}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{{ '" + DS_ASSISTANT + "' + m['content'] + '" + DS_EOS + "' }}{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '" + DS_ASSISTANT + "' }}{%- endif -%}")
+
+
+@pytest.fixture(scope="module")
+def deepseek3_chat(tmp_path_factory):
+    """A byte-level BPE with DeepSeek-V3's pre-tokenizer trained by Hugging Face's tokenizers,
+    its BOS and EOS as special tokens and the roles' tokens as added ones (found in text), a
+    post-processor that puts the BOS first and the template above in tokenizer_config.json,
+    imported by triad-convert tokenizer; and the reference: the template rendered by
+    transformers' jinja2 environment, encoded by tokenizers."""
+    pytest.importorskip("transformers")
+    from tokenizers import processors
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from test_tokenizer_llama3 import train_hf
+    d = tmp_path_factory.mktemp("deepseek3chat")
+    (d / "hf").mkdir()
+    tok = train_hf(d / "hf" / "tokenizer.json", "deepseek3")
+    tok.add_special_tokens([DS_BOS, DS_EOS])
+    tok.add_tokens([DS_USER, DS_ASSISTANT])
+    bos = tok.token_to_id(DS_BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{DS_BOS} $A",
+                                                       special_tokens=[(DS_BOS, bos)])
+    tok.save(str(d / "hf" / "tokenizer.json"))
+    (d / "hf" / "tokenizer_config.json").write_text(json.dumps(dict(
+        bos_token=DS_BOS, eos_token=DS_EOS, chat_template=DEEPSEEK3_TEMPLATE)), encoding="utf-8")
+    p = tool("triad-convert", "tokenizer", d / "hf", d / "triad", timeout=300)
+    assert p.returncode == 0, p.stderr
+    render = _compile_jinja_template(DEEPSEEK3_TEMPLATE)
+
+    def text_of(msgs, gen):
+        return render.render(messages=[{"role": r, "content": c} for r, c in msgs],
+                             add_generation_prompt=gen, bos_token=DS_BOS)
+
+    def reference(messages, prompt):
+        """ids and per-token counts: a token counts if its characters overlap an assistant
+        reply or the EOS after it."""
+        text = text_of(messages, prompt)
+        spans = [(len(text_of(messages[:k], True)), len(text_of(messages[:k + 1], False)))
+                 for k, (role, _) in enumerate(messages) if role == "assistant"]
+        enc = tok.encode(text, add_special_tokens=False)
+        return enc.ids, [int(any(b > s and a < e for s, e in spans)) for a, b in enc.offsets]
+
+    return d / "triad" / "tokenizer.triad", reference, tok
+
+
+def test_deepseek3_conversations_and_prompts_match_its_template(tmp_path, deepseek3_chat):
+    """deepseek3, told from the template: fine-tuning conversations (`shards --chat auto`: ids
+    and loss mask), multi-turn and single-turn prompts, as the template renders them; the
+    replies and their EOS count, the roles' tokens and the system text do not."""
+    from test_chat_format import chat
+    desc, reference, tok = deepseek3_chat
+    text = desc.read_text()
+    assert "chat deepseek3\n" in text
+    assert f"added {tok.token_to_id(DS_USER)} {DS_USER}\n" in text
+    write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
+    p = shards(desc, tmp_path / "chat.jsonl", tmp_path / "out", "--chat", "auto")
+    examples = [reference(c, False) for c in CONVERSATIONS]
+    check_stream(p, tmp_path / "out", examples)
+    ids, counts = examples[1]  # two replies: each reply's tokens and its EOS, nothing else
+    eos = tok.token_to_id(DS_EOS)
+    assert [i for i, c in zip(ids, counts) if c and i == eos] == [eos, eos]
+    assert tok.decode([i for i, c in zip(ids, counts) if c and i != eos]) == "Blue.Green.  "
+    assert prompts(desc, OPEN) == [reference(conv, True)[0] for conv in OPEN]
+    for user in ["Hello world", "Ünïcödé 漢字 🙂"]:
+        for system in ["", "Be brief."]:
+            msgs = ([("system", system)] if system else []) + [("user", user)]
+            assert chat(desc, user, system, "deepseek3") == reference(msgs, True)[0]
+
+
+def test_deepseek3_told_only_from_its_template():
+    """The chat line for DeepSeek-V3's template with its four tokens; none for R1's or V3.1's
+    (which open or drop a reply's reasoning) or without the tokens."""
+    from analysis.hf_tokenizer import chat_format_of_template
+    specials = {DS_BOS: 0, DS_EOS: 1, DS_USER: 2, DS_ASSISTANT: 3}
+    assert chat_format_of_template(DEEPSEEK3_TEMPLATE, specials) == "deepseek3"
+    r1 = DEEPSEEK3_TEMPLATE.replace(f"'{DS_ASSISTANT}' }}}}", f"'{DS_ASSISTANT}<think>\\n' }}}}")
+    assert r1 != DEEPSEEK3_TEMPLATE
+    assert chat_format_of_template(r1, specials) is None
+    assert chat_format_of_template(DEEPSEEK3_TEMPLATE, {DS_USER: 2, DS_ASSISTANT: 3}) is None
+
+
 # ---- multi-turn prompts (triad-tokenize chat --messages, triad-generate --messages) -------------
 
 def prompts(desc, conversations, fmt=None):

@@ -19,8 +19,12 @@
 //               "{text}" <|im_end|>, with the system message "You are Kimi, an AI assistant
 //               created by Moonshot AI." where none is given, then <|im_assistant|> "assistant"
 //               <|im_middle|> (Kimi K2 Instruct's template; no BOS, no newlines)
+//   deepseek3   <｜begin▁of▁sentence｜> "{system}" then per message <｜User｜> "{text}" or
+//               <｜Assistant｜> "{text}" <｜end▁of▁sentence｜>, then <｜Assistant｜> (DeepSeek-V3's
+//               template; no default system message, no newlines)
 // as mistral_common's and Meta's reference encoders and transformers' Qwen2 template write them
-// (tests/python compares; kimi with the prompts Kimi K2's template renders).
+// (tests/python compares; kimi with the prompts Kimi K2's template renders, deepseek3 with
+// DeepSeek-V3's template rendered and encoded by Hugging Face's tokenizers).
 //
 // Whole conversations (chat_example, for fine-tuning: `triad-tokenize shards --chat`) follow the
 // same encoders' training form (mistral_common's encode_instruct, Meta's encode_message per
@@ -28,7 +32,7 @@
 // user turn; mistral_v1 puts the system message before the first user message, mistral_v3 before
 // the last (as mistral_common does); v3 and v7 drop a reply's trailing spaces. The loss counts
 // the replies and their end tokens, not the prompts, headers or system text (kimi: each reply's
-// text and its <|im_end|>). In ChatML the text
+// text and its <|im_end|>; deepseek3: its text and <｜end▁of▁sentence｜>). In ChatML the text
 // between two special tokens is encoded whole ("assistant\n" and the reply), so a token that
 // spans the header's end counts.
 #pragma once
@@ -44,7 +48,16 @@
 
 namespace triad {
 
-enum class ChatFormat : uint8_t { mistral_v1, mistral_v3, mistral_v7, llama3, chatml, qwen2, kimi };
+enum class ChatFormat : uint8_t {
+  mistral_v1,
+  mistral_v3,
+  mistral_v7,
+  llama3,
+  chatml,
+  qwen2,
+  kimi,
+  deepseek3
+};
 const char* chat_format_name(ChatFormat f);
 std::optional<ChatFormat> parse_chat_format(std::string_view name);
 // Every format's name, for messages: "mistral_v1, mistral_v3, ... or kimi", or with another
