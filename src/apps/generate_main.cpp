@@ -242,8 +242,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     TRIAD_CHECK(tp >= 1 && pp >= 1, "--tp and --pp must be >= 1 (got ", tp, ", ", pp, ")");
-    TRIAD_CHECK(size == tp * pp, "triad-generate runs on --tp × --pp = ", tp * pp, " ranks (got ",
-                size, ")");
+    TRIAD_CHECK(size == int64_t(tp) * pp, "triad-generate runs on --tp × --pp = ", int64_t(tp) * pp,
+                " ranks (got ", size, ")");
     TRIAD_CHECK(opt.length >= 0, "--length must be >= 0 (got ", opt.length, ")");
     if (const triad::SampleRangeError bad = triad::sample_range_error(opt); !bad.name.empty()) {
       std::string option = bad.name;  // the field's name as the option's: top_p → --top-p

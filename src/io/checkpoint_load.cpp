@@ -220,6 +220,7 @@ struct LoadItem {
   H5Id dset;
   std::vector<hsize_t> file_dims;
   std::optional<int64_t> checksum;
+  bool nonnegative = false;  // TensorGroup::nonnegative
   Shard shard;
   FlatRange held;
   hsize_t rows = 0;
@@ -263,10 +264,18 @@ bool all_finite(const float* data, hsize_t n) {
   return finite;
 }
 
+bool none_negative(const float* data, hsize_t n) {
+  bool ok = true;
+#pragma omp parallel for reduction(&& : ok) schedule(static)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) ok = ok && !(data[i] < 0.0f);
+  return ok;
+}
+
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   LoadItem it;
   it.tensor = &t;
   it.path = dataset_path(g, t);
+  it.nonnegative = g.nonnegative;
   const std::string rel = it.path.substr(1);
   TRIAD_CHECK(io::path_exists(file, rel), "dataset ", it.path, " is missing");
   {
@@ -278,6 +287,9 @@ LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
   {
     H5Id type = io::own_datatype(H5Dget_type(it.dset), "cannot read the type of " + it.path);
     TRIAD_CHECK(H5Tget_class(type) == H5T_FLOAT, "dataset ", it.path, " is not floating point");
+    // (Its checksum is of fp32 bytes: another width would load converted, unverifiable.)
+    TRIAD_CHECK(H5Tget_size(type) == 4, "dataset ", it.path, " holds ", 8 * H5Tget_size(type),
+                "-bit floats; a triad checkpoint's tensors are fp32");
   }
   it.file_dims = io::dataset_dims(it.dset);
   const std::vector<hsize_t> want = to_dims(t.shape);
@@ -470,7 +482,11 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
     const std::vector<int64_t> all = allgather_int64(comm, local);
     collective_phase(comm, [&] {
       for (size_t i = 0; i < n; ++i) {
-        if (items[i].checksum.has_value() && element_count(items[i].file_dims) > 0) {
+        // (Every writer gives each dataset one: without it a damaged tensor would load unseen.)
+        TRIAD_CHECK(items[i].checksum.has_value(), "dataset ", items[i].path,
+                    " has no checksum attribute (the CRC-32 every dataset of a triad checkpoint "
+                    "has): the file is damaged or not a triad checkpoint");
+        if (element_count(items[i].file_dims) > 0) {
           plan_load_verification(items[i], i, n, all, size, rank);
         }
       }
@@ -506,6 +522,15 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
     TRIAD_CHECK(bad == static_cast<int64_t>(n), "dataset ", items[size_t(bad)].path,
                 " holds values that are not finite (NaN or infinity): a model or optimizer state "
                 "with them cannot be evaluated or trained");
+    bad = static_cast<int64_t>(n);
+    for (size_t i = 0; i < n && bad == static_cast<int64_t>(n); ++i) {
+      if (items[i].nonnegative && !none_negative(items[i].tensor->data, items[i].readable.size()))
+        bad = static_cast<int64_t>(i);
+    }
+    bad = allreduce_min(comm, bad);
+    TRIAD_CHECK(bad == static_cast<int64_t>(n), "dataset ", items[size_t(bad)].path,
+                " holds negative values, which second moments (averages of squares) never are: "
+                "the file is damaged");
   } catch (const Error& e) {
     fail("checkpoint ", path, ": ", e.what());
   }

@@ -10,9 +10,10 @@ ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp, int cp, int ep) : world
   TRIAD_CHECK(tp >= 1 && pp >= 1 && cp >= 1,
               "parallel.tp, parallel.pp and parallel.cp must be >= 1 (got tp=", tp, ", pp=", pp,
               ", cp=", cp, ")");
-  TRIAD_CHECK(size_ % (tp * pp * cp) == 0, "the job has ", size_,
+  const int64_t grid = int64_t(tp) * pp * cp;  // (int64: a product of sizes no job has)
+  TRIAD_CHECK(grid <= size_ && size_ % grid == 0, "the job has ", size_,
               " ranks, which is not a multiple of parallel.tp · parallel.pp · parallel.cp = ", tp,
-              " · ", pp, " · ", cp, " = ", tp * pp * cp);
+              " · ", pp, " · ", cp, " = ", grid);
   shape_ = GridShape{size_ / (tp * pp * cp), pp, tp, cp, ep};
   TRIAD_CHECK(ep >= 1, "parallel.ep must be >= 1 (got ", ep, ")");
   TRIAD_CHECK(shape_.dp % ep == 0, "parallel.ep = ", ep,

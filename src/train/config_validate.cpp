@@ -51,6 +51,20 @@ std::vector<std::pair<std::string, std::string>> parse_val_sets(const std::strin
 
 void validate(const Config& c, int world_size) {
   const auto& m = c.model;
+  // The grid first: the checks below divide by its sizes and multiply them (in int, which a
+  // product of sizes larger than any job would overflow).
+  for (const auto& [key, v] :
+       {std::pair{"parallel.tp", c.parallel.tp}, std::pair{"parallel.pp", c.parallel.pp},
+        std::pair{"parallel.cp", c.parallel.cp}, std::pair{"parallel.ep", c.parallel.ep}})
+    check(v >= 1, key, "must be >= 1 (got " + std::to_string(v) + ")");
+  const int64_t grid = int64_t(c.parallel.tp) * c.parallel.pp * c.parallel.cp;
+  check(grid <= world_size && world_size % grid == 0, "parallel.tp",
+        "· parallel.pp · parallel.cp (" + std::to_string(c.parallel.tp) + " · " +
+            std::to_string(c.parallel.pp) + " · " + std::to_string(c.parallel.cp) +
+            ") must divide the number of ranks (" + std::to_string(world_size) + ")");
+  check(c.parallel.ep <= world_size, "parallel.ep",
+        "= " + std::to_string(c.parallel.ep) + " must divide the data-parallel size, at most the " +
+            "number of ranks (" + std::to_string(world_size) + ")");
   check(m.n_layer >= 1, "model.n_layer", "must be >= 1 (got " + std::to_string(m.n_layer) + ")");
   check(m.n_head >= 1, "model.n_head", "must be >= 1 (got " + std::to_string(m.n_head) + ")");
   check(m.n_embd >= 1, "model.n_embd", "must be >= 1 (got " + std::to_string(m.n_embd) + ")");
@@ -342,13 +356,13 @@ void validate(const Config& c, int world_size) {
   check(t.micro_batch_size >= 1, "train.micro_batch_size",
         "must be >= 1 (got " + std::to_string(t.micro_batch_size) + ")");
   const int dp = world_size / std::max(1, c.parallel.tp * c.parallel.pp * c.parallel.cp);
-  check(t.batch_size % (t.micro_batch_size * std::max(1, dp)) == 0, "train.batch_size",
+  check(t.batch_size % (int64_t(t.micro_batch_size) * std::max(1, dp)) == 0, "train.batch_size",
         "(" + std::to_string(t.batch_size) + ") must be divisible by micro_batch_size · dp (" +
             std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) + ")");
   // Every batch of a ramp is split as batch_size is: START and INCREMENT divisible like it.
   const BatchRampup ramp = parse_batch_rampup(t.batch_rampup, t.batch_size);
   if (ramp.on()) {
-    const int unit = t.micro_batch_size * std::max(1, dp);
+    const int64_t unit = int64_t(t.micro_batch_size) * std::max(1, dp);
     check(ramp.start % unit == 0 && ramp.increment % unit == 0, "train.batch_rampup",
           "'" + t.batch_rampup + "': START and INCREMENT must be multiples of micro_batch_size · " +
               "dp (" + std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) +
@@ -568,10 +582,6 @@ void validate(const Config& c, int world_size) {
         "must be a number of minutes >= 0 (0: no budget)");
   check(std::isfinite(c.run.hang_minutes) && c.run.hang_minutes >= 0, "run.hang_minutes",
         "must be a number of minutes >= 0 (0: no watchdog)");
-  check(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
-  check(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
-  check(c.parallel.cp >= 1, "parallel.cp", "must be >= 1");
-  check(c.parallel.ep >= 1, "parallel.ep", "must be >= 1");
   if (c.model.mtp_depth > 0) {
     const ModelConfig& m = c.model;
     check(std::isfinite(c.train.mtp_loss_weight) && c.train.mtp_loss_weight >= 0,
@@ -597,10 +607,6 @@ void validate(const Config& c, int world_size) {
         "nccl needs run.backend = cuda (the cpu backend communicates through MPI)");
   // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp·cp)).
   const auto& par = c.parallel;
-  check(world_size % std::max(1, par.tp * par.pp * par.cp) == 0, "parallel.tp",
-        "· parallel.pp · parallel.cp (" + std::to_string(par.tp) + " · " + std::to_string(par.pp) +
-            " · " + std::to_string(par.cp) + ") must divide the number of ranks (" +
-            std::to_string(world_size) + ")");
   if (par.ep > 1) {
     const int dp = world_size / std::max(1, par.tp * par.pp * par.cp);
     const std::string ep = "= " + std::to_string(par.ep);

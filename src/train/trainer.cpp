@@ -321,6 +321,11 @@ TrainOutcome Trainer::run() {
     std::error_code ec;
     fs::create_directories(run_path, ec);
     TRIAD_CHECK(!ec, "run.dir: cannot make the run directory ", run_path, ": ", ec.message());
+    // The checkpoints' directory too, now rather than at the first save, after the training.
+    if (!s.cl.eval_only) {
+      fs::create_directories(cfg.checkpoint_dir(), ec);
+      TRIAD_CHECK(!ec, "checkpoint.dir: cannot make ", cfg.checkpoint_dir(), ": ", ec.message());
+    }
     s.run_lock = lock_run_directory(run_path, lock_note);
     check_run_record(run_path);
     if (!here) set_aside_note = set_aside_earlier_record(run_path);

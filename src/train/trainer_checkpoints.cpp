@@ -99,7 +99,7 @@ std::vector<TensorGroup> Trainer::State::groups(bool with_optimizer, bool for_sa
         experts_from_their_slice(refs, slot_base(sg.slot, true));
       std::erase_if(
           refs, [&](const TensorRef& t) { return !Optimizer::group_holds(sg.tensors, t.name); });
-      g.push_back({"optimizer/" + sg.name, std::move(refs)});
+      g.push_back({"optimizer/" + sg.name, std::move(refs), false, sg.name == "v"});
     }
   }
   return g;
@@ -134,7 +134,8 @@ void Trainer::State::save_checkpoint() {
   // node's may lag behind a file moved or written there).
   // And the run's record must still be there: a run directory removed under the run (its
   // metrics and log going to files no one can open any more) stops it here, on every rank.
-  int state[2] = {root() && fs::exists(path) ? 1 : 0, 0};
+  std::error_code exists_ec;  // (a path the file system refuses is reported by the save below)
+  int state[2] = {root() && fs::exists(path, exists_ec) ? 1 : 0, 0};
   if (root() && metrics) {
     std::error_code ec;
     state[1] = fs::exists(cfg.run_path() + "/metrics.h5", ec) ? 0 : 1;

@@ -268,6 +268,12 @@ def test_help_lists_every_key_with_defaults():
      ["--init-from starts a new run from one checkpoint and --resume b.h5", "give one"]),
     # (OpenMP crashed asking for that many threads)
     (["--run.threads", "100000"], ["run.threads", "must be in [0, 1024]"]),
+    # A grid whose size overflowed an int to 0 (a division by zero: SIGFPE), and a plan for more
+    # ranks than the batch splits over (micro_batch_size · dp overflowed and passed).
+    (["--parallel.tp", "65536", "--parallel.pp", "65536"],
+     ["not a multiple of parallel.tp · parallel.pp · parallel.cp", "4294967296"]),
+    (["--plan", "--plan-ranks", "2147483647"],
+     ["train.batch_size (8) must be divisible by micro_batch_size · dp (4 · 2147483647)"]),
     # Keys of a multiple-choice file that is not there.
     (["--eval.choice_mode", "cached"], ["eval.choice_mode", "needs eval.choices"]),
     (["--eval.choice_examples", "3"], ["eval.choice_examples", "needs eval.choices"]),
@@ -772,6 +778,11 @@ def test_bad_run_paths_are_refused_by_name(tmp_path):
     p = train("--config", cfg)
     assert_clean_error(p, "ckpt: latest is not a file")
     assert "val loss" not in p.stdout, p.stdout  # (before the first evaluation)
+    # A checkpoint.dir the file system refuses: said before training, not after it at the first
+    # save (as an "unexpected failure" naming no key).
+    p = train("--config", cfg, "--run.name", "long", "--checkpoint.dir", tmp_path / ("x" * 300))
+    assert_clean_error(p, "checkpoint.dir: cannot make", "File name too long")
+    assert "step " not in p.stdout, p.stdout
 
 
 def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -762,7 +763,7 @@ TEST_F(CheckpointTest, ChecksumMismatchOutsideTheRangeRead) {
   EXPECT_EQ(std::memcmp(buf.data(), saved.find("model", "h/1/mlp/c_fc/weight").data + 10,
                         40 * sizeof(float)),
             0);
-  // Without the checksum attribute (a file from another tool) the data load unchecked.
+  // Without the checksum attribute (damaged data would load unseen) the file is refused.
   on_root([&] {
     hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
     ASSERT_GE(f, 0);
@@ -771,10 +772,54 @@ TEST_F(CheckpointTest, ChecksumMismatchOutsideTheRangeRead) {
     H5Dclose(d);
     H5Fclose(f);
   });
-  triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
-  EXPECT_EQ(std::memcmp(buf.data(), saved.find("model", "h/1/mlp/c_fc/weight").data + 10,
-                        40 * sizeof(float)),
-            0);
+  const std::string unchecked = error_of([&] {
+    triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, {{"model", {t}}});
+  });
+  EXPECT_CONTAINS(unchecked, "dataset " + dset + " has no checksum attribute");
+}
+
+// A dataset of another float width (its checksum is of fp32 bytes), and second moments below zero
+// (an intact file): refused, naming the dataset.
+TEST_F(CheckpointTest, Float64DatasetsAndNegativeSecondMomentsAreRefused) {
+  const std::string p = save_valid(10);
+  const std::string wide = "/model/h/0/ln_1/weight", v = "/optimizer/v/wpe";
+  on_root([&] {
+    hid_t f = H5Fopen(p.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    // ln_1 as float64 (same values, its checksum kept)
+    std::vector<double> ones(8, 1.0);
+    ASSERT_GE(H5Ldelete(f, wide.c_str(), H5P_DEFAULT), 0);
+    hsize_t dims = 8;
+    hid_t s = H5Screate_simple(1, &dims, nullptr);
+    hid_t d = H5Dcreate2(f, wide.c_str(), H5T_IEEE_F64LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Dwrite(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, ones.data()), 0);
+    H5Dclose(d);
+    H5Sclose(s);
+    H5Fclose(f);
+  });
+  Tensors ts = make_tensors(kAdamGroups, kModelSpecs, 0, true);
+  std::string msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, p, ts.groups); });
+  EXPECT_CONTAINS(msg, "dataset " + wide +
+                           " holds 64-bit floats; a triad checkpoint's tensors "
+                           "are fp32");
+
+  // Second moments all >= 0 but one (the file's checksums its own, as saved).
+  const std::string q = path(triad::checkpoint_file_name(11));
+  Tensors moments = make_tensors(kAdamGroups, kModelSpecs, 5);
+  for (triad::TensorRef& t : moments.groups[2].tensors) {
+    size_t n = 1;
+    for (int64_t d : t.shape) n *= static_cast<size_t>(d);
+    for (size_t i = 0; i < n; ++i) t.data[i] = std::fabs(t.data[i]);
+  }
+  moments.find("optimizer/v", "wpe").data[5] = -1e-3f;
+  triad::save_checkpoint(MPI_COMM_WORLD, q, make_state(11), moments.groups);
+  Tensors loaded = make_tensors(kAdamGroups, kModelSpecs, 0, true);
+  loaded.groups[2].nonnegative = true;  // optimizer/v, as the trainer marks it
+  msg = error_of([&] { triad::load_checkpoint_tensors(MPI_COMM_WORLD, q, loaded.groups); });
+  EXPECT_CONTAINS(msg, "dataset " + v + " holds negative values");
+  loaded.groups[2].nonnegative = false;  // (a group not marked: loaded as it is)
+  triad::load_checkpoint_tensors(MPI_COMM_WORLD, q, loaded.groups);
+  EXPECT_FLOAT_EQ(loaded.find("optimizer/v", "wpe").data[5], -1e-3f);
 }
 
 // Saving with explicit ranges: one rank's ranges must cover each tensor exactly; write = false

@@ -115,6 +115,12 @@ TEST(Config, InvalidGridsAreRefused) {
   expect(error_of({"--parallel.pp", "2", "--parallel.tp", "2"}, 6), "parallel.tp",
          "must divide the number of ranks");
   expect(error_of({"--parallel.pp", "16"}, 16), "parallel.pp", "must not exceed model.n_layer");
+  // Sizes whose product overflows an int (it was 0, then a division by it), and a rank count
+  // whose product with micro_batch_size does (8 % -4 == 0 passed).
+  expect(error_of({"--parallel.tp", "65536", "--parallel.pp", "65536"}, 1), "parallel.tp",
+         "(65536 · 65536 · 1) must divide the number of ranks (1)");
+  expect(error_of({"--train.micro_batch_size", "4"}, 2147483647), "train.batch_size",
+         "(8) must be divisible by micro_batch_size · dp (4 · 2147483647)");
   expect(error_of({"--parallel.pp", "5"}, 5), "model.n_layer", "must be divisible");
   expect(error_of({"--parallel.virtual_stages", "2", "--parallel.pp", "2"}, 2),
          "parallel.virtual_stages", "must be 1 for parallel.schedule = 1f1b");

@@ -69,6 +69,9 @@ struct TensorGroup {
   // names is refused on load (a model's weights, which its /model attributes describe whole: a
   // tensor beyond them means the attributes and the tensors disagree).
   bool whole = false;
+  // Its values are never negative (AdamW's second moments, averages of squares): a file that
+  // holds a negative one is refused on load, as one holding NaN or infinity is.
+  bool nonnegative = false;
 };
 
 struct ModelShape {
