@@ -200,7 +200,10 @@ class _Inconsistent(Exception):
     """A read that saw the file mid-append (unequal lengths, a chunk not yet there)."""
 
 
-def _read_group(f, path: Path, name: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _read_group(f, path: Path, name: str, fields: tuple[str, ...],
+                wide: bool = False) -> dict[str, np.ndarray]:
+    """The numeric datasets of group /name (its `fields` required); 1-D, or with `wide` also
+    [rows, width]."""
     import h5py
 
     if name not in f:
@@ -219,9 +222,13 @@ def _read_group(f, path: Path, name: str, fields: tuple[str, ...]) -> dict[str, 
         except Exception as e:  # noqa: BLE001
             raise _Inconsistent(f"cannot open /{name}/{k}: {e}") from e
         if not isinstance(ds, h5py.Dataset):
+            if k in fields:  # (another member that is no dataset is skipped)
+                raise MetricsError(f"{path}: /{name}/{k} is not a dataset (not a triad "
+                                   f"metrics.h5?)")
             continue
-        if ds.ndim != 1:
-            raise MetricsError(f"{path}: /{name}/{k} has shape {ds.shape}, expected 1-D")
+        if ds.ndim != 1 and not (wide and ds.ndim == 2 and k != "step"):
+            raise MetricsError(f"{path}: /{name}/{k} has shape {ds.shape}, expected "
+                               f"{'1-D or [rows, width]' if wide and k != 'step' else '1-D'}")
         # (numbers only: a text or compound dataset failed as Python's own error further on)
         if ds.dtype.kind not in "iuf":
             what = "text" if ds.dtype.kind in "OSU" else f"{ds.dtype} values"
@@ -260,25 +267,34 @@ def _tail_unwritten(cols: dict[str, np.ndarray], increasing: tuple[str, ...]) ->
 
 
 def _read_once(path: Path):
-    import h5py
-
     try:
         f = open_h5(path)
     except Exception as e:  # noqa: BLE001 - OSError for truncated files, etc.
         raise _Inconsistent(f"cannot open as HDF5: {e}") from e
-    with f:
-        attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-        train = _read_group(f, path, "train", TRAIN_FIELDS)
-        val = _read_group(f, path, "val", VAL_FIELDS)
-        for group in ("val_sets", "val_ema_sets"):
-            if group in f and not isinstance(f[group], h5py.Group):
-                raise MetricsError(f"{path}: /{group} is not a group (not a triad metrics.h5?)")
-        sets, average_sets = ({name: _read_group(f[group], path, name,
-                                                 ("step", "loss", "accuracy"))
-                               for name in sorted(f[group].keys())} if group in f else {}
-                              for group in ("val_sets", "val_ema_sets"))
-        average = _read_group(f, path, "val_ema", ("step", "loss", "accuracy")) \
-            if "val_ema" in f else {}
+    try:
+        with f:
+            return _read_file(f, path)
+    except (MetricsError, _Inconsistent):
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged metadata (or a writer's): h5py's own types
+        raise _Inconsistent(f"cannot read: {e}") from e
+
+
+def _read_file(f, path: Path):
+    import h5py
+
+    attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+    train = _read_group(f, path, "train", TRAIN_FIELDS)
+    val = _read_group(f, path, "val", VAL_FIELDS)
+    for group in ("val_sets", "val_ema_sets"):
+        if group in f and not isinstance(f[group], h5py.Group):
+            raise MetricsError(f"{path}: /{group} is not a group (not a triad metrics.h5?)")
+    sets, average_sets = ({name: _read_group(f[group], path, name,
+                                             ("step", "loss", "accuracy"))
+                           for name in sorted(f[group].keys())} if group in f else {}
+                          for group in ("val_sets", "val_ema_sets"))
+    average = _read_group(f, path, "val_ema", ("step", "loss", "accuracy")) \
+        if "val_ema" in f else {}
     return train, val, attrs, sets, average, average_sets
 
 
@@ -339,6 +355,53 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
         average = {k: v[:min(_lengths(average).values())] for k, v in average.items()}
     return Metrics(path=path, train=train, val=val, attrs=attrs, val_sets=sets, val_ema=average,
                    val_ema_sets=average_sets)
+
+
+def load_group(p: str | os.PathLike, group: str, why: str, fields: tuple[str, ...] = ("step",),
+               wide: bool = False, wait: float = 3.0) -> dict[str, np.ndarray]:
+    """The numeric datasets of a run's table /group (its rows: `step` and the columns beside it,
+    `fields` required; with `wide` also [rows, width] ones), read as load_metrics reads /train:
+    retried for up to ``wait`` seconds while the file is caught mid-append, lengths that then
+    differ by one row cut to the shortest. Raises MetricsError naming the file for a missing
+    group (saying `why` it would be), a missing field, a member of the wrong kind or shape,
+    lengths that differ by more, or a file HDF5 cannot read."""
+    path = resolve_metrics_path(p)
+    kind = file_kind(path)
+    if kind != "hdf5":
+        raise MetricsError(not_hdf5_message(path, kind))
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = 0.02
+    while True:
+        try:
+            try:
+                f = open_h5(path)
+            except Exception as e:  # noqa: BLE001
+                raise _Inconsistent(f"cannot open as HDF5: {e}") from e
+            try:
+                with f:
+                    if group not in f:
+                        raise MetricsError(f"{path}: no /{group} group ({why})")
+                    cols = _read_group(f, path, group, fields, wide=wide)
+            except (MetricsError, _Inconsistent):
+                raise
+            except Exception as e:  # noqa: BLE001 - damaged metadata: h5py's own types
+                raise _Inconsistent(f"cannot read /{group}: {e}") from e
+        except _Inconsistent as e:
+            if time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(2 * delay, 0.2)
+                continue
+            raise MetricsError(f"{path}: {e}") from None
+        lens = _lengths(cols)
+        if max(lens.values()) - min(lens.values()) <= 1 or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, 0.2)
+    if max(lens.values()) - min(lens.values()) > 1:
+        desc = ", ".join(f"{k}={n}" for k, n in lens.items())
+        raise MetricsError(f"{path}: datasets of /{group} have unequal lengths ({desc})")
+    n = min(lens.values())
+    return {k: v[:n] for k, v in cols.items()}
 
 
 _GRID_RE = re.compile(r"\b(dp|pp|tp|cp)\s*=\s*(\d+)")

@@ -27,30 +27,28 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from .cli import plot_run_main  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
+from .metrics import MetricsError, load_group, resolve_metrics_path  # noqa: E402
 
 
 def load_moe_load(p) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(steps, {layer: shares [rows, experts]}) of a run's /moe_load group, layers h<i> in
     order."""
     path = resolve_metrics_path(p)
-    with open_with_group(path, "moe_load", "the run did not set train.moe_load_every, or has no "
-                         "mixture of experts") as f:
-        g = f["moe_load"]
-        steps = g["step"][()].astype(np.int64)
-        layers = sorted((k for k in g if re.fullmatch(r"h\d+", k)), key=lambda k: int(k[1:]))
-        shares = {}
-        for k in layers:
-            a = g[k][()]
-            if a.ndim != 2:
-                raise MetricsError(f"{path}: /moe_load/{k} is not [rows, experts]")
-            shares[k] = a[:len(steps)]
+    cols = load_group(path, "moe_load", "the run did not set train.moe_load_every, or has no "
+                      "mixture of experts", wide=True)
+    steps = cols["step"]
+    layers = sorted((k for k in cols if re.fullmatch(r"h\d+", k)), key=lambda k: int(k[1:]))
+    shares = {}
+    for k in layers:
+        if cols[k].ndim != 2:
+            raise MetricsError(f"{path}: /moe_load/{k} is not [rows, experts]")
+        shares[k] = cols[k]
     if not layers:
         raise MetricsError(f"{path}: /moe_load holds no layer")
-    if len(steps) == 0 or min(len(a) for a in shares.values()) == 0:
+    if len(steps) == 0:
         raise MetricsError(f"{path}: /moe_load holds no rows yet (train.moe_load_every writes at "
                            f"steps 0, N, 2N, ...)")
-    return steps[:min(len(steps), *(len(a) for a in shares.values()))], shares
+    return steps, shares
 
 
 def plot_moe_load(p, out, title: str | None = None, dpi: int = 120) -> Path:

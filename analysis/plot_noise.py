@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from .cli import prog_name, run_main  # noqa: E402
 from .figures import check_figure_out, save_figure  # noqa: E402
-from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
+from .metrics import MetricsError, load_group, resolve_metrics_path  # noqa: E402
 
 COLUMNS = ("step", "small_sq", "small_tokens", "big_sq", "big_tokens")
 
@@ -39,17 +39,11 @@ COLUMNS = ("step", "small_sq", "small_tokens", "big_sq", "big_tokens")
 def load_noise(p) -> dict[str, np.ndarray]:
     """The /noise group's columns, cut to their common length."""
     path = resolve_metrics_path(p)
-    with open_with_group(path, "noise", "the run did not set train.noise_every") as f:
-        g = f["noise"]
-        missing = [c for c in COLUMNS if c not in g]
-        if missing:
-            raise MetricsError(f"{path}: /noise lacks {', '.join(missing)}")
-        cols = {c: g[c][()] for c in COLUMNS}
-    n = min(len(v) for v in cols.values())
-    if n == 0:
+    cols = load_group(path, "noise", "the run did not set train.noise_every", fields=COLUMNS)
+    if len(cols["step"]) == 0:
         raise MetricsError(f"{path}: /noise holds no rows yet (train.noise_every writes at steps "
                            f"0, N, 2N, ...)")
-    return {c: v[:n] for c, v in cols.items()}
+    return {c: cols[c] for c in COLUMNS}
 
 
 def noise_scale(cols: dict[str, np.ndarray], decay: float = 0.9) -> dict[str, np.ndarray]:

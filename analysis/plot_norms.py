@@ -23,21 +23,19 @@ import numpy as np  # noqa: E402
 
 from .cli import plot_run_main  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .metrics import open_with_group, resolve_metrics_path  # noqa: E402
+from .metrics import load_group  # noqa: E402
 
 
 def load_norms(p) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(steps, {layer: gradient norms}, {layer: weight norms}) of a run's /norms group, layers
     in the order the file lists them (wte, wpe, h0, ..., ln_f)."""
-    path = resolve_metrics_path(p)
-    with open_with_group(path, "norms", "the run did not set train.norms_every") as f:
-        g = f["norms"]
-        steps = g["step"][()].astype(np.int64)
-        grad, weight = {}, {}
-        for k in g:
-            m = re.fullmatch(r"(grad|weight)_(.+)", k)
-            if m:
-                (grad if m.group(1) == "grad" else weight)[m.group(2)] = g[k][()][:len(steps)]
+    cols = load_group(p, "norms", "the run did not set train.norms_every")
+    steps = cols["step"]
+    grad, weight = {}, {}
+    for k, v in cols.items():
+        m = re.fullmatch(r"(grad|weight)_(.+)", k)
+        if m:
+            (grad if m.group(1) == "grad" else weight)[m.group(2)] = v
 
     def order(name: str) -> tuple[int, int]:
         m = re.fullmatch(r"h(\d+)", name)

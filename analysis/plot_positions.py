@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 from .cli import plot_run_main  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .metrics import MetricsError, open_with_group, resolve_metrics_path  # noqa: E402
+from .metrics import (MetricsError, load_group, open_with_group,  # noqa: E402
+                      resolve_metrics_path)
 
 MAX_CURVES = 6
 
@@ -49,17 +50,13 @@ def load_position_losses(p, set_name: str | None = None) -> tuple[np.ndarray, np
                 why = (f"the run's sets with positions: {', '.join(sets)}" if sets else
                        "the run did not set eval.loss_by_position with eval.sets")
             raise MetricsError(f"{path}: no /{group} group ({why})")
-        g = f[group]
-        if "step" not in g or "loss" not in g:
-            raise MetricsError(f"{path}: /{group} lacks step or loss")
-        steps = g["step"][()].astype(np.int64)
-        loss = g["loss"][()]
+    cols = load_group(path, group, "", fields=("step", "loss"), wide=True)
+    steps, loss = cols["step"], cols["loss"]
     if loss.ndim != 2:
         raise MetricsError(f"{path}: /{group}/loss is not [rows, seq_len]")
-    n = min(len(steps), len(loss))
-    if n == 0:
+    if len(steps) == 0:
         raise MetricsError(f"{path}: /{group} holds no rows yet (written at each evaluation)")
-    return steps[:n], loss[:n]
+    return steps, loss
 
 
 def chosen_rows(n: int, most: int = MAX_CURVES) -> list[int]:

@@ -332,6 +332,37 @@ def test_plot_cli_bad_files(tmp_path):
     r = run_cli("analysis.plot_curves", str(q), "--out", str(out))
     assert r.returncode != 0 and str(q) in r.stderr and "/train" in r.stderr
 
+    # A column that is a group (a KeyError), and the optional tables each tool reads: without
+    # their step, with columns of unequal lengths (they were cut to the shortest, or drawn
+    # against the steps until matplotlib raised): one error naming the file and the table.
+    g = write_metrics(tmp_path / "g" / "metrics.h5")
+    with h5py.File(g, "a") as f:
+        del f["train/loss"]
+        f.create_group("train/loss")
+    r = run_cli("analysis.plot_curves", str(g), "--out", str(out))
+    assert r.returncode != 0 and f"{g}: /train/loss is not a dataset" in r.stderr, r.stderr
+    tables = {"norms": ("analysis.plot_norms", {"grad_h0": (6,), "weight_h0": (6,)}),
+              "moe_load": ("analysis.plot_moe_load", {"h0": (6, 4)}),
+              "noise": ("analysis.plot_noise", {c: (6,) for c in ("small_sq", "small_tokens",
+                                                                  "big_sq", "big_tokens")}),
+              "val_positions": ("analysis.plot_positions", {"loss": (6, 16)})}
+    for group, (module, columns) in tables.items():
+        for damage in ("no step", "short"):
+            m = write_metrics(tmp_path / f"{group}_{damage[:2]}" / "metrics.h5")
+            with h5py.File(m, "a") as f:
+                t = f.create_group(group)
+                if damage != "no step":
+                    t["step"] = np.arange(6, dtype=np.int64) * 10
+                for i, (k, shape) in enumerate(columns.items()):
+                    rows = 2 if damage == "short" and i == 0 else shape[0]
+                    t[k] = np.full((rows, *shape[1:]), 0.25 + i)
+            r = run_cli(module, str(m.parent), "--out", str(out))
+            want = (f"/{group} lacks dataset(s) step" if damage == "no step"
+                    else f"datasets of /{group} have unequal lengths")
+            assert r.returncode != 0 and str(m) in r.stderr and want in r.stderr, \
+                (group, damage, r.stderr)
+            assert "Traceback" not in r.stderr
+
 
 # ---- checkpoint inspector -------------------------------------------------------------------
 

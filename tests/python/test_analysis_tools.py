@@ -195,6 +195,27 @@ def test_ckpt_bad_files(runs, tmp_path):
     assert_clean_failure(tool("triad-ckpt", bad), bad, "wpe/weight: checksum mismatch")
     # two files: the bad one is named
     assert_clean_failure(tool("triad-ckpt", good, inc), inc, "incomplete")
+    # A tensor replaced by text (read back as bytes: an AttributeError), and an object header's
+    # checksum broken (HDF5 raised from the walk over the file): named, for both tools that
+    # read every tensor.
+    words = tmp_path / "words.h5"
+    shutil.copy(good, words)
+    with h5py.File(words, "a") as f:
+        del f["model/wpe/weight"]
+        f["model/wpe/weight"] = "hello"
+    header = tmp_path / "header.h5"
+    shutil.copy(good, header)
+    with h5py.File(header, "r") as f:
+        at = f["model/wpe/weight"].id.get_offset()  # its data; the header is just before it
+        addr = h5py.h5o.get_info(f["model/wpe/weight"].id).addr
+    raw = bytearray(header.read_bytes())
+    raw[addr + 8] ^= 0xFF  # inside the object header, whose checksum then fails
+    header.write_bytes(bytes(raw))
+    assert at is not None
+    for tool_args in (("triad-ckpt",), ("triad-convert", "export", "--to", "hf")):
+        for f, needle in ((words, "model/wpe/weight holds"), (header, "(the file is damaged)")):
+            out = [tmp_path / "export"] if tool_args[0] == "triad-convert" else []
+            assert_clean_failure(tool(*tool_args, f, *out), f, needle)
     # the options of a comparison, without a second file (they were ignored)
     for opt in (["--tolerance", "0.1"], ["--optimizer"]):
         p = tool("triad-ckpt", good, *opt)
