@@ -62,8 +62,12 @@ class SafetensorsFile:
         self.entries = {}
         for name, e in header.items():
             try:
-                dtype, shape = e["dtype"], tuple(int(x) for x in e["shape"])
-                b, end = (int(x) for x in e["data_offsets"])
+                # (int() would cut 96.5 to 96 and read "7" as 7: the format's are JSON integers)
+                if not all(type(x) is int for x in [*e["shape"], *e["data_offsets"]]):
+                    raise ValueError(f"shape {e['shape']!r} and data_offsets "
+                                     f"{e['data_offsets']!r} must hold integers")
+                dtype, shape = e["dtype"], tuple(e["shape"])
+                b, end = e["data_offsets"]
                 if not isinstance(dtype, str) or dtype not in SAFETENSORS_SIZES:
                     raise ValueError(f"dtype {dtype!r}")
                 if any(x < 0 for x in shape):  # (two negative sizes multiply to a positive one)

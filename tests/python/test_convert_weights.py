@@ -3423,6 +3423,11 @@ def test_malformed_model_files_are_refused_by_name(tmp_path):
         ("negative", lambda d: (d / "model.safetensors").write_bytes(with_header(
             {**header, "transformer.wte.weight": {**wte, "shape": [-s for s in wte["shape"]]}})),
          "malformed header entry for tensor transformer.wte.weight (shape [-"),
+        # (int() cut 96.5 to 96: a damaged header read as a tensor of another size)
+        ("fraction", lambda d: (d / "model.safetensors").write_bytes(with_header(
+            {**header,
+             "transformer.wte.weight": {**wte, "shape": [s + 0.5 for s in wte["shape"]]}})),
+         "transformer.wte.weight (shape [")
     )
     for name, damage, needle in cases:
         bad = tmp_path / name
