@@ -44,6 +44,13 @@ Tokenizer Tokenizer::from_file(const std::string& path, int32_t expect_ranks) {
     t.instance_ = next_instance();  // built in steps: numbered once complete
     return t;
   }
+  // A description whose first line is not its magic one (a byte-order mark an editor wrote, blank
+  // lines): said so, not read as a ranks file with bad base64 ('-' is none of its characters).
+  const size_t magic_at = text.substr(0, 4096).find("triad-tokenizer");
+  TRIAD_CHECK(magic_at == std::string::npos || magic_at == 0, where,
+              ": a tokenizer description must begin with its 'triad-tokenizer' line; this one has ",
+              text.starts_with("\xEF\xBB\xBF") ? "a UTF-8 byte-order mark" : "other bytes",
+              " before it");
   TRIAD_CHECK(!text.starts_with("triad-tokenizer"), where, ": a tokenizer description of another ",
               "version (first line '", excerpt(text.substr(0, text.find('\n'))),
               "'; this build reads '", kDescriptionMagic, "')");

@@ -616,6 +616,11 @@ TEST(Tokenizer, MalformedDescriptionsAreClearErrors) {
   EXPECT_EQ(triad::Tokenizer::from_file(dir.file("ok.triad", ok)).vocab_size(), 261);
   expect_error("version", "triad-tokenizer 2\n" + ok.substr(ok.find('\n') + 1),
                {"another version", "triad-tokenizer 1"});
+  // (Both were read as a ranks file: "'triad-tokenizer' is not valid base64".)
+  expect_error("bom", "\xEF\xBB\xBF" + ok,
+               {"must begin with its 'triad-tokenizer' line", "a UTF-8 byte-order mark before it"});
+  expect_error("blank_first", "\n" + ok,
+               {"must begin with its 'triad-tokenizer' line", "other bytes before it"});
   expect_error("unknown_key", ok + "colour blue\n", {"line 10", "unknown key 'colour'"});
   expect_error("repeated", ok + "pretokenizer gpt2\n", {"line 10", "already given on line 5"});
   expect_error("two_words", ok + "stop <|e|> <|s|>\n", {"line 10", "single words"});
