@@ -651,7 +651,12 @@ FimSpec Trainer::State::fim(uint64_t seed) {
 }
 
 void Trainer::State::load_tokenizer() {
-  if (!tokenizer) tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+  if (tokenizer) return;
+  try {
+    tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(cfg.data.vocab));
+  } catch (const Error& e) {  // (named: its default is a path relative to the working directory)
+    fail("config: data.vocab: ", e.what());
+  }
 }
 
 EvalResult Trainer::State::evaluate(bool by_position) {
