@@ -196,6 +196,8 @@ CheckpointState read_state(hid_t file) {
       TRIAD_CHECK(std::isfinite(v), "attribute ", name, " of / holds ", v,
                   " (a window of finite values only)");
   s.skipped_in_a_row = io::read_int64_attr(file, "skipped_in_a_row").value_or(0);
+  TRIAD_CHECK(s.skipped_in_a_row >= 0, "attribute skipped_in_a_row of / must be >= 0 (it is ",
+              s.skipped_in_a_row, ")");
 
   TRIAD_CHECK(io::link_exists(file, "model"), "group /model is missing");
   H5Id model = io::own_group(H5Gopen2(file, "model", H5P_DEFAULT), "cannot open group /model");

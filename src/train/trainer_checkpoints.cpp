@@ -7,6 +7,7 @@
 #include <charconv>
 #include <exception>
 #include <filesystem>
+#include <limits>
 #include <thread>
 
 #include "async_save.h"
@@ -625,6 +626,10 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   const int64_t n = train_data->num_sequences();
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
+  TRIAD_CHECK(st.epoch <= (std::numeric_limits<int64_t>::max() - st.next_sequence) /
+                              std::max<int64_t>(n, 1),
+              "checkpoint ", path, ": its loader position (epoch ", st.epoch, ", next_sequence ",
+              st.next_sequence, ") is beyond any run over ", n, " sequences: the file is damaged");
   position = st.epoch * n + st.next_sequence;
   // The sequences trained on, which a batch-size ramp-up follows (the loader's position does not
   // count them where the data changed between the runs).

@@ -347,7 +347,9 @@ def test_plot_cli_bad_files(tmp_path):
                                                                   "big_sq", "big_tokens")}),
               "val_positions": ("analysis.plot_positions", {"loss": (6, 16)})}
     for group, (module, columns) in tables.items():
-        for damage in ("no step", "short"):
+        # (Unequal lengths are retried for 3 s, a writer's append caught midway: one tool for
+        # them; the tables' one loader reads all four.)
+        for damage in ("no step", "short") if group == "noise" else ("no step",):
             m = write_metrics(tmp_path / f"{group}_{damage[:2]}" / "metrics.h5")
             with h5py.File(m, "a") as f:
                 t = f.create_group(group)

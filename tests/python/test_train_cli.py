@@ -828,6 +828,20 @@ def test_a_rolled_back_or_new_run_sets_the_other_history_aside(tmp_path):
         "latest", "step_00000002.h5", "superseded_1", "superseded_2"]
 
 
+def test_a_loader_position_beyond_any_run_is_refused(tmp_path):
+    """epoch · sequences + next_sequence overflowed int64 (a position read anywhere, or
+    negative) for a checkpoint whose attributes were damaged, checksums and all intact."""
+    cfg = tiny_config(tmp_path, name="pos", train__steps=2, checkpoint__every=2, eval__every=0)
+    train("--config", cfg, check=True)
+    ckpt = tmp_path / "runs" / "pos" / "ckpt" / "step_00000002.h5"
+    with h5py.File(ckpt, "a") as f:
+        f.attrs["epoch"] = np.int64(2**60)
+        f.attrs["next_sequence"] = np.int64(2**62)
+    p = train("--config", cfg, "--resume", ckpt, "--train.steps", 3)
+    assert_clean_error(p, str(ckpt), f"its loader position (epoch {2**60}, next_sequence "
+                       f"{2**62}) is beyond any run over")
+
+
 def test_checkpoints_that_none_loads_are_kept_and_refused_and_latest_is_a_name(tmp_path):
     """--resume auto where the directory holds checkpoints and none loads (a full disk where Open
     MPI could not open a file, storage that is down, damage) is an error that moves nothing: taken

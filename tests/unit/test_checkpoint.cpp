@@ -1089,6 +1089,14 @@ TEST_F(CheckpointTest, WrongFormatVersion) {
   EXPECT_CONTAINS(msg, "unsupported format_version 2");
 }
 
+TEST_F(CheckpointTest, NegativeSkippedInARow) {  // (a count of steps: it was taken as it was)
+  const std::string p = save_valid(10);
+  on_root([&] { set_int64_attr(p, "skipped_in_a_row", -3); });
+  const std::string msg = error_of([&] { triad::read_checkpoint_state(MPI_COMM_WORLD, p); });
+  EXPECT_CONTAINS(msg, p);
+  EXPECT_CONTAINS(msg, "attribute skipped_in_a_row of / must be >= 0 (it is -3)");
+}
+
 TEST_F(CheckpointTest, IncompleteFile) {
   const std::string p = save_valid(10);
   on_root([&] { set_int64_attr(p, "complete", 0); });
