@@ -25,6 +25,7 @@ group is refused.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import zlib
 from pathlib import Path
@@ -91,6 +92,17 @@ def average(paths: list[Path], out: Path, ema: bool = False) -> tuple[int, int]:
     if twice is not None:
         raise AverageError(f"{twice}: given twice (it would weigh double in the mean)")
     reps = [inspect(p, verify=True) for p in paths]
+    # The same file by two names: a run directory and its newest checkpoint, a hard link.
+    seen: dict[tuple[int, int], Path] = {}
+    for given, r in zip(paths, reps):
+        try:
+            st = os.stat(r.path)
+        except OSError:
+            continue  # (missing: _check_inputs names it)
+        first = seen.setdefault((st.st_dev, st.st_ino), given)
+        if first is not given:
+            raise AverageError(f"{given}: the same file as {first} ({r.path}; it would weigh "
+                               f"double in the mean)")
     _check_inputs(reps)
     steps = [int(r.root_attrs.get("step", 0)) for r in reps]
     newest = reps[int(np.argmax(steps))]

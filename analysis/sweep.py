@@ -50,6 +50,7 @@ import argparse
 import ast
 import configparser
 import itertools
+import math
 import os
 import re
 import shutil
@@ -63,6 +64,8 @@ from .hdf5_files import special_file_problem
 from .tables import markdown_table
 
 MODES = ("cartesian", "zip")
+MAX_POINTS = 1_000_000
+MAX_STEPS = 99_999_999  # train.steps' bound: a checkpoint's name holds the step in 8 digits
 SWEEP_KEYS = ("name", "base", "mode", "max_parallel", "run_dir", "description")
 SECTIONS = ("sweep", "values", "set")
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,16 +82,30 @@ TRIAD_DEFAULTS = {"train.steps": "1000", "run.dir": "runs", "run.name": "run",
 def run_steps(sequences: int, batch: int, rampup: str) -> int:
     """train.sequences resolved as triad-train does (docs/formats.md, "Run length"): the fewest
     steps after which at least `sequences` have been trained on, a batch-size ramp's steps
-    (rampup "START, INCREMENT, SEQUENCES", Megatron's rule) counted by their batches."""
+    (rampup "START, INCREMENT, SEQUENCES", Megatron's rule) counted by their batches. Raises
+    ValueError where triad-train refuses the values (a batch below 1, a ramp not of three
+    integers >= 1, more steps than train.steps' bound)."""
     done = steps = 0
+    if batch < 1:
+        raise ValueError("a batch below 1")
     if rampup.strip():
         start, inc, ramp_n = (int(x) for x in rampup.split(","))
+        if min(start, inc, ramp_n) < 1:
+            raise ValueError("not three integers >= 1")
         k = (batch - start) // inc
-        while done < sequences and done < ramp_n:
-            done += start + inc * (done * k // ramp_n)
-            steps += 1
-    if done < sequences:
+        # Step after step the batch is start + inc·(done·k // ramp_n): constant between the
+        # counts where that quotient grows, so the steps of each batch are counted at once.
+        while done < sequences and done < ramp_n and steps <= MAX_STEPS:
+            j = done * k // ramp_n
+            grows = -(-(j + 1) * ramp_n // k) if k > 0 else ramp_n  # the least done past j
+            b = start + inc * j
+            n = -(-(min(grows, ramp_n, sequences) - done) // b)
+            done += n * b
+            steps += n
+    if done < sequences and steps <= MAX_STEPS:
         steps += -(-(sequences - done) // batch)
+    if steps > MAX_STEPS:
+        raise ValueError(f"more than {MAX_STEPS} steps")
     return steps
 
 STATUSES = ("finished", "running", "missing")
@@ -236,14 +253,17 @@ class Sweep:
         def value(key, convert=lambda v: int(float(v))):
             try:
                 return convert(cfg[key])
-            except ValueError:
+            except (ValueError, OverflowError) as e:  # (inf, NaN: OverflowError, ValueError)
                 raise SweepError(f"{self.path}: point {p.index}: {key} = {cfg[key]!r} is not "
-                                 "what triad-train takes") from None
+                                 f"what triad-train takes ({e})") from None
 
         sequences = value("train.sequences")
         if sequences <= 0:
             return value("train.steps")
         batch = value("train.batch_size")
+        if batch < 1:
+            raise SweepError(f"{self.path}: point {p.index}: train.batch_size = "
+                             f"{cfg['train.batch_size']!r} is not what triad-train takes (>= 1)")
         return value("train.batch_rampup", lambda v: run_steps(sequences, batch, v))
 
     def final_checkpoint(self, p: Point) -> Path:
@@ -398,6 +418,8 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         # two arguments in every job.)
         if "\n" in v or "\r" in v:
             raise bad(f"[{section}] {k}: a value of several lines ({v!r}); give it on one line")
+        if "\0" in v:  # (no command line can carry one: it ended the argument)
+            raise bad(f"[{section}] {k}: a value with a NUL byte ({v!r})")
 
     if cp.has_section("set"):
         for k, v in cp.items("set"):
@@ -433,6 +455,10 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         sweep.run_dir = sweep._path(sweep.base_config.get("run.dir") or TRIAD_DEFAULTS["run.dir"])
 
     keys = list(sweep.values)
+    count = math.prod(len(v) for v in sweep.values.values()) if mode != "zip" else 0
+    if count > MAX_POINTS:  # (listed one by one, they took minutes and all the memory)
+        raise bad(f"[values] the lists' lengths multiply to {count} points; a sweep has at most "
+                  f"{MAX_POINTS} (a job array's indices)")
     if mode == "zip":
         combos = list(zip(*sweep.values.values())) if keys else [()]
     else:

@@ -304,7 +304,7 @@ int cmd_shards(const std::vector<std::string>& args) {
       "after it")("chat", po::value(&chat),
                   ("the files are JSON Lines conversations, encoded in this chat format (" +
                    triad::chat_format_names("auto") +
-                   ": auto, the tokenizer description's); a loss mask beside each shard counts the "
+                   "; auto: the tokenizer description's); a loss mask beside each shard counts the "
                    "assistant replies (data.loss_mask)")
                       .c_str())(
       "document-start", po::bool_switch(&document_start),

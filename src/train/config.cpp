@@ -1,5 +1,6 @@
 #include "triad/train/config.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -280,10 +281,28 @@ SchedulePoint ScheduleClock::at(int64_t step, int64_t consumed) const {
 }
 
 int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t sequences) {
+  // Step after step the batch is batch_size_at(consumed): constant between the counts where
+  // consumed·n / sequences grows, so each batch's steps are counted at once (step by step, a ramp
+  // over 10^12 sequences took minutes). Counting stops past train.steps' bound (validate refuses
+  // that many steps).
+  constexpr int64_t kPastBound = 100000000;
   int64_t consumed = 0, steps = 0;
-  for (; consumed < sequences && ramp.on() && consumed < ramp.sequences; ++steps)
-    consumed += batch_size_at(ramp, batch_size, consumed);
-  if (consumed < sequences) steps += (sequences - consumed + batch_size - 1) / batch_size;
+  if (ramp.on()) {
+    const int64_t n = (batch_size - ramp.start) / ramp.increment;
+    while (consumed < sequences && consumed < ramp.sequences && steps < kPastBound) {
+      const int64_t j = int64_t(__int128(consumed) * n / ramp.sequences);
+      // the least count whose quotient is past j
+      const int64_t grows =
+          n > 0 ? int64_t((__int128(j + 1) * ramp.sequences + n - 1) / n) : ramp.sequences;
+      const int64_t stop = std::min({grows, ramp.sequences, sequences});
+      const int64_t b = batch_size_at(ramp, batch_size, consumed);
+      const int64_t k = (stop - consumed + b - 1) / b;
+      consumed += k * b;
+      steps += k;
+    }
+  }
+  if (consumed < sequences && steps < kPastBound)
+    steps += (sequences - consumed - 1) / batch_size + 1;
   return steps;
 }
 

@@ -347,6 +347,9 @@ void validate(const Config& c, int world_size) {
   }
   const auto& t = c.train;
   // (A checkpoint's file name holds the step in 8 digits.)
+  check(t.sequences <= 0 || t.steps <= 99999999, "train.sequences",
+        "= " + std::to_string(t.sequences) + " takes more than 99999999 steps at these batch " +
+            "sizes (train.steps' bound: a checkpoint's name holds the step in 8 digits)");
   check(t.steps >= 0 && t.steps <= 99999999, "train.steps",
         "must be in [0, 99999999] (got " + std::to_string(t.steps) + ")");
   check(t.sequences >= 0, "train.sequences",

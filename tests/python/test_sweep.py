@@ -109,6 +109,20 @@ def test_run_length_in_sequences_sets_the_final_step(tmp_path):
     assert sw.run_steps(4800, 16, "8, 8, 2400") == 450
     assert sw.run_steps(2401, 16, "8, 8, 2400") == 301
     assert sw.run_steps(52, 8, "4, 4, 16") == 9
+    # Counted a batch at a time (a ramp over 10^12 sequences took 10^8 steps of the loop): the
+    # same as step by step, triad-train's rule, on random ramps.
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        batch = int(rng.integers(1, 65))
+        start, inc = int(rng.integers(1, batch + 1)), int(rng.integers(1, 17))
+        ramp_n, sequences = int(rng.integers(1, 3001)), int(rng.integers(1, 5001))
+        done = steps = 0
+        k = (batch - start) // inc
+        while done < sequences and done < ramp_n:
+            done += start + inc * (done * k // ramp_n)
+            steps += 1
+        steps += -(-(sequences - done) // batch) if done < sequences else 0
+        assert sw.run_steps(sequences, batch, f"{start}, {inc}, {ramp_n}") == steps
     # 32 through the ramp: 259, as triad-train printed it ("259 steps for train.sequences =
     # 4800" at the start of a run of the quick start with these keys).
     a, _ = base_files(tmp_path)
@@ -491,7 +505,36 @@ BAD = [
     # every point would resume from another's checkpoints
     ("shared_checkpoints", dict(set="checkpoint.dir = ckpt_shared\n"),
      "checkpoint.dir = 'ckpt_shared' is points 0 and 1's"),
+    # (an "unexpected ValueError: embedded null byte"; submit wrote it into the arguments)
+    ("nul", dict(values="train.lr = 1\0, 2\n"), "train.lr: a value with a NUL byte"),
+    # 20^8 points were listed one by one until the memory ran out
+    ("too_many", dict(values="".join(f"train.k{i} = {', '.join(map(str, range(20)))}\n"
+                                     for i in range(8))),
+     "the lists' lengths multiply to 25600000000 points; a sweep has at most 1000000"),
 ]
+
+# The final step that list and the report work out for each point's status: inf
+# (OverflowError), a batch of 0 (ZeroDivisionError), ramps starting at 0 or with increments of 0
+# (loops without end), more steps than a checkpoint's name holds (counted for minutes).
+BAD_STEPS = [
+    ("steps_inf", dict(set="train.steps = inf\n"), "train.steps = 'inf' is not what"),
+    ("batch_0", dict(set="train.sequences = 100\ntrain.batch_size = 0\n"),
+     "train.batch_size = '0' is not what triad-train takes"),
+    ("ramp_0", dict(set="train.sequences = 100\ntrain.batch_rampup = 0, 1, 50\n"),
+     "train.batch_rampup = '0, 1, 50' is not what triad-train takes (not three integers >= 1)"),
+    ("ramp_inc_0", dict(set="train.sequences = 100\ntrain.batch_rampup = 4, 0, 50\n"),
+     "(not three integers >= 1)"),
+    ("too_long", dict(set="train.sequences = 1000000000000\ntrain.batch_rampup = 4, 4, "
+                      "1000000000000\n"), "(more than 99999999 steps)"),
+]
+
+
+@pytest.mark.parametrize("case,sections,needle", BAD_STEPS, ids=[b[0] for b in BAD_STEPS])
+def test_final_steps_triad_train_refuses(tmp_path, capsys, case, sections, needle):
+    f = write(tmp_path / f"{case}.ini", good(tmp_path, **sections))
+    assert sw.main(["list", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"error: {f}: point 0: " in err and needle in err, err
 
 
 @pytest.mark.parametrize("case,sections,needle", BAD, ids=[b[0] for b in BAD])

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <random>
 
 #include "triad/core/error.h"
 #include "triad/optim/optimizer.h"
@@ -436,6 +437,32 @@ TEST(Config, RunLengthInSequencesSetsTheSteps) {
   EXPECT_EQ(sequences_after_steps(parse_batch_rampup("8, 8, 2400", 16), 16, 0, 450), 4800);
   EXPECT_EQ(parse_config_text(to_ini(parse(ramp).config), "test").train.steps, 450);
   EXPECT_NE(error_of({"--train.sequences", "-5"}).find("train.sequences"), std::string::npos);
+  // Counted a batch at a time: the same as step by step (batch_size_at after each step), on
+  // random ramps.
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 3000; ++trial) {
+    // (START below batch_size, which is START plus a multiple of INCREMENT: parse_batch_rampup)
+    const int inc = 1 + int(rng() % 16), start = 1 + int(rng() % 32);
+    const int batch = start + inc * (1 + int(rng() % 4));
+    const int64_t ramp_n = 1 + int64_t(rng() % 3000), sequences = 1 + int64_t(rng() % 5000);
+    const std::string text =
+        std::to_string(start) + ", " + std::to_string(inc) + ", " + std::to_string(ramp_n);
+    const BatchRampup r = parse_batch_rampup(text, batch);
+    int64_t consumed = 0, steps = 0;
+    for (; consumed < sequences && consumed < ramp_n; ++steps)
+      consumed += batch_size_at(r, batch, consumed);
+    if (consumed < sequences) steps += (sequences - consumed + batch - 1) / batch;
+    ASSERT_EQ(steps_for_sequences(r, batch, sequences), steps) << text << " " << sequences;
+  }
+  // More steps than a checkpoint's name holds: said of train.sequences, and at once (a ramp over
+  // 10^12 sequences was counted step by step for minutes).
+  for (const char* rampup : {"", "4, 4, 1000000000000"}) {
+    const std::string err =
+        error_of(with({"--train.sequences", "1000000000000", "--train.batch_rampup", rampup}));
+    EXPECT_NE(err.find("train.sequences = 1000000000000 takes more than 99999999 steps"),
+              std::string::npos)
+        << err;
+  }
 }
 
 // train.lr_by: steps or sequences, each with its own warmup key, the other's refused.
