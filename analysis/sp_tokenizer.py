@@ -102,6 +102,15 @@ CHAT_FORMATS = ("mistral_v1", "mistral_v3", "mistral_v7", "llama3", "chatml", "q
                 "deepseek3")
 
 
+def is_text(s) -> bool:
+    """Whether the str s is Unicode text UTF-8 can write (JSON can hold lone surrogates)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def mistral_chat(special_names) -> str | None:
     """Mistral's instruct format its special tokens tell: [INST] as a special token means v3,
     [SYSTEM_PROMPT] too v7; None otherwise (an older model's, or Llama 2's: --chat names it)."""
@@ -392,6 +401,9 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
     space_prefix = space_prefix_of(tj, where)
     added = sorted(tj.get("added_tokens") or [], key=lambda a: a["id"])
     for a in added:
+        if not is_text(a["content"]):  # (JSON's "\ud800" escape: no UTF-8 bytes to match)
+            raise SentencePieceError(f"{where}: added token {a['content']!r} (id {a['id']}) "
+                                     f"holds a lone surrogate, which is no Unicode text")
         if not a.get("special", False):
             raise SentencePieceError(
                 f"{where}: added token {a['content']!r} (id {a['id']}) is not special; Hugging "
@@ -415,12 +427,17 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
         raise SentencePieceError(f"{where}: unk_token {unk!r} is not a special added token")
     by_text = {t.decode("utf-8"): i for i, t in pieces.items()}
     merges = []
+    first: dict[tuple[int, int], int] = {}
     for k, g in enumerate(model.get("merges") or []):
         a, b = g.split(" ") if isinstance(g, str) else g
         a, b = a.replace(SPACE, " "), b.replace(SPACE, " ")
         if a not in by_text or b not in by_text or a + b not in by_text:
             raise SentencePieceError(f"{where}: merge {k} ({g!r}) joins or makes a token that is "
                                      f"not a piece of the vocabulary")
+        # (one rank per pair: the merges file triad reads refuses a second)
+        j = first.setdefault((by_text[a], by_text[b]), k)
+        if j != k:
+            raise SentencePieceError(f"{where}: merges {j} and {k} are the same pair ({g!r})")
         merges.append((by_text[a], by_text[b], k))
     document_start, prompt_start, stops = roles(specials)
     chat = mistral_chat(specials)

@@ -1,5 +1,6 @@
 #include "triad/data/choice_file.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,20 +27,25 @@ std::vector<ChoiceExample> read_choice_file(const std::string& path, int vocab_s
   TRIAD_CHECK(in.is_open(), where, ": cannot open");
   int32_t h[kHeaderInts];
   in.read(reinterpret_cast<char*>(h), sizeof h);
-  std::vector<uint16_t> words((size - sizeof h) / 2);
-  in.read(reinterpret_cast<char*>(words.data()), std::streamsize(words.size() * 2));
   TRIAD_CHECK(in.good(), where, ": cannot read");
+  const size_t word_count = (size - sizeof h) / 2;
   TRIAD_CHECK(h[0] == kChoiceFileMagic, where, ": wrong magic number ", h[0], " (an eval file has ",
               kChoiceFileMagic, "; token shards have 20240520)");
   TRIAD_CHECK(h[1] == kChoiceFileVersion, where, ": unsupported version ", h[1], " (reads ",
               kChoiceFileVersion, ")");
   // The smallest example takes 11 words (6 fields, a context token, two one-token endings).
-  TRIAD_CHECK(h[2] > 0 && size_t(h[2]) <= words.size() / 11, where, ": header says ", h[2],
+  TRIAD_CHECK(h[2] > 0 && size_t(h[2]) <= word_count / 11, where, ": header says ", h[2],
               " examples, which ",
               h[2] > 0    ? "do not fit in the file"
               : h[2] == 0 ? "is none"
                           : "is negative");
   TRIAD_CHECK(h[3] > 0, where, ": header says the longest example has ", h[3], " bytes");
+  // What the header's examples can take, and no more, is read (a damaged file of gigabytes was
+  // read whole, and the run ended "out of memory"); bytes past them are counted below.
+  std::vector<uint16_t> words(
+      std::min<uint64_t>(word_count, uint64_t(h[2]) * uint64_t(h[3]) / 2 + kExampleFields));
+  in.read(reinterpret_cast<char*>(words.data()), std::streamsize(words.size() * 2));
+  TRIAD_CHECK(in.good(), where, ": cannot read");
 
   std::vector<ChoiceExample> out(static_cast<size_t>(h[2]));
   size_t at = 0;
@@ -51,9 +57,9 @@ std::vector<ChoiceExample> read_choice_file(const std::string& path, int vocab_s
     const uint16_t* x = words.data() + at;
     if (x[0] != kExampleStart) throw bad("no start marker 65535 where it begins");
     const size_t n = x[1] / 2;
+    if (x[1] > h[3]) throw bad("size ", x[1], " bytes exceeds the header's longest, ", h[3]);
     if (x[1] % 2 || n < kExampleFields + 3 || n > words.size() - at)
       throw bad("size ", x[1], " bytes does not fit the file (truncated?)");
-    if (x[1] > h[3]) throw bad("size ", x[1], " bytes exceeds the header's longest, ", h[3]);
     ChoiceExample& c = out[e];
     c.index = x[2];
     c.label = x[3];
@@ -79,7 +85,7 @@ std::vector<ChoiceExample> read_choice_file(const std::string& path, int vocab_s
     if (i != n) throw bad("size ", x[1], " bytes, but its fields take ", 2 * i);
     at += n;
   }
-  TRIAD_CHECK(at == words.size(), where, ": ", 2 * (words.size() - at),
+  TRIAD_CHECK(at == word_count, where, ": ", 2 * (word_count - at),
               " bytes after the last of the header's ", out.size(), " examples");
   return out;
 }

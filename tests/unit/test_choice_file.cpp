@@ -110,6 +110,14 @@ TEST(ChoiceFile, RefusesMalformedFiles) {
     EXPECT_NE(e.find(c.name), std::string::npos) << c.name << ": " << e;
     EXPECT_NE(e.find(c.needle), std::string::npos) << c.name << ": " << e;
   }
+  // A file of 4 GiB past its one example (sparse: no disk taken): it was read whole, and the run
+  // ended "out of memory"; only what the header's examples can take is read.
+  const std::string huge = write_file("huge.bin", {good});
+  std::filesystem::resize_file(huge, std::uintmax_t(4) << 30);
+  EXPECT_NE(error_of(huge).find(std::to_string((std::uint64_t(4) << 30) - 1024 - 2 * good.size()) +
+                                " bytes after the last of the header's 1 examples"),
+            std::string::npos);
+  std::filesystem::remove(huge);
   EXPECT_NE(error_of(write_file("vocab.bin", {good}), 8)
                 .find("token 9 in its ending is outside the vocabulary (vocab_size 8)"),
             std::string::npos);
