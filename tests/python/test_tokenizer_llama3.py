@@ -416,7 +416,15 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         # Values of other types than the format's: named as the file's, not as Python's
         # "unexpected TypeError".
         (lambda tj: tj["model"]["merges"].__setitem__(0, 7), ["a value of the wrong type"]),
-        (lambda tj: tj["model"]["vocab"].__setitem__("a", "one"), ["a value of the wrong type"]),
+        (lambda tj: tj["model"]["vocab"].__setitem__("a", "one"),
+         ["token 'a' has the id 'one', not an integer"]),
+        # ... and of the right value in another type (taken for 300 and 1), and an added token
+        # that is no text (an "unexpected UnicodeEncodeError" writing it)
+        (lambda tj: tj["model"]["vocab"].__setitem__("a", float(tj["model"]["vocab"]["a"])),
+         ["token 'a' has the id", "not an integer"]),
+        (lambda tj: tj["added_tokens"][0].__setitem__("id", True), ["not an integer"]),
+        (lambda tj: tj["added_tokens"][0].__setitem__("content", "<\ud800>"),
+         ["holds a lone surrogate"]),
     ]
     for change, needles in cases:
         path = bad_tokenizer_json(tmp_path, change)

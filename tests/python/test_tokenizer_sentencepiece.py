@@ -283,7 +283,10 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
     for change, needles in [(added_in_text, ["'<x>'", "not special"]),
                             (split_metaspace, ["Metaspace", "SentencePiece-style"]),
                             (lambda t: t.update(normalizer={"type": "NFKC"}), ["NFKC"]),
-                            (bad_merge, ["merge 5", "not a piece"])]:
+                            (bad_merge, ["merge 5", "not a piece"]),
+                            # converted, then refused by triad-tokenize (its merges file)
+                            (lambda t: t["model"]["merges"].append(t["model"]["merges"][0]),
+                             ["merges 0 and", "are the same pair"])]:
         bad = json.loads(json.dumps(tj))
         change(bad)
         (tmp_path / "bad").mkdir(exist_ok=True)
