@@ -439,6 +439,9 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
         if j != k:
             raise SentencePieceError(f"{where}: merges {j} and {k} are the same pair ({g!r})")
         merges.append((by_text[a], by_text[b], k))
+    if not merges:  # (a description needs one: triad-tokenize refused the converted file)
+        raise SentencePieceError(f"{where}: no merges (model.merges is "
+                                 f"{model.get('merges')!r:.40})")
     document_start, prompt_start, stops = roles(specials)
     chat = mistral_chat(specials)
     d = PiecesDescription(pieces, byte_tokens, merges, space_prefix, specials, document_start,

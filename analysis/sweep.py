@@ -453,6 +453,13 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         sweep.run_dir = sweep._path(_unquote(rd))
     else:
         sweep.run_dir = sweep._path(sweep.base_config.get("run.dir") or TRIAD_DEFAULTS["run.dir"])
+    # What every job would fail on at its start (triad-train --plan, which submit runs, makes no
+    # directory): a run_dir that is a file, runs' names longer than a file name can be.
+    if sweep.run_dir.exists() and not sweep.run_dir.is_dir():
+        raise bad(f"run_dir {sweep.run_dir} is not a directory (each run's goes in it)")
+    if len(f"{name}-000".encode()) > 255:
+        raise bad(f"name is {len(name.encode())} bytes: its runs' directories (<name>-NNN) would "
+                  f"be longer than a file name can be (255 bytes)")
 
     keys = list(sweep.values)
     count = math.prod(len(v) for v in sweep.values.values()) if mode != "zip" else 0

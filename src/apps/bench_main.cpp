@@ -45,6 +45,7 @@
 #include "triad/kernels/cuda_backend.h"
 #include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
+#include "triad/model/gpt_shape.h"
 #include "triad/parallel/comm.h"
 #include "triad/parallel/pipeline_schedule.h"
 #include "triad/train/app_main.h"
@@ -740,6 +741,12 @@ int cmd_kernels(MPI_Comm world, const std::vector<std::string>& args) {
   TRIAD_CHECK(sh.B >= 1 && sh.T >= 1 && sh.C >= 2 && sh.NH >= 1 && sh.V >= 1 && sh.layers >= 1 &&
                   repeat >= 1,
               "kernels: --B, --T, --NH, --V, --layers and --repeat must be at least 1, --C 2");
+  // (The models' own bounds: past them the padded vocabulary and the sizes overflowed an int.)
+  TRIAD_CHECK(sh.T <= triad::kMaxSeqLen && sh.C <= triad::kMaxWidth && sh.NH <= triad::kMaxHeads &&
+                  sh.V <= triad::kMaxVocab && sh.layers <= triad::kMaxLayers,
+              "kernels: --T, --C, --NH, --V and --layers must be at most a model's (",
+              triad::kMaxSeqLen, ", ", triad::kMaxWidth, ", ", triad::kMaxHeads, ", ",
+              triad::kMaxVocab, ", ", triad::kMaxLayers, ")");
   TRIAD_CHECK(sh.window >= 0, "kernels: --window must be >= 0 (0: none)");
   TRIAD_CHECK(sh.C % sh.NH == 0 && sh.C % 2 == 0, "kernels: --C (", sh.C,
               ") must be even and divisible by --NH (", sh.NH, ")");

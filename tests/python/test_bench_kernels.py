@@ -83,6 +83,11 @@ def test_sliding_window_attention_counts_the_keys_it_keeps():
     ({"C": "65", "NH": "5"}, "--C (65) must be even and divisible by --NH"),
     ({"repeat": "-1"}, "must be at least 1"),
     ({"bogus": "1"}, "unrecognised option"),
+    # (a padded vocabulary of 2^31 overflowed: "out of memory allocating 18446743798831661056
+    # bytes"; --T 2^31 - 1 and --layers 10^9 ran until killed)
+    ({"V": "2147483647"}, "--V and --layers must be at most a model's"),
+    ({"T": "2147483647"}, "must be at most a model's (16777216,"),
+    ({"layers": "1000000000"}, "must be at most a model's"),
 ])
 def test_bad_options_are_clear_errors(override, needle):
     p = run(bench(**override), timeout=60)

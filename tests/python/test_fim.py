@@ -612,6 +612,10 @@ def test_bench_fim_reads_the_documented_rearrangement(tmp_path):
     # (checked as a run's data.fim_* are, the message naming this command's options)
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3"]),
                        "fim: --tokens must be the four token ids")
+    if Path("/dev/full").exists():  # (a full disk: the write failed at the close, unseen, exit 0)
+        assert_clean_error(run([*bench, "--tokens", f"{C_PREFIX}, {C_MIDDLE}, {C_SUFFIX}, "
+                                f"{C_PAD}", "--dump", "/dev/full"]),
+                           "fim: cannot write --dump /dev/full")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, 4x"]),
                        "--tokens must be none or the token id of the padding (got '4x')")
     assert_clean_error(run([*bench, "--tokens", "1, 2, 3, x"]),

@@ -505,6 +505,11 @@ BAD = [
     # every point would resume from another's checkpoints
     ("shared_checkpoints", dict(set="checkpoint.dir = ckpt_shared\n"),
      "checkpoint.dir = 'ckpt_shared' is points 0 and 1's"),
+    # every job would have failed at its start: run directories in a file, or named beyond what
+    # a file name can be
+    ("run_dir_file", dict(sweep="name = s\nbase = {a}\nrun_dir = {a}\n"),
+     "is not a directory (each run's goes in it)"),
+    ("long_name", dict(sweep=f"name = {'n' * 300}\nbase = {{a}}\n"), "name is 300 bytes"),
     # (an "unexpected ValueError: embedded null byte"; submit wrote it into the arguments)
     ("nul", dict(values="train.lr = 1\0, 2\n"), "train.lr: a value with a NUL byte"),
     # 20^8 points were listed one by one until the memory ran out

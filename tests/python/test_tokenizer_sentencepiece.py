@@ -286,7 +286,8 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
                             (bad_merge, ["merge 5", "not a piece"]),
                             # converted, then refused by triad-tokenize (its merges file)
                             (lambda t: t["model"]["merges"].append(t["model"]["merges"][0]),
-                             ["merges 0 and", "are the same pair"])]:
+                             ["merges 0 and", "are the same pair"]),
+                            (lambda t: t["model"].update(merges=None), ["no merges"])]:
         bad = json.loads(json.dumps(tj))
         change(bad)
         (tmp_path / "bad").mkdir(exist_ok=True)
