@@ -298,6 +298,25 @@ def _read_file(f, path: Path):
     return train, val, attrs, sets, average, average_sets
 
 
+def _read_until_settled(path: Path, read, settled, wait: float):
+    """read() again, a little later each time, until settled(what it read) holds or ``wait``
+    seconds have passed (a writer caught midway finishes its append): what was read last. A read
+    that raises _Inconsistent at the end is a MetricsError naming the file."""
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = 0.02
+    while True:
+        try:
+            result = read()
+        except _Inconsistent as e:
+            if time.monotonic() >= deadline:
+                raise MetricsError(f"{path}: {e}") from None
+        else:
+            if settled(result) or time.monotonic() >= deadline:
+                return result
+        time.sleep(delay)
+        delay = min(2 * delay, 0.2)
+
+
 def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
                  tolerate_rows: int = 1) -> Metrics:
     """Load a run's metrics. ``p``: a run directory or a ``metrics.h5`` path.
@@ -318,29 +337,15 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
     if kind != "hdf5":
         raise MetricsError(not_hdf5_message(path, kind).replace(
             ": not an HDF5 file", ": cannot open as HDF5: not an HDF5 file"))
-    deadline = time.monotonic() + max(0.0, wait)
-    delay = 0.02
-    while True:
-        try:
-            train, val, attrs, sets, average, average_sets = _read_once(path)
-        except _Inconsistent as e:
-            if time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(2 * delay, 0.2)
-                continue
-            raise MetricsError(f"{path}: {e}") from None
-        problems = []
-        for gname, cols in (("train", train), ("val", val)):
-            lens = _lengths(cols)
-            if max(lens.values()) - min(lens.values()) > tolerate_rows:
-                problems.append((gname, lens))
-        if (problems or _tail_unwritten(train, ("step", "tokens"))
-                or _tail_unwritten(val, ("step",))) and time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(2 * delay, 0.2)
-            continue
-        break
-    for gname, lens in problems:
+    def unequal(train, val):
+        return [(gname, _lengths(cols)) for gname, cols in (("train", train), ("val", val))
+                if max(_lengths(cols).values()) - min(_lengths(cols).values()) > tolerate_rows]
+
+    train, val, attrs, sets, average, average_sets = _read_until_settled(
+        path, lambda: _read_once(path),
+        lambda r: not (unequal(r[0], r[1]) or _tail_unwritten(r[0], ("step", "tokens"))
+                       or _tail_unwritten(r[1], ("step",))), wait)
+    for gname, lens in unequal(train, val):
         desc = ", ".join(f"{k}={n}" for k, n in lens.items())
         if strict:
             raise MetricsError(f"{path}: datasets of /{gname} have unequal lengths ({desc})")
@@ -369,35 +374,27 @@ def load_group(p: str | os.PathLike, group: str, why: str, fields: tuple[str, ..
     kind = file_kind(path)
     if kind != "hdf5":
         raise MetricsError(not_hdf5_message(path, kind))
-    deadline = time.monotonic() + max(0.0, wait)
-    delay = 0.02
-    while True:
+    def read():
         try:
-            try:
-                f = open_h5(path)
-            except Exception as e:  # noqa: BLE001
-                raise _Inconsistent(f"cannot open as HDF5: {e}") from e
-            try:
-                with f:
-                    if group not in f:
-                        raise MetricsError(f"{path}: no /{group} group ({why})")
-                    cols = _read_group(f, path, group, fields, wide=wide)
-            except (MetricsError, _Inconsistent):
-                raise
-            except Exception as e:  # noqa: BLE001 - damaged metadata: h5py's own types
-                raise _Inconsistent(f"cannot read /{group}: {e}") from e
-        except _Inconsistent as e:
-            if time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(2 * delay, 0.2)
-                continue
-            raise MetricsError(f"{path}: {e}") from None
-        lens = _lengths(cols)
-        if max(lens.values()) - min(lens.values()) <= 1 or time.monotonic() >= deadline:
-            break
-        time.sleep(delay)
-        delay = min(2 * delay, 0.2)
-    if max(lens.values()) - min(lens.values()) > 1:
+            f = open_h5(path)
+        except Exception as e:  # noqa: BLE001
+            raise _Inconsistent(f"cannot open as HDF5: {e}") from e
+        try:
+            with f:
+                if group not in f:
+                    raise MetricsError(f"{path}: no /{group} group ({why})")
+                return _read_group(f, path, group, fields, wide=wide)
+        except (MetricsError, _Inconsistent):
+            raise
+        except Exception as e:  # noqa: BLE001 - damaged metadata: h5py's own types
+            raise _Inconsistent(f"cannot read /{group}: {e}") from e
+
+    def spread(cols):
+        return max(_lengths(cols).values()) - min(_lengths(cols).values())
+
+    cols = _read_until_settled(path, read, lambda c: spread(c) <= 1, wait)
+    lens = _lengths(cols)
+    if spread(cols) > 1:
         desc = ", ".join(f"{k}={n}" for k, n in lens.items())
         raise MetricsError(f"{path}: datasets of /{group} have unequal lengths ({desc})")
     n = min(lens.values())
