@@ -449,7 +449,7 @@ def _pretokenizer_scheme(pre: dict | None, where: str) -> str:
     def is_byte_level(p, use_regex):
         return (isinstance(p, dict) and p.get("type") == "ByteLevel"
                 and not p.get("add_prefix_space", False)
-                and bool(p.get("use_regex", True)) == use_regex)
+                and p.get("use_regex", True) is use_regex)  # (a JSON boolean: "false" is none)
 
     def is_isolated_split(p, pattern):  # (CR and LF as characters or escapes alike)
         if not (isinstance(p, dict) and isinstance(p.get("pattern"), dict)):
@@ -576,6 +576,10 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
     for text, i in [*vocab.items(), *((a["content"], a["id"]) for a in added)]:
         if type(i) is not int:  # (300.0 and true were taken for 300 and 1)
             raise TokenizerError(f"{where}: token {text!r} has the id {i!r}, not an integer")
+    for a in added:
+        if not isinstance(a.get("special", False), bool):  # ("no" was taken for true)
+            raise TokenizerError(f"{where}: added token {a['content']!r} has special = "
+                                 f"{a['special']!r}, not true or false")
     for text, i in vocab.items():
         if i in added_ids:
             continue

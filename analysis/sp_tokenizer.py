@@ -401,6 +401,9 @@ def from_hf_json(tj: dict, where: str, roles) -> PiecesDescription:
     space_prefix = space_prefix_of(tj, where)
     added = sorted(tj.get("added_tokens") or [], key=lambda a: a["id"])
     for a in added:
+        if not isinstance(a.get("special", False), bool):  # ("no" was taken for true)
+            raise SentencePieceError(f"{where}: added token {a['content']!r} has special = "
+                                     f"{a['special']!r}, not true or false")
         if not is_text(a["content"]):  # (JSON's "\ud800" escape: no UTF-8 bytes to match)
             raise SentencePieceError(f"{where}: added token {a['content']!r} (id {a['id']}) "
                                      f"holds a lone surrogate, which is no Unicode text")

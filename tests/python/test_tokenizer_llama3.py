@@ -425,6 +425,9 @@ def test_convert_refuses_what_triad_cannot_encode_exactly(tmp_path):
         (lambda tj: tj["added_tokens"][0].__setitem__("id", True), ["not an integer"]),
         (lambda tj: tj["added_tokens"][0].__setitem__("content", "<\ud800>"),
          ["holds a lone surrogate"]),
+        # a JSON boolean given as text ("no" was taken for true)
+        (lambda tj: tj["added_tokens"][0].__setitem__("special", "no"),
+         ["has special = 'no', not true or false"]),
     ]
     for change, needles in cases:
         path = bad_tokenizer_json(tmp_path, change)
