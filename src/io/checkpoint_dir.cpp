@@ -136,7 +136,7 @@ std::optional<std::pair<std::string, double>> read_best(const std::string& dir) 
 }
 
 std::string checkpoint_file_name(int64_t step) {
-  TRIAD_CHECK(step >= 0 && step <= 99999999, "checkpoint step ", step,
+  TRIAD_CHECK(step >= 0 && step <= kMaxCheckpointStep, "checkpoint step ", step,
               " does not fit the 8-digit file name step_XXXXXXXX.h5");
   char buf[32];
   std::snprintf(buf, sizeof buf, "%s%08lld%s", kPrefix, static_cast<long long>(step), kSuffix);

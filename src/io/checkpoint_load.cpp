@@ -180,7 +180,8 @@ CheckpointState read_state(hid_t file) {
               "attributes step, tokens_seen, next_sequence and epoch of / must be >= 0 (they are ",
               s.step, ", ", s.tokens_seen, ", ", s.next_sequence, ", ", s.epoch, ")");
   // (train.steps' bound: the step of a checkpoint's name has 8 digits)
-  TRIAD_CHECK(s.step <= 99999999, "attribute step of / is ", s.step, ", beyond any run (99999999)");
+  TRIAD_CHECK(s.step <= kMaxCheckpointStep, "attribute step of / is ", s.step, ", beyond any run (",
+              kMaxCheckpointStep, ")");
   const std::optional<std::string> config = io::read_string_attr(file, "config");
   TRIAD_CHECK(config.has_value(), "attribute config of / is missing");
   s.config = *config;
@@ -258,19 +259,18 @@ void refuse_other_datasets(hid_t file, const TensorGroup& g) {
               "tensors disagree)");
 }
 
-// Whether the n floats at data are all finite.
-bool all_finite(const float* data, hsize_t n) {
-  bool finite = true;
-#pragma omp parallel for reduction(&& : finite) schedule(static)
-  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) finite = finite && std::isfinite(data[i]);
-  return finite;
-}
-
-bool none_negative(const float* data, hsize_t n) {
-  bool ok = true;
-#pragma omp parallel for reduction(&& : ok) schedule(static)
-  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) ok = ok && !(data[i] < 0.0f);
-  return ok;
+// Whether the n floats at data are all finite, and whether none is below zero (one pass).
+struct ValueCheck {
+  bool finite = true, nonnegative = true;
+};
+ValueCheck check_values(const float* data, hsize_t n) {
+  bool finite = true, nonnegative = true;
+#pragma omp parallel for reduction(&& : finite, nonnegative) schedule(static)
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
+    finite = finite && std::isfinite(data[i]);
+    nonnegative = nonnegative && !(data[i] < 0.0f);
+  }
+  return {finite, nonnegative};
 }
 
 LoadItem open_for_load(hid_t file, const TensorGroup& g, const TensorRef& t) {
@@ -514,23 +514,23 @@ void load_checkpoint_tensors(MPI_Comm comm, const std::string& path,
                     *it.checksum, ", computed ", computed, "): the file is damaged");
       }
     });
-    // Intact but not finite: the first such tensor any rank holds, named on every rank.
-    int64_t bad = static_cast<int64_t>(n);
-    for (size_t i = 0; i < n && bad == static_cast<int64_t>(n); ++i) {
-      if (!all_finite(items[i].tensor->data, items[i].readable.size()))
+    // Intact but not finite, or below zero where it never is (TensorGroup::nonnegative): the
+    // first such tensor any rank holds, one not finite before one negative, named on every rank.
+    // (bad: i for tensor i not finite, n + i for it negative, 2n for none.)
+    const int64_t N = static_cast<int64_t>(n), none = 2 * N;
+    int64_t bad = none;
+    for (size_t i = 0; i < n && bad >= N; ++i) {
+      const ValueCheck v = check_values(items[i].tensor->data, items[i].readable.size());
+      if (!v.finite)
         bad = static_cast<int64_t>(i);
+      else if (items[i].nonnegative && !v.nonnegative && bad == none)
+        bad = N + static_cast<int64_t>(i);
     }
     bad = allreduce_min(comm, bad);
-    TRIAD_CHECK(bad == static_cast<int64_t>(n), "dataset ", items[size_t(bad)].path,
+    TRIAD_CHECK(bad >= N, "dataset ", items[size_t(bad)].path,
                 " holds values that are not finite (NaN or infinity): a model or optimizer state "
                 "with them cannot be evaluated or trained");
-    bad = static_cast<int64_t>(n);
-    for (size_t i = 0; i < n && bad == static_cast<int64_t>(n); ++i) {
-      if (items[i].nonnegative && !none_negative(items[i].tensor->data, items[i].readable.size()))
-        bad = static_cast<int64_t>(i);
-    }
-    bad = allreduce_min(comm, bad);
-    TRIAD_CHECK(bad == static_cast<int64_t>(n), "dataset ", items[size_t(bad)].path,
+    TRIAD_CHECK(bad == none, "dataset ", items[size_t(bad - N)].path,
                 " holds negative values, which second moments (averages of squares) never are: "
                 "the file is damaged");
   } catch (const Error& e) {

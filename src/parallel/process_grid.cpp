@@ -14,7 +14,7 @@ ProcessGrid::ProcessGrid(MPI_Comm world, int tp, int pp, int cp, int ep) : world
   TRIAD_CHECK(grid <= size_ && size_ % grid == 0, "the job has ", size_,
               " ranks, which is not a multiple of parallel.tp · parallel.pp · parallel.cp = ", tp,
               " · ", pp, " · ", cp, " = ", grid);
-  shape_ = GridShape{size_ / (tp * pp * cp), pp, tp, cp, ep};
+  shape_ = GridShape{int(size_ / grid), pp, tp, cp, ep};
   TRIAD_CHECK(ep >= 1, "parallel.ep must be >= 1 (got ", ep, ")");
   TRIAD_CHECK(shape_.dp % ep == 0, "parallel.ep = ", ep,
               " must divide the data-parallel size (world size / (parallel.tp · parallel.pp · "

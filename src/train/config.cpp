@@ -12,6 +12,7 @@
 #include "triad/core/error.h"
 #include "triad/data/fim.h"
 #include "triad/data/tokenizer.h"
+#include "triad/io/checkpoint.h"  // kMaxCheckpointStep
 #include "triad/model/gpt.h"
 #include "triad/train/run_plan.h"
 
@@ -285,7 +286,7 @@ int64_t steps_for_sequences(const BatchRampup& ramp, int batch_size, int64_t seq
   // consumed·n / sequences grows, so each batch's steps are counted at once (step by step, a ramp
   // over 10^12 sequences took minutes). Counting stops past train.steps' bound (validate refuses
   // that many steps).
-  constexpr int64_t kPastBound = 100000000;
+  constexpr int64_t kPastBound = kMaxCheckpointStep + 1;
   int64_t consumed = 0, steps = 0;
   if (ramp.on()) {
     const int64_t n = (batch_size - ramp.start) / ramp.increment;

@@ -12,6 +12,7 @@
 #include "triad/core/thread_count.h"
 #include "triad/data/blend.h"
 #include "triad/data/fim.h"
+#include "triad/io/checkpoint.h"         // kMaxCheckpointStep
 #include "triad/kernels/cuda_backend.h"  // cuda_flash_head_dim, cuda_flash_drops
 #include "triad/kernels/moe_routing.h"
 #include "triad/model/gpt.h"
@@ -347,25 +348,26 @@ void validate(const Config& c, int world_size) {
   }
   const auto& t = c.train;
   // (A checkpoint's file name holds the step in 8 digits.)
-  check(t.sequences <= 0 || t.steps <= 99999999, "train.sequences",
-        "= " + std::to_string(t.sequences) + " takes more than 99999999 steps at these batch " +
-            "sizes (train.steps' bound: a checkpoint's name holds the step in 8 digits)");
-  check(t.steps >= 0 && t.steps <= 99999999, "train.steps",
-        "must be in [0, 99999999] (got " + std::to_string(t.steps) + ")");
+  const std::string most = std::to_string(kMaxCheckpointStep);
+  check(t.sequences <= 0 || t.steps <= kMaxCheckpointStep, "train.sequences",
+        "= " + std::to_string(t.sequences) + " takes more than " + most + " steps at these " +
+            "batch sizes (train.steps' bound: a checkpoint's name holds the step in 8 digits)");
+  check(t.steps >= 0 && t.steps <= kMaxCheckpointStep, "train.steps",
+        "must be in [0, " + most + "] (got " + std::to_string(t.steps) + ")");
   check(t.sequences >= 0, "train.sequences",
         "must be >= 0 (got " + std::to_string(t.sequences) + ")");
   check(t.batch_size >= 1, "train.batch_size",
         "must be >= 1 (got " + std::to_string(t.batch_size) + ")");
   check(t.micro_batch_size >= 1, "train.micro_batch_size",
         "must be >= 1 (got " + std::to_string(t.micro_batch_size) + ")");
-  const int dp = world_size / std::max(1, c.parallel.tp * c.parallel.pp * c.parallel.cp);
-  check(t.batch_size % (int64_t(t.micro_batch_size) * std::max(1, dp)) == 0, "train.batch_size",
+  const int dp = int(world_size / grid);  // (grid divides world_size, checked first)
+  check(t.batch_size % (int64_t(t.micro_batch_size) * dp) == 0, "train.batch_size",
         "(" + std::to_string(t.batch_size) + ") must be divisible by micro_batch_size · dp (" +
             std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) + ")");
   // Every batch of a ramp is split as batch_size is: START and INCREMENT divisible like it.
   const BatchRampup ramp = parse_batch_rampup(t.batch_rampup, t.batch_size);
   if (ramp.on()) {
-    const int64_t unit = int64_t(t.micro_batch_size) * std::max(1, dp);
+    const int64_t unit = int64_t(t.micro_batch_size) * dp;
     check(ramp.start % unit == 0 && ramp.increment % unit == 0, "train.batch_rampup",
           "'" + t.batch_rampup + "': START and INCREMENT must be multiples of micro_batch_size · " +
               "dp (" + std::to_string(t.micro_batch_size) + " · " + std::to_string(dp) +
@@ -464,7 +466,7 @@ void validate(const Config& c, int world_size) {
             "under pipeline parallelism measures each data-parallel replica's share of the step "
             "against the whole batch: it needs two replicas or more (dp >= 2)");
     } else {
-      const int64_t per_rank = int64_t(t.micro_batch_size) * std::max(1, dp);
+      const int64_t per_rank = int64_t(t.micro_batch_size) * dp;
       check(per_rank > 0 && t.batch_size >= 2 * per_rank, "train.noise_every",
             "needs at least two micro-batches per step on each rank (train.batch_size >= 2 · "
             "train.micro_batch_size · dp, the data-parallel ranks), so that one micro-batch's "
@@ -611,7 +613,6 @@ void validate(const Config& c, int world_size) {
   // The grid must fit the job and the model (DESIGN.md §3 splits, §4 dp = world / (tp·pp·cp)).
   const auto& par = c.parallel;
   if (par.ep > 1) {
-    const int dp = world_size / std::max(1, par.tp * par.pp * par.cp);
     const std::string ep = "= " + std::to_string(par.ep);
     check(m.moe_experts > 0 && m.moe_experts % par.ep == 0, "parallel.ep",
           ep + " needs a mixture of experts whose model.moe_experts (" +
@@ -648,25 +649,25 @@ void validate(const Config& c, int world_size) {
           "must be 0 with parallel.cp > 1: samples are generated without context parallelism");
     check(c.eval.choices.empty(), "eval.choices",
           "cannot be scored with parallel.cp > 1 (scoring runs without context parallelism)");
-    check(!par.sequence_parallel || (m.seq_len / par.cp) % std::max(1, par.tp) == 0,
+    check(!par.sequence_parallel || (m.seq_len / par.cp) % par.tp == 0,
           "parallel.sequence_parallel",
           "with parallel.cp needs model.seq_len / parallel.cp (" +
               std::to_string(m.seq_len / par.cp) + ") divisible by parallel.tp (" +
               std::to_string(par.tp) + ")");
   }
-  check(m.n_head % std::max(1, par.tp) == 0, "parallel.tp",
+  check(m.n_head % par.tp == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_head (" + std::to_string(m.n_head) +
             "): attention is split by heads");
-  check(m.n_kv_head % std::max(1, par.tp) == 0, "parallel.tp",
+  check(m.n_kv_head % par.tp == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide model.n_kv_head (" +
             std::to_string(m.n_kv_head) + "): each rank holds its query heads' keys and values");
-  check(m.moe_shared_hidden % std::max(1, par.tp) == 0, "parallel.tp",
+  check(m.moe_shared_hidden % par.tp == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the shared experts' hidden units (" +
             std::to_string(m.moe_shared_hidden) + ", model.moe_shared_hidden)");
-  check(m.moe_dense_hidden % std::max(1, par.tp) == 0, "parallel.tp",
+  check(m.moe_dense_hidden % par.tp == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the dense layers' hidden units (" +
             std::to_string(m.moe_dense_hidden) + ", model.moe_dense_hidden)");
-  check(c.mlp_hidden_size() % std::max(1, par.tp) == 0, "parallel.tp",
+  check(c.mlp_hidden_size() % par.tp == 0, "parallel.tp",
         "(" + std::to_string(par.tp) + ") must divide the MLP's hidden units (" +
             std::to_string(c.mlp_hidden_size()) + ", model.mlp_hidden)");
   check(c.run.fp8 == "off" || c.run.fp8 == "tensorwise", "run.fp8",
@@ -679,12 +680,12 @@ void validate(const Config& c, int world_size) {
     // on a tensor-parallel rank, and the rows of a micro-batch on a context-parallel rank (the
     // experts' products take any number of rows: the GPU pads their weight gradients').
     const GptShape s = gpt_shape(c);
-    const int tp = std::max(1, par.tp);
+    const int tp = par.tp;
     for (const auto& [name, w] : Gpt::fp8_widths(s, tp))
       check(w % 16 == 0, "run.fp8",
             "needs " + name + " (" + std::to_string(w) +
                 (tp > 1 ? " per tensor-parallel rank" : "") + ") to be a multiple of 16");
-    const int rows = t.micro_batch_size * m.seq_len / std::max(1, par.cp);
+    const int rows = t.micro_batch_size * m.seq_len / par.cp;
     check(rows % 16 == 0, "run.fp8",
           "needs the rows of a micro-batch (train.micro_batch_size · model.seq_len" +
               std::string(par.cp > 1 ? " / parallel.cp" : "") + " = " + std::to_string(rows) +
@@ -740,8 +741,7 @@ void validate(const Config& c, int world_size) {
   check(t.recompute_layers <= most_layers, "train.recompute_layers",
         "(" + std::to_string(t.recompute_layers) + ") must not exceed the layers of a pipeline " +
             "chunk (" + std::to_string(most_layers) + ")");
-  check(!par.sequence_parallel || m.seq_len % std::max(1, par.tp) == 0,
-        "parallel.sequence_parallel",
+  check(!par.sequence_parallel || m.seq_len % par.tp == 0, "parallel.sequence_parallel",
         "needs model.seq_len (" + std::to_string(m.seq_len) + ") divisible by parallel.tp (" +
             std::to_string(par.tp) + ")");
   // zb-h1 takes virtual stages too: it then splits the interleaved order.
@@ -753,7 +753,7 @@ void validate(const Config& c, int world_size) {
     check(par.virtual_stages >= 2, "parallel.virtual_stages",
           "must be >= 2 for parallel.schedule = interleaved");
     for (int b : ramp_batch_sizes(ramp, t.batch_size)) {
-      const int accum = b / std::max(1, t.micro_batch_size * std::max(1, dp));
+      const int accum = b / std::max(1, t.micro_batch_size * dp);
       check(accum % par.pp == 0, b == t.batch_size ? "train.batch_size" : "train.batch_rampup",
             "gives " + std::to_string(accum) + " micro-batches per step" +
                 (b == t.batch_size ? "" : " at a batch of " + std::to_string(b)) + ", which " +

@@ -297,6 +297,8 @@ bool checkpoint_has_group(MPI_Comm comm, const std::string& file, const std::str
 
 // "step_00000120.h5" for step 120.
 std::string checkpoint_file_name(int64_t step);
+// The largest step a checkpoint's name holds (8 digits): train.steps' bound too.
+inline constexpr int64_t kMaxCheckpointStep = 99999999;
 
 // File names (not paths) of the checkpoints in dir: regular files named exactly
 // step_XXXXXXXX.h5 (8 digits; .partial and other files ignored; contents not checked), sorted

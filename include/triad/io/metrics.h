@@ -83,8 +83,8 @@ class MetricsWriter {
   // are fixed-length (h5py returns bytes: .decode()). Throws triad::Error naming the file.
   // Rows are buffered: append() only stores them (writing every 4096 rows, or as flush_due
   // says), flush() and the destructor write them and H5Fflush, after which a reader (h5py)
-  // sees them. The file is
-  // not locked, so readers may open it meanwhile (they see the state of the last flush).
+  // sees them. The file is not locked, so readers may open it meanwhile (they see the state of
+  // the last flush).
   // `val_sets` names the groups /val_sets/<name> (eval.sets), truncated on resume as /val.
   // `norm_groups` (non-empty: train.norms_every) the columns of /norms, `activations`
   // (non-empty: train.activations_every) those of /activations, `moe_layers` (non-empty:
