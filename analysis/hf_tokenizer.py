@@ -572,14 +572,13 @@ def from_hf(src: Path, document_start: str | None = None, prompt_start: str | No
         if not sp_tokenizer.is_text(a["content"]):  # (JSON's "\ud800" escape: no UTF-8)
             raise TokenizerError(f"{where}: added token {a['content']!r} (id {a['id']}) holds a "
                                  f"lone surrogate, which is no Unicode text")
+        if not isinstance(a.get("special", False), bool):  # ("no" was taken for true)
+            raise TokenizerError(f"{where}: added token {a['content']!r} has special = "
+                                 f"{a['special']!r}, not true or false")
     base = {}
     for text, i in [*vocab.items(), *((a["content"], a["id"]) for a in added)]:
         if type(i) is not int:  # (300.0 and true were taken for 300 and 1)
             raise TokenizerError(f"{where}: token {text!r} has the id {i!r}, not an integer")
-    for a in added:
-        if not isinstance(a.get("special", False), bool):  # ("no" was taken for true)
-            raise TokenizerError(f"{where}: added token {a['content']!r} has special = "
-                                 f"{a['special']!r}, not true or false")
     for text, i in vocab.items():
         if i in added_ids:
             continue

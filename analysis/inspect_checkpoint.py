@@ -239,13 +239,82 @@ class Report:
         return f"{self.path}: {first} (and {n}: {shown}{rest})"
 
 
+def _read_checkpoint(f, rep: Report, stats: bool, verify: bool, norms: bool) -> bool:
+    """inspect's reading of the open file f into rep; False for a foreign HDF5 file (said in
+    rep.problems)."""
+    import h5py
+
+    rep.root_attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+    has_model = "model" in f and isinstance(f["model"], h5py.Group)
+    if rep.root_attrs.get("format") != "triad-checkpoint" and not has_model:
+        rep.kind = "foreign"
+        what = ", ".join(sorted(f.keys())[:6]) or "nothing"
+        rep.problems.append(f"HDF5 but not a triad checkpoint (no format = "
+                            f"'triad-checkpoint' attribute and no /model group; it holds "
+                            f"{what})")
+        return False
+    if has_model:
+        rep.model_attrs = {k: attr_value(v) for k, v in f["model"].attrs.items()}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            rep.datasets[name] = (tuple(obj.shape), str(obj.dtype),
+                                  {k: attr_value(v) for k, v in obj.attrs.items()})
+            if stats or verify or norms:
+                # HDF5 allocates a dataset's storage as it is written: a damaged or
+                # forged file can declare gigabytes it does not hold, which reading would
+                # allocate. triad's datasets are contiguous and uncompressed: all their
+                # bytes are there.
+                held = obj.id.get_storage_size()
+                if obj.chunks is None and obj.nbytes > held:
+                    rep.problems.append(f"{name} declares {obj.nbytes} bytes of data, the "
+                                        f"file holds {held} for it (damaged?)")
+                    return
+                if obj.dtype.kind not in "fiu":  # (text reads as bytes, not an array)
+                    rep.problems.append(f"{name} holds {obj.dtype} values, not numbers")
+                    return
+                try:
+                    arr = np.asarray(obj[()])
+                except Exception as e:  # noqa: BLE001
+                    rep.problems.append(f"cannot read {name}: {e}")
+                    return
+                if norms and arr.dtype.kind in "fiu":
+                    a64 = arr.astype(np.float64).ravel()
+                    rep.norms[name] = float(np.sqrt(np.dot(a64, a64)))
+                if stats and arr.size and arr.dtype.kind == "f":
+                    a64 = arr.astype(np.float64)
+                    rep.stats[name] = (float(a64.min()), float(a64.max()),
+                                       float(a64.mean()),
+                                       float(np.sqrt(np.mean(a64 * a64))))
+                # (Read anyway: a diverged run's weights are no checkpoint to go on from.)
+                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                    rep.problems.append(f"{name} holds NaN or Inf values")
+                if verify:
+                    ck = obj.attrs.get("checksum")
+                    if ck is None:
+                        rep.problems.append(f"{name} has no checksum attribute")
+                    elif not is_count(attr_value(ck)):
+                        rep.problems.append(f"{name}: its checksum attribute "
+                                            f"{attr_value(ck)!r} is not an integer")
+                    else:
+                        le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+                        crc = zlib.crc32(le.tobytes()) & 0xFFFFFFFF
+                        stored = int(attr_value(ck)) & 0xFFFFFFFF
+                        if crc != stored:
+                            rep.problems.append(f"{name}: checksum mismatch (file "
+                                                f"{stored:#010x}, data {crc:#010x})")
+                        else:
+                            rep.verified += 1
+
+    f.visititems(visit)
+    return True
+
+
 def inspect(path: str | Path, stats: bool = False, verify: bool = False,
             norms: bool = False) -> Report:
     """Read and check a checkpoint; never raises for a bad file (see Report.problems and
     Report.kind). stats: min/max/mean/rms of every tensor; norms: their L2 norms; verify:
     compare each dataset's checksum attribute with the CRC-32 of its data."""
-    import h5py
-
     try:
         path = resolve_checkpoint_path(path)
     except CheckpointError as e:
@@ -271,69 +340,8 @@ def inspect(path: str | Path, stats: bool = False, verify: bool = False,
         # (HDF5 raises as it meets damaged metadata: a file read only in part is reported, not
         # a traceback.)
         try:
-            rep.root_attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-            has_model = "model" in f and isinstance(f["model"], h5py.Group)
-            if rep.root_attrs.get("format") != "triad-checkpoint" and not has_model:
-                rep.kind = "foreign"
-                what = ", ".join(sorted(f.keys())[:6]) or "nothing"
-                rep.problems.append(f"HDF5 but not a triad checkpoint (no format = "
-                                    f"'triad-checkpoint' attribute and no /model group; it holds "
-                                    f"{what})")
+            if not _read_checkpoint(f, rep, stats, verify, norms):
                 return rep
-            if has_model:
-                rep.model_attrs = {k: attr_value(v) for k, v in f["model"].attrs.items()}
-
-            def visit(name, obj):
-                if isinstance(obj, h5py.Dataset):
-                    rep.datasets[name] = (tuple(obj.shape), str(obj.dtype),
-                                          {k: attr_value(v) for k, v in obj.attrs.items()})
-                    if stats or verify or norms:
-                        # HDF5 allocates a dataset's storage as it is written: a damaged or
-                        # forged file can declare gigabytes it does not hold, which reading would
-                        # allocate. triad's datasets are contiguous and uncompressed: all their
-                        # bytes are there.
-                        held = obj.id.get_storage_size()
-                        if obj.chunks is None and obj.nbytes > held:
-                            rep.problems.append(f"{name} declares {obj.nbytes} bytes of data, the "
-                                                f"file holds {held} for it (damaged?)")
-                            return
-                        if obj.dtype.kind not in "fiu":  # (text reads as bytes, not an array)
-                            rep.problems.append(f"{name} holds {obj.dtype} values, not numbers")
-                            return
-                        try:
-                            arr = np.asarray(obj[()])
-                        except Exception as e:  # noqa: BLE001
-                            rep.problems.append(f"cannot read {name}: {e}")
-                            return
-                        if norms and arr.dtype.kind in "fiu":
-                            a64 = arr.astype(np.float64).ravel()
-                            rep.norms[name] = float(np.sqrt(np.dot(a64, a64)))
-                        if stats and arr.size and arr.dtype.kind == "f":
-                            a64 = arr.astype(np.float64)
-                            rep.stats[name] = (float(a64.min()), float(a64.max()),
-                                               float(a64.mean()),
-                                               float(np.sqrt(np.mean(a64 * a64))))
-                        # (Read anyway: a diverged run's weights are no checkpoint to go on from.)
-                        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                            rep.problems.append(f"{name} holds NaN or Inf values")
-                        if verify:
-                            ck = obj.attrs.get("checksum")
-                            if ck is None:
-                                rep.problems.append(f"{name} has no checksum attribute")
-                            elif not is_count(attr_value(ck)):
-                                rep.problems.append(f"{name}: its checksum attribute "
-                                                    f"{attr_value(ck)!r} is not an integer")
-                            else:
-                                le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-                                crc = zlib.crc32(le.tobytes()) & 0xFFFFFFFF
-                                stored = int(attr_value(ck)) & 0xFFFFFFFF
-                                if crc != stored:
-                                    rep.problems.append(f"{name}: checksum mismatch (file "
-                                                        f"{stored:#010x}, data {crc:#010x})")
-                                else:
-                                    rep.verified += 1
-
-            f.visititems(visit)
         except Exception as e:  # noqa: BLE001 - h5py raises several types on damaged files
             rep.problems.append(f"cannot read its HDF5 structure: {e} (the file is damaged)")
             return rep

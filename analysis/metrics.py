@@ -266,18 +266,26 @@ def _tail_unwritten(cols: dict[str, np.ndarray], increasing: tuple[str, ...]) ->
     return any(int(cols[k][n - 1]) <= int(cols[k][n - 2]) for k in increasing if k in cols)
 
 
-def _read_once(path: Path):
+def _read_open(path: Path, read, what: str = ""):
+    """read(f) of the file opened by open_h5; h5py's own errors (a truncated file, damaged
+    metadata, or a writer's caught midway) as _Inconsistent, to be read again."""
     try:
         f = open_h5(path)
     except Exception as e:  # noqa: BLE001 - OSError for truncated files, etc.
         raise _Inconsistent(f"cannot open as HDF5: {e}") from e
     try:
         with f:
-            return _read_file(f, path)
+            return read(f)
     except (MetricsError, _Inconsistent):
         raise
-    except Exception as e:  # noqa: BLE001 - damaged metadata (or a writer's): h5py's own types
-        raise _Inconsistent(f"cannot read: {e}") from e
+    except Exception as e:  # noqa: BLE001 - h5py raises several types
+        raise _Inconsistent(f"cannot read{what}: {e}") from e
+
+
+def _spread(cols: dict[str, np.ndarray]) -> int:
+    """How many rows the longest column of a group has more than the shortest."""
+    lens = _lengths(cols).values()
+    return max(lens) - min(lens)
 
 
 def _read_file(f, path: Path):
@@ -339,10 +347,10 @@ def load_metrics(p: str | os.PathLike, strict: bool = True, wait: float = 3.0,
             ": not an HDF5 file", ": cannot open as HDF5: not an HDF5 file"))
     def unequal(train, val):
         return [(gname, _lengths(cols)) for gname, cols in (("train", train), ("val", val))
-                if max(_lengths(cols).values()) - min(_lengths(cols).values()) > tolerate_rows]
+                if _spread(cols) > tolerate_rows]
 
     train, val, attrs, sets, average, average_sets = _read_until_settled(
-        path, lambda: _read_once(path),
+        path, lambda: _read_open(path, lambda f: _read_file(f, path)),
         lambda r: not (unequal(r[0], r[1]) or _tail_unwritten(r[0], ("step", "tokens"))
                        or _tail_unwritten(r[1], ("step",))), wait)
     for gname, lens in unequal(train, val):
@@ -374,27 +382,15 @@ def load_group(p: str | os.PathLike, group: str, why: str, fields: tuple[str, ..
     kind = file_kind(path)
     if kind != "hdf5":
         raise MetricsError(not_hdf5_message(path, kind))
-    def read():
-        try:
-            f = open_h5(path)
-        except Exception as e:  # noqa: BLE001
-            raise _Inconsistent(f"cannot open as HDF5: {e}") from e
-        try:
-            with f:
-                if group not in f:
-                    raise MetricsError(f"{path}: no /{group} group ({why})")
-                return _read_group(f, path, group, fields, wide=wide)
-        except (MetricsError, _Inconsistent):
-            raise
-        except Exception as e:  # noqa: BLE001 - damaged metadata: h5py's own types
-            raise _Inconsistent(f"cannot read /{group}: {e}") from e
+    def read(f):
+        if group not in f:
+            raise MetricsError(f"{path}: no /{group} group ({why})")
+        return _read_group(f, path, group, fields, wide=wide)
 
-    def spread(cols):
-        return max(_lengths(cols).values()) - min(_lengths(cols).values())
-
-    cols = _read_until_settled(path, read, lambda c: spread(c) <= 1, wait)
+    cols = _read_until_settled(path, lambda: _read_open(path, read, f" /{group}"),
+                               lambda c: _spread(c) <= 1, wait)
     lens = _lengths(cols)
-    if spread(cols) > 1:
+    if _spread(cols) > 1:
         desc = ", ".join(f"{k}={n}" for k, n in lens.items())
         raise MetricsError(f"{path}: datasets of /{group} have unequal lengths ({desc})")
     n = min(lens.values())
