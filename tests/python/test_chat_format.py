@@ -89,6 +89,9 @@ def test_chat_errors(tmp_path):
     p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "mistral_v3"],
             input="hi")
     assert_clean_error(p, "chat format mistral_v3", "has no special token [INST]")
+    p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "deepseek3"],
+            input="hi")
+    assert_clean_error(p, "chat format deepseek3", "has no special token <｜begin▁of▁sentence｜>")
     p = run([exe("triad-tokenize"), "chat", "--vocab", desc, "--format", "alpaca"], input="hi")
     assert_clean_error(p, "unknown --format 'alpaca'")
     bad = tmp_path / "bad.triad"
