@@ -6,13 +6,16 @@
 //                         [--chat FORMAT|auto] FILE...
 //   triad-tokenize chat --vocab FILE [--format NAME] [--system TEXT | --messages FILE]
 //   triad-tokenize pieces --vocab FILE            text on stdin -> its pre-tokenizer's pieces
+//   triad-tokenize preferences --vocab FILE --out FILE.h5 [--chat FORMAT|auto] FILE...
 // Every error: one line "triad-tokenize: error: ..." on stderr and exit code 1.
 #include <mpi.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +27,7 @@
 #include "triad/data/shard_writer.h"
 #include "triad/data/tokenizer.h"
 #include "triad/data/unicode_nfc.h"
+#include "triad/io/preference_file.h"
 #include "triad/parallel/comm.h"
 #include "triad/train/app_main.h"
 #include "triad/train/positional_arguments.h"
@@ -65,6 +69,10 @@ constexpr const char* kUsage =
     "                          one per line;\n"
     "                          --messages: JSON Lines conversations ending with the user's\n"
     "                          message (multi-turn), each prompt's ids on a line\n"
+    "  preferences --vocab FILE --out FILE.h5 [--chat FORMAT|auto] [--max-tokens N] FILE...\n"
+    "                          JSON Lines of {\"prompt\", \"chosen\", \"rejected\"} strings\n"
+    "                          into a preference file for DPO (data.preferences): each\n"
+    "                          pair's two sequences, the responses' targets counted\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -373,6 +381,95 @@ int cmd_shards(const std::vector<std::string>& args) {
   return 0;
 }
 
+int cmd_preferences(const std::vector<std::string>& args) {
+  po::options_description desc("preferences options");
+  std::string vocab, out, chat, system;
+  std::string fields[3] = {"prompt", "chosen", "rejected"};
+  int64_t max_tokens = 0;
+  std::vector<std::string> files;
+  desc.add_options()("vocab", po::value(&vocab)->required(),
+                     "ranks file (gpt2.tiktoken) or tokenizer description")(
+      "out", po::value(&out)->required(), "the preference file to write (HDF5, data.preferences)")(
+      "chat", po::value(&chat),
+      ("each prompt a user message and each response the assistant's reply, in this chat format "
+       "(" +
+       triad::chat_format_names("auto") +
+       "; auto: the tokenizer description's); without it: the document start, the prompt, then "
+       "the response and the tokenizer's stop token")
+          .c_str())("system", po::value(&system)->default_value(""),
+                    "with --chat: a system message before each prompt (empty: none)")(
+      "max-tokens", po::value(&max_tokens)->default_value(0),
+      "leave out the pairs with a sequence longer than this (model.seq_len + 1); 0: keep all")(
+      "prompt-field", po::value(&fields[0])->default_value(fields[0]), "the prompt's field")(
+      "chosen-field", po::value(&fields[1])->default_value(fields[1]),
+      "the chosen response's field")("rejected-field",
+                                     po::value(&fields[2])->default_value(fields[2]),
+                                     "the rejected response's field");
+  po::options_description hidden;
+  hidden.add_options()("input", po::value(&files), "JSON Lines files");
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  po::variables_map vm;
+  if (!parse("preferences", args, desc, &hidden, &pos, vm)) return 0;
+  TRIAD_CHECK(!files.empty(),
+              "preferences: no input files given (see 'triad-tokenize preferences --help')");
+  TRIAD_CHECK(max_tokens >= 0, "preferences: --max-tokens must be >= 0 (0: keep all)");
+  TRIAD_CHECK(!out.empty(), "preferences: --out is empty (give a file)");
+  for (const auto& f : fields) TRIAD_CHECK(!f.empty(), "preferences: a --*-field names no field");
+  TRIAD_CHECK(fields[0] != fields[1] && fields[0] != fields[2] && fields[1] != fields[2],
+              "preferences: the prompt, chosen and rejected fields must differ");
+  TRIAD_CHECK(vm.count("chat") || vm["system"].defaulted(), "preferences: --system needs --chat");
+  const auto tok = triad::Tokenizer::from_file(vocab);
+  std::optional<triad::ChatFormat> format;
+  if (vm.count("chat")) format = triad::resolve_chat_format(tok, chat, "--chat");
+  const std::string_view names[3] = {fields[0], fields[1], fields[2]};
+  triad::PreferenceSet set;
+  int64_t dropped = 0, longest = 0, counted = 0;
+  for (const auto& f : files) {
+    const std::string text = triad::read_input_file(f);
+    for (const auto& r : triad::json_lines_records(text, names, "input file " + f)) {
+      triad::ChatExample ex[2];
+      try {
+        for (int s = 0; s < 2; ++s) {
+          if (format) {
+            std::vector<triad::ChatMessage> messages;
+            if (!system.empty()) messages.push_back({"system", system});
+            messages.push_back({"user", r.values[0]});
+            messages.push_back({"assistant", r.values[size_t(s) + 1]});
+            ex[s] = triad::chat_example(tok, *format, messages);
+          } else {
+            ex[s] = triad::completion_example(tok, r.values[0], r.values[size_t(s) + 1]);
+          }
+        }
+      } catch (const triad::Error& e) {
+        triad::fail("input file ", f, ", line ", r.line, ": ", e.what());
+      }
+      const int64_t n = int64_t(std::max(ex[0].ids.size(), ex[1].ids.size()));
+      if (max_tokens > 0 && n > max_tokens) {
+        ++dropped;
+        continue;
+      }
+      longest = std::max(longest, n);
+      set.chosen.add(ex[0].ids, ex[0].counts);
+      set.rejected.add(ex[1].ids, ex[1].counts);
+      for (const auto& e : ex)
+        for (size_t j = 1; j < e.counts.size(); ++j) counted += e.counts[j];
+    }
+  }
+  TRIAD_CHECK(set.pairs() > 0, "preferences: no pair to write",
+              dropped > 0 ? " (every pair has a sequence longer than --max-tokens)" : "");
+  triad::write_preference_file(out, set);
+  std::ostringstream os;
+  os << "pairs:        " << set.pairs() << " written to " << out;
+  if (dropped > 0) os << " (" << dropped << " left out: a sequence longer than --max-tokens)";
+  os << "\ntokens:       " << set.chosen.tokens.size() + set.rejected.tokens.size() << ", "
+     << counted << " of them the responses' counted targets"
+     << (format ? std::string(" (") + triad::chat_format_name(*format) + " format)" : "")
+     << "\nlongest:      " << longest << " tokens (model.seq_len must be at least one less)\n";
+  write_stdout(os.str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -381,8 +478,8 @@ int main(int argc, char** argv) {
     TRIAD_CHECK(size == 1, "this program runs as one process, but was started with ", size,
                 " MPI ranks; run it without mpirun (it uses threads: --threads)");
     TRIAD_CHECK(argc >= 2,
-                "no command given: encode, decode, shards, chat or pieces (see 'triad-tokenize "
-                "--help')");
+                "no command given: encode, decode, shards, chat, pieces or preferences (see "
+                "'triad-tokenize --help')");
     const std::string command = argv[1];
     const std::vector<std::string> args(argv + 2, argv + argc);
     if (command == "--help" || command == "-h" || command == "help") {
@@ -394,8 +491,9 @@ int main(int argc, char** argv) {
     if (command == "shards") return cmd_shards(args);
     if (command == "chat") return cmd_chat(args);
     if (command == "pieces") return cmd_pieces(args);
+    if (command == "preferences") return cmd_preferences(args);
     triad::fail("unknown command '", command,
-                "': expected encode, decode, shards, chat or pieces (see 'triad-tokenize "
-                "--help')");
+                "': expected encode, decode, shards, chat, pieces or preferences (see "
+                "'triad-tokenize --help')");
   });
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "tokenizer_files.h"
@@ -354,6 +355,25 @@ std::vector<JsonPair> json_lines_pairs(std::string_view text, std::string_view p
         has_completion = found[0];
         out.push_back({line_no, std::move(values[1]), std::move(values[0])});
       });
+  return out;
+}
+
+std::vector<JsonRecord> json_lines_records(std::string_view text,
+                                           std::span<const std::string_view> fields,
+                                           const std::string& where) {
+  TRIAD_ASSERT(!fields.empty());
+  std::vector<JsonRecord> out;
+  for_each_line(text, fields[0], where, [&](LineParser& p, int64_t line_no, bool& has_first) {
+    JsonRecord r;
+    r.line = line_no;
+    r.values.resize(fields.size());
+    const std::unique_ptr<bool[]> found(new bool[fields.size()]());
+    p.parse_string_fields(fields, r.values.data(), found.get());
+    for (size_t k = 1; k < fields.size(); ++k)
+      TRIAD_CHECK(found[k], where, ", line ", line_no, ": no \"", fields[k], "\" field");
+    has_first = found[0];
+    out.push_back(std::move(r));
+  });
   return out;
 }
 

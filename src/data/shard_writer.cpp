@@ -85,7 +85,9 @@ void parallel_for(size_t n, int threads, F&& fn) {
   if (error) std::rethrow_exception(error);
 }
 
-std::string read_file(const std::string& path) {
+}  // namespace
+
+std::string read_input_file(const std::string& path) {
   std::error_code ec;
   TRIAD_CHECK(fs::exists(path, ec), "input file ", path, ": does not exist");
   TRIAD_CHECK(fs::is_regular_file(path, ec), "input file ", path, ": not a regular file");
@@ -98,6 +100,8 @@ std::string read_file(const std::string& path) {
   TRIAD_CHECK(in.gcount() == std::streamsize(size), "input file ", path, ": read error");
   return text;
 }
+
+namespace {
 
 // A text input's bytes are text: a NUL is found in compressed, UTF-16 and binary files.
 void check_text(const std::string& text, const std::string& path) {
@@ -203,7 +207,7 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
     }
     std::vector<std::string> texts(last - first);
     parallel_for(texts.size(), threads, [&](size_t i) {
-      texts[i] = read_file(files[first + i]);
+      texts[i] = read_input_file(files[first + i]);
       if (jsonl_field.empty()) check_text(texts[i], files[first + i]);
     });
     for (const auto& t : texts) bytes += int64_t(t.size());
@@ -266,8 +270,8 @@ std::vector<T> tokenize_stream(const Tokenizer& tokenizer, const std::vector<std
   return stream;
 }
 
-// A prompt and its completion: the document start, the prompt, then the completion (encoded on
-// its own, as a continuation) and the tokenizer's first stop token, which the mask counts.
+}  // namespace
+
 ChatExample completion_example(const Tokenizer& tokenizer, std::string_view prompt,
                                std::string_view completion) {
   TRIAD_CHECK(!tokenizer.stop_tokens().empty(), "the tokenizer (", tokenizer.path(),
@@ -281,6 +285,8 @@ ChatExample completion_example(const Tokenizer& tokenizer, std::string_view prom
   ex.counts.resize(ex.ids.size(), 1);
   return ex;
 }
+
+namespace {
 
 // The examples of one file of a masked corpus: its conversations (o.chat) or prompt and
 // completion pairs (o.prompt_field), encoded in parallel; errors name the file and line.
@@ -335,7 +341,7 @@ std::vector<T> masked_stream(const Tokenizer& tokenizer, const std::vector<std::
   int64_t bytes = 0, documents = 0, counted = 0;
   for (const auto& f : files) {
     const std::string where = "input file " + f;
-    const std::string text = read_file(f);
+    const std::string text = read_input_file(f);
     bytes += int64_t(text.size());
     for (const ChatExample& ex : masked_examples(tokenizer, text, where, o, threads)) {
       for (const int32_t id : ex.ids) stream.push_back(T(id));

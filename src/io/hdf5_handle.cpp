@@ -151,6 +151,9 @@ std::optional<std::string> read_string_attr(hid_t loc, const std::string& name) 
   if (h5check(H5Tis_variable_str(type), what) > 0) {
     H5Id mem = own_datatype(H5Tcopy(H5T_C_S1), what);
     h5check(H5Tset_size(mem, H5T_VARIABLE), what);
+    // h5py writes str attributes as variable-length UTF-8: read in the file's character set
+    // (HDF5 converts between ASCII and UTF-8 no more than between other types).
+    h5check(H5Tset_cset(mem, H5Tget_cset(type)), what);
     char* p = nullptr;
     h5check(H5Aread(*attr, mem, &p), what);
     std::string s = p != nullptr ? p : "";

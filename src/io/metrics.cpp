@@ -174,7 +174,9 @@ struct MetricsWriter::Impl {
                                      {"moe_max_load", false},
                                      {"moe_z_loss", false},
                                      {"moe_dropped", false},
-                                     {"mtp_loss", false}});
+                                     {"mtp_loss", false},
+                                     {"dpo_accuracy", false},
+                                     {"dpo_margin", false}});
   Table val = val_table("val");
 
   // Set once a write failed (and was reported): the destructor does not try again and report it
@@ -507,6 +509,8 @@ void MetricsWriter::append(const TrainRow& r) {
   t.col(12).doubles.push_back(r.moe_z_loss);
   t.col(13).doubles.push_back(r.moe_dropped);
   t.col(14).doubles.push_back(r.mtp_loss);
+  t.col(15).doubles.push_back(r.dpo_accuracy);
+  t.col(16).doubles.push_back(r.dpo_margin);
   if (t.col(0).buffered() >= kAutoFlushRows || impl_->due()) flush();
 }
 

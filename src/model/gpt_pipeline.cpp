@@ -186,6 +186,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
         forward_chunk(c, S, B, Tl);
         if (g == G - 1) {
           upload_ids(nullptr, tg, N);
+          preference_first_row_ = mb * B;  // (set_preference's rows of this micro-batch)
           const ForwardStats f = classifier(S, tg, B, Tl, dloss_scale, true);
           if (shape_.mtp_depth > 0)
             mtp_step(S, whole, targets + size_t(mb) * B * T, B, Tl, dloss_scale);
@@ -193,6 +194,10 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
           st.z_sum += f.z_sum;
           st.correct += f.correct;
           st.tokens += f.tokens;
+          st.pairs += f.pairs;
+          st.pairs_right += f.pairs_right;
+          st.chosen_reward_sum += f.chosen_reward_sum;
+          st.rejected_reward_sum += f.rejected_reward_sum;
         }
         break;
       }
@@ -311,6 +316,12 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
   st.z_sum = pp.all_reduce_sum(st.z_sum);
   st.correct = int64_t(pp.all_reduce_sum(double(st.correct)));
   st.tokens = int64_t(pp.all_reduce_sum(double(st.tokens)));
+  if (preference_beta_ > 0.0f) {  // (DPO's training steps)
+    st.pairs = int64_t(pp.all_reduce_sum(double(st.pairs)));
+    st.pairs_right = int64_t(pp.all_reduce_sum(double(st.pairs_right)));
+    st.chosen_reward_sum = pp.all_reduce_sum(st.chosen_reward_sum);
+    st.rejected_reward_sum = pp.all_reduce_sum(st.rejected_reward_sum);
+  }
   if (!target_bytes_.empty()) {  // (eval.bits_per_byte: set alike on every stage)
     st.byte_loss_sum = pp.all_reduce_sum(st.byte_loss_sum);
     st.bytes = int64_t(pp.all_reduce_sum(double(st.bytes)));

@@ -627,6 +627,18 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
                              float dloss_scale, bool with_grad, float* row_losses, bool fp8_head,
                              const int32_t* dev_targets) {
   const int N = B * T, C = shape_.n_embd, Vl = vocab_local_;
+  // DPO (set_preference): the rows' losses first, without gradient, then each sequence's weight
+  // from its pair's, with which the pass below forms the gradient (its chunks never span two
+  // sequences' rows).
+  const bool preference = with_grad && preference_beta_ > 0.0f;
+  ForwardStats pairs;
+  if (preference) {
+    preference_rows_.resize(size_t(N));
+    (void)classifier(S, host_targets, B, T, 0.0f, false, preference_rows_.data(), fp8_head,
+                     dev_targets);
+    pairs = preference_weights(B, T, dloss_scale);
+  }
+  const int run = mp_.cp == 1 ? T : T / 2;  // rows of one sequence in a row
   auto& a = acts<A>();
   A* logits = a.logits;
   // The head is column-parallel over the vocabulary: its input gradient is a partial sum over
@@ -659,14 +671,18 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     st.byte_loss_sum += loss;
     st.bytes += b;
   };
-  for (int r0 = 0; r0 < N; r0 += logits_rows_) {
-    const int rows = std::min(logits_rows_, N - r0);
+  for (int r0 = 0; r0 < N;) {
+    const int rows = std::min({logits_rows_, N - r0, preference ? run - r0 % run : N});
+    // (the head's multiplier, μP's, as gscale)
+    const float g = preference
+                        ? preference_scale_[size_t(row_sequence(r0, B, T))] * shape_.head_mult()
+                        : gscale;
     const A* x = S.lnfg + size_t(r0) * C;
     const int32_t* tgt = (dev_targets != nullptr ? dev_targets : d_targets_) + r0;
     head_logits(logits, x, rows, Vl, fp8_head);
     if (mp_.tp == 1) {
       be_.crossentropy_forward_backward(logits, S.losses + r0, hits ? hits + r0 : nullptr, tgt,
-                                        rows, shape_.vocab_size, Vl, gscale, z,
+                                        rows, shape_.vocab_size, Vl, g, z,
                                         log_z ? log_z + r0 : nullptr, shape_.logit_softcap);
     } else {
       // Vocabulary-parallel cross-entropy: only per-row statistics cross the group, never
@@ -696,7 +712,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
       if (with_grad) {
         be_.copy_from_host(stats + 2 * rows, hsum, size_t(rows));
         be_.crossentropy_backward_partial(logits, stats, stats + 2 * rows, tgt, rows, vocab_valid_,
-                                          Vl, gscale, z, shape_.logit_softcap);
+                                          Vl, g, z, shape_.logit_softcap);
       }
       for (int i = 0; i < rows; ++i) {
         if (host_targets[r0 + i] < 0) {  // masked: no loss (the kernels gave it no gradient)
@@ -717,6 +733,7 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     if (with_grad)  // dlogits sit in `logits`
       linear_backward<A>(fp8_head_site(), dpart + size_t(r0) * C, head_grad, head_bias_grad, logits,
                          x, head_weight<A>(), rows, C, Vl, GradMode::overwrite);
+    r0 += rows;
   }
   if (with_grad) reduce_rows(dpart, S.dlnf, N);
   if (mp_.tp == 1) {
@@ -732,6 +749,48 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     } else {
       for (int i = 0; i < N; ++i) st.correct += host[size_t(N + i)] > 0.5f ? 1 : 0;
     }
+  }
+  if (preference) {  // the loss is the pairs' (the targets' counts and hits stay)
+    st.loss_sum = pairs.loss_sum;
+    st.pairs = pairs.pairs;
+    st.pairs_right = pairs.pairs_right;
+    st.chosen_reward_sum = pairs.chosen_reward_sum;
+    st.rejected_reward_sum = pairs.rejected_reward_sum;
+  }
+  return st;
+}
+
+ForwardStats Gpt::preference_weights(int B, int T, float dloss_scale) {
+  TRIAD_CHECK(B % 2 == 0 && preference_reference_ != nullptr,
+              "internal error: DPO needs whole pairs in a micro-batch and reference values");
+  // π of each sequence: minus its rows' cross-entropies (a masked row's is 0), this rank's
+  // rows, then summed over the context-parallel group's pieces.
+  std::vector<double> logp(size_t(B), 0.0);
+  for (int r = 0; r < B * T; ++r)
+    logp[size_t(row_sequence(r, B, T))] -= double(preference_rows_[size_t(r)]);
+  if (mp_.cp > 1)
+    for (double& v : logp) v = mp_.cp_comm->all_reduce_sum(v);
+  const double beta = preference_beta_;
+  const double* ref = preference_reference_ + preference_first_row_;
+  preference_scale_.assign(size_t(B), 0.0f);
+  ForwardStats st;
+  for (int j = 0; j < B / 2; ++j) {
+    const double chosen = beta * (logp[size_t(2 * j)] - ref[2 * j]);
+    const double rejected = beta * (logp[size_t(2 * j + 1)] - ref[2 * j + 1]);
+    const double z = chosen - rejected;
+    // −log σ(z) = log(1 + e^−z) and σ(−z), without overflow for large |z|
+    const double loss = z > 0 ? std::log1p(std::exp(-z)) : -z + std::log1p(std::exp(z));
+    const double w = z > 0 ? std::exp(-z) / (1.0 + std::exp(-z)) : 1.0 / (1.0 + std::exp(z));
+    // d loss / d π_chosen = −β·σ(−z); the classifier's gradient is that of the cross-entropy,
+    // −π, so the chosen rows take +β·σ(−z) and the rejected ones −β·σ(−z).
+    preference_scale_[size_t(2 * j)] = float(double(dloss_scale) * beta * w);
+    preference_scale_[size_t(2 * j + 1)] = float(-double(dloss_scale) * beta * w);
+    if (mp_.cp_rank != 0) continue;  // the group's first rank counts the pair
+    st.loss_sum += loss;
+    st.pairs += 1;
+    st.pairs_right += z > 0 ? 1 : 0;
+    st.chosen_reward_sum += chosen;
+    st.rejected_reward_sum += rejected;
   }
   return st;
 }
@@ -1014,6 +1073,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   set_attention_mask(inputs, B, T);  // over the whole sequences
   set_dropout_rows(dropout_first_, B);
   forward_chunk(0, S, B, Tl);
+  preference_first_row_ = 0;
   ForwardStats st = classifier(S, tg, B, Tl, dloss_scale, true);
   if (shape_.mtp_depth > 0) mtp_step(S, inputs, targets, B, Tl, dloss_scale);
   backward_chunk(0, S, B, Tl);
@@ -1035,8 +1095,13 @@ ForwardStats Gpt::evaluate_t(const int32_t* inputs, const int32_t* targets, int 
     const int32_t* tg = cp_local_ids(targets, 1, B, cp_targets_);
     upload_ids(nullptr, tg, B * Tl);
     const bool by_position = position_sums_ != nullptr && mp_.tp_rank == 0;
-    if (by_position) position_rows_.assign(size_t(B) * Tl, 0.0f);
-    st = classifier(*last, tg, B, Tl, 0.0f, false, by_position ? position_rows_.data() : nullptr);
+    const bool by_sequence = sequence_logps_ != nullptr && mp_.tp_rank == 0;
+    if (by_position || by_sequence) position_rows_.assign(size_t(B) * Tl, 0.0f);
+    st = classifier(*last, tg, B, Tl, 0.0f, false,
+                    by_position || by_sequence ? position_rows_.data() : nullptr);
+    if (by_sequence)  // (a masked row's loss is 0)
+      for (int r = 0; r < B * Tl; ++r)
+        sequence_logps_[row_sequence(r, B, Tl)] -= double(position_rows_[size_t(r)]);
     if (by_position) {
       // Local row r: sequence b's position j, or under context parallelism piece k's row j of
       // sequence b at (k·B + b)·P + j, at the piece's start in the sequence.

@@ -328,6 +328,9 @@ class KeyTable {
         "z-loss coefficient c (PaLM's 1e-4): c·(log Z)² per token joins the training loss, Z the "
         "softmax's normalizer; the logged loss stays the cross-entropy, /train/z_loss the mean "
         "term (0: none)");
+    add("train.dpo_beta", c.train.dpo_beta,
+        "with data.preferences: DPO's beta, the weight of the log-probability ratios to the "
+        "reference in each pair's loss -log sigmoid(beta * (chosen ratio - rejected ratio))");
     add("train.hidden_dropout", c.train.hidden_dropout,
         "dropout probability p of the residual stream's inputs in training: each value of the "
         "embedding's output and of every attention and MLP branch's output is zeroed with "
@@ -426,6 +429,12 @@ class KeyTable {
         "weights of the comma-separated data.train globs (e.g. '0.7, 0.3'): a deterministic "
         "blend, each dataset in its own order (empty: one glob)");
     add("data.val", c.data.val, "validation shard glob");
+    add("data.preferences", c.data.preferences,
+        "direct preference optimization (DPO) instead of data.train: a preference file "
+        "(triad-tokenize preferences) of chosen and rejected responses; the training loss is "
+        "DPO's over the pairs, each row a sequence (train.batch_size sequences: half as many "
+        "pairs), the reference the starting weights (their log-probabilities computed once, "
+        "kept in the checkpoints)");
     add("data.shuffle", c.data.shuffle, "seeded per-epoch permutation of the sequences");
     add("data.loss_mask", c.data.loss_mask,
         "loss masks beside the shards (<shard>.mask: which targets count, e.g. only a chat "

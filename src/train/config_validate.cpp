@@ -413,7 +413,25 @@ void validate(const Config& c, int world_size) {
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
-  parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
+  if (c.data.preferences.empty()) {
+    parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
+  } else {
+    // DPO: pairs of rows in each micro-batch, and a loss of its own that the cross-entropy's
+    // extra terms and data transformations do not apply to.
+    check(c.data.train.empty() && c.data.train_weights.empty(), "data.preferences",
+          "trains on preference pairs instead of data.train: give one of them");
+    check(t.micro_batch_size % 2 == 0, "train.micro_batch_size",
+          "must be even with data.preferences (a micro-batch holds whole pairs: a chosen and a "
+          "rejected sequence)");
+    check(std::isfinite(t.dpo_beta) && t.dpo_beta > 0 && t.dpo_beta <= 1000, "train.dpo_beta",
+          "must be a number in (0, 1000]");
+    for (const auto& [key, off] : std::initializer_list<std::pair<const char*, bool>>{
+             {"train.z_loss", t.z_loss == 0},
+             {"model.mtp_depth", c.model.mtp_depth == 0},
+             {"data.fim_rate", c.data.fim_rate == 0},
+             {"train.noise_every", t.noise_every == 0}})
+      check(off, key, "does not apply to DPO's loss (data.preferences): leave it at 0");
+  }
   parse_loss_mask(c.data.loss_mask);
   parse_document_mask(c.data.document_mask, c.model.vocab_size);
   parse_eod_mask_loss(c.data.eod_mask_loss, c.model.vocab_size);

@@ -83,8 +83,13 @@ void install_preemption_handlers() {
 Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<State>(world, cl)) {
   auto& s = *s_;
   validate(s.cfg, s.grid.world_size());
-  // A wrong data.train is said before the model is built (gigabytes and seconds for a large one).
-  if (!cl.eval_only) {
+  // A wrong data.train is said before the model is built (gigabytes and seconds for a large one),
+  // and a wrong data.preferences (read whole here).
+  if (!cl.eval_only && !s.cfg.data.preferences.empty()) {
+    s.preferences = std::make_unique<PreferenceData>(s.cfg.data.preferences, s.cfg.model.seq_len,
+                                                     s.cfg.model.vocab_size, s.cfg.data.shuffle,
+                                                     uint64_t(s.cfg.train.seed));
+  } else if (!cl.eval_only) {
     const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
     // A shard two datasets match would be drawn at both weights.
     std::map<std::string, size_t> dataset_of;
@@ -267,12 +272,13 @@ TrainOutcome Trainer::run() {
   auto& s = *s_;
   const auto& cfg = s.cfg;
   const int T = cfg.model.seq_len, mbs = cfg.train.micro_batch_size;
-  s.train_data = std::make_unique<BlendedLoader>(
-      parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
-      cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask),
-      parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size),
-      s.fim(uint64_t(cfg.train.seed)));
-  if (s.train_data->masked_shards() > 0)
+  if (!s.preferences)  // (DPO's pairs are read already)
+    s.train_data = std::make_unique<BlendedLoader>(
+        parse_blend(cfg.data.train, cfg.data.train_weights), T, cfg.model.vocab_size,
+        cfg.data.shuffle, uint64_t(cfg.train.seed), parse_loss_mask(cfg.data.loss_mask),
+        parse_eod_mask_loss(cfg.data.eod_mask_loss, cfg.model.vocab_size),
+        s.fim(uint64_t(cfg.train.seed)));
+  if (s.train_data && s.train_data->masked_shards() > 0)
     s.say("data.train: " + std::to_string(s.train_data->masked_shards()) +
           " shard(s) with loss masks: the loss is the mean over the targets they count");
   s.open_val();
@@ -382,6 +388,18 @@ TrainOutcome Trainer::run() {
     s.load_from(s.cl.init_from, false);
   }
 
+  // DPO's reference: the weights as loaded (a resumed run has it from its checkpoint).
+  if (s.preferences && s.preferences->reference().empty()) {
+    const Timer reference_clock;
+    s.compute_preference_reference();
+    std::ostringstream os;
+    os << "DPO's reference: the log-probabilities of " << s.preferences->num_sequences()
+       << " sequences under the "
+       << (resume_path.empty() && s.cl.init_from.empty() ? "initialized" : "loaded")
+       << " weights, in " << std::fixed << std::setprecision(1) << reference_clock.seconds()
+       << " s";
+    s.say(os.str());
+  }
   s.peak_flops = cfg.run.peak_tflops > 0
                      ? cfg.run.peak_tflops * 1e12
                      : measure_peak_flops(*s.be, s.model->precision() == Precision::bf16);
@@ -437,6 +455,13 @@ TrainOutcome Trainer::run() {
             << (cfg.data.fim_split == "none" ? "" : ", fragments cut at " + cfg.data.fim_split)
             << (cfg.data.fim_granularity == "character" ? ", cut between characters" : "") << ")";
     const std::string rates_note = rates.str();
+    std::ostringstream data_os;  // what the steps train on
+    if (s.preferences)
+      data_os << " | DPO (beta " << cfg.train.dpo_beta << ") on " << s.preferences->pairs()
+              << " preference pairs";
+    else
+      data_os << " | train " << s.train_data->num_sequences() << " sequences";
+    const std::string data_note = data_os.str();
     std::string split;  // uneven pipeline stages
     for (int n : s.model->parallel().stage_layers)
       split += (split.empty() ? " (stage layers " : ",") + std::to_string(n);
@@ -469,8 +494,8 @@ TrainOutcome Trainer::run() {
                ? ", " + std::to_string(cfg.train.steps) +
                      " steps for train.sequences = " + std::to_string(cfg.train.sequences)
                : std::string())
-       << " | train " << s.train_data->num_sequences() << " sequences"
-       << (s.train_data->datasets() > 1
+       << data_note
+       << (s.train_data && s.train_data->datasets() > 1
                ? " in " + std::to_string(s.train_data->datasets()) + " blended datasets"
                : std::string())
        << " | peak " << std::setprecision(1) << s.peak_flops / 1e9 << " GFLOP/s";
@@ -582,6 +607,7 @@ TrainOutcome Trainer::run() {
     s.model->zero_grads();
     s.model->take_moe_stats();       // the step's routing only (not an evaluation's)
     double loss_sum = 0, z_sum = 0;  // z_sum: Σ (log Z)² (train.z_loss)
+    PairStats pairs;                 // DPO's
     // This rank's share of the global batch: sequences [dp_rank·B/dp, (dp_rank+1)·B/dp) of
     // the step, in micro-batches; the gradient is the sum over ranks of the local sums, each
     // counted target weighted 1/counted, i.e. exactly the global mean.
@@ -590,11 +616,14 @@ TrainOutcome Trainer::run() {
     // masks), which every rank counts alike from the masks, or where counting encodes text (FIM
     // between characters) each replica its share, summed; a batch with none has no loss (NaN)
     // and gets no update.
+    // DPO's mean is over the batch's pairs.
+    TrainingData& data = s.data();
     const double counted =
-        !s.train_data->masks_targets() ? tokens_per_step
-        : s.train_data->counting_encodes()
-            ? s.grid.dp().all_reduce_sum(double(s.train_data->counted_targets(base, batch / s.dp)))
-            : double(s.train_data->counted_targets(s.position, batch));
+        s.preferences           ? double(batch / 2)
+        : !data.masks_targets() ? tokens_per_step
+        : data.counting_encodes()
+            ? s.grid.dp().all_reduce_sum(double(data.counted_targets(base, batch / s.dp)))
+            : double(data.counted_targets(s.position, batch));
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
     // train.noise_every: a small batch's squared gradient norm (mean over the replicas) and its
@@ -614,9 +643,8 @@ TrainOutcome Trainer::run() {
     // enter the estimate as their harmonic mean. Collective.
     const bool expert_groups = s.grid.shape().ep > 1;
     const auto measure_small = [&](int64_t first, int64_t sequences) {
-      double mine = s.train_data->masks_targets()
-                        ? double(s.train_data->counted_targets(first, sequences))
-                        : double(sequences) * T;
+      double mine = data.masks_targets() ? double(data.counted_targets(first, sequences))
+                                         : double(sequences) * T;
       if (expert_groups) mine = s.grid.ep().all_reduce_sum(mine);  // the group's micro-batches
       // One rank of each replica counts it: tensor-parallel rank 0 of the first stage (and of
       // the context-parallel and expert-parallel groups).
@@ -668,8 +696,9 @@ TrainOutcome Trainer::run() {
       // The pipeline runs all micro-batches of the step by the schedule; every stage reads
       // the same sequences (the first stage needs the inputs, the last the targets).
       for (int m = 0; m < accum; ++m)
-        s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
-                           s.targets.data() + size_t(m) * mbs * T);
+        data.fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
+                  s.targets.data() + size_t(m) * mbs * T);
+      if (s.preferences) s.use_preference_rows(base, accum * mbs);
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
@@ -691,6 +720,7 @@ TrainOutcome Trainer::run() {
       s.model->set_grad_ready_hook(nullptr);
       loss_sum = f.loss_sum;
       z_sum = f.z_sum;
+      pairs.add(f);
       if (profile) s.write_pipeline_trace(actions, int(st + 1), accum);
       if (noise_step) measure_small(base, int64_t(accum) * mbs);
     } else {
@@ -713,13 +743,15 @@ TrainOutcome Trainer::run() {
         } else if (m == accum - 1 && reduces) {
           s.model->set_grad_ready_hook(reduce_final);
         }
-        s.train_data->fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+        data.fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
+        if (s.preferences) s.use_preference_rows(base + int64_t(m) * mbs, mbs);
         s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base + int64_t(m) * mbs);
         s.watch("a micro-batch's forward and backward", st);
         const ForwardStats f =
             s.model->forward_backward(s.inputs.data(), s.targets.data(), mbs, dloss_scale);
         loss_sum += f.loss_sum;
         z_sum += f.z_sum;
+        pairs.add(f);
         s.model->set_grad_ready_hook(nullptr);
         if (noise_step && m == 0) {
           if (!s.model->bucketed_grads())
@@ -732,6 +764,14 @@ TrainOutcome Trainer::run() {
     const double loss_total = s.grid.dp().all_reduce_sum(loss_sum);
     const double loss =
         counted > 0 ? loss_total / counted : std::numeric_limits<double>::quiet_NaN();
+    // DPO: the share of pairs ranked right and the mean reward margin (NaN: not DPO).
+    double dpo_accuracy = std::numeric_limits<double>::quiet_NaN(), dpo_margin = dpo_accuracy;
+    if (s.preferences) {
+      double v[3] = {double(pairs.right), pairs.chosen, pairs.rejected};
+      for (double& x : v) x = s.grid.dp().all_reduce_sum(x);
+      dpo_accuracy = v[0] / counted;
+      dpo_margin = (v[1] - v[2]) / counted;
+    }
     s.watch("the gradients' reduction and the step's statistics", st);
     // The z-loss term's mean over the counted targets, c·(log Z)² (NaN: no z-loss).
     const double z_loss_mean = cfg.train.z_loss > 0 && counted > 0
@@ -882,7 +922,7 @@ TrainOutcome Trainer::run() {
     if (s.metrics)
       s.metrics->append(TrainRow{st, loss, lr, norm, tps, mfu, dt * 1e3, s.consumed * T,
                                  skip ? 1.0 : 0.0, z_loss_mean, moe_aux_mean, moe_load, moe_z_mean,
-                                 moe_dropped, mtp_loss});
+                                 moe_dropped, mtp_loss, dpo_accuracy, dpo_margin});
     TRIAD_CHECK(skip || std::isfinite(loss), "training diverged: loss is ", loss, " at step ",
                 st + 1, " (lower train.lr or check the data)");
     TRIAD_CHECK(s.skipped_in_a_row < cfg.train.skip_window, "training diverged: the last ",
@@ -899,6 +939,9 @@ TrainOutcome Trainer::run() {
          << format_duration(per_sequence * double(last_consumed - s.consumed));
       if (cfg.train.z_loss > 0)
         os << " | z-loss " << std::scientific << std::setprecision(2) << z_loss_mean;
+      if (s.preferences)
+        os << " | pairs right " << std::fixed << std::setprecision(3) << dpo_accuracy
+           << " | margin " << std::setprecision(4) << dpo_margin;
       if (cfg.model.mtp_depth > 0)
         os << " | mtp loss " << std::fixed << std::setprecision(4) << mtp_loss;
       if (s.noise.ready())  // train.noise_every's running estimate (none while |G|² <= 0)

@@ -110,8 +110,11 @@ CheckpointState Trainer::State::checkpoint_state() const {
   CheckpointState st;
   st.step = step;
   st.tokens_seen = consumed * cfg.model.seq_len;
-  const int64_t n = train_data ? train_data->num_sequences() : 1;
+  const int64_t n = preferences  ? preferences->num_sequences()
+                    : train_data ? train_data->num_sequences()
+                                 : 1;
   st.next_sequence = position % n;
+  if (preferences) st.preference_reference = preferences->reference();
   st.epoch = position / n;
   st.config = to_ini(cfg);
   st.grid = grid.describe();
@@ -586,6 +589,17 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   }
   const CheckpointState st = read_checkpoint_state(grid.world(), path);
   check_model_shape(st, path);
+  if (preferences) {  // DPO's reference stays the one the run started from
+    TRIAD_CHECK(!st.preference_reference.empty(), "checkpoint ", path,
+                " holds no DPO reference (attribute preference_reference): it was not saved by a "
+                "run on data.preferences; start one from it with --init-from");
+    TRIAD_CHECK(int64_t(st.preference_reference.size()) == preferences->num_sequences(),
+                "checkpoint ", path, " holds DPO reference values of ",
+                st.preference_reference.size(), " sequences, but data.preferences has ",
+                preferences->num_sequences(),
+                " (resume with the preference file the run started with)");
+    preferences->set_reference(st.preference_reference);
+  }
   // The optimizer the checkpoint was saved with, from its config where it parses (files
   // written by other tools may carry none): its state cannot continue another optimizer.
   std::string saved_optim;
@@ -623,7 +637,8 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   }
   load_router_bias(grid.world(), path, *model);
   step = st.step;
-  const int64_t n = train_data->num_sequences();
+  const int64_t n = data().num_sequences();
+
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
   TRIAD_CHECK(st.epoch <= (std::numeric_limits<int64_t>::max() - st.next_sequence) /

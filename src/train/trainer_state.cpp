@@ -791,6 +791,40 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src, bool by_po
   return r;
 }
 
+void Trainer::State::compute_preference_reference() {
+  const int64_t n = preferences->num_sequences();
+  const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
+  use_window(step);
+  std::vector<double> sums(size_t(n), 0.0), local(size_t(B), 0.0);
+  // Micro-batch k of the sequences goes to data-parallel rank k mod dp, every rank running every
+  // round as evaluate_source's do (ZeRO-3's gathers, expert parallelism's exchanges).
+  const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
+  for (int64_t k = 0; k < rounds; ++k) {
+    const int64_t i = (k * dp + dp_rank) * B;
+    if (i >= n && cfg.parallel.ep > 1) {
+      preferences->read(0, inputs.data(), targets.data());
+      (void)model->evaluate(inputs.data(), targets.data(), 1);
+      continue;
+    }
+    if (i >= n) {
+      model->join_forward_gathers();
+      continue;
+    }
+    const int b = int(std::min<int64_t>(B, n - i));
+    watch("DPO's reference pass", step);
+    for (int j = 0; j < b; ++j)
+      preferences->read(i + j, inputs.data() + size_t(j) * T, targets.data() + size_t(j) * T);
+    std::fill(local.begin(), local.end(), 0.0);
+    model->set_sequence_logps(local.data());
+    (void)model->evaluate(inputs.data(), targets.data(), b);
+    model->set_sequence_logps(nullptr);
+    for (int j = 0; j < b; ++j) sums[size_t(i + j)] += local[size_t(j)];
+  }
+  // Each target counted on one rank (Gpt::set_sequence_logps): summed over all of them.
+  MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_DOUBLE, MPI_SUM, grid.world());
+  preferences->set_reference(std::move(sums));
+}
+
 void Trainer::State::write_sample() {
   // Sampling is collective over the model's tensor and pipeline groups: the ranks of data-
   // parallel replica 0 take part (all draw the same tokens); rank 0 writes. Under expert

@@ -35,10 +35,22 @@
 #include "triad/train/hang_watchdog.h"
 #include "triad/train/noise_scale.h"
 #include "triad/train/outlier_window.h"
+#include "triad/train/preference_data.h"
 #include "triad/train/sampler.h"
 #include "triad/train/trainer.h"
 
 namespace triad {
+
+// DPO's statistics of a step's micro-batches on one rank (ForwardStats' pair fields).
+struct PairStats {
+  int64_t right = 0;
+  double chosen = 0, rejected = 0;
+  void add(const ForwardStats& f) {
+    right += f.pairs_right;
+    chosen += f.chosen_reward_sum;
+    rejected += f.rejected_reward_sum;
+  }
+};
 
 struct Trainer::State {
   CommandLine cl;
@@ -47,7 +59,22 @@ struct Trainer::State {
   std::unique_ptr<Backend> be;
   std::unique_ptr<Gpt> model;
   std::unique_ptr<Optimizer> opt;
-  std::unique_ptr<BlendedLoader> train_data;  // data.train (one dataset or a weighted blend)
+  std::unique_ptr<BlendedLoader> train_data;    // data.train (one dataset or a weighted blend)
+  std::unique_ptr<PreferenceData> preferences;  // data.preferences instead (DPO)
+  TrainingData& data() {
+    if (preferences) return *preferences;
+    return *train_data;
+  }
+  // DPO: the reference values of the rows the model trains on next (Gpt::set_preference).
+  std::vector<double> preference_rows;
+  void use_preference_rows(int64_t position, int count) {
+    preference_rows.resize(size_t(count));
+    preferences->reference_rows(position, count, preference_rows.data());
+    model->set_preference(float(cfg.train.dpo_beta), preference_rows.data());
+  }
+  // DPO's reference: every sequence's log-probability under the model as loaded (before any
+  // update), each data-parallel rank a share of them. Collective.
+  void compute_preference_reference();
   std::unique_ptr<SequenceSource> val_src;
   std::vector<std::pair<std::string, std::unique_ptr<SequenceSource>>> val_sets;  // eval.sets
   std::unique_ptr<MetricsWriter> metrics;

@@ -35,7 +35,22 @@ struct BlendSpec {
 };
 BlendSpec parse_blend(const std::string& train, const std::string& weights);
 
-class BlendedLoader {
+// What the training loop reads its batches from, by absolute position (the sequences of the
+// steps before, DESIGN.md §4): a blend of token shards, or preference pairs
+// (train/preference_data.h).
+class TrainingData {
+ public:
+  virtual ~TrainingData() = default;
+  // Fills count sequences from absolute position p into inputs/targets [count, T].
+  virtual void fill(int64_t position, int count, int32_t* inputs, int32_t* targets) = 0;
+  // The targets of those count sequences that count in the loss (count · T without masks).
+  virtual int64_t counted_targets(int64_t position, int count) = 0;
+  virtual bool masks_targets() const = 0;
+  virtual bool counting_encodes() const = 0;
+  virtual int64_t num_sequences() const = 0;  // the nominal epoch
+};
+
+class BlendedLoader : public TrainingData {
  public:
   static constexpr int64_t kPeriod = 10000;
 
@@ -51,17 +66,15 @@ class BlendedLoader {
     int64_t sample;  // the dataset's own sample number (its DataLoader position)
   };
   Place locate(int64_t position) const;
-  // Fills count sequences from absolute position p into inputs/targets [count, T].
-  void fill(int64_t position, int count, int32_t* inputs, int32_t* targets);
-  // The targets of those count sequences that count in the loss (count · T without masks).
-  int64_t counted_targets(int64_t position, int count);
-  int masked_shards() const;   // shards of all datasets read with a mask file
-  bool masks_targets() const;  // some dataset's targets may not count (SequenceSource's)
+  void fill(int64_t position, int count, int32_t* inputs, int32_t* targets) override;
+  int64_t counted_targets(int64_t position, int count) override;
+  int masked_shards() const;            // shards of all datasets read with a mask file
+  bool masks_targets() const override;  // some dataset's targets may not count (SequenceSource's)
   // Counting them encodes text anew (FIM between characters): each rank had better count its
   // share and sum the counts than count the whole batch.
-  bool counting_encodes() const;
+  bool counting_encodes() const override;
   size_t kept_sequences() const;  // counted, not yet filled (DataLoader::kept_sequences)
-  int64_t num_sequences() const { return total_; }  // the nominal epoch
+  int64_t num_sequences() const override { return total_; }
   int datasets() const { return int(sources_.size()); }
   const SequenceSource& source(int d) const { return *sources_[size_t(d)]; }
   int64_t per_period(int d) const { return per_period_[size_t(d)]; }

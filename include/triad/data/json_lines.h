@@ -3,6 +3,7 @@
 // most Hugging Face datasets' JSONL exports).
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +29,17 @@ struct JsonPair {
 };
 std::vector<JsonPair> json_lines_pairs(std::string_view text, std::string_view prompt_field,
                                        std::string_view completion_field, const std::string& where);
+
+// Records of several string fields (`triad-tokenize preferences`: prompt, chosen, rejected):
+// values[k] is field k's value in that line; every field is required (an error names the first
+// one missing, and the line).
+struct JsonRecord {
+  int64_t line = 0;
+  std::vector<std::string> values;
+};
+std::vector<JsonRecord> json_lines_records(std::string_view text,
+                                           std::span<const std::string_view> fields,
+                                           const std::string& where);
 
 // Conversations (`triad-tokenize shards --chat`): in each non-blank line, `field` holds an array
 // of message objects, each with string "role" and "content" fields (others are skipped), as

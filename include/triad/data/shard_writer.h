@@ -93,6 +93,15 @@ struct ShardSummary {
 
 // Encodes text with `threads` threads (0: hardware concurrency); the same ids as
 // tokenizer.encode(text).
+// The whole of an input file; errors name it ("input file PATH: ...").
+std::string read_input_file(const std::string& path);
+
+// A prompt and its completion (the examples of prompt_field above): the document start, the
+// prompt, then the completion (encoded on its own, as a continuation) and the tokenizer's first
+// stop token; counts mark the completion and the stop token.
+ChatExample completion_example(const Tokenizer& tokenizer, std::string_view prompt,
+                               std::string_view completion);
+
 std::vector<int32_t> encode_parallel(const Tokenizer& tokenizer, std::string_view text,
                                      int threads = 0, size_t chunk_bytes = size_t(1) << 20);
 

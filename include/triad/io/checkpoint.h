@@ -241,6 +241,9 @@ struct CheckpointState {
   // skipping (train.skip_*); attributes loss_window, grad_norm_window, empty when absent.
   std::vector<double> loss_window, norm_window;
   int64_t skipped_in_a_row = 0;  // attribute skipped_in_a_row: the steps just before, all skipped
+  // DPO (data.preferences): the reference model's log-probability of each pair's chosen and
+  // rejected sequence (2i, 2i + 1), attribute preference_reference; empty when absent.
+  std::vector<double> preference_reference;
 };
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes

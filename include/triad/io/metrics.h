@@ -54,6 +54,11 @@ struct TrainRow {
   // Multi-token prediction (model.mtp_depth): the modules' mean cross-entropy over their
   // targets; NaN without modules and in older files.
   double mtp_loss = std::numeric_limits<double>::quiet_NaN();
+  // DPO (data.preferences): the share of the step's pairs whose chosen reward exceeds the
+  // rejected one's, and the mean margin between them (a reward: β times a sequence's
+  // log-probability less the reference's); NaN otherwise and in older files.
+  double dpo_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double dpo_margin = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct ValRow {

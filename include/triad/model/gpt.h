@@ -117,6 +117,11 @@ struct ForwardStats {
   // Gpt::set_target_bytes: the loss of the counted targets that decode to bytes, and those bytes.
   double byte_loss_sum = 0;
   int64_t bytes = 0;
+  // Gpt::set_preference (DPO): loss_sum is then the pairs' losses; the pairs, those whose chosen
+  // reward exceeds the rejected one's, and the rewards' sums (β times a sequence's log-probability
+  // less the reference's). Counted on one rank of each context-parallel group.
+  int64_t pairs = 0, pairs_right = 0;
+  double chosen_reward_sum = 0, rejected_reward_sum = 0;
 };
 
 // What ZeRO (parallel.zero) changes in what a training model holds; `shard` is this rank's
@@ -497,6 +502,22 @@ class Gpt {
     position_sums_ = sums;
     position_counts_ = counts;
   }
+  // The reference pass of DPO (set_preference): while set (a host array of B values, or null),
+  // evaluate() adds each sequence's summed log-probability of its counted targets to sums[b],
+  // on the ranks holding the loss once, as set_position_losses.
+  void set_sequence_logps(double* sums) { sequence_logps_ = sums; }
+  // train.objective = dpo (direct preference optimization): training steps differentiate DPO's
+  // loss instead of the cross-entropy. The rows come in pairs, 2j the chosen sequence and 2j + 1
+  // the rejected one (a micro-batch holds whole pairs); with π a row's summed log-probability of
+  // its counted targets and ρ the same under the reference model, pair j's loss is
+  // −log σ(β·((π_2j − ρ_2j) − (π_2j+1 − ρ_2j+1))), weighted dloss_scale in the gradient.
+  // reference: ρ of each row of the step (pipeline_step's m·B rows in order; forward_backward's
+  // B), read while the step runs. beta 0: off. The head runs twice on the last stage: a pass
+  // for π, then the gradient's at each sequence's weight.
+  void set_preference(float beta, const double* reference) {
+    preference_beta_ = beta;
+    preference_reference_ = reference;
+  }
   static std::vector<std::string> activation_names(int n_layer);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
   // Both received the same summed gradient, but a data-parallel reduction may round the two
@@ -858,6 +879,14 @@ class Gpt {
   template <class A>
   Set<A>* forward_pipeline(const int32_t* inputs, int B, int T, int pos0 = 0);
   ForwardStats share_from_last_stage(ForwardStats st);
+  // set_preference: from the rows' losses of a micro-batch (preference_rows_, B sequences of T
+  // local rows each), each sequence's gradient weight into preference_scale_ (dloss_scale times
+  // the derivative of the pair's loss by the sequence's cross-entropy) and the pairs' statistics.
+  // Collective over the context-parallel group.
+  ForwardStats preference_weights(int B, int T, float dloss_scale);
+  // The sequence (0 .. B − 1) of local row r of a micro-batch of B sequences, T local rows each
+  // (under context parallelism each sequence's two pieces, (k·B + b)·T/2 + j).
+  int row_sequence(int r, int B, int T) const { return mp_.cp == 1 ? r / T : (r / (T / 2)) % B; }
   void sum_tied_embedding_grads();
   void tp_all_reduce(float* x, size_t n);
   void tp_all_reduce(bf16_t* x, size_t n);
@@ -980,6 +1009,11 @@ class Gpt {
   double* activation_sums_ = nullptr;                             // set_activation_sums
   double *position_sums_ = nullptr, *position_counts_ = nullptr;  // set_position_losses
   std::vector<float> position_rows_;                              // their pass's row losses
+  double* sequence_logps_ = nullptr;                              // set_sequence_logps
+  float preference_beta_ = 0.0f;                                  // set_preference
+  const double* preference_reference_ = nullptr;
+  int preference_first_row_ = 0;  // the micro-batch's first row among the step's (pipeline)
+  std::vector<float> preference_rows_, preference_scale_;  // its row losses, sequence weights
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
   // while set_activation_sums is on and the pass is not decoding; nothing otherwise.
   template <class A>

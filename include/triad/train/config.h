@@ -167,6 +167,9 @@ struct TrainConfig {
   // PaLM's z-loss: c·(log Z)² per counted token added to the training loss (Z the softmax's
   // normalizer; 1e-4 in PaLM); the reported loss stays the cross-entropy. 0: none.
   double z_loss = 0;
+  // DPO's β (data.preferences; Gpt::set_preference): how far the policy's log-probability
+  // ratios to the reference count in the pairs' loss (TRL's default 0.1).
+  double dpo_beta = 0.1;
   // Hidden dropout (Megatron's hidden_dropout, nanoGPT's dropout but for the attention
   // probabilities'): the probability of zeroing each value of the embedding's output and of each
   // branch's output in training (GptShape::hidden_dropout). 0: none.
@@ -224,7 +227,10 @@ struct OptimConfig {
 };
 
 struct DataConfig {
-  std::string train, val;     // file globs (train: several, comma-separated, with train_weights)
+  std::string train, val;  // file globs (train: several, comma-separated, with train_weights)
+  // Direct preference optimization instead of data.train: a preference file of chosen and
+  // rejected sequences (io/preference_file.h), the loss DPO's (Gpt::set_preference).
+  std::string preferences;
   std::string train_weights;  // "" one dataset; else comma-separated weights (data/blend.h)
   bool shuffle = false;
   std::string vocab = "data/vocab/gpt2.tiktoken";  // BPE ranks, for samples and prompts

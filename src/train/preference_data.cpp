@@ -1,0 +1,79 @@
+#include "triad/train/preference_data.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "triad/core/error.h"
+#include "triad/core/rng.h"
+#include "triad/data/loader.h"
+
+namespace triad {
+
+PreferenceData::PreferenceData(const std::string& path, int seq_len, int vocab_size, bool shuffle,
+                               uint64_t seed)
+    : set_(read_preference_file(path, vocab_size, int64_t(seq_len) + 1, "data.preferences")),
+      seq_len_(seq_len),
+      shuffle_(shuffle),
+      seed_(seed) {}
+
+int64_t PreferenceData::sequence_at(int64_t position) {
+  const int64_t n = pairs(), pair = position / 2, epoch = pair / n, i = pair % n;
+  int64_t p = i;
+  if (shuffle_) {
+    if (epoch != perm_epoch_) {
+      // Fisher-Yates seeded by (seed, epoch), as the token shards' order (data/loader.h).
+      perm_.resize(size_t(n));
+      for (int64_t k = 0; k < n; ++k) perm_[size_t(k)] = k;
+      Rng rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
+      for (int64_t k = n - 1; k > 0; --k)
+        std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
+      perm_epoch_ = epoch;
+    }
+    p = perm_[size_t(i)];
+  }
+  return 2 * p + position % 2;
+}
+
+void PreferenceData::read(int64_t k, int32_t* inputs, int32_t* targets) const {
+  const PreferenceSide& side = set_.side(int(k % 2));
+  const int64_t i = k / 2, a = side.offsets[size_t(i)], L = side.length(i);
+  const int T = seq_len_;
+  for (int t = 0; t < T; ++t) {
+    if (t + 1 < L) {
+      inputs[t] = side.tokens[size_t(a + t)];
+      targets[t] = side.counts[size_t(a + t + 1)] ? side.tokens[size_t(a + t + 1)] : kMaskedTarget;
+    } else {
+      inputs[t] = 0;
+      targets[t] = kMaskedTarget;
+    }
+  }
+}
+
+void PreferenceData::fill(int64_t position, int count, int32_t* inputs, int32_t* targets) {
+  for (int b = 0; b < count; ++b)
+    read(sequence_at(position + b), inputs + size_t(b) * seq_len_, targets + size_t(b) * seq_len_);
+}
+
+int64_t PreferenceData::counted_targets(int64_t position, int count) {
+  int64_t n = 0;
+  for (int b = 0; b < count; ++b) {
+    const int64_t k = sequence_at(position + b);
+    const PreferenceSide& side = set_.side(int(k % 2));
+    const int64_t a = side.offsets[size_t(k / 2)], e = side.offsets[size_t(k / 2) + 1];
+    for (int64_t j = a + 1; j < e; ++j) n += side.counts[size_t(j)];
+  }
+  return n;
+}
+
+void PreferenceData::set_reference(std::vector<double> logps) {
+  TRIAD_CHECK(int64_t(logps.size()) == num_sequences(), "internal error: ", logps.size(),
+              " reference values for ", num_sequences(), " sequences");
+  reference_ = std::move(logps);
+}
+
+void PreferenceData::reference_rows(int64_t position, int count, double* out) {
+  TRIAD_CHECK(!reference_.empty(), "internal error: DPO's reference is not computed");
+  for (int b = 0; b < count; ++b) out[b] = reference_[size_t(sequence_at(position + b))];
+}
+
+}  // namespace triad

@@ -1,0 +1,437 @@
+"""Direct preference optimization (data.preferences, train.dpo_beta) against an independent
+PyTorch float64 implementation of DPO's loss (Rafailov et al. 2023: -log sigmoid(beta ((pi_c -
+ref_c) - (pi_r - ref_r))), pi a sequence's summed log-probability of its response tokens, ref the
+same under the starting weights) on tests/reference/gpt_torch.py's model: the training curve,
+the logged share of pairs ranked right and reward margin, and the final weights. Then the same
+curve on every grid and a bit-exact resume, and the preference file's errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "reference"))
+import gpt_torch as ref  # noqa: E402
+from triad_run import ENV, exe  # noqa: E402
+
+CFG = ref.GptConfig(n_layer=2, n_head=4, n_embd=48, seq_len=16, vocab_size=300)
+PAIRS = 10  # 4 pairs a step: the third step wraps around into the second epoch
+MPIRUN = shutil.which("mpirun")
+MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
+
+
+def make_pairs(n: int, V: int, T: int, seed: int):
+    """n pairs of (tokens, counts) sequences sharing a prompt: the prompt's tokens not counted,
+    the response's counted (one response token masked here and there, as a chat format's), each
+    sequence at most T + 1 tokens; a pair may share its first response tokens."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = rng.integers(0, V, int(rng.integers(1, 9)))
+        sides = []
+        for _ in range(2):
+            r = rng.integers(0, V, int(rng.integers(1, T + 2 - len(prompt))))
+            counts = np.r_[np.zeros(len(prompt)), np.ones(len(r))].astype(np.uint8)
+            if len(r) > 3:
+                counts[len(prompt) + 1] = 0
+            sides.append((np.r_[prompt, r].astype(np.int32), counts))
+        pairs.append(sides)
+    return pairs
+
+
+def write_preferences(path: Path, pairs, **override):
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = override.pop("format", "triad-preferences")
+        f.attrs["version"] = override.pop("version", 1)
+        for s, side in enumerate(("chosen", "rejected")):
+            toks = [p[s][0] for p in pairs]
+            counts = [p[s][1] for p in pairs]
+            g = f.create_group(side)
+            g["tokens"] = np.concatenate(toks).astype(np.int32)
+            g["counts"] = np.concatenate(counts).astype(np.uint8)
+            g["offsets"] = np.r_[0, np.cumsum([len(t) for t in toks])].astype(np.int64)
+        for name, value in override.items():  # e.g. chosen/offsets = [...]
+            del f[name]
+            f[name] = value
+    return path
+
+
+def row(tokens, counts, T: int):
+    """A sequence as a row: inputs t[:-1] then padding 0, targets t[1:] where counted, else -1."""
+    x, y = np.zeros(T, np.int64), np.full(T, -1, np.int64)
+    L = len(tokens)
+    x[:L - 1] = tokens[:-1]
+    y[:L - 1] = np.where(counts[1:] == 1, tokens[1:], -1)
+    return x, y
+
+
+def sections(d: Path, prefs: Path, **over) -> dict:
+    s = {
+        "model": dict(n_layer=CFG.n_layer, n_head=CFG.n_head, n_embd=CFG.n_embd,
+                      seq_len=CFG.seq_len, vocab_size=CFG.vocab_size),
+        "train": dict(steps=6, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=2,
+                      schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5, dpo_beta=0.5),
+        "optim": dict(name="adamw", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1),
+        "data": dict(preferences=str(prefs), shuffle=False),
+        "eval": dict(every=0),
+        "checkpoint": dict(every=0, keep=1, at_start=False),
+        "run": dict(threads=2, peak_tflops=1.0, dir=str(d / "runs")),
+        "sample": dict(length=0),
+    }
+    for key, v in over.items():
+        sec, k = key.split("__")
+        s[sec][k] = v
+    return s
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dpo")
+    pairs = make_pairs(PAIRS, CFG.vocab_size, CFG.seq_len, seed=3)
+    prefs = write_preferences(d / "prefs.h5", pairs)
+    weights = ref.random_weights(CFG, seed=11, perturb=True)
+    text = ref.write_config(d / "base.ini", sections(d, prefs))
+    ref.write_checkpoint(d / "init.h5", CFG, weights, config_text=text)
+    return d, pairs, prefs, weights
+
+
+def torch_dpo(weights, pairs, sec):
+    """DPO in float64 on the reference model: per step (loss, share right, margin) and the final
+    weights. The pairs in the file's order (data.shuffle = false), wrapping around."""
+    tr, op, T = sec["train"], sec["optim"], CFG.seq_len
+    beta, npairs = tr["dpo_beta"], tr["batch_size"] // 2
+    model = ref.build_model(weights, CFG, dtype=torch.float64)
+    opt = torch.optim.AdamW(model.param_groups(op["weight_decay"]), lr=tr["lr"],
+                            betas=(op["beta1"], op["beta2"]), eps=op["eps"])
+
+    def logps(idx):  # summed log-probability of each sequence's counted targets
+        rows = [row(*pairs[i // 2][i % 2], T) for i in idx]
+        x = torch.tensor(np.stack([r[0] for r in rows]))
+        y = torch.tensor(np.stack([r[1] for r in rows]))
+        logits, _ = model(x)
+        assert logits.shape[-1] == CFG.vocab_size
+        lp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (lp * (y >= 0)).sum(-1)
+
+    with torch.no_grad():
+        reference = logps(range(2 * len(pairs)))
+    out = []
+    for s in range(tr["steps"]):
+        lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
+                       tr["min_lr_ratio"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = [2 * ((s * npairs + j) % len(pairs)) + k for j in range(npairs) for k in (0, 1)]
+        opt.zero_grad(set_to_none=True)
+        pi = logps(idx)
+        rewards = beta * (pi - reference[idx])
+        z = rewards[0::2] - rewards[1::2]
+        loss = torch.nn.functional.softplus(-z).mean()
+        loss.backward()
+        ref.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+        opt.step()
+        out.append((float(loss), float((z > 0).double().mean()), float(z.mean())))
+    return np.array(out), {k: v.detach().numpy() for k, v in model.tensors().items()}
+
+
+def train(d: Path, sec: dict, name: str, *args):
+    cfg = d / f"{name}.ini"
+    ref.write_config(cfg, sec)
+    p = subprocess.run([exe("triad-train"), "--config", cfg, "--run.name", name,
+                        "--resume", "none", *map(str, args)],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def curves(run: Path):
+    with h5py.File(run / "metrics.h5", "r") as f:
+        return (f["train/loss"][:], f["train/dpo_accuracy"][:], f["train/dpo_margin"][:])
+
+
+def test_dpo_steps_match_torch(prepared):
+    d, pairs, prefs, weights = prepared
+    sec = sections(d, prefs)
+    p = train(d, sec, "ref", "--init-from", d / "init.h5")
+    assert "DPO (beta 0.5) on 10 preference pairs" in p.stdout
+    assert "DPO's reference: the log-probabilities of 20 sequences" in p.stdout
+    loss, right, margin = curves(d / "runs" / "ref")
+    want, final = torch_dpo(weights, pairs, sec)
+    print("\nstep  loss(triad)   loss(torch)   right  margin(triad) margin(torch)")
+    for s in range(len(loss)):
+        print(f"{s:4d}  {loss[s]:.9f}  {want[s, 0]:.9f}  {right[s]:.2f}   {margin[s]:.3e}"
+              f"     {want[s, 2]:.3e}")
+    # The first step's policy is the reference: every margin 0, the loss log 2.
+    assert loss[0] == pytest.approx(np.log(2), abs=1e-6) and abs(margin[0]) < 1e-6
+    np.testing.assert_allclose(loss, want[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(margin[1:], want[1:, 2], rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(right[1:], want[1:, 1])
+    assert want[-1, 0] < np.log(2) - 0.05  # the pairs are being learned
+    got = ref.load_checkpoint(d / "runs" / "ref" / "ckpt" / "step_00000006.h5",
+                              dtype=torch.float64)[1]
+    for name, w in final.items():
+        u = w - weights[name].double().numpy()
+        err = np.sqrt(np.mean((got[name].numpy() - w) ** 2)) / np.sqrt(np.mean(u * u))
+        assert err < 1e-3, (name, err)
+
+
+def mpi(n, d: Path, sec: dict, name: str, *args):
+    cfg = d / f"{name}.ini"
+    ref.write_config(cfg, sec)
+    p = subprocess.run([MPIRUN, "--oversubscribe", "-np", str(n), exe("triad-train"), "--config",
+                        cfg, "--run.name", name, *map(str, args)],
+                       capture_output=True, text=True, env=MPI_ENV, timeout=300)
+    return p
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+def test_dpo_gives_the_same_curve_on_every_grid_and_resumes_exactly(prepared, tmp_path):
+    """Shuffled pairs on one rank, then tensor (vocabulary-parallel loss), pipeline (1F1B), data
+    (ZeRO-1 and 3), context-parallel (each sequence's log-probability summed over its pieces) and
+    2 x 2 grids: the one-rank curve within fp32 rounding; a run resumed at step 3 (the reference
+    from its checkpoint) gives the uninterrupted run's losses bit for bit."""
+    d, _, prefs, _ = prepared
+    sec = sections(tmp_path, prefs, data__shuffle=True, train__steps=8,
+                   checkpoint__every=3, checkpoint__keep=0)
+    init = ["--init-from", d / "init.h5"]
+    p = mpi(1, tmp_path, sec, "one", *init)
+    assert p.returncode == 0, p.stderr
+    want = curves(tmp_path / "runs" / "one")
+    p = mpi(1, tmp_path, sec, "resumed", "--resume",
+            tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
+    assert p.returncode == 0, p.stderr
+    got = curves(tmp_path / "runs" / "resumed")
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a[-5:], b[-5:])
+    for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
+                          ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
+                          ("dp", 2, ["--parallel.zero", 1]),
+                          ("zero3", 2, ["--parallel.zero", 3]),
+                          ("cp", 2, ["--parallel.cp", 2]),
+                          ("tppp", 4, ["--parallel.tp", 2, "--parallel.pp", 2,
+                                       "--train.micro_batch_size", 2])]:
+        p = mpi(n, tmp_path, sec, name, *init, *grid)
+        assert p.returncode == 0, (name, p.stderr)
+        got = curves(tmp_path / "runs" / name)
+        np.testing.assert_allclose(got[0], want[0], rtol=2e-6, err_msg=name)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-7, err_msg=name)
+
+
+def bad_file_cases(pairs):
+    long = [[(np.arange(CFG.seq_len + 2, dtype=np.int32), np.r_[0, np.ones(CFG.seq_len + 1)]
+              .astype(np.uint8)), pairs[0][1]]]
+    first = [[(pairs[0][0][0], np.r_[1, pairs[0][0][1][1:]].astype(np.uint8)), pairs[0][1]]]
+    none = [[(pairs[0][0][0], np.zeros_like(pairs[0][0][1])), pairs[0][1]]]
+    big = [[(np.r_[pairs[0][0][0][:-1], CFG.vocab_size].astype(np.int32), pairs[0][0][1]),
+            pairs[0][1]]]
+    two = [[(pairs[0][0][0], np.where(pairs[0][0][1] == 1, 2, 0).astype(np.uint8)), pairs[0][1]]]
+    n = int(sum(len(p[0][0]) for p in pairs))
+    return [
+        ("format", pairs, dict(format="something-else"), "not a preference file"),
+        ("version", pairs, dict(version=2), "version 2, this build reads 1"),
+        ("long", long, {}, "pair 0's chosen sequence has 18 tokens, more than model.seq_len + 1"),
+        ("first", first, {}, "pair 0's chosen sequence counts its first token as a target"),
+        ("none", none, {}, "pair 0's chosen sequence counts no target"),
+        ("vocab", big, {}, "outside the vocabulary [0, 300)"),
+        ("counts", two, {}, "(counts are 0 or 1)"),
+        ("offsets", pairs, {"chosen/offsets": np.r_[0, np.cumsum([len(p[0][0]) for p in pairs])[:-1],
+                                                    n - 1].astype(np.int64)},
+         "/chosen/offsets must start at 0 and end at the token count"),
+        ("pairs", pairs, {"rejected/offsets": np.r_[0, np.cumsum(
+            [len(p[1][0]) for p in pairs])[[0, -1]]].astype(np.int64)},
+         "10 chosen sequences but 2 rejected ones"),
+        ("float", pairs, {"chosen/tokens": np.zeros(n, np.float32)},
+         "/chosen/tokens is not an integer dataset"),
+        ("lengths", pairs, {"rejected/counts": np.zeros(3, np.uint8)},
+         "/rejected/counts has 3 values for"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_bad_preference_files_are_refused(prepared, tmp_path, case):
+    """Each damage to a preference file: one error naming data.preferences, the file and the
+    problem (the pair and side where one sequence is at fault), exit status 1."""
+    d, pairs, _, _ = prepared
+    name, ps, override, needle = bad_file_cases(pairs)[case]
+    path = write_preferences(tmp_path / f"{name}.h5", ps, **override)
+    cfg = tmp_path / "bad.ini"
+    ref.write_config(cfg, sections(tmp_path, path))
+    p = subprocess.run([exe("triad-train"), "--config", cfg, "--init-from", d / "init.h5"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"data.preferences {path}" in p.stderr and needle in p.stderr, p.stderr
+    assert "terminate called" not in p.stderr
+
+
+def test_not_a_preference_file_is_refused(prepared, tmp_path):
+    d, _, _, _ = prepared
+    for path, needle in ((tmp_path / "missing.h5", "no such file"),
+                         (d / "base.ini", "not an HDF5 file")):
+        cfg = tmp_path / "bad.ini"
+        ref.write_config(cfg, sections(tmp_path, path))
+        p = subprocess.run([exe("triad-train"), "--config", cfg], capture_output=True, text=True,
+                           env=ENV, timeout=120)
+        assert p.returncode == 1 and needle in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train.micro_batch_size", 3, "--train.batch_size", 9],
+     "train.micro_batch_size must be even with data.preferences"),
+    (["--data.train", "x_*.bin"], "data.preferences trains on preference pairs instead of data.train"),
+    (["--train.z_loss", 1e-4], "train.z_loss does not apply to DPO's loss"),
+    (["--model.mtp_depth", 1], "model.mtp_depth does not apply to DPO's loss"),
+    (["--train.dpo_beta", 0], "train.dpo_beta must be a number in (0, 1000]"),
+    (["--train.dpo_beta", "nan"], "train.dpo_beta must be a number in (0, 1000]"),
+])
+def test_dpo_config_errors(prepared, tmp_path, args, needle):
+    d, _, prefs, _ = prepared
+    cfg = tmp_path / "c.ini"
+    ref.write_config(cfg, sections(tmp_path, prefs))
+    p = subprocess.run([exe("triad-train"), "--config", cfg, *map(str, args)],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 1 and needle in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+def test_resuming_dpo_from_a_checkpoint_without_its_reference_stops_every_rank(prepared,
+                                                                                tmp_path):
+    """--resume of a checkpoint that holds no reference (not saved by a DPO run: the reference
+    would be the resumed weights, not the run's start) and of one whose reference is another
+    file's: refused on both ranks, naming the checkpoint; --init-from starts a run from it."""
+    d, pairs, prefs, _ = prepared
+    sec = sections(tmp_path, prefs, train__steps=2, checkpoint__every=1, checkpoint__keep=0)
+    p = mpi(2, tmp_path, sec, "fresh", "--resume", d / "init.h5")
+    assert p.returncode != 0 and "holds no DPO reference" in p.stderr, p.stderr
+    p = mpi(2, tmp_path, sec, "fresh", "--init-from", d / "init.h5")
+    assert p.returncode == 0, p.stderr
+    fewer = write_preferences(tmp_path / "fewer.h5", pairs[:6])
+    sec = sections(tmp_path, fewer, train__steps=3)
+    p = mpi(2, tmp_path, sec, "other", "--resume",
+            tmp_path / "runs" / "fresh" / "ckpt" / "step_00000002.h5")
+    assert p.returncode != 0 and "holds DPO reference values of 20 sequences" in p.stderr
+    assert "data.preferences has 12" in p.stderr, p.stderr
+
+
+# ---- triad-tokenize preferences ------------------------------------------------------------
+
+LINES = [
+    {"prompt": "What is the capital of France?", "chosen": " Paris.", "rejected": " Lyon, I think."},
+    {"prompt": "Ünïcödé 漢字 🙂\n", "chosen": "lines\n\nand\ttabs", "rejected": "x", "id": 7},
+    {"prompt": "  two leading spaces", "chosen": "", "rejected": " a leading space"},
+]
+
+
+def write_lines(path: Path, lines):
+    import json
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_file(path: Path):
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] in (b"triad-preferences", "triad-preferences")
+        assert f.attrs["version"] == 1
+        out = []
+        for side in ("chosen", "rejected"):
+            t, c, o = (f[f"{side}/{k}"][()] for k in ("tokens", "counts", "offsets"))
+            out.append([(t[a:b].tolist(), c[a:b].tolist()) for a, b in zip(o[:-1], o[1:])])
+        return list(zip(*out))
+
+
+def tokenize(*args):
+    return subprocess.run([exe("triad-tokenize"), "preferences", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+
+
+def test_preference_file_of_text_pairs_matches_tiktoken_and_trains(tmp_path):
+    """Each pair's sequences are GPT-2's <|endoftext|>, the prompt, the response (encoded on its
+    own) and <|endoftext|>, tiktoken's ids; the counts mark the response and its end. A model
+    then trains on the file (the tool's summary gives the longest sequence for seq_len)."""
+    from triad_run import VOCAB, gpt2_tiktoken
+    enc = gpt2_tiktoken()
+    src = write_lines(tmp_path / "p.jsonl", LINES)
+    p = tokenize("--vocab", VOCAB, "--out", tmp_path / "p.h5", src)
+    assert p.returncode == 0, p.stderr
+    got = read_file(tmp_path / "p.h5")
+    assert len(got) == len(LINES)
+    longest = 0
+    for line, pair in zip(LINES, got):
+        for side, (ids, counts) in zip(("chosen", "rejected"), pair):
+            prompt, response = enc.encode(line["prompt"]), enc.encode(line[side])
+            assert ids == [50256, *prompt, *response, 50256], (line, side)
+            assert counts == [0] * (1 + len(prompt)) + [1] * (len(response) + 1)
+            longest = max(longest, len(ids))
+    assert "pairs:        3 written to" in p.stdout and f"longest:      {longest} tokens" in p.stdout
+    # --max-tokens leaves out the pairs with a longer sequence, and says so
+    p = tokenize("--vocab", VOCAB, "--out", tmp_path / "short.h5", "--max-tokens", longest - 1, src)
+    assert p.returncode == 0 and "left out" in p.stdout, p.stdout + p.stderr
+    assert 0 < len(read_file(tmp_path / "short.h5")) < len(LINES)
+    sec = sections(tmp_path, tmp_path / "p.h5", train__steps=2, train__batch_size=2,
+                   train__micro_batch_size=2, model__vocab_size=50257,
+                   model__seq_len=longest - 1, checkpoint__every=0)
+    cfg = tmp_path / "t.ini"
+    ref.write_config(cfg, sec)
+    p = subprocess.run([exe("triad-train"), "--config", cfg], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    assert p.returncode == 0 and "DPO (beta 0.5) on 3 preference pairs" in p.stdout, p.stderr
+
+
+def test_preference_file_of_chat_pairs_matches_meta(tmp_path):
+    """--chat llama3 (and a --system message): each sequence is the conversation (system, the
+    prompt as the user's message, the response as the assistant's reply) as Meta's encoder
+    renders it, the counts the reply's tokens after its header."""
+    pytest.importorskip("llama_models")
+    from llama_models.datatypes import RawMessage
+    from llama_models.llama3.chat_format import ChatFormat
+    from llama_models.llama3.tokenizer import Tokenizer
+    from test_chat_format import VOCAB, convert, need
+    need(VOCAB / "llama3.tiktoken")
+    meta = ChatFormat(Tokenizer(VOCAB / "llama3.tiktoken"))
+    desc = convert(VOCAB / "llama3.tiktoken", tmp_path / "tok", "--meta-llama3")
+    lines = [dict(line, chosen=line["chosen"] or "ok") for line in LINES]  # replies non-empty
+    src = write_lines(tmp_path / "c.jsonl", lines)
+    p = tokenize("--vocab", desc, "--out", tmp_path / "c.h5", "--chat", "llama3", "--system",
+                 "Be brief.", src)
+    assert p.returncode == 0, p.stderr
+    header = len(meta._encode_header("assistant"))
+    for line, pair in zip(lines, read_file(tmp_path / "c.h5")):
+        for side, (ids, counts) in zip(("chosen", "rejected"), pair):
+            want, want_counts = [meta.tokenizer.special_tokens["<|begin_of_text|>"]], [0]
+            for role, content in (("system", "Be brief."), ("user", line["prompt"]),
+                                  ("assistant", line[side])):
+                t, _ = meta.encode_message(RawMessage(role=role, content=content), None)
+                want += t
+                want_counts += ([0] * len(t) if role != "assistant"
+                                else [0] * header + [1] * (len(t) - header))
+            assert (ids, counts) == (want, want_counts), (line, side)
+
+
+@pytest.mark.parametrize("lines,args,needle", [
+    ([{"prompt": "a", "chosen": "b"}], [], 'line 1: no "rejected" field'),
+    ([{"prompt": "a", "chosen": 3, "rejected": "c"}], [], 'field "chosen" is not a string'),
+    ([{"chosen": "b", "rejected": "c"}], [], 'line 1: no "prompt" field'),
+    ([LINES[0]], ["--max-tokens", 2], "every pair has a sequence longer than --max-tokens"),
+    ([LINES[0]], ["--system", "x"], "--system needs --chat"),
+    ([LINES[0]], ["--chosen-field", "prompt"], "the prompt, chosen and rejected fields must differ"),
+    ([LINES[0]], ["--max-tokens", -1], "--max-tokens must be >= 0"),
+])
+def test_preference_tool_errors(tmp_path, lines, args, needle):
+    from triad_run import VOCAB, assert_clean_error
+    src = write_lines(tmp_path / "bad.jsonl", lines)
+    p = tokenize("--vocab", VOCAB, "--out", tmp_path / "o.h5", *args, src)
+    assert_clean_error(p, needle)
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.partial").exists()
