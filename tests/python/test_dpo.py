@@ -8,7 +8,6 @@ curve on every grid and a bit-exact resume, and the preference file's errors.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
