@@ -259,6 +259,16 @@ int SequenceSource::counted_targets(int64_t index) const {
   return n;
 }
 
+std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch) {
+  // Fisher-Yates with a stream seeded by (seed, epoch): the order of an epoch depends on nothing
+  // but these two numbers.
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) perm[size_t(k)] = k;
+  Rng rng(seed * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
+  for (int64_t k = n - 1; k > 0; --k) std::swap(perm[size_t(k)], perm[rng.below(uint64_t(k + 1))]);
+  return perm;
+}
+
 DataLoader::DataLoader(const SequenceSource& source, bool shuffle, uint64_t seed)
     : source_(source), shuffle_(shuffle), seed_(seed) {}
 
@@ -267,13 +277,7 @@ int64_t DataLoader::sequence_at(int64_t position) {
   const int64_t epoch = position / n, i = position % n;
   if (!shuffle_) return i;
   if (epoch != perm_epoch_) {
-    // Fisher-Yates with a stream seeded by (seed, epoch): the order of an epoch depends on
-    // nothing but these two numbers.
-    perm_.resize(size_t(n));
-    for (int64_t k = 0; k < n; ++k) perm_[size_t(k)] = k;
-    Rng rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
-    for (int64_t k = n - 1; k > 0; --k)
-      std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
+    perm_ = epoch_permutation(n, seed_, epoch);
     perm_epoch_ = epoch;
   }
   return perm_[size_t(i)];

@@ -751,11 +751,9 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
     }
   }
   if (preference) {  // the loss is the pairs' (the targets' counts and hits stay)
-    st.loss_sum = pairs.loss_sum;
-    st.pairs = pairs.pairs;
-    st.pairs_right = pairs.pairs_right;
-    st.chosen_reward_sum = pairs.chosen_reward_sum;
-    st.rejected_reward_sum = pairs.rejected_reward_sum;
+    pairs.tokens = st.tokens;
+    pairs.correct = st.correct;
+    return pairs;
   }
   return st;
 }

@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "triad/core/error.h"
-#include "triad/core/rng.h"
 #include "triad/data/loader.h"
 
 namespace triad {
@@ -20,13 +19,8 @@ int64_t PreferenceData::sequence_at(int64_t position) {
   const int64_t n = pairs(), pair = position / 2, epoch = pair / n, i = pair % n;
   int64_t p = i;
   if (shuffle_) {
-    if (epoch != perm_epoch_) {
-      // Fisher-Yates seeded by (seed, epoch), as the token shards' order (data/loader.h).
-      perm_.resize(size_t(n));
-      for (int64_t k = 0; k < n; ++k) perm_[size_t(k)] = k;
-      Rng rng(seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch) + 1);
-      for (int64_t k = n - 1; k > 0; --k)
-        std::swap(perm_[size_t(k)], perm_[rng.below(uint64_t(k + 1))]);
+    if (epoch != perm_epoch_) {  // (the token shards' order of an epoch, data/loader.h)
+      perm_ = epoch_permutation(n, seed_, epoch);
       perm_epoch_ = epoch;
     }
     p = perm_[size_t(i)];

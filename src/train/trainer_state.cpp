@@ -733,40 +733,26 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src, bool by_po
   EvalResult r;
   if (src == nullptr || cfg.eval.sequences == 0) return r;
   const int64_t n = cfg.eval.sequences;
-  const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
+  const int T = cfg.model.seq_len;
   double loss = 0, byte_loss = 0;
   // by_position: the sums and counts of the targets' losses at each position, [2][T].
   std::vector<double> at(by_position ? 2 * size_t(T) : 0, 0.0);
   int64_t correct = 0, tokens = 0, bytes = 0;
-  // Micro-batch k of the validation sequences goes to data-parallel rank k mod dp. Under ZeRO-3
-  // every rank takes part in every round's weight gathers, with a batch or without; under expert
-  // parallelism in every round's token exchanges: a rank without a batch runs one sequence whose
-  // result it drops.
-  const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
-  for (int64_t k = 0; k < rounds; ++k) {
-    const int64_t i = (k * dp + dp_rank) * B;
-    if (i >= n && cfg.parallel.ep > 1) {
-      src->read(0, inputs.data(), targets.data());
-      (void)model->evaluate(inputs.data(), targets.data(), 1);
-      continue;
-    }
-    if (i >= n) {
-      model->join_forward_gathers();
-      continue;
-    }
-    const int b = int(std::min<int64_t>(B, n - i));
-    watch("evaluation", step);
-    for (int k = 0; k < b; ++k)
-      src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
-    if (by_position) model->set_position_losses(at.data(), at.data() + T);
-    const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
-    model->set_position_losses(nullptr, nullptr);
-    loss += st.loss_sum;
-    correct += st.correct;
-    tokens += st.tokens;
-    byte_loss += st.byte_loss_sum;
-    bytes += st.bytes;
-  }
+  evaluation_rounds(
+      n, [&](int32_t* in, int32_t* tg) { src->read(0, in, tg); },
+      [&](int64_t i, int b) {
+        watch("evaluation", step);
+        for (int k = 0; k < b; ++k)
+          src->read(i + k, inputs.data() + size_t(k) * T, targets.data() + size_t(k) * T);
+        if (by_position) model->set_position_losses(at.data(), at.data() + T);
+        const ForwardStats st = model->evaluate(inputs.data(), targets.data(), b);
+        model->set_position_losses(nullptr, nullptr);
+        loss += st.loss_sum;
+        correct += st.correct;
+        tokens += st.tokens;
+        byte_loss += st.byte_loss_sum;
+        bytes += st.bytes;
+      });
   if (cfg.eval.bits_per_byte) {  // nats over the targets with bytes → bits per byte
     byte_loss = grid.dp().all_reduce_sum(byte_loss);
     bytes = int64_t(grid.dp().all_reduce_sum(double(bytes)));
@@ -791,26 +777,31 @@ EvalResult Trainer::State::evaluate_source(const SequenceSource* src, bool by_po
   return r;
 }
 
+void Trainer::State::evaluation_rounds(int64_t n,
+                                       const std::function<void(int32_t*, int32_t*)>& read_first,
+                                       const std::function<void(int64_t, int)>& batch) {
+  const int B = cfg.train.micro_batch_size;
+  const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
+  for (int64_t k = 0; k < rounds; ++k) {
+    const int64_t i = (k * dp + dp_rank) * B;
+    if (i >= n && cfg.parallel.ep > 1) {
+      read_first(inputs.data(), targets.data());
+      (void)model->evaluate(inputs.data(), targets.data(), 1);
+    } else if (i >= n) {
+      model->join_forward_gathers();
+    } else {
+      batch(i, int(std::min<int64_t>(B, n - i)));
+    }
+  }
+}
+
 void Trainer::State::compute_preference_reference() {
   const int64_t n = preferences->num_sequences();
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
   use_window(step);
   std::vector<double> sums(size_t(n), 0.0), local(size_t(B), 0.0);
-  // Micro-batch k of the sequences goes to data-parallel rank k mod dp, every rank running every
-  // round as evaluate_source's do (ZeRO-3's gathers, expert parallelism's exchanges).
-  const int64_t rounds = (n + int64_t(dp) * B - 1) / (int64_t(dp) * B);
-  for (int64_t k = 0; k < rounds; ++k) {
-    const int64_t i = (k * dp + dp_rank) * B;
-    if (i >= n && cfg.parallel.ep > 1) {
-      preferences->read(0, inputs.data(), targets.data());
-      (void)model->evaluate(inputs.data(), targets.data(), 1);
-      continue;
-    }
-    if (i >= n) {
-      model->join_forward_gathers();
-      continue;
-    }
-    const int b = int(std::min<int64_t>(B, n - i));
+  const auto first = [this](int32_t* in, int32_t* tg) { preferences->read(0, in, tg); };
+  evaluation_rounds(n, first, [&](int64_t i, int b) {
     watch("DPO's reference pass", step);
     for (int j = 0; j < b; ++j)
       preferences->read(i + j, inputs.data() + size_t(j) * T, targets.data() + size_t(j) * T);
@@ -819,7 +810,7 @@ void Trainer::State::compute_preference_reference() {
     (void)model->evaluate(inputs.data(), targets.data(), b);
     model->set_sequence_logps(nullptr);
     for (int j = 0; j < b; ++j) sums[size_t(i + j)] += local[size_t(j)];
-  }
+  });
   // Each target counted on one rank (Gpt::set_sequence_logps): summed over all of them.
   MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_DOUBLE, MPI_SUM, grid.world());
   preferences->set_reference(std::move(sums));

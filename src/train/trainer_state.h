@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -72,6 +73,13 @@ struct Trainer::State {
     preferences->reference_rows(position, count, preference_rows.data());
     model->set_preference(float(cfg.train.dpo_beta), preference_rows.data());
   }
+  // Forward passes over n sequences in micro-batches: micro-batch k goes to data-parallel rank
+  // k mod dp, batch(i, b) running this rank's (its first sequence i, b of them). Under ZeRO-3
+  // every rank takes part in every round's weight gathers, with a batch or without; under expert
+  // parallelism in every round's token exchanges: a rank without a batch runs one sequence
+  // (read_first fills its row) whose result it drops.
+  void evaluation_rounds(int64_t n, const std::function<void(int32_t*, int32_t*)>& read_first,
+                         const std::function<void(int64_t, int)>& batch);
   // DPO's reference: every sequence's log-probability under the model as loaded (before any
   // update), each data-parallel rank a share of them. Collective.
   void compute_preference_reference();

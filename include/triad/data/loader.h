@@ -87,6 +87,10 @@ class SequenceSource {
                      size_t i) const;
 };
 
+// The order of epoch `epoch` of n items with data.shuffle: a permutation seeded by (seed, epoch)
+// alone (Fisher-Yates on a SplitMix stream).
+std::vector<int64_t> epoch_permutation(int64_t n, uint64_t seed, int64_t epoch);
+
 class DataLoader {
  public:
   DataLoader(const SequenceSource& source, bool shuffle, uint64_t seed);
