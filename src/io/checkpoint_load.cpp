@@ -196,11 +196,14 @@ CheckpointState read_state(hid_t file) {
     for (double v : values)
       TRIAD_CHECK(std::isfinite(v), "attribute ", name, " of / holds ", v,
                   " (a window of finite values only)");
-  s.preference_reference =
-      io::read_doubles_attr(file, "preference_reference").value_or(std::vector<double>{});
-  for (double v : s.preference_reference)  // log-probabilities
-    TRIAD_CHECK(std::isfinite(v), "attribute preference_reference of / holds ", v,
-                " (log-probabilities: finite numbers)");
+  for (const auto& [name, values] : {std::pair<const char*, std::vector<double>&>{
+                                         "preference_reference", s.preference_reference},
+                                     {"preference_val_reference", s.preference_val_reference}}) {
+    values = io::read_doubles_attr(file, name).value_or(std::vector<double>{});
+    for (double v : values)  // log-probabilities
+      TRIAD_CHECK(std::isfinite(v), "attribute ", name, " of / holds ", v,
+                  " (log-probabilities: finite numbers)");
+  }
   s.skipped_in_a_row = io::read_int64_attr(file, "skipped_in_a_row").value_or(0);
   TRIAD_CHECK(s.skipped_in_a_row >= 0, "attribute skipped_in_a_row of / must be >= 0 (it is ",
               s.skipped_in_a_row, ")");

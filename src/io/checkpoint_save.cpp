@@ -336,6 +336,8 @@ void save_checkpoint(MPI_Comm comm, const std::string& path, const CheckpointSta
         io::write_int64_attr(file, "skipped_in_a_row", state.skipped_in_a_row);
         if (!state.preference_reference.empty())
           io::write_doubles_attr(file, "preference_reference", state.preference_reference);
+        if (!state.preference_val_reference.empty())
+          io::write_doubles_attr(file, "preference_val_reference", state.preference_val_reference);
 
         H5Id lcpl = io::make_plist(H5P_LINK_CREATE);
         h5check(H5Pset_create_intermediate_group(lcpl, 1), "cannot set up link creation");

@@ -116,7 +116,10 @@ Table val_table(const std::string& group) {
                             {"choice_accuracy", false},
                             {"choice_accuracy_by_sum", false},
                             {"choice_accuracy_by_chars", false},
-                            {"bpb", false}});
+                            {"bpb", false},
+                            {"dpo_loss", false},
+                            {"dpo_accuracy", false},
+                            {"dpo_margin", false}});
 }
 
 // A row of a val_table; whether the table's buffer is due to be written.
@@ -128,6 +131,9 @@ bool append_val_row(Table& t, const ValRow& r) {
   t.col(4).doubles.push_back(r.choice_accuracy_by_sum);
   t.col(5).doubles.push_back(r.choice_accuracy_by_chars);
   t.col(6).doubles.push_back(r.bpb);
+  t.col(7).doubles.push_back(r.dpo_loss);
+  t.col(8).doubles.push_back(r.dpo_accuracy);
+  t.col(9).doubles.push_back(r.dpo_margin);
   return t.col(0).buffered() >= kAutoFlushRows;
 }
 

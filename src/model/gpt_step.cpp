@@ -16,6 +16,7 @@
 #include "triad/kernels/dropout_mask.h"
 #include "triad/model/attention_mask.h"
 #include "triad/model/gpt.h"
+#include "triad/model/preference_loss.h"
 
 namespace triad {
 
@@ -773,22 +774,18 @@ ForwardStats Gpt::preference_weights(int B, int T, float dloss_scale) {
   preference_scale_.assign(size_t(B), 0.0f);
   ForwardStats st;
   for (int j = 0; j < B / 2; ++j) {
-    const double chosen = beta * (logp[size_t(2 * j)] - ref[2 * j]);
-    const double rejected = beta * (logp[size_t(2 * j + 1)] - ref[2 * j + 1]);
-    const double z = chosen - rejected;
-    // −log σ(z) = log(1 + e^−z) and σ(−z), without overflow for large |z|
-    const double loss = z > 0 ? std::log1p(std::exp(-z)) : -z + std::log1p(std::exp(z));
-    const double w = z > 0 ? std::exp(-z) / (1.0 + std::exp(-z)) : 1.0 / (1.0 + std::exp(z));
+    const PairLoss p = dpo_pair_loss(beta, logp[size_t(2 * j)], ref[2 * j], logp[size_t(2 * j + 1)],
+                                     ref[2 * j + 1]);
     // d loss / d π_chosen = −β·σ(−z); the classifier's gradient is that of the cross-entropy,
     // −π, so the chosen rows take +β·σ(−z) and the rejected ones −β·σ(−z).
-    preference_scale_[size_t(2 * j)] = float(double(dloss_scale) * beta * w);
-    preference_scale_[size_t(2 * j + 1)] = float(-double(dloss_scale) * beta * w);
+    preference_scale_[size_t(2 * j)] = float(double(dloss_scale) * beta * p.weight);
+    preference_scale_[size_t(2 * j + 1)] = float(-double(dloss_scale) * beta * p.weight);
     if (mp_.cp_rank != 0) continue;  // the group's first rank counts the pair
-    st.loss_sum += loss;
+    st.loss_sum += p.loss;
     st.pairs += 1;
-    st.pairs_right += z > 0 ? 1 : 0;
-    st.chosen_reward_sum += chosen;
-    st.rejected_reward_sum += rejected;
+    st.pairs_right += p.right() ? 1 : 0;
+    st.chosen_reward_sum += p.chosen;
+    st.rejected_reward_sum += p.rejected;
   }
   return st;
 }

@@ -505,6 +505,10 @@ class KeyTable {
     add("eval.choices", c.eval.choices,
         "multiple-choice eval file scored at every evaluation (llm.c's format, e.g. HellaSwag "
         "from jobs/prepare_choices.py); empty: none");
+    add("eval.preferences", c.eval.preferences,
+        "with data.preferences: held-out preference pairs (a preference file) scored at every "
+        "evaluation against the run's reference: DPO's loss, the share of pairs ranked right "
+        "and the reward margin (/val/dpo_*); empty: none");
     add("eval.choice_examples", c.eval.choice_examples,
         "score the first N examples of eval.choices (0: all)");
     add("eval.sets", c.eval.sets,

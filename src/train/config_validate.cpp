@@ -413,6 +413,8 @@ void validate(const Config& c, int world_size) {
   check(t.recompute_layers == 0 || t.recompute != "none", "train.recompute_layers",
         "needs train.recompute = gelu or full (it is none)");
   check(t.seed >= 0, "train.seed", "must be >= 0");
+  check(c.eval.preferences.empty() || !c.data.preferences.empty(), "eval.preferences",
+        "scores DPO's pairs against the run's reference and needs data.preferences");
   if (c.data.preferences.empty()) {
     parse_blend(c.data.train, c.data.train_weights);  // throws on a malformed blend
   } else {

@@ -5,12 +5,13 @@
 
 #include "triad/core/error.h"
 #include "triad/data/loader.h"
+#include "triad/model/preference_loss.h"
 
 namespace triad {
 
 PreferenceData::PreferenceData(const std::string& path, int seq_len, int vocab_size, bool shuffle,
-                               uint64_t seed)
-    : set_(read_preference_file(path, vocab_size, int64_t(seq_len) + 1, "data.preferences")),
+                               uint64_t seed, const std::string& what)
+    : set_(read_preference_file(path, vocab_size, int64_t(seq_len) + 1, what)),
       seq_len_(seq_len),
       shuffle_(shuffle),
       seed_(seed) {}
@@ -63,6 +64,21 @@ void PreferenceData::set_reference(std::vector<double> logps) {
   TRIAD_CHECK(int64_t(logps.size()) == num_sequences(), "internal error: ", logps.size(),
               " reference values for ", num_sequences(), " sequences");
   reference_ = std::move(logps);
+}
+
+PreferenceData::Scores PreferenceData::score(const std::vector<double>& logps, double beta) const {
+  TRIAD_CHECK(logps.size() == reference_.size() && !logps.empty(),
+              "internal error: scoring pairs without their reference");
+  Scores s;
+  for (size_t i = 0; i + 1 < logps.size(); i += 2) {
+    const PairLoss p =
+        dpo_pair_loss(beta, logps[i], reference_[i], logps[i + 1], reference_[i + 1]);
+    s.loss += p.loss;
+    s.accuracy += p.right() ? 1.0 : 0.0;
+    s.margin += p.chosen - p.rejected;
+  }
+  const double n = double(pairs());
+  return {s.loss / n, s.accuracy / n, s.margin / n};
 }
 
 void PreferenceData::reference_rows(int64_t position, int count, double* out) {

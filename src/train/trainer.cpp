@@ -89,6 +89,10 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
     s.preferences = std::make_unique<PreferenceData>(s.cfg.data.preferences, s.cfg.model.seq_len,
                                                      s.cfg.model.vocab_size, s.cfg.data.shuffle,
                                                      uint64_t(s.cfg.train.seed));
+    if (!s.cfg.eval.preferences.empty())
+      s.val_preferences =
+          std::make_unique<PreferenceData>(s.cfg.eval.preferences, s.cfg.model.seq_len,
+                                           s.cfg.model.vocab_size, false, 0, "eval.preferences");
   } else if (!cl.eval_only) {
     const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
     // A shard two datasets match would be drawn at both weights.
@@ -388,12 +392,18 @@ TrainOutcome Trainer::run() {
     s.load_from(s.cl.init_from, false);
   }
 
-  // DPO's reference: the weights as loaded (a resumed run has it from its checkpoint).
+  // DPO's reference: the weights as loaded (a resumed run has it from its checkpoint), for the
+  // training pairs and eval.preferences' alike.
   if (s.preferences && s.preferences->reference().empty()) {
     const Timer reference_clock;
-    s.compute_preference_reference();
+    s.preferences->set_reference(s.sequence_logps(*s.preferences, "DPO's reference pass"));
+    if (s.val_preferences)
+      s.val_preferences->set_reference(
+          s.sequence_logps(*s.val_preferences, "DPO's reference pass (eval.preferences)"));
     std::ostringstream os;
-    os << "DPO's reference: the log-probabilities of " << s.preferences->num_sequences()
+    os << "DPO's reference: the log-probabilities of "
+       << s.preferences->num_sequences() +
+              (s.val_preferences ? s.val_preferences->num_sequences() : 0)
        << " sequences under the "
        << (resume_path.empty() && s.cl.init_from.empty() ? "initialized" : "loaded")
        << " weights, in " << std::fixed << std::setprecision(1) << reference_clock.seconds()
@@ -528,7 +538,8 @@ TrainOutcome Trainer::run() {
   // (eval.every has a default: an evaluation with nothing to score is said, not silently none)
   const bool scores_sequences =
       cfg.eval.sequences > 0 && (!cfg.data.val.empty() || !cfg.eval.sets.empty());
-  if (!scores_sequences && cfg.eval.choices.empty() && s.step < cfg.train.steps)
+  if (!scores_sequences && cfg.eval.choices.empty() && !s.val_preferences &&
+      s.step < cfg.train.steps)
     s.say(
         "note: no evaluation (no data.val or eval.sets with eval.sequences > 0, no "
         "eval.choices): no validation loss is reported");

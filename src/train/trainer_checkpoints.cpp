@@ -115,6 +115,7 @@ CheckpointState Trainer::State::checkpoint_state() const {
                                  : 1;
   st.next_sequence = position % n;
   if (preferences) st.preference_reference = preferences->reference();
+  if (val_preferences) st.preference_val_reference = val_preferences->reference();
   st.epoch = position / n;
   st.config = to_ini(cfg);
   st.grid = grid.describe();
@@ -599,6 +600,15 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
                 preferences->num_sequences(),
                 " (resume with the preference file the run started with)");
     preferences->set_reference(st.preference_reference);
+  }
+  if (val_preferences) {
+    TRIAD_CHECK(int64_t(st.preference_val_reference.size()) == val_preferences->num_sequences(),
+                "checkpoint ", path, " holds DPO reference values of ",
+                st.preference_val_reference.size(),
+                " held-out sequences, but eval.preferences has ", val_preferences->num_sequences(),
+                " (the reference of a held-out set is computed when the run starts: give the "
+                "file the run started with, or none)");
+    val_preferences->set_reference(st.preference_val_reference);
   }
   // The optimizer the checkpoint was saved with, from its config where it parses (files
   // written by other tools may carry none): its state cannot continue another optimizer.

@@ -661,6 +661,14 @@ void Trainer::State::load_tokenizer() {
 
 EvalResult Trainer::State::evaluate(bool by_position) {
   EvalResult r = evaluate_val(by_position);
+  if (val_preferences) {  // eval.preferences against the run's reference
+    const PreferenceData::Scores s = val_preferences->score(
+        sequence_logps(*val_preferences, "eval.preferences"), cfg.train.dpo_beta);
+    r.dpo_loss = s.loss;
+    r.dpo_accuracy = s.accuracy;
+    r.dpo_margin = s.margin;
+    r.dpo_pairs = val_preferences->pairs();
+  }
   if (!choices.empty()) {
     // Example i goes to data-parallel rank i mod dp; the counts are exact, the loss sum is
     // rounded with the ranks' partial sums (its last bits depend on dp).
@@ -795,16 +803,16 @@ void Trainer::State::evaluation_rounds(int64_t n,
   }
 }
 
-void Trainer::State::compute_preference_reference() {
-  const int64_t n = preferences->num_sequences();
+std::vector<double> Trainer::State::sequence_logps(const PreferenceData& d, const char* phase) {
+  const int64_t n = d.num_sequences();
   const int B = cfg.train.micro_batch_size, T = cfg.model.seq_len;
   use_window(step);
   std::vector<double> sums(size_t(n), 0.0), local(size_t(B), 0.0);
-  const auto first = [this](int32_t* in, int32_t* tg) { preferences->read(0, in, tg); };
+  const auto first = [&d](int32_t* in, int32_t* tg) { d.read(0, in, tg); };
   evaluation_rounds(n, first, [&](int64_t i, int b) {
-    watch("DPO's reference pass", step);
+    watch(phase, step);
     for (int j = 0; j < b; ++j)
-      preferences->read(i + j, inputs.data() + size_t(j) * T, targets.data() + size_t(j) * T);
+      d.read(i + j, inputs.data() + size_t(j) * T, targets.data() + size_t(j) * T);
     std::fill(local.begin(), local.end(), 0.0);
     model->set_sequence_logps(local.data());
     (void)model->evaluate(inputs.data(), targets.data(), b);
@@ -813,7 +821,7 @@ void Trainer::State::compute_preference_reference() {
   });
   // Each target counted on one rank (Gpt::set_sequence_logps): summed over all of them.
   MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_DOUBLE, MPI_SUM, grid.world());
-  preferences->set_reference(std::move(sums));
+  return sums;
 }
 
 void Trainer::State::write_sample() {
@@ -860,7 +868,7 @@ void Trainer::State::run_eval() {
     average = evaluate(false);  // (eval.loss_by_position: the weights' alone)
     restore_weights(set_aside);
   }
-  if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty()) {
+  if (r.sequences > 0 || r.choice_examples > 0 || !r.sets.empty() || r.dpo_pairs > 0) {
     std::ostringstream os;
     os << "eval step " << step << std::fixed << std::setprecision(4);
     if (r.sequences > 0) os << " | val loss " << r.loss << " | val accuracy " << r.accuracy;
@@ -879,6 +887,14 @@ void Trainer::State::run_eval() {
     describe_sets(average, "ema ");
     if (r.choice_examples > 0) os << " | " << describe_choices(r);
     if (average.choice_examples > 0) os << " | ema " << describe_choices(average);
+    const auto describe_pairs = [&](const EvalResult& e, const char* prefix) {
+      if (e.dpo_pairs > 0)
+        os << " | " << prefix << "DPO val loss " << e.dpo_loss << " | " << prefix
+           << "val pairs right " << std::setprecision(3) << e.dpo_accuracy << " | " << prefix
+           << "val margin " << std::setprecision(4) << e.dpo_margin;
+    };
+    describe_pairs(r, "");
+    describe_pairs(average, "ema ");
     say(os.str());
     if (metrics) {
       const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -890,7 +906,10 @@ void Trainer::State::run_eval() {
                       choices ? e.choice_accuracy : nan,
                       choices ? e.choice_accuracy_by_sum : nan,
                       choices ? e.choice_accuracy_by_chars : nan,
-                      val ? e.bpb : nan};
+                      val ? e.bpb : nan,
+                      e.dpo_loss,
+                      e.dpo_accuracy,
+                      e.dpo_margin};
       };
       metrics->append(row(r));
       for (size_t i = 0; i < r.sets.size(); ++i) {

@@ -60,8 +60,9 @@ struct Trainer::State {
   std::unique_ptr<Backend> be;
   std::unique_ptr<Gpt> model;
   std::unique_ptr<Optimizer> opt;
-  std::unique_ptr<BlendedLoader> train_data;    // data.train (one dataset or a weighted blend)
-  std::unique_ptr<PreferenceData> preferences;  // data.preferences instead (DPO)
+  std::unique_ptr<BlendedLoader> train_data;        // data.train (one dataset or a weighted blend)
+  std::unique_ptr<PreferenceData> preferences;      // data.preferences instead (DPO)
+  std::unique_ptr<PreferenceData> val_preferences;  // eval.preferences
   TrainingData& data() {
     if (preferences) return *preferences;
     return *train_data;
@@ -80,9 +81,10 @@ struct Trainer::State {
   // (read_first fills its row) whose result it drops.
   void evaluation_rounds(int64_t n, const std::function<void(int32_t*, int32_t*)>& read_first,
                          const std::function<void(int64_t, int)>& batch);
-  // DPO's reference: every sequence's log-probability under the model as loaded (before any
-  // update), each data-parallel rank a share of them. Collective.
-  void compute_preference_reference();
+  // Every sequence's log-probability of its counted targets under the model as it is (DPO's
+  // reference before the first update, eval.preferences' scores), indexed as d.read(), each
+  // data-parallel rank computing a share; the result on every rank. Collective.
+  std::vector<double> sequence_logps(const PreferenceData& d, const char* phase);
   std::unique_ptr<SequenceSource> val_src;
   std::vector<std::pair<std::string, std::unique_ptr<SequenceSource>>> val_sets;  // eval.sets
   std::unique_ptr<MetricsWriter> metrics;

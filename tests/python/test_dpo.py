@@ -105,16 +105,18 @@ def prepared(tmp_path_factory):
     return d, pairs, prefs, weights
 
 
-def torch_dpo(weights, pairs, sec):
+def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
     """DPO in float64 on the reference model: per step (loss, share right, margin) and the final
-    weights. The pairs in the file's order (data.shuffle = false), wrapping around."""
+    weights. The pairs in the file's order (data.shuffle = false), wrapping around. With held_out
+    pairs, their (loss, share right, margin) after each of eval_steps updates too
+    (torch_dpo.val)."""
     tr, op, T = sec["train"], sec["optim"], CFG.seq_len
     beta, npairs = tr["dpo_beta"], tr["batch_size"] // 2
     model = ref.build_model(weights, CFG, dtype=torch.float64)
     opt = torch.optim.AdamW(model.param_groups(op["weight_decay"]), lr=tr["lr"],
                             betas=(op["beta1"], op["beta2"]), eps=op["eps"])
 
-    def logps(idx):  # summed log-probability of each sequence's counted targets
+    def logps(idx, pairs=pairs):  # summed log-probability of each sequence's counted targets
         rows = [row(*pairs[i // 2][i % 2], T) for i in idx]
         x = torch.tensor(np.stack([r[0] for r in rows]))
         y = torch.tensor(np.stack([r[1] for r in rows]))
@@ -123,24 +125,34 @@ def torch_dpo(weights, pairs, sec):
         lp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (lp * (y >= 0)).sum(-1)
 
+    def scores(pi, ref):
+        rewards = beta * (pi - ref)
+        z = rewards[0::2] - rewards[1::2]
+        return torch.nn.functional.softplus(-z).mean(), (z > 0).double().mean(), z.mean()
+
+    every = range(2 * len(held_out))
     with torch.no_grad():
         reference = logps(range(2 * len(pairs)))
-    out = []
-    for s in range(tr["steps"]):
+        val_reference = logps(every, held_out) if held_out else None
+    out, torch_dpo.val = [], []
+    for s in range(tr["steps"] + 1):
+        if s in eval_steps:
+            with torch.no_grad():
+                torch_dpo.val.append([float(v) for v in scores(logps(every, held_out),
+                                                               val_reference)])
+        if s == tr["steps"]:
+            break
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
                        tr["min_lr_ratio"])
         for g in opt.param_groups:
             g["lr"] = lr
         idx = [2 * ((s * npairs + j) % len(pairs)) + k for j in range(npairs) for k in (0, 1)]
         opt.zero_grad(set_to_none=True)
-        pi = logps(idx)
-        rewards = beta * (pi - reference[idx])
-        z = rewards[0::2] - rewards[1::2]
-        loss = torch.nn.functional.softplus(-z).mean()
+        loss, right, margin = scores(logps(idx), reference[idx])
         loss.backward()
         ref.clip_grad_norm_(model.parameters(), tr["grad_clip"])
         opt.step()
-        out.append((float(loss), float((z > 0).double().mean()), float(z.mean())))
+        out.append((float(loss), float(right), float(margin)))
     return np.array(out), {k: v.detach().numpy() for k, v in model.tensors().items()}
 
 
@@ -156,17 +168,32 @@ def train(d: Path, sec: dict, name: str, *args):
 
 def curves(run: Path):
     with h5py.File(run / "metrics.h5", "r") as f:
-        return (f["train/loss"][:], f["train/dpo_accuracy"][:], f["train/dpo_margin"][:])
+        return (f["train/loss"][:], f["train/dpo_accuracy"][:], f["train/dpo_margin"][:],
+                f["val/dpo_loss"][:] if "val/dpo_loss" in f else np.zeros(0))
 
 
 def test_dpo_steps_match_torch(prepared):
+    """Also eval.preferences: 5 held-out pairs scored at steps 0, 3 and 6 (/val/dpo_*)."""
     d, pairs, prefs, weights = prepared
-    sec = sections(d, prefs)
+    held_out = make_pairs(5, CFG.vocab_size, CFG.seq_len, seed=8)
+    sec = sections(d, prefs, eval__every=3,
+                   eval__preferences=write_preferences(d / "held_out.h5", held_out))
     p = train(d, sec, "ref", "--init-from", d / "init.h5")
     assert "DPO (beta 0.5) on 10 preference pairs" in p.stdout
-    assert "DPO's reference: the log-probabilities of 20 sequences" in p.stdout
-    loss, right, margin = curves(d / "runs" / "ref")
-    want, final = torch_dpo(weights, pairs, sec)
+    assert "DPO's reference: the log-probabilities of 30 sequences" in p.stdout
+    assert "| DPO val loss 0.6931 | val pairs right 0.000 | val margin 0.0000" in p.stdout
+    loss, right, margin, _ = curves(d / "runs" / "ref")
+    with h5py.File(d / "runs" / "ref" / "metrics.h5", "r") as f:
+        val_steps = f["val/step"][:].tolist()
+        val = np.stack([f[f"val/dpo_{k}"][:] for k in ("loss", "accuracy", "margin")], axis=1)
+    assert val_steps == [0, 3, 6]
+    want, final = torch_dpo(weights, pairs, sec, held_out, val_steps)
+    want_val = np.array(torch_dpo.val)
+    print("held-out (loss, right, margin): triad", val.tolist(), "torch", want_val.tolist())
+    np.testing.assert_allclose(val[:, 0], want_val[:, 0], rtol=1e-6)
+    np.testing.assert_array_equal(val[:, 1], want_val[:, 1])
+    np.testing.assert_allclose(val[:, 2], want_val[:, 2], rtol=1e-4, atol=1e-7)
+    assert want_val[-1, 0] != want_val[0, 0]
     print("\nstep  loss(triad)   loss(torch)   right  margin(triad) margin(torch)")
     for s in range(len(loss)):
         print(f"{s:4d}  {loss[s]:.9f}  {want[s, 0]:.9f}  {right[s]:.2f}   {margin[s]:.3e}"
@@ -198,11 +225,14 @@ def mpi(n, d: Path, sec: dict, name: str, *args):
 def test_dpo_gives_the_same_curve_on_every_grid_and_resumes_exactly(prepared, tmp_path):
     """Shuffled pairs on one rank, then tensor (vocabulary-parallel loss), pipeline (1F1B), data
     (ZeRO-1 and 3), context-parallel (each sequence's log-probability summed over its pieces) and
-    2 x 2 grids: the one-rank curve within fp32 rounding; a run resumed at step 3 (the reference
-    from its checkpoint) gives the uninterrupted run's losses bit for bit."""
+    2 x 2 grids: the one-rank curve within fp32 rounding, and so are eval.preferences' held-out
+    losses; a run resumed at step 3 (both references from its checkpoint) gives the uninterrupted
+    run's losses bit for bit."""
     d, _, prefs, _ = prepared
-    sec = sections(tmp_path, prefs, data__shuffle=True, train__steps=8,
-                   checkpoint__every=3, checkpoint__keep=0)
+    held_out = write_preferences(tmp_path / "held_out.h5",
+                                 make_pairs(3, CFG.vocab_size, CFG.seq_len, seed=9))
+    sec = sections(tmp_path, prefs, data__shuffle=True, train__steps=8, eval__every=4,
+                   eval__preferences=held_out, checkpoint__every=3, checkpoint__keep=0)
     init = ["--init-from", d / "init.h5"]
     p = mpi(1, tmp_path, sec, "one", *init)
     assert p.returncode == 0, p.stderr
@@ -211,8 +241,10 @@ def test_dpo_gives_the_same_curve_on_every_grid_and_resumes_exactly(prepared, tm
             tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
     assert p.returncode == 0, p.stderr
     got = curves(tmp_path / "runs" / "resumed")
-    for a, b in zip(got, want):
+    for a, b in zip(got[:3], want[:3]):
         np.testing.assert_array_equal(a[-5:], b[-5:])
+    assert len(want[3]) == 3  # steps 0, 4 and 8; resumed at 3: 4 and 8
+    np.testing.assert_array_equal(got[3], want[3][1:])
     for name, n, grid in [("tp", 2, ["--parallel.tp", 2]),
                           ("pp", 2, ["--parallel.pp", 2, "--train.micro_batch_size", 2]),
                           ("dp", 2, ["--parallel.zero", 1]),
@@ -226,6 +258,7 @@ def test_dpo_gives_the_same_curve_on_every_grid_and_resumes_exactly(prepared, tm
         np.testing.assert_allclose(got[0], want[0], rtol=2e-6, err_msg=name)
         np.testing.assert_array_equal(got[1], want[1], err_msg=name)
         np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(got[3], want[3], rtol=2e-6, err_msg=name)
 
 
 def bad_file_cases(pairs):
@@ -293,9 +326,15 @@ def test_not_a_preference_file_is_refused(prepared, tmp_path):
     (["--model.mtp_depth", 1], "model.mtp_depth does not apply to DPO's loss"),
     (["--train.dpo_beta", 0], "train.dpo_beta must be a number in (0, 1000]"),
     (["--train.dpo_beta", "nan"], "train.dpo_beta must be a number in (0, 1000]"),
+    (["--data.preferences", "", "--data.train", "x_*.bin", "--eval.preferences", "PREFS"],
+     "eval.preferences scores DPO's pairs against the run's reference and needs data.preferences"),
+    (["--eval.preferences", "BASE"], "eval.preferences BASE: not an HDF5 file"),
 ])
 def test_dpo_config_errors(prepared, tmp_path, args, needle):
     d, _, prefs, _ = prepared
+    args = [str(prefs) if a == "PREFS" else str(d / "base.ini") if a == "BASE" else a
+            for a in args]
+    needle = needle.replace("BASE", str(d / "base.ini"))
     cfg = tmp_path / "c.ini"
     ref.write_config(cfg, sections(tmp_path, prefs))
     p = subprocess.run([exe("triad-train"), "--config", cfg, *map(str, args)],
@@ -321,6 +360,13 @@ def test_resuming_dpo_from_a_checkpoint_without_its_reference_stops_every_rank(p
             tmp_path / "runs" / "fresh" / "ckpt" / "step_00000002.h5")
     assert p.returncode != 0 and "holds DPO reference values of 20 sequences" in p.stderr
     assert "data.preferences has 12" in p.stderr, p.stderr
+    # a held-out set the run did not start with: no reference for it in the checkpoint
+    sec = sections(tmp_path, prefs, train__steps=3, eval__preferences=fewer)
+    p = mpi(2, tmp_path, sec, "fresh", "--resume",
+            tmp_path / "runs" / "fresh" / "ckpt" / "step_00000002.h5")
+    assert p.returncode != 0, p.stderr
+    assert "holds DPO reference values of 0 held-out sequences, but eval.preferences has 12" \
+        in p.stderr, p.stderr
 
 
 # ---- triad-tokenize preferences ------------------------------------------------------------

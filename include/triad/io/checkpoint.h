@@ -244,6 +244,8 @@ struct CheckpointState {
   // DPO (data.preferences): the reference model's log-probability of each pair's chosen and
   // rejected sequence (2i, 2i + 1), attribute preference_reference; empty when absent.
   std::vector<double> preference_reference;
+  // ... and of eval.preferences' pairs, attribute preference_val_reference.
+  std::vector<double> preference_val_reference;
 };
 
 // Writes `path` atomically (via path + ".partial"). Collective over comm: every rank passes

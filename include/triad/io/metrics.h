@@ -69,6 +69,11 @@ struct ValRow {
   double choice_accuracy_by_sum = std::numeric_limits<double>::quiet_NaN();
   double choice_accuracy_by_chars = std::numeric_limits<double>::quiet_NaN();
   double bpb = std::numeric_limits<double>::quiet_NaN();  // eval.bits_per_byte (NaN: off)
+  // eval.preferences: DPO's mean loss over the pairs, the share ranked right and the mean reward
+  // margin (NaN: none)
+  double dpo_loss = std::numeric_limits<double>::quiet_NaN();
+  double dpo_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double dpo_margin = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct MetricsAttributes {

@@ -264,6 +264,9 @@ struct EvalConfig {
   int64_t every = 100;     // 0: only before and after training
   int64_t sequences = 64;  // first N sequences of the val shards
   std::string choices;     // multiple-choice eval file (llm.c's format, e.g. HellaSwag); "" none
+  // Held-out preference pairs (data.preferences' format): DPO's loss, the pairs ranked right and
+  // the reward margin at every evaluation, against the run's reference. "" none.
+  std::string preferences;
   int64_t choice_examples = 0;          // its first N examples (0: all)
   std::string choice_mode = "batched";  // batched | cached (train/choice_eval.h)
   // More validation sets, "name=GLOB, name=GLOB" (e.g. one per corpus of a blend): each scored

@@ -20,9 +20,10 @@ namespace triad {
 
 class PreferenceData : public TrainingData {
  public:
-  // Reads and checks the file (errors name data.preferences); every sequence must fit a row of
-  // seq_len targets.
-  PreferenceData(const std::string& path, int seq_len, int vocab_size, bool shuffle, uint64_t seed);
+  // Reads and checks the file (errors name `what`, its config key); every sequence must fit a
+  // row of seq_len targets.
+  PreferenceData(const std::string& path, int seq_len, int vocab_size, bool shuffle, uint64_t seed,
+                 const std::string& what = "data.preferences");
 
   int64_t pairs() const { return set_.pairs(); }
   int64_t num_sequences() const override { return 2 * pairs(); }
@@ -39,6 +40,13 @@ class PreferenceData : public TrainingData {
   const std::vector<double>& reference() const { return reference_; }
   // reference() of the count rows from position p, in order.
   void reference_rows(int64_t position, int count, double* out);
+
+  // DPO's mean loss over the pairs (β), the share ranked right and the mean reward margin, from
+  // every sequence's log-probability under the model (indexed as read()) against reference().
+  struct Scores {
+    double loss = 0, accuracy = 0, margin = 0;
+  };
+  Scores score(const std::vector<double>& logps, double beta) const;
 
  private:
   int64_t sequence_at(int64_t position);  // the file's sequence k at absolute position p

@@ -38,6 +38,12 @@ struct EvalResult {
   std::vector<Set> sets;
   // eval.loss_by_position: data.val's mean loss at each position (NaN where none counted).
   std::vector<double> loss_by_position;
+  // eval.preferences: DPO's mean loss over its pairs, the share ranked right, the mean reward
+  // margin (NaN: none), and the pairs.
+  double dpo_loss = std::numeric_limits<double>::quiet_NaN();
+  double dpo_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double dpo_margin = std::numeric_limits<double>::quiet_NaN();
+  int64_t dpo_pairs = 0;
 };
 
 // "choice accuracy 0.2955 (by summed loss 0.2859, by characters 0.3114, ending loss 3.123456) |
