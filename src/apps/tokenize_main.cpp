@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <iostream>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -70,9 +71,10 @@ constexpr const char* kUsage =
     "                          --messages: JSON Lines conversations ending with the user's\n"
     "                          message (multi-turn), each prompt's ids on a line\n"
     "  preferences --vocab FILE --out FILE.h5 [--chat FORMAT|auto] [--max-tokens N] FILE...\n"
-    "                          JSON Lines of {\"prompt\", \"chosen\", \"rejected\"} strings\n"
-    "                          into a preference file for DPO (data.preferences): each\n"
-    "                          pair's two sequences, the responses' targets counted\n"
+    "                          JSON Lines of {\"prompt\", \"chosen\", \"rejected\"} (strings,\n"
+    "                          or with --chat arrays of messages) into a preference file\n"
+    "                          for DPO (data.preferences): each pair's two sequences, the\n"
+    "                          responses' (last replies') targets counted\n"
     "\n"
     "'triad-tokenize COMMAND --help' lists a command's options.\n";
 
@@ -381,6 +383,56 @@ int cmd_shards(const std::vector<std::string>& args) {
   return 0;
 }
 
+// One side of a preference line as a sequence (triad-tokenize preferences): its ids and the
+// counts of its response. `names` are the prompt's and this response's fields.
+triad::ChatExample preference_sequence(const triad::Tokenizer& tok,
+                                       const std::optional<triad::ChatFormat>& format,
+                                       const std::string& system, const triad::JsonField& prompt,
+                                       const triad::JsonField& response,
+                                       const std::string (&names)[2]) {
+  TRIAD_CHECK(response.present, "no \"", names[1], "\" field");
+  if (!format) {
+    for (int k = 0; k < 2; ++k)
+      TRIAD_CHECK(!(k == 0 ? prompt : response).messages, "\"", names[k],
+                  "\" is a conversation (an array of messages): give --chat FORMAT");
+    TRIAD_CHECK(prompt.present, "no \"", names[0], "\" field");
+    return triad::completion_example(tok, prompt.text, response.text);
+  }
+  // The conversation: the prompt's messages (a text prompt: the user's message, after --system),
+  // then the response's (a text response: the assistant's reply); a response whose messages
+  // start with another role than the assistant's is a whole conversation, its prompt included.
+  std::vector<triad::ChatMessage> conv;
+  const bool whole = response.messages && !response.messages->empty() &&
+                     response.messages->front().role != "assistant";
+  if (!whole) {
+    TRIAD_CHECK(prompt.present, "no \"", names[0], "\" field (\"", names[1],
+                "\" is a reply, not a whole conversation)");
+    if (prompt.messages) {
+      conv = *prompt.messages;
+    } else {
+      if (!system.empty()) conv.push_back({"system", system});
+      conv.push_back({"user", prompt.text});
+    }
+  }
+  if (response.messages)
+    conv.insert(conv.end(), response.messages->begin(), response.messages->end());
+  else
+    conv.push_back({"assistant", response.text});
+  TRIAD_CHECK(conv.back().role == "assistant", "the \"", names[1],
+              "\" conversation does not end with the assistant's reply");
+  triad::ChatExample ex = triad::chat_example(tok, *format, conv);
+  // DPO compares the last replies: what comes before, earlier replies too, is the prompt.
+  const std::vector<int32_t> before =
+      triad::chat_prompt(tok, *format, std::span(conv).first(conv.size() - 1));
+  TRIAD_CHECK(
+      before.size() < ex.ids.size() && std::equal(before.begin(), before.end(), ex.ids.begin()),
+      "the ", triad::chat_format_name(*format),
+      " prompt of the conversation before its last reply is not where the conversation "
+      "starts (a format that renders earlier turns otherwise once a reply follows)");
+  std::fill(ex.counts.begin(), ex.counts.begin() + ptrdiff_t(before.size()), uint8_t(0));
+  return ex;
+}
+
 int cmd_preferences(const std::vector<std::string>& args) {
   po::options_description desc("preferences options");
   std::string vocab, out, chat, system;
@@ -391,13 +443,14 @@ int cmd_preferences(const std::vector<std::string>& args) {
                      "ranks file (gpt2.tiktoken) or tokenizer description")(
       "out", po::value(&out)->required(), "the preference file to write (HDF5, data.preferences)")(
       "chat", po::value(&chat),
-      ("each prompt a user message and each response the assistant's reply, in this chat format "
-       "(" +
-       triad::chat_format_names("auto") +
-       "; auto: the tokenizer description's); without it: the document start, the prompt, then "
-       "the response and the tokenizer's stop token")
+      ("the pairs in this chat format (" + triad::chat_format_names("auto") +
+       "; auto: the tokenizer description's): a prompt is the user's message or an array of "
+       "messages, a response the assistant's reply or an array of messages (those not starting "
+       "with the assistant's: the whole conversation, no prompt needed); the last reply counts. "
+       "Without it: the document start, the prompt, then the response and the tokenizer's stop "
+       "token")
           .c_str())("system", po::value(&system)->default_value(""),
-                    "with --chat: a system message before each prompt (empty: none)")(
+                    "with --chat: a system message before each text prompt (empty: none)")(
       "max-tokens", po::value(&max_tokens)->default_value(0),
       "leave out the pairs with a sequence longer than this (model.seq_len + 1); 0: keep all")(
       "prompt-field", po::value(&fields[0])->default_value(fields[0]), "the prompt's field")(
@@ -430,17 +483,9 @@ int cmd_preferences(const std::vector<std::string>& args) {
     for (const auto& r : triad::json_lines_records(text, names, "input file " + f)) {
       triad::ChatExample ex[2];
       try {
-        for (int s = 0; s < 2; ++s) {
-          if (format) {
-            std::vector<triad::ChatMessage> messages;
-            if (!system.empty()) messages.push_back({"system", system});
-            messages.push_back({"user", r.values[0]});
-            messages.push_back({"assistant", r.values[size_t(s) + 1]});
-            ex[s] = triad::chat_example(tok, *format, messages);
-          } else {
-            ex[s] = triad::completion_example(tok, r.values[0], r.values[size_t(s) + 1]);
-          }
-        }
+        for (int s = 0; s < 2; ++s)
+          ex[s] = preference_sequence(tok, format, system, r.values[0], r.values[size_t(s) + 1],
+                                      {fields[0], fields[size_t(s) + 1]});
       } catch (const triad::Error& e) {
         triad::fail("input file ", f, ", line ", r.line, ": ", e.what());
       }

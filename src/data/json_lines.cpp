@@ -47,33 +47,61 @@ class LineParser {
         if (at_end()) fail_here("expected a value");
         fail(std::string("field \"") + std::string(field) + "\" is not an array of messages");
       }
-      messages.clear();
+      parse_messages(messages);
       has_value = true;
-      if (!open_container(']')) return true;
-      do {
-        skip_space();
-        if (!peek('{')) fail_here("expected a message object ('{')");
-        ChatMessage m;
-        bool has_role = false, has_content = false;
-        const size_t n = messages.size() + 1;
-        parse_object(2, [&](const std::string& k) {
-          std::string* out = k == "role" ? &m.role : k == "content" ? &m.content : nullptr;
-          if (out == nullptr) return false;
-          if (!peek('"')) fail("message " + std::to_string(n) + ": \"" + k + "\" is not a string");
-          out->clear();
-          parse_string(out);
-          (k == "role" ? has_role : has_content) = true;
-          return true;
-        });
-        if (!has_role) fail("message " + std::to_string(n) + " has no \"role\"");
-        if (!has_content) fail("message " + std::to_string(n) + " has no \"content\"");
-        messages.push_back(std::move(m));
-      } while (next_item(']', "expected ',' or ']' after a message"));
+      return true;
+    });
+  }
+
+  // The values of `fields`, each a string or an array of messages (setting found[k]), checking
+  // the whole line.
+  void parse_text_or_messages_fields(std::span<const std::string_view> fields, JsonField* values,
+                                     bool* found) {
+    parse_line([&](const std::string& key) {
+      const auto k = size_t(std::find(fields.begin(), fields.end(), key) - fields.begin());
+      if (k == fields.size()) return false;
+      values[k] = JsonField{};
+      if (peek('[')) {
+        values[k].messages.emplace();
+        parse_messages(*values[k].messages);
+      } else if (peek('"')) {
+        parse_string(&values[k].text);
+      } else {
+        if (at_end()) fail_here("expected a value");
+        fail(std::string("field \"") + key + "\" is neither a string nor an array of messages");
+      }
+      found[k] = true;
       return true;
     });
   }
 
  private:
+  // At a '[': an array of message objects, each with string "role" and "content" fields
+  // (others skipped).
+  void parse_messages(std::vector<ChatMessage>& messages) {
+    messages.clear();
+    if (!open_container(']')) return;
+    do {
+      skip_space();
+      if (!peek('{')) fail_here("expected a message object ('{')");
+      ChatMessage m;
+      bool has_role = false, has_content = false;
+      const size_t n = messages.size() + 1;
+      parse_object(2, [&](const std::string& k) {
+        std::string* out = k == "role" ? &m.role : k == "content" ? &m.content : nullptr;
+        if (out == nullptr) return false;
+        if (!peek('"')) fail("message " + std::to_string(n) + ": \"" + k + "\" is not a string");
+        out->clear();
+        parse_string(out);
+        (k == "role" ? has_role : has_content) = true;
+        return true;
+      });
+      if (!has_role) fail("message " + std::to_string(n) + " has no \"role\"");
+      if (!has_content) fail("message " + std::to_string(n) + " has no \"content\"");
+      messages.push_back(std::move(m));
+    } while (next_item(']', "expected ',' or ']' after a message"));
+  }
+
   bool at_end() const { return i_ >= s_.size(); }
   bool peek(char c) const { return i_ < s_.size() && s_[i_] == c; }
   void skip_space() {
@@ -363,15 +391,15 @@ std::vector<JsonRecord> json_lines_records(std::string_view text,
                                            const std::string& where) {
   TRIAD_ASSERT(!fields.empty());
   std::vector<JsonRecord> out;
+  // (every line has a value of fields[0] to for_each_line: absent ones are the caller's to judge)
   for_each_line(text, fields[0], where, [&](LineParser& p, int64_t line_no, bool& has_first) {
     JsonRecord r;
     r.line = line_no;
     r.values.resize(fields.size());
     const std::unique_ptr<bool[]> found(new bool[fields.size()]());
-    p.parse_string_fields(fields, r.values.data(), found.get());
-    for (size_t k = 1; k < fields.size(); ++k)
-      TRIAD_CHECK(found[k], where, ", line ", line_no, ": no \"", fields[k], "\" field");
-    has_first = found[0];
+    p.parse_text_or_messages_fields(fields, r.values.data(), found.get());
+    for (size_t k = 0; k < fields.size(); ++k) r.values[k].present = found[k];
+    has_first = true;
     out.push_back(std::move(r));
   });
   return out;

@@ -438,7 +438,11 @@ def test_preference_file_of_text_pairs_matches_tiktoken_and_trains(tmp_path):
 def test_preference_file_of_chat_pairs_matches_meta(tmp_path):
     """--chat llama3 (and a --system message): each sequence is the conversation (system, the
     prompt as the user's message, the response as the assistant's reply) as Meta's encoder
-    renders it, the counts the reply's tokens after its header."""
+    renders it, the counts the reply's tokens after its header. Then conversational lines as
+    preference datasets export them: a multi-turn prompt (an array of messages) with replies as
+    arrays of one assistant message, and whole conversations (UltraFeedback's binarized form:
+    chosen and rejected each the conversation, a prompt field beside them unused): only the last
+    reply counts, the earlier one is context."""
     pytest.importorskip("llama_models")
     from llama_models.datatypes import RawMessage
     from llama_models.llama3.chat_format import ChatFormat
@@ -464,10 +468,44 @@ def test_preference_file_of_chat_pairs_matches_meta(tmp_path):
                                 else [0] * header + [1] * (len(t) - header))
             assert (ids, counts) == (want, want_counts), (line, side)
 
+    def msgs(*turns):
+        return [{"role": r, "content": c} for r, c in turns]
+
+    turns = [("system", "Answer in French."), ("user", "Hi"), ("assistant", "Bonjour"),
+             ("user", "Colour?")]
+    conversational = [
+        {"prompt": msgs(*turns), "chosen": msgs(("assistant", "Bleu.")),
+         "rejected": msgs(("assistant", "Blue."))},
+        {"prompt": "Colour?", "chosen": msgs(*turns, ("assistant", "Vert.")),
+         "rejected": msgs(*turns[1:], ("assistant", "Green."))},
+    ]
+    src = write_lines(tmp_path / "conv.jsonl", conversational)
+    p = tokenize("--vocab", desc, "--out", tmp_path / "conv.h5", "--chat", "llama3", src)
+    assert p.returncode == 0, p.stderr
+    for line, pair in zip(conversational, read_file(tmp_path / "conv.h5")):
+        for side, (ids, counts) in zip(("chosen", "rejected"), pair):
+            conv = (line["prompt"] if isinstance(line["prompt"], list) and
+                    line[side][0]["role"] == "assistant" else []) + line[side]
+            want, want_counts = [meta.tokenizer.special_tokens["<|begin_of_text|>"]], [0]
+            for i, m in enumerate(conv):
+                t, _ = meta.encode_message(RawMessage(role=m["role"], content=m["content"]), None)
+                want += t
+                last = i == len(conv) - 1
+                want_counts += [0] * len(t) if not last else [0] * header + [1] * (len(t) - header)
+            assert (ids, counts) == (want, want_counts), (line, side)
+    bad = write_lines(tmp_path / "bad.jsonl", [{"prompt": "q", "chosen": msgs(("user", "x")),
+                                                "rejected": "r"}])
+    p = tokenize("--vocab", desc, "--out", tmp_path / "bad.h5", "--chat", "llama3", bad)
+    assert p.returncode == 1 and "line 1: the \"chosen\" conversation does not end with the " \
+        "assistant's reply" in p.stderr, p.stderr
+
 
 @pytest.mark.parametrize("lines,args,needle", [
     ([{"prompt": "a", "chosen": "b"}], [], 'line 1: no "rejected" field'),
-    ([{"prompt": "a", "chosen": 3, "rejected": "c"}], [], 'field "chosen" is not a string'),
+    ([{"prompt": "a", "chosen": 3, "rejected": "c"}], [],
+     'field "chosen" is neither a string nor an array of messages'),
+    ([{"prompt": [{"role": "user", "content": "a"}], "chosen": "b", "rejected": "c"}], [],
+     '"prompt" is a conversation (an array of messages): give --chat FORMAT'),
     ([{"chosen": "b", "rejected": "c"}], [], 'line 1: no "prompt" field'),
     ([LINES[0]], ["--max-tokens", 2], "every pair has a sequence longer than --max-tokens"),
     ([LINES[0]], ["--system", "x"], "--system needs --chat"),

@@ -3,6 +3,7 @@
 // most Hugging Face datasets' JSONL exports).
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,12 +31,17 @@ struct JsonPair {
 std::vector<JsonPair> json_lines_pairs(std::string_view text, std::string_view prompt_field,
                                        std::string_view completion_field, const std::string& where);
 
-// Records of several string fields (`triad-tokenize preferences`: prompt, chosen, rejected):
-// values[k] is field k's value in that line; every field is required (an error names the first
-// one missing, and the line).
+// Records of several fields (`triad-tokenize preferences`: prompt, chosen, rejected), each a
+// string or an array of messages as below: values[k] is field k's value in that line (present
+// false where the line lacks it).
+struct JsonField {
+  bool present = false;
+  std::string text;
+  std::optional<std::vector<ChatMessage>> messages;  // an array of messages instead of text
+};
 struct JsonRecord {
   int64_t line = 0;
-  std::vector<std::string> values;
+  std::vector<JsonField> values;
 };
 std::vector<JsonRecord> json_lines_records(std::string_view text,
                                            std::span<const std::string_view> fields,
