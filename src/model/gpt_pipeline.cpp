@@ -316,7 +316,7 @@ ForwardStats Gpt::share_from_last_stage(ForwardStats st) {
   st.z_sum = pp.all_reduce_sum(st.z_sum);
   st.correct = int64_t(pp.all_reduce_sum(double(st.correct)));
   st.tokens = int64_t(pp.all_reduce_sum(double(st.tokens)));
-  if (preference_beta_ > 0.0f) {  // (DPO's training steps)
+  if (preference_reference_ != nullptr) {  // (DPO's training steps)
     st.pairs = int64_t(pp.all_reduce_sum(double(st.pairs)));
     st.pairs_right = int64_t(pp.all_reduce_sum(double(st.pairs_right)));
     st.chosen_reward_sum = pp.all_reduce_sum(st.chosen_reward_sum);

@@ -631,13 +631,13 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   // DPO (set_preference): the rows' losses first, without gradient, then each sequence's weight
   // from its pair's, with which the pass below forms the gradient (its chunks never span two
   // sequences' rows).
-  const bool preference = with_grad && preference_beta_ > 0.0f;
+  const bool preference = with_grad && preference_reference_ != nullptr;
   ForwardStats pairs;
   if (preference) {
     preference_rows_.resize(size_t(N));
     (void)classifier(S, host_targets, B, T, 0.0f, false, preference_rows_.data(), fp8_head,
                      dev_targets);
-    pairs = preference_weights(B, T, dloss_scale);
+    pairs = preference_weights(host_targets, B, T, dloss_scale);
   }
   const int run = mp_.cp == 1 ? T : T / 2;  // rows of one sequence in a row
   auto& a = acts<A>();
@@ -759,27 +759,30 @@ ForwardStats Gpt::classifier(Set<A>& S, const int32_t* host_targets, int B, int 
   return st;
 }
 
-ForwardStats Gpt::preference_weights(int B, int T, float dloss_scale) {
-  TRIAD_CHECK(B % 2 == 0 && preference_reference_ != nullptr,
-              "internal error: DPO needs whole pairs in a micro-batch and reference values");
-  // π of each sequence: minus its rows' cross-entropies (a masked row's is 0), this rank's
-  // rows, then summed over the context-parallel group's pieces.
-  std::vector<double> logp(size_t(B), 0.0);
-  for (int r = 0; r < B * T; ++r)
+ForwardStats Gpt::preference_weights(const int32_t* host_targets, int B, int T, float dloss_scale) {
+  TRIAD_CHECK(B % 2 == 0, "internal error: DPO needs whole pairs in a micro-batch");
+  // π of each sequence: minus its rows' cross-entropies (a masked row's is 0), and its counted
+  // targets, of this rank's rows, then summed over the context-parallel group's pieces.
+  std::vector<double> logp(size_t(B), 0.0), counted(size_t(B), 0.0);
+  for (int r = 0; r < B * T; ++r) {
     logp[size_t(row_sequence(r, B, T))] -= double(preference_rows_[size_t(r)]);
-  if (mp_.cp > 1)
+    counted[size_t(row_sequence(r, B, T))] += host_targets[r] >= 0 ? 1.0 : 0.0;
+  }
+  if (mp_.cp > 1) {
     for (double& v : logp) v = mp_.cp_comm->all_reduce_sum(v);
-  const double beta = preference_beta_;
+    for (double& v : counted) v = mp_.cp_comm->all_reduce_sum(v);
+  }
   const double* ref = preference_reference_ + preference_first_row_;
   preference_scale_.assign(size_t(B), 0.0f);
   ForwardStats st;
   for (int j = 0; j < B / 2; ++j) {
-    const PairLoss p = dpo_pair_loss(beta, logp[size_t(2 * j)], ref[2 * j], logp[size_t(2 * j + 1)],
-                                     ref[2 * j + 1]);
-    // d loss / d π_chosen = −β·σ(−z); the classifier's gradient is that of the cross-entropy,
-    // −π, so the chosen rows take +β·σ(−z) and the rejected ones −β·σ(−z).
-    preference_scale_[size_t(2 * j)] = float(double(dloss_scale) * beta * p.weight);
-    preference_scale_[size_t(2 * j + 1)] = float(-double(dloss_scale) * beta * p.weight);
+    const size_t c = size_t(2 * j), r = c + 1;
+    const PairLoss p =
+        preference_pair_loss(preference_, logp[c], ref[c], counted[c], logp[r], ref[r], counted[r]);
+    // The classifier's gradient is that of the cross-entropy, −π: each sequence's rows take
+    // −d loss / d π.
+    preference_scale_[c] = float(-double(dloss_scale) * p.d_chosen);
+    preference_scale_[r] = float(-double(dloss_scale) * p.d_rejected);
     if (mp_.cp_rank != 0) continue;  // the group's first rank counts the pair
     st.loss_sum += p.loss;
     st.pairs += 1;

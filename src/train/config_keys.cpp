@@ -331,6 +331,13 @@ class KeyTable {
     add("train.dpo_beta", c.train.dpo_beta,
         "with data.preferences: DPO's beta, the weight of the log-probability ratios to the "
         "reference in each pair's loss -log sigmoid(beta * (chosen ratio - rejected ratio))");
+    add("train.dpo_loss", c.train.dpo_loss,
+        "with data.preferences: the pairs' loss, sigmoid (DPO's) | hinge (SLiC's, "
+        "max(0, 1 - beta h)) | ipo (IPO's, (h' - 1/(2 beta))^2 on per-token means), h the "
+        "chosen log-probability ratio less the rejected one's");
+    add("train.dpo_label_smoothing", c.train.dpo_label_smoothing,
+        "with train.dpo_loss = sigmoid: cDPO's label smoothing, the assumed chance that a pair's "
+        "labels are swapped (0: DPO's loss)");
     add("train.hidden_dropout", c.train.hidden_dropout,
         "dropout probability p of the residual stream's inputs in training: each value of the "
         "embedding's output and of every attention and MLP branch's output is zeroed with "

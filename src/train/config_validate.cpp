@@ -427,6 +427,11 @@ void validate(const Config& c, int world_size) {
           "rejected sequence)");
     check(std::isfinite(t.dpo_beta) && t.dpo_beta > 0 && t.dpo_beta <= 1000, "train.dpo_beta",
           "must be a number in (0, 1000]");
+    parse_preference_loss(t.dpo_loss);
+    check(t.dpo_label_smoothing >= 0 && t.dpo_label_smoothing < 0.5, "train.dpo_label_smoothing",
+          "must be in [0, 0.5)");
+    check(t.dpo_label_smoothing == 0 || t.dpo_loss == "sigmoid", "train.dpo_label_smoothing",
+          "applies to train.dpo_loss = sigmoid only");
     for (const auto& [key, off] : std::initializer_list<std::pair<const char*, bool>>{
              {"train.z_loss", t.z_loss == 0},
              {"model.mtp_depth", c.model.mtp_depth == 0},

@@ -49,14 +49,17 @@ void PreferenceData::fill(int64_t position, int count, int32_t* inputs, int32_t*
     read(sequence_at(position + b), inputs + size_t(b) * seq_len_, targets + size_t(b) * seq_len_);
 }
 
+int64_t PreferenceData::counted_targets(int64_t k) const {
+  const PreferenceSide& side = set_.side(int(k % 2));
+  const int64_t a = side.offsets[size_t(k / 2)], e = side.offsets[size_t(k / 2) + 1];
+  int64_t n = 0;
+  for (int64_t j = a + 1; j < e; ++j) n += side.counts[size_t(j)];
+  return n;
+}
+
 int64_t PreferenceData::counted_targets(int64_t position, int count) {
   int64_t n = 0;
-  for (int b = 0; b < count; ++b) {
-    const int64_t k = sequence_at(position + b);
-    const PreferenceSide& side = set_.side(int(k % 2));
-    const int64_t a = side.offsets[size_t(k / 2)], e = side.offsets[size_t(k / 2) + 1];
-    for (int64_t j = a + 1; j < e; ++j) n += side.counts[size_t(j)];
-  }
+  for (int b = 0; b < count; ++b) n += counted_targets(sequence_at(position + b));
   return n;
 }
 
@@ -66,13 +69,15 @@ void PreferenceData::set_reference(std::vector<double> logps) {
   reference_ = std::move(logps);
 }
 
-PreferenceData::Scores PreferenceData::score(const std::vector<double>& logps, double beta) const {
+PreferenceData::Scores PreferenceData::score(const std::vector<double>& logps,
+                                             const PreferenceLossSpec& loss) const {
   TRIAD_CHECK(logps.size() == reference_.size() && !logps.empty(),
               "internal error: scoring pairs without their reference");
   Scores s;
   for (size_t i = 0; i + 1 < logps.size(); i += 2) {
-    const PairLoss p =
-        dpo_pair_loss(beta, logps[i], reference_[i], logps[i + 1], reference_[i + 1]);
+    const PairLoss p = preference_pair_loss(
+        loss, logps[i], reference_[i], double(counted_targets(int64_t(i))), logps[i + 1],
+        reference_[i + 1], double(counted_targets(int64_t(i + 1))));
     s.loss += p.loss;
     s.accuracy += p.right() ? 1.0 : 0.0;
     s.margin += p.chosen - p.rejected;

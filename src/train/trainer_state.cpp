@@ -663,7 +663,7 @@ EvalResult Trainer::State::evaluate(bool by_position) {
   EvalResult r = evaluate_val(by_position);
   if (val_preferences) {  // eval.preferences against the run's reference
     const PreferenceData::Scores s = val_preferences->score(
-        sequence_logps(*val_preferences, "eval.preferences"), cfg.train.dpo_beta);
+        sequence_logps(*val_preferences, "eval.preferences"), preference_loss());
     r.dpo_loss = s.loss;
     r.dpo_accuracy = s.accuracy;
     r.dpo_margin = s.margin;

@@ -67,12 +67,16 @@ struct Trainer::State {
     if (preferences) return *preferences;
     return *train_data;
   }
+  PreferenceLossSpec preference_loss() const {  // train.dpo_*
+    return {parse_preference_loss(cfg.train.dpo_loss), cfg.train.dpo_beta,
+            cfg.train.dpo_label_smoothing};
+  }
   // DPO: the reference values of the rows the model trains on next (Gpt::set_preference).
   std::vector<double> preference_rows;
   void use_preference_rows(int64_t position, int count) {
     preference_rows.resize(size_t(count));
     preferences->reference_rows(position, count, preference_rows.data());
-    model->set_preference(float(cfg.train.dpo_beta), preference_rows.data());
+    model->set_preference(preference_loss(), preference_rows.data());
   }
   // Forward passes over n sequences in micro-batches: micro-batch k goes to data-parallel rank
   // k mod dp, batch(i, b) running this rank's (its first sequence i, b of them). Under ZeRO-3

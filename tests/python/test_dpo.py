@@ -105,11 +105,26 @@ def prepared(tmp_path_factory):
     return d, pairs, prefs, weights
 
 
+def pair_losses(kind: str, beta: float, smoothing: float, pi, ref_pi, n):
+    """Each pair's loss (sequences 2j chosen, 2j + 1 rejected) as the papers define them: DPO's
+    -log sigmoid(beta h) (cDPO's label smoothing), SLiC's hinge max(0, 1 - beta h), IPO's
+    (h' - 1/(2 beta))^2 on per-token means as TRL computes it."""
+    ratio = pi - ref_pi
+    h = ratio[0::2] - ratio[1::2]
+    F = torch.nn.functional
+    if kind == "sigmoid":
+        return (1 - smoothing) * F.softplus(-beta * h) + smoothing * F.softplus(beta * h)
+    if kind == "hinge":
+        return torch.relu(1 - beta * h)
+    mean = ratio / n
+    return (mean[0::2] - mean[1::2] - 1 / (2 * beta)) ** 2
+
+
 def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
-    """DPO in float64 on the reference model: per step (loss, share right, margin) and the final
-    weights. The pairs in the file's order (data.shuffle = false), wrapping around. With held_out
-    pairs, their (loss, share right, margin) after each of eval_steps updates too
-    (torch_dpo.val)."""
+    """DPO (train.dpo_loss's) in float64 on the reference model: per step (loss, share right,
+    margin) and the final weights. The pairs in the file's order (data.shuffle = false),
+    wrapping around. With held_out pairs, their (loss, share right, margin) after each of
+    eval_steps updates too (torch_dpo.val)."""
     tr, op, T = sec["train"], sec["optim"], CFG.seq_len
     beta, npairs = tr["dpo_beta"], tr["batch_size"] // 2
     model = ref.build_model(weights, CFG, dtype=torch.float64)
@@ -123,23 +138,25 @@ def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
         logits, _ = model(x)
         assert logits.shape[-1] == CFG.vocab_size
         lp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (lp * (y >= 0)).sum(-1)
+        return (lp * (y >= 0)).sum(-1), (y >= 0).sum(-1).double()
 
-    def scores(pi, ref):
+    def scores(pi, ref, n):
         rewards = beta * (pi - ref)
         z = rewards[0::2] - rewards[1::2]
-        return torch.nn.functional.softplus(-z).mean(), (z > 0).double().mean(), z.mean()
+        loss = pair_losses(tr.get("dpo_loss", "sigmoid"), beta,
+                           tr.get("dpo_label_smoothing", 0.0), pi, ref, n)
+        return loss.mean(), (z > 0).double().mean(), z.mean()
 
     every = range(2 * len(held_out))
     with torch.no_grad():
-        reference = logps(range(2 * len(pairs)))
-        val_reference = logps(every, held_out) if held_out else None
+        reference, _ = logps(range(2 * len(pairs)))
+        val_reference, _ = logps(every, held_out) if held_out else (None, None)
     out, torch_dpo.val = [], []
     for s in range(tr["steps"] + 1):
         if s in eval_steps:
             with torch.no_grad():
-                torch_dpo.val.append([float(v) for v in scores(logps(every, held_out),
-                                                               val_reference)])
+                pi, n = logps(every, held_out)
+                torch_dpo.val.append([float(v) for v in scores(pi, val_reference, n)])
         if s == tr["steps"]:
             break
         lr = ref.lr_at(s, tr["lr"], tr["warmup_steps"], tr["steps"], tr["schedule"],
@@ -148,7 +165,8 @@ def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
             g["lr"] = lr
         idx = [2 * ((s * npairs + j) % len(pairs)) + k for j in range(npairs) for k in (0, 1)]
         opt.zero_grad(set_to_none=True)
-        loss, right, margin = scores(logps(idx), reference[idx])
+        pi, n = logps(idx)
+        loss, right, margin = scores(pi, reference[idx], n)
         loss.backward()
         ref.clip_grad_norm_(model.parameters(), tr["grad_clip"])
         opt.step()
@@ -172,18 +190,24 @@ def curves(run: Path):
                 f["val/dpo_loss"][:] if "val/dpo_loss" in f else np.zeros(0))
 
 
-def test_dpo_steps_match_torch(prepared):
-    """Also eval.preferences: 5 held-out pairs scored at steps 0, 3 and 6 (/val/dpo_*)."""
+@pytest.mark.parametrize("kind,smoothing,at_start", [("sigmoid", 0.0, np.log(2)),
+                                                     ("sigmoid", 0.2, np.log(2)),
+                                                     ("hinge", 0.0, 1.0), ("ipo", 0.0, 1.0)])
+def test_dpo_steps_match_torch(prepared, kind, smoothing, at_start):
+    """train.dpo_loss's losses (and cDPO's label smoothing). Also eval.preferences: 5 held-out
+    pairs scored at steps 0, 3 and 6 (/val/dpo_*)."""
     d, pairs, prefs, weights = prepared
     held_out = make_pairs(5, CFG.vocab_size, CFG.seq_len, seed=8)
     sec = sections(d, prefs, eval__every=3,
-                   eval__preferences=write_preferences(d / "held_out.h5", held_out))
-    p = train(d, sec, "ref", "--init-from", d / "init.h5")
+                   eval__preferences=write_preferences(d / "held_out.h5", held_out),
+                   train__dpo_loss=kind, train__dpo_label_smoothing=smoothing)
+    name = f"ref-{kind}-{smoothing}"
+    p = train(d, sec, name, "--init-from", d / "init.h5")
     assert "DPO (beta 0.5) on 10 preference pairs" in p.stdout
     assert "DPO's reference: the log-probabilities of 30 sequences" in p.stdout
-    assert "| DPO val loss 0.6931 | val pairs right 0.000 | val margin 0.0000" in p.stdout
-    loss, right, margin, _ = curves(d / "runs" / "ref")
-    with h5py.File(d / "runs" / "ref" / "metrics.h5", "r") as f:
+    assert f"| DPO val loss {at_start:.4f} | val pairs right 0.000 | val margin 0.0000" in p.stdout
+    loss, right, margin, _ = curves(d / "runs" / name)
+    with h5py.File(d / "runs" / name / "metrics.h5", "r") as f:
         val_steps = f["val/step"][:].tolist()
         val = np.stack([f[f"val/dpo_{k}"][:] for k in ("loss", "accuracy", "margin")], axis=1)
     assert val_steps == [0, 3, 6]
@@ -198,13 +222,13 @@ def test_dpo_steps_match_torch(prepared):
     for s in range(len(loss)):
         print(f"{s:4d}  {loss[s]:.9f}  {want[s, 0]:.9f}  {right[s]:.2f}   {margin[s]:.3e}"
               f"     {want[s, 2]:.3e}")
-    # The first step's policy is the reference: every margin 0, the loss log 2.
-    assert loss[0] == pytest.approx(np.log(2), abs=1e-6) and abs(margin[0]) < 1e-6
+    # The first step's policy is the reference: every margin 0 (sigmoid's loss log 2).
+    assert loss[0] == pytest.approx(at_start, abs=1e-6) and abs(margin[0]) < 1e-6
     np.testing.assert_allclose(loss, want[:, 0], rtol=1e-6)
     np.testing.assert_allclose(margin[1:], want[1:, 2], rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(right[1:], want[1:, 1])
-    assert want[-1, 0] < np.log(2) - 0.05  # the pairs are being learned
-    got = ref.load_checkpoint(d / "runs" / "ref" / "ckpt" / "step_00000006.h5",
+    assert want[-1, 0] < at_start - 0.05  # the pairs are being learned
+    got = ref.load_checkpoint(d / "runs" / name / "ckpt" / "step_00000006.h5",
                               dtype=torch.float64)[1]
     for name, w in final.items():
         u = w - weights[name].double().numpy()
@@ -326,6 +350,10 @@ def test_not_a_preference_file_is_refused(prepared, tmp_path):
     (["--model.mtp_depth", 1], "model.mtp_depth does not apply to DPO's loss"),
     (["--train.dpo_beta", 0], "train.dpo_beta must be a number in (0, 1000]"),
     (["--train.dpo_beta", "nan"], "train.dpo_beta must be a number in (0, 1000]"),
+    (["--train.dpo_loss", "kto"], "train.dpo_loss must be sigmoid, hinge or ipo (it is 'kto')"),
+    (["--train.dpo_label_smoothing", 0.5], "train.dpo_label_smoothing must be in [0, 0.5)"),
+    (["--train.dpo_loss", "ipo", "--train.dpo_label_smoothing", 0.1],
+     "train.dpo_label_smoothing applies to train.dpo_loss = sigmoid only"),
     (["--data.preferences", "", "--data.train", "x_*.bin", "--eval.preferences", "PREFS"],
      "eval.preferences scores DPO's pairs against the run's reference and needs data.preferences"),
     (["--eval.preferences", "BASE"], "eval.preferences BASE: not an HDF5 file"),

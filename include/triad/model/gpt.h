@@ -17,6 +17,7 @@
 #include "triad/kernels/backend.h"
 #include "triad/model/gpt_layout.h"
 #include "triad/model/gpt_shape.h"
+#include "triad/model/preference_loss.h"
 #include "triad/parallel/comm.h"
 #include "triad/parallel/pipeline_schedule.h"
 
@@ -506,16 +507,16 @@ class Gpt {
   // evaluate() adds each sequence's summed log-probability of its counted targets to sums[b],
   // on the ranks holding the loss once, as set_position_losses.
   void set_sequence_logps(double* sums) { sequence_logps_ = sums; }
-  // train.objective = dpo (direct preference optimization): training steps differentiate DPO's
-  // loss instead of the cross-entropy. The rows come in pairs, 2j the chosen sequence and 2j + 1
-  // the rejected one (a micro-batch holds whole pairs); with π a row's summed log-probability of
-  // its counted targets and ρ the same under the reference model, pair j's loss is
-  // −log σ(β·((π_2j − ρ_2j) − (π_2j+1 − ρ_2j+1))), weighted dloss_scale in the gradient.
-  // reference: ρ of each row of the step (pipeline_step's m·B rows in order; forward_backward's
-  // B), read while the step runs. beta 0: off. The head runs twice on the last stage: a pass
-  // for π, then the gradient's at each sequence's weight.
-  void set_preference(float beta, const double* reference) {
-    preference_beta_ = beta;
+  // data.preferences (direct preference optimization): training steps differentiate a
+  // preference loss (model/preference_loss.h, DPO's by default) instead of the cross-entropy.
+  // The rows come in pairs, 2j the chosen sequence and 2j + 1 the rejected one (a micro-batch
+  // holds whole pairs); with π a row's summed log-probability of its counted targets and ρ the
+  // same under the reference model, pair j's loss is the spec's of the two, weighted dloss_scale
+  // in the gradient. reference: ρ of each row of the step (pipeline_step's m·B rows in order;
+  // forward_backward's B), read while the step runs; null: off. The head runs twice on the last
+  // stage: a pass for π, then the gradient's at each sequence's weight.
+  void set_preference(const PreferenceLossSpec& spec, const double* reference) {
+    preference_ = spec;
     preference_reference_ = reference;
   }
   static std::vector<std::string> activation_names(int n_layer);
@@ -883,7 +884,7 @@ class Gpt {
   // local rows each), each sequence's gradient weight into preference_scale_ (dloss_scale times
   // the derivative of the pair's loss by the sequence's cross-entropy) and the pairs' statistics.
   // Collective over the context-parallel group.
-  ForwardStats preference_weights(int B, int T, float dloss_scale);
+  ForwardStats preference_weights(const int32_t* host_targets, int B, int T, float dloss_scale);
   // The sequence (0 .. B − 1) of local row r of a micro-batch of B sequences, T local rows each
   // (under context parallelism each sequence's two pieces, (k·B + b)·T/2 + j).
   int row_sequence(int r, int B, int T) const { return mp_.cp == 1 ? r / T : (r / (T / 2)) % B; }
@@ -1010,8 +1011,8 @@ class Gpt {
   double *position_sums_ = nullptr, *position_counts_ = nullptr;  // set_position_losses
   std::vector<float> position_rows_;                              // their pass's row losses
   double* sequence_logps_ = nullptr;                              // set_sequence_logps
-  float preference_beta_ = 0.0f;                                  // set_preference
-  const double* preference_reference_ = nullptr;
+  PreferenceLossSpec preference_;                                 // set_preference
+  const double* preference_reference_ = nullptr;                  // (null: off)
   int preference_first_row_ = 0;  // the micro-batch's first row among the step's (pipeline)
   std::vector<float> preference_rows_, preference_scale_;  // its row losses, sequence weights
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]

@@ -170,6 +170,10 @@ struct TrainConfig {
   // DPO's β (data.preferences; Gpt::set_preference): how far the policy's log-probability
   // ratios to the reference count in the pairs' loss (TRL's default 0.1).
   double dpo_beta = 0.1;
+  // The pairs' loss (model/preference_loss.h): sigmoid (DPO's) | hinge | ipo, and sigmoid's label
+  // smoothing (cDPO's ε, the chance that a pair's labels are swapped).
+  std::string dpo_loss = "sigmoid";
+  double dpo_label_smoothing = 0;
   // Hidden dropout (Megatron's hidden_dropout, nanoGPT's dropout but for the attention
   // probabilities'): the probability of zeroing each value of the embedding's output and of each
   // branch's output in training (GptShape::hidden_dropout). 0: none.

@@ -15,6 +15,7 @@
 
 #include "triad/data/blend.h"
 #include "triad/io/preference_file.h"
+#include "triad/model/preference_loss.h"
 
 namespace triad {
 
@@ -41,12 +42,14 @@ class PreferenceData : public TrainingData {
   // reference() of the count rows from position p, in order.
   void reference_rows(int64_t position, int count, double* out);
 
-  // DPO's mean loss over the pairs (β), the share ranked right and the mean reward margin, from
-  // every sequence's log-probability under the model (indexed as read()) against reference().
+  // The preference loss's mean over the pairs, the share ranked right and the mean reward
+  // margin, from every sequence's log-probability under the model (indexed as read()) against
+  // reference().
   struct Scores {
     double loss = 0, accuracy = 0, margin = 0;
   };
-  Scores score(const std::vector<double>& logps, double beta) const;
+  Scores score(const std::vector<double>& logps, const PreferenceLossSpec& loss) const;
+  int64_t counted_targets(int64_t k) const;  // of the file's sequence k
 
  private:
   int64_t sequence_at(int64_t position);  // the file's sequence k at absolute position p
