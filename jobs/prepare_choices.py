@@ -15,7 +15,9 @@ ending are cleaned of the WikiHow markup (stripped, " [title]" made ". ", every 
 then each double space made one); --render llmc (default) keeps "ctx" and the endings as they
 are, as llm.c's and nanoGPT's HellaSwag scripts do.
 With --cloze N the examples are made from held-out text instead (the quick start's val shard):
-the first half of a sentence, and its own second half among three others' (cloze_examples).
+the first half of a sentence, and its own second half among three others' (cloze_examples);
+--cloze N --pairs writes them as preference pairs for DPO instead (JSON Lines of "prompt",
+"chosen" the sentence's own ending and "rejected" another's, for triad-tokenize preferences).
 As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
 it; for examples of four endings (HellaSwag's) the file is what llm.c's dev/data/hellaswag.py
 writes for the same lines (llm.c reads only four; triad any number from two). A line that is
@@ -159,6 +161,22 @@ def encode_example(enc, index: int, ctx: str, endings: list[str], label: int) ->
     return stream
 
 
+def write_atomically(out: Path, data: bytes) -> None:
+    """out's bytes, written under a temporary name and renamed when complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it 0600)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -168,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloze", type=int, default=0, metavar="N",
                     help="N examples made from held-out text instead (see cloze_examples)")
     ap.add_argument("--seed", type=int, default=1, help="--cloze: which sentences and endings")
+    ap.add_argument("--pairs", action="store_true",
+                    help="--cloze: write preference pairs instead, as JSON Lines for "
+                         "triad-tokenize preferences: the first half as the prompt, its own "
+                         "ending chosen, another's rejected")
     ap.add_argument("--vocab", type=Path, default=root / "data" / "vocab" / "gpt2.tiktoken",
                     help="GPT-2 BPE ranks (default: data/vocab/gpt2.tiktoken)")
     ap.add_argument("--limit", type=int, default=0, help="the first N examples only (0: all)")
@@ -191,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--render applies to HellaSwag's JSON lines, not to --cloze")
         source = cloze_examples(args.jsonl, enc, args.cloze, args.seed) if args.cloze else \
             examples(args.jsonl, args.limit, args.render)
+        if args.pairs:
+            if not args.cloze:
+                raise ValueError("--pairs applies to --cloze")
+            lines = [json.dumps({"prompt": ctx, "chosen": " " + endings[label],
+                                 "rejected": " " + endings[(label + 1) % len(endings)]})
+                     for ctx, endings, label in source]
+            write_atomically(args.out, ("\n".join(lines) + "\n").encode())
+            print(f"{prog}: wrote {args.out} ({len(lines)} preference pairs)")
+            return 0
         for i, (ctx, endings, label) in enumerate(source):
             if i >= START:
                 raise ValueError(f"{args.jsonl}: more than {START} examples (the format numbers "
@@ -206,20 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.jsonl}: no examples")
         header = np.zeros(256, dtype="<i4")
         header[:4] = [MAGIC, VERSION, count, longest]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=args.out.name + ".",
-                                   suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header.tobytes())
-                f.write(np.asarray(words, dtype="<u2").tobytes())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it 0600)
-            os.replace(tmp, args.out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomically(args.out, header.tobytes() + np.asarray(words, dtype="<u2").tobytes())
     except (ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1

@@ -324,6 +324,21 @@ def test_cloze_examples_from_held_out_text(tmp_path):
     p = subprocess.run([sys.executable, PREPARE, tmp_path / "a.bin", tmp_path / "c.bin",
                         "--vocab", VOCAB, "--cloze", "5"], capture_output=True, text=True)
     assert p.returncode == 1 and "not a token shard" in p.stderr, p.stderr
+    # --pairs: the same examples as preference pairs, its own ending chosen, another rejected
+    p = subprocess.run([sys.executable, PREPARE, text, tmp_path / "p.jsonl", "--vocab", VOCAB,
+                        "--cloze", "5", "--seed", "3", "--pairs"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    import json
+    pairs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(pairs) == 5
+    for pair, (label, ctx, ends) in zip(pairs, got):
+        assert enc.encode(pair["prompt"]) == ctx
+        assert enc.encode(pair["chosen"]) == ends[label]
+        assert pair["prompt"] + pair["chosen"] in sentences
+        assert pair["prompt"] + pair["rejected"] not in sentences
+    p = subprocess.run([sys.executable, PREPARE, text, tmp_path / "q.jsonl", "--vocab", VOCAB,
+                        "--pairs"], capture_output=True, text=True)
+    assert p.returncode == 1 and "--pairs applies to --cloze" in p.stderr, p.stderr
 
 
 def test_bad_inputs(setup, tmp_path):
