@@ -7,8 +7,10 @@ Each argument is a run directory (holding metrics.h5) or a metrics.h5 file. The 
 six panels: loss (train raw, train smoothed, val), val accuracy (and the multiple-choice
 accuracy where eval.choices was scored, and on a right-hand axis the bits per byte where
 eval.bits_per_byte was on), learning rate, gradient norm, tokens/s and MFU, against
-the step (default) or the tokens seen (--x tokens). Several runs are overlaid, one colour per
-run. Prints the path written.
+the step (default) or the tokens seen (--x tokens). A run of preference tuning (data.preferences)
+adds a row: the pairs ranked right, the reward margin (train, and eval.preferences' held-out
+pairs) and the held-out pairs' loss. Several runs are overlaid, one colour per run. Prints the
+path written.
 """
 
 from __future__ import annotations
@@ -62,13 +64,20 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
               title: str | None = None, log_loss: bool = False, dpi: int = 120) -> Path:
     """Draw the figure for `runs` into `out` (format from the suffix, e.g. .png/.pdf/.svg).
     A mixture of experts (a run with /train/moe_max_load) adds a row: the busiest expert's load,
-    the fraction of choices over capacity, and the routing loss terms."""
-    moe = any(r.n_train and np.isfinite(r.train.get("moe_max_load", np.array([np.nan]))).any()
-              for r in runs)
-    rows = 3 if moe else 2
+    the fraction of choices over capacity, and the routing loss terms; preference tuning (a run
+    with /train/dpo_accuracy) one more: the pairs ranked right, the reward margin and the
+    held-out pairs' loss."""
+    def logged(group: str, key: str) -> bool:
+        return any(getattr(r, group).get(key) is not None and
+                   np.isfinite(getattr(r, group)[key]).any() for r in runs)
+
+    moe = logged("train", "moe_max_load")
+    dpo = logged("train", "dpo_accuracy")
+    rows = 2 + moe + dpo
     fig, axes = plt.subplots(rows, 3, figsize=(16, 4.25 * rows), constrained_layout=True)
     ax_loss, ax_acc, ax_lr, ax_gn, ax_tps, ax_mfu = axes.ravel()[:6]
-    ax_load, ax_drop, ax_terms = axes.ravel()[6:] if moe else (None, None, None)
+    ax_load, ax_drop, ax_terms = axes.ravel()[6:9] if moe else (None, None, None)
+    ax_right, ax_margin, ax_held = axes.ravel()[-3:] if dpo else (None, None, None)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     xlabel = "tokens seen" if x == "tokens" else "step"
     labels = _label_runs(runs)
@@ -117,6 +126,15 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
             mfu_pct = 100.0 * mfu
             ax_mfu.plot(tx, mfu_pct, color=c, alpha=0.3, lw=0.8)
             ax_mfu.plot(tx, ema(mfu_pct, win), color=c, lw=1.4)
+            if dpo:  # NaN where a column is absent (another run's objective)
+                for ax, key, scale in ((ax_right, "dpo_accuracy", 100.0),
+                                       (ax_margin, "dpo_margin", 1.0)):
+                    y = tr.get(key)
+                    if y is None or not np.isfinite(y).any():
+                        continue
+                    ok = np.isfinite(y)
+                    ax.plot(tx[ok], scale * y[ok], color=c, alpha=0.25, lw=0.8)
+                    ax.plot(tx[ok], ema(scale * y[ok], win), color=c, lw=1.6)
             if moe:  # NaN where a column is absent or not in use (dense, no capacity, no term)
                 for ax, key, scale, ls in ((ax_load, "moe_max_load", 1.0, "-"),
                                            (ax_drop, "moe_dropped", 100.0, "-"),
@@ -155,6 +173,13 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
                     ok = np.isfinite(y)
                     axis.plot(ax_[ok], scale * y[ok], color=c, ls="-.", marker="d", ms=4, lw=1.2)
                     any_average = True
+        if dpo and len(vx):  # eval.preferences' held-out pairs
+            for ax, key, scale in ((ax_right, "dpo_accuracy", 100.0),
+                                   (ax_margin, "dpo_margin", 1.0), (ax_held, "dpo_loss", 1.0)):
+                y = va.get(key)
+                if y is not None and np.isfinite(y).any():
+                    ok = np.isfinite(y)
+                    ax.plot(vx[ok], scale * y[ok], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
         if len(vx):
             ax_loss.plot(vx, va["loss"], color=c, ls="--", marker="o", ms=3.5, lw=1.2)
             ax_acc.plot(vx, 100.0 * va["accuracy"], color=c, ls="--", marker="o", ms=3.5)
@@ -232,6 +257,19 @@ def plot_runs(runs: list[Metrics], out: str | Path, x: str = "step", smooth: flo
         ax_terms.legend(handles=[Line2D([], [], color="0.4", lw=1.4, label="load balancing"),
                                  Line2D([], [], color="0.4", lw=1.4, ls="--",
                                         label="router z-loss")], loc="best", fontsize=8)
+    if dpo:
+        ax_loss.set_title("loss (nats/token; preference tuning: the pairs' loss)")
+        ax_right.set_title("pairs whose chosen reward is the higher (%)")
+        ax_margin.set_title("reward margin, chosen - rejected")
+        ax_held.set_title("held-out pairs' loss (eval.preferences)")
+        for ax in (ax_right, ax_margin):
+            ax.legend(handles=[Line2D([], [], color="0.4", lw=1.6, label="train (smoothed)"),
+                               Line2D([], [], color="0.4", ls="--", marker="o", ms=3.5,
+                                      label="held out (eval.preferences)")],
+                      loc="best", fontsize=8)
+        if not logged("val", "dpo_loss"):  # say why the panel is empty
+            ax_held.text(0.5, 0.5, "no run has eval.preferences", ha="center", va="center",
+                         transform=ax_held.transAxes, color="0.4")
     for ax in (ax_tps, ax_mfu, ax_acc):
         ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     for ax in axes.ravel():

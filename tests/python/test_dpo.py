@@ -261,6 +261,10 @@ def test_dpo_gives_the_same_curve_on_every_grid_and_resumes_exactly(prepared, tm
     p = mpi(1, tmp_path, sec, "one", *init)
     assert p.returncode == 0, p.stderr
     want = curves(tmp_path / "runs" / "one")
+    # triad-plot draws the preference row (pairs right, margin, held-out loss)
+    from triad_run import tool
+    p = tool("triad-plot", tmp_path / "runs" / "one", "--out", tmp_path / "one.png")
+    assert p.returncode == 0 and (tmp_path / "one.png").stat().st_size > 10000, p.stderr
     p = mpi(1, tmp_path, sec, "resumed", "--resume",
             tmp_path / "runs" / "one" / "ckpt" / "step_00000003.h5")
     assert p.returncode == 0, p.stderr
