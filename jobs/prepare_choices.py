@@ -17,7 +17,8 @@ are, as llm.c's and nanoGPT's HellaSwag scripts do.
 With --cloze N the examples are made from held-out text instead (the quick start's val shard):
 the first half of a sentence, and its own second half among three others' (cloze_examples);
 --cloze N --pairs writes them as preference pairs for DPO instead (JSON Lines of "prompt",
-"chosen" the sentence's own ending and "rejected" another's, for triad-tokenize preferences).
+"chosen" the sentence's own ending and "rejected" another's, for triad-tokenize preferences);
+--others TEXT draws the wrong endings from another text (another author's, say).
 As llm.c and nanoGPT do, the context is encoded as it is and each ending with a space before
 it; for examples of four endings (HellaSwag's) the file is what llm.c's dev/data/hellaswag.py
 writes for the same lines (llm.c reads only four; triad any number from two). A line that is
@@ -99,12 +100,9 @@ def examples(path: Path, limit: int = 0, render: str = "llmc"):
             yield ctx, endings, label
 
 
-def cloze_examples(path: Path, enc, count: int, seed: int):
-    """Held-out text -> "which ending is the sentence's own" examples: a sentence's first half
-    as the context, its second half and the second halves of three other sentences as the
-    endings, the right one at a random place. The text is a plain file, or a token shard (the
-    val shard of triad-tokenize, decoded), so the examples come from text training never saw."""
-    import random
+def text_sentences(path: Path, enc) -> list[list[str]]:
+    """The sentences of 10 to 40 words (as lists of words) of a plain text file, or of a token
+    shard (the val shard of triad-tokenize, decoded)."""
     import re
 
     if path.suffix == ".bin":
@@ -122,6 +120,20 @@ def cloze_examples(path: Path, enc, count: int, seed: int):
     sentences = [w for w in sentences if 10 <= len(w) <= 40]
     if len(sentences) < 4:
         raise ValueError(f"{path}: {len(sentences)} sentences of 10 to 40 words; need 4 or more")
+    return sentences
+
+
+def cloze_examples(path: Path, enc, count: int, seed: int, others: Path | None = None):
+    """Held-out text -> "which ending is the sentence's own" examples: a sentence's first half
+    as the context, its second half and the second halves of three other sentences (of the text
+    `others` where given) as the endings, the right one at a random place. The text is a plain
+    file, or a token shard (text_sentences), so the examples come from text training never
+    saw."""
+    import random
+
+    sentences = text_sentences(path, enc)
+    pool = text_sentences(others, enc) if others is not None else sentences
+
     def second_half(w):
         return " ".join(w[len(w) // 2:])
 
@@ -137,7 +149,7 @@ def cloze_examples(path: Path, enc, count: int, seed: int):
         # skipped.
         endings = []
         for _ in range(50):
-            e = second_half(sentences[rnd.randrange(len(sentences))])
+            e = second_half(pool[rnd.randrange(len(pool))])
             if e != right and e not in endings:
                 endings.append(e)
                 if len(endings) == 3:
@@ -190,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="--cloze: write preference pairs instead, as JSON Lines for "
                          "triad-tokenize preferences: the first half as the prompt, its own "
                          "ending chosen, another's rejected")
+    ap.add_argument("--others", type=Path, metavar="TEXT",
+                    help="--cloze: the wrong endings from this text's sentences (a text file or "
+                         "token shard) instead of the same text's")
     ap.add_argument("--vocab", type=Path, default=root / "data" / "vocab" / "gpt2.tiktoken",
                     help="GPT-2 BPE ranks (default: data/vocab/gpt2.tiktoken)")
     ap.add_argument("--limit", type=int, default=0, help="the first N examples only (0: all)")
@@ -211,14 +226,20 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--limit applies to JSON lines; --cloze N sets the count itself")
         if args.render != "llmc" and args.cloze:
             raise ValueError("--render applies to HellaSwag's JSON lines, not to --cloze")
-        source = cloze_examples(args.jsonl, enc, args.cloze, args.seed) if args.cloze else \
-            examples(args.jsonl, args.limit, args.render)
+        if args.others is not None and not args.cloze:
+            raise ValueError("--others applies to --cloze")
+        if args.others is not None and not args.others.is_file():
+            raise ValueError(f"{args.others}: no such file")
+        source = cloze_examples(args.jsonl, enc, args.cloze, args.seed, args.others) \
+            if args.cloze else examples(args.jsonl, args.limit, args.render)
         if args.pairs:
             if not args.cloze:
                 raise ValueError("--pairs applies to --cloze")
             lines = [json.dumps({"prompt": ctx, "chosen": " " + endings[label],
                                  "rejected": " " + endings[(label + 1) % len(endings)]})
                      for ctx, endings, label in source]
+            if not lines:
+                raise ValueError(f"{args.jsonl}: no examples")
             write_atomically(args.out, ("\n".join(lines) + "\n").encode())
             print(f"{prog}: wrote {args.out} ({len(lines)} preference pairs)")
             return 0

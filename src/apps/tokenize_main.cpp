@@ -510,7 +510,8 @@ int cmd_preferences(const std::vector<std::string>& args) {
   os << "\ntokens:       " << set.chosen.tokens.size() + set.rejected.tokens.size() << ", "
      << counted << " of them the responses' counted targets"
      << (format ? std::string(" (") + triad::chat_format_name(*format) + " format)" : "")
-     << "\nlongest:      " << longest << " tokens (model.seq_len must be at least one less)\n";
+     << "\nlongest:      " << longest << " tokens (a row of model.seq_len >= " << longest - 1
+     << " holds every sequence)\n";
   write_stdout(os.str());
   return 0;
 }

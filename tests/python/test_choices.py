@@ -339,6 +339,18 @@ def test_cloze_examples_from_held_out_text(tmp_path):
     p = subprocess.run([sys.executable, PREPARE, text, tmp_path / "q.jsonl", "--vocab", VOCAB,
                         "--pairs"], capture_output=True, text=True)
     assert p.returncode == 1 and "--pairs applies to --cloze" in p.stderr, p.stderr
+    # --others: the wrong endings from another text (another author's)
+    other = [f"Thou shalt keep all of these that the king gave unto thee, {n} {w} for ever."
+             for n, w in enumerate(("statutes", "laws", "words", "days", "gifts"))]
+    (tmp_path / "other.txt").write_text("  ".join(other) + "\n")
+    p = subprocess.run([sys.executable, PREPARE, text, tmp_path / "o.jsonl", "--vocab", VOCAB,
+                        "--cloze", "5", "--pairs", "--others", tmp_path / "other.txt"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    for line in (tmp_path / "o.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        assert pair["prompt"] + pair["chosen"] in sentences
+        assert any(o.endswith(pair["rejected"].strip()) for o in other), pair
 
 
 def test_bad_inputs(setup, tmp_path):
