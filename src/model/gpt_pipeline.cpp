@@ -82,7 +82,7 @@ ForwardStats Gpt::pipeline_step_t(const int32_t* inputs, const int32_t* targets,
                                   float dloss_scale) {
   TRIAD_CHECK(!inference_, "internal error: a model for inference cannot train");
   TRIAD_CHECK(!schedule_.empty(), "internal error: pipeline_step without a schedule");
-  dloss_scale_ = dloss_scale;
+  dloss_scale_ = preference_reference_ != nullptr ? preference_moe_scale_ : dloss_scale;
   struct Training {  // (an error leaves the flag as it found it too)
     bool& on;
     ~Training() { on = false; }

@@ -1057,7 +1057,7 @@ ForwardStats Gpt::forward_backward_t(const int32_t* inputs, const int32_t* targe
   // A bucket holds one micro-batch's gradient: the ends start from zero (each layer's bucket is
   // zeroed as its backward begins).
   if (bucketed_) be_.zero(grad_ends_, ends_floats());
-  dloss_scale_ = dloss_scale;
+  dloss_scale_ = preference_reference_ != nullptr ? preference_moe_scale_ : dloss_scale;
   struct Training {  // (an error leaves the flag as it found it too)
     bool& on;
     ~Training() { on = false; }

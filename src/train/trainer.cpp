@@ -636,6 +636,11 @@ TrainOutcome Trainer::run() {
             ? s.grid.dp().all_reduce_sum(double(data.counted_targets(base, batch / s.dp)))
             : double(data.counted_targets(s.position, batch));
     const float dloss_scale = counted > 0 ? float(1.0 / counted) : 0.0f;
+    // DPO: a mixture of experts' routing terms per counted target, as a language model's.
+    const float moe_scale =
+        s.preferences && cfg.model.moe_experts > 0
+            ? float(1.0 / double(s.preferences->counted_targets(s.position, batch)))
+            : 0.0f;
     const bool zero = cfg.parallel.zero >= 1;
     // train.noise_every: a small batch's squared gradient norm (mean over the replicas) and its
     // counted tokens (NaN: not measured this step). The small batch is each replica's first
@@ -709,7 +714,7 @@ TrainOutcome Trainer::run() {
       for (int m = 0; m < accum; ++m)
         data.fill(base + int64_t(m) * mbs, mbs, s.inputs.data() + size_t(m) * mbs * T,
                   s.targets.data() + size_t(m) * mbs * T);
-      if (s.preferences) s.use_preference_rows(base, accum * mbs);
+      if (s.preferences) s.use_preference_rows(base, accum * mbs, moe_scale);
       const bool profile = cfg.train.profile_step == st + 1;
       std::vector<ComputeInterval> actions;
       if (profile) s.model->trace_next_step(&actions);
@@ -755,7 +760,7 @@ TrainOutcome Trainer::run() {
           s.model->set_grad_ready_hook(reduce_final);
         }
         data.fill(base + int64_t(m) * mbs, mbs, s.inputs.data(), s.targets.data());
-        if (s.preferences) s.use_preference_rows(base + int64_t(m) * mbs, mbs);
+        if (s.preferences) s.use_preference_rows(base + int64_t(m) * mbs, mbs, moe_scale);
         s.model->set_dropout_sequence(uint64_t(cfg.train.seed), base + int64_t(m) * mbs);
         s.watch("a micro-batch's forward and backward", st);
         const ForwardStats f =

@@ -73,10 +73,12 @@ struct Trainer::State {
   }
   // DPO: the reference values of the rows the model trains on next (Gpt::set_preference).
   std::vector<double> preference_rows;
-  void use_preference_rows(int64_t position, int count) {
+  // moe_scale: the routing terms' per-row weight, 1 / the batch's counted targets, as a language
+  // model's (Gpt::set_preference).
+  void use_preference_rows(int64_t position, int count, float moe_scale) {
     preference_rows.resize(size_t(count));
     preferences->reference_rows(position, count, preference_rows.data());
-    model->set_preference(preference_loss(), preference_rows.data());
+    model->set_preference(preference_loss(), preference_rows.data(), moe_scale);
   }
   // Forward passes over n sequences in micro-batches: micro-batch k goes to data-parallel rank
   // k mod dp, batch(i, b) running this rank's (its first sequence i, b of them). Under ZeRO-3

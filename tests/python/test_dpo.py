@@ -25,6 +25,9 @@ import gpt_torch as ref  # noqa: E402
 from triad_run import ENV, exe  # noqa: E402
 
 CFG = ref.GptConfig(n_layer=2, n_head=4, n_embd=48, seq_len=16, vocab_size=300)
+# A mixture of experts: 4 GELU experts of 96 units, 2 per token (Mixtral's renormalized gates).
+CFG_MOE = ref.GptConfig(n_layer=2, n_head=4, n_embd=48, seq_len=16, vocab_size=300,
+                        mlp_hidden=96, moe_experts=4, moe_top_k=2)
 PAIRS = 10  # 4 pairs a step: the third step wraps around into the second epoch
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = dict(ENV, OMP_NUM_THREADS="1", OMPI_MCA_pml="ob1", OMPI_MCA_btl="self,vader")
@@ -75,10 +78,13 @@ def row(tokens, counts, T: int):
     return x, y
 
 
-def sections(d: Path, prefs: Path, **over) -> dict:
+def sections(d: Path, prefs: Path, cfg: ref.GptConfig = CFG, **over) -> dict:
     s = {
-        "model": dict(n_layer=CFG.n_layer, n_head=CFG.n_head, n_embd=CFG.n_embd,
-                      seq_len=CFG.seq_len, vocab_size=CFG.vocab_size),
+        "model": dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                      seq_len=cfg.seq_len, vocab_size=cfg.vocab_size,
+                      **(dict(mlp_hidden=cfg.mlp_hidden, moe_experts=cfg.moe_experts,
+                              moe_top_k=cfg.moe_top_k, moe_normalize=cfg.moe_normalize)
+                         if cfg.moe_experts else {})),
         "train": dict(steps=6, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=2,
                       schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, seed=5, dpo_beta=0.5),
         "optim": dict(name="adamw", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1),
@@ -120,14 +126,16 @@ def pair_losses(kind: str, beta: float, smoothing: float, pi, ref_pi, n):
     return (mean[0::2] - mean[1::2] - 1 / (2 * beta)) ** 2
 
 
-def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
+def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=(), cfg=CFG):
     """DPO (train.dpo_loss's) in float64 on the reference model: per step (loss, share right,
     margin) and the final weights. The pairs in the file's order (data.shuffle = false),
     wrapping around. With held_out pairs, their (loss, share right, margin) after each of
-    eval_steps updates too (torch_dpo.val)."""
-    tr, op, T = sec["train"], sec["optim"], CFG.seq_len
+    eval_steps updates too (torch_dpo.val). A mixture of experts adds train.moe_aux_loss times
+    Switch's balance term of each micro-batch's routing, weighted as a language model's:
+    rows / the batch's counted targets."""
+    tr, op, T = sec["train"], sec["optim"], cfg.seq_len
     beta, npairs = tr["dpo_beta"], tr["batch_size"] // 2
-    model = ref.build_model(weights, CFG, dtype=torch.float64)
+    model = ref.build_model(weights, cfg, dtype=torch.float64)
     opt = torch.optim.AdamW(model.param_groups(op["weight_decay"]), lr=tr["lr"],
                             betas=(op["beta1"], op["beta2"]), eps=op["eps"])
 
@@ -135,8 +143,17 @@ def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
         rows = [row(*pairs[i // 2][i % 2], T) for i in idx]
         x = torch.tensor(np.stack([r[0] for r in rows]))
         y = torch.tensor(np.stack([r[1] for r in rows]))
-        logits, _ = model(x)
-        assert logits.shape[-1] == CFG.vocab_size
+        logps.balance = 0.0
+        if cfg.moe_experts:  # each micro-batch's routing and balance term (its rows)
+            parts, mbs = [], tr["micro_batch_size"]
+            for m0 in range(0, len(idx), mbs):
+                with ref.moe_balance() as terms:
+                    parts.append(model(x[m0:m0 + mbs])[0])
+                logps.balance = logps.balance + sum(t[0] for t in terms) * x[m0:m0 + mbs].numel()
+            logits = torch.cat(parts)
+        else:
+            logits, _ = model(x)
+        assert logits.shape[-1] == cfg.vocab_size
         lp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (lp * (y >= 0)).sum(-1), (y >= 0).sum(-1).double()
 
@@ -167,7 +184,7 @@ def torch_dpo(weights, pairs, sec, held_out=(), eval_steps=()):
         opt.zero_grad(set_to_none=True)
         pi, n = logps(idx)
         loss, right, margin = scores(pi, reference[idx], n)
-        loss.backward()
+        (loss + tr.get("moe_aux_loss", 0.01) * logps.balance / n.sum()).backward()
         ref.clip_grad_norm_(model.parameters(), tr["grad_clip"])
         opt.step()
         out.append((float(loss), float(right), float(margin)))
@@ -550,3 +567,32 @@ def test_preference_tool_errors(tmp_path, lines, args, needle):
     p = tokenize("--vocab", VOCAB, "--out", tmp_path / "o.h5", *args, src)
     assert_clean_error(p, needle)
     assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.h5.partial").exists()
+
+
+def test_dpo_of_a_mixture_of_experts_matches_torch(prepared, tmp_path):
+    """A mixture of experts (4 experts, 2 per token) with Switch's load-balancing term beside
+    DPO's loss: the term weighs each row by 1 / the batch's counted targets, as in a language
+    model's training, over each micro-batch's routing; against PyTorch as above."""
+    _, pairs, prefs, _ = prepared
+    weights = ref.random_weights(CFG_MOE, seed=13, perturb=True)
+    sec = sections(tmp_path, prefs, cfg=CFG_MOE, train__moe_aux_loss=0.05)
+    ref.write_checkpoint(tmp_path / "moe.h5", CFG_MOE, weights,
+                         config_text=ref.write_config(tmp_path / "moe.ini", sec))
+    train(tmp_path, sec, "moe", "--init-from", tmp_path / "moe.h5")
+    loss, right, margin, _ = curves(tmp_path / "runs" / "moe")
+    want, final = torch_dpo(weights, pairs, sec, cfg=CFG_MOE)
+    print("loss triad", loss.tolist(), "torch", want[:, 0].tolist())
+    np.testing.assert_allclose(loss, want[:, 0], rtol=1e-6)
+    np.testing.assert_array_equal(right[1:], want[1:, 1])
+    got = ref.load_checkpoint(tmp_path / "runs" / "moe" / "ckpt" / "step_00000006.h5",
+                              dtype=torch.float64)[1]
+    errs = {}
+    for name, w in final.items():
+        u = w - weights[name].double().numpy()
+        errs[name] = np.sqrt(np.mean((got[name].numpy() - w) ** 2)) / np.sqrt(np.mean(u * u))
+    assert max(errs.values()) < 1e-3, sorted(errs.items(), key=lambda kv: -kv[1])[:3]
+    # without the routing term's weight (a build weighing it per pair) the router differs
+    sec0 = sections(tmp_path, prefs, cfg=CFG_MOE, train__moe_aux_loss=0.0)
+    want0, final0 = torch_dpo(weights, pairs, sec0, cfg=CFG_MOE)
+    router = [k for k in final if "router" in k]
+    assert router and max(np.abs(final0[k] - final[k]).max() for k in router) > 1e-4

@@ -514,10 +514,14 @@ class Gpt {
   // same under the reference model, pair j's loss is the spec's of the two, weighted dloss_scale
   // in the gradient. reference: ρ of each row of the step (pipeline_step's m·B rows in order;
   // forward_backward's B), read while the step runs; null: off. The head runs twice on the last
-  // stage: a pass for π, then the gradient's at each sequence's weight.
-  void set_preference(const PreferenceLossSpec& spec, const double* reference) {
+  // stage: a pass for π, then the gradient's at each sequence's weight. A mixture of experts'
+  // routing terms (set_moe_aux_loss, set_moe_z_loss) take moe_scale per row instead of
+  // dloss_scale (the language model's per-token scale: 1 / the batch's counted targets).
+  void set_preference(const PreferenceLossSpec& spec, const double* reference,
+                      float moe_scale = 0.0f) {
     preference_ = spec;
     preference_reference_ = reference;
+    preference_moe_scale_ = moe_scale;
   }
   static std::vector<std::string> activation_names(int n_layer);
   // After an optimizer update (pp > 1): the first stage's wte overwrites the last stage's copy.
@@ -1013,6 +1017,7 @@ class Gpt {
   double* sequence_logps_ = nullptr;                              // set_sequence_logps
   PreferenceLossSpec preference_;                                 // set_preference
   const double* preference_reference_ = nullptr;                  // (null: off)
+  float preference_moe_scale_ = 0.0f;
   int preference_first_row_ = 0;  // the micro-batch's first row among the step's (pipeline)
   std::vector<float> preference_rows_, preference_scale_;  // its row losses, sequence weights
   // Adds the sums of squares of xs (n of this rank's elements each) at activation_sums_[at ..]
