@@ -165,11 +165,13 @@ std::string describe_choices(const EvalResult& r) {
 EvalResult Trainer::evaluate_only() {
   auto& s = *s_;
   const bool any_val = !s.cfg.data.val.empty() || !parse_val_sets(s.cfg.eval.sets).empty();
-  TRIAD_CHECK(any_val || !s.cfg.eval.choices.empty(),
-              "config: data.val, eval.sets and eval.choices are empty; --eval-only needs "
-              "validation shards or a multiple-choice file");
-  TRIAD_CHECK(s.cfg.eval.sequences > 0 || !s.cfg.eval.choices.empty(),
-              "--eval-only: eval.sequences is 0 and eval.choices is empty: nothing to evaluate");
+  const bool pairs = !s.cfg.eval.preferences.empty();
+  TRIAD_CHECK(any_val || !s.cfg.eval.choices.empty() || pairs,
+              "config: data.val, eval.sets, eval.choices and eval.preferences are empty; "
+              "--eval-only needs validation shards, a multiple-choice file or held-out pairs");
+  TRIAD_CHECK(s.cfg.eval.sequences > 0 || !s.cfg.eval.choices.empty() || pairs,
+              "--eval-only: eval.sequences is 0 and eval.choices and eval.preferences are empty: "
+              "nothing to evaluate");
   s.open_val();
   s.open_choices();
   std::string path;
@@ -185,6 +187,22 @@ EvalResult Trainer::evaluate_only() {
                 s.cfg.checkpoint_dir());
   }
   const CheckpointState st = s.load_weights(path);
+  if (pairs) {
+    // Held-out pairs are scored against the reference of the DPO run that saved the checkpoint
+    // (its values for them, computed when that run started).
+    s.val_preferences =
+        std::make_unique<PreferenceData>(s.cfg.eval.preferences, s.cfg.model.seq_len,
+                                         s.cfg.model.vocab_size, false, 0, "eval.preferences");
+    TRIAD_CHECK(int64_t(st.preference_val_reference.size()) == s.val_preferences->num_sequences(),
+                "--eval-only: eval.preferences is scored against the reference of the DPO run "
+                "that saved the checkpoint, and ",
+                path, " holds reference values of ", st.preference_val_reference.size(),
+                " held-out sequences, not of eval.preferences' ",
+                s.val_preferences->num_sequences(),
+                " (give the held-out file that run scored, or a checkpoint of a run that scored "
+                "this one)");
+    s.val_preferences->set_reference(st.preference_val_reference);
+  }
   if (s.cfg.eval.ema && s.root())
     std::cout << "note: eval.ema applies to training runs; --eval-only scores the checkpoint's "
                  "weights (add --from-ema for its moving average)"
@@ -207,6 +225,10 @@ EvalResult Trainer::evaluate_only() {
       if (s.cfg.eval.bits_per_byte) std::cout << " bpb " << v.bpb;
     }
     if (r.choice_examples > 0) std::cout << " | " << describe_choices(r);
+    if (r.dpo_pairs > 0)
+      std::cout << " | DPO val loss " << r.dpo_loss << " | val pairs right " << std::setprecision(4)
+                << r.dpo_accuracy << " | val margin " << r.dpo_margin << " | " << r.dpo_pairs
+                << " pairs";
     std::cout << std::setprecision(2) << " | " << seconds << " s" << std::endl;
     if (!r.loss_by_position.empty())
       std::cout << describe_position_losses(r.loss_by_position) << std::endl;

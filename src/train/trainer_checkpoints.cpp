@@ -648,7 +648,6 @@ void Trainer::State::load_from(const std::string& path, bool resume) {
   load_router_bias(grid.world(), path, *model);
   step = st.step;
   const int64_t n = data().num_sequences();
-
   TRIAD_CHECK(st.next_sequence >= 0 && st.epoch >= 0, "checkpoint ", path,
               ": negative loader position");
   TRIAD_CHECK(st.epoch <= (std::numeric_limits<int64_t>::max() - st.next_sequence) /

@@ -596,3 +596,28 @@ def test_dpo_of_a_mixture_of_experts_matches_torch(prepared, tmp_path):
     want0, final0 = torch_dpo(weights, pairs, sec0, cfg=CFG_MOE)
     router = [k for k in final if "router" in k]
     assert router and max(np.abs(final0[k] - final[k]).max() for k in router) > 1e-4
+
+
+def test_eval_only_scores_held_out_pairs_against_the_checkpoints_reference(prepared, tmp_path):
+    """--eval-only with eval.preferences scores a DPO run's checkpoint on its held-out pairs
+    against that run's reference (the checkpoint's preference_val_reference): the run's own last
+    evaluation, to the printed digits; a checkpoint without that reference is refused."""
+    d, _, prefs, _ = prepared
+    held = write_preferences(tmp_path / "held.h5",
+                             make_pairs(4, CFG.vocab_size, CFG.seq_len, seed=10))
+    sec = sections(tmp_path, prefs, eval__every=3, eval__preferences=held)
+    train(tmp_path, sec, "run", "--init-from", d / "init.h5")
+    with h5py.File(tmp_path / "runs" / "run" / "metrics.h5", "r") as f:
+        loss, right, margin = (f[f"val/dpo_{k}"][-1] for k in ("loss", "accuracy", "margin"))
+    cfg = tmp_path / "eval.ini"
+    ref.write_config(cfg, sec)
+    ckpt = tmp_path / "runs" / "run" / "ckpt" / "step_00000006.h5"
+    p = subprocess.run([exe("triad-train"), "--config", cfg, "--eval-only", "--resume", ckpt],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (f"| DPO val loss {loss:.6f} | val pairs right {right:.4f} | val margin {margin:.4f} "
+            f"| 4 pairs") in p.stdout, p.stdout
+    p = subprocess.run([exe("triad-train"), "--config", cfg, "--eval-only", "--init-from",
+                        d / "init.h5"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 1 and "holds reference values of 0 held-out sequences, not of " \
+        "eval.preferences' 8" in p.stderr, p.stderr
