@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <span>
 
 #include "tokenizer_files.h"
@@ -53,10 +52,9 @@ class LineParser {
     });
   }
 
-  // The values of `fields`, each a string or an array of messages (setting found[k]), checking
-  // the whole line.
-  void parse_text_or_messages_fields(std::span<const std::string_view> fields, JsonField* values,
-                                     bool* found) {
+  // The values of `fields`, each a string or an array of messages (present where the line has
+  // it), checking the whole line.
+  void parse_text_or_messages_fields(std::span<const std::string_view> fields, JsonField* values) {
     parse_line([&](const std::string& key) {
       const auto k = size_t(std::find(fields.begin(), fields.end(), key) - fields.begin());
       if (k == fields.size()) return false;
@@ -70,7 +68,7 @@ class LineParser {
         if (at_end()) fail_here("expected a value");
         fail(std::string("field \"") + key + "\" is neither a string nor an array of messages");
       }
-      found[k] = true;
+      values[k].present = true;
       return true;
     });
   }
@@ -396,9 +394,7 @@ std::vector<JsonRecord> json_lines_records(std::string_view text,
     JsonRecord r;
     r.line = line_no;
     r.values.resize(fields.size());
-    const std::unique_ptr<bool[]> found(new bool[fields.size()]());
-    p.parse_text_or_messages_fields(fields, r.values.data(), found.get());
-    for (size_t k = 0; k < fields.size(); ++k) r.values[k].present = found[k];
+    p.parse_text_or_messages_fields(fields, r.values.data());
     has_first = true;
     out.push_back(std::move(r));
   });

@@ -89,10 +89,7 @@ Trainer::Trainer(MPI_Comm world, const CommandLine& cl) : s_(std::make_unique<St
     s.preferences = std::make_unique<PreferenceData>(s.cfg.data.preferences, s.cfg.model.seq_len,
                                                      s.cfg.model.vocab_size, s.cfg.data.shuffle,
                                                      uint64_t(s.cfg.train.seed));
-    if (!s.cfg.eval.preferences.empty())
-      s.val_preferences =
-          std::make_unique<PreferenceData>(s.cfg.eval.preferences, s.cfg.model.seq_len,
-                                           s.cfg.model.vocab_size, false, 0, "eval.preferences");
+    s.open_val_preferences();
   } else if (!cl.eval_only) {
     const BlendSpec blend = parse_blend(s.cfg.data.train, s.cfg.data.train_weights);
     // A shard two datasets match would be drawn at both weights.
@@ -174,6 +171,7 @@ EvalResult Trainer::evaluate_only() {
               "nothing to evaluate");
   s.open_val();
   s.open_choices();
+  s.open_val_preferences();
   std::string path;
   if (!s.cl.init_from.empty()) {
     path = s.cl.init_from;
@@ -190,9 +188,6 @@ EvalResult Trainer::evaluate_only() {
   if (pairs) {
     // Held-out pairs are scored against the reference of the DPO run that saved the checkpoint
     // (its values for them, computed when that run started).
-    s.val_preferences =
-        std::make_unique<PreferenceData>(s.cfg.eval.preferences, s.cfg.model.seq_len,
-                                         s.cfg.model.vocab_size, false, 0, "eval.preferences");
     TRIAD_CHECK(int64_t(st.preference_val_reference.size()) == s.val_preferences->num_sequences(),
                 "--eval-only: eval.preferences is scored against the reference of the DPO run "
                 "that saved the checkpoint, and ",

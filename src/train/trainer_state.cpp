@@ -599,6 +599,12 @@ void Trainer::State::use_window(int64_t updates) {
   if (window_warmup.on()) model->set_window(window_at(window_warmup, cfg.model, updates));
 }
 
+void Trainer::State::open_val_preferences() {
+  if (cfg.eval.preferences.empty()) return;
+  val_preferences = std::make_unique<PreferenceData>(
+      cfg.eval.preferences, cfg.model.seq_len, cfg.model.vocab_size, false, 0, "eval.preferences");
+}
+
 void Trainer::State::open_choices() {
   if (cfg.eval.choices.empty()) return;
   choices = read_choice_file(cfg.eval.choices, cfg.model.vocab_size, "eval.choices");

@@ -297,8 +297,9 @@ struct Trainer::State {
   CheckpointState load_weights(const std::string& path);
   // Opens data.val and checks it holds eval.sequences sequences.
   void open_val();
-  void open_choices();    // eval.choices, if set
-  void load_tokenizer();  // data.vocab, once
+  void open_choices();          // eval.choices, if set
+  void open_val_preferences();  // eval.preferences, if set (read whole, checked)
+  void load_tokenizer();        // data.vocab, once
   // data.fim_*'s rearrangement with this seed (character granularity: with the tokenizer).
   FimSpec fim(uint64_t seed);
 
