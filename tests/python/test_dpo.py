@@ -621,3 +621,14 @@ def test_eval_only_scores_held_out_pairs_against_the_checkpoints_reference(prepa
                         d / "init.h5"], capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == 1 and "holds reference values of 0 held-out sequences, not of " \
         "eval.preferences' 8" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun not found")
+def test_a_bad_preference_file_stops_every_rank(prepared, tmp_path):
+    """Every rank reads the file before the model is built: a damaged one ends a 2-rank job
+    with its error and a non-zero status, no hang."""
+    d, pairs, _, _ = prepared
+    bad = write_preferences(tmp_path / "bad.h5", pairs, format="something-else")
+    p = mpi(2, tmp_path, sections(tmp_path, bad), "bad", "--init-from", d / "init.h5")
+    assert p.returncode != 0 and f"data.preferences {bad}: not a preference file" in p.stderr, \
+        p.stderr
